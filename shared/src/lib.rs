@@ -1,0 +1,22 @@
+//! `fedge-shared`: everything both the aggregation server and the edge agent need, and everything that can be
+//! tested without a network.
+//!
+//! - [`codec`]: the only place that serialises messages and records (bincode 2.0.1 lives behind it).
+//! - [`protocol`]: the messages of the round protocol and of the admin protocol.
+//! - [`model`]: content digests and the little-endian weights format.
+//! - [`data`]: on-device data sets (IDX, CSV), splits and non-IID partitions.
+//! - [`train`]: training with tract: ONNX reverse-mode differentiation, optimizers, local training, evaluation.
+//! - [`secagg`]: secure aggregation (SecAgg+) as sans-IO state machines.
+//! - [`tls`] and [`wire`]: certificates, rustls configurations, and framed messages over QUIC streams.
+//!
+//! Nothing in this crate opens a socket on its own initiative, reads a clock inside a state machine, or panics on
+//! input that came from the network, a file or a user.
+
+pub mod codec;
+pub mod data;
+pub mod model;
+pub mod protocol;
+pub mod secagg;
+pub mod tls;
+pub mod train;
+pub mod wire;

@@ -1,0 +1,1 @@
+//! Messages of the round protocol and of the admin protocol.

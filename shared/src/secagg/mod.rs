@@ -1,0 +1,1 @@
+//! Secure aggregation (SecAgg+) as sans-IO state machines.

@@ -1,0 +1,8 @@
+//! Training on the device with tract.
+//!
+//! tract is an inference engine; fedge trains with it by running a *training-step graph*: an ONNX graph built
+//! from the forward model by reverse-mode differentiation, whose inputs are the trainable weights, a batch and its
+//! labels, and whose outputs are the mean loss and every weight's gradient. The optimizer step is plain Rust over
+//! the flat weight vector.
+//!
+//! Nothing here touches the network; files are read only by the loaders the caller invokes.

@@ -1,0 +1,1 @@
+//! Framed messages over QUIC streams.
