@@ -129,9 +129,6 @@ mod tests {
 
     #[test]
     fn digest_is_sha256() {
-        assert_eq!(
-            Digest::of(b"abc").to_hex(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(Digest::of(b"abc").to_hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

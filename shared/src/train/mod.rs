@@ -6,3 +6,10 @@
 //! the flat weight vector.
 //!
 //! Nothing here touches the network; files are read only by the loaders the caller invokes.
+
+// Local training loop, optimizers and the example-model builder.
+pub mod builder;
+pub mod local;
+pub mod optimizer;
+
+// The training engine: ONNX reverse-mode differentiation and the tract runner.
