@@ -1,5 +1,17 @@
 //! The fedge edge agent: takes part in federated rounds, trains locally with tract, serves inference.
 //!
+//! - [`client`]: the connection loop (mutual-TLS QUIC, check-in, rounds, uploads, reconnects).
+//! - [`learner`]: the seam between the round protocol and local learning.
+//! - [`state`]: the graph and weights the agent keeps between connections.
 //! - [`offline`]: the commands that work without a server: `train`, `eval`, `make-model`.
 
+pub mod client;
+pub mod learner;
 pub mod offline;
+pub mod state;
+
+/// The software name and version sent in the hello.
+pub const SOFTWARE: &str = concat!("fedge-agent/", env!("CARGO_PKG_VERSION"));
+
+/// QUIC application close code: the server refused this peer (wrong CA, revoked, wrong role, wrong protocol).
+pub const CLOSE_REFUSED: u32 = 2;

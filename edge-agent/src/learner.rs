@@ -1,0 +1,83 @@
+//! What an agent does with a round: start from the global weights, learn on local data, return the delta.
+//!
+//! [`Learner`] is the seam between the round protocol and the learning itself. The agent ships one real
+//! implementation, [`crate::trainer::TractLearner`], which trains with tract on the device's data; benchmarks of the
+//! federation machinery use [`NoiseLearner`], whose "training" is a seeded perturbation, so that only the
+//! framework's own cost is measured.
+//!
+//! A learner runs on a blocking thread, never on the async runtime, and never touches the network.
+
+use fedge_shared::protocol::TrainPlan;
+
+/// The outcome of local learning in one round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnOutcome {
+    /// Local weights minus the global weights, in the model's parameter order.
+    pub delta: Vec<f32>,
+    /// Examples trained on (the aggregation weight).
+    pub examples: u64,
+    /// Mean training loss of the last epoch.
+    pub train_loss: f32,
+    /// Accuracy on the agent's held-out split after training, if it has one.
+    pub holdout_accuracy: Option<f32>,
+}
+
+/// Local learning, as the agent's round protocol sees it.
+pub trait Learner: Send {
+    /// Training examples held (reported at check-in).
+    fn examples(&self) -> u64;
+    /// A new ONNX graph to learn with. Called before the first round and whenever the federation's graph changes.
+    fn set_graph(&mut self, onnx: &[u8]) -> anyhow::Result<()>;
+    /// Number of parameters of the current graph, if one is set.
+    fn num_params(&self) -> Option<usize>;
+    /// Learns from `global` under `plan`.
+    fn learn(&mut self, global: &[f32], plan: &TrainPlan) -> anyhow::Result<LearnOutcome>;
+}
+
+/// A learner for benchmarks of the federation machinery: its delta is seeded uniform noise in [-scale, scale].
+#[derive(Debug, Clone)]
+pub struct NoiseLearner {
+    pub examples: u64,
+    pub seed: u64,
+    pub scale: f32,
+    params: Option<usize>,
+}
+
+impl NoiseLearner {
+    pub fn new(examples: u64, seed: u64, scale: f32) -> Self {
+        NoiseLearner { examples, seed, scale, params: None }
+    }
+
+    /// The delta this learner returns in `round` for `params` parameters (for checking an aggregate).
+    pub fn delta_for(seed: u64, round_seed: u64, params: usize, scale: f32) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ round_seed.rotate_left(17));
+        (0..params).map(|_| rng.gen_range(-scale..=scale)).collect()
+    }
+}
+
+impl Learner for NoiseLearner {
+    fn examples(&self) -> u64 {
+        self.examples
+    }
+
+    fn set_graph(&mut self, onnx: &[u8]) -> anyhow::Result<()> {
+        // The synthetic benchmark graph's parameter count travels with the weights; the graph itself is opaque here.
+        let _ = onnx;
+        Ok(())
+    }
+
+    fn num_params(&self) -> Option<usize> {
+        self.params
+    }
+
+    fn learn(&mut self, global: &[f32], plan: &TrainPlan) -> anyhow::Result<LearnOutcome> {
+        self.params = Some(global.len());
+        Ok(LearnOutcome {
+            delta: Self::delta_for(self.seed, plan.seed, global.len(), self.scale),
+            examples: self.examples,
+            train_loss: 0.0,
+            holdout_accuracy: None,
+        })
+    }
+}
