@@ -21,11 +21,12 @@ pub enum CodecError {
     Encode(String),
 }
 
-fn config() -> impl bincode::config::Config {
+fn config() -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint> {
     bincode::config::standard().with_little_endian().with_variable_int_encoding()
 }
 
-fn config_limited<const N: usize>() -> impl bincode::config::Config {
+fn config_limited<const N: usize>()
+-> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint, bincode::config::Limit<N>> {
     config().with_limit::<N>()
 }
 
