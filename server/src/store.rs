@@ -1,1 +1,495 @@
-//! (to be written)
+//! The server's durable state in sled: global models, ONNX graphs, round history, agents and metadata.
+//!
+//! Trees:
+//! - `models`: version (u64 big-endian) → [`ModelMeta`] (digests, parent, round, metrics, creation time);
+//! - `weights`: version → the weights as raw little-endian `f32` bytes (kept apart from `models` so listing
+//!   versions never reads megabytes of weights);
+//! - `graphs`: SHA-256 digest → ONNX bytes;
+//! - `rounds`: round id → [`RoundRecord`];
+//! - `agents`: name → [`AgentRecord`];
+//! - `meta`: latest version, next round id, strategy state, server configuration.
+//!
+//! Records are encoded with `fedge_shared::codec` only. A round's commit writes the model, its weights, the round
+//! record and the metadata in ONE sled transaction and then flushes, so it is durable before the coordinator hears
+//! `Committed`; a crash at any instant leaves the newest committed model readable.
+//!
+//! This module must never panic on what it reads back: a corrupt record, a digest that does not match, a full disk
+//! or any I/O error is a [`StoreError`].
+
+use crate::coordinator::{ResumeState, RoundRecord};
+use fedge_shared::codec;
+use fedge_shared::model::{Digest, weights_from_bytes, weights_to_bytes};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Transactional, Tree};
+use std::path::Path;
+
+/// Largest record (model metadata, round record, agent record) the store decodes.
+const RECORD_LIMIT: usize = 64 * 1024 * 1024;
+
+const META_LATEST: &[u8] = b"latest_version";
+const META_NEXT_ROUND: &[u8] = b"next_round";
+const META_STRATEGY: &[u8] = b"strategy_state";
+const META_CONFIG: &[u8] = b"server_config";
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error (disk full, I/O or corruption in sled): {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt {tree} record {key}: {detail}")]
+    Corrupt { tree: &'static str, key: String, detail: String },
+    #[error("the store holds no model yet")]
+    NoModel,
+    #[error("the store already holds a model; version 0 is created only once")]
+    AlreadyInitialised,
+    #[error("no graph with digest {0}")]
+    UnknownGraph(String),
+    #[error("no model version {0}")]
+    UnknownVersion(u64),
+    #[error("the weights hold {got} parameters, the model has {expected}")]
+    WrongLength { expected: u64, got: u64 },
+    #[error("the weights contain a non-finite value at index {0}")]
+    NonFinite(usize),
+    #[error("round {0} is already recorded")]
+    RoundExists(u64),
+    #[error("cannot encode a record: {0}")]
+    Encode(String),
+}
+
+/// Metadata of one global model version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    pub version: u64,
+    pub graph_digest: Digest,
+    pub weights_digest: Digest,
+    pub num_params: u64,
+    /// The version this one was aggregated from (`None` for version 0).
+    pub parent: Option<u64>,
+    /// The round that produced it (`None` for version 0).
+    pub round: Option<u64>,
+    /// The producing round's metrics.
+    pub metrics: Option<crate::coordinator::RoundMetrics>,
+    /// Creation time as given by the caller (Unix milliseconds by convention).
+    pub created_ms: u64,
+}
+
+/// What the server knows about an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub name: String,
+    /// Hex SHA-256 of the certificate last seen (`None` if the agent was revoked before it ever connected).
+    pub fingerprint: Option<String>,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    pub revoked: bool,
+}
+
+/// The server's sled database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    models: Tree,
+    weights: Tree,
+    graphs: Tree,
+    rounds: Tree,
+    agents: Tree,
+    meta: Tree,
+}
+
+fn key(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+fn read_u64(tree: &'static str, k: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(k).into_owned(),
+        detail: format!("{} bytes where a u64 belongs", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(tree: &'static str, k: impl ToString, bytes: &[u8]) -> Result<T, StoreError> {
+    codec::decode(bytes, RECORD_LIMIT).map_err(|e| StoreError::Corrupt {
+        tree,
+        key: k.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    codec::encode(value).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    }
+}
+
+fn check_finite(weights: &[f32]) -> Result<(), StoreError> {
+    match weights.iter().position(|w| !w.is_finite()) {
+        Some(i) => Err(StoreError::NonFinite(i)),
+        None => Ok(()),
+    }
+}
+
+/// Reads a u64 from `meta` inside a transaction.
+fn tx_meta_u64(meta: &TransactionalTree, k: &[u8]) -> Result<Option<u64>, ConflictableTransactionError<StoreError>> {
+    match meta.get(k)? {
+        None => Ok(None),
+        Some(v) => match read_u64("meta", k, &v) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) => abort(e),
+        },
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(path.as_ref()).open()?;
+        Ok(Store {
+            models: db.open_tree("models")?,
+            weights: db.open_tree("weights")?,
+            graphs: db.open_tree("graphs")?,
+            rounds: db.open_tree("rounds")?,
+            agents: db.open_tree("agents")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// Forces everything written so far to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Stores an ONNX graph under its SHA-256 digest (idempotent) and returns the digest.
+    pub fn put_graph(&self, onnx: &[u8]) -> Result<Digest, StoreError> {
+        let digest = Digest::of(onnx);
+        self.graphs.insert(digest.0, onnx)?;
+        self.flush()?;
+        Ok(digest)
+    }
+
+    /// The ONNX graph with `digest`, checked against it.
+    pub fn graph(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(bytes) = self.graphs.get(digest.0)? else { return Ok(None) };
+        if Digest::of(&bytes) != *digest {
+            return Err(StoreError::Corrupt {
+                tree: "graphs",
+                key: digest.to_hex(),
+                detail: "the bytes do not match their digest".into(),
+            });
+        }
+        Ok(Some(bytes.to_vec()))
+    }
+
+    /// Creates model version 0 from `weights` for the stored graph `graph_digest`. Refused once a model exists.
+    pub fn init_model(&self, graph_digest: Digest, weights: &[f32], created_ms: u64) -> Result<ModelMeta, StoreError> {
+        if !self.graphs.contains_key(graph_digest.0)? {
+            return Err(StoreError::UnknownGraph(graph_digest.to_hex()));
+        }
+        if weights.is_empty() {
+            return Err(StoreError::WrongLength { expected: 1, got: 0 });
+        }
+        check_finite(weights)?;
+        let bytes = weights_to_bytes(weights);
+        let meta = ModelMeta {
+            version: 0,
+            graph_digest,
+            weights_digest: Digest::of(&bytes),
+            num_params: weights.len() as u64,
+            parent: None,
+            round: None,
+            metrics: None,
+            created_ms,
+        };
+        let meta_bytes = encode(&meta)?;
+        (&self.models, &self.weights, &self.meta)
+            .transaction(|(models, wts, meta_tree)| {
+                if meta_tree.get(META_LATEST)?.is_some() {
+                    return abort(StoreError::AlreadyInitialised);
+                }
+                models.insert(&key(0), meta_bytes.as_slice())?;
+                wts.insert(&key(0), bytes.as_slice())?;
+                meta_tree.insert(META_LATEST, &key(0))?;
+                if meta_tree.get(META_NEXT_ROUND)?.is_none() {
+                    meta_tree.insert(META_NEXT_ROUND, &key(1))?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.flush()?;
+        Ok(meta)
+    }
+
+    /// The newest committed version's metadata, or `None` for an empty store.
+    pub fn latest(&self) -> Result<Option<ModelMeta>, StoreError> {
+        match self.meta.get(META_LATEST)? {
+            None => Ok(None),
+            Some(v) => self.model(read_u64("meta", META_LATEST, &v)?).map(Some),
+        }
+    }
+
+    /// The metadata of `version`.
+    pub fn model(&self, version: u64) -> Result<ModelMeta, StoreError> {
+        let bytes = self.models.get(key(version))?.ok_or(StoreError::UnknownVersion(version))?;
+        decode("models", version, &bytes)
+    }
+
+    /// The weights of `version`, checked against the digest and length in its metadata.
+    pub fn weights(&self, version: u64) -> Result<Vec<f32>, StoreError> {
+        let meta = self.model(version)?;
+        let bytes = self.weights.get(key(version))?.ok_or_else(|| StoreError::Corrupt {
+            tree: "weights",
+            key: version.to_string(),
+            detail: "the model has metadata but no weights".into(),
+        })?;
+        let corrupt = |detail: String| StoreError::Corrupt { tree: "weights", key: version.to_string(), detail };
+        if Digest::of(&bytes) != meta.weights_digest {
+            return Err(corrupt("the bytes do not match the recorded digest".into()));
+        }
+        let expected = usize::try_from(meta.num_params).map_err(|e| corrupt(e.to_string()))?;
+        weights_from_bytes(&bytes, Some(expected)).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Every stored version's metadata, oldest first.
+    pub fn versions(&self) -> Result<Vec<ModelMeta>, StoreError> {
+        self.models
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("models", hex::encode(&k), &v)
+            })
+            .collect()
+    }
+
+    /// Commits a completed round: the new model (version latest + 1, parent latest), its weights, the round record
+    /// (with `new_version` filled in), the next round id and the strategy state, in ONE transaction, then flushes.
+    /// Returns the new version. On any error nothing is changed.
+    pub fn commit_round(
+        &self,
+        record: &RoundRecord,
+        new_weights: &[f32],
+        strategy_state: &[u8],
+        created_ms: u64,
+    ) -> Result<u64, StoreError> {
+        check_finite(new_weights)?;
+        let bytes = weights_to_bytes(new_weights);
+        let weights_digest = Digest::of(&bytes);
+        let version = (&self.models, &self.weights, &self.rounds, &self.meta)
+            .transaction(|(models, wts, rounds, meta)| {
+                let Some(latest) = tx_meta_u64(meta, META_LATEST)? else { return abort(StoreError::NoModel) };
+                let Some(parent_bytes) = models.get(key(latest))? else {
+                    return abort(StoreError::UnknownVersion(latest));
+                };
+                let parent: ModelMeta = match decode("models", latest, &parent_bytes) {
+                    Ok(p) => p,
+                    Err(e) => return abort(e),
+                };
+                if parent.num_params != new_weights.len() as u64 {
+                    return abort(StoreError::WrongLength {
+                        expected: parent.num_params,
+                        got: new_weights.len() as u64,
+                    });
+                }
+                let version = latest + 1;
+                let model = ModelMeta {
+                    version,
+                    graph_digest: parent.graph_digest,
+                    weights_digest,
+                    num_params: parent.num_params,
+                    parent: Some(latest),
+                    round: Some(record.round),
+                    metrics: Some(record.metrics.clone()),
+                    created_ms,
+                };
+                let mut record = record.clone();
+                record.new_version = Some(version);
+                let (model_bytes, record_bytes) = match (encode(&model), encode(&record)) {
+                    (Ok(m), Ok(r)) => (m, r),
+                    (Err(e), _) | (_, Err(e)) => return abort(e),
+                };
+                models.insert(&key(version), model_bytes)?;
+                wts.insert(&key(version), bytes.as_slice())?;
+                // Written after the model on purpose: a reused round id aborts a transaction that already wrote.
+                if rounds.insert(&key(record.round), record_bytes)?.is_some() {
+                    return abort(StoreError::RoundExists(record.round));
+                }
+                let next = tx_meta_u64(meta, META_NEXT_ROUND)?.unwrap_or(0).max(record.round.saturating_add(1));
+                meta.insert(META_NEXT_ROUND, &key(next))?;
+                meta.insert(META_LATEST, &key(version))?;
+                meta.insert(META_STRATEGY, strategy_state)?;
+                Ok(version)
+            })
+            .map_err(tx_error)?;
+        self.flush()?;
+        Ok(version)
+    }
+
+    /// Records a round that ended without a model (and moves the next round id past it).
+    pub fn record_aborted(&self, record: &RoundRecord) -> Result<(), StoreError> {
+        let bytes = encode(record)?;
+        (&self.rounds, &self.meta)
+            .transaction(|(rounds, meta)| {
+                if rounds.insert(&key(record.round), bytes.as_slice())?.is_some() {
+                    return abort(StoreError::RoundExists(record.round));
+                }
+                let next = tx_meta_u64(meta, META_NEXT_ROUND)?.unwrap_or(0).max(record.round.saturating_add(1));
+                meta.insert(META_NEXT_ROUND, &key(next))?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.flush()
+    }
+
+    /// Notes that `round` has started, so its id is never handed out again even if the server crashes mid-round.
+    pub fn reserve_round(&self, round: u64) -> Result<(), StoreError> {
+        self.meta
+            .transaction(|meta| {
+                let next = tx_meta_u64(meta, META_NEXT_ROUND)?.unwrap_or(0).max(round.saturating_add(1));
+                meta.insert(META_NEXT_ROUND, &key(next))?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.flush()
+    }
+
+    /// The next unused round id (1 for a new store).
+    pub fn next_round(&self) -> Result<u64, StoreError> {
+        match self.meta.get(META_NEXT_ROUND)? {
+            None => Ok(1),
+            Some(v) => read_u64("meta", META_NEXT_ROUND, &v),
+        }
+    }
+
+    /// Every round record, oldest first.
+    pub fn rounds(&self) -> Result<Vec<RoundRecord>, StoreError> {
+        self.rounds
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("rounds", hex::encode(&k), &v)
+            })
+            .collect()
+    }
+
+    /// The record of round `id`.
+    pub fn round(&self, id: u64) -> Result<Option<RoundRecord>, StoreError> {
+        match self.rounds.get(key(id))? {
+            None => Ok(None),
+            Some(v) => decode("rounds", id, &v).map(Some),
+        }
+    }
+
+    /// The persisted strategy state (empty when none).
+    pub fn strategy_state(&self) -> Result<Vec<u8>, StoreError> {
+        Ok(self.meta.get(META_STRATEGY)?.map(|v| v.to_vec()).unwrap_or_default())
+    }
+
+    /// Stores the server's configuration text (e.g. server.toml) for reference.
+    pub fn put_server_config(&self, text: &str) -> Result<(), StoreError> {
+        self.meta.insert(META_CONFIG, text.as_bytes())?;
+        self.flush()
+    }
+
+    /// The stored configuration text.
+    pub fn server_config(&self) -> Result<Option<String>, StoreError> {
+        match self.meta.get(META_CONFIG)? {
+            None => Ok(None),
+            Some(v) => String::from_utf8(v.to_vec()).map(Some).map_err(|e| StoreError::Corrupt {
+                tree: "meta",
+                key: "server_config".into(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// What the coordinator resumes from: newest model and weights, next round id, strategy state. `None` for an
+    /// empty store.
+    pub fn resume_state(&self) -> Result<Option<ResumeState>, StoreError> {
+        let Some(latest) = self.latest()? else { return Ok(None) };
+        Ok(Some(ResumeState {
+            model_version: latest.version,
+            weights: self.weights(latest.version)?,
+            next_round: self.next_round()?,
+            strategy_state: self.strategy_state()?,
+        }))
+    }
+
+    /// Records that `name` connected with the certificate whose fingerprint is `fingerprint` at `now_ms`.
+    /// A revoked agent stays revoked.
+    pub fn upsert_agent_seen(&self, name: &str, fingerprint: &str, now_ms: u64) -> Result<AgentRecord, StoreError> {
+        self.update_agent(name, now_ms, |rec| {
+            rec.fingerprint = Some(fingerprint.to_string());
+            rec.last_seen_ms = now_ms;
+        })
+    }
+
+    /// Revokes `name` (creating its record if it never connected).
+    pub fn revoke_agent(&self, name: &str, now_ms: u64) -> Result<AgentRecord, StoreError> {
+        self.update_agent(name, now_ms, |rec| rec.revoked = true)
+    }
+
+    fn update_agent(
+        &self,
+        name: &str,
+        now_ms: u64,
+        change: impl Fn(&mut AgentRecord),
+    ) -> Result<AgentRecord, StoreError> {
+        let record = self
+            .agents
+            .transaction(|agents| {
+                let mut rec = match agents.get(name.as_bytes())? {
+                    Some(v) => match decode::<AgentRecord>("agents", name, &v) {
+                        Ok(r) => r,
+                        Err(e) => return abort(e),
+                    },
+                    None => AgentRecord {
+                        name: name.to_string(),
+                        fingerprint: None,
+                        first_seen_ms: now_ms,
+                        last_seen_ms: now_ms,
+                        revoked: false,
+                    },
+                };
+                change(&mut rec);
+                match encode(&rec) {
+                    Ok(bytes) => agents.insert(name.as_bytes(), bytes)?,
+                    Err(e) => return abort(e),
+                };
+                Ok(rec)
+            })
+            .map_err(tx_error)?;
+        self.flush()?;
+        Ok(record)
+    }
+
+    /// Whether `name` is revoked (unknown agents are not).
+    pub fn is_revoked(&self, name: &str) -> Result<bool, StoreError> {
+        match self.agents.get(name.as_bytes())? {
+            None => Ok(false),
+            Some(v) => Ok(decode::<AgentRecord>("agents", name, &v)?.revoked),
+        }
+    }
+
+    /// Every agent the server has seen or revoked, by name.
+    pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.agents
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("agents", String::from_utf8_lossy(&k), &v)
+            })
+            .collect()
+    }
+}

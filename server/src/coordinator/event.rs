@@ -1,0 +1,86 @@
+//! The coordinator's vocabulary: the events the shell feeds in and the actions it must carry out.
+//!
+//! Events borrow their bulk data (an update's delta) so the shell never has to copy it; actions own theirs. No
+//! event or action carries a socket, a timer or a file: the shell translates.
+
+use super::aggregation::FoldError;
+use super::plan::RoundPlan;
+use super::record::{AbortReason, AgentId, RoundRecord};
+use serde::{Deserialize, Serialize};
+
+/// Something that happened, reported by the shell.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<'a> {
+    /// An agent completed the TLS handshake; `agent` is its certificate's name.
+    AgentConnected { agent: AgentId },
+    /// The agent told us what it holds.
+    CheckIn { agent: AgentId, model_version: Option<u64>, examples: u64 },
+    /// The agent's connection is gone.
+    AgentDisconnected { agent: AgentId },
+    /// The agent's plain update: the full delta (`local − global`) has been read.
+    Update { agent: AgentId, round: u64, examples: u64, train_loss: f32, delta: &'a [f32] },
+    /// The agent reported that it could not train, or its upload failed in transit.
+    UpdateFailed { agent: AgentId, round: u64, reason: String },
+    /// The store durably committed the round's model as `version`.
+    Committed { round: u64, version: u64 },
+    /// The store could not commit the round.
+    CommitFailed { round: u64, error: String },
+    /// Operator: run `count` more completed rounds (`None`: until stopped).
+    StartRounds { count: Option<u64> },
+    /// Operator: start no new round (the one in flight finishes).
+    Pause,
+    /// Operator: start rounds again.
+    Resume,
+    /// Operator: abort the round in flight.
+    AbortRound,
+    /// A `WakeAt` time has come (spurious ticks are harmless).
+    Tick,
+}
+
+/// Why an agent's message was refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum RejectReason {
+    #[error("not connected")]
+    NotConnected,
+    #[error("no round is collecting updates")]
+    NoRoundInFlight,
+    #[error("the update is for round {got}, the round in flight is {expected}")]
+    WrongRound { expected: u64, got: u64 },
+    #[error("not selected for this round")]
+    NotSelected,
+    #[error("already reported for this round")]
+    Duplicate,
+    #[error("dropped from this round: {0}")]
+    AlreadyDropped(String),
+    #[error("the update arrived after the round's deadline")]
+    AfterDeadline,
+    #[error("the training loss is not a finite number")]
+    NonFiniteLoss,
+    #[error(transparent)]
+    Invalid(#[from] FoldError),
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send `plan` to `agent`, preceded by the weights of `plan.model_version` when `send_weights` is true (the
+    /// agent checked in with another version).
+    SendPlan { agent: AgentId, plan: RoundPlan, send_weights: bool },
+    /// Tell `agent` its message was refused, and why.
+    Reject { agent: AgentId, reason: RejectReason },
+    /// Tell `agent` to stop working on `round` (it ended without its update).
+    CancelTraining { agent: AgentId, round: u64 },
+    /// A round started (the shell may persist `round + 1` as the next round id so the id is never reused).
+    RoundStarted { round: u64, model_version: u64, selected: usize },
+    /// Evaluate `new_weights` if there is a test set (filling `record.metrics`), then commit the record, the
+    /// weights and the strategy state in one transaction, and answer `Committed` or `CommitFailed`.
+    Commit { record: Box<RoundRecord>, new_weights: Vec<f32>, strategy_state: Vec<u8> },
+    /// Tell the connected agents that global version `version` exists (only after `Committed`).
+    Announce { version: u64 },
+    /// The round ended without a model; `record` is for the store's round history.
+    RoundAborted { round: u64, reason: AbortReason, record: Box<RoundRecord> },
+    /// Deliver `Event::Tick` at this time (replaces any earlier request).
+    WakeAt(u64),
+    /// Something the operator should read (an ignored command, a notable decision).
+    Log { message: String },
+}

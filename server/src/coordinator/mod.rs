@@ -1,0 +1,614 @@
+//! The round coordinator: the server's whole decision logic as a sans-IO state machine.
+//!
+//! The shell (QUIC endpoint, one task per agent) feeds in [`Event`]s with the current time and carries out the
+//! [`Action`]s that come back; it makes no decision of its own. The coordinator decides who is in a cohort, when a
+//! round's phase ends, who dropped, whether a round completes or aborts, and what to commit.
+//!
+//! A round goes Idle → Collecting → Committing → Idle. Collecting is one phase in plain mode; the secure mode will
+//! run the SecAgg+ phases (advertise keys → share keys → masked input → unmask) in its place, each with its own
+//! deadline, behind the same [`Phase`] and [`Aggregation`] types.
+//!
+//! This module must never open a socket, read a clock (time only enters as `now_ms`), use global randomness
+//! (selection is seeded by (seed, round)), or panic on anything an agent sends.
+
+mod aggregation;
+mod config;
+mod event;
+mod plan;
+mod record;
+mod selection;
+
+pub use aggregation::{Aggregation, FoldError, WeightedSum};
+pub use config::{ConfigError, CoordinatorConfig, ResumeState};
+pub use event::{Action, Event, RejectReason};
+pub use plan::{AggregationMode, OptimizerKind, RoundPlan, TrainHyper};
+pub use record::{AbortReason, AgentId, Dropped, Outcome, Report, RoundMetrics, RoundRecord};
+pub use selection::{SelectionRule, round_rng, select};
+
+use crate::strategy::Strategy;
+use rand::RngCore;
+use std::collections::BTreeMap;
+
+/// Where the coordinator is in the round cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No round in flight.
+    Idle,
+    /// Plans are out; updates are being folded in until the deadline.
+    Collecting,
+    /// The new model was handed to the store; waiting for `Committed` or `CommitFailed`.
+    Committing,
+}
+
+/// A snapshot for the admin interface and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub phase: Phase,
+    /// The round in flight, if any.
+    pub round: Option<u64>,
+    pub model_version: u64,
+    pub next_round: u64,
+    pub connected: usize,
+    /// Checked-in agents that are not in the round in flight.
+    pub available: usize,
+    pub selected: usize,
+    pub reported: usize,
+    pub dropped: usize,
+    pub running: bool,
+    pub paused: bool,
+    /// Completed rounds still to run (`None`: unlimited).
+    pub remaining: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Holding {
+    model_version: Option<u64>,
+    examples: u64,
+}
+
+#[derive(Debug, Default)]
+struct AgentInfo {
+    holding: Option<Holding>,
+    in_round: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemberStatus {
+    Training,
+    Reported,
+    Dropped,
+}
+
+#[derive(Debug)]
+struct Round {
+    plan: RoundPlan,
+    started_ms: u64,
+    deadline_at_ms: u64,
+    selected: Vec<AgentId>,
+    members: BTreeMap<AgentId, MemberStatus>,
+    aggregation: Aggregation,
+    reports: Vec<Report>,
+    dropped: Vec<Dropped>,
+    loss_sum: f64,
+    update_bytes: u64,
+}
+
+impl Round {
+    fn outstanding(&self) -> usize {
+        self.members.values().filter(|s| **s == MemberStatus::Training).count()
+    }
+}
+
+#[derive(Debug)]
+struct PendingCommit {
+    round: u64,
+    new_weights: Vec<f32>,
+    strategy_before: Vec<u8>,
+    record: RoundRecord,
+}
+
+#[derive(Debug)]
+enum Stage {
+    Idle,
+    Collecting(Box<Round>),
+    Committing(Box<PendingCommit>),
+}
+
+/// The round coordinator. See the module documentation.
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    strategy: Box<dyn Strategy>,
+    model_version: u64,
+    global: Vec<f32>,
+    next_round: u64,
+    agents: BTreeMap<AgentId, AgentInfo>,
+    running: bool,
+    paused: bool,
+    remaining: Option<u64>,
+    stage: Stage,
+    not_before_ms: u64,
+    wake: Option<u64>,
+    /// The last round that closed at its deadline (to tell a straggler why it was refused).
+    closed_at_deadline: Option<u64>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator").field("status", &self.status()).finish()
+    }
+}
+
+impl Coordinator {
+    /// A coordinator resuming from `state`, with the strategy named in the configuration.
+    pub fn new(config: CoordinatorConfig, state: ResumeState) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let strategy = config.strategy.build()?;
+        Self::with_strategy(config, state, strategy)
+    }
+
+    /// A coordinator with a strategy built elsewhere (its configuration's `strategy` field is then ignored).
+    pub fn with_strategy(
+        config: CoordinatorConfig,
+        state: ResumeState,
+        mut strategy: Box<dyn Strategy>,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        if state.weights.is_empty() {
+            return Err(ConfigError::Invalid("the global model has no parameters".into()));
+        }
+        strategy.restore(&state.strategy_state)?;
+        Ok(Coordinator {
+            config,
+            strategy,
+            model_version: state.model_version,
+            global: state.weights,
+            next_round: state.next_round,
+            agents: BTreeMap::new(),
+            running: false,
+            paused: false,
+            remaining: None,
+            stage: Stage::Idle,
+            not_before_ms: 0,
+            wake: None,
+            closed_at_deadline: None,
+        })
+    }
+
+    /// The newest committed global model version.
+    pub fn model_version(&self) -> u64 {
+        self.model_version
+    }
+
+    /// The newest committed global weights.
+    pub fn global_weights(&self) -> &[f32] {
+        &self.global
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    /// A snapshot of where things stand.
+    pub fn status(&self) -> Status {
+        let (phase, round, selected, reported, dropped) = match &self.stage {
+            Stage::Idle => (Phase::Idle, None, 0, 0, 0),
+            Stage::Collecting(r) => {
+                (Phase::Collecting, Some(r.plan.round), r.selected.len(), r.reports.len(), r.dropped.len())
+            }
+            Stage::Committing(p) => (
+                Phase::Committing,
+                Some(p.round),
+                p.record.selected.len(),
+                p.record.reported.len(),
+                p.record.dropped.len(),
+            ),
+        };
+        Status {
+            phase,
+            round,
+            model_version: self.model_version,
+            next_round: self.next_round,
+            connected: self.agents.len(),
+            available: self.available().len(),
+            selected,
+            reported,
+            dropped,
+            running: self.running,
+            paused: self.paused,
+            remaining: self.remaining,
+        }
+    }
+
+    /// Feeds one event in at time `now_ms` (any monotonic millisecond clock, the same for every call) and returns
+    /// what the shell must do, in order.
+    pub fn handle(&mut self, now_ms: u64, event: Event<'_>) -> Vec<Action> {
+        let mut out = Vec::new();
+        // A deadline that has passed is honoured before anything else, so a late update is refused even when the
+        // shell's Tick comes late.
+        self.check_deadline(now_ms, &mut out);
+        match event {
+            Event::AgentConnected { agent } => self.on_connected(now_ms, agent, &mut out),
+            Event::CheckIn { agent, model_version, examples } => match self.agents.get_mut(&agent) {
+                Some(info) => info.holding = Some(Holding { model_version, examples }),
+                None => out.push(Action::Reject { agent, reason: RejectReason::NotConnected }),
+            },
+            Event::AgentDisconnected { agent } => {
+                if self.agents.remove(&agent).is_some() {
+                    self.drop_member(now_ms, &agent, "disconnected", &mut out);
+                }
+            }
+            Event::Update { agent, round, examples, train_loss, delta } => {
+                self.on_update(now_ms, agent, round, examples, train_loss, delta, &mut out)
+            }
+            Event::UpdateFailed { agent, round, reason } => {
+                if self.collecting_round() == Some(round) {
+                    self.drop_member(now_ms, &agent, &format!("failed: {reason}"), &mut out);
+                }
+            }
+            Event::Committed { round, version } => self.on_committed(now_ms, round, version, &mut out),
+            Event::CommitFailed { round, error } => self.on_commit_failed(now_ms, round, error, &mut out),
+            Event::StartRounds { count } => {
+                self.running = true;
+                self.paused = false;
+                self.remaining = count;
+                out.push(Action::Log {
+                    message: match count {
+                        Some(n) => format!("running {n} more rounds"),
+                        None => "running rounds until stopped".into(),
+                    },
+                });
+            }
+            Event::Pause => {
+                self.paused = true;
+                out.push(Action::Log { message: "paused: no new round will start".into() });
+            }
+            Event::Resume => {
+                self.paused = false;
+                out.push(Action::Log { message: "resumed".into() });
+            }
+            Event::AbortRound => match &self.stage {
+                Stage::Collecting(_) => self.abort_round(now_ms, AbortReason::Operator, &mut out),
+                Stage::Committing(p) => out.push(Action::Log {
+                    message: format!("round {} is being committed and cannot be aborted", p.round),
+                }),
+                Stage::Idle => out.push(Action::Log { message: "no round in flight to abort".into() }),
+            },
+            Event::Tick => {}
+        }
+        self.maybe_start_round(now_ms, &mut out);
+        self.request_wake(now_ms, &mut out);
+        out
+    }
+
+    fn collecting_round(&self) -> Option<u64> {
+        match &self.stage {
+            Stage::Collecting(r) => Some(r.plan.round),
+            _ => None,
+        }
+    }
+
+    fn available(&self) -> Vec<AgentId> {
+        self.agents
+            .iter()
+            .filter(|(_, info)| !info.in_round && info.holding.is_some_and(|h| h.examples > 0))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    fn on_connected(&mut self, now_ms: u64, agent: AgentId, out: &mut Vec<Action>) {
+        if self.agents.contains_key(&agent) {
+            // A new connection replaces the old one; whatever the old one was doing is lost.
+            self.drop_member(now_ms, &agent, "reconnected", out);
+        }
+        self.agents.insert(agent, AgentInfo::default());
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_update(
+        &mut self,
+        now_ms: u64,
+        agent: AgentId,
+        round_id: u64,
+        examples: u64,
+        train_loss: f32,
+        delta: &[f32],
+        out: &mut Vec<Action>,
+    ) {
+        let reject = |out: &mut Vec<Action>, agent: AgentId, reason| out.push(Action::Reject { agent, reason });
+        if !self.agents.contains_key(&agent) {
+            return reject(out, agent, RejectReason::NotConnected);
+        }
+        let Stage::Collecting(round) = &mut self.stage else {
+            let reason = if self.closed_at_deadline == Some(round_id) {
+                RejectReason::AfterDeadline
+            } else {
+                RejectReason::NoRoundInFlight
+            };
+            return reject(out, agent, reason);
+        };
+        if round.plan.round != round_id {
+            let reason = if self.closed_at_deadline == Some(round_id) {
+                RejectReason::AfterDeadline
+            } else {
+                RejectReason::WrongRound { expected: round.plan.round, got: round_id }
+            };
+            return reject(out, agent, reason);
+        }
+        match round.members.get(&agent) {
+            None => return reject(out, agent, RejectReason::NotSelected),
+            Some(MemberStatus::Reported) => return reject(out, agent, RejectReason::Duplicate),
+            Some(MemberStatus::Dropped) => {
+                let why = round.dropped.iter().rev().find(|d| d.agent == agent).map(|d| d.reason.clone());
+                return reject(out, agent, RejectReason::AlreadyDropped(why.unwrap_or_default()));
+            }
+            Some(MemberStatus::Training) => {}
+        }
+        if !train_loss.is_finite() {
+            reject(out, agent.clone(), RejectReason::NonFiniteLoss);
+            return self.drop_member(now_ms, &agent, "non-finite training loss", out);
+        }
+        let folded = match &mut round.aggregation {
+            Aggregation::Plain(sum) => sum.fold(examples, delta),
+        };
+        if let Err(e) = folded {
+            let why = format!("invalid update: {e}");
+            reject(out, agent.clone(), RejectReason::Invalid(e));
+            return self.drop_member(now_ms, &agent, &why, out);
+        }
+        round.members.insert(agent.clone(), MemberStatus::Reported);
+        round.loss_sum += examples as f64 * f64::from(train_loss);
+        round.update_bytes += (delta.len() * 4) as u64;
+        round.reports.push(Report {
+            agent: agent.clone(),
+            examples,
+            train_loss,
+            after_ms: now_ms.saturating_sub(round.started_ms),
+        });
+        let version = round.plan.model_version;
+        if let Some(Holding { model_version, .. }) = self.agents.get_mut(&agent).and_then(|i| i.holding.as_mut()) {
+            *model_version = Some(version);
+        }
+        self.close_if_settled(now_ms, out);
+    }
+
+    /// Marks `agent` dropped from the round in flight if it still owed an update.
+    fn drop_member(&mut self, now_ms: u64, agent: &str, reason: &str, out: &mut Vec<Action>) {
+        let Stage::Collecting(round) = &mut self.stage else { return };
+        match round.members.get_mut(agent) {
+            Some(status @ MemberStatus::Training) => *status = MemberStatus::Dropped,
+            _ => return,
+        }
+        round.dropped.push(Dropped { agent: agent.to_string(), reason: reason.to_string() });
+        if let Some(info) = self.agents.get_mut(agent) {
+            info.in_round = false;
+        }
+        self.close_if_settled(now_ms, out);
+    }
+
+    /// Ends the round early when nobody is still training, or when too few can still report.
+    fn close_if_settled(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let Stage::Collecting(round) = &self.stage else { return };
+        let outstanding = round.outstanding();
+        let reported = round.reports.len();
+        if outstanding == 0 || reported + outstanding < self.config.min_agents {
+            self.close_round(now_ms, out);
+        }
+    }
+
+    fn check_deadline(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        if let Stage::Collecting(round) = &self.stage
+            && now_ms >= round.deadline_at_ms
+        {
+            self.closed_at_deadline = Some(round.plan.round);
+            self.close_round(now_ms, out);
+        }
+    }
+
+    /// Closes the round in flight: completes it with the reporters if there are enough, else aborts it.
+    fn close_round(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let Stage::Collecting(round) = &self.stage else { return };
+        if round.reports.len() < self.config.min_agents {
+            let reason =
+                AbortReason::TooFewReports { reported: round.reports.len(), min_agents: self.config.min_agents };
+            return self.abort_round(now_ms, reason, out);
+        }
+        let Stage::Collecting(mut round) = std::mem::replace(&mut self.stage, Stage::Idle) else { return };
+        self.release_members(&mut round, "no update before the deadline", out);
+        let Some(mean) = round.aggregation.mean() else {
+            // Unreachable with min_agents ≥ 1, but never a panic.
+            let reason = AbortReason::Strategy("nothing was aggregated".into());
+            return self.finish_aborted(now_ms, *round, reason, out);
+        };
+        let before = self.strategy.state();
+        let new_weights = match self.strategy.aggregate(&self.global, &mean, round.plan.round) {
+            Ok(w) => w,
+            Err(e) => {
+                if let Err(e) = self.strategy.restore(&before) {
+                    tracing::error!(error = %e, "cannot restore the strategy state after a failed aggregation");
+                }
+                return self.finish_aborted(now_ms, *round, AbortReason::Strategy(e.to_string()), out);
+            }
+        };
+        let record = self.record(&round, now_ms, Outcome::Completed);
+        let strategy_state = self.strategy.state();
+        tracing::info!(round = record.round, reported = record.reported.len(), "round complete, committing");
+        out.push(Action::Commit { record: Box::new(record.clone()), new_weights: new_weights.clone(), strategy_state });
+        self.stage = Stage::Committing(Box::new(PendingCommit {
+            round: record.round,
+            new_weights,
+            strategy_before: before,
+            record,
+        }));
+    }
+
+    fn abort_round(&mut self, now_ms: u64, reason: AbortReason, out: &mut Vec<Action>) {
+        let Stage::Collecting(mut round) = std::mem::replace(&mut self.stage, Stage::Idle) else { return };
+        let why = format!("round aborted: {reason}");
+        self.release_members(&mut round, &why, out);
+        self.finish_aborted(now_ms, *round, reason, out);
+    }
+
+    /// Drops whoever still owes an update (telling them to stop) and frees every member for the next round.
+    fn release_members(&mut self, round: &mut Round, reason: &str, out: &mut Vec<Action>) {
+        for (agent, status) in round.members.iter_mut() {
+            if *status == MemberStatus::Training {
+                *status = MemberStatus::Dropped;
+                round.dropped.push(Dropped { agent: agent.clone(), reason: reason.to_string() });
+                if self.agents.contains_key(agent) {
+                    out.push(Action::CancelTraining { agent: agent.clone(), round: round.plan.round });
+                }
+            }
+            if let Some(info) = self.agents.get_mut(agent) {
+                info.in_round = false;
+            }
+        }
+    }
+
+    fn finish_aborted(&mut self, now_ms: u64, round: Round, reason: AbortReason, out: &mut Vec<Action>) {
+        let record = self.record(&round, now_ms, Outcome::Aborted(reason.clone()));
+        tracing::warn!(round = record.round, %reason, "round aborted");
+        out.push(Action::RoundAborted { round: record.round, reason, record: Box::new(record) });
+        self.stage = Stage::Idle;
+        self.not_before_ms = now_ms.saturating_add(self.config.retry_backoff_ms);
+    }
+
+    fn record(&self, round: &Round, now_ms: u64, outcome: Outcome) -> RoundRecord {
+        let total_examples: u64 = round.reports.iter().map(|r| r.examples).sum();
+        let mean_train_loss = (total_examples > 0).then(|| (round.loss_sum / total_examples as f64) as f32);
+        RoundRecord {
+            round: round.plan.round,
+            plan: round.plan.clone(),
+            strategy: self.strategy.name().to_string(),
+            selected: round.selected.clone(),
+            reported: round.reports.clone(),
+            dropped: round.dropped.clone(),
+            outcome,
+            metrics: RoundMetrics {
+                mean_train_loss,
+                total_examples,
+                test_accuracy: None,
+                test_loss: None,
+                update_bytes: round.update_bytes,
+                duration_ms: now_ms.saturating_sub(round.started_ms),
+            },
+            started_ms: round.started_ms,
+            ended_ms: now_ms,
+            new_version: None,
+        }
+    }
+
+    fn on_committed(&mut self, now_ms: u64, round: u64, version: u64, out: &mut Vec<Action>) {
+        let pending = match std::mem::replace(&mut self.stage, Stage::Idle) {
+            Stage::Committing(p) if p.round == round => p,
+            other => {
+                self.stage = other;
+                out.push(Action::Log { message: format!("ignored a commit confirmation for round {round}") });
+                return;
+            }
+        };
+        if version <= self.model_version {
+            tracing::warn!(version, current = self.model_version, "the store reported a version that is not newer");
+        }
+        self.global = pending.new_weights;
+        self.model_version = version;
+        self.remaining = self.remaining.map(|n| n.saturating_sub(1));
+        if self.remaining == Some(0) {
+            self.running = false;
+            out.push(Action::Log { message: "the requested rounds are done".into() });
+        }
+        self.not_before_ms = now_ms;
+        tracing::info!(round, version, "round committed");
+        out.push(Action::Announce { version });
+    }
+
+    fn on_commit_failed(&mut self, now_ms: u64, round: u64, error: String, out: &mut Vec<Action>) {
+        let pending = match std::mem::replace(&mut self.stage, Stage::Idle) {
+            Stage::Committing(p) if p.round == round => p,
+            other => {
+                self.stage = other;
+                out.push(Action::Log { message: format!("ignored a commit failure for round {round}") });
+                return;
+            }
+        };
+        if let Err(e) = self.strategy.restore(&pending.strategy_before) {
+            tracing::error!(error = %e, "cannot restore the strategy state after a failed commit");
+        }
+        let reason = AbortReason::CommitFailed(error);
+        let mut record = pending.record;
+        record.outcome = Outcome::Aborted(reason.clone());
+        record.ended_ms = now_ms;
+        tracing::error!(round, %reason, "commit failed, round aborted");
+        out.push(Action::RoundAborted { round, reason, record: Box::new(record) });
+        self.not_before_ms = now_ms.saturating_add(self.config.retry_backoff_ms);
+    }
+
+    fn maybe_start_round(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        if !matches!(self.stage, Stage::Idle)
+            || !self.running
+            || self.paused
+            || self.remaining == Some(0)
+            || now_ms < self.not_before_ms
+        {
+            return;
+        }
+        let candidates = self.available();
+        if candidates.len() < self.config.min_available() {
+            return;
+        }
+        let size = self.config.selection().cohort_size(candidates.len());
+        if size == 0 {
+            return;
+        }
+        let round_id = self.next_round;
+        self.next_round = self.next_round.saturating_add(1);
+        let selected = select(&candidates, size, self.config.seed, round_id);
+        let mut hyper = self.strategy.configure_round(round_id, &self.config.hyper);
+        // A separate stream from selection's, so the agents' seed says nothing about who was picked.
+        hyper.seed = round_rng(self.config.seed ^ 0x7261_6e64_7365_6564, round_id).next_u64();
+        hyper.deadline_ms = self.config.round_timeout_ms;
+        let plan = RoundPlan {
+            round: round_id,
+            model_version: self.model_version,
+            hyper,
+            deadline_ms: self.config.round_timeout_ms,
+            aggregation: AggregationMode::Plain,
+        };
+        out.push(Action::RoundStarted { round: round_id, model_version: self.model_version, selected: selected.len() });
+        let mut members = BTreeMap::new();
+        for agent in &selected {
+            let Some(info) = self.agents.get_mut(agent) else { continue };
+            info.in_round = true;
+            let send_weights = info.holding.and_then(|h| h.model_version) != Some(self.model_version);
+            members.insert(agent.clone(), MemberStatus::Training);
+            out.push(Action::SendPlan { agent: agent.clone(), plan: plan.clone(), send_weights });
+        }
+        tracing::info!(round = round_id, selected = selected.len(), available = candidates.len(), "round started");
+        self.stage = Stage::Collecting(Box::new(Round {
+            plan,
+            started_ms: now_ms,
+            deadline_at_ms: now_ms.saturating_add(self.config.round_timeout_ms),
+            selected,
+            members,
+            aggregation: Aggregation::Plain(WeightedSum::new(self.global.len())),
+            reports: Vec::new(),
+            dropped: Vec::new(),
+            loss_sum: 0.0,
+            update_bytes: 0,
+        }));
+    }
+
+    fn request_wake(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let wanted = match &self.stage {
+            Stage::Collecting(r) => Some(r.deadline_at_ms),
+            Stage::Idle if self.running && !self.paused && now_ms < self.not_before_ms => Some(self.not_before_ms),
+            _ => None,
+        };
+        if wanted.is_some() && wanted != self.wake {
+            if let Some(at) = wanted {
+                out.push(Action::WakeAt(at));
+            }
+        }
+        self.wake = wanted;
+    }
+}

@@ -1,0 +1,106 @@
+//! What the coordinator tells a selected agent: the round's plan and the local training hyper-parameters.
+//!
+//! These types travel to the agent (serde, through `fedge_shared::codec`) and are stored in round records. They
+//! carry no weights: the global model is bulk bytes on its own stream. Nothing here may depend on a clock or on
+//! randomness; the per-round seed is derived by the coordinator from (configured seed, round).
+
+use serde::{Deserialize, Serialize};
+
+/// The optimizer an agent uses for its local steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Stochastic gradient descent, with heavy-ball momentum when `momentum > 0`.
+    Sgd,
+    /// Adam (Kingma and Ba), with the usual β1 = 0.9, β2 = 0.999, ε = 1e-8 on the device.
+    Adam,
+}
+
+/// Local training hyper-parameters for one round (what Flower calls the fit config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainHyper {
+    /// Passes over the agent's local data.
+    pub epochs: u32,
+    /// Examples per local step.
+    pub batch_size: u32,
+    /// Local (client) learning rate.
+    pub learning_rate: f32,
+    /// Momentum for SGD (ignored by Adam).
+    #[serde(default)]
+    pub momentum: f32,
+    /// Which optimizer to run on the device.
+    pub optimizer: OptimizerKind,
+    /// FedProx proximal coefficient μ: the agent adds μ/2 ‖w − w_global‖² to its loss. 0 disables it.
+    #[serde(default)]
+    pub prox_mu: f32,
+    /// Seed for the round's local shuffling and dropout; set per round by the coordinator.
+    #[serde(default)]
+    pub seed: u64,
+    /// Time the agent has, from receiving the plan, to upload its update (milliseconds); set by the coordinator.
+    #[serde(default)]
+    pub deadline_ms: u64,
+}
+
+impl Default for TrainHyper {
+    fn default() -> Self {
+        TrainHyper {
+            epochs: 1,
+            batch_size: 32,
+            learning_rate: 0.05,
+            momentum: 0.0,
+            optimizer: OptimizerKind::Sgd,
+            prox_mu: 0.0,
+            seed: 0,
+            deadline_ms: 0,
+        }
+    }
+}
+
+impl TrainHyper {
+    /// Checks that the numbers make sense, naming the first that does not.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.epochs == 0 {
+            return Err("epochs must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return Err("batch_size must be at least 1".into());
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(format!("learning_rate must be a positive number, not {}", self.learning_rate));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return Err(format!("momentum must be in [0, 1), not {}", self.momentum));
+        }
+        if !(self.prox_mu.is_finite() && self.prox_mu >= 0.0) {
+            return Err(format!("prox_mu must be a non-negative number, not {}", self.prox_mu));
+        }
+        Ok(())
+    }
+}
+
+/// How the round's updates are summed.
+///
+/// This is the seam for secure aggregation: a `Secure` variant (SecAgg+ parameters: threshold, neighbour degree,
+/// clipping range, quantization levels) slots in here and in [`super::Aggregation`] without changing the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AggregationMode {
+    /// Agents upload their delta in the clear; the server folds each into one running weighted sum.
+    Plain,
+}
+
+/// The plan sent to each selected agent at the start of a round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundPlan {
+    /// The round id (never reused).
+    pub round: u64,
+    /// The global model version the agent must train from. The shell sends those weights first when the agent
+    /// holds another version (see `Action::SendPlan::send_weights`).
+    pub model_version: u64,
+    /// Local training hyper-parameters, as the strategy configured them for this round.
+    pub hyper: TrainHyper,
+    /// How long the agent has, from receiving the plan, to upload (milliseconds).
+    pub deadline_ms: u64,
+    /// How updates are aggregated this round.
+    pub aggregation: AggregationMode,
+}

@@ -1,0 +1,97 @@
+//! The record of one round, as the coordinator hands it to the store: plan, cohort, outcome, metrics.
+//!
+//! Plain data (serde), stored through `fedge_shared::codec` by the store. It must never hold weights or anything
+//! from an agent beyond its example count and reported training loss.
+
+use super::plan::RoundPlan;
+use serde::{Deserialize, Serialize};
+
+/// An agent's name: the common name of its certificate.
+pub type AgentId = String;
+
+/// Why a round ended without a new model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AbortReason {
+    /// Fewer than `min_agents` reported before the deadline (or too many dropped for that to remain possible).
+    TooFewReports { reported: usize, min_agents: usize },
+    /// The operator aborted the round.
+    Operator,
+    /// The strategy could not produce a new model (e.g. a non-finite aggregate).
+    Strategy(String),
+    /// The store could not commit the new model.
+    CommitFailed(String),
+}
+
+impl std::fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AbortReason::TooFewReports { reported, min_agents } => {
+                write!(f, "only {reported} agents reported, at least {min_agents} are needed")
+            }
+            AbortReason::Operator => f.write_str("aborted by the operator"),
+            AbortReason::Strategy(e) => write!(f, "the strategy failed: {e}"),
+            AbortReason::CommitFailed(e) => write!(f, "the commit failed: {e}"),
+        }
+    }
+}
+
+/// How a round ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Completed,
+    Aborted(AbortReason),
+}
+
+/// One agent's contribution as recorded (no weights).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub agent: AgentId,
+    pub examples: u64,
+    pub train_loss: f32,
+    /// Milliseconds from the round's start to the update's arrival.
+    pub after_ms: u64,
+}
+
+/// An agent that was selected but did not contribute, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dropped {
+    pub agent: AgentId,
+    pub reason: String,
+}
+
+/// A round's numbers. The test metrics are filled in by the shell after evaluating the new model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundMetrics {
+    /// Example-weighted mean of the reporters' training losses.
+    pub mean_train_loss: Option<f32>,
+    /// Examples behind the aggregate.
+    pub total_examples: u64,
+    /// Accuracy of the new model on the server's test set, if it has one.
+    pub test_accuracy: Option<f32>,
+    /// Loss of the new model on the server's test set, if it has one.
+    pub test_loss: Option<f32>,
+    /// Update payload bytes folded into the aggregate.
+    pub update_bytes: u64,
+    /// Milliseconds from the round's start to its end.
+    pub duration_ms: u64,
+}
+
+/// Everything the store keeps about a round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round: u64,
+    pub plan: RoundPlan,
+    /// The strategy that ran the round.
+    pub strategy: String,
+    /// The agents selected, in selection order.
+    pub selected: Vec<AgentId>,
+    pub reported: Vec<Report>,
+    pub dropped: Vec<Dropped>,
+    pub outcome: Outcome,
+    pub metrics: RoundMetrics,
+    /// Coordinator time (the shell's `now_ms`) at the start and end of the round.
+    pub started_ms: u64,
+    pub ended_ms: u64,
+    /// The model version this round produced; set by the store when it commits.
+    pub new_version: Option<u64>,
+}
