@@ -3,12 +3,14 @@
 //! - [`client`]: the connection loop (mutual-TLS QUIC, check-in, rounds, uploads, reconnects).
 //! - [`learner`]: the seam between the round protocol and local learning.
 //! - [`state`]: the graph and weights the agent keeps between connections.
+//! - [`trainer`]: the real learner: local training with tract.
 //! - [`offline`]: the commands that work without a server: `train`, `eval`, `make-model`.
 
 pub mod client;
 pub mod learner;
 pub mod offline;
 pub mod state;
+pub mod trainer;
 
 /// The software name and version sent in the hello.
 pub const SOFTWARE: &str = concat!("fedge-agent/", env!("CARGO_PKG_VERSION"));

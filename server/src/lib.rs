@@ -3,8 +3,15 @@
 //! - [`coordinator`]: the round state machine, sans-IO (events in, actions out; no sockets, no clocks).
 //! - [`strategy`]: aggregation strategies behind one small trait (FedAvg, FedProx, FedAdam, FedYogi).
 //! - [`store`]: the sled database: models, rounds, agents, metadata.
-//! - the async shell (QUIC endpoint, one task per connection) only moves the coordinator's messages.
+//! - [`service`]: the core task that drives the coordinator and the store; [`net`]: the QUIC shell.
+//! - [`config`]: `server.toml`; [`evaluator`]: test-set evaluation of new models.
 
+pub mod config;
 pub mod coordinator;
+pub mod demo;
+pub mod evaluator;
+pub mod logging;
+pub mod net;
+pub mod service;
 pub mod store;
 pub mod strategy;

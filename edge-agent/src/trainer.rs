@@ -1,0 +1,104 @@
+//! The agent's real [`Learner`]: trains the federation's ONNX model on the device's data with tract.
+//!
+//! The compiled training step is kept across rounds (rebuilt only when the graph or the batch size changes), so
+//! a round costs its training steps and nothing more. Runs on a blocking thread; never touches the network.
+
+use crate::learner::{LearnOutcome, Learner};
+use anyhow::{Context, bail};
+use fedge_shared::data::Dataset;
+use fedge_shared::protocol::TrainPlan;
+use fedge_shared::train::local::{LocalTrainConfig, LocalTrainer, evaluate};
+use fedge_shared::train::optimizer::OptimizerConfig;
+use fedge_shared::train::{Loss, TrainableModel};
+
+/// Trains with tract on a local training split, and reports accuracy on a local held-out split.
+pub struct TractLearner {
+    train: Dataset,
+    holdout: Option<Dataset>,
+    model: Option<TrainableModel>,
+    trainer: Option<LocalTrainer>,
+    /// Mixed into every round's seed so agents do not shuffle alike.
+    seed: u64,
+}
+
+impl TractLearner {
+    pub fn new(train: Dataset, holdout: Option<Dataset>, seed: u64) -> Self {
+        TractLearner { train, holdout, model: None, trainer: None, seed }
+    }
+
+    fn config(&self, plan: &TrainPlan) -> anyhow::Result<LocalTrainConfig> {
+        let optimizer = match plan.optimizer.as_str() {
+            "sgd" => OptimizerConfig::Sgd {
+                lr: plan.learning_rate,
+                momentum: plan.momentum,
+                nesterov: false,
+                weight_decay: plan.weight_decay,
+            },
+            "adam" => {
+                let mut o = OptimizerConfig::adam(plan.learning_rate);
+                if let OptimizerConfig::Adam { weight_decay, .. } = &mut o {
+                    *weight_decay = plan.weight_decay;
+                }
+                o
+            }
+            other => bail!("the round asks for optimizer {other:?}, which this agent does not know"),
+        };
+        Ok(LocalTrainConfig {
+            epochs: plan.epochs,
+            batch_size: plan.batch_size,
+            optimizer,
+            prox_mu: plan.prox_mu.filter(|m| *m > 0.0),
+            seed: plan.seed ^ self.seed.rotate_left(29),
+            max_steps: None,
+        })
+    }
+}
+
+impl Learner for TractLearner {
+    fn examples(&self) -> u64 {
+        self.train.len() as u64
+    }
+
+    fn set_graph(&mut self, onnx: &[u8]) -> anyhow::Result<()> {
+        let model = TrainableModel::from_onnx_bytes(onnx).context("loading the ONNX graph")?;
+        if model.input_len() != self.train.example_len() {
+            bail!(
+                "the model takes inputs of {} values, the local data set has examples of {}",
+                model.input_len(),
+                self.train.example_len()
+            );
+        }
+        self.model = Some(model);
+        self.trainer = None;
+        Ok(())
+    }
+
+    fn num_params(&self) -> Option<usize> {
+        self.model.as_ref().map(|m| m.num_params())
+    }
+
+    fn learn(&mut self, global: &[f32], plan: &TrainPlan) -> anyhow::Result<LearnOutcome> {
+        let Some(model) = &self.model else { bail!("no graph received yet") };
+        if global.len() != model.num_params() {
+            bail!("global weights hold {} parameters, the graph has {}", global.len(), model.num_params());
+        }
+        let cfg = self.config(plan)?;
+        if self.trainer.as_ref().is_none_or(|t| t.batch_size() != plan.batch_size as usize) {
+            self.trainer = Some(LocalTrainer::new(model.clone(), Loss::SoftmaxCrossEntropy, plan.batch_size as usize)?);
+        }
+        let Some(trainer) = self.trainer.as_mut() else { bail!("trainer unavailable") };
+        let mut weights = global.to_vec();
+        let summary = trainer.train(&mut weights, &self.train, &cfg, &mut |_| {})?;
+        let holdout_accuracy = match &self.holdout {
+            Some(h) if !h.is_empty() => Some(evaluate(trainer.model(), &weights, h, 256)?.accuracy),
+            _ => None,
+        };
+        let delta = weights.iter().zip(global).map(|(w, g)| w - g).collect();
+        Ok(LearnOutcome {
+            delta,
+            examples: self.train.len() as u64,
+            train_loss: summary.last_epoch_loss,
+            holdout_accuracy,
+        })
+    }
+}

@@ -1,0 +1,188 @@
+//! The server's configuration file (`server.toml`): where it listens, its certificates, its database, the initial
+//! model, the test set it evaluates on, and the coordinator's round settings.
+//!
+//! Unknown keys and wrong types are refused with the file, line and key (toml's error messages carry them);
+//! values are validated before the server starts. Every key can be overridden by an environment variable
+//! `FEDGE_SERVER__SECTION__KEY` (double underscores between levels, e.g. `FEDGE_SERVER__COORDINATOR__MIN_AGENTS=5`).
+//! This module reads files; it never opens sockets.
+
+use crate::coordinator::CoordinatorConfig;
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// `server.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// UDP address for QUIC.
+    pub listen: SocketAddr,
+    /// sled database directory.
+    pub data_dir: PathBuf,
+    pub tls: TlsFiles,
+    pub model: ModelSource,
+    #[serde(default)]
+    pub evaluation: Option<Evaluation>,
+    pub coordinator: CoordinatorConfig,
+    /// Run this many rounds after start (then stay up, serving the model); `None`: keep running rounds.
+    #[serde(default)]
+    pub rounds: Option<u64>,
+    /// Start rounds as soon as enough agents check in (otherwise wait for an operator's `round start`).
+    #[serde(default = "yes")]
+    pub autostart: bool,
+    /// Close a connection silent for this long.
+    #[serde(default = "default_idle")]
+    pub idle_timeout_ms: u64,
+    /// At most this many update uploads are read at once (each holds one vector in memory).
+    #[serde(default = "default_uploads")]
+    pub max_concurrent_uploads: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_idle() -> u64 {
+    30_000
+}
+fn default_uploads() -> usize {
+    4
+}
+
+/// Certificate files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// A file of revoked certificates, one `NAME SHA256-FINGERPRINT` per line (written by `fedgectl agent revoke`);
+    /// read at every new connection.
+    #[serde(default)]
+    pub revoked: Option<PathBuf>,
+}
+
+/// The model the federation trains.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSource {
+    /// ONNX graph used to create version 0 when the database is empty.
+    pub onnx: PathBuf,
+}
+
+/// Server-side evaluation of every new global model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evaluation {
+    /// A folder of MNIST-style IDX files; its `t10k` split is used.
+    pub test_data: PathBuf,
+    /// Evaluate on at most this many examples.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+impl ServerConfig {
+    /// Reads, overrides from the environment, and validates a configuration file.
+    pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut value: toml::Value =
+            toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
+        apply_env_overrides(&mut value, "FEDGE_SERVER__", std::env::vars())
+            .with_context(|| format!("{}: environment override", path.display()))?;
+        let cfg = ServerConfig::from_value(value, &text).with_context(|| format!("{}", path.display()))?;
+        Ok(cfg)
+    }
+
+    fn from_value(value: toml::Value, original: &str) -> anyhow::Result<ServerConfig> {
+        // Deserialising from the text gives line numbers; use it when no override changed anything.
+        let cfg: ServerConfig = match toml::from_str::<ServerConfig>(original) {
+            Ok(c) if toml::Value::try_from(&c).ok().as_ref() == Some(&value) => c,
+            Ok(_) => value.try_into()?,
+            Err(e) => return Err(e.into()),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that serde alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.coordinator.validate().context("[coordinator]")?;
+        if self.idle_timeout_ms < 1_000 {
+            bail!("idle_timeout_ms must be at least 1000, not {}", self.idle_timeout_ms);
+        }
+        if self.max_concurrent_uploads == 0 {
+            bail!("max_concurrent_uploads must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Applies `PREFIX` + `A__B__C=value` environment variables to a TOML document: the value is parsed as TOML
+/// (a number, boolean, array...) and falls back to a string.
+pub fn apply_env_overrides(
+    doc: &mut toml::Value,
+    prefix: &str,
+    vars: impl Iterator<Item = (String, String)>,
+) -> anyhow::Result<()> {
+    for (k, v) in vars {
+        let Some(rest) = k.strip_prefix(prefix) else { continue };
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if path.iter().any(|p| p.is_empty()) {
+            bail!("{k}: empty key segment");
+        }
+        let parsed = toml::from_str::<toml::Table>(&format!("x = {v}"))
+            .ok()
+            .and_then(|mut t| t.remove("x"))
+            .unwrap_or(toml::Value::String(v.clone()));
+        let mut node = &mut *doc;
+        for (i, seg) in path.iter().enumerate() {
+            let table = node.as_table_mut().ok_or_else(|| anyhow::anyhow!("{k}: {seg:?} is not inside a table"))?;
+            if i + 1 == path.len() {
+                table.insert(seg.clone(), parsed.clone());
+                break;
+            }
+            node = table.entry(seg.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../configs/server.toml");
+
+    #[test]
+    fn the_example_configuration_parses_and_validates() {
+        let v: toml::Value = toml::from_str(EXAMPLE).unwrap();
+        ServerConfig::from_value(v, EXAMPLE).unwrap();
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_naming_the_key_and_line() {
+        let text = EXAMPLE.replacen("autostart", "autostrat", 1);
+        let v: toml::Value = toml::from_str(&text).unwrap();
+        let err = format!("{:#}", ServerConfig::from_value(v, &text).unwrap_err());
+        assert!(err.contains("autostrat"), "{err}");
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn environment_variables_override_nested_keys() {
+        let mut v: toml::Value = toml::from_str(EXAMPLE).unwrap();
+        let vars = vec![("FEDGE_SERVER__COORDINATOR__MIN_AGENTS".to_string(), "7".to_string())];
+        apply_env_overrides(&mut v, "FEDGE_SERVER__", vars.into_iter()).unwrap();
+        let cfg = ServerConfig::from_value(v, EXAMPLE).unwrap();
+        assert_eq!(cfg.coordinator.min_agents, 7);
+    }
+
+    #[test]
+    fn an_out_of_range_value_is_refused_with_its_name() {
+        let mut v: toml::Value = toml::from_str(EXAMPLE).unwrap();
+        let vars = vec![("FEDGE_SERVER__COORDINATOR__FRACTION".to_string(), "1.5".to_string())];
+        apply_env_overrides(&mut v, "FEDGE_SERVER__", vars.into_iter()).unwrap();
+        let err = format!("{:#}", ServerConfig::from_value(v, EXAMPLE).unwrap_err());
+        assert!(err.contains("fraction"), "{err}");
+    }
+}

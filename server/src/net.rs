@@ -1,0 +1,288 @@
+//! The QUIC shell: accepts connections, authenticates peers by their certificate, speaks the hello, and runs one
+//! task per agent connection that moves framed control messages and blob streams between the agent and the core.
+//!
+//! It decides nothing about rounds. It refuses, with a logged reason and a QUIC close code, any peer whose
+//! certificate does not chain to the federation CA (rustls does that in the handshake), is revoked, carries the
+//! wrong role for the ALPN, or speaks another protocol version. It never panics on what a peer sends.
+
+use crate::config::ServerConfig;
+use crate::service::{CoreMsg, Outbound, ServerEvent};
+use crate::store::Store;
+use anyhow::Context;
+use fedge_shared::model::weights_from_bytes;
+use fedge_shared::protocol::{
+    self, AgentMessage, BlobKind, Hello, PROTOCOL_VERSION, ServerHello, ServerMessage, limits,
+};
+use fedge_shared::tls::{self, CertInfo, Identity, Role};
+use fedge_shared::wire;
+use rustls::pki_types::CertificateDer;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+
+/// QUIC application close code: the peer is refused.
+pub const CLOSE_REFUSED: u32 = 2;
+/// QUIC application close code: the peer broke the protocol.
+pub const CLOSE_PROTOCOL: u32 = 3;
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Certificates and their files, loaded once at start.
+pub struct TlsSetup {
+    ca: Vec<CertificateDer<'static>>,
+    identity: Identity,
+    revoked: Option<PathBuf>,
+    idle: Duration,
+}
+
+impl TlsSetup {
+    pub fn load(config: &ServerConfig) -> anyhow::Result<TlsSetup> {
+        let ca = tls::load_certs(&config.tls.ca)?;
+        let identity = Identity::load(&config.tls.cert, &config.tls.key)?;
+        Ok(TlsSetup {
+            ca,
+            identity,
+            revoked: config.tls.revoked.clone(),
+            idle: Duration::from_millis(config.idle_timeout_ms),
+        })
+    }
+
+    pub fn server_config(&self) -> anyhow::Result<quinn::ServerConfig> {
+        Ok(tls::server_config(&self.ca, &self.identity, &[protocol::ALPN_AGENT, protocol::ALPN_ADMIN], self.idle)?)
+    }
+
+    /// Whether `info` is listed in the revocation file (read afresh, so a revocation takes effect at once).
+    fn is_revoked(&self, info: &CertInfo) -> anyhow::Result<bool> {
+        let Some(path) = &self.revoked else { return Ok(false) };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let fp = info.fingerprint.to_hex();
+        Ok(text.lines().any(|l| {
+            let mut parts = l.split_whitespace();
+            let (name, f) = (parts.next(), parts.next());
+            f == Some(fp.as_str()) || (f.is_none() && name == Some(info.name.as_str()))
+        }))
+    }
+}
+
+/// What every connection task shares.
+pub struct Shared {
+    pub core: mpsc::Sender<CoreMsg>,
+    pub events: broadcast::Sender<ServerEvent>,
+    /// Parameters of the current model (the only length an update may have).
+    pub params: Arc<AtomicU64>,
+    pub tls: TlsSetup,
+    /// Bounds the update vectors held in memory at once.
+    pub uploads: Arc<Semaphore>,
+    pub next_conn: AtomicU64,
+    pub store: Arc<Store>,
+}
+
+/// Accepts connections until shutdown.
+pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
+            _ = shutdown.changed() => break,
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => handle_connection(conn, shared, shutdown).await,
+                Err(e) => {
+                    // A missing certificate, one from another CA, or an expired one ends here.
+                    tracing::warn!(peer = %remote, error = %e, "TLS handshake refused");
+                    let _ = shared.events.send(ServerEvent::Refused { peer: remote.to_string(), reason: e.to_string() });
+                }
+            }
+        });
+    }
+}
+
+fn refuse(conn: &quinn::Connection, shared: &Shared, peer: String, reason: String) {
+    tracing::warn!(%peer, %reason, "connection refused");
+    conn.close(quinn::VarInt::from_u32(CLOSE_REFUSED), reason.as_bytes());
+    let _ = shared.events.send(ServerEvent::Refused { peer, reason });
+}
+
+async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    let remote = conn.remote_address();
+    let alpn = conn
+        .handshake_data()
+        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|h| h.protocol);
+    let info = match tls::peer_info(&conn) {
+        Ok(i) => i,
+        Err(e) => return refuse(&conn, &shared, remote.to_string(), format!("certificate: {e}")),
+    };
+    let peer = format!("{} ({remote})", info.name);
+    let now = chrono_ms();
+    if info.not_after < (now / 1000) as i64 {
+        return refuse(&conn, &shared, peer, "certificate expired".into());
+    }
+    match shared.tls.is_revoked(&info) {
+        Ok(false) => {}
+        Ok(true) => return refuse(&conn, &shared, peer, format!("certificate of {} is revoked", info.name)),
+        Err(e) => return refuse(&conn, &shared, peer, format!("revocation list unreadable: {e:#}")),
+    }
+    match (alpn.as_deref(), info.role) {
+        (Some(a), Role::Agent) if a == protocol::ALPN_AGENT => {}
+        (Some(a), Role::Operator) if a == protocol::ALPN_ADMIN => {
+            return refuse(&conn, &shared, peer, "the admin protocol is not served by this version".into());
+        }
+        (_, role) => {
+            return refuse(&conn, &shared, peer, format!("a {role:?} certificate may not use this protocol"));
+        }
+    }
+    if let Err(e) = serve_agent(&conn, &shared, info, shutdown).await {
+        tracing::info!(%peer, reason = %format!("{e:#}"), "agent connection ended");
+    }
+}
+
+fn chrono_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+async fn serve_agent(
+    conn: &quinn::Connection,
+    shared: &Arc<Shared>,
+    info: CertInfo,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let agent = info.name.clone();
+    let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+        .await
+        .context("no control stream within the hello time-out")??;
+    let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, wire::read_msg(&mut recv, limits::HELLO))
+        .await
+        .context("no hello within the time-out")??
+        .context("control stream closed before the hello")?;
+    if hello.protocol != PROTOCOL_VERSION {
+        let reason = format!("protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}", hello.protocol);
+        let _ = wire::write_msg(
+            &mut send,
+            &ServerHello::Refused { protocol: PROTOCOL_VERSION, reason: reason.clone() },
+            limits::HELLO,
+        )
+        .await;
+        let _ = send.finish();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        refuse(conn, shared, agent, reason.clone());
+        anyhow::bail!(reason);
+    }
+    wire::write_msg(
+        &mut send,
+        &ServerHello::Welcome {
+            protocol: PROTOCOL_VERSION,
+            agent: agent.clone(),
+            server: concat!("fedge-server/", env!("CARGO_PKG_VERSION")).into(),
+        },
+        limits::HELLO,
+    )
+    .await?;
+    let store = shared.store.clone();
+    let (name, fp) = (agent.clone(), info.fingerprint.to_hex());
+    let _ = tokio::task::spawn_blocking(move || store.upsert_agent_seen(&name, &fp, chrono_ms())).await;
+
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel::<Outbound>(64);
+    shared.core.send(CoreMsg::Connected { agent: agent.clone(), conn: id, tx }).await?;
+    tracing::info!(%agent, remote = %conn.remote_address(), "agent joined");
+
+    let uploads = tokio::spawn(read_uploads(conn.clone(), shared.clone(), agent.clone()));
+    let result: anyhow::Result<()> = async {
+        loop {
+            tokio::select! {
+                m = wire::read_msg::<AgentMessage>(&mut recv, limits::CONTROL) => {
+                    match m.context("control stream")? {
+                        None => anyhow::bail!("agent closed its control stream"),
+                        Some(AgentMessage::CheckIn(checkin)) => {
+                            shared.core.send(CoreMsg::CheckIn { agent: agent.clone(), conn: id, checkin }).await?;
+                        }
+                        Some(AgentMessage::Abandon { round, reason }) => {
+                            shared.core.send(CoreMsg::Abandon { agent: agent.clone(), round, reason }).await?;
+                        }
+                    }
+                }
+                out = rx.recv() => match out {
+                    Some(Outbound::Msg(m)) => wire::write_msg(&mut send, &m, limits::CONTROL).await?,
+                    Some(Outbound::Blob(header, body)) => {
+                        let conn = conn.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = wire::send_blob(&conn, &header, &body).await {
+                                tracing::debug!(error = %e, "blob send failed");
+                            }
+                        });
+                    }
+                    Some(Outbound::Close(reason)) => {
+                        let _ = wire::write_msg(&mut send, &ServerMessage::Bye { reason: reason.clone() }, limits::CONTROL).await;
+                        conn.close(quinn::VarInt::from_u32(0), reason.as_bytes());
+                        anyhow::bail!(reason);
+                    }
+                    None => anyhow::bail!("server core stopped"),
+                },
+                e = conn.closed() => anyhow::bail!("connection closed: {e}"),
+                _ = shutdown.changed() => anyhow::bail!("server shutting down"),
+            }
+        }
+    }
+    .await;
+    uploads.abort();
+    let _ = shared.core.send(CoreMsg::Disconnected { agent, conn: id }).await;
+    result
+}
+
+/// Reads update blobs from the agent's unidirectional streams and hands complete, checked vectors to the core.
+async fn read_uploads(conn: quinn::Connection, shared: Arc<Shared>, agent: String) {
+    loop {
+        let mut recv = match conn.accept_uni().await {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        let shared = shared.clone();
+        let agent = agent.clone();
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            if let Err(e) = read_upload(&mut recv, &shared, &agent).await {
+                tracing::warn!(%agent, reason = %format!("{e:#}"), "update refused");
+                if e.downcast_ref::<ProtocolViolation>().is_some() {
+                    conn.close(quinn::VarInt::from_u32(CLOSE_PROTOCOL), format!("{e:#}").as_bytes());
+                }
+            }
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("protocol violation: {0}")]
+struct ProtocolViolation(String);
+
+async fn read_upload(recv: &mut quinn::RecvStream, shared: &Shared, agent: &str) -> anyhow::Result<()> {
+    let header = wire::read_blob_header(recv).await?;
+    let BlobKind::Update { round, examples, train_loss, holdout_accuracy } = header.kind else {
+        return Err(ProtocolViolation(format!("agents may only upload updates, not {:?}", header.kind)).into());
+    };
+    let params = shared.params.load(Ordering::Relaxed);
+    if header.len != params * 4 {
+        return Err(ProtocolViolation(format!(
+            "update of {} bytes; the model has {params} parameters ({} bytes)",
+            header.len,
+            params * 4
+        ))
+        .into());
+    }
+    let _permit = shared.uploads.acquire().await?;
+    let body = wire::read_blob_body(recv, &header).await?;
+    let delta = weights_from_bytes(&body, Some(params as usize))?;
+    drop(body);
+    tracing::debug!(agent, round, examples, train_loss, ?holdout_accuracy, "update received");
+    shared.core.send(CoreMsg::Update { agent: agent.to_string(), round, examples, train_loss, delta }).await?;
+    Ok(())
+}

@@ -1,0 +1,495 @@
+//! The server's core task: it owns the [`Coordinator`] and the [`Store`], feeds the coordinator events from the
+//! connection tasks and the clock, and carries out the actions it returns (send a plan, push weights, commit a
+//! round on a blocking thread, announce a version).
+//!
+//! It makes no decision of its own about rounds: that is the coordinator's. It never blocks the runtime: commits
+//! and evaluations run on the blocking pool. Weights bytes for a version are encoded and hashed once and shared
+//! (`Arc`) by every connection that sends them.
+
+use crate::config::ServerConfig;
+use crate::coordinator::{Action, AgentId, Coordinator, Event, Outcome, RoundPlan, RoundRecord, Status};
+use crate::evaluator::Evaluator;
+use crate::net;
+use crate::store::Store;
+use anyhow::Context;
+use fedge_shared::model::{Digest, weights_to_bytes};
+use fedge_shared::protocol::{self, BlobHeader, BlobKind, ModelAnnounce, ServerMessage, TrainPlan};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+/// What happened on the server, for whoever watches (the demo's progress display, tests, the admin surface).
+#[derive(Debug, Clone)]
+pub enum ServerEvent {
+    AgentJoined { agent: String },
+    AgentLeft { agent: String },
+    /// A peer was refused (no or wrong certificate, revoked, wrong role or protocol).
+    Refused { peer: String, reason: String },
+    RoundStarted { round: u64, model_version: u64, selected: usize },
+    RoundCompleted(Box<RoundRecord>),
+    RoundAborted(Box<RoundRecord>),
+}
+
+/// Something sent to one agent's connection task.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    Msg(ServerMessage),
+    Blob(BlobHeader, Arc<Vec<u8>>),
+    Close(String),
+}
+
+/// Messages from connection tasks and operators to the core.
+#[derive(Debug)]
+pub enum CoreMsg {
+    Connected { agent: AgentId, conn: u64, tx: mpsc::Sender<Outbound> },
+    Disconnected { agent: AgentId, conn: u64 },
+    CheckIn { agent: AgentId, conn: u64, checkin: protocol::CheckIn },
+    Update { agent: AgentId, round: u64, examples: u64, train_loss: f32, delta: Vec<f32> },
+    Abandon { agent: AgentId, round: u64, reason: String },
+    Operator(Operator),
+    Committed { round: u64, result: Result<CommittedModel, String> },
+    Status(oneshot::Sender<Status>),
+}
+
+/// Operator commands.
+#[derive(Debug, Clone)]
+pub enum Operator {
+    StartRounds(Option<u64>),
+    Pause,
+    Resume,
+    AbortRound,
+}
+
+/// A model version the store has made durable.
+#[derive(Debug)]
+pub struct CommittedModel {
+    version: u64,
+    record: RoundRecord,
+    blob: Arc<Vec<u8>>,
+    digest: Digest,
+}
+
+struct Conn {
+    id: u64,
+    tx: mpsc::Sender<Outbound>,
+    graph_sent: bool,
+    version_held: Option<u64>,
+}
+
+/// The current global model as the connections send it.
+struct CurrentModel {
+    version: u64,
+    graph: Arc<Vec<u8>>,
+    graph_digest: Digest,
+    weights: Arc<Vec<u8>>,
+    weights_digest: Digest,
+    params: u64,
+}
+
+/// A running server.
+pub struct ServerHandle {
+    pub local_addr: SocketAddr,
+    core: mpsc::Sender<CoreMsg>,
+    events: broadcast::Sender<ServerEvent>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    endpoint: quinn::Endpoint,
+    pub store: Arc<Store>,
+}
+
+impl ServerHandle {
+    /// Subscribes to server events.
+    pub fn events(&self) -> broadcast::Receiver<ServerEvent> {
+        self.events.subscribe()
+    }
+
+    /// Sends an operator command.
+    pub async fn operator(&self, op: Operator) -> anyhow::Result<()> {
+        self.core.send(CoreMsg::Operator(op)).await.map_err(|_| anyhow::anyhow!("server core stopped"))
+    }
+
+    /// The coordinator's status.
+    pub async fn status(&self) -> anyhow::Result<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.core.send(CoreMsg::Status(tx)).await.map_err(|_| anyhow::anyhow!("server core stopped"))?;
+        rx.await.map_err(|_| anyhow::anyhow!("server core stopped"))
+    }
+
+    /// Stops accepting, closes every connection, flushes the store.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"server shutting down");
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.store.flush()?;
+        Ok(())
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Opens the store (creating version 0 from the configured ONNX graph if it is empty), binds the QUIC endpoint and
+/// starts the core and the accept loop.
+pub async fn start(config: ServerConfig, evaluator: Option<Arc<dyn Evaluator>>) -> anyhow::Result<ServerHandle> {
+    let store = Arc::new(
+        Store::open(&config.data_dir).with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
+    );
+    let current = {
+        let store = store.clone();
+        let config = config.clone();
+        let evaluator = evaluator.clone();
+        tokio::task::spawn_blocking(move || load_or_init_model(&store, &config, evaluator.as_deref())).await??
+    };
+    let resume = store.resume_state()?.context("the database has no model after initialisation")?;
+    let tls = net::TlsSetup::load(&config)?;
+    let endpoint = quinn::Endpoint::server(tls.server_config()?, config.listen)
+        .with_context(|| format!("binding UDP {}", config.listen))?;
+    let local_addr = endpoint.local_addr()?;
+    let coordinator = Coordinator::new(config.coordinator.clone(), resume).context("[coordinator] in the config")?;
+    let (core_tx, core_rx) = mpsc::channel(1024);
+    let (events, _) = broadcast::channel(1024);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let params = Arc::new(AtomicU64::new(current.params));
+    tracing::info!(
+        %local_addr, version = current.version, params = current.params, graph = %current.graph_digest.short(),
+        "fedge-server listening"
+    );
+    let core = Core {
+        coordinator,
+        store: store.clone(),
+        conns: HashMap::new(),
+        current,
+        events: events.clone(),
+        evaluator,
+        core_tx: core_tx.clone(),
+        committing: None,
+        wake: None,
+        start_rounds: config.autostart.then_some(config.rounds),
+    };
+    let mut tasks = vec![tokio::spawn(core.run(core_rx, shutdown_rx.clone()))];
+    let shared = Arc::new(net::Shared {
+        core: core_tx.clone(),
+        events: events.clone(),
+        params,
+        tls,
+        uploads: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads)),
+        next_conn: AtomicU64::new(1),
+        store: store.clone(),
+    });
+    tasks.push(tokio::spawn(net::accept_loop(endpoint.clone(), shared, shutdown_rx)));
+    Ok(ServerHandle { local_addr, core: core_tx, events, shutdown, tasks, endpoint, store })
+}
+
+fn load_or_init_model(
+    store: &Store,
+    config: &ServerConfig,
+    evaluator: Option<&dyn Evaluator>,
+) -> anyhow::Result<CurrentModel> {
+    let meta = match store.latest()? {
+        Some(m) => m,
+        None => {
+            let path = &config.model.onnx;
+            let onnx = std::fs::read(path).with_context(|| format!("reading the model {}", path.display()))?;
+            let weights = crate::evaluator::initial_weights(&onnx).with_context(|| format!("{}", path.display()))?;
+            let digest = store.put_graph(&onnx)?;
+            if let Some(e) = evaluator
+                && let Ok(m) = e.evaluate(&onnx, &weights)
+            {
+                tracing::info!(accuracy = m.accuracy, loss = m.loss, "initial model evaluated");
+            }
+            store.init_model(digest, &weights, now_ms())?
+        }
+    };
+    let graph = store.graph(&meta.graph_digest)?.context("the database lost the model's graph")?;
+    let weights = store.weights(meta.version)?;
+    let blob = weights_to_bytes(&weights);
+    Ok(CurrentModel {
+        version: meta.version,
+        graph_digest: meta.graph_digest,
+        graph: Arc::new(graph),
+        weights_digest: Digest::of(&blob),
+        weights: Arc::new(blob),
+        params: weights.len() as u64,
+    })
+}
+
+struct Core {
+    coordinator: Coordinator,
+    store: Arc<Store>,
+    conns: HashMap<AgentId, Conn>,
+    current: CurrentModel,
+    events: broadcast::Sender<ServerEvent>,
+    evaluator: Option<Arc<dyn Evaluator>>,
+    core_tx: mpsc::Sender<CoreMsg>,
+    /// The record of the round being committed (to tell its agents how it ended).
+    committing: Option<RoundRecord>,
+    wake: Option<u64>,
+    start_rounds: Option<Option<u64>>,
+}
+
+impl Core {
+    async fn run(mut self, mut rx: mpsc::Receiver<CoreMsg>, mut shutdown: watch::Receiver<bool>) {
+        if let Some(count) = self.start_rounds.take() {
+            self.feed(Event::StartRounds { count });
+        }
+        loop {
+            let sleep = async {
+                match self.wake {
+                    Some(at) => {
+                        let now = now_ms();
+                        tokio::time::sleep(std::time::Duration::from_millis(at.saturating_sub(now))).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => self.on_msg(m),
+                    None => break,
+                },
+                _ = sleep => {
+                    self.wake = None;
+                    self.feed(Event::Tick);
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        for c in self.conns.values() {
+            let _ = c.tx.try_send(Outbound::Close("server shutting down".into()));
+        }
+    }
+
+    fn feed(&mut self, event: Event<'_>) {
+        let actions = self.coordinator.handle(now_ms(), event);
+        for a in actions {
+            self.act(a);
+        }
+    }
+
+    fn on_msg(&mut self, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Connected { agent, conn, tx } => {
+                if let Some(old) = self.conns.insert(agent.clone(), Conn { id: conn, tx, graph_sent: false, version_held: None })
+                {
+                    let _ = old.tx.try_send(Outbound::Close("replaced by a newer connection of the same agent".into()));
+                }
+                let _ = self.events.send(ServerEvent::AgentJoined { agent: agent.clone() });
+                self.feed(Event::AgentConnected { agent });
+            }
+            CoreMsg::Disconnected { agent, conn } => {
+                if self.conns.get(&agent).is_some_and(|c| c.id == conn) {
+                    self.conns.remove(&agent);
+                    let _ = self.events.send(ServerEvent::AgentLeft { agent: agent.clone() });
+                    self.feed(Event::AgentDisconnected { agent });
+                }
+            }
+            CoreMsg::CheckIn { agent, conn, checkin } => {
+                let Some(c) = self.conns.get_mut(&agent).filter(|c| c.id == conn) else { return };
+                c.graph_sent = checkin.graph == Some(self.current.graph_digest);
+                c.version_held = checkin.model_version.filter(|_| c.graph_sent);
+                // Every connected agent gets the newest model: it trains from it and serves inference with it.
+                self.push_model(&agent);
+                self.feed(Event::CheckIn {
+                    agent,
+                    model_version: checkin.model_version,
+                    examples: checkin.examples,
+                });
+            }
+            CoreMsg::Update { agent, round, examples, train_loss, delta } => {
+                self.feed(Event::Update { agent, round, examples, train_loss, delta: &delta });
+            }
+            CoreMsg::Abandon { agent, round, reason } => {
+                self.feed(Event::UpdateFailed { agent, round, reason });
+            }
+            CoreMsg::Operator(op) => {
+                let e = match op {
+                    Operator::StartRounds(count) => Event::StartRounds { count },
+                    Operator::Pause => Event::Pause,
+                    Operator::Resume => Event::Resume,
+                    Operator::AbortRound => Event::AbortRound,
+                };
+                self.feed(e);
+            }
+            CoreMsg::Committed { round, result } => match result {
+                Ok(m) => {
+                    self.current.version = m.version;
+                    self.current.weights = m.blob;
+                    self.current.weights_digest = m.digest;
+                    let record = m.record;
+                    tracing::info!(
+                        round, version = m.version,
+                        accuracy = record.metrics.test_accuracy.unwrap_or(f32::NAN),
+                        loss = record.metrics.mean_train_loss.unwrap_or(f32::NAN),
+                        "round committed"
+                    );
+                    self.committing = Some(record.clone());
+                    let _ = self.events.send(ServerEvent::RoundCompleted(Box::new(record)));
+                    self.feed(Event::Committed { round, version: m.version });
+                }
+                Err(error) => {
+                    tracing::error!(round, %error, "commit failed; the round is aborted and the last model kept");
+                    self.feed(Event::CommitFailed { round, error });
+                }
+            },
+            CoreMsg::Status(tx) => {
+                let _ = tx.send(self.coordinator.status());
+            }
+        }
+    }
+
+    fn send(&self, agent: &str, m: Outbound) {
+        if let Some(c) = self.conns.get(agent)
+            && c.tx.try_send(m).is_err()
+        {
+            tracing::warn!(agent, "connection queue full or closed; the agent will be dropped if it misses the round");
+        }
+    }
+
+    /// Sends the graph and the current weights to `agent` unless it holds them.
+    fn push_model(&mut self, agent: &str) {
+        let cur = &self.current;
+        let Some(c) = self.conns.get_mut(agent) else { return };
+        if !c.graph_sent {
+            let h = BlobHeader { kind: BlobKind::Graph, len: cur.graph.len() as u64, digest: Some(cur.graph_digest) };
+            let _ = c.tx.try_send(Outbound::Blob(h, cur.graph.clone()));
+            c.graph_sent = true;
+        }
+        if c.version_held != Some(cur.version) {
+            let announce = ModelAnnounce {
+                version: cur.version,
+                graph: cur.graph_digest,
+                weights: cur.weights_digest,
+                params: cur.params,
+            };
+            let _ = c.tx.try_send(Outbound::Msg(ServerMessage::Model(announce)));
+            let h = BlobHeader {
+                kind: BlobKind::Weights { version: cur.version },
+                len: cur.weights.len() as u64,
+                digest: Some(cur.weights_digest),
+            };
+            let _ = c.tx.try_send(Outbound::Blob(h, cur.weights.clone()));
+            c.version_held = Some(cur.version);
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::SendPlan { agent, plan, send_weights: _ } => {
+                self.push_model(&agent);
+                self.send(&agent, Outbound::Msg(ServerMessage::Plan(wire_plan(&plan))));
+            }
+            Action::Reject { agent, reason } => {
+                tracing::warn!(%agent, %reason, "update refused");
+            }
+            Action::CancelTraining { agent, round } => {
+                let m = ServerMessage::RoundEnd {
+                    round,
+                    completed: false,
+                    reason: Some("dropped from the round".into()),
+                    new_version: None,
+                };
+                self.send(&agent, Outbound::Msg(m));
+            }
+            Action::RoundStarted { round, model_version, selected } => {
+                tracing::info!(round, model_version, selected, "round started");
+                let _ = self.events.send(ServerEvent::RoundStarted { round, model_version, selected });
+            }
+            Action::Commit { record, new_weights, strategy_state } => self.commit(*record, new_weights, strategy_state),
+            Action::Announce { version } => {
+                if let Some(record) = self.committing.take() {
+                    for r in &record.reported {
+                        let m = ServerMessage::RoundEnd {
+                            round: record.round,
+                            completed: true,
+                            reason: None,
+                            new_version: Some(version),
+                        };
+                        self.send(&r.agent, Outbound::Msg(m));
+                    }
+                }
+                let agents: Vec<String> = self.conns.keys().cloned().collect();
+                for a in agents {
+                    self.push_model(&a);
+                }
+            }
+            Action::RoundAborted { round, reason, record } => {
+                tracing::warn!(round, %reason, "round aborted");
+                if let Err(e) = self.store.record_aborted(&record) {
+                    tracing::error!(round, error = %e, "could not record the aborted round");
+                }
+                for a in &record.selected {
+                    let m = ServerMessage::RoundEnd {
+                        round,
+                        completed: false,
+                        reason: Some(reason.to_string()),
+                        new_version: None,
+                    };
+                    self.send(a, Outbound::Msg(m));
+                }
+                let _ = self.events.send(ServerEvent::RoundAborted(record));
+            }
+            Action::WakeAt(at) => {
+                self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+            }
+            Action::Log { message } => tracing::info!("{message}"),
+        }
+    }
+
+    fn commit(&mut self, mut record: RoundRecord, new_weights: Vec<f32>, strategy_state: Vec<u8>) {
+        let store = self.store.clone();
+        let evaluator = self.evaluator.clone();
+        let graph = self.current.graph.clone();
+        let tx = self.core_tx.clone();
+        let round = record.round;
+        tokio::task::spawn_blocking(move || {
+            if let Some(e) = evaluator {
+                match e.evaluate(&graph, &new_weights) {
+                    Ok(m) => {
+                        record.metrics.test_accuracy = Some(m.accuracy);
+                        record.metrics.test_loss = Some(m.loss);
+                    }
+                    Err(err) => tracing::warn!(round, error = %format!("{err:#}"), "evaluation failed"),
+                }
+            }
+            let result = store
+                .commit_round(&record, &new_weights, &strategy_state, now_ms())
+                .map(|version| {
+                    let blob = weights_to_bytes(&new_weights);
+                    record.new_version = Some(version);
+                    record.outcome = Outcome::Completed;
+                    CommittedModel { version, record, digest: Digest::of(&blob), blob: Arc::new(blob) }
+                })
+                .map_err(|e| e.to_string());
+            let _ = tx.blocking_send(CoreMsg::Committed { round, result });
+        });
+    }
+}
+
+/// The plan as the agent receives it.
+fn wire_plan(plan: &RoundPlan) -> protocol::RoundPlan {
+    let h = &plan.hyper;
+    protocol::RoundPlan {
+        round: plan.round,
+        model_version: plan.model_version,
+        train: TrainPlan {
+            epochs: h.epochs,
+            batch_size: h.batch_size,
+            learning_rate: h.learning_rate,
+            momentum: h.momentum,
+            weight_decay: 0.0,
+            optimizer: match h.optimizer {
+                crate::coordinator::OptimizerKind::Sgd => "sgd".into(),
+                crate::coordinator::OptimizerKind::Adam => "adam".into(),
+            },
+            prox_mu: (h.prox_mu > 0.0).then_some(h.prox_mu),
+            seed: h.seed ^ plan.round.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        },
+        deadline_ms: plan.deadline_ms,
+    }
+}
+
