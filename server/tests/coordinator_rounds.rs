@@ -1,0 +1,836 @@
+//! The round coordinator, driven by a small deterministic simulation: a clock we advance, hundreds of agents that
+//! answer, straggle, fail or disconnect, and a store that commits (or fails to) on request.
+
+use fedge_server::coordinator::{
+    AbortReason, Action, AgentId, Coordinator, CoordinatorConfig, Event, FoldError, Outcome, Phase, RejectReason,
+    ResumeState, RoundPlan, RoundRecord, SelectionRule, TrainHyper, select,
+};
+use fedge_server::strategy::{Adaptive, AdaptiveParams, AdaptiveRule, Strategy, StrategyConfig};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+const DIM: usize = 8;
+const TIMEOUT: u64 = 10_000;
+const BACKOFF: u64 = 2_000;
+
+fn config(min_agents: usize, max_agents: usize, fraction: f64) -> CoordinatorConfig {
+    CoordinatorConfig {
+        min_agents,
+        min_available: None,
+        max_agents,
+        fraction,
+        overselect: 1.3,
+        seed: 42,
+        round_timeout_ms: TIMEOUT,
+        retry_backoff_ms: BACKOFF,
+        hyper: TrainHyper::default(),
+        strategy: StrategyConfig::FedAvg,
+    }
+}
+
+fn fresh() -> ResumeState {
+    ResumeState { model_version: 0, weights: vec![0.5; DIM], next_round: 1, strategy_state: Vec::new() }
+}
+
+fn name(i: usize) -> AgentId {
+    format!("agent-{i:04}")
+}
+
+/// Each agent's delta and example count are a function of its name, so a test can recompute any aggregate.
+fn delta_of(agent: &str) -> Vec<f32> {
+    let i: usize = agent.trim_start_matches("agent-").parse().unwrap();
+    (0..DIM).map(|k| ((i * 7 + k * 3) % 11) as f32 * 0.01 - 0.05).collect()
+}
+fn examples_of(agent: &str) -> u64 {
+    let i: u64 = agent.trim_start_matches("agent-").parse().unwrap();
+    10 + i % 37
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Behaviour {
+    /// Uploads its delta `latency` ms after receiving the plan.
+    Honest { latency: u64 },
+    /// Never answers.
+    Silent,
+    /// Uploads 1 ms after the deadline.
+    Late,
+    /// Reports a training failure after `after` ms.
+    Fails { after: u64 },
+    /// Drops its connection after `after` ms.
+    Disconnects { after: u64 },
+}
+
+#[derive(Debug, Clone)]
+enum Scheduled {
+    Connect(AgentId),
+    CheckIn(AgentId, Option<u64>),
+    Disconnect(AgentId),
+    Update { agent: AgentId, round: u64, delta: Vec<f32> },
+    Failed(AgentId, u64),
+    Committed(u64),
+    CommitFailed(u64),
+}
+
+struct Sim {
+    coord: Coordinator,
+    now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Scheduled>,
+    wake: Option<u64>,
+    behaviour: HashMap<AgentId, Behaviour>,
+    /// Every action with the time it was produced.
+    actions: Vec<(u64, Action)>,
+    /// Rounds whose commit the store will refuse.
+    failing_commits: BTreeSet<u64>,
+    version: u64,
+}
+
+impl Sim {
+    fn new(coord: Coordinator) -> Self {
+        let version = coord.model_version();
+        Sim {
+            coord,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            wake: None,
+            behaviour: HashMap::new(),
+            actions: Vec::new(),
+            failing_commits: BTreeSet::new(),
+            version,
+        }
+    }
+
+    fn schedule(&mut self, at: u64, what: Scheduled) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), what);
+    }
+
+    /// Connects and checks in `n` agents (starting at index `from`) that behave as `b`.
+    fn add_agents(&mut self, from: usize, n: usize, b: Behaviour) {
+        for i in from..from + n {
+            let agent = name(i);
+            self.behaviour.insert(agent.clone(), b);
+            self.schedule(self.now, Scheduled::Connect(agent.clone()));
+            self.schedule(self.now, Scheduled::CheckIn(agent, Some(self.version)));
+        }
+    }
+
+    fn event(&mut self, event: Event<'_>) -> Vec<Action> {
+        let actions = self.coord.handle(self.now, event);
+        for a in &actions {
+            self.react(a);
+        }
+        self.actions.extend(actions.iter().cloned().map(|a| (self.now, a)));
+        actions
+    }
+
+    fn react(&mut self, action: &Action) {
+        match action {
+            Action::SendPlan { agent, plan, .. } => {
+                let at = |d: u64| self.now + d;
+                let (round, agent) = (plan.round, agent.clone());
+                match self.behaviour.get(&agent).copied().unwrap_or(Behaviour::Silent) {
+                    Behaviour::Honest { latency } => {
+                        let delta = delta_of(&agent);
+                        self.schedule(at(latency), Scheduled::Update { agent, round, delta })
+                    }
+                    Behaviour::Late => {
+                        let delta = delta_of(&agent);
+                        self.schedule(at(plan.deadline_ms + 1), Scheduled::Update { agent, round, delta })
+                    }
+                    Behaviour::Fails { after } => self.schedule(at(after), Scheduled::Failed(agent, round)),
+                    Behaviour::Disconnects { after } => self.schedule(at(after), Scheduled::Disconnect(agent)),
+                    Behaviour::Silent => {}
+                }
+            }
+            Action::Commit { record, .. } => {
+                if self.failing_commits.contains(&record.round) {
+                    self.schedule(self.now + 5, Scheduled::CommitFailed(record.round));
+                } else {
+                    self.schedule(self.now + 5, Scheduled::Committed(record.round));
+                }
+            }
+            Action::WakeAt(t) => self.wake = Some(*t),
+            _ => {}
+        }
+    }
+
+    fn deliver(&mut self, what: Scheduled) {
+        match what {
+            Scheduled::Connect(agent) => self.event(Event::AgentConnected { agent }),
+            Scheduled::CheckIn(agent, model_version) => {
+                let examples = examples_of(&agent);
+                self.event(Event::CheckIn { agent, model_version, examples })
+            }
+            Scheduled::Disconnect(agent) => self.event(Event::AgentDisconnected { agent }),
+            Scheduled::Update { agent, round, delta } => {
+                let examples = examples_of(&agent);
+                self.event(Event::Update { agent, round, examples, train_loss: 0.25, delta: &delta })
+            }
+            Scheduled::Failed(agent, round) => {
+                self.event(Event::UpdateFailed { agent, round, reason: "out of memory".into() })
+            }
+            Scheduled::Committed(round) => {
+                self.version += 1;
+                let version = self.version;
+                self.event(Event::Committed { round, version })
+            }
+            Scheduled::CommitFailed(round) => {
+                self.event(Event::CommitFailed { round, error: "No space left on device".into() })
+            }
+        };
+    }
+
+    /// Runs everything scheduled up to and including `until`.
+    fn run_until(&mut self, until: u64) {
+        loop {
+            let next_event = self.queue.keys().next().map(|k| k.0);
+            let next = match (next_event, self.wake) {
+                (Some(e), Some(w)) => e.min(w),
+                (Some(e), None) => e,
+                (None, Some(w)) => w,
+                (None, None) => break,
+            };
+            if next > until {
+                break;
+            }
+            self.now = self.now.max(next);
+            if self.wake == Some(next) && next_event != Some(next) {
+                self.wake = None;
+                self.event(Event::Tick);
+            } else if let Some((_, what)) = self.queue.pop_first() {
+                self.deliver(what);
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    fn plans(&self) -> Vec<(u64, AgentId, RoundPlan, bool)> {
+        self.actions
+            .iter()
+            .filter_map(|(t, a)| match a {
+                Action::SendPlan { agent, plan, send_weights } => {
+                    Some((*t, agent.clone(), plan.clone(), *send_weights))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn selected_in(&self, round: u64) -> Vec<AgentId> {
+        self.plans().into_iter().filter(|(_, _, p, _)| p.round == round).map(|(_, a, _, _)| a).collect()
+    }
+
+    fn commits(&self) -> Vec<(u64, RoundRecord, Vec<f32>, Vec<u8>)> {
+        self.actions
+            .iter()
+            .filter_map(|(t, a)| match a {
+                Action::Commit { record, new_weights, strategy_state } => {
+                    Some((*t, (**record).clone(), new_weights.clone(), strategy_state.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn aborts(&self) -> Vec<(u64, u64, AbortReason)> {
+        self.actions
+            .iter()
+            .filter_map(|(t, a)| match a {
+                Action::RoundAborted { round, reason, .. } => Some((*t, *round, reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn announces(&self) -> Vec<u64> {
+        self.actions
+            .iter()
+            .filter_map(|(_, a)| match a {
+                Action::Announce { version } => Some(*version),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn rejects(&self) -> Vec<(AgentId, RejectReason)> {
+        self.actions
+            .iter()
+            .filter_map(|(_, a)| match a {
+                Action::Reject { agent, reason } => Some((agent.clone(), reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The FedAvg result for `reporters`, computed independently of the coordinator.
+fn fedavg(global: &[f32], reporters: &[AgentId]) -> Vec<f32> {
+    let total: f64 = reporters.iter().map(|a| examples_of(a) as f64).sum();
+    (0..global.len())
+        .map(|k| {
+            let s: f64 = reporters.iter().map(|a| examples_of(a) as f64 * delta_of(a)[k] as f64).sum();
+            global[k] + (s / total) as f32
+        })
+        .collect()
+}
+
+/// Delivers the pending connections and check-ins, then asks for rounds.
+fn started(mut sim: Sim, count: Option<u64>) -> Sim {
+    sim.run_until(sim.now);
+    sim.event(Event::StartRounds { count });
+    sim
+}
+
+#[test]
+fn a_round_completes_with_the_agents_that_reported_before_the_deadline() {
+    let mut sim = Sim::new(Coordinator::new(config(10, 100, 0.1), fresh()).unwrap());
+    sim.add_agents(0, 270, Behaviour::Honest { latency: 500 });
+    sim.add_agents(270, 30, Behaviour::Silent);
+    sim = started(sim, Some(1));
+    sim.run_until(TIMEOUT + 1_000);
+
+    let selected = sim.selected_in(1);
+    // 300 available · 0.1 = 30, over-selected by 1.3 = 39.
+    assert_eq!(selected.len(), 39);
+    let commits = sim.commits();
+    assert_eq!(commits.len(), 1);
+    let (at, record, weights, _) = &commits[0];
+    assert_eq!(*at, TIMEOUT, "a silent member keeps the round open until its deadline");
+    let honest: Vec<AgentId> = selected.iter().filter(|a| sim.behaviour[*a] != Behaviour::Silent).cloned().collect();
+    let silent: BTreeSet<AgentId> =
+        selected.iter().filter(|a| sim.behaviour[*a] == Behaviour::Silent).cloned().collect();
+    assert!(!silent.is_empty(), "the seed should select some silent agents");
+    let reported: Vec<AgentId> = record.reported.iter().map(|r| r.agent.clone()).collect();
+    assert_eq!(reported.iter().cloned().collect::<BTreeSet<_>>(), honest.iter().cloned().collect());
+    assert_eq!(record.dropped.iter().map(|d| d.agent.clone()).collect::<BTreeSet<_>>(), silent);
+    assert_eq!(record.outcome, Outcome::Completed);
+    assert_eq!(record.metrics.total_examples, honest.iter().map(|a| examples_of(a)).sum::<u64>());
+    assert_eq!(record.metrics.mean_train_loss, Some(0.25));
+    assert_eq!(record.metrics.update_bytes, (honest.len() * DIM * 4) as u64);
+    let expected = fedavg(&[0.5; DIM], &honest);
+    for (w, e) in weights.iter().zip(&expected) {
+        assert!((w - e).abs() < 1e-6, "{weights:?} vs {expected:?}");
+    }
+    // The stragglers are told to stop; the new version is announced only after the store confirmed it.
+    let cancelled: BTreeSet<AgentId> = sim
+        .actions
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Action::CancelTraining { agent, round: 1 } => Some(agent.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cancelled, silent);
+    assert_eq!(sim.announces(), vec![1]);
+    assert_eq!(sim.coord.model_version(), 1);
+    assert_eq!(sim.coord.global_weights(), weights.as_slice());
+    assert_eq!(sim.coord.status().phase, Phase::Idle);
+    assert!(!sim.coord.status().running, "one round was asked for");
+}
+
+#[test]
+fn a_round_completes_early_once_every_selected_agent_reported() {
+    let mut sim = Sim::new(Coordinator::new(config(5, 50, 0.5), fresh()).unwrap());
+    sim.add_agents(0, 40, Behaviour::Honest { latency: 700 });
+    sim = started(sim, Some(1));
+    sim.run_until(TIMEOUT * 3);
+    let commits = sim.commits();
+    assert_eq!(commits.len(), 1);
+    assert_eq!(commits[0].0, 700, "the round closes with the last report, not at the deadline");
+    assert_eq!(commits[0].1.reported.len(), sim.selected_in(1).len());
+    assert!(commits[0].1.dropped.is_empty());
+}
+
+#[test]
+fn too_many_drop_outs_abort_the_round_and_a_new_round_starts_after_the_back_off() {
+    let mut sim = Sim::new(Coordinator::new(config(10, 13, 1.0), fresh()).unwrap());
+    sim.add_agents(0, 4, Behaviour::Honest { latency: 100 });
+    sim.add_agents(4, 3, Behaviour::Fails { after: 200 });
+    sim.add_agents(7, 3, Behaviour::Disconnects { after: 300 });
+    sim.add_agents(10, 3, Behaviour::Silent);
+    sim = started(sim, None);
+    sim.run_until(2_000);
+    assert_eq!(sim.selected_in(1).len(), 13);
+    // After the failures and disconnections only 4 + 3 silent can still report: fewer than 10, so the round ends
+    // at once instead of waiting for the deadline.
+    let aborts = sim.aborts();
+    assert_eq!(aborts.len(), 1);
+    assert_eq!(aborts[0].0, 300);
+    assert_eq!(aborts[0].1, 1);
+    assert_eq!(aborts[0].2, AbortReason::TooFewReports { reported: 4, min_agents: 10 });
+    assert!(sim.commits().is_empty());
+    assert!(sim.announces().is_empty());
+
+    // The three disconnected agents come back; after the back-off a new round starts with whoever is available.
+    for i in 7..10 {
+        sim.behaviour.insert(name(i), Behaviour::Honest { latency: 100 });
+        sim.schedule(sim.now, Scheduled::Connect(name(i)));
+        sim.schedule(sim.now, Scheduled::CheckIn(name(i), Some(0)));
+    }
+    sim.run_until(300 + BACKOFF + 50);
+    let round2: Vec<_> = sim.plans().into_iter().filter(|(_, _, p, _)| p.round == 2).collect();
+    assert_eq!(round2.len(), 13);
+    assert_eq!(round2[0].0, 300 + BACKOFF, "the next round waits for the back-off");
+    assert_eq!(round2[0].2.model_version, 0);
+}
+
+#[test]
+fn a_round_without_enough_reports_by_the_deadline_aborts_and_the_record_says_why() {
+    let mut sim = Sim::new(Coordinator::new(config(3, 10, 1.0), fresh()).unwrap());
+    sim.add_agents(0, 2, Behaviour::Honest { latency: 10 });
+    sim.add_agents(2, 3, Behaviour::Silent);
+    sim = started(sim, None);
+    sim.run_until(TIMEOUT + 1);
+    let record = sim
+        .actions
+        .iter()
+        .find_map(|(_, a)| match a {
+            Action::RoundAborted { record, .. } => Some(record.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(record.ended_ms, TIMEOUT);
+    assert_eq!(record.outcome, Outcome::Aborted(AbortReason::TooFewReports { reported: 2, min_agents: 3 }));
+    assert_eq!(record.reported.len(), 2);
+    assert_eq!(record.dropped.len(), 3);
+    assert_eq!(sim.coord.model_version(), 0);
+}
+
+#[test]
+fn stragglers_after_the_deadline_are_refused() {
+    let mut sim = Sim::new(Coordinator::new(config(3, 10, 1.0), fresh()).unwrap());
+    sim.add_agents(0, 5, Behaviour::Honest { latency: 50 });
+    sim.add_agents(5, 2, Behaviour::Late);
+    sim = started(sim, Some(1));
+    sim.run_until(TIMEOUT * 2);
+    let commits = sim.commits();
+    assert_eq!(commits.len(), 1);
+    assert_eq!(commits[0].1.reported.len(), 5);
+    let rejects = sim.rejects();
+    assert_eq!(rejects.len(), 2);
+    for (agent, reason) in rejects {
+        assert_eq!(sim.behaviour[&agent], Behaviour::Late);
+        assert_eq!(reason, RejectReason::AfterDeadline);
+    }
+}
+
+#[test]
+fn an_update_that_arrives_after_the_deadline_is_refused_even_before_the_tick() {
+    let mut coord = Coordinator::new(config(1, 10, 1.0), fresh()).unwrap();
+    for i in 0..2 {
+        coord.handle(0, Event::AgentConnected { agent: name(i) });
+        coord.handle(0, Event::CheckIn { agent: name(i), model_version: Some(0), examples: 5 });
+    }
+    coord.handle(0, Event::StartRounds { count: None });
+    let delta = vec![0.0; DIM];
+    let late = Event::Update { agent: name(0), round: 1, examples: 5, train_loss: 0.1, delta: &delta };
+    let actions = coord.handle(TIMEOUT, late);
+    assert!(actions.contains(&Action::Reject { agent: name(0), reason: RejectReason::AfterDeadline }));
+    assert!(actions.iter().any(|a| matches!(a, Action::RoundAborted { round: 1, .. })));
+}
+
+#[test]
+fn updates_for_the_wrong_round_length_or_from_non_members_are_refused() {
+    let mut coord = Coordinator::new(config(2, 3, 1.0), fresh()).unwrap();
+    for i in 0..5 {
+        coord.handle(0, Event::AgentConnected { agent: name(i) });
+        coord.handle(0, Event::CheckIn { agent: name(i), model_version: Some(0), examples: 5 });
+    }
+    let actions = coord.handle(0, Event::StartRounds { count: None });
+    let members: Vec<AgentId> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendPlan { agent, .. } => Some(agent.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(members.len(), 3);
+    let outsider = (0..5).map(name).find(|a| !members.contains(a)).unwrap();
+    let good = vec![0.1; DIM];
+    let short = vec![0.1; DIM - 1];
+    let nan = {
+        let mut d = good.clone();
+        d[3] = f32::NAN;
+        d
+    };
+    let update = |agent: &AgentId, round, delta| Event::Update {
+        agent: agent.clone(),
+        round,
+        examples: 5,
+        train_loss: 0.3,
+        delta,
+    };
+    let refused = |actions: Vec<Action>| -> RejectReason {
+        actions
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Reject { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(refused(coord.handle(1, update(&outsider, 1, &good))), RejectReason::NotSelected);
+    assert_eq!(
+        refused(coord.handle(1, update(&members[0], 7, &good))),
+        RejectReason::WrongRound { expected: 1, got: 7 }
+    );
+    assert_eq!(refused(coord.handle(1, update(&"stranger".to_string(), 1, &good))), RejectReason::NotConnected);
+    assert_eq!(
+        refused(coord.handle(1, update(&members[0], 1, &short))),
+        RejectReason::Invalid(FoldError::WrongLength { expected: DIM, got: DIM - 1 })
+    );
+    // A member whose update was invalid is dropped, not given a second try.
+    assert!(matches!(refused(coord.handle(2, update(&members[0], 1, &good))), RejectReason::AlreadyDropped(_)));
+    assert_eq!(
+        refused(coord.handle(2, update(&members[1], 1, &nan))),
+        RejectReason::Invalid(FoldError::NonFinite { index: 3 })
+    );
+    // Two of three members are dropped: with min 2 the round can no longer complete and aborts.
+    let status = coord.status();
+    assert_eq!(status.phase, Phase::Idle);
+    assert_eq!(status.dropped, 0);
+    assert!(matches!(refused(coord.handle(3, update(&members[2], 1, &good))), RejectReason::NoRoundInFlight));
+}
+
+#[test]
+fn a_duplicate_update_is_refused_and_counted_once() {
+    let mut coord = Coordinator::new(config(2, 3, 1.0), fresh()).unwrap();
+    for i in 0..3 {
+        coord.handle(0, Event::AgentConnected { agent: name(i) });
+        coord.handle(0, Event::CheckIn { agent: name(i), model_version: Some(0), examples: 5 });
+    }
+    coord.handle(0, Event::StartRounds { count: None });
+    let d = vec![0.1; DIM];
+    let up = |i| Event::Update { agent: name(i), round: 1, examples: 5, train_loss: 0.3, delta: &d };
+    assert!(coord.handle(1, up(0)).is_empty());
+    let again = coord.handle(2, up(0));
+    assert_eq!(again, vec![Action::Reject { agent: name(0), reason: RejectReason::Duplicate }]);
+    assert_eq!(coord.status().reported, 1);
+    let last = coord.handle(3, up(1));
+    assert!(last.iter().all(|a| !matches!(a, Action::Commit { .. })), "one member is still training");
+    let done = coord.handle(4, up(2));
+    let record = done
+        .iter()
+        .find_map(|a| match a {
+            Action::Commit { record, .. } => Some(record.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(record.metrics.total_examples, 15);
+}
+
+#[test]
+fn an_agent_that_disconnects_mid_round_is_dropped_and_the_round_completes_with_the_rest() {
+    let mut sim = Sim::new(Coordinator::new(config(5, 200, 0.5), fresh()).unwrap());
+    sim.add_agents(0, 150, Behaviour::Honest { latency: 1_000 });
+    sim.add_agents(150, 50, Behaviour::Disconnects { after: 400 });
+    sim = started(sim, Some(1));
+    sim.run_until(TIMEOUT);
+    let (_, record, weights, _) = sim.commits().pop().unwrap();
+    let selected = sim.selected_in(1);
+    let leavers: BTreeSet<_> =
+        selected.iter().filter(|a| matches!(sim.behaviour[*a], Behaviour::Disconnects { .. })).cloned().collect();
+    assert!(!leavers.is_empty());
+    assert_eq!(record.dropped.iter().map(|d| d.agent.clone()).collect::<BTreeSet<_>>(), leavers);
+    assert!(record.dropped.iter().all(|d| d.reason == "disconnected"));
+    let reporters: Vec<AgentId> = record.reported.iter().map(|r| r.agent.clone()).collect();
+    assert_eq!(reporters.len() + leavers.len(), selected.len());
+    let expected = fedavg(&[0.5; DIM], &reporters);
+    assert!(weights.iter().zip(&expected).all(|(w, e)| (w - e).abs() < 1e-6));
+}
+
+#[test]
+fn selection_respects_min_fraction_and_max() {
+    let rule = SelectionRule { min_agents: 10, max_agents: 100, fraction: 0.1, overselect: 1.3 };
+    assert_eq!(rule.cohort_size(9), 0, "fewer than min: no round");
+    assert_eq!(rule.cohort_size(10), 10, "min, even though 0.1 · 10 · 1.3 is 2");
+    assert_eq!(rule.cohort_size(50), 13, "min 10 over-selected, no more than available");
+    assert_eq!(rule.cohort_size(300), 39, "ceil(30 · 1.3)");
+    assert_eq!(rule.cohort_size(5_000), 100, "capped by max");
+    let exact = SelectionRule { min_agents: 2, max_agents: 1_000, fraction: 0.25, overselect: 1.0 };
+    assert_eq!(exact.cohort_size(101), 26);
+}
+
+#[test]
+fn the_coordinator_selects_the_cohort_size_the_rule_gives() {
+    for (available, expected) in [(10usize, 10usize), (60, 13), (300, 39), (900, 100)] {
+        let mut sim = Sim::new(Coordinator::new(config(10, 100, 0.1), fresh()).unwrap());
+        sim.add_agents(0, available, Behaviour::Silent);
+        sim.run_until(0);
+        sim = started(sim, None);
+        let selected = sim.selected_in(1);
+        assert_eq!(selected.len(), expected, "{available} available");
+        assert_eq!(selected.iter().collect::<BTreeSet<_>>().len(), expected, "no agent twice");
+    }
+}
+
+#[test]
+fn selection_is_reproducible_for_a_seed_and_changes_with_the_seed_and_the_round() {
+    let candidates: Vec<AgentId> = (0..300).map(name).collect();
+    let mut shuffled = candidates.clone();
+    shuffled.reverse();
+    let a = select(&candidates, 39, 42, 7);
+    assert_eq!(a, select(&shuffled, 39, 42, 7), "the order the candidates come in does not matter");
+    assert_ne!(a, select(&candidates, 39, 43, 7));
+    assert_ne!(a, select(&candidates, 39, 42, 8));
+
+    // Two coordinators fed the same events do the same thing.
+    let run = || {
+        let mut sim = Sim::new(Coordinator::new(config(10, 100, 0.1), fresh()).unwrap());
+        sim.add_agents(0, 250, Behaviour::Honest { latency: 30 });
+        sim = started(sim, Some(3));
+        sim.run_until(100_000);
+        sim.actions
+    };
+    let (first, second) = (run(), run());
+    assert_eq!(first, second);
+    assert_eq!(first.iter().filter(|(_, a)| matches!(a, Action::Announce { .. })).count(), 3);
+}
+
+#[test]
+fn the_plan_carries_the_configured_hyper_parameters_a_round_seed_and_the_deadline() {
+    let mut cfg = config(2, 10, 1.0);
+    cfg.strategy = StrategyConfig::FedProx { mu: 0.05 };
+    cfg.hyper = TrainHyper { epochs: 3, batch_size: 16, learning_rate: 0.1, ..TrainHyper::default() };
+    let mut sim = Sim::new(Coordinator::new(cfg, fresh()).unwrap());
+    sim.add_agents(0, 4, Behaviour::Honest { latency: 5 });
+    sim.add_agents(4, 1, Behaviour::Honest { latency: 5 });
+    sim.schedule(0, Scheduled::CheckIn(name(4), None));
+    sim = started(sim, Some(2));
+    sim.run_until(100);
+    let plans = sim.plans();
+    let r1: Vec<_> = plans.iter().filter(|p| p.2.round == 1).collect();
+    let r2: Vec<_> = plans.iter().filter(|p| p.2.round == 2).collect();
+    assert_eq!(r1.len(), 5);
+    assert_eq!(r2.len(), 5);
+    let h = &r1[0].2.hyper;
+    assert_eq!((h.epochs, h.batch_size, h.learning_rate, h.prox_mu), (3, 16, 0.1, 0.05));
+    assert_eq!(h.deadline_ms, TIMEOUT);
+    assert_eq!(r1[0].2.deadline_ms, TIMEOUT);
+    assert_ne!(r1[0].2.hyper.seed, r2[0].2.hyper.seed, "each round has its own seed");
+    // Weights go only to agents that hold another version: in round 1 only the one that held none.
+    let needs: Vec<_> = r1.iter().filter(|p| p.3).map(|p| p.1.clone()).collect();
+    assert_eq!(needs, vec![name(4)]);
+    assert!(r2.iter().all(|p| p.3 && p.2.model_version == 1), "everyone needs version 1 in round 2");
+}
+
+#[test]
+fn a_commit_failure_aborts_the_round_without_announcing_and_undoes_the_strategy_step() {
+    let mut cfg = config(3, 10, 1.0);
+    let params = AdaptiveParams { eta: 0.1, beta1: 0.9, beta2: 0.99, tau: 1e-3 };
+    cfg.strategy =
+        StrategyConfig::FedAdam { eta: params.eta, beta1: params.beta1, beta2: params.beta2, tau: params.tau };
+    let mut sim = Sim::new(Coordinator::new(cfg, fresh()).unwrap());
+    sim.failing_commits.insert(1);
+    sim.add_agents(0, 6, Behaviour::Honest { latency: 100 });
+    sim = started(sim, Some(1));
+    sim.run_until(100 + 5);
+    let aborts = sim.aborts();
+    assert_eq!(aborts.len(), 1);
+    assert!(matches!(&aborts[0].2, AbortReason::CommitFailed(e) if e.contains("No space")));
+    assert!(sim.announces().is_empty());
+    assert_eq!(sim.coord.model_version(), 0);
+    assert_eq!(sim.coord.global_weights(), &[0.5; DIM]);
+
+    // The next round (after the back-off) commits; its strategy state is one Adam step from fresh, not two.
+    sim.run_until(BACKOFF + 1_000);
+    let commits = sim.commits();
+    assert_eq!(commits.len(), 2);
+    let (_, record, weights, state) = &commits[1];
+    assert_eq!(record.round, 2);
+    let reporters: Vec<AgentId> = record.reported.iter().map(|r| r.agent.clone()).collect();
+    let mean: Vec<f32> = fedavg(&[0.0; DIM], &reporters);
+    let mut fresh_adam = Adaptive::new(AdaptiveRule::Adam, params);
+    let expected = fresh_adam.aggregate(&[0.5; DIM], &mean, 2).unwrap();
+    assert!(weights.iter().zip(&expected).all(|(w, e)| (w - e).abs() < 1e-6));
+    assert_eq!(*state, fresh_adam.state());
+    assert_eq!(sim.announces(), vec![1]);
+}
+
+#[test]
+fn pause_stops_new_rounds_resume_restarts_them_and_abort_ends_the_round_in_flight() {
+    let mut sim = Sim::new(Coordinator::new(config(2, 10, 1.0), fresh()).unwrap());
+    sim.add_agents(0, 5, Behaviour::Honest { latency: 1_000 });
+    sim = started(sim, None);
+    sim.run_until(10);
+    assert_eq!(sim.coord.status().round, Some(1));
+    // Pausing lets the round in flight finish but starts no other.
+    sim.event(Event::Pause);
+    sim.run_until(TIMEOUT * 5);
+    assert_eq!(sim.announces(), vec![1]);
+    assert!(sim.selected_in(2).is_empty());
+    assert!(sim.coord.status().paused);
+    sim.event(Event::Resume);
+    assert_eq!(sim.selected_in(2).len(), 5);
+    // The operator aborts round 2: it is recorded as aborted, its members are told to stop, nothing is committed.
+    sim.run_until(sim.now + 10);
+    sim.event(Event::AbortRound);
+    let aborts = sim.aborts();
+    assert_eq!(aborts.len(), 1);
+    assert_eq!((aborts[0].1, aborts[0].2.clone()), (2, AbortReason::Operator));
+    let cancelled = sim.actions.iter().filter(|(_, a)| matches!(a, Action::CancelTraining { round: 2, .. })).count();
+    assert_eq!(cancelled, 5);
+    // Their late updates for round 2 are refused, and round 3 starts after the back-off.
+    sim.run_until(sim.now + BACKOFF);
+    let rejects = sim.rejects();
+    assert_eq!(rejects.len(), 5);
+    assert!(rejects.iter().all(|(_, r)| *r == RejectReason::NoRoundInFlight));
+    assert_eq!(sim.selected_in(3).len(), 5);
+    assert_eq!(sim.commits().len(), 1);
+    // Aborting with nothing in flight is only a message.
+    let mut idle = Coordinator::new(config(2, 10, 1.0), fresh()).unwrap();
+    let actions = idle.handle(0, Event::AbortRound);
+    assert!(matches!(actions.as_slice(), [Action::Log { .. }]));
+}
+
+#[test]
+fn no_round_starts_until_min_available_agents_have_checked_in() {
+    let mut cfg = config(3, 10, 1.0);
+    cfg.min_available = Some(6);
+    let mut coord = Coordinator::new(cfg, fresh()).unwrap();
+    coord.handle(0, Event::StartRounds { count: None });
+    for i in 0..6 {
+        let connected = coord.handle(i, Event::AgentConnected { agent: name(i as usize) });
+        assert!(connected.iter().all(|a| !matches!(a, Action::SendPlan { .. })), "connected is not checked in");
+        let checked = coord.handle(i, Event::CheckIn { agent: name(i as usize), model_version: None, examples: 9 });
+        let plans = checked.iter().filter(|a| matches!(a, Action::SendPlan { .. })).count();
+        assert_eq!(plans, if i == 5 { 6 } else { 0 }, "after {} check-ins", i + 1);
+    }
+    // A check-in from an agent that is not connected is refused; agents without examples are never selected.
+    let mut coord = Coordinator::new(config(1, 10, 1.0), fresh()).unwrap();
+    coord.handle(0, Event::StartRounds { count: None });
+    let stray = coord.handle(0, Event::CheckIn { agent: name(1), model_version: None, examples: 9 });
+    assert_eq!(stray, vec![Action::Reject { agent: name(1), reason: RejectReason::NotConnected }]);
+    coord.handle(0, Event::AgentConnected { agent: name(1) });
+    let empty = coord.handle(0, Event::CheckIn { agent: name(1), model_version: None, examples: 0 });
+    assert!(empty.is_empty());
+}
+
+#[test]
+fn start_rounds_with_a_count_stops_after_that_many_committed_rounds() {
+    let mut sim = Sim::new(Coordinator::new(config(3, 20, 1.0), fresh()).unwrap());
+    sim.add_agents(0, 8, Behaviour::Honest { latency: 100 });
+    sim = started(sim, Some(4));
+    sim.run_until(1_000_000);
+    assert_eq!(sim.announces(), vec![1, 2, 3, 4]);
+    assert_eq!(sim.commits().iter().map(|c| c.1.round).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(sim.coord.status().remaining, Some(0));
+    assert!(sim.selected_in(5).is_empty());
+}
+
+#[test]
+fn a_restarted_coordinator_continues_from_the_resume_state_with_fresh_round_ids() {
+    let state = ResumeState { model_version: 7, weights: vec![1.0; DIM], next_round: 31, strategy_state: Vec::new() };
+    let mut sim = Sim::new(Coordinator::new(config(2, 10, 1.0), state).unwrap());
+    sim.add_agents(0, 3, Behaviour::Honest { latency: 10 });
+    sim = started(sim, Some(1));
+    sim.run_until(1_000);
+    let plans = sim.plans();
+    assert!(plans.iter().all(|p| p.2.round == 31 && p.2.model_version == 7));
+    assert_eq!(sim.commits()[0].1.round, 31);
+    assert_eq!(sim.coord.status().next_round, 32);
+    assert_eq!(sim.announces(), vec![8]);
+}
+
+#[test]
+fn a_bad_configuration_or_a_foreign_strategy_state_is_refused_at_start() {
+    for bad in [
+        CoordinatorConfig { min_agents: 0, ..config(1, 10, 1.0) },
+        CoordinatorConfig { max_agents: 4, ..config(5, 10, 1.0) },
+        CoordinatorConfig { fraction: 0.0, ..config(1, 10, 1.0) },
+        CoordinatorConfig { fraction: 1.5, ..config(1, 10, 1.0) },
+        CoordinatorConfig { overselect: 0.9, ..config(1, 10, 1.0) },
+        CoordinatorConfig { round_timeout_ms: 0, ..config(1, 10, 1.0) },
+        CoordinatorConfig { min_available: Some(1), ..config(2, 10, 1.0) },
+        CoordinatorConfig { hyper: TrainHyper { batch_size: 0, ..TrainHyper::default() }, ..config(1, 10, 1.0) },
+    ] {
+        assert!(Coordinator::new(bad.clone(), fresh()).is_err(), "{bad:?}");
+    }
+    let mut cfg = config(1, 10, 1.0);
+    cfg.strategy = StrategyConfig::FedYogi { eta: 0.1, beta1: 0.9, beta2: 0.99, tau: 1e-3 };
+    let mut adam = Adaptive::new(AdaptiveRule::Adam, AdaptiveParams { eta: 0.1, beta1: 0.9, beta2: 0.99, tau: 1e-3 });
+    adam.aggregate(&[0.0; DIM], &[0.1; DIM], 1).unwrap();
+    let state = ResumeState { strategy_state: adam.state(), ..fresh() };
+    assert!(Coordinator::new(cfg, state).is_err());
+}
+
+#[test]
+fn hundreds_of_agents_with_random_behaviour_over_many_rounds_keep_every_invariant() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2026);
+    let mut sim = Sim::new(Coordinator::new(config(20, 120, 0.2), fresh()).unwrap());
+    for i in 0..600 {
+        let b = match rng.gen_range(0..100) {
+            0..=79 => Behaviour::Honest { latency: rng.gen_range(10..TIMEOUT + 2_000) },
+            80..=87 => Behaviour::Silent,
+            88..=93 => Behaviour::Fails { after: rng.gen_range(10..TIMEOUT) },
+            _ => Behaviour::Disconnects { after: rng.gen_range(10..TIMEOUT) },
+        };
+        sim.add_agents(i, 1, b);
+    }
+    sim = started(sim, Some(15));
+    sim.run_until(2_000_000);
+    let commits = sim.commits();
+    assert_eq!(sim.announces(), (1..=15).collect::<Vec<u64>>());
+    let mut seen_rounds = BTreeSet::new();
+    let mut last = 0;
+    for (_, record, _, _) in &commits {
+        assert!(record.reported.len() >= 20);
+        assert!(record.selected.len() <= 120);
+        assert_eq!(record.reported.len() + record.dropped.len(), record.selected.len());
+        assert!(record.reported.iter().all(|r| r.after_ms < TIMEOUT));
+        assert!(record.round > last);
+        last = record.round;
+        assert!(seen_rounds.insert(record.round));
+    }
+    for (_, round, _) in sim.aborts() {
+        assert!(seen_rounds.insert(round), "round {round} was used twice");
+    }
+    // Announcements come only after a confirmed commit, in order.
+    let mut pending_commit = false;
+    for (_, a) in &sim.actions {
+        match a {
+            Action::Commit { .. } => pending_commit = true,
+            Action::Announce { .. } => {
+                assert!(pending_commit);
+                pending_commit = false;
+            }
+            Action::SendPlan { .. } => assert!(!pending_commit, "no round starts while a commit is pending"),
+            _ => {}
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #[test]
+    fn the_cohort_size_stays_within_min_max_and_what_is_available(
+        min in 1usize..50, extra in 0usize..200, fraction in 0.01f64..1.0, overselect in 1.0f64..2.0,
+        available in 0usize..2_000,
+    ) {
+        let rule = SelectionRule { min_agents: min, max_agents: min + extra, fraction, overselect };
+        let size = rule.cohort_size(available);
+        if available < min {
+            prop_assert_eq!(size, 0);
+        } else {
+            prop_assert!(size >= min);
+            prop_assert!(size <= min + extra);
+            prop_assert!(size <= available);
+            let wanted = ((fraction * available as f64).ceil() as usize).min(min + extra).min(available);
+            prop_assert!(size >= wanted);
+        }
+    }
+
+    #[test]
+    fn a_selection_is_a_subset_without_repeats(n in 1usize..400, k in 0usize..400, seed in any::<u64>(), round in any::<u64>()) {
+        let candidates: Vec<AgentId> = (0..n).map(name).collect();
+        let chosen = select(&candidates, k, seed, round);
+        prop_assert_eq!(chosen.len(), k.min(n));
+        let set: BTreeSet<_> = chosen.iter().collect();
+        prop_assert_eq!(set.len(), chosen.len());
+        prop_assert!(chosen.iter().all(|c| candidates.contains(c)));
+    }
+}

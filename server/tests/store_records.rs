@@ -1,0 +1,235 @@
+//! The sled store: what is committed survives reopening, a commit is all-or-nothing, versions increase, and bad
+//! bytes on disk are errors rather than panics.
+
+use fedge_server::coordinator::{
+    AbortReason, AggregationMode, Outcome, Report, RoundMetrics, RoundPlan, RoundRecord, TrainHyper,
+};
+use fedge_server::store::{Store, StoreError};
+use fedge_shared::model::Digest;
+
+const GRAPH: &[u8] = b"\x08\x07fake onnx graph bytes";
+
+fn record(round: u64, outcome: Outcome) -> RoundRecord {
+    RoundRecord {
+        round,
+        plan: RoundPlan {
+            round,
+            model_version: 0,
+            hyper: TrainHyper::default(),
+            deadline_ms: 1_000,
+            aggregation: AggregationMode::Plain,
+        },
+        strategy: "fedavg".into(),
+        selected: vec!["a".into(), "b".into()],
+        reported: vec![Report { agent: "a".into(), examples: 12, train_loss: 0.5, after_ms: 40 }],
+        dropped: vec![],
+        outcome,
+        metrics: RoundMetrics { mean_train_loss: Some(0.5), total_examples: 12, ..RoundMetrics::default() },
+        started_ms: round * 100,
+        ended_ms: round * 100 + 50,
+        new_version: None,
+    }
+}
+
+fn weights(version: u64) -> Vec<f32> {
+    (0..64).map(|i| version as f32 + i as f32 * 0.5).collect()
+}
+
+fn initialised(dir: &std::path::Path) -> Store {
+    let store = Store::open(dir).unwrap();
+    let digest = store.put_graph(GRAPH).unwrap();
+    store.init_model(digest, &weights(0), 1_000).unwrap();
+    store
+}
+
+#[test]
+fn everything_committed_is_there_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = initialised(dir.path());
+        for round in 1..=3 {
+            let v = store.commit_round(&record(round, Outcome::Completed), &weights(round), b"moments", 2_000 + round);
+            assert_eq!(v.unwrap(), round);
+        }
+        store.record_aborted(&record(4, Outcome::Aborted(AbortReason::Operator))).unwrap();
+        store.reserve_round(5).unwrap();
+        store.upsert_agent_seen("agent-1", "ab12", 10).unwrap();
+        store.put_server_config("min_agents = 3").unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let latest = store.latest().unwrap().unwrap();
+    assert_eq!(latest.version, 3);
+    assert_eq!(latest.parent, Some(2));
+    assert_eq!(latest.round, Some(3));
+    assert_eq!(latest.created_ms, 2_003);
+    assert_eq!(latest.graph_digest, Digest::of(GRAPH));
+    for v in 0..=3 {
+        assert_eq!(store.weights(v).unwrap(), weights(v));
+    }
+    assert_eq!(store.graph(&Digest::of(GRAPH)).unwrap().unwrap(), GRAPH);
+    let rounds = store.rounds().unwrap();
+    assert_eq!(rounds.iter().map(|r| r.round).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(store.round(2).unwrap().unwrap().new_version, Some(2));
+    assert_eq!(store.round(4).unwrap().unwrap().outcome, Outcome::Aborted(AbortReason::Operator));
+    assert_eq!(store.round(9).unwrap(), None);
+    let resume = store.resume_state().unwrap().unwrap();
+    assert_eq!(resume.model_version, 3);
+    assert_eq!(resume.weights, weights(3));
+    assert_eq!(resume.next_round, 6, "round 5 was reserved");
+    assert_eq!(resume.strategy_state, b"moments");
+    assert_eq!(store.agents().unwrap()[0].fingerprint.as_deref(), Some("ab12"));
+    assert_eq!(store.server_config().unwrap().as_deref(), Some("min_agents = 3"));
+}
+
+#[test]
+fn an_empty_store_has_no_model_and_starts_at_round_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.latest().unwrap(), None);
+    assert!(store.resume_state().unwrap().is_none());
+    assert_eq!(store.next_round().unwrap(), 1);
+    assert!(matches!(store.weights(0), Err(StoreError::UnknownVersion(0))));
+    assert!(matches!(
+        store.commit_round(&record(1, Outcome::Completed), &weights(1), &[], 0),
+        Err(StoreError::NoModel)
+    ));
+}
+
+#[test]
+fn versions_increase_by_one_from_zero_each_with_its_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = initialised(dir.path());
+    for round in [3, 4, 9, 10] {
+        store.commit_round(&record(round, Outcome::Completed), &weights(round), &[], round).unwrap();
+    }
+    let versions = store.versions().unwrap();
+    assert_eq!(versions.iter().map(|m| m.version).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(versions.iter().map(|m| m.parent).collect::<Vec<_>>(), vec![None, Some(0), Some(1), Some(2), Some(3)]);
+    assert_eq!(versions.iter().map(|m| m.round).collect::<Vec<_>>(), vec![None, Some(3), Some(4), Some(9), Some(10)]);
+    assert_eq!(store.next_round().unwrap(), 11);
+}
+
+#[test]
+fn a_commit_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = initialised(dir.path());
+    store.commit_round(&record(1, Outcome::Completed), &weights(1), b"state-1", 1).unwrap();
+    let before = (store.versions().unwrap(), store.rounds().unwrap(), store.strategy_state().unwrap());
+
+    // The round id is found to be taken only after the model and weights were written inside the transaction.
+    let err = store.commit_round(&record(1, Outcome::Completed), &weights(2), b"state-2", 2).unwrap_err();
+    assert!(matches!(err, StoreError::RoundExists(1)), "{err}");
+    // Wrong length and non-finite weights are refused too.
+    assert!(matches!(
+        store.commit_round(&record(2, Outcome::Completed), &weights(2)[..10], b"state-2", 2),
+        Err(StoreError::WrongLength { expected: 64, got: 10 })
+    ));
+    let mut nan = weights(2);
+    nan[5] = f32::NAN;
+    assert!(matches!(
+        store.commit_round(&record(2, Outcome::Completed), &nan, b"state-2", 2),
+        Err(StoreError::NonFinite(5))
+    ));
+
+    let after = (store.versions().unwrap(), store.rounds().unwrap(), store.strategy_state().unwrap());
+    assert_eq!(before, after);
+    assert!(matches!(store.weights(2), Err(StoreError::UnknownVersion(2))));
+    assert_eq!(store.latest().unwrap().unwrap().version, 1);
+    drop(store);
+    // Nor did anything leak to disk.
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!((store.versions().unwrap(), store.rounds().unwrap(), store.strategy_state().unwrap()), before);
+}
+
+#[test]
+fn an_aborted_round_is_recorded_once_and_its_id_is_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = initialised(dir.path());
+    let aborted = record(1, Outcome::Aborted(AbortReason::TooFewReports { reported: 1, min_agents: 2 }));
+    store.record_aborted(&aborted).unwrap();
+    assert!(matches!(store.record_aborted(&aborted), Err(StoreError::RoundExists(1))));
+    assert!(matches!(
+        store.commit_round(&record(1, Outcome::Completed), &weights(1), &[], 1),
+        Err(StoreError::RoundExists(1))
+    ));
+    assert_eq!(store.next_round().unwrap(), 2);
+    assert_eq!(store.latest().unwrap().unwrap().version, 0);
+}
+
+#[test]
+fn the_first_model_is_created_once_and_only_for_a_known_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert!(matches!(store.init_model(Digest::of(b"nothing"), &weights(0), 0), Err(StoreError::UnknownGraph(_))));
+    let digest = store.put_graph(GRAPH).unwrap();
+    assert_eq!(store.put_graph(GRAPH).unwrap(), digest, "storing a graph twice is harmless");
+    assert!(store.graph(&Digest::of(b"other")).unwrap().is_none());
+    let meta = store.init_model(digest, &weights(0), 5).unwrap();
+    assert_eq!(meta.version, 0);
+    assert_eq!(meta.num_params, 64);
+    assert!(matches!(store.init_model(digest, &weights(0), 6), Err(StoreError::AlreadyInitialised)));
+}
+
+#[test]
+fn agents_are_tracked_and_a_revocation_sticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let first = store.upsert_agent_seen("pi-7", "f00d", 100).unwrap();
+    assert_eq!((first.first_seen_ms, first.last_seen_ms, first.revoked), (100, 100, false));
+    let again = store.upsert_agent_seen("pi-7", "beef", 250).unwrap();
+    assert_eq!((again.first_seen_ms, again.last_seen_ms), (100, 250));
+    assert_eq!(again.fingerprint.as_deref(), Some("beef"));
+    assert!(!store.is_revoked("pi-7").unwrap());
+    store.revoke_agent("pi-7", 300).unwrap();
+    store.upsert_agent_seen("pi-7", "beef", 400).unwrap();
+    assert!(store.is_revoked("pi-7").unwrap(), "seeing a revoked agent again does not un-revoke it");
+    // An agent can be revoked before it ever connects.
+    let pre = store.revoke_agent("stolen-pi", 500).unwrap();
+    assert_eq!(pre.fingerprint, None);
+    assert!(store.is_revoked("stolen-pi").unwrap());
+    assert!(!store.is_revoked("unknown").unwrap());
+    let names: Vec<String> = store.agents().unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, vec!["pi-7".to_string(), "stolen-pi".to_string()]);
+}
+
+#[test]
+fn corrupt_record_bytes_give_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = initialised(dir.path());
+        store.commit_round(&record(1, Outcome::Completed), &weights(1), &[], 1).unwrap();
+        store.upsert_agent_seen("pi-1", "aa", 1).unwrap();
+    }
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree("rounds").unwrap().insert(1u64.to_be_bytes(), &[0xff, 0xfe, 0x00][..]).unwrap();
+        db.open_tree("agents").unwrap().insert(b"pi-1", &[0x07][..]).unwrap();
+        let w = db.open_tree("weights").unwrap();
+        let mut bytes = w.get(1u64.to_be_bytes()).unwrap().unwrap().to_vec();
+        bytes[3] ^= 0x40;
+        w.insert(1u64.to_be_bytes(), bytes).unwrap();
+        db.open_tree("models").unwrap().insert(0u64.to_be_bytes(), &b"garbage"[..]).unwrap();
+        db.open_tree("graphs").unwrap().insert(Digest::of(GRAPH).0, &b"tampered"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert!(matches!(store.round(1), Err(StoreError::Corrupt { tree: "rounds", .. })));
+    assert!(store.rounds().is_err());
+    assert!(matches!(store.is_revoked("pi-1"), Err(StoreError::Corrupt { tree: "agents", .. })));
+    assert!(matches!(store.upsert_agent_seen("pi-1", "bb", 2), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(store.weights(1), Err(StoreError::Corrupt { tree: "weights", .. })));
+    assert!(matches!(store.resume_state(), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(store.model(0), Err(StoreError::Corrupt { tree: "models", .. })));
+    assert!(store.versions().is_err());
+    assert!(matches!(store.graph(&Digest::of(GRAPH)), Err(StoreError::Corrupt { tree: "graphs", .. })));
+    // Records that were not touched still read.
+    assert!(store.latest().unwrap().is_some());
+}
+
+#[test]
+fn a_store_that_cannot_be_opened_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(matches!(Store::open(file.join("db")), Err(StoreError::Sled(_))));
+}
