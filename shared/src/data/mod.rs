@@ -1,1 +1,29 @@
-//! On-device data sets.
+//! On-device data sets: what a device trains and evaluates on.
+//!
+//! - [`dataset`]: [`Dataset`], an in-memory set of examples (features, labels, shape) with subsets, held-out
+//!   splits and seeded shuffled batches.
+//! - [`idx`]: the IDX file format (MNIST's), gzip-compressed or not.
+//! - [`mnist`]: finding and loading MNIST-style folders and the 8x8 digits set.
+//! - [`csv`]: numeric CSV files with one label column.
+//! - [`normalize`]: turning raw pixel bytes into the floats a model is trained on.
+//! - [`partition`]: IID and Dirichlet (non-IID) partitions of a data set over agents, for simulations.
+//! - [`error`]: [`DataError`], every one of which names the file and the problem.
+//!
+//! Nothing here opens the network; files are read only when a loader is called, and nothing here panics on the
+//! content of a file.
+
+pub mod csv;
+pub mod dataset;
+pub mod error;
+pub mod idx;
+pub mod mnist;
+pub mod normalize;
+pub mod partition;
+
+pub use self::csv::{CsvOptions, LabelColumn, load_csv, parse_csv};
+pub use dataset::{Batches, Dataset};
+pub use error::DataError;
+pub use idx::{IdxArray, parse_idx, read_idx};
+pub use mnist::{Split, find_idx_file, load_digits_dir, load_idx_pair, load_mnist_dir};
+pub use normalize::Normalization;
+pub use partition::{dirichlet_partition, iid_partition};
