@@ -1,0 +1,169 @@
+//! Whole system: the server process is killed with SIGKILL in the middle of a round, restarted on the same sled
+//! directory, and the federation carries on from the newest committed model, which is intact.
+
+use fedge_agent::client::{Agent, AgentEvent};
+use fedge_agent::learner::{LearnOutcome, Learner, NoiseLearner};
+use fedge_agent::state::ModelState;
+use fedge_server::demo::agent_settings;
+use fedge_server::store::Store;
+use fedge_shared::model::{Digest, weights_to_bytes};
+use fedge_shared::protocol::TrainPlan;
+use fedge_shared::tls::{self, Role};
+use fedge_system_tests::{init_logs, wait_agent, workspace_bin};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// A learner whose rounds take a while, so that a kill lands inside one.
+struct SlowLearner(NoiseLearner);
+
+impl Learner for SlowLearner {
+    fn examples(&self) -> u64 {
+        self.0.examples()
+    }
+    fn set_graph(&mut self, onnx: &[u8]) -> anyhow::Result<()> {
+        self.0.set_graph(onnx)
+    }
+    fn num_params(&self) -> Option<usize> {
+        self.0.num_params()
+    }
+    fn learn(&mut self, global: &[f32], plan: &TrainPlan) -> anyhow::Result<LearnOutcome> {
+        std::thread::sleep(Duration::from_millis(150));
+        self.0.learn(global, plan)
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    let pki = dir.join("pki");
+    let text = format!(
+        r#"
+listen = "127.0.0.1:{port}"
+data_dir = "{db}"
+autostart = true
+idle_timeout_ms = 10000
+
+[tls]
+ca = "{pki}/ca.pem"
+cert = "{pki}/server.pem"
+key = "{pki}/server.key"
+
+[model]
+onnx = "{model}"
+
+[coordinator]
+min_agents = 3
+max_agents = 3
+fraction = 1.0
+overselect = 1.0
+round_timeout_ms = 20000
+retry_backoff_ms = 100
+
+[coordinator.hyper]
+epochs = 1
+batch_size = 8
+learning_rate = 0.1
+optimizer = "sgd"
+"#,
+        db = dir.join("db").display(),
+        pki = pki.display(),
+        model = dir.join("model.onnx").display(),
+    );
+    let path = dir.join("server.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start_server(config: &Path, log: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    Ok(Command::new(workspace_bin("fedge-server")?)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?)
+}
+
+async fn wait_version(events: &mut mpsc::UnboundedReceiver<(usize, AgentEvent)>, above: u64) -> anyhow::Result<u64> {
+    wait_agent(events, Duration::from_secs(60), |_, e| match e {
+        AgentEvent::ModelReceived { version } if *version > above => Some(*version),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_round_restarts_with_its_committed_model_and_carries_on() -> anyhow::Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let pki = dir.path().join("pki");
+    tls::init_federation(&pki, &["localhost".into()], 30)?;
+    std::fs::write(dir.path().join("model.onnx"), fedge_shared::train::builder::mlp(&[32, 16, 4], 9))?;
+    let port = free_udp_port();
+    let config = write_config(dir.path(), port);
+    let log = dir.path().join("server.log");
+    let addr = format!("127.0.0.1:{port}").parse()?;
+
+    let mut server = start_server(&config, &log)?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (etx, mut events) = mpsc::unbounded_channel();
+    let mut agents = vec![];
+    for i in 0..3u64 {
+        let bundle = tls::issue_bundle(&pki, &format!("agent-{i}"), Role::Agent, 30)?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let etx = etx.clone();
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                let _ = etx.send((i as usize, e));
+            }
+        });
+        let learner = Box::new(SlowLearner(NoiseLearner::new(50 + i, i, 0.01)));
+        let agent = Agent::new(agent_settings(&bundle, addr)?, ModelState::in_memory(), learner).with_events(tx);
+        agents.push(tokio::spawn(agent.run(shutdown_rx.clone())));
+    }
+
+    let mut seen = 0;
+    for kill in 0..3 {
+        // Let the federation commit at least one more version, then kill the server inside the next round.
+        seen = wait_version(&mut events, seen).await?;
+        tokio::time::sleep(Duration::from_millis(60 + 40 * kill)).await;
+        server.kill()?;
+        server.wait()?;
+
+        // What was committed is intact: the newest version is readable and its weights match their digest.
+        let (latest, parent_ok) = {
+            let store = Store::open(dir.path().join("db"))?;
+            let meta = store.latest()?.expect("a model survives the kill");
+            let weights = store.weights(meta.version)?;
+            assert_eq!(Digest::of(&weights_to_bytes(&weights)), meta.weights_digest, "weights intact");
+            let parent_ok = meta.parent.is_none_or(|p| store.model(p).is_ok());
+            for r in store.rounds()? {
+                if let Some(v) = r.new_version {
+                    assert!(store.model(v).is_ok(), "round {} names version {v}, which must exist", r.round);
+                }
+            }
+            (meta.version, parent_ok)
+        };
+        assert!(parent_ok);
+        assert!(latest >= seen, "committed version {latest} is older than one announced before the kill ({seen})");
+        assert!(latest <= seen + 1, "at most the round in flight at the kill can have committed unannounced");
+        seen = latest;
+
+        server = start_server(&config, &log)?;
+    }
+    // After the last restart the federation goes on past what was committed.
+    let after = wait_version(&mut events, seen).await?;
+    assert!(after > seen);
+    let _ = shutdown.send(true);
+    for a in agents {
+        let _ = tokio::time::timeout(Duration::from_secs(5), a).await;
+    }
+    server.kill()?;
+    server.wait()?;
+    Ok(())
+}
