@@ -21,13 +21,8 @@ pub enum CodecError {
     Encode(String),
 }
 
-fn config() -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint> {
+fn config() -> bincode::config::Configuration {
     bincode::config::standard().with_little_endian().with_variable_int_encoding()
-}
-
-fn config_limited<const N: usize>()
--> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint, bincode::config::Limit<N>> {
-    config().with_limit::<N>()
 }
 
 /// Hard ceiling for any decoded control message or record, whatever the caller asks for.
@@ -52,7 +47,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Code
         return Err(CodecError::TooLarge { len: bytes.len(), limit });
     }
     // bincode's limit bounds every allocation it makes while decoding (length prefixes included).
-    let (value, used): (T, usize) = bincode::serde::decode_from_slice(bytes, config_limited::<ABSOLUTE_LIMIT>())
+    let (value, used): (T, usize) = bincode::serde::decode_from_slice(bytes, config().with_limit::<ABSOLUTE_LIMIT>())
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(CodecError::Trailing { trailing: bytes.len() - used });

@@ -1,1 +1,93 @@
-//! Framed messages over QUIC streams.
+//! Framed messages and blobs over QUIC streams: the thin async shell around [`crate::codec`].
+//!
+//! A frame is a little-endian `u32` length and a codec-encoded message; a blob is a framed [`BlobHeader`] and
+//! `len` raw bytes on a unidirectional stream of its own. Every read states its limit, checked before allocation.
+//!
+//! This module must never interpret what it moves: deciding what a message means is the caller's job.
+
+use crate::codec::{self, CodecError, FRAME_HEADER};
+use crate::model::Digest;
+use crate::protocol::{BlobHeader, limits};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Errors moving frames and blobs.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("codec: {0}")]
+    Codec(#[from] CodecError),
+    #[error("stream closed in the middle of a frame")]
+    Truncated,
+    #[error("read: {0}")]
+    Read(String),
+    #[error("write: {0}")]
+    Write(String),
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("blob of {len} bytes exceeds its limit of {limit} bytes")]
+    BlobTooLarge { len: u64, limit: u64 },
+    #[error("blob digest mismatch")]
+    DigestMismatch,
+}
+
+/// Writes one frame.
+pub async fn write_msg<T: Serialize>(send: &mut quinn::SendStream, msg: &T, limit: usize) -> Result<(), WireError> {
+    let frame = codec::encode_frame(msg, limit)?;
+    send.write_all(&frame).await.map_err(|e| WireError::Write(e.to_string()))
+}
+
+/// Reads one frame. `Ok(None)` when the stream finished cleanly before a new frame.
+pub async fn read_msg<T: DeserializeOwned>(recv: &mut quinn::RecvStream, limit: usize) -> Result<Option<T>, WireError> {
+    let mut header = [0u8; FRAME_HEADER];
+    // Distinguish a clean end of stream (no byte of a new frame) from a truncated frame.
+    let mut got = 0;
+    while got < FRAME_HEADER {
+        match recv.read(&mut header[got..]).await.map_err(|e| WireError::Read(e.to_string()))? {
+            Some(n) => got += n,
+            None if got == 0 => return Ok(None),
+            None => return Err(WireError::Truncated),
+        }
+    }
+    let len = codec::frame_len(header, limit)?;
+    let mut body = vec![0u8; len];
+    read_exact(recv, &mut body).await?;
+    Ok(Some(codec::decode(&body, limit)?))
+}
+
+async fn read_exact(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> Result<(), WireError> {
+    recv.read_exact(buf).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(_) => WireError::Truncated,
+        quinn::ReadExactError::ReadError(e) => WireError::Read(e.to_string()),
+    })
+}
+
+/// Sends a blob on a new unidirectional stream and finishes the stream.
+pub async fn send_blob(conn: &quinn::Connection, header: &BlobHeader, body: &[u8]) -> Result<(), WireError> {
+    let mut send = conn.open_uni().await?;
+    write_msg(&mut send, header, limits::BLOB_HEADER).await?;
+    send.write_all(body).await.map_err(|e| WireError::Write(e.to_string()))?;
+    send.finish().map_err(|e| WireError::Write(e.to_string()))?;
+    Ok(())
+}
+
+/// Reads a blob's header from a freshly accepted unidirectional stream.
+pub async fn read_blob_header(recv: &mut quinn::RecvStream) -> Result<BlobHeader, WireError> {
+    let header: BlobHeader = read_msg(recv, limits::BLOB_HEADER).await?.ok_or(WireError::Truncated)?;
+    let limit = header.max_len();
+    if header.len > limit {
+        return Err(WireError::BlobTooLarge { len: header.len, limit });
+    }
+    Ok(header)
+}
+
+/// Reads a blob's body (its header already read and its length vetted), checking the digest when given.
+pub async fn read_blob_body(recv: &mut quinn::RecvStream, header: &BlobHeader) -> Result<Vec<u8>, WireError> {
+    let len = usize::try_from(header.len).map_err(|_| WireError::BlobTooLarge { len: header.len, limit: 0 })?;
+    let mut body = vec![0u8; len];
+    read_exact(recv, &mut body).await?;
+    if let Some(d) = &header.digest
+        && Digest::of(&body) != *d
+    {
+        return Err(WireError::DigestMismatch);
+    }
+    Ok(body)
+}

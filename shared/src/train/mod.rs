@@ -13,3 +13,22 @@ pub mod local;
 pub mod optimizer;
 
 // The training engine: ONNX reverse-mode differentiation and the tract runner.
+mod autodiff;
+mod emit;
+mod error;
+mod forward;
+mod grad;
+mod graph;
+mod loss;
+mod plan;
+mod predictor;
+mod proto;
+mod shapes;
+mod step;
+mod trainable;
+
+pub use error::TrainError;
+pub use loss::{Labels, Loss};
+pub use predictor::Predictor;
+pub use step::TrainStep;
+pub use trainable::{ParamInfo, TrainableModel};

@@ -1,0 +1,125 @@
+//! Reverse-mode differentiation over a resolved [`Graph`]: builds the training-step ONNX model whose inputs are
+//! the data, the labels, the trainable weights (and dropout masks) and whose outputs are the mean loss and the
+//! gradient of every trainable weight; and the forward-only inference model with weights baked in.
+//!
+//! It produces protobuf only; compiling and running are the step's and predictor's business.
+
+use std::collections::HashMap;
+
+use tract_onnx::pb::{GraphProto, ModelProto, OperatorSetIdProto, tensor_proto::DataType};
+
+use super::emit::{Emitter, OPSET};
+use super::error::TrainError;
+use super::forward::{MaskInput, Mode, emit_forward};
+use super::grad::{self, Ctx};
+use super::graph::Graph;
+use super::loss::{LABELS, LOSS, Loss, emit_loss};
+use super::proto::value_info;
+
+/// A training-step model and the order of its inputs and outputs.
+pub struct StepGraph {
+    pub model: ModelProto,
+    /// Dropout masks, fed after the data, the labels and the weights, in this order.
+    pub masks: Vec<MaskInput>,
+}
+
+fn model_of(graph: GraphProto) -> ModelProto {
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        producer_name: "fedge".into(),
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
+/// Name of the graph output carrying the gradient of parameter `i`.
+pub fn grad_name(i: usize) -> String {
+    format!("__fedge/grad/{i}")
+}
+
+/// Builds the training step. `params` are the trainable weights (graph inputs) in output order; `data` the data
+/// input; the model output must have `n * c` elements.
+pub fn build_step(
+    g: &Graph,
+    data: &str,
+    params: &[(String, Vec<usize>)],
+    loss: Loss,
+    n: usize,
+    c: usize,
+) -> Result<StepGraph, TrainError> {
+    let mut e = Emitter::default();
+    let masks = emit_forward(&mut e, g, Mode::Train)?;
+    let out_shape = g.shapes.get(&g.output).cloned().unwrap_or_default();
+    if out_shape.iter().product::<usize>() != n * c {
+        return Err(TrainError::shape(format!("model output {out_shape:?} is not {n} × {c}")));
+    }
+    let z = if out_shape.as_slice() == [n, c] { g.output.clone() } else { e.reshape(&g.output, &[n, c]) };
+    let dz = emit_loss(&mut e, &z, n, c, loss);
+    let dz = if out_shape.as_slice() == [n, c] { dz } else { e.reshape(&dz, &out_shape) };
+
+    let mask_by_output: HashMap<String, String> = masks.iter().map(|m| (m.output.clone(), m.name.clone())).collect();
+    let ctx = Ctx { graph: g, masks: &mask_by_output };
+    let mut grads: HashMap<String, Vec<String>> = HashMap::new();
+    grads.insert(g.output.clone(), vec![dz]);
+    for node in g.nodes.iter().rev() {
+        let Some(parts) = grads.remove(&node.output) else { continue };
+        let needs: Vec<bool> = node.inputs.iter().map(|i| g.requires_grad.contains(i)).collect();
+        if !needs.iter().any(|x| *x) {
+            continue;
+        }
+        let dy = e.sum(&parts);
+        let gs = grad::backward(&mut e, &ctx, node, &dy, &needs)?;
+        for ((input, gi), need) in node.inputs.iter().zip(gs).zip(&needs) {
+            if let (Some(gi), true) = (gi, need) {
+                grads.entry(input.clone()).or_default().push(gi);
+            }
+        }
+    }
+    let mut outputs = vec![value_info(LOSS, DataType::Float, &[])];
+    for (i, (name, shape)) in params.iter().enumerate() {
+        let out = grad_name(i);
+        match grads.remove(name) {
+            Some(parts) => {
+                let s = e.sum(&parts);
+                e.op_into("Identity", &[&s], &[&out], vec![]);
+            }
+            None => {
+                // The loss does not depend on this weight.
+                let zeros = e.const_f(shape, &vec![0.0; shape.iter().product()]);
+                e.op_into("Identity", &[&zeros], &[&out], vec![]);
+            }
+        }
+        outputs.push(value_info(&out, DataType::Float, shape));
+    }
+    let data_shape = g.shapes.get(data).cloned().unwrap_or_default();
+    let mut inputs = vec![value_info(data, DataType::Float, &data_shape), value_info(LABELS, DataType::Float, &[n, c])];
+    inputs.extend(params.iter().map(|(name, shape)| value_info(name, DataType::Float, shape)));
+    inputs.extend(masks.iter().map(|m| value_info(&m.name, DataType::Float, &m.shape)));
+    let graph = GraphProto {
+        name: "fedge-train-step".into(),
+        node: e.nodes,
+        initializer: e.inits,
+        input: inputs,
+        output: outputs,
+        ..Default::default()
+    };
+    Ok(StepGraph { model: model_of(graph), masks })
+}
+
+/// Builds the forward-only model (dropout as identity); weights must already be constants of `g`.
+pub fn build_inference(g: &Graph, data: &str) -> Result<ModelProto, TrainError> {
+    let mut e = Emitter::default();
+    emit_forward(&mut e, g, Mode::Infer)?;
+    let data_shape = g.shapes.get(data).cloned().unwrap_or_default();
+    let out_shape = g.shapes.get(&g.output).cloned().unwrap_or_default();
+    let graph = GraphProto {
+        name: "fedge-inference".into(),
+        node: e.nodes,
+        initializer: e.inits,
+        input: vec![value_info(data, DataType::Float, &data_shape)],
+        output: vec![value_info(&g.output, DataType::Float, &out_shape)],
+        ..Default::default()
+    };
+    Ok(model_of(graph))
+}

@@ -1,0 +1,106 @@
+//! Writes ONNX nodes and constant initializers for the training-step and inference graphs (opset 13), with
+//! the small compound helpers the gradient rules share (reduce-to-shape for broadcasting, scaling, reshapes).
+//!
+//! It only appends protobuf nodes; it never decides what to differentiate and never runs anything.
+
+use tract_onnx::pb::{AttributeProto, NodeProto, TensorProto};
+
+use super::proto::{attr_i, attr_ints, f32_tensor, i64_tensor, node};
+
+/// The opset every emitted graph declares.
+pub const OPSET: i64 = 13;
+
+/// Accumulates nodes and initializers with fresh, collision-free tensor names.
+#[derive(Default)]
+pub struct Emitter {
+    pub nodes: Vec<NodeProto>,
+    pub inits: Vec<TensorProto>,
+    counter: usize,
+}
+
+impl Emitter {
+    pub fn fresh(&mut self, hint: &str) -> String {
+        self.counter += 1;
+        format!("__fedge/{hint}/{}", self.counter)
+    }
+
+    /// Appends a single-output node and returns its output name.
+    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        let out = self.fresh(op);
+        self.nodes.push(node(op, &out, inputs, &[&out], attrs));
+        out
+    }
+
+    /// Appends a node with named outputs.
+    pub fn op_into(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) {
+        let name = self.fresh(op);
+        self.nodes.push(node(op, &name, inputs, outputs, attrs));
+    }
+
+    pub fn const_f(&mut self, shape: &[usize], data: &[f32]) -> String {
+        let name = self.fresh("const");
+        self.inits.push(f32_tensor(&name, shape, data));
+        name
+    }
+
+    pub fn const_i(&mut self, shape: &[usize], data: &[i64]) -> String {
+        let name = self.fresh("const");
+        self.inits.push(i64_tensor(&name, shape, data));
+        name
+    }
+
+    pub fn scalar(&mut self, v: f32) -> String {
+        self.const_f(&[], &[v])
+    }
+
+    pub fn reshape(&mut self, x: &str, shape: &[usize]) -> String {
+        let dims: Vec<i64> = shape.iter().map(|d| *d as i64).collect();
+        let s = self.const_i(&[dims.len()], &dims);
+        self.op("Reshape", &[x, &s], vec![])
+    }
+
+    pub fn transpose(&mut self, x: &str, perm: &[usize]) -> String {
+        let p: Vec<i64> = perm.iter().map(|d| *d as i64).collect();
+        self.op("Transpose", &[x], vec![attr_ints("perm", &p)])
+    }
+
+    /// ReduceSum over `axes` (an empty list reduces nothing: the input is returned).
+    pub fn reduce_sum(&mut self, x: &str, axes: &[usize], keepdims: bool) -> String {
+        if axes.is_empty() {
+            return x.to_string();
+        }
+        let a: Vec<i64> = axes.iter().map(|d| *d as i64).collect();
+        let ax = self.const_i(&[a.len()], &a);
+        self.op("ReduceSum", &[x, &ax], vec![attr_i("keepdims", keepdims as i64)])
+    }
+
+    /// Sums a gradient of shape `from` down to the shape `to` it was broadcast from.
+    pub fn unbroadcast(&mut self, g: &str, from: &[usize], to: &[usize]) -> String {
+        if from == to {
+            return g.to_string();
+        }
+        let lead = from.len() - to.len().min(from.len());
+        let axes: Vec<usize> = (0..from.len()).filter(|i| *i < lead || (to[*i - lead] == 1 && from[*i] != 1)).collect();
+        let r = self.reduce_sum(g, &axes, true);
+        self.reshape(&r, to)
+    }
+
+    pub fn scale(&mut self, x: &str, s: f32) -> String {
+        if s == 1.0 {
+            return x.to_string();
+        }
+        let c = self.scalar(s);
+        self.op("Mul", &[x, &c], vec![])
+    }
+
+    /// Sums several tensors of the same shape.
+    pub fn sum(&mut self, parts: &[String]) -> String {
+        match parts {
+            [one] => one.clone(),
+            _ => {
+                let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+                self.op("Sum", &refs, vec![])
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Reverse-mode rules: for one forward node and the gradient of its output, the ONNX nodes that compute the
+//! gradients of its inputs. One file per operator family.
+//!
+//! Rules only append nodes through the [`Emitter`]; they never run anything and never see runtime data.
+
+mod activation;
+mod conv;
+mod elementwise;
+mod linear;
+mod norm;
+mod pool;
+mod reshape;
+
+use std::collections::HashMap;
+
+use super::emit::Emitter;
+use super::error::TrainError;
+use super::graph::{DNode, Graph, Op};
+
+/// What the rules may read besides the node: the graph (constants, shapes) and the dropout masks by node output.
+pub struct Ctx<'a> {
+    pub graph: &'a Graph,
+    pub masks: &'a HashMap<String, String>,
+}
+
+/// Emits the gradients of `n`'s inputs given `dy`, the gradient of its output. `needs[i]` says whether input `i`
+/// needs one; the result has one entry per input (`None` where not needed).
+pub fn backward(
+    e: &mut Emitter,
+    ctx: &Ctx<'_>,
+    n: &DNode,
+    dy: &str,
+    needs: &[bool],
+) -> Result<Vec<Option<String>>, TrainError> {
+    match &n.op {
+        Op::Gemm { .. } | Op::MatMul => linear::backward(e, n, dy, needs),
+        Op::Add | Op::Sub | Op::Mul | Op::Div => elementwise::backward(e, n, dy, needs),
+        Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh | Op::Softmax { .. } | Op::LogSoftmax { .. } => {
+            activation::backward(e, n, dy)
+        }
+        Op::Reshape | Op::Identity | Op::Transpose { .. } | Op::Concat { .. } => reshape::backward(e, n, dy, needs),
+        Op::Dropout { .. } => Ok(vec![Some(match ctx.masks.get(&n.output) {
+            Some(mask) => e.op("Mul", &[dy, mask], vec![]),
+            None => dy.to_string(),
+        })]),
+        Op::BatchNorm { .. } => norm::backward(e, ctx, n, dy, needs),
+        Op::Conv(_) => conv::backward(e, n, dy, needs),
+        Op::MaxPool(_) | Op::AveragePool(_) | Op::GlobalAveragePool => pool::backward(e, n, dy),
+    }
+}

@@ -1,0 +1,91 @@
+//! The losses a training step minimises, as ONNX nodes appended after the model's output, and the label
+//! tensor each one reads.
+//!
+//! - Softmax cross-entropy: mean over the batch of `-log softmax(z)[label]`; labels are class indices, fed to the
+//!   graph as a one-hot `[n, C]` tensor built here.
+//! - Mean squared error: mean over all `n × C` outputs of `(z - t)²` (PyTorch's `MSELoss` default), so the
+//!   per-example loss is the mean over its outputs.
+//!
+//! Nothing here runs a graph; label validation returns errors, never panics.
+
+use super::emit::Emitter;
+use super::error::TrainError;
+use super::proto::attr_i;
+
+/// The graph input carrying the labels (one-hot or targets, `[n, C]` floats).
+pub const LABELS: &str = "__fedge/labels";
+/// The graph output carrying the mean loss (a scalar).
+pub const LOSS: &str = "__fedge/loss";
+
+/// Which loss a [`super::TrainStep`] minimises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Loss {
+    SoftmaxCrossEntropy,
+    MeanSquaredError,
+}
+
+/// The labels of one batch.
+#[derive(Debug, Clone, Copy)]
+pub enum Labels<'a> {
+    /// One class index per example, for [`Loss::SoftmaxCrossEntropy`].
+    Classes(&'a [u32]),
+    /// `n × output_len` targets, row-major, for [`Loss::MeanSquaredError`].
+    Targets(&'a [f32]),
+}
+
+/// Appends the loss over logits `z` (`[n, c]`) and returns the gradient of the loss with respect to `z`.
+pub fn emit_loss(e: &mut Emitter, z: &str, n: usize, c: usize, loss: Loss) -> String {
+    match loss {
+        Loss::SoftmaxCrossEntropy => {
+            let lsm = e.op("LogSoftmax", &[z], vec![attr_i("axis", 1)]);
+            let picked = e.op("Mul", &[&lsm, LABELS], vec![]);
+            let total = e.reduce_sum(&picked, &[0, 1], false);
+            let k = e.scalar(-1.0 / n as f32);
+            e.op_into("Mul", &[&total, &k], &[LOSS], vec![]);
+            // d/dz = (softmax(z) - onehot) / n
+            let p = e.op("Exp", &[&lsm], vec![]);
+            let d = e.op("Sub", &[&p, LABELS], vec![]);
+            e.scale(&d, 1.0 / n as f32)
+        }
+        Loss::MeanSquaredError => {
+            let diff = e.op("Sub", &[z, LABELS], vec![]);
+            let sq = e.op("Mul", &[&diff, &diff], vec![]);
+            let total = e.reduce_sum(&sq, &[0, 1], false);
+            let k = e.scalar(1.0 / (n * c) as f32);
+            e.op_into("Mul", &[&total, &k], &[LOSS], vec![]);
+            e.scale(&diff, 2.0 / (n * c) as f32)
+        }
+    }
+}
+
+/// The `[n, c]` label tensor the graph reads, checked against the loss and the batch.
+pub fn label_tensor(labels: Labels<'_>, loss: Loss, n: usize, c: usize) -> Result<Vec<f32>, TrainError> {
+    match (loss, labels) {
+        (Loss::SoftmaxCrossEntropy, Labels::Classes(cls)) => {
+            if cls.len() != n {
+                return Err(TrainError::shape(format!("{} labels for {n} examples", cls.len())));
+            }
+            let mut onehot = vec![0.0; n * c];
+            for (i, k) in cls.iter().enumerate() {
+                let k = *k as usize;
+                if k >= c {
+                    return Err(TrainError::shape(format!("label {k} is not one of {c} classes")));
+                }
+                onehot[i * c + k] = 1.0;
+            }
+            Ok(onehot)
+        }
+        (Loss::MeanSquaredError, Labels::Targets(t)) => {
+            if t.len() != n * c {
+                return Err(TrainError::shape(format!("{} targets for {n} examples of {c} outputs", t.len())));
+            }
+            Ok(t.to_vec())
+        }
+        (Loss::SoftmaxCrossEntropy, Labels::Targets(_)) => {
+            Err(TrainError::shape("softmax cross-entropy needs class labels".to_string()))
+        }
+        (Loss::MeanSquaredError, Labels::Classes(_)) => {
+            Err(TrainError::shape("mean squared error needs target values".to_string()))
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! [`Predictor`]: a forward-only tract plan with the weights baked in as constants, optimised once per model
+//! version; dropout is the identity and batch normalisation uses the running statistics.
+//!
+//! Inputs of any number of examples are run in chunks of the plan's batch size (the last chunk zero-padded; the
+//! model treats examples independently, so padding never changes real outputs). No training state here.
+
+use tract_onnx::prelude::*;
+
+use super::autodiff::build_inference;
+use super::error::TrainError;
+use super::plan::{Plan, compile, tensor, values};
+use super::trainable::TrainableModel;
+
+/// A compiled inference plan for one set of weights.
+pub struct Predictor {
+    plan: Plan,
+    batch: usize,
+    input_shape: Vec<usize>,
+    output_len: usize,
+}
+
+impl std::fmt::Debug for Predictor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Predictor").field("batch", &self.batch).field("output_len", &self.output_len).finish()
+    }
+}
+
+impl Predictor {
+    pub fn new(model: &TrainableModel, weights: &[f32], batch: usize) -> Result<Self, TrainError> {
+        if batch == 0 {
+            return Err(TrainError::shape("the batch size must be at least 1"));
+        }
+        model.check_weights(weights)?;
+        let g = model.resolve(batch, Some(weights))?;
+        let plan = compile(&build_inference(&g, model.input_name())?)?;
+        Ok(Predictor { plan, batch, input_shape: model.input_shape().to_vec(), output_len: model.output_len() })
+    }
+
+    /// Outputs (logits) for `x.len() / input_len` examples, `output_len` per example.
+    pub fn predict(&self, x: &[f32]) -> Result<Vec<f32>, TrainError> {
+        let il: usize = self.input_shape.iter().product();
+        if il == 0 || !x.len().is_multiple_of(il) {
+            return Err(TrainError::shape(format!("{} inputs are not a whole number of examples of {il}", x.len())));
+        }
+        let n = x.len() / il;
+        let mut out = Vec::with_capacity(n * self.output_len);
+        let mut shape = vec![self.batch];
+        shape.extend(&self.input_shape);
+        let mut padded = vec![];
+        for chunk in x.chunks(self.batch * il) {
+            let rows = chunk.len() / il;
+            let input = if rows == self.batch {
+                tensor(&shape, chunk)?
+            } else {
+                padded.clear();
+                padded.extend_from_slice(chunk);
+                padded.resize(self.batch * il, 0.0);
+                tensor(&shape, &padded)?
+            };
+            let res = self.plan.run(tvec![input]).map_err(TrainError::tract)?;
+            let y = values(res.first().ok_or_else(|| TrainError::Tract("no output".into()))?)?;
+            let want = rows * self.output_len;
+            out.extend_from_slice(y.get(..want).ok_or_else(|| TrainError::Tract("output too short".into()))?);
+        }
+        Ok(out)
+    }
+}

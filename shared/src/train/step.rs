@@ -1,0 +1,138 @@
+//! [`TrainStep`]: the compiled training-step graph for one model, loss and batch size, run once per batch.
+//!
+//! One tract plan is optimised per batch size actually seen: the full batch, and the size of a partial last batch
+//! (cached, so an epoch with a remainder compiles two plans once, not one per epoch). Dropout masks are drawn here
+//! from the caller's seed (ChaCha8), never from global randomness.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tract_onnx::prelude::*;
+
+use super::autodiff::build_step;
+use super::error::TrainError;
+use super::forward::MaskInput;
+use super::loss::{Labels, Loss, label_tensor};
+use super::plan::{Plan, compile, tensor, values};
+use super::trainable::TrainableModel;
+
+/// How many plans (batch sizes) a step keeps before dropping the least recently built one.
+const MAX_PLANS: usize = 3;
+
+struct SizedPlan {
+    n: usize,
+    plan: Plan,
+    masks: Vec<MaskInput>,
+}
+
+/// A compiled training step; `run` computes the mean loss and its gradient for one batch.
+pub struct TrainStep {
+    model: TrainableModel,
+    loss: Loss,
+    batch: usize,
+    plans: Vec<SizedPlan>,
+}
+
+impl std::fmt::Debug for TrainStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainStep").field("loss", &self.loss).field("batch", &self.batch).finish()
+    }
+}
+
+impl TrainStep {
+    /// Builds and optimises the training step for batches of `batch` examples.
+    pub fn new(model: &TrainableModel, loss: Loss, batch: usize) -> Result<Self, TrainError> {
+        if batch == 0 {
+            return Err(TrainError::shape("the batch size must be at least 1"));
+        }
+        let mut step = TrainStep { model: model.clone(), loss, batch, plans: vec![] };
+        let plan = step.build(batch)?;
+        step.plans.push(plan);
+        Ok(step)
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    fn build(&self, n: usize) -> Result<SizedPlan, TrainError> {
+        let g = self.model.resolve(n, None)?;
+        let sg =
+            build_step(&g, self.model.input_name(), &self.model.param_shapes(), self.loss, n, self.model.output_len())?;
+        let plan = compile(&sg.model)?;
+        Ok(SizedPlan { n, plan, masks: sg.masks })
+    }
+
+    fn plan_for(&mut self, n: usize) -> Result<&SizedPlan, TrainError> {
+        let idx = match self.plans.iter().position(|p| p.n == n) {
+            Some(i) => i,
+            None => {
+                let p = self.build(n)?;
+                if self.plans.len() >= MAX_PLANS {
+                    // Keep the full-batch plan (index 0), drop the oldest other one.
+                    self.plans.remove(1);
+                }
+                self.plans.push(p);
+                self.plans.len() - 1
+            }
+        };
+        Ok(&self.plans[idx])
+    }
+
+    /// Runs one step on `n = x.len() / input_len` examples (1 ≤ n ≤ batch): returns the mean loss over them and
+    /// writes d(mean loss)/d(weights) into `grads`, in [`TrainableModel::params`] order.
+    pub fn run(
+        &mut self,
+        weights: &[f32],
+        x: &[f32],
+        labels: Labels<'_>,
+        dropout_seed: u64,
+        grads: &mut [f32],
+    ) -> Result<f32, TrainError> {
+        let model = self.model.clone();
+        model.check_weights(weights)?;
+        if grads.len() != weights.len() {
+            return Err(TrainError::shape(format!("{} gradient slots for {} weights", grads.len(), weights.len())));
+        }
+        let il = model.input_len();
+        if il == 0 || x.is_empty() || !x.len().is_multiple_of(il) {
+            return Err(TrainError::shape(format!("{} inputs are not a whole number of examples of {il}", x.len())));
+        }
+        let n = x.len() / il;
+        if n > self.batch {
+            return Err(TrainError::shape(format!("{n} examples exceed the batch size {}", self.batch)));
+        }
+        let c = model.output_len();
+        let y = label_tensor(labels, self.loss, n, c)?;
+        let plan = self.plan_for(n)?;
+        let mut inputs: TVec<TValue> = TVec::with_capacity(2 + model.params().len() + plan.masks.len());
+        let mut xs = vec![n];
+        xs.extend(model.input_shape());
+        inputs.push(tensor(&xs, x)?);
+        inputs.push(tensor(&[n, c], &y)?);
+        for p in model.params() {
+            inputs.push(tensor(&p.shape, &weights[p.offset..p.offset + p.len])?);
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(dropout_seed);
+        for m in &plan.masks {
+            let keep = 1.0 - m.ratio;
+            let scale = 1.0 / keep;
+            let len: usize = m.shape.iter().product();
+            let mask: Vec<f32> = (0..len).map(|_| if rng.r#gen::<f32>() < keep { scale } else { 0.0 }).collect();
+            inputs.push(tensor(&m.shape, &mask)?);
+        }
+        let outputs = plan.plan.run(inputs).map_err(TrainError::tract)?;
+        let loss = outputs
+            .first()
+            .and_then(|v| v.to_scalar::<f32>().ok().copied())
+            .ok_or_else(|| TrainError::Tract("the step returned no loss".into()))?;
+        for (i, p) in model.params().iter().enumerate() {
+            let g = outputs.get(i + 1).ok_or_else(|| TrainError::Tract("missing gradient output".into()))?;
+            let g = values(g)?;
+            if g.len() != p.len {
+                return Err(TrainError::Tract(format!("gradient of {} has {} values, not {}", p.name, g.len(), p.len)));
+            }
+            grads[p.offset..p.offset + p.len].copy_from_slice(g);
+        }
+        Ok(loss)
+    }
+}

@@ -1,0 +1,284 @@
+//! A parsed forward ONNX model and the choice of its trainable weights: which tensor is the data input, which
+//! the output, and the flat weight vector layout ([`ParamInfo`]) every other part of fedge relies on.
+//!
+//! It validates the whole model up front (operators, shapes) so later steps fail only on bad buffers. It never
+//! runs the model.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use prost::Message;
+use tract_onnx::pb::{GraphProto, ModelProto, tensor_proto::DataType};
+
+use super::error::TrainError;
+use super::graph::{Const, Graph, Sources};
+use super::proto::{Data, decode_tensor, f32_tensor, is_float, value_info_shape};
+
+/// One trainable weight tensor and where it lives in the flat weight vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+    pub len: usize,
+}
+
+struct Inner {
+    bytes: Vec<u8>,
+    proto: ModelProto,
+    opset: i64,
+    input_name: String,
+    input_shape: Vec<usize>,
+    output_name: String,
+    output_len: usize,
+    initializers: HashMap<String, Const>,
+    /// Float initializers in graph order that may be trained (not BatchNormalization running statistics).
+    candidates: Vec<String>,
+}
+
+/// A parsed forward model with its trainable weights; cheap to clone.
+#[derive(Clone)]
+pub struct TrainableModel {
+    inner: Arc<Inner>,
+    params: Arc<Vec<ParamInfo>>,
+}
+
+impl std::fmt::Debug for TrainableModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainableModel")
+            .field("input", &self.inner.input_name)
+            .field("input_shape", &self.inner.input_shape)
+            .field("output", &self.inner.output_name)
+            .field("output_len", &self.inner.output_len)
+            .field("num_params", &self.num_params())
+            .finish()
+    }
+}
+
+fn graph_of(proto: &ModelProto) -> Result<&GraphProto, TrainError> {
+    proto.graph.as_ref().ok_or_else(|| TrainError::invalid("the model has no graph"))
+}
+
+impl TrainableModel {
+    /// Parses a forward model. The data input is the first graph input that is not an initializer, the output the
+    /// first graph output; every float initializer is trainable except BatchNormalization running statistics,
+    /// which stay frozen. Unsupported operators are refused, naming the operator and the node.
+    pub fn from_onnx_bytes(bytes: &[u8]) -> Result<Self, TrainError> {
+        let proto = ModelProto::decode(bytes).map_err(|e| TrainError::invalid(format!("not an ONNX model: {e}")))?;
+        let graph = graph_of(&proto)?;
+        let opset = proto
+            .opset_import
+            .iter()
+            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .map(|o| o.version)
+            .unwrap_or(13);
+        let mut initializers = HashMap::new();
+        let mut float_inits = vec![];
+        for t in &graph.initializer {
+            let c = decode_tensor(t)?;
+            if is_float(t) {
+                float_inits.push(t.name.clone());
+            }
+            initializers.insert(t.name.clone(), c);
+        }
+        let input = graph
+            .input
+            .iter()
+            .find(|i| !initializers.contains_key(&i.name))
+            .ok_or_else(|| TrainError::invalid("the model has no data input"))?;
+        let (elem, dims) =
+            value_info_shape(input).ok_or_else(|| TrainError::invalid(format!("input {} has no shape", input.name)))?;
+        if elem != DataType::Float as i32 {
+            return Err(TrainError::invalid(format!("input {} is not float", input.name)));
+        }
+        if dims.len() < 2 {
+            return Err(TrainError::invalid(format!(
+                "input {} needs a batch dimension and data dimensions",
+                input.name
+            )));
+        }
+        let input_shape = dims[1..]
+            .iter()
+            .map(|d| {
+                d.ok_or_else(|| TrainError::invalid(format!("input {} has a symbolic data dimension", input.name)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let output_name = graph
+            .output
+            .first()
+            .map(|o| o.name.clone())
+            .ok_or_else(|| TrainError::invalid("the model has no output"))?;
+        let frozen: HashSet<&str> = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "BatchNormalization")
+            .flat_map(|n| n.input.iter().skip(3).take(2).map(|s| s.as_str()))
+            .collect();
+        let candidates: Vec<String> = float_inits.into_iter().filter(|n| !frozen.contains(n.as_str())).collect();
+        let mut inner = Inner {
+            bytes: bytes.to_vec(),
+            proto: proto.clone(),
+            opset,
+            input_name: input.name.clone(),
+            input_shape,
+            output_name,
+            output_len: 0,
+            initializers,
+            candidates: candidates.clone(),
+        };
+        let params = layout(&inner, &candidates)?;
+        // Resolve at two batch sizes: validates every operator and shape, and that the output scales with the batch.
+        let mut lens = vec![];
+        for n in [1usize, 2] {
+            let g = resolve_with(&inner, &params, n, None)?;
+            let out = g.shapes.get(&g.output).cloned().unwrap_or_default();
+            let total: usize = out.iter().product();
+            if out.first() != Some(&n) || !total.is_multiple_of(n) {
+                return Err(TrainError::shape(format!("the output {out:?} does not follow the batch size {n}")));
+            }
+            lens.push(total / n);
+        }
+        if lens[0] != lens[1] || lens[0] == 0 {
+            return Err(TrainError::shape("the output size depends on the batch size"));
+        }
+        inner.output_len = lens[0];
+        Ok(TrainableModel { inner: Arc::new(inner), params: Arc::new(params) })
+    }
+
+    /// Restricts training to the named weights (kept in graph order); the others become constants.
+    pub fn with_trainable(self, names: &[String]) -> Result<Self, TrainError> {
+        let wanted: HashSet<&str> = names.iter().map(|s| s.as_str()).collect();
+        for n in &wanted {
+            if !self.inner.candidates.iter().any(|c| c == n) {
+                return Err(TrainError::invalid(format!("{n} is not a trainable float initializer of the model")));
+            }
+        }
+        let chosen: Vec<String> =
+            self.inner.candidates.iter().filter(|c| wanted.contains(c.as_str())).cloned().collect();
+        let params = layout(&self.inner, &chosen)?;
+        resolve_with(&self.inner, &params, 1, None)?;
+        Ok(TrainableModel { inner: self.inner, params: Arc::new(params) })
+    }
+
+    pub fn params(&self) -> &[ParamInfo] {
+        &self.params
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.params.iter().map(|p| p.len).sum()
+    }
+
+    /// The model's own values of the trainable weights, flat, in [`Self::params`] order.
+    pub fn initial_weights(&self) -> Vec<f32> {
+        let mut w = Vec::with_capacity(self.num_params());
+        for p in self.params.iter() {
+            match self.inner.initializers.get(&p.name) {
+                Some((_, d)) => w.extend(d.as_f32()),
+                None => w.extend(std::iter::repeat_n(0.0, p.len)),
+            }
+        }
+        w
+    }
+
+    /// The shape of one example, without the batch dimension.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.inner.input_shape
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.inner.input_shape.iter().product()
+    }
+
+    /// Number of outputs per example (e.g. 10 classes).
+    pub fn output_len(&self) -> usize {
+        self.inner.output_len
+    }
+
+    pub fn onnx_bytes(&self) -> &[u8] {
+        &self.inner.bytes
+    }
+
+    /// The original model with `weights` (flat, [`Self::params`] order) as its initializers.
+    pub fn export_with_weights(&self, weights: &[f32]) -> Result<Vec<u8>, TrainError> {
+        self.check_weights(weights)?;
+        let mut proto = self.inner.proto.clone();
+        let graph = proto.graph.as_mut().ok_or_else(|| TrainError::invalid("the model has no graph"))?;
+        let by_name: HashMap<&str, &ParamInfo> = self.params.iter().map(|p| (p.name.as_str(), p)).collect();
+        for t in graph.initializer.iter_mut() {
+            if let Some(p) = by_name.get(t.name.as_str()) {
+                *t = f32_tensor(&p.name, &p.shape, &weights[p.offset..p.offset + p.len]);
+            }
+        }
+        Ok(proto.encode_to_vec())
+    }
+
+    pub(crate) fn check_weights(&self, weights: &[f32]) -> Result<(), TrainError> {
+        if weights.len() != self.num_params() {
+            return Err(TrainError::shape(format!("{} weights for a model of {}", weights.len(), self.num_params())));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn input_name(&self) -> &str {
+        &self.inner.input_name
+    }
+
+    /// The graph for batch `n` with the trainable weights as dynamic inputs (`weights` = `None`), or with every
+    /// weight baked in as a constant.
+    pub(crate) fn resolve(&self, n: usize, weights: Option<&[f32]>) -> Result<Graph, TrainError> {
+        resolve_with(&self.inner, &self.params, n, weights)
+    }
+
+    pub(crate) fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.params.iter().map(|p| (p.name.clone(), p.shape.clone())).collect()
+    }
+}
+
+fn layout(inner: &Inner, names: &[String]) -> Result<Vec<ParamInfo>, TrainError> {
+    let mut offset = 0;
+    let mut params = Vec::with_capacity(names.len());
+    for n in names {
+        let (shape, _) =
+            inner.initializers.get(n).ok_or_else(|| TrainError::invalid(format!("no initializer named {n}")))?;
+        let len = shape.iter().product();
+        params.push(ParamInfo { name: n.clone(), shape: shape.clone(), offset, len });
+        offset += len;
+    }
+    Ok(params)
+}
+
+fn resolve_with(inner: &Inner, params: &[ParamInfo], n: usize, weights: Option<&[f32]>) -> Result<Graph, TrainError> {
+    let graph = graph_of(&inner.proto)?;
+    let mut data_shape = vec![n];
+    data_shape.extend(&inner.input_shape);
+    match weights {
+        None => {
+            let dynamic: Vec<(String, Vec<usize>)> = params.iter().map(|p| (p.name.clone(), p.shape.clone())).collect();
+            let src = Sources {
+                data_name: &inner.input_name,
+                data_shape,
+                params: &dynamic,
+                initializers: &inner.initializers,
+                opset: inner.opset,
+            };
+            Graph::resolve(graph, &src, &inner.output_name)
+        }
+        Some(w) => {
+            let mut inits = inner.initializers.clone();
+            for p in params {
+                let slice = w
+                    .get(p.offset..p.offset + p.len)
+                    .ok_or_else(|| TrainError::shape(format!("weights too short for {}", p.name)))?;
+                inits.insert(p.name.clone(), (p.shape.clone(), Data::F(slice.to_vec())));
+            }
+            let src = Sources {
+                data_name: &inner.input_name,
+                data_shape,
+                params: &[],
+                initializers: &inits,
+                opset: inner.opset,
+            };
+            Graph::resolve(graph, &src, &inner.output_name)
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Specifications of the training engine's TrainStep and Predictor on whole models (MLP, CNN).
+
+mod engine_support;
+
+use engine_support::*;
+use fedge_shared::train::{Labels, Loss, Predictor, TrainError, TrainStep, TrainableModel};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+#[test]
+fn mlp_gradients_match_finite_differences() {
+    let err = gradient_error(&mlp(1), Loss::SoftmaxCrossEntropy, 4, 2, 4, 1e-3);
+    assert!(err < 1e-3, "relative error {err}");
+}
+
+#[test]
+fn mlp_parameters_are_the_float_initializers_in_graph_order() {
+    let model = TrainableModel::from_onnx_bytes(&mlp(1)).unwrap();
+    let names: Vec<&str> = model.params().iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names.len(), 6);
+    assert_eq!(model.num_params(), 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10);
+    assert_eq!(model.input_shape(), &[1, 28, 28]);
+    assert_eq!(model.input_len(), 784);
+    assert_eq!(model.output_len(), 10);
+    let mut offset = 0;
+    for p in model.params() {
+        assert_eq!(p.offset, offset);
+        assert_eq!(p.len, p.shape.iter().product::<usize>());
+        offset += p.len;
+    }
+    assert_eq!(model.initial_weights().len(), model.num_params());
+}
+
+#[test]
+fn plain_sgd_lowers_the_loss_on_a_separable_problem() {
+    // Two Gaussian blobs in 4-D, a 4-8-2 MLP.
+    let mut b = ModelBuilder::new(&[4], 3);
+    let h = b.dense("x", 4, 8);
+    let h = b.node("Relu", &[&h], vec![]);
+    let y = b.dense(&h, 8, 2);
+    let model = TrainableModel::from_onnx_bytes(&b.build(&y)).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let n = 32;
+    let mut x = vec![];
+    let mut labels = vec![];
+    for i in 0..n {
+        let class = (i % 2) as u32;
+        let centre = if class == 0 { -1.0 } else { 1.0 };
+        x.extend((0..4).map(|_| centre + rng.gen_range(-0.5..0.5f32)));
+        labels.push(class);
+    }
+    let mut step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, n).unwrap();
+    let mut w = model.initial_weights();
+    let mut g = vec![0.0; w.len()];
+    let first = step.run(&w, &x, Labels::Classes(&labels), 0, &mut g).unwrap();
+    let mut last = first;
+    for _ in 0..50 {
+        last = step.run(&w, &x, Labels::Classes(&labels), 0, &mut g).unwrap();
+        for (wi, gi) in w.iter_mut().zip(&g) {
+            *wi -= 0.5 * gi;
+        }
+    }
+    assert!(last < 0.1 * first, "loss went from {first} to {last}");
+    let p = Predictor::new(&model, &w, 8).unwrap();
+    let logits = p.predict(&x).unwrap();
+    let correct = (0..n).filter(|i| (logits[2 * i + 1] > logits[2 * i]) == (labels[*i] == 1)).count();
+    assert_eq!(correct, n);
+}
+
+#[test]
+fn a_partial_last_batch_gives_the_gradient_of_a_plan_built_for_its_size() {
+    let bytes = mlp(5);
+    let model = TrainableModel::from_onnx_bytes(&bytes).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let x = random_vec(&mut rng, 3 * 784, 1.0);
+    let labels = [1u32, 7, 3];
+    let w = model.initial_weights();
+    let mut big = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, 8).unwrap();
+    let mut exact = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, 3).unwrap();
+    let mut g1 = vec![0.0; w.len()];
+    let mut g2 = vec![0.0; w.len()];
+    let l1 = big.run(&w, &x, Labels::Classes(&labels), 0, &mut g1).unwrap();
+    let l2 = exact.run(&w, &x, Labels::Classes(&labels), 0, &mut g2).unwrap();
+    assert!((l1 - l2).abs() < 1e-6);
+    let diff = g1.iter().zip(&g2).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(diff < 1e-6, "max difference {diff}");
+    // A full batch still works after the partial one.
+    let x8 = random_vec(&mut rng, 8 * 784, 1.0);
+    big.run(&w, &x8, Labels::Classes(&[0; 8]), 0, &mut g1).unwrap();
+}
+
+#[test]
+fn predictor_matches_the_training_graph_forward_and_handles_any_count() {
+    let model = TrainableModel::from_onnx_bytes(&mlp(8)).unwrap();
+    let w = model.initial_weights();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let x = random_vec(&mut rng, 5 * 784, 1.0);
+    let p = Predictor::new(&model, &w, 2).unwrap();
+    let out = p.predict(&x).unwrap();
+    assert_eq!(out.len(), 50);
+    let one = Predictor::new(&model, &w, 1).unwrap();
+    for i in 0..5 {
+        let o = one.predict(&x[i * 784..(i + 1) * 784]).unwrap();
+        for k in 0..10 {
+            assert!((o[k] - out[i * 10 + k]).abs() < 1e-4);
+        }
+    }
+    // Cross-entropy from the predictor's logits equals the step's loss.
+    let labels = [0u32, 1, 2, 3, 4];
+    let mut step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, 5).unwrap();
+    let mut g = vec![0.0; w.len()];
+    let loss = step.run(&w, &x, Labels::Classes(&labels), 0, &mut g).unwrap();
+    let mut expected = 0.0f64;
+    for i in 0..5 {
+        let row = &out[i * 10..(i + 1) * 10];
+        let m = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let lse = m + row.iter().map(|v| (*v as f64 - m).exp()).sum::<f64>().ln();
+        expected += lse - row[labels[i] as usize] as f64;
+    }
+    expected /= 5.0;
+    assert!((loss as f64 - expected).abs() < 1e-4, "{loss} vs {expected}");
+}
+
+#[test]
+fn an_unsupported_operator_is_refused_with_its_name_and_node() {
+    let mut b = ModelBuilder::new(&[4], 1);
+    let h = b.dense("x", 4, 3);
+    let y = b.node("Erf", &[&h], vec![]);
+    match TrainableModel::from_onnx_bytes(&b.build(&y)) {
+        Err(TrainError::UnsupportedOp { op, node }) => {
+            assert_eq!(op, "Erf");
+            assert_eq!(node, "Erf_node_2");
+        }
+        other => panic!("expected UnsupportedOp, got {other:?}"),
+    }
+}
+
+#[test]
+fn wrong_buffer_sizes_are_errors_not_panics() {
+    let model = TrainableModel::from_onnx_bytes(&mlp(1)).unwrap();
+    let w = model.initial_weights();
+    let mut step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, 2).unwrap();
+    let mut g = vec![0.0; w.len()];
+    let x = vec![0.0; 784 * 2];
+    assert!(step.run(&w[1..], &x, Labels::Classes(&[0, 1]), 0, &mut g).is_err());
+    assert!(step.run(&w, &x[1..], Labels::Classes(&[0, 1]), 0, &mut g).is_err());
+    assert!(step.run(&w, &x, Labels::Classes(&[0]), 0, &mut g).is_err());
+    assert!(step.run(&w, &x, Labels::Classes(&[0, 10]), 0, &mut g).is_err());
+    assert!(step.run(&w, &vec![0.0; 784 * 3], Labels::Classes(&[0, 1, 2]), 0, &mut g).is_err());
+    assert!(step.run(&w, &x, Labels::Targets(&[0.0; 20]), 0, &mut g).is_err());
+    assert!(TrainableModel::from_onnx_bytes(b"not a model at all").is_err());
+}
+
+#[test]
+fn exported_weights_round_trip_through_a_fresh_parse() {
+    let model = TrainableModel::from_onnx_bytes(&mlp(1)).unwrap();
+    let w: Vec<f32> = (0..model.num_params()).map(|i| (i % 97) as f32 * 0.01).collect();
+    let bytes = model.export_with_weights(&w).unwrap();
+    let again = TrainableModel::from_onnx_bytes(&bytes).unwrap();
+    assert_eq!(again.initial_weights(), w);
+    assert!(model.export_with_weights(&w[1..]).is_err());
+}
