@@ -193,7 +193,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         let plan = EpochPlan { epoch, epochs: args.epochs, seed: epoch_seed(args.seed, epoch), max_steps: None };
         let summary = trainer.train_epoch(&mut weights, &train, &mut optimizer, None, plan, &mut |p| {
             bar.inc(1);
-            if p.step % 20 == 0 {
+            if p.step.is_multiple_of(20) {
                 bar.set_message(format!("loss {:.4}", p.loss));
             }
         })?;
