@@ -72,7 +72,10 @@ fn a_small_alpha_skews_the_labels_and_a_large_alpha_approaches_iid() {
 #[test]
 fn different_seeds_give_different_partitions() {
     let labels: Vec<u32> = (0..1000).map(|i| (i % 10) as u32).collect();
-    assert_ne!(dirichlet_partition(&labels, 10, 5, 0.5, 1).unwrap(), dirichlet_partition(&labels, 10, 5, 0.5, 2).unwrap());
+    assert_ne!(
+        dirichlet_partition(&labels, 10, 5, 0.5, 1).unwrap(),
+        dirichlet_partition(&labels, 10, 5, 0.5, 2).unwrap()
+    );
 }
 
 #[test]

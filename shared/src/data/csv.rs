@@ -82,8 +82,7 @@ pub fn parse_csv(text: &str, path: &Path, opts: &CsvOptions) -> Result<Dataset, 
         };
         for (k, f) in fields.iter().enumerate() {
             if k == label_at {
-                let l: u32 =
-                    f.parse().map_err(|_| err(line, format!("label {f:?} is not a non-negative integer")))?;
+                let l: u32 = f.parse().map_err(|_| err(line, format!("label {f:?} is not a non-negative integer")))?;
                 if let Some(n) = opts.num_classes
                     && l as usize >= n
                 {

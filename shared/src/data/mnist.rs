@@ -56,7 +56,10 @@ pub fn load_idx_pair(
     if img.dims.len() < 2 {
         return Err(DataError::malformed(
             images,
-            format!("an images file needs at least 2 dimensions (count, then the example's shape), found {:?}", img.dims),
+            format!(
+                "an images file needs at least 2 dimensions (count, then the example's shape), found {:?}",
+                img.dims
+            ),
         ));
     }
     if lab.dims.len() != 1 {

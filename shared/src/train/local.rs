@@ -1,1 +1,374 @@
-//! (to be written)
+//! Local training on a device: epochs of shuffled mini-batches through a compiled [`TrainStep`], the optimizer
+//! step in plain Rust, and evaluation through a [`Predictor`].
+//!
+//! A [`LocalTrainer`] is built once per (model, loss, batch size) and kept: an agent trains with the same graph every
+//! round, so the training-step graph is compiled once, never per round. All randomness (shuffling, dropout masks)
+//! derives from the seed in [`LocalTrainConfig`]; the only clock read is the wall time reported in the summary.
+//! This module must never touch the network or files, and never panic on a data set or weights it is handed.
+
+use super::optimizer::{Optimizer, OptimizerConfig, OptimizerError, Proximal};
+use super::{Labels, Loss, Predictor, TrainError, TrainStep, TrainableModel};
+use crate::data::Dataset;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// How to train locally for one round (travels in the round plan).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalTrainConfig {
+    /// Passes over the local data.
+    pub epochs: u32,
+    /// Examples per step; must equal the batch size the [`LocalTrainer`] was compiled for.
+    pub batch_size: u32,
+    /// The optimizer (fresh state every call to [`LocalTrainer::train`]).
+    pub optimizer: OptimizerConfig,
+    /// FedProx's `mu`: when set, `mu/2 ||w - w_start||²` is added to the loss, `w_start` being the weights the
+    /// call started from (the global model).
+    pub prox_mu: Option<f32>,
+    /// Seed of the shuffling and of the dropout masks.
+    pub seed: u64,
+    /// Stop after this many steps in all, if set (a compute budget).
+    pub max_steps: Option<u64>,
+}
+
+impl LocalTrainConfig {
+    /// `epochs` epochs of plain SGD at `lr` in batches of `batch_size`, seed 0, no proximal term, no step cap.
+    pub fn sgd(epochs: u32, batch_size: u32, lr: f32) -> Self {
+        LocalTrainConfig {
+            epochs,
+            batch_size,
+            optimizer: OptimizerConfig::sgd(lr),
+            prox_mu: None,
+            seed: 0,
+            max_steps: None,
+        }
+    }
+}
+
+/// Errors of local training and evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalTrainError {
+    #[error(transparent)]
+    Engine(#[from] TrainError),
+    #[error(transparent)]
+    Optimizer(#[from] OptimizerError),
+    #[error("data set does not fit the model: {0}")]
+    Data(String),
+    #[error("the trainer is compiled for batches of {compiled}, the configuration asks for {asked}")]
+    BatchSize { compiled: usize, asked: u32 },
+    #[error("the loss became {loss} at epoch {epoch}, step {step}: training diverged (lower the learning rate)")]
+    Diverged { epoch: u32, step: u64, loss: f32 },
+}
+
+/// Where training is, reported after every step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// The epoch, from 1.
+    pub epoch: u32,
+    pub epochs: u32,
+    /// The step within the epoch, from 1.
+    pub step: u64,
+    pub steps_per_epoch: u64,
+    /// The mean loss of this step's batch.
+    pub loss: f32,
+}
+
+/// The outcome of one epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochSummary {
+    /// The epoch, from 1.
+    pub epoch: u32,
+    /// Examples processed.
+    pub examples: u64,
+    pub steps: u64,
+    /// The mean of the batch losses, weighted by batch size.
+    pub mean_loss: f32,
+}
+
+/// The outcome of a call to [`LocalTrainer::train`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSummary {
+    /// The number of examples in the local data set (the weight of this update in federated averaging).
+    pub examples: usize,
+    /// Examples processed over all epochs.
+    pub examples_processed: u64,
+    pub steps: u64,
+    /// Mean loss of each epoch, in order.
+    pub epoch_losses: Vec<f32>,
+    /// Mean loss of the last epoch (NaN if no step ran).
+    pub last_epoch_loss: f32,
+    pub wall_time: Duration,
+}
+
+/// The outcome of an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalSummary {
+    pub examples: usize,
+    /// Mean softmax cross-entropy of the logits.
+    pub loss: f32,
+    /// Fraction of examples whose largest logit is the label.
+    pub accuracy: f32,
+}
+
+/// A model's compiled training step and the buffers of a training loop, kept across rounds.
+#[derive(Debug)]
+pub struct LocalTrainer {
+    model: TrainableModel,
+    loss: Loss,
+    step: TrainStep,
+    grads: Vec<f32>,
+    x: Vec<f32>,
+    y: Vec<u32>,
+    targets: Vec<f32>,
+}
+
+impl LocalTrainer {
+    /// Compiles the training step of `model` for `loss` and batches of `batch_size`.
+    pub fn new(model: TrainableModel, loss: Loss, batch_size: usize) -> Result<Self, LocalTrainError> {
+        let step = TrainStep::new(&model, loss, batch_size)?;
+        let grads = vec![0.0; model.num_params()];
+        Ok(LocalTrainer { model, loss, step, grads, x: Vec::new(), y: Vec::new(), targets: Vec::new() })
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &TrainableModel {
+        &self.model
+    }
+
+    /// The batch size the step is compiled for.
+    pub fn batch_size(&self) -> usize {
+        self.step.batch()
+    }
+
+    /// Trains `weights` in place on `data` as `cfg` says, calling `progress` after every step.
+    pub fn train(
+        &mut self,
+        weights: &mut [f32],
+        data: &Dataset,
+        cfg: &LocalTrainConfig,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<TrainSummary, LocalTrainError> {
+        let started = Instant::now();
+        if cfg.batch_size as usize != self.batch_size() {
+            return Err(LocalTrainError::BatchSize { compiled: self.batch_size(), asked: cfg.batch_size });
+        }
+        let mut optimizer = Optimizer::new(cfg.optimizer.clone(), weights.len())?;
+        let global = cfg.prox_mu.map(|_| weights.to_vec());
+        let mut summary = TrainSummary {
+            examples: data.len(),
+            examples_processed: 0,
+            steps: 0,
+            epoch_losses: Vec::new(),
+            last_epoch_loss: f32::NAN,
+            wall_time: Duration::ZERO,
+        };
+        for epoch in 1..=cfg.epochs {
+            let budget = cfg.max_steps.map(|m| m.saturating_sub(summary.steps));
+            if budget == Some(0) {
+                break;
+            }
+            let prox = match (cfg.prox_mu, &global) {
+                (Some(mu), Some(g)) => Some(Proximal { mu, global: g }),
+                _ => None,
+            };
+            let e = self.train_epoch(
+                weights,
+                data,
+                &mut optimizer,
+                prox,
+                EpochPlan { epoch, epochs: cfg.epochs, seed: epoch_seed(cfg.seed, epoch), max_steps: budget },
+                progress,
+            )?;
+            summary.examples_processed += e.examples;
+            summary.steps += e.steps;
+            summary.epoch_losses.push(e.mean_loss);
+            summary.last_epoch_loss = e.mean_loss;
+        }
+        summary.wall_time = started.elapsed();
+        Ok(summary)
+    }
+
+    /// Runs one epoch (or `plan.max_steps` steps of it) with a caller-held optimizer, for callers that want to do
+    /// something between epochs (evaluate, save) without losing the optimizer's state.
+    pub fn train_epoch(
+        &mut self,
+        weights: &mut [f32],
+        data: &Dataset,
+        optimizer: &mut Optimizer,
+        prox: Option<Proximal<'_>>,
+        plan: EpochPlan,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<EpochSummary, LocalTrainError> {
+        self.check_data(data)?;
+        let mut batches = data.batches(self.batch_size(), plan.seed);
+        let steps_per_epoch = batches.num_batches() as u64;
+        let steps_per_epoch = plan.max_steps.map_or(steps_per_epoch, |m| m.min(steps_per_epoch));
+        let mut dropout = ChaCha8Rng::seed_from_u64(plan.seed);
+        dropout.set_stream(1);
+        let (mut examples, mut steps, mut loss_sum) = (0u64, 0u64, 0.0f64);
+        while steps < steps_per_epoch {
+            let Some(n) = batches.next_into(&mut self.x, &mut self.y) else { break };
+            let labels = match self.loss {
+                Loss::SoftmaxCrossEntropy => Labels::Classes(&self.y),
+                Loss::MeanSquaredError => {
+                    let c = self.model.output_len();
+                    self.targets.clear();
+                    self.targets.resize(n * c, 0.0);
+                    for (k, &l) in self.y.iter().enumerate() {
+                        if let Some(t) = self.targets.get_mut(k * c + l as usize) {
+                            *t = 1.0;
+                        }
+                    }
+                    Labels::Targets(&self.targets)
+                }
+            };
+            let loss = self.step.run(weights, &self.x, labels, dropout.next_u64(), &mut self.grads)?;
+            steps += 1;
+            if !loss.is_finite() {
+                return Err(LocalTrainError::Diverged { epoch: plan.epoch, step: steps, loss });
+            }
+            optimizer.step(weights, &self.grads, prox)?;
+            examples += n as u64;
+            loss_sum += loss as f64 * n as f64;
+            progress(Progress { epoch: plan.epoch, epochs: plan.epochs, step: steps, steps_per_epoch, loss });
+        }
+        let mean_loss = if examples == 0 { f32::NAN } else { (loss_sum / examples as f64) as f32 };
+        Ok(EpochSummary { epoch: plan.epoch, examples, steps, mean_loss })
+    }
+
+    fn check_data(&self, data: &Dataset) -> Result<(), LocalTrainError> {
+        check_data(&self.model, data)
+    }
+}
+
+/// The seed of epoch `epoch` of a run seeded with `seed` (what [`LocalTrainer::train`] uses, so callers driving
+/// [`LocalTrainer::train_epoch`] themselves can repeat a run exactly).
+pub fn epoch_seed(seed: u64, epoch: u32) -> u64 {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(u64::from(epoch));
+    rng.next_u64()
+}
+
+/// Which epoch [`LocalTrainer::train_epoch`] runs and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochPlan {
+    /// The epoch, from 1 (for progress reports).
+    pub epoch: u32,
+    pub epochs: u32,
+    /// Seed of this epoch's shuffle and dropout masks.
+    pub seed: u64,
+    /// Stop after this many steps, if set.
+    pub max_steps: Option<u64>,
+}
+
+fn check_data(model: &TrainableModel, data: &Dataset) -> Result<(), LocalTrainError> {
+    if data.is_empty() {
+        return Err(LocalTrainError::Data("the data set is empty".into()));
+    }
+    if data.example_len() != model.input_len() {
+        return Err(LocalTrainError::Data(format!(
+            "examples of shape {:?} ({} values) do not fit the model's input {:?} ({} values)",
+            data.example_shape,
+            data.example_len(),
+            model.input_shape(),
+            model.input_len()
+        )));
+    }
+    if data.num_classes > model.output_len() {
+        return Err(LocalTrainError::Data(format!(
+            "{} classes but the model has {} outputs",
+            data.num_classes,
+            model.output_len()
+        )));
+    }
+    Ok(())
+}
+
+/// Evaluates `weights` on `data` in batches of `batch`: mean cross-entropy and accuracy.
+pub fn evaluate(
+    model: &TrainableModel,
+    weights: &[f32],
+    data: &Dataset,
+    batch: usize,
+) -> Result<EvalSummary, LocalTrainError> {
+    check_data(model, data)?;
+    let predictor = Predictor::new(model, weights, batch)?;
+    evaluate_with(&predictor, model, data, batch)
+}
+
+/// Evaluates with an already compiled predictor (its model must be `model`).
+pub fn evaluate_with(
+    predictor: &Predictor,
+    model: &TrainableModel,
+    data: &Dataset,
+    batch: usize,
+) -> Result<EvalSummary, LocalTrainError> {
+    check_data(model, data)?;
+    let d = data.example_len();
+    let c = model.output_len();
+    let (mut correct, mut loss_sum) = (0usize, 0.0f64);
+    for (chunk, labels) in data.features.chunks(batch.max(1) * d).zip(data.labels.chunks(batch.max(1))) {
+        let logits = predictor.predict(chunk)?;
+        if logits.len() != labels.len() * c {
+            return Err(LocalTrainError::Data(format!(
+                "the predictor returned {} outputs for {} examples of {c}",
+                logits.len(),
+                labels.len()
+            )));
+        }
+        for (row, &label) in logits.chunks_exact(c).zip(labels) {
+            let (ce, argmax) = cross_entropy(row, label as usize);
+            loss_sum += ce;
+            correct += usize::from(argmax == label as usize);
+        }
+    }
+    let n = data.len();
+    Ok(EvalSummary { examples: n, loss: (loss_sum / n as f64) as f32, accuracy: correct as f32 / n as f32 })
+}
+
+/// Softmax cross-entropy of one row of logits against `label`, and the index of the largest logit.
+fn cross_entropy(logits: &[f32], label: usize) -> (f64, usize) {
+    let mut argmax = 0;
+    let mut max = f32::NEG_INFINITY;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > max {
+            max = v;
+            argmax = i;
+        }
+    }
+    let lse = max as f64 + logits.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>().ln();
+    let target = logits.get(label).copied().unwrap_or(f32::NEG_INFINITY) as f64;
+    (lse - target, argmax)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cross_entropy_of_uniform_logits_is_log_of_the_class_count() {
+        let (ce, _) = cross_entropy(&[0.5; 10], 3);
+        assert!((ce - 10f64.ln()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cross_entropy_is_stable_for_huge_logits_and_finds_the_argmax() {
+        let (ce, arg) = cross_entropy(&[1000.0, 0.0, -1000.0], 0);
+        assert!(ce.abs() < 1e-9);
+        assert_eq!(arg, 0);
+        let (ce, arg) = cross_entropy(&[1000.0, 0.0, 2000.0], 1);
+        assert!((ce - 2000.0).abs() < 1e-6);
+        assert_eq!(arg, 2);
+    }
+
+    #[test]
+    fn the_config_survives_the_codec() {
+        let mut cfg = LocalTrainConfig::sgd(2, 32, 0.05);
+        cfg.prox_mu = Some(0.01);
+        cfg.max_steps = Some(100);
+        cfg.optimizer = OptimizerConfig::adam(1e-3);
+        let bytes = crate::codec::encode(&cfg).unwrap();
+        assert_eq!(crate::codec::decode::<LocalTrainConfig>(&bytes, 1024).unwrap(), cfg);
+    }
+}

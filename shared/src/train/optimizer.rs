@@ -195,9 +195,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn vecs(n: std::ops::Range<usize>) -> impl Strategy<Value = (Vec<f32>, Vec<f32>)> {
-        n.prop_flat_map(|n| {
-            (prop::collection::vec(-10.0f32..10.0, n), prop::collection::vec(-10.0f32..10.0, n))
-        })
+        n.prop_flat_map(|n| (prop::collection::vec(-10.0f32..10.0, n), prop::collection::vec(-10.0f32..10.0, n)))
     }
 
     proptest! {
