@@ -5,7 +5,7 @@
 //! The building blocks ([`LocalFederation`]) are also what the whole-system tests use. Nothing here listens on
 //! anything but 127.0.0.1.
 
-use crate::config::{Evaluation, ModelSource, ServerConfig, TlsFiles};
+use crate::config::{ModelSource, ServerConfig, TlsFiles};
 use crate::coordinator::{CoordinatorConfig, OptimizerKind, TrainHyper};
 use crate::evaluator::{Evaluator, TractEvaluator};
 use crate::service::{self, ServerEvent, ServerHandle};

@@ -17,7 +17,7 @@ use fedge_shared::protocol::{self, BlobHeader, BlobKind, ModelAnnounce, ServerMe
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// What happened on the server, for whoever watches (the demo's progress display, tests, the admin surface).

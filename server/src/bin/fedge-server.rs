@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
                 let data = fedge_shared::data::load_mnist_dir(&e.test_data, fedge_shared::data::Split::Test)
                     .with_context(|| format!("[evaluation] test_data {}", e.test_data.display()))?;
                 let data = match e.limit {
-                    Some(n) if n < data.len() => data.subset(&(0..n).collect::<Vec<_>>()),
+                    Some(n) if n < data.len() => data.take(n),
                     _ => data,
                 };
                 Some(Arc::new(TractEvaluator { data, batch: 256 }))
