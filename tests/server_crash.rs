@@ -101,12 +101,22 @@ async fn wait_version(events: &mut mpsc::UnboundedReceiver<(usize, AgentEvent)>,
 async fn a_server_killed_mid_round_restarts_with_its_committed_model_and_carries_on() -> anyhow::Result<()> {
     init_logs();
     let dir = tempfile::tempdir()?;
-    let pki = dir.path().join("pki");
+    let result = kill_and_restart(dir.path()).await;
+    if result.is_err() {
+        // Show the server's side of the story.
+        let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+        eprintln!("--- server log ---\n{log}");
+    }
+    result
+}
+
+async fn kill_and_restart(dir: &Path) -> anyhow::Result<()> {
+    let pki = dir.join("pki");
     tls::init_federation(&pki, &["localhost".into()], 30)?;
-    std::fs::write(dir.path().join("model.onnx"), fedge_shared::train::builder::mlp(&[32, 16, 4], 9))?;
+    std::fs::write(dir.join("model.onnx"), fedge_shared::train::builder::mlp(&[32, 16, 4], 9))?;
     let port = free_udp_port();
-    let config = write_config(dir.path(), port);
-    let log = dir.path().join("server.log");
+    let config = write_config(dir, port);
+    let log = dir.join("server.log");
     let addr = format!("127.0.0.1:{port}").parse()?;
 
     let mut server = start_server(&config, &log)?;
@@ -137,7 +147,7 @@ async fn a_server_killed_mid_round_restarts_with_its_committed_model_and_carries
 
         // What was committed is intact: the newest version is readable and its weights match their digest.
         let (latest, parent_ok) = {
-            let store = Store::open(dir.path().join("db"))?;
+            let store = Store::open(dir.join("db"))?;
             let meta = store.latest()?.expect("a model survives the kill");
             let weights = store.weights(meta.version)?;
             assert_eq!(Digest::of(&weights_to_bytes(&weights)), meta.weights_digest, "weights intact");
