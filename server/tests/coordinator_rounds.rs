@@ -834,3 +834,29 @@ proptest! {
         prop_assert!(chosen.iter().all(|c| candidates.contains(c)));
     }
 }
+
+#[test]
+fn a_coordinator_section_of_server_toml_parses_with_its_defaults() {
+    let text = r#"
+        min_agents = 10
+        max_agents = 200
+        fraction = 0.1
+        round_timeout_ms = 60000
+        strategy = { kind = "fedyogi", eta = 0.01 }
+        [hyper]
+        epochs = 2
+        batch_size = 32
+        learning_rate = 0.05
+        optimizer = "adam"
+    "#;
+    let cfg: CoordinatorConfig = toml::from_str(text).unwrap();
+    assert_eq!(cfg.overselect, 1.3);
+    assert_eq!(cfg.retry_backoff_ms, 5_000);
+    assert_eq!(cfg.min_available(), 10);
+    assert_eq!(cfg.hyper.optimizer, fedge_server::coordinator::OptimizerKind::Adam);
+    assert_eq!(cfg.hyper.prox_mu, 0.0);
+    assert!(matches!(cfg.strategy, StrategyConfig::FedYogi { eta, .. } if eta == 0.01));
+    assert!(cfg.validate().is_ok());
+    let typo = text.replace("fraction", "fractoin");
+    assert!(toml::from_str::<CoordinatorConfig>(&typo).is_err(), "unknown keys are refused");
+}

@@ -604,10 +604,10 @@ impl Coordinator {
             Stage::Idle if self.running && !self.paused && now_ms < self.not_before_ms => Some(self.not_before_ms),
             _ => None,
         };
-        if wanted.is_some() && wanted != self.wake {
-            if let Some(at) = wanted {
-                out.push(Action::WakeAt(at));
-            }
+        if let Some(at) = wanted
+            && wanted != self.wake
+        {
+            out.push(Action::WakeAt(at));
         }
         self.wake = wanted;
     }
