@@ -25,6 +25,7 @@ fn config(min_agents: usize, max_agents: usize, fraction: f64) -> CoordinatorCon
         seed: 42,
         round_timeout_ms: TIMEOUT,
         retry_backoff_ms: BACKOFF,
+        max_examples: None,
         hyper: TrainHyper::default(),
         strategy: StrategyConfig::FedAvg,
     }
@@ -524,6 +525,34 @@ fn a_duplicate_update_is_refused_and_counted_once() {
 }
 
 #[test]
+fn an_agent_cannot_weigh_more_than_it_declared_or_than_the_configured_maximum() {
+    let mut cfg = config(3, 3, 1.0);
+    cfg.max_examples = Some(100);
+    let mut coord = Coordinator::new(cfg, fresh()).unwrap();
+    for (i, declared) in [(0, 10u64), (1, 1_000), (2, 50)] {
+        coord.handle(0, Event::AgentConnected { agent: name(i) });
+        coord.handle(0, Event::CheckIn { agent: name(i), model_version: Some(0), examples: declared });
+    }
+    coord.handle(0, Event::StartRounds { count: None });
+    let (d0, d1, d2) = (vec![1.0; DIM], vec![-1.0; DIM], vec![0.0; DIM]);
+    // Agent 0 claims 10⁹ examples but declared 10; agent 1 declared 1,000 but the cap is 100.
+    coord.handle(1, Event::Update { agent: name(0), round: 1, examples: 1_000_000_000, train_loss: 0.1, delta: &d0 });
+    coord.handle(1, Event::Update { agent: name(1), round: 1, examples: 1_000, train_loss: 0.1, delta: &d1 });
+    let done = coord.handle(1, Event::Update { agent: name(2), round: 1, examples: 20, train_loss: 0.1, delta: &d2 });
+    let (record, weights) = done
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Commit { record, new_weights, .. } => Some((record, new_weights)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(record.reported.iter().map(|r| r.examples).collect::<Vec<_>>(), vec![10, 100, 20]);
+    // (10·1 + 100·(−1) + 20·0) / 130 = −90/130
+    let expected = 0.5 - 90.0 / 130.0;
+    assert!(weights.iter().all(|w| (w - expected).abs() < 1e-6), "{weights:?}");
+}
+
+#[test]
 fn an_agent_that_disconnects_mid_round_is_dropped_and_the_round_completes_with_the_rest() {
     let mut sim = Sim::new(Coordinator::new(config(5, 200, 0.5), fresh()).unwrap());
     sim.add_agents(0, 150, Behaviour::Honest { latency: 1_000 });
@@ -745,6 +774,7 @@ fn a_bad_configuration_or_a_foreign_strategy_state_is_refused_at_start() {
         CoordinatorConfig { fraction: 1.5, ..config(1, 10, 1.0) },
         CoordinatorConfig { overselect: 0.9, ..config(1, 10, 1.0) },
         CoordinatorConfig { round_timeout_ms: 0, ..config(1, 10, 1.0) },
+        CoordinatorConfig { max_examples: Some(0), ..config(1, 10, 1.0) },
         CoordinatorConfig { min_available: Some(1), ..config(2, 10, 1.0) },
         CoordinatorConfig { hyper: TrainHyper { batch_size: 0, ..TrainHyper::default() }, ..config(1, 10, 1.0) },
     ] {

@@ -95,7 +95,8 @@ struct Round {
 
 impl Round {
     fn outstanding(&self) -> usize {
-        self.members.values().filter(|s| **s == MemberStatus::Training).count()
+        // Each member leaves Training exactly once, for a report or a drop.
+        self.members.len().saturating_sub(self.reports.len() + self.dropped.len())
     }
 }
 
@@ -316,9 +317,13 @@ impl Coordinator {
         out: &mut Vec<Action>,
     ) {
         let reject = |out: &mut Vec<Action>, agent: AgentId, reason| out.push(Action::Reject { agent, reason });
-        if !self.agents.contains_key(&agent) {
+        let Some(info) = self.agents.get(&agent) else {
             return reject(out, agent, RejectReason::NotConnected);
-        }
+        };
+        // An agent's weight is what it claims now, capped by what it declared at check-in and by the configured
+        // maximum, so a single agent cannot dominate the average by claiming more.
+        let declared = info.holding.map_or(0, |h| h.examples);
+        let examples = examples.min(declared).min(self.config.max_examples.unwrap_or(u64::MAX));
         let Stage::Collecting(round) = &mut self.stage else {
             let reason = if self.closed_at_deadline == Some(round_id) {
                 RejectReason::AfterDeadline
