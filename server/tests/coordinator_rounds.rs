@@ -654,30 +654,35 @@ fn a_commit_failure_aborts_the_round_without_announcing_and_undoes_the_strategy_
     cfg.strategy =
         StrategyConfig::FedAdam { eta: params.eta, beta1: params.beta1, beta2: params.beta2, tau: params.tau };
     let mut sim = Sim::new(Coordinator::new(cfg, fresh()).unwrap());
-    sim.failing_commits.insert(1);
+    sim.failing_commits.insert(2);
     sim.add_agents(0, 6, Behaviour::Honest { latency: 100 });
-    sim = started(sim, Some(1));
-    sim.run_until(100 + 5);
+    sim = started(sim, Some(2));
+    // Round 1 commits at 100 (confirmed at 105); round 2 starts at 105, commits at 205 and fails at 210.
+    sim.run_until(210);
     let aborts = sim.aborts();
     assert_eq!(aborts.len(), 1);
+    assert_eq!(aborts[0].1, 2);
     assert!(matches!(&aborts[0].2, AbortReason::CommitFailed(e) if e.contains("No space")));
-    assert!(sim.announces().is_empty());
-    assert_eq!(sim.coord.model_version(), 0);
-    assert_eq!(sim.coord.global_weights(), &[0.5; DIM]);
+    assert_eq!(sim.announces(), vec![1], "the failed round announces nothing");
+    let commits = sim.commits();
+    assert_eq!(sim.coord.model_version(), 1);
+    assert_eq!(sim.coord.global_weights(), commits[0].2.as_slice(), "the global model is still round 1's");
 
-    // The next round (after the back-off) commits; its strategy state is one Adam step from fresh, not two.
+    // Round 3 (after the back-off) commits; its strategy state is two Adam steps (rounds 1 and 3), not three.
     sim.run_until(BACKOFF + 1_000);
     let commits = sim.commits();
-    assert_eq!(commits.len(), 2);
-    let (_, record, weights, state) = &commits[1];
-    assert_eq!(record.round, 2);
-    let reporters: Vec<AgentId> = record.reported.iter().map(|r| r.agent.clone()).collect();
-    let mean: Vec<f32> = fedavg(&[0.0; DIM], &reporters);
-    let mut fresh_adam = Adaptive::new(AdaptiveRule::Adam, params);
-    let expected = fresh_adam.aggregate(&[0.5; DIM], &mean, 2).unwrap();
-    assert!(weights.iter().zip(&expected).all(|(w, e)| (w - e).abs() < 1e-6));
-    assert_eq!(*state, fresh_adam.state());
-    assert_eq!(sim.announces(), vec![1]);
+    assert_eq!(commits.iter().map(|c| c.1.round).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let mean_of = |record: &RoundRecord| {
+        let reporters: Vec<AgentId> = record.reported.iter().map(|r| r.agent.clone()).collect();
+        fedavg(&[0.0; DIM], &reporters)
+    };
+    let mut adam = Adaptive::new(AdaptiveRule::Adam, params);
+    let after_1 = adam.aggregate(&[0.5; DIM], &mean_of(&commits[0].1), 1).unwrap();
+    let after_3 = adam.aggregate(&after_1, &mean_of(&commits[2].1), 3).unwrap();
+    let (_, _, weights, state) = &commits[2];
+    assert!(weights.iter().zip(&after_3).all(|(w, e)| (w - e).abs() < 1e-6), "{weights:?} vs {after_3:?}");
+    assert_eq!(*state, adam.state());
+    assert_eq!(sim.announces(), vec![1, 2]);
 }
 
 #[test]
