@@ -895,3 +895,40 @@ fn a_coordinator_section_of_server_toml_parses_with_its_defaults() {
     let typo = text.replace("fraction", "fractoin");
     assert!(toml::from_str::<CoordinatorConfig>(&typo).is_err(), "unknown keys are refused");
 }
+
+#[test]
+fn a_reconnecting_member_is_dropped_and_stray_confirmations_change_nothing() {
+    let mut coord = Coordinator::new(config(2, 3, 1.0), fresh()).unwrap();
+    for i in 0..3 {
+        coord.handle(0, Event::AgentConnected { agent: name(i) });
+        coord.handle(0, Event::CheckIn { agent: name(i), model_version: Some(0), examples: 5 });
+    }
+    coord.handle(0, Event::StartRounds { count: None });
+    assert_eq!(coord.status().selected, 3);
+    // A new connection under the same name loses what the old one was doing.
+    coord.handle(5, Event::AgentConnected { agent: name(0) });
+    assert_eq!(coord.status().dropped, 1);
+    let d = vec![0.2; DIM];
+    let late = coord.handle(6, Event::Update { agent: name(0), round: 1, examples: 5, train_loss: 0.1, delta: &d });
+    assert!(
+        matches!(late.as_slice(), [Action::Reject { reason: RejectReason::AlreadyDropped(r), .. }] if r == "reconnected")
+    );
+    // A failure report for another round, and commit confirmations nobody asked for, are ignored.
+    assert!(coord.handle(7, Event::UpdateFailed { agent: name(1), round: 9, reason: "x".into() }).is_empty());
+    assert_eq!(coord.status().dropped, 1);
+    let stray = coord.handle(8, Event::Committed { round: 1, version: 1 });
+    assert!(matches!(stray.as_slice(), [Action::Log { .. }]));
+    let stray = coord.handle(8, Event::CommitFailed { round: 1, error: "x".into() });
+    assert!(matches!(stray.as_slice(), [Action::Log { .. }]));
+    assert_eq!(coord.model_version(), 0);
+    assert_eq!(coord.status().phase, Phase::Collecting);
+    // The two remaining members complete the round.
+    coord.handle(9, Event::Update { agent: name(1), round: 1, examples: 5, train_loss: 0.1, delta: &d });
+    let done = coord.handle(9, Event::Update { agent: name(2), round: 1, examples: 5, train_loss: 0.1, delta: &d });
+    assert!(done.iter().any(|a| matches!(a, Action::Commit { record, .. } if record.reported.len() == 2)));
+    assert_eq!(coord.status().phase, Phase::Committing);
+    // A commit confirmation for the wrong round is ignored; the right one announces.
+    assert!(matches!(coord.handle(10, Event::Committed { round: 2, version: 1 }).as_slice(), [Action::Log { .. }]));
+    let ok = coord.handle(10, Event::Committed { round: 1, version: 1 });
+    assert!(ok.contains(&Action::Announce { version: 1 }));
+}
