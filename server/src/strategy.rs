@@ -57,10 +57,11 @@ pub trait Strategy: Send {
 
 /// Which strategy the server runs, as written in `server.toml`, e.g.
 /// `strategy = { kind = "fedadam", eta = 0.01, beta1 = 0.9, beta2 = 0.99, tau = 0.001 }`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum StrategyConfig {
     /// Federated averaging (McMahan et al. 2017): `x ← x + Δ`.
+    #[default]
     FedAvg,
     /// FedProx (Li et al. 2020): FedAvg on the server, a proximal term μ on the agents.
     FedProx { mu: f32 },
@@ -99,12 +100,6 @@ fn default_beta2() -> f32 {
 }
 fn default_tau() -> f32 {
     1e-3
-}
-
-impl Default for StrategyConfig {
-    fn default() -> Self {
-        StrategyConfig::FedAvg
-    }
 }
 
 impl StrategyConfig {

@@ -25,6 +25,7 @@ fn config(min_agents: usize, max_agents: usize, fraction: f64) -> CoordinatorCon
         seed: 42,
         round_timeout_ms: TIMEOUT,
         retry_backoff_ms: BACKOFF,
+        max_examples: None,
         hyper: TrainHyper::default(),
         strategy: StrategyConfig::FedAvg,
     }
@@ -524,6 +525,34 @@ fn a_duplicate_update_is_refused_and_counted_once() {
 }
 
 #[test]
+fn an_agent_cannot_weigh_more_than_it_declared_or_than_the_configured_maximum() {
+    let mut cfg = config(3, 3, 1.0);
+    cfg.max_examples = Some(100);
+    let mut coord = Coordinator::new(cfg, fresh()).unwrap();
+    for (i, declared) in [(0, 10u64), (1, 1_000), (2, 50)] {
+        coord.handle(0, Event::AgentConnected { agent: name(i) });
+        coord.handle(0, Event::CheckIn { agent: name(i), model_version: Some(0), examples: declared });
+    }
+    coord.handle(0, Event::StartRounds { count: None });
+    let (d0, d1, d2) = (vec![1.0; DIM], vec![-1.0; DIM], vec![0.0; DIM]);
+    // Agent 0 claims 10⁹ examples but declared 10; agent 1 declared 1,000 but the cap is 100.
+    coord.handle(1, Event::Update { agent: name(0), round: 1, examples: 1_000_000_000, train_loss: 0.1, delta: &d0 });
+    coord.handle(1, Event::Update { agent: name(1), round: 1, examples: 1_000, train_loss: 0.1, delta: &d1 });
+    let done = coord.handle(1, Event::Update { agent: name(2), round: 1, examples: 20, train_loss: 0.1, delta: &d2 });
+    let (record, weights) = done
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Commit { record, new_weights, .. } => Some((record, new_weights)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(record.reported.iter().map(|r| r.examples).collect::<Vec<_>>(), vec![10, 100, 20]);
+    // (10·1 + 100·(−1) + 20·0) / 130 = −90/130
+    let expected = 0.5 - 90.0 / 130.0;
+    assert!(weights.iter().all(|w| (w - expected).abs() < 1e-6), "{weights:?}");
+}
+
+#[test]
 fn an_agent_that_disconnects_mid_round_is_dropped_and_the_round_completes_with_the_rest() {
     let mut sim = Sim::new(Coordinator::new(config(5, 200, 0.5), fresh()).unwrap());
     sim.add_agents(0, 150, Behaviour::Honest { latency: 1_000 });
@@ -625,30 +654,35 @@ fn a_commit_failure_aborts_the_round_without_announcing_and_undoes_the_strategy_
     cfg.strategy =
         StrategyConfig::FedAdam { eta: params.eta, beta1: params.beta1, beta2: params.beta2, tau: params.tau };
     let mut sim = Sim::new(Coordinator::new(cfg, fresh()).unwrap());
-    sim.failing_commits.insert(1);
+    sim.failing_commits.insert(2);
     sim.add_agents(0, 6, Behaviour::Honest { latency: 100 });
-    sim = started(sim, Some(1));
-    sim.run_until(100 + 5);
+    sim = started(sim, Some(2));
+    // Round 1 commits at 100 (confirmed at 105); round 2 starts at 105, commits at 205 and fails at 210.
+    sim.run_until(210);
     let aborts = sim.aborts();
     assert_eq!(aborts.len(), 1);
+    assert_eq!(aborts[0].1, 2);
     assert!(matches!(&aborts[0].2, AbortReason::CommitFailed(e) if e.contains("No space")));
-    assert!(sim.announces().is_empty());
-    assert_eq!(sim.coord.model_version(), 0);
-    assert_eq!(sim.coord.global_weights(), &[0.5; DIM]);
+    assert_eq!(sim.announces(), vec![1], "the failed round announces nothing");
+    let commits = sim.commits();
+    assert_eq!(sim.coord.model_version(), 1);
+    assert_eq!(sim.coord.global_weights(), commits[0].2.as_slice(), "the global model is still round 1's");
 
-    // The next round (after the back-off) commits; its strategy state is one Adam step from fresh, not two.
+    // Round 3 (after the back-off) commits; its strategy state is two Adam steps (rounds 1 and 3), not three.
     sim.run_until(BACKOFF + 1_000);
     let commits = sim.commits();
-    assert_eq!(commits.len(), 2);
-    let (_, record, weights, state) = &commits[1];
-    assert_eq!(record.round, 2);
-    let reporters: Vec<AgentId> = record.reported.iter().map(|r| r.agent.clone()).collect();
-    let mean: Vec<f32> = fedavg(&[0.0; DIM], &reporters);
-    let mut fresh_adam = Adaptive::new(AdaptiveRule::Adam, params);
-    let expected = fresh_adam.aggregate(&[0.5; DIM], &mean, 2).unwrap();
-    assert!(weights.iter().zip(&expected).all(|(w, e)| (w - e).abs() < 1e-6));
-    assert_eq!(*state, fresh_adam.state());
-    assert_eq!(sim.announces(), vec![1]);
+    assert_eq!(commits.iter().map(|c| c.1.round).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let mean_of = |record: &RoundRecord| {
+        let reporters: Vec<AgentId> = record.reported.iter().map(|r| r.agent.clone()).collect();
+        fedavg(&[0.0; DIM], &reporters)
+    };
+    let mut adam = Adaptive::new(AdaptiveRule::Adam, params);
+    let after_1 = adam.aggregate(&[0.5; DIM], &mean_of(&commits[0].1), 1).unwrap();
+    let after_3 = adam.aggregate(&after_1, &mean_of(&commits[2].1), 3).unwrap();
+    let (_, _, weights, state) = &commits[2];
+    assert!(weights.iter().zip(&after_3).all(|(w, e)| (w - e).abs() < 1e-6), "{weights:?} vs {after_3:?}");
+    assert_eq!(*state, adam.state());
+    assert_eq!(sim.announces(), vec![1, 2]);
 }
 
 #[test]
@@ -745,6 +779,7 @@ fn a_bad_configuration_or_a_foreign_strategy_state_is_refused_at_start() {
         CoordinatorConfig { fraction: 1.5, ..config(1, 10, 1.0) },
         CoordinatorConfig { overselect: 0.9, ..config(1, 10, 1.0) },
         CoordinatorConfig { round_timeout_ms: 0, ..config(1, 10, 1.0) },
+        CoordinatorConfig { max_examples: Some(0), ..config(1, 10, 1.0) },
         CoordinatorConfig { min_available: Some(1), ..config(2, 10, 1.0) },
         CoordinatorConfig { hyper: TrainHyper { batch_size: 0, ..TrainHyper::default() }, ..config(1, 10, 1.0) },
     ] {
@@ -833,4 +868,67 @@ proptest! {
         prop_assert_eq!(set.len(), chosen.len());
         prop_assert!(chosen.iter().all(|c| candidates.contains(c)));
     }
+}
+
+#[test]
+fn a_coordinator_section_of_server_toml_parses_with_its_defaults() {
+    let text = r#"
+        min_agents = 10
+        max_agents = 200
+        fraction = 0.1
+        round_timeout_ms = 60000
+        strategy = { kind = "fedyogi", eta = 0.01 }
+        [hyper]
+        epochs = 2
+        batch_size = 32
+        learning_rate = 0.05
+        optimizer = "adam"
+    "#;
+    let cfg: CoordinatorConfig = toml::from_str(text).unwrap();
+    assert_eq!(cfg.overselect, 1.3);
+    assert_eq!(cfg.retry_backoff_ms, 5_000);
+    assert_eq!(cfg.min_available(), 10);
+    assert_eq!(cfg.hyper.optimizer, fedge_server::coordinator::OptimizerKind::Adam);
+    assert_eq!(cfg.hyper.prox_mu, 0.0);
+    assert!(matches!(cfg.strategy, StrategyConfig::FedYogi { eta, .. } if eta == 0.01));
+    assert!(cfg.validate().is_ok());
+    let typo = text.replace("fraction", "fractoin");
+    assert!(toml::from_str::<CoordinatorConfig>(&typo).is_err(), "unknown keys are refused");
+}
+
+#[test]
+fn a_reconnecting_member_is_dropped_and_stray_confirmations_change_nothing() {
+    let mut coord = Coordinator::new(config(2, 3, 1.0), fresh()).unwrap();
+    for i in 0..3 {
+        coord.handle(0, Event::AgentConnected { agent: name(i) });
+        coord.handle(0, Event::CheckIn { agent: name(i), model_version: Some(0), examples: 5 });
+    }
+    coord.handle(0, Event::StartRounds { count: None });
+    assert_eq!(coord.status().selected, 3);
+    // A new connection under the same name loses what the old one was doing.
+    coord.handle(5, Event::AgentConnected { agent: name(0) });
+    assert_eq!(coord.status().dropped, 1);
+    let d = vec![0.2; DIM];
+    let late = coord.handle(6, Event::Update { agent: name(0), round: 1, examples: 5, train_loss: 0.1, delta: &d });
+    assert!(
+        matches!(late.as_slice(), [Action::Reject { reason: RejectReason::AlreadyDropped(r), .. }] if r == "reconnected")
+    );
+    // A failure report for another round, and commit confirmations nobody asked for, are ignored.
+    assert!(coord.handle(7, Event::UpdateFailed { agent: name(1), round: 9, reason: "x".into() }).is_empty());
+    assert_eq!(coord.status().dropped, 1);
+    let stray = coord.handle(8, Event::Committed { round: 1, version: 1 });
+    assert!(matches!(stray.as_slice(), [Action::Log { .. }]));
+    let stray = coord.handle(8, Event::CommitFailed { round: 1, error: "x".into() });
+    assert!(matches!(stray.as_slice(), [Action::Log { .. }]));
+    assert_eq!(coord.model_version(), 0);
+    assert_eq!(coord.status().phase, Phase::Collecting);
+    // The two remaining members complete the round.
+    coord.handle(9, Event::Update { agent: name(1), round: 1, examples: 5, train_loss: 0.1, delta: &d });
+    let done = coord.handle(9, Event::Update { agent: name(2), round: 1, examples: 5, train_loss: 0.1, delta: &d });
+    assert!(done.iter().any(|a| matches!(a, Action::Commit { record, .. } if record.reported.len() == 2)));
+    assert_eq!(coord.status().phase, Phase::Committing);
+    // A commit confirmation for the wrong round is ignored; the right one announces.
+    assert!(matches!(coord.handle(10, Event::Committed { round: 2, version: 1 }).as_slice(), [Action::Log { .. }]));
+    let ok = coord.handle(10, Event::Committed { round: 1, version: 1 });
+    assert!(ok.contains(&Action::Announce { version: 1 }));
 }

@@ -47,15 +47,13 @@ fn record(round: u64) -> RoundRecord {
 fn writer(dir: &str) {
     let store = Store::open(dir).expect("writer opens the store");
     let start = Instant::now();
-    let mut announced = false;
     while start.elapsed() < Duration::from_secs(30) {
         let round = store.next_round().expect("next round");
         store.reserve_round(round).expect("reserve");
-        store.commit_round(&record(round), &weights_for(round), &round.to_le_bytes(), round).expect("commit");
-        if !announced {
-            println!("WRITER-READY");
-            announced = true;
-        }
+        let version =
+            store.commit_round(&record(round), &weights_for(round), &round.to_le_bytes(), round).expect("commit");
+        // What the coordinator would now hear as `Committed`: it must survive the kill.
+        println!("COMMITTED {version}");
     }
 }
 
@@ -103,12 +101,26 @@ fn a_store_killed_at_random_instants_keeps_its_newest_committed_model_readable()
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let ready = BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.contains("WRITER-READY"));
-        assert!(ready, "the writer committed at least once");
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut reported = None;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(v) = line.strip_prefix("COMMITTED ").and_then(|v| v.parse::<u64>().ok()) {
+                    if reported.is_none() {
+                        let _ = first_tx.send(v);
+                    }
+                    reported = Some(v);
+                }
+            }
+            reported
+        });
+        first_rx.recv_timeout(Duration::from_secs(20)).expect("the writer commits");
         std::thread::sleep(Duration::from_millis(rng.gen_range(5..150)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        let reported = reader.join().unwrap().unwrap();
         let version = check(dir.path());
+        assert!(version >= reported, "kill {kill}: version {reported} was reported committed but {version} is newest");
         assert!(version > last, "kill {kill}: the writer made progress ({version} after {last})");
         eprintln!("kill {kill}: newest committed version {version}");
         last = version;

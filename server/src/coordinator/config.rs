@@ -42,6 +42,10 @@ pub struct CoordinatorConfig {
     /// Pause after an aborted round before the next one starts (milliseconds).
     #[serde(default = "default_backoff")]
     pub retry_backoff_ms: u64,
+    /// The largest example count one agent's update is weighted with (the weight is also capped by the count the
+    /// agent declared at check-in).
+    #[serde(default)]
+    pub max_examples: Option<u64>,
     /// Local training hyper-parameters before the strategy adjusts them.
     pub hyper: TrainHyper,
     /// The aggregation strategy.
@@ -76,6 +80,9 @@ impl CoordinatorConfig {
         }
         if !(self.overselect.is_finite() && (1.0..=10.0).contains(&self.overselect)) {
             return bad(format!("overselect must be in [1, 10], not {}", self.overselect));
+        }
+        if self.max_examples == Some(0) {
+            return bad("max_examples must be at least 1".into());
         }
         if self.round_timeout_ms == 0 {
             return bad("round_timeout_ms must be positive".into());

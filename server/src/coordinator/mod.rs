@@ -8,6 +8,21 @@
 //! run the SecAgg+ phases (advertise keys → share keys → masked input → unmask) in its place, each with its own
 //! deadline, behind the same [`Phase`] and [`Aggregation`] types.
 //!
+//! The shell's contract, action by action (carry them out in the order given):
+//! - `SendPlan`: send the weights of `plan.model_version` first if `send_weights`, then the plan.
+//! - `Reject` / `CancelTraining`: tell the agent; nothing else changes.
+//! - `RoundStarted`: `Store::reserve_round(round)` so the id survives a crash.
+//! - `Commit`: evaluate the new weights if there is a test set (fill `record.metrics.test_*`), then
+//!   `Store::commit_round(&record, &new_weights, &strategy_state, unix_ms)` and feed back `Event::Committed`
+//!   with the returned version, or `Event::CommitFailed` with the error.
+//! - `Announce`: tell every connected agent that `version` exists.
+//! - `RoundAborted`: `Store::record_aborted(&record)` (a failure there is only logged).
+//! - `WakeAt(t)`: deliver `Event::Tick` at `t`; a later `WakeAt` replaces an earlier one, spurious ticks are fine.
+//! - `Log`: log it (and show it to the operator who sent a command).
+//!
+//! On start-up: `Store::resume_state()` (after `init_model` for a new store) → [`ResumeState`] →
+//! [`Coordinator::new`], then feed `StartRounds` when the configuration or the operator says so.
+//!
 //! This module must never open a socket, read a clock (time only enters as `now_ms`), use global randomness
 //! (selection is seeded by (seed, round)), or panic on anything an agent sends.
 
@@ -95,7 +110,8 @@ struct Round {
 
 impl Round {
     fn outstanding(&self) -> usize {
-        self.members.values().filter(|s| **s == MemberStatus::Training).count()
+        // Each member leaves Training exactly once, for a report or a drop.
+        self.members.len().saturating_sub(self.reports.len() + self.dropped.len())
     }
 }
 
@@ -210,7 +226,7 @@ impl Coordinator {
             model_version: self.model_version,
             next_round: self.next_round,
             connected: self.agents.len(),
-            available: self.available().len(),
+            available: self.available_count(),
             selected,
             reported,
             dropped,
@@ -288,12 +304,16 @@ impl Coordinator {
         }
     }
 
+    fn is_available(info: &AgentInfo) -> bool {
+        !info.in_round && info.holding.is_some_and(|h| h.examples > 0)
+    }
+
+    fn available_count(&self) -> usize {
+        self.agents.values().filter(|info| Self::is_available(info)).count()
+    }
+
     fn available(&self) -> Vec<AgentId> {
-        self.agents
-            .iter()
-            .filter(|(_, info)| !info.in_round && info.holding.is_some_and(|h| h.examples > 0))
-            .map(|(name, _)| name.clone())
-            .collect()
+        self.agents.iter().filter(|(_, info)| Self::is_available(info)).map(|(name, _)| name.clone()).collect()
     }
 
     fn on_connected(&mut self, now_ms: u64, agent: AgentId, out: &mut Vec<Action>) {
@@ -316,9 +336,13 @@ impl Coordinator {
         out: &mut Vec<Action>,
     ) {
         let reject = |out: &mut Vec<Action>, agent: AgentId, reason| out.push(Action::Reject { agent, reason });
-        if !self.agents.contains_key(&agent) {
+        let Some(info) = self.agents.get(&agent) else {
             return reject(out, agent, RejectReason::NotConnected);
-        }
+        };
+        // An agent's weight is what it claims now, capped by what it declared at check-in and by the configured
+        // maximum, so a single agent cannot dominate the average by claiming more.
+        let declared = info.holding.map_or(0, |h| h.examples);
+        let examples = examples.min(declared).min(self.config.max_examples.unwrap_or(u64::MAX));
         let Stage::Collecting(round) = &mut self.stage else {
             let reason = if self.closed_at_deadline == Some(round_id) {
                 RejectReason::AfterDeadline
@@ -552,10 +576,10 @@ impl Coordinator {
         {
             return;
         }
-        let candidates = self.available();
-        if candidates.len() < self.config.min_available() {
+        if self.available_count() < self.config.min_available() {
             return;
         }
+        let candidates = self.available();
         let size = self.config.selection().cohort_size(candidates.len());
         if size == 0 {
             return;
@@ -604,10 +628,10 @@ impl Coordinator {
             Stage::Idle if self.running && !self.paused && now_ms < self.not_before_ms => Some(self.not_before_ms),
             _ => None,
         };
-        if wanted.is_some() && wanted != self.wake {
-            if let Some(at) = wanted {
-                out.push(Action::WakeAt(at));
-            }
+        if let Some(at) = wanted
+            && wanted != self.wake
+        {
+            out.push(Action::WakeAt(at));
         }
         self.wake = wanted;
     }
