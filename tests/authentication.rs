@@ -25,6 +25,7 @@ fn spec() -> FederationSpec {
             seed: 1,
             round_timeout_ms: 30_000,
             retry_backoff_ms: 200,
+            max_examples: None,
             hyper: TrainHyper {
                 epochs: 1,
                 batch_size: 8,

@@ -25,6 +25,7 @@ fn coordinator(agents: usize) -> CoordinatorConfig {
         seed: 7,
         round_timeout_ms: 300_000,
         retry_backoff_ms: 500,
+        max_examples: None,
         hyper: TrainHyper {
             epochs: 1,
             batch_size: 32,

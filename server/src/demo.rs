@@ -237,6 +237,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         seed: args.seed,
         round_timeout_ms: 600_000,
         retry_backoff_ms: 1_000,
+        max_examples: None,
         hyper: TrainHyper {
             epochs: args.epochs,
             batch_size: args.batch_size,
