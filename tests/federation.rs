@@ -75,10 +75,7 @@ async fn eight_agents_raise_global_test_accuracy_round_over_round() -> anyhow::R
     let versions = fed.server.store.versions()?;
     assert_eq!(versions.len() as u64, ROUNDS + 1, "version 0 and one per round");
     fed.stop().await?;
-    assert!(
-        accuracies.windows(2).all(|w| w[1] > w[0]),
-        "test accuracy must rise round over round: {accuracies:?}"
-    );
+    assert!(accuracies.windows(2).all(|w| w[1] > w[0]), "test accuracy must rise round over round: {accuracies:?}");
     assert!(accuracies[0] > 0.5, "after one round of FedAvg on 2,400 examples the MLP beats chance: {accuracies:?}");
     Ok(())
 }

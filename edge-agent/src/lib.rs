@@ -7,6 +7,7 @@
 //! - [`offline`]: the commands that work without a server: `train`, `eval`, `make-model`.
 
 pub mod client;
+pub mod config;
 pub mod learner;
 pub mod offline;
 pub mod state;

@@ -99,7 +99,8 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut shu
                 Err(e) => {
                     // A missing certificate, one from another CA, or an expired one ends here.
                     tracing::warn!(peer = %remote, error = %e, "TLS handshake refused");
-                    let _ = shared.events.send(ServerEvent::Refused { peer: remote.to_string(), reason: e.to_string() });
+                    let _ =
+                        shared.events.send(ServerEvent::Refused { peer: remote.to_string(), reason: e.to_string() });
                 }
             }
         });
@@ -165,7 +166,8 @@ async fn serve_agent(
         .context("no hello within the time-out")??
         .context("control stream closed before the hello")?;
     if hello.protocol != PROTOCOL_VERSION {
-        let reason = format!("protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}", hello.protocol);
+        let reason =
+            format!("protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}", hello.protocol);
         let _ = wire::write_msg(
             &mut send,
             &ServerHello::Refused { protocol: PROTOCOL_VERSION, reason: reason.clone() },

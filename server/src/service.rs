@@ -23,11 +23,22 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 /// What happened on the server, for whoever watches (the demo's progress display, tests, the admin surface).
 #[derive(Debug, Clone)]
 pub enum ServerEvent {
-    AgentJoined { agent: String },
-    AgentLeft { agent: String },
+    AgentJoined {
+        agent: String,
+    },
+    AgentLeft {
+        agent: String,
+    },
     /// A peer was refused (no or wrong certificate, revoked, wrong role or protocol).
-    Refused { peer: String, reason: String },
-    RoundStarted { round: u64, model_version: u64, selected: usize },
+    Refused {
+        peer: String,
+        reason: String,
+    },
+    RoundStarted {
+        round: u64,
+        model_version: u64,
+        selected: usize,
+    },
     RoundCompleted(Box<RoundRecord>),
     RoundAborted(Box<RoundRecord>),
 }
@@ -137,7 +148,8 @@ fn now_ms() -> u64 {
 /// starts the core and the accept loop.
 pub async fn start(config: ServerConfig, evaluator: Option<Arc<dyn Evaluator>>) -> anyhow::Result<ServerHandle> {
     let store = Arc::new(
-        Store::open(&config.data_dir).with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
+        Store::open(&config.data_dir)
+            .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
     );
     let current = {
         let store = store.clone();
@@ -274,7 +286,8 @@ impl Core {
     fn on_msg(&mut self, msg: CoreMsg) {
         match msg {
             CoreMsg::Connected { agent, conn, tx } => {
-                if let Some(old) = self.conns.insert(agent.clone(), Conn { id: conn, tx, graph_sent: false, version_held: None })
+                if let Some(old) =
+                    self.conns.insert(agent.clone(), Conn { id: conn, tx, graph_sent: false, version_held: None })
                 {
                     let _ = old.tx.try_send(Outbound::Close("replaced by a newer connection of the same agent".into()));
                 }
@@ -294,11 +307,7 @@ impl Core {
                 c.version_held = checkin.model_version.filter(|_| c.graph_sent);
                 // Every connected agent gets the newest model: it trains from it and serves inference with it.
                 self.push_model(&agent);
-                self.feed(Event::CheckIn {
-                    agent,
-                    model_version: checkin.model_version,
-                    examples: checkin.examples,
-                });
+                self.feed(Event::CheckIn { agent, model_version: checkin.model_version, examples: checkin.examples });
             }
             CoreMsg::Update { agent, round, examples, train_loss, delta } => {
                 self.feed(Event::Update { agent, round, examples, train_loss, delta: &delta });
@@ -322,7 +331,8 @@ impl Core {
                     self.current.weights_digest = m.digest;
                     let record = m.record;
                     tracing::info!(
-                        round, version = m.version,
+                        round,
+                        version = m.version,
                         accuracy = record.metrics.test_accuracy.unwrap_or(f32::NAN),
                         loss = record.metrics.mean_train_loss.unwrap_or(f32::NAN),
                         "round committed"
@@ -492,4 +502,3 @@ fn wire_plan(plan: &RoundPlan) -> protocol::RoundPlan {
         deadline_ms: plan.deadline_ms,
     }
 }
-

@@ -143,7 +143,8 @@ fn list_agents(dir: &Path, json: bool) -> anyhow::Result<()> {
 
 fn revoke(dir: &Path, name: &str) -> anyhow::Result<()> {
     let bundle = dir.join("agents").join(name);
-    let info = Identity::load_bundle(&bundle).with_context(|| format!("no agent bundle {}", bundle.display()))?.info()?;
+    let info =
+        Identity::load_bundle(&bundle).with_context(|| format!("no agent bundle {}", bundle.display()))?.info()?;
     let path = dir.join("revoked.txt");
     let mut text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
