@@ -35,9 +35,16 @@ fn advertised(n: usize) -> Setup {
     let mut server = ServerSession::new(params.clone(), ROUND, &cohort.refs, GRAPH_SEED, P).unwrap();
     let mut clients = BTreeMap::new();
     for r in &cohort.refs {
-        let (c, adv) =
-            ClientSession::new(params.clone(), ROUND, r.index, &cohort.refs, GRAPH_SEED, cohort.signer(r.index), &mut rng)
-                .unwrap();
+        let (c, adv) = ClientSession::new(
+            params.clone(),
+            ROUND,
+            r.index,
+            &cohort.refs,
+            GRAPH_SEED,
+            cohort.signer(r.index),
+            &mut rng,
+        )
+        .unwrap();
         server.on_advertise(r.index, adv).unwrap();
         clients.insert(r.index, c);
     }
@@ -60,7 +67,7 @@ impl Setup {
         let mut uploads = BTreeMap::new();
         for (&i, c) in s.clients.iter_mut() {
             c.on_shares(&relayed[&i]).unwrap();
-            uploads.insert(i, c.masked_input(&vec![0.25; P], 5, &mut s.rng).unwrap());
+            uploads.insert(i, c.masked_input(&[0.25; P], 5, &mut s.rng).unwrap());
         }
         (s, uploads)
     }
@@ -255,7 +262,7 @@ fn a_broken_upload_is_rolled_back_and_the_sum_of_the_others_stays_exact() {
     let mut uploads = BTreeMap::new();
     for (&i, c) in s.clients.iter_mut() {
         c.on_shares(&relayed[&i]).unwrap();
-        let q = QuantizedInput::new(&s.params, &vec![0.5; P], 7, &mut s.rng).unwrap();
+        let q = QuantizedInput::new(&s.params, &[0.5; P], 7, &mut s.rng).unwrap();
         plain.insert(i, q.as_slice().to_vec());
         uploads.insert(i, c.mask(q).unwrap());
     }

@@ -225,10 +225,8 @@ impl ClientSession {
                 return Err(SecAggError::WrongRecipient { addressed: share.to, actual: self.me });
             }
             share.check_size()?;
-            let pk = self
-                .peers
-                .get(&share.from)
-                .ok_or(SecAggError::NotNeighbour { agent: self.me, peer: share.from })?;
+            let pk =
+                self.peers.get(&share.from).ok_or(SecAggError::NotNeighbour { agent: self.me, peer: share.from })?;
             if held.contains_key(&share.from) {
                 return Err(SecAggError::Duplicate(share.from));
             }
@@ -319,7 +317,9 @@ impl ClientSession {
                     } else if listed_dropped {
                         key_shares.push(RevealedShare { owner: j, value: *key });
                     } else {
-                        return refuse(format!("neighbour {j} shared keys with us but is neither survivor nor dropped"));
+                        return refuse(format!(
+                            "neighbour {j} shared keys with us but is neither survivor nor dropped"
+                        ));
                     }
                 }
                 None if listed_alive || listed_dropped => {

@@ -7,10 +7,10 @@
 
 use ring::aead;
 
+use super::SecAggError;
 use super::kdf;
 use super::messages::{EncryptedShare, SHARE_PLAINTEXT_LEN};
 use super::shamir::{LIMBS, ShareValue};
-use super::SecAggError;
 
 fn nonce(from: u32, to: u32) -> aead::Nonce {
     let mut n = [0u8; 12];

@@ -96,10 +96,7 @@ impl SecAggParams {
             return bad(format!("quant_bits {} must be in 1..=30", self.quant_bits));
         }
         if (cohort as u64).saturating_mul(self.max_level()) > u64::from(u32::MAX) {
-            return bad(format!(
-                "{cohort} agents times {} levels overflows the 2^32 modulus",
-                self.max_level() + 1
-            ));
+            return bad(format!("{cohort} agents times {} levels overflows the 2^32 modulus", self.max_level() + 1));
         }
         if self.weight_cap == 0 {
             return bad("weight_cap must be at least 1".into());

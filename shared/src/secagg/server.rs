@@ -252,14 +252,8 @@ impl ServerSession {
         if self.shares_in.contains_key(&from) {
             return Err(SecAggError::Duplicate(from));
         }
-        let expected: BTreeSet<u32> = self
-            .graph
-            .neighbours(from)
-            .unwrap_or_default()
-            .iter()
-            .copied()
-            .filter(|n| self.u1.contains(n))
-            .collect();
+        let expected: BTreeSet<u32> =
+            self.graph.neighbours(from).unwrap_or_default().iter().copied().filter(|n| self.u1.contains(n)).collect();
         let mut seen = BTreeSet::new();
         for s in &shares {
             self.check_round(s.round)?;
@@ -375,9 +369,10 @@ impl ServerSession {
         self.expect(Phase::Masked, "close_masked")?;
         self.staged.clear();
         let t = self.params.threshold as usize;
-        let short = self.u2.iter().copied().find(|&a| {
-            self.graph.neighbours(a).map_or(0, |ns| ns.iter().filter(|n| self.u3.contains(n)).count()) < t
-        });
+        let short =
+            self.u2.iter().copied().find(|&a| {
+                self.graph.neighbours(a).map_or(0, |ns| ns.iter().filter(|n| self.u3.contains(n)).count()) < t
+            });
         if self.u3.is_empty() || short.is_some() {
             let why = match short {
                 Some(a) => format!("agent {a} has fewer than {t} surviving neighbours"),

@@ -85,10 +85,7 @@ pub fn split(
     rng: &mut dyn SecureRng,
 ) -> Result<Vec<ShareValue>, SecAggError> {
     if threshold == 0 || threshold > holders.len() {
-        return Err(SecAggError::InvalidParams(format!(
-            "threshold {threshold} with {} share holders",
-            holders.len()
-        )));
+        return Err(SecAggError::InvalidParams(format!("threshold {threshold} with {} share holders", holders.len())));
     }
     let mut seen = std::collections::BTreeSet::new();
     if let Some(dup) = holders.iter().find(|h| !seen.insert(**h)) {
