@@ -133,3 +133,48 @@ pub fn unmask_request_limit(cohort: usize) -> usize {
 pub fn unmask_response_limit(neighbours: usize) -> usize {
     32 + neighbours.saturating_mul(5 + LIMBS * 9)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    #[test]
+    fn the_largest_valid_messages_fit_their_decoding_limits() {
+        let adv = AdvertiseKeys {
+            round: u64::MAX,
+            from: u32::MAX,
+            enc_pk: [0xFF; 32],
+            mask_pk: [0xFF; 32],
+            seed_commitment: [0xFF; 32],
+            signature: vec![0xFF; MAX_SIGNATURE_LEN],
+        };
+        let bytes = codec::encode(&adv).unwrap();
+        assert!(bytes.len() <= ADVERTISE_LIMIT, "{}", bytes.len());
+        assert_eq!(codec::decode::<AdvertiseKeys>(&bytes, ADVERTISE_LIMIT).unwrap(), adv);
+        let many = vec![adv; 50];
+        assert!(codec::encode(&many).unwrap().len() <= advertise_broadcast_limit(50));
+
+        let share = EncryptedShare {
+            round: u64::MAX,
+            from: u32::MAX,
+            to: u32::MAX,
+            ciphertext: vec![0xFF; SHARE_CIPHERTEXT_LEN],
+        };
+        let shares = vec![share; 40];
+        assert!(codec::encode(&shares).unwrap().len() <= shares_limit(40));
+
+        let top = ShareValue([super::super::shamir::MODULUS - 1; LIMBS]);
+        let revealed = RevealedShare { owner: u32::MAX, value: top };
+        let resp = UnmaskResponse {
+            round: u64::MAX,
+            from: u32::MAX,
+            seed_shares: vec![revealed; 20],
+            key_shares: vec![revealed; 20],
+        };
+        assert!(codec::encode(&resp).unwrap().len() <= unmask_response_limit(40));
+
+        let req = UnmaskRequest { round: u64::MAX, survivors: vec![u32::MAX; 900], dropped: vec![u32::MAX; 100] };
+        assert!(codec::encode(&req).unwrap().len() <= unmask_request_limit(1000));
+    }
+}
