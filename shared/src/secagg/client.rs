@@ -16,7 +16,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::graph::NeighbourGraph;
 use super::messages::{AdvertiseKeys, AgentRef, EncryptedShare, RevealedShare, UnmaskRequest, UnmaskResponse};
-use super::prg::{MaskSign, apply_mask};
+use super::prg::{MaskSign, apply_masks};
 use super::quant::QuantizedInput;
 use super::shamir::{self, ShareValue};
 use super::{KeySigner, PeerVerifier, SecAggError, SecAggParams, SecureRng, envelope, kdf};
@@ -247,14 +247,15 @@ impl ClientSession {
     /// self mask, modulo 2^32. The result (length = delta length + 1) is what we upload.
     pub fn mask(&mut self, input: QuantizedInput) -> Result<Vec<u32>, SecAggError> {
         self.expect(Phase::ReadyForInput, "mask")?;
-        let mut v = input.into_vec();
+        let mut masks = Vec::with_capacity(self.held.len() + 1);
         for &j in self.held.keys() {
             let pk = self.peers.get(&j).ok_or(SecAggError::NotNeighbour { agent: self.me, peer: j })?;
             let shared = agree(&self.mask_sk, &pk.mask_pk, j)?;
-            let key = kdf::pairwise_mask_key(self.round, self.me, j, &shared);
-            apply_mask(&key, MaskSign::pairwise(self.me, j), &mut v);
+            masks.push((kdf::pairwise_mask_key(self.round, self.me, j, &shared), MaskSign::pairwise(self.me, j)));
         }
-        apply_mask(&kdf::self_mask_key(self.round, self.me, &self.seed), MaskSign::Add, &mut v);
+        masks.push((kdf::self_mask_key(self.round, self.me, &self.seed), MaskSign::Add));
+        let mut v = input.into_vec();
+        apply_masks(&masks, &mut v);
         self.phase = Phase::AwaitUnmask;
         Ok(v)
     }

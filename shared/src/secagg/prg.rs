@@ -30,22 +30,35 @@ impl MaskSign {
 }
 
 const BLOCK_WORDS: usize = 4096;
+static ZEROS: [u8; BLOCK_WORDS * 4] = [0u8; BLOCK_WORDS * 4];
 
 /// Adds (or subtracts) the ChaCha20 keystream of `key` (nonce 0, counter from 0), as `u32`s, to `out`.
 ///
 /// The mask of coordinate `i` is the same whatever the length of `out`, so a prefix of a vector can be masked on
 /// its own.
 pub fn apply_mask(key: &[u8; 32], sign: MaskSign, out: &mut [u32]) {
-    let mut cipher = ChaCha20::new(key.into(), &[0u8; 12].into());
+    apply_masks(&[(*key, sign)], out);
+}
+
+/// Applies many masks in one pass over `out`: block by block, every keystream is generated into a small buffer
+/// and added while the block is in cache. The result equals applying each mask with [`apply_mask`].
+pub fn apply_masks(masks: &[([u8; 32], MaskSign)], out: &mut [u32]) {
+    let mut ciphers: Vec<(ChaCha20, MaskSign)> =
+        masks.iter().map(|(key, sign)| (ChaCha20::new(key.into(), &[0u8; 12].into()), *sign)).collect();
     let mut buf = [0u8; BLOCK_WORDS * 4];
     for chunk in out.chunks_mut(BLOCK_WORDS) {
-        let bytes = &mut buf[..chunk.len() * 4];
-        bytes.fill(0);
-        cipher.apply_keystream(bytes);
-        let words = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
-        match sign {
-            MaskSign::Add => chunk.iter_mut().zip(words).for_each(|(o, w)| *o = o.wrapping_add(w)),
-            MaskSign::Sub => chunk.iter_mut().zip(words).for_each(|(o, w)| *o = o.wrapping_sub(w)),
+        let len = chunk.len() * 4;
+        for (cipher, sign) in ciphers.iter_mut() {
+            let bytes = &mut buf[..len];
+            // Keystream XOR zeros: the keystream itself. The lengths are equal, so this cannot fail.
+            if cipher.apply_keystream_b2b(&ZEROS[..len], bytes).is_err() {
+                continue;
+            }
+            let words = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            match sign {
+                MaskSign::Add => chunk.iter_mut().zip(words).for_each(|(o, w)| *o = o.wrapping_add(w)),
+                MaskSign::Sub => chunk.iter_mut().zip(words).for_each(|(o, w)| *o = o.wrapping_sub(w)),
+            }
         }
     }
 }
@@ -80,6 +93,18 @@ mod tests {
         apply_mask(&[1; 32], MaskSign::Add, &mut a);
         apply_mask(&[2; 32], MaskSign::Add, &mut b);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn applying_masks_together_equals_applying_them_one_by_one() {
+        let masks = [([1u8; 32], MaskSign::Add), ([2u8; 32], MaskSign::Sub), ([3u8; 32], MaskSign::Add)];
+        let mut together: Vec<u32> = (0..10_001).collect();
+        let mut apart = together.clone();
+        apply_masks(&masks, &mut together);
+        for (k, s) in &masks {
+            apply_mask(k, *s, &mut apart);
+        }
+        assert_eq!(together, apart);
     }
 
     #[test]

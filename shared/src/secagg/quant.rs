@@ -23,10 +23,15 @@ pub fn weight(params: &SecAggParams, examples: u64) -> f64 {
 
 /// Rounds `x` (in `[0, max]`) down or up at random, up with probability `x - floor(x)`.
 pub fn stochastic_round(x: f64, max: u64, rng: &mut dyn SecureRng) -> u32 {
+    round_with(x, max, rng.next_u32())
+}
+
+/// Stochastic rounding with the uniform draw `u` (a random `u32`) given.
+fn round_with(x: f64, max: u64, u: u32) -> u32 {
     let x = x.clamp(0.0, max as f64);
     let floor = x.floor();
     let frac = x - floor;
-    let u = f64::from(rng.next_u32()) * (1.0 / 4_294_967_296.0);
+    let u = f64::from(u) * (1.0 / 4_294_967_296.0);
     let q = floor as u64 + u64::from(u < frac);
     q.min(max) as u32
 }
@@ -53,9 +58,16 @@ impl QuantizedInput {
         let scale = max as f64 / (2.0 * clip);
         let mut out = Vec::with_capacity(delta.len() + 1);
         out.push(stochastic_round(w * max as f64, max, rng));
-        for &d in delta {
-            let v = f64::from(d).clamp(-clip, clip) * w;
-            out.push(stochastic_round((v + clip) * scale, max, rng));
+        // Random draws are taken from the generator a block at a time.
+        let mut draws = [0u8; 4 * 1024];
+        for block in delta.chunks(1024) {
+            let bytes = &mut draws[..4 * block.len()];
+            rng.fill_bytes(bytes);
+            let us = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            for (&d, u) in block.iter().zip(us) {
+                let v = f64::from(d).clamp(-clip, clip) * w;
+                out.push(round_with((v + clip) * scale, max, u));
+            }
         }
         Ok(QuantizedInput(out))
     }

@@ -17,7 +17,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::graph::NeighbourGraph;
 use super::messages::{AdvertiseKeys, AgentRef, EncryptedShare, RevealedShare, UnmaskRequest, UnmaskResponse};
-use super::prg::{MaskSign, apply_mask};
+use super::prg::{MaskSign, apply_masks};
 use super::quant::dequantize_sum;
 use super::shamir::{self, ShareValue};
 use super::{SecAggError, SecAggParams, kdf};
@@ -433,6 +433,7 @@ impl ServerSession {
         self.expect(Phase::Unmask, "finish")?;
         let t = self.params.threshold as usize;
         let survivors: Vec<u32> = self.u3.iter().copied().collect();
+        let mut masks = Vec::new();
         for &j in &survivors {
             let shares = self.seed_shares.get(&j).map(Vec::as_slice).unwrap_or_default();
             if shares.len() < t {
@@ -443,7 +444,7 @@ impl ServerSession {
             if kdf::seed_commitment(self.round, j, &seed) != advertised.seed_commitment {
                 return Err(SecAggError::ReconstructionMismatch(j));
             }
-            apply_mask(&kdf::self_mask_key(self.round, j, &seed), MaskSign::Sub, &mut self.sum.0);
+            masks.push((kdf::self_mask_key(self.round, j, &seed), MaskSign::Sub));
         }
         let dropped: Vec<u32> = self.dropped.iter().copied().collect();
         for j in dropped {
@@ -464,9 +465,11 @@ impl ServerSession {
                     return Err(SecAggError::WeakKey(i));
                 }
                 let key = kdf::pairwise_mask_key(self.round, i, j, shared.as_bytes());
-                apply_mask(&key, MaskSign::pairwise(i, j).inverse(), &mut self.sum.0);
+                masks.push((key, MaskSign::pairwise(i, j).inverse()));
             }
         }
+        // All masks come off in one pass over the sum.
+        apply_masks(&masks, &mut self.sum.0);
         Ok(QuantizedSum { survivors, values: std::mem::take(&mut self.sum.0) })
     }
 
