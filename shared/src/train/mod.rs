@@ -27,6 +27,7 @@ mod shapes;
 mod step;
 mod trainable;
 
+pub use emit::Precision;
 pub use error::TrainError;
 pub use loss::{Labels, Loss};
 pub use predictor::Predictor;
