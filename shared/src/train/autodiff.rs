@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use tract_onnx::pb::{GraphProto, ModelProto, OperatorSetIdProto, tensor_proto::DataType};
 
+use super::custom_op;
 use super::emit::{Emitter, OPSET, Precision};
 use super::error::TrainError;
 use super::forward::{MaskInput, Mode, emit_forward};
@@ -26,7 +27,10 @@ pub struct StepGraph {
 fn model_of(graph: GraphProto) -> ModelProto {
     ModelProto {
         ir_version: 8,
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        opset_import: vec![
+            OperatorSetIdProto { domain: String::new(), version: OPSET },
+            OperatorSetIdProto { domain: custom_op::DOMAIN.into(), version: 1 },
+        ],
         producer_name: "fedge".into(),
         graph: Some(graph),
         ..Default::default()

@@ -14,6 +14,7 @@ pub mod optimizer;
 
 // The training engine: ONNX reverse-mode differentiation and the tract runner.
 mod autodiff;
+mod custom_op;
 mod emit;
 mod error;
 mod forward;

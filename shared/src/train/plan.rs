@@ -2,18 +2,31 @@
 //!
 //! The only place that talks to tract. It never builds graphs and never interprets results.
 
+use std::sync::OnceLock;
+
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 
+use super::custom_op;
 use super::emit::Precision;
 use super::error::TrainError;
 
 /// An optimised tract plan.
 pub type Plan = TypedRunnableModel<TypedModel>;
 
+/// tract's ONNX loader with fedge's own operator registered.
+fn loader() -> &'static tract_onnx::Onnx {
+    static LOADER: OnceLock<tract_onnx::Onnx> = OnceLock::new();
+    LOADER.get_or_init(|| {
+        let mut onnx = tract_onnx::onnx();
+        onnx.op_register.insert(custom_op::MAX_POOL_GRAD, custom_op::load);
+        onnx
+    })
+}
+
 /// Loads and optimises a model whose inputs all have concrete shapes.
 pub fn compile(model: &ModelProto) -> Result<Plan, TrainError> {
-    tract_onnx::onnx()
+    loader()
         .model_for_proto_model(model)
         .and_then(|m| m.into_optimized())
         .and_then(|m| m.into_runnable())

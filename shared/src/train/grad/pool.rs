@@ -14,10 +14,11 @@
 //!
 //! Only nodes are appended; nothing runs here.
 
+use super::super::custom_op;
 use super::super::emit::Emitter;
 use super::super::error::TrainError;
 use super::super::graph::{DNode, Op, PoolAttrs};
-use super::super::proto::{attr_i, attr_ints};
+use super::super::proto::{attr_i, attr_ints, node};
 
 /// Name of the indices output the forward MaxPool emits in training mode.
 pub fn indices_name(output: &str) -> String {
@@ -29,7 +30,8 @@ fn ints(v: &[usize]) -> Vec<i64> {
 }
 
 fn tiling(p: &PoolAttrs, xs: &[usize]) -> bool {
-    (0..p.kernel.len()).all(|i| p.kernel[i] == p.strides[i] && p.pads[i] == (0, 0) && xs[2 + i] % p.kernel[i] == 0)
+    (0..p.kernel.len())
+        .all(|i| p.kernel[i] == p.strides[i] && p.pads[i] == (0, 0) && xs[2 + i].is_multiple_of(p.kernel[i]))
 }
 
 /// `[N, C, O1, k1, O2, k2, …]` for a tiling pool.
@@ -77,7 +79,6 @@ fn scatter_back(e: &mut Emitter, t: &str, kernel: &str, p: &PoolAttrs, xs: &[usi
 
 pub fn backward(e: &mut Emitter, n: &DNode, dy: &str) -> Result<Vec<Option<String>>, TrainError> {
     let (xs, ys) = (&n.in_shapes[0], &n.out_shape);
-    let sp = xs.len() - 2;
     let plane: Vec<usize> = xs[2..].to_vec();
     let nc = xs[0] * xs[1];
     let dx = match &n.op {
@@ -113,76 +114,18 @@ pub fn backward(e: &mut Emitter, n: &DNode, dy: &str) -> Result<Vec<Option<Strin
                 scatter_back(e, &s, &ones, p, xs, ys)
             }
         }
-        Op::MaxPool(p) => {
-            let idx = indices_name(&n.output);
-            if tiling(p, xs) {
-                // Position (flat inside the plane) of every element of the tiled view [1, 1, O1, k1, O2, k2, …].
-                let tiled = tiled_shape(xs, ys, &p.kernel);
-                let mut grid_shape = vec![1, 1];
-                grid_shape.extend(&tiled[2..]);
-                let pstr = super::super::shapes::strides_of(&plane);
-                let total: usize = grid_shape.iter().product();
-                let gstr = super::super::shapes::strides_of(&grid_shape);
-                let grid: Vec<i64> = (0..total)
-                    .map(|flat| {
-                        let mut pos = 0;
-                        for i in 0..sp {
-                            let o = (flat / gstr[2 + 2 * i]) % grid_shape[2 + 2 * i];
-                            let k = (flat / gstr[3 + 2 * i]) % grid_shape[3 + 2 * i];
-                            pos += (o * p.strides[i] + k) * pstr[i];
-                        }
-                        pos as i64
-                    })
-                    .collect();
-                let grid = e.const_i(&grid_shape, &grid);
-                let ti = e.reshape(&idx, &tiled_out_shape(ys));
-                let hit = e.op("Equal", &[&ti, &grid], vec![]);
-                let tdy = e.reshape(dy, &tiled_out_shape(ys));
-                let zero = e.scalar(0.0);
-                let placed = e.op("Where", &[&hit, &tdy, &zero], vec![]);
-                e.reshape(&placed, xs)
-            } else {
-                // For each kernel offset k and output o: the flat input position the window reads (-1 in padding).
-                let kvol: usize = p.kernel.iter().product();
-                let ovol: usize = ys[2..].iter().product();
-                let kstr = super::super::shapes::strides_of(&p.kernel);
-                let ostr = super::super::shapes::strides_of(&ys[2..]);
-                let pstr = super::super::shapes::strides_of(&plane);
-                let mut grid = Vec::with_capacity(kvol * ovol);
-                for k in 0..kvol {
-                    for o in 0..ovol {
-                        let mut pos = 0i64;
-                        let mut inside = true;
-                        for i in 0..sp {
-                            let ki = (k / kstr[i]) % p.kernel[i];
-                            let oi = (o / ostr[i]) % ys[2 + i];
-                            let at = (oi * p.strides[i] + ki) as i64 - p.pads[i].0 as i64;
-                            inside &= at >= 0 && at < plane[i] as i64;
-                            pos += at * pstr[i] as i64;
-                        }
-                        grid.push(if inside { pos } else { -1 });
-                    }
-                }
-                let mut gshape = vec![1, kvol];
-                gshape.extend(&ys[2..]);
-                let grid = e.const_i(&gshape, &grid);
-                let mut flat = vec![nc, 1];
-                flat.extend(&ys[2..]);
-                let fi = e.reshape(&idx, &flat);
-                let hit = e.op("Equal", &[&fi, &grid], vec![]);
-                let fdy = e.reshape(dy, &flat);
-                let zero = e.scalar(0.0);
-                let placed = e.op("Where", &[&hit, &fdy, &zero], vec![]);
-                // One-hot kernels: offset k writes only at its own kernel position.
-                let mut kshape = vec![kvol, 1];
-                kshape.extend(&p.kernel);
-                let mut onehot = vec![0.0; kvol * kvol];
-                for k in 0..kvol {
-                    onehot[k * kvol + k] = 1.0;
-                }
-                let kernel = e.const_f(&kshape, &onehot);
-                scatter_back(e, &placed, &kernel, p, xs, ys)
-            }
+        Op::MaxPool(_) => {
+            let out = e.fresh(custom_op::MAX_POOL_GRAD);
+            let mut node = node(
+                custom_op::MAX_POOL_GRAD,
+                &out,
+                &[&indices_name(&n.output), dy],
+                &[&out],
+                vec![attr_ints("input_shape", &ints(xs))],
+            );
+            node.domain = custom_op::DOMAIN.into();
+            e.nodes.push(node);
+            out
         }
         _ => return Err(TrainError::invalid(format!("{} is not a pooling op", n.op_type))),
     };
