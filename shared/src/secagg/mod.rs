@@ -1,1 +1,73 @@
 //! Secure aggregation (SecAgg+) as sans-IO state machines.
+//!
+//! The server, even recording everything it sees, learns the sum of the surviving cohort's inputs and nothing more
+//! about any single input, while fewer than the threshold of agents collude with it. This is the protocol of
+//! Bonawitz et al. 2017 ("Practical Secure Aggregation for Privacy-Preserving Machine Learning") with the sparse
+//! neighbour graph of Bell et al. 2020 (SecAgg+): each agent pairs with `k` neighbours on a random Harary graph and
+//! its secrets are Shamir-shared `t` of `k` among them.
+//!
+//! The four phases, each driven by the network layer with a deadline:
+//! 1. **Advertise keys**: every agent makes two fresh X25519 key pairs (one to encrypt shares, one for the pairwise
+//!    masks) and a self-mask seed, and signs the public keys with its certificate key ([`KeySigner`]). The server
+//!    relays all advertisements; peers check the signatures ([`PeerVerifier`]), so a relaying server cannot
+//!    substitute keys.
+//! 2. **Share keys**: every agent Shamir-shares its self-mask seed and its mask secret key among its neighbours,
+//!    each share encrypted end to end (ChaCha20-Poly1305 from ring, key from HKDF over the pairwise agreement of the
+//!    encryption keys, bound to round, sender and recipient) and relayed by the server.
+//! 3. **Masked input**: every agent quantizes `[w, w·Δ]` ([`quant`]) and adds pairwise masks (ChaCha20 keystreams
+//!    from the pairwise agreement, added by one side and subtracted by the other) and its self mask, modulo 2^32.
+//!    The server folds the masked vectors into one running sum as they arrive.
+//! 4. **Unmask**: survivors reveal, for each neighbour, the share of its self-mask seed if it survived or of its
+//!    mask secret key if it dropped, never both. The server removes the survivors' self masks and the dropped
+//!    agents' pairwise masks from the sum, and outputs only the sum.
+//!
+//! Threat model: an honest-but-curious or actively malicious server that relays messages faithfully or not, plus
+//! fewer than `t` colluding agents among any agent's neighbours. Not covered: a server that makes up the whole
+//! cohort out of Sybil agents (the cohort comes from the server; certificates from the federation CA limit this),
+//! denial of service (the server can always abort a round), malformed-but-well-signed inputs from agents (robust
+//! aggregation is not secure aggregation), and a server that lies to different agents about who survived in a way
+//! that needs more than `k - t` colluding neighbours (excluded by `t > k/2`).
+//!
+//! Nothing in this module opens a socket, reads a clock or uses global randomness: randomness comes in as an
+//! argument. Nothing here panics on a message from the network: every message is validated (round, sender,
+//! recipient, sizes) and a bad one is a [`SecAggError`].
+
+pub mod client;
+pub mod ecdsa;
+mod envelope;
+pub mod error;
+pub mod graph;
+pub mod kdf;
+pub mod messages;
+pub mod params;
+pub mod prg;
+pub mod quant;
+pub mod server;
+pub mod shamir;
+
+pub use client::ClientSession;
+pub use ecdsa::{EcdsaP256Signer, PeerKeyTable};
+pub use error::SecAggError;
+pub use graph::NeighbourGraph;
+pub use messages::{AdvertiseKeys, AgentRef, EncryptedShare, RevealedShare, UnmaskRequest, UnmaskResponse};
+pub use params::SecAggParams;
+pub use quant::QuantizedInput;
+pub use server::{AggregateSum, QuantizedSum, ServerSession};
+
+/// Signs an agent's advertised public keys with its certificate key (the network layer implements this with the
+/// agent's ECDSA P-256 key; see [`EcdsaP256Signer`]).
+pub trait KeySigner {
+    /// Signs `msg`.
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, SecAggError>;
+}
+
+/// Checks a peer's signature over its advertised keys (the network layer implements this with the peer's
+/// CA-verified certificate; see [`PeerKeyTable`]).
+pub trait PeerVerifier {
+    /// True when `sig` is `peer`'s valid signature over `msg`.
+    fn verify(&self, peer: &AgentRef, msg: &[u8], sig: &[u8]) -> bool;
+}
+
+/// A cryptographically secure random number generator passed into the state machines.
+pub trait SecureRng: rand::RngCore + rand::CryptoRng {}
+impl<T: rand::RngCore + rand::CryptoRng> SecureRng for T {}

@@ -57,7 +57,9 @@ pub enum LocalTrainError {
     Data(String),
     #[error("the trainer is compiled for batches of {compiled}, the configuration asks for {asked}")]
     BatchSize { compiled: usize, asked: u32 },
-    #[error("the loss became {loss} at epoch {epoch}, step {step}: training diverged (lower the learning rate)")]
+    #[error(
+        "the gradient became non-finite (loss {loss}) at epoch {epoch}, step {step}: training diverged (lower the learning rate)"
+    )]
     Diverged { epoch: u32, step: u64, loss: f32 },
 }
 
@@ -82,7 +84,7 @@ pub struct EpochSummary {
     /// Examples processed.
     pub examples: u64,
     pub steps: u64,
-    /// The mean of the batch losses, weighted by batch size.
+    /// The mean of the finite batch losses, weighted by batch size.
     pub mean_loss: f32,
 }
 
@@ -206,7 +208,8 @@ impl LocalTrainer {
         let steps_per_epoch = plan.max_steps.map_or(steps_per_epoch, |m| m.min(steps_per_epoch));
         let mut dropout = ChaCha8Rng::seed_from_u64(plan.seed);
         dropout.set_stream(1);
-        let (mut examples, mut steps, mut loss_sum) = (0u64, 0u64, 0.0f64);
+        let (mut examples, mut steps, mut loss_sum, mut loss_examples) = (0u64, 0u64, 0.0f64, 0u64);
+        let mut non_finite_losses = 0u64;
         while steps < steps_per_epoch {
             let Some(n) = batches.next_into(&mut self.x, &mut self.y) else { break };
             let labels = match self.loss {
@@ -225,15 +228,33 @@ impl LocalTrainer {
             };
             let loss = self.step.run(weights, &self.x, labels, dropout.next_u64(), &mut self.grads)?;
             steps += 1;
-            if !loss.is_finite() {
+            // A non-finite gradient would poison the weights: that is divergence. A non-finite loss with a finite
+            // gradient is only the loss's report overflowing (a logit gap beyond f32's exp range), so the step is
+            // taken and the batch left out of the mean.
+            if !self.grads.iter().all(|g| g.is_finite()) {
                 return Err(LocalTrainError::Diverged { epoch: plan.epoch, step: steps, loss });
             }
             optimizer.step(weights, &self.grads, prox)?;
             examples += n as u64;
-            loss_sum += loss as f64 * n as f64;
+            if loss.is_finite() {
+                loss_sum += loss as f64 * n as f64;
+                loss_examples += n as u64;
+            } else {
+                non_finite_losses += 1;
+            }
             progress(Progress { epoch: plan.epoch, epochs: plan.epochs, step: steps, steps_per_epoch, loss });
         }
-        let mean_loss = if examples == 0 { f32::NAN } else { (loss_sum / examples as f64) as f32 };
+        if !weights.iter().all(|w| w.is_finite()) {
+            return Err(LocalTrainError::Diverged { epoch: plan.epoch, step: steps, loss: f32::NAN });
+        }
+        if non_finite_losses > 0 {
+            tracing::warn!(
+                epoch = plan.epoch,
+                batches = non_finite_losses,
+                "non-finite batch losses left out of the mean"
+            );
+        }
+        let mean_loss = if loss_examples == 0 { f32::NAN } else { (loss_sum / loss_examples as f64) as f32 };
         Ok(EpochSummary { epoch: plan.epoch, examples, steps, mean_loss })
     }
 

@@ -1,0 +1,335 @@
+//! One agent's side of one secure-aggregation round, as a sans-IO state machine:
+//! `new` (advertise keys) → `on_keys` (share keys) → `on_shares` → `masked_input` → `on_unmask_request` → done.
+//!
+//! The agent never reveals, for one neighbour, both the share of its self-mask seed and the share of its mask key:
+//! it answers exactly one unmask request, and refuses a request that lists an agent as both surviving and dropped
+//! or that contradicts what the agent saw in earlier phases. It refuses to mask its input with fewer than `t`
+//! neighbours (the server could otherwise strip its masks), any key whose signature does not verify, and any
+//! message from another round or for another agent.
+//!
+//! No sockets, clocks or global randomness: the caller passes a cryptographic RNG into each step that needs one.
+//! A step that returns an error leaves the session in the phase it was in.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use super::graph::NeighbourGraph;
+use super::messages::{AdvertiseKeys, AgentRef, EncryptedShare, RevealedShare, UnmaskRequest, UnmaskResponse};
+use super::prg::{MaskSign, apply_masks};
+use super::quant::QuantizedInput;
+use super::shamir::{self, ShareValue};
+use super::{KeySigner, PeerVerifier, SecAggError, SecAggParams, SecureRng, envelope, kdf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitKeys,
+    AwaitShares,
+    ReadyForInput,
+    AwaitUnmask,
+    Done,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::AwaitKeys => "await-keys",
+            Phase::AwaitShares => "await-shares",
+            Phase::ReadyForInput => "ready-for-input",
+            Phase::AwaitUnmask => "await-unmask",
+            Phase::Done => "done",
+        }
+    }
+}
+
+struct PeerKeys {
+    enc_pk: PublicKey,
+    mask_pk: PublicKey,
+}
+
+/// One agent's side of one round.
+pub struct ClientSession {
+    params: SecAggParams,
+    round: u64,
+    me: u32,
+    cohort: BTreeMap<u32, AgentRef>,
+    neighbours: Vec<u32>,
+    enc_sk: StaticSecret,
+    mask_sk: StaticSecret,
+    seed: [u8; 32],
+    own: AdvertiseKeys,
+    /// Neighbours whose signed keys we received (U1 ∩ N(me)).
+    peers: BTreeMap<u32, PeerKeys>,
+    /// Shares we hold, by owner: the neighbours that shared with us, which are exactly those we mask with.
+    held: BTreeMap<u32, (ShareValue, ShareValue)>,
+    phase: Phase,
+}
+
+fn agree(sk: &StaticSecret, pk: &PublicKey, peer: u32) -> Result<[u8; 32], SecAggError> {
+    let shared = sk.diffie_hellman(pk);
+    if !shared.was_contributory() {
+        return Err(SecAggError::WeakKey(peer));
+    }
+    Ok(shared.to_bytes())
+}
+
+impl ClientSession {
+    /// Starts agent `me`'s side of `round` in `cohort` (the round plan's agents) with the plan's graph seed: makes
+    /// the round's key pairs and self-mask seed, and returns the signed keys to send to the server.
+    pub fn new(
+        params: SecAggParams,
+        round: u64,
+        me: u32,
+        cohort: &[AgentRef],
+        graph_seed: u64,
+        signer: &dyn KeySigner,
+        rng: &mut dyn SecureRng,
+    ) -> Result<(Self, AdvertiseKeys), SecAggError> {
+        params.validate(cohort.len(), 1)?;
+        let mut map = BTreeMap::new();
+        for a in cohort {
+            if a.name.len() > super::messages::MAX_NAME_LEN {
+                return Err(SecAggError::Malformed(format!("agent name of {} bytes", a.name.len())));
+            }
+            if map.insert(a.index, a.clone()).is_some() {
+                return Err(SecAggError::Duplicate(a.index));
+            }
+        }
+        if !map.contains_key(&me) {
+            return Err(SecAggError::UnknownAgent(me));
+        }
+        let indices: Vec<u32> = map.keys().copied().collect();
+        let graph = NeighbourGraph::new(&indices, params.neighbours as usize, graph_seed)?;
+        let neighbours = graph.neighbours(me).map(<[u32]>::to_vec).unwrap_or_default();
+        let enc_sk = StaticSecret::random_from_rng(&mut *rng);
+        let mask_sk = StaticSecret::random_from_rng(&mut *rng);
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        let enc_pk = PublicKey::from(&enc_sk).to_bytes();
+        let mask_pk = PublicKey::from(&mask_sk).to_bytes();
+        let seed_commitment = kdf::seed_commitment(round, me, &seed);
+        let msg = super::messages::signed_message(round, me, &enc_pk, &mask_pk, &seed_commitment);
+        let signature = signer.sign(&msg)?;
+        let own = AdvertiseKeys { round, from: me, enc_pk, mask_pk, seed_commitment, signature };
+        let session = ClientSession {
+            params,
+            round,
+            me,
+            cohort: map,
+            neighbours,
+            enc_sk,
+            mask_sk,
+            seed,
+            own: own.clone(),
+            peers: BTreeMap::new(),
+            held: BTreeMap::new(),
+            phase: Phase::AwaitKeys,
+        };
+        Ok((session, own))
+    }
+
+    /// This agent's cohort index.
+    pub fn index(&self) -> u32 {
+        self.me
+    }
+
+    /// This agent's neighbours on the round's graph.
+    pub fn neighbours(&self) -> &[u32] {
+        &self.neighbours
+    }
+
+    fn expect(&self, phase: Phase, call: &'static str) -> Result<(), SecAggError> {
+        if self.phase != phase {
+            return Err(SecAggError::OutOfPhase { call, phase: self.phase.name() });
+        }
+        Ok(())
+    }
+
+    fn check_round(&self, round: u64) -> Result<(), SecAggError> {
+        if round != self.round {
+            return Err(SecAggError::WrongRound { expected: self.round, got: round });
+        }
+        Ok(())
+    }
+
+    fn is_neighbour(&self, agent: u32) -> bool {
+        self.neighbours.binary_search(&agent).is_ok()
+    }
+
+    /// Takes the server's broadcast of every surviving agent's keys, checks our own entry is intact and every
+    /// neighbour's signature verifies, and returns our encrypted shares, one per neighbour that advertised keys.
+    pub fn on_keys(
+        &mut self,
+        all: &[AdvertiseKeys],
+        verifier: &dyn PeerVerifier,
+        rng: &mut dyn SecureRng,
+    ) -> Result<Vec<EncryptedShare>, SecAggError> {
+        self.expect(Phase::AwaitKeys, "on_keys")?;
+        let mut seen = BTreeSet::new();
+        let mut own_ok = false;
+        let mut peers = BTreeMap::new();
+        for msg in all {
+            self.check_round(msg.round)?;
+            msg.check_size()?;
+            let peer = self.cohort.get(&msg.from).ok_or(SecAggError::UnknownAgent(msg.from))?;
+            if !seen.insert(msg.from) {
+                return Err(SecAggError::Duplicate(msg.from));
+            }
+            if msg.from == self.me {
+                if *msg != self.own {
+                    return Err(SecAggError::OwnKeysAltered);
+                }
+                own_ok = true;
+                continue;
+            }
+            if !self.is_neighbour(msg.from) {
+                continue;
+            }
+            if !verifier.verify(peer, &msg.signed_message(), &msg.signature) {
+                return Err(SecAggError::BadSignature(msg.from));
+            }
+            let keys = PeerKeys { enc_pk: PublicKey::from(msg.enc_pk), mask_pk: PublicKey::from(msg.mask_pk) };
+            peers.insert(msg.from, keys);
+        }
+        if !own_ok {
+            return Err(SecAggError::OwnKeysAltered);
+        }
+        let t = self.params.threshold as usize;
+        if peers.len() < t {
+            return Err(SecAggError::NotEnoughNeighbours { have: peers.len(), need: t });
+        }
+        let holders: Vec<u32> = peers.keys().copied().collect();
+        let seed_shares = shamir::split(&self.seed, t, &holders, rng)?;
+        let key_shares = shamir::split(&self.mask_sk.to_bytes(), t, &holders, rng)?;
+        let mut out = Vec::with_capacity(holders.len());
+        for ((&j, s), k) in holders.iter().zip(&seed_shares).zip(&key_shares) {
+            let Some(pk) = peers.get(&j) else { continue };
+            // Both agreements are checked now so that a weak key is refused before we share anything.
+            agree(&self.mask_sk, &pk.mask_pk, j)?;
+            let shared = agree(&self.enc_sk, &pk.enc_pk, j)?;
+            out.push(envelope::seal(self.round, self.me, j, &shared, s, k)?);
+        }
+        self.peers = peers;
+        self.phase = Phase::AwaitShares;
+        Ok(out)
+    }
+
+    /// Takes the shares the server relays to us, decrypts and checks each one, and records which neighbours we
+    /// will mask with (exactly those that shared with us). Refuses fewer than `t`.
+    pub fn on_shares(&mut self, shares: &[EncryptedShare]) -> Result<(), SecAggError> {
+        self.expect(Phase::AwaitShares, "on_shares")?;
+        let mut held = BTreeMap::new();
+        for share in shares {
+            self.check_round(share.round)?;
+            if share.to != self.me {
+                return Err(SecAggError::WrongRecipient { addressed: share.to, actual: self.me });
+            }
+            share.check_size()?;
+            let pk =
+                self.peers.get(&share.from).ok_or(SecAggError::NotNeighbour { agent: self.me, peer: share.from })?;
+            if held.contains_key(&share.from) {
+                return Err(SecAggError::Duplicate(share.from));
+            }
+            let shared = agree(&self.enc_sk, &pk.enc_pk, share.from)?;
+            let values = envelope::open(self.round, self.me, share, &shared)?;
+            held.insert(share.from, values);
+        }
+        let t = self.params.threshold as usize;
+        if held.len() < t {
+            return Err(SecAggError::NotEnoughNeighbours { have: held.len(), need: t });
+        }
+        self.held = held;
+        self.phase = Phase::ReadyForInput;
+        Ok(())
+    }
+
+    /// Masks an already quantized input: adds the pairwise masks with every neighbour that shared with us and our
+    /// self mask, modulo 2^32. The result (length = delta length + 1) is what we upload.
+    pub fn mask(&mut self, input: QuantizedInput) -> Result<Vec<u32>, SecAggError> {
+        self.expect(Phase::ReadyForInput, "mask")?;
+        let mut masks = Vec::with_capacity(self.held.len() + 1);
+        for &j in self.held.keys() {
+            let pk = self.peers.get(&j).ok_or(SecAggError::NotNeighbour { agent: self.me, peer: j })?;
+            let shared = agree(&self.mask_sk, &pk.mask_pk, j)?;
+            masks.push((kdf::pairwise_mask_key(self.round, self.me, j, &shared), MaskSign::pairwise(self.me, j)));
+        }
+        masks.push((kdf::self_mask_key(self.round, self.me, &self.seed), MaskSign::Add));
+        let mut v = input.into_vec();
+        apply_masks(&masks, &mut v);
+        self.phase = Phase::AwaitUnmask;
+        Ok(v)
+    }
+
+    /// Clips, weights, quantizes (stochastic rounding from `rng`) and masks our delta.
+    pub fn masked_input(
+        &mut self,
+        delta: &[f32],
+        examples: u64,
+        rng: &mut dyn SecureRng,
+    ) -> Result<Vec<u32>, SecAggError> {
+        self.expect(Phase::ReadyForInput, "masked_input")?;
+        let q = QuantizedInput::new(&self.params, delta, examples, rng)?;
+        self.mask(q)
+    }
+
+    /// Answers the server's one unmask request: for each neighbour we mask with, the share of its self-mask seed if
+    /// it survived or of its mask key if it dropped. Refuses a second request, an agent listed as both, a
+    /// neighbour that is missing from both lists or listed against what we saw, and a survivor set below `t`.
+    pub fn on_unmask_request(&mut self, req: &UnmaskRequest) -> Result<UnmaskResponse, SecAggError> {
+        self.expect(Phase::AwaitUnmask, "on_unmask_request")?;
+        self.check_round(req.round)?;
+        let refuse = |m: String| Err(SecAggError::InconsistentRequest(m));
+        let mut survivors = BTreeSet::new();
+        for &a in &req.survivors {
+            if !self.cohort.contains_key(&a) {
+                return Err(SecAggError::UnknownAgent(a));
+            }
+            if !survivors.insert(a) {
+                return Err(SecAggError::Duplicate(a));
+            }
+        }
+        let mut dropped = BTreeSet::new();
+        for &a in &req.dropped {
+            if !self.cohort.contains_key(&a) {
+                return Err(SecAggError::UnknownAgent(a));
+            }
+            if survivors.contains(&a) {
+                return refuse(format!("agent {a} is listed both as surviving and as dropped"));
+            }
+            if !dropped.insert(a) {
+                return Err(SecAggError::Duplicate(a));
+            }
+        }
+        if !survivors.contains(&self.me) {
+            return refuse("we sent our masked input but are not listed as a survivor".into());
+        }
+        if survivors.len() < self.params.threshold as usize {
+            return refuse(format!("{} survivors, below the threshold", survivors.len()));
+        }
+        let mut seed_shares = Vec::new();
+        let mut key_shares = Vec::new();
+        for &j in &self.neighbours {
+            let listed_alive = survivors.contains(&j);
+            let listed_dropped = dropped.contains(&j);
+            match self.held.get(&j) {
+                Some((seed, key)) => {
+                    if listed_alive {
+                        seed_shares.push(RevealedShare { owner: j, value: *seed });
+                    } else if listed_dropped {
+                        key_shares.push(RevealedShare { owner: j, value: *key });
+                    } else {
+                        return refuse(format!(
+                            "neighbour {j} shared keys with us but is neither survivor nor dropped"
+                        ));
+                    }
+                }
+                None if listed_alive || listed_dropped => {
+                    return refuse(format!("neighbour {j} never shared keys with us but is listed"));
+                }
+                None => {}
+            }
+        }
+        self.phase = Phase::Done;
+        Ok(UnmaskResponse { round: self.round, from: self.me, seed_shares, key_shares })
+    }
+}

@@ -1,0 +1,142 @@
+//! The parameters of one secure-aggregation round, as carried in the round plan, and the checks that refuse
+//! settings which would void privacy or overflow the modulus.
+//!
+//! This module must never accept a threshold of half the neighbours or less (a server could then collect both the
+//! self-mask seed and the mask key of one agent from two disjoint halves), nor a quantization whose cohort sum could
+//! wrap around 2^32.
+
+use serde::{Deserialize, Serialize};
+
+use super::SecAggError;
+
+/// The largest cohort a round may have.
+pub const MAX_COHORT: usize = 1 << 20;
+/// The longest delta (number of model parameters) a round may aggregate.
+pub const MAX_DELTA_LEN: usize = 1 << 28;
+
+/// Secure-aggregation settings for one round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecAggParams {
+    /// `k`: how many neighbours each agent pairs with on the Harary graph (even, unless it covers the whole cohort).
+    pub neighbours: u32,
+    /// `t`: how many of an agent's neighbours must survive to reconstruct its secrets; more than `k/2`.
+    pub threshold: u32,
+    /// Each coordinate of the delta is clipped to `±clip` before quantization.
+    pub clip: f32,
+    /// Quantization uses `2^quant_bits` levels per coordinate.
+    pub quant_bits: u32,
+    /// The weight of an agent is `min(examples, weight_cap) / weight_cap`.
+    pub weight_cap: u64,
+}
+
+impl SecAggParams {
+    /// Reasonable settings for a cohort of `cohort` agents: a complete graph up to 21 agents, otherwise
+    /// `k ≈ 3·log2(n)` neighbours; `t = k/2 + 1 + k/6` (tolerates about a third of the neighbours dropping out);
+    /// clip ±8 and up to 2^22 levels as in Flower, fewer levels when the cohort is so large the sum could wrap.
+    pub fn default_for(cohort: usize) -> Self {
+        let n = cohort.max(2) as u64;
+        let complete = (n - 1) as u32;
+        let neighbours = if complete <= 20 {
+            complete
+        } else {
+            let log2 = 64 - (n - 1).leading_zeros(); // ceil(log2 n)
+            let half = (3 * log2).div_ceil(2);
+            (2 * half).min(complete & !1).max(20)
+        };
+        let k_eff = neighbours.min(complete);
+        let threshold = (k_eff / 2 + 1 + k_eff / 6).min(k_eff);
+        let mut quant_bits = 22;
+        while quant_bits > 1 && n * ((1u64 << quant_bits) - 1) > u64::from(u32::MAX) {
+            quant_bits -= 1;
+        }
+        SecAggParams { neighbours, threshold, clip: 8.0, quant_bits, weight_cap: 1000 }
+    }
+
+    /// The number of neighbours each agent really has in a cohort of `cohort` agents: `min(k, n - 1)`.
+    pub fn effective_neighbours(&self, cohort: usize) -> usize {
+        (self.neighbours as usize).min(cohort.saturating_sub(1))
+    }
+
+    /// The number of quantization levels minus one: the largest quantized value of one coordinate.
+    pub fn max_level(&self) -> u64 {
+        (1u64 << self.quant_bits.min(31)) - 1
+    }
+
+    /// Refuses settings that void privacy (threshold of half the neighbours or less, too few neighbours) or overflow
+    /// the modulus (`cohort · (2^bits - 1)` must fit in 2^32), and sizes beyond the protocol's bounds.
+    pub fn validate(&self, cohort: usize, delta_len: usize) -> Result<(), SecAggError> {
+        let bad = |m: String| Err(SecAggError::InvalidParams(m));
+        if cohort < 2 {
+            return bad(format!("a cohort of {cohort} agents cannot hide anyone's input"));
+        }
+        if cohort > MAX_COHORT {
+            return bad(format!("a cohort of {cohort} agents exceeds the limit of {MAX_COHORT}"));
+        }
+        if delta_len == 0 || delta_len > MAX_DELTA_LEN {
+            return bad(format!("a delta of {delta_len} values is outside 1..={MAX_DELTA_LEN}"));
+        }
+        if self.neighbours == 0 {
+            return bad("an agent needs at least one neighbour".into());
+        }
+        let k = self.effective_neighbours(cohort);
+        if k < cohort - 1 && k % 2 == 1 {
+            return bad(format!("{k} neighbours: a Harary graph that does not cover the cohort needs an even degree"));
+        }
+        let t = self.threshold as usize;
+        if t == 0 || t > k {
+            return bad(format!("threshold {t} must be in 1..={k}"));
+        }
+        if 2 * t <= k {
+            return bad(format!("threshold {t} must exceed half of the {k} neighbours"));
+        }
+        if !self.clip.is_finite() || self.clip <= 0.0 {
+            return bad(format!("clip {} must be a positive finite number", self.clip));
+        }
+        if !(1..=30).contains(&self.quant_bits) {
+            return bad(format!("quant_bits {} must be in 1..=30", self.quant_bits));
+        }
+        if (cohort as u64).saturating_mul(self.max_level()) > u64::from(u32::MAX) {
+            return bad(format!("{cohort} agents times {} levels overflows the 2^32 modulus", self.max_level() + 1));
+        }
+        if self.weight_cap == 0 {
+            return bad("weight_cap must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_for_every_cohort_size_from_two_to_a_hundred_thousand() {
+        for n in (2..300).chain([1000, 5000, 100_000]) {
+            let p = SecAggParams::default_for(n);
+            p.validate(n, 10).unwrap_or_else(|e| panic!("n={n}: {e} {p:?}"));
+        }
+    }
+
+    #[test]
+    fn a_threshold_of_half_the_neighbours_is_refused() {
+        let mut p = SecAggParams::default_for(100);
+        p.threshold = p.neighbours / 2;
+        assert!(p.validate(100, 10).is_err());
+    }
+
+    #[test]
+    fn a_quantization_that_could_wrap_the_cohort_sum_is_refused() {
+        let mut p = SecAggParams::default_for(100);
+        p.quant_bits = 26; // 100 * 2^26 > 2^32
+        assert!(p.validate(100, 10).is_err());
+        p.quant_bits = 25;
+        assert!(p.validate(100, 10).is_ok());
+    }
+
+    #[test]
+    fn an_odd_degree_that_does_not_cover_the_cohort_is_refused() {
+        let p = SecAggParams { neighbours: 7, threshold: 5, clip: 1.0, quant_bits: 16, weight_cap: 10 };
+        assert!(p.validate(50, 10).is_err());
+        assert!(p.validate(8, 10).is_ok());
+    }
+}

@@ -1,0 +1,306 @@
+//! A dishonest relay and stray messages: substituted keys are caught by their signatures, anything from another
+//! round or for another agent is refused, an agent never reveals both secrets of one neighbour, and a broken
+//! upload never leaves part of an agent in the sum.
+
+mod secagg_support;
+
+use std::collections::BTreeMap;
+
+use fedge_shared::secagg::{
+    AdvertiseKeys, ClientSession, EncryptedShare, QuantizedInput, SecAggError, SecAggParams, ServerSession,
+    UnmaskRequest,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use secagg_support::Cohort;
+
+const ROUND: u64 = 42;
+const GRAPH_SEED: u64 = 9;
+const P: usize = 16;
+
+/// Six agents on the complete graph, threshold 4, after phase 1.
+struct Setup {
+    params: SecAggParams,
+    cohort: Cohort,
+    clients: BTreeMap<u32, ClientSession>,
+    server: ServerSession,
+    broadcast: Vec<AdvertiseKeys>,
+    rng: ChaCha20Rng,
+}
+
+fn advertised(n: usize) -> Setup {
+    let params = SecAggParams { neighbours: 5, threshold: 4, clip: 1.0, quant_bits: 16, weight_cap: 10 };
+    let cohort = Cohort::new(n);
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let mut server = ServerSession::new(params.clone(), ROUND, &cohort.refs, GRAPH_SEED, P).unwrap();
+    let mut clients = BTreeMap::new();
+    for r in &cohort.refs {
+        let (c, adv) = ClientSession::new(
+            params.clone(),
+            ROUND,
+            r.index,
+            &cohort.refs,
+            GRAPH_SEED,
+            cohort.signer(r.index),
+            &mut rng,
+        )
+        .unwrap();
+        server.on_advertise(r.index, adv).unwrap();
+        clients.insert(r.index, c);
+    }
+    let broadcast = server.close_advertise().unwrap();
+    Setup { params, cohort, clients, server, broadcast, rng }
+}
+
+impl Setup {
+    fn shared(mut self) -> (Self, BTreeMap<u32, Vec<EncryptedShare>>) {
+        for (&i, c) in self.clients.iter_mut() {
+            let shares = c.on_keys(&self.broadcast, &self.cohort.table, &mut self.rng).unwrap();
+            self.server.on_shares(i, shares).unwrap();
+        }
+        let relayed = self.server.close_shares().unwrap();
+        (self, relayed)
+    }
+
+    fn masked(self) -> (Self, BTreeMap<u32, Vec<u32>>) {
+        let (mut s, relayed) = self.shared();
+        let mut uploads = BTreeMap::new();
+        for (&i, c) in s.clients.iter_mut() {
+            c.on_shares(&relayed[&i]).unwrap();
+            uploads.insert(i, c.masked_input(&[0.25; P], 5, &mut s.rng).unwrap());
+        }
+        (s, uploads)
+    }
+
+    fn agent(&self, pos: usize) -> u32 {
+        self.cohort.refs[pos].index
+    }
+}
+
+#[test]
+fn a_relay_that_swaps_an_agents_mask_key_is_caught_by_every_peer() {
+    let mut s = advertised(6);
+    let victim = s.agent(2);
+    let attacker_key = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([7u8; 32])).to_bytes();
+    s.broadcast.iter_mut().find(|a| a.from == victim).unwrap().mask_pk = attacker_key;
+    for (&i, c) in s.clients.iter_mut() {
+        let got = c.on_keys(&s.broadcast, &s.cohort.table, &mut s.rng);
+        let want = if i == victim { SecAggError::OwnKeysAltered } else { SecAggError::BadSignature(victim) };
+        assert_eq!(got.unwrap_err(), want, "agent {i}");
+    }
+}
+
+#[test]
+fn a_relay_that_re_signs_swapped_keys_with_another_agents_key_is_caught() {
+    let mut s = advertised(6);
+    let (victim, accomplice) = (s.agent(1), s.agent(4));
+    let entry = s.broadcast.iter_mut().find(|a| a.from == victim).unwrap();
+    entry.enc_pk = [9u8; 32];
+    use fedge_shared::secagg::KeySigner;
+    entry.signature = s.cohort.signer(accomplice).sign(&entry.signed_message()).unwrap();
+    let observer = s.agent(0);
+    let got = s.clients.get_mut(&observer).unwrap().on_keys(&s.broadcast, &s.cohort.table, &mut s.rng);
+    assert_eq!(got.unwrap_err(), SecAggError::BadSignature(victim));
+}
+
+#[test]
+fn advertised_keys_from_another_round_are_refused_by_server_and_peers() {
+    let mut s = advertised(6);
+    let mut stale = s.broadcast[0].clone();
+    stale.round = ROUND - 1;
+    let mut server = ServerSession::new(s.params.clone(), ROUND, &s.cohort.refs, GRAPH_SEED, P).unwrap();
+    assert_eq!(
+        server.on_advertise(stale.from, stale.clone()).unwrap_err(),
+        SecAggError::WrongRound { expected: ROUND, got: ROUND - 1 }
+    );
+    s.broadcast[0] = stale;
+    let observer = s.agent(3);
+    let got = s.clients.get_mut(&observer).unwrap().on_keys(&s.broadcast, &s.cohort.table, &mut s.rng);
+    assert!(matches!(got, Err(SecAggError::WrongRound { .. })));
+}
+
+#[test]
+fn advertised_keys_under_another_agents_name_are_refused_by_the_server() {
+    let s = advertised(6);
+    let mut server = ServerSession::new(s.params.clone(), ROUND, &s.cohort.refs, GRAPH_SEED, P).unwrap();
+    let msg = s.broadcast[0].clone();
+    let other = s.broadcast[1].from;
+    assert_eq!(
+        server.on_advertise(other, msg.clone()).unwrap_err(),
+        SecAggError::WrongSender { claimed: msg.from, actual: other }
+    );
+    assert_eq!(server.on_advertise(99_999, msg).unwrap_err(), SecAggError::UnknownAgent(99_999));
+}
+
+#[test]
+fn a_share_from_another_round_for_another_agent_or_tampered_is_refused() {
+    let (mut s, relayed) = advertised(6).shared();
+    let (a, b) = (s.agent(0), s.agent(1));
+    let mine = relayed[&a].clone();
+
+    let mut stale = mine.clone();
+    stale[0].round += 1;
+    let client = s.clients.get_mut(&a).unwrap();
+    assert!(matches!(client.on_shares(&stale), Err(SecAggError::WrongRound { .. })));
+
+    let theirs = relayed[&b].clone();
+    assert_eq!(client.on_shares(&theirs).unwrap_err(), SecAggError::WrongRecipient { addressed: b, actual: a });
+
+    let mut flipped = mine.clone();
+    flipped[0].ciphertext[3] ^= 1;
+    assert_eq!(client.on_shares(&flipped).unwrap_err(), SecAggError::Decrypt(flipped[0].from));
+
+    // Relabel the sender: the envelope key and associated data no longer match.
+    let mut relabelled = mine.clone();
+    let (x, y) = (relabelled[0].from, relabelled[1].from);
+    relabelled[0].from = y;
+    relabelled[1].from = x;
+    assert!(matches!(client.on_shares(&relabelled), Err(SecAggError::Decrypt(_))));
+
+    let mut doubled = mine.clone();
+    doubled.push(mine[0].clone());
+    assert_eq!(client.on_shares(&doubled).unwrap_err(), SecAggError::Duplicate(mine[0].from));
+
+    // After all these refusals, the genuine shares are still accepted.
+    client.on_shares(&mine).unwrap();
+}
+
+#[test]
+fn too_few_shares_are_refused_so_an_agent_never_masks_with_fewer_than_t_neighbours() {
+    let (mut s, relayed) = advertised(6).shared();
+    let a = s.agent(0);
+    let few: Vec<EncryptedShare> = relayed[&a].iter().take(3).cloned().collect();
+    assert_eq!(
+        s.clients.get_mut(&a).unwrap().on_shares(&few).unwrap_err(),
+        SecAggError::NotEnoughNeighbours { have: 3, need: 4 }
+    );
+}
+
+#[test]
+fn the_server_refuses_shares_of_another_round_or_sender() {
+    let mut s = advertised(6);
+    let a = s.agent(0);
+    let shares = s.clients.get_mut(&a).unwrap().on_keys(&s.broadcast, &s.cohort.table, &mut s.rng).unwrap();
+    let mut stale = shares.clone();
+    stale[0].round = ROUND + 1;
+    assert!(matches!(s.server.on_shares(a, stale), Err(SecAggError::WrongRound { .. })));
+    let b = s.agent(1);
+    assert!(matches!(s.server.on_shares(b, shares.clone()), Err(SecAggError::WrongSender { .. })));
+    let mut short = shares.clone();
+    short.pop();
+    assert!(matches!(s.server.on_shares(a, short), Err(SecAggError::Malformed(_))));
+    s.server.on_shares(a, shares).unwrap();
+}
+
+#[test]
+fn an_agent_asked_for_both_secrets_of_one_neighbour_refuses() {
+    let (mut s, uploads) = advertised(6).masked();
+    let survivors: Vec<u32> = uploads.keys().copied().collect();
+    let (me, other) = (survivors[0], survivors[1]);
+    let client = s.clients.get_mut(&me).unwrap();
+
+    let both = UnmaskRequest { round: ROUND, survivors: survivors.clone(), dropped: vec![other] };
+    assert!(matches!(client.on_unmask_request(&both), Err(SecAggError::InconsistentRequest(_))));
+
+    let missing = UnmaskRequest {
+        round: ROUND,
+        survivors: survivors.iter().copied().filter(|&a| a != other).collect(),
+        dropped: vec![],
+    };
+    assert!(matches!(client.on_unmask_request(&missing), Err(SecAggError::InconsistentRequest(_))));
+
+    let without_me = UnmaskRequest {
+        round: ROUND,
+        survivors: survivors.iter().copied().filter(|&a| a != me).collect(),
+        dropped: vec![me],
+    };
+    assert!(matches!(client.on_unmask_request(&without_me), Err(SecAggError::InconsistentRequest(_))));
+
+    let stale = UnmaskRequest { round: ROUND + 1, survivors: survivors.clone(), dropped: vec![] };
+    assert!(matches!(client.on_unmask_request(&stale), Err(SecAggError::WrongRound { .. })));
+
+    // The honest request is answered with seed shares only...
+    let honest = UnmaskRequest { round: ROUND, survivors: survivors.clone(), dropped: vec![] };
+    let resp = client.on_unmask_request(&honest).unwrap();
+    assert_eq!(resp.seed_shares.len(), 5);
+    assert!(resp.key_shares.is_empty());
+    // ...and a second request, now claiming a neighbour dropped to get its mask key, is refused.
+    let second = UnmaskRequest {
+        round: ROUND,
+        survivors: survivors.iter().copied().filter(|&a| a != other).collect(),
+        dropped: vec![other],
+    };
+    assert!(matches!(client.on_unmask_request(&second), Err(SecAggError::OutOfPhase { .. })));
+}
+
+#[test]
+fn the_server_refuses_uploads_and_unmask_answers_from_the_wrong_agent_or_round() {
+    let (mut s, uploads) = advertised(6).masked();
+    let ids: Vec<u32> = uploads.keys().copied().collect();
+    assert_eq!(s.server.fold_masked(12_345, 0, &uploads[&ids[0]]).unwrap_err(), SecAggError::UnknownAgent(12_345));
+    assert_eq!(s.server.fold_masked(ids[0], 0, &uploads[&ids[0]][..P]).err(), None);
+    assert_eq!(s.server.fold_masked(ids[0], 5, &uploads[&ids[0]][..3]).unwrap_err(), SecAggError::BadUpload(ids[0]));
+    s.server.abort_masked(ids[0]);
+    assert_eq!(s.server.fold_masked(ids[1], 0, &[0u32; P + 2]).unwrap_err(), SecAggError::BadUpload(ids[1]));
+    for (&i, v) in &uploads {
+        s.server.fold_masked(i, 0, v).unwrap();
+    }
+    assert_eq!(s.server.fold_masked(ids[2], 0, &uploads[&ids[2]]).unwrap_err(), SecAggError::Duplicate(ids[2]));
+    let req = s.server.close_masked().unwrap();
+    let mut resp = s.clients.get_mut(&ids[0]).unwrap().on_unmask_request(&req).unwrap();
+    resp.round += 1;
+    assert!(matches!(s.server.on_unmask(ids[0], resp.clone()), Err(SecAggError::WrongRound { .. })));
+    resp.round -= 1;
+    assert!(matches!(s.server.on_unmask(ids[1], resp.clone()), Err(SecAggError::WrongSender { .. })));
+    s.server.on_unmask(ids[0], resp).unwrap();
+}
+
+#[test]
+fn a_broken_upload_is_rolled_back_and_the_sum_of_the_others_stays_exact() {
+    let (mut s, relayed) = advertised(6).shared();
+    let mut plain = BTreeMap::new();
+    let mut uploads = BTreeMap::new();
+    for (&i, c) in s.clients.iter_mut() {
+        c.on_shares(&relayed[&i]).unwrap();
+        let q = QuantizedInput::new(&s.params, &[0.5; P], 7, &mut s.rng).unwrap();
+        plain.insert(i, q.as_slice().to_vec());
+        uploads.insert(i, c.mask(q).unwrap());
+    }
+    let ids: Vec<u32> = uploads.keys().copied().collect();
+    let broken = ids[0];
+    let half = uploads[&broken].len() / 2;
+    s.server.fold_masked(broken, 0, &uploads[&broken][..half]).unwrap();
+    // The stream breaks: finishing an incomplete upload is an error and discards it.
+    assert_eq!(s.server.finish_masked(broken).unwrap_err(), SecAggError::BadUpload(broken));
+    // Staging is bounded.
+    s.server.set_max_staged_uploads(1);
+    s.server.fold_masked(ids[1], 0, &uploads[&ids[1]][..2]).unwrap();
+    assert_eq!(s.server.fold_masked(ids[2], 0, &uploads[&ids[2]][..2]).unwrap_err(), SecAggError::TooManyUploads(1));
+    s.server.abort_masked(ids[1]);
+    for &i in &ids[1..] {
+        s.server.fold_masked(i, 0, &uploads[&i]).unwrap();
+        s.server.finish_masked(i).unwrap();
+    }
+    let req = s.server.close_masked().unwrap();
+    assert_eq!(req.dropped, vec![broken]);
+    for &i in &req.survivors {
+        let resp = s.clients.get_mut(&i).unwrap().on_unmask_request(&req).unwrap();
+        s.server.on_unmask(i, resp).unwrap();
+    }
+    let sum = s.server.finish_quantized().unwrap();
+    let mut expect = vec![0u32; P + 1];
+    for i in &ids[1..] {
+        expect.iter_mut().zip(&plain[i]).for_each(|(e, v)| *e = e.wrapping_add(*v));
+    }
+    assert_eq!(sum.values, expect);
+}
+
+#[test]
+fn calls_out_of_phase_are_refused() {
+    let mut s = advertised(6);
+    assert!(matches!(s.server.fold_masked(s.agent(0), 0, &[0; P + 1]), Err(SecAggError::OutOfPhase { .. })));
+    let a = s.agent(0);
+    let c = s.clients.get_mut(&a).unwrap();
+    assert!(matches!(c.masked_input(&[0.0; P], 1, &mut s.rng), Err(SecAggError::OutOfPhase { .. })));
+    assert!(matches!(c.on_shares(&[]), Err(SecAggError::OutOfPhase { .. })));
+}

@@ -1,0 +1,174 @@
+//! Test harness for secure aggregation: a cohort of agents with ECDSA P-256 certificate keys (ring), and a driver
+//! that runs one whole round between `ClientSession`s and a `ServerSession` in memory, with drop-outs at chosen
+//! phases, returning the server's output next to the plain sum of the survivors' quantized vectors.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
+
+use fedge_shared::secagg::{
+    AgentRef, ClientSession, EcdsaP256Signer, PeerKeyTable, QuantizedInput, QuantizedSum, SecAggError, SecAggParams,
+    ServerSession,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+/// ECDSA keys are slow to make; tests share one set.
+fn signers() -> &'static Vec<EcdsaP256Signer> {
+    static S: OnceLock<Vec<EcdsaP256Signer>> = OnceLock::new();
+    S.get_or_init(|| (0..128).map(|_| EcdsaP256Signer::generate().unwrap().0).collect())
+}
+
+/// A cohort of `n` agents with sparse, non-contiguous indices, their signers and the peers' key table.
+pub struct Cohort {
+    pub refs: Vec<AgentRef>,
+    pub table: PeerKeyTable,
+}
+
+impl Cohort {
+    pub fn new(n: usize) -> Self {
+        assert!(n <= signers().len());
+        let refs: Vec<AgentRef> =
+            (0..n).map(|i| AgentRef { index: 3 * i as u32 + 5, name: format!("agent-{i}") }).collect();
+        let mut table = PeerKeyTable::new();
+        for (i, r) in refs.iter().enumerate() {
+            table.insert(r.name.clone(), signers()[i].public_key());
+        }
+        Cohort { refs, table }
+    }
+
+    pub fn signer(&self, index: u32) -> &'static EcdsaP256Signer {
+        let pos = self.refs.iter().position(|r| r.index == index).unwrap();
+        &signers()[pos]
+    }
+
+    pub fn indices(&self) -> Vec<u32> {
+        self.refs.iter().map(|r| r.index).collect()
+    }
+}
+
+/// The phase after which an agent goes silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DropAt {
+    /// Never advertises keys.
+    Advertise,
+    /// Advertises keys, never sends shares.
+    Shares,
+    /// Sends shares, never uploads its masked input.
+    MaskedInput,
+    /// Uploads, never answers the unmask request.
+    Unmask,
+}
+
+/// The result of one round: the server's output and the plain sum of the quantized vectors of the survivors the
+/// server reported (or of nobody if the round aborted).
+pub struct Outcome {
+    pub result: Result<QuantizedSum, SecAggError>,
+    pub plain: BTreeMap<u32, Vec<u32>>,
+}
+
+impl Outcome {
+    pub fn expected_sum(&self, survivors: &[u32]) -> Vec<u32> {
+        let len = self.plain.values().next().map_or(0, Vec::len);
+        let mut sum = vec![0u32; len];
+        for s in survivors {
+            for (a, b) in sum.iter_mut().zip(&self.plain[s]) {
+                *a = a.wrapping_add(*b);
+            }
+        }
+        sum
+    }
+}
+
+/// An agent's delta for the tests: arbitrary values, some beyond the clip.
+pub fn delta_for(agent: u32, p: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ (u64::from(agent) << 32));
+    use rand::Rng;
+    (0..p).map(|_| rng.gen_range(-10.0f32..10.0)).collect()
+}
+
+/// Runs one round of `cohort` with deltas of `p` values; agents in `drops` go silent after the given phase. Every
+/// upload of an agent whose index is divisible by 4 is streamed in three chunks; the others in one piece.
+pub fn run_round(
+    params: &SecAggParams,
+    cohort: &Cohort,
+    p: usize,
+    drops: &BTreeMap<u32, DropAt>,
+    seed: u64,
+) -> Outcome {
+    let round = 7 + seed;
+    let graph_seed = seed.wrapping_mul(31) + 1;
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut server = ServerSession::new(params.clone(), round, &cohort.refs, graph_seed, p).unwrap();
+    let silent = |a: u32, phase: DropAt| drops.get(&a).is_some_and(|d| *d <= phase);
+    let mut plain = BTreeMap::new();
+
+    let mut clients = BTreeMap::new();
+    for r in &cohort.refs {
+        if silent(r.index, DropAt::Advertise) {
+            continue;
+        }
+        let (c, adv) = ClientSession::new(
+            params.clone(),
+            round,
+            r.index,
+            &cohort.refs,
+            graph_seed,
+            cohort.signer(r.index),
+            &mut rng,
+        )
+        .unwrap();
+        server.on_advertise(r.index, adv).unwrap();
+        clients.insert(r.index, c);
+    }
+    let broadcast = match server.close_advertise() {
+        Ok(b) => b,
+        Err(e) => return Outcome { result: Err(e), plain },
+    };
+    let in_u1: BTreeSet<u32> = broadcast.iter().map(|a| a.from).collect();
+    for (&i, c) in clients.iter_mut() {
+        if !in_u1.contains(&i) || silent(i, DropAt::Shares) {
+            continue;
+        }
+        let shares = c.on_keys(&broadcast, &cohort.table, &mut rng).unwrap();
+        server.on_shares(i, shares).unwrap();
+    }
+    let relayed = match server.close_shares() {
+        Ok(r) => r,
+        Err(e) => return Outcome { result: Err(e), plain },
+    };
+    for (&i, c) in clients.iter_mut() {
+        let Some(mine) = relayed.get(&i) else { continue };
+        c.on_shares(mine).unwrap();
+        if silent(i, DropAt::MaskedInput) {
+            continue;
+        }
+        let q = QuantizedInput::new(params, &delta_for(i, p, seed), u64::from(i) * 37 % 1500, &mut rng).unwrap();
+        plain.insert(i, q.as_slice().to_vec());
+        let masked = c.mask(q).unwrap();
+        assert_eq!(masked.len(), p + 1);
+        if i % 4 == 0 && masked.len() >= 3 {
+            let cut1 = masked.len() / 3;
+            let cut2 = 2 * masked.len() / 3;
+            server.fold_masked(i, 0, &masked[..cut1]).unwrap();
+            server.fold_masked(i, cut1, &masked[cut1..cut2]).unwrap();
+            server.fold_masked(i, cut2, &masked[cut2..]).unwrap();
+            server.finish_masked(i).unwrap();
+        } else {
+            server.fold_masked(i, 0, &masked).unwrap();
+            server.finish_masked(i).unwrap();
+        }
+    }
+    let request = match server.close_masked() {
+        Ok(r) => r,
+        Err(e) => return Outcome { result: Err(e), plain },
+    };
+    for &i in &request.survivors {
+        if silent(i, DropAt::Unmask) {
+            continue;
+        }
+        let resp = clients.get_mut(&i).unwrap().on_unmask_request(&request).unwrap();
+        server.on_unmask(i, resp).unwrap();
+    }
+    Outcome { result: server.finish_quantized(), plain }
+}
