@@ -321,21 +321,24 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
                 if args.json {
                     println!("{line}");
                 } else if let Some(b) = &bar {
-                    b.println(format!(
-                        "round {:>3}  agents {:>3}  train loss {:.4}  test accuracy {:>6.2}%  {:.2}s",
-                        r.round,
-                        r.reported.len(),
-                        r.metrics.mean_train_loss.unwrap_or(f32::NAN),
-                        r.metrics.test_accuracy.unwrap_or(f32::NAN) * 100.0,
-                        secs
-                    ));
+                    // suspend() prints whether or not the bar is drawn (it is not when stderr is no terminal).
+                    b.suspend(|| {
+                        println!(
+                            "round {:>3}  agents {:>3}  train loss {:.4}  test accuracy {:>6.2}%  {:.2}s",
+                            r.round,
+                            r.reported.len(),
+                            r.metrics.mean_train_loss.unwrap_or(f32::NAN),
+                            r.metrics.test_accuracy.unwrap_or(f32::NAN) * 100.0,
+                            secs
+                        )
+                    });
                     b.inc(1);
                 }
             }
             ServerEvent::RoundAborted(r) => {
                 aborted += 1;
                 if let Some(b) = &bar {
-                    b.println(format!("round {:>3}  aborted: {:?}", r.round, r.outcome));
+                    b.suspend(|| println!("round {:>3}  aborted: {:?}", r.round, r.outcome));
                 }
                 if aborted > args.rounds + 3 {
                     bail!("too many aborted rounds");

@@ -353,10 +353,14 @@ impl Core {
     }
 
     fn send(&self, agent: &str, m: Outbound) {
-        if let Some(c) = self.conns.get(agent)
-            && c.tx.try_send(m).is_err()
-        {
-            tracing::warn!(agent, "connection queue full or closed; the agent will be dropped if it misses the round");
+        if let Some(c) = self.conns.get(agent) {
+            match c.tx.try_send(m) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(agent, "connection queue full; the agent will be dropped if it misses the round")
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => tracing::debug!(agent, "connection already closed"),
+            }
         }
     }
 

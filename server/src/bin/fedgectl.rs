@@ -94,7 +94,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => {
-            fedge_server::logging::init(false);
+            // The demo shows its own progress; logs only for what goes wrong (RUST_LOG=info for everything).
+            fedge_server::logging::init_with_default(false, "warn");
             fedge_server::demo::run(args)
         }
     }
