@@ -39,11 +39,30 @@ pub struct ClientSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentEvent {
     Connected,
-    Disconnected { reason: String },
-    Refused { reason: String },
-    ModelReceived { version: u64 },
-    Trained { round: u64, examples: u64, train_loss: f32, holdout_accuracy: Option<f32> },
-    RoundEnded { round: u64, completed: bool },
+    Disconnected {
+        reason: String,
+    },
+    Refused {
+        reason: String,
+    },
+    ModelReceived {
+        version: u64,
+    },
+    Trained {
+        round: u64,
+        examples: u64,
+        train_loss: f32,
+        holdout_accuracy: Option<f32>,
+    },
+    RoundEnded {
+        round: u64,
+        completed: bool,
+    },
+    /// UDP bytes this connection has sent and received so far (reported at each round's end).
+    Traffic {
+        sent: u64,
+        received: u64,
+    },
 }
 
 /// An edge agent's connection loop.
@@ -235,6 +254,8 @@ impl Agent {
                         pending = None;
                     }
                     self.emit(AgentEvent::RoundEnded { round, completed });
+                    let stats = conn.stats();
+                    self.emit(AgentEvent::Traffic { sent: stats.udp_tx.bytes, received: stats.udp_rx.bytes });
                 }
                 Inbound::Control(ServerMessage::Bye { reason }) => bail!("server said goodbye: {reason}"),
                 Inbound::Blob(header, body) => self.take_blob(header, body).await?,

@@ -60,7 +60,7 @@ pub enum CoreMsg {
     Update { agent: AgentId, round: u64, examples: u64, train_loss: f32, delta: Vec<f32> },
     Abandon { agent: AgentId, round: u64, reason: String },
     Operator(Operator),
-    Committed { round: u64, result: Result<CommittedModel, String> },
+    Committed { round: u64, result: Result<Box<CommittedModel>, String> },
     Status(oneshot::Sender<Status>),
 }
 
@@ -476,12 +476,17 @@ impl Core {
                     let blob = weights_to_bytes(&new_weights);
                     record.new_version = Some(version);
                     record.outcome = Outcome::Completed;
-                    CommittedModel { version, record, digest: Digest::of(&blob), blob: Arc::new(blob) }
+                    Box::new(CommittedModel { version, record, digest: Digest::of(&blob), blob: Arc::new(blob) })
                 })
                 .map_err(|e| e.to_string());
             let _ = tx.blocking_send(CoreMsg::Committed { round, result });
         });
     }
+}
+
+/// The seed an agent receives for a round (the configured seed mixed with the round id).
+pub fn round_seed(plan: &RoundPlan) -> u64 {
+    plan.hyper.seed ^ plan.round.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// The plan as the agent receives it.
@@ -501,7 +506,7 @@ fn wire_plan(plan: &RoundPlan) -> protocol::RoundPlan {
                 crate::coordinator::OptimizerKind::Adam => "adam".into(),
             },
             prox_mu: (h.prox_mu > 0.0).then_some(h.prox_mu),
-            seed: h.seed ^ plan.round.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            seed: round_seed(plan),
         },
         deadline_ms: plan.deadline_ms,
     }

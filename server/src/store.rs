@@ -27,6 +27,9 @@ use std::path::Path;
 /// Largest record (model metadata, round record, agent record) the store decodes.
 const RECORD_LIMIT: usize = 64 * 1024 * 1024;
 
+/// sled's page cache.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
 const META_LATEST: &[u8] = b"latest_version";
 const META_NEXT_ROUND: &[u8] = b"next_round";
 const META_STRATEGY: &[u8] = b"strategy_state";
@@ -154,7 +157,8 @@ fn tx_meta_u64(meta: &TransactionalTree, k: &[u8]) -> Result<Option<u64>, Confli
 impl Store {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(path.as_ref()).open()?;
+        // sled's page cache defaults to 1 GiB; weights are read rarely (at start and per export), so keep it small.
+        let db = sled::Config::new().path(path.as_ref()).cache_capacity(CACHE_BYTES).open()?;
         Ok(Store {
             models: db.open_tree("models")?,
             weights: db.open_tree("weights")?,
