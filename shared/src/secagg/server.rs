@@ -213,7 +213,7 @@ impl ServerSession {
             return Err(SecAggError::UnknownAgent(agent));
         }
         if !set.contains(&agent) {
-            return Err(SecAggError::Abort(format!("agent {agent} is no longer part of this round")));
+            return Err(SecAggError::NotParticipating(agent));
         }
         Ok(())
     }
