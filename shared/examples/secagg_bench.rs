@@ -1,7 +1,7 @@
 //! Benchmark of secure aggregation (SecAgg+): per-agent compute and bytes sent, server folding and unmasking time
 //! with 0% and 10% drop-outs, and the mask expansion rate, for cohorts of n agents and deltas of P values.
 //!
-//! Run: `cargo run --release -p fedge-shared --example secagg_bench [-- --quick] [-- --n 10,50 --p 100000]`
+//! Run: `cargo run --release -p fedge-shared --example secagg_bench [-- --quick | --n 10,50 --p 100000 --threads 2]`
 //!
 //! Every agent runs the whole protocol in this one process (ECDSA-signed keys, encrypted Shamir shares, a real
 //! quantized and masked delta, unmask answers), one after the other; the per-agent figures are averages over the
@@ -35,13 +35,22 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// One round with `drop` agents silent after sharing keys.
-fn round(n: usize, p: usize, drop: usize, signers: &[EcdsaP256Signer], table: &PeerKeyTable, seed: u64) -> Figures {
+fn round(
+    n: usize,
+    p: usize,
+    drop: usize,
+    threads: usize,
+    signers: &[EcdsaP256Signer],
+    table: &PeerKeyTable,
+    seed: u64,
+) -> Figures {
     let params = SecAggParams::default_for(n);
     let refs: Vec<AgentRef> = (0..n as u32).map(|i| AgentRef { index: i, name: format!("agent-{i}") }).collect();
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let round_id = 1;
     let graph_seed = seed;
     let mut server = ServerSession::new(params.clone(), round_id, &refs, graph_seed, p).expect("valid parameters");
+    server.set_unmask_threads(threads);
     let mut clients = Vec::with_capacity(n);
     let mut key_time = vec![Duration::ZERO; n];
     let mut sent = vec![0usize; n];
@@ -152,6 +161,8 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let ns = list(&args, "--n").unwrap_or(if quick { vec![10, 50] } else { vec![10, 50, 100, 500] });
     let ps = list(&args, "--p").unwrap_or(if quick { vec![10_000] } else { vec![100_000, 1_000_000] });
+    let threads = list(&args, "--threads").and_then(|t| t.first().copied()).unwrap_or(1);
+    println!("server unmasking threads: {threads}");
     let max_n = ns.iter().copied().max().unwrap_or(0);
     let signers: Vec<EcdsaP256Signer> = (0..max_n).map(|_| EcdsaP256Signer::generate().expect("keygen").0).collect();
     let mut table = PeerKeyTable::new();
@@ -174,7 +185,7 @@ fn main() {
     for &p in &ps {
         for &n in &ns {
             for drop in [0, n / 10] {
-                let f = round(n, p, drop, &signers, &table, 17 + n as u64);
+                let f = round(n, p, drop, threads, &signers, &table, 17 + n as u64);
                 println!(
                     "| {} | {} | {} | {} | {:.2} | {:.1} | {:.3} | {:.0} | {:.4} | {:.2} | {} ({}%) | {:.1} |",
                     f.n,

@@ -256,6 +256,23 @@ fn the_server_refuses_uploads_and_unmask_answers_from_the_wrong_agent_or_round()
 }
 
 #[test]
+fn an_upload_from_an_agent_that_did_not_share_keys_is_refused() {
+    let mut s = advertised(6);
+    let late = s.agent(5);
+    for (&i, c) in s.clients.iter_mut() {
+        let shares = c.on_keys(&s.broadcast, &s.cohort.table, &mut s.rng).unwrap();
+        if i != late {
+            s.server.on_shares(i, shares).unwrap();
+        }
+    }
+    let relayed = s.server.close_shares().unwrap();
+    assert!(!relayed.contains_key(&late));
+    assert_eq!(s.server.fold_masked(late, 0, &[0; P + 1]).unwrap_err(), SecAggError::NotParticipating(late));
+    // And its late shares are refused too.
+    assert!(matches!(s.server.on_shares(late, vec![]), Err(SecAggError::OutOfPhase { .. })));
+}
+
+#[test]
 fn a_broken_upload_is_rolled_back_and_the_sum_of_the_others_stays_exact() {
     let (mut s, relayed) = advertised(6).shared();
     let mut plain = BTreeMap::new();

@@ -15,6 +15,8 @@ pub enum SecAggError {
     WrongSender { claimed: u32, actual: u32 },
     #[error("message addressed to {addressed} delivered to {actual}")]
     WrongRecipient { addressed: u32, actual: u32 },
+    #[error("agent {0} is no longer taking part in this round")]
+    NotParticipating(u32),
     #[error("agent {peer} is not a neighbour of agent {agent}")]
     NotNeighbour { agent: u32, peer: u32 },
     #[error("duplicate message or entry for agent {0}")]

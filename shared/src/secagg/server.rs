@@ -17,7 +17,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::graph::NeighbourGraph;
 use super::messages::{AdvertiseKeys, AgentRef, EncryptedShare, RevealedShare, UnmaskRequest, UnmaskResponse};
-use super::prg::{MaskSign, apply_masks};
+use super::prg::{MaskSign, apply_masks_parallel};
 use super::quant::dequantize_sum;
 use super::shamir::{self, ShareValue};
 use super::{SecAggError, SecAggParams, kdf};
@@ -90,6 +90,7 @@ pub struct ServerSession {
     delta_len: usize,
     phase: Phase,
     max_staged: usize,
+    unmask_threads: usize,
     /// Advertised keys; after `close_advertise` only U1's, after `close_shares` only U2's.
     keys: BTreeMap<u32, AdvertiseKeys>,
     u1: BTreeSet<u32>,
@@ -141,6 +142,7 @@ impl ServerSession {
             delta_len,
             phase: Phase::Advertise,
             max_staged: DEFAULT_MAX_STAGED_UPLOADS,
+            unmask_threads: 1,
             keys: BTreeMap::new(),
             u1: BTreeSet::new(),
             shares_in: BTreeMap::new(),
@@ -158,6 +160,11 @@ impl ServerSession {
     /// Sets how many uploads may be staged at once (each costs one vector of memory while it streams in).
     pub fn set_max_staged_uploads(&mut self, n: usize) {
         self.max_staged = n.max(1);
+    }
+
+    /// Sets how many threads remove the masks in [`Self::finish`] (default 1; the result is the same).
+    pub fn set_unmask_threads(&mut self, n: usize) {
+        self.unmask_threads = n.max(1);
     }
 
     /// The round's parameters.
@@ -206,7 +213,7 @@ impl ServerSession {
             return Err(SecAggError::UnknownAgent(agent));
         }
         if !set.contains(&agent) {
-            return Err(SecAggError::Abort(format!("agent {agent} is no longer part of this round")));
+            return Err(SecAggError::NotParticipating(agent));
         }
         Ok(())
     }
@@ -469,7 +476,7 @@ impl ServerSession {
             }
         }
         // All masks come off in one pass over the sum.
-        apply_masks(&masks, &mut self.sum.0);
+        apply_masks_parallel(&masks, &mut self.sum.0, self.unmask_threads);
         Ok(QuantizedSum { survivors, values: std::mem::take(&mut self.sum.0) })
     }
 

@@ -100,6 +100,7 @@ pub fn run_round(
     let graph_seed = seed.wrapping_mul(31) + 1;
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let mut server = ServerSession::new(params.clone(), round, &cohort.refs, graph_seed, p).unwrap();
+    server.set_unmask_threads(1 + (seed % 3) as usize);
     let silent = |a: u32, phase: DropAt| drops.get(&a).is_some_and(|d| *d <= phase);
     let mut plain = BTreeMap::new();
 
