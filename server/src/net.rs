@@ -218,7 +218,7 @@ async fn serve_agent(
                     Some(Outbound::Blob(header, body)) => {
                         let conn = conn.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = wire::send_blob(&conn, &header, &body).await {
+                            if let Err(e) = wire::send_blob_shared(&conn, &header, wire::shared_bytes(body)).await {
                                 tracing::debug!(error = %e, "blob send failed");
                             }
                         });

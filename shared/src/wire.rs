@@ -69,6 +69,31 @@ pub async fn send_blob(conn: &quinn::Connection, header: &BlobHeader, body: &[u8
     Ok(())
 }
 
+/// Sends a blob whose body is shared (e.g. one version's weights going to every agent): quinn keeps a reference to
+/// the bytes until they are acknowledged instead of copying them into each connection's send buffer.
+pub async fn send_blob_shared(
+    conn: &quinn::Connection,
+    header: &BlobHeader,
+    body: bytes::Bytes,
+) -> Result<(), WireError> {
+    let mut send = conn.open_uni().await?;
+    write_msg(&mut send, header, limits::BLOB_HEADER).await?;
+    send.write_chunk(body).await.map_err(|e| WireError::Write(e.to_string()))?;
+    send.finish().map_err(|e| WireError::Write(e.to_string()))?;
+    Ok(())
+}
+
+/// A `Bytes` view of shared bytes, without copying them.
+pub fn shared_bytes(bytes: std::sync::Arc<Vec<u8>>) -> bytes::Bytes {
+    struct Shared(std::sync::Arc<Vec<u8>>);
+    impl AsRef<[u8]> for Shared {
+        fn as_ref(&self) -> &[u8] {
+            self.0.as_slice()
+        }
+    }
+    bytes::Bytes::from_owner(Shared(bytes))
+}
+
 /// Reads a blob's header from a freshly accepted unidirectional stream.
 pub async fn read_blob_header(recv: &mut quinn::RecvStream) -> Result<BlobHeader, WireError> {
     let header: BlobHeader = read_msg(recv, limits::BLOB_HEADER).await?.ok_or(WireError::Truncated)?;
