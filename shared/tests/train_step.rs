@@ -3,7 +3,7 @@
 mod engine_support;
 
 use engine_support::*;
-use fedge_shared::train::{Labels, Loss, Predictor, TrainError, TrainStep, TrainableModel};
+use fedge_shared::train::{Labels, Loss, Precision, Predictor, TrainError, TrainStep, TrainableModel};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -159,4 +159,72 @@ fn exported_weights_round_trip_through_a_fresh_parse() {
     let again = TrainableModel::from_onnx_bytes(&bytes).unwrap();
     assert_eq!(again.initial_weights(), w);
     assert!(model.export_with_weights(&w[1..]).is_err());
+}
+
+#[test]
+fn the_cnn_trains_with_plain_sgd() {
+    let model = TrainableModel::from_onnx_bytes(&cnn(21)).unwrap();
+    assert_eq!(model.output_len(), 10);
+    let mut rng = ChaCha8Rng::seed_from_u64(22);
+    // Four classes of noisy images: a bright quadrant per class.
+    let n = 8;
+    let mut x = vec![0.0f32; n * 784];
+    let mut labels = vec![];
+    for i in 0..n {
+        let class = (i % 4) as u32;
+        labels.push(class);
+        for r in 0..28 {
+            for c in 0..28 {
+                let quadrant = (r / 14) * 2 + c / 14;
+                let base = if quadrant == class as usize { 1.0 } else { 0.0 };
+                x[i * 784 + r * 28 + c] = base + rng.gen_range(-0.2..0.2f32);
+            }
+        }
+    }
+    let mut step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, n).unwrap();
+    let mut w = model.initial_weights();
+    let mut g = vec![0.0; w.len()];
+    let first = step.run(&w, &x, Labels::Classes(&labels), 0, &mut g).unwrap();
+    let mut last = first;
+    for _ in 0..8 {
+        for (wi, gi) in w.iter_mut().zip(&g) {
+            *wi -= 0.05 * gi;
+        }
+        last = step.run(&w, &x, Labels::Classes(&labels), 0, &mut g).unwrap();
+    }
+    assert!(last < 0.5 * first, "loss went from {first} to {last}");
+}
+
+#[test]
+fn f32_training_graphs_agree_with_their_f64_verification_twins() {
+    // A model using the ops whose f32 and f64 forms differ (Gemm with C, Sigmoid, LeakyRelu, BatchNormalization)
+    // plus convolution and pooling.
+    let mut b = ModelBuilder::new(&[2, 6, 6], 31);
+    let w = b.init_random("cw", &[3, 2, 3, 3], 0.5);
+    let c = b.node("Conv", &["x", &w], vec![attr_ints("pads", &[1, 1, 1, 1])]);
+    let scale = b.init_random("s", &[3], 1.0);
+    let bias = b.init_random("bb", &[3], 0.5);
+    let mean = b.init("m", &[3], &[0.1, -0.2, 0.0]);
+    let var = b.init("v", &[3], &[1.0, 0.5, 2.0]);
+    let c = b.node("BatchNormalization", &[&c, &scale, &bias, &mean, &var], vec![]);
+    let c = b.node("LeakyRelu", &[&c], vec![attr_f("alpha", 0.1)]);
+    let c = b.node("MaxPool", &[&c], vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])]);
+    let f = b.node("Flatten", &[&c], vec![]);
+    let h = b.dense(&f, 27, 8);
+    let h = b.node("Sigmoid", &[&h], vec![]);
+    let y = b.dense(&h, 8, 4);
+    let model = TrainableModel::from_onnx_bytes(&b.build(&y)).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(32);
+    let x = random_vec(&mut rng, 3 * 72, 1.0);
+    let w = model.initial_weights();
+    let mut g32 = vec![0.0; w.len()];
+    let mut g64 = vec![0.0; w.len()];
+    let mut s32 = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, 3).unwrap();
+    let mut s64 = TrainStep::with_precision(&model, Loss::SoftmaxCrossEntropy, 3, Precision::F64).unwrap();
+    let l32 = s32.run(&w, &x, Labels::Classes(&[0, 3, 1]), 0, &mut g32).unwrap();
+    let l64 = s64.run_precise(&w, &x, Labels::Classes(&[0, 3, 1]), 0, &mut g64).unwrap();
+    assert!((l32 as f64 - l64).abs() < 1e-5 * l64.abs().max(1.0));
+    let norm = g64.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let diff = g32.iter().zip(&g64).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
+    assert!(diff < 1e-5 * norm, "difference {diff} for a gradient of norm {norm}");
 }

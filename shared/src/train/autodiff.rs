@@ -8,7 +8,8 @@ use std::collections::HashMap;
 
 use tract_onnx::pb::{GraphProto, ModelProto, OperatorSetIdProto, tensor_proto::DataType};
 
-use super::emit::{Emitter, OPSET};
+use super::custom_op;
+use super::emit::{Emitter, OPSET, Precision};
 use super::error::TrainError;
 use super::forward::{MaskInput, Mode, emit_forward};
 use super::grad::{self, Ctx};
@@ -26,7 +27,10 @@ pub struct StepGraph {
 fn model_of(graph: GraphProto) -> ModelProto {
     ModelProto {
         ir_version: 8,
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        opset_import: vec![
+            OperatorSetIdProto { domain: String::new(), version: OPSET },
+            OperatorSetIdProto { domain: custom_op::DOMAIN.into(), version: 1 },
+        ],
         producer_name: "fedge".into(),
         graph: Some(graph),
         ..Default::default()
@@ -47,8 +51,9 @@ pub fn build_step(
     loss: Loss,
     n: usize,
     c: usize,
+    precision: Precision,
 ) -> Result<StepGraph, TrainError> {
-    let mut e = Emitter::default();
+    let mut e = Emitter::new(precision);
     let masks = emit_forward(&mut e, g, Mode::Train)?;
     let out_shape = g.shapes.get(&g.output).cloned().unwrap_or_default();
     if out_shape.iter().product::<usize>() != n * c {
@@ -76,7 +81,8 @@ pub fn build_step(
             }
         }
     }
-    let mut outputs = vec![value_info(LOSS, DataType::Float, &[])];
+    let ft = e.precision.data_type();
+    let mut outputs = vec![value_info(LOSS, ft, &[])];
     for (i, (name, shape)) in params.iter().enumerate() {
         let out = grad_name(i);
         match grads.remove(name) {
@@ -90,12 +96,12 @@ pub fn build_step(
                 e.op_into("Identity", &[&zeros], &[&out], vec![]);
             }
         }
-        outputs.push(value_info(&out, DataType::Float, shape));
+        outputs.push(value_info(&out, ft, shape));
     }
     let data_shape = g.shapes.get(data).cloned().unwrap_or_default();
-    let mut inputs = vec![value_info(data, DataType::Float, &data_shape), value_info(LABELS, DataType::Float, &[n, c])];
-    inputs.extend(params.iter().map(|(name, shape)| value_info(name, DataType::Float, shape)));
-    inputs.extend(masks.iter().map(|m| value_info(&m.name, DataType::Float, &m.shape)));
+    let mut inputs = vec![value_info(data, ft, &data_shape), value_info(LABELS, ft, &[n, c])];
+    inputs.extend(params.iter().map(|(name, shape)| value_info(name, ft, shape)));
+    inputs.extend(masks.iter().map(|m| value_info(&m.name, ft, &m.shape)));
     let graph = GraphProto {
         name: "fedge-train-step".into(),
         node: e.nodes,

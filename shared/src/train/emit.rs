@@ -3,22 +3,51 @@
 //!
 //! It only appends protobuf nodes; it never decides what to differentiate and never runs anything.
 
-use tract_onnx::pb::{AttributeProto, NodeProto, TensorProto};
+use tract_onnx::pb::{AttributeProto, NodeProto, TensorProto, tensor_proto::DataType};
 
-use super::proto::{attr_i, attr_ints, f32_tensor, i64_tensor, node};
+use super::proto::{Data, attr_i, attr_ints, data_tensor, i64_tensor, node};
 
 /// The opset every emitted graph declares.
 pub const OPSET: i64 = 13;
+
+/// Floating-point precision of an emitted graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    /// f32: what devices train with.
+    #[default]
+    F32,
+    /// f64 everywhere: slower, for verifying gradients against finite differences.
+    F64,
+}
+
+impl Precision {
+    pub fn data_type(self) -> DataType {
+        match self {
+            Precision::F32 => DataType::Float,
+            Precision::F64 => DataType::Double,
+        }
+    }
+}
 
 /// Accumulates nodes and initializers with fresh, collision-free tensor names.
 #[derive(Default)]
 pub struct Emitter {
     pub nodes: Vec<NodeProto>,
     pub inits: Vec<TensorProto>,
+    pub precision: Precision,
     counter: usize,
 }
 
 impl Emitter {
+    pub fn new(precision: Precision) -> Self {
+        Emitter { precision, ..Default::default() }
+    }
+
+    /// A named constant in the graph's float precision.
+    pub fn named_const(&mut self, name: &str, shape: &[usize], data: &Data) {
+        self.inits.push(data_tensor(name, shape, data, self.precision.data_type()));
+    }
+
     pub fn fresh(&mut self, hint: &str) -> String {
         self.counter += 1;
         format!("__fedge/{hint}/{}", self.counter)
@@ -39,7 +68,7 @@ impl Emitter {
 
     pub fn const_f(&mut self, shape: &[usize], data: &[f32]) -> String {
         let name = self.fresh("const");
-        self.inits.push(f32_tensor(&name, shape, data));
+        self.inits.push(data_tensor(&name, shape, &Data::F(data.to_vec()), self.precision.data_type()));
         name
     }
 

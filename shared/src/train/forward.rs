@@ -3,10 +3,11 @@
 //!
 //! It writes nodes only; it never differentiates and never runs anything.
 
-use super::emit::Emitter;
+use super::emit::{Emitter, Precision};
 use super::error::TrainError;
+use super::grad::indices_name;
 use super::graph::{DNode, Graph, Op};
-use super::proto::{attr_f, attr_i, attr_ints, data_tensor};
+use super::proto::{attr_f, attr_i, attr_ints};
 
 /// Whether dropout is live (training) or identity (inference).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,13 +34,14 @@ pub fn emit_forward(e: &mut Emitter, g: &Graph, mode: Mode) -> Result<Vec<MaskIn
             if let Some((shape, data)) = g.consts.get(i)
                 && emitted.insert(i.clone())
             {
-                e.inits.push(data_tensor(i, shape, data));
+                e.named_const(i, shape, data);
             }
         }
     }
     let mut masks = vec![];
     for n in &g.nodes {
-        emit_node(e, n, mode, &mut masks)?;
+        let with_indices = mode == Mode::Train && g.requires_grad.contains(&n.inputs[0]);
+        emit_node(e, g, n, mode, with_indices, &mut masks)?;
     }
     Ok(masks)
 }
@@ -52,10 +54,43 @@ fn pads(p: &[(usize, usize)]) -> Vec<i64> {
     p.iter().map(|x| x.0 as i64).chain(p.iter().map(|x| x.1 as i64)).collect()
 }
 
-fn emit_node(e: &mut Emitter, n: &DNode, mode: Mode, masks: &mut Vec<MaskInput>) -> Result<(), TrainError> {
+/// `with_indices`: a MaxPool also outputs its argmax indices for the backward pass.
+fn emit_node(
+    e: &mut Emitter,
+    g: &Graph,
+    n: &DNode,
+    mode: Mode,
+    with_indices: bool,
+    masks: &mut Vec<MaskInput>,
+) -> Result<(), TrainError> {
     let ins: Vec<&str> = n.inputs.iter().map(|s| s.as_str()).collect();
     let out = [n.output.as_str()];
+    let wide = e.precision == Precision::F64;
     match &n.op {
+        // tract 0.22 runs Sigmoid and LeakyRelu in f32 only, and Gemm's beta·C in f32 only: in f64 graphs (for
+        // verification) they are written out with elementary ops.
+        Op::Sigmoid if wide => {
+            let one = e.scalar(1.0);
+            let neg = e.op("Neg", &ins, vec![]);
+            let ex = e.op("Exp", &[&neg], vec![]);
+            let den = e.op("Add", &[&one, &ex], vec![]);
+            e.op_into("Div", &[&one, &den], &out, vec![]);
+        }
+        Op::LeakyRelu { alpha } if wide => {
+            let zero = e.scalar(0.0);
+            let pos = e.op("Greater", &[ins[0], &zero], vec![]);
+            let neg = e.scale(ins[0], *alpha);
+            e.op_into("Where", &[&pos, ins[0], &neg], &out, vec![]);
+        }
+        Op::Gemm { alpha, beta, trans_a, trans_b } if wide && ins.len() == 3 => {
+            let ab = e.op(
+                "Gemm",
+                &ins[..2],
+                vec![attr_f("alpha", *alpha), attr_i("transA", *trans_a as i64), attr_i("transB", *trans_b as i64)],
+            );
+            let c = e.scale(ins[2], *beta);
+            e.op_into("Add", &[&ab, &c], &out, vec![]);
+        }
         Op::Gemm { alpha, beta, trans_a, trans_b } => e.op_into(
             "Gemm",
             &ins,
@@ -101,7 +136,10 @@ fn emit_node(e: &mut Emitter, n: &DNode, mode: Mode, masks: &mut Vec<MaskInput>)
         Op::MaxPool(p) => e.op_into(
             "MaxPool",
             &ins,
-            &out,
+            &if with_indices { vec![n.output.clone(), indices_name(&n.output)] } else { vec![n.output.clone()] }
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>(),
             vec![
                 attr_ints("kernel_shape", &ints(&p.kernel)),
                 attr_ints("strides", &ints(&p.strides)),
@@ -130,7 +168,31 @@ fn emit_node(e: &mut Emitter, n: &DNode, mode: Mode, masks: &mut Vec<MaskInput>)
             }
         }
         Op::BatchNorm { epsilon } => {
-            e.op_into("BatchNormalization", &ins, &out, vec![attr_f("epsilon", *epsilon)]);
+            if ins[1..].iter().all(|i| g.consts.contains_key(*i)) {
+                e.op_into("BatchNormalization", &ins, &out, vec![attr_f("epsilon", *epsilon)]);
+            } else {
+                // tract's BatchNormalization needs constant parameters: trainable scale or bias are written out as
+                // y = x * a + (bias - mean * a), a = scale / sqrt(var + eps).
+                let konst = |i: usize| -> Result<Vec<f32>, TrainError> {
+                    g.consts.get(ins[i]).map(|(_, d)| d.as_f32()).ok_or_else(|| {
+                        TrainError::invalid(format!("node {}: running statistics must be constants", n.name))
+                    })
+                };
+                let (mean, var) = (konst(3)?, konst(4)?);
+                let c = mean.len();
+                let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + epsilon).sqrt()).collect();
+                let mut bshape = vec![1; n.out_shape.len()];
+                bshape[1] = c;
+                let inv = e.const_f(&[c], &inv_std);
+                let a = e.op("Mul", &[ins[1], &inv], vec![]);
+                let m = e.const_f(&[c], &mean);
+                let ma = e.op("Mul", &[&m, &a], vec![]);
+                let shift = e.op("Sub", &[ins[2], &ma], vec![]);
+                let a = e.reshape(&a, &bshape);
+                let shift = e.reshape(&shift, &bshape);
+                let xa = e.op("Mul", &[ins[0], &a], vec![]);
+                e.op_into("Add", &[&xa, &shift], &out, vec![]);
+            }
         }
     }
     Ok(())

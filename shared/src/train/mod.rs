@@ -14,6 +14,7 @@ pub mod optimizer;
 
 // The training engine: ONNX reverse-mode differentiation and the tract runner.
 mod autodiff;
+mod custom_op;
 mod emit;
 mod error;
 mod forward;
@@ -27,6 +28,7 @@ mod shapes;
 mod step;
 mod trainable;
 
+pub use emit::Precision;
 pub use error::TrainError;
 pub use loss::{Labels, Loss};
 pub use predictor::Predictor;

@@ -2,17 +2,31 @@
 //!
 //! The only place that talks to tract. It never builds graphs and never interprets results.
 
+use std::sync::OnceLock;
+
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 
+use super::custom_op;
+use super::emit::Precision;
 use super::error::TrainError;
 
 /// An optimised tract plan.
 pub type Plan = TypedRunnableModel<TypedModel>;
 
+/// tract's ONNX loader with fedge's own operator registered.
+fn loader() -> &'static tract_onnx::Onnx {
+    static LOADER: OnceLock<tract_onnx::Onnx> = OnceLock::new();
+    LOADER.get_or_init(|| {
+        let mut onnx = tract_onnx::onnx();
+        onnx.op_register.insert(custom_op::MAX_POOL_GRAD, custom_op::load);
+        onnx
+    })
+}
+
 /// Loads and optimises a model whose inputs all have concrete shapes.
 pub fn compile(model: &ModelProto) -> Result<Plan, TrainError> {
-    tract_onnx::onnx()
+    loader()
         .model_for_proto_model(model)
         .and_then(|m| m.into_optimized())
         .and_then(|m| m.into_runnable())
@@ -22,6 +36,41 @@ pub fn compile(model: &ModelProto) -> Result<Plan, TrainError> {
 /// A float tensor of `shape` from a buffer of exactly that many values.
 pub fn tensor(shape: &[usize], data: &[f32]) -> Result<TValue, TrainError> {
     Tensor::from_shape(shape, data).map(|t| t.into_tvalue()).map_err(TrainError::tract)
+}
+
+/// A float tensor in the graph's precision.
+pub fn tensor_in(shape: &[usize], data: &[f32], precision: Precision) -> Result<TValue, TrainError> {
+    match precision {
+        Precision::F32 => tensor(shape, data),
+        Precision::F64 => {
+            let wide: Vec<f64> = data.iter().map(|x| *x as f64).collect();
+            Tensor::from_shape(shape, &wide).map(|t| t.into_tvalue()).map_err(TrainError::tract)
+        }
+    }
+}
+
+/// Copies a float output of either precision into `out` (which must have the same length).
+pub fn copy_out(v: &TValue, out: &mut [f32]) -> Result<(), TrainError> {
+    let n = v.len();
+    if n != out.len() {
+        return Err(TrainError::Tract(format!("output has {n} values, expected {}", out.len())));
+    }
+    if let Ok(s) = v.as_slice::<f64>() {
+        for (o, x) in out.iter_mut().zip(s) {
+            *o = *x as f32;
+        }
+        return Ok(());
+    }
+    out.copy_from_slice(values(v)?);
+    Ok(())
+}
+
+/// A scalar float output of either precision.
+pub fn scalar_out(v: &TValue) -> Result<f64, TrainError> {
+    if let Ok(x) = v.to_scalar::<f64>() {
+        return Ok(*x);
+    }
+    v.to_scalar::<f32>().map(|x| *x as f64).map_err(TrainError::tract)
 }
 
 /// The values of a float output.

@@ -107,6 +107,16 @@ pub fn f32_tensor(name: &str, shape: &[usize], data: &[f32]) -> TensorProto {
     }
 }
 
+pub fn f64_tensor(name: &str, shape: &[usize], data: &[f32]) -> TensorProto {
+    TensorProto {
+        name: name.to_string(),
+        dims: shape.iter().map(|d| *d as i64).collect(),
+        data_type: DataType::Double as i32,
+        raw_data: data.iter().flat_map(|x| (*x as f64).to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
 pub fn i64_tensor(name: &str, shape: &[usize], data: &[i64]) -> TensorProto {
     TensorProto {
         name: name.to_string(),
@@ -117,8 +127,10 @@ pub fn i64_tensor(name: &str, shape: &[usize], data: &[i64]) -> TensorProto {
     }
 }
 
-pub fn data_tensor(name: &str, shape: &[usize], data: &Data) -> TensorProto {
+/// A constant tensor; floats stored as `float_type` (Float or Double).
+pub fn data_tensor(name: &str, shape: &[usize], data: &Data, float_type: DataType) -> TensorProto {
     match data {
+        Data::F(v) if float_type == DataType::Double => f64_tensor(name, shape, v),
         Data::F(v) => f32_tensor(name, shape, v),
         Data::I(v) => i64_tensor(name, shape, v),
     }

@@ -9,10 +9,11 @@ use rand_chacha::ChaCha8Rng;
 use tract_onnx::prelude::*;
 
 use super::autodiff::build_step;
+use super::emit::Precision;
 use super::error::TrainError;
 use super::forward::MaskInput;
 use super::loss::{Labels, Loss, label_tensor};
-use super::plan::{Plan, compile, tensor, values};
+use super::plan::{Plan, compile, copy_out, scalar_out, tensor_in};
 use super::trainable::TrainableModel;
 
 /// How many plans (batch sizes) a step keeps before dropping the least recently built one.
@@ -29,6 +30,7 @@ pub struct TrainStep {
     model: TrainableModel,
     loss: Loss,
     batch: usize,
+    precision: Precision,
     plans: Vec<SizedPlan>,
 }
 
@@ -41,10 +43,22 @@ impl std::fmt::Debug for TrainStep {
 impl TrainStep {
     /// Builds and optimises the training step for batches of `batch` examples.
     pub fn new(model: &TrainableModel, loss: Loss, batch: usize) -> Result<Self, TrainError> {
+        Self::with_precision(model, loss, batch, Precision::F32)
+    }
+
+    /// Like [`Self::new`], computing in `precision` inside the graph (weights, data and gradients stay f32 at the
+    /// interface). [`Precision::F64`] is for verification: slower, but its loss is exact enough for finite
+    /// differences.
+    pub fn with_precision(
+        model: &TrainableModel,
+        loss: Loss,
+        batch: usize,
+        precision: Precision,
+    ) -> Result<Self, TrainError> {
         if batch == 0 {
             return Err(TrainError::shape("the batch size must be at least 1"));
         }
-        let mut step = TrainStep { model: model.clone(), loss, batch, plans: vec![] };
+        let mut step = TrainStep { model: model.clone(), loss, batch, precision, plans: vec![] };
         let plan = step.build(batch)?;
         step.plans.push(plan);
         Ok(step)
@@ -56,8 +70,15 @@ impl TrainStep {
 
     fn build(&self, n: usize) -> Result<SizedPlan, TrainError> {
         let g = self.model.resolve(n, None)?;
-        let sg =
-            build_step(&g, self.model.input_name(), &self.model.param_shapes(), self.loss, n, self.model.output_len())?;
+        let sg = build_step(
+            &g,
+            self.model.input_name(),
+            &self.model.param_shapes(),
+            self.loss,
+            n,
+            self.model.output_len(),
+            self.precision,
+        )?;
         let plan = compile(&sg.model)?;
         Ok(SizedPlan { n, plan, masks: sg.masks })
     }
@@ -79,7 +100,8 @@ impl TrainStep {
     }
 
     /// Runs one step on `n = x.len() / input_len` examples (1 ≤ n ≤ batch): returns the mean loss over them and
-    /// writes d(mean loss)/d(weights) into `grads`, in [`TrainableModel::params`] order.
+    /// writes d(mean loss)/d(weights) into `grads`, in [`TrainableModel::params`] order. Dropout masks are drawn
+    /// from `dropout_seed`: the same seed gives the same masks.
     pub fn run(
         &mut self,
         weights: &[f32],
@@ -88,6 +110,19 @@ impl TrainStep {
         dropout_seed: u64,
         grads: &mut [f32],
     ) -> Result<f32, TrainError> {
+        self.run_precise(weights, x, labels, dropout_seed, grads).map(|l| l as f32)
+    }
+
+    /// [`Self::run`], returning the loss in the precision the graph computed it in.
+    pub fn run_precise(
+        &mut self,
+        weights: &[f32],
+        x: &[f32],
+        labels: Labels<'_>,
+        dropout_seed: u64,
+        grads: &mut [f32],
+    ) -> Result<f64, TrainError> {
+        let precision = self.precision;
         let model = self.model.clone();
         model.check_weights(weights)?;
         if grads.len() != weights.len() {
@@ -107,10 +142,10 @@ impl TrainStep {
         let mut inputs: TVec<TValue> = TVec::with_capacity(2 + model.params().len() + plan.masks.len());
         let mut xs = vec![n];
         xs.extend(model.input_shape());
-        inputs.push(tensor(&xs, x)?);
-        inputs.push(tensor(&[n, c], &y)?);
+        inputs.push(tensor_in(&xs, x, precision)?);
+        inputs.push(tensor_in(&[n, c], &y, precision)?);
         for p in model.params() {
-            inputs.push(tensor(&p.shape, &weights[p.offset..p.offset + p.len])?);
+            inputs.push(tensor_in(&p.shape, &weights[p.offset..p.offset + p.len], precision)?);
         }
         let mut rng = ChaCha8Rng::seed_from_u64(dropout_seed);
         for m in &plan.masks {
@@ -118,20 +153,13 @@ impl TrainStep {
             let scale = 1.0 / keep;
             let len: usize = m.shape.iter().product();
             let mask: Vec<f32> = (0..len).map(|_| if rng.r#gen::<f32>() < keep { scale } else { 0.0 }).collect();
-            inputs.push(tensor(&m.shape, &mask)?);
+            inputs.push(tensor_in(&m.shape, &mask, precision)?);
         }
         let outputs = plan.plan.run(inputs).map_err(TrainError::tract)?;
-        let loss = outputs
-            .first()
-            .and_then(|v| v.to_scalar::<f32>().ok().copied())
-            .ok_or_else(|| TrainError::Tract("the step returned no loss".into()))?;
+        let loss = scalar_out(outputs.first().ok_or_else(|| TrainError::Tract("the step returned no loss".into()))?)?;
         for (i, p) in model.params().iter().enumerate() {
             let g = outputs.get(i + 1).ok_or_else(|| TrainError::Tract("missing gradient output".into()))?;
-            let g = values(g)?;
-            if g.len() != p.len {
-                return Err(TrainError::Tract(format!("gradient of {} has {} values, not {}", p.name, g.len(), p.len)));
-            }
-            grads[p.offset..p.offset + p.len].copy_from_slice(g);
+            copy_out(g, &mut grads[p.offset..p.offset + p.len])?;
         }
         Ok(loss)
     }

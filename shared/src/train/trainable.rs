@@ -61,8 +61,8 @@ fn graph_of(proto: &ModelProto) -> Result<&GraphProto, TrainError> {
 
 impl TrainableModel {
     /// Parses a forward model. The data input is the first graph input that is not an initializer, the output the
-    /// first graph output; every float initializer is trainable except BatchNormalization running statistics,
-    /// which stay frozen. Unsupported operators are refused, naming the operator and the node.
+    /// first graph output; every float initializer is trainable except BatchNormalization running statistics
+    /// (which stay frozen) and dropout ratios. Unsupported operators are refused, naming the operator and the node.
     pub fn from_onnx_bytes(bytes: &[u8]) -> Result<Self, TrainError> {
         let proto = ModelProto::decode(bytes).map_err(|e| TrainError::invalid(format!("not an ONNX model: {e}")))?;
         let graph = graph_of(&proto)?;
@@ -108,11 +108,19 @@ impl TrainableModel {
             .first()
             .map(|o| o.name.clone())
             .ok_or_else(|| TrainError::invalid("the model has no output"))?;
+        // Inputs that are not weights: running statistics of batch normalisation, dropout ratios.
         let frozen: HashSet<&str> = graph
             .node
             .iter()
-            .filter(|n| n.op_type == "BatchNormalization")
-            .flat_map(|n| n.input.iter().skip(3).take(2).map(|s| s.as_str()))
+            .flat_map(|n| {
+                let (skip, take) = match n.op_type.as_str() {
+                    "BatchNormalization" => (3, 2),
+                    "Dropout" => (1, 2),
+                    _ => (0, 0),
+                };
+                n.input.iter().skip(skip).take(take)
+            })
+            .map(|s| s.as_str())
             .collect();
         let candidates: Vec<String> = float_inits.into_iter().filter(|n| !frozen.contains(n.as_str())).collect();
         let mut inner = Inner {

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use fedge_shared::train::{Labels, Loss, TrainStep, TrainableModel};
+use fedge_shared::train::{Labels, Loss, Precision, TrainStep, TrainableModel};
 use prost::Message;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -214,19 +214,32 @@ impl OwnedLabels {
 
 /// Worst relative error between the engine's gradient `g` and central finite differences of its loss along
 /// `directions` directions `v`: first `g` itself, then random signs. The finite difference moves the weights by
-/// `step_len` (Euclidean length). The error of one direction is `|fd - g·v| / max(|fd|, |g·v|, 0.05 |g| |v|)`: the
+/// `step_len` (Euclidean length), halved while a kink makes successive lengths disagree. The error of one direction is `|fd - g·v| / max(|fd|, |g·v|, 0.05 |g| |v|)`: the
 /// floor only matters when `v` is nearly orthogonal to the gradient.
 pub fn gradient_error(model_bytes: &[u8], loss: Loss, n: usize, seed: u64, directions: usize, step_len: f64) -> f64 {
+    gradient_error_in(Precision::F64, model_bytes, loss, n, seed, directions, step_len)
+}
+
+/// [`gradient_error`] with the graph computed in `precision`.
+pub fn gradient_error_in(
+    precision: Precision,
+    model_bytes: &[u8],
+    loss: Loss,
+    n: usize,
+    seed: u64,
+    directions: usize,
+    step_len: f64,
+) -> f64 {
     let model = TrainableModel::from_onnx_bytes(model_bytes).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let x = random_vec(&mut rng, n * model.input_len(), 1.0);
     let labels = OwnedLabels::random(&mut rng, loss, n, model.output_len());
     let w = model.initial_weights();
-    let mut step = TrainStep::new(&model, loss, n).unwrap();
+    let mut step = TrainStep::with_precision(&model, loss, n, precision).unwrap();
     let mut g = vec![0.0; w.len()];
     step.run(&w, &x, labels.as_labels(), 7, &mut g).unwrap();
     let mut scratch = vec![0.0; w.len()];
-    let mut loss_at = |w: &[f32]| step.run(w, &x, labels.as_labels(), 7, &mut scratch).unwrap() as f64;
+    let mut loss_at = |w: &[f32]| step.run_precise(w, &x, labels.as_labels(), 7, &mut scratch).unwrap();
     let gnorm = g.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
     let mut worst: f64 = 0.0;
     for d in 0..directions {
@@ -237,11 +250,28 @@ pub fn gradient_error(model_bytes: &[u8], loss: Loss, n: usize, seed: u64, direc
             (0..w.len()).map(|_| if rng.r#gen::<bool>() { 1.0 } else { -1.0 }).collect()
         };
         let vnorm = (w.len() as f64).sqrt();
-        let eps = step_len / vnorm;
-        let plus: Vec<f32> = w.iter().zip(&v).map(|(a, b)| a + (eps as f32) * b).collect();
-        let minus: Vec<f32> = w.iter().zip(&v).map(|(a, b)| a - (eps as f32) * b).collect();
-        let fd = (loss_at(&plus) - loss_at(&minus)) / (2.0 * eps);
-        let gv: f64 = g.iter().zip(&v).map(|(a, b)| *a as f64 * *b as f64).sum();
+        // Weights are f32: the directional derivative uses the perturbation actually applied after rounding.
+        let mut fd_at = |len: f64| {
+            let eps = len / vnorm;
+            let plus: Vec<f32> = w.iter().zip(&v).map(|(a, b)| a + (eps as f32) * b).collect();
+            let minus: Vec<f32> = w.iter().zip(&v).map(|(a, b)| a - (eps as f32) * b).collect();
+            let moved: f64 =
+                g.iter().zip(plus.iter().zip(&minus)).map(|(gi, (p, m))| *gi as f64 * (*p as f64 - *m as f64)).sum();
+            ((loss_at(&plus) - loss_at(&minus)) / (2.0 * eps), moved / (2.0 * eps))
+        };
+        // A kink (ReLU, max) inside the interval makes the difference depend on its length: halve it until two
+        // successive lengths agree, then use the shorter one.
+        let mut len = step_len;
+        let (mut fd, mut gv) = fd_at(len);
+        for _ in 0..6 {
+            let (half, half_gv) = fd_at(len / 2.0);
+            let agree = (half - fd).abs() <= 1e-4 * half.abs().max(fd.abs()).max(1e-9);
+            (fd, gv) = (half, half_gv);
+            len /= 2.0;
+            if agree {
+                break;
+            }
+        }
         let denom = fd.abs().max(gv.abs()).max(gnorm * vnorm * 0.05).max(1e-9);
         worst = worst.max((fd - gv).abs() / denom);
     }

@@ -13,6 +13,8 @@ mod reshape;
 
 use std::collections::HashMap;
 
+pub use pool::indices_name;
+
 use super::emit::Emitter;
 use super::error::TrainError;
 use super::graph::{DNode, Graph, Op};

@@ -1,0 +1,61 @@
+//! Milliseconds per training step (forward + backward through the tract-run training graph, single-threaded)
+//! for McMahan et al.'s MLP and CNN at batch 32 and 128, plus the plan build time and the inference time.
+//!
+//! Run: `cargo run --release -p fedge-shared --example train_step_bench [mlp|cnn] [batch...]`
+
+#[path = "../tests/engine_support/mod.rs"]
+mod engine_support;
+
+use std::time::Instant;
+
+use fedge_shared::train::{Labels, Loss, Predictor, TrainStep, TrainableModel};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn bench(name: &str, bytes: &[u8], batch: usize, runs: usize) {
+    let model = TrainableModel::from_onnx_bytes(bytes).expect("model");
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let x: Vec<f32> = (0..batch * model.input_len()).map(|_| rng.gen_range(0.0..1.0)).collect();
+    let labels: Vec<u32> = (0..batch).map(|_| rng.gen_range(0..10)).collect();
+    let w = model.initial_weights();
+    let mut g = vec![0.0; w.len()];
+    let t0 = Instant::now();
+    let mut step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, batch).expect("step");
+    let build = t0.elapsed();
+    for _ in 0..2 {
+        step.run(&w, &x, Labels::Classes(&labels), 0, &mut g).expect("run");
+    }
+    let t1 = Instant::now();
+    for i in 0..runs {
+        step.run(&w, &x, Labels::Classes(&labels), i as u64, &mut g).expect("run");
+    }
+    let per_step = t1.elapsed().as_secs_f64() * 1e3 / runs as f64;
+    let p = Predictor::new(&model, &w, batch).expect("predictor");
+    p.predict(&x).expect("predict");
+    let t2 = Instant::now();
+    for _ in 0..runs {
+        p.predict(&x).expect("predict");
+    }
+    let per_predict = t2.elapsed().as_secs_f64() * 1e3 / runs as f64;
+    println!(
+        "{name:>4} batch {batch:>4}: {per_step:8.2} ms/step ({:6.3} ms/example), forward only {per_predict:7.2} ms, plan build {:6.0} ms, {} params",
+        per_step / batch as f64,
+        build.as_secs_f64() * 1e3,
+        model.num_params()
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let which = args.first().cloned().unwrap_or_else(|| "all".into());
+    let batches: Vec<usize> = args.iter().skip(1).filter_map(|s| s.parse().ok()).collect();
+    let batches = if batches.is_empty() { vec![32, 128] } else { batches };
+    for b in &batches {
+        if which == "all" || which == "mlp" {
+            bench("mlp", &engine_support::mlp(1), *b, 50);
+        }
+        if which == "all" || which == "cnn" {
+            bench("cnn", &engine_support::cnn(1), *b, 5);
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Gradient specifications: for every operator the engine differentiates, and for both losses, the gradient the
+//! tract-run training graph returns matches central finite differences of its own loss (property tests over
+//! random shapes and attributes, few cases each).
+
+mod engine_support;
+
+use engine_support::*;
+use fedge_shared::train::Loss;
+use proptest::prelude::*;
+
+const CE: Loss = Loss::SoftmaxCrossEntropy;
+const TOL: f64 = 1e-3;
+
+/// Wraps `op` between a trainable elementwise scale of the input (so the op's input gradient is checked too) and
+/// a dense layer to 3 classes; returns the model's bytes.
+fn wrap(input: &[usize], seed: u64, op: impl FnOnce(&mut ModelBuilder, &str) -> String) -> Vec<u8> {
+    let mut b = ModelBuilder::new(input, seed);
+    let n: usize = input.iter().product();
+    let scale: Vec<f32> = (0..n).map(|i| 0.8 + 0.4 * ((i * 7919) % 13) as f32 / 13.0).collect();
+    let pre = b.init("pre", input, &scale);
+    let x = b.node("Mul", &["x", &pre], vec![]);
+    let y = op(&mut b, &x);
+    let f = b.node("Flatten", &[&y], vec![attr_i("axis", 1)]);
+    // The feature count is found by parsing the model up to the flatten.
+    let probe = fedge_shared::train::TrainableModel::from_onnx_bytes(&b.build(&f)).unwrap();
+    let feats = probe.output_len();
+    let out = b.dense(&f, feats, 3);
+    b.build(&out)
+}
+
+fn check(bytes: &[u8], loss: Loss, n: usize, seed: u64, step: f64) -> Result<(), TestCaseError> {
+    let err = gradient_error(bytes, loss, n, seed, 3, step);
+    prop_assert!(err < TOL, "relative error {}", err);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10, ..ProptestConfig::default() })]
+
+    #[test]
+    fn gemm_gradients_match_finite_differences(
+        ta in any::<bool>(), tb in any::<bool>(), alpha in 0.5f32..1.5, beta in 0.5f32..1.5,
+        k in 2usize..6, m in 2usize..6, bias_kind in 0usize..3, seed in 0u64..1000,
+    ) {
+        let bytes = wrap(&[k], seed, |b, x| {
+            let a = if ta { b.node("Transpose", &[x], vec![attr_ints("perm", &[1, 0])]) } else { x.to_string() };
+            let wshape = if tb { [m, k] } else { [k, m] };
+            let w = b.init_random("gw", &wshape, 0.7);
+            let mut ins = vec![a, w];
+            match bias_kind {
+                0 => ins.push(b.init_random("gc", &[m], 0.3)),
+                1 => ins.push(b.init_random("gc", &[1, m], 0.3)),
+                _ => {}
+            }
+            let refs: Vec<&str> = ins.iter().map(|s| s.as_str()).collect();
+            b.node("Gemm", &refs, vec![
+                attr_f("alpha", alpha), attr_f("beta", beta), attr_i("transA", ta as i64), attr_i("transB", tb as i64),
+            ])
+        });
+        check(&bytes, CE, 3, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn matmul_gradients_match_finite_differences(
+        batched in any::<bool>(), shared_weight in any::<bool>(), k in 2usize..5, m in 2usize..5, seed in 0u64..1000,
+    ) {
+        let input: Vec<usize> = if batched { vec![2, 3, k] } else { vec![k] };
+        let bytes = wrap(&input, seed, |b, x| {
+            let w = if batched && !shared_weight {
+                b.init_random("mw", &[2, k, m], 0.7)
+            } else {
+                b.init_random("mw", &[k, m], 0.7)
+            };
+            b.node("MatMul", &[x, &w], vec![])
+        });
+        check(&bytes, CE, 3, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn broadcasting_arithmetic_gradients_match_finite_differences(
+        op in prop::sample::select(vec!["Add", "Sub", "Mul", "Div"]),
+        shape_kind in 0usize..4, swap in any::<bool>(), seed in 0u64..1000,
+    ) {
+        let bytes = wrap(&[2, 3], seed, |b, x| {
+            let shape: Vec<usize> = match shape_kind { 0 => vec![2, 3], 1 => vec![3], 2 => vec![2, 1], _ => vec![] };
+            let n: usize = shape.iter().product();
+            let vals: Vec<f32> = (0..n).map(|i| 1.0 + 0.3 * i as f32).collect();
+            let p = b.init("bp", &shape, &vals);
+            // Division by the activation is avoided: it can be near zero.
+            if swap && op != "Div" { b.node(op, &[&p, x], vec![]) } else { b.node(op, &[x, &p], vec![]) }
+        });
+        check(&bytes, CE, 2, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn activation_gradients_match_finite_differences(
+        op in prop::sample::select(vec!["Relu", "LeakyRelu", "Sigmoid", "Tanh"]), seed in 0u64..1000,
+    ) {
+        let bytes = wrap(&[6], seed, |b, x| {
+            let attrs = if op == "LeakyRelu" { vec![attr_f("alpha", 0.2)] } else { vec![] };
+            let h = b.dense(x, 6, 5);
+            b.node(op, &[&h], attrs)
+        });
+        check(&bytes, CE, 3, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn softmax_gradients_match_finite_differences(
+        log in any::<bool>(), axis in -3i64..3, seed in 0u64..1000,
+    ) {
+        let bytes = wrap(&[2, 3, 2], seed, |b, x| {
+            b.node(if log { "LogSoftmax" } else { "Softmax" }, &[x], vec![attr_i("axis", axis)])
+        });
+        check(&bytes, CE, 2, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn data_movement_gradients_match_finite_differences(which in 0usize..5, seed in 0u64..1000) {
+        let bytes = wrap(&[2, 3, 2], seed, |b, x| match which {
+            0 => b.node("Transpose", &[x], vec![attr_ints("perm", &[0, 3, 1, 2])]),
+            1 => {
+                let s = b.init_i64("rs", &[3], &[0, 6, -1]);
+                b.node("Reshape", &[x, &s], vec![])
+            }
+            2 => {
+                let ax = b.init_i64("ax", &[2], &[1, 4]);
+                let u = b.node("Unsqueeze", &[x, &ax], vec![]);
+                let ax2 = b.init_i64("ax2", &[1], &[4]);
+                b.node("Squeeze", &[&u, &ax2], vec![])
+            }
+            3 => {
+                let t = b.node("Tanh", &[x], vec![]);
+                b.node("Concat", &[x, &t, x], vec![attr_i("axis", 2)])
+            }
+            _ => {
+                let f = b.node("Flatten", &[x], vec![attr_i("axis", 1)]);
+                let s = b.init_i64("fs", &[3], &[0, 3, -1]);
+                b.node("Reshape", &[&f, &s], vec![])
+            }
+        });
+        check(&bytes, CE, 2, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn conv_gradients_match_finite_differences(
+        kernel in 1usize..4, stride in 1usize..3, dilation in 1usize..3, pad_begin in 0usize..2, pad_end in 0usize..2,
+        group_kind in 0usize..3, size in 5usize..8, bias in any::<bool>(), seed in 0u64..1000,
+    ) {
+        // group_kind: 0 = plain (2 -> 3 channels), 1 = two groups (4 -> 4), 2 = depthwise (3 -> 6).
+        let (cin, cout, group) = match group_kind { 0 => (2, 3, 1), 1 => (4, 4, 2), _ => (3, 6, 3) };
+        let bytes = wrap(&[cin, size, size - 1], seed, |b, x| {
+            let w = b.init_random("cw", &[cout, cin / group, kernel, kernel], 0.5);
+            let mut ins = vec![x.to_string(), w];
+            if bias {
+                ins.push(b.init_random("cb", &[cout], 0.2));
+            }
+            let refs: Vec<&str> = ins.iter().map(|s| s.as_str()).collect();
+            let p = [pad_begin as i64, pad_end as i64, pad_end as i64, pad_begin as i64];
+            let c = b.node("Conv", &refs, vec![
+                attr_ints("strides", &[stride as i64, stride as i64]),
+                attr_ints("dilations", &[dilation as i64, 1]),
+                attr_ints("pads", &p),
+                attr_i("group", group as i64),
+            ]);
+            b.node("Tanh", &[&c], vec![])
+        });
+        check(&bytes, CE, 2, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn one_dimensional_conv_gradients_match_finite_differences(
+        kernel in 1usize..4, stride in 1usize..3, seed in 0u64..1000,
+    ) {
+        let bytes = wrap(&[2, 7], seed, |b, x| {
+            let w = b.init_random("cw", &[3, 2, kernel], 0.5);
+            b.node("Conv", &[x, &w], vec![attr_ints("strides", &[stride as i64]), attr_ints("pads", &[1, 0])])
+        });
+        check(&bytes, CE, 2, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn max_pool_gradients_match_finite_differences(
+        kernel in 1usize..4, stride in 1usize..4, pad in 0usize..2, size in 4usize..8, seed in 0u64..1000,
+    ) {
+        prop_assume!(pad < kernel);
+        let bytes = wrap(&[2, size, size], seed, |b, x| {
+            b.node("MaxPool", &[x], vec![
+                attr_ints("kernel_shape", &[kernel as i64, kernel as i64]),
+                attr_ints("strides", &[stride as i64, stride as i64]),
+                attr_ints("pads", &[pad as i64, 0, 0, pad as i64]),
+            ])
+        });
+        check(&bytes, CE, 2, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn tiling_max_pool_gradients_match_finite_differences(k in 1usize..4, tiles in 1usize..4, seed in 0u64..1000) {
+        let bytes = wrap(&[2, k * tiles, k * (tiles + 1)], seed, |b, x| {
+            b.node("MaxPool", &[x], vec![
+                attr_ints("kernel_shape", &[k as i64, k as i64]),
+                attr_ints("strides", &[k as i64, k as i64]),
+            ])
+        });
+        check(&bytes, CE, 2, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn average_pool_gradients_match_finite_differences(
+        kernel in 1usize..4, stride in 1usize..4, pad in 0usize..2, include_pad in any::<bool>(), size in 4usize..8,
+        seed in 0u64..1000,
+    ) {
+        prop_assume!(pad < kernel);
+        let bytes = wrap(&[2, size, size + 1], seed, |b, x| {
+            b.node("AveragePool", &[x], vec![
+                attr_ints("kernel_shape", &[kernel as i64, kernel as i64]),
+                attr_ints("strides", &[stride as i64, stride as i64]),
+                attr_ints("pads", &[pad as i64, pad as i64, 0, pad as i64]),
+                attr_i("count_include_pad", include_pad as i64),
+            ])
+        });
+        check(&bytes, CE, 2, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn global_average_pool_gradients_match_finite_differences(c in 1usize..4, size in 1usize..5, seed in 0u64..1000) {
+        let bytes = wrap(&[c, size, size + 1], seed, |b, x| b.node("GlobalAveragePool", &[x], vec![]));
+        check(&bytes, CE, 2, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn batch_normalization_gradients_match_finite_differences(c in 1usize..4, size in 1usize..4, seed in 0u64..1000) {
+        let bytes = wrap(&[c, size, size], seed, |b, x| {
+            let scale = b.init_random("bn_scale", &[c], 1.0);
+            let bias = b.init_random("bn_bias", &[c], 0.5);
+            let mean = b.init_random("bn_mean", &[c], 0.5);
+            let var: Vec<f32> = (0..c).map(|i| 0.5 + i as f32).collect();
+            let var = b.init("bn_var", &[c], &var);
+            b.node("BatchNormalization", &[x, &scale, &bias, &mean, &var], vec![attr_f("epsilon", 1e-3)])
+        });
+        check(&bytes, CE, 2, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn dropout_gradients_match_finite_differences_for_a_fixed_seed(ratio in 0.1f32..0.7, seed in 0u64..1000) {
+        let bytes = wrap(&[8], seed, |b, x| {
+            let r = b.init("ratio", &[], &[ratio]);
+            let h = b.dense(x, 8, 6);
+            let h = b.node("Tanh", &[&h], vec![]);
+            b.node("Dropout", &[&h, &r], vec![])
+        });
+        check(&bytes, CE, 3, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn mean_squared_error_gradients_match_finite_differences(n in 1usize..5, seed in 0u64..1000) {
+        let bytes = wrap(&[4], seed, |b, x| {
+            let h = b.dense(x, 4, 5);
+            b.node("Sigmoid", &[&h], vec![])
+        });
+        check(&bytes, Loss::MeanSquaredError, n, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn cross_entropy_gradients_match_finite_differences(n in 1usize..5, seed in 0u64..1000) {
+        let bytes = wrap(&[4], seed, |b, x| {
+            let h = b.dense(x, 4, 5);
+            b.node("Tanh", &[&h], vec![])
+        });
+        check(&bytes, CE, n, seed, 1e-2)?;
+    }
+}
+
+/// PyTorch's exporter computes reshape targets at run time: Shape → Gather → Unsqueeze → Concat → Reshape, with
+/// Constant nodes. They must fold to constants and train.
+#[test]
+fn pytorch_style_shape_chains_fold_and_train() {
+    let bytes = wrap(&[2, 3, 2], 11, |b, x| {
+        let t = b.node("Tanh", &[x], vec![]);
+        let shape = b.node("Shape", &[&t], vec![]);
+        let zero = b.node("Constant", &[], vec![attr_tensor("value", i64_tensor("", &[], &[0]))]);
+        let batch = b.node("Gather", &[&shape, &zero], vec![attr_i("axis", 0)]);
+        let axes = b.node("Constant", &[], vec![attr_tensor("value", i64_tensor("", &[1], &[0]))]);
+        let batch = b.node("Unsqueeze", &[&batch, &axes], vec![]);
+        let minus_one = b.node("Constant", &[], vec![attr_tensor("value", i64_tensor("", &[1], &[-1]))]);
+        let target = b.node("Concat", &[&batch, &minus_one], vec![attr_i("axis", 0)]);
+        b.node("Reshape", &[&t, &target], vec![])
+    });
+    let err = gradient_error(&bytes, CE, 3, 12, 3, 1e-2);
+    assert!(err < TOL, "relative error {err}");
+}
