@@ -178,11 +178,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
     } else {
         let bar = ProgressBar::new(steps_per_epoch * args.epochs as u64);
         bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} epoch {prefix} [{bar:30}] {pos}/{len} steps, {per_sec} ({eta}) {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{spinner} epoch {prefix} [{bar:30}] {pos}/{len} steps ({eta} left) {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         bar
     };

@@ -284,6 +284,7 @@ pub struct EpochPlan {
 }
 
 fn check_data(model: &TrainableModel, data: &Dataset) -> Result<(), LocalTrainError> {
+    data.check().map_err(|e| LocalTrainError::Data(e.to_string()))?;
     if data.is_empty() {
         return Err(LocalTrainError::Data("the data set is empty".into()));
     }
