@@ -143,7 +143,8 @@ impl LocalTrainer {
         self.step.batch()
     }
 
-    /// Trains `weights` in place on `data` as `cfg` says, calling `progress` after every step.
+    /// Trains `weights` in place on `data` as `cfg` says, calling `progress` after every step. On an error the
+    /// weights hold whatever the last step left: keep a copy of the start if it matters.
     pub fn train(
         &mut self,
         weights: &mut [f32],
