@@ -337,3 +337,13 @@ fn freezing_weights_leaves_the_others_gradients_unchanged() {
     }
     assert!(full.clone().with_trainable(&["no such weight".to_string()]).is_err());
 }
+
+#[test]
+fn engine_types_can_cross_threads() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<TrainableModel>();
+    send::<TrainStep>();
+    send_sync::<Predictor>();
+    send_sync::<TrainError>();
+}
