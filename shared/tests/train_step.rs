@@ -347,3 +347,18 @@ fn engine_types_can_cross_threads() {
     send_sync::<Predictor>();
     send_sync::<TrainError>();
 }
+
+#[test]
+fn cross_entropy_stays_finite_for_huge_logits() {
+    let mut b = ModelBuilder::new(&[2], 71);
+    let w = b.init("w", &[2, 3], &[1000.0, -2000.0, 500.0, 3000.0, 0.0, -100.0]);
+    let y = b.node("MatMul", &["x", &w], vec![]);
+    let model = TrainableModel::from_onnx_bytes(&b.build(&y)).unwrap();
+    let x = [1.0f32, 1.0, -1.0, 2.0];
+    let mut step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, 2).unwrap();
+    let mut g = vec![0.0; 6];
+    let loss = step.run(&model.initial_weights(), &x, Labels::Classes(&[2, 0]), 0, &mut g).unwrap();
+    // Logits [4000, -2000, 400] and [5000, 2000, -700]: losses 3600 and 0.
+    assert!((loss - 1800.0).abs() < 1.0, "{loss}");
+    assert!(g.iter().all(|v| v.is_finite()));
+}
