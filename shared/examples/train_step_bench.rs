@@ -2,6 +2,7 @@
 //! for McMahan et al.'s MLP and CNN at batch 32 and 128, plus the plan build time and the inference time.
 //!
 //! Run: `cargo run --release -p fedge-shared --example train_step_bench [mlp|cnn] [batch...]`
+//! (`... train_step_bench export DIR` writes the models and their training graphs to DIR.)
 
 #[path = "../tests/engine_support/mod.rs"]
 mod engine_support;
@@ -48,6 +49,20 @@ fn bench(name: &str, bytes: &[u8], batch: usize, runs: usize) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let which = args.first().cloned().unwrap_or_else(|| "all".into());
+    if which == "export" {
+        // Writes the models and their training graphs to a directory, for timing other runtimes on them.
+        let dir = args.get(1).cloned().unwrap_or_else(|| ".".into());
+        for (name, bytes) in [("mlp", engine_support::mlp(1)), ("cnn", engine_support::cnn(1))] {
+            let model = TrainableModel::from_onnx_bytes(&bytes).expect("model");
+            std::fs::write(format!("{dir}/{name}.onnx"), &bytes).expect("write");
+            for b in [32, 128] {
+                let step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, b).expect("step");
+                std::fs::write(format!("{dir}/{name}_train_{b}.onnx"), step.training_graph(b).expect("graph"))
+                    .expect("write");
+            }
+        }
+        return;
+    }
     let batches: Vec<usize> = args.iter().skip(1).filter_map(|s| s.parse().ok()).collect();
     let batches = if batches.is_empty() { vec![32, 128] } else { batches };
     for b in &batches {

@@ -1,6 +1,7 @@
 //! Gradients of Gemm (every transA/transB/alpha/beta form) and MatMul (batched, with broadcasting).
 //!
-//! dA and dB are themselves Gemm/MatMul nodes; nothing here materialises an explicit transpose for 2-D operands.
+//! dA and dB are themselves Gemm/MatMul nodes. For 2-D operands the only explicit transposes are of weight-shaped
+//! results (cheaper in tract than a Gemm reading a transposed activation matrix).
 
 use super::super::emit::Emitter;
 use super::super::error::TrainError;
@@ -34,8 +35,11 @@ pub fn backward(e: &mut Emitter, n: &DNode, dy: &str, needs: &[bool]) -> Result<
                     // dB = (alpha A'^T dY)^T = alpha dY^T A'
                     gemm(e, dy, a, true, trans_a)
                 } else {
-                    // dB = alpha A'^T dY
-                    gemm(e, a, dy, !trans_a, false)
+                    // dB = alpha A'^T dY = (alpha dY^T A')^T: tract runs a transposed dY (small) and a transpose of
+                    // the result faster than a transposed activation matrix (1.3 ms against 3.0 ms for the MLP's
+                    // first layer at batch 128).
+                    let t = gemm(e, dy, a, true, trans_a);
+                    e.transpose(&t, &[1, 0])
                 });
             }
             if n.inputs.len() > 2 && needs[2] {
@@ -53,7 +57,9 @@ pub fn backward(e: &mut Emitter, n: &DNode, dy: &str, needs: &[bool]) -> Result<
                     out[0] = Some(plain(e, dy, b, false, true));
                 }
                 if needs[1] {
-                    out[1] = Some(plain(e, a, dy, true, false));
+                    // dB = A^T dY, computed as (dY^T A)^T (see the Gemm case).
+                    let t = plain(e, dy, a, true, false);
+                    out[1] = Some(e.transpose(&t, &[1, 0]));
                 }
             } else {
                 let swap = |rank: usize| -> Vec<usize> {
