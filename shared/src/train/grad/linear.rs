@@ -1,7 +1,8 @@
 //! Gradients of Gemm (every transA/transB/alpha/beta form) and MatMul (batched, with broadcasting).
 //!
-//! dA and dB are themselves Gemm/MatMul nodes. For 2-D operands the only explicit transposes are of weight-shaped
-//! results (cheaper in tract than a Gemm reading a transposed activation matrix).
+//! dA and dB are themselves Gemm/MatMul nodes with transA/transB flags; nothing here materialises a transpose for
+//! 2-D operands (measured: a Gemm with transA on the activations costs no more in CPU time than transposing the
+//! result of the swapped product, and tract's Transpose is slow).
 
 use super::super::emit::Emitter;
 use super::super::error::TrainError;
@@ -35,11 +36,8 @@ pub fn backward(e: &mut Emitter, n: &DNode, dy: &str, needs: &[bool]) -> Result<
                     // dB = (alpha A'^T dY)^T = alpha dY^T A'
                     gemm(e, dy, a, true, trans_a)
                 } else {
-                    // dB = alpha A'^T dY = (alpha dY^T A')^T: tract runs a transposed dY (small) and a transpose of
-                    // the result faster than a transposed activation matrix (1.3 ms against 3.0 ms for the MLP's
-                    // first layer at batch 128).
-                    let t = gemm(e, dy, a, true, trans_a);
-                    e.transpose(&t, &[1, 0])
+                    // dB = alpha A'^T dY
+                    gemm(e, a, dy, !trans_a, false)
                 });
             }
             if n.inputs.len() > 2 && needs[2] {
@@ -57,9 +55,7 @@ pub fn backward(e: &mut Emitter, n: &DNode, dy: &str, needs: &[bool]) -> Result<
                     out[0] = Some(plain(e, dy, b, false, true));
                 }
                 if needs[1] {
-                    // dB = A^T dY, computed as (dY^T A)^T (see the Gemm case).
-                    let t = plain(e, dy, a, true, false);
-                    out[1] = Some(e.transpose(&t, &[1, 0]));
+                    out[1] = Some(plain(e, a, dy, true, false));
                 }
             } else {
                 let swap = |rank: usize| -> Vec<usize> {
