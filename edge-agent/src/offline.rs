@@ -11,7 +11,7 @@ use fedge_shared::data::{Dataset, Split, load_mnist_dir};
 use fedge_shared::model::{weights_from_bytes, weights_to_bytes};
 use fedge_shared::train::builder;
 use fedge_shared::train::local::{EpochPlan, LocalTrainer, epoch_seed, evaluate};
-use fedge_shared::train::optimizer::{Optimizer, OptimizerConfig};
+use fedge_shared::train::optimizer::{Optimizer, OptimizerConfig, Proximal};
 use fedge_shared::train::{Loss, TrainableModel};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -52,6 +52,9 @@ pub struct TrainArgs {
     /// L2 weight decay.
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
+    /// FedProx's mu: adds mu/2 ||w - w_start||² to the loss.
+    #[arg(long)]
+    pub prox_mu: Option<f32>,
     #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
     pub optimizer: OptimizerKind,
     /// Seed of the shuffling and dropout masks.
@@ -171,6 +174,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         }
     };
     let mut optimizer = Optimizer::new(optimizer, weights.len())?;
+    let start = weights.clone();
     let mut trainer = LocalTrainer::new(model.clone(), Loss::SoftmaxCrossEntropy, args.batch_size)?;
     let steps_per_epoch = train.len().div_ceil(args.batch_size) as u64;
     let bar = if args.json {
@@ -178,11 +182,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
     } else {
         let bar = ProgressBar::new(steps_per_epoch * args.epochs as u64);
         bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} epoch {prefix} [{bar:30}] {pos}/{len} steps, {per_sec} ({eta}) {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{spinner} epoch {prefix} [{bar:30}] {pos}/{len} steps ({eta} left) {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         bar
     };
@@ -191,7 +193,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
         bar.set_prefix(format!("{epoch}/{}", args.epochs));
         let epoch_started = Instant::now();
         let plan = EpochPlan { epoch, epochs: args.epochs, seed: epoch_seed(args.seed, epoch), max_steps: None };
-        let summary = trainer.train_epoch(&mut weights, &train, &mut optimizer, None, plan, &mut |p| {
+        let prox = args.prox_mu.map(|mu| Proximal { mu, global: &start });
+        let summary = trainer.train_epoch(&mut weights, &train, &mut optimizer, prox, plan, &mut |p| {
             bar.inc(1);
             if p.step.is_multiple_of(20) {
                 bar.set_message(format!("loss {:.4}", p.loss));

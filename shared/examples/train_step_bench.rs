@@ -1,12 +1,21 @@
 //! Milliseconds per training step (forward + backward through the tract-run training graph, single-threaded)
-//! for McMahan et al.'s MLP and CNN at batch 32 and 128, plus the plan build time and the inference time.
+//! for McMahan et al.'s MLP and CNN at batch 32 and 128, plus the plan build time and the inference time. Times
+//! are CPU time of the running thread where Linux reports it (robust to a busy machine), else wall time.
 //!
 //! Run: `cargo run --release -p fedge-shared --example train_step_bench [mlp|cnn] [batch...]`
+//! (`... train_step_bench export DIR` writes the models and their training graphs to DIR.)
 
 #[path = "../tests/engine_support/mod.rs"]
 mod engine_support;
 
 use std::time::Instant;
+
+/// CPU time of this thread in ms (Linux `/proc/thread-self/schedstat`), so that the figures hold on a busy machine;
+/// `None` elsewhere.
+fn cpu_ms() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse::<f64>().ok().map(|ns| ns / 1e6)
+}
 
 use fedge_shared::train::{Labels, Loss, Predictor, TrainStep, TrainableModel};
 use rand::{Rng, SeedableRng};
@@ -26,19 +35,28 @@ fn bench(name: &str, bytes: &[u8], batch: usize, runs: usize) {
         step.run(&w, &x, Labels::Classes(&labels), 0, &mut g).expect("run");
     }
     let t1 = Instant::now();
+    let c1 = cpu_ms();
     for i in 0..runs {
         step.run(&w, &x, Labels::Classes(&labels), i as u64, &mut g).expect("run");
     }
-    let per_step = t1.elapsed().as_secs_f64() * 1e3 / runs as f64;
+    let wall_step = t1.elapsed().as_secs_f64() * 1e3 / runs as f64;
+    let per_step = match (c1, cpu_ms()) {
+        (Some(a), Some(b)) => (b - a) / runs as f64,
+        _ => wall_step,
+    };
     let p = Predictor::new(&model, &w, batch).expect("predictor");
     p.predict(&x).expect("predict");
     let t2 = Instant::now();
+    let c2 = cpu_ms();
     for _ in 0..runs {
         p.predict(&x).expect("predict");
     }
-    let per_predict = t2.elapsed().as_secs_f64() * 1e3 / runs as f64;
+    let per_predict = match (c2, cpu_ms()) {
+        (Some(a), Some(b)) => (b - a) / runs as f64,
+        _ => t2.elapsed().as_secs_f64() * 1e3 / runs as f64,
+    };
     println!(
-        "{name:>4} batch {batch:>4}: {per_step:8.2} ms/step ({:6.3} ms/example), forward only {per_predict:7.2} ms, plan build {:6.0} ms, {} params",
+        "{name:>4} batch {batch:>4}: {per_step:8.2} ms/step CPU ({wall_step:8.2} wall, {:6.3} ms/example), forward only {per_predict:7.2} ms, plan build {:6.0} ms, {} params",
         per_step / batch as f64,
         build.as_secs_f64() * 1e3,
         model.num_params()
@@ -48,6 +66,20 @@ fn bench(name: &str, bytes: &[u8], batch: usize, runs: usize) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let which = args.first().cloned().unwrap_or_else(|| "all".into());
+    if which == "export" {
+        // Writes the models and their training graphs to a directory, for timing other runtimes on them.
+        let dir = args.get(1).cloned().unwrap_or_else(|| ".".into());
+        for (name, bytes) in [("mlp", engine_support::mlp(1)), ("cnn", engine_support::cnn(1))] {
+            let model = TrainableModel::from_onnx_bytes(&bytes).expect("model");
+            std::fs::write(format!("{dir}/{name}.onnx"), &bytes).expect("write");
+            for b in [32, 128] {
+                let step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, b).expect("step");
+                std::fs::write(format!("{dir}/{name}_train_{b}.onnx"), step.training_graph(b).expect("graph"))
+                    .expect("write");
+            }
+        }
+        return;
+    }
     let batches: Vec<usize> = args.iter().skip(1).filter_map(|s| s.parse().ok()).collect();
     let batches = if batches.is_empty() { vec![32, 128] } else { batches };
     for b in &batches {

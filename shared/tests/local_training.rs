@@ -170,3 +170,18 @@ fn mean_squared_error_on_one_hot_targets_also_trains() {
     assert!(s.epoch_losses[2] < s.epoch_losses[0], "{:?}", s.epoch_losses);
     assert!(after > 0.8 && after > before, "accuracy {before} -> {after}");
 }
+
+#[test]
+fn a_few_epochs_of_the_cnn_on_one_small_batch_lower_its_loss() {
+    let dir = shared_data().join("mnist");
+    let train = load_mnist_dir(&dir, Split::Test).unwrap().take(32);
+    let model = TrainableModel::from_onnx_bytes(&builder::mnist_cnn(1)).unwrap();
+    assert_eq!(model.input_len(), train.example_len());
+    let mut weights = model.initial_weights();
+    let mut trainer = LocalTrainer::new(model.clone(), Loss::SoftmaxCrossEntropy, 16).unwrap();
+    let cfg =
+        LocalTrainConfig { optimizer: OptimizerConfig::sgd_momentum(0.01, 0.9), ..LocalTrainConfig::sgd(3, 16, 0.0) };
+    let s = trainer.train(&mut weights, &train, &cfg, &mut |_| {}).unwrap();
+    assert_eq!(s.steps, 6);
+    assert!(s.epoch_losses[2] < s.epoch_losses[0], "{:?}", s.epoch_losses);
+}

@@ -228,3 +228,137 @@ fn f32_training_graphs_agree_with_their_f64_verification_twins() {
     let diff = g32.iter().zip(&g64).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
     assert!(diff < 1e-5 * norm, "difference {diff} for a gradient of norm {norm}");
 }
+
+fn dropout_model() -> Vec<u8> {
+    let mut b = ModelBuilder::new(&[6], 41);
+    let h = b.dense("x", 6, 16);
+    let h = b.node("Tanh", &[&h], vec![]);
+    let ratio = b.node("Constant", &[], vec![attr_tensor("value", f32_tensor("", &[], &[0.5]))]);
+    let h = b.node("Dropout", &[&h, &ratio], vec![]);
+    let y = b.dense(&h, 16, 3);
+    b.build(&y)
+}
+
+#[test]
+fn dropout_is_live_in_training_seeded_by_the_caller_and_identity_in_prediction() {
+    let bytes = dropout_model();
+    let model = TrainableModel::from_onnx_bytes(&bytes).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    let x = random_vec(&mut rng, 4 * 6, 1.0);
+    let labels = [0u32, 1, 2, 1];
+    let w = model.initial_weights();
+    let mut step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, 4).unwrap();
+    let mut g = vec![0.0; w.len()];
+    let a = step.run(&w, &x, Labels::Classes(&labels), 1, &mut g).unwrap();
+    let b = step.run(&w, &x, Labels::Classes(&labels), 1, &mut g).unwrap();
+    let c = step.run(&w, &x, Labels::Classes(&labels), 2, &mut g).unwrap();
+    assert_eq!(a, b, "the same seed draws the same masks");
+    assert_ne!(a, c, "another seed draws other masks");
+    // The predictor ignores dropout: same logits as the model without its Dropout node.
+    let mut plain = ModelBuilder::new(&[6], 41);
+    let h = plain.dense("x", 6, 16);
+    let h = plain.node("Tanh", &[&h], vec![]);
+    let y = plain.dense(&h, 16, 3);
+    let plain = TrainableModel::from_onnx_bytes(&plain.build(&y)).unwrap();
+    assert_eq!(plain.num_params(), model.num_params());
+    let p1 = Predictor::new(&model, &w, 4).unwrap().predict(&x).unwrap();
+    let p2 = Predictor::new(&plain, &w, 4).unwrap().predict(&x).unwrap();
+    assert_eq!(p1, p2);
+}
+
+#[test]
+fn dropout_keeps_the_expected_activation_on_average() {
+    // Kept units are scaled by 1 / (1 - ratio). With y = sum_i m_i (unit inputs and weights) and MSE against the
+    // no-dropout output 8, the gradient summed over the weights is 2 (y - 8) y, whose expectation is 2 Var(y).
+    let mut b = ModelBuilder::new(&[8], 43);
+    let ratio = b.init("ratio", &[], &[0.3]);
+    let d = b.node("Dropout", &["x", &ratio], vec![]);
+    let w = b.init("w", &[8, 1], &[1.0; 8]);
+    let y = b.node("MatMul", &[&d, &w], vec![]);
+    let model = TrainableModel::from_onnx_bytes(&b.build(&y)).unwrap();
+    assert_eq!(model.num_params(), 8, "the dropout ratio is not a weight");
+    let x = vec![1.0f32; 8];
+    let mut step = TrainStep::new(&model, Loss::MeanSquaredError, 1).unwrap();
+    let w = model.initial_weights();
+    let mut g = vec![0.0; 8];
+    let mut mean_grad = 0.0f64;
+    let runs = 2000;
+    for seed in 0..runs {
+        step.run(&w, &x, Labels::Targets(&[8.0]), seed, &mut g).unwrap();
+        mean_grad += g.iter().map(|v| *v as f64).sum::<f64>() / runs as f64;
+    }
+    // m_i is 0 or 1/0.7 with probability 0.7: Var(y) = 8 (1/0.7 - 1).
+    let expected = 2.0 * 8.0 * (1.0 / 0.7 - 1.0);
+    assert!((mean_grad - expected).abs() < 0.1 * expected, "{mean_grad} vs {expected}");
+}
+
+#[test]
+fn opset_11_models_with_attribute_axes_train() {
+    let mut b = ModelBuilder::new(&[3, 4], 51);
+    b.opset = 11;
+    let u = b.node("Unsqueeze", &["x"], vec![attr_ints("axes", &[1])]);
+    let s = b.node("Squeeze", &[&u], vec![attr_ints("axes", &[1])]);
+    let f = b.node("Flatten", &[&s], vec![]);
+    let h = b.dense(&f, 12, 5);
+    let h = b.node("Dropout", &[&h], vec![attr_f("ratio", 0.2)]);
+    let y = b.node("Softmax", &[&h], vec![]);
+    let bytes = b.build(&y);
+    let model = TrainableModel::from_onnx_bytes(&bytes).unwrap();
+    assert_eq!(model.output_len(), 5);
+    let err = gradient_error(&bytes, Loss::MeanSquaredError, 3, 52, 3, 1e-2);
+    assert!(err < 1e-3, "relative error {err}");
+}
+
+#[test]
+fn freezing_weights_leaves_the_others_gradients_unchanged() {
+    let bytes = mlp(61);
+    let full = TrainableModel::from_onnx_bytes(&bytes).unwrap();
+    let keep: Vec<String> = full.params().iter().skip(4).map(|p| p.name.clone()).collect();
+    let head = full.clone().with_trainable(&keep).unwrap();
+    assert_eq!(head.params().len(), 2);
+    assert_eq!(head.params()[0].offset, 0);
+    let mut rng = ChaCha8Rng::seed_from_u64(62);
+    let x = random_vec(&mut rng, 2 * 784, 1.0);
+    let wf = full.initial_weights();
+    let wh = head.initial_weights();
+    let mut gf = vec![0.0; wf.len()];
+    let mut gh = vec![0.0; wh.len()];
+    TrainStep::new(&full, Loss::SoftmaxCrossEntropy, 2)
+        .unwrap()
+        .run(&wf, &x, Labels::Classes(&[3, 4]), 0, &mut gf)
+        .unwrap();
+    TrainStep::new(&head, Loss::SoftmaxCrossEntropy, 2)
+        .unwrap()
+        .run(&wh, &x, Labels::Classes(&[3, 4]), 0, &mut gh)
+        .unwrap();
+    let start = full.params()[4].offset;
+    for (a, b) in gh.iter().zip(&gf[start..]) {
+        assert!((a - b).abs() < 1e-6);
+    }
+    assert!(full.clone().with_trainable(&["no such weight".to_string()]).is_err());
+}
+
+#[test]
+fn engine_types_can_cross_threads() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<TrainableModel>();
+    send::<TrainStep>();
+    send_sync::<Predictor>();
+    send_sync::<TrainError>();
+}
+
+#[test]
+fn cross_entropy_stays_finite_for_huge_logits() {
+    let mut b = ModelBuilder::new(&[2], 71);
+    let w = b.init("w", &[2, 3], &[1000.0, -2000.0, 500.0, 3000.0, 0.0, -100.0]);
+    let y = b.node("MatMul", &["x", &w], vec![]);
+    let model = TrainableModel::from_onnx_bytes(&b.build(&y)).unwrap();
+    let x = [1.0f32, 1.0, -1.0, 2.0];
+    let mut step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, 2).unwrap();
+    let mut g = vec![0.0; 6];
+    let loss = step.run(&model.initial_weights(), &x, Labels::Classes(&[2, 0]), 0, &mut g).unwrap();
+    // Logits [4000, -2000, 400] and [5000, 2000, -700]: losses 3600 and 0.
+    assert!((loss - 1800.0).abs() < 1.0, "{loss}");
+    assert!(g.iter().all(|v| v.is_finite()));
+}

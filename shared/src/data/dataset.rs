@@ -31,24 +31,33 @@ impl Dataset {
         example_shape: Vec<usize>,
         num_classes: usize,
     ) -> Result<Self, DataError> {
-        let d = example_shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
+        let d = Dataset { features, labels, example_shape, num_classes };
+        d.check()?;
+        Ok(d)
+    }
+
+    /// Checks that the (public) buffers agree: whole examples, every label below `num_classes`.
+    pub fn check(&self) -> Result<(), DataError> {
+        let shape = &self.example_shape;
+        let d = shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
         let Some(d) = d else {
-            return Err(DataError::Invalid(format!("example shape {example_shape:?} overflows")));
+            return Err(DataError::Invalid(format!("example shape {shape:?} overflows")));
         };
         if d == 0 {
-            return Err(DataError::Invalid(format!("example shape {example_shape:?} has no values")));
+            return Err(DataError::Invalid(format!("example shape {shape:?} has no values")));
         }
-        if labels.len().checked_mul(d) != Some(features.len()) {
+        if self.labels.len().checked_mul(d) != Some(self.features.len()) {
             return Err(DataError::Invalid(format!(
-                "{} features do not make {} examples of shape {example_shape:?}",
-                features.len(),
-                labels.len()
+                "{} features do not make {} examples of shape {shape:?}",
+                self.features.len(),
+                self.labels.len()
             )));
         }
-        if let Some((i, &l)) = labels.iter().enumerate().find(|&(_, &l)| l as usize >= num_classes) {
-            return Err(DataError::Invalid(format!("example {i} has label {l}, but there are {num_classes} classes")));
+        let n = self.num_classes;
+        if let Some((i, &l)) = self.labels.iter().enumerate().find(|&(_, &l)| l as usize >= n) {
+            return Err(DataError::Invalid(format!("example {i} has label {l}, but there are {n} classes")));
         }
-        Ok(Dataset { features, labels, example_shape, num_classes })
+        Ok(())
     }
 
     /// The number of examples.
@@ -94,7 +103,7 @@ impl Dataset {
         let n = n.min(self.len());
         let d = self.example_len();
         Dataset {
-            features: self.features[..n * d].to_vec(),
+            features: self.features.get(..n * d).unwrap_or(&self.features).to_vec(),
             labels: self.labels[..n].to_vec(),
             example_shape: self.example_shape.clone(),
             num_classes: self.num_classes,

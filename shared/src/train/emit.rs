@@ -122,6 +122,42 @@ impl Emitter {
         self.op("Mul", &[x, &c], vec![])
     }
 
+    /// Maximum over `axis` with keepdims, as a tree of Slice and Max. (tract 0.22's ReduceMax, Softmax and
+    /// LogSoftmax walk rows one by one: 0.5–2 ms for a [128, 10] batch, against ~0.02 ms for this.)
+    pub fn max_over(&mut self, x: &str, shape: &[usize], axis: usize) -> String {
+        let mut cur = x.to_string();
+        let mut len = shape[axis];
+        let ax = self.const_i(&[1], &[axis as i64]);
+        while len > 1 {
+            let half = len / 2;
+            let bounds =
+                |e: &mut Emitter, a: usize, b: usize| (e.const_i(&[1], &[a as i64]), e.const_i(&[1], &[b as i64]));
+            let (s0, e0) = bounds(self, 0, half);
+            let (s1, e1) = bounds(self, half, 2 * half);
+            let lo = self.op("Slice", &[&cur, &s0, &e0, &ax], vec![]);
+            let hi = self.op("Slice", &[&cur, &s1, &e1, &ax], vec![]);
+            let mut next = self.op("Max", &[&lo, &hi], vec![]);
+            if len % 2 == 1 {
+                // Fold the odd last element into the first position (Max broadcasts along the axis).
+                let (s2, e2) = bounds(self, len - 1, len);
+                let last = self.op("Slice", &[&cur, &s2, &e2, &ax], vec![]);
+                next = self.op("Max", &[&next, &last], vec![]);
+            }
+            cur = next;
+            len = half;
+        }
+        cur
+    }
+
+    /// Numerically stable log-softmax over `axis`: `x - max - log(sum(exp(x - max)))`, without tract's slow
+    /// row-by-row ops.
+    pub fn log_softmax(&mut self, x: &str, shape: &[usize], axis: usize) -> String {
+        let m = self.max_over(x, shape, axis);
+        let s = self.op("Sub", &[x, &m], vec![]);
+        let lse = self.op("ReduceLogSumExp", &[&s], vec![attr_ints("axes", &[axis as i64]), attr_i("keepdims", 1)]);
+        self.op("Sub", &[&s, &lse], vec![])
+    }
+
     /// Sums several tensors of the same shape.
     pub fn sum(&mut self, parts: &[String]) -> String {
         match parts {

@@ -119,8 +119,14 @@ fn emit_node(
         }
         Op::Transpose { perm } => e.op_into("Transpose", &ins, &out, vec![attr_ints("perm", &ints(perm))]),
         Op::Concat { axis } => e.op_into("Concat", &ins, &out, vec![attr_i("axis", *axis as i64)]),
-        Op::Softmax { axis } => e.op_into("Softmax", &ins, &out, vec![attr_i("axis", *axis as i64)]),
-        Op::LogSoftmax { axis } => e.op_into("LogSoftmax", &ins, &out, vec![attr_i("axis", *axis as i64)]),
+        Op::Softmax { axis } => {
+            let lsm = e.log_softmax(ins[0], &n.in_shapes[0], *axis);
+            e.op_into("Exp", &[&lsm], &out, vec![]);
+        }
+        Op::LogSoftmax { axis } => {
+            let lsm = e.log_softmax(ins[0], &n.in_shapes[0], *axis);
+            e.op_into("Identity", &[&lsm], &out, vec![]);
+        }
         Op::Conv(c) => e.op_into(
             "Conv",
             &ins,

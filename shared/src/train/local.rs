@@ -143,7 +143,8 @@ impl LocalTrainer {
         self.step.batch()
     }
 
-    /// Trains `weights` in place on `data` as `cfg` says, calling `progress` after every step.
+    /// Trains `weights` in place on `data` as `cfg` says, calling `progress` after every step. On an error the
+    /// weights hold whatever the last step left: keep a copy of the start if it matters.
     pub fn train(
         &mut self,
         weights: &mut [f32],
@@ -284,6 +285,7 @@ pub struct EpochPlan {
 }
 
 fn check_data(model: &TrainableModel, data: &Dataset) -> Result<(), LocalTrainError> {
+    data.check().map_err(|e| LocalTrainError::Data(e.to_string()))?;
     if data.is_empty() {
         return Err(LocalTrainError::Data("the data set is empty".into()));
     }

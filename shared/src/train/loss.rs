@@ -10,7 +10,6 @@
 
 use super::emit::Emitter;
 use super::error::TrainError;
-use super::proto::attr_i;
 
 /// The graph input carrying the labels (one-hot or targets, `[n, C]` floats).
 pub const LABELS: &str = "__fedge/labels";
@@ -37,7 +36,7 @@ pub enum Labels<'a> {
 pub fn emit_loss(e: &mut Emitter, z: &str, n: usize, c: usize, loss: Loss) -> String {
     match loss {
         Loss::SoftmaxCrossEntropy => {
-            let lsm = e.op("LogSoftmax", &[z], vec![attr_i("axis", 1)]);
+            let lsm = e.log_softmax(z, &[n, c], 1);
             let picked = e.op("Mul", &[&lsm, LABELS], vec![]);
             let total = e.reduce_sum(&picked, &[0, 1], false);
             let k = e.scalar(-1.0 / n as f32);

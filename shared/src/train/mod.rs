@@ -13,6 +13,18 @@ pub mod local;
 pub mod optimizer;
 
 // The training engine: ONNX reverse-mode differentiation and the tract runner.
+//
+// - `TrainableModel` parses a forward ONNX model; the data input is the first graph input that is not an
+//   initializer, the output (treated as logits) the first graph output; the weights are the float initializers
+//   (BatchNormalization running statistics and dropout ratios excluded), flat in graph order.
+// - For each batch size, `graph` resolves the model into static shapes (shape chains folded), `forward` and `grad`
+//   emit the forward and reverse-mode nodes (opset 13), `loss` the loss, and `plan` has tract optimise it once.
+// - Backward formulations: Gemm/MatMul gradients are Gemm/MatMul; broadcasting is undone with ReduceSum; Conv dX is
+//   a ConvTranspose and dW a convolution with the batch as channel axis; pooling uses ConvTranspose/Expand, and
+//   MaxPool fedge's own `FedgeMaxPoolGrad` op over tract's argmax indices (the one non-standard op; see
+//   `custom_op`). BatchNormalization trains scale and bias with frozen running statistics. Dropout multiplies by
+//   a mask drawn from the caller's seed.
+// - `Precision::F64` builds the same graph in f64 (for finite-difference verification).
 mod autodiff;
 mod custom_op;
 mod emit;

@@ -68,6 +68,24 @@ impl TrainStep {
         self.batch
     }
 
+    /// The training-step graph this step runs for `n` examples, as ONNX bytes (for inspection or for timing other
+    /// runtimes). Inputs: data, labels (`[n, C]`, one-hot for cross-entropy), the weights in
+    /// [`TrainableModel::params`] order, then dropout masks; outputs: the mean loss, then each weight's gradient.
+    /// Models with MaxPool use fedge's own `FedgeMaxPoolGrad` operator (domain `ai.fedge`).
+    pub fn training_graph(&self, n: usize) -> Result<Vec<u8>, TrainError> {
+        let g = self.model.resolve(n, None)?;
+        let sg = build_step(
+            &g,
+            self.model.input_name(),
+            &self.model.param_shapes(),
+            self.loss,
+            n,
+            self.model.output_len(),
+            self.precision,
+        )?;
+        Ok(prost::Message::encode_to_vec(&sg.model))
+    }
+
     fn build(&self, n: usize) -> Result<SizedPlan, TrainError> {
         let g = self.model.resolve(n, None)?;
         let sg = build_step(

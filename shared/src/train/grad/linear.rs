@@ -1,6 +1,8 @@
 //! Gradients of Gemm (every transA/transB/alpha/beta form) and MatMul (batched, with broadcasting).
 //!
-//! dA and dB are themselves Gemm/MatMul nodes; nothing here materialises an explicit transpose for 2-D operands.
+//! dA and dB are themselves Gemm/MatMul nodes with transA/transB flags; nothing here materialises a transpose for
+//! 2-D operands (measured: a Gemm with transA on the activations costs no more in CPU time than transposing the
+//! result of the swapped product, and tract's Transpose is slow).
 
 use super::super::emit::Emitter;
 use super::super::error::TrainError;
