@@ -362,3 +362,20 @@ fn cross_entropy_stays_finite_for_huge_logits() {
     assert!((loss - 1800.0).abs() < 1.0, "{loss}");
     assert!(g.iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn malformed_graphs_are_errors_not_panics() {
+    // A node without inputs, a constant concatenation of mismatched shapes, a read of a missing tensor.
+    let mut b = ModelBuilder::new(&[4], 81);
+    let y = b.node("Relu", &[], vec![]);
+    assert!(TrainableModel::from_onnx_bytes(&b.build(&y)).is_err());
+    let mut b = ModelBuilder::new(&[4], 82);
+    let p = b.init_i64("p", &[2, 2], &[1, 2, 3, 4]);
+    let q = b.init_i64("q", &[3, 3], &[0; 9]);
+    let c = b.node("Concat", &[&p, &q], vec![attr_i("axis", 0)]);
+    let y = b.node("Reshape", &["x", &c], vec![]);
+    assert!(TrainableModel::from_onnx_bytes(&b.build(&y)).is_err());
+    let mut b = ModelBuilder::new(&[4], 83);
+    let y = b.node("Relu", &["nowhere"], vec![]);
+    assert!(TrainableModel::from_onnx_bytes(&b.build(&y)).is_err());
+}

@@ -202,6 +202,9 @@ impl Graph {
             self.consts.insert(out, c);
             return Ok(());
         }
+        if present.is_empty() {
+            return Err(TrainError::invalid(format!("node {} ({}) has no inputs", node.name, node.op_type)));
+        }
         let op = self.parse(node, opset)?;
         let used: Vec<String> = match &op {
             Op::Reshape | Op::Dropout { .. } | Op::Identity => vec![present[0].to_string()],
@@ -689,11 +692,13 @@ impl Graph {
                 let float = parts.iter().any(|p| matches!(p.1, Data::F(_)));
                 let mut f = vec![];
                 let mut i = vec![];
+                for p in &parts {
+                    if p.0.len() != shape.len() || (0..shape.len()).any(|i| i != axis && p.0[i] != shape[i]) {
+                        return Err(bad(format!("cannot concatenate {:?} with {:?}", first.0, p.0)));
+                    }
+                }
                 for o in 0..outer {
                     for p in &parts {
-                        if p.0.len() != shape.len() {
-                            return Err(bad("rank mismatch".into()));
-                        }
                         let chunk: usize = p.0[axis..].iter().product();
                         if float {
                             f.extend_from_slice(&p.1.as_f32()[o * chunk..(o + 1) * chunk]);
