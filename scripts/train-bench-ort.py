@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+# onnxruntime side of scripts/train-bench.sh: times the training-step graphs fedge exported (FedgeMaxPoolGrad,
+# fedge's own tract op, is rewritten into standard ScatterElements so that onnxruntime can run it).
+import sys, time, numpy as np, onnx, onnxruntime as ort
+from onnx import helper, numpy_helper, TensorProto
+
+def standardise(m):
+    """Replace FedgeMaxPoolGrad by ONNX-standard ops (ORT's MaxPool indices are global flat positions)."""
+    g = m.graph
+    new = []
+    for n in g.node:
+        if n.op_type == "FedgeMaxPoolGrad":
+            shape = list(helper.get_attribute_value(n.attribute[0]))
+            total = int(np.prod(shape))
+            idx, dy = n.input
+            o = n.output[0]
+            z = o + "_zeros"; fi = o + "_fi"; fd = o + "_fd"; sf = o + "_sf"; s1 = o + "_s1"; flat = o + "_flat"
+            g.initializer.extend([numpy_helper.from_array(np.zeros(total, np.float32), z),
+                                  numpy_helper.from_array(np.array([-1], np.int64), s1),
+                                  numpy_helper.from_array(np.array(shape, np.int64), sf)])
+            new += [helper.make_node("Reshape", [idx, s1], [fi]), helper.make_node("Reshape", [dy, s1], [fd]),
+                    helper.make_node("ScatterElements", [z, fi, fd], [flat], axis=0),
+                    helper.make_node("Reshape", [flat, sf], [o])]
+        else:
+            new.append(n)
+    del g.node[:]
+    g.node.extend(new)
+    keep = [o for o in m.opset_import if o.domain in ("", "ai.onnx")]
+    del m.opset_import[:]
+    m.opset_import.extend(keep)
+    return m
+
+def bench(path, runs):
+    m = standardise(onnx.load(path))
+    so = ort.SessionOptions(); so.intra_op_num_threads = 1; so.inter_op_num_threads = 1
+    s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feeds = {}
+    for i in s.get_inputs():
+        shape = [d for d in i.shape]
+        feeds[i.name] = np.random.rand(*shape).astype(np.float32) * 0.1
+    for _ in range(2): s.run(None, feeds)
+    t = time.process_time()
+    for _ in range(runs): s.run(None, feeds)
+    return (time.process_time() - t) * 1e3 / runs
+
+d = sys.argv[1]
+for b in (32, 128):
+    print(f"ORT mlp batch {b}: {bench(f'{d}/mlp_train_{b}.onnx', 50):8.2f} ms/step CPU")
+    print(f"ORT cnn batch {b}: {bench(f'{d}/cnn_train_{b}.onnx', 5):8.2f} ms/step CPU")
