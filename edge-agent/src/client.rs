@@ -20,8 +20,7 @@ use fedge_shared::protocol::{
     ServerHello, ServerMessage, limits,
 };
 use fedge_shared::secagg::{
-    AdvertiseKeys, AgentRef, ClientSession, EcdsaP256Signer, EncryptedShare, PeerKeyTable, SecAggError,
-    UnmaskRequest,
+    AdvertiseKeys, AgentRef, ClientSession, EcdsaP256Signer, EncryptedShare, PeerKeyTable, SecAggError, UnmaskRequest,
 };
 use fedge_shared::tls::{CertInfo, Identity, Role};
 use fedge_shared::wire;
@@ -51,16 +50,36 @@ pub struct ClientSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentEvent {
     Connected,
-    Disconnected { reason: String },
-    Refused { reason: String },
-    ModelReceived { version: u64 },
-    Trained { round: u64, examples: u64, train_loss: f32, holdout_accuracy: Option<f32> },
-    RoundEnded { round: u64, completed: bool },
+    Disconnected {
+        reason: String,
+    },
+    Refused {
+        reason: String,
+    },
+    ModelReceived {
+        version: u64,
+    },
+    Trained {
+        round: u64,
+        examples: u64,
+        train_loss: f32,
+        holdout_accuracy: Option<f32>,
+    },
+    RoundEnded {
+        round: u64,
+        completed: bool,
+    },
     /// This agent refused to take part in a secure round (a peer key failed its certificate or signature check, the
     /// server's request was inconsistent, too few neighbours were left...). It told the server and uploads nothing.
-    SecureRoundRefused { round: u64, reason: String },
+    SecureRoundRefused {
+        round: u64,
+        reason: String,
+    },
     /// The masked vector of a secure round is uploaded.
-    MaskedUploaded { round: u64, values: usize },
+    MaskedUploaded {
+        round: u64,
+        values: usize,
+    },
 }
 
 /// An edge agent's connection loop.
@@ -76,7 +95,12 @@ enum Inbound {
     Blob(BlobHeader, Vec<u8>),
     Learned(u64, anyhow::Result<LearnOutcome>),
     /// The masked vector of a secure round, computed on a blocking thread, and the session back.
-    Masked { round: u64, session: Box<ClientSession>, result: Result<Vec<u32>, SecAggError>, outcome: LearnOutcome },
+    Masked {
+        round: u64,
+        session: Box<ClientSession>,
+        result: Result<Vec<u32>, SecAggError>,
+        outcome: LearnOutcome,
+    },
     Failed(String),
 }
 
@@ -103,7 +127,12 @@ impl SecureTools {
 
     /// The signing keys of the peers whose keys the server relayed: each certificate must chain to the federation
     /// CA, be an agent certificate and name the agent the cohort lists at that index.
-    fn peer_keys(&self, cohort: &[AgentRef], keys: &[AdvertiseKeys], certs: &[Vec<u8>]) -> anyhow::Result<PeerKeyTable> {
+    fn peer_keys(
+        &self,
+        cohort: &[AgentRef],
+        keys: &[AdvertiseKeys],
+        certs: &[Vec<u8>],
+    ) -> anyhow::Result<PeerKeyTable> {
         peer_key_table(self.verifier.as_ref(), cohort, keys, certs)
     }
 }
@@ -481,9 +510,16 @@ impl Agent {
         plan: &SecAggPlan,
         tools: &SecureTools,
     ) -> anyhow::Result<(SecureState, AdvertiseKeys)> {
-        let (session, keys) =
-            ClientSession::new(plan.params.clone(), round, plan.me, &plan.cohort, plan.graph_seed, &tools.signer, &mut OsRng)
-                .context("secure-aggregation plan")?;
+        let (session, keys) = ClientSession::new(
+            plan.params.clone(),
+            round,
+            plan.me,
+            &plan.cohort,
+            plan.graph_seed,
+            &tools.signer,
+            &mut OsRng,
+        )
+        .context("secure-aggregation plan")?;
         tracing::info!(round, me = plan.me, neighbours = session.neighbours().len(), "secure round: keys advertised");
         let state =
             SecureState { round, cohort: plan.cohort.clone(), session: Some(session), ready: false, outcome: None };

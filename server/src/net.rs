@@ -335,8 +335,7 @@ async fn read_masked(
     }
     let permit = shared.uploads.clone().acquire_owned().await?;
     let body = wire::read_blob_body(recv, header).await?;
-    let masked: Vec<u32> =
-        body.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let masked: Vec<u32> = body.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     drop(body);
     tracing::debug!(agent, round, examples, "masked vector received");
     let msg = CoreMsg::Masked { agent: agent.to_string(), round, examples, train_loss, masked, permit };

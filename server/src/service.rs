@@ -69,17 +69,51 @@ pub enum Outbound {
 }
 
 /// Messages from connection tasks and operators to the core.
+// One message at a time moves through a bounded channel: a few hundred bytes per slot do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum CoreMsg {
     /// `cert` is the DER of the agent's verified certificate (relayed to its cohort in secure rounds).
-    Connected { agent: AgentId, conn: u64, tx: mpsc::Sender<Outbound>, cert: Vec<u8> },
-    Disconnected { agent: AgentId, conn: u64 },
-    CheckIn { agent: AgentId, conn: u64, checkin: protocol::CheckIn },
-    Update { agent: AgentId, round: u64, examples: u64, train_loss: f32, delta: Vec<f32> },
-    Abandon { agent: AgentId, round: u64, reason: String },
-    SecAggAdvertise { agent: AgentId, keys: AdvertiseKeys },
-    SecAggShares { agent: AgentId, round: u64, shares: Vec<EncryptedShare> },
-    SecAggUnmask { agent: AgentId, response: UnmaskResponse },
+    Connected {
+        agent: AgentId,
+        conn: u64,
+        tx: mpsc::Sender<Outbound>,
+        cert: Vec<u8>,
+    },
+    Disconnected {
+        agent: AgentId,
+        conn: u64,
+    },
+    CheckIn {
+        agent: AgentId,
+        conn: u64,
+        checkin: protocol::CheckIn,
+    },
+    Update {
+        agent: AgentId,
+        round: u64,
+        examples: u64,
+        train_loss: f32,
+        delta: Vec<f32>,
+    },
+    Abandon {
+        agent: AgentId,
+        round: u64,
+        reason: String,
+    },
+    SecAggAdvertise {
+        agent: AgentId,
+        keys: AdvertiseKeys,
+    },
+    SecAggShares {
+        agent: AgentId,
+        round: u64,
+        shares: Vec<EncryptedShare>,
+    },
+    SecAggUnmask {
+        agent: AgentId,
+        response: UnmaskResponse,
+    },
     /// A whole masked vector; `permit` (one of `max_concurrent_uploads`) is released once it is folded.
     Masked {
         agent: AgentId,
@@ -90,7 +124,10 @@ pub enum CoreMsg {
         permit: tokio::sync::OwnedSemaphorePermit,
     },
     Operator(Operator),
-    Committed { round: u64, result: Result<CommittedModel, String> },
+    Committed {
+        round: u64,
+        result: Result<CommittedModel, String>,
+    },
     Status(oneshot::Sender<Status>),
 }
 

@@ -159,8 +159,7 @@ impl Sim {
                             continue;
                         }
                         let a = self.agents.get_mut(&agent).unwrap();
-                        let shares =
-                            a.session.as_mut().unwrap().on_keys(&keys, &self.peers, &mut self.rng).unwrap();
+                        let shares = a.session.as_mut().unwrap().on_keys(&keys, &self.peers, &mut self.rng).unwrap();
                         self.feed(Event::SecAggShares { agent, round, shares });
                     }
                 }
@@ -280,8 +279,7 @@ fn agents_dropping_out_in_every_phase_are_dropped_and_exactly_the_uploaders_are_
     sim.run_round();
     assert!(sim.aborts.is_empty(), "{:?}", sim.aborts);
     let (record, _) = sim.commits.last().unwrap();
-    let dropped: BTreeMap<&str, &str> =
-        record.dropped.iter().map(|d| (d.agent.as_str(), d.reason.as_str())).collect();
+    let dropped: BTreeMap<&str, &str> = record.dropped.iter().map(|d| (d.agent.as_str(), d.reason.as_str())).collect();
     assert_eq!(dropped.len(), 5, "{dropped:?}");
     assert!(dropped[name(1).as_str()].contains("advertise-keys deadline"), "{dropped:?}");
     assert!(dropped[name(8).as_str()].contains("share-keys deadline"), "{dropped:?}");
@@ -355,7 +353,9 @@ fn a_message_for_the_wrong_phase_is_refused_without_dropping_anyone() {
     let masked = vec![0u32; DIM + 1];
     sim.feed(Event::MaskedInput { agent: name(2), round: 1, examples: 5, train_loss: 0.1, masked: &masked });
     sim.drain();
-    assert!(sim.rejects.iter().any(|(a, r)| *a == name(2) && matches!(r, RejectReason::SecAgg(m) if m.contains("phase"))));
+    assert!(
+        sim.rejects.iter().any(|(a, r)| *a == name(2) && matches!(r, RejectReason::SecAgg(m) if m.contains("phase")))
+    );
     assert_eq!(sim.coord.status().dropped, 0);
 }
 

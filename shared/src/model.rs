@@ -69,7 +69,7 @@ pub fn weights_to_bytes(weights: &[f32]) -> Vec<u8> {
 
 /// Decodes little-endian weights, checking the count (when given) and that every value is finite.
 pub fn weights_from_bytes(bytes: &[u8], expected: Option<usize>) -> Result<Vec<f32>, WeightsError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(WeightsError::NotFloats { got: bytes.len() });
     }
     let n = bytes.len() / 4;

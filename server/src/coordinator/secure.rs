@@ -436,8 +436,7 @@ impl Coordinator {
             SecurePhase::Advertise => session.close_advertise().map_err(|e| e.to_string()).map(|keys| {
                 let owners = names(&mut keys.iter().map(|k| k.from));
                 sec.metrics.advertise_ms = elapsed;
-                let action =
-                    Action::SecAggKeys { round: round_id, to: owners.clone(), keys, owners: owners.clone() };
+                let action = Action::SecAggKeys { round: round_id, to: owners.clone(), keys, owners: owners.clone() };
                 (owners, vec![action])
             }),
             SecurePhase::Shares => session.close_shares().map_err(|e| e.to_string()).map(|per_agent| {
@@ -499,8 +498,13 @@ impl Coordinator {
         };
         sec.expected = next_members;
         sec.answered.clear();
-        tracing::info!(round = round_id, closed = phase.name(), next = sec.phase.name(), members = sec.expected.len(),
-            "secure aggregation phase closed");
+        tracing::info!(
+            round = round_id,
+            closed = phase.name(),
+            next = sec.phase.name(),
+            members = sec.expected.len(),
+            "secure aggregation phase closed"
+        );
         let missed_reason = format!("missed the {} deadline", phase.name());
         self.drop_silently(&late, &missed_reason, out);
         self.drop_silently(&pruned, "too few of its neighbours are left in the round", out);
