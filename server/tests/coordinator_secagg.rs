@@ -219,7 +219,7 @@ impl Sim {
         panic!("the round did not end");
     }
 
-    /// The plain weighted mean delta of `agents` (weights `min(examples, cap) / cap`, cap 1000 > every count).
+    /// The plain example-weighted mean delta of `agents` (the secure weights `examples / cap` are proportional).
     fn plain_mean(&self, agents: &BTreeSet<usize>) -> Vec<f32> {
         let mut sum = vec![0f64; DIM];
         let mut total = 0f64;

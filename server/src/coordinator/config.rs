@@ -142,7 +142,8 @@ pub struct SecAggConfig {
     /// Quantization levels are 2^quant_bits (default 22, fewer for very large cohorts).
     #[serde(default)]
     pub quant_bits: Option<u32>,
-    /// An agent's weight is min(examples, weight_cap) / weight_cap (default 1000).
+    /// An agent's weight is min(examples, weight_cap) / weight_cap. Default: the largest example count declared in
+    /// the round's cohort (capped by `max_examples`), so that the secure mean weighs agents as the plain mean does.
     #[serde(default)]
     pub weight_cap: Option<u64>,
     /// Deadline of each key-exchange phase (advertise keys, share keys) and of the unmask phase, in milliseconds.

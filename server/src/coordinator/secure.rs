@@ -110,7 +110,17 @@ impl Coordinator {
         if n > MAX_SECURE_COHORT {
             return Err(format!("a secure cohort of {n} agents exceeds {MAX_SECURE_COHORT}"));
         }
-        let params = self.secagg.params_for(n);
+        let mut params = self.secagg.params_for(n);
+        if self.secagg.weight_cap.is_none() {
+            // Weigh agents as plain FedAvg does: by examples, capped by max_examples. The cap is the largest count
+            // declared in the cohort, so no weight saturates (the server knows these counts from the check-ins).
+            let declared = selected
+                .iter()
+                .filter_map(|a| self.agents.get(a).and_then(|i| i.holding).map(|h| h.examples))
+                .max()
+                .unwrap_or(1);
+            params.weight_cap = declared.min(self.config.max_examples.unwrap_or(u64::MAX)).max(1);
+        }
         params.validate(n, self.global.len()).map_err(|e| format!("secagg parameters for {n} agents: {e}"))?;
         let cohort: Vec<AgentRef> =
             selected.iter().enumerate().map(|(i, a)| AgentRef { index: i as u32, name: a.clone() }).collect();
