@@ -114,15 +114,7 @@ impl SecureTools {
     fn new(settings: &ClientSettings) -> anyhow::Result<SecureTools> {
         let signer = EcdsaP256Signer::from_pkcs8(settings.identity.key_pkcs8())
             .context("this agent's certificate key cannot sign secure-aggregation keys")?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in &settings.ca {
-            roots.add(c.clone()).context("federation CA certificate")?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .context("building the peer certificate verifier")?;
-        Ok(SecureTools { signer, verifier })
+        Ok(SecureTools { signer, verifier: peer_verifier(&settings.ca)? })
     }
 
     /// The signing keys of the peers whose keys the server relayed: each certificate must chain to the federation
@@ -135,6 +127,18 @@ impl SecureTools {
     ) -> anyhow::Result<PeerKeyTable> {
         peer_key_table(self.verifier.as_ref(), cohort, keys, certs)
     }
+}
+
+/// A verifier of agent certificates issued by the federation CA `ca` (webpki, as the server checks its clients).
+pub fn peer_verifier(ca: &[CertificateDer<'static>]) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in ca {
+        roots.add(c.clone()).context("federation CA certificate")?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .context("building the peer certificate verifier")
 }
 
 /// Checks the certificates relayed with a key broadcast (`certs[i]` for `keys[i].from`) and returns the signing
@@ -695,4 +699,49 @@ async fn read_blobs(conn: quinn::Connection, tx: mpsc::Sender<Inbound>) {
 /// The digest an agent reports for weights it holds (for logs and tests).
 pub fn digest_of(weights: &[f32]) -> Digest {
     Digest::of(&weights_to_bytes(weights))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedge_shared::secagg::{KeySigner, PeerVerifier};
+    use fedge_shared::tls::{self, files};
+
+    fn keys_from(from: u32) -> AdvertiseKeys {
+        AdvertiseKeys { round: 1, from, enc_pk: [1; 32], mask_pk: [2; 32], seed_commitment: [3; 32], signature: vec![] }
+    }
+
+    #[test]
+    fn relayed_certificates_must_chain_to_the_ca_name_the_cohort_member_and_be_agent_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        tls::init_federation(&pki, &["localhost".into()], 30).unwrap();
+        let der = |bundle: &std::path::Path| Identity::load_bundle(bundle).unwrap().chain[0].as_ref().to_vec();
+        let a0 = tls::issue_bundle(&pki, "a0", Role::Agent, 30).unwrap();
+        let a1 = tls::issue_bundle(&pki, "a1", Role::Agent, 30).unwrap();
+        let op = tls::issue_bundle(&pki, "op", Role::Operator, 30).unwrap();
+        let other = dir.path().join("other");
+        tls::init_federation(&other, &["localhost".into()], 30).unwrap();
+        let foreign_a1 = tls::issue_bundle(&other, "a1", Role::Agent, 30).unwrap();
+        let ca = tls::load_certs(&pki.join(files::CA_CERT)).unwrap();
+        let verifier = peer_verifier(&ca).unwrap();
+        let cohort = vec![AgentRef { index: 0, name: "a0".into() }, AgentRef { index: 1, name: "a1".into() }];
+        let keys = vec![keys_from(0), keys_from(1)];
+
+        let table = peer_key_table(verifier.as_ref(), &cohort, &keys, &[der(&a0), der(&a1)]).unwrap();
+        let signer = EcdsaP256Signer::from_pkcs8(Identity::load_bundle(&a1).unwrap().key_pkcs8()).unwrap();
+        let sig = signer.sign(b"m").unwrap();
+        assert!(table.verify(&cohort[1], b"m", &sig), "a1's certificate key checks a1's signature");
+        assert!(!table.verify(&cohort[0], b"m", &sig), "and not as a0's");
+
+        let swapped = peer_key_table(verifier.as_ref(), &cohort, &keys, &[der(&a1), der(&a0)]).unwrap_err();
+        assert!(format!("{swapped:#}").contains("was relayed for agent a0"), "{swapped:#}");
+        let foreign = peer_key_table(verifier.as_ref(), &cohort, &keys, &[der(&a0), der(&foreign_a1)]).unwrap_err();
+        assert!(format!("{foreign:#}").contains("not valid in this federation"), "{foreign:#}");
+        let op_cohort = vec![cohort[0].clone(), AgentRef { index: 1, name: "op".into() }];
+        let operator = peer_key_table(verifier.as_ref(), &op_cohort, &keys, &[der(&a0), der(&op)]).unwrap_err();
+        assert!(format!("{operator:#}").contains("not an agent certificate"), "{operator:#}");
+        let short = peer_key_table(verifier.as_ref(), &cohort, &keys, &[der(&a0)]).unwrap_err();
+        assert!(format!("{short:#}").contains("1 certificates relayed for 2 keys"), "{short:#}");
+    }
 }
