@@ -4,18 +4,29 @@
 //! This is the async shell: it moves messages and bytes and hands learning to a [`Learner`] on a blocking
 //! thread. It never panics on what the server sends: a malformed message ends the connection with a logged reason,
 //! and the agent connects again.
+//!
+//! In a secure round (the plan carries [`SecAggPlan`]) the agent runs a SecAgg+ [`ClientSession`] next to its
+//! training: it signs its round keys with its certificate key, checks every relayed peer key against the peer's
+//! certificate (which must chain to the federation CA, name the agent the cohort lists and carry the agent role),
+//! relays encrypted shares, masks its delta on a blocking thread and uploads only the masked vector — never the plain
+//! delta. Any check that fails makes the agent refuse the round ([`AgentEvent::SecureRoundRefused`]).
 
 use crate::learner::{LearnOutcome, Learner};
 use crate::state::ModelState;
 use anyhow::{Context, anyhow, bail};
 use fedge_shared::model::{Digest, weights_from_bytes_checked, weights_to_bytes};
 use fedge_shared::protocol::{
-    AgentMessage, BlobHeader, BlobKind, CheckIn, DeviceInfo, Hello, PROTOCOL_VERSION, RoundPlan, ServerHello,
-    ServerMessage, limits,
+    AgentMessage, BlobHeader, BlobKind, CheckIn, DeviceInfo, Hello, PROTOCOL_VERSION, RoundPlan, SecAggPlan,
+    ServerHello, ServerMessage, limits,
 };
-use fedge_shared::tls::Identity;
+use fedge_shared::secagg::{
+    AdvertiseKeys, AgentRef, ClientSession, EcdsaP256Signer, EncryptedShare, PeerKeyTable, SecAggError, UnmaskRequest,
+};
+use fedge_shared::tls::{CertInfo, Identity, Role};
 use fedge_shared::wire;
-use rustls::pki_types::CertificateDer;
+use rand::rngs::OsRng;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,6 +74,17 @@ pub enum AgentEvent {
         sent: u64,
         received: u64,
     },
+    /// This agent refused to take part in a secure round (a peer key failed its certificate or signature check, the
+    /// server's request was inconsistent, too few neighbours were left...). It told the server and uploads nothing.
+    SecureRoundRefused {
+        round: u64,
+        reason: String,
+    },
+    /// The masked vector of a secure round is uploaded.
+    MaskedUploaded {
+        round: u64,
+        values: usize,
+    },
 }
 
 /// An edge agent's connection loop.
@@ -77,7 +99,110 @@ enum Inbound {
     Control(ServerMessage),
     Blob(BlobHeader, Vec<u8>),
     Learned(u64, anyhow::Result<LearnOutcome>),
+    /// The masked vector of a secure round, computed on a blocking thread, and the session back.
+    Masked {
+        round: u64,
+        session: Box<ClientSession>,
+        result: Result<Vec<u32>, SecAggError>,
+        outcome: LearnOutcome,
+    },
     Failed(String),
+}
+
+/// What a secure round needs from this agent's identity: its signing key and a verifier of peer certificates.
+struct SecureTools {
+    signer: EcdsaP256Signer,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl SecureTools {
+    fn new(settings: &ClientSettings) -> anyhow::Result<SecureTools> {
+        let signer = EcdsaP256Signer::from_pkcs8(settings.identity.key_pkcs8())
+            .context("this agent's certificate key cannot sign secure-aggregation keys")?;
+        Ok(SecureTools { signer, verifier: peer_verifier(&settings.ca)? })
+    }
+
+    /// The signing keys of the peers whose keys the server relayed: each certificate must chain to the federation
+    /// CA, be an agent certificate and name the agent the cohort lists at that index.
+    fn peer_keys(
+        &self,
+        cohort: &[AgentRef],
+        keys: &[AdvertiseKeys],
+        certs: &[Vec<u8>],
+    ) -> anyhow::Result<PeerKeyTable> {
+        peer_key_table(self.verifier.as_ref(), cohort, keys, certs)
+    }
+}
+
+/// A verifier of agent certificates issued by the federation CA `ca` (webpki, as the server checks its clients).
+pub fn peer_verifier(ca: &[CertificateDer<'static>]) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in ca {
+        roots.add(c.clone()).context("federation CA certificate")?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .context("building the peer certificate verifier")
+}
+
+/// Checks the certificates relayed with a key broadcast (`certs[i]` for `keys[i].from`) and returns the signing
+/// keys they carry, by agent name. Refuses a certificate that does not chain to the CA `verifier` trusts, that is
+/// not an agent's, or whose name is not the cohort's name for that index.
+pub fn peer_key_table(
+    verifier: &dyn ClientCertVerifier,
+    cohort: &[AgentRef],
+    keys: &[AdvertiseKeys],
+    certs: &[Vec<u8>],
+) -> anyhow::Result<PeerKeyTable> {
+    if certs.len() != keys.len() {
+        bail!("{} certificates relayed for {} keys", certs.len(), keys.len());
+    }
+    let mut table = PeerKeyTable::new();
+    for (k, der) in keys.iter().zip(certs) {
+        let name = cohort
+            .iter()
+            .find(|a| a.index == k.from)
+            .map(|a| a.name.as_str())
+            .ok_or_else(|| anyhow!("keys of agent {} who is not in the cohort", k.from))?;
+        if der.len() > limits::CERTIFICATE {
+            bail!("the certificate relayed for {name} has {} bytes", der.len());
+        }
+        let cert = CertificateDer::from(der.as_slice());
+        verifier
+            .verify_client_cert(&cert, &[], UnixTime::now())
+            .map_err(|e| anyhow!("the certificate relayed for {name} is not valid in this federation: {e}"))?;
+        let info = CertInfo::parse(&cert).map_err(|e| anyhow!("the certificate relayed for {name}: {e}"))?;
+        if info.name != name {
+            bail!("the certificate of {:?} was relayed for agent {name}", info.name);
+        }
+        if info.role != Role::Agent {
+            bail!("the certificate relayed for {name} is not an agent certificate ({:?})", info.role);
+        }
+        table.insert(name, info.public_key);
+    }
+    Ok(table)
+}
+
+/// This agent's part in the secure round in flight.
+struct SecureState {
+    round: u64,
+    cohort: Vec<AgentRef>,
+    /// `None` while the masking runs on a blocking thread.
+    session: Option<ClientSession>,
+    /// The shares are in: the session is ready for the masked input.
+    ready: bool,
+    /// The training outcome, waiting for the session to be ready.
+    outcome: Option<LearnOutcome>,
+}
+
+/// Aborts a spawned task when dropped (so a cancelled session closes its connection).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Why a session ended.
@@ -220,13 +345,11 @@ impl Agent {
         };
         wire::write_msg(&mut send, &AgentMessage::CheckIn(checkin), limits::CONTROL).await?;
 
+        let tools = SecureTools::new(&self.settings)?;
         let (tx, mut rx) = mpsc::channel::<Inbound>(16);
-        let reader = tokio::spawn(read_control(recv, tx.clone()));
-        let blobs = tokio::spawn(read_blobs(conn.clone(), tx.clone()));
-        let result = self.event_loop(conn, &mut send, &mut rx, tx).await;
-        reader.abort();
-        blobs.abort();
-        result
+        let _reader = AbortOnDrop(tokio::spawn(read_control(recv, tx.clone())));
+        let _blobs = AbortOnDrop(tokio::spawn(read_blobs(conn.clone(), tx.clone())));
+        self.event_loop(conn, &mut send, &mut rx, tx, &tools).await
     }
 
     async fn event_loop(
@@ -235,9 +358,13 @@ impl Agent {
         send: &mut quinn::SendStream,
         rx: &mut mpsc::Receiver<Inbound>,
         tx: mpsc::Sender<Inbound>,
+        tools: &SecureTools,
     ) -> anyhow::Result<()> {
         let mut pending: Option<RoundPlan> = None;
         let mut training: Option<u64> = None;
+        let mut secure: Option<SecureState> = None;
+        // The newest round whose plan asked for secure aggregation: its delta is never uploaded in the clear.
+        let mut last_secure_round: Option<u64> = None;
         while let Some(msg) = rx.recv().await {
             match msg {
                 Inbound::Failed(reason) => bail!(reason),
@@ -245,31 +372,134 @@ impl Agent {
                     tracing::debug!(version = a.version, "server announced a model");
                 }
                 Inbound::Control(ServerMessage::Plan(plan)) => {
-                    tracing::info!(round = plan.round, version = plan.model_version, "selected for a round");
-                    pending = Some(plan);
+                    tracing::info!(
+                        round = plan.round,
+                        version = plan.model_version,
+                        secure = plan.secagg.is_some(),
+                        "selected for a round"
+                    );
+                    secure = None;
+                    match &plan.secagg {
+                        Some(sp) => {
+                            last_secure_round = Some(plan.round);
+                            match self.start_secure(plan.round, sp, tools) {
+                                Ok((state, keys)) => {
+                                    wire::write_msg(send, &AgentMessage::SecAggAdvertise(keys), limits::CONTROL)
+                                        .await?;
+                                    secure = Some(state);
+                                    pending = Some(plan);
+                                }
+                                Err(e) => self.refuse_secure(send, plan.round, format!("{e:#}")).await?,
+                            }
+                        }
+                        None => {
+                            tracing::warn!(round = plan.round, "this round is NOT securely aggregated");
+                            pending = Some(plan);
+                        }
+                    }
                 }
                 Inbound::Control(ServerMessage::RoundEnd { round, completed, reason, .. }) => {
                     tracing::info!(round, completed, reason = reason.as_deref().unwrap_or(""), "round ended");
                     if pending.as_ref().is_some_and(|p| p.round == round) {
                         pending = None;
                     }
+                    if secure.as_ref().is_some_and(|s| s.round == round) {
+                        secure = None;
+                    }
                     self.emit(AgentEvent::RoundEnded { round, completed });
                     let stats = conn.stats();
                     self.emit(AgentEvent::Traffic { sent: stats.udp_tx.bytes, received: stats.udp_rx.bytes });
                 }
                 Inbound::Control(ServerMessage::Bye { reason }) => bail!("server said goodbye: {reason}"),
+                Inbound::Control(ServerMessage::SecAggKeys { round, keys, certificates }) => {
+                    let Some(st) = secure.as_mut().filter(|s| s.round == round) else {
+                        tracing::debug!(round, "keys for a round this agent is not in");
+                        continue;
+                    };
+                    match self.on_keys(st, tools, &keys, &certificates) {
+                        Ok(shares) => {
+                            let m = AgentMessage::SecAggShares { round, shares };
+                            wire::write_msg(send, &m, limits::CONTROL).await?;
+                        }
+                        Err(e) => {
+                            secure = None;
+                            pending = pending.filter(|p| p.round != round);
+                            self.refuse_secure(send, round, format!("{e:#}")).await?;
+                        }
+                    }
+                }
+                Inbound::Control(ServerMessage::SecAggShares { round, shares }) => {
+                    let Some(st) = secure.as_mut().filter(|s| s.round == round) else { continue };
+                    match on_shares(st, &shares) {
+                        Ok(()) => st.ready = true,
+                        Err(e) => {
+                            secure = None;
+                            pending = pending.filter(|p| p.round != round);
+                            self.refuse_secure(send, round, format!("{e:#}")).await?;
+                        }
+                    }
+                }
+                Inbound::Control(ServerMessage::SecAggUnmask(request)) => {
+                    let round = request.round;
+                    let Some(st) = secure.as_mut().filter(|s| s.round == round) else { continue };
+                    match on_unmask(st, &request) {
+                        Ok(m) => {
+                            wire::write_msg(send, &m, limits::CONTROL).await?;
+                            tracing::info!(round, "revealed the unmasking shares");
+                        }
+                        Err(e) => self.refuse_secure(send, round, format!("{e:#}")).await?,
+                    }
+                    secure = None;
+                }
                 Inbound::Blob(header, body) => self.take_blob(header, body).await?,
                 Inbound::Learned(round, outcome) => {
                     training = None;
                     match outcome {
-                        Ok(out) => self.upload(conn, round, out).await?,
+                        Ok(out) => match secure.as_mut().filter(|s| s.round == round) {
+                            Some(st) => st.outcome = Some(out),
+                            None if last_secure_round == Some(round) => {
+                                tracing::info!(round, "the secure round is over for this agent; the delta is dropped");
+                            }
+                            None => self.upload(conn, round, out).await?,
+                        },
                         Err(e) => {
                             tracing::error!(round, error = %format!("{e:#}"), "local training failed");
+                            if secure.as_ref().is_some_and(|s| s.round == round) {
+                                secure = None;
+                            }
                             let m = AgentMessage::Abandon { round, reason: format!("{e:#}") };
                             wire::write_msg(send, &m, limits::CONTROL).await?;
                         }
                     }
                 }
+                Inbound::Masked { round, session, result, outcome } => {
+                    let Some(st) = secure.as_mut().filter(|s| s.round == round) else { continue };
+                    match result {
+                        Ok(masked) => {
+                            st.session = Some(*session);
+                            self.upload_masked(conn, round, &masked, &outcome).await?;
+                        }
+                        Err(e) => {
+                            secure = None;
+                            self.refuse_secure(send, round, format!("masking: {e}")).await?;
+                        }
+                    }
+                }
+            }
+            // Mask the delta once it exists and the shares are in (on a blocking thread: it expands one keystream
+            // per neighbour over the whole model).
+            if let Some(st) = secure.as_mut()
+                && st.ready
+                && st.outcome.is_some()
+                && let Some(session) = st.session.take()
+                && let Some(outcome) = st.outcome.take()
+            {
+                let (round, tx) = (st.round, tx.clone());
+                tokio::task::spawn_blocking(move || {
+                    let mut session = session;
+                    let result = session.masked_input(&outcome.delta, outcome.examples, &mut OsRng);
+                    let _ = tx.blocking_send(Inbound::Masked { round, session: Box::new(session), result, outcome });
+                });
             }
             // Start training once the plan's model is held and nothing else is training.
             if training.is_none()
@@ -282,6 +512,78 @@ impl Agent {
             }
         }
         Err(anyhow!("connection lost"))
+    }
+
+    /// Starts this agent's side of a secure round: the session and its signed keys.
+    fn start_secure(
+        &self,
+        round: u64,
+        plan: &SecAggPlan,
+        tools: &SecureTools,
+    ) -> anyhow::Result<(SecureState, AdvertiseKeys)> {
+        let (session, keys) = ClientSession::new(
+            plan.params.clone(),
+            round,
+            plan.me,
+            &plan.cohort,
+            plan.graph_seed,
+            &tools.signer,
+            &mut OsRng,
+        )
+        .context("secure-aggregation plan")?;
+        tracing::info!(round, me = plan.me, neighbours = session.neighbours().len(), "secure round: keys advertised");
+        let state =
+            SecureState { round, cohort: plan.cohort.clone(), session: Some(session), ready: false, outcome: None };
+        Ok((state, keys))
+    }
+
+    fn on_keys(
+        &self,
+        st: &mut SecureState,
+        tools: &SecureTools,
+        keys: &[AdvertiseKeys],
+        certificates: &[Vec<u8>],
+    ) -> anyhow::Result<Vec<EncryptedShare>> {
+        let session = st.session.as_mut().ok_or_else(|| anyhow!("keys arrived twice"))?;
+        let table = tools.peer_keys(&st.cohort, keys, certificates)?;
+        Ok(session.on_keys(keys, &table, &mut OsRng)?)
+    }
+
+    /// Tells the server this agent will not take part in `round`, and why.
+    async fn refuse_secure(&self, send: &mut quinn::SendStream, round: u64, reason: String) -> anyhow::Result<()> {
+        tracing::error!(round, %reason, "refusing the secure round");
+        self.emit(AgentEvent::SecureRoundRefused { round, reason: reason.clone() });
+        let m = AgentMessage::Abandon { round, reason: format!("secure aggregation refused: {reason}") };
+        wire::write_msg(send, &m, limits::CONTROL).await?;
+        Ok(())
+    }
+
+    async fn upload_masked(
+        &self,
+        conn: &quinn::Connection,
+        round: u64,
+        masked: &[u32],
+        out: &LearnOutcome,
+    ) -> anyhow::Result<()> {
+        let mut body = Vec::with_capacity(masked.len() * 4);
+        for v in masked {
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+        let header = BlobHeader {
+            kind: BlobKind::Masked { round, examples: out.examples, train_loss: out.train_loss },
+            len: body.len() as u64,
+            digest: None,
+        };
+        wire::send_blob(conn, &header, &body).await?;
+        self.emit(AgentEvent::MaskedUploaded { round, values: masked.len() });
+        self.emit(AgentEvent::Trained {
+            round,
+            examples: out.examples,
+            train_loss: out.train_loss,
+            holdout_accuracy: out.holdout_accuracy,
+        });
+        tracing::info!(round, loss = out.train_loss, "uploaded the masked update");
+        Ok(())
     }
 
     fn ready_for(&self, plan: &RoundPlan) -> bool {
@@ -321,7 +623,9 @@ impl Agent {
                 self.emit(AgentEvent::ModelReceived { version });
                 tracing::info!(version, "received global weights");
             }
-            BlobKind::Update { .. } => bail!("protocol violation: the server sent an update blob"),
+            BlobKind::Update { .. } | BlobKind::Masked { .. } => {
+                bail!("protocol violation: the server sent an update blob")
+            }
         }
         Ok(())
     }
@@ -348,6 +652,18 @@ impl Agent {
         tracing::info!(round, loss = out.train_loss, "uploaded update");
         Ok(())
     }
+}
+
+fn on_shares(st: &mut SecureState, shares: &[EncryptedShare]) -> anyhow::Result<()> {
+    let session = st.session.as_mut().ok_or_else(|| anyhow!("shares arrived while masking"))?;
+    session.on_shares(shares)?;
+    tracing::info!(round = st.round, shares = shares.len(), "secure round: shares received");
+    Ok(())
+}
+
+fn on_unmask(st: &mut SecureState, request: &UnmaskRequest) -> anyhow::Result<AgentMessage> {
+    let session = st.session.as_mut().ok_or_else(|| anyhow!("the unmask request arrived before the masked input"))?;
+    Ok(AgentMessage::SecAggUnmask(session.on_unmask_request(request)?))
 }
 
 async fn read_control(mut recv: quinn::RecvStream, tx: mpsc::Sender<Inbound>) {
@@ -390,4 +706,49 @@ async fn read_blobs(conn: quinn::Connection, tx: mpsc::Sender<Inbound>) {
 /// The digest an agent reports for weights it holds (for logs and tests).
 pub fn digest_of(weights: &[f32]) -> Digest {
     Digest::of(&weights_to_bytes(weights))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedge_shared::secagg::{KeySigner, PeerVerifier};
+    use fedge_shared::tls::{self, files};
+
+    fn keys_from(from: u32) -> AdvertiseKeys {
+        AdvertiseKeys { round: 1, from, enc_pk: [1; 32], mask_pk: [2; 32], seed_commitment: [3; 32], signature: vec![] }
+    }
+
+    #[test]
+    fn relayed_certificates_must_chain_to_the_ca_name_the_cohort_member_and_be_agent_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        tls::init_federation(&pki, &["localhost".into()], 30).unwrap();
+        let der = |bundle: &std::path::Path| Identity::load_bundle(bundle).unwrap().chain[0].as_ref().to_vec();
+        let a0 = tls::issue_bundle(&pki, "a0", Role::Agent, 30).unwrap();
+        let a1 = tls::issue_bundle(&pki, "a1", Role::Agent, 30).unwrap();
+        let op = tls::issue_bundle(&pki, "op", Role::Operator, 30).unwrap();
+        let other = dir.path().join("other");
+        tls::init_federation(&other, &["localhost".into()], 30).unwrap();
+        let foreign_a1 = tls::issue_bundle(&other, "a1", Role::Agent, 30).unwrap();
+        let ca = tls::load_certs(&pki.join(files::CA_CERT)).unwrap();
+        let verifier = peer_verifier(&ca).unwrap();
+        let cohort = vec![AgentRef { index: 0, name: "a0".into() }, AgentRef { index: 1, name: "a1".into() }];
+        let keys = vec![keys_from(0), keys_from(1)];
+
+        let table = peer_key_table(verifier.as_ref(), &cohort, &keys, &[der(&a0), der(&a1)]).unwrap();
+        let signer = EcdsaP256Signer::from_pkcs8(Identity::load_bundle(&a1).unwrap().key_pkcs8()).unwrap();
+        let sig = signer.sign(b"m").unwrap();
+        assert!(table.verify(&cohort[1], b"m", &sig), "a1's certificate key checks a1's signature");
+        assert!(!table.verify(&cohort[0], b"m", &sig), "and not as a0's");
+
+        let swapped = peer_key_table(verifier.as_ref(), &cohort, &keys, &[der(&a1), der(&a0)]).unwrap_err();
+        assert!(format!("{swapped:#}").contains("was relayed for agent a0"), "{swapped:#}");
+        let foreign = peer_key_table(verifier.as_ref(), &cohort, &keys, &[der(&a0), der(&foreign_a1)]).unwrap_err();
+        assert!(format!("{foreign:#}").contains("not valid in this federation"), "{foreign:#}");
+        let op_cohort = vec![cohort[0].clone(), AgentRef { index: 1, name: "op".into() }];
+        let operator = peer_key_table(verifier.as_ref(), &op_cohort, &keys, &[der(&a0), der(&op)]).unwrap_err();
+        assert!(format!("{operator:#}").contains("not an agent certificate"), "{operator:#}");
+        let short = peer_key_table(verifier.as_ref(), &cohort, &keys, &[der(&a0)]).unwrap_err();
+        assert!(format!("{short:#}").contains("1 certificates relayed for 2 keys"), "{short:#}");
+    }
 }

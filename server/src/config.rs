@@ -6,7 +6,7 @@
 //! `FEDGE_SERVER__SECTION__KEY` (double underscores between levels, e.g. `FEDGE_SERVER__COORDINATOR__MIN_AGENTS=5`).
 //! This module reads files; it never opens sockets.
 
-use crate::coordinator::CoordinatorConfig;
+use crate::coordinator::{CoordinatorConfig, SecAggConfig};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -37,6 +37,9 @@ pub struct ServerConfig {
     /// At most this many update uploads are read at once (each holds one vector in memory).
     #[serde(default = "default_uploads")]
     pub max_concurrent_uploads: usize,
+    /// Secure aggregation (`[secagg]`): on unless `enabled = false`.
+    #[serde(default)]
+    pub secagg: SecAggConfig,
 }
 
 fn yes() -> bool {
@@ -107,6 +110,7 @@ impl ServerConfig {
     /// Checks values that serde alone cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.coordinator.validate().context("[coordinator]")?;
+        self.secagg.validate(self.coordinator.min_agents, self.coordinator.max_agents).context("[secagg]")?;
         if self.idle_timeout_ms < 1_000 {
             bail!("idle_timeout_ms must be at least 1000, not {}", self.idle_timeout_ms);
         }
@@ -175,6 +179,41 @@ mod tests {
         apply_env_overrides(&mut v, "FEDGE_SERVER__", vars.into_iter()).unwrap();
         let cfg = ServerConfig::from_value(v, EXAMPLE).unwrap();
         assert_eq!(cfg.coordinator.min_agents, 7);
+    }
+
+    #[test]
+    fn secure_aggregation_is_on_unless_the_configuration_turns_it_off() {
+        let v: toml::Value = toml::from_str(EXAMPLE).unwrap();
+        assert!(ServerConfig::from_value(v, EXAMPLE).unwrap().secagg.enabled);
+        let (start, end) = (EXAMPLE.find("[secagg]").unwrap(), EXAMPLE.find("[coordinator]").unwrap());
+        let text = format!("{}{}", &EXAMPLE[..start], &EXAMPLE[end..]);
+        let cfg = ServerConfig::from_value(toml::from_str(&text).unwrap(), &text).unwrap();
+        assert!(cfg.secagg.enabled, "a file without [secagg] runs secure rounds");
+        let mut v: toml::Value = toml::from_str(EXAMPLE).unwrap();
+        let vars = vec![("FEDGE_SERVER__SECAGG__ENABLED".to_string(), "false".to_string())];
+        apply_env_overrides(&mut v, "FEDGE_SERVER__", vars.into_iter()).unwrap();
+        assert!(!ServerConfig::from_value(v, EXAMPLE).unwrap().secagg.enabled);
+    }
+
+    #[test]
+    fn a_threshold_that_voids_privacy_is_refused_naming_the_key() {
+        let mut v: toml::Value = toml::from_str(EXAMPLE).unwrap();
+        let vars = vec![
+            ("FEDGE_SERVER__SECAGG__NEIGHBOURS".to_string(), "10".to_string()),
+            ("FEDGE_SERVER__SECAGG__THRESHOLD".to_string(), "5".to_string()),
+        ];
+        apply_env_overrides(&mut v, "FEDGE_SERVER__", vars.into_iter()).unwrap();
+        let err = format!("{:#}", ServerConfig::from_value(v, EXAMPLE).unwrap_err());
+        assert!(err.contains("secagg.threshold"), "{err}");
+    }
+
+    #[test]
+    fn quantization_that_overflows_the_modulus_is_refused_naming_the_key() {
+        let mut v: toml::Value = toml::from_str(EXAMPLE).unwrap();
+        let vars = vec![("FEDGE_SERVER__SECAGG__QUANT_BITS".to_string(), "30".to_string())];
+        apply_env_overrides(&mut v, "FEDGE_SERVER__", vars.into_iter()).unwrap();
+        let err = format!("{:#}", ServerConfig::from_value(v, EXAMPLE).unwrap_err());
+        assert!(err.contains("secagg.quant_bits") && err.contains("modulus"), "{err}");
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! server on loopback QUIC with mutual TLS and a sled database, and N agents (tasks in this process, each with its
 //! own certificate and QUIC connection) training with tract on a non-IID split of MNIST.
 //!
-//! The building blocks ([`LocalFederation`]) are also what the whole-system tests use. Nothing here listens on
-//! anything but 127.0.0.1.
+//! Every round uses secure aggregation unless `--secagg off` (for comparison; it says so loudly). The building
+//! blocks ([`LocalFederation`]) are also what the whole-system tests use. Nothing here listens on anything but
+//! 127.0.0.1.
 
 use crate::config::{ModelSource, ServerConfig, TlsFiles};
-use crate::coordinator::{CoordinatorConfig, OptimizerKind, TrainHyper};
+use crate::coordinator::{CoordinatorConfig, OptimizerKind, SecAggConfig, TrainHyper};
 use crate::evaluator::{Evaluator, TractEvaluator};
-use crate::service::{self, ServerEvent, ServerHandle};
+use crate::service::{self, RelayHook, ServerEvent, ServerHandle};
 use crate::strategy::StrategyConfig;
 use anyhow::{Context, bail};
 use fedge_agent::client::{Agent, AgentEvent, ClientSettings};
@@ -61,6 +62,16 @@ pub struct DemoArgs {
     /// One JSON object per round and a last line {"final_accuracy": ...}.
     #[arg(long)]
     pub json: bool,
+    /// Secure aggregation (SecAgg+). `off` runs plain rounds, for comparison only.
+    #[arg(long, value_enum, default_value_t = Toggle::On)]
+    pub secagg: Toggle,
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -103,9 +114,27 @@ pub struct FederationSpec {
     pub evaluator: Option<Arc<dyn Evaluator>>,
 }
 
+/// Less common settings of a [`LocalFederation`].
+#[derive(Default)]
+pub struct FederationOptions {
+    /// Secure aggregation (on by default).
+    pub secagg: SecAggConfig,
+    /// Rewrites messages to agents (tests of a dishonest server).
+    pub relay_hook: Option<RelayHook>,
+}
+
 impl LocalFederation {
-    /// Creates the PKI, starts the server, and starts one agent per learner.
+    /// Creates the PKI, starts the server (secure aggregation on), and starts one agent per learner.
     pub async fn start(spec: FederationSpec, learners: Vec<Box<dyn Learner>>) -> anyhow::Result<LocalFederation> {
+        Self::start_with(spec, learners, FederationOptions::default()).await
+    }
+
+    /// [`LocalFederation::start`] with [`FederationOptions`].
+    pub async fn start_with(
+        spec: FederationSpec,
+        learners: Vec<Box<dyn Learner>>,
+        options: FederationOptions,
+    ) -> anyhow::Result<LocalFederation> {
         let dir = tempfile::tempdir()?;
         let pki = dir.path().join("pki");
         tls::init_federation(&pki, &["localhost".into(), "127.0.0.1".into()], 30)?;
@@ -127,9 +156,10 @@ impl LocalFederation {
             autostart: true,
             idle_timeout_ms: 30_000,
             max_concurrent_uploads: 4,
+            secagg: options.secagg,
         };
         config.validate()?;
-        let server = service::start(config, spec.evaluator).await?;
+        let server = service::start_with_hook(config, spec.evaluator, options.relay_hook).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (etx, agent_events) = mpsc::unbounded_channel();
         let mut agents = vec![];
@@ -252,18 +282,30 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     };
     let evaluator: Arc<dyn Evaluator> = Arc::new(TractEvaluator { data: test, batch: 500 });
     let spec = FederationSpec { onnx, coordinator, rounds: Some(args.rounds), evaluator: Some(evaluator) };
-    let mut fed = LocalFederation::start(spec, learners).await?;
+    let secagg = match args.secagg {
+        Toggle::On => SecAggConfig::default(),
+        Toggle::Off => {
+            eprintln!(
+                "WARNING: secure aggregation is OFF (--secagg off): every agent's update reaches the server in the \
+                 clear. Use this only to measure what secure aggregation costs."
+            );
+            SecAggConfig::off()
+        }
+    };
+    let mut fed = LocalFederation::start_with(spec, learners, FederationOptions { secagg, relay_hook: None }).await?;
     let mut events = fed.server.events();
     let show = !args.json;
     if show {
         eprintln!(
-            "fedge demo: {} agents, {} rounds, model {:?}, MNIST {} train / test from {}, Dirichlet alpha {}",
+            "fedge demo: {} agents, {} rounds, model {:?}, MNIST {} train / test from {}, Dirichlet alpha {}, \
+             secure aggregation {}",
             args.agents,
             args.rounds,
             args.model,
             train.len(),
             dir.display(),
-            args.alpha
+            args.alpha,
+            if args.secagg == Toggle::On { "on" } else { "OFF" }
         );
     }
     let bar = if show {
@@ -307,6 +349,18 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
                 done += 1;
                 let secs = round_started.elapsed().as_secs_f64();
                 last_accuracy = r.metrics.test_accuracy;
+                let secure = r.plan.aggregation.is_secure();
+                let phases = r.metrics.secagg.as_ref().map(|m| {
+                    serde_json::json!({
+                        "advertise_ms": m.advertise_ms,
+                        "share_ms": m.share_ms,
+                        "masked_input_ms": m.masked_ms,
+                        "unmask_ms": m.unmask_ms,
+                        "key_exchange_and_unmask_ms": m.advertise_ms + m.share_ms + m.unmask_ms,
+                        "survivors": m.survivors,
+                        "dropped_after_sharing": m.dropped_after_sharing,
+                    })
+                });
                 let line = serde_json::json!({
                     "round": r.round,
                     "participants": r.reported.len(),
@@ -316,7 +370,8 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
                     "test_loss": r.metrics.test_loss,
                     "round_s": (secs * 1000.0).round() / 1000.0,
                     "model_version": r.new_version,
-                    "secagg": false,
+                    "secagg": secure,
+                    "secagg_phases": phases,
                 });
                 if args.json {
                     println!("{line}");
@@ -330,7 +385,14 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
                             r.metrics.mean_train_loss.unwrap_or(f32::NAN),
                             r.metrics.test_accuracy.unwrap_or(f32::NAN) * 100.0,
                             secs
-                        )
+                        );
+                        if let Some(m) = &r.metrics.secagg {
+                            println!(
+                                "          secure aggregation: keys {} ms, shares {} ms, masked input {} ms (includes \
+                                 training), unmask {} ms",
+                                m.advertise_ms, m.share_ms, m.masked_ms, m.unmask_ms
+                            );
+                        }
                     });
                     b.inc(1);
                 }

@@ -4,6 +4,10 @@
 //! It decides nothing about rounds. It refuses, with a logged reason and a QUIC close code, any peer whose
 //! certificate does not chain to the federation CA (rustls does that in the handshake), is revoked, carries the
 //! wrong role for the ALPN, or speaks another protocol version. It never panics on what a peer sends.
+//!
+//! Secure rounds: the agent's secure-aggregation messages go to the core tagged with the name from its certificate
+//! (so an agent can only speak for its own cohort index), and a masked vector (`1 + P` little-endian `u32`) is read
+//! under one of the `max_concurrent_uploads` permits, which travels with it until the core has folded it.
 
 use crate::config::ServerConfig;
 use crate::service::{CoreMsg, Outbound, ServerEvent};
@@ -123,6 +127,7 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>, shutdow
         Ok(i) => i,
         Err(e) => return refuse(&conn, &shared, remote.to_string(), format!("certificate: {e}")),
     };
+    let cert = peer_cert_der(&conn).unwrap_or_default();
     let peer = format!("{} ({remote})", info.name);
     let now = chrono_ms();
     if info.not_after < (now / 1000) as i64 {
@@ -142,9 +147,15 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>, shutdow
             return refuse(&conn, &shared, peer, format!("a {role:?} certificate may not use this protocol"));
         }
     }
-    if let Err(e) = serve_agent(&conn, &shared, info, shutdown).await {
+    if let Err(e) = serve_agent(&conn, &shared, info, cert, shutdown).await {
         tracing::info!(%peer, reason = %format!("{e:#}"), "agent connection ended");
     }
+}
+
+/// The DER of the peer's verified leaf certificate.
+fn peer_cert_der(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    let certs = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().map(|c| c.as_ref().to_vec())
 }
 
 fn chrono_ms() -> u64 {
@@ -155,6 +166,7 @@ async fn serve_agent(
     conn: &quinn::Connection,
     shared: &Arc<Shared>,
     info: CertInfo,
+    cert: Vec<u8>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let agent = info.name.clone();
@@ -195,7 +207,7 @@ async fn serve_agent(
 
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<Outbound>(64);
-    shared.core.send(CoreMsg::Connected { agent: agent.clone(), conn: id, tx }).await?;
+    shared.core.send(CoreMsg::Connected { agent: agent.clone(), conn: id, tx, cert }).await?;
     tracing::info!(%agent, remote = %conn.remote_address(), "agent joined");
 
     let uploads = tokio::spawn(read_uploads(conn.clone(), shared.clone(), agent.clone()));
@@ -210,6 +222,15 @@ async fn serve_agent(
                         }
                         Some(AgentMessage::Abandon { round, reason }) => {
                             shared.core.send(CoreMsg::Abandon { agent: agent.clone(), round, reason }).await?;
+                        }
+                        Some(AgentMessage::SecAggAdvertise(keys)) => {
+                            shared.core.send(CoreMsg::SecAggAdvertise { agent: agent.clone(), keys }).await?;
+                        }
+                        Some(AgentMessage::SecAggShares { round, shares }) => {
+                            shared.core.send(CoreMsg::SecAggShares { agent: agent.clone(), round, shares }).await?;
+                        }
+                        Some(AgentMessage::SecAggUnmask(response)) => {
+                            shared.core.send(CoreMsg::SecAggUnmask { agent: agent.clone(), response }).await?;
                         }
                     }
                 }
@@ -268,6 +289,9 @@ struct ProtocolViolation(String);
 
 async fn read_upload(recv: &mut quinn::RecvStream, shared: &Shared, agent: &str) -> anyhow::Result<()> {
     let header = wire::read_blob_header(recv).await?;
+    if let BlobKind::Masked { round, examples, train_loss } = header.kind {
+        return read_masked(recv, shared, agent, &header, round, examples, train_loss).await;
+    }
     let BlobKind::Update { round, examples, train_loss, holdout_accuracy } = header.kind else {
         return Err(ProtocolViolation(format!("agents may only upload updates, not {:?}", header.kind)).into());
     };
@@ -286,5 +310,35 @@ async fn read_upload(recv: &mut quinn::RecvStream, shared: &Shared, agent: &str)
     drop(body);
     tracing::debug!(agent, round, examples, train_loss, ?holdout_accuracy, "update received");
     shared.core.send(CoreMsg::Update { agent: agent.to_string(), round, examples, train_loss, delta }).await?;
+    Ok(())
+}
+
+/// Reads a masked vector (`1 + P` little-endian `u32`) and hands it, with its memory permit, to the core.
+async fn read_masked(
+    recv: &mut quinn::RecvStream,
+    shared: &Shared,
+    agent: &str,
+    header: &protocol::BlobHeader,
+    round: u64,
+    examples: u64,
+    train_loss: f32,
+) -> anyhow::Result<()> {
+    let values = shared.params.load(Ordering::Relaxed) + 1;
+    if header.len != values * 4 {
+        return Err(ProtocolViolation(format!(
+            "masked vector of {} bytes; the model has {} parameters, so {} bytes were expected",
+            header.len,
+            values - 1,
+            values * 4
+        ))
+        .into());
+    }
+    let permit = shared.uploads.clone().acquire_owned().await?;
+    let body = wire::read_blob_body(recv, header).await?;
+    let masked: Vec<u32> = body.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    drop(body);
+    tracing::debug!(agent, round, examples, "masked vector received");
+    let msg = CoreMsg::Masked { agent: agent.to_string(), round, examples, train_loss, masked, permit };
+    shared.core.send(msg).await?;
     Ok(())
 }

@@ -5,15 +5,22 @@
 //! It makes no decision of its own about rounds: that is the coordinator's. It never blocks the runtime: commits
 //! and evaluations run on the blocking pool. Weights bytes for a version are encoded and hashed once and shared
 //! (`Arc`) by every connection that sends them.
+//!
+//! Secure rounds: the core relays the coordinator's key broadcast with each owner's certificate (kept from its
+//! connection), the shares and the unmask request, and feeds masked vectors to the coordinator, which folds each
+//! into its running masked sum on arrival; an upload's memory permit is released only once it is folded.
 
 use crate::config::ServerConfig;
-use crate::coordinator::{Action, AgentId, Coordinator, Event, Outcome, RoundPlan, RoundRecord, Status};
+use crate::coordinator::{
+    Action, AgentId, AggregationMode, Coordinator, Event, Outcome, RoundPlan, RoundRecord, SecurePhase, Status,
+};
 use crate::evaluator::Evaluator;
 use crate::net;
 use crate::store::Store;
 use anyhow::Context;
 use fedge_shared::model::{Digest, weights_to_bytes};
-use fedge_shared::protocol::{self, BlobHeader, BlobKind, ModelAnnounce, ServerMessage, TrainPlan};
+use fedge_shared::protocol::{self, BlobHeader, BlobKind, ModelAnnounce, SecAggPlan, ServerMessage, TrainPlan};
+use fedge_shared::secagg::{AdvertiseKeys, EncryptedShare, UnmaskResponse};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,7 +48,17 @@ pub enum ServerEvent {
     },
     RoundCompleted(Box<RoundRecord>),
     RoundAborted(Box<RoundRecord>),
+    /// A secure round opened `phase` (its predecessor closed) with `members` agents still in it.
+    SecAggPhase {
+        round: u64,
+        phase: SecurePhase,
+        members: usize,
+    },
 }
+
+/// Rewrites a control message on its way to an agent: a test double for a dishonest relaying server (swapping a
+/// key in the broadcast, for instance). Production servers have none.
+pub type RelayHook = Arc<dyn Fn(&str, &mut ServerMessage) + Send + Sync>;
 
 /// Something sent to one agent's connection task.
 #[derive(Debug, Clone)]
@@ -52,15 +69,65 @@ pub enum Outbound {
 }
 
 /// Messages from connection tasks and operators to the core.
+// One message at a time moves through a bounded channel: a few hundred bytes per slot do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum CoreMsg {
-    Connected { agent: AgentId, conn: u64, tx: mpsc::Sender<Outbound> },
-    Disconnected { agent: AgentId, conn: u64 },
-    CheckIn { agent: AgentId, conn: u64, checkin: protocol::CheckIn },
-    Update { agent: AgentId, round: u64, examples: u64, train_loss: f32, delta: Vec<f32> },
-    Abandon { agent: AgentId, round: u64, reason: String },
+    /// `cert` is the DER of the agent's verified certificate (relayed to its cohort in secure rounds).
+    Connected {
+        agent: AgentId,
+        conn: u64,
+        tx: mpsc::Sender<Outbound>,
+        cert: Vec<u8>,
+    },
+    Disconnected {
+        agent: AgentId,
+        conn: u64,
+    },
+    CheckIn {
+        agent: AgentId,
+        conn: u64,
+        checkin: protocol::CheckIn,
+    },
+    Update {
+        agent: AgentId,
+        round: u64,
+        examples: u64,
+        train_loss: f32,
+        delta: Vec<f32>,
+    },
+    Abandon {
+        agent: AgentId,
+        round: u64,
+        reason: String,
+    },
+    SecAggAdvertise {
+        agent: AgentId,
+        keys: AdvertiseKeys,
+    },
+    SecAggShares {
+        agent: AgentId,
+        round: u64,
+        shares: Vec<EncryptedShare>,
+    },
+    SecAggUnmask {
+        agent: AgentId,
+        response: UnmaskResponse,
+    },
+    /// A whole masked vector; `permit` (one of `max_concurrent_uploads`) is released once it is folded.
+    Masked {
+        agent: AgentId,
+        round: u64,
+        examples: u64,
+        train_loss: f32,
+        masked: Vec<u32>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    },
     Operator(Operator),
-    Committed { round: u64, result: Result<Box<CommittedModel>, String> },
+    Committed {
+        round: u64,
+        result: Result<Box<CommittedModel>, String>,
+    },
     Status(oneshot::Sender<Status>),
 }
 
@@ -147,6 +214,15 @@ fn now_ms() -> u64 {
 /// Opens the store (creating version 0 from the configured ONNX graph if it is empty), binds the QUIC endpoint and
 /// starts the core and the accept loop.
 pub async fn start(config: ServerConfig, evaluator: Option<Arc<dyn Evaluator>>) -> anyhow::Result<ServerHandle> {
+    start_with_hook(config, evaluator, None).await
+}
+
+/// [`start`], with a [`RelayHook`] that rewrites control messages to agents (tests of a dishonest server).
+pub async fn start_with_hook(
+    config: ServerConfig,
+    evaluator: Option<Arc<dyn Evaluator>>,
+    relay_hook: Option<RelayHook>,
+) -> anyhow::Result<ServerHandle> {
     let store = Arc::new(
         Store::open(&config.data_dir)
             .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
@@ -162,7 +238,18 @@ pub async fn start(config: ServerConfig, evaluator: Option<Arc<dyn Evaluator>>) 
     let endpoint = quinn::Endpoint::server(tls.server_config()?, config.listen)
         .with_context(|| format!("binding UDP {}", config.listen))?;
     let local_addr = endpoint.local_addr()?;
-    let coordinator = Coordinator::new(config.coordinator.clone(), resume).context("[coordinator] in the config")?;
+    let coordinator = Coordinator::new(config.coordinator.clone(), resume)
+        .context("[coordinator] in the config")?
+        .with_secagg(config.secagg.clone())
+        .context("[secagg] in the config")?;
+    if config.secagg.enabled {
+        tracing::info!(phase_timeout_ms = config.secagg.phase_timeout_ms, "secure aggregation is on");
+    } else {
+        tracing::warn!(
+            "SECURE AGGREGATION IS OFF ([secagg] enabled = false): agents upload their updates in the clear and the \
+             server sees every agent's delta"
+        );
+    }
     let (core_tx, core_rx) = mpsc::channel(1024);
     let (events, _) = broadcast::channel(1024);
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -181,6 +268,8 @@ pub async fn start(config: ServerConfig, evaluator: Option<Arc<dyn Evaluator>>) 
         core_tx: core_tx.clone(),
         committing: None,
         wake: None,
+        certs: HashMap::new(),
+        relay_hook,
         start_rounds: config.autostart.then_some(config.rounds),
     };
     let mut tasks = vec![tokio::spawn(core.run(core_rx, shutdown_rx.clone()))];
@@ -242,6 +331,9 @@ struct Core {
     committing: Option<RoundRecord>,
     wake: Option<u64>,
     start_rounds: Option<Option<u64>>,
+    /// Each agent's certificate (DER) from its newest connection, relayed with its secure-aggregation keys.
+    certs: HashMap<AgentId, Arc<Vec<u8>>>,
+    relay_hook: Option<RelayHook>,
 }
 
 impl Core {
@@ -277,15 +369,26 @@ impl Core {
     }
 
     fn feed(&mut self, event: Event<'_>) {
+        let before = (self.coordinator.status().round, self.coordinator.secure_phase());
         let actions = self.coordinator.handle(now_ms(), event);
+        let status = self.coordinator.status();
+        let after = (status.round, self.coordinator.secure_phase());
         for a in actions {
             self.act(a);
+        }
+        if let (Some(round), Some(phase)) = after
+            && after != before
+        {
+            let members = status.selected.saturating_sub(status.dropped);
+            tracing::info!(round, phase = phase.name(), members, "secure aggregation phase");
+            let _ = self.events.send(ServerEvent::SecAggPhase { round, phase, members });
         }
     }
 
     fn on_msg(&mut self, msg: CoreMsg) {
         match msg {
-            CoreMsg::Connected { agent, conn, tx } => {
+            CoreMsg::Connected { agent, conn, tx, cert } => {
+                self.certs.insert(agent.clone(), Arc::new(cert));
                 if let Some(old) =
                     self.conns.insert(agent.clone(), Conn { id: conn, tx, graph_sent: false, version_held: None })
                 {
@@ -314,6 +417,14 @@ impl Core {
             }
             CoreMsg::Abandon { agent, round, reason } => {
                 self.feed(Event::UpdateFailed { agent, round, reason });
+            }
+            CoreMsg::SecAggAdvertise { agent, keys } => self.feed(Event::SecAggAdvertise { agent, keys }),
+            CoreMsg::SecAggShares { agent, round, shares } => self.feed(Event::SecAggShares { agent, round, shares }),
+            CoreMsg::SecAggUnmask { agent, response } => self.feed(Event::SecAggUnmask { agent, response }),
+            CoreMsg::Masked { agent, round, examples, train_loss, masked, permit } => {
+                self.feed(Event::MaskedInput { agent, round, examples, train_loss, masked: &masked });
+                drop(masked);
+                drop(permit);
             }
             CoreMsg::Operator(op) => {
                 let e = match op {
@@ -352,7 +463,10 @@ impl Core {
         }
     }
 
-    fn send(&self, agent: &str, m: Outbound) {
+    fn send(&self, agent: &str, mut m: Outbound) {
+        if let (Some(hook), Outbound::Msg(msg)) = (&self.relay_hook, &mut m) {
+            hook(agent, msg);
+        }
         if let Some(c) = self.conns.get(agent) {
             match c.tx.try_send(m) {
                 Ok(()) => {}
@@ -395,7 +509,24 @@ impl Core {
         match action {
             Action::SendPlan { agent, plan, send_weights: _ } => {
                 self.push_model(&agent);
-                self.send(&agent, Outbound::Msg(ServerMessage::Plan(wire_plan(&plan))));
+                self.send(&agent, Outbound::Msg(ServerMessage::Plan(wire_plan(&plan, &agent))));
+            }
+            Action::SecAggKeys { round, to, keys, owners } => {
+                let certificates: Vec<Vec<u8>> =
+                    owners.iter().map(|o| self.certs.get(o).map(|c| c.as_ref().clone()).unwrap_or_default()).collect();
+                let m = ServerMessage::SecAggKeys { round, keys, certificates };
+                for a in &to {
+                    self.send(a, Outbound::Msg(m.clone()));
+                }
+            }
+            Action::SecAggShares { agent, round, shares } => {
+                self.send(&agent, Outbound::Msg(ServerMessage::SecAggShares { round, shares }));
+            }
+            Action::SecAggUnmask { to, request } => {
+                let m = ServerMessage::SecAggUnmask(request);
+                for a in &to {
+                    self.send(a, Outbound::Msg(m.clone()));
+                }
             }
             Action::Reject { agent, reason } => {
                 tracing::warn!(%agent, %reason, "update refused");
@@ -489,9 +620,19 @@ pub fn round_seed(plan: &RoundPlan) -> u64 {
     plan.hyper.seed ^ plan.round.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// The plan as the agent receives it.
-fn wire_plan(plan: &RoundPlan) -> protocol::RoundPlan {
+/// The plan as `agent` receives it (its own cohort index in a secure round).
+fn wire_plan(plan: &RoundPlan, agent: &str) -> protocol::RoundPlan {
     let h = &plan.hyper;
+    let secagg = match &plan.aggregation {
+        AggregationMode::Plain => None,
+        AggregationMode::Secure(sp) => sp.cohort.iter().find(|a| a.name == agent).map(|me| SecAggPlan {
+            params: sp.params.clone(),
+            graph_seed: sp.graph_seed,
+            me: me.index,
+            cohort: sp.cohort.clone(),
+            phase_timeout_ms: sp.phase_timeout_ms,
+        }),
+    };
     protocol::RoundPlan {
         round: plan.round,
         model_version: plan.model_version,
@@ -509,5 +650,6 @@ fn wire_plan(plan: &RoundPlan) -> protocol::RoundPlan {
             seed: round_seed(plan),
         },
         deadline_ms: plan.deadline_ms,
+        secagg,
     }
 }

@@ -6,13 +6,21 @@
 //! inside a serde message. The first frame on the control stream is the agent's [`Hello`], answered by a
 //! [`ServerHello`]; a protocol version mismatch is refused there, with a reason, on both sides.
 //!
+//! Secure aggregation (on by default) adds three control exchanges to a round, each bound to the round id and, through
+//! the certificate of the connection it arrives on, to the agent's cohort index: the agent's signed keys
+//! ([`AgentMessage::SecAggAdvertise`]) relayed to the cohort with each owner's certificate
+//! ([`ServerMessage::SecAggKeys`]), the encrypted shares ([`AgentMessage::SecAggShares`] /
+//! [`ServerMessage::SecAggShares`]), and the unmask request and answer. The masked vector itself is a blob
+//! ([`BlobKind::Masked`]: `1 + P` little-endian `u32`) on its own unidirectional stream, like a plain update.
+//!
 //! This module only defines types and limits: it does no I/O.
 
 use crate::model::Digest;
+use crate::secagg::{AdvertiseKeys, AgentRef, EncryptedShare, SecAggParams, UnmaskRequest, UnmaskResponse};
 use serde::{Deserialize, Serialize};
 
 /// Protocol version carried in the hello. Bump on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// ALPN id of the agent protocol.
 pub const ALPN_AGENT: &[u8] = b"fedge/1";
 /// ALPN id of the admin protocol (fedgectl).
@@ -30,6 +38,13 @@ pub mod limits {
     pub const GRAPH: u64 = 512 * 1024 * 1024;
     /// A weights or update vector.
     pub const VECTOR: u64 = 1024 * 1024 * 1024;
+    /// One certificate (DER) relayed with the secure-aggregation key broadcast.
+    pub const CERTIFICATE: usize = 16 * 1024;
+    /// The largest cohort a secure round may have: its key broadcast (keys plus certificates of
+    /// [`CERTIFICATE_TYPICAL`] bytes) must fit in one [`CONTROL`] frame.
+    pub const SECAGG_COHORT: usize = 2_000;
+    /// The size of a fedge agent certificate, for sizing [`SECAGG_COHORT`] (rcgen P-256 certificates are ~500 B).
+    pub const CERTIFICATE_TYPICAL: usize = 1_200;
 }
 
 /// The first frame an agent sends.
@@ -90,6 +105,25 @@ pub struct RoundPlan {
     pub train: TrainPlan,
     /// Milliseconds from receipt within which the update must arrive.
     pub deadline_ms: u64,
+    /// Secure aggregation for this round; `None` when the server runs plain rounds (the agent then uploads its
+    /// delta in the clear, as [`BlobKind::Update`]).
+    pub secagg: Option<SecAggPlan>,
+}
+
+/// The secure-aggregation part of a round's plan, as one agent receives it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecAggPlan {
+    /// Neighbours, threshold, clipping, quantization and weight cap of this round (validated by the server; the
+    /// agent's session validates them again).
+    pub params: SecAggParams,
+    /// Seed of the round's neighbour graph.
+    pub graph_seed: u64,
+    /// This agent's cohort index.
+    pub me: u32,
+    /// The whole cohort: index and certificate name of every agent.
+    pub cohort: Vec<AgentRef>,
+    /// How long each key-exchange and unmask phase lasts on the server (milliseconds), for the agent's logs.
+    pub phase_timeout_ms: u64,
 }
 
 /// Control messages from an agent.
@@ -101,6 +135,15 @@ pub enum AgentMessage {
         round: u64,
         reason: String,
     },
+    /// Secure aggregation, phase 1: this agent's signed keys for the round.
+    SecAggAdvertise(AdvertiseKeys),
+    /// Secure aggregation, phase 2: this agent's encrypted shares, one per neighbour.
+    SecAggShares {
+        round: u64,
+        shares: Vec<EncryptedShare>,
+    },
+    /// Secure aggregation, phase 4: the shares this agent reveals.
+    SecAggUnmask(UnmaskResponse),
 }
 
 /// A new global model version exists.
@@ -127,6 +170,21 @@ pub enum ServerMessage {
     Bye {
         reason: String,
     },
+    /// Secure aggregation, phase 1 relay: the keys of every agent that advertised in time, and for each the DER
+    /// certificate of its owner (`certificates[i]` belongs to the agent `keys[i].from`), so that the recipient can
+    /// check the signature against a certificate of the federation CA.
+    SecAggKeys {
+        round: u64,
+        keys: Vec<AdvertiseKeys>,
+        certificates: Vec<Vec<u8>>,
+    },
+    /// Secure aggregation, phase 2 relay: the shares addressed to this agent.
+    SecAggShares {
+        round: u64,
+        shares: Vec<EncryptedShare>,
+    },
+    /// Secure aggregation, phase 4: who survived and who dropped; answer with the shares to reveal.
+    SecAggUnmask(UnmaskRequest),
 }
 
 /// What a blob stream carries.
@@ -138,6 +196,10 @@ pub enum BlobKind {
     Weights { version: u64 },
     /// A plain (unmasked) update: the agent's weights delta, little-endian f32, with its metadata (agent → server).
     Update { round: u64, examples: u64, train_loss: f32, holdout_accuracy: Option<f32> },
+    /// A secure-aggregation masked vector `[w, w·Δ]` plus masks: `1 + P` little-endian `u32` (agent → server).
+    /// The example count and loss are the metrics the round record keeps; the aggregation weight is inside the
+    /// masked vector.
+    Masked { round: u64, examples: u64, train_loss: f32 },
 }
 
 /// The frame in front of a blob's raw bytes.
@@ -155,7 +217,7 @@ impl BlobHeader {
     pub fn max_len(&self) -> u64 {
         match self.kind {
             BlobKind::Graph => limits::GRAPH,
-            BlobKind::Weights { .. } | BlobKind::Update { .. } => limits::VECTOR,
+            BlobKind::Weights { .. } | BlobKind::Update { .. } | BlobKind::Masked { .. } => limits::VECTOR,
         }
     }
 }
@@ -188,6 +250,13 @@ mod tests {
                     seed: 5,
                 },
                 deadline_ms: 60_000,
+                secagg: Some(SecAggPlan {
+                    params: SecAggParams::default_for(3),
+                    graph_seed: 7,
+                    me: 1,
+                    cohort: (0..3).map(|i| AgentRef { index: i, name: format!("a{i}") }).collect(),
+                    phase_timeout_ms: 10_000,
+                }),
             }),
             ServerMessage::RoundEnd { round: 9, completed: false, reason: Some("too few".into()), new_version: None },
         ];
@@ -195,6 +264,69 @@ mod tests {
             let bytes = codec::encode(&m).unwrap();
             assert_eq!(codec::decode::<ServerMessage>(&bytes, limits::CONTROL).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn the_key_broadcast_of_the_largest_secure_cohort_fits_one_control_frame() {
+        use crate::secagg::messages::MAX_SIGNATURE_LEN;
+        let n = limits::SECAGG_COHORT;
+        let key = |i: u32| AdvertiseKeys {
+            round: u64::MAX,
+            from: i,
+            enc_pk: [0xFF; 32],
+            mask_pk: [0xFF; 32],
+            seed_commitment: [0xFF; 32],
+            signature: vec![0xFF; MAX_SIGNATURE_LEN.min(72)],
+        };
+        let m = ServerMessage::SecAggKeys {
+            round: u64::MAX,
+            keys: (0..n as u32).map(key).collect(),
+            certificates: vec![vec![0xAB; limits::CERTIFICATE_TYPICAL]; n],
+        };
+        let bytes = codec::encode(&m).unwrap();
+        assert!(bytes.len() <= limits::CONTROL, "{} bytes", bytes.len());
+        assert_eq!(codec::decode::<ServerMessage>(&bytes, limits::CONTROL).unwrap(), m);
+        let plan = SecAggPlan {
+            params: SecAggParams::default_for(n),
+            graph_seed: 1,
+            me: 0,
+            cohort: (0..n as u32).map(|i| AgentRef { index: i, name: "x".repeat(64) }).collect(),
+            phase_timeout_ms: 1,
+        };
+        assert!(codec::encode(&plan).unwrap().len() <= limits::CONTROL);
+    }
+
+    #[test]
+    fn secure_aggregation_messages_round_trip_through_the_codec() {
+        let adv = AdvertiseKeys {
+            round: 4,
+            from: 2,
+            enc_pk: [1; 32],
+            mask_pk: [2; 32],
+            seed_commitment: [3; 32],
+            signature: vec![9; 70],
+        };
+        let share = EncryptedShare { round: 4, from: 2, to: 1, ciphertext: vec![5; 40] };
+        let agent = vec![
+            AgentMessage::SecAggAdvertise(adv.clone()),
+            AgentMessage::SecAggShares { round: 4, shares: vec![share.clone()] },
+            AgentMessage::SecAggUnmask(UnmaskResponse { round: 4, from: 2, seed_shares: vec![], key_shares: vec![] }),
+        ];
+        for m in agent {
+            let bytes = codec::encode(&m).unwrap();
+            assert_eq!(codec::decode::<AgentMessage>(&bytes, limits::CONTROL).unwrap(), m);
+        }
+        let server = vec![
+            ServerMessage::SecAggKeys { round: 4, keys: vec![adv], certificates: vec![vec![1, 2, 3]] },
+            ServerMessage::SecAggShares { round: 4, shares: vec![share] },
+            ServerMessage::SecAggUnmask(UnmaskRequest { round: 4, survivors: vec![1, 2], dropped: vec![0] }),
+        ];
+        for m in server {
+            let bytes = codec::encode(&m).unwrap();
+            assert_eq!(codec::decode::<ServerMessage>(&bytes, limits::CONTROL).unwrap(), m);
+        }
+        let h = BlobHeader { kind: BlobKind::Masked { round: 4, examples: 10, train_loss: 0.5 }, len: 8, digest: None };
+        assert_eq!(h.max_len(), limits::VECTOR);
     }
 
     #[test]

@@ -213,6 +213,8 @@ cert = "{pki}/server.pem"
 key = "{pki}/server.key"
 [model]
 onnx = "{model}"
+[secagg]
+enabled = {secagg}
 [coordinator]
 min_agents = {n}
 min_available = {n}
@@ -235,9 +237,6 @@ seed = 5
         rounds = args.rounds,
         n = args.agents,
     );
-    if secagg {
-        bail!("--secagg on needs the secure-aggregation rounds, which this build does not have yet");
-    }
     let config_path = dir.path().join("server.toml");
     std::fs::write(&config_path, config)?;
     let server_log = std::fs::File::create(dir.path().join("server.log"))?;

@@ -1,8 +1,8 @@
 //! How a round's updates are summed while they arrive.
 //!
 //! [`WeightedSum`] is the plain mode: each update is folded into ONE running example-weighted sum (f64) the moment
-//! it arrives, so the server holds no per-agent copy. [`Aggregation`] is the seam for secure aggregation: a
-//! `Secure(ServerSession)` variant will hold the SecAgg+ server state and produce the same mean at unmasking.
+//! it arrives, so the server holds no per-agent copy. [`Aggregation`] is the seam for secure aggregation: its
+//! `Secure` variant holds the SecAgg+ server state and produces the same mean at unmasking.
 //!
 //! This module must never panic on an update: lengths and values are checked and refused with an error.
 
@@ -74,17 +74,22 @@ impl WeightedSum {
 }
 
 /// The aggregation state of a round in flight.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Aggregation {
     /// Updates arrive in the clear and are folded into one running sum.
     Plain(WeightedSum),
+    /// SecAgg+: masked vectors are folded into the session's running masked sum; only the cohort's sum is ever
+    /// unmasked.
+    Secure(Box<super::secure::SecureRound>),
 }
 
 impl Aggregation {
-    /// The mean delta of everything aggregated so far.
+    /// The mean delta of everything aggregated so far; `None` for a secure round, whose mean exists only once the
+    /// whole round is unmasked.
     pub fn mean(&self) -> Option<Vec<f32>> {
         match self {
             Aggregation::Plain(sum) => sum.mean(),
+            Aggregation::Secure(_) => None,
         }
     }
 }

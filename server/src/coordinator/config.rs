@@ -6,6 +6,7 @@
 use super::plan::TrainHyper;
 use super::selection::SelectionRule;
 use crate::strategy::StrategyConfig;
+use fedge_shared::secagg::SecAggParams;
 use serde::{Deserialize, Serialize};
 
 /// Errors building a coordinator.
@@ -119,4 +120,131 @@ pub struct ResumeState {
     pub next_round: u64,
     /// The strategy's persisted state (empty for a fresh strategy).
     pub strategy_state: Vec<u8>,
+}
+
+/// Secure-aggregation settings (`[secagg]` in `server.toml`). On by default: every round runs SecAgg+ unless
+/// `enabled = false`. Unset parameters come from [`SecAggParams::default_for`] the round's cohort size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecAggConfig {
+    /// Run every round with secure aggregation (the default). `false` runs plain rounds, for comparison only.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `k`: neighbours per agent on the SecAgg+ graph (default: complete graph up to 21 agents, ~3·log2 n beyond).
+    #[serde(default)]
+    pub neighbours: Option<u32>,
+    /// `t`: shares needed to reconstruct an agent's secrets; must exceed half of the neighbours.
+    #[serde(default)]
+    pub threshold: Option<u32>,
+    /// Each delta coordinate is clipped to ±clip before quantization (default 8).
+    #[serde(default)]
+    pub clip: Option<f32>,
+    /// Quantization levels are 2^quant_bits (default 22, fewer for very large cohorts).
+    #[serde(default)]
+    pub quant_bits: Option<u32>,
+    /// An agent's weight is min(examples, weight_cap) / weight_cap. Default: the largest example count declared in
+    /// the round's cohort (capped by `max_examples`), so that the secure mean weighs agents as the plain mean does.
+    #[serde(default)]
+    pub weight_cap: Option<u64>,
+    /// Deadline of each key-exchange phase (advertise keys, share keys) and of the unmask phase, in milliseconds.
+    /// The masked-input phase ends at the round's deadline (`round_timeout_ms` after the plans go out).
+    #[serde(default = "default_phase_timeout")]
+    pub phase_timeout_ms: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_phase_timeout() -> u64 {
+    30_000
+}
+
+impl Default for SecAggConfig {
+    fn default() -> Self {
+        SecAggConfig {
+            enabled: true,
+            neighbours: None,
+            threshold: None,
+            clip: None,
+            quant_bits: None,
+            weight_cap: None,
+            phase_timeout_ms: default_phase_timeout(),
+        }
+    }
+}
+
+impl SecAggConfig {
+    /// Plain rounds (secure aggregation off).
+    pub fn off() -> Self {
+        SecAggConfig { enabled: false, ..SecAggConfig::default() }
+    }
+
+    /// The parameters of a round with `cohort` agents: the defaults for that size, with every configured key in
+    /// force. A configured `neighbours` without a `threshold` gets the default threshold for that degree.
+    pub fn params_for(&self, cohort: usize) -> SecAggParams {
+        let mut p = SecAggParams::default_for(cohort);
+        if let Some(k) = self.neighbours {
+            p.neighbours = k;
+            let k_eff = p.effective_neighbours(cohort) as u32;
+            p.threshold = (k_eff / 2 + 1 + k_eff / 6).min(k_eff);
+        }
+        if let Some(t) = self.threshold {
+            p.threshold = t;
+        }
+        if let Some(c) = self.clip {
+            p.clip = c;
+        }
+        if let Some(b) = self.quant_bits {
+            p.quant_bits = b;
+        }
+        if let Some(w) = self.weight_cap {
+            p.weight_cap = w;
+        }
+        p
+    }
+
+    /// Refuses, naming the key, settings that would void privacy or overflow the modulus for any cohort size the
+    /// coordinator may select (`min_agents..=max_agents`), and a cohort that cannot hide anyone (fewer than 2).
+    pub fn validate(&self, min_agents: usize, max_agents: usize) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.phase_timeout_ms == 0 {
+            return bad("secagg.phase_timeout_ms must be positive".into());
+        }
+        if min_agents < 2 {
+            return bad(format!(
+                "secagg needs min_agents of at least 2 (a cohort of {min_agents} cannot hide anyone's update); \
+                 raise min_agents or set secagg.enabled = false"
+            ));
+        }
+        if max_agents > crate::coordinator::secure::MAX_SECURE_COHORT {
+            return bad(format!(
+                "secagg supports cohorts of at most {} agents; max_agents is {max_agents}",
+                crate::coordinator::secure::MAX_SECURE_COHORT
+            ));
+        }
+        // Every size in between is checked: the parity and threshold rules depend on it.
+        for n in min_agents..=max_agents {
+            let p = self.params_for(n);
+            if let Err(e) = p.validate(n, 1) {
+                return bad(format!("secagg.{}: {e} (cohort of {n} agents)", self.culprit(n)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured key whose removal makes a cohort of `n` valid (the one to name in an error).
+    fn culprit(&self, n: usize) -> &'static str {
+        let ok = |c: SecAggConfig| c.params_for(n).validate(n, 1).is_ok();
+        let keys: [(&'static str, bool, SecAggConfig); 5] = [
+            ("threshold", self.threshold.is_some(), SecAggConfig { threshold: None, ..self.clone() }),
+            ("neighbours", self.neighbours.is_some(), SecAggConfig { neighbours: None, ..self.clone() }),
+            ("quant_bits", self.quant_bits.is_some(), SecAggConfig { quant_bits: None, ..self.clone() }),
+            ("clip", self.clip.is_some(), SecAggConfig { clip: None, ..self.clone() }),
+            ("weight_cap", self.weight_cap.is_some(), SecAggConfig { weight_cap: None, ..self.clone() }),
+        ];
+        keys.into_iter().find(|(_, set, c)| *set && ok(c.clone())).map_or("parameters", |(k, _, _)| k)
+    }
 }

@@ -6,6 +6,7 @@
 use super::aggregation::FoldError;
 use super::plan::RoundPlan;
 use super::record::{AbortReason, AgentId, RoundRecord};
+use fedge_shared::secagg::{AdvertiseKeys, EncryptedShare, UnmaskRequest, UnmaskResponse};
 use serde::{Deserialize, Serialize};
 
 /// Something that happened, reported by the shell.
@@ -19,6 +20,15 @@ pub enum Event<'a> {
     AgentDisconnected { agent: AgentId },
     /// The agent's plain update: the full delta (`local − global`) has been read.
     Update { agent: AgentId, round: u64, examples: u64, train_loss: f32, delta: &'a [f32] },
+    /// Secure round, phase 1: the agent's signed keys (the round is inside the message).
+    SecAggAdvertise { agent: AgentId, keys: AdvertiseKeys },
+    /// Secure round, phase 2: the agent's encrypted shares for its neighbours.
+    SecAggShares { agent: AgentId, round: u64, shares: Vec<EncryptedShare> },
+    /// Secure round, phase 3: the agent's whole masked vector (`1 + P` values) has been read. It is folded into the
+    /// running masked sum at once; nobody keeps it.
+    MaskedInput { agent: AgentId, round: u64, examples: u64, train_loss: f32, masked: &'a [u32] },
+    /// Secure round, phase 4: the shares the agent reveals.
+    SecAggUnmask { agent: AgentId, response: UnmaskResponse },
     /// The agent reported that it could not train, or its upload failed in transit.
     UpdateFailed { agent: AgentId, round: u64, reason: String },
     /// The store durably committed the round's model as `version`.
@@ -58,6 +68,8 @@ pub enum RejectReason {
     NonFiniteLoss,
     #[error(transparent)]
     Invalid(#[from] FoldError),
+    #[error("secure aggregation: {0}")]
+    SecAgg(String),
 }
 
 /// What the shell must do.
@@ -79,6 +91,13 @@ pub enum Action {
     Announce { version: u64 },
     /// The round ended without a model; `record` is for the store's round history.
     RoundAborted { round: u64, reason: AbortReason, record: Box<RoundRecord> },
+    /// Secure round: send every agent in `to` the keys of the agents that advertised in time (`keys[i]` is the
+    /// key of agent `owners[i]`), with each owner's certificate.
+    SecAggKeys { round: u64, to: Vec<AgentId>, keys: Vec<AdvertiseKeys>, owners: Vec<AgentId> },
+    /// Secure round: send `agent` the shares addressed to it.
+    SecAggShares { agent: AgentId, round: u64, shares: Vec<EncryptedShare> },
+    /// Secure round: send the unmask request to every agent in `to` (the survivors).
+    SecAggUnmask { to: Vec<AgentId>, request: UnmaskRequest },
     /// Deliver `Event::Tick` at this time (replaces any earlier request).
     WakeAt(u64),
     /// Something the operator should read (an ignored command, a notable decision).

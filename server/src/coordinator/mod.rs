@@ -4,9 +4,11 @@
 //! [`Action`]s that come back; it makes no decision of its own. The coordinator decides who is in a cohort, when a
 //! round's phase ends, who dropped, whether a round completes or aborts, and what to commit.
 //!
-//! A round goes Idle → Collecting → Committing → Idle. Collecting is one phase in plain mode; the secure mode will
-//! run the SecAgg+ phases (advertise keys → share keys → masked input → unmask) in its place, each with its own
-//! deadline, behind the same [`Phase`] and [`Aggregation`] types.
+//! A round goes Idle → Collecting → Committing → Idle. Collecting is one phase in plain mode; in secure mode
+//! ([`Coordinator::with_secagg`], what the server runs by default) it runs the SecAgg+ phases (advertise keys →
+//! share keys → masked input → unmask) in its place, each with its own deadline (see [`secure`]), behind the same
+//! [`Phase`] and [`Aggregation`] types. Local training overlaps the two key phases; the masked-input phase ends at
+//! the round's deadline.
 //!
 //! The shell's contract, action by action (carry them out in the order given):
 //! - `SendPlan`: send the weights of `plan.model_version` first if `send_weights`, then the plan.
@@ -19,6 +21,8 @@
 //! - `RoundAborted`: `Store::record_aborted(&record)` (a failure there is only logged).
 //! - `WakeAt(t)`: deliver `Event::Tick` at `t`; a later `WakeAt` replaces an earlier one, spurious ticks are fine.
 //! - `Log`: log it (and show it to the operator who sent a command).
+//! - `SecAggKeys` / `SecAggShares` / `SecAggUnmask`: relay to the agents named (the keys with each owner's
+//!   certificate); feed their answers back as `SecAggAdvertise`, `SecAggShares`, `MaskedInput`, `SecAggUnmask`.
 //!
 //! On start-up: `Store::resume_state()` (after `init_model` for a new store) → [`ResumeState`] →
 //! [`Coordinator::new`], then feed `StartRounds` when the configuration or the operator says so.
@@ -31,13 +35,15 @@ mod config;
 mod event;
 mod plan;
 mod record;
+pub mod secure;
 mod selection;
 
 pub use aggregation::{Aggregation, FoldError, WeightedSum};
-pub use config::{ConfigError, CoordinatorConfig, ResumeState};
+pub use config::{ConfigError, CoordinatorConfig, ResumeState, SecAggConfig};
 pub use event::{Action, Event, RejectReason};
-pub use plan::{AggregationMode, OptimizerKind, RoundPlan, TrainHyper};
-pub use record::{AbortReason, AgentId, Dropped, Outcome, Report, RoundMetrics, RoundRecord};
+pub use plan::{AggregationMode, OptimizerKind, RoundPlan, SecurePlan, TrainHyper};
+pub use record::{AbortReason, AgentId, Dropped, Outcome, Report, RoundMetrics, RoundRecord, SecAggMetrics};
+pub use secure::SecurePhase;
 pub use selection::{SelectionRule, round_rng, select};
 
 use crate::strategy::Strategy;
@@ -146,6 +152,8 @@ pub struct Coordinator {
     wake: Option<u64>,
     /// The last round that closed at its deadline (to tell a straggler why it was refused).
     closed_at_deadline: Option<u64>,
+    /// Secure aggregation (off unless [`Coordinator::with_secagg`] turns it on).
+    secagg: SecAggConfig,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -187,7 +195,32 @@ impl Coordinator {
             not_before_ms: 0,
             wake: None,
             closed_at_deadline: None,
+            secagg: SecAggConfig::off(),
         })
+    }
+
+    /// Runs every round with these secure-aggregation settings (validated for every cohort size the configuration
+    /// allows; an error names the key). With `enabled = false` rounds stay plain.
+    pub fn with_secagg(mut self, secagg: SecAggConfig) -> Result<Self, ConfigError> {
+        secagg.validate(self.config.min_agents, self.config.max_agents)?;
+        self.secagg = secagg;
+        Ok(self)
+    }
+
+    /// The secure-aggregation settings in force.
+    pub fn secagg(&self) -> &SecAggConfig {
+        &self.secagg
+    }
+
+    /// The phase of the secure round in flight, if one is.
+    pub fn secure_phase(&self) -> Option<SecurePhase> {
+        match &self.stage {
+            Stage::Collecting(r) => match &r.aggregation {
+                Aggregation::Secure(s) => Some(s.phase()),
+                Aggregation::Plain(_) => None,
+            },
+            _ => None,
+        }
     }
 
     /// The newest committed global model version.
@@ -252,8 +285,18 @@ impl Coordinator {
             Event::AgentDisconnected { agent } => {
                 if self.agents.remove(&agent).is_some() {
                     self.drop_member(now_ms, &agent, "disconnected", &mut out);
+                    // A secure round may have been waiting only for this agent's unmask answer.
+                    self.close_if_settled(now_ms, &mut out);
                 }
             }
+            Event::SecAggAdvertise { agent, keys } => self.on_secagg_advertise(now_ms, agent, keys, &mut out),
+            Event::SecAggShares { agent, round, shares } => {
+                self.on_secagg_shares(now_ms, agent, round, shares, &mut out)
+            }
+            Event::MaskedInput { agent, round, examples, train_loss, masked } => {
+                self.on_masked_input(now_ms, agent, round, examples, train_loss, masked, &mut out)
+            }
+            Event::SecAggUnmask { agent, response } => self.on_secagg_unmask(now_ms, agent, response, &mut out),
             Event::Update { agent, round, examples, train_loss, delta } => {
                 self.on_update(now_ms, agent, round, examples, train_loss, delta, &mut out)
             }
@@ -368,12 +411,18 @@ impl Coordinator {
             }
             Some(MemberStatus::Training) => {}
         }
+        if round.plan.aggregation.is_secure() {
+            // Never fold a plain delta into a secure round: the agent should not have sent it in the clear.
+            reject(out, agent.clone(), RejectReason::SecAgg("a plain update in a secure round".into()));
+            return self.drop_member(now_ms, &agent, "sent a plain update in a secure round", out);
+        }
         if !train_loss.is_finite() {
             reject(out, agent.clone(), RejectReason::NonFiniteLoss);
             return self.drop_member(now_ms, &agent, "non-finite training loss", out);
         }
         let folded = match &mut round.aggregation {
             Aggregation::Plain(sum) => sum.fold(examples, delta),
+            Aggregation::Secure(_) => return,
         };
         if let Err(e) = folded {
             let why = format!("invalid update: {e}");
@@ -413,6 +462,9 @@ impl Coordinator {
     /// Ends the round early when nobody is still training, or when too few can still report.
     fn close_if_settled(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         let Stage::Collecting(round) = &self.stage else { return };
+        if round.plan.aggregation.is_secure() {
+            return self.settle_secure(now_ms, out);
+        }
         let outstanding = round.outstanding();
         let reported = round.reports.len();
         if outstanding == 0 || reported + outstanding < self.config.min_agents {
@@ -421,6 +473,11 @@ impl Coordinator {
     }
 
     fn check_deadline(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        if let Stage::Collecting(round) = &self.stage
+            && round.plan.aggregation.is_secure()
+        {
+            return self.secure_deadline(now_ms, out);
+        }
         if let Stage::Collecting(round) = &self.stage
             && now_ms >= round.deadline_at_ms
         {
@@ -439,7 +496,17 @@ impl Coordinator {
         }
         let Stage::Collecting(mut round) = std::mem::replace(&mut self.stage, Stage::Idle) else { return };
         self.release_members(&mut round, "no update before the deadline", out);
-        let Some(mean) = round.aggregation.mean() else {
+        let mean = match &mut round.aggregation {
+            Aggregation::Plain(sum) => sum.mean(),
+            Aggregation::Secure(sec) => match sec.finish() {
+                Ok(mean) => Some(mean),
+                Err(e) => {
+                    let reason = AbortReason::SecureAggregation(format!("unmasking: {e}"));
+                    return self.finish_aborted(now_ms, *round, reason, out);
+                }
+            },
+        };
+        let Some(mean) = mean else {
             // Unreachable with min_agents ≥ 1, but never a panic.
             let reason = AbortReason::Strategy("nothing was aggregated".into());
             return self.finish_aborted(now_ms, *round, reason, out);
@@ -515,6 +582,10 @@ impl Coordinator {
                 test_loss: None,
                 update_bytes: round.update_bytes,
                 duration_ms: now_ms.saturating_sub(round.started_ms),
+                secagg: match &round.aggregation {
+                    Aggregation::Secure(s) => Some(s.metrics.clone()),
+                    Aggregation::Plain(_) => None,
+                },
             },
             started_ms: round.started_ms,
             ended_ms: now_ms,
@@ -581,12 +652,25 @@ impl Coordinator {
         }
         let candidates = self.available();
         let size = self.config.selection().cohort_size(candidates.len());
-        if size == 0 {
+        if size == 0 || (self.secagg.enabled && size < 2) {
             return;
         }
         let round_id = self.next_round;
-        self.next_round = self.next_round.saturating_add(1);
         let selected = select(&candidates, size, self.config.seed, round_id);
+        let (mode, aggregation) = if self.secagg.enabled {
+            match self.secure_round(round_id, &selected, now_ms) {
+                Ok((plan, sec)) => (AggregationMode::Secure(plan), Aggregation::Secure(Box::new(sec))),
+                Err(e) => {
+                    tracing::error!(round = round_id, error = %e, "cannot start a secure round");
+                    out.push(Action::Log { message: format!("cannot start secure round {round_id}: {e}") });
+                    self.not_before_ms = now_ms.saturating_add(self.config.retry_backoff_ms);
+                    return;
+                }
+            }
+        } else {
+            (AggregationMode::Plain, Aggregation::Plain(WeightedSum::new(self.global.len())))
+        };
+        self.next_round = self.next_round.saturating_add(1);
         let mut hyper = self.strategy.configure_round(round_id, &self.config.hyper);
         // A separate stream from selection's, so the agents' seed says nothing about who was picked.
         hyper.seed = round_rng(self.config.seed ^ 0x7261_6e64_7365_6564, round_id).next_u64();
@@ -596,7 +680,7 @@ impl Coordinator {
             model_version: self.model_version,
             hyper,
             deadline_ms: self.config.round_timeout_ms,
-            aggregation: AggregationMode::Plain,
+            aggregation: mode,
         };
         out.push(Action::RoundStarted { round: round_id, model_version: self.model_version, selected: selected.len() });
         let mut members = BTreeMap::new();
@@ -614,7 +698,7 @@ impl Coordinator {
             deadline_at_ms: now_ms.saturating_add(self.config.round_timeout_ms),
             selected,
             members,
-            aggregation: Aggregation::Plain(WeightedSum::new(self.global.len())),
+            aggregation,
             reports: Vec::new(),
             dropped: Vec::new(),
             loss_sum: 0.0,
@@ -624,7 +708,10 @@ impl Coordinator {
 
     fn request_wake(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         let wanted = match &self.stage {
-            Stage::Collecting(r) => Some(r.deadline_at_ms),
+            Stage::Collecting(r) => Some(match &r.aggregation {
+                Aggregation::Secure(s) => s.phase_deadline_ms,
+                Aggregation::Plain(_) => r.deadline_at_ms,
+            }),
             Stage::Idle if self.running && !self.paused && now_ms < self.not_before_ms => Some(self.not_before_ms),
             _ => None,
         };

@@ -4,6 +4,7 @@
 //! carry no weights: the global model is bulk bytes on its own stream. Nothing here may depend on a clock or on
 //! randomness; the per-round seed is derived by the coordinator from (configured seed, round).
 
+use fedge_shared::secagg::{AgentRef, SecAggParams};
 use serde::{Deserialize, Serialize};
 
 /// The optimizer an agent uses for its local steps.
@@ -80,13 +81,32 @@ impl TrainHyper {
 }
 
 /// How the round's updates are summed.
-///
-/// This is the seam for secure aggregation: a `Secure` variant (SecAgg+ parameters: threshold, neighbour degree,
-/// clipping range, quantization levels) slots in here and in [`super::Aggregation`] without changing the rest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AggregationMode {
     /// Agents upload their delta in the clear; the server folds each into one running weighted sum.
     Plain,
+    /// SecAgg+: agents upload masked, quantized `[w, w·Δ]`; the server learns only the cohort's sum.
+    Secure(SecurePlan),
+}
+
+/// The secure-aggregation settings of one round, the same for every member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecurePlan {
+    /// Validated for this cohort and model size.
+    pub params: SecAggParams,
+    /// Seed of the neighbour graph, from (configured seed, round).
+    pub graph_seed: u64,
+    /// The cohort: index `i` is the `i`-th selected agent.
+    pub cohort: Vec<AgentRef>,
+    /// Deadline of the advertise, share and unmask phases.
+    pub phase_timeout_ms: u64,
+}
+
+impl AggregationMode {
+    /// True for a secure round.
+    pub fn is_secure(&self) -> bool {
+        matches!(self, AggregationMode::Secure(_))
+    }
 }
 
 /// The plan sent to each selected agent at the start of a round.

@@ -20,6 +20,9 @@ pub enum AbortReason {
     Strategy(String),
     /// The store could not commit the new model.
     CommitFailed(String),
+    /// Secure aggregation could not produce the sum (too few agents survived a phase, or a reconstruction
+    /// failed); nothing partial was revealed.
+    SecureAggregation(String),
 }
 
 impl std::fmt::Display for AbortReason {
@@ -31,6 +34,7 @@ impl std::fmt::Display for AbortReason {
             AbortReason::Operator => f.write_str("aborted by the operator"),
             AbortReason::Strategy(e) => write!(f, "the strategy failed: {e}"),
             AbortReason::CommitFailed(e) => write!(f, "the commit failed: {e}"),
+            AbortReason::SecureAggregation(e) => write!(f, "secure aggregation failed: {e}"),
         }
     }
 }
@@ -74,6 +78,25 @@ pub struct RoundMetrics {
     pub update_bytes: u64,
     /// Milliseconds from the round's start to its end.
     pub duration_ms: u64,
+    /// The secure-aggregation phases of the round (`None` for a plain round).
+    pub secagg: Option<SecAggMetrics>,
+}
+
+/// What a secure round's phases took (coordinator time, milliseconds) and who survived them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SecAggMetrics {
+    /// Plans out → keys relayed.
+    pub advertise_ms: u64,
+    /// Keys relayed → shares relayed.
+    pub share_ms: u64,
+    /// Shares relayed → unmask request (local training overlaps the key phases and this one).
+    pub masked_ms: u64,
+    /// Unmask request → the sum is unmasked.
+    pub unmask_ms: u64,
+    /// Agents whose masked input is in the sum.
+    pub survivors: usize,
+    /// Agents that shared keys but sent no masked input (their pairwise masks were removed).
+    pub dropped_after_sharing: usize,
 }
 
 /// Everything the store keeps about a round.

@@ -1,0 +1,405 @@
+//! The coordinator's secure mode, driven by a deterministic simulation in which every agent runs a real SecAgg+
+//! `ClientSession` (real keys, signatures, Shamir shares and masks): the unmasked aggregate is the weighted mean of
+//! exactly the agents whose masked input arrived, whatever phase the others dropped out in; a round that loses too
+//! many aborts and commits nothing; bad settings are refused naming the key.
+
+use fedge_server::coordinator::{
+    AbortReason, Action, AgentId, AggregationMode, ConfigError, Coordinator, CoordinatorConfig, Event, RejectReason,
+    ResumeState, RoundRecord, SecAggConfig, SecurePhase, TrainHyper,
+};
+use fedge_server::strategy::StrategyConfig;
+use fedge_shared::secagg::{ClientSession, EcdsaP256Signer, PeerKeyTable};
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+const DIM: usize = 40;
+const TIMEOUT: u64 = 10_000;
+const PHASE: u64 = 1_000;
+
+fn config(min_agents: usize, agents: usize) -> CoordinatorConfig {
+    CoordinatorConfig {
+        min_agents,
+        min_available: Some(agents),
+        max_agents: agents,
+        fraction: 1.0,
+        overselect: 1.0,
+        seed: 5,
+        round_timeout_ms: TIMEOUT,
+        retry_backoff_ms: 1_000,
+        max_examples: None,
+        hyper: TrainHyper::default(),
+        strategy: StrategyConfig::FedAvg,
+    }
+}
+
+fn secagg() -> SecAggConfig {
+    SecAggConfig { phase_timeout_ms: PHASE, ..SecAggConfig::default() }
+}
+
+fn name(i: usize) -> AgentId {
+    format!("agent-{i:04}")
+}
+
+fn delta_of(i: usize) -> Vec<f32> {
+    (0..DIM).map(|k| ((i * 7 + k * 3) % 11) as f32 * 0.01 - 0.05).collect()
+}
+
+fn examples_of(i: usize) -> u64 {
+    10 + (i as u64 * 17) % 90
+}
+
+/// When an agent stops answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quit {
+    Never,
+    /// Never sends its keys.
+    Advertise,
+    /// Sends keys, never its shares.
+    Shares,
+    /// Shares keys, never sends its masked input (as if training never finished).
+    Masked,
+    /// Shares keys, then its connection drops.
+    Disconnect,
+    /// Sends its masked input, never answers the unmask request.
+    Unmask,
+}
+
+struct SimAgent {
+    index: usize,
+    quit: Quit,
+    session: Option<ClientSession>,
+    signer: EcdsaP256Signer,
+}
+
+struct Sim {
+    coord: Coordinator,
+    now: u64,
+    wake: Option<u64>,
+    agents: BTreeMap<AgentId, SimAgent>,
+    peers: PeerKeyTable,
+    queue: VecDeque<Action>,
+    rng: ChaCha20Rng,
+    commits: Vec<(RoundRecord, Vec<f32>)>,
+    aborts: Vec<(AbortReason, RoundRecord)>,
+    rejects: Vec<(AgentId, RejectReason)>,
+    global: Vec<f32>,
+}
+
+impl Sim {
+    fn new(min_agents: usize, quits: &[Quit]) -> Sim {
+        let global: Vec<f32> = (0..DIM).map(|k| k as f32 * 0.1).collect();
+        let state = ResumeState { model_version: 0, weights: global.clone(), next_round: 1, strategy_state: vec![] };
+        let coord = Coordinator::new(config(min_agents, quits.len()), state).unwrap().with_secagg(secagg()).unwrap();
+        let mut peers = PeerKeyTable::new();
+        let mut agents = BTreeMap::new();
+        for (i, &quit) in quits.iter().enumerate() {
+            let (signer, _) = EcdsaP256Signer::generate().unwrap();
+            peers.insert(name(i), signer.public_key());
+            agents.insert(name(i), SimAgent { index: i, quit, session: None, signer });
+        }
+        let mut sim = Sim {
+            coord,
+            now: 0,
+            wake: None,
+            agents,
+            peers,
+            queue: VecDeque::new(),
+            rng: ChaCha20Rng::seed_from_u64(77),
+            commits: vec![],
+            aborts: vec![],
+            rejects: vec![],
+            global,
+        };
+        for i in 0..quits.len() {
+            sim.feed(Event::AgentConnected { agent: name(i) });
+            sim.feed(Event::CheckIn { agent: name(i), model_version: Some(0), examples: examples_of(i) });
+        }
+        sim
+    }
+
+    fn feed(&mut self, e: Event<'_>) {
+        let actions = self.coord.handle(self.now, e);
+        self.queue.extend(actions);
+    }
+
+    fn quits(&self, agent: &str, at: Quit) -> bool {
+        self.agents.get(agent).is_some_and(|a| a.quit == at)
+    }
+
+    /// Carries out actions the way honest agents (and the store) would, until none are left.
+    fn drain(&mut self) {
+        while let Some(action) = self.queue.pop_front() {
+            match action {
+                Action::SendPlan { agent, plan, .. } => {
+                    let AggregationMode::Secure(sp) = &plan.aggregation else { panic!("a plain plan in a secure run") };
+                    if self.quits(&agent, Quit::Advertise) {
+                        continue;
+                    }
+                    let me = sp.cohort.iter().find(|a| a.name == agent).unwrap().index;
+                    let a = self.agents.get_mut(&agent).unwrap();
+                    let (session, keys) = ClientSession::new(
+                        sp.params.clone(),
+                        plan.round,
+                        me,
+                        &sp.cohort,
+                        sp.graph_seed,
+                        &a.signer,
+                        &mut self.rng,
+                    )
+                    .unwrap();
+                    a.session = Some(session);
+                    self.feed(Event::SecAggAdvertise { agent, keys });
+                }
+                Action::SecAggKeys { round, to, keys, owners } => {
+                    assert_eq!(keys.len(), owners.len());
+                    for agent in to {
+                        if self.quits(&agent, Quit::Shares) {
+                            continue;
+                        }
+                        let a = self.agents.get_mut(&agent).unwrap();
+                        let shares = a.session.as_mut().unwrap().on_keys(&keys, &self.peers, &mut self.rng).unwrap();
+                        self.feed(Event::SecAggShares { agent, round, shares });
+                    }
+                }
+                Action::SecAggShares { agent, round, shares } => {
+                    if self.quits(&agent, Quit::Masked) {
+                        continue;
+                    }
+                    if self.quits(&agent, Quit::Disconnect) {
+                        self.feed(Event::AgentDisconnected { agent });
+                        continue;
+                    }
+                    let a = self.agents.get_mut(&agent).unwrap();
+                    let index = a.index;
+                    let session = a.session.as_mut().unwrap();
+                    session.on_shares(&shares).unwrap();
+                    let masked = session.masked_input(&delta_of(index), examples_of(index), &mut self.rng).unwrap();
+                    let (examples, train_loss) = (examples_of(index), 0.5);
+                    self.feed(Event::MaskedInput { agent, round, examples, train_loss, masked: &masked });
+                }
+                Action::SecAggUnmask { to, request } => {
+                    for agent in to {
+                        if self.quits(&agent, Quit::Unmask) {
+                            continue;
+                        }
+                        let a = self.agents.get_mut(&agent).unwrap();
+                        let response = a.session.as_mut().unwrap().on_unmask_request(&request).unwrap();
+                        self.feed(Event::SecAggUnmask { agent, response });
+                    }
+                }
+                Action::Commit { record, new_weights, .. } => {
+                    let round = record.round;
+                    self.commits.push((*record, new_weights));
+                    let version = self.commits.len() as u64;
+                    self.feed(Event::Committed { round, version });
+                }
+                Action::RoundAborted { reason, record, .. } => self.aborts.push((reason, *record)),
+                Action::WakeAt(t) => self.wake = Some(t),
+                Action::Reject { agent, reason } => self.rejects.push((agent, reason)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs one round to its end, advancing the clock to each requested wake-up.
+    fn run_round(&mut self) {
+        let ended = self.commits.len() + self.aborts.len();
+        self.feed(Event::StartRounds { count: Some(1) });
+        for _ in 0..100 {
+            self.drain();
+            if self.commits.len() + self.aborts.len() > ended {
+                return;
+            }
+            let Some(t) = self.wake.take() else { panic!("the round is stuck with no deadline") };
+            self.now = self.now.max(t);
+            self.feed(Event::Tick);
+        }
+        panic!("the round did not end");
+    }
+
+    /// The plain example-weighted mean delta of `agents` (the secure weights `examples / cap` are proportional).
+    fn plain_mean(&self, agents: &BTreeSet<usize>) -> Vec<f32> {
+        let mut sum = vec![0f64; DIM];
+        let mut total = 0f64;
+        for &i in agents {
+            let w = examples_of(i) as f64;
+            for (s, d) in sum.iter_mut().zip(delta_of(i)) {
+                *s += w * f64::from(d);
+            }
+            total += w;
+        }
+        sum.iter().map(|s| (s / total) as f32).collect()
+    }
+
+    fn applied_delta(&self) -> Vec<f32> {
+        let (_, w) = self.commits.last().expect("a committed round");
+        w.iter().zip(&self.global).map(|(a, b)| a - b).collect()
+    }
+}
+
+fn assert_close(got: &[f32], want: &[f32]) {
+    let worst = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-4, "largest difference from the plain mean: {worst}");
+}
+
+fn uploaders(quits: &[Quit]) -> BTreeSet<usize> {
+    quits.iter().enumerate().filter(|(_, q)| matches!(q, Quit::Never | Quit::Unmask)).map(|(i, _)| i).collect()
+}
+
+#[test]
+fn a_secure_round_of_forty_agents_commits_the_weighted_mean_of_their_deltas() {
+    let quits = vec![Quit::Never; 40];
+    let mut sim = Sim::new(20, &quits);
+    sim.run_round();
+    assert!(sim.aborts.is_empty(), "{:?}", sim.aborts);
+    let (record, _) = sim.commits.last().unwrap();
+    assert!(matches!(record.plan.aggregation, AggregationMode::Secure(_)));
+    assert_eq!(record.reported.len(), 40);
+    assert!(record.dropped.is_empty());
+    let m = record.metrics.secagg.clone().unwrap();
+    assert_eq!((m.survivors, m.dropped_after_sharing), (40, 0));
+    assert_close(&sim.applied_delta(), &sim.plain_mean(&uploaders(&quits)));
+    // Every phase closed early, as soon as everybody had answered: no deadline was waited for.
+    assert_eq!(sim.now, 0);
+}
+
+#[test]
+fn agents_dropping_out_in_every_phase_are_dropped_and_exactly_the_uploaders_are_aggregated() {
+    // 24 agents, k = 20, t = 14: six drop-outs leave even an agent that lost six neighbours 14 of them.
+    let mut quits = vec![Quit::Never; 24];
+    quits[1] = Quit::Advertise;
+    quits[8] = Quit::Shares;
+    quits[13] = Quit::Masked;
+    quits[17] = Quit::Masked;
+    quits[20] = Quit::Disconnect;
+    quits[22] = Quit::Unmask;
+    let mut sim = Sim::new(10, &quits);
+    sim.run_round();
+    assert!(sim.aborts.is_empty(), "{:?}", sim.aborts);
+    let (record, _) = sim.commits.last().unwrap();
+    let dropped: BTreeMap<&str, &str> = record.dropped.iter().map(|d| (d.agent.as_str(), d.reason.as_str())).collect();
+    assert_eq!(dropped.len(), 5, "{dropped:?}");
+    assert!(dropped[name(1).as_str()].contains("advertise-keys deadline"), "{dropped:?}");
+    assert!(dropped[name(8).as_str()].contains("share-keys deadline"), "{dropped:?}");
+    assert!(dropped[name(13).as_str()].contains("masked-input deadline"), "{dropped:?}");
+    assert!(dropped[name(20).as_str()].contains("disconnected"), "{dropped:?}");
+    assert!(!dropped.contains_key(name(22).as_str()), "its masked input is in the sum");
+    let m = record.metrics.secagg.clone().unwrap();
+    assert_eq!(m.survivors, 19);
+    assert_eq!(m.dropped_after_sharing, 3, "13, 17 and 20 shared keys and then vanished");
+    assert_close(&sim.applied_delta(), &sim.plain_mean(&uploaders(&quits)));
+    // The phases waited for their deadlines: advertise, shares, then the round's training deadline, then unmask.
+    assert!(sim.now >= TIMEOUT, "{}", sim.now);
+}
+
+#[test]
+fn fewer_uploads_than_min_agents_abort_the_round_and_commit_nothing() {
+    let mut quits = vec![Quit::Never; 6];
+    for q in quits.iter_mut().take(4) {
+        *q = Quit::Masked;
+    }
+    let mut sim = Sim::new(3, &quits);
+    sim.run_round();
+    assert!(sim.commits.is_empty());
+    let (reason, record) = sim.aborts.last().unwrap();
+    assert_eq!(*reason, AbortReason::TooFewReports { reported: 2, min_agents: 3 });
+    assert!(record.new_version.is_none());
+    assert_eq!(sim.coord.model_version(), 0);
+    assert_eq!(sim.coord.global_weights(), sim.global.as_slice());
+}
+
+#[test]
+fn survivors_below_the_threshold_abort_the_round_before_anything_is_unmasked() {
+    // Ten agents on a complete graph: k = 9, t = 6. Five vanish after sharing, leaving each survivor four
+    // surviving neighbours: their masks could not be removed, so the server must not ask anyone to unmask.
+    let mut quits = vec![Quit::Never; 10];
+    for q in quits.iter_mut().skip(5) {
+        *q = Quit::Masked;
+    }
+    let mut sim = Sim::new(3, &quits);
+    sim.run_round();
+    assert!(sim.commits.is_empty());
+    let (reason, _) = sim.aborts.last().unwrap();
+    assert!(matches!(reason, AbortReason::SecureAggregation(m) if m.contains("masked-input")), "{reason:?}");
+    assert_eq!(sim.coord.secure_phase(), None);
+}
+
+#[test]
+fn a_plain_update_in_a_secure_round_is_refused_and_its_sender_dropped() {
+    let quits = vec![Quit::Advertise; 4];
+    let mut sim = Sim::new(2, &quits);
+    sim.feed(Event::StartRounds { count: Some(1) });
+    sim.drain();
+    assert_eq!(sim.coord.secure_phase(), Some(SecurePhase::Advertise));
+    let delta = delta_of(0);
+    sim.feed(Event::Update { agent: name(0), round: 1, examples: 10, train_loss: 0.1, delta: &delta });
+    sim.drain();
+    assert!(
+        sim.rejects.iter().any(|(a, r)| *a == name(0) && matches!(r, RejectReason::SecAgg(_))),
+        "{:?}",
+        sim.rejects
+    );
+    assert_eq!(sim.coord.status().dropped, 1);
+}
+
+#[test]
+fn a_message_for_the_wrong_phase_is_refused_without_dropping_anyone() {
+    let quits = vec![Quit::Advertise; 4];
+    let mut sim = Sim::new(2, &quits);
+    sim.feed(Event::StartRounds { count: Some(1) });
+    sim.drain();
+    let masked = vec![0u32; DIM + 1];
+    sim.feed(Event::MaskedInput { agent: name(2), round: 1, examples: 5, train_loss: 0.1, masked: &masked });
+    sim.drain();
+    assert!(
+        sim.rejects.iter().any(|(a, r)| *a == name(2) && matches!(r, RejectReason::SecAgg(m) if m.contains("phase")))
+    );
+    assert_eq!(sim.coord.status().dropped, 0);
+}
+
+#[test]
+fn settings_that_void_privacy_or_overflow_the_modulus_are_refused_naming_the_key() {
+    let state = || ResumeState { model_version: 0, weights: vec![0.0; 4], next_round: 1, strategy_state: vec![] };
+    let low_t = SecAggConfig { neighbours: Some(8), threshold: Some(4), ..secagg() };
+    let err = Coordinator::new(config(10, 50), state()).unwrap().with_secagg(low_t).unwrap_err();
+    assert!(matches!(&err, ConfigError::Invalid(m) if m.contains("secagg.threshold")), "{err}");
+    let wide = SecAggConfig { quant_bits: Some(28), ..secagg() };
+    let err = Coordinator::new(config(10, 50), state()).unwrap().with_secagg(wide).unwrap_err();
+    assert!(matches!(&err, ConfigError::Invalid(m) if m.contains("secagg.quant_bits")), "{err}");
+    let lonely = Coordinator::new(config(1, 5), state()).unwrap().with_secagg(secagg()).unwrap_err();
+    assert!(lonely.to_string().contains("min_agents"), "{lonely}");
+    assert!(Coordinator::new(config(1, 5), state()).unwrap().with_secagg(SecAggConfig::off()).is_ok());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+
+    #[test]
+    fn any_dropout_pattern_either_aggregates_exactly_the_uploaders_or_aborts_with_nothing_committed(
+        pattern in proptest::collection::vec(0u8..12, 8..14),
+    ) {
+        // Mostly honest agents; codes 6.. are honest.
+        let quits: Vec<Quit> = pattern.iter().map(|c| match c {
+            0 => Quit::Advertise,
+            1 => Quit::Shares,
+            2 => Quit::Masked,
+            3 => Quit::Disconnect,
+            4 => Quit::Unmask,
+            _ => Quit::Never,
+        }).collect();
+        let mut sim = Sim::new(3, &quits);
+        sim.run_round();
+        if let Some((record, _)) = sim.commits.last() {
+            prop_assert_eq!(record.reported.len(), uploaders(&quits).len());
+            let got = sim.applied_delta();
+            let want = sim.plain_mean(&uploaders(&quits));
+            let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+            prop_assert!(worst < 1e-4, "worst {}", worst);
+        } else {
+            prop_assert_eq!(sim.aborts.len(), 1);
+            prop_assert_eq!(sim.coord.global_weights(), sim.global.as_slice());
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Whole system with secure aggregation (on by default): a server and agents over real loopback QUIC with mutual
+//! TLS run SecAgg+ rounds. The agents' deltas are known (`NoiseLearner::delta_for`), so each new global model can
+//! be checked against the plain weighted mean; a relaying server that swaps a key is caught by the peers; an agent
+//! killed after sharing its keys is dropped and the round completes without it.
+
+use fedge_agent::client::AgentEvent;
+use fedge_agent::learner::{LearnOutcome, Learner, NoiseLearner};
+use fedge_server::coordinator::{CoordinatorConfig, OptimizerKind, RoundRecord, SecAggConfig, SecurePhase, TrainHyper};
+use fedge_server::demo::{FederationOptions, FederationSpec, LocalFederation};
+use fedge_server::service::{RelayHook, ServerEvent};
+use fedge_server::strategy::StrategyConfig;
+use fedge_shared::protocol::{ServerMessage, TrainPlan};
+use fedge_system_tests::{init_logs, wait_agent, wait_server};
+use std::sync::Arc;
+use std::time::Duration;
+
+const SCALE: f32 = 0.05;
+
+fn spec(agents: usize, min_agents: usize, rounds: u64) -> FederationSpec {
+    FederationSpec {
+        onnx: fedge_shared::train::builder::mlp(&[16, 8, 4], 1),
+        coordinator: CoordinatorConfig {
+            min_agents,
+            min_available: Some(agents),
+            max_agents: agents,
+            fraction: 1.0,
+            overselect: 1.0,
+            seed: 9,
+            round_timeout_ms: 20_000,
+            retry_backoff_ms: 200,
+            max_examples: None,
+            hyper: TrainHyper {
+                epochs: 1,
+                batch_size: 8,
+                learning_rate: 0.1,
+                momentum: 0.0,
+                optimizer: OptimizerKind::Sgd,
+                prox_mu: 0.0,
+                seed: 0,
+                deadline_ms: 0,
+            },
+            strategy: StrategyConfig::FedAvg,
+        },
+        rounds: Some(rounds),
+        evaluator: None,
+    }
+}
+
+fn secagg() -> SecAggConfig {
+    SecAggConfig { phase_timeout_ms: 10_000, ..SecAggConfig::default() }
+}
+
+/// Agent `i`'s learner: seed and example count are functions of `i`.
+fn noise(i: usize) -> NoiseLearner {
+    NoiseLearner::new(20 + 13 * i as u64, 100 + i as u64, SCALE)
+}
+
+/// A learner that takes `delay` before answering like `inner`.
+struct Slow {
+    inner: NoiseLearner,
+    delay: Duration,
+}
+
+impl Learner for Slow {
+    fn examples(&self) -> u64 {
+        self.inner.examples()
+    }
+    fn set_graph(&mut self, onnx: &[u8]) -> anyhow::Result<()> {
+        self.inner.set_graph(onnx)
+    }
+    fn num_params(&self) -> Option<usize> {
+        self.inner.num_params()
+    }
+    fn learn(&mut self, global: &[f32], plan: &TrainPlan) -> anyhow::Result<LearnOutcome> {
+        std::thread::sleep(self.delay);
+        self.inner.learn(global, plan)
+    }
+}
+
+/// The plain weighted mean of the deltas of `agents` in the round of `record` (the seed each agent trained with
+/// is the one the server put in its plan).
+fn expected_mean(record: &RoundRecord, agents: &[usize], params: usize) -> Vec<f32> {
+    let round_seed = record.plan.hyper.seed ^ record.round.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut sum = vec![0f64; params];
+    let mut total = 0f64;
+    for &i in agents {
+        let l = noise(i);
+        let d = NoiseLearner::delta_for(l.seed, round_seed, params, SCALE);
+        for (s, v) in sum.iter_mut().zip(&d) {
+            *s += l.examples as f64 * f64::from(*v);
+        }
+        total += l.examples as f64;
+    }
+    sum.iter().map(|s| (s / total) as f32).collect()
+}
+
+async fn next_round_end(
+    events: &mut tokio::sync::broadcast::Receiver<ServerEvent>,
+) -> anyhow::Result<Result<RoundRecord, RoundRecord>> {
+    wait_server(events, Duration::from_secs(60), |e| match e {
+        ServerEvent::RoundCompleted(r) => Some(Ok((**r).clone())),
+        ServerEvent::RoundAborted(r) => Some(Err((**r).clone())),
+        _ => None,
+    })
+    .await
+}
+
+fn assert_close(got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len());
+    let worst = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+    assert!(worst <= tol, "largest difference from the plain mean is {worst}, tolerance {tol}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_rounds_over_quic_move_the_global_model_by_the_plain_weighted_mean() -> anyhow::Result<()> {
+    init_logs();
+    const AGENTS: usize = 5;
+    let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
+    let options = FederationOptions { secagg: secagg(), relay_hook: None };
+    let fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 2), learners, options).await?;
+    let mut events = fed.server.events();
+    for _ in 0..2 {
+        let record = next_round_end(&mut events).await?.map_err(|r| anyhow::anyhow!("aborted: {:?}", r.outcome))?;
+        assert!(record.plan.aggregation.is_secure(), "secure aggregation is on by default");
+        assert_eq!(record.reported.len(), AGENTS);
+        let m = record.metrics.secagg.clone().expect("a secure round records its phases");
+        assert_eq!((m.survivors, m.dropped_after_sharing), (AGENTS, 0));
+        let version = record.new_version.expect("committed");
+        let before = fed.server.store.weights(version - 1)?;
+        let after = fed.server.store.weights(version)?;
+        let got: Vec<f32> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        // One quantization step is 16 / 2^22 ≈ 4e-6 per agent; the weights add their own rounding.
+        assert_close(&got, &expected_mean(&record, &(0..AGENTS).collect::<Vec<_>>(), before.len()), 2e-4);
+    }
+    fed.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relaying_server_that_swaps_a_key_is_refused_by_the_peers_and_nothing_is_committed() -> anyhow::Result<()> {
+    init_logs();
+    const AGENTS: usize = 3;
+    // The dishonest relay replaces one agent's mask key (keeping its signature) in what it sends to the others.
+    let hook: RelayHook = Arc::new(|to: &str, m: &mut ServerMessage| {
+        // Cohort indices follow the selection order, not the names: find agent-000's keys by their certificate.
+        if let ServerMessage::SecAggKeys { keys, certificates, .. } = m
+            && to != "agent-000"
+        {
+            for (k, cert) in keys.iter_mut().zip(certificates.iter()) {
+                let der = rustls::pki_types::CertificateDer::from(cert.clone());
+                if fedge_shared::tls::CertInfo::parse(&der).is_ok_and(|c| c.name == "agent-000") {
+                    k.mask_pk = [7; 32];
+                }
+            }
+        }
+    });
+    let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
+    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook) };
+    let mut fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 1), learners, options).await?;
+    let mut events = fed.server.events();
+    let refused = wait_agent(&mut fed.agent_events, Duration::from_secs(60), |i, e| match e {
+        AgentEvent::SecureRoundRefused { reason, .. } => Some((i, reason.clone())),
+        _ => None,
+    })
+    .await?;
+    assert_ne!(refused.0, 0, "the agent whose key was swapped is not the one deceived");
+    assert!(refused.1.contains("signature"), "refused for the signature: {}", refused.1);
+    let end = next_round_end(&mut events).await?;
+    let record = end.expect_err("the round must abort");
+    assert!(record.new_version.is_none());
+    assert_eq!(fed.server.store.versions()?.len(), 1, "only version 0 exists");
+    fed.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_after_sharing_its_keys_is_dropped_and_the_round_completes_without_it() -> anyhow::Result<()> {
+    init_logs();
+    const AGENTS: usize = 5;
+    let victim = AGENTS - 1;
+    let learners: Vec<Box<dyn Learner>> = (0..AGENTS)
+        .map(|i| {
+            if i == victim {
+                Box::new(Slow { inner: noise(i), delay: Duration::from_secs(4) }) as Box<dyn Learner>
+            } else {
+                Box::new(noise(i)) as Box<dyn Learner>
+            }
+        })
+        .collect();
+    let options = FederationOptions { secagg: secagg(), relay_hook: None };
+    let fed = LocalFederation::start_with(spec(AGENTS, 3, 1), learners, options).await?;
+    let mut events = fed.server.events();
+    // Once the shares are relayed the victim holds its neighbours' shares and they hold its: kill it then.
+    wait_server(&mut events, Duration::from_secs(60), |e| match e {
+        ServerEvent::SecAggPhase { phase: SecurePhase::Masked, .. } => Some(()),
+        _ => None,
+    })
+    .await?;
+    fed.agents[victim].abort();
+    let record = next_round_end(&mut events).await?.map_err(|r| anyhow::anyhow!("aborted: {:?}", r.outcome))?;
+    let victim_name = format!("agent-{victim:03}");
+    assert_eq!(record.reported.len(), AGENTS - 1);
+    assert!(record.dropped.iter().any(|d| d.agent == victim_name), "{:?}", record.dropped);
+    let m = record.metrics.secagg.clone().expect("secure round");
+    assert_eq!((m.survivors, m.dropped_after_sharing), (AGENTS - 1, 1));
+    let version = record.new_version.expect("committed");
+    let before = fed.server.store.weights(version - 1)?;
+    let after = fed.server.store.weights(version)?;
+    let got: Vec<f32> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let survivors: Vec<usize> = (0..AGENTS).filter(|&i| i != victim).collect();
+    assert_close(&got, &expected_mean(&record, &survivors, before.len()), 2e-4);
+    fed.stop().await
+}
