@@ -37,6 +37,9 @@ pub struct ServerConfig {
     /// At most this many update uploads are read at once (each holds one vector in memory).
     #[serde(default = "default_uploads")]
     pub max_concurrent_uploads: usize,
+    /// TCP address for Prometheus metrics (`GET /metrics`), e.g. "127.0.0.1:9464"; none when absent.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 fn yes() -> bool {

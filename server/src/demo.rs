@@ -127,6 +127,7 @@ impl LocalFederation {
             autostart: true,
             idle_timeout_ms: 30_000,
             max_concurrent_uploads: 4,
+            metrics: None,
         };
         config.validate()?;
         let server = service::start(config, spec.evaluator).await?;
