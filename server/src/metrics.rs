@@ -153,10 +153,18 @@ fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Feeds server events into `metrics` until the server stops.
-pub async fn follow(mut events: broadcast::Receiver<ServerEvent>, metrics: Arc<Metrics>) {
+/// Feeds server events into `metrics` until the server shuts down.
+pub async fn follow(
+    mut events: broadcast::Receiver<ServerEvent>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
-        match events.recv().await {
+        let e = tokio::select! {
+            e = events.recv() => e,
+            _ = shutdown.changed() => return,
+        };
+        match e {
             Ok(e) => metrics.observe(&e, unix_ms()),
             Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "metrics missed events"),
             Err(broadcast::error::RecvError::Closed) => return,

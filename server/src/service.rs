@@ -207,7 +207,7 @@ pub async fn start(config: ServerConfig, evaluator: Option<Arc<dyn Evaluator>>) 
         metrics: metrics.clone(),
     };
     let mut tasks = vec![tokio::spawn(core.run(core_rx, shutdown_rx.clone()))];
-    tasks.push(tokio::spawn(crate::metrics::follow(events.subscribe(), metrics.clone())));
+    tasks.push(tokio::spawn(crate::metrics::follow(events.subscribe(), metrics.clone(), shutdown_rx.clone())));
     let metrics_addr = match config.metrics {
         Some(addr) => {
             let (bound, task) = crate::metrics::serve(addr, metrics.clone(), shutdown_rx.clone()).await?;
