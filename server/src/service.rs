@@ -54,13 +54,37 @@ pub enum Outbound {
 /// Messages from connection tasks and operators to the core.
 #[derive(Debug)]
 pub enum CoreMsg {
-    Connected { agent: AgentId, conn: u64, tx: mpsc::Sender<Outbound> },
-    Disconnected { agent: AgentId, conn: u64 },
-    CheckIn { agent: AgentId, conn: u64, checkin: protocol::CheckIn },
-    Update { agent: AgentId, round: u64, examples: u64, train_loss: f32, delta: Vec<f32> },
-    Abandon { agent: AgentId, round: u64, reason: String },
+    Connected {
+        agent: AgentId,
+        conn: u64,
+        tx: mpsc::Sender<Outbound>,
+    },
+    Disconnected {
+        agent: AgentId,
+        conn: u64,
+    },
+    CheckIn {
+        agent: AgentId,
+        conn: u64,
+        checkin: protocol::CheckIn,
+    },
+    Update {
+        agent: AgentId,
+        round: u64,
+        examples: u64,
+        train_loss: f32,
+        delta: Vec<f32>,
+    },
+    Abandon {
+        agent: AgentId,
+        round: u64,
+        reason: String,
+    },
     Operator(Operator),
-    Committed { round: u64, result: Result<CommittedModel, String> },
+    Committed {
+        round: u64,
+        result: Result<CommittedModel, String>,
+    },
     Status(oneshot::Sender<Status>),
     /// A request from an operator connection (fedgectl).
     Admin(crate::admin::AdminCall),

@@ -27,7 +27,14 @@ fn the_example_server_config_names_a_metrics_address() {
 #[test]
 fn the_agent_unit_runs_the_agent_with_a_restart_policy_and_limits() {
     let unit = std::fs::read_to_string(configs().join("systemd/fedge-agent.service")).unwrap();
-    for line in ["ExecStart=/usr/local/bin/fedge-agent run --config /etc/fedge/agent.toml", "Restart=on-failure", "MemoryMax=", "CPUQuota=", "NoNewPrivileges=yes", "ProtectSystem=strict"] {
+    for line in [
+        "ExecStart=/usr/local/bin/fedge-agent run --config /etc/fedge/agent.toml",
+        "Restart=on-failure",
+        "MemoryMax=",
+        "CPUQuota=",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+    ] {
         assert!(unit.lines().any(|l| l.starts_with(line)), "missing {line}");
     }
 }

@@ -29,24 +29,37 @@ pub mod limits {
 /// What an operator asks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AdminRequest {
-    Hello { protocol: u32, software: String },
+    Hello {
+        protocol: u32,
+        software: String,
+    },
     Status,
     /// Agents from the server's store, with their connection state.
     Agents,
     /// Revoke an agent on the running server: stored as revoked, its connection closed, refused from then on.
-    Revoke { name: String },
+    Revoke {
+        name: String,
+    },
     /// Run `count` more rounds (`None`: until stopped); stop when a round reaches `target_accuracy`.
-    RoundStart { count: Option<u64>, target_accuracy: Option<f32> },
+    RoundStart {
+        count: Option<u64>,
+        target_accuracy: Option<f32>,
+    },
     RoundPause,
     RoundResume,
     RoundAbort,
     ConfigShow,
     /// Set one coordinator setting; `key` is dotted (`hyper.learning_rate`), `value` is TOML (`0.1`, `"fedavg"`).
-    ConfigSet { key: String, value: String },
+    ConfigSet {
+        key: String,
+        value: String,
+    },
     History,
     Models,
     /// The standalone ONNX of a version (`None`: the newest).
-    Export { version: Option<u64> },
+    Export {
+        version: Option<u64>,
+    },
     /// Live progress until the client closes the stream.
     Watch,
 }
@@ -54,7 +67,11 @@ pub enum AdminRequest {
 /// The server's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AdminResponse {
-    Welcome { protocol: u32, server: String, operator: String },
+    Welcome {
+        protocol: u32,
+        server: String,
+        operator: String,
+    },
     Status(StatusInfo),
     Agents(Vec<AgentInfo>),
     /// A command was carried out; the message says what happened.
@@ -63,7 +80,11 @@ pub enum AdminResponse {
     History(Vec<RoundSummary>),
     Models(Vec<ModelInfo>),
     /// `len` raw bytes of ONNX follow this frame on the same stream.
-    Export { model: ModelInfo, len: u64, digest: Digest },
+    Export {
+        model: ModelInfo,
+        len: u64,
+        digest: Digest,
+    },
     Progress(Progress),
     /// The request was refused or failed; the message names the reason (for `ConfigSet`: the key and the range).
     Error(String),

@@ -40,11 +40,22 @@ pub struct Snapshot {
 pub enum AdminCall {
     Snapshot(oneshot::Sender<Snapshot>),
     /// Run rounds; pause when a completed round's test accuracy reaches `target_accuracy`.
-    StartRounds { count: Option<u64>, target_accuracy: Option<f32>, reply: oneshot::Sender<String> },
+    StartRounds {
+        count: Option<u64>,
+        target_accuracy: Option<f32>,
+        reply: oneshot::Sender<String>,
+    },
     ConfigShow(oneshot::Sender<Vec<ConfigEntry>>),
-    ConfigSet { key: String, value: String, reply: oneshot::Sender<Result<String, String>> },
+    ConfigSet {
+        key: String,
+        value: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
     /// Mark the agent revoked in the store and close its connection; the reply says whether it was connected.
-    Revoke { name: String, reply: oneshot::Sender<Result<bool, String>> },
+    Revoke {
+        name: String,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
 }
 
 /// Serves one operator connection until it closes or the server shuts down.
@@ -119,14 +130,11 @@ async fn serve_stream(
         AdminRequest::Export { version } => {
             match export(&shared.store, version).await {
                 Ok((model, bytes)) => {
-                    let header =
-                        AdminResponse::Export { model, len: bytes.len() as u64, digest: Digest::of(&bytes) };
+                    let header = AdminResponse::Export { model, len: bytes.len() as u64, digest: Digest::of(&bytes) };
                     wire::write_msg(&mut send, &header, limits::RESPONSE).await?;
                     send.write_all(&bytes).await.map_err(|e| anyhow::anyhow!("write: {e}"))?;
                 }
-                Err(e) => {
-                    wire::write_msg(&mut send, &AdminResponse::Error(format!("{e:#}")), limits::RESPONSE).await?
-                }
+                Err(e) => wire::write_msg(&mut send, &AdminResponse::Error(format!("{e:#}")), limits::RESPONSE).await?,
             }
             let _ = send.finish();
             return Ok(());
@@ -195,9 +203,7 @@ async fn answer(request: AdminRequest, shared: &Arc<Shared>) -> anyhow::Result<A
             {
                 return Ok(AdminResponse::Error(format!("target accuracy must be in [0, 1], not {t}")));
             }
-            AdminResponse::Done(
-                call(shared, |reply| AdminCall::StartRounds { count, target_accuracy, reply }).await?,
-            )
+            AdminResponse::Done(call(shared, |reply| AdminCall::StartRounds { count, target_accuracy, reply }).await?)
         }
         AdminRequest::RoundPause => operator(shared, Operator::Pause, "paused: no new round will start").await?,
         AdminRequest::RoundResume => operator(shared, Operator::Resume, "resumed").await?,

@@ -246,7 +246,7 @@ async fn run_online(client: &AdminClient, command: Command) -> anyhow::Result<()
         Command::Agent(AgentCmd::Revoke { name, .. }) => {
             println!("{}", client.revoke(&name).await?);
             Ok(())
-        },
+        }
         Command::Round(r) => {
             let cmd = match r {
                 RoundArgs::Start { count, target_accuracy } => RoundCmd::Start { count, target_accuracy },
@@ -255,9 +255,9 @@ async fn run_online(client: &AdminClient, command: Command) -> anyhow::Result<()
                 RoundArgs::Abort => RoundCmd::Abort,
             };
             {
-            println!("{}", client.round(cmd).await?);
-            Ok(())
-        }
+                println!("{}", client.round(cmd).await?);
+                Ok(())
+            }
         }
         Command::Config(ConfigCmd::Show { json }) => {
             let c = client.config_show().await?;
@@ -271,7 +271,7 @@ async fn run_online(client: &AdminClient, command: Command) -> anyhow::Result<()
         Command::Config(ConfigCmd::Set { key, value }) => {
             println!("{}", client.config_set(&key, &value).await?);
             Ok(())
-        },
+        }
         Command::History { json, plot } => {
             let h = client.history().await?;
             if let Some(path) = &plot {

@@ -199,7 +199,8 @@ impl AdminClient {
     /// The standalone ONNX of `version` (`None`: the newest), digest-checked.
     pub async fn export(&self, version: Option<u64>) -> anyhow::Result<(ModelInfo, Vec<u8>)> {
         let mut recv = self.open(&AdminRequest::Export { version }).await?;
-        let header = wire::read_msg::<AdminResponse>(&mut recv, limits::RESPONSE).await.map_err(|e| self.why_closed(e))?;
+        let header =
+            wire::read_msg::<AdminResponse>(&mut recv, limits::RESPONSE).await.map_err(|e| self.why_closed(e))?;
         let (model, len, digest) = match header {
             Some(AdminResponse::Export { model, len, digest }) => (model, len, digest),
             Some(AdminResponse::Error(e)) => return Err(refused(e)),

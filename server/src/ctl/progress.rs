@@ -78,7 +78,9 @@ impl WatchView {
                     s.round.map_or("-".into(), |r| r.to_string()),
                     s.reported,
                     s.dropped,
-                    s.deadline_in_ms.map(|d| format!(", deadline in {}", super::render::duration(d))).unwrap_or_default()
+                    s.deadline_in_ms
+                        .map(|d| format!(", deadline in {}", super::render::duration(d)))
+                        .unwrap_or_default()
                 ));
                 self.committing.set_position(0);
                 self.committing.set_message("waiting");

@@ -89,7 +89,10 @@ pub fn status(s: &StatusInfo) -> String {
 }
 
 pub fn agents(list: &[AgentInfo]) -> String {
-    let mut o = format!("{:<24} {:<10} {:<8} {:<20} {:<20} {}\n", "NAME", "STATE", "REVOKED", "FIRST SEEN", "LAST SEEN", "FINGERPRINT");
+    let mut o = format!(
+        "{:<24} {:<10} {:<8} {:<20} {:<20} {}\n",
+        "NAME", "STATE", "REVOKED", "FIRST SEEN", "LAST SEEN", "FINGERPRINT"
+    );
     for a in list {
         let _ = writeln!(
             o,
@@ -140,7 +143,10 @@ pub fn history(rounds: &[RoundSummary]) -> String {
 }
 
 pub fn models(list: &[ModelInfo]) -> String {
-    let mut o = format!("{:>8} {:>6} {:>10} {:>10} {:<20} {}\n", "VERSION", "ROUND", "PARAMS", "TEST ACC", "CREATED", "WEIGHTS");
+    let mut o = format!(
+        "{:>8} {:>6} {:>10} {:>10} {:<20} {}\n",
+        "VERSION", "ROUND", "PARAMS", "TEST ACC", "CREATED", "WEIGHTS"
+    );
     for m in list {
         let _ = writeln!(
             o,
