@@ -40,6 +40,9 @@ pub struct ServerConfig {
     /// Secure aggregation (`[secagg]`): on unless `enabled = false`.
     #[serde(default)]
     pub secagg: SecAggConfig,
+    /// TCP address for Prometheus metrics (`GET /metrics`), e.g. "127.0.0.1:9464"; none when absent.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 fn yes() -> bool {

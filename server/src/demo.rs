@@ -157,6 +157,7 @@ impl LocalFederation {
             idle_timeout_ms: 30_000,
             max_concurrent_uploads: 4,
             secagg: options.secagg,
+            metrics: None,
         };
         config.validate()?;
         let server = service::start_with_hook(config, spec.evaluator, options.relay_hook).await?;

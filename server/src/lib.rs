@@ -5,12 +5,16 @@
 //! - [`store`]: the sled database: models, rounds, agents, metadata.
 //! - [`service`]: the core task that drives the coordinator and the store; [`net`]: the QUIC shell.
 //! - [`config`]: `server.toml`; [`evaluator`]: test-set evaluation of new models.
+//! - [`admin`]: the operator's protocol (served); [`ctl`]: its client (fedgectl); [`metrics`]: Prometheus.
 
+pub mod admin;
 pub mod config;
 pub mod coordinator;
+pub mod ctl;
 pub mod demo;
 pub mod evaluator;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod service;
 pub mod store;

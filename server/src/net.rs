@@ -138,10 +138,19 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>, shutdow
         Ok(true) => return refuse(&conn, &shared, peer, format!("certificate of {} is revoked", info.name)),
         Err(e) => return refuse(&conn, &shared, peer, format!("revocation list unreadable: {e:#}")),
     }
+    // Revocations by an operator on the running server (`fedgectl agent revoke NAME`) live in the store.
+    match shared.store.is_revoked(&info.name) {
+        Ok(false) => {}
+        Ok(true) => return refuse(&conn, &shared, peer, format!("{} is revoked", info.name)),
+        Err(e) => return refuse(&conn, &shared, peer, format!("revocation state unreadable: {e}")),
+    }
     match (alpn.as_deref(), info.role) {
         (Some(a), Role::Agent) if a == protocol::ALPN_AGENT => {}
         (Some(a), Role::Operator) if a == protocol::ALPN_ADMIN => {
-            return refuse(&conn, &shared, peer, "the admin protocol is not served by this version".into());
+            if let Err(e) = crate::admin::serve(&conn, &shared, info, shutdown).await {
+                tracing::info!(%peer, reason = %format!("{e:#}"), "operator connection ended");
+            }
+            return;
         }
         (_, role) => {
             return refuse(&conn, &shared, peer, format!("a {role:?} certificate may not use this protocol"));

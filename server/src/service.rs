@@ -129,6 +129,8 @@ pub enum CoreMsg {
         result: Result<Box<CommittedModel>, String>,
     },
     Status(oneshot::Sender<Status>),
+    /// A request from an operator connection (fedgectl).
+    Admin(crate::admin::AdminCall),
 }
 
 /// Operator commands.
@@ -175,6 +177,10 @@ pub struct ServerHandle {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     endpoint: quinn::Endpoint,
     pub store: Arc<Store>,
+    /// The server's Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where `GET /metrics` is served, when server.toml asks for it.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl ServerHandle {
@@ -238,7 +244,15 @@ pub async fn start_with_hook(
     let endpoint = quinn::Endpoint::server(tls.server_config()?, config.listen)
         .with_context(|| format!("binding UDP {}", config.listen))?;
     let local_addr = endpoint.local_addr()?;
-    let coordinator = Coordinator::new(config.coordinator.clone(), resume)
+    let overrides = operator_overrides(&store)?;
+    let coordinator_config = match crate::admin::settings::apply_all(&config.coordinator, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "the operator's stored settings do not apply to this server.toml; ignored");
+            config.coordinator.clone()
+        }
+    };
+    let coordinator = Coordinator::new(coordinator_config, resume)
         .context("[coordinator] in the config")?
         .with_secagg(config.secagg.clone())
         .context("[secagg] in the config")?;
@@ -253,6 +267,8 @@ pub async fn start_with_hook(
     let (core_tx, core_rx) = mpsc::channel(1024);
     let (events, _) = broadcast::channel(1024);
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    metrics.model_version.set(current.version as i64);
     let params = Arc::new(AtomicU64::new(current.params));
     tracing::info!(
         %local_addr, version = current.version, params = current.params, graph = %current.graph_digest.short(),
@@ -271,8 +287,24 @@ pub async fn start_with_hook(
         certs: HashMap::new(),
         relay_hook,
         start_rounds: config.autostart.then_some(config.rounds),
+        admin: AdminState {
+            started: std::time::Instant::now(),
+            target_accuracy: None,
+            base: config.coordinator.clone(),
+            overrides,
+        },
+        metrics: metrics.clone(),
     };
     let mut tasks = vec![tokio::spawn(core.run(core_rx, shutdown_rx.clone()))];
+    tasks.push(tokio::spawn(crate::metrics::follow(events.subscribe(), metrics.clone(), shutdown_rx.clone())));
+    let metrics_addr = match config.metrics {
+        Some(addr) => {
+            let (bound, task) = crate::metrics::serve(addr, metrics.clone(), shutdown_rx.clone()).await?;
+            tasks.push(task);
+            Some(bound)
+        }
+        None => None,
+    };
     let shared = Arc::new(net::Shared {
         core: core_tx.clone(),
         events: events.clone(),
@@ -283,7 +315,21 @@ pub async fn start_with_hook(
         store: store.clone(),
     });
     tasks.push(tokio::spawn(net::accept_loop(endpoint.clone(), shared, shutdown_rx)));
-    Ok(ServerHandle { local_addr, core: core_tx, events, shutdown, tasks, endpoint, store })
+    Ok(ServerHandle { local_addr, core: core_tx, events, shutdown, tasks, endpoint, store, metrics, metrics_addr })
+}
+
+/// The coordinator settings an operator set with `fedgectl config set` (kept in the store).
+fn operator_overrides(store: &Store) -> anyhow::Result<toml::Table> {
+    match store.server_config()? {
+        None => Ok(toml::Table::new()),
+        Some(text) => match crate::admin::settings::overrides_from_text(&text) {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring unreadable stored operator settings");
+                Ok(toml::Table::new())
+            }
+        },
+    }
 }
 
 fn load_or_init_model(
@@ -334,6 +380,18 @@ struct Core {
     /// Each agent's certificate (DER) from its newest connection, relayed with its secure-aggregation keys.
     certs: HashMap<AgentId, Arc<Vec<u8>>>,
     relay_hook: Option<RelayHook>,
+    admin: AdminState,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// What the core keeps for the admin surface.
+struct AdminState {
+    started: std::time::Instant,
+    /// Pause when a completed round reaches this test accuracy.
+    target_accuracy: Option<f32>,
+    /// The `[coordinator]` section of server.toml, and the operator's settings on top of it.
+    base: crate::coordinator::CoordinatorConfig,
+    overrides: toml::Table,
 }
 
 impl Core {
@@ -448,6 +506,13 @@ impl Core {
                         loss = record.metrics.mean_train_loss.unwrap_or(f32::NAN),
                         "round committed"
                     );
+                    if let (Some(target), Some(acc)) = (self.admin.target_accuracy, record.metrics.test_accuracy)
+                        && acc >= target
+                    {
+                        tracing::info!(round, accuracy = acc, target, "target accuracy reached: pausing");
+                        self.admin.target_accuracy = None;
+                        self.feed(Event::Pause);
+                    }
                     self.committing = Some(record.clone());
                     let _ = self.events.send(ServerEvent::RoundCompleted(Box::new(record)));
                     self.feed(Event::Committed { round, version: m.version });
@@ -459,6 +524,84 @@ impl Core {
             },
             CoreMsg::Status(tx) => {
                 let _ = tx.send(self.coordinator.status());
+            }
+            CoreMsg::Admin(call) => self.on_admin(call),
+        }
+    }
+
+    fn on_admin(&mut self, call: crate::admin::AdminCall) {
+        use crate::admin::{AdminCall, Snapshot, settings};
+        match call {
+            AdminCall::Snapshot(tx) => {
+                let s = self.coordinator.status();
+                let now = now_ms();
+                let status = fedge_shared::admin::StatusInfo {
+                    server: concat!("fedge-server/", env!("CARGO_PKG_VERSION")).into(),
+                    uptime_ms: self.admin.started.elapsed().as_millis() as u64,
+                    connected: self.conns.len(),
+                    available: s.available,
+                    phase: match s.phase {
+                        crate::coordinator::Phase::Idle => fedge_shared::admin::PhaseInfo::Idle,
+                        crate::coordinator::Phase::Collecting => fedge_shared::admin::PhaseInfo::Collecting,
+                        crate::coordinator::Phase::Committing => fedge_shared::admin::PhaseInfo::Committing,
+                    },
+                    round: s.round,
+                    model_version: s.model_version,
+                    next_round: s.next_round,
+                    selected: s.selected,
+                    reported: s.reported,
+                    dropped: s.dropped,
+                    running: s.running,
+                    paused: s.paused,
+                    remaining: s.remaining,
+                    deadline_in_ms: self.coordinator.deadline_ms().map(|d| d.saturating_sub(now)),
+                    target_accuracy: self.admin.target_accuracy,
+                };
+                let mut connected: Vec<String> = self.conns.keys().cloned().collect();
+                connected.sort();
+                let _ = tx.send(Snapshot { status, connected });
+            }
+            AdminCall::StartRounds { count, target_accuracy, reply } => {
+                self.admin.target_accuracy = target_accuracy;
+                self.feed(Event::StartRounds { count });
+                let mut m = match count {
+                    Some(n) => format!("running {n} more rounds"),
+                    None => "running rounds until stopped".to_string(),
+                };
+                if let Some(t) = target_accuracy {
+                    m.push_str(&format!(", pausing when the test accuracy reaches {t}"));
+                }
+                let _ = reply.send(m);
+            }
+            AdminCall::ConfigShow(tx) => {
+                let _ = tx.send(settings::entries(self.coordinator.config(), &self.admin.overrides));
+            }
+            AdminCall::ConfigSet { key, value, reply } => {
+                let result = settings::set(&self.admin.base, &self.admin.overrides, &key, &value)
+                    .map_err(|e| e.to_string())
+                    .and_then(|(config, overrides)| {
+                        self.coordinator.set_config(config).map_err(|e| format!("{key} = {value} refused: {e}"))?;
+                        self.store
+                            .put_server_config(&settings::overrides_to_text(&overrides))
+                            .map_err(|e| format!("{key} = {value} applied but not persisted: {e}"))?;
+                        self.admin.overrides = overrides;
+                        tracing::info!(%key, %value, "operator setting applied");
+                        Ok(format!("{key} = {value} (from the next round on; kept across restarts)"))
+                    });
+                let _ = reply.send(result);
+            }
+            AdminCall::Revoke { name, reply } => {
+                let result = self.store.revoke_agent(&name, now_ms()).map_err(|e| e.to_string()).map(|_| {
+                    tracing::warn!(agent = %name, "agent revoked by an operator");
+                    match self.conns.get(&name) {
+                        Some(c) => {
+                            let _ = c.tx.try_send(Outbound::Close("certificate revoked".into()));
+                            true
+                        }
+                        None => false,
+                    }
+                });
+                let _ = reply.send(result);
             }
         }
     }
@@ -485,6 +628,7 @@ impl Core {
         if !c.graph_sent {
             let h = BlobHeader { kind: BlobKind::Graph, len: cur.graph.len() as u64, digest: Some(cur.graph_digest) };
             let _ = c.tx.try_send(Outbound::Blob(h, cur.graph.clone()));
+            self.metrics.sent(cur.graph.len() as u64);
             c.graph_sent = true;
         }
         if c.version_held != Some(cur.version) {
@@ -501,6 +645,7 @@ impl Core {
                 digest: Some(cur.weights_digest),
             };
             let _ = c.tx.try_send(Outbound::Blob(h, cur.weights.clone()));
+            self.metrics.sent(cur.weights.len() as u64);
             c.version_held = Some(cur.version);
         }
     }

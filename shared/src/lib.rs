@@ -2,7 +2,7 @@
 //! tested without a network.
 //!
 //! - [`codec`]: the only place that serialises messages and records (bincode 2.0.1 lives behind it).
-//! - [`protocol`]: the messages of the round protocol and of the admin protocol.
+//! - [`protocol`]: the messages of the round protocol; [`admin`]: those of the admin protocol (fedgectl).
 //! - [`model`]: content digests and the little-endian weights format.
 //! - [`data`]: on-device data sets (IDX, CSV), splits and non-IID partitions.
 //! - [`train`]: training with tract: ONNX reverse-mode differentiation, optimizers, local training, evaluation.
@@ -12,6 +12,7 @@
 //! Nothing in this crate opens a socket on its own initiative, reads a clock inside a state machine, or panics on
 //! input that came from the network, a file or a user.
 
+pub mod admin;
 pub mod codec;
 pub mod data;
 pub mod model;

@@ -1,15 +1,44 @@
-//! `fedgectl`: the operator's command line: certificates, agents, and the local demo federation.
+//! `fedgectl`: the operator's command line: certificates and the local demo federation (offline), and a running
+//! server's agents, rounds, settings, history and models over the admin protocol (QUIC, ALPN `fedge-admin/1`,
+//! an operator certificate from `fedgectl operator add`). Where the server is: `--server HOST:PORT`,
+//! `--server-name NAME` (defaults to HOST), `--bundle DIR`, or `FEDGE_SERVER`, `FEDGE_SERVER_NAME`, `FEDGE_BUNDLE`.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use fedge_server::ctl::{self, AdminClient, RoundCmd, Target};
 use fedge_shared::tls::{self, Identity, Role};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Parser)]
 #[command(name = "fedgectl", version, about = "fedge round-management CLI")]
 struct Cli {
+    #[command(flatten)]
+    target: TargetArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How to reach a running server.
+#[derive(Debug, Args)]
+struct TargetArgs {
+    /// The server's QUIC address.
+    #[arg(long, global = true, env = "FEDGE_SERVER", default_value = "localhost:4433")]
+    server: String,
+    /// The name in the server's certificate (default: the host of --server).
+    #[arg(long, global = true, env = "FEDGE_SERVER_NAME")]
+    server_name: Option<String>,
+    /// An operator bundle directory (cert.pem, key.pem, ca.pem) from `fedgectl operator add`.
+    #[arg(long, global = true, env = "FEDGE_BUNDLE")]
+    bundle: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    fn target(&self) -> anyhow::Result<Target> {
+        let bundle = self.bundle.clone().context(
+            "this command talks to a running server: give an operator bundle with --bundle DIR or FEDGE_BUNDLE",
+        )?;
+        Ok(Target { server: self.server.clone(), server_name: self.server_name.clone(), bundle })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,6 +63,82 @@ enum Command {
     Operator(OperatorCmd),
     /// Run a local federation: a server and agents on loopback, training on a bundled data set.
     Demo(fedge_server::demo::DemoArgs),
+    /// The running server's state: version, uptime, agents, round, phase, deadline.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start, pause, resume or abort rounds on the running server.
+    #[command(subcommand)]
+    Round(RoundArgs),
+    /// Show or change the coordinator's settings on the running server (kept across restarts).
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Per round: participants, drop-outs, mean train loss, test accuracy, duration, bytes.
+    History {
+        #[arg(long)]
+        json: bool,
+        /// Also draw test accuracy and train loss against round into FILE.png or FILE.svg.
+        #[arg(long, value_name = "FILE")]
+        plot: Option<PathBuf>,
+    },
+    /// The stored model versions.
+    #[command(subcommand)]
+    Model(ModelCmd),
+    /// Live progress of the rounds (Ctrl-C to stop).
+    Watch {
+        /// Stop after this many rounds have ended.
+        #[arg(long)]
+        rounds: Option<u64>,
+        /// Print one JSON progress snapshot per line instead of bars.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RoundArgs {
+    /// Run rounds: COUNT more (default: until stopped), pausing when the test accuracy reaches a target.
+    Start {
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long)]
+        target_accuracy: Option<f32>,
+    },
+    /// Start no new round (the one in flight finishes).
+    Pause,
+    /// Start rounds again.
+    Resume,
+    /// Abort the round in flight.
+    Abort,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Every setting and its value.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set KEY (e.g. min_agents, fraction, hyper.learning_rate, strategy.kind) to VALUE (TOML: 3, 0.1, fedadam).
+    Set { key: String, value: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCmd {
+    /// Stored versions with their test accuracy.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a standalone ONNX (the version's weights baked in as initializers).
+    Export {
+        /// The version (default: the newest).
+        #[arg(long)]
+        version: Option<u64>,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,18 +151,20 @@ enum AgentCmd {
         #[arg(long, default_value_t = 825)]
         days: i64,
     },
-    /// List the agents' bundles issued from this directory.
+    /// List agents: from the running server's store (first/last seen, connected, revoked), or with --dir the
+    /// bundles issued from that directory.
     List {
         #[arg(long)]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
-    /// Revoke an agent: its certificate is listed in revoked.txt, which the server reads at every connection.
+    /// Revoke an agent on the running server (its connection is closed and it is refused from then on), or with
+    /// --dir list its certificate in DIR/revoked.txt, which the server reads at every connection.
     Revoke {
         name: String,
         #[arg(long)]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
     },
 }
 
@@ -86,8 +193,8 @@ fn main() -> anyhow::Result<()> {
             println!("agent bundle for {name}: {}", out.display());
             Ok(())
         }
-        Command::Agent(AgentCmd::List { dir, json }) => list_agents(&dir, json),
-        Command::Agent(AgentCmd::Revoke { name, dir }) => revoke(&dir, &name),
+        Command::Agent(AgentCmd::List { dir: Some(dir), json }) => list_agents(&dir, json),
+        Command::Agent(AgentCmd::Revoke { name, dir: Some(dir) }) => revoke(&dir, &name),
         Command::Operator(OperatorCmd::Add { name, dir, days }) => {
             let out = tls::issue_bundle(&dir, &name, Role::Operator, days)?;
             println!("operator bundle for {name}: {}", out.display());
@@ -97,6 +204,133 @@ fn main() -> anyhow::Result<()> {
             // The demo shows its own progress; logs only for what goes wrong (RUST_LOG=info for everything).
             fedge_server::logging::init_with_default(false, "warn");
             fedge_server::demo::run(args)
+        }
+        online => {
+            let target = cli.target.target()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let client = AdminClient::connect(&target).await?;
+                let result = run_online(&client, online).await;
+                client.close().await;
+                result
+            })
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Commands against a running server.
+async fn run_online(client: &AdminClient, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Status { json } => {
+            let s = client.status().await?;
+            if json {
+                print_json(&s)
+            } else {
+                print!("{}", ctl::render::status(&s));
+                Ok(())
+            }
+        }
+        Command::Agent(AgentCmd::List { json, .. }) => {
+            let a = client.agents().await?;
+            if json {
+                print_json(&a)
+            } else {
+                print!("{}", ctl::render::agents(&a));
+                Ok(())
+            }
+        }
+        Command::Agent(AgentCmd::Revoke { name, .. }) => {
+            println!("{}", client.revoke(&name).await?);
+            Ok(())
+        }
+        Command::Round(r) => {
+            let cmd = match r {
+                RoundArgs::Start { count, target_accuracy } => RoundCmd::Start { count, target_accuracy },
+                RoundArgs::Pause => RoundCmd::Pause,
+                RoundArgs::Resume => RoundCmd::Resume,
+                RoundArgs::Abort => RoundCmd::Abort,
+            };
+            {
+                println!("{}", client.round(cmd).await?);
+                Ok(())
+            }
+        }
+        Command::Config(ConfigCmd::Show { json }) => {
+            let c = client.config_show().await?;
+            if json {
+                print_json(&c)
+            } else {
+                print!("{}", ctl::render::config(&c));
+                Ok(())
+            }
+        }
+        Command::Config(ConfigCmd::Set { key, value }) => {
+            println!("{}", client.config_set(&key, &value).await?);
+            Ok(())
+        }
+        Command::History { json, plot } => {
+            let h = client.history().await?;
+            if let Some(path) = &plot {
+                ctl::plot::plot_history(&h, path)?;
+                eprintln!("plot written to {}", path.display());
+            }
+            if json {
+                print_json(&h)
+            } else {
+                print!("{}", ctl::render::history(&h));
+                Ok(())
+            }
+        }
+        Command::Model(ModelCmd::List { json }) => {
+            let m = client.models().await?;
+            if json {
+                print_json(&m)
+            } else {
+                print!("{}", ctl::render::models(&m));
+                Ok(())
+            }
+        }
+        Command::Model(ModelCmd::Export { version, out }) => {
+            let (model, bytes) = client.export(version).await?;
+            tls::write_atomic(&out, &bytes, 0o644)?;
+            println!(
+                "model version {} ({} parameters, test accuracy {}) written to {} ({})",
+                model.version,
+                model.params,
+                model.test_accuracy.map_or("-".into(), |a| format!("{a:.4}")),
+                out.display(),
+                ctl::render::bytes(bytes.len() as u64)
+            );
+            Ok(())
+        }
+        Command::Watch { rounds, json } => {
+            let mut view = ctl::progress::WatchView::new(json);
+            let mut seen = 0u64;
+            let watching = client.watch(|p| {
+                seen += p.finished.len() as u64;
+                if json {
+                    if let Ok(line) = serde_json::to_string(p) {
+                        println!("{line}");
+                    }
+                } else {
+                    view.update(p);
+                }
+                rounds.is_none_or(|n| seen < n)
+            });
+            tokio::select! {
+                r = watching => r?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            view.finish();
+            Ok(())
+        }
+        Command::Init { .. } | Command::Operator(_) | Command::Demo(_) | Command::Agent(AgentCmd::Add { .. }) => {
+            anyhow::bail!("not a server command")
         }
     }
 }

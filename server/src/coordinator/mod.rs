@@ -238,6 +238,25 @@ impl Coordinator {
         &self.config
     }
 
+    /// Replaces the configuration from the next round on (the round in flight keeps its plan and deadline). A new
+    /// strategy kind or new strategy parameters start that strategy afresh (its state is reset).
+    pub fn set_config(&mut self, config: CoordinatorConfig) -> Result<(), ConfigError> {
+        config.validate()?;
+        if config.strategy != self.config.strategy {
+            self.strategy = config.strategy.build()?;
+        }
+        self.config = config;
+        Ok(())
+    }
+
+    /// When the round in flight stops accepting updates (coordinator time), if one is collecting.
+    pub fn deadline_ms(&self) -> Option<u64> {
+        match &self.stage {
+            Stage::Collecting(r) => Some(r.deadline_at_ms),
+            _ => None,
+        }
+    }
+
     /// A snapshot of where things stand.
     pub fn status(&self) -> Status {
         let (phase, round, selected, reported, dropped) = match &self.stage {

@@ -1,0 +1,183 @@
+//! Human-readable output of fedgectl's reads (the `--json` output is the admin types serialised as they are).
+//!
+//! Pure formatting: no I/O. It must never hide a field the JSON carries that an operator needs to act on.
+
+use fedge_shared::admin::{AgentInfo, ConfigEntry, ModelInfo, RoundSummary, StatusInfo};
+use std::fmt::Write;
+
+/// `2026-11-25 20:31:05` (UTC) from unix milliseconds.
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// `1h02m03s`, `4.2s`.
+pub fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    if s >= 3600 {
+        format!("{}h{:02}m{:02}s", s / 3600, s % 3600 / 60, s % 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+/// `1.5 MiB`.
+pub fn bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[u]) }
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn metric(v: Option<f32>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.4}"))
+}
+
+pub fn status(s: &StatusInfo) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "server        {} (up {})", s.server, duration(s.uptime_ms));
+    let _ = writeln!(o, "agents        {} connected, {} available", s.connected, s.available);
+    let _ = writeln!(o, "model         version {}", s.model_version);
+    let state = match (s.running, s.paused) {
+        (_, true) => "paused",
+        (true, false) => "running",
+        (false, false) => "stopped",
+    };
+    let remaining = s.remaining.map_or("no limit".into(), |r| format!("{r} rounds to go"));
+    let _ = writeln!(o, "rounds        {state}, {remaining}, next round {}", s.next_round);
+    match s.round {
+        Some(r) => {
+            let _ = writeln!(
+                o,
+                "round         {r}: {} — {} selected, {} reported, {} dropped{}",
+                s.phase,
+                s.selected,
+                s.reported,
+                s.dropped,
+                s.deadline_in_ms.map(|d| format!(", deadline in {}", duration(d))).unwrap_or_default()
+            );
+        }
+        None => {
+            let _ = writeln!(o, "round         none in flight ({})", s.phase);
+        }
+    }
+    if let Some(t) = s.target_accuracy {
+        let _ = writeln!(o, "target        pause at test accuracy {t}");
+    }
+    o
+}
+
+pub fn agents(list: &[AgentInfo]) -> String {
+    let mut o = format!(
+        "{:<24} {:<10} {:<8} {:<20} {:<20} {}\n",
+        "NAME", "STATE", "REVOKED", "FIRST SEEN", "LAST SEEN", "FINGERPRINT"
+    );
+    for a in list {
+        let _ = writeln!(
+            o,
+            "{:<24} {:<10} {:<8} {:<20} {:<20} {}",
+            a.name,
+            if a.connected { "connected" } else { "offline" },
+            if a.revoked { "REVOKED" } else { "" },
+            utc(a.first_seen_ms),
+            utc(a.last_seen_ms),
+            a.fingerprint.as_deref().map(|f| f.get(..16).unwrap_or(f)).unwrap_or("-")
+        );
+    }
+    o
+}
+
+pub fn config(entries: &[ConfigEntry]) -> String {
+    let mut o = String::new();
+    for e in entries {
+        let _ = writeln!(o, "{:<28} {:<24}{}", e.key, e.value, if e.overridden { " (set by an operator)" } else { "" });
+    }
+    o
+}
+
+pub fn history(rounds: &[RoundSummary]) -> String {
+    let mut o = format!(
+        "{:>6} {:<9} {:>8} {:>8} {:>10} {:>10} {:>9} {:>10} {:>8}\n",
+        "ROUND", "OUTCOME", "AGENTS", "DROPPED", "TRAINLOSS", "TEST ACC", "DURATION", "BYTES", "VERSION"
+    );
+    for r in rounds {
+        let _ = writeln!(
+            o,
+            "{:>6} {:<9} {:>8} {:>8} {:>10} {:>10} {:>9} {:>10} {:>8}",
+            r.round,
+            if r.completed { "completed" } else { "aborted" },
+            r.participants,
+            r.dropouts,
+            metric(r.mean_train_loss),
+            metric(r.test_accuracy),
+            duration(r.duration_ms),
+            bytes(r.bytes),
+            opt(r.new_version)
+        );
+        if let Some(why) = &r.abort_reason {
+            let _ = writeln!(o, "{:>6} {why}", "");
+        }
+    }
+    o
+}
+
+pub fn models(list: &[ModelInfo]) -> String {
+    let mut o = format!(
+        "{:>8} {:>6} {:>10} {:>10} {:<20} {}\n",
+        "VERSION", "ROUND", "PARAMS", "TEST ACC", "CREATED", "WEIGHTS"
+    );
+    for m in list {
+        let _ = writeln!(
+            o,
+            "{:>8} {:>6} {:>10} {:>10} {:<20} {}",
+            m.version,
+            opt(m.round),
+            m.params,
+            metric(m.test_accuracy),
+            utc(m.created_ms),
+            m.weights.short()
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_milliseconds_render_as_utc_calendar_time() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_764_102_665_000), "2025-11-25 20:31:05");
+    }
+
+    #[test]
+    fn sizes_and_durations_pick_a_readable_unit() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+        assert_eq!(duration(4200), "4.2s");
+        assert_eq!(duration(3_723_000), "1h02m03s");
+    }
+}
