@@ -53,6 +53,7 @@ pub enum Outbound {
 
 /// Messages from connection tasks and operators to the core.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // `Committed` is one message per round: boxing it buys nothing.
 pub enum CoreMsg {
     Connected {
         agent: AgentId,
