@@ -375,3 +375,23 @@ async fn settings_an_operator_sets_survive_a_server_restart() {
     client.close().await;
     fed.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_pause_once_a_round_reaches_the_target_accuracy() {
+    let fed = Federation::start(2, Some(test_set().take(100))).await;
+    let client = AdminClient::connect(&fed.operator("dave")).await.unwrap();
+    wait_connected(&client, 2).await;
+    let mut events = fed.server().events();
+    // Any accuracy reaches 0: the first completed round pauses the federation.
+    let msg = client.round(RoundCmd::Start { count: Some(5), target_accuracy: Some(0.0) }).await.unwrap();
+    assert!(msg.contains("pausing when the test accuracy reaches 0"), "{msg}");
+    assert_eq!(client.status().await.unwrap().target_accuracy, Some(0.0));
+    wait_event(&mut events, |e| matches!(e, ServerEvent::RoundCompleted(_)).then_some(())).await;
+    let status = client.status().await.unwrap();
+    assert!(status.paused && status.round.is_none() && status.target_accuracy.is_none(), "{status:?}");
+    assert_eq!(client.history().await.unwrap().len(), 1);
+    let err = client.round(RoundCmd::Start { count: None, target_accuracy: Some(1.5) }).await.unwrap_err();
+    assert!(err.to_string().contains("target accuracy must be in [0, 1]"), "{err}");
+    client.close().await;
+    fed.stop().await;
+}
