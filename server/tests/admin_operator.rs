@@ -395,3 +395,28 @@ async fn rounds_pause_once_a_round_reaches_the_target_accuracy() {
     client.close().await;
     fed.stop().await;
 }
+
+#[test]
+fn offline_revocation_with_a_pki_directory_still_lists_the_certificate_in_revoked_txt() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    tls::init_federation(&pki, &["localhost".into()], 30).unwrap();
+    let bundle = tls::issue_bundle(&pki, "pi-1", Role::Agent, 30).unwrap();
+    let fp = tls::Identity::load_bundle(&bundle).unwrap().info().unwrap().fingerprint.to_hex();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedgectl"))
+            .args(args)
+            .env_remove("FEDGE_BUNDLE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    run(&["agent", "revoke", "pi-1", "--dir", pki.to_str().unwrap()]);
+    let text = std::fs::read_to_string(pki.join("revoked.txt")).unwrap();
+    assert_eq!(text, format!("pi-1 {fp}\n"));
+    let list: serde_json::Value =
+        serde_json::from_slice(&run(&["agent", "list", "--json", "--dir", pki.to_str().unwrap()])).unwrap();
+    assert_eq!(list[0]["name"], "pi-1");
+    assert_eq!(list[0]["revoked"], true);
+}
