@@ -193,15 +193,25 @@ pub async fn start(config: ServerConfig, evaluator: Option<Arc<dyn Evaluator>>) 
     let endpoint = quinn::Endpoint::server(tls.server_config()?, config.listen)
         .with_context(|| format!("binding UDP {}", config.listen))?;
     let local_addr = endpoint.local_addr()?;
-    let overrides = operator_overrides(&store)?;
+    let mut overrides = operator_overrides(&store)?;
     let coordinator_config = match crate::admin::settings::apply_all(&config.coordinator, &overrides) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "the operator's stored settings do not apply to this server.toml; ignored");
+            overrides = toml::Table::new();
             config.coordinator.clone()
         }
     };
-    let coordinator = Coordinator::new(coordinator_config, resume).context("[coordinator] in the config")?;
+    let coordinator = match Coordinator::new(coordinator_config.clone(), resume.clone()) {
+        Ok(c) => c,
+        // An operator switched the strategy and the server restarted before the new one committed its state.
+        Err(e) if overrides.keys().any(|k| k.starts_with("strategy")) => {
+            tracing::warn!(error = %e, "the stored strategy state does not fit the operator's strategy; starting afresh");
+            let resume = crate::coordinator::ResumeState { strategy_state: vec![], ..resume };
+            Coordinator::new(coordinator_config, resume).context("[coordinator] in the config")?
+        }
+        Err(e) => return Err(e).context("[coordinator] in the config"),
+    };
     let (core_tx, core_rx) = mpsc::channel(1024);
     let (events, _) = broadcast::channel(1024);
     let (shutdown, shutdown_rx) = watch::channel(false);

@@ -360,7 +360,7 @@ async fn settings_an_operator_sets_survive_a_server_restart() {
     let mut fed = Federation::start(0, None).await;
     let client = AdminClient::connect(&fed.operator("carol")).await.unwrap();
     client.config_set("hyper.learning_rate", "0.2").await.unwrap();
-    client.config_set("strategy", "{ kind = \"fedprox\", mu = 0.01 }").await.unwrap();
+    client.config_set("strategy", "{ kind = \"fedyogi\", eta = 0.1 }").await.unwrap();
     let err = client.config_set("hyper.lr", "0.2").await.unwrap_err().to_string();
     assert!(err.contains("hyper.lr") && err.contains("unknown"), "{err}");
     client.close().await;
@@ -370,7 +370,8 @@ async fn settings_an_operator_sets_survive_a_server_restart() {
     let get = |k: &str| shown.iter().find(|e| e.key == k).unwrap_or_else(|| panic!("{k} missing: {shown:?}")).clone();
     assert_eq!(get("hyper.learning_rate").value.parse::<f32>().unwrap(), 0.2);
     assert!(get("hyper.learning_rate").overridden);
-    assert_eq!(get("strategy.kind").value, "\"fedprox\"");
+    assert_eq!(get("strategy.kind").value, "\"fedyogi\"");
+    assert_eq!(get("strategy.eta").value, "0.1");
     assert!(!get("min_agents").overridden);
     client.close().await;
     fed.stop().await;
