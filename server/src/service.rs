@@ -72,6 +72,7 @@ pub enum Outbound {
 // One message at a time moves through a bounded channel: a few hundred bytes per slot do not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // `Committed` is one message per round: boxing it buys nothing.
 pub enum CoreMsg {
     /// `cert` is the DER of the agent's verified certificate (relayed to its cohort in secure rounds).
     Connected {
@@ -244,18 +245,26 @@ pub async fn start_with_hook(
     let endpoint = quinn::Endpoint::server(tls.server_config()?, config.listen)
         .with_context(|| format!("binding UDP {}", config.listen))?;
     let local_addr = endpoint.local_addr()?;
-    let overrides = operator_overrides(&store)?;
+    let mut overrides = operator_overrides(&store)?;
     let coordinator_config = match crate::admin::settings::apply_all(&config.coordinator, &overrides) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "the operator's stored settings do not apply to this server.toml; ignored");
+            overrides = toml::Table::new();
             config.coordinator.clone()
         }
     };
-    let coordinator = Coordinator::new(coordinator_config, resume)
-        .context("[coordinator] in the config")?
-        .with_secagg(config.secagg.clone())
-        .context("[secagg] in the config")?;
+    let coordinator = match Coordinator::new(coordinator_config.clone(), resume.clone()) {
+        Ok(c) => c,
+        // An operator switched the strategy and the server restarted before the new one committed its state.
+        Err(e) if overrides.keys().any(|k| k.starts_with("strategy")) => {
+            tracing::warn!(error = %e, "the stored strategy state does not fit the operator's strategy; starting afresh");
+            let resume = crate::coordinator::ResumeState { strategy_state: vec![], ..resume };
+            Coordinator::new(coordinator_config, resume).context("[coordinator] in the config")?
+        }
+        Err(e) => return Err(e).context("[coordinator] in the config"),
+    };
+    let coordinator = coordinator.with_secagg(config.secagg.clone()).context("[secagg] in the config")?;
     if config.secagg.enabled {
         tracing::info!(phase_timeout_ms = config.secagg.phase_timeout_ms, "secure aggregation is on");
     } else {

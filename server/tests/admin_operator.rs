@@ -362,7 +362,7 @@ async fn settings_an_operator_sets_survive_a_server_restart() {
     let mut fed = Federation::start(0, None).await;
     let client = AdminClient::connect(&fed.operator("carol")).await.unwrap();
     client.config_set("hyper.learning_rate", "0.2").await.unwrap();
-    client.config_set("strategy", "{ kind = \"fedprox\", mu = 0.01 }").await.unwrap();
+    client.config_set("strategy", "{ kind = \"fedyogi\", eta = 0.1 }").await.unwrap();
     let err = client.config_set("hyper.lr", "0.2").await.unwrap_err().to_string();
     assert!(err.contains("hyper.lr") && err.contains("unknown"), "{err}");
     client.close().await;
@@ -372,8 +372,54 @@ async fn settings_an_operator_sets_survive_a_server_restart() {
     let get = |k: &str| shown.iter().find(|e| e.key == k).unwrap_or_else(|| panic!("{k} missing: {shown:?}")).clone();
     assert_eq!(get("hyper.learning_rate").value.parse::<f32>().unwrap(), 0.2);
     assert!(get("hyper.learning_rate").overridden);
-    assert_eq!(get("strategy.kind").value, "\"fedprox\"");
+    assert_eq!(get("strategy.kind").value, "\"fedyogi\"");
+    assert_eq!(get("strategy.eta").value, "0.1");
     assert!(!get("min_agents").overridden);
     client.close().await;
     fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_pause_once_a_round_reaches_the_target_accuracy() {
+    let fed = Federation::start(2, Some(test_set().take(100))).await;
+    let client = AdminClient::connect(&fed.operator("dave")).await.unwrap();
+    wait_connected(&client, 2).await;
+    let mut events = fed.server().events();
+    // Any accuracy reaches 0: the first completed round pauses the federation.
+    let msg = client.round(RoundCmd::Start { count: Some(5), target_accuracy: Some(0.0) }).await.unwrap();
+    assert!(msg.contains("pausing when the test accuracy reaches 0"), "{msg}");
+    assert_eq!(client.status().await.unwrap().target_accuracy, Some(0.0));
+    wait_event(&mut events, |e| matches!(e, ServerEvent::RoundCompleted(_)).then_some(())).await;
+    let status = client.status().await.unwrap();
+    assert!(status.paused && status.round.is_none() && status.target_accuracy.is_none(), "{status:?}");
+    assert_eq!(client.history().await.unwrap().len(), 1);
+    let err = client.round(RoundCmd::Start { count: None, target_accuracy: Some(1.5) }).await.unwrap_err();
+    assert!(err.to_string().contains("target accuracy must be in [0, 1]"), "{err}");
+    client.close().await;
+    fed.stop().await;
+}
+
+#[test]
+fn offline_revocation_with_a_pki_directory_still_lists_the_certificate_in_revoked_txt() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    tls::init_federation(&pki, &["localhost".into()], 30).unwrap();
+    let bundle = tls::issue_bundle(&pki, "pi-1", Role::Agent, 30).unwrap();
+    let fp = tls::Identity::load_bundle(&bundle).unwrap().info().unwrap().fingerprint.to_hex();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedgectl"))
+            .args(args)
+            .env_remove("FEDGE_BUNDLE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    run(&["agent", "revoke", "pi-1", "--dir", pki.to_str().unwrap()]);
+    let text = std::fs::read_to_string(pki.join("revoked.txt")).unwrap();
+    assert_eq!(text, format!("pi-1 {fp}\n"));
+    let list: serde_json::Value =
+        serde_json::from_slice(&run(&["agent", "list", "--json", "--dir", pki.to_str().unwrap()])).unwrap();
+    assert_eq!(list[0]["name"], "pi-1");
+    assert_eq!(list[0]["revoked"], true);
 }

@@ -100,8 +100,10 @@ enum Command {
 enum RoundArgs {
     /// Run rounds: COUNT more (default: until stopped), pausing when the test accuracy reaches a target.
     Start {
+        /// Rounds to run (default: until stopped).
         #[arg(long)]
         count: Option<u64>,
+        /// Pause once a round's global test accuracy reaches this (0 to 1).
         #[arg(long)]
         target_accuracy: Option<f32>,
     },

@@ -195,6 +195,9 @@ mod tests {
         // Accuracy rises (drawn higher, a smaller row), loss falls.
         assert!(acc_r[0] < acc_l[0], "{acc_l:?} {acc_r:?}");
         assert!(loss_r[0] > loss_l[0], "{loss_l:?} {loss_r:?}");
+        if let Ok(path) = std::env::var("FEDGE_KEEP_PLOT") {
+            plot_history(&rounds, Path::new(&path)).unwrap();
+        }
     }
 
     #[test]
