@@ -182,7 +182,7 @@ async fn bad_inputs_get_400_with_the_reason_and_oversized_requests_get_413() {
     let r = post_json(addr, &json!({ "inputs": [[1.0, 2.0]] })).await;
     assert_eq!(r.status, 400);
     assert!(r.json()["error"].as_str().unwrap().contains("has 2 numbers; this model takes 12"), "{}", r.text());
-    let r = post_json(addr, &json!({ "inputs": [["a"; 12]] })).await;
+    let r = post_json(addr, &json!({ "inputs": [vec!["a"; 12]] })).await;
     assert_eq!(r.status, 400);
     assert!(r.text().contains("expected a number, found a string"), "{}", r.text());
     let r = http(addr, "POST", "/v1/predict", "application/json", "*/*", b"{not json").await;

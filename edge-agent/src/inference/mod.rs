@@ -89,7 +89,7 @@ impl InferenceService {
         }
     }
 
-    /// The version served, polled until `version` (or a newer one when `None`... any) is live or `limit` passes.
+    /// Waits until `version` or a newer one (any version when `None`) is served; an error after `limit`.
     pub async fn wait_for_version(&self, version: Option<u64>, limit: Duration) -> anyhow::Result<u64> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -129,6 +129,7 @@ pub async fn start(
         updates,
         settings.policy.max_batch,
         metrics.clone(),
+        stopped(shutdown.clone()),
     ))];
     let mut local_addr = None;
     if let Some(addr) = settings.listen {

@@ -58,8 +58,21 @@ impl ModelRegistry {
     }
 }
 
-/// Compiles and swaps in each published version the registry wants, until `updates` closes.
+/// Compiles and swaps in each published version the registry wants, until `updates` closes or `stop` resolves.
 pub async fn follow(
+    registry: Arc<ModelRegistry>,
+    updates: watch::Receiver<Option<PublishedModel>>,
+    max_batch: usize,
+    metrics: Arc<Metrics>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::select! {
+        _ = follow_updates(registry, updates, max_batch, metrics) => {}
+        _ = stop => {}
+    }
+}
+
+async fn follow_updates(
     registry: Arc<ModelRegistry>,
     mut updates: watch::Receiver<Option<PublishedModel>>,
     max_batch: usize,

@@ -194,7 +194,7 @@ mod tests {
         assert_eq!(e, InputError::Shape { example: 0, got: 3, want: 6, shape: vec![2, 3] });
         assert!(e.to_string().contains("this model takes 6"));
         let e = parse_json(br#"{"inputs": [[1,2,3,4,5,"6"]]}"#, spec()).unwrap_err();
-        assert_eq!(e, InputError::NotANumber { at: "inputs[0]".into(), found: "a string" });
+        assert_eq!(e, InputError::NotANumber { at: "inputs[0][5]".into(), found: "a string" });
         assert!(matches!(parse_json(br#"{"inputs": [[1,2,3,4,5,1e39]]}"#, spec()), Err(InputError::NotFinite { .. })));
         assert!(matches!(parse_json(br#"{"inputs": [1,2]"#, spec()), Err(InputError::Json(_))));
         assert!(matches!(parse_json(br#"{"input": [1], "inputs": [1]}"#, spec()), Err(InputError::Form("both"))));
