@@ -33,7 +33,10 @@ fn engine(dir: &str, iters: usize) -> anyhow::Result<()> {
         let x32 = inputs(32, il);
         let check = Predictor::new(&model, &weights, 32)?.predict(&x32)?;
         std::fs::write(format!("{dir}/{name}.in.f32"), x32.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
-        std::fs::write(format!("{dir}/{name}.out.f32"), check.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
+        std::fs::write(
+            format!("{dir}/{name}.out.f32"),
+            check.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+        )?;
         for batch in [1usize, 32] {
             let t = Instant::now();
             let p = Predictor::new(&model, &weights, batch)?;

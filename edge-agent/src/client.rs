@@ -78,7 +78,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Agent {
     pub fn new(settings: ClientSettings, state: ModelState, learner: Box<dyn Learner>) -> Self {
-        Agent { settings, state: Arc::new(Mutex::new(state)), learner: Arc::new(Mutex::new(learner)), events: None, models: None }
+        Agent {
+            settings,
+            state: Arc::new(Mutex::new(state)),
+            learner: Arc::new(Mutex::new(learner)),
+            events: None,
+            models: None,
+        }
     }
 
     /// Reports progress on `tx`.

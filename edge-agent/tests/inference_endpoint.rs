@@ -20,7 +20,8 @@ const LAYERS: [usize; 3] = [12, 16, 5];
 fn version(v: u64) -> PublishedModel {
     let graph = builder::mlp(&LAYERS, 1);
     let m = TrainableModel::from_onnx_bytes(&graph).unwrap();
-    let weights: Vec<f32> = m.initial_weights().iter().enumerate().map(|(i, w)| w + 0.01 * v as f32 * ((i % 7) as f32 - 3.0)).collect();
+    let weights: Vec<f32> =
+        m.initial_weights().iter().enumerate().map(|(i, w)| w + 0.01 * v as f32 * ((i % 7) as f32 - 3.0)).collect();
     PublishedModel { version: v, graph: Arc::new(graph), weights: Arc::new(weights) }
 }
 
@@ -36,7 +37,8 @@ struct Reply {
 
 impl Reply {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -68,7 +70,10 @@ async fn get(addr: SocketAddr, path: &str) -> Reply {
     http(addr, "GET", path, "text/plain", "*/*", b"").await
 }
 
-async fn serve(settings: InferenceSettings, first: Option<PublishedModel>) -> (InferenceService, watch::Sender<Option<PublishedModel>>, watch::Sender<bool>) {
+async fn serve(
+    settings: InferenceSettings,
+    first: Option<PublishedModel>,
+) -> (InferenceService, watch::Sender<Option<PublishedModel>>, watch::Sender<bool>) {
     let (models, updates) = watch::channel(first);
     let (stop, stop_rx) = watch::channel(false);
     let service = inference::start(settings, updates, stop_rx).await.unwrap();
@@ -76,7 +81,12 @@ async fn serve(settings: InferenceSettings, first: Option<PublishedModel>) -> (I
 }
 
 fn outputs(v: &Value) -> Vec<Vec<f32>> {
-    v["outputs"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect()
+    v["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +160,10 @@ async fn a_model_swap_under_a_steady_stream_of_concurrent_requests_loses_or_fail
     for client in clients {
         let seen = client.await.expect("no client saw a failed request");
         let versions: Vec<u64> = seen.iter().map(|(_, _, v)| v["version"].as_u64().unwrap()).collect();
-        assert!(versions.windows(2).all(|w| w[0] <= w[1]), "a client never goes back to an older version: {versions:?}");
+        assert!(
+            versions.windows(2).all(|w| w[0] <= w[1]),
+            "a client never goes back to an older version: {versions:?}"
+        );
         for (i, rows, answer) in seen {
             let v = answer["version"].as_u64().unwrap() as usize;
             let x: Vec<f32> = (i..i + rows).flat_map(example).collect();

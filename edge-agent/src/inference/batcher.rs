@@ -1,6 +1,9 @@
 //! [`Batcher`]: concurrent prediction requests are gathered into batches (at most `max_batch` examples, waiting at
 //! most `max_wait` for more) and run on a dedicated worker thread, never on the async runtime.
 //!
+//! A request arriving at an idle worker runs at once (no added latency at low load); once batches hold more than
+//! one request (concurrent load), the worker waits up to `max_wait` for each batch to fill.
+//!
 //! Every request carries the model it was admitted with, and a batch only ever holds requests of one model, so a
 //! request in flight when a newer version is swapped in finishes on the version it started with. The queue is
 //! bounded: when it is full, a request is refused at once instead of waiting. This module never parses requests.
@@ -77,6 +80,7 @@ impl Batcher {
 
 fn worker(rx: mpsc::Receiver<Job>, policy: BatchPolicy, observe: Option<BatchObserver>) {
     let mut carry: Option<Job> = None;
+    let mut concurrent = false;
     loop {
         let first = match carry.take() {
             Some(j) => j,
@@ -91,9 +95,10 @@ fn worker(rx: mpsc::Receiver<Job>, policy: BatchPolicy, observe: Option<BatchObs
         while rows < policy.max_batch {
             let next = match rx.try_recv() {
                 Ok(j) => Ok(j),
-                Err(mpsc::TryRecvError::Empty) => {
+                Err(mpsc::TryRecvError::Empty) if concurrent => {
                     rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 }
+                Err(mpsc::TryRecvError::Empty) => Err(RecvTimeoutError::Timeout),
                 Err(mpsc::TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
             };
             match next {
@@ -108,6 +113,7 @@ fn worker(rx: mpsc::Receiver<Job>, policy: BatchPolicy, observe: Option<BatchObs
                 Err(_) => break,
             }
         }
+        concurrent = batch.len() > 1 || carry.is_some();
         run(batch, rows, observe.as_ref());
     }
 }

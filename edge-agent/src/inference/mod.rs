@@ -133,8 +133,9 @@ pub async fn start(
     ))];
     let mut local_addr = None;
     if let Some(addr) = settings.listen {
-        let listener =
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the inference endpoint {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the inference endpoint {addr}"))?;
         local_addr = Some(listener.local_addr()?);
         tracing::info!(addr = %listener.local_addr()?, "serving predictions over HTTP");
         let (app, stop) = (app.clone(), stopped(shutdown.clone()));

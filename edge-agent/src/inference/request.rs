@@ -21,7 +21,9 @@ pub enum InputError {
     NotFinite { at: String, value: f64 },
     #[error("example {example} has {got} numbers; this model takes {want} (shape {shape:?})")]
     Shape { example: usize, got: usize, want: usize, shape: Vec<usize> },
-    #[error("a raw body must be a whole number of examples of {want} little-endian f32 ({bytes} bytes each); got {got} bytes")]
+    #[error(
+        "a raw body must be a whole number of examples of {want} little-endian f32 ({bytes} bytes each); got {got} bytes"
+    )]
     RawLength { got: usize, want: usize, bytes: usize },
     #[error("the request holds no example")]
     Empty,
@@ -153,7 +155,10 @@ pub fn parse_raw(body: &[u8], spec: InputSpec<'_>) -> Result<Inputs, InputError>
     for (i, c) in body.chunks_exact(4).enumerate() {
         let f = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
         if !f.is_finite() {
-            return Err(InputError::NotFinite { at: format!("example {} number {}", i / want, i % want), value: f as f64 });
+            return Err(InputError::NotFinite {
+                at: format!("example {} number {}", i / want, i % want),
+                value: f as f64,
+            });
         }
         data.push(f);
     }
