@@ -231,7 +231,7 @@ mod tests {
                 std::task::Poll::Pending => f.await,
             });
         }
-        assert!(results.iter().any(|r| *r == Err(BatchError::QueueFull(1))));
+        assert!(results.contains(&Err(BatchError::QueueFull(1))));
         assert!(results.iter().any(Result::is_ok));
     }
 }
