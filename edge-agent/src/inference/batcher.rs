@@ -1,8 +1,9 @@
 //! [`Batcher`]: concurrent prediction requests are gathered into batches (at most `max_batch` examples, waiting at
 //! most `max_wait` for more) and run on a dedicated worker thread, never on the async runtime.
 //!
-//! A request arriving at an idle worker runs at once (no added latency at low load); once batches hold more than
-//! one request (concurrent load), the worker waits up to `max_wait` for each batch to fill.
+//! Callers [`Batcher::admit`] a request as soon as it arrives (before parsing it); the worker waits up to
+//! `max_wait` for a batch to fill only while admitted requests are still on their way, so a lone request runs at
+//! once and a batch never waits for requests that do not exist.
 //!
 //! Every request carries the model it was admitted with, and a batch only ever holds requests of one model, so a
 //! request in flight when a newer version is swapped in finishes on the version it started with. The queue is
@@ -10,6 +11,7 @@
 
 use super::engine::LoadedModel;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -55,21 +57,54 @@ pub type BatchObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
 pub struct Batcher {
     tx: SyncSender<Job>,
     queue: usize,
+    /// Requests admitted and not yet submitted.
+    incoming: Arc<AtomicUsize>,
+}
+
+/// A request on its way to the batcher (counted until it is submitted or dropped).
+pub struct Admitted {
+    incoming: Arc<AtomicUsize>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.incoming.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Batcher {
     /// Starts the worker thread.
     pub fn start(policy: BatchPolicy, observe: Option<BatchObserver>) -> std::io::Result<Batcher> {
         let (tx, rx) = mpsc::sync_channel::<Job>(policy.queue.max(1));
-        std::thread::Builder::new().name("fedge-inference".into()).spawn(move || worker(rx, policy, observe))?;
-        Ok(Batcher { tx, queue: policy.queue })
+        let incoming = Arc::new(AtomicUsize::new(0));
+        let seen = incoming.clone();
+        std::thread::Builder::new().name("fedge-inference".into()).spawn(move || worker(rx, policy, observe, seen))?;
+        Ok(Batcher { tx, queue: policy.queue, incoming })
+    }
+
+    /// Announces a request that will be submitted soon, so that the batch being gathered waits for it.
+    pub fn admit(&self) -> Admitted {
+        self.incoming.fetch_add(1, Ordering::AcqRel);
+        Admitted { incoming: self.incoming.clone() }
     }
 
     /// Runs `input` (a whole number of examples for `model`) in the next batch of that model.
     pub async fn predict(&self, model: Arc<LoadedModel>, input: Vec<f32>) -> Result<Prediction, BatchError> {
+        self.predict_admitted(self.admit(), model, input).await
+    }
+
+    /// [`Batcher::predict`] for a request admitted earlier.
+    pub async fn predict_admitted(
+        &self,
+        admitted: Admitted,
+        model: Arc<LoadedModel>,
+        input: Vec<f32>,
+    ) -> Result<Prediction, BatchError> {
         let rows = input.len() / model.input_len().max(1);
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { model, input, rows, reply }) {
+        let sent = self.tx.try_send(Job { model, input, rows, reply });
+        drop(admitted);
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(BatchError::QueueFull(self.queue)),
             Err(TrySendError::Disconnected(_)) => return Err(BatchError::Stopped),
@@ -78,9 +113,8 @@ impl Batcher {
     }
 }
 
-fn worker(rx: mpsc::Receiver<Job>, policy: BatchPolicy, observe: Option<BatchObserver>) {
+fn worker(rx: mpsc::Receiver<Job>, policy: BatchPolicy, observe: Option<BatchObserver>, incoming: Arc<AtomicUsize>) {
     let mut carry: Option<Job> = None;
-    let mut concurrent = false;
     loop {
         let first = match carry.take() {
             Some(j) => j,
@@ -95,7 +129,7 @@ fn worker(rx: mpsc::Receiver<Job>, policy: BatchPolicy, observe: Option<BatchObs
         while rows < policy.max_batch {
             let next = match rx.try_recv() {
                 Ok(j) => Ok(j),
-                Err(mpsc::TryRecvError::Empty) if concurrent => {
+                Err(mpsc::TryRecvError::Empty) if incoming.load(Ordering::Acquire) > 0 => {
                     rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 }
                 Err(mpsc::TryRecvError::Empty) => Err(RecvTimeoutError::Timeout),
@@ -113,7 +147,6 @@ fn worker(rx: mpsc::Receiver<Job>, policy: BatchPolicy, observe: Option<BatchObs
                 Err(_) => break,
             }
         }
-        concurrent = batch.len() > 1 || carry.is_some();
         run(batch, rows, observe.as_ref());
     }
 }

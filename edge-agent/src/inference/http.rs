@@ -61,6 +61,7 @@ async fn predict(State(s): State<AppState>, headers: HeaderMap, body: Result<Byt
 }
 
 async fn answer(s: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> (Outcome, usize, Response) {
+    let admitted = s.batcher.admit();
     let body = match body {
         Ok(b) => b,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -88,7 +89,7 @@ async fn answer(s: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReje
     };
     let rows = inputs.rows;
     let output_len = model.output_len();
-    let p = match s.batcher.predict(model, inputs.data).await {
+    let p = match s.batcher.predict_admitted(admitted, model, inputs.data).await {
         Ok(p) => p,
         Err(e @ (BatchError::QueueFull(_) | BatchError::Stopped)) => {
             return (Outcome::Unavailable, 0, error(StatusCode::SERVICE_UNAVAILABLE, e));
