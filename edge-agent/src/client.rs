@@ -93,6 +93,8 @@ pub struct Agent {
     state: Arc<Mutex<ModelState>>,
     learner: Arc<Mutex<Box<dyn Learner>>>,
     events: Option<mpsc::UnboundedSender<AgentEvent>>,
+    /// Each newly held model version, for inference.
+    models: Option<watch::Sender<Option<crate::state::PublishedModel>>>,
 }
 
 enum Inbound {
@@ -220,13 +222,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Agent {
     pub fn new(settings: ClientSettings, state: ModelState, learner: Box<dyn Learner>) -> Self {
-        Agent { settings, state: Arc::new(Mutex::new(state)), learner: Arc::new(Mutex::new(learner)), events: None }
+        Agent {
+            settings,
+            state: Arc::new(Mutex::new(state)),
+            learner: Arc::new(Mutex::new(learner)),
+            events: None,
+            models: None,
+        }
     }
 
     /// Reports progress on `tx`.
     pub fn with_events(mut self, tx: mpsc::UnboundedSender<AgentEvent>) -> Self {
         self.events = Some(tx);
         self
+    }
+
+    /// Publishes each newly held model version (graph and weights) on `tx`, e.g. for the inference endpoint.
+    pub fn with_model_updates(mut self, tx: watch::Sender<Option<crate::state::PublishedModel>>) -> Self {
+        self.models = Some(tx);
+        self
+    }
+
+    fn publish_model(&self) {
+        if let Some(tx) = &self.models
+            && let Ok(m) = lock(&self.state).published(None)
+        {
+            tx.send_replace(Some(m));
+        }
     }
 
     fn emit(&self, e: AgentEvent) {
@@ -614,12 +636,14 @@ impl Agent {
                     .context("the server's ONNX graph cannot be trained here")?;
                 lock(&self.state).set_graph(body)?;
                 tracing::info!("received the federation's graph");
+                self.publish_model();
             }
             BlobKind::Weights { version } => {
                 let digest = header.digest.ok_or_else(|| anyhow!("weights blob without a digest"))?;
                 let expected = lock(&self.learner).num_params();
                 let weights = weights_from_bytes_checked(&body, expected, &digest)?;
                 lock(&self.state).set_weights(version, digest, &body, weights)?;
+                self.publish_model();
                 self.emit(AgentEvent::ModelReceived { version });
                 tracing::info!(version, "received global weights");
             }

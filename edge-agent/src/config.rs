@@ -30,6 +30,73 @@ pub struct AgentConfig {
     pub backoff_initial_ms: u64,
     #[serde(default = "default_backoff_max")]
     pub backoff_max_ms: u64,
+    /// The local prediction endpoint.
+    #[serde(default)]
+    pub inference: InferenceConfig,
+}
+
+/// `[inference]`: the prediction endpoint served with the newest (or a pinned) global model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    /// Serve predictions while taking part in rounds.
+    pub enabled: bool,
+    /// TCP `host:port` of the HTTP endpoint (loopback by default: it has no authentication).
+    pub listen: String,
+    /// Also (or, with `listen = ""`, only) serve on this Unix socket.
+    pub unix_socket: Option<PathBuf>,
+    /// Serve this global version (kept in `state_dir`) instead of the newest: pinning and rollback.
+    pub pin_version: Option<u64>,
+    /// How many weight versions are kept on disk.
+    pub keep_versions: usize,
+    /// Most examples run together in one batch.
+    pub max_batch: usize,
+    /// Longest a request waits for others to fill its batch, in microseconds.
+    pub max_wait_us: u64,
+    /// Largest request body, in bytes (larger: HTTP 413).
+    pub max_body_bytes: usize,
+    /// Most examples in one request (more: HTTP 413).
+    pub max_examples: usize,
+    /// Most requests waiting for the model at once (more: HTTP 503).
+    pub queue: usize,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        InferenceConfig {
+            enabled: true,
+            listen: "127.0.0.1:8490".into(),
+            unix_socket: None,
+            pin_version: None,
+            keep_versions: crate::state::DEFAULT_KEEP_VERSIONS,
+            max_batch: 32,
+            max_wait_us: 500,
+            max_body_bytes: 4 << 20,
+            max_examples: 1024,
+            queue: 1024,
+        }
+    }
+}
+
+impl InferenceConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.keep_versions == 0 {
+            bail!("inference.keep_versions must be at least 1");
+        }
+        if self.max_batch == 0 || self.max_batch > 4096 {
+            bail!("inference.max_batch must be in 1..=4096, not {}", self.max_batch);
+        }
+        if self.max_examples == 0 || self.max_body_bytes == 0 || self.queue == 0 {
+            bail!("inference.max_examples, max_body_bytes and queue must be positive");
+        }
+        if self.max_wait_us > 1_000_000 {
+            bail!("inference.max_wait_us must be at most 1 s, not {} us", self.max_wait_us);
+        }
+        if self.enabled && self.listen.is_empty() && self.unix_socket.is_none() {
+            bail!("inference is enabled but neither inference.listen nor inference.unix_socket is set");
+        }
+        Ok(())
+    }
 }
 
 fn default_idle() -> u64 {
@@ -92,7 +159,7 @@ impl AgentConfig {
         if self.idle_timeout_ms < 1_000 {
             bail!("idle_timeout_ms must be at least 1000, not {}", self.idle_timeout_ms);
         }
-        Ok(())
+        self.inference.validate()
     }
 
     /// Loads the training data and splits off the held-out part.
@@ -151,5 +218,31 @@ mod tests {
         let text = EXAMPLE.replacen("state_dir", "state_dri", 1);
         let err = toml::from_str::<AgentConfig>(&text).unwrap_err().to_string();
         assert!(err.contains("state_dri") && err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn the_example_inference_section_matches_the_defaults_and_a_missing_section_means_defaults() {
+        let cfg: AgentConfig = toml::from_str(EXAMPLE).unwrap();
+        let d = InferenceConfig::default();
+        assert_eq!(cfg.inference.listen, d.listen);
+        assert_eq!(cfg.inference.keep_versions, d.keep_versions);
+        assert_eq!(cfg.inference.max_batch, d.max_batch);
+        assert_eq!(cfg.inference.pin_version, None);
+        let start = EXAMPLE.find("[inference]").unwrap();
+        let end = EXAMPLE[start..].find("\n[").map_or(EXAMPLE.len(), |e| start + e + 1);
+        let without = format!("{}{}", &EXAMPLE[..start], &EXAMPLE[end..]);
+        assert!(!without.contains("max_batch"));
+        let cfg: AgentConfig = toml::from_str(&without).unwrap();
+        assert_eq!(cfg.inference.max_batch, d.max_batch);
+    }
+
+    #[test]
+    fn a_pinned_version_and_zero_batch_are_read_and_checked() {
+        let text = EXAMPLE.replacen("# pin_version = 12", "pin_version = 12", 1);
+        let cfg: AgentConfig = toml::from_str(&text).unwrap();
+        assert_eq!(cfg.inference.pin_version, Some(12));
+        let text = EXAMPLE.replacen("max_batch = 32", "max_batch = 0", 1);
+        let cfg: AgentConfig = toml::from_str(&text).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("max_batch"));
     }
 }

@@ -4,12 +4,16 @@
 //! - [`learner`]: the seam between the round protocol and local learning.
 //! - [`state`]: the graph and weights the agent keeps between connections.
 //! - [`trainer`]: the real learner: local training with tract.
+//! - [`inference`]: the local prediction endpoint served with the newest (or a pinned) global model.
 //! - [`offline`]: the commands that work without a server: `train`, `eval`, `make-model`.
+//! - [`predict`]: `predict` (one-off predictions) and `serve` (the endpoint for a fixed model).
 
 pub mod client;
 pub mod config;
+pub mod inference;
 pub mod learner;
 pub mod offline;
+pub mod predict;
 pub mod state;
 pub mod trainer;
 

@@ -1,7 +1,7 @@
 //! `fedge-agent`: the edge agent's command line.
 
 use clap::{Parser, Subcommand};
-use fedge_agent::offline;
+use fedge_agent::{offline, predict};
 
 #[derive(Debug, Parser)]
 #[command(name = "fedge-agent", version, about = "fedge edge agent")]
@@ -24,6 +24,10 @@ enum Command {
     Eval(offline::EvalArgs),
     /// Write one of the example models as ONNX.
     MakeModel(offline::MakeModelArgs),
+    /// Predict with a model file or a kept global version, for inputs in a file (JSON or raw f32).
+    Predict(predict::PredictArgs),
+    /// Serve the prediction endpoint for a fixed model, without joining a federation.
+    Serve(predict::ServeArgs),
 }
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
@@ -52,13 +56,32 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             backoff_initial: Duration::from_millis(cfg.backoff_initial_ms),
             backoff_max: Duration::from_millis(cfg.backoff_max_ms),
         };
-        let state = fedge_agent::state::ModelState::open(&cfg.state_dir)?;
+        let state =
+            fedge_agent::state::ModelState::open(&cfg.state_dir)?.with_keep_versions(cfg.inference.keep_versions);
+        let initial = match (cfg.inference.pin_version, state.published(cfg.inference.pin_version)) {
+            (_, Ok(m)) => Some(m),
+            (Some(pin), Err(e)) => {
+                return Err(e.context(format!("inference.pin_version = {pin} cannot be served")));
+            }
+            (None, Err(_)) => None,
+        };
         let learner = Box::new(fedge_agent::trainer::TractLearner::new(train, holdout, cfg.seed));
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let agent = tokio::spawn(Agent::new(settings, state, learner).run(stop_rx));
+        let (models, updates) = tokio::sync::watch::channel(initial);
+        let inference = if cfg.inference.enabled {
+            let settings = fedge_agent::inference::InferenceSettings::from_config(&cfg.inference)?;
+            Some(fedge_agent::inference::start(settings, updates, stop_rx.clone()).await?)
+        } else {
+            None
+        };
+        let agent = tokio::spawn(Agent::new(settings, state, learner).with_model_updates(models).run(stop_rx));
         tokio::signal::ctrl_c().await?;
         let _ = stop.send(true);
-        agent.await?
+        let result = agent.await?;
+        if let Some(i) = inference {
+            i.join().await;
+        }
+        result
     })
 }
 
@@ -76,5 +99,7 @@ fn main() -> anyhow::Result<()> {
         Command::Train(a) => offline::train(a),
         Command::Eval(a) => offline::eval(a),
         Command::MakeModel(a) => offline::make_model(a),
+        Command::Predict(a) => predict::predict(a),
+        Command::Serve(a) => predict::serve(a),
     }
 }

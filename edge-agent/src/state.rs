@@ -1,10 +1,15 @@
-//! What the agent keeps between connections and restarts: the federation's ONNX graph and the newest global
-//! weights it received, on disk in its state directory (written atomically) and in memory.
+//! What the agent keeps between connections and restarts: the federation's ONNX graph and the last few global
+//! weight versions it received, on disk in its state directory (written atomically) and in memory (the newest).
+//!
+//! Layout of the state directory: `graph.onnx`, `weights/<version>.f32` (raw little-endian f32, the newest
+//! `keep_versions` versions, so that inference can be pinned to or rolled back to an older one) and
+//! `weights.version` (the newest version held). A directory written before versions were kept (`weights.f32`)
+//! is still read.
 //!
 //! This module never trusts what it reads back: a corrupt file is an error naming it, and the agent then
 //! simply downloads the model again.
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use fedge_shared::model::{Digest, weights_from_bytes, weights_to_bytes};
 use fedge_shared::tls::write_atomic;
 use std::path::{Path, PathBuf};
@@ -18,17 +23,40 @@ pub struct HeldWeights {
     pub weights: Arc<Vec<f32>>,
 }
 
+/// A model version as published to inference: the graph and the weights of one global version.
+#[derive(Debug, Clone)]
+pub struct PublishedModel {
+    pub version: u64,
+    pub graph: Arc<Vec<u8>>,
+    pub weights: Arc<Vec<f32>>,
+}
+
 /// The graph and weights the agent holds.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ModelState {
     dir: Option<PathBuf>,
+    keep_versions: usize,
     pub graph: Option<(Digest, Arc<Vec<u8>>)>,
     pub weights: Option<HeldWeights>,
 }
 
+impl Default for ModelState {
+    fn default() -> Self {
+        ModelState { dir: None, keep_versions: DEFAULT_KEEP_VERSIONS, graph: None, weights: None }
+    }
+}
+
+/// How many weight versions are kept on disk unless configured otherwise.
+pub const DEFAULT_KEEP_VERSIONS: usize = 3;
+
 const GRAPH_FILE: &str = "graph.onnx";
-const WEIGHTS_FILE: &str = "weights.f32";
+const LEGACY_WEIGHTS_FILE: &str = "weights.f32";
+const VERSIONS_DIR: &str = "weights";
 const VERSION_FILE: &str = "weights.version";
+
+fn version_path(dir: &Path, version: u64) -> PathBuf {
+    dir.join(VERSIONS_DIR).join(format!("{version}.f32"))
+}
 
 impl ModelState {
     /// State kept in memory only.
@@ -38,31 +66,79 @@ impl ModelState {
 
     /// Opens (creating) a state directory and loads what it holds; unreadable files are logged and ignored.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir.join(VERSIONS_DIR))
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
         let mut state = ModelState { dir: Some(dir.to_path_buf()), ..Default::default() };
         match std::fs::read(dir.join(GRAPH_FILE)) {
             Ok(bytes) => state.graph = Some((Digest::of(&bytes), Arc::new(bytes))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(file = %dir.join(GRAPH_FILE).display(), error = %e, "ignoring unreadable graph"),
         }
-        match Self::load_weights(dir) {
+        match Self::load_newest(dir) {
             Ok(w) => state.weights = w,
             Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "ignoring unreadable weights"),
         }
         Ok(state)
     }
 
-    fn load_weights(dir: &Path) -> anyhow::Result<Option<HeldWeights>> {
+    /// Keeps at most `n` (at least 1) weight versions on disk; older ones are deleted as new ones arrive.
+    pub fn with_keep_versions(mut self, n: usize) -> Self {
+        self.keep_versions = n.max(1);
+        self
+    }
+
+    fn load_newest(dir: &Path) -> anyhow::Result<Option<HeldWeights>> {
         let vpath = dir.join(VERSION_FILE);
         let version = match std::fs::read_to_string(&vpath) {
             Ok(s) => s.trim().parse::<u64>().with_context(|| format!("{}: not a version number", vpath.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("reading {}", vpath.display())),
         };
-        let wpath = dir.join(WEIGHTS_FILE);
-        let bytes = std::fs::read(&wpath).with_context(|| format!("reading {}", wpath.display()))?;
-        let weights = weights_from_bytes(&bytes, None).with_context(|| format!("{}", wpath.display()))?;
-        Ok(Some(HeldWeights { version, digest: Digest::of(&bytes), weights: Arc::new(weights) }))
+        let path = version_path(dir, version);
+        let path = if path.exists() { path } else { dir.join(LEGACY_WEIGHTS_FILE) };
+        Self::read_weights(&path, version).map(Some)
+    }
+
+    fn read_weights(path: &Path, version: u64) -> anyhow::Result<HeldWeights> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let weights = weights_from_bytes(&bytes, None).with_context(|| format!("{}", path.display()))?;
+        Ok(HeldWeights { version, digest: Digest::of(&bytes), weights: Arc::new(weights) })
+    }
+
+    /// The weights of `version` as kept on disk (the newest is also served from memory).
+    pub fn load_version(&self, version: u64) -> anyhow::Result<HeldWeights> {
+        if let Some(w) = self.weights.as_ref().filter(|w| w.version == version) {
+            return Ok(w.clone());
+        }
+        let Some(dir) = &self.dir else { bail!("version {version} is not held (this state is kept in memory only)") };
+        let path = version_path(dir, version);
+        if !path.exists() {
+            bail!("version {version} is not kept in {} (kept: {:?})", dir.display(), self.kept_versions());
+        }
+        Self::read_weights(&path, version)
+    }
+
+    /// The versions kept on disk (or the one held in memory), oldest first.
+    pub fn kept_versions(&self) -> Vec<u64> {
+        let Some(dir) = &self.dir else { return self.version().into_iter().collect() };
+        let mut v = kept_on_disk(dir);
+        if let Some(newest) = self.version()
+            && !v.contains(&newest)
+        {
+            v.push(newest);
+            v.sort_unstable();
+        }
+        v
+    }
+
+    /// The graph and the weights of `version` (the newest when `None`), ready for inference.
+    pub fn published(&self, version: Option<u64>) -> anyhow::Result<PublishedModel> {
+        let Some((_, graph)) = &self.graph else { bail!("no graph held yet") };
+        let w = match version {
+            Some(v) => self.load_version(v)?,
+            None => self.weights.clone().context("no weights held yet")?,
+        };
+        Ok(PublishedModel { version: w.version, graph: graph.clone(), weights: w.weights })
     }
 
     /// Keeps a new graph (and on disk, if the state has a directory).
@@ -75,11 +151,20 @@ impl ModelState {
         Ok(digest)
     }
 
-    /// Keeps a new weights version whose raw bytes were already checked against `digest`.
+    /// Keeps a new weights version whose raw bytes were already checked against `digest`; on disk, the oldest
+    /// versions beyond `keep_versions` are deleted.
     pub fn set_weights(&mut self, version: u64, digest: Digest, raw: &[u8], weights: Vec<f32>) -> anyhow::Result<()> {
         if let Some(dir) = &self.dir {
-            write_atomic(&dir.join(WEIGHTS_FILE), raw, 0o644)?;
+            write_atomic(&version_path(dir, version), raw, 0o644)?;
             write_atomic(&dir.join(VERSION_FILE), version.to_string().as_bytes(), 0o644)?;
+            let kept = kept_on_disk(dir);
+            let excess = kept.len().saturating_sub(self.keep_versions);
+            for old in kept.iter().take(excess).filter(|&&v| v != version) {
+                if let Err(e) = std::fs::remove_file(version_path(dir, *old)) {
+                    tracing::warn!(version = old, error = %e, "could not delete an old weights version");
+                }
+            }
+            let _ = std::fs::remove_file(dir.join(LEGACY_WEIGHTS_FILE));
         }
         self.weights = Some(HeldWeights { version, digest, weights: Arc::new(weights) });
         Ok(())
@@ -99,17 +184,33 @@ impl ModelState {
     }
 }
 
+/// Versions with a `weights/<version>.f32` file, oldest first.
+fn kept_on_disk(dir: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(dir.join(VERSIONS_DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".f32")?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn put(s: &mut ModelState, version: u64, w: &[f32]) {
+        let raw = weights_to_bytes(w);
+        s.set_weights(version, Digest::of(&raw), &raw, w.to_vec()).unwrap();
+    }
 
     #[test]
     fn a_state_directory_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = ModelState::open(dir.path()).unwrap();
         let g = s.set_graph(b"graph bytes".to_vec()).unwrap();
-        let raw = weights_to_bytes(&[1.0, 2.0]);
-        s.set_weights(4, Digest::of(&raw), &raw, vec![1.0, 2.0]).unwrap();
+        put(&mut s, 4, &[1.0, 2.0]);
         let s2 = ModelState::open(dir.path()).unwrap();
         assert_eq!(s2.graph_digest(), Some(g));
         assert_eq!(s2.version(), Some(4));
@@ -119,9 +220,48 @@ mod tests {
     #[test]
     fn a_corrupt_weights_file_is_ignored_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(VERSIONS_DIR)).unwrap();
         std::fs::write(dir.path().join(VERSION_FILE), "7").unwrap();
-        std::fs::write(dir.path().join(WEIGHTS_FILE), [1u8, 2, 3]).unwrap();
+        std::fs::write(version_path(dir.path(), 7), [1u8, 2, 3]).unwrap();
         let s = ModelState::open(dir.path()).unwrap();
         assert_eq!(s.version(), None);
+    }
+
+    #[test]
+    fn a_directory_from_before_versions_were_kept_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(VERSION_FILE), "5").unwrap();
+        std::fs::write(dir.path().join(LEGACY_WEIGHTS_FILE), weights_to_bytes(&[3.0])).unwrap();
+        let s = ModelState::open(dir.path()).unwrap();
+        assert_eq!(s.version(), Some(5));
+        assert_eq!(*s.load_version(5).unwrap().weights, vec![3.0]);
+    }
+
+    #[test]
+    fn only_the_newest_keep_versions_are_kept_and_each_reads_back_its_own_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ModelState::open(dir.path()).unwrap().with_keep_versions(3);
+        for v in 1..=6u64 {
+            put(&mut s, v, &[v as f32, -(v as f32)]);
+        }
+        assert_eq!(s.kept_versions(), vec![4, 5, 6]);
+        let reopened = ModelState::open(dir.path()).unwrap();
+        for v in 4..=6u64 {
+            assert_eq!(*reopened.load_version(v).unwrap().weights, vec![v as f32, -(v as f32)]);
+        }
+        let err = reopened.load_version(2).unwrap_err().to_string();
+        assert!(err.contains("version 2 is not kept") && err.contains("[4, 5, 6]"), "{err}");
+    }
+
+    #[test]
+    fn a_published_model_needs_a_graph_and_names_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ModelState::open(dir.path()).unwrap();
+        put(&mut s, 1, &[1.0]);
+        assert!(s.published(None).unwrap_err().to_string().contains("no graph"));
+        s.set_graph(b"g".to_vec()).unwrap();
+        put(&mut s, 2, &[2.0]);
+        assert_eq!(s.published(None).unwrap().version, 2);
+        assert_eq!(*s.published(Some(1)).unwrap().weights, vec![1.0]);
     }
 }
