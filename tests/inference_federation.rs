@@ -83,7 +83,12 @@ async fn the_endpoint_fedge_agent_predict_and_the_server_evaluation_agree_on_a_n
         rounds: Some(1),
         evaluator: Some(Arc::new(TractEvaluator { data: test.clone(), batch: 50 })),
     };
-    let fed = LocalFederation::start(spec, vec![]).await?;
+    // One agent: a cohort of one cannot be aggregated securely, so this round is plain.
+    let options = fedge_server::demo::FederationOptions {
+        secagg: fedge_server::coordinator::SecAggConfig::off(),
+        relay_hook: None,
+    };
+    let fed = LocalFederation::start_with(spec, vec![], options).await?;
     let mut events = fed.server.events();
 
     // The agent, with its state on disk and its endpoint fed by the client's model hook.
