@@ -72,7 +72,6 @@ pub enum Outbound {
 // One message at a time moves through a bounded channel: a few hundred bytes per slot do not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // `Committed` is one message per round: boxing it buys nothing.
 pub enum CoreMsg {
     /// `cert` is the DER of the agent's verified certificate (relayed to its cohort in secure rounds).
     Connected {
