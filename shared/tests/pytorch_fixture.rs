@@ -1,0 +1,48 @@
+//! A model exported by PyTorch's ONNX exporter (opset 13, dynamic batch; `tests/fixtures/make_pytorch_model.py`)
+//! trains unchanged: tract runs its forward pass to PyTorch's logits, and fedge's training graph gives PyTorch's
+//! loss and, for every parameter, the gradient torch autograd computed.
+
+use fedge_shared::train::{Labels, Loss, Predictor, TrainStep, TrainableModel};
+
+const ONNX: &[u8] = include_bytes!("fixtures/pytorch_cnn.onnx");
+const EXPECTED: &str = include_str!("fixtures/pytorch_cnn.expected.json");
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number") as f32).collect()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(0f32, |m, w| m.max(w.abs())).max(1e-6);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= 1e-4 * scale + 1e-6, "{what}[{i}]: fedge {g}, PyTorch {w}");
+    }
+}
+
+#[test]
+fn a_pytorch_exported_cnn_predicts_and_trains_exactly_as_pytorch_computes() {
+    let expected: serde_json::Value = serde_json::from_str(EXPECTED).unwrap();
+    let model = TrainableModel::from_onnx_bytes(ONNX).expect("PyTorch's export loads unchanged");
+    assert_eq!(model.input_len(), 784);
+    assert_eq!(model.output_len(), 10);
+    let x = floats(&expected["input"]);
+    let labels: Vec<u32> = expected["labels"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap() as u32).collect();
+    let n = labels.len();
+    let weights = model.initial_weights();
+
+    let logits = Predictor::new(&model, &weights, n).unwrap().predict(&x).unwrap();
+    assert_close("logits", &logits, &floats(&expected["logits"]));
+
+    let mut step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, n).unwrap();
+    let mut grads = vec![0f32; model.num_params()];
+    let loss = step.run(&weights, &x, Labels::Classes(&labels), 0, &mut grads).unwrap();
+    let want_loss = expected["loss"].as_f64().unwrap() as f32;
+    assert!((loss - want_loss).abs() < 1e-4, "loss: fedge {loss}, PyTorch {want_loss}");
+
+    let torch_grads = expected["grads"].as_object().unwrap();
+    assert_eq!(model.params().len(), torch_grads.len(), "every PyTorch parameter is trainable, and nothing else");
+    for p in model.params() {
+        let want = torch_grads.get(&p.name).unwrap_or_else(|| panic!("PyTorch has no parameter {}", p.name));
+        assert_close(&p.name, &grads[p.offset..p.offset + p.len], &floats(want));
+    }
+}
