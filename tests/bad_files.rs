@@ -226,6 +226,16 @@ onnx = "{model}"
 [coordinator]
 min_agents = 1
 max_agents = 1
+fraction = 1.0
+overselect = 1.0
+round_timeout_ms = 20000
+retry_backoff_ms = 100
+
+[coordinator.hyper]
+epochs = 1
+batch_size = 8
+learning_rate = 0.1
+optimizer = "sgd"
 "#,
             db = dir.path().join("db").display(),
             pki = pki.display(),

@@ -47,6 +47,12 @@ fraction = 1.0
 overselect = 1.0
 round_timeout_ms = 20000
 retry_backoff_ms = 300
+
+[coordinator.hyper]
+epochs = 1
+batch_size = 8
+learning_rate = 0.1
+optimizer = "sgd"
 "#,
         db = db.display(),
         pki = pki.display(),
