@@ -80,7 +80,14 @@ impl Lab {
         Ok(())
     }
 
-    fn spawn_in(&mut self, ns: &str, program: &Path, args: &[&str], stdout: Stdio, stderr: Stdio) -> Result<usize, String> {
+    fn spawn_in(
+        &mut self,
+        ns: &str,
+        program: &Path,
+        args: &[&str],
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<usize, String> {
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(program)
@@ -194,7 +201,9 @@ fn rounds_survive_loss_delay_a_healing_partition_and_an_agent_changing_address()
         }
     };
     if let Err(e) = lab.netem(0, &["delay", "1ms"]) {
-        eprintln!("SKIPPED: this kernel has no netem queueing discipline ({e}); tests/faults_network.rs covers the same faults with a user-space proxy");
+        eprintln!(
+            "SKIPPED: this kernel has no netem queueing discipline ({e}); tests/faults_network.rs covers the same faults with a user-space proxy"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

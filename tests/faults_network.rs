@@ -164,7 +164,12 @@ struct Newest {
 }
 
 impl Newest {
-    async fn until(&mut self, limit: Duration, what: &str, done: impl Fn(&[u64; AGENTS]) -> bool) -> anyhow::Result<()> {
+    async fn until(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&[u64; AGENTS]) -> bool,
+    ) -> anyhow::Result<()> {
         let end = Instant::now() + limit;
         while !done(&self.newest) {
             let left = end.saturating_duration_since(Instant::now());
@@ -217,8 +222,9 @@ async fn rounds_survive_loss_and_delay_a_healing_partition_and_an_agent_changing
                 let _ = etx.send((i, e));
             }
         });
-        let agent = Agent::new(settings, ModelState::in_memory(), Box::new(NoiseLearner::new(30 + i as u64, i as u64, 0.01)))
-            .with_events(tx);
+        let agent =
+            Agent::new(settings, ModelState::in_memory(), Box::new(NoiseLearner::new(30 + i as u64, i as u64, 0.01)))
+                .with_events(tx);
         agents.push(tokio::spawn(agent.run(shutdown_rx.clone())));
         proxies.push(p);
     }
@@ -243,7 +249,10 @@ async fn rounds_survive_loss_and_delay_a_healing_partition_and_an_agent_changing
     // Phase 1: three rounds reach every agent at 10% loss and 200 ms round trip.
     let t = Instant::now();
     seen.until(Duration::from_secs(90), "3 versions at 10% loss", |n| n.iter().all(|v| *v >= 3)).await?;
-    eprintln!("phase 1: 3 rounds at 10% loss + 200 ms RTT reached all {AGENTS} agents in {:.1}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "phase 1: 3 rounds at 10% loss + 200 ms RTT reached all {AGENTS} agents in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
 
     // Phase 2: agents 3 and 4 are cut off; the other three go on; after it heals, 3 and 4 catch up.
     let before = seen.newest[0];

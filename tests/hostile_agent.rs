@@ -11,9 +11,7 @@ use fedge_server::demo::{FederationSpec, LocalFederation};
 use fedge_server::service::ServerEvent;
 use fedge_server::strategy::StrategyConfig;
 use fedge_shared::model::weights_to_bytes;
-use fedge_shared::protocol::{
-    self, AgentMessage, BlobHeader, BlobKind, Hello, PROTOCOL_VERSION, ServerHello, limits,
-};
+use fedge_shared::protocol::{self, AgentMessage, BlobHeader, BlobKind, Hello, PROTOCOL_VERSION, ServerHello, limits};
 use fedge_shared::tls::{self, Identity, Role};
 use fedge_shared::wire;
 use fedge_system_tests::wait_server;
@@ -111,7 +109,11 @@ async fn closed_by_server(conn: &quinn::Connection) -> anyhow::Result<String> {
 }
 
 fn update_header(round: u64, len: u64) -> BlobHeader {
-    BlobHeader { kind: BlobKind::Update { round, examples: 10, train_loss: 0.5, holdout_accuracy: None }, len, digest: None }
+    BlobHeader {
+        kind: BlobKind::Update { round, examples: 10, train_loss: 0.5, holdout_accuracy: None },
+        len,
+        digest: None,
+    }
 }
 
 async fn send_update(conn: &quinn::Connection, round: u64, values: usize) -> anyhow::Result<()> {
