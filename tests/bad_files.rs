@@ -251,3 +251,34 @@ optimizer = "sgd"
     assert!(!out.status.success(), "the server must not start on a corrupt model");
     assert!(stderr.contains("broken-model.onnx"), "the error names the file: {stderr}");
 }
+
+/// The fuzz targets' input format: a mode byte, then raw ONNX bytes (even mode) or a small MLP with patches.
+fn fuzz_input_to_onnx(data: &[u8]) -> Vec<u8> {
+    let Some((&mode, rest)) = data.split_first() else { return vec![] };
+    if mode & 1 == 0 {
+        return rest.to_vec();
+    }
+    let Some((head, patches)) = rest.split_at_checked(4) else { return vec![] };
+    let layers = [1 + head[0] as usize % 6, 1 + head[1] as usize % 5, 1 + head[2] as usize % 4];
+    let mut onnx = builder::mlp(&layers, head[3] as u64);
+    for p in patches.chunks_exact(3) {
+        let at = ((p[0] as usize) << 8 | p[1] as usize) % onnx.len().max(1);
+        if let Some(b) = onnx.get_mut(at) {
+            *b = p[2];
+        }
+    }
+    onnx
+}
+
+#[test]
+fn onnx_files_that_once_crashed_the_loader_are_refused_with_an_error() {
+    for (name, input) in [
+        ("node without inputs", &include_bytes!("../fuzz/regressions/onnx_load-node-without-inputs.bin")[..]),
+        ("dimension product overflow", &include_bytes!("../fuzz/regressions/onnx_load-dimension-product-overflow.bin")[..]),
+    ] {
+        let onnx = fuzz_input_to_onnx(input);
+        let err = TrainableModel::from_onnx_bytes(&onnx).err();
+        assert!(err.is_some(), "{name}: refused");
+        eprintln!("{name}: {}", err.map(|e| e.to_string()).unwrap_or_default());
+    }
+}
