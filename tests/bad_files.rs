@@ -274,7 +274,10 @@ fn fuzz_input_to_onnx(data: &[u8]) -> Vec<u8> {
 fn onnx_files_that_once_crashed_the_loader_are_refused_with_an_error() {
     for (name, input) in [
         ("node without inputs", &include_bytes!("../fuzz/regressions/onnx_load-node-without-inputs.bin")[..]),
-        ("dimension product overflow", &include_bytes!("../fuzz/regressions/onnx_load-dimension-product-overflow.bin")[..]),
+        (
+            "dimension product overflow",
+            &include_bytes!("../fuzz/regressions/onnx_load-dimension-product-overflow.bin")[..],
+        ),
     ] {
         let onnx = fuzz_input_to_onnx(input);
         let err = TrainableModel::from_onnx_bytes(&onnx).err();

@@ -165,6 +165,8 @@ async fn kill_and_restart(dir: &Path) -> anyhow::Result<()> {
         let mut settings = agent_settings(&bundle, addr)?;
         settings.backoff_initial = Duration::from_millis(50);
         settings.backoff_max = Duration::from_millis(400);
+        // A killed server sends no close; notice it within a short idle time-out (rounds keep the link busy).
+        settings.idle_timeout = Duration::from_millis(2500);
         let agent = Agent::new(settings, ModelState::in_memory(), learner).with_events(tx);
         agents.push(tokio::spawn(agent.run(shutdown_rx.clone())));
     }
