@@ -273,6 +273,9 @@ async fn serve_agent(
 
 /// Reads update blobs from the agent's unidirectional streams and hands complete, checked vectors to the core.
 async fn read_uploads(conn: quinn::Connection, shared: Arc<Shared>, agent: String) {
+    // One upload at a time per connection: a peer that opens many upload streams and stalls them holds at most one
+    // of the shared upload permits, so it cannot starve the honest agents' uploads.
+    let one_at_a_time = Arc::new(Semaphore::new(1));
     loop {
         let mut recv = match conn.accept_uni().await {
             Ok(r) => r,
@@ -281,8 +284,9 @@ async fn read_uploads(conn: quinn::Connection, shared: Arc<Shared>, agent: Strin
         let shared = shared.clone();
         let agent = agent.clone();
         let conn = conn.clone();
+        let one_at_a_time = one_at_a_time.clone();
         tokio::spawn(async move {
-            if let Err(e) = read_upload(&mut recv, &shared, &agent).await {
+            if let Err(e) = read_upload(&mut recv, &shared, &agent, &one_at_a_time).await {
                 tracing::warn!(%agent, reason = %format!("{e:#}"), "update refused");
                 if e.downcast_ref::<ProtocolViolation>().is_some() {
                     conn.close(quinn::VarInt::from_u32(CLOSE_PROTOCOL), format!("{e:#}").as_bytes());
@@ -296,7 +300,18 @@ async fn read_uploads(conn: quinn::Connection, shared: Arc<Shared>, agent: Strin
 #[error("protocol violation: {0}")]
 struct ProtocolViolation(String);
 
-async fn read_upload(recv: &mut quinn::RecvStream, shared: &Shared, agent: &str) -> anyhow::Result<()> {
+/// The time an upload's body may take once it holds a permit: 30 s plus 64 KiB/s for its length, so a stalled
+/// upload cannot hold a permit for ever.
+fn upload_time_limit(len: u64) -> Duration {
+    Duration::from_secs(30) + Duration::from_millis(len / 64)
+}
+
+async fn read_upload(
+    recv: &mut quinn::RecvStream,
+    shared: &Shared,
+    agent: &str,
+    one_at_a_time: &Semaphore,
+) -> anyhow::Result<()> {
     let header = wire::read_blob_header(recv).await?;
     if let BlobKind::Masked { round, examples, train_loss } = header.kind {
         return read_masked(recv, shared, agent, &header, round, examples, train_loss).await;
@@ -313,8 +328,11 @@ async fn read_upload(recv: &mut quinn::RecvStream, shared: &Shared, agent: &str)
         ))
         .into());
     }
+    let _mine = one_at_a_time.acquire().await?;
     let _permit = shared.uploads.acquire().await?;
-    let body = wire::read_blob_body(recv, &header).await?;
+    let body = tokio::time::timeout(upload_time_limit(header.len), wire::read_blob_body(recv, &header))
+        .await
+        .map_err(|_| ProtocolViolation(format!("an update of {} bytes did not arrive in time", header.len)))??;
     let delta = weights_from_bytes(&body, Some(params as usize))?;
     drop(body);
     tracing::debug!(agent, round, examples, train_loss, ?holdout_accuracy, "update received");

@@ -207,7 +207,12 @@ impl Graph {
         }
         let op = self.parse(node, opset)?;
         let used: Vec<String> = match &op {
-            Op::Reshape | Op::Dropout { .. } | Op::Identity => vec![present[0].to_string()],
+            Op::Reshape | Op::Dropout { .. } | Op::Identity => vec![
+                present
+                    .first()
+                    .ok_or_else(|| TrainError::invalid(format!("node {} ({}) has no input", node.name, node.op_type)))?
+                    .to_string(),
+            ],
             _ => present.iter().map(|s| s.to_string()).collect(),
         };
         let in_shapes = used.iter().map(|n| self.shape(n).cloned()).collect::<Result<Vec<_>, _>>()?;
@@ -409,6 +414,20 @@ impl Graph {
 
     fn infer(&self, node: &NodeProto, op: &Op, s: &[Vec<usize>], opset: i64) -> Result<Vec<usize>, TrainError> {
         let bad = |msg: String| TrainError::shape(format!("node {} ({}): {msg}", node.name, node.op_type));
+        // A hostile or broken graph may give a node fewer inputs than its operator needs.
+        let arity = match op {
+            Op::Gemm { .. } | Op::MatMul | Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Conv(_) => 2,
+            Op::BatchNorm { .. } => 5,
+            _ => 1,
+        };
+        if s.len() < arity {
+            return Err(bad(format!("needs {arity} inputs, has {}", s.len())));
+        }
+        if let Op::MaxPool(p) | Op::AveragePool(p) = op
+            && s[0].len() != 2 + p.kernel.len()
+        {
+            return Err(bad(format!("input {:?} for a {}-dimensional window", s[0], p.kernel.len())));
+        }
         Ok(match op {
             Op::Gemm { trans_a, trans_b, .. } => {
                 let (x, w) = (&s[0], &s[1]);

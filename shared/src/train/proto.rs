@@ -40,11 +40,20 @@ impl Data {
     }
 }
 
+/// The largest element count of any tensor fedge accepts (2^31): products of dimensions below it cannot overflow.
+pub const MAX_ELEMENTS: usize = 1 << 31;
+
 fn dims_of(t: &TensorProto) -> Result<Vec<usize>, TrainError> {
-    t.dims
+    let dims = t
+        .dims
         .iter()
         .map(|d| usize::try_from(*d).map_err(|_| TrainError::invalid(format!("tensor {} has dimension {d}", t.name))))
-        .collect()
+        .collect::<Result<Vec<usize>, _>>()?;
+    let count = dims.iter().try_fold(1usize, |n, d| n.checked_mul(*d).filter(|n| *n <= MAX_ELEMENTS));
+    if count.is_none() {
+        return Err(TrainError::invalid(format!("tensor {} of shape {dims:?} is too large", t.name)));
+    }
+    Ok(dims)
 }
 
 fn chunks<const N: usize, T>(raw: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
@@ -171,7 +180,9 @@ pub fn value_info_shape(v: &ValueInfoProto) -> Option<(i32, Vec<Option<usize>>)>
             Some(tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => Some(v as usize),
             _ => None,
         })
-        .collect();
+        .collect::<Vec<Option<usize>>>();
+    // A shape whose known dimensions multiply past MAX_ELEMENTS is no shape fedge can use.
+    dims.iter().flatten().try_fold(1usize, |n, d| n.checked_mul(*d).filter(|n| *n <= MAX_ELEMENTS))?;
     Some((t.elem_type, dims))
 }
 
