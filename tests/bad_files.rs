@@ -224,8 +224,8 @@ key = "{pki}/server.key"
 [model]
 onnx = "{model}"
 [coordinator]
-min_agents = 1
-max_agents = 1
+min_agents = 2
+max_agents = 2
 fraction = 1.0
 overselect = 1.0
 round_timeout_ms = 20000
