@@ -201,13 +201,19 @@ async fn a_hostile_agent_with_a_valid_certificate_cannot_crash_stall_or_bloat_th
     let staller = endpoint(&tls::issue_bundle(&fed.pki(), "hostile-staller", Role::Agent, 30)?)?;
     let (conn, _send, _recv) = hello(&staller, server).await?;
     let mut stalled = vec![];
+    // The server grants each connection only a few concurrent streams, so trying for eight may stop short.
     for _ in 0..8 {
-        if let Ok(mut s) = conn.open_uni().await {
-            let _ = wire::write_msg(&mut s, &update_header(first + 1, params as u64 * 4), limits::BLOB_HEADER).await;
-            let _ = s.write_all(&[0u8; 16]).await;
-            stalled.push(s);
+        match tokio::time::timeout(Duration::from_millis(300), conn.open_uni()).await {
+            Ok(Ok(mut s)) => {
+                let _ =
+                    wire::write_msg(&mut s, &update_header(first + 1, params as u64 * 4), limits::BLOB_HEADER).await;
+                let _ = s.write_all(&[0u8; 16]).await;
+                stalled.push(s);
+            }
+            _ => break,
         }
     }
+    assert!(!stalled.is_empty(), "at least one stalled upload is open");
     let (conn2, _send2, _recv2) = hello(&ep, server).await?;
     let graph = BlobHeader { kind: BlobKind::Graph, len: 4, digest: None };
     wire::send_blob(&conn2, &graph, b"onnx").await?;
@@ -245,8 +251,15 @@ async fn a_hostile_agent_with_a_valid_certificate_cannot_crash_stall_or_bloat_th
     let b = next_completed(&mut events).await?;
     assert!(b > a && a > first, "rounds complete after the barrage: {first}, {a}, {b}");
     let status = fed.server.status().await?;
-    assert_eq!(conn.close_reason(), None, "the stalled uploads were still open while the rounds completed");
-    assert_eq!(stalled.len(), 8, "eight stalled uploads");
+    match conn.close_reason() {
+        // The stalled uploads were still open while the honest rounds completed.
+        None => {}
+        // On a slow machine the two rounds can outlast the server's time limit for reading an upload, which then
+        // closes the stalled connection: also what the server must do, so the rounds still count.
+        Some(quinn::ConnectionError::ApplicationClosed(c))
+            if String::from_utf8_lossy(&c.reason).contains("did not arrive in time") => {}
+        other => panic!("the stalled connection ended for another reason: {other:?}"),
+    }
     drop(stalled);
     drop(conn);
 
