@@ -120,7 +120,15 @@ async fn the_endpoint_answers_exactly_like_fedge_agent_predict_for_the_same_kept
     assert_eq!(http["version"], 3);
     assert_eq!(cli["version"], 3);
     assert_eq!(http["classes"], cli["classes"]);
-    assert_eq!(outputs(&http), outputs(&cli), "the same plan on the same weights gives the same logits");
+    // The same weights give the same logits; a batch split differently can change the last bit of a sum
+    // (SIMD tails), so "the same" is to within a few ulps.
+    let (a, b) = (outputs(&http), outputs(&cli));
+    assert_eq!(a.len(), b.len());
+    for (i, (ra, rb)) in a.iter().zip(&b).enumerate() {
+        for (x, y) in ra.iter().zip(rb) {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "row {i}: endpoint {x}, predict {y}");
+        }
+    }
     // And they are version 3's logits, not version 4's.
     let m = LoadedModel::build(&v4, 1).unwrap();
     assert_ne!(m.predict(&batch[0]).unwrap(), outputs(&http)[0]);
