@@ -220,9 +220,19 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+/// Prints what a reading command got: JSON with `--json`, otherwise the human rendering.
+fn show<T: serde::Serialize + ?Sized>(v: &T, json: bool, render: impl Fn(&T) -> String) -> anyhow::Result<()> {
+    if json {
+        print_json(v)
+    } else {
+        print!("{}", render(v));
+        Ok(())
+    }
 }
 
 /// Commands against a running server.
@@ -230,21 +240,11 @@ async fn run_online(client: &AdminClient, command: Command) -> anyhow::Result<()
     match command {
         Command::Status { json } => {
             let s = client.status().await?;
-            if json {
-                print_json(&s)
-            } else {
-                print!("{}", ctl::render::status(&s));
-                Ok(())
-            }
+            show(&s, json, ctl::render::status)
         }
         Command::Agent(AgentCmd::List { json, .. }) => {
             let a = client.agents().await?;
-            if json {
-                print_json(&a)
-            } else {
-                print!("{}", ctl::render::agents(&a));
-                Ok(())
-            }
+            show(a.as_slice(), json, ctl::render::agents)
         }
         Command::Agent(AgentCmd::Revoke { name, .. }) => {
             println!("{}", client.revoke(&name).await?);
@@ -264,12 +264,7 @@ async fn run_online(client: &AdminClient, command: Command) -> anyhow::Result<()
         }
         Command::Config(ConfigCmd::Show { json }) => {
             let c = client.config_show().await?;
-            if json {
-                print_json(&c)
-            } else {
-                print!("{}", ctl::render::config(&c));
-                Ok(())
-            }
+            show(c.as_slice(), json, ctl::render::config)
         }
         Command::Config(ConfigCmd::Set { key, value }) => {
             println!("{}", client.config_set(&key, &value).await?);
@@ -281,21 +276,11 @@ async fn run_online(client: &AdminClient, command: Command) -> anyhow::Result<()
                 ctl::plot::plot_history(&h, path)?;
                 eprintln!("plot written to {}", path.display());
             }
-            if json {
-                print_json(&h)
-            } else {
-                print!("{}", ctl::render::history(&h));
-                Ok(())
-            }
+            show(h.as_slice(), json, ctl::render::history)
         }
         Command::Model(ModelCmd::List { json }) => {
             let m = client.models().await?;
-            if json {
-                print_json(&m)
-            } else {
-                print!("{}", ctl::render::models(&m));
-                Ok(())
-            }
+            show(m.as_slice(), json, ctl::render::models)
         }
         Command::Model(ModelCmd::Export { version, out }) => {
             let (model, bytes) = client.export(version).await?;
