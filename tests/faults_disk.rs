@@ -13,66 +13,12 @@ use fedge_server::demo::agent_settings;
 use fedge_server::store::Store;
 use fedge_shared::model::{Digest, weights_to_bytes};
 use fedge_shared::tls::{self, Role};
-use fedge_system_tests::{wait_agent, workspace_bin};
+use fedge_system_tests::{free_udp_port, start_server, wait_version, write_server_config};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn write_config(dir: &Path, db: &Path, port: u16) -> PathBuf {
-    let pki = dir.join("pki");
-    let text = format!(
-        r#"
-listen = "127.0.0.1:{port}"
-data_dir = "{db}"
-autostart = true
-
-[tls]
-ca = "{pki}/ca.pem"
-cert = "{pki}/server.pem"
-key = "{pki}/server.key"
-
-[model]
-onnx = "{model}"
-
-[coordinator]
-min_agents = 2
-max_agents = 2
-fraction = 1.0
-overselect = 1.0
-round_timeout_ms = 20000
-retry_backoff_ms = 300
-
-[coordinator.hyper]
-epochs = 1
-batch_size = 8
-learning_rate = 0.1
-optimizer = "sgd"
-"#,
-        db = db.display(),
-        pki = pki.display(),
-        model = dir.join("model.onnx").display(),
-    );
-    let path = dir.join("server.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn start_server(config: &Path, log: &Path) -> anyhow::Result<Child> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-    Ok(Command::new(workspace_bin("fedge-server")?)
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?)
-}
 
 /// A tmpfs of `mib` MiB mounted on `dir`, unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -123,14 +69,6 @@ fn fill(path: &Path) -> u64 {
     written
 }
 
-async fn wait_version(events: &mut mpsc::UnboundedReceiver<(usize, AgentEvent)>, above: u64) -> anyhow::Result<u64> {
-    wait_agent(events, Duration::from_secs(60), |_, e| match e {
-        AgentEvent::ModelReceived { version } if *version > above => Some(*version),
-        _ => None,
-    })
-    .await
-}
-
 fn spawn_agent(
     pki: &Path,
     name: &str,
@@ -175,9 +113,9 @@ async fn full_disk(dir: &Path, mount: &Path) -> anyhow::Result<()> {
     let pki = dir.join("pki");
     tls::init_federation(&pki, &["localhost".into()], 30)?;
     std::fs::write(dir.join("model.onnx"), fedge_shared::train::builder::mlp(&[128, 64, 10], 4))?;
-    let port = free_udp_port();
+    let port = free_udp_port()?;
     let db = mount.join("db");
-    let config = write_config(dir, &db, port);
+    let config = write_server_config(dir, &format!("127.0.0.1:{port}"), &db, 2, 300)?;
     let log = dir.join("server.log");
     let addr = format!("127.0.0.1:{port}").parse()?;
     let mut server = start_server(&config, &log)?;

@@ -3,7 +3,7 @@
 //! directory; the newest committed model is readable and unchanged, no round is half-applied, and the federation
 //! carries on from it.
 
-use fedge_agent::client::{Agent, AgentEvent};
+use fedge_agent::client::Agent;
 use fedge_agent::learner::{LearnOutcome, Learner, NoiseLearner};
 use fedge_agent::state::ModelState;
 use fedge_server::demo::agent_settings;
@@ -11,9 +11,8 @@ use fedge_server::store::Store;
 use fedge_shared::model::{Digest, weights_to_bytes};
 use fedge_shared::protocol::TrainPlan;
 use fedge_shared::tls::{self, Role};
-use fedge_system_tests::{init_logs, wait_agent, workspace_bin};
+use fedge_system_tests::{free_udp_port, init_logs, start_server, wait_version, write_server_config};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -34,69 +33,6 @@ impl Learner for SlowLearner {
         std::thread::sleep(Duration::from_millis(100));
         self.0.learn(global, plan)
     }
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
-    let pki = dir.join("pki");
-    let text = format!(
-        r#"
-listen = "127.0.0.1:{port}"
-data_dir = "{db}"
-autostart = true
-idle_timeout_ms = 10000
-
-[tls]
-ca = "{pki}/ca.pem"
-cert = "{pki}/server.pem"
-key = "{pki}/server.key"
-
-[model]
-onnx = "{model}"
-
-[coordinator]
-min_agents = 3
-max_agents = 3
-fraction = 1.0
-overselect = 1.0
-round_timeout_ms = 20000
-retry_backoff_ms = 100
-
-[coordinator.hyper]
-epochs = 1
-batch_size = 8
-learning_rate = 0.1
-optimizer = "sgd"
-"#,
-        db = dir.join("db").display(),
-        pki = pki.display(),
-        model = dir.join("model.onnx").display(),
-    );
-    let path = dir.join("server.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn start_server(config: &Path, log: &Path) -> anyhow::Result<Child> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-    Ok(Command::new(workspace_bin("fedge-server")?)
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?)
-}
-
-async fn wait_version(events: &mut mpsc::UnboundedReceiver<(usize, AgentEvent)>, above: u64) -> anyhow::Result<u64> {
-    wait_agent(events, Duration::from_secs(60), |_, e| match e {
-        AgentEvent::ModelReceived { version } if *version > above => Some(*version),
-        _ => None,
-    })
-    .await
 }
 
 /// Kills in the fast variant; `FEDGE_KILLS` overrides (the kill-loop script asks for 100).
@@ -142,8 +78,8 @@ async fn kill_and_restart(dir: &Path) -> anyhow::Result<()> {
     let pki = dir.join("pki");
     tls::init_federation(&pki, &["localhost".into()], 30)?;
     std::fs::write(dir.join("model.onnx"), fedge_shared::train::builder::mlp(&[32, 16, 4], 9))?;
-    let port = free_udp_port();
-    let config = write_config(dir, port);
+    let port = free_udp_port()?;
+    let config = write_server_config(dir, &format!("127.0.0.1:{port}"), &dir.join("db"), 3, 100)?;
     let log = dir.join("server.log");
     let addr = format!("127.0.0.1:{port}").parse()?;
 

@@ -4,7 +4,7 @@
 //! (tract, the same engine the agents use). Evaluation never changes a model and never touches the network.
 
 use fedge_shared::data::Dataset;
-use fedge_shared::train::{Predictor, TrainableModel};
+use fedge_shared::train::TrainableModel;
 
 /// Test-set metrics of one model version.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,7 +33,6 @@ impl Evaluator for TractEvaluator {
     fn evaluate(&self, onnx: &[u8], weights: &[f32]) -> anyhow::Result<EvalMetrics> {
         let model = TrainableModel::from_onnx_bytes(onnx)?;
         let s = fedge_shared::train::local::evaluate(&model, weights, &self.data, self.batch)?;
-        let _ = Predictor::new;
         Ok(EvalMetrics { loss: s.loss, accuracy: s.accuracy })
     }
 }

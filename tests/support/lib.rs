@@ -79,3 +79,80 @@ pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
     }
     Ok(path)
 }
+
+/// A free UDP port on 127.0.0.1 (for a server process that must come back on the same address after a kill).
+pub fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Writes `dir/server.toml` for a `fedge-server` process whose PKI is `dir/pki` and model `dir/model.onnx`:
+/// `agents` agents per round, a quick retry back-off, and plain SGD hyper-parameters.
+pub fn write_server_config(
+    dir: &std::path::Path,
+    listen: &str,
+    db: &std::path::Path,
+    agents: usize,
+    retry_backoff_ms: u64,
+) -> anyhow::Result<PathBuf> {
+    let pki = dir.join("pki");
+    let text = format!(
+        r#"
+listen = "{listen}"
+data_dir = "{db}"
+autostart = true
+idle_timeout_ms = 10000
+
+[tls]
+ca = "{pki}/ca.pem"
+cert = "{pki}/server.pem"
+key = "{pki}/server.key"
+
+[model]
+onnx = "{model}"
+
+[coordinator]
+min_agents = {agents}
+max_agents = {agents}
+fraction = 1.0
+overselect = 1.0
+round_timeout_ms = 20000
+retry_backoff_ms = {retry_backoff_ms}
+
+[coordinator.hyper]
+epochs = 1
+batch_size = 8
+learning_rate = 0.1
+optimizer = "sgd"
+"#,
+        db = db.display(),
+        pki = pki.display(),
+        model = dir.join("model.onnx").display(),
+    );
+    let path = dir.join("server.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Starts the `fedge-server` binary on `config`, its log appended to `log`.
+pub fn start_server(config: &std::path::Path, log: &std::path::Path) -> anyhow::Result<std::process::Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    Ok(std::process::Command::new(workspace_bin("fedge-server")?)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()?)
+}
+
+/// Waits (up to a minute) until some agent receives a global version newer than `above`; returns it.
+pub async fn wait_version(
+    events: &mut mpsc::UnboundedReceiver<(usize, AgentEvent)>,
+    above: u64,
+) -> anyhow::Result<u64> {
+    wait_agent(events, Duration::from_secs(60), |_, e| match e {
+        AgentEvent::ModelReceived { version } if *version > above => Some(*version),
+        _ => None,
+    })
+    .await
+}
