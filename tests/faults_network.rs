@@ -10,12 +10,11 @@
 use fedge_agent::client::{Agent, AgentEvent};
 use fedge_agent::learner::NoiseLearner;
 use fedge_agent::state::ModelState;
-use fedge_server::coordinator::{CoordinatorConfig, OptimizerKind, TrainHyper};
+use fedge_server::coordinator::CoordinatorConfig;
 use fedge_server::demo::{FederationSpec, LocalFederation, agent_settings};
 use fedge_server::service::ServerEvent;
-use fedge_server::strategy::StrategyConfig;
 use fedge_shared::tls::{self, Role};
-use fedge_system_tests::wait_agent;
+use fedge_system_tests::{cohort_of, wait_agent};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -132,28 +131,7 @@ async fn proxy(server: SocketAddr, faults: Arc<Faults>) -> anyhow::Result<Proxy>
 }
 
 fn coordinator() -> CoordinatorConfig {
-    CoordinatorConfig {
-        min_agents: 3,
-        min_available: Some(3),
-        max_agents: AGENTS,
-        fraction: 1.0,
-        overselect: 1.0,
-        seed: 4,
-        round_timeout_ms: 4_000,
-        retry_backoff_ms: 200,
-        max_examples: None,
-        hyper: TrainHyper {
-            epochs: 1,
-            batch_size: 8,
-            learning_rate: 0.1,
-            momentum: 0.0,
-            optimizer: OptimizerKind::Sgd,
-            prox_mu: 0.0,
-            seed: 2,
-            deadline_ms: 0,
-        },
-        strategy: StrategyConfig::FedAvg,
-    }
+    CoordinatorConfig { max_agents: AGENTS, seed: 4, round_timeout_ms: 4_000, retry_backoff_ms: 200, ..cohort_of(3) }
 }
 
 /// Newest version each agent holds, fed by their events.

@@ -3,12 +3,11 @@
 
 use fedge_agent::learner::Learner;
 use fedge_agent::trainer::TractLearner;
-use fedge_server::coordinator::{CoordinatorConfig, OptimizerKind, TrainHyper};
+use fedge_server::coordinator::CoordinatorConfig;
 use fedge_server::demo::{FederationSpec, LocalFederation, split_for_agents};
 use fedge_server::evaluator::TractEvaluator;
 use fedge_server::service::ServerEvent;
-use fedge_server::strategy::StrategyConfig;
-use fedge_system_tests::{init_logs, mnist_subset, wait_server};
+use fedge_system_tests::{cohort_of, init_logs, mnist_subset, wait_server};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,28 +15,7 @@ const AGENTS: usize = 8;
 const ROUNDS: u64 = 3;
 
 fn coordinator(agents: usize) -> CoordinatorConfig {
-    CoordinatorConfig {
-        min_agents: agents,
-        min_available: Some(agents),
-        max_agents: agents,
-        fraction: 1.0,
-        overselect: 1.0,
-        seed: 7,
-        round_timeout_ms: 300_000,
-        retry_backoff_ms: 500,
-        max_examples: None,
-        hyper: TrainHyper {
-            epochs: 1,
-            batch_size: 32,
-            learning_rate: 0.05,
-            momentum: 0.5,
-            optimizer: OptimizerKind::Sgd,
-            prox_mu: 0.0,
-            seed: 3,
-            deadline_ms: 0,
-        },
-        strategy: StrategyConfig::FedAvg,
-    }
+    cohort_of(agents)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

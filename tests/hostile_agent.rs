@@ -6,15 +6,14 @@
 //! hostile case is logged with its reason.
 
 use fedge_agent::learner::{Learner, NoiseLearner};
-use fedge_server::coordinator::{CoordinatorConfig, OptimizerKind, TrainHyper};
+use fedge_server::coordinator::CoordinatorConfig;
 use fedge_server::demo::{FederationSpec, LocalFederation};
 use fedge_server::service::ServerEvent;
-use fedge_server::strategy::StrategyConfig;
 use fedge_shared::model::weights_to_bytes;
 use fedge_shared::protocol::{self, AgentMessage, BlobHeader, BlobKind, Hello, PROTOCOL_VERSION, ServerHello, limits};
 use fedge_shared::tls::{self, Identity, Role};
 use fedge_shared::wire;
-use fedge_system_tests::wait_server;
+use fedge_system_tests::{cohort_of, wait_server};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -54,28 +53,7 @@ fn rss_kib() -> u64 {
 }
 
 fn coordinator() -> CoordinatorConfig {
-    CoordinatorConfig {
-        min_agents: 3,
-        min_available: Some(3),
-        max_agents: 3,
-        fraction: 1.0,
-        overselect: 1.0,
-        seed: 1,
-        round_timeout_ms: 20_000,
-        retry_backoff_ms: 100,
-        max_examples: None,
-        hyper: TrainHyper {
-            epochs: 1,
-            batch_size: 8,
-            learning_rate: 0.1,
-            momentum: 0.0,
-            optimizer: OptimizerKind::Sgd,
-            prox_mu: 0.0,
-            seed: 2,
-            deadline_ms: 0,
-        },
-        strategy: StrategyConfig::FedAvg,
-    }
+    CoordinatorConfig { seed: 1, round_timeout_ms: 20_000, retry_backoff_ms: 100, ..cohort_of(3) }
 }
 
 /// A QUIC client endpoint presenting `bundle`'s agent certificate.

@@ -6,15 +6,14 @@ use fedge_agent::client::Agent;
 use fedge_agent::inference::{self, InferenceSettings};
 use fedge_agent::state::ModelState;
 use fedge_agent::trainer::TractLearner;
-use fedge_server::coordinator::{CoordinatorConfig, OptimizerKind, TrainHyper};
+use fedge_server::coordinator::CoordinatorConfig;
 use fedge_server::demo::{FederationSpec, LocalFederation, agent_settings};
 use fedge_server::evaluator::TractEvaluator;
 use fedge_server::service::ServerEvent;
-use fedge_server::strategy::StrategyConfig;
 use fedge_shared::tls::{self, Role};
 use fedge_shared::train::TrainableModel;
 use fedge_shared::train::local::evaluate;
-use fedge_system_tests::{init_logs, mnist_subset, wait_server, workspace_bin};
+use fedge_system_tests::{cohort_of, init_logs, mnist_subset, wait_server, workspace_bin};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,28 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 fn coordinator() -> CoordinatorConfig {
-    CoordinatorConfig {
-        min_agents: 1,
-        min_available: Some(1),
-        max_agents: 1,
-        fraction: 1.0,
-        overselect: 1.0,
-        seed: 7,
-        round_timeout_ms: 300_000,
-        retry_backoff_ms: 500,
-        max_examples: None,
-        hyper: TrainHyper {
-            epochs: 1,
-            batch_size: 32,
-            learning_rate: 0.05,
-            momentum: 0.5,
-            optimizer: OptimizerKind::Sgd,
-            prox_mu: 0.0,
-            seed: 3,
-            deadline_ms: 0,
-        },
-        strategy: StrategyConfig::FedAvg,
-    }
+    cohort_of(1)
 }
 
 /// POSTs raw little-endian f32 examples to the endpoint and returns its JSON answer.

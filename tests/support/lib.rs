@@ -156,3 +156,31 @@ pub async fn wait_version(
     })
     .await
 }
+
+/// A coordinator that takes every one of `agents` agents into each round (FedAvg; local SGD at batch 32, lr 0.05,
+/// momentum 0.5, the settings the MNIST tests train with; learners that do not train ignore them).
+pub fn cohort_of(agents: usize) -> fedge_server::coordinator::CoordinatorConfig {
+    use fedge_server::coordinator::{CoordinatorConfig, OptimizerKind, TrainHyper};
+    CoordinatorConfig {
+        min_agents: agents,
+        min_available: Some(agents),
+        max_agents: agents,
+        fraction: 1.0,
+        overselect: 1.0,
+        seed: 7,
+        round_timeout_ms: 300_000,
+        retry_backoff_ms: 500,
+        max_examples: None,
+        hyper: TrainHyper {
+            epochs: 1,
+            batch_size: 32,
+            learning_rate: 0.05,
+            momentum: 0.5,
+            optimizer: OptimizerKind::Sgd,
+            prox_mu: 0.0,
+            seed: 3,
+            deadline_ms: 0,
+        },
+        strategy: fedge_server::strategy::StrategyConfig::FedAvg,
+    }
+}
