@@ -2,42 +2,20 @@
 //! refused ones are logged with a reason, and the round carries on with the others.
 
 use fedge_agent::learner::{Learner, NoiseLearner};
-use fedge_server::coordinator::{CoordinatorConfig, OptimizerKind, TrainHyper};
+use fedge_server::coordinator::CoordinatorConfig;
 use fedge_server::demo::{FederationSpec, LocalFederation};
 use fedge_server::service::ServerEvent;
-use fedge_server::strategy::StrategyConfig;
 use fedge_shared::protocol::{ALPN_AGENT, Hello, PROTOCOL_VERSION, ServerHello, limits};
 use fedge_shared::tls::{self, Identity, Role};
 use fedge_shared::wire;
-use fedge_system_tests::{init_logs, wait_server};
+use fedge_system_tests::{cohort_of, init_logs, wait_server};
 use std::path::Path;
 use std::time::Duration;
 
 fn spec() -> FederationSpec {
     FederationSpec {
         onnx: fedge_shared::train::builder::mlp(&[16, 8, 4], 1),
-        coordinator: CoordinatorConfig {
-            min_agents: 3,
-            min_available: Some(3),
-            max_agents: 3,
-            fraction: 1.0,
-            overselect: 1.0,
-            seed: 1,
-            round_timeout_ms: 30_000,
-            retry_backoff_ms: 200,
-            max_examples: None,
-            hyper: TrainHyper {
-                epochs: 1,
-                batch_size: 8,
-                learning_rate: 0.1,
-                momentum: 0.0,
-                optimizer: OptimizerKind::Sgd,
-                prox_mu: 0.0,
-                seed: 0,
-                deadline_ms: 0,
-            },
-            strategy: StrategyConfig::FedAvg,
-        },
+        coordinator: CoordinatorConfig { seed: 1, round_timeout_ms: 30_000, retry_backoff_ms: 200, ..cohort_of(3) },
         rounds: None,
         evaluator: None,
     }

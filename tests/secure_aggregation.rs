@@ -5,12 +5,11 @@
 
 use fedge_agent::client::AgentEvent;
 use fedge_agent::learner::{LearnOutcome, Learner, NoiseLearner};
-use fedge_server::coordinator::{CoordinatorConfig, OptimizerKind, RoundRecord, SecAggConfig, SecurePhase, TrainHyper};
+use fedge_server::coordinator::{CoordinatorConfig, RoundRecord, SecAggConfig, SecurePhase};
 use fedge_server::demo::{FederationOptions, FederationSpec, LocalFederation};
 use fedge_server::service::{RelayHook, ServerEvent};
-use fedge_server::strategy::StrategyConfig;
 use fedge_shared::protocol::{ServerMessage, TrainPlan};
-use fedge_system_tests::{init_logs, wait_agent, wait_server};
+use fedge_system_tests::{cohort_of, init_logs, wait_agent, wait_server};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,25 +20,10 @@ fn spec(agents: usize, min_agents: usize, rounds: u64) -> FederationSpec {
         onnx: fedge_shared::train::builder::mlp(&[16, 8, 4], 1),
         coordinator: CoordinatorConfig {
             min_agents,
-            min_available: Some(agents),
-            max_agents: agents,
-            fraction: 1.0,
-            overselect: 1.0,
             seed: 9,
             round_timeout_ms: 20_000,
             retry_backoff_ms: 200,
-            max_examples: None,
-            hyper: TrainHyper {
-                epochs: 1,
-                batch_size: 8,
-                learning_rate: 0.1,
-                momentum: 0.0,
-                optimizer: OptimizerKind::Sgd,
-                prox_mu: 0.0,
-                seed: 0,
-                deadline_ms: 0,
-            },
-            strategy: StrategyConfig::FedAvg,
+            ..cohort_of(agents)
         },
         rounds: Some(rounds),
         evaluator: None,
