@@ -7,7 +7,7 @@ use fedge_agent::client::Agent;
 use fedge_agent::learner::{LearnOutcome, Learner, NoiseLearner};
 use fedge_agent::state::ModelState;
 use fedge_server::demo::agent_settings;
-use fedge_server::store::Store;
+use fedge_server::store::{Store, StoreError};
 use fedge_shared::model::{Digest, weights_to_bytes};
 use fedge_shared::protocol::TrainPlan;
 use fedge_shared::tls::{self, Role};
@@ -80,6 +80,9 @@ async fn kill_and_restart(dir: &Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("model.onnx"), fedge_shared::train::builder::mlp(&[32, 16, 4], 9))?;
     let port = free_udp_port()?;
     let config = write_server_config(dir, &format!("127.0.0.1:{port}"), &dir.join("db"), 3, 100)?;
+    // A small retention window, so that pruning old weights is interrupted by kills too.
+    const KEEP: u64 = 4;
+    std::fs::write(&config, format!("keep_weights = {KEEP}\n{}", std::fs::read_to_string(&config)?))?;
     let log = dir.join("server.log");
     let addr = format!("127.0.0.1:{port}").parse()?;
 
@@ -123,15 +126,24 @@ async fn kill_and_restart(dir: &Path) -> anyhow::Result<()> {
 
         // What was committed is intact: the newest version is readable and its weights match their digest.
         let (latest, parent_ok) = {
-            let store = Store::open(dir.join("db"))?;
+            let store = Store::open(dir.join("db"))?.keeping_weights(KEEP);
             let meta = store.latest()?.expect("a model survives the kill");
-            // Every committed version, not only the newest, is readable and matches its digest; versions are
-            // contiguous; and every version verified after an earlier kill is still there, unchanged.
+            // Every committed version's metadata is there, versions are contiguous, and every version still
+            // inside the retention window (the newest KEEP; older ones may have been pruned, never partly) is
+            // readable and matches its digest; every version verified after an earlier kill is unchanged.
             let all = store.versions()?;
             for (i, v) in all.iter().enumerate() {
                 assert_eq!(v.version, i as u64, "versions are contiguous from 0");
-                let weights = store.weights(v.version)?;
-                assert_eq!(Digest::of(&weights_to_bytes(&weights)), v.weights_digest, "version {} intact", v.version);
+                match store.weights(v.version) {
+                    Ok(weights) => assert_eq!(
+                        Digest::of(&weights_to_bytes(&weights)),
+                        v.weights_digest,
+                        "version {} intact",
+                        v.version
+                    ),
+                    Err(StoreError::Pruned { .. }) if v.version + KEEP <= meta.version => {}
+                    Err(e) => panic!("version {} (newest {}) unreadable: {e}", v.version, meta.version),
+                }
             }
             for (version, digest) in &verified {
                 let m = store.model(*version)?;

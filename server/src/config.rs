@@ -20,6 +20,14 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// sled database directory.
     pub data_dir: PathBuf,
+    /// Keep the weights of this many newest model versions (older versions keep their metadata and round
+    /// records); 0 keeps every version's weights, and the server's memory then grows by one model per round.
+    #[serde(default = "default_keep_weights")]
+    pub keep_weights: u64,
+    /// No round starts while less than this many MiB are free on the database's disk (default: four times the
+    /// model's size plus 8 MiB).
+    #[serde(default)]
+    pub min_free_disk_mb: Option<u64>,
     pub tls: TlsFiles,
     pub model: ModelSource,
     #[serde(default)]
@@ -47,6 +55,9 @@ pub struct ServerConfig {
 
 fn yes() -> bool {
     true
+}
+fn default_keep_weights() -> u64 {
+    20
 }
 fn default_idle() -> u64 {
     30_000
@@ -119,6 +130,9 @@ impl ServerConfig {
         }
         if self.max_concurrent_uploads == 0 {
             bail!("max_concurrent_uploads must be at least 1");
+        }
+        if self.min_free_disk_mb.is_some_and(|mb| mb > 1 << 30) {
+            bail!("min_free_disk_mb is out of range (at most {} MiB)", 1u64 << 30);
         }
         Ok(())
     }

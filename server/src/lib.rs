@@ -12,6 +12,7 @@ pub mod config;
 pub mod coordinator;
 pub mod ctl;
 pub mod demo;
+pub mod disk;
 pub mod evaluator;
 pub mod logging;
 pub mod metrics;

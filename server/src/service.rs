@@ -231,7 +231,12 @@ pub async fn start_with_hook(
 ) -> anyhow::Result<ServerHandle> {
     let store = Arc::new(
         Store::open(&config.data_dir)
-            .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
+            .with_context(|| {
+                let free = crate::disk::available_bytes(config.data_dir.parent().unwrap_or(&config.data_dir))
+                    .map_or("unknown".into(), |b| format!("{b} bytes"));
+                format!("opening the database in {} (free space on its disk: {free})", config.data_dir.display())
+            })?
+            .keeping_weights(config.keep_weights),
     );
     let current = {
         let store = store.clone();
@@ -240,6 +245,14 @@ pub async fn start_with_hook(
         tokio::task::spawn_blocking(move || load_or_init_model(&store, &config, evaluator.as_deref())).await??
     };
     let resume = store.resume_state()?.context("the database has no model after initialisation")?;
+    let pruned = store.prune_weights().context("pruning old weights")?;
+    if pruned > 0 {
+        tracing::info!(pruned, keep = config.keep_weights, "removed the weights of old model versions");
+    }
+    let disk = crate::disk::DiskGuard::new(
+        config.data_dir.clone(),
+        config.min_free_disk_mb.map_or(crate::disk::DiskGuard::default_min_free(current.params * 4), |mb| mb << 20),
+    );
     let tls = net::TlsSetup::load(&config)?;
     let endpoint = quinn::Endpoint::server(tls.server_config()?, config.listen)
         .with_context(|| format!("binding UDP {}", config.listen))?;
@@ -302,6 +315,8 @@ pub async fn start_with_hook(
             overrides,
         },
         metrics: metrics.clone(),
+        disk,
+        write_error_reported: false,
     };
     let mut tasks = vec![tokio::spawn(core.run(core_rx, shutdown_rx.clone()))];
     tasks.push(tokio::spawn(crate::metrics::follow(events.subscribe(), metrics.clone(), shutdown_rx.clone())));
@@ -390,6 +405,10 @@ struct Core {
     relay_hook: Option<RelayHook>,
     admin: AdminState,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Free space under the database: no round starts without room to commit it.
+    disk: crate::disk::DiskGuard,
+    /// The store's write error has been told to the coordinator.
+    write_error_reported: bool,
 }
 
 /// What the core keeps for the admin surface.
@@ -419,11 +438,16 @@ impl Core {
             };
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(m) => self.on_msg(m),
+                    Some(m) => {
+                        // A commit is what fills the disk: look right after one, before the next round may start.
+                        self.check_disk(matches!(m, CoreMsg::Committed { .. }));
+                        self.on_msg(m)
+                    }
                     None => break,
                 },
                 _ = sleep => {
                     self.wake = None;
+                    self.check_disk(false);
                     self.feed(Event::Tick);
                 }
                 _ = shutdown.changed() => break,
@@ -431,6 +455,30 @@ impl Core {
         }
         for c in self.conns.values() {
             let _ = c.tx.try_send(Outbound::Close("server shutting down".into()));
+        }
+    }
+
+    /// Tells the coordinator when the database's disk runs short of space for a commit, or has room again.
+    fn check_disk(&mut self, now: bool) {
+        if let Some(e) = self.store.write_error() {
+            if !self.write_error_reported {
+                self.write_error_reported = true;
+                let why = format!(
+                    "the database failed to write ({e}); nothing more can be committed until the server is \
+                     restarted with room on its disk"
+                );
+                tracing::error!(reason = %why, "no new round will start");
+                self.feed(Event::Storage { low: Some(why) });
+            }
+            return;
+        }
+        let verdict =
+            if now { self.disk.poll_now(std::time::Instant::now()) } else { self.disk.poll(std::time::Instant::now()) };
+        if let Some(low) = verdict {
+            if let Some(why) = &low {
+                tracing::error!(reason = %why, "the database's disk is nearly full: no new round will start");
+            }
+            self.feed(Event::Storage { low });
         }
     }
 
@@ -561,6 +609,7 @@ impl Core {
                     dropped: s.dropped,
                     running: s.running,
                     paused: s.paused,
+                    storage_low: s.storage_low.clone(),
                     remaining: s.remaining,
                     deadline_in_ms: self.coordinator.deadline_ms().map(|d| d.saturating_sub(now)),
                     target_accuracy: self.admin.target_accuracy,

@@ -3,7 +3,8 @@
 //! Trees:
 //! - `models`: version (u64 big-endian) → [`ModelMeta`] (digests, parent, round, metrics, creation time);
 //! - `weights`: version → the weights as raw little-endian `f32` bytes (kept apart from `models` so listing
-//!   versions never reads megabytes of weights);
+//!   versions never reads megabytes of weights). Only the newest `keep_weights` versions keep their weights
+//!   (see [`Store::keeping_weights`]); older versions keep their metadata, so the history stays complete;
 //! - `graphs`: SHA-256 digest → ONNX bytes;
 //! - `rounds`: round id → [`RoundRecord`];
 //! - `agents`: name → [`AgentRecord`];
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Transactional, Tree};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// Largest record (model metadata, round record, agent record) the store decodes.
 const RECORD_LIMIT: usize = 64 * 1024 * 1024;
@@ -58,6 +60,14 @@ pub enum StoreError {
     RoundExists(u64),
     #[error("cannot encode a record: {0}")]
     Encode(String),
+    #[error(
+        "the database refuses writes since an earlier write failed ({0}); restart the server with room on its disk"
+    )]
+    WriteFailed(String),
+    #[error(
+        "the weights of model version {version} were pruned: the store keeps only the newest {keep} versions' weights (keep_weights in server.toml)"
+    )]
+    Pruned { version: u64, keep: u64 },
 }
 
 /// Metadata of one global model version.
@@ -98,6 +108,11 @@ pub struct Store {
     rounds: Tree,
     agents: Tree,
     meta: Tree,
+    /// Keep the weights of this many newest versions (0: all).
+    keep_weights: u64,
+    /// The first write error (a full disk, an I/O error): after one, sled refuses every later write until the
+    /// database is reopened, and what it holds in memory may be ahead of the disk.
+    write_error: Arc<Mutex<Option<String>>>,
 }
 
 fn key(n: u64) -> [u8; 8] {
@@ -166,18 +181,93 @@ impl Store {
             rounds: db.open_tree("rounds")?,
             agents: db.open_tree("agents")?,
             meta: db.open_tree("meta")?,
+            keep_weights: 0,
+            write_error: Arc::new(Mutex::new(None)),
             db,
         })
     }
 
+    /// Keeps the weights of only the newest `keep` versions (0: keep every version's weights). Each commit then
+    /// removes, in its own transaction, the weights that fall out of the window, and [`Store::prune_weights`]
+    /// removes older leftovers (e.g. after the window was made smaller).
+    ///
+    /// Why: sled 0.34 holds every stored value in memory whatever its cache capacity, so a store that kept every
+    /// version's weights would make the server grow by one model per round (RELIABILITY.md, Soak).
+    pub fn keeping_weights(mut self, keep: u64) -> Store {
+        self.keep_weights = keep;
+        self
+    }
+
+    /// Removes the weights of every version older than the newest `keep_weights`; returns how many were removed.
+    /// Metadata and round records are kept.
+    pub fn prune_weights(&self) -> Result<usize, StoreError> {
+        self.writable()?;
+        let Some(latest) = self.latest_version()? else { return Ok(0) };
+        let Some(cutoff) = self.prune_cutoff(latest) else { return Ok(0) };
+        let mut removed = 0;
+        for k in self.weights.range(..key(cutoff)).keys() {
+            self.weights.remove(k?)?;
+            removed += 1;
+        }
+        if removed > 0 {
+            self.flush()?;
+        }
+        Ok(removed)
+    }
+
+    /// The oldest version whose weights are kept when `latest` is the newest, or `None` when all are kept.
+    fn prune_cutoff(&self, latest: u64) -> Option<u64> {
+        (self.keep_weights > 0 && latest + 1 > self.keep_weights).then(|| latest + 1 - self.keep_weights)
+    }
+
+    /// Whether the weights of `version` are still stored.
+    pub fn has_weights(&self, version: u64) -> Result<bool, StoreError> {
+        Ok(self.weights.contains_key(key(version))?)
+    }
+
+    fn latest_version(&self) -> Result<Option<u64>, StoreError> {
+        match self.meta.get(META_LATEST)? {
+            None => Ok(None),
+            Some(v) => read_u64("meta", META_LATEST, &v).map(Some),
+        }
+    }
+
     /// Forces everything written so far to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.writable()?;
+        self.db.flush().map_err(|e| self.failed_write(e.into()))?;
         Ok(())
+    }
+
+    /// Remembers the first write error (see [`Store::write_error`]) and passes it on.
+    fn failed_write(&self, e: StoreError) -> StoreError {
+        if matches!(e, StoreError::Sled(_))
+            && let Ok(mut first) = self.write_error.lock()
+            && first.is_none()
+        {
+            *first = Some(e.to_string());
+        }
+        e
+    }
+
+    /// The first error this store met while writing, if any. Once there is one, nothing more can be committed
+    /// until the server restarts (and sled recovers what was durable).
+    pub fn write_error(&self) -> Option<String> {
+        self.write_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Every write starts here: after a failed write sled's later writes and flushes can wait for ever on the log
+    /// that could not be written, so they are refused at once instead.
+    fn writable(&self) -> Result<(), StoreError> {
+        match self.write_error() {
+            Some(e) => Err(StoreError::WriteFailed(e)),
+            None => Ok(()),
+        }
     }
 
     /// Stores an ONNX graph under its SHA-256 digest (idempotent) and returns the digest.
     pub fn put_graph(&self, onnx: &[u8]) -> Result<Digest, StoreError> {
+        self.writable()?;
         let digest = Digest::of(onnx);
         self.graphs.insert(digest.0, onnx)?;
         self.flush()?;
@@ -199,6 +289,7 @@ impl Store {
 
     /// Creates model version 0 from `weights` for the stored graph `graph_digest`. Refused once a model exists.
     pub fn init_model(&self, graph_digest: Digest, weights: &[f32], created_ms: u64) -> Result<ModelMeta, StoreError> {
+        self.writable()?;
         if !self.graphs.contains_key(graph_digest.0)? {
             return Err(StoreError::UnknownGraph(graph_digest.to_hex()));
         }
@@ -231,16 +322,16 @@ impl Store {
                 }
                 Ok(())
             })
-            .map_err(tx_error)?;
+            .map_err(|e| self.failed_write(tx_error(e)))?;
         self.flush()?;
         Ok(meta)
     }
 
     /// The newest committed version's metadata, or `None` for an empty store.
     pub fn latest(&self) -> Result<Option<ModelMeta>, StoreError> {
-        match self.meta.get(META_LATEST)? {
+        match self.latest_version()? {
             None => Ok(None),
-            Some(v) => self.model(read_u64("meta", META_LATEST, &v)?).map(Some),
+            Some(v) => self.model(v).map(Some),
         }
     }
 
@@ -253,11 +344,18 @@ impl Store {
     /// The weights of `version`, checked against the digest and length in its metadata.
     pub fn weights(&self, version: u64) -> Result<Vec<f32>, StoreError> {
         let meta = self.model(version)?;
-        let bytes = self.weights.get(key(version))?.ok_or_else(|| StoreError::Corrupt {
-            tree: "weights",
-            key: version.to_string(),
-            detail: "the model has metadata but no weights".into(),
-        })?;
+        let Some(bytes) = self.weights.get(key(version))? else {
+            if let Some(latest) = self.latest_version()?
+                && self.prune_cutoff(latest).is_some_and(|cutoff| version < cutoff)
+            {
+                return Err(StoreError::Pruned { version, keep: self.keep_weights });
+            }
+            return Err(StoreError::Corrupt {
+                tree: "weights",
+                key: version.to_string(),
+                detail: "the model has metadata but no weights".into(),
+            });
+        };
         let corrupt = |detail: String| StoreError::Corrupt { tree: "weights", key: version.to_string(), detail };
         if Digest::of(&bytes) != meta.weights_digest {
             return Err(corrupt("the bytes do not match the recorded digest".into()));
@@ -287,9 +385,11 @@ impl Store {
         strategy_state: &[u8],
         created_ms: u64,
     ) -> Result<u64, StoreError> {
+        self.writable()?;
         check_finite(new_weights)?;
         let bytes = weights_to_bytes(new_weights);
         let weights_digest = Digest::of(&bytes);
+        let keep = self.keep_weights;
         let version = (&self.models, &self.weights, &self.rounds, &self.meta)
             .transaction(|(models, wts, rounds, meta)| {
                 let Some(latest) = tx_meta_u64(meta, META_LATEST)? else { return abort(StoreError::NoModel) };
@@ -325,6 +425,10 @@ impl Store {
                 };
                 models.insert(&key(version), model_bytes)?;
                 wts.insert(&key(version), bytes.as_slice())?;
+                // The version that falls out of the retention window loses its weights in the same transaction.
+                if keep > 0 && version >= keep {
+                    wts.remove(&key(version - keep))?;
+                }
                 // Written after the model on purpose: a reused round id aborts a transaction that already wrote.
                 if rounds.insert(&key(record.round), record_bytes)?.is_some() {
                     return abort(StoreError::RoundExists(record.round));
@@ -335,13 +439,14 @@ impl Store {
                 meta.insert(META_STRATEGY, strategy_state)?;
                 Ok(version)
             })
-            .map_err(tx_error)?;
+            .map_err(|e| self.failed_write(tx_error(e)))?;
         self.flush()?;
         Ok(version)
     }
 
     /// Records a round that ended without a model (and moves the next round id past it).
     pub fn record_aborted(&self, record: &RoundRecord) -> Result<(), StoreError> {
+        self.writable()?;
         let bytes = encode(record)?;
         (&self.rounds, &self.meta)
             .transaction(|(rounds, meta)| {
@@ -352,19 +457,20 @@ impl Store {
                 meta.insert(META_NEXT_ROUND, &key(next))?;
                 Ok(())
             })
-            .map_err(tx_error)?;
+            .map_err(|e| self.failed_write(tx_error(e)))?;
         self.flush()
     }
 
     /// Notes that `round` has started, so its id is never handed out again even if the server crashes mid-round.
     pub fn reserve_round(&self, round: u64) -> Result<(), StoreError> {
+        self.writable()?;
         self.meta
             .transaction(|meta| {
                 let next = tx_meta_u64(meta, META_NEXT_ROUND)?.unwrap_or(0).max(round.saturating_add(1));
                 meta.insert(META_NEXT_ROUND, &key(next))?;
                 Ok(())
             })
-            .map_err(tx_error)?;
+            .map_err(|e| self.failed_write(tx_error(e)))?;
         self.flush()
     }
 
@@ -402,6 +508,7 @@ impl Store {
 
     /// Stores the server's configuration text (e.g. server.toml) for reference.
     pub fn put_server_config(&self, text: &str) -> Result<(), StoreError> {
+        self.writable()?;
         self.meta.insert(META_CONFIG, text.as_bytes())?;
         self.flush()
     }
@@ -450,6 +557,7 @@ impl Store {
         now_ms: u64,
         change: impl Fn(&mut AgentRecord),
     ) -> Result<AgentRecord, StoreError> {
+        self.writable()?;
         let record = self
             .agents
             .transaction(|agents| {
@@ -473,7 +581,7 @@ impl Store {
                 };
                 Ok(rec)
             })
-            .map_err(tx_error)?;
+            .map_err(|e| self.failed_write(tx_error(e)))?;
         self.flush()?;
         Ok(record)
     }

@@ -43,6 +43,8 @@ impl Federation {
         let config = ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("db"),
+            keep_weights: 20,
+            min_free_disk_mb: None,
             tls: TlsFiles {
                 ca: pki.join(tls::files::CA_CERT),
                 cert: pki.join(tls::files::SERVER_CERT),

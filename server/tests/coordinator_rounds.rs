@@ -722,6 +722,37 @@ fn pause_stops_new_rounds_resume_restarts_them_and_abort_ends_the_round_in_fligh
 }
 
 #[test]
+fn no_round_starts_while_the_disk_is_short_of_space_and_rounds_resume_when_it_has_room() {
+    let mut sim = Sim::new(Coordinator::new(config(2, 10, 1.0), fresh()).unwrap());
+    sim.add_agents(0, 4, Behaviour::Honest { latency: 1_000 });
+    sim = started(sim, None);
+    sim.run_until(10);
+    assert_eq!(sim.coord.status().round, Some(1));
+    // The disk fills up during round 1: the round in flight still commits, but round 2 does not start.
+    let why = "only 1.0 MiB free on the disk of /db (a commit needs 9.0 MiB)".to_string();
+    let actions = sim.event(Event::Storage { low: Some(why.clone()) });
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Log { message } if message.contains("not starting rounds") && message.contains(&why))),
+        "the reason is logged: {actions:?}"
+    );
+    sim.run_until(TIMEOUT * 5);
+    assert_eq!(sim.announces(), vec![1]);
+    assert!(sim.selected_in(2).is_empty(), "no round starts on a full disk");
+    assert_eq!(sim.coord.status().storage_low.as_deref(), Some(why.as_str()));
+    // The coordinator keeps asking for ticks so that the shell can look at the disk again.
+    let last_wake = sim.actions.iter().rev().find_map(|(t, a)| match a {
+        Action::WakeAt(at) => Some((*t, *at)),
+        _ => None,
+    });
+    let (asked_at, wake_at) = last_wake.expect("a wake-up is requested while the disk is full");
+    assert!(wake_at > asked_at && wake_at <= asked_at + fedge_server::coordinator::STORAGE_RECHECK_MS);
+    // Space is freed: the next round starts at once.
+    sim.event(Event::Storage { low: None });
+    assert_eq!(sim.selected_in(2).len(), 4);
+    assert_eq!(sim.coord.status().storage_low, None);
+}
+
+#[test]
 fn no_round_starts_until_min_available_agents_have_checked_in() {
     let mut cfg = config(3, 10, 1.0);
     cfg.min_available = Some(6);

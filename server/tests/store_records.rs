@@ -110,6 +110,52 @@ fn versions_increase_by_one_from_zero_each_with_its_parent() {
 }
 
 #[test]
+fn only_the_newest_keep_weights_versions_keep_their_weights_and_the_history_stays_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = initialised(dir.path()).keeping_weights(3);
+    for round in 1..=6 {
+        store.commit_round(&record(round, Outcome::Completed), &weights(round), &[], round).unwrap();
+        let kept: Vec<u64> = (0..=round).filter(|v| store.has_weights(*v).unwrap()).collect();
+        let oldest_kept = round.saturating_sub(2);
+        assert_eq!(kept, (oldest_kept..=round).collect::<Vec<_>>(), "after round {round}");
+    }
+    for v in 4..=6 {
+        assert_eq!(store.weights(v).unwrap(), weights(v), "version {v} is intact");
+    }
+    for v in 0..=3 {
+        assert!(
+            matches!(store.weights(v), Err(StoreError::Pruned { version, keep: 3 }) if version == v),
+            "version {v} says it was pruned"
+        );
+        assert_eq!(store.model(v).unwrap().version, v, "version {v}'s metadata is kept");
+    }
+    assert_eq!(store.versions().unwrap().len(), 7);
+    assert_eq!(store.rounds().unwrap().len(), 6);
+    assert_eq!(store.resume_state().unwrap().unwrap().weights, weights(6));
+}
+
+#[test]
+fn a_smaller_window_prunes_the_leftovers_when_the_server_starts_and_zero_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = initialised(dir.path());
+        for round in 1..=5 {
+            store.commit_round(&record(round, Outcome::Completed), &weights(round), &[], round).unwrap();
+        }
+        assert_eq!(store.prune_weights().unwrap(), 0, "keep_weights 0 keeps every version");
+        assert!((0..=5).all(|v| store.has_weights(v).unwrap()));
+    }
+    let store = Store::open(dir.path()).unwrap().keeping_weights(2);
+    assert_eq!(store.prune_weights().unwrap(), 4);
+    assert_eq!((0..=5).filter(|v| store.has_weights(*v).unwrap()).collect::<Vec<_>>(), vec![4, 5]);
+    assert_eq!(store.prune_weights().unwrap(), 0, "pruning again removes nothing");
+    drop(store);
+    let reopened = Store::open(dir.path()).unwrap();
+    assert!(matches!(reopened.weights(3), Err(StoreError::Corrupt { .. })), "without a window a gap is corruption");
+    assert_eq!(reopened.weights(5).unwrap(), weights(5));
+}
+
+#[test]
 fn a_commit_is_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = initialised(dir.path());

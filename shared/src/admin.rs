@@ -126,6 +126,9 @@ pub struct StatusInfo {
     pub dropped: usize,
     pub running: bool,
     pub paused: bool,
+    /// Why no round may start for lack of disk space under the database, if so.
+    #[serde(default)]
+    pub storage_low: Option<String>,
     /// Rounds still to run (`None`: unlimited).
     pub remaining: Option<u64>,
     /// Milliseconds until the round in flight's deadline.
@@ -223,6 +226,7 @@ mod tests {
             dropped: 0,
             running: true,
             paused: false,
+            storage_low: None,
             remaining: None,
             deadline_in_ms: Some(100),
             target_accuracy: Some(0.9),

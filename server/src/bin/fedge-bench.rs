@@ -350,11 +350,18 @@ seed = 5
         per_agent.iter().sum::<f64>() / per_agent.len().max(1) as f64
     };
 
-    // Check every committed model against the expected example-weighted mean of the known noise updates.
+    // Check every committed model whose parent's weights the store still keeps (the newest `keep_weights`
+    // versions) against the expected example-weighted mean of the known noise updates.
     let store = Store::open(dir.path().join("db"))?;
     let mut max_err = 0f64;
+    let (mut committed, mut checked) = (0u64, 0u64);
     for r in store.rounds()? {
         let Some(v) = r.new_version else { continue };
+        committed += 1;
+        if !store.has_weights(v - 1)? {
+            continue;
+        }
+        checked += 1;
         let before = store.weights(v - 1)?;
         let after = store.weights(v)?;
         let seed = fedge_server::service::round_seed(&r.plan);
@@ -393,8 +400,12 @@ seed = 5
         "bytes_down_per_agent": per_round(|t| t.1),
         "server_cpu_s": server_cpu,
         "max_abs_error": max_err,
+        "versions_checked": checked,
     });
     println!("{out}");
+    if committed > 0 && checked == 0 {
+        bail!("no committed version could be checked: the store kept no parent's weights");
+    }
     if max_err > tolerance {
         bail!("the aggregate is wrong: max abs error {max_err} > {tolerance}");
     }

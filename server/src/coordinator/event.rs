@@ -43,6 +43,9 @@ pub enum Event<'a> {
     Resume,
     /// Operator: abort the round in flight.
     AbortRound,
+    /// The shell's reading of the database's disk: `Some(why)` when too little space is left to commit a model
+    /// (no new round starts until `Storage { low: None }`), `None` when there is enough again.
+    Storage { low: Option<String> },
     /// A `WakeAt` time has come (spurious ticks are harmless).
     Tick,
 }

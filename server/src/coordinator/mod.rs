@@ -50,6 +50,9 @@ use crate::strategy::Strategy;
 use rand::RngCore;
 use std::collections::BTreeMap;
 
+/// While the shell reports too little disk space, ask for a `Tick` this often so that it can look again.
+pub const STORAGE_RECHECK_MS: u64 = 1_000;
+
 /// Where the coordinator is in the round cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -77,6 +80,8 @@ pub struct Status {
     pub dropped: usize,
     pub running: bool,
     pub paused: bool,
+    /// Why no round may start for lack of disk space, if so.
+    pub storage_low: Option<String>,
     /// Completed rounds still to run (`None`: unlimited).
     pub remaining: Option<u64>,
 }
@@ -146,6 +151,8 @@ pub struct Coordinator {
     agents: BTreeMap<AgentId, AgentInfo>,
     running: bool,
     paused: bool,
+    /// Set while the shell reports too little disk space to commit a model.
+    storage_low: Option<String>,
     remaining: Option<u64>,
     stage: Stage,
     not_before_ms: u64,
@@ -190,6 +197,7 @@ impl Coordinator {
             agents: BTreeMap::new(),
             running: false,
             paused: false,
+            storage_low: None,
             remaining: None,
             stage: Stage::Idle,
             not_before_ms: 0,
@@ -284,6 +292,7 @@ impl Coordinator {
             dropped,
             running: self.running,
             paused: self.paused,
+            storage_low: self.storage_low.clone(),
             remaining: self.remaining,
         }
     }
@@ -352,6 +361,17 @@ impl Coordinator {
                 }),
                 Stage::Idle => out.push(Action::Log { message: "no round in flight to abort".into() }),
             },
+            Event::Storage { low } => {
+                match (&self.storage_low, &low) {
+                    (None, Some(why)) => {
+                        tracing::error!(reason = %why, "not starting rounds: too little disk space");
+                        out.push(Action::Log { message: format!("not starting rounds: {why}") });
+                    }
+                    (Some(_), None) => out.push(Action::Log { message: "disk space is back: rounds may start".into() }),
+                    _ => {}
+                }
+                self.storage_low = low;
+            }
             Event::Tick => {}
         }
         self.maybe_start_round(now_ms, &mut out);
@@ -661,6 +681,7 @@ impl Coordinator {
         if !matches!(self.stage, Stage::Idle)
             || !self.running
             || self.paused
+            || self.storage_low.is_some()
             || self.remaining == Some(0)
             || now_ms < self.not_before_ms
         {
@@ -731,6 +752,10 @@ impl Coordinator {
                 Aggregation::Secure(s) => s.phase_deadline_ms,
                 Aggregation::Plain(_) => r.deadline_at_ms,
             }),
+            // While the disk is short of space, wake now and then so that the shell can look again.
+            Stage::Idle if self.running && !self.paused && self.storage_low.is_some() => {
+                Some(now_ms.saturating_add(STORAGE_RECHECK_MS))
+            }
             Stage::Idle if self.running && !self.paused && now_ms < self.not_before_ms => Some(self.not_before_ms),
             _ => None,
         };

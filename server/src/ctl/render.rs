@@ -66,6 +66,9 @@ pub fn status(s: &StatusInfo) -> String {
     };
     let remaining = s.remaining.map_or("no limit".into(), |r| format!("{r} rounds to go"));
     let _ = writeln!(o, "rounds        {state}, {remaining}, next round {}", s.next_round);
+    if let Some(why) = &s.storage_low {
+        let _ = writeln!(o, "disk          LOW, no round will start: {why}");
+    }
     match s.round {
         Some(r) => {
             let _ = writeln!(
