@@ -122,6 +122,29 @@ fn validity(params: &mut CertificateParams, days: i64) {
     params.not_after = now + time::Duration::days(days);
 }
 
+/// Refuses a certificate that has expired or is not valid yet, naming the file, the certificate and the date.
+fn check_validity(path: &Path, index: usize, der: &CertificateDer<'_>, now_unix: i64) -> Result<(), TlsError> {
+    let bad = |problem: String| TlsError::BadFile { path: path.to_path_buf(), problem };
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| bad(format!("certificate {index}: {e}")))?;
+    let subject = cert.subject().to_string();
+    let v = cert.validity();
+    if now_unix > v.not_after.timestamp() {
+        return Err(bad(format!(
+            "certificate {index} ({subject}) expired on {}; issue a new one (`fedgectl agent add`, or `fedgectl init` \
+             for the CA and the server)",
+            v.not_after
+        )));
+    }
+    if now_unix < v.not_before.timestamp() {
+        return Err(bad(format!(
+            "certificate {index} ({subject}) is not valid before {}; check this machine's clock",
+            v.not_before
+        )));
+    }
+    Ok(())
+}
+
 fn random_serial(params: &mut CertificateParams) {
     let mut serial = [0u8; 16];
     // ring's SystemRandom is the OS generator.
@@ -273,7 +296,7 @@ impl Identity {
     }
 }
 
-/// Loads every certificate in a PEM file.
+/// Loads every certificate in a PEM file; one that has expired or is not valid yet is an error naming the file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
@@ -281,6 +304,12 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         .map_err(|e| TlsError::BadFile { path: path.to_path_buf(), problem: format!("bad PEM: {e}") })?;
     if certs.is_empty() {
         return Err(TlsError::BadFile { path: path.to_path_buf(), problem: "no certificate in the file".into() });
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    for (i, c) in certs.iter().enumerate() {
+        check_validity(path, i, c, now)?;
     }
     Ok(certs)
 }
@@ -458,6 +487,37 @@ mod tests {
         assert_eq!(Identity::load_bundle(&op).unwrap().info().unwrap().role, Role::Operator);
         assert!(matches!(issue_bundle(dir.path(), "pi-kitchen", Role::Agent, 30), Err(TlsError::Exists(_))));
         assert!(matches!(issue_bundle(dir.path(), "../evil", Role::Agent, 30), Err(TlsError::BadName(_))));
+    }
+
+    #[test]
+    fn an_expired_or_not_yet_valid_certificate_is_an_error_naming_the_file_and_the_date() {
+        let dir = tempfile::tempdir().unwrap();
+        init_federation(dir.path(), &["localhost".into()], 30).unwrap();
+        let bundle = issue_bundle(dir.path(), "pi-attic", Role::Agent, 30).unwrap();
+        let cert_path = bundle.join(files::CERT);
+        let issuer = load_issuer(dir.path()).unwrap();
+        let day = time::Duration::days(1);
+        let now = time::OffsetDateTime::now_utc();
+        let remake = |not_before, not_after| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::default();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, "pi-attic");
+            dn.push(DnType::OrganizationalUnitName, Role::Agent.ou());
+            params.distinguished_name = dn;
+            params.not_before = not_before;
+            params.not_after = not_after;
+            std::fs::write(&cert_path, params.signed_by(&key, &issuer).unwrap().pem()).unwrap();
+            std::fs::write(bundle.join(files::KEY), key.serialize_pem()).unwrap();
+        };
+        remake(now - 30 * day, now - day);
+        let err = Identity::load_bundle(&bundle).unwrap_err().to_string();
+        assert!(err.contains("cert.pem") && err.contains("expired on") && err.contains("pi-attic"), "{err}");
+        remake(now + day, now + 30 * day);
+        let err = Identity::load_bundle(&bundle).unwrap_err().to_string();
+        assert!(err.contains("cert.pem") && err.contains("not valid before"), "{err}");
+        remake(now - day, now + day);
+        assert_eq!(Identity::load_bundle(&bundle).unwrap().info().unwrap().name, "pi-attic");
     }
 
     #[test]
