@@ -273,6 +273,7 @@ impl Agent {
         let bind: SocketAddr = if self.settings.server.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
         let mut endpoint = quinn::Endpoint::client(bind).context("binding the agent's UDP socket")?;
         endpoint.set_default_client_config(client_cfg);
+        self.restore_graph().await;
         let mut backoff = self.settings.backoff_initial;
         loop {
             if *shutdown.borrow() {
@@ -304,6 +305,22 @@ impl Agent {
         endpoint.close(quinn::VarInt::from_u32(0), b"agent shutting down");
         endpoint.wait_idle().await;
         Ok(())
+    }
+
+    /// A restarted agent holds the federation's graph on disk, and the server does not send it again: hand it to
+    /// the learner before the first round. A graph the learner refuses is dropped, so that the server resends one.
+    async fn restore_graph(&self) {
+        let Some((_, graph)) = lock(&self.state).graph.clone() else { return };
+        let learner = self.learner.clone();
+        let loaded = tokio::task::spawn_blocking(move || lock(&learner).set_graph(&graph)).await;
+        match loaded {
+            Ok(Ok(())) => tracing::info!("restored the federation's graph from the state directory"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "the stored graph cannot be trained here; asking for it again");
+                lock(&self.state).graph = None;
+            }
+            Err(e) => tracing::warn!(error = %e, "restoring the stored graph panicked"),
+        }
     }
 
     async fn session(&self, endpoint: &quinn::Endpoint, backoff: &mut Duration) -> SessionEnd {
@@ -404,6 +421,7 @@ impl Agent {
                     match &plan.secagg {
                         Some(sp) => {
                             last_secure_round = Some(plan.round);
+                            crate::crash::before_advertise();
                             match self.start_secure(plan.round, sp, tools) {
                                 Ok((state, keys)) => {
                                     wire::write_msg(send, &AgentMessage::SecAggAdvertise(keys), limits::CONTROL)
@@ -438,6 +456,7 @@ impl Agent {
                         tracing::debug!(round, "keys for a round this agent is not in");
                         continue;
                     };
+                    crate::crash::before_shares();
                     match self.on_keys(st, tools, &keys, &certificates) {
                         Ok(shares) => {
                             let m = AgentMessage::SecAggShares { round, shares };
@@ -464,6 +483,7 @@ impl Agent {
                 Inbound::Control(ServerMessage::SecAggUnmask(request)) => {
                     let round = request.round;
                     let Some(st) = secure.as_mut().filter(|s| s.round == round) else { continue };
+                    crate::crash::before_unmask();
                     match on_unmask(st, &request) {
                         Ok(m) => {
                             wire::write_msg(send, &m, limits::CONTROL).await?;
@@ -482,7 +502,10 @@ impl Agent {
                             None if last_secure_round == Some(round) => {
                                 tracing::info!(round, "the secure round is over for this agent; the delta is dropped");
                             }
-                            None => self.upload(conn, round, out).await?,
+                            None => {
+                                crate::crash::before_upload();
+                                self.upload(conn, round, out).await?
+                            }
                         },
                         Err(e) => {
                             tracing::error!(round, error = %format!("{e:#}"), "local training failed");
@@ -499,6 +522,7 @@ impl Agent {
                     match result {
                         Ok(masked) => {
                             st.session = Some(*session);
+                            crate::crash::before_masked_input();
                             self.upload_masked(conn, round, &masked, &outcome).await?;
                         }
                         Err(e) => {

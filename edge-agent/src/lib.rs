@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod config;
+pub mod crash;
 pub mod inference;
 pub mod learner;
 pub mod offline;

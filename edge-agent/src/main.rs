@@ -93,6 +93,8 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Crash points for the whole-system fault tests (nothing without the `failpoints` feature and FAILPOINTS).
+    let _crash_points = fedge_agent::crash::setup();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(&config),

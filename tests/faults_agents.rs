@@ -1,0 +1,213 @@
+//! Whole system with agent processes that die at every phase of a secure round.
+//!
+//! A real `fedge-server` process (SecAgg+ on, as by default; 9 neighbours and threshold 5) and ten
+//! `fedge-agent run` processes training a small MLP with tract. Four agents carry a crash point (`FAILPOINTS`, see
+//! `edge-agent/src/crash.rs`) and abort, as if killed, at a different phase of the first round:
+//! - `before-advertise`: selected, dies before advertising its keys;
+//! - `before-shares`: keys received, dies before sending its encrypted shares;
+//! - `before-masked-input`: trained and masked, dies before uploading;
+//! - `before-unmask`: masked input uploaded, dies before revealing its shares.
+//!
+//! Specification: the round completes with the survivors and commits; the first three are recorded as dropped, the
+//! third after sharing (its pairwise masks are removed with the survivors' shares), and the fourth's masked input is
+//! in the sum (7 survivors). Restarted without crash points, all ten take part in a later round, which commits.
+
+use fedge_server::store::Store;
+use fedge_shared::data::idx::encode_idx;
+use fedge_shared::tls::{self, Role};
+use fedge_system_tests::{free_udp_port, start_server, workspace_bin, write_server_config};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const AGENTS: usize = 10;
+const CRASH_POINTS: [&str; 4] =
+    ["agent::before-advertise", "agent::before-shares", "agent::before-masked-input", "agent::before-unmask"];
+
+/// A small MNIST-style folder of `n` synthetic 28x28 examples (both splits): the test is about the protocol.
+fn tiny_mnist(dir: &Path, n: usize, seed: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for p in ["train", "t10k"] {
+        let images: Vec<u8> = (0..n * 784).map(|i| ((i * 7 + seed * 13) % 251) as u8).collect();
+        let labels: Vec<u8> = (0..n).map(|i| ((i + seed) % 10) as u8).collect();
+        std::fs::write(dir.join(format!("{p}-images-idx3-ubyte")), encode_idx(&[n, 28, 28], &images))?;
+        std::fs::write(dir.join(format!("{p}-labels-idx1-ubyte")), encode_idx(&[n], &labels))?;
+    }
+    Ok(())
+}
+
+/// Writes agent `i`'s bundle, data and `agent.toml`; returns the config's path.
+fn agent_config(dir: &Path, i: usize, port: u16) -> anyhow::Result<PathBuf> {
+    let name = format!("agent-{i}");
+    let bundle = tls::issue_bundle(&dir.join("pki"), &name, Role::Agent, 30)?;
+    let home = dir.join(&name);
+    tiny_mnist(&home.join("data"), 64, i)?;
+    let text = format!(
+        r#"
+bundle = "{bundle}"
+state_dir = "{state}"
+seed = {i}
+idle_timeout_ms = 5000
+backoff_initial_ms = 100
+backoff_max_ms = 500
+
+[server]
+address = "127.0.0.1:{port}"
+name = "localhost"
+
+[data]
+mnist_dir = "{data}"
+holdout = 0.0
+
+[inference]
+enabled = false
+"#,
+        bundle = bundle.display(),
+        state = home.join("state").display(),
+        data = home.join("data").display(),
+    );
+    let path = home.join("agent.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn start_agent(config: &Path, log: &Path, crash_point: Option<&str>) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut cmd = Command::new(workspace_bin("fedge-agent")?);
+    cmd.arg("run").arg("--config").arg(config).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log);
+    match crash_point {
+        Some(point) => cmd.env("FAILPOINTS", format!("{point}=return")),
+        None => cmd.env_remove("FAILPOINTS"),
+    };
+    Ok(cmd.spawn()?)
+}
+
+/// The log's text without terminal colour codes.
+fn plain_log(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Waits (up to `secs`) until `check` holds for the server log.
+async fn wait_log(log: &Path, secs: u64, what: &str, check: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            if check(&plain_log(log)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out waiting for {what}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_killed_at_every_phase_of_a_secure_round_are_dropped_and_the_round_and_the_next_complete()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let result = kill_at_every_phase(dir.path()).await;
+    if result.is_err() {
+        for log in ["server.log", "agents.log"] {
+            let text = std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
+            eprintln!("--- {log} ---\n{text}");
+        }
+    }
+    result
+}
+
+async fn kill_at_every_phase(dir: &Path) -> anyhow::Result<()> {
+    let pki = dir.join("pki");
+    tls::init_federation(&pki, &["localhost".into()], 30)?;
+    std::fs::write(dir.join("model.onnx"), fedge_shared::train::builder::mlp(&[784, 8, 10], 3))?;
+    let port = free_udp_port()?;
+    let db = dir.join("db");
+    let config = write_server_config(dir, &format!("127.0.0.1:{port}"), &db, AGENTS, 300)?;
+    // A round waits for all ten to be available, completes with at least six reports, and a phase waits at most
+    // 3 s for a silent member. SecAgg+ with 9 neighbours and threshold 5: after the four deaths every agent still
+    // has five neighbours that answer the unmask request.
+    let text = std::fs::read_to_string(&config)?
+        .replace(&format!("min_agents = {AGENTS}"), &format!("min_agents = 6\nmin_available = {AGENTS}"))
+        .replace("round_timeout_ms = 20000", "round_timeout_ms = 10000");
+    std::fs::write(&config, format!("{text}\n[secagg]\nthreshold = 5\nphase_timeout_ms = 3000\n"))?;
+    let server_log = dir.join("server.log");
+    let agents_log = dir.join("agents.log");
+    let mut server = start_server(&config, &server_log)?;
+
+    let configs = (0..AGENTS).map(|i| agent_config(dir, i, port)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut agents = vec![];
+    for (i, c) in configs.iter().enumerate() {
+        agents.push(start_agent(c, &agents_log, CRASH_POINTS.get(i).copied())?);
+    }
+
+    // Round 1: the four crash, each at its point, and the round completes with the others.
+    wait_log(&server_log, 120, "round 1 to end", |l| {
+        l.contains("round committed round=1") || l.contains("round aborted round=1")
+    })
+    .await?;
+    for (i, point) in CRASH_POINTS.iter().enumerate() {
+        let status = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(s) = agents[i].try_wait()? {
+                    return anyhow::Ok(s);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("agent-{i} did not die at {point}"))??;
+        assert!(!status.success(), "agent-{i} died at {point}");
+    }
+    let agent_text = std::fs::read_to_string(&agents_log)?;
+    for point in CRASH_POINTS {
+        assert!(agent_text.contains(&format!("crash point {point}")), "{point} was reached");
+    }
+
+    // Restarted without crash points, all ten take part in a later round.
+    for (i, c) in configs.iter().enumerate().take(CRASH_POINTS.len()) {
+        agents[i] = start_agent(c, &agents_log, None)?;
+    }
+    // (A round may start before the server has noticed that the old connections are dead; the restarted agents'
+    // new connections then drop them from it. A later round has all ten.)
+    wait_log(&server_log, 120, "a round with all ten reports", |l| {
+        l.lines().any(|x| x.contains("round complete, committing") && x.contains(&format!("reported={AGENTS}")))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    server.kill()?;
+    server.wait()?;
+    for a in &mut agents {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    let store = Store::open(&db)?;
+    let rounds = store.rounds()?;
+    let first = rounds.first().ok_or_else(|| anyhow::anyhow!("no round recorded"))?;
+    assert_eq!(first.round, 1);
+    assert!(first.new_version.is_some(), "round 1 committed: {:?}", first.outcome);
+    assert_eq!(first.selected.len(), AGENTS);
+    let dropped: Vec<&str> = first.dropped.iter().map(|d| d.agent.as_str()).collect();
+    for victim in ["agent-0", "agent-1", "agent-2"] {
+        assert!(dropped.contains(&victim), "{victim} is recorded as dropped: {:?}", first.dropped);
+    }
+    let m = first.metrics.secagg.clone().expect("a secure round");
+    assert_eq!(m.survivors, AGENTS - 3, "the agent that died before unmasking is in the sum");
+    assert_eq!(m.dropped_after_sharing, 1, "agent-2 shared its keys, then died");
+    let later = rounds.iter().skip(1).find(|r| r.reported.len() == AGENTS).expect("a later round with all ten");
+    assert!(later.new_version.is_some(), "round {} with all ten committed", later.round);
+    Ok(())
+}
