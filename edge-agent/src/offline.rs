@@ -12,6 +12,7 @@ use fedge_shared::model::{weights_from_bytes, weights_to_bytes};
 use fedge_shared::train::builder;
 use fedge_shared::train::local::{EpochPlan, LocalTrainer, epoch_seed, evaluate};
 use fedge_shared::train::optimizer::{Optimizer, OptimizerConfig, Proximal};
+use fedge_shared::train::schedule::LrSchedule;
 use fedge_shared::train::{Loss, TrainableModel};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -23,6 +24,17 @@ use std::time::Instant;
 pub enum OptimizerKind {
     Sgd,
     Adam,
+}
+
+/// Which learning-rate schedule `train` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleKind {
+    /// The same rate throughout (after the warm-up, if any).
+    Constant,
+    /// Half-cosine decay from --lr to --lr-min-factor × --lr over the run, after the warm-up.
+    Cosine,
+    /// × --lr-gamma every --lr-step-epochs epochs, after the warm-up.
+    Step,
 }
 
 /// `fedge-agent train`.
@@ -57,6 +69,21 @@ pub struct TrainArgs {
     pub prox_mu: Option<f32>,
     #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
     pub optimizer: OptimizerKind,
+    /// Learning-rate schedule over all the run's steps.
+    #[arg(long, value_enum, default_value_t = ScheduleKind::Constant)]
+    pub lr_schedule: ScheduleKind,
+    /// Linear warm-up of the learning rate over this many epochs (fractions allowed).
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_epochs: f32,
+    /// Cosine schedule: the last rate as a fraction of --lr.
+    #[arg(long, default_value_t = 0.0)]
+    pub lr_min_factor: f32,
+    /// Step schedule: epochs between decays.
+    #[arg(long, default_value_t = 1)]
+    pub lr_step_epochs: u32,
+    /// Step schedule: the factor of each decay.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr_gamma: f32,
     /// Seed of the shuffling and dropout masks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -177,6 +204,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let start = weights.clone();
     let mut trainer = LocalTrainer::new(model.clone(), Loss::SoftmaxCrossEntropy, args.batch_size)?;
     let steps_per_epoch = train.len().div_ceil(args.batch_size) as u64;
+    let schedule = schedule_of(&args, steps_per_epoch)?;
+    let total_steps = steps_per_epoch * u64::from(args.epochs);
     let bar = if args.json {
         ProgressBar::hidden()
     } else {
@@ -192,7 +221,12 @@ pub fn train(args: TrainArgs) -> Result<()> {
     for epoch in 1..=args.epochs {
         bar.set_prefix(format!("{epoch}/{}", args.epochs));
         let epoch_started = Instant::now();
-        let plan = EpochPlan { epoch, epochs: args.epochs, seed: epoch_seed(args.seed, epoch), max_steps: None };
+        let plan = EpochPlan {
+            schedule,
+            first_step: steps_per_epoch * u64::from(epoch - 1),
+            total_steps,
+            ..EpochPlan::constant(epoch, args.epochs, epoch_seed(args.seed, epoch))
+        };
         let prox = args.prox_mu.map(|mu| Proximal { mu, global: &start });
         let summary = trainer.train_epoch(&mut weights, &train, &mut optimizer, prox, plan, &mut |p| {
             bar.inc(1);
@@ -214,6 +248,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
                     "train_examples": summary.examples,
                     "test_examples": eval.examples,
                     "steps": summary.steps,
+                    "lr": optimizer.current_lr(),
                     "train_seconds": train_seconds,
                 })
             );
@@ -248,6 +283,26 @@ pub fn train(args: TrainArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The schedule `args` ask for, its epochs turned into steps of `steps_per_epoch`.
+fn schedule_of(args: &TrainArgs, steps_per_epoch: u64) -> Result<LrSchedule> {
+    if !(args.warmup_epochs.is_finite() && args.warmup_epochs >= 0.0) {
+        bail!("--warmup-epochs must be a non-negative number, not {}", args.warmup_epochs);
+    }
+    let warmup_steps = (f64::from(args.warmup_epochs) * steps_per_epoch as f64).round() as u64;
+    let schedule = match args.lr_schedule {
+        ScheduleKind::Constant if warmup_steps == 0 => LrSchedule::Constant,
+        ScheduleKind::Constant => LrSchedule::Warmup { warmup_steps },
+        ScheduleKind::Cosine => LrSchedule::Cosine { warmup_steps, min_factor: args.lr_min_factor },
+        ScheduleKind::Step => LrSchedule::Step {
+            warmup_steps,
+            every_steps: steps_per_epoch * u64::from(args.lr_step_epochs),
+            gamma: args.lr_gamma,
+        },
+    };
+    schedule.validate()?;
+    Ok(schedule)
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {

@@ -9,6 +9,7 @@ use fedge_shared::data::Dataset;
 use fedge_shared::protocol::TrainPlan;
 use fedge_shared::train::local::{LocalTrainConfig, LocalTrainer, evaluate};
 use fedge_shared::train::optimizer::OptimizerConfig;
+use fedge_shared::train::schedule::LrSchedule;
 use fedge_shared::train::{Loss, TrainableModel};
 
 /// Trains with tract on a local training split, and reports accuracy on a local held-out split.
@@ -50,6 +51,7 @@ impl TractLearner {
             prox_mu: plan.prox_mu.filter(|m| *m > 0.0),
             seed: plan.seed ^ self.seed.rotate_left(29),
             max_steps: None,
+            schedule: LrSchedule::Constant,
         })
     }
 }

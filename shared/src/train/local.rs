@@ -7,6 +7,7 @@
 //! This module must never touch the network or files, and never panic on a data set or weights it is handed.
 
 use super::optimizer::{Optimizer, OptimizerConfig, OptimizerError, Proximal};
+use super::schedule::{LrSchedule, ScheduleError};
 use super::{Labels, Loss, Predictor, TrainError, TrainStep, TrainableModel};
 use crate::data::Dataset;
 use rand::{RngCore, SeedableRng};
@@ -30,6 +31,9 @@ pub struct LocalTrainConfig {
     pub seed: u64,
     /// Stop after this many steps in all, if set (a compute budget).
     pub max_steps: Option<u64>,
+    /// How the learning rate changes over the call's steps (all epochs, capped by `max_steps`).
+    #[serde(default)]
+    pub schedule: LrSchedule,
 }
 
 impl LocalTrainConfig {
@@ -42,6 +46,7 @@ impl LocalTrainConfig {
             prox_mu: None,
             seed: 0,
             max_steps: None,
+            schedule: LrSchedule::Constant,
         }
     }
 }
@@ -53,6 +58,8 @@ pub enum LocalTrainError {
     Engine(#[from] TrainError),
     #[error(transparent)]
     Optimizer(#[from] OptimizerError),
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
     #[error("data set does not fit the model: {0}")]
     Data(String),
     #[error("the trainer is compiled for batches of {compiled}, the configuration asks for {asked}")]
@@ -156,7 +163,11 @@ impl LocalTrainer {
         if cfg.batch_size as usize != self.batch_size() {
             return Err(LocalTrainError::BatchSize { compiled: self.batch_size(), asked: cfg.batch_size });
         }
+        cfg.schedule.validate()?;
         let mut optimizer = Optimizer::new(cfg.optimizer.clone(), weights.len())?;
+        let per_epoch = data.len().div_ceil(self.batch_size()) as u64;
+        let all_steps = per_epoch.saturating_mul(u64::from(cfg.epochs));
+        let total_steps = cfg.max_steps.map_or(all_steps, |m| m.min(all_steps));
         let global = cfg.prox_mu.map(|_| weights.to_vec());
         let mut summary = TrainSummary {
             examples: data.len(),
@@ -180,7 +191,15 @@ impl LocalTrainer {
                 data,
                 &mut optimizer,
                 prox,
-                EpochPlan { epoch, epochs: cfg.epochs, seed: epoch_seed(cfg.seed, epoch), max_steps: budget },
+                EpochPlan {
+                    epoch,
+                    epochs: cfg.epochs,
+                    seed: epoch_seed(cfg.seed, epoch),
+                    max_steps: budget,
+                    schedule: cfg.schedule,
+                    first_step: summary.steps,
+                    total_steps,
+                },
                 progress,
             )?;
             summary.examples_processed += e.examples;
@@ -227,6 +246,7 @@ impl LocalTrainer {
                     Labels::Targets(&self.targets)
                 }
             };
+            optimizer.set_lr_factor(plan.schedule.factor(plan.first_step + steps, plan.total_steps))?;
             let loss = self.step.run(weights, &self.x, labels, dropout.next_u64(), &mut self.grads)?;
             steps += 1;
             // A non-finite gradient would poison the weights: that is divergence. A non-finite loss with a finite
@@ -273,7 +293,7 @@ pub fn epoch_seed(seed: u64, epoch: u32) -> u64 {
 }
 
 /// Which epoch [`LocalTrainer::train_epoch`] runs and how.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EpochPlan {
     /// The epoch, from 1 (for progress reports).
     pub epoch: u32,
@@ -282,6 +302,28 @@ pub struct EpochPlan {
     pub seed: u64,
     /// Stop after this many steps, if set.
     pub max_steps: Option<u64>,
+    /// The learning-rate schedule of the whole run; the factor of this epoch's `k`-th step (from 0) is
+    /// `schedule.factor(first_step + k, total_steps)`.
+    pub schedule: LrSchedule,
+    /// Steps the run took before this epoch.
+    pub first_step: u64,
+    /// Steps of the whole run.
+    pub total_steps: u64,
+}
+
+impl EpochPlan {
+    /// Epoch `epoch` of `epochs` with a constant learning rate and no step cap.
+    pub fn constant(epoch: u32, epochs: u32, seed: u64) -> Self {
+        EpochPlan {
+            epoch,
+            epochs,
+            seed,
+            max_steps: None,
+            schedule: LrSchedule::Constant,
+            first_step: 0,
+            total_steps: 0,
+        }
+    }
 }
 
 fn check_data(model: &TrainableModel, data: &Dataset) -> Result<(), LocalTrainError> {
@@ -391,6 +433,7 @@ mod tests {
         cfg.prox_mu = Some(0.01);
         cfg.max_steps = Some(100);
         cfg.optimizer = OptimizerConfig::adam(1e-3);
+        cfg.schedule = LrSchedule::Cosine { warmup_steps: 100, min_factor: 0.01 };
         let bytes = crate::codec::encode(&cfg).unwrap();
         assert_eq!(crate::codec::decode::<LocalTrainConfig>(&bytes, 1024).unwrap(), cfg);
     }

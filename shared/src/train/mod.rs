@@ -11,6 +11,7 @@
 pub mod builder;
 pub mod local;
 pub mod optimizer;
+pub mod schedule;
 
 // The training engine: ONNX reverse-mode differentiation and the tract runner.
 //
