@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use fedge_shared::data::{Dataset, Split, load_mnist_dir};
 use fedge_shared::model::{weights_from_bytes, weights_to_bytes};
 use fedge_shared::train::builder;
-use fedge_shared::train::local::{EpochPlan, LocalTrainer, epoch_seed, evaluate};
+use fedge_shared::train::local::{EVAL_BATCH, EpochPlan, LocalTrainer, epoch_seed, evaluate};
 use fedge_shared::train::optimizer::{Optimizer, OptimizerConfig, Proximal};
 use fedge_shared::train::schedule::LrSchedule;
 use fedge_shared::train::{Loss, TrainableModel};
@@ -116,8 +116,8 @@ pub struct EvalArgs {
     /// Evaluate the first N test examples only.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Examples per forward pass.
-    #[arg(long, default_value_t = 256)]
+    /// Examples per forward pass (memory grows with it).
+    #[arg(long, default_value_t = EVAL_BATCH)]
     pub batch_size: usize,
     /// Print one JSON object on stdout.
     #[arg(long)]
@@ -201,7 +201,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
         }
     };
     let mut optimizer = Optimizer::new(optimizer, weights.len())?;
-    let start = weights.clone();
+    // The starting weights are kept only for the proximal term (a copy of every weight).
+    let start = if args.prox_mu.is_some() { weights.clone() } else { Vec::new() };
     let mut trainer = LocalTrainer::new(model.clone(), Loss::SoftmaxCrossEntropy, args.batch_size)?;
     let steps_per_epoch = train.len().div_ceil(args.batch_size) as u64;
     let schedule = schedule_of(&args, steps_per_epoch)?;
@@ -235,7 +236,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             }
         })?;
         let train_seconds = epoch_started.elapsed().as_secs_f64();
-        let eval = evaluate(&model, &weights, &test, 256)?;
+        let eval = evaluate(&model, &weights, &test, EVAL_BATCH)?;
         accuracy = eval.accuracy;
         if args.json {
             println!(

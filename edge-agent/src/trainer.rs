@@ -7,7 +7,7 @@ use crate::learner::{LearnOutcome, Learner};
 use anyhow::{Context, bail};
 use fedge_shared::data::Dataset;
 use fedge_shared::protocol::TrainPlan;
-use fedge_shared::train::local::{LocalTrainConfig, LocalTrainer, evaluate};
+use fedge_shared::train::local::{EVAL_BATCH, LocalTrainConfig, LocalTrainer, evaluate};
 use fedge_shared::train::optimizer::OptimizerConfig;
 use fedge_shared::train::schedule::LrSchedule;
 use fedge_shared::train::{Loss, TrainableModel};
@@ -92,7 +92,7 @@ impl Learner for TractLearner {
         let mut weights = global.to_vec();
         let summary = trainer.train(&mut weights, &self.train, &cfg, &mut |_| {})?;
         let holdout_accuracy = match &self.holdout {
-            Some(h) if !h.is_empty() => Some(evaluate(trainer.model(), &weights, h, 256)?.accuracy),
+            Some(h) if !h.is_empty() => Some(evaluate(trainer.model(), &weights, h, EVAL_BATCH)?.accuracy),
             _ => None,
         };
         let delta = weights.iter().zip(global).map(|(w, g)| w - g).collect();
