@@ -20,11 +20,19 @@ pub struct TractLearner {
     trainer: Option<LocalTrainer>,
     /// Mixed into every round's seed so agents do not shuffle alike.
     seed: u64,
+    /// The learning-rate schedule over each round's local steps.
+    schedule: LrSchedule,
 }
 
 impl TractLearner {
     pub fn new(train: Dataset, holdout: Option<Dataset>, seed: u64) -> Self {
-        TractLearner { train, holdout, model: None, trainer: None, seed }
+        TractLearner { train, holdout, model: None, trainer: None, seed, schedule: LrSchedule::Constant }
+    }
+
+    /// Shapes the learning rate over each round's local steps with `schedule` (the round's plan gives the base rate).
+    pub fn with_schedule(mut self, schedule: LrSchedule) -> Self {
+        self.schedule = schedule;
+        self
     }
 
     fn config(&self, plan: &TrainPlan) -> anyhow::Result<LocalTrainConfig> {
@@ -51,7 +59,7 @@ impl TractLearner {
             prox_mu: plan.prox_mu.filter(|m| *m > 0.0),
             seed: plan.seed ^ self.seed.rotate_left(29),
             max_steps: None,
-            schedule: LrSchedule::Constant,
+            schedule: self.schedule,
         })
     }
 }
