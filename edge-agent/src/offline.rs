@@ -342,3 +342,42 @@ pub fn make_model(args: MakeModelArgs) -> Result<()> {
     println!("wrote {} ({} bytes)", args.out.display(), bytes.len());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    fn args(extra: &[&str]) -> TrainArgs {
+        let mut argv = vec!["train", "--model", "m.onnx", "--data", "d"];
+        argv.extend(extra);
+        Cli::try_parse_from(argv).unwrap().train
+    }
+
+    #[test]
+    fn schedule_flags_in_epochs_become_schedules_in_steps() {
+        assert_eq!(schedule_of(&args(&[]), 10).unwrap(), LrSchedule::Constant);
+        assert_eq!(
+            schedule_of(&args(&["--warmup-epochs", "0.5"]), 10).unwrap(),
+            LrSchedule::Warmup { warmup_steps: 5 }
+        );
+        let cosine = args(&["--lr-schedule", "cosine", "--warmup-epochs", "0.25", "--lr-min-factor", "0.01"]);
+        assert_eq!(schedule_of(&cosine, 100).unwrap(), LrSchedule::Cosine { warmup_steps: 25, min_factor: 0.01 });
+        let step = args(&["--lr-schedule", "step", "--lr-step-epochs", "2", "--lr-gamma", "0.5"]);
+        assert_eq!(schedule_of(&step, 30).unwrap(), LrSchedule::Step { warmup_steps: 0, every_steps: 60, gamma: 0.5 });
+    }
+
+    #[test]
+    fn out_of_range_schedule_flags_are_refused() {
+        assert!(schedule_of(&args(&["--warmup-epochs=-1"]), 10).is_err());
+        assert!(schedule_of(&args(&["--lr-schedule", "cosine", "--lr-min-factor", "1.5"]), 10).is_err());
+        assert!(schedule_of(&args(&["--lr-schedule", "step", "--lr-step-epochs", "0"]), 10).is_err());
+        assert!(schedule_of(&args(&["--lr-schedule", "step", "--lr-gamma", "0"]), 10).is_err());
+    }
+}
