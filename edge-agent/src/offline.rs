@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use fedge_shared::data::{Dataset, Split, load_mnist_dir};
+use fedge_shared::data::{CompactDataset, Examples, Split, load_mnist_dir, load_mnist_dir_compact};
 use fedge_shared::model::{weights_from_bytes, weights_to_bytes};
 use fedge_shared::train::builder;
 use fedge_shared::train::local::{EVAL_BATCH, EpochPlan, LocalTrainer, epoch_seed, evaluate};
@@ -160,23 +160,24 @@ fn load_weights(model: &TrainableModel, path: Option<&Path>) -> Result<Vec<f32>>
         .with_context(|| format!("{}: not weights for this model", path.display()))
 }
 
-fn limited(d: Dataset, limit: Option<usize>) -> Dataset {
-    match limit {
-        Some(n) => d.take(n),
-        None => d,
+/// The test split of `dir`, or 10% of the training data held out when the folder has no test files; both held
+/// as palette codes (MNIST's normalised pixels take 256 values: a byte each instead of four).
+fn train_and_test(dir: &Path, seed: u64) -> Result<(CompactDataset, CompactDataset)> {
+    match load_mnist_dir_compact(dir, Split::Test) {
+        Ok(test) => Ok((load_mnist_dir_compact(dir, Split::Train)?, test)),
+        Err(fedge_shared::data::DataError::MissingFile { .. }) => {
+            tracing::warn!("no t10k files in {}: holding out 10% of the training data", dir.display());
+            let (train, test) = load_mnist_dir(dir, Split::Train)?.split_holdout(0.1, seed)?;
+            Ok((CompactDataset::from(train), CompactDataset::from(test)))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
-/// The test split of `dir`, or 10% of the training data held out when the folder has no test files.
-fn train_and_test(dir: &Path, seed: u64) -> Result<(Dataset, Dataset)> {
-    let train = load_mnist_dir(dir, Split::Train)?;
-    match load_mnist_dir(dir, Split::Test) {
-        Ok(test) => Ok((train, test)),
-        Err(fedge_shared::data::DataError::MissingFile { .. }) => {
-            tracing::warn!("no t10k files in {}: holding out 10% of the training data", dir.display());
-            Ok(train.split_holdout(0.1, seed)?)
-        }
-        Err(e) => Err(e.into()),
+fn limited(d: CompactDataset, limit: Option<usize>) -> CompactDataset {
+    match limit {
+        Some(n) => d.take(n),
+        None => d,
     }
 }
 
@@ -309,7 +310,7 @@ fn schedule_of(args: &TrainArgs, steps_per_epoch: u64) -> Result<LrSchedule> {
 pub fn eval(args: EvalArgs) -> Result<()> {
     let model = load_model(&args.model)?;
     let weights = load_weights(&model, args.weights.as_deref())?;
-    let test = limited(load_mnist_dir(&args.data, Split::Test)?, args.limit);
+    let test = limited(load_mnist_dir_compact(&args.data, Split::Test)?, args.limit);
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }

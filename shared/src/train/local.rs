@@ -9,7 +9,7 @@
 use super::optimizer::{Optimizer, OptimizerConfig, OptimizerError, Proximal};
 use super::schedule::{LrSchedule, ScheduleError};
 use super::{Labels, Loss, Predictor, TrainError, TrainStep, TrainableModel};
-use crate::data::Dataset;
+use crate::data::{ExampleBatches, Examples};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -157,10 +157,10 @@ impl LocalTrainer {
 
     /// Trains `weights` in place on `data` as `cfg` says, calling `progress` after every step. On an error the
     /// weights hold whatever the last step left: keep a copy of the start if it matters.
-    pub fn train(
+    pub fn train<D: Examples + ?Sized>(
         &mut self,
         weights: &mut [f32],
-        data: &Dataset,
+        data: &D,
         cfg: &LocalTrainConfig,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<TrainSummary, LocalTrainError> {
@@ -218,17 +218,17 @@ impl LocalTrainer {
 
     /// Runs one epoch (or `plan.max_steps` steps of it) with a caller-held optimizer, for callers that want to do
     /// something between epochs (evaluate, save) without losing the optimizer's state.
-    pub fn train_epoch(
+    pub fn train_epoch<D: Examples + ?Sized>(
         &mut self,
         weights: &mut [f32],
-        data: &Dataset,
+        data: &D,
         optimizer: &mut Optimizer,
         prox: Option<Proximal<'_>>,
         plan: EpochPlan,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<EpochSummary, LocalTrainError> {
         self.check_data(data)?;
-        let mut batches = data.batches(self.batch_size(), plan.seed);
+        let mut batches = ExampleBatches::new(data, self.batch_size(), plan.seed);
         let steps_per_epoch = batches.num_batches() as u64;
         let steps_per_epoch = plan.max_steps.map_or(steps_per_epoch, |m| m.min(steps_per_epoch));
         let mut dropout = ChaCha8Rng::seed_from_u64(plan.seed);
@@ -284,7 +284,7 @@ impl LocalTrainer {
         Ok(EpochSummary { epoch: plan.epoch, examples, steps, mean_loss })
     }
 
-    fn check_data(&self, data: &Dataset) -> Result<(), LocalTrainError> {
+    fn check_data<D: Examples + ?Sized>(&self, data: &D) -> Result<(), LocalTrainError> {
         check_data(&self.model, data)
     }
 }
@@ -331,7 +331,7 @@ impl EpochPlan {
     }
 }
 
-fn check_data(model: &TrainableModel, data: &Dataset) -> Result<(), LocalTrainError> {
+fn check_data<D: Examples + ?Sized>(model: &TrainableModel, data: &D) -> Result<(), LocalTrainError> {
     data.check().map_err(|e| LocalTrainError::Data(e.to_string()))?;
     if data.is_empty() {
         return Err(LocalTrainError::Data("the data set is empty".into()));
@@ -339,16 +339,16 @@ fn check_data(model: &TrainableModel, data: &Dataset) -> Result<(), LocalTrainEr
     if data.example_len() != model.input_len() {
         return Err(LocalTrainError::Data(format!(
             "examples of shape {:?} ({} values) do not fit the model's input {:?} ({} values)",
-            data.example_shape,
+            data.example_shape(),
             data.example_len(),
             model.input_shape(),
             model.input_len()
         )));
     }
-    if data.num_classes > model.output_len() {
+    if data.num_classes() > model.output_len() {
         return Err(LocalTrainError::Data(format!(
             "{} classes but the model has {} outputs",
-            data.num_classes,
+            data.num_classes(),
             model.output_len()
         )));
     }
@@ -356,10 +356,10 @@ fn check_data(model: &TrainableModel, data: &Dataset) -> Result<(), LocalTrainEr
 }
 
 /// Evaluates `weights` on `data` in batches of `batch`: mean cross-entropy and accuracy.
-pub fn evaluate(
+pub fn evaluate<D: Examples + ?Sized>(
     model: &TrainableModel,
     weights: &[f32],
-    data: &Dataset,
+    data: &D,
     batch: usize,
 ) -> Result<EvalSummary, LocalTrainError> {
     check_data(model, data)?;
@@ -368,18 +368,20 @@ pub fn evaluate(
 }
 
 /// Evaluates with an already compiled predictor (its model must be `model`).
-pub fn evaluate_with(
+pub fn evaluate_with<D: Examples + ?Sized>(
     predictor: &Predictor,
     model: &TrainableModel,
-    data: &Dataset,
+    data: &D,
     batch: usize,
 ) -> Result<EvalSummary, LocalTrainError> {
     check_data(model, data)?;
-    let d = data.example_len();
     let c = model.output_len();
+    let batch = batch.max(1);
     let (mut correct, mut loss_sum) = (0usize, 0.0f64);
-    for (chunk, labels) in data.features.chunks(batch.max(1) * d).zip(data.labels.chunks(batch.max(1))) {
-        let logits = predictor.predict(chunk)?;
+    let (mut chunk, mut labels) = (Vec::new(), Vec::new());
+    for first in (0..data.len()).step_by(batch) {
+        data.range_into(first, batch, &mut chunk, &mut labels);
+        let logits = predictor.predict(&chunk)?;
         if logits.len() != labels.len() * c {
             return Err(LocalTrainError::Data(format!(
                 "the predictor returned {} outputs for {} examples of {c}",
@@ -387,7 +389,7 @@ pub fn evaluate_with(
                 labels.len()
             )));
         }
-        for (row, &label) in logits.chunks_exact(c).zip(labels) {
+        for (row, &label) in logits.chunks_exact(c).zip(&labels) {
             let (ce, argmax) = cross_entropy(row, label as usize);
             loss_sum += ce;
             correct += usize::from(argmax == label as usize);
@@ -431,6 +433,8 @@ mod tests {
         assert!((ce - 2000.0).abs() < 1e-6);
         assert_eq!(arg, 2);
     }
+
+    use crate::data::Dataset;
 
     fn tiny_problem() -> (TrainableModel, Dataset) {
         let model = TrainableModel::from_onnx_bytes(&crate::train::builder::mlp(&[4, 8, 3], 1)).unwrap();
