@@ -27,7 +27,7 @@ pub use self::csv::{CsvOptions, LabelColumn, load_csv, parse_csv};
 pub use compact::{CompactDataset, ExampleBatches, Examples};
 pub use dataset::{Batches, Dataset};
 pub use error::DataError;
-pub use idx::{IdxArray, parse_idx, read_idx};
+pub use idx::{IdxArray, parse_idx, parse_idx_owned, read_idx};
 pub use mnist::{
     Split, find_idx_file, load_digits_dir, load_idx_pair, load_idx_pair_compact, load_mnist_dir, load_mnist_dir_compact,
 };
