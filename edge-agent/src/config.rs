@@ -7,6 +7,7 @@
 
 use anyhow::{Context, bail};
 use fedge_shared::data::{self, Dataset, Split};
+use fedge_shared::train::schedule::LrSchedule;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,44 @@ pub struct AgentConfig {
     /// The local prediction endpoint.
     #[serde(default)]
     pub inference: InferenceConfig,
+    /// How the agent shapes the learning rate inside each round (the round's plan sets the base rate).
+    #[serde(default)]
+    pub training: TrainingConfig,
+}
+
+/// `[training]`: the learning-rate schedule over each round's local steps. Optional; the default is the round's
+/// constant rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingConfig {
+    /// `"constant"` or `"cosine"` (half-cosine from the round's rate down to `lr_min_factor` times it at the round's
+    /// last local step).
+    pub lr_schedule: String,
+    /// Linear warm-up over the first this many local steps of each round.
+    pub warmup_steps: u64,
+    /// The cosine schedule's last rate, as a fraction of the round's rate.
+    pub lr_min_factor: f32,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        TrainingConfig { lr_schedule: "constant".into(), warmup_steps: 0, lr_min_factor: 0.0 }
+    }
+}
+
+impl TrainingConfig {
+    /// The schedule this section describes, or an error naming the bad key.
+    pub fn schedule(&self) -> anyhow::Result<LrSchedule> {
+        let warmup_steps = self.warmup_steps;
+        let s = match self.lr_schedule.as_str() {
+            "constant" if warmup_steps == 0 => LrSchedule::Constant,
+            "constant" => LrSchedule::Warmup { warmup_steps },
+            "cosine" => LrSchedule::Cosine { warmup_steps, min_factor: self.lr_min_factor },
+            other => bail!("training.lr_schedule must be \"constant\" or \"cosine\", not {other:?}"),
+        };
+        s.validate().map_err(|e| anyhow::anyhow!("training: {e}"))?;
+        Ok(s)
+    }
 }
 
 /// `[inference]`: the prediction endpoint served with the newest (or a pinned) global model.
@@ -159,6 +198,7 @@ impl AgentConfig {
         if self.idle_timeout_ms < 1_000 {
             bail!("idle_timeout_ms must be at least 1000, not {}", self.idle_timeout_ms);
         }
+        self.training.schedule()?;
         self.inference.validate()
     }
 
@@ -234,6 +274,22 @@ mod tests {
         assert!(!without.contains("max_batch"));
         let cfg: AgentConfig = toml::from_str(&without).unwrap();
         assert_eq!(cfg.inference.max_batch, d.max_batch);
+    }
+
+    #[test]
+    fn a_training_section_sets_the_round_schedule_and_a_missing_one_means_a_constant_rate() {
+        let cfg: AgentConfig = toml::from_str(EXAMPLE).unwrap();
+        assert_eq!(cfg.training.schedule().unwrap(), LrSchedule::Constant);
+        let text = format!("{EXAMPLE}\n[training]\nlr_schedule = \"cosine\"\nwarmup_steps = 10\nlr_min_factor = 0.1\n");
+        let cfg: AgentConfig = toml::from_str(&text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.training.schedule().unwrap(), LrSchedule::Cosine { warmup_steps: 10, min_factor: 0.1 });
+        let text = format!("{EXAMPLE}\n[training]\nlr_schedule = \"exponential\"\n");
+        let cfg: AgentConfig = toml::from_str(&text).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("lr_schedule"));
+        let text = format!("{EXAMPLE}\n[training]\nlr_schedule = \"cosine\"\nlr_min_factor = 2.0\n");
+        let cfg: AgentConfig = toml::from_str(&text).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("min_factor"));
     }
 
     #[test]

@@ -65,7 +65,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             }
             (None, Err(_)) => None,
         };
-        let learner = Box::new(fedge_agent::trainer::TractLearner::new(train, holdout, cfg.seed));
+        let learner = Box::new(
+            fedge_agent::trainer::TractLearner::new(train, holdout, cfg.seed).with_schedule(cfg.training.schedule()?),
+        );
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (models, updates) = tokio::sync::watch::channel(initial);
         let inference = if cfg.inference.enabled {

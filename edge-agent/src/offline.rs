@@ -7,11 +7,12 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use fedge_shared::data::{Dataset, Split, load_mnist_dir};
+use fedge_shared::data::{CompactDataset, Examples, Split, load_mnist_dir, load_mnist_dir_compact};
 use fedge_shared::model::{weights_from_bytes, weights_to_bytes};
 use fedge_shared::train::builder;
-use fedge_shared::train::local::{EpochPlan, LocalTrainer, epoch_seed, evaluate};
+use fedge_shared::train::local::{EVAL_BATCH, EpochPlan, LocalTrainer, epoch_seed, evaluate};
 use fedge_shared::train::optimizer::{Optimizer, OptimizerConfig, Proximal};
+use fedge_shared::train::schedule::LrSchedule;
 use fedge_shared::train::{Loss, TrainableModel};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -23,6 +24,17 @@ use std::time::Instant;
 pub enum OptimizerKind {
     Sgd,
     Adam,
+}
+
+/// Which learning-rate schedule `train` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleKind {
+    /// The same rate throughout (after the warm-up, if any).
+    Constant,
+    /// Half-cosine decay from --lr to --lr-min-factor × --lr over the run, after the warm-up.
+    Cosine,
+    /// × --lr-gamma every --lr-step-epochs epochs, after the warm-up.
+    Step,
 }
 
 /// `fedge-agent train`.
@@ -57,6 +69,21 @@ pub struct TrainArgs {
     pub prox_mu: Option<f32>,
     #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
     pub optimizer: OptimizerKind,
+    /// Learning-rate schedule over all the run's steps.
+    #[arg(long, value_enum, default_value_t = ScheduleKind::Constant)]
+    pub lr_schedule: ScheduleKind,
+    /// Linear warm-up of the learning rate over this many epochs (fractions allowed).
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_epochs: f32,
+    /// Cosine schedule: the last rate as a fraction of --lr.
+    #[arg(long, default_value_t = 0.0)]
+    pub lr_min_factor: f32,
+    /// Step schedule: epochs between decays.
+    #[arg(long, default_value_t = 1)]
+    pub lr_step_epochs: u32,
+    /// Step schedule: the factor of each decay.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr_gamma: f32,
     /// Seed of the shuffling and dropout masks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -89,8 +116,8 @@ pub struct EvalArgs {
     /// Evaluate the first N test examples only.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Examples per forward pass.
-    #[arg(long, default_value_t = 256)]
+    /// Examples per forward pass (memory grows with it).
+    #[arg(long, default_value_t = EVAL_BATCH)]
     pub batch_size: usize,
     /// Print one JSON object on stdout.
     #[arg(long)]
@@ -133,23 +160,24 @@ fn load_weights(model: &TrainableModel, path: Option<&Path>) -> Result<Vec<f32>>
         .with_context(|| format!("{}: not weights for this model", path.display()))
 }
 
-fn limited(d: Dataset, limit: Option<usize>) -> Dataset {
-    match limit {
-        Some(n) => d.take(n),
-        None => d,
+/// The test split of `dir`, or 10% of the training data held out when the folder has no test files; both held
+/// as palette codes (MNIST's normalised pixels take 256 values: a byte each instead of four).
+fn train_and_test(dir: &Path, seed: u64) -> Result<(CompactDataset, CompactDataset)> {
+    match load_mnist_dir_compact(dir, Split::Test) {
+        Ok(test) => Ok((load_mnist_dir_compact(dir, Split::Train)?, test)),
+        Err(fedge_shared::data::DataError::MissingFile { .. }) => {
+            tracing::warn!("no t10k files in {}: holding out 10% of the training data", dir.display());
+            let (train, test) = load_mnist_dir(dir, Split::Train)?.split_holdout(0.1, seed)?;
+            Ok((CompactDataset::from(train), CompactDataset::from(test)))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
-/// The test split of `dir`, or 10% of the training data held out when the folder has no test files.
-fn train_and_test(dir: &Path, seed: u64) -> Result<(Dataset, Dataset)> {
-    let train = load_mnist_dir(dir, Split::Train)?;
-    match load_mnist_dir(dir, Split::Test) {
-        Ok(test) => Ok((train, test)),
-        Err(fedge_shared::data::DataError::MissingFile { .. }) => {
-            tracing::warn!("no t10k files in {}: holding out 10% of the training data", dir.display());
-            Ok(train.split_holdout(0.1, seed)?)
-        }
-        Err(e) => Err(e.into()),
+fn limited(d: CompactDataset, limit: Option<usize>) -> CompactDataset {
+    match limit {
+        Some(n) => d.take(n),
+        None => d,
     }
 }
 
@@ -174,9 +202,12 @@ pub fn train(args: TrainArgs) -> Result<()> {
         }
     };
     let mut optimizer = Optimizer::new(optimizer, weights.len())?;
-    let start = weights.clone();
+    // The starting weights are kept only for the proximal term (a copy of every weight).
+    let start = if args.prox_mu.is_some() { weights.clone() } else { Vec::new() };
     let mut trainer = LocalTrainer::new(model.clone(), Loss::SoftmaxCrossEntropy, args.batch_size)?;
     let steps_per_epoch = train.len().div_ceil(args.batch_size) as u64;
+    let schedule = schedule_of(&args, steps_per_epoch)?;
+    let total_steps = steps_per_epoch * u64::from(args.epochs);
     let bar = if args.json {
         ProgressBar::hidden()
     } else {
@@ -192,7 +223,12 @@ pub fn train(args: TrainArgs) -> Result<()> {
     for epoch in 1..=args.epochs {
         bar.set_prefix(format!("{epoch}/{}", args.epochs));
         let epoch_started = Instant::now();
-        let plan = EpochPlan { epoch, epochs: args.epochs, seed: epoch_seed(args.seed, epoch), max_steps: None };
+        let plan = EpochPlan {
+            schedule,
+            first_step: steps_per_epoch * u64::from(epoch - 1),
+            total_steps,
+            ..EpochPlan::constant(epoch, args.epochs, epoch_seed(args.seed, epoch))
+        };
         let prox = args.prox_mu.map(|mu| Proximal { mu, global: &start });
         let summary = trainer.train_epoch(&mut weights, &train, &mut optimizer, prox, plan, &mut |p| {
             bar.inc(1);
@@ -201,7 +237,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             }
         })?;
         let train_seconds = epoch_started.elapsed().as_secs_f64();
-        let eval = evaluate(&model, &weights, &test, 256)?;
+        let eval = evaluate(&model, &weights, &test, EVAL_BATCH)?;
         accuracy = eval.accuracy;
         if args.json {
             println!(
@@ -214,6 +250,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
                     "train_examples": summary.examples,
                     "test_examples": eval.examples,
                     "steps": summary.steps,
+                    "lr": optimizer.current_lr(),
                     "train_seconds": train_seconds,
                 })
             );
@@ -250,10 +287,30 @@ pub fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The schedule `args` ask for, its epochs turned into steps of `steps_per_epoch`.
+fn schedule_of(args: &TrainArgs, steps_per_epoch: u64) -> Result<LrSchedule> {
+    if !(args.warmup_epochs.is_finite() && args.warmup_epochs >= 0.0) {
+        bail!("--warmup-epochs must be a non-negative number, not {}", args.warmup_epochs);
+    }
+    let warmup_steps = (f64::from(args.warmup_epochs) * steps_per_epoch as f64).round() as u64;
+    let schedule = match args.lr_schedule {
+        ScheduleKind::Constant if warmup_steps == 0 => LrSchedule::Constant,
+        ScheduleKind::Constant => LrSchedule::Warmup { warmup_steps },
+        ScheduleKind::Cosine => LrSchedule::Cosine { warmup_steps, min_factor: args.lr_min_factor },
+        ScheduleKind::Step => LrSchedule::Step {
+            warmup_steps,
+            every_steps: steps_per_epoch * u64::from(args.lr_step_epochs),
+            gamma: args.lr_gamma,
+        },
+    };
+    schedule.validate()?;
+    Ok(schedule)
+}
+
 pub fn eval(args: EvalArgs) -> Result<()> {
     let model = load_model(&args.model)?;
     let weights = load_weights(&model, args.weights.as_deref())?;
-    let test = limited(load_mnist_dir(&args.data, Split::Test)?, args.limit);
+    let test = limited(load_mnist_dir_compact(&args.data, Split::Test)?, args.limit);
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -285,4 +342,43 @@ pub fn make_model(args: MakeModelArgs) -> Result<()> {
     std::fs::write(&args.out, &bytes).with_context(|| format!("writing {}", args.out.display()))?;
     println!("wrote {} ({} bytes)", args.out.display(), bytes.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    fn args(extra: &[&str]) -> TrainArgs {
+        let mut argv = vec!["train", "--model", "m.onnx", "--data", "d"];
+        argv.extend(extra);
+        Cli::try_parse_from(argv).unwrap().train
+    }
+
+    #[test]
+    fn schedule_flags_in_epochs_become_schedules_in_steps() {
+        assert_eq!(schedule_of(&args(&[]), 10).unwrap(), LrSchedule::Constant);
+        assert_eq!(
+            schedule_of(&args(&["--warmup-epochs", "0.5"]), 10).unwrap(),
+            LrSchedule::Warmup { warmup_steps: 5 }
+        );
+        let cosine = args(&["--lr-schedule", "cosine", "--warmup-epochs", "0.25", "--lr-min-factor", "0.01"]);
+        assert_eq!(schedule_of(&cosine, 100).unwrap(), LrSchedule::Cosine { warmup_steps: 25, min_factor: 0.01 });
+        let step = args(&["--lr-schedule", "step", "--lr-step-epochs", "2", "--lr-gamma", "0.5"]);
+        assert_eq!(schedule_of(&step, 30).unwrap(), LrSchedule::Step { warmup_steps: 0, every_steps: 60, gamma: 0.5 });
+    }
+
+    #[test]
+    fn out_of_range_schedule_flags_are_refused() {
+        assert!(schedule_of(&args(&["--warmup-epochs=-1"]), 10).is_err());
+        assert!(schedule_of(&args(&["--lr-schedule", "cosine", "--lr-min-factor", "1.5"]), 10).is_err());
+        assert!(schedule_of(&args(&["--lr-schedule", "step", "--lr-step-epochs", "0"]), 10).is_err());
+        assert!(schedule_of(&args(&["--lr-schedule", "step", "--lr-gamma", "0"]), 10).is_err());
+    }
 }

@@ -5,25 +5,37 @@
 
 use crate::learner::{LearnOutcome, Learner};
 use anyhow::{Context, bail};
-use fedge_shared::data::Dataset;
+use fedge_shared::data::{CompactDataset, Dataset, Examples};
 use fedge_shared::protocol::TrainPlan;
-use fedge_shared::train::local::{LocalTrainConfig, LocalTrainer, evaluate};
+use fedge_shared::train::local::{EVAL_BATCH, LocalTrainConfig, LocalTrainer, evaluate};
 use fedge_shared::train::optimizer::OptimizerConfig;
+use fedge_shared::train::schedule::LrSchedule;
 use fedge_shared::train::{Loss, TrainableModel};
 
 /// Trains with tract on a local training split, and reports accuracy on a local held-out split.
 pub struct TractLearner {
-    train: Dataset,
-    holdout: Option<Dataset>,
+    /// Kept as palette codes when the features allow (a quarter of the memory of `f32` pixels).
+    train: CompactDataset,
+    holdout: Option<CompactDataset>,
     model: Option<TrainableModel>,
     trainer: Option<LocalTrainer>,
     /// Mixed into every round's seed so agents do not shuffle alike.
     seed: u64,
+    /// The learning-rate schedule over each round's local steps.
+    schedule: LrSchedule,
 }
 
 impl TractLearner {
     pub fn new(train: Dataset, holdout: Option<Dataset>, seed: u64) -> Self {
-        TractLearner { train, holdout, model: None, trainer: None, seed }
+        let train = CompactDataset::from(train);
+        let holdout = holdout.map(CompactDataset::from);
+        TractLearner { train, holdout, model: None, trainer: None, seed, schedule: LrSchedule::Constant }
+    }
+
+    /// Shapes the learning rate over each round's local steps with `schedule` (the round's plan gives the base rate).
+    pub fn with_schedule(mut self, schedule: LrSchedule) -> Self {
+        self.schedule = schedule;
+        self
     }
 
     fn config(&self, plan: &TrainPlan) -> anyhow::Result<LocalTrainConfig> {
@@ -50,6 +62,7 @@ impl TractLearner {
             prox_mu: plan.prox_mu.filter(|m| *m > 0.0),
             seed: plan.seed ^ self.seed.rotate_left(29),
             max_steps: None,
+            schedule: self.schedule,
         })
     }
 }
@@ -90,7 +103,7 @@ impl Learner for TractLearner {
         let mut weights = global.to_vec();
         let summary = trainer.train(&mut weights, &self.train, &cfg, &mut |_| {})?;
         let holdout_accuracy = match &self.holdout {
-            Some(h) if !h.is_empty() => Some(evaluate(trainer.model(), &weights, h, 256)?.accuracy),
+            Some(h) if !h.is_empty() => Some(evaluate(trainer.model(), &weights, h, EVAL_BATCH)?.accuracy),
             _ => None,
         };
         let delta = weights.iter().zip(global).map(|(w, g)| w - g).collect();

@@ -24,7 +24,15 @@ pub struct IdxArray {
 pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
     let raw = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
+        // The gzip trailer holds the uncompressed size (mod 2^32): reserve it once instead of doubling.
+        let announced = raw
+            .len()
+            .checked_sub(4)
+            .and_then(|at| raw.get(at..))
+            .map_or(0, |t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) as u64);
+        // Deflate expands at most ~1032:1, so a forged trailer cannot make us reserve more than that.
+        let plausible = (raw.len() as u64).saturating_mul(1032);
+        let mut out = Vec::with_capacity(announced.min(MAX_IDX_BYTES).min(plausible) as usize);
         GzDecoder::new(raw.as_slice())
             .take(MAX_IDX_BYTES + 1)
             .read_to_end(&mut out)
@@ -32,15 +40,30 @@ pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
         if out.len() as u64 > MAX_IDX_BYTES {
             return Err(DataError::malformed(path, format!("decompresses to more than {MAX_IDX_BYTES} bytes")));
         }
+        drop(raw);
         out
     } else {
         raw
     };
-    parse_idx(&bytes, path)
+    parse_idx_owned(bytes, path)
 }
 
 /// Parses uncompressed IDX bytes; `path` only names the source in errors.
 pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
+    let (dims, body_start) = parse_header(bytes, path)?;
+    Ok(IdxArray { dims, data: bytes[body_start..].to_vec() })
+}
+
+/// [`parse_idx`] reusing the buffer for the data (no second copy of a large file).
+pub fn parse_idx_owned(mut bytes: Vec<u8>, path: &Path) -> Result<IdxArray, DataError> {
+    let (dims, body_start) = parse_header(&bytes, path)?;
+    bytes.drain(..body_start);
+    bytes.shrink_to_fit();
+    Ok(IdxArray { dims, data: bytes })
+}
+
+/// Checks the header and the data length; returns the sizes and where the data starts.
+fn parse_header(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, usize), DataError> {
     let Some(header) = bytes.get(..4) else {
         return Err(DataError::malformed(path, format!("{} bytes is too short for an IDX header", bytes.len())));
     };
@@ -83,7 +106,7 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
             format!("{} unexpected bytes after the {expected} bytes of data for sizes {dims:?}", data.len() - expected),
         ));
     }
-    Ok(IdxArray { dims, data: data.to_vec() })
+    Ok((dims, body_start))
 }
 
 /// Encodes bytes as an IDX file (used to write test fixtures and small data sets).
@@ -106,6 +129,15 @@ mod tests {
         let a = parse_idx(&bytes, Path::new("x")).unwrap();
         assert_eq!(a.dims, vec![2, 3]);
         assert_eq!(a.data, vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn parsing_in_place_gives_the_same_array_and_the_same_errors() {
+        let bytes = encode_idx(&[2, 3], &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(parse_idx_owned(bytes.clone(), Path::new("x")).unwrap(), parse_idx(&bytes, Path::new("x")).unwrap());
+        for cut in 0..bytes.len() {
+            assert!(parse_idx_owned(bytes[..cut].to_vec(), Path::new("x")).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

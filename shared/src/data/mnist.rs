@@ -5,9 +5,10 @@
 //! (the 8x8 UCI digits, values 0-16). This module must never accept an image file and a label file that disagree
 //! on the number of examples, nor a label outside the task's classes.
 
+use super::compact::CompactDataset;
 use super::dataset::Dataset;
 use super::error::DataError;
-use super::idx::read_idx;
+use super::idx::{IdxArray, read_idx};
 use super::normalize::Normalization;
 use std::path::{Path, PathBuf};
 
@@ -48,6 +49,32 @@ pub fn load_idx_pair(
     norm: Normalization,
     num_classes: usize,
 ) -> Result<Dataset, DataError> {
+    let (img, lab) = read_idx_pair(images, labels, norm, num_classes)?;
+    let features = norm.bytes_to_f32(&img.data);
+    let labels_u32 = lab.data.iter().map(|&l| l as u32).collect();
+    Dataset::new(features, labels_u32, img.dims[1..].to_vec(), num_classes)
+}
+
+/// [`load_idx_pair`] keeping the pixels as bytes: a [`CompactDataset`] whose palette is `norm`'s byte table, so
+/// its examples are bit for bit those of [`load_idx_pair`], in a quarter of the memory.
+pub fn load_idx_pair_compact(
+    images: &Path,
+    labels: &Path,
+    norm: Normalization,
+    num_classes: usize,
+) -> Result<CompactDataset, DataError> {
+    let (img, lab) = read_idx_pair(images, labels, norm, num_classes)?;
+    let labels_u32 = lab.data.iter().map(|&l| l as u32).collect();
+    CompactDataset::from_codes(img.data, norm.byte_table().to_vec(), labels_u32, img.dims[1..].to_vec(), num_classes)
+}
+
+/// Reads and cross-checks an images file and a labels file.
+fn read_idx_pair(
+    images: &Path,
+    labels: &Path,
+    norm: Normalization,
+    num_classes: usize,
+) -> Result<(IdxArray, IdxArray), DataError> {
     if !norm.is_valid() {
         return Err(DataError::Invalid(format!("normalisation {norm:?} divides by zero or is not finite")));
     }
@@ -82,9 +109,7 @@ pub fn load_idx_pair(
     if let Some((i, &l)) = lab.data.iter().enumerate().find(|&(_, &l)| l as usize >= num_classes) {
         return Err(DataError::malformed(labels, format!("label {l} of example {i} is not below {num_classes}")));
     }
-    let features = norm.bytes_to_f32(&img.data);
-    let labels_u32 = lab.data.iter().map(|&l| l as u32).collect();
-    Dataset::new(features, labels_u32, img.dims[1..].to_vec(), num_classes)
+    Ok((img, lab))
 }
 
 /// Loads one split of an MNIST-style folder (10 classes, MNIST normalisation).
@@ -93,6 +118,14 @@ pub fn load_mnist_dir(dir: &Path, split: Split) -> Result<Dataset, DataError> {
     let images = find_idx_file(dir, &format!("{p}-images-idx3-ubyte"))?;
     let labels = find_idx_file(dir, &format!("{p}-labels-idx1-ubyte"))?;
     load_idx_pair(&images, &labels, Normalization::MNIST, 10)
+}
+
+/// [`load_mnist_dir`] keeping the pixels as bytes (see [`load_idx_pair_compact`]).
+pub fn load_mnist_dir_compact(dir: &Path, split: Split) -> Result<CompactDataset, DataError> {
+    let p = split.prefix();
+    let images = find_idx_file(dir, &format!("{p}-images-idx3-ubyte"))?;
+    let labels = find_idx_file(dir, &format!("{p}-labels-idx1-ubyte"))?;
+    load_idx_pair_compact(&images, &labels, Normalization::MNIST, 10)
 }
 
 /// Loads the 8x8 digits set from its folder (10 classes, 0-16 brought to 0-1).

@@ -7,10 +7,11 @@
 //!
 //! Nothing here touches the network; files are read only by the loaders the caller invokes.
 
-// Local training loop, optimizers and the example-model builder.
+// Local training loop, optimizers, learning-rate schedules and the example-model builder.
 pub mod builder;
 pub mod local;
 pub mod optimizer;
+pub mod schedule;
 
 // The training engine: ONNX reverse-mode differentiation and the tract runner.
 //

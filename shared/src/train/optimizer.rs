@@ -102,6 +102,8 @@ pub struct Optimizer {
     /// Adam's second moment (empty for SGD).
     v: Vec<f32>,
     steps: u64,
+    /// The learning-rate schedule's current factor (1 unless [`Optimizer::set_lr_factor`] says otherwise).
+    lr_factor: f32,
 }
 
 impl Optimizer {
@@ -112,7 +114,7 @@ impl Optimizer {
             OptimizerConfig::Adam { .. } => vec![0.0; len],
             OptimizerConfig::Sgd { .. } => Vec::new(),
         };
-        Ok(Optimizer { config, m: vec![0.0; len], v, steps: 0 })
+        Ok(Optimizer { config, m: vec![0.0; len], v, steps: 0, lr_factor: 1.0 })
     }
 
     /// The configuration.
@@ -123,6 +125,21 @@ impl Optimizer {
     /// Steps taken since creation or the last reset.
     pub fn steps(&self) -> u64 {
         self.steps
+    }
+
+    /// Scales the configured learning rate by `factor` from the next step on (a schedule's value); a factor that
+    /// is not finite or is negative is refused.
+    pub fn set_lr_factor(&mut self, factor: f32) -> Result<(), OptimizerError> {
+        if !(factor.is_finite() && factor >= 0.0) {
+            return Err(OptimizerError::BadHyperParameter { what: "learning-rate factor".into(), value: factor });
+        }
+        self.lr_factor = factor;
+        Ok(())
+    }
+
+    /// The learning rate of the next step: the configured rate times the schedule's factor.
+    pub fn current_lr(&self) -> f32 {
+        self.config.lr() * self.lr_factor
     }
 
     /// Forgets the state (velocity, moments, step count).
@@ -163,6 +180,7 @@ impl Optimizer {
         };
         match self.config {
             OptimizerConfig::Sgd { lr, momentum, nesterov, weight_decay } => {
+                let lr = lr * self.lr_factor;
                 for (i, (w, m)) in weights.iter_mut().zip(self.m.iter_mut()).enumerate() {
                     let g = full(i, *w, weight_decay);
                     if momentum == 0.0 {
@@ -174,6 +192,7 @@ impl Optimizer {
                 }
             }
             OptimizerConfig::Adam { lr, beta1, beta2, eps, weight_decay } => {
+                let lr = lr * self.lr_factor;
                 let t = self.steps.min(i32::MAX as u64) as i32;
                 let c1 = 1.0 - beta1.powi(t);
                 let c2 = 1.0 - beta2.powi(t);
@@ -318,6 +337,21 @@ mod tests {
         assert!(Optimizer::new(OptimizerConfig::sgd_momentum(0.1, 1.0), 1).is_err());
         let bad_adam = OptimizerConfig::Adam { lr: 0.1, beta1: 0.9, beta2: 1.5, eps: 1e-8, weight_decay: 0.0 };
         assert!(Optimizer::new(bad_adam, 1).is_err());
+    }
+
+    #[test]
+    fn a_learning_rate_factor_scales_the_step_of_both_optimizers() {
+        for cfg in [OptimizerConfig::sgd_momentum(0.1, 0.9), OptimizerConfig::adam(0.1)] {
+            let mut full = vec![1.0f32];
+            let mut half = vec![1.0f32];
+            Optimizer::new(cfg.clone(), 1).unwrap().step(&mut full, &[2.0], None).unwrap();
+            let mut opt = Optimizer::new(cfg.clone(), 1).unwrap();
+            opt.set_lr_factor(0.5).unwrap();
+            assert!((opt.current_lr() - 0.05).abs() < 1e-7);
+            opt.step(&mut half, &[2.0], None).unwrap();
+            assert!(((1.0 - half[0]) * 2.0 - (1.0 - full[0])).abs() < 1e-6, "{cfg:?}: {half:?} vs {full:?}");
+            assert!(opt.set_lr_factor(f32::NAN).is_err() && opt.set_lr_factor(-1.0).is_err());
+        }
     }
 
     #[test]

@@ -24,7 +24,8 @@ pub struct ParamInfo {
 }
 
 struct Inner {
-    bytes: Vec<u8>,
+    /// The model with the values of its `float` initializers left out (they are in `initializers`, decoded once):
+    /// a device keeps one copy of the weights, not three (file bytes, protobuf, decoded).
     proto: ModelProto,
     opset: i64,
     input_name: String,
@@ -123,11 +124,18 @@ impl TrainableModel {
             .map(|s| s.as_str())
             .collect();
         let candidates: Vec<String> = float_inits.into_iter().filter(|n| !frozen.contains(n.as_str())).collect();
+        let input_name = input.name.clone();
+        let mut skeleton = proto;
+        if let Some(g) = skeleton.graph.as_mut() {
+            for t in g.initializer.iter_mut().filter(|t| t.data_type == DataType::Float as i32) {
+                t.raw_data = Vec::new();
+                t.float_data = Vec::new();
+            }
+        }
         let mut inner = Inner {
-            bytes: bytes.to_vec(),
-            proto: proto.clone(),
+            proto: skeleton,
             opset,
-            input_name: input.name.clone(),
+            input_name,
             input_shape,
             output_name,
             output_len: 0,
@@ -202,8 +210,9 @@ impl TrainableModel {
         self.inner.output_len
     }
 
-    pub fn onnx_bytes(&self) -> &[u8] {
-        &self.inner.bytes
+    /// The model as an ONNX file, with its own weights.
+    pub fn onnx_bytes(&self) -> Result<Vec<u8>, TrainError> {
+        self.export_with_weights(&self.initial_weights())
     }
 
     /// The original model with `weights` (flat, [`Self::params`] order) as its initializers.
@@ -215,6 +224,14 @@ impl TrainableModel {
         for t in graph.initializer.iter_mut() {
             if let Some(p) = by_name.get(t.name.as_str()) {
                 *t = f32_tensor(&p.name, &p.shape, &weights[p.offset..p.offset + p.len]);
+            } else if t.data_type == DataType::Float as i32 {
+                // A frozen float initializer: its values were kept decoded.
+                let (shape, data) = self
+                    .inner
+                    .initializers
+                    .get(&t.name)
+                    .ok_or_else(|| TrainError::invalid(format!("no initializer named {}", t.name)))?;
+                *t = f32_tensor(&t.name, shape, &data.as_f32());
             }
         }
         Ok(proto.encode_to_vec())
@@ -272,7 +289,13 @@ fn resolve_with(inner: &Inner, params: &[ParamInfo], n: usize, weights: Option<&
             Graph::resolve(graph, &src, &inner.output_name)
         }
         Some(w) => {
-            let mut inits = inner.initializers.clone();
+            let trained: HashSet<&str> = params.iter().map(|p| p.name.as_str()).collect();
+            let mut inits: HashMap<String, Const> = inner
+                .initializers
+                .iter()
+                .filter(|(n, _)| !trained.contains(n.as_str()))
+                .map(|(n, c)| (n.clone(), c.clone()))
+                .collect();
             for p in params {
                 let slice = w
                     .get(p.offset..p.offset + p.len)
