@@ -4,16 +4,20 @@
 #
 # Usage: scripts/pi-check.sh aarch64|armv7
 #   aarch64: 64-bit Raspberry Pi OS (Pi 3, 4, 5, Zero 2 W), target aarch64-unknown-linux-musl, Debian arch arm64
-#   armv7:   32-bit Raspberry Pi OS (Pi 2 and later),         target armv7-unknown-linux-musleabihf, Debian arch armhf
+#   armv7:   32-bit Raspberry Pi OS (Pi 2 and later),         target armv7-unknown-linux-gnueabihf with glibc linked
+#            statically (+crt-static), Debian arch armhf. (rustup's mirror here has no rust-std for the 32-bit ARM
+#            musl targets; statically linked glibc gives the same property: no interpreter, no shared library.)
 #
 # What it does, in order (it stops at the first failure and exits non-zero):
 #  1. installs what it needs: the cross gcc and binutils, qemu-user, lintian (apt-get, with sudo if not root);
 #     the target's Rust standard library through `rustup target add` (bounded by a time-out); when rustup cannot
-#     download it, it falls back to Debian's rustc-web with libstd-rust-web-dev:<arch> and the glibc target
-#     (see "Fallback" below); cargo-deb at a pinned version (`cargo install --locked`).
+#     download it, it falls back to Debian's rustc-web with libstd-rust-web-dev:<arch> and the glibc target linked
+#     statically (see "Fallback" below); cargo-deb at a pinned version (`cargo install --locked`).
 #  2. cross-builds fedge-agent in release mode (ring's and tract-linalg's C and assembly with the cross gcc,
-#     linked by the cross gcc against Rust's bundled musl) and checks the binary is fully static: no program
-#     interpreter, no NEEDED libraries, so it runs on every Raspberry Pi OS release (Buster, Bullseye, Bookworm).
+#     linked by the cross gcc against Rust's bundled musl, or statically against Debian 12's cross glibc) and checks
+#     the binary is fully static: no program interpreter, no NEEDED libraries, so it runs on every Raspberry Pi OS
+#     release (Buster, Bullseye, Bookworm) whatever its glibc. A statically linked glibc resolves host names through
+#     /etc/hosts and DNS (built into libc since glibc 2.34) but loads no NSS module (no mDNS .local names).
 #  3. under qemu-user: `make-model 2nn` (byte-identical to the native build's), one epoch of training on a
 #     2,000-example MNIST subset, `eval` on 2,000 test images; the test accuracy must be within 0.5 points of the
 #     native (dev-profile) build's on the same seed and data. Peak RSS of the emulated training is recorded
@@ -37,9 +41,7 @@
 #
 # Fallback (only when `rustup target add` fails within its time-out): Debian 12's rustc-web (1.96) with
 # libstd-rust-web-dev:<arch> builds the glibc target (aarch64-unknown-linux-gnu / armv7-unknown-linux-gnueabihf)
-# against Debian 12's cross libc; such a binary needs glibc >= 2.34 (Raspberry Pi OS Bookworm). The check then
-# reports the newest GLIBC symbol version the binary needs and fails if it is above 2.31 unless
-# PI_CHECK_ALLOW_NEW_GLIBC=1 is set.
+# against Debian 12's cross libc, linked statically (+crt-static), and the same static checks apply.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -50,7 +52,7 @@ case "$arch" in
     target=aarch64-unknown-linux-musl; gnu_target=aarch64-unknown-linux-gnu; cross=aarch64-linux-gnu
     qemu=qemu-aarch64; deb_arch=arm64; elf_machine=AArch64 ;;
   armv7)
-    target=armv7-unknown-linux-musleabihf; gnu_target=armv7-unknown-linux-gnueabihf; cross=arm-linux-gnueabihf
+    target=armv7-unknown-linux-gnueabihf; gnu_target=armv7-unknown-linux-gnueabihf; cross=arm-linux-gnueabihf
     qemu=qemu-arm; deb_arch=armhf; elf_machine=ARM ;;
   *) echo "usage: $0 aarch64|armv7" >&2; exit 2 ;;
 esac
@@ -100,10 +102,10 @@ apt_install() {
 apt_install "gcc-$cross" "libc6-dev-${deb_arch}-cross" "binutils-$cross" qemu-user file binutils lintian time \
   systemd
 
-mode=musl
+case "$target" in *musl*) mode=musl ;; *) mode=glibc ;; esac
 if ! timeout "${PI_CHECK_RUSTUP_TIMEOUT:-300}" rustup target add "$target" >"$out/rustup.log" 2>&1; then
   log "rustup could not add $target within its time-out; falling back to Debian's rustc-web and the glibc target"
-  mode=debian
+  mode=glibc
   as_root dpkg --add-architecture "$deb_arch"
   as_root apt-get update >>"$out/apt.log" 2>&1 || true
   apt_install rustc-web cargo-web "libstd-rust-web-dev:$deb_arch"
@@ -112,6 +114,8 @@ if ! timeout "${PI_CHECK_RUSTUP_TIMEOUT:-300}" rustup target add "$target" >"$ou
 fi
 tu=$(echo "$target" | tr 'a-z-' 'A-Z_'); tl=$(echo "$target" | tr '-' '_')
 export "CC_$tl=$cross-gcc" "AR_$tl=$cross-ar" "CARGO_TARGET_${tu}_LINKER=$cross-gcc"
+# glibc targets: link glibc statically (musl targets are static by default).
+[ "$mode" = glibc ] && export "CARGO_TARGET_${tu}_RUSTFLAGS=-C target-feature=+crt-static"
 
 if [ "$(cargo deb --version 2>/dev/null | awk '{print $2}')" != "$CARGO_DEB_VERSION" ]; then
   log "cargo install cargo-deb $CARGO_DEB_VERSION"
@@ -140,18 +144,10 @@ log "built in ${build_seconds}s: $binary_bytes bytes ($stripped_bytes stripped)"
 # Linkage: the binary must run on the Raspberry Pi OS people have.
 readelf -h "$bin" | grep -q "Machine:.*$elf_machine" || fail "$bin is not an $elf_machine ELF"
 file_says=$(file -b "$bin")
-if [ "$mode" = musl ]; then
-  readelf -l "$bin" | grep -q "Requesting program interpreter" && fail "$bin asks for a program interpreter"
-  readelf -d "$bin" | grep -q "(NEEDED)" && fail "$bin needs shared libraries: $(readelf -d "$bin" | grep NEEDED)"
-  echo "$file_says" | grep -Eq "static(-pie)? linked|statically linked" || fail "file(1) does not call $bin static: $file_says"
-  linkage=static-musl
-else
-  glibc=$(readelf -V "$bin" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
-  linkage="glibc-$glibc"
-  if [ "$(printf '%s\n2.31\n' "$glibc" | sort -V | tail -1)" != "2.31" ] && [ "${PI_CHECK_ALLOW_NEW_GLIBC:-0}" != 1 ]; then
-    fail "$bin needs glibc $glibc, newer than Raspberry Pi OS Bullseye's 2.31 (PI_CHECK_ALLOW_NEW_GLIBC=1 accepts it)"
-  fi
-fi
+readelf -l "$bin" | grep -q "Requesting program interpreter" && fail "$bin asks for a program interpreter"
+readelf -d "$bin" | grep -q "(NEEDED)" && fail "$bin needs shared libraries: $(readelf -d "$bin" | grep NEEDED)"
+echo "$file_says" | grep -Eq "static(-pie)? linked|statically linked" || fail "file(1) does not call $bin static: $file_says"
+linkage="static-$mode"
 log "linkage: $linkage ($file_says)"
 
 # ---------------------------------------------------------------------------------------------------------------
