@@ -28,7 +28,7 @@ fn the_example_server_config_names_a_metrics_address() {
 fn the_agent_unit_runs_the_agent_with_a_restart_policy_and_limits() {
     let unit = std::fs::read_to_string(configs().join("systemd/fedge-agent.service")).unwrap();
     for line in [
-        "ExecStart=/usr/local/bin/fedge-agent run --config /etc/fedge/agent.toml",
+        "ExecStart=/usr/bin/fedge-agent run --config /etc/fedge/agent.toml",
         "Restart=on-failure",
         "MemoryMax=",
         "CPUQuota=",
