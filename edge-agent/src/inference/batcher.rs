@@ -209,13 +209,19 @@ mod tests {
         let m = model(1, 3);
         let sizes = Arc::new(Mutex::new(vec![]));
         let s2 = sizes.clone();
-        let policy = BatchPolicy { max_batch: 8, max_wait: Duration::from_millis(20), queue: 64 };
+        // A generous wait: on a loaded machine the 16 tasks may take a while to be scheduled; a full batch of 8
+        // leaves at once anyway. The barrier sends all 16 requests together.
+        let policy = BatchPolicy { max_batch: 8, max_wait: Duration::from_millis(500), queue: 64 };
         let b = Batcher::start(policy, Some(Arc::new(move |n, _| s2.lock().unwrap().push(n)))).unwrap();
+        let barrier = Arc::new(tokio::sync::Barrier::new(16));
         let mut tasks = vec![];
         for i in 0..16 {
-            let (b, m) = (b.clone(), m.clone());
+            let (b, m, barrier) = (b.clone(), m.clone(), barrier.clone());
             let x: Vec<f32> = (0..4).map(|k| (i * 4 + k) as f32 / 10.0).collect();
-            tasks.push(tokio::spawn(async move { (b.predict(m.clone(), x.clone()).await.unwrap(), m.predict(&x)) }));
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                (b.predict(m.clone(), x.clone()).await.unwrap(), m.predict(&x))
+            }));
         }
         for t in tasks {
             let (got, alone) = t.await.unwrap();
