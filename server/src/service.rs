@@ -241,8 +241,7 @@ pub async fn start_with_hook(
     };
     let resume = store.resume_state()?.context("the database has no model after initialisation")?;
     let tls = net::TlsSetup::load(&config)?;
-    let endpoint = quinn::Endpoint::server(tls.server_config()?, config.listen)
-        .with_context(|| format!("binding UDP {}", config.listen))?;
+    let endpoint = net::bind_endpoint(tls.server_config()?, config.listen)?;
     let local_addr = endpoint.local_addr()?;
     let mut overrides = operator_overrides(&store)?;
     let coordinator_config = match crate::admin::settings::apply_all(&config.coordinator, &overrides) {
@@ -367,7 +366,8 @@ fn load_or_init_model(
         version: meta.version,
         graph_digest: meta.graph_digest,
         graph: Arc::new(graph),
-        weights_digest: Digest::of(&blob),
+        // `Store::weights` checked these bytes against this digest.
+        weights_digest: meta.weights_digest,
         weights: Arc::new(blob),
         params: weights.len() as u64,
     })
@@ -754,13 +754,17 @@ impl Core {
                     Err(err) => tracing::warn!(round, error = %format!("{err:#}"), "evaluation failed"),
                 }
             }
+            // The store encodes and hashes the weights once; the blob the agents receive is those same bytes
+            // (little-endian f32), so its digest is read back from the version's metadata, not computed again.
             let result = store
                 .commit_round(&record, &new_weights, &strategy_state, now_ms())
-                .map(|version| {
+                .and_then(|version| Ok((version, store.model(version)?.weights_digest)))
+                .map(|(version, digest)| {
                     let blob = weights_to_bytes(&new_weights);
+                    drop(new_weights);
                     record.new_version = Some(version);
                     record.outcome = Outcome::Completed;
-                    Box::new(CommittedModel { version, record, digest: Digest::of(&blob), blob: Arc::new(blob) })
+                    Box::new(CommittedModel { version, record, digest, blob: Arc::new(blob) })
                 })
                 .map_err(|e| e.to_string());
             let _ = tx.blocking_send(CoreMsg::Committed { round, result });
