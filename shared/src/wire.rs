@@ -103,10 +103,12 @@ pub fn shared_bytes(bytes: std::sync::Arc<Vec<u8>>) -> bytes::Bytes {
 /// Reads a blob body of `len` bytes as little-endian 4-byte words straight from the stream's chunks, converting
 /// each word with `word` as it arrives: the body is never held as bytes as well as words (half the memory of
 /// reading the bytes and converting them afterwards). `len` must be a multiple of 4; a word may straddle chunks.
+/// `remaining` is told how many bytes are still to come after each chunk (to adjust flow control, say).
 pub async fn read_words<T>(
     recv: &mut quinn::RecvStream,
     len: u64,
     mut word: impl FnMut([u8; 4]) -> T,
+    mut remaining_after: impl FnMut(usize),
 ) -> Result<Vec<T>, WireError> {
     let bytes = usize::try_from(len).map_err(|_| WireError::BlobTooLarge { len, limit: 0 })?;
     if bytes % 4 != 0 {
@@ -124,6 +126,7 @@ pub async fn read_words<T>(
             .ok_or(WireError::Truncated)?;
         let mut data: &[u8] = &chunk.bytes;
         remaining = remaining.saturating_sub(data.len());
+        remaining_after(remaining);
         if carried > 0 {
             let take = (4 - carried).min(data.len());
             carry[carried..carried + take].copy_from_slice(&data[..take]);
