@@ -109,8 +109,10 @@ pub fn enlarge_receive_buffer(socket: &std::net::UdpSocket) {
 
 /// The connection-level receive window of an agent that is not being read from: what it may send ahead (control
 /// messages, the start of an upload waiting for a permit). The server's memory for N agents' unread uploads is N
-/// times this, so it is small.
-pub const IDLE_RECEIVE_WINDOW: u32 = 64 * 1024;
+/// times this, and so is the burst N agents can send at once into the UDP receive buffer, so it is small: at
+/// 64 KiB, 100 agents starting their uploads together overflowed a 4 MiB buffer (a quarter of a 1e5-parameter
+/// upload was lost and sent again); the largest control message (a cohort's encrypted shares) is a few KiB.
+pub const IDLE_RECEIVE_WINDOW: u32 = 16 * 1024;
 
 /// The connection-level receive window while one of the agent's uploads holds a permit and is being read: wide
 /// enough for full speed on loopback and LANs.
@@ -323,6 +325,7 @@ async fn serve_agent(
                 }
                 out = rx.recv() => match out {
                     Some(Outbound::Msg(m)) => wire::write_msg(&mut send, &m, limits::CONTROL).await?,
+                    Some(Outbound::Frame(frame)) => wire::write_frame(&mut send, frame).await?,
                     Some(Outbound::Blob(header, body)) => {
                         let conn = conn.clone();
                         tokio::spawn(async move {

@@ -35,6 +35,17 @@ pub async fn write_msg<T: Serialize>(send: &mut quinn::SendStream, msg: &T, limi
     send.write_all(&frame).await.map_err(|e| WireError::Write(e.to_string()))
 }
 
+/// Encodes one frame once, to be written to many streams with [`write_frame`] (a broadcast): the bytes are
+/// shared, not copied, by every stream that sends them.
+pub fn shared_frame<T: Serialize>(msg: &T, limit: usize) -> Result<bytes::Bytes, WireError> {
+    Ok(bytes::Bytes::from(codec::encode_frame(msg, limit)?))
+}
+
+/// Writes a frame made by [`shared_frame`].
+pub async fn write_frame(send: &mut quinn::SendStream, frame: bytes::Bytes) -> Result<(), WireError> {
+    send.write_chunk(frame).await.map_err(|e| WireError::Write(e.to_string()))
+}
+
 /// Reads one frame. `Ok(None)` when the stream finished cleanly before a new frame.
 pub async fn read_msg<T: DeserializeOwned>(recv: &mut quinn::RecvStream, limit: usize) -> Result<Option<T>, WireError> {
     let mut header = [0u8; FRAME_HEADER];
