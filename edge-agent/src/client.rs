@@ -544,12 +544,14 @@ impl Agent {
             {
                 let (round, tx) = (st.round, tx.clone());
                 tokio::task::spawn_blocking(move || {
-                    let mut session = session;
+                    let (mut session, mut outcome) = (session, outcome);
                     // Stochastic rounding draws 4 bytes per parameter: from a ChaCha generator seeded by the OS, not
                     // from a system call per block.
                     let result = StdRng::from_rng(OsRng)
                         .map_err(|e| SecAggError::Abort(format!("no randomness from the OS: {e}")))
                         .and_then(|mut rng| session.masked_input(&outcome.delta, outcome.examples, &mut rng));
+                    // Only the masked vector leaves from here on: the plain delta (4P bytes) is not kept next to it.
+                    outcome.delta = Vec::new();
                     let _ = tx.blocking_send(Inbound::Masked { round, session: Box::new(session), result, outcome });
                 });
             }
