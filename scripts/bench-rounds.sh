@@ -12,13 +12,13 @@ for s in off on; do
   for p in 100000 1000000; do
     run --agents 10 --params "$p" --rounds 5 --secagg "$s"
   done
-  run --agents 50 --params 100000 --rounds 5 --secagg "$s"
 done
 if [ "$mode" = full ]; then
   for s in off on; do
+    run --agents 50 --params 100000 --rounds 5 --secagg "$s"
+    run --agents 50 --params 1000000 --rounds 3 --secagg "$s"
     run --agents 100 --params 100000 --rounds 3 --secagg "$s"
     run --agents 100 --params 1000000 --rounds 3 --secagg "$s"
-    run --agents 50 --params 1000000 --rounds 3 --secagg "$s"
     run --agents 10 --params 10000000 --rounds 3 --secagg "$s"
   done
   run --agents 1000 --params 100000 --rounds 3 --in-process --secagg off

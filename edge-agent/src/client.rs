@@ -14,7 +14,7 @@
 use crate::learner::{LearnOutcome, Learner};
 use crate::state::ModelState;
 use anyhow::{Context, anyhow, bail};
-use fedge_shared::model::{Digest, weights_from_bytes_checked, weights_to_bytes};
+use fedge_shared::model::{Digest, weights_from_bytes, weights_to_bytes};
 use fedge_shared::protocol::{
     AgentMessage, BlobHeader, BlobKind, CheckIn, DeviceInfo, Hello, PROTOCOL_VERSION, RoundPlan, SecAggPlan,
     ServerHello, ServerMessage, limits,
@@ -24,7 +24,8 @@ use fedge_shared::secagg::{
 };
 use fedge_shared::tls::{CertInfo, Identity, Role};
 use fedge_shared::wire;
-use rand::rngs::OsRng;
+use rand::SeedableRng;
+use rand::rngs::{OsRng, StdRng};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use std::net::SocketAddr;
@@ -69,10 +70,14 @@ pub enum AgentEvent {
         round: u64,
         completed: bool,
     },
-    /// UDP bytes this connection has sent and received so far (reported at each round's end).
+    /// UDP bytes this connection has sent and received so far (reported at each round's end), and what the sent
+    /// bytes are made of: packets, ACK frames, bytes declared lost (and so sent again).
     Traffic {
         sent: u64,
         received: u64,
+        sent_packets: u64,
+        sent_acks: u64,
+        lost_bytes: u64,
     },
     /// This agent refused to take part in a secure round (a peer key failed its certificate or signature check, the
     /// server's request was inconsistent, too few neighbours were left...). It told the server and uploads nothing.
@@ -124,15 +129,19 @@ impl SecureTools {
         Ok(SecureTools { signer, verifier: peer_verifier(&settings.ca)? })
     }
 
-    /// The signing keys of the peers whose keys the server relayed: each certificate must chain to the federation
-    /// CA, be an agent certificate and name the agent the cohort lists at that index.
+    /// The signing keys of this agent's neighbours among the peers whose keys the server relayed: each of their
+    /// certificates must chain to the federation CA, be an agent certificate and name the agent the cohort lists at
+    /// that index. Only neighbours' keys are ever used ([`ClientSession::on_keys`] skips the others), so only their
+    /// certificates are verified: k per agent instead of the whole cohort (at n = 1,000 in one process, verifying
+    /// every certificate took each agent longer than the share phase's deadline).
     fn peer_keys(
         &self,
         cohort: &[AgentRef],
         keys: &[AdvertiseKeys],
         certs: &[Vec<u8>],
+        neighbours: &[u32],
     ) -> anyhow::Result<PeerKeyTable> {
-        peer_key_table(self.verifier.as_ref(), cohort, keys, certs)
+        peer_key_table_of(self.verifier.as_ref(), cohort, keys, certs, |i| neighbours.contains(&i))
     }
 }
 
@@ -157,11 +166,22 @@ pub fn peer_key_table(
     keys: &[AdvertiseKeys],
     certs: &[Vec<u8>],
 ) -> anyhow::Result<PeerKeyTable> {
+    peer_key_table_of(verifier, cohort, keys, certs, |_| true)
+}
+
+/// [`peer_key_table`] for the agents whose index `wanted` accepts; the other certificates are not looked at.
+pub fn peer_key_table_of(
+    verifier: &dyn ClientCertVerifier,
+    cohort: &[AgentRef],
+    keys: &[AdvertiseKeys],
+    certs: &[Vec<u8>],
+    wanted: impl Fn(u32) -> bool,
+) -> anyhow::Result<PeerKeyTable> {
     if certs.len() != keys.len() {
         bail!("{} certificates relayed for {} keys", certs.len(), keys.len());
     }
     let mut table = PeerKeyTable::new();
-    for (k, der) in keys.iter().zip(certs) {
+    for (k, der) in keys.iter().zip(certs).filter(|(k, _)| wanted(k.from)) {
         let name = cohort
             .iter()
             .find(|a| a.index == k.from)
@@ -271,7 +291,7 @@ impl Agent {
             self.settings.idle_timeout,
         )?;
         let bind: SocketAddr = if self.settings.server.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
-        let mut endpoint = quinn::Endpoint::client(bind).context("binding the agent's UDP socket")?;
+        let mut endpoint = client_endpoint(bind).context("binding the agent's UDP socket")?;
         endpoint.set_default_client_config(client_cfg);
         self.restore_graph().await;
         let mut backoff = self.settings.backoff_initial;
@@ -448,7 +468,13 @@ impl Agent {
                     }
                     self.emit(AgentEvent::RoundEnded { round, completed });
                     let stats = conn.stats();
-                    self.emit(AgentEvent::Traffic { sent: stats.udp_tx.bytes, received: stats.udp_rx.bytes });
+                    self.emit(AgentEvent::Traffic {
+                        sent: stats.udp_tx.bytes,
+                        received: stats.udp_rx.bytes,
+                        sent_packets: stats.path.sent_packets,
+                        sent_acks: stats.frame_tx.acks,
+                        lost_bytes: stats.path.lost_bytes,
+                    });
                 }
                 Inbound::Control(ServerMessage::Bye { reason }) => bail!("server said goodbye: {reason}"),
                 Inbound::Control(ServerMessage::SecAggKeys { round, keys, certificates }) => {
@@ -523,7 +549,7 @@ impl Agent {
                         Ok(masked) => {
                             st.session = Some(*session);
                             crate::crash::before_masked_input();
-                            self.upload_masked(conn, round, &masked, &outcome).await?;
+                            self.upload_masked(conn, round, masked, &outcome).await?;
                         }
                         Err(e) => {
                             secure = None;
@@ -542,8 +568,14 @@ impl Agent {
             {
                 let (round, tx) = (st.round, tx.clone());
                 tokio::task::spawn_blocking(move || {
-                    let mut session = session;
-                    let result = session.masked_input(&outcome.delta, outcome.examples, &mut OsRng);
+                    let (mut session, mut outcome) = (session, outcome);
+                    // Stochastic rounding draws 4 bytes per parameter: from a ChaCha generator seeded by the OS, not
+                    // from a system call per block.
+                    let result = StdRng::from_rng(OsRng)
+                        .map_err(|e| SecAggError::Abort(format!("no randomness from the OS: {e}")))
+                        .and_then(|mut rng| session.masked_input(&outcome.delta, outcome.examples, &mut rng));
+                    // Only the masked vector leaves from here on: the plain delta (4P bytes) is not kept next to it.
+                    outcome.delta = Vec::new();
                     let _ = tx.blocking_send(Inbound::Masked { round, session: Box::new(session), result, outcome });
                 });
             }
@@ -591,7 +623,7 @@ impl Agent {
         certificates: &[Vec<u8>],
     ) -> anyhow::Result<Vec<EncryptedShare>> {
         let session = st.session.as_mut().ok_or_else(|| anyhow!("keys arrived twice"))?;
-        let table = tools.peer_keys(&st.cohort, keys, certificates)?;
+        let table = tools.peer_keys(&st.cohort, keys, certificates, session.neighbours())?;
         Ok(session.on_keys(keys, &table, &mut OsRng)?)
     }
 
@@ -608,20 +640,19 @@ impl Agent {
         &self,
         conn: &quinn::Connection,
         round: u64,
-        masked: &[u32],
+        masked: Vec<u32>,
         out: &LearnOutcome,
     ) -> anyhow::Result<()> {
-        let mut body = Vec::with_capacity(masked.len() * 4);
-        for v in masked {
-            body.extend_from_slice(&v.to_le_bytes());
-        }
+        let values = masked.len();
+        let body: Vec<u8> = masked.iter().flat_map(|v| v.to_le_bytes()).collect();
+        drop(masked);
         let header = BlobHeader {
             kind: BlobKind::Masked { round, examples: out.examples, train_loss: out.train_loss },
             len: body.len() as u64,
             digest: None,
         };
-        wire::send_blob(conn, &header, &body).await?;
-        self.emit(AgentEvent::MaskedUploaded { round, values: masked.len() });
+        wire::send_blob_owned(conn, &header, body).await?;
+        self.emit(AgentEvent::MaskedUploaded { round, values });
         self.emit(AgentEvent::Trained {
             round,
             examples: out.examples,
@@ -665,7 +696,8 @@ impl Agent {
             BlobKind::Weights { version } => {
                 let digest = header.digest.ok_or_else(|| anyhow!("weights blob without a digest"))?;
                 let expected = lock(&self.learner).num_params();
-                let weights = weights_from_bytes_checked(&body, expected, &digest)?;
+                // The wire layer checked the body against `digest` as it read it: hashed once, not twice.
+                let weights = weights_from_bytes(&body, expected)?;
                 lock(&self.state).set_weights(version, digest, &body, weights)?;
                 self.publish_model();
                 self.emit(AgentEvent::ModelReceived { version });
@@ -678,8 +710,9 @@ impl Agent {
         Ok(())
     }
 
-    async fn upload(&self, conn: &quinn::Connection, round: u64, out: LearnOutcome) -> anyhow::Result<()> {
+    async fn upload(&self, conn: &quinn::Connection, round: u64, mut out: LearnOutcome) -> anyhow::Result<()> {
         let body = weights_to_bytes(&out.delta);
+        out.delta = Vec::new();
         let header = BlobHeader {
             kind: BlobKind::Update {
                 round,
@@ -690,7 +723,7 @@ impl Agent {
             len: body.len() as u64,
             digest: None,
         };
-        wire::send_blob(conn, &header, &body).await?;
+        wire::send_blob_owned(conn, &header, body).await?;
         self.emit(AgentEvent::Trained {
             round,
             examples: out.examples,
@@ -749,6 +782,22 @@ async fn read_blobs(conn: quinn::Connection, tx: mpsc::Sender<Inbound>) {
             let _ = tx.send(m).await;
         });
     }
+}
+
+/// The UDP receive buffer an agent asks for: a model download arrives in bursts, and a datagram the kernel has no
+/// room for is lost and sent again. The kernel caps it at `net.core.rmem_max`.
+const UDP_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A client QUIC endpoint on `bind` with a [`UDP_RECEIVE_BUFFER`] receive buffer (a refusal is logged).
+fn client_endpoint(bind: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
+    let socket = std::net::UdpSocket::bind(bind)?;
+    let sized = quinn::udp::UdpSocketState::new((&socket).into())
+        .and_then(|s| s.set_recv_buffer_size((&socket).into(), UDP_RECEIVE_BUFFER));
+    if let Err(e) = sized {
+        tracing::warn!(error = %e, "could not enlarge the UDP receive buffer");
+    }
+    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+    Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?)
 }
 
 /// The digest an agent reports for weights it holds (for logs and tests).

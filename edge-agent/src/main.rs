@@ -40,6 +40,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = AgentConfig::load(path)?;
     let (train, holdout) = cfg.load_data()?;
     tracing::info!(examples = train.len(), "local data loaded");
+    fedge_shared::alloc::return_large_blocks_to_the_os();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let server = tokio::net::lookup_host(&cfg.server.address)

@@ -64,6 +64,8 @@ pub type RelayHook = Arc<dyn Fn(&str, &mut ServerMessage) + Send + Sync>;
 #[derive(Debug, Clone)]
 pub enum Outbound {
     Msg(ServerMessage),
+    /// A control message encoded once for many agents (a broadcast), shared by their connections.
+    Frame(bytes::Bytes),
     Blob(BlobHeader, Arc<Vec<u8>>),
     Close(String),
 }
@@ -254,8 +256,7 @@ pub async fn start_with_hook(
         config.min_free_disk_mb.map_or(crate::disk::DiskGuard::default_min_free(current.params * 4), |mb| mb << 20),
     );
     let tls = net::TlsSetup::load(&config)?;
-    let endpoint = quinn::Endpoint::server(tls.server_config()?, config.listen)
-        .with_context(|| format!("binding UDP {}", config.listen))?;
+    let endpoint = net::bind_endpoint(tls.server_config()?, config.listen)?;
     let local_addr = endpoint.local_addr()?;
     let mut overrides = operator_overrides(&store)?;
     let coordinator_config = match crate::admin::settings::apply_all(&config.coordinator, &overrides) {
@@ -382,7 +383,8 @@ fn load_or_init_model(
         version: meta.version,
         graph_digest: meta.graph_digest,
         graph: Arc::new(graph),
-        weights_digest: Digest::of(&blob),
+        // `Store::weights` checked these bytes against this digest.
+        weights_digest: meta.weights_digest,
         weights: Arc::new(blob),
         params: weights.len() as u64,
     })
@@ -717,8 +719,20 @@ impl Core {
                 let certificates: Vec<Vec<u8>> =
                     owners.iter().map(|o| self.certs.get(o).map(|c| c.as_ref().clone()).unwrap_or_default()).collect();
                 let m = ServerMessage::SecAggKeys { round, keys, certificates };
+                // The broadcast holds every member's keys and certificate (~0.7 KB each): encoded once and shared,
+                // not cloned and encoded per member (at n = 1,000 that was 1,000 copies of 0.7 MB). A relay hook
+                // (tests of a dishonest server) rewrites each member's copy, so it gets its own.
+                let shared = match &self.relay_hook {
+                    None => fedge_shared::wire::shared_frame(&m, protocol::limits::CONTROL)
+                        .map_err(|e| tracing::error!(round, error = %e, "the key broadcast cannot be encoded"))
+                        .ok(),
+                    Some(_) => None,
+                };
                 for a in &to {
-                    self.send(a, Outbound::Msg(m.clone()));
+                    match &shared {
+                        Some(frame) => self.send(a, Outbound::Frame(frame.clone())),
+                        None => self.send(a, Outbound::Msg(m.clone())),
+                    }
                 }
             }
             Action::SecAggShares { agent, round, shares } => {
@@ -803,13 +817,17 @@ impl Core {
                     Err(err) => tracing::warn!(round, error = %format!("{err:#}"), "evaluation failed"),
                 }
             }
+            // The store encodes and hashes the weights once; the blob the agents receive is those same bytes
+            // (little-endian f32), so its digest is read back from the version's metadata, not computed again.
             let result = store
                 .commit_round(&record, &new_weights, &strategy_state, now_ms())
-                .map(|version| {
+                .and_then(|version| Ok((version, store.model(version)?.weights_digest)))
+                .map(|(version, digest)| {
                     let blob = weights_to_bytes(&new_weights);
+                    drop(new_weights);
                     record.new_version = Some(version);
                     record.outcome = Outcome::Completed;
-                    Box::new(CommittedModel { version, record, digest: Digest::of(&blob), blob: Arc::new(blob) })
+                    Box::new(CommittedModel { version, record, digest, blob: Arc::new(blob) })
                 })
                 .map_err(|e| e.to_string());
             let _ = tx.blocking_send(CoreMsg::Committed { round, result });

@@ -13,6 +13,7 @@
 //! input that came from the network, a file or a user.
 
 pub mod admin;
+pub mod alloc;
 pub mod codec;
 pub mod data;
 pub mod model;

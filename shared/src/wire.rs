@@ -35,6 +35,17 @@ pub async fn write_msg<T: Serialize>(send: &mut quinn::SendStream, msg: &T, limi
     send.write_all(&frame).await.map_err(|e| WireError::Write(e.to_string()))
 }
 
+/// Encodes one frame once, to be written to many streams with [`write_frame`] (a broadcast): the bytes are
+/// shared, not copied, by every stream that sends them.
+pub fn shared_frame<T: Serialize>(msg: &T, limit: usize) -> Result<bytes::Bytes, WireError> {
+    Ok(bytes::Bytes::from(codec::encode_frame(msg, limit)?))
+}
+
+/// Writes a frame made by [`shared_frame`].
+pub async fn write_frame(send: &mut quinn::SendStream, frame: bytes::Bytes) -> Result<(), WireError> {
+    send.write_chunk(frame).await.map_err(|e| WireError::Write(e.to_string()))
+}
+
 /// Reads one frame. `Ok(None)` when the stream finished cleanly before a new frame.
 pub async fn read_msg<T: DeserializeOwned>(recv: &mut quinn::RecvStream, limit: usize) -> Result<Option<T>, WireError> {
     let mut header = [0u8; FRAME_HEADER];
@@ -83,6 +94,12 @@ pub async fn send_blob_shared(
     Ok(())
 }
 
+/// Sends a blob whose body this caller owns: quinn takes the buffer itself instead of copying it into the
+/// stream's send buffer, so the body exists once in memory while it is sent.
+pub async fn send_blob_owned(conn: &quinn::Connection, header: &BlobHeader, body: Vec<u8>) -> Result<(), WireError> {
+    send_blob_shared(conn, header, bytes::Bytes::from(body)).await
+}
+
 /// A `Bytes` view of shared bytes, without copying them.
 pub fn shared_bytes(bytes: std::sync::Arc<Vec<u8>>) -> bytes::Bytes {
     struct Shared(std::sync::Arc<Vec<u8>>);
@@ -92,6 +109,52 @@ pub fn shared_bytes(bytes: std::sync::Arc<Vec<u8>>) -> bytes::Bytes {
         }
     }
     bytes::Bytes::from_owner(Shared(bytes))
+}
+
+/// Reads a blob body of `len` bytes as little-endian 4-byte words straight from the stream's chunks, converting
+/// each word with `word` as it arrives: the body is never held as bytes as well as words (half the memory of
+/// reading the bytes and converting them afterwards). `len` must be a multiple of 4; a word may straddle chunks.
+/// `remaining` is told how many bytes are still to come after each chunk (to adjust flow control, say).
+pub async fn read_words<T>(
+    recv: &mut quinn::RecvStream,
+    len: u64,
+    mut word: impl FnMut([u8; 4]) -> T,
+    mut remaining_after: impl FnMut(usize),
+) -> Result<Vec<T>, WireError> {
+    let bytes = usize::try_from(len).map_err(|_| WireError::BlobTooLarge { len, limit: 0 })?;
+    if bytes % 4 != 0 {
+        return Err(WireError::BlobTooLarge { len, limit: len - len % 4 });
+    }
+    let mut out = Vec::with_capacity(bytes / 4);
+    let mut carry = [0u8; 4];
+    let mut carried = 0usize;
+    let mut remaining = bytes;
+    while remaining > 0 {
+        let chunk = recv
+            .read_chunk(remaining, true)
+            .await
+            .map_err(|e| WireError::Read(e.to_string()))?
+            .ok_or(WireError::Truncated)?;
+        let mut data: &[u8] = &chunk.bytes;
+        remaining = remaining.saturating_sub(data.len());
+        remaining_after(remaining);
+        if carried > 0 {
+            let take = (4 - carried).min(data.len());
+            carry[carried..carried + take].copy_from_slice(&data[..take]);
+            carried += take;
+            data = &data[take..];
+            if carried < 4 {
+                continue;
+            }
+            out.push(word(carry));
+        }
+        let words = data.chunks_exact(4);
+        let tail = words.remainder();
+        out.extend(words.map(|c| word([c[0], c[1], c[2], c[3]])));
+        carry[..tail.len()].copy_from_slice(tail);
+        carried = tail.len();
+    }
+    Ok(out)
 }
 
 /// Reads a blob's header from a freshly accepted unidirectional stream.

@@ -76,6 +76,8 @@ enum Mode {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // As fedge-server and fedge-agent do (this process runs the bench's agents).
+    fedge_shared::alloc::return_large_blocks_to_the_os();
     fedge_server::logging::init_with_default(false, "warn");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.mode {
@@ -126,19 +128,30 @@ fn event_json(e: &AgentEvent, started: Instant) -> Option<serde_json::Value> {
         AgentEvent::ModelReceived { version } => {
             Some(serde_json::json!({"event": "model", "version": version, "t": t}))
         }
-        AgentEvent::Traffic { sent, received } => {
-            Some(serde_json::json!({"event": "traffic", "sent": sent, "received": received, "t": t}))
-        }
+        AgentEvent::Traffic { sent, received, sent_packets, sent_acks, lost_bytes } => Some(serde_json::json!({
+            "event": "traffic", "sent": sent, "received": received, "sent_packets": sent_packets,
+            "sent_acks": sent_acks, "lost_bytes": lost_bytes, "t": t
+        })),
         AgentEvent::Refused { reason } => Some(serde_json::json!({"event": "refused", "reason": reason})),
         _ => None,
     }
+}
+
+/// One agent connection's traffic counters (cumulative).
+#[derive(Debug, Clone, Copy)]
+struct Traffic {
+    sent: u64,
+    received: u64,
+    sent_packets: u64,
+    sent_acks: u64,
+    lost_bytes: u64,
 }
 
 /// An agent's event as the bench sees it, from whichever kind of agent.
 #[derive(Debug)]
 enum Seen {
     Model { version: u64, at: Instant },
-    Traffic { sent: u64, received: u64 },
+    Traffic(Traffic),
     Refused(String),
 }
 
@@ -146,7 +159,13 @@ fn parse_line(line: &str) -> Option<Seen> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     match v["event"].as_str()? {
         "model" => Some(Seen::Model { version: v["version"].as_u64()?, at: Instant::now() }),
-        "traffic" => Some(Seen::Traffic { sent: v["sent"].as_u64()?, received: v["received"].as_u64()? }),
+        "traffic" => Some(Seen::Traffic(Traffic {
+            sent: v["sent"].as_u64()?,
+            received: v["received"].as_u64()?,
+            sent_packets: v["sent_packets"].as_u64()?,
+            sent_acks: v["sent_acks"].as_u64()?,
+            lost_bytes: v["lost_bytes"].as_u64()?,
+        })),
         "refused" => Some(Seen::Refused(v["reason"].as_str().unwrap_or("").to_string())),
         _ => None,
     }
@@ -297,7 +316,7 @@ seed = 5
 
     // Round r ends when the first agent holds version r.
     let mut first_seen: Vec<Option<Instant>> = vec![None; args.rounds as usize + 1];
-    let mut traffic: Vec<Vec<(u64, u64)>> = vec![vec![]; args.agents];
+    let mut traffic: Vec<Vec<Traffic>> = vec![vec![]; args.agents];
     let mut peak_server_kb = 0u64;
     let mut peak_agent_kb = 0u64;
     let deadline = Instant::now() + Duration::from_secs(120 + 60 * args.rounds);
@@ -318,7 +337,7 @@ seed = 5
                         *slot = Some(at);
                     }
                 }
-                Some((i, Seen::Traffic { sent, received })) => traffic[i].push((sent, received)),
+                Some((i, Seen::Traffic(t))) => traffic[i].push(t),
                 Some((i, Seen::Refused(reason))) => bail!("agent {i} refused: {reason}"),
                 None => bail!("agents stopped"),
             },
@@ -341,7 +360,7 @@ seed = 5
         first_seen.windows(2).filter_map(|w| Some(w[1]?.duration_since(w[0]?).as_secs_f64())).collect();
     rounds.sort_by(f64::total_cmp);
     let pct = |p: f64| rounds[((rounds.len() - 1) as f64 * p).round() as usize];
-    let per_round = |f: fn(&(u64, u64)) -> u64| -> f64 {
+    let per_round = |f: fn(&Traffic) -> u64| -> f64 {
         let per_agent: Vec<f64> = traffic
             .iter()
             .filter(|t| t.len() >= 2)
@@ -396,8 +415,11 @@ seed = 5
         } else {
             peak_agent_kb as f64 / 1024.0
         },
-        "bytes_up_per_agent": per_round(|t| t.0),
-        "bytes_down_per_agent": per_round(|t| t.1),
+        "bytes_up_per_agent": per_round(|t| t.sent),
+        "bytes_down_per_agent": per_round(|t| t.received),
+        "up_packets_per_agent": per_round(|t| t.sent_packets),
+        "up_acks_per_agent": per_round(|t| t.sent_acks),
+        "up_lost_bytes_per_agent": per_round(|t| t.lost_bytes),
         "server_cpu_s": server_cpu,
         "max_abs_error": max_err,
         "versions_checked": checked,

@@ -20,6 +20,7 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    fedge_shared::alloc::return_large_blocks_to_the_os();
     fedge_server::logging::init(cli.json_logs);
     let config = ServerConfig::load(&cli.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -29,10 +29,11 @@ pub fn stochastic_round(x: f64, max: u64, rng: &mut dyn SecureRng) -> u32 {
 /// Stochastic rounding with the uniform draw `u` (a random `u32`) given.
 fn round_with(x: f64, max: u64, u: u32) -> u32 {
     let x = x.clamp(0.0, max as f64);
-    let floor = x.floor();
-    let frac = x - floor;
+    // x is in [0, max] with max < 2^32, so truncation is the floor (and needs no libm call).
+    let whole = x as u64;
+    let frac = x - whole as f64;
     let u = f64::from(u) * (1.0 / 4_294_967_296.0);
-    let q = floor as u64 + u64::from(u < frac);
+    let q = whole + u64::from(u < frac);
     q.min(max) as u32
 }
 
