@@ -21,7 +21,8 @@ pub struct ServerConfig {
     /// sled database directory.
     pub data_dir: PathBuf,
     /// Keep the weights of this many newest model versions (older versions keep their metadata and round
-    /// records); 0 keeps every version's weights, and the server's memory then grows by one model per round.
+    /// records); each kept version costs up to its size in memory; 0 keeps every version's weights, and the
+    /// server's memory then grows by one model per round.
     #[serde(default = "default_keep_weights")]
     pub keep_weights: u64,
     /// No round starts while less than this many MiB are free on the database's disk (default: four times the
@@ -56,8 +57,12 @@ pub struct ServerConfig {
 fn yes() -> bool {
     true
 }
+/// The default of `keep_weights`: the newest model, its parent and one more. Each kept version costs up to its size
+/// in server memory, because sled 0.34 keeps stored values in memory (RELIABILITY.md, Soak).
+pub const DEFAULT_KEEP_WEIGHTS: u64 = 3;
+
 fn default_keep_weights() -> u64 {
-    20
+    DEFAULT_KEEP_WEIGHTS
 }
 fn default_idle() -> u64 {
     30_000
