@@ -21,13 +21,7 @@ fn message(e: anyhow::Error) -> String {
 
 /// A tiny valid MNIST-style folder (both splits) of `n` 28x28 examples.
 fn tiny_mnist(dir: &Path, n: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    for p in ["train", "t10k"] {
-        let images: Vec<u8> = (0..n * 784).map(|i| (i % 251) as u8).collect();
-        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-        std::fs::write(dir.join(format!("{p}-images-idx3-ubyte")), encode_idx(&[n, 28, 28], &images)).unwrap();
-        std::fs::write(dir.join(format!("{p}-labels-idx1-ubyte")), encode_idx(&[n], &labels)).unwrap();
-    }
+    fedge_system_tests::tiny_mnist(dir, n, 0).unwrap();
 }
 
 fn eval_args(model: PathBuf, weights: Option<PathBuf>, data: PathBuf) -> EvalArgs {

@@ -13,9 +13,8 @@
 //! in the sum (7 survivors). Restarted without crash points, all ten take part in a later round, which commits.
 
 use fedge_server::store::Store;
-use fedge_shared::data::idx::encode_idx;
 use fedge_shared::tls::{self, Role};
-use fedge_system_tests::{free_udp_port, start_server, workspace_bin, write_server_config};
+use fedge_system_tests::{free_udp_port, start_server, tiny_mnist, workspace_bin, write_server_config};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -23,18 +22,6 @@ use std::time::Duration;
 const AGENTS: usize = 10;
 const CRASH_POINTS: [&str; 4] =
     ["agent::before-advertise", "agent::before-shares", "agent::before-masked-input", "agent::before-unmask"];
-
-/// A small MNIST-style folder of `n` synthetic 28x28 examples (both splits): the test is about the protocol.
-fn tiny_mnist(dir: &Path, n: usize, seed: usize) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    for p in ["train", "t10k"] {
-        let images: Vec<u8> = (0..n * 784).map(|i| ((i * 7 + seed * 13) % 251) as u8).collect();
-        let labels: Vec<u8> = (0..n).map(|i| ((i + seed) % 10) as u8).collect();
-        std::fs::write(dir.join(format!("{p}-images-idx3-ubyte")), encode_idx(&[n, 28, 28], &images))?;
-        std::fs::write(dir.join(format!("{p}-labels-idx1-ubyte")), encode_idx(&[n], &labels))?;
-    }
-    Ok(())
-}
 
 /// Writes agent `i`'s bundle, data and `agent.toml`; returns the config's path.
 fn agent_config(dir: &Path, i: usize, port: u16) -> anyhow::Result<PathBuf> {

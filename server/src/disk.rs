@@ -32,11 +32,6 @@ impl DiskGuard {
         model_bytes.saturating_mul(4).saturating_add(8 << 20)
     }
 
-    /// The bytes required.
-    pub fn min_free(&self) -> u64 {
-        self.min_free
-    }
-
     /// Looks (unless it looked less than [`Self::INTERVAL`] ago) and returns the new verdict when it changed:
     /// `Some(Some(why))` when space became short, `Some(None)` when it is enough again.
     pub fn poll(&mut self, now: Instant) -> Option<Option<String>> {

@@ -27,6 +27,8 @@ pub enum WireError {
     BlobTooLarge { len: u64, limit: u64 },
     #[error("blob digest mismatch")]
     DigestMismatch,
+    #[error("a blob of {0} bytes is not a whole number of 4-byte values")]
+    Misaligned(u64),
 }
 
 /// Writes one frame.
@@ -123,7 +125,7 @@ pub async fn read_words<T>(
 ) -> Result<Vec<T>, WireError> {
     let bytes = usize::try_from(len).map_err(|_| WireError::BlobTooLarge { len, limit: 0 })?;
     if bytes % 4 != 0 {
-        return Err(WireError::BlobTooLarge { len, limit: len - len % 4 });
+        return Err(WireError::Misaligned(len));
     }
     let mut out = Vec::with_capacity(bytes / 4);
     let mut carry = [0u8; 4];

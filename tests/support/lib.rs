@@ -24,6 +24,19 @@ pub fn mnist_subset(train: usize, test: usize) -> anyhow::Result<(Dataset, Datas
     Ok((data::load_mnist_dir(&dir, Split::Train)?.take(train), data::load_mnist_dir(&dir, Split::Test)?.take(test)))
 }
 
+/// A small MNIST-style folder (both splits) of `n` synthetic 28x28 examples, varied by `seed`: for tests about
+/// files and the protocol, not about learning.
+pub fn tiny_mnist(dir: &std::path::Path, n: usize, seed: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for p in ["train", "t10k"] {
+        let images: Vec<u8> = (0..n * 784).map(|i| ((i + seed * 13) % 251) as u8).collect();
+        let labels: Vec<u8> = (0..n).map(|i| ((i + seed) % 10) as u8).collect();
+        std::fs::write(dir.join(format!("{p}-images-idx3-ubyte")), data::idx::encode_idx(&[n, 28, 28], &images))?;
+        std::fs::write(dir.join(format!("{p}-labels-idx1-ubyte")), data::idx::encode_idx(&[n], &labels))?;
+    }
+    Ok(())
+}
+
 /// Waits for the next server event matching `pick`, for at most `limit`.
 pub async fn wait_server<T>(
     events: &mut broadcast::Receiver<ServerEvent>,

@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tract_onnx::prelude::*;
 
-use super::autodiff::build_step;
+use super::autodiff::{StepGraph, build_step};
 use super::emit::Precision;
 use super::error::TrainError;
 use super::forward::MaskInput;
@@ -73,8 +73,13 @@ impl TrainStep {
     /// [`TrainableModel::params`] order, then dropout masks; outputs: the mean loss, then each weight's gradient.
     /// Models with MaxPool use fedge's own `FedgeMaxPoolGrad` operator (domain `ai.fedge`).
     pub fn training_graph(&self, n: usize) -> Result<Vec<u8>, TrainError> {
+        Ok(prost::Message::encode_to_vec(&self.step_graph(n)?.model))
+    }
+
+    /// The forward model resolved for `n` examples with its backward pass appended.
+    fn step_graph(&self, n: usize) -> Result<StepGraph, TrainError> {
         let g = self.model.resolve(n, None)?;
-        let sg = build_step(
+        build_step(
             &g,
             self.model.input_name(),
             &self.model.param_shapes(),
@@ -82,21 +87,11 @@ impl TrainStep {
             n,
             self.model.output_len(),
             self.precision,
-        )?;
-        Ok(prost::Message::encode_to_vec(&sg.model))
+        )
     }
 
     fn build(&self, n: usize) -> Result<SizedPlan, TrainError> {
-        let g = self.model.resolve(n, None)?;
-        let sg = build_step(
-            &g,
-            self.model.input_name(),
-            &self.model.param_shapes(),
-            self.loss,
-            n,
-            self.model.output_len(),
-            self.precision,
-        )?;
+        let sg = self.step_graph(n)?;
         let plan = compile(&sg.model)?;
         Ok(SizedPlan { n, plan, masks: sg.masks })
     }
