@@ -277,7 +277,11 @@ pub async fn start_with_hook(
         }
         Err(e) => return Err(e).context("[coordinator] in the config"),
     };
-    let coordinator = coordinator.with_secagg(config.secagg.clone()).context("[secagg] in the config")?;
+    let mut secagg = config.secagg.clone();
+    if secagg.unmask_threads.is_none() {
+        secagg.unmask_threads = Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    }
+    let coordinator = coordinator.with_secagg(secagg).context("[secagg] in the config")?;
     if config.secagg.enabled {
         tracing::info!(phase_timeout_ms = config.secagg.phase_timeout_ms, "secure aggregation is on");
     } else {

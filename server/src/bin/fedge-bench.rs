@@ -374,9 +374,17 @@ seed = 5
     let store = Store::open(dir.path().join("db"))?;
     let mut max_err = 0f64;
     let (mut committed, mut checked) = (0u64, 0u64);
+    // Coordinator time per round and per secure phase (milliseconds), for the medians printed below.
+    let mut phases: [Vec<u64>; 5] = Default::default();
     for r in store.rounds()? {
         let Some(v) = r.new_version else { continue };
         committed += 1;
+        phases[0].push(r.metrics.duration_ms);
+        if let Some(m) = &r.metrics.secagg {
+            for (list, ms) in phases[1..].iter_mut().zip([m.advertise_ms, m.share_ms, m.masked_ms, m.unmask_ms]) {
+                list.push(ms);
+            }
+        }
         if !store.has_weights(v - 1)? {
             continue;
         }
@@ -400,6 +408,11 @@ seed = 5
             max_err = max_err.max((expected - *a as f64).abs());
         }
     }
+    let median_ms = |list: &mut Vec<u64>| -> Option<u64> {
+        list.sort_unstable();
+        list.get(list.len() / 2).copied()
+    };
+    let [duration, advertise, share, masked, unmask] = &mut phases;
     let tolerance = if secagg { 1e-3 } else { 1e-6 };
     let out = serde_json::json!({
         "agents": args.agents,
@@ -409,6 +422,13 @@ seed = 5
         "in_process": args.in_process,
         "round_median_s": pct(0.5),
         "round_p95_s": pct(0.95),
+        "coordinator_round_median_ms": median_ms(duration),
+        "secagg_phase_median_ms": secagg.then(|| serde_json::json!({
+            "advertise": median_ms(advertise),
+            "share": median_ms(share),
+            "masked": median_ms(masked),
+            "unmask": median_ms(unmask),
+        })),
         "server_peak_rss_mb": peak_server_kb as f64 / 1024.0,
         "agent_peak_rss_mb": if args.in_process {
             self_peak_rss_kb().unwrap_or(0) as f64 / 1024.0 / args.agents as f64

@@ -150,6 +150,9 @@ pub struct SecAggConfig {
     /// The masked-input phase ends at the round's deadline (`round_timeout_ms` after the plans go out).
     #[serde(default = "default_phase_timeout")]
     pub phase_timeout_ms: u64,
+    /// Threads that remove the masks at the end of a round (default: one per core of the server).
+    #[serde(default)]
+    pub unmask_threads: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -169,6 +172,7 @@ impl Default for SecAggConfig {
             quant_bits: None,
             weight_cap: None,
             phase_timeout_ms: default_phase_timeout(),
+            unmask_threads: None,
         }
     }
 }
@@ -212,6 +216,9 @@ impl SecAggConfig {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.phase_timeout_ms == 0 {
             return bad("secagg.phase_timeout_ms must be positive".into());
+        }
+        if self.unmask_threads == Some(0) {
+            return bad("secagg.unmask_threads must be at least 1 (or left out: one per core)".into());
         }
         if min_agents < 2 {
             return bad(format!(

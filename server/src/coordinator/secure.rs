@@ -132,6 +132,8 @@ impl Coordinator {
             .map_err(|e| e.to_string())?;
         // The shell hands over whole vectors only, so nothing is ever staged.
         session.set_max_staged_uploads(1);
+        // The shell fills in the core count; the sans-IO core never asks the machine.
+        session.set_unmask_threads(self.secagg.unmask_threads.unwrap_or(1));
         let timeout = self.secagg.phase_timeout_ms;
         let round = SecureRound {
             session: Some(session),
