@@ -20,7 +20,8 @@ use fedge_shared::protocol::{
     ServerHello, ServerMessage, limits,
 };
 use fedge_shared::secagg::{
-    AdvertiseKeys, AgentRef, ClientSession, EcdsaP256Signer, EncryptedShare, PeerKeyTable, SecAggError, UnmaskRequest,
+    AdvertiseKeys, AgentRef, ClientSession, DEFAULT_CHUNK_VALUES, EcdsaP256Signer, EncryptedShare, MaskedStream,
+    PeerKeyTable, SecAggError, UnmaskRequest,
 };
 use fedge_shared::tls::{CertInfo, Identity, Role};
 use fedge_shared::wire;
@@ -106,13 +107,6 @@ enum Inbound {
     Control(ServerMessage),
     Blob(BlobHeader, Vec<u8>),
     Learned(u64, anyhow::Result<LearnOutcome>),
-    /// The masked vector of a secure round, computed on a blocking thread, and the session back.
-    Masked {
-        round: u64,
-        session: Box<ClientSession>,
-        result: Result<Vec<u32>, SecAggError>,
-        outcome: LearnOutcome,
-    },
     Failed(String),
 }
 
@@ -543,41 +537,33 @@ impl Agent {
                         }
                     }
                 }
-                Inbound::Masked { round, session, result, outcome } => {
-                    let Some(st) = secure.as_mut().filter(|s| s.round == round) else { continue };
-                    match result {
-                        Ok(masked) => {
-                            st.session = Some(*session);
-                            crate::crash::before_masked_input();
-                            self.upload_masked(conn, round, masked, &outcome).await?;
-                        }
-                        Err(e) => {
-                            secure = None;
-                            self.refuse_secure(send, round, format!("masking: {e}")).await?;
-                        }
-                    }
-                }
             }
-            // Mask the delta once it exists and the shares are in (on a blocking thread: it expands one keystream
-            // per neighbour over the whole model).
+            // Mask and upload the delta once it exists and the shares are in. The masked vector streams out as it
+            // is computed (see `upload_masked`), so masking overlaps the upload and the vector is never held whole.
             if let Some(st) = secure.as_mut()
                 && st.ready
                 && st.outcome.is_some()
-                && let Some(session) = st.session.take()
-                && let Some(outcome) = st.outcome.take()
+                && let Some(session) = st.session.as_mut()
+                && let Some(mut outcome) = st.outcome.take()
             {
-                let (round, tx) = (st.round, tx.clone());
-                tokio::task::spawn_blocking(move || {
-                    let (mut session, mut outcome) = (session, outcome);
-                    // Stochastic rounding draws 4 bytes per parameter: from a ChaCha generator seeded by the OS, not
-                    // from a system call per block.
-                    let result = StdRng::from_rng(OsRng)
-                        .map_err(|e| SecAggError::Abort(format!("no randomness from the OS: {e}")))
-                        .and_then(|mut rng| session.masked_input(&outcome.delta, outcome.examples, &mut rng));
-                    // Only the masked vector leaves from here on: the plain delta (4P bytes) is not kept next to it.
-                    outcome.delta = Vec::new();
-                    let _ = tx.blocking_send(Inbound::Masked { round, session: Box::new(session), result, outcome });
-                });
+                let round = st.round;
+                // Stochastic rounding draws come from a ChaCha key drawn from a generator seeded by the OS.
+                let stream = StdRng::from_rng(OsRng)
+                    .map_err(|e| SecAggError::Abort(format!("no randomness from the OS: {e}")))
+                    .and_then(|mut rng| {
+                        let delta = std::mem::take(&mut outcome.delta);
+                        session.mask_stream(delta, outcome.examples, &mut rng, DEFAULT_CHUNK_VALUES)
+                    });
+                match stream {
+                    Ok(stream) => {
+                        crate::crash::before_masked_input();
+                        self.upload_masked(conn, round, stream, &outcome).await?;
+                    }
+                    Err(e) => {
+                        secure = None;
+                        self.refuse_secure(send, round, format!("masking: {e}")).await?;
+                    }
+                }
             }
             // Start training once the plan's model is held and nothing else is training.
             if training.is_none()
@@ -636,22 +622,37 @@ impl Agent {
         Ok(())
     }
 
+    /// Streams the masked vector to the server: a blocking thread computes it chunk by chunk (quantization and
+    /// every mask, see [`MaskedStream`]) at most two chunks ahead of what QUIC has taken, so the server's flow
+    /// control paces the computation and the agent holds the delta and a few chunks, not the whole masked vector.
     async fn upload_masked(
         &self,
         conn: &quinn::Connection,
         round: u64,
-        masked: Vec<u32>,
+        stream: MaskedStream,
         out: &LearnOutcome,
     ) -> anyhow::Result<()> {
-        let values = masked.len();
-        let body: Vec<u8> = masked.iter().flat_map(|v| v.to_le_bytes()).collect();
-        drop(masked);
+        let values = stream.len();
         let header = BlobHeader {
             kind: BlobKind::Masked { round, examples: out.examples, train_loss: out.train_loss },
-            len: body.len() as u64,
+            len: stream.wire_len(),
             digest: None,
         };
-        wire::send_blob_owned(conn, &header, body).await?;
+        let mut send = wire::open_blob(conn, &header).await?;
+        let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(1);
+        let producer = tokio::task::spawn_blocking(move || {
+            for chunk in stream {
+                let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+                if tx.blocking_send(bytes::Bytes::from(bytes)).is_err() {
+                    break; // the upload failed; nobody takes the rest
+                }
+            }
+        });
+        while let Some(chunk) = rx.recv().await {
+            wire::write_frame(&mut send, chunk).await?;
+        }
+        producer.await.map_err(|e| anyhow!("masking panicked: {e}"))?;
+        wire::finish(&mut send)?;
         self.emit(AgentEvent::MaskedUploaded { round, values });
         self.emit(AgentEvent::Trained {
             round,

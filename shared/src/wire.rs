@@ -73,6 +73,19 @@ async fn read_exact(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> Result<(), 
     })
 }
 
+/// Opens a unidirectional stream and writes a blob's header; the caller writes the body (with [`write_frame`])
+/// and then [`finish`]es the stream.
+pub async fn open_blob(conn: &quinn::Connection, header: &BlobHeader) -> Result<quinn::SendStream, WireError> {
+    let mut send = conn.open_uni().await?;
+    write_msg(&mut send, header, limits::BLOB_HEADER).await?;
+    Ok(send)
+}
+
+/// Finishes a stream opened with [`open_blob`]: the body is complete.
+pub fn finish(send: &mut quinn::SendStream) -> Result<(), WireError> {
+    send.finish().map_err(|e| WireError::Write(e.to_string()))
+}
+
 /// Sends a blob on a new unidirectional stream and finishes the stream.
 pub async fn send_blob(conn: &quinn::Connection, header: &BlobHeader, body: &[u8]) -> Result<(), WireError> {
     let mut send = conn.open_uni().await?;

@@ -17,8 +17,9 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use super::graph::NeighbourGraph;
 use super::messages::{AdvertiseKeys, AgentRef, EncryptedShare, RevealedShare, UnmaskRequest, UnmaskResponse};
 use super::prg::{MaskSign, apply_masks};
-use super::quant::QuantizedInput;
+use super::quant::{QuantizedInput, Quantizer};
 use super::shamir::{self, ShareValue};
+use super::stream::MaskedStream;
 use super::{KeySigner, PeerVerifier, SecAggError, SecAggParams, SecureRng, envelope, kdf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,9 +43,12 @@ impl Phase {
     }
 }
 
+/// What we keep of a neighbour's advertised keys: the two agreements, each computed once.
 struct PeerKeys {
-    enc_pk: PublicKey,
-    mask_pk: PublicKey,
+    /// Our agreement on the encryption keys (seals and opens the shares we exchange).
+    enc_shared: [u8; 32],
+    /// The key of our pairwise mask (HKDF over our agreement on the mask keys).
+    mask_key: [u8; 32],
 }
 
 /// One agent's side of one round.
@@ -188,8 +192,11 @@ impl ClientSession {
             if !verifier.verify(peer, &msg.signed_message(), &msg.signature) {
                 return Err(SecAggError::BadSignature(msg.from));
             }
-            let keys = PeerKeys { enc_pk: PublicKey::from(msg.enc_pk), mask_pk: PublicKey::from(msg.mask_pk) };
-            peers.insert(msg.from, keys);
+            // Both agreements are checked now so that a weak key is refused before we share anything.
+            let enc_shared = agree(&self.enc_sk, &PublicKey::from(msg.enc_pk), msg.from)?;
+            let mask_shared = agree(&self.mask_sk, &PublicKey::from(msg.mask_pk), msg.from)?;
+            let mask_key = kdf::pairwise_mask_key(self.round, self.me, msg.from, &mask_shared);
+            peers.insert(msg.from, PeerKeys { enc_shared, mask_key });
         }
         if !own_ok {
             return Err(SecAggError::OwnKeysAltered);
@@ -204,10 +211,7 @@ impl ClientSession {
         let mut out = Vec::with_capacity(holders.len());
         for ((&j, s), k) in holders.iter().zip(&seed_shares).zip(&key_shares) {
             let Some(pk) = peers.get(&j) else { continue };
-            // Both agreements are checked now so that a weak key is refused before we share anything.
-            agree(&self.mask_sk, &pk.mask_pk, j)?;
-            let shared = agree(&self.enc_sk, &pk.enc_pk, j)?;
-            out.push(envelope::seal(self.round, self.me, j, &shared, s, k)?);
+            out.push(envelope::seal(self.round, self.me, j, &pk.enc_shared, s, k)?);
         }
         self.peers = peers;
         self.phase = Phase::AwaitShares;
@@ -230,8 +234,7 @@ impl ClientSession {
             if held.contains_key(&share.from) {
                 return Err(SecAggError::Duplicate(share.from));
             }
-            let shared = agree(&self.enc_sk, &pk.enc_pk, share.from)?;
-            let values = envelope::open(self.round, self.me, share, &shared)?;
+            let values = envelope::open(self.round, self.me, share, &pk.enc_shared)?;
             held.insert(share.from, values);
         }
         let t = self.params.threshold as usize;
@@ -243,17 +246,22 @@ impl ClientSession {
         Ok(())
     }
 
+    /// The keys and signs of our masks: one pairwise mask per neighbour that shared with us, and our self mask.
+    fn mask_keys(&self) -> Result<Vec<([u8; 32], MaskSign)>, SecAggError> {
+        let mut masks = Vec::with_capacity(self.held.len() + 1);
+        for &j in self.held.keys() {
+            let pk = self.peers.get(&j).ok_or(SecAggError::NotNeighbour { agent: self.me, peer: j })?;
+            masks.push((pk.mask_key, MaskSign::pairwise(self.me, j)));
+        }
+        masks.push((kdf::self_mask_key(self.round, self.me, &self.seed), MaskSign::Add));
+        Ok(masks)
+    }
+
     /// Masks an already quantized input: adds the pairwise masks with every neighbour that shared with us and our
     /// self mask, modulo 2^32. The result (length = delta length + 1) is what we upload.
     pub fn mask(&mut self, input: QuantizedInput) -> Result<Vec<u32>, SecAggError> {
         self.expect(Phase::ReadyForInput, "mask")?;
-        let mut masks = Vec::with_capacity(self.held.len() + 1);
-        for &j in self.held.keys() {
-            let pk = self.peers.get(&j).ok_or(SecAggError::NotNeighbour { agent: self.me, peer: j })?;
-            let shared = agree(&self.mask_sk, &pk.mask_pk, j)?;
-            masks.push((kdf::pairwise_mask_key(self.round, self.me, j, &shared), MaskSign::pairwise(self.me, j)));
-        }
-        masks.push((kdf::self_mask_key(self.round, self.me, &self.seed), MaskSign::Add));
+        let masks = self.mask_keys()?;
         let mut v = input.into_vec();
         apply_masks(&masks, &mut v);
         self.phase = Phase::AwaitUnmask;
@@ -270,6 +278,24 @@ impl ClientSession {
         self.expect(Phase::ReadyForInput, "masked_input")?;
         let q = QuantizedInput::new(&self.params, delta, examples, rng)?;
         self.mask(q)
+    }
+
+    /// Like [`ClientSession::masked_input`], but the masked vector comes out `chunk` coordinates at a time (rounded
+    /// up to whole PRG groups), computed as the caller takes them: the upload can start at once, and only the delta
+    /// and one chunk are held. The session moves on to the unmask phase now; the chunks, concatenated, are exactly
+    /// what `masked_input` returns for the same delta and the same `rng`.
+    pub fn mask_stream(
+        &mut self,
+        delta: Vec<f32>,
+        examples: u64,
+        rng: &mut dyn SecureRng,
+        chunk: usize,
+    ) -> Result<MaskedStream, SecAggError> {
+        self.expect(Phase::ReadyForInput, "mask_stream")?;
+        let quantizer = Quantizer::new(&self.params, &delta, examples, rng)?;
+        let masks = self.mask_keys()?;
+        self.phase = Phase::AwaitUnmask;
+        Ok(MaskedStream::new(quantizer, masks, delta, chunk))
     }
 
     /// Answers the server's one unmask request: for each neighbour we mask with, the share of its self-mask seed if

@@ -44,6 +44,7 @@ pub mod prg;
 pub mod quant;
 pub mod server;
 pub mod shamir;
+pub mod stream;
 
 pub use client::ClientSession;
 pub use ecdsa::{EcdsaP256Signer, PeerKeyTable};
@@ -53,6 +54,7 @@ pub use messages::{AdvertiseKeys, AgentRef, EncryptedShare, RevealedShare, Unmas
 pub use params::SecAggParams;
 pub use quant::QuantizedInput;
 pub use server::{AggregateSum, QuantizedSum, ServerSession};
+pub use stream::{DEFAULT_CHUNK_VALUES, MaskedStream};
 
 /// Signs an agent's advertised public keys with its certificate key (the network layer implements this with the
 /// agent's ECDSA P-256 key; see [`EcdsaP256Signer`]).

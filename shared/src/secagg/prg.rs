@@ -72,8 +72,9 @@ struct Key {
     sign: MaskSign,
 }
 
-/// Applies the masks to `out`, which starts at group `first_group` of the full vector.
-fn apply_masks_at(masks: &[([u8; 32], MaskSign)], out: &mut [u32], first_group: usize) {
+/// Applies the masks to `out`, which starts at group `first_group` (coordinate `first_group · 256`) of the full
+/// vector.
+pub(crate) fn apply_masks_at(masks: &[([u8; 32], MaskSign)], out: &mut [u32], first_group: usize) {
     let keys: Vec<Key> = masks
         .iter()
         .map(|(key, sign)| {

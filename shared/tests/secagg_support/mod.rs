@@ -88,7 +88,8 @@ pub fn delta_for(agent: u32, p: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Runs one round of `cohort` with deltas of `p` values; agents in `drops` go silent after the given phase. Every
-/// upload of an agent whose index is divisible by 4 is streamed in three chunks; the others in one piece.
+/// upload of an agent whose index is divisible by 4 is folded in three pieces; an agent whose index is 1 modulo 4
+/// masks with `mask_stream` (chunks of 256 coordinates, folded one by one); the others mask and fold in one piece.
 pub fn run_round(
     params: &SecAggParams,
     cohort: &Cohort,
@@ -144,7 +145,21 @@ pub fn run_round(
         if silent(i, DropAt::MaskedInput) {
             continue;
         }
-        let q = QuantizedInput::new(params, &delta_for(i, p, seed), u64::from(i) * 37 % 1500, &mut rng).unwrap();
+        let (delta, examples) = (delta_for(i, p, seed), u64::from(i) * 37 % 1500);
+        if i % 4 == 1 {
+            // The same draws as the stream's quantizer, for the plain sum.
+            let q = QuantizedInput::new(params, &delta, examples, &mut rng.clone()).unwrap();
+            plain.insert(i, q.as_slice().to_vec());
+            let mut at = 0;
+            for chunk in c.mask_stream(delta, examples, &mut rng, 256).unwrap() {
+                server.fold_masked(i, at, &chunk).unwrap();
+                at += chunk.len();
+            }
+            assert_eq!(at, p + 1);
+            server.finish_masked(i).unwrap();
+            continue;
+        }
+        let q = QuantizedInput::new(params, &delta, examples, &mut rng).unwrap();
         plain.insert(i, q.as_slice().to_vec());
         let masked = c.mask(q).unwrap();
         assert_eq!(masked.len(), p + 1);
