@@ -83,7 +83,7 @@ impl Quantizer {
     /// Writes the quantized coordinates `start .. start + out.len()` of `[w, w·delta]` into `out`. `start` must be a
     /// multiple of [`GROUP_WORDS`] and the range within `delta.len() + 1` coordinates.
     pub fn quantize(&self, delta: &[f32], start: usize, out: &mut [u32]) -> Result<(), SecAggError> {
-        if start % GROUP_WORDS != 0 || start + out.len() > delta.len() + 1 {
+        if !start.is_multiple_of(GROUP_WORDS) || start + out.len() > delta.len() + 1 {
             return Err(SecAggError::Malformed(format!(
                 "coordinates {start}..{} of a vector of {}",
                 start + out.len(),
@@ -96,7 +96,7 @@ impl Quantizer {
 
     /// [`Quantizer::quantize`] once its preconditions are known to hold.
     pub(crate) fn fill(&self, delta: &[f32], start: usize, out: &mut [u32]) {
-        debug_assert!(start % GROUP_WORDS == 0 && start + out.len() <= delta.len() + 1);
+        debug_assert!(start.is_multiple_of(GROUP_WORDS) && start + out.len() <= delta.len() + 1);
         out.fill(0);
         apply_masks_at(&self.draws, out, start / GROUP_WORDS);
         let (head, rest) = if start == 0 {
