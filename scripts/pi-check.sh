@@ -25,7 +25,8 @@
 #  4. a mixed-architecture federation on loopback: a native fedge-server, two native agents and the emulated
 #     agent, mutual TLS over QUIC, secure aggregation on, a cohort of all three agents (so no round can complete
 #     without the emulated agent's masked delta), two rounds; the server's history must show both rounds
-#     completed with 3 participants, and the emulated agent's log must show its upload in both.
+#     completed with 3 participants, the emulated agent's log must show its upload in both, and the global model's
+#     test accuracy must be above 50% (ARM and x86 masks that failed to cancel would leave noise).
 #  5. the Debian package (cargo-deb, metadata in edge-agent/Cargo.toml, maintainer scripts in packaging/debian/):
 #     its contents, conffiles and maintainer scripts (dpkg-deb --contents / --info), lintian, and
 #     `systemd-analyze verify` of the unit it ships.
@@ -324,6 +325,10 @@ done
 emulated_rounds=$(sed 's/\x1b\[[0-9;]*m//g' "$fed/pi-$arch.log" | grep -E "uploaded the masked update|uploaded update" \
   | grep -o 'round=[0-9]*' | sort -u | wc -l || true)
 [ "$emulated_rounds" -eq 2 ] || fail "the emulated agent uploaded in $emulated_rounds rounds, not 2 (see $fed/pi-$arch.log)"
+# The emulated agent masks with the portable ChaCha20 kernel and the native server unmasks with the x86 SIMD one:
+# if they disagreed on a single coordinate, the masks would not cancel and the global model would be noise.
+awk -v a="$federated_accuracy" 'BEGIN { exit !(a > 0.5) }' \
+  || fail "global test accuracy $federated_accuracy after 2 rounds: the emulated agent's masks did not cancel"
 log "2 rounds completed with the emulated agent in both; global test accuracy $federated_accuracy"
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
