@@ -119,6 +119,26 @@ fn key(n: u64) -> [u8; 8] {
     n.to_be_bytes()
 }
 
+/// Weights are stored in pieces of this many bytes, under [`chunk_key`]. With whole models as single values, sled
+/// 0.34 kept removed versions' values in memory for many commits (a 4 MB model: the process grew by up to 15
+/// models before dropping them); with 64 KiB pieces its memory stays flat (BENCHMARKS.md, server memory).
+const WEIGHT_CHUNK: usize = 64 * 1024;
+
+/// The key of piece `i` of `version`'s weights: the version, then the piece index, both big-endian, so that one
+/// version's pieces are contiguous and in order. (Stores written before the pieces hold a version's weights as one
+/// value under [`key`]; they are still read, and pruned.)
+fn chunk_key(version: u64, i: usize) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&version.to_be_bytes());
+    k[8..].copy_from_slice(&(i as u32).to_be_bytes());
+    k
+}
+
+/// How many pieces hold a model of `num_params` parameters.
+fn chunk_count(num_params: u64) -> usize {
+    (num_params as usize * 4).div_ceil(WEIGHT_CHUNK)
+}
+
 fn read_u64(tree: &'static str, k: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
     let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
         tree,
@@ -198,16 +218,23 @@ impl Store {
         self
     }
 
-    /// Removes the weights of every version older than the newest `keep_weights`; returns how many were removed.
+    /// Removes the weights of every version older than the newest `keep_weights`; returns how many versions lost them.
     /// Metadata and round records are kept.
     pub fn prune_weights(&self) -> Result<usize, StoreError> {
         self.writable()?;
         let Some(latest) = self.latest_version()? else { return Ok(0) };
         let Some(cutoff) = self.prune_cutoff(latest) else { return Ok(0) };
+        // Counted in versions; a version's weights may be several pieces.
         let mut removed = 0;
+        let mut last = None;
         for k in self.weights.range(..key(cutoff)).keys() {
-            self.weights.remove(k?)?;
-            removed += 1;
+            let k = k?;
+            let version = k.get(..8).map(<[u8]>::to_vec);
+            if version != last {
+                removed += 1;
+                last = version;
+            }
+            self.weights.remove(k)?;
         }
         if removed > 0 {
             self.flush()?;
@@ -222,7 +249,29 @@ impl Store {
 
     /// Whether the weights of `version` are still stored.
     pub fn has_weights(&self, version: u64) -> Result<bool, StoreError> {
-        Ok(self.weights.contains_key(key(version))?)
+        Ok(self.weights.scan_prefix(key(version)).next().transpose()?.is_some())
+    }
+
+    /// The stored bytes of `version`'s weights (its pieces, joined), or `None` when none are stored.
+    fn weight_bytes(&self, version: u64, num_params: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(whole) = self.weights.get(key(version))? {
+            return Ok(Some(whole.to_vec()));
+        }
+        let mut bytes = Vec::with_capacity(num_params as usize * 4);
+        let mut pieces = 0;
+        for kv in self.weights.scan_prefix(key(version)) {
+            let (k, v) = kv?;
+            if k.as_ref() != chunk_key(version, pieces) {
+                return Err(StoreError::Corrupt {
+                    tree: "weights",
+                    key: version.to_string(),
+                    detail: format!("piece {pieces} is missing or out of place"),
+                });
+            }
+            bytes.extend_from_slice(&v);
+            pieces += 1;
+        }
+        Ok((pieces > 0).then_some(bytes))
     }
 
     fn latest_version(&self) -> Result<Option<u64>, StoreError> {
@@ -315,7 +364,9 @@ impl Store {
                     return abort(StoreError::AlreadyInitialised);
                 }
                 models.insert(&key(0), meta_bytes.as_slice())?;
-                wts.insert(&key(0), bytes.as_slice())?;
+                for (i, piece) in bytes.chunks(WEIGHT_CHUNK).enumerate() {
+                    wts.insert(&chunk_key(0, i), piece)?;
+                }
                 meta_tree.insert(META_LATEST, &key(0))?;
                 if meta_tree.get(META_NEXT_ROUND)?.is_none() {
                     meta_tree.insert(META_NEXT_ROUND, &key(1))?;
@@ -344,7 +395,7 @@ impl Store {
     /// The weights of `version`, checked against the digest and length in its metadata.
     pub fn weights(&self, version: u64) -> Result<Vec<f32>, StoreError> {
         let meta = self.model(version)?;
-        let Some(bytes) = self.weights.get(key(version))? else {
+        let Some(bytes) = self.weight_bytes(version, meta.num_params)? else {
             if let Some(latest) = self.latest_version()?
                 && self.prune_cutoff(latest).is_some_and(|cutoff| version < cutoff)
             {
@@ -424,10 +475,17 @@ impl Store {
                     (Err(e), _) | (_, Err(e)) => return abort(e),
                 };
                 models.insert(&key(version), model_bytes)?;
-                wts.insert(&key(version), bytes.as_slice())?;
-                // The version that falls out of the retention window loses its weights in the same transaction.
+                for (i, piece) in bytes.chunks(WEIGHT_CHUNK).enumerate() {
+                    wts.insert(&chunk_key(version, i), piece)?;
+                }
+                // The version that falls out of the retention window loses its weights in the same transaction (a
+                // version has as many parameters as its children).
                 if keep > 0 && version >= keep {
-                    wts.remove(&key(version - keep))?;
+                    let old = version - keep;
+                    wts.remove(&key(old))?;
+                    for i in 0..chunk_count(parent.num_params) {
+                        wts.remove(&chunk_key(old, i))?;
+                    }
                 }
                 // Written after the model on purpose: a reused round id aborts a transaction that already wrote.
                 if rounds.insert(&key(record.round), record_bytes)?.is_some() {

@@ -251,9 +251,10 @@ fn corrupt_record_bytes_give_an_error_not_a_panic() {
         db.open_tree("rounds").unwrap().insert(1u64.to_be_bytes(), &[0xff, 0xfe, 0x00][..]).unwrap();
         db.open_tree("agents").unwrap().insert(b"pi-1", &[0x07][..]).unwrap();
         let w = db.open_tree("weights").unwrap();
-        let mut bytes = w.get(1u64.to_be_bytes()).unwrap().unwrap().to_vec();
+        let (first, piece) = w.scan_prefix(1u64.to_be_bytes()).next().unwrap().unwrap();
+        let mut bytes = piece.to_vec();
         bytes[3] ^= 0x40;
-        w.insert(1u64.to_be_bytes(), bytes).unwrap();
+        w.insert(first, bytes).unwrap();
         db.open_tree("models").unwrap().insert(0u64.to_be_bytes(), &b"garbage"[..]).unwrap();
         db.open_tree("graphs").unwrap().insert(Digest::of(GRAPH).0, &b"tampered"[..]).unwrap();
         db.flush().unwrap();
@@ -278,4 +279,94 @@ fn a_store_that_cannot_be_opened_is_an_error() {
     let file = dir.path().join("not-a-directory");
     std::fs::write(&file, b"x").unwrap();
     assert!(matches!(Store::open(file.join("db")), Err(StoreError::Sled(_))));
+}
+
+/// Weights of `params` parameters: several 64 KiB pieces in the store.
+fn big_weights(version: u64, params: usize) -> Vec<f32> {
+    (0..params).map(|i| version as f32 * 1e3 + i as f32).collect()
+}
+
+/// How many raw keys the weights tree holds, per version.
+fn raw_weight_keys(dir: &std::path::Path) -> std::collections::BTreeMap<u64, usize> {
+    let db = sled::open(dir).unwrap();
+    let mut per_version = std::collections::BTreeMap::new();
+    for k in db.open_tree("weights").unwrap().iter().keys() {
+        let k = k.unwrap();
+        *per_version.entry(u64::from_be_bytes(k[..8].try_into().unwrap())).or_insert(0) += 1;
+    }
+    per_version
+}
+
+#[test]
+fn weights_of_many_pieces_read_back_bit_for_bit_and_leave_the_window_whole() {
+    const P: usize = 40_000; // 160,000 bytes: three pieces
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap().keeping_weights(2);
+        let digest = store.put_graph(GRAPH).unwrap();
+        store.init_model(digest, &big_weights(0, P), 1).unwrap();
+        for v in 1..=3 {
+            store.commit_round(&record(v, Outcome::Completed), &big_weights(v, P), &[], 1).unwrap();
+        }
+        assert_eq!(store.weights(3).unwrap(), big_weights(3, P));
+        assert_eq!(store.weights(2).unwrap(), big_weights(2, P));
+        assert!(matches!(store.weights(1), Err(StoreError::Pruned { version: 1, keep: 2 })));
+        assert!(!store.has_weights(0).unwrap() && !store.has_weights(1).unwrap() && store.has_weights(2).unwrap());
+    }
+    // Every piece of the pruned versions is gone; the kept versions have all three.
+    assert_eq!(raw_weight_keys(dir.path()), [(2, 3), (3, 3)].into_iter().collect());
+}
+
+#[test]
+fn a_missing_piece_is_corruption_not_a_short_model() {
+    const P: usize = 40_000;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let digest = store.put_graph(GRAPH).unwrap();
+        store.init_model(digest, &big_weights(0, P), 1).unwrap();
+    }
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let w = db.open_tree("weights").unwrap();
+        let mut middle = 0u64.to_be_bytes().to_vec();
+        middle.extend(1u32.to_be_bytes());
+        assert!(w.remove(middle).unwrap().is_some());
+        db.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    match store.weights(0) {
+        Err(StoreError::Corrupt { tree: "weights", detail, .. }) => assert!(detail.contains("piece 1"), "{detail}"),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_store_that_holds_each_model_as_one_value_still_reads_and_prunes() {
+    const P: usize = 40_000;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let digest = store.put_graph(GRAPH).unwrap();
+        store.init_model(digest, &big_weights(0, P), 1).unwrap();
+    }
+    {
+        // Rewrite version 0 the way stores were written before pieces: one value under the 8-byte version key.
+        let db = sled::open(dir.path()).unwrap();
+        let w = db.open_tree("weights").unwrap();
+        let whole: Vec<u8> = big_weights(0, P).iter().flat_map(|x| x.to_le_bytes()).collect();
+        for k in w.iter().keys() {
+            w.remove(k.unwrap()).unwrap();
+        }
+        w.insert(0u64.to_be_bytes(), whole).unwrap();
+        db.flush().unwrap();
+    }
+    {
+        let store = Store::open(dir.path()).unwrap().keeping_weights(1);
+        assert_eq!(store.weights(0).unwrap(), big_weights(0, P));
+        store.commit_round(&record(1, Outcome::Completed), &big_weights(1, P), &[], 1).unwrap();
+        assert_eq!(store.weights(1).unwrap(), big_weights(1, P));
+        assert!(!store.has_weights(0).unwrap());
+    }
+    assert_eq!(raw_weight_keys(dir.path()), [(1, 3)].into_iter().collect());
 }
