@@ -28,6 +28,9 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Serve the prediction endpoint for a fixed model, without joining a federation.
     Serve(predict::ServeArgs),
+    /// Check this device's secure-aggregation mask code: ChaCha20 against RFC 8439's test vector, and the SIMD
+    /// kernel this CPU uses against the portable one. Exits non-zero on a mismatch.
+    SelfTest,
 }
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
@@ -106,5 +109,12 @@ fn main() -> anyhow::Result<()> {
         Command::MakeModel(a) => offline::make_model(a),
         Command::Predict(a) => predict::predict(a),
         Command::Serve(a) => predict::serve(a),
+        Command::SelfTest => {
+            let kernel = fedge_shared::secagg::prg::self_test().map_err(anyhow::Error::msg)?;
+            println!(
+                "secure-aggregation masks: ChaCha20 matches RFC 8439; the {kernel} kernel matches the portable one"
+            );
+            Ok(())
+        }
     }
 }

@@ -108,7 +108,41 @@ pub fn implementation() -> &'static str {
             return "avx2";
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        return "neon";
+    }
+    #[allow(unreachable_code)]
     "portable"
+}
+
+/// Checks, on this machine, that the ChaCha20 block function gives RFC 8439's test vector and that the mask
+/// implementation [`apply_masks`] picks agrees with the portable one word for word: a device whose SIMD path
+/// disagreed would mask with something its peers and the server cannot remove. For `fedge-agent self-test`.
+pub fn self_test() -> Result<&'static str, String> {
+    // RFC 8439, appendix A.1, test vector #1: all-zero key and nonce, block 0 (first 16 bytes).
+    const RFC8439_A1_1: [u8; 16] =
+        [0x76, 0xb8, 0xe0, 0xad, 0xa0, 0xf1, 0x3d, 0x90, 0x40, 0x5d, 0x6a, 0xe5, 0x53, 0x86, 0xbd, 0x28];
+    let block = chacha20_block(&[0; 8], 0);
+    let bytes: Vec<u8> = block.iter().take(4).flat_map(|w| w.to_le_bytes()).collect();
+    if bytes != RFC8439_A1_1 {
+        return Err(format!("the ChaCha20 block function gives {bytes:02x?}, not RFC 8439's test vector"));
+    }
+    let keys: Vec<Key> = (0..3u32)
+        .map(|i| Key {
+            words: [i.wrapping_mul(0x9e37_79b9), 7, 1 << 31, 99, i, 0, u32::MAX, 12],
+            sign: if i == 1 { MaskSign::Sub } else { MaskSign::Add },
+        })
+        .collect();
+    let start: Vec<u32> = (0..4 * GROUP_WORDS as u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
+    let mut portable = start.clone();
+    apply_groups_portable(&keys, &mut portable, 3);
+    let mut dispatched = start;
+    apply_groups(&keys, &mut dispatched, 3);
+    match portable.iter().zip(&dispatched).position(|(a, b)| a != b) {
+        Some(i) => Err(format!("the {} mask kernel differs from the portable one at coordinate {i}", implementation())),
+        None => Ok(implementation()),
+    }
 }
 
 /// Applies the masks to whole groups (`out.len()` a multiple of [`GROUP_WORDS`]), with the widest SIMD the CPU has.
@@ -124,7 +158,89 @@ fn apply_groups(keys: &[Key], out: &mut [u32], first_group: usize) {
             return unsafe { apply_groups_avx2(keys, out, first_group) };
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        return apply_groups_neon(keys, out, first_group);
+    }
+    #[allow(unreachable_code)]
     apply_groups_portable(keys, out, first_group);
+}
+
+/// NEON (every aarch64 CPU has it): 4 lanes, so a group is four batches of 4 blocks, each adding to one quarter of
+/// every 16-coordinate row. Rotations are a shift and a shift-right-and-insert (16: a half-word swap).
+#[cfg(target_arch = "aarch64")]
+#[allow(unused_unsafe)]
+fn apply_groups_neon(keys: &[Key], out: &mut [u32], first_group: usize) {
+    use std::arch::aarch64::*;
+    // SAFETY (every block below): NEON is part of the aarch64 baseline; the pointers stay inside `group`, which
+    // holds 256 words (row w, quarter q: words 16w + 4q .. 16w + 4q + 4).
+    macro_rules! rot {
+        ($x:expr, 16) => {
+            unsafe { vreinterpretq_u32_u16(vrev32q_u16(vreinterpretq_u16_u32($x))) }
+        };
+        ($x:expr, $n:literal, $m:literal) => {
+            unsafe { vsriq_n_u32::<$m>(vshlq_n_u32::<$n>($x), $x) }
+        };
+    }
+    macro_rules! qr {
+        ($x:ident, $a:literal, $b:literal, $c:literal, $d:literal) => {
+            unsafe {
+                $x[$a] = vaddq_u32($x[$a], $x[$b]);
+                $x[$d] = rot!(veorq_u32($x[$d], $x[$a]), 16);
+                $x[$c] = vaddq_u32($x[$c], $x[$d]);
+                let t = veorq_u32($x[$b], $x[$c]);
+                $x[$b] = rot!(t, 12, 20);
+                $x[$a] = vaddq_u32($x[$a], $x[$b]);
+                let t = veorq_u32($x[$d], $x[$a]);
+                $x[$d] = rot!(t, 8, 24);
+                $x[$c] = vaddq_u32($x[$c], $x[$d]);
+                let t = veorq_u32($x[$b], $x[$c]);
+                $x[$b] = rot!(t, 7, 25);
+            }
+        };
+    }
+    let lanes = unsafe { vld1q_u32([0u32, 1, 2, 3].as_ptr()) };
+    for (g, group) in out.chunks_exact_mut(GROUP_WORDS).enumerate() {
+        let p = group.as_mut_ptr();
+        for quarter in 0..4 {
+            // Block counters fit in 32 bits: a delta has at most 2^28 coordinates, i.e. 2^24 blocks.
+            let base = ((first_group + g) * 16 + 4 * quarter) as u32;
+            let counter = unsafe { vaddq_u32(vdupq_n_u32(base), lanes) };
+            for key in keys {
+                let mut init = [unsafe { vdupq_n_u32(0) }; 16];
+                for (w, c) in SIGMA.iter().enumerate() {
+                    init[w] = unsafe { vdupq_n_u32(*c) };
+                }
+                for (w, k) in key.words.iter().enumerate() {
+                    init[4 + w] = unsafe { vdupq_n_u32(*k) };
+                }
+                init[12] = counter;
+                let mut x = init;
+                for _ in 0..10 {
+                    qr!(x, 0, 4, 8, 12);
+                    qr!(x, 1, 5, 9, 13);
+                    qr!(x, 2, 6, 10, 14);
+                    qr!(x, 3, 7, 11, 15);
+                    qr!(x, 0, 5, 10, 15);
+                    qr!(x, 1, 6, 11, 12);
+                    qr!(x, 2, 7, 8, 13);
+                    qr!(x, 3, 4, 9, 14);
+                }
+                for w in 0..16 {
+                    unsafe {
+                        let ks = vaddq_u32(x[w], init[w]);
+                        let at = p.add(16 * w + 4 * quarter);
+                        let v = vld1q_u32(at);
+                        let v = match key.sign {
+                            MaskSign::Add => vaddq_u32(v, ks),
+                            MaskSign::Sub => vsubq_u32(v, ks),
+                        };
+                        vst1q_u32(at, v);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// AVX-512F: one zmm register per state word, 16 blocks side by side, rotations by `vprold`, and each state word
@@ -375,6 +491,19 @@ mod tests {
                 assert_eq!(v, portable, "AVX-512");
             }
         }
+    }
+
+    #[test]
+    fn the_self_test_passes_here_and_names_the_kernel() {
+        assert_eq!(self_test(), Ok(implementation()));
+    }
+
+    #[test]
+    fn the_rfc8439_vector_of_the_self_test_is_the_chacha20_crates_keystream() {
+        let mut stream = [0u8; 16];
+        ChaCha20::new(&[0u8; 32].into(), &[0u8; 12].into()).apply_keystream(&mut stream);
+        let ours: Vec<u8> = chacha20_block(&[0; 8], 0).iter().take(4).flat_map(|w| w.to_le_bytes()).collect();
+        assert_eq!(ours, stream);
     }
 
     #[test]
