@@ -297,6 +297,13 @@ fn raw_weight_keys(dir: &std::path::Path) -> std::collections::BTreeMap<u64, usi
     per_version
 }
 
+/// A store whose first model has `params` parameters (several pieces), closed again.
+fn initialised_with(dir: &std::path::Path, params: usize) {
+    let store = Store::open(dir).unwrap();
+    let digest = store.put_graph(GRAPH).unwrap();
+    store.init_model(digest, &big_weights(0, params), 1).unwrap();
+}
+
 #[test]
 fn weights_of_many_pieces_read_back_bit_for_bit_and_leave_the_window_whole() {
     const P: usize = 40_000; // 160,000 bytes: three pieces
@@ -321,11 +328,7 @@ fn weights_of_many_pieces_read_back_bit_for_bit_and_leave_the_window_whole() {
 fn a_missing_piece_is_corruption_not_a_short_model() {
     const P: usize = 40_000;
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = Store::open(dir.path()).unwrap();
-        let digest = store.put_graph(GRAPH).unwrap();
-        store.init_model(digest, &big_weights(0, P), 1).unwrap();
-    }
+    initialised_with(dir.path(), P);
     {
         let db = sled::open(dir.path()).unwrap();
         let w = db.open_tree("weights").unwrap();
@@ -345,11 +348,7 @@ fn a_missing_piece_is_corruption_not_a_short_model() {
 fn a_store_that_holds_each_model_as_one_value_still_reads_and_prunes() {
     const P: usize = 40_000;
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = Store::open(dir.path()).unwrap();
-        let digest = store.put_graph(GRAPH).unwrap();
-        store.init_model(digest, &big_weights(0, P), 1).unwrap();
-    }
+    initialised_with(dir.path(), P);
     {
         // Rewrite version 0 the way stores were written before pieces: one value under the 8-byte version key.
         let db = sled::open(dir.path()).unwrap();

@@ -34,6 +34,39 @@ impl MaskSign {
     }
 }
 
+/// ChaCha20's 20 rounds over the state `x` (16 words, or 16 vectors of lanes), with `qr!` the kernel's quarter
+/// round: ten times a column round and a diagonal round (RFC 8439, section 2.3).
+macro_rules! double_rounds {
+    ($qr:ident, $x:ident) => {
+        for _ in 0..10 {
+            $qr!($x, 0, 4, 8, 12);
+            $qr!($x, 1, 5, 9, 13);
+            $qr!($x, 2, 6, 10, 14);
+            $qr!($x, 3, 7, 11, 15);
+            $qr!($x, 0, 5, 10, 15);
+            $qr!($x, 1, 6, 11, 12);
+            $qr!($x, 2, 7, 8, 13);
+            $qr!($x, 3, 4, 9, 14);
+        }
+    };
+}
+
+/// The initial state of a batch of blocks, each word broadcast to every lane by `splat`: the constant, the key,
+/// the lanes' block counters, and the zero nonce.
+macro_rules! initial_state {
+    ($splat:ident, $key:expr, $counter:expr) => {{
+        let mut init = [$splat(0); 16];
+        for (w, c) in SIGMA.iter().enumerate() {
+            init[w] = $splat(*c as _);
+        }
+        for (w, k) in $key.words.iter().enumerate() {
+            init[4 + w] = $splat(*k as _);
+        }
+        init[12] = $counter;
+        init
+    }};
+}
+
 /// Coordinates per group: 16 ChaCha20 blocks of 16 words.
 pub const GROUP_WORDS: usize = 256;
 
@@ -207,25 +240,9 @@ fn apply_groups_neon(keys: &[Key], out: &mut [u32], first_group: usize) {
             let base = ((first_group + g) * 16 + 4 * quarter) as u32;
             let counter = unsafe { vaddq_u32(vdupq_n_u32(base), lanes) };
             for key in keys {
-                let mut init = [unsafe { vdupq_n_u32(0) }; 16];
-                for (w, c) in SIGMA.iter().enumerate() {
-                    init[w] = unsafe { vdupq_n_u32(*c) };
-                }
-                for (w, k) in key.words.iter().enumerate() {
-                    init[4 + w] = unsafe { vdupq_n_u32(*k) };
-                }
-                init[12] = counter;
+                let init = unsafe { initial_state!(vdupq_n_u32, key, counter) };
                 let mut x = init;
-                for _ in 0..10 {
-                    qr!(x, 0, 4, 8, 12);
-                    qr!(x, 1, 5, 9, 13);
-                    qr!(x, 2, 6, 10, 14);
-                    qr!(x, 3, 7, 11, 15);
-                    qr!(x, 0, 5, 10, 15);
-                    qr!(x, 1, 6, 11, 12);
-                    qr!(x, 2, 7, 8, 13);
-                    qr!(x, 3, 4, 9, 14);
-                }
+                double_rounds!(qr, x);
                 for w in 0..16 {
                     unsafe {
                         let ks = vaddq_u32(x[w], init[w]);
@@ -267,25 +284,9 @@ unsafe fn apply_groups_avx512(keys: &[Key], out: &mut [u32], first_group: usize)
         let counter = _mm512_add_epi32(_mm512_set1_epi32(((first_group + g) * 16) as i32), lanes);
         let p = group.as_mut_ptr();
         for key in keys {
-            let mut init = [_mm512_setzero_si512(); 16];
-            for (w, c) in SIGMA.iter().enumerate() {
-                init[w] = _mm512_set1_epi32(*c as i32);
-            }
-            for (w, k) in key.words.iter().enumerate() {
-                init[4 + w] = _mm512_set1_epi32(*k as i32);
-            }
-            init[12] = counter;
+            let init = initial_state!(_mm512_set1_epi32, key, counter);
             let mut x = init;
-            for _ in 0..10 {
-                qr!(x, 0, 4, 8, 12);
-                qr!(x, 1, 5, 9, 13);
-                qr!(x, 2, 6, 10, 14);
-                qr!(x, 3, 7, 11, 15);
-                qr!(x, 0, 5, 10, 15);
-                qr!(x, 1, 6, 11, 12);
-                qr!(x, 2, 7, 8, 13);
-                qr!(x, 3, 4, 9, 14);
-            }
+            double_rounds!(qr, x);
             for w in 0..16 {
                 let ks = _mm512_add_epi32(x[w], init[w]);
                 // SAFETY: `group` holds 256 words, so words 16w..16w+16 are in bounds; unaligned access is allowed.
@@ -335,25 +336,9 @@ unsafe fn apply_groups_avx2(keys: &[Key], out: &mut [u32], first_group: usize) {
             let base = ((first_group + g) * 16 + 8 * half) as i32;
             let counter = _mm256_add_epi32(_mm256_set1_epi32(base), lanes);
             for key in keys {
-                let mut init = [_mm256_setzero_si256(); 16];
-                for (w, c) in SIGMA.iter().enumerate() {
-                    init[w] = _mm256_set1_epi32(*c as i32);
-                }
-                for (w, k) in key.words.iter().enumerate() {
-                    init[4 + w] = _mm256_set1_epi32(*k as i32);
-                }
-                init[12] = counter;
+                let init = initial_state!(_mm256_set1_epi32, key, counter);
                 let mut x = init;
-                for _ in 0..10 {
-                    qr!(x, 0, 4, 8, 12);
-                    qr!(x, 1, 5, 9, 13);
-                    qr!(x, 2, 6, 10, 14);
-                    qr!(x, 3, 7, 11, 15);
-                    qr!(x, 0, 5, 10, 15);
-                    qr!(x, 1, 6, 11, 12);
-                    qr!(x, 2, 7, 8, 13);
-                    qr!(x, 3, 4, 9, 14);
-                }
+                double_rounds!(qr, x);
                 for w in 0..16 {
                     let ks = _mm256_add_epi32(x[w], init[w]);
                     // SAFETY: `group` holds 256 words, so words 16w+8h..16w+8h+8 are in bounds; unaligned access
@@ -404,16 +389,12 @@ fn chacha20_block(key: &[u32; 8], counter: u32) -> [u32; 16] {
     init[12] = counter;
     // Words 13-15 (the nonce) stay zero.
     let mut x = init;
-    for _ in 0..10 {
-        quarter_round(&mut x, 0, 4, 8, 12);
-        quarter_round(&mut x, 1, 5, 9, 13);
-        quarter_round(&mut x, 2, 6, 10, 14);
-        quarter_round(&mut x, 3, 7, 11, 15);
-        quarter_round(&mut x, 0, 5, 10, 15);
-        quarter_round(&mut x, 1, 6, 11, 12);
-        quarter_round(&mut x, 2, 7, 8, 13);
-        quarter_round(&mut x, 3, 4, 9, 14);
+    macro_rules! qr {
+        ($x:ident, $a:literal, $b:literal, $c:literal, $d:literal) => {
+            quarter_round(&mut $x, $a, $b, $c, $d)
+        };
     }
+    double_rounds!(qr, x);
     for (a, b) in x.iter_mut().zip(init) {
         *a = a.wrapping_add(b);
     }
