@@ -136,7 +136,7 @@ fn chunk_key(version: u64, i: usize) -> [u8; 12] {
 
 /// How many pieces hold a model of `num_params` parameters.
 fn chunk_count(num_params: u64) -> usize {
-    (num_params as usize * 4).div_ceil(WEIGHT_CHUNK)
+    usize::try_from(num_params).unwrap_or(usize::MAX).saturating_mul(4).div_ceil(WEIGHT_CHUNK)
 }
 
 fn read_u64(tree: &'static str, k: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
@@ -257,7 +257,9 @@ impl Store {
         if let Some(whole) = self.weights.get(key(version))? {
             return Ok(Some(whole.to_vec()));
         }
-        let mut bytes = Vec::with_capacity(num_params as usize * 4);
+        // The metadata's size is only a hint (it may be corrupt): reserve at most 1 GiB ahead.
+        let hint = usize::try_from(num_params).unwrap_or(usize::MAX).saturating_mul(4).min(1 << 30);
+        let mut bytes = Vec::with_capacity(hint);
         let mut pieces = 0;
         for kv in self.weights.scan_prefix(key(version)) {
             let (k, v) = kv?;
