@@ -2,6 +2,7 @@
 # What secure aggregation adds to a round (issue 4's target): fedge-bench with SecAgg+ off and on, interleaved, so
 # that both see the same machine load. Prints every run's JSON line, then one summary line.
 # Usage: scripts/secagg-overhead.sh [AGENTS] [PARAMS] [PAIRS] [ROUNDS]   (defaults: 100 1000000 4 8)
+# BENCH_ARGS adds fedge-bench flags to every run (e.g. BENCH_ARGS="--max-downloads 100").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 agents="${1:-100}" params="${2:-1000000}" pairs="${3:-4}" rounds="${4:-8}"
@@ -11,7 +12,7 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for _ in $(seq "$pairs"); do
   for s in off on; do
-    "$bin" --agents "$agents" --params "$params" --rounds "$rounds" --secagg "$s" | tail -n 1 | tee -a "$out"
+    "$bin" --agents "$agents" --params "$params" --rounds "$rounds" --secagg "$s" ${BENCH_ARGS:-} | tail -n 1 | tee -a "$out"
   done
 done
 python3 - "$out" <<'PY'

@@ -163,6 +163,10 @@ fn a_configuration_with_an_unknown_key_or_an_out_of_range_value_is_refused_namin
     let err = message(ServerConfig::load(&write(dir.path(), "server-idle.toml", &idle)).unwrap_err());
     assert!(err.contains("server-idle.toml") && err.contains("idle_timeout_ms"), "{err}");
 
+    let downloads = format!("max_concurrent_downloads = 0\n{server}");
+    let err = message(ServerConfig::load(&write(dir.path(), "server-downloads.toml", &downloads)).unwrap_err());
+    assert!(err.contains("server-downloads.toml") && err.contains("max_concurrent_downloads"), "{err}");
+
     let typo = agent.replace("[data]", "[data]\nholdut = 0.2");
     let err = message(AgentConfig::load(&write(dir.path(), "agent-typo.toml", &typo)).unwrap_err());
     assert!(err.contains("agent-typo.toml") && err.contains("holdut"), "{err}");

@@ -46,6 +46,12 @@ pub struct ServerConfig {
     /// At most this many update uploads are read at once (each holds one vector in memory).
     #[serde(default = "default_uploads")]
     pub max_concurrent_uploads: usize,
+    /// At most this many model downloads in flight at once; the others wait (default: no limit). Agents on links
+    /// slower than the server's want no limit: each download is paced by its own link. A server that is itself
+    /// the bottleneck (many agents on a fast LAN) rounds faster with a limit, and keeps less memory for QUIC's
+    /// records of packets in flight (100 agents downloading a 4 MB model at once: about 20 MB).
+    #[serde(default)]
+    pub max_concurrent_downloads: Option<usize>,
     /// Secure aggregation (`[secagg]`): on unless `enabled = false`.
     #[serde(default)]
     pub secagg: SecAggConfig,
@@ -135,6 +141,9 @@ impl ServerConfig {
         }
         if self.max_concurrent_uploads == 0 {
             bail!("max_concurrent_uploads must be at least 1");
+        }
+        if self.max_concurrent_downloads == Some(0) {
+            bail!("max_concurrent_downloads must be at least 1 (or left out: no limit)");
         }
         if self.min_free_disk_mb.is_some_and(|mb| mb > 1 << 30) {
             bail!("min_free_disk_mb is out of range (at most {} MiB)", 1u64 << 30);

@@ -158,6 +158,7 @@ impl LocalFederation {
             autostart: true,
             idle_timeout_ms: 30_000,
             max_concurrent_uploads: 4,
+            max_concurrent_downloads: None,
             secagg: options.secagg,
             metrics: None,
         };

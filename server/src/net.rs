@@ -163,6 +163,8 @@ pub struct Shared {
     pub tls: TlsSetup,
     /// Bounds the update vectors held in memory at once.
     pub uploads: Arc<Semaphore>,
+    /// Bounds the model downloads in flight at once.
+    pub downloads: Arc<Semaphore>,
     pub next_conn: AtomicU64,
     pub store: Arc<Store>,
 }
@@ -327,12 +329,7 @@ async fn serve_agent(
                     Some(Outbound::Msg(m)) => wire::write_msg(&mut send, &m, limits::CONTROL).await?,
                     Some(Outbound::Frame(frame)) => wire::write_frame(&mut send, frame).await?,
                     Some(Outbound::Blob(header, body)) => {
-                        let conn = conn.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = wire::send_blob_shared(&conn, &header, wire::shared_bytes(body)).await {
-                                tracing::debug!(error = %e, "blob send failed");
-                            }
-                        });
+                        tokio::spawn(send_download(conn.clone(), shared.downloads.clone(), header, body));
                     }
                     Some(Outbound::Close(reason)) => {
                         let _ = wire::write_msg(&mut send, &ServerMessage::Bye { reason: reason.clone() }, limits::CONTROL).await;
@@ -380,6 +377,27 @@ async fn read_uploads(conn: quinn::Connection, shared: Arc<Shared>, agent: Strin
 #[derive(Debug, thiserror::Error)]
 #[error("protocol violation: {0}")]
 struct ProtocolViolation(String);
+
+/// Sends a blob (a model's weights or graph) to an agent under one of the `max_concurrent_downloads` permits, held
+/// until the agent has acknowledged every byte, or for at most the time an upload of that size may take: an agent
+/// that stops reading slows only its own download, never the others'.
+async fn send_download(
+    conn: quinn::Connection,
+    downloads: Arc<Semaphore>,
+    header: protocol::BlobHeader,
+    body: Arc<Vec<u8>>,
+) {
+    let permit = downloads.acquire_owned().await;
+    let limit = upload_time_limit(header.len);
+    let sending = tokio::spawn(async move {
+        if let Err(e) = wire::send_blob_acked(&conn, &header, wire::shared_bytes(body)).await {
+            tracing::debug!(error = %e, "blob send failed");
+        }
+    });
+    // On time-out the send goes on without the permit (dropping the handle does not stop the task).
+    let _ = tokio::time::timeout(limit, sending).await;
+    drop(permit);
+}
 
 /// The time an upload's body may take once it holds a permit: 30 s plus 64 KiB/s for its length, so a stalled
 /// upload cannot hold a permit for ever.

@@ -339,6 +339,9 @@ pub async fn start_with_hook(
         params,
         tls,
         uploads: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads)),
+        downloads: Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_downloads.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
         next_conn: AtomicU64::new(1),
         store: store.clone(),
     });

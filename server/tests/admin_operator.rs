@@ -70,6 +70,8 @@ impl Federation {
             autostart: false,
             idle_timeout_ms: 30_000,
             max_concurrent_uploads: 4,
+            // One model download at a time: every round of these tests also shows the permits are given back.
+            max_concurrent_downloads: Some(1),
             // A cohort of one cannot be aggregated securely; those tests run plain rounds.
             secagg: if agents >= 2 { Default::default() } else { fedge_server::coordinator::SecAggConfig::off() },
             metrics: Some("127.0.0.1:0".parse().unwrap()),

@@ -109,6 +109,23 @@ pub async fn send_blob_shared(
     Ok(())
 }
 
+/// Like [`send_blob_shared`], at a lower priority than the connection's other streams, and then waits until the
+/// peer has acknowledged every byte of the blob (or stopped the stream, or the connection is lost).
+pub async fn send_blob_acked(
+    conn: &quinn::Connection,
+    header: &BlobHeader,
+    body: bytes::Bytes,
+) -> Result<(), WireError> {
+    let mut send = conn.open_uni().await?;
+    // Below the control stream: a round's small messages (key broadcasts, shares) never wait behind a model.
+    send.set_priority(-1).map_err(|e| WireError::Write(e.to_string()))?;
+    write_msg(&mut send, header, limits::BLOB_HEADER).await?;
+    send.write_chunk(body).await.map_err(|e| WireError::Write(e.to_string()))?;
+    send.finish().map_err(|e| WireError::Write(e.to_string()))?;
+    send.stopped().await.map_err(|e| WireError::Write(e.to_string()))?;
+    Ok(())
+}
+
 /// Sends a blob whose body this caller owns: quinn takes the buffer itself instead of copying it into the
 /// stream's send buffer, so the body exists once in memory while it is sent.
 pub async fn send_blob_owned(conn: &quinn::Connection, header: &BlobHeader, body: Vec<u8>) -> Result<(), WireError> {

@@ -49,6 +49,9 @@ struct RunArgs {
     /// Amplitude of the agents' noise updates.
     #[arg(long, default_value_t = 0.01)]
     scale: f32,
+    /// The server's `max_concurrent_downloads` (its default when absent).
+    #[arg(long)]
+    max_downloads: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -226,6 +229,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 data_dir = "{db}"
 rounds = {rounds}
 autostart = true
+{downloads}
 [tls]
 ca = "{pki}/ca.pem"
 cert = "{pki}/server.pem"
@@ -255,6 +259,7 @@ seed = 5
         model = dir.path().join("model.onnx").display(),
         rounds = args.rounds,
         n = args.agents,
+        downloads = args.max_downloads.map(|d| format!("max_concurrent_downloads = {d}")).unwrap_or_default(),
     );
     let config_path = dir.path().join("server.toml");
     std::fs::write(&config_path, config)?;
