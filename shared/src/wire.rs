@@ -43,7 +43,7 @@ pub fn shared_frame<T: Serialize>(msg: &T, limit: usize) -> Result<bytes::Bytes,
     Ok(bytes::Bytes::from(codec::encode_frame(msg, limit)?))
 }
 
-/// Writes a frame made by [`shared_frame`].
+/// Writes bytes as they are: a frame made by [`shared_frame`], or (part of) a blob's body.
 pub async fn write_frame(send: &mut quinn::SendStream, frame: bytes::Bytes) -> Result<(), WireError> {
     send.write_chunk(frame).await.map_err(|e| WireError::Write(e.to_string()))
 }
@@ -88,11 +88,9 @@ pub fn finish(send: &mut quinn::SendStream) -> Result<(), WireError> {
 
 /// Sends a blob on a new unidirectional stream and finishes the stream.
 pub async fn send_blob(conn: &quinn::Connection, header: &BlobHeader, body: &[u8]) -> Result<(), WireError> {
-    let mut send = conn.open_uni().await?;
-    write_msg(&mut send, header, limits::BLOB_HEADER).await?;
+    let mut send = open_blob(conn, header).await?;
     send.write_all(body).await.map_err(|e| WireError::Write(e.to_string()))?;
-    send.finish().map_err(|e| WireError::Write(e.to_string()))?;
-    Ok(())
+    finish(&mut send)
 }
 
 /// Sends a blob whose body is shared (e.g. one version's weights going to every agent): quinn keeps a reference to
@@ -102,11 +100,9 @@ pub async fn send_blob_shared(
     header: &BlobHeader,
     body: bytes::Bytes,
 ) -> Result<(), WireError> {
-    let mut send = conn.open_uni().await?;
-    write_msg(&mut send, header, limits::BLOB_HEADER).await?;
-    send.write_chunk(body).await.map_err(|e| WireError::Write(e.to_string()))?;
-    send.finish().map_err(|e| WireError::Write(e.to_string()))?;
-    Ok(())
+    let mut send = open_blob(conn, header).await?;
+    write_frame(&mut send, body).await?;
+    finish(&mut send)
 }
 
 /// Like [`send_blob_shared`], at a lower priority than the connection's other streams, and then waits until the
@@ -116,12 +112,11 @@ pub async fn send_blob_acked(
     header: &BlobHeader,
     body: bytes::Bytes,
 ) -> Result<(), WireError> {
-    let mut send = conn.open_uni().await?;
+    let mut send = open_blob(conn, header).await?;
     // Below the control stream: a round's small messages (key broadcasts, shares) never wait behind a model.
     send.set_priority(-1).map_err(|e| WireError::Write(e.to_string()))?;
-    write_msg(&mut send, header, limits::BLOB_HEADER).await?;
-    send.write_chunk(body).await.map_err(|e| WireError::Write(e.to_string()))?;
-    send.finish().map_err(|e| WireError::Write(e.to_string()))?;
+    write_frame(&mut send, body).await?;
+    finish(&mut send)?;
     send.stopped().await.map_err(|e| WireError::Write(e.to_string()))?;
     Ok(())
 }
