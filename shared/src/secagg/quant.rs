@@ -83,10 +83,10 @@ impl Quantizer {
     /// Writes the quantized coordinates `start .. start + out.len()` of `[w, w·delta]` into `out`. `start` must be a
     /// multiple of [`GROUP_WORDS`] and the range within `delta.len() + 1` coordinates.
     pub fn quantize(&self, delta: &[f32], start: usize, out: &mut [u32]) -> Result<(), SecAggError> {
-        if !start.is_multiple_of(GROUP_WORDS) || start + out.len() > delta.len() + 1 {
+        if !start.is_multiple_of(GROUP_WORDS) || start.checked_add(out.len()).is_none_or(|end| end > delta.len() + 1) {
             return Err(SecAggError::Malformed(format!(
                 "coordinates {start}..{} of a vector of {}",
-                start + out.len(),
+                start.saturating_add(out.len()),
                 delta.len() + 1
             )));
         }
@@ -219,6 +219,7 @@ mod tests {
         let mut odd = vec![0u32; 10];
         assert!(q.quantize(&delta, 7, &mut odd).is_err(), "a start off a group boundary is refused");
         assert!(q.quantize(&delta, 4864, &mut vec![0u32; 200]).is_err(), "a range past the end is refused");
+        assert!(q.quantize(&delta, usize::MAX - 255, &mut odd).is_err(), "a start that overflows is refused");
     }
 
     #[test]
