@@ -32,7 +32,7 @@ async fn eight_agents_raise_global_test_accuracy_round_over_round() -> anyhow::R
         onnx: fedge_shared::train::builder::mnist_2nn(5),
         coordinator: coordinator(AGENTS),
         rounds: Some(ROUNDS),
-        evaluator: Some(Arc::new(TractEvaluator { data: test, batch: 500 })),
+        evaluator: Some(Arc::new(TractEvaluator::new(test, 500))),
     };
     let fed = LocalFederation::start(spec, learners).await?;
     let mut events = fed.server.events();

@@ -59,7 +59,7 @@ async fn the_endpoint_fedge_agent_predict_and_the_server_evaluation_agree_on_a_n
         onnx: fedge_shared::train::builder::mnist_2nn(5),
         coordinator: coordinator(),
         rounds: Some(1),
-        evaluator: Some(Arc::new(TractEvaluator { data: test.clone(), batch: 50 })),
+        evaluator: Some(Arc::new(TractEvaluator::new(test.clone(), 50))),
     };
     // One agent: a cohort of one cannot be aggregated securely, so this round is plain.
     let options = fedge_server::demo::FederationOptions {

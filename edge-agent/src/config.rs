@@ -6,10 +6,11 @@
 //! This module reads files only.
 
 use anyhow::{Context, bail};
-use fedge_shared::data::{self, Dataset, Split};
+use fedge_shared::data::{self, ChannelNorm, Examples, Format, Part, SharedExamples, SourceSpec, Subset, TargetKind};
 use fedge_shared::train::schedule::LrSchedule;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// `agent.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,18 +159,96 @@ pub struct ServerAddress {
     pub name: String,
 }
 
-/// The device's training data.
+/// The device's training data: a folder in one of the formats `fedge_shared::data` reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalData {
-    /// A folder of MNIST-style IDX files (`train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`).
-    pub mnist_dir: PathBuf,
+    /// The data folder (or one `.csv` / `.npz` file): `train.csv` (+ `test.csv`), `train.npz` (+ `test.npz`),
+    /// `train/<class>/*.png|jpg` (+ `test/…`), or MNIST-style IDX files.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `csv`, `npz`, `images` or `idx`; detected from the folder when not set.
+    #[serde(default)]
+    pub format: Option<Format>,
+    /// The older way to name an MNIST-style IDX folder (the same as `path` with `format = "idx"`).
+    #[serde(default)]
+    pub mnist_dir: Option<PathBuf>,
+    /// What the label column or `y` array holds: `"classification"` (class indices, the default) or
+    /// `"regression"` (real targets; rounds must then use the `mse` loss).
+    #[serde(default)]
+    pub task: TaskKind,
+    /// CSV: the label (or target) column (default `label`).
+    #[serde(default)]
+    pub label_column: Option<String>,
+    /// CSV: the feature columns, in order (default: every other column).
+    #[serde(default)]
+    pub feature_columns: Option<Vec<String>>,
+    /// Image folders: per-channel `mean` and `std` applied after scaling pixels to [0, 1].
+    #[serde(default)]
+    pub normalize: Option<ChannelNorm>,
     /// Use only this many examples (0: all).
     #[serde(default)]
     pub limit: usize,
-    /// Fraction kept apart to measure held-out accuracy after each round.
+    /// Fraction kept apart to measure held-out accuracy after each round, when the folder has no test part.
     #[serde(default = "default_holdout")]
     pub holdout: f32,
+}
+
+/// What a data set's targets are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    #[default]
+    Classification,
+    Regression,
+}
+
+impl LocalData {
+    /// The data source this section describes (`mnist_dir` is an IDX folder).
+    pub fn source(&self) -> anyhow::Result<SourceSpec> {
+        let (path, format) = match (&self.path, &self.mnist_dir) {
+            (Some(p), None) => (p.clone(), self.format),
+            (None, Some(m)) => (m.clone(), Some(self.format.unwrap_or(Format::Idx))),
+            (Some(_), Some(_)) => bail!("data: set either path or mnist_dir, not both"),
+            (None, None) => bail!("data: set path (a data folder) or mnist_dir"),
+        };
+        Ok(SourceSpec {
+            format,
+            path,
+            label_column: self.label_column.clone(),
+            feature_columns: self.feature_columns.clone(),
+            normalize: self.normalize.clone(),
+        })
+    }
+
+    /// How loaders read targets for this section.
+    pub fn target(&self) -> TargetKind {
+        match self.task {
+            TaskKind::Classification => TargetKind::Classes { num_classes: None },
+            TaskKind::Regression => TargetKind::Values,
+        }
+    }
+
+    /// Opens the training part (the first `limit` examples when set) and the held-out part: the folder's test
+    /// part, or `holdout` of the training examples chosen with `seed`.
+    pub fn open(&self, seed: u64) -> anyhow::Result<(SharedExamples, Option<SharedExamples>)> {
+        let spec = self.source()?;
+        let target = self.target();
+        let what = || format!("data {}", spec.path.display());
+        let train = data::open_part(&spec, Part::Train, target)?
+            .with_context(|| format!("{}: no training part", spec.path.display()))?;
+        let train = Subset::all(train);
+        let train = if self.limit > 0 { train.take(self.limit) } else { train };
+        let test = data::open_part(&spec, Part::Test, target).with_context(what)?;
+        match test {
+            Some(test) => Ok((Arc::new(train), Some(test))),
+            None if self.holdout > 0.0 => {
+                let (rest, held) = Subset::split_holdout(Arc::new(train), self.holdout, seed).with_context(what)?;
+                Ok((Arc::new(rest), Some(Arc::new(held))))
+            }
+            None => Ok((Arc::new(train), None)),
+        }
+    }
 }
 
 fn default_holdout() -> f32 {
@@ -192,6 +271,12 @@ impl AgentConfig {
         if !(0.0..0.9).contains(&self.data.holdout) {
             bail!("data.holdout must be in [0, 0.9), not {}", self.data.holdout);
         }
+        self.data.source()?;
+        if let Some(n) = &self.data.normalize
+            && n.mean.len() != n.std.len()
+        {
+            bail!("data.normalize: mean has {} values and std {}", n.mean.len(), n.std.len());
+        }
         if self.backoff_initial_ms == 0 || self.backoff_max_ms < self.backoff_initial_ms {
             bail!("backoff_initial_ms must be positive and at most backoff_max_ms");
         }
@@ -202,16 +287,13 @@ impl AgentConfig {
         self.inference.validate()
     }
 
-    /// Loads the training data and splits off the held-out part.
-    pub fn load_data(&self) -> anyhow::Result<(Dataset, Option<Dataset>)> {
-        let d = data::load_mnist_dir(&self.data.mnist_dir, Split::Train)?;
-        let d = if self.data.limit > 0 { d.take(self.data.limit) } else { d };
-        if self.data.holdout > 0.0 {
-            let (train, holdout) = d.split_holdout(self.data.holdout, self.seed)?;
-            Ok((train, Some(holdout)))
-        } else {
-            Ok((d, None))
+    /// Opens the training data and the held-out part (see [`LocalData::open`]).
+    pub fn load_data(&self) -> anyhow::Result<(SharedExamples, Option<SharedExamples>)> {
+        let (train, holdout) = self.data.open(self.seed)?;
+        if train.is_empty() {
+            bail!("data {}: no training examples", self.data.source()?.path.display());
         }
+        Ok((train, holdout))
     }
 }
 
@@ -290,6 +372,35 @@ mod tests {
         let text = format!("{EXAMPLE}\n[training]\nlr_schedule = \"cosine\"\nlr_min_factor = 2.0\n");
         let cfg: AgentConfig = toml::from_str(&text).unwrap();
         assert!(cfg.validate().unwrap_err().to_string().contains("min_factor"));
+    }
+
+    fn data_section(body: &str) -> anyhow::Result<SourceSpec> {
+        let start = EXAMPLE.find("[data]").unwrap();
+        let end = EXAMPLE[start..].find("\n[").map_or(EXAMPLE.len(), |e| start + e + 1);
+        let text = format!("{}[data]\n{body}\n{}", &EXAMPLE[..start], &EXAMPLE[end..]);
+        let cfg: AgentConfig = toml::from_str(&text)?;
+        cfg.validate()?;
+        cfg.data.source()
+    }
+
+    #[test]
+    fn the_data_section_names_a_folder_and_a_format_and_the_older_mnist_dir_still_works() {
+        let s =
+            data_section("format = \"csv\"\npath = \"/d\"\nlabel_column = \"y\"\nfeature_columns = [\"a\"]").unwrap();
+        assert_eq!(s.format, Some(Format::Csv));
+        assert_eq!((s.path.to_str(), s.label_column.as_deref()), (Some("/d"), Some("y")));
+        assert_eq!(s.feature_columns, Some(vec!["a".to_string()]));
+        let s = data_section("path = \"/d\"\nnormalize = { mean = [0.5], std = [0.25] }").unwrap();
+        assert_eq!(s.format, None, "detected from the folder");
+        assert_eq!(s.normalize, Some(ChannelNorm { mean: vec![0.5], std: vec![0.25] }));
+        let s = data_section("mnist_dir = \"/m\"").unwrap();
+        assert_eq!((s.format, s.path.to_str()), (Some(Format::Idx), Some("/m")));
+        let e = data_section("mnist_dir = \"/m\"\npath = \"/d\"").unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        assert!(data_section("limit = 3").unwrap_err().to_string().contains("set path"));
+        assert!(data_section("path = \"/d\"\nformat = \"parquet\"").is_err());
+        let e = data_section("path = \"/d\"\nnormalize = { mean = [0.5, 0.5], std = [1.0] }").unwrap_err();
+        assert!(e.to_string().contains("normalize"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,9 @@ enum Command {
         /// Configuration file (see configs/agent.toml).
         #[arg(long, short, env = "FEDGE_AGENT_CONFIG", default_value = "/etc/fedge/agent.toml")]
         config: std::path::PathBuf,
+        /// Train on this data folder instead of the configuration's `[data] path` (format detected).
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
     },
     /// Train a model locally on a data set, without a server.
     Train(offline::TrainArgs),
@@ -33,14 +36,19 @@ enum Command {
     SelfTest,
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
+fn run(path: &std::path::Path, data: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     use anyhow::Context;
     use fedge_agent::client::{Agent, ClientSettings};
     use fedge_agent::config::AgentConfig;
     use fedge_shared::tls;
     use std::time::Duration;
 
-    let cfg = AgentConfig::load(path)?;
+    let mut cfg = AgentConfig::load(path)?;
+    if let Some(dir) = data {
+        cfg.data.path = Some(dir);
+        cfg.data.mnist_dir = None;
+        cfg.data.format = None;
+    }
     let (train, holdout) = cfg.load_data()?;
     tracing::info!(examples = train.len(), "local data loaded");
     fedge_shared::alloc::return_large_blocks_to_the_os();
@@ -70,7 +78,8 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             (None, Err(_)) => None,
         };
         let learner = Box::new(
-            fedge_agent::trainer::TractLearner::new(train, holdout, cfg.seed).with_schedule(cfg.training.schedule()?),
+            fedge_agent::trainer::TractLearner::from_sources(train, holdout, cfg.seed)
+                .with_schedule(cfg.training.schedule()?),
         );
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (models, updates) = tokio::sync::watch::channel(initial);
@@ -103,7 +112,7 @@ fn main() -> anyhow::Result<()> {
     let _crash_points = fedge_agent::crash::setup();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run { config, data } => run(&config, data),
         Command::Train(a) => offline::train(a),
         Command::Eval(a) => offline::eval(a),
         Command::MakeModel(a) => offline::make_model(a),

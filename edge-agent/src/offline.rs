@@ -1,15 +1,19 @@
 //! The agent's commands that need no server: local training, evaluation, writing the example models.
 //!
-//! `train` and `eval` read an MNIST-style folder (`train-*` and `t10k-*` IDX files, gzip-compressed or not) and
-//! an ONNX model; weights are read and written as raw little-endian `f32` (or, for `train --out x.onnx`, as an ONNX
-//! model with the weights baked in). With `--json` every report is one JSON object per line on stdout and nothing
-//! else is printed there. These commands must never contact a server.
+//! `train` and `eval` read a data folder in any format `fedge_shared::data` knows (CSV, NumPy, image folders, IDX;
+//! detected from the folder unless `--format` names it) and an ONNX model, whose input shape shapes the examples and
+//! whose output count is the number of classes (or regression targets, with `--loss mse`); weights are read and
+//! written as raw little-endian `f32` (or, for `train --out x.onnx`, as an ONNX model with the weights baked in).
+//! With `--json` every report is one JSON object per line on stdout and nothing else is printed there: classification
+//! reports carry `test_accuracy` and `test_loss`, regression reports `test_mse`. These commands must never contact
+//! a server.
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use fedge_shared::data::{CompactDataset, Examples, Split, load_mnist_dir, load_mnist_dir_compact};
+use fedge_shared::data::{self, ChannelNorm, Examples, Format, Part, SharedExamples, SourceSpec, Subset};
 use fedge_shared::model::{weights_from_bytes, weights_to_bytes};
 use fedge_shared::train::builder;
+use fedge_shared::train::local::EvalSummary;
 use fedge_shared::train::local::{EVAL_BATCH, EpochPlan, LocalTrainer, epoch_seed, evaluate};
 use fedge_shared::train::optimizer::{Optimizer, OptimizerConfig, Proximal};
 use fedge_shared::train::schedule::LrSchedule;
@@ -17,6 +21,7 @@ use fedge_shared::train::{Loss, TrainableModel};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Which optimizer `train` uses.
@@ -37,15 +42,80 @@ pub enum ScheduleKind {
     Step,
 }
 
+/// Which loss `train` minimises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LossKind {
+    /// Softmax cross-entropy: classification into the model's outputs.
+    #[value(name = "cross_entropy", alias = "ce")]
+    CrossEntropy,
+    /// Mean squared error: regression on the CSV target column or the NumPy float32 `y`.
+    Mse,
+}
+
+impl From<LossKind> for Loss {
+    fn from(k: LossKind) -> Loss {
+        match k {
+            LossKind::CrossEntropy => Loss::SoftmaxCrossEntropy,
+            LossKind::Mse => Loss::MeanSquaredError,
+        }
+    }
+}
+
+/// Where the data is and how to read it (shared by `train` and `eval`).
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// A data folder: train.csv/test.csv (with a header), train.npz/test.npz (arrays x, y), train/<class>/*.png|jpg
+    /// and test/<class>/..., or MNIST-style IDX files; or one .csv or .npz file.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The data format (csv, npz, images, idx); detected from the folder when not given.
+    #[arg(long)]
+    pub format: Option<Format>,
+    /// CSV: the label (or regression target) column.
+    #[arg(long, default_value = "label")]
+    pub label_column: String,
+    /// CSV: the feature columns, comma-separated (default: every column but the label).
+    #[arg(long, value_delimiter = ',')]
+    pub feature_columns: Option<Vec<String>>,
+    /// Image folders: per-channel means subtracted after scaling to [0, 1], comma-separated.
+    #[arg(long, value_delimiter = ',', requires = "normalize_std")]
+    pub normalize_mean: Option<Vec<f32>>,
+    /// Image folders: per-channel standard deviations divided by, comma-separated.
+    #[arg(long, value_delimiter = ',', requires = "normalize_mean")]
+    pub normalize_std: Option<Vec<f32>>,
+}
+
+impl DataArgs {
+    /// The data source these flags describe.
+    pub fn source(&self) -> SourceSpec {
+        let normalize = match (&self.normalize_mean, &self.normalize_std) {
+            (Some(mean), Some(std)) => Some(ChannelNorm { mean: mean.clone(), std: std.clone() }),
+            _ => None,
+        };
+        SourceSpec {
+            format: self.format,
+            path: self.data.clone(),
+            label_column: Some(self.label_column.clone()),
+            feature_columns: self.feature_columns.clone(),
+            normalize,
+        }
+    }
+}
+
 /// `fedge-agent train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// The ONNX model to train.
     #[arg(long)]
     pub model: PathBuf,
-    /// A folder with MNIST-style IDX files (train-images-idx3-ubyte[.gz], ..., t10k-labels-idx1-ubyte[.gz]).
-    #[arg(long)]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The loss: cross_entropy (classification) or mse (regression).
+    #[arg(long, value_enum, default_value_t = LossKind::CrossEntropy)]
+    pub loss: LossKind,
+    /// The fraction of the training examples held out for testing when the folder has no test part.
+    #[arg(long, default_value_t = 0.1)]
+    pub holdout: f32,
     /// Start from these raw little-endian f32 weights instead of the model's own.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -96,7 +166,8 @@ pub struct TrainArgs {
     /// Where to write the trained weights: raw little-endian f32, or an ONNX model if the name ends in .onnx.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// One JSON object per epoch on stdout, then {"test_accuracy": ...}; no progress bar.
+    /// One JSON object per epoch on stdout, then {"test_accuracy": ...} ({"test_mse": ...} for regression); no
+    /// progress bar.
     #[arg(long)]
     pub json: bool,
 }
@@ -110,9 +181,12 @@ pub struct EvalArgs {
     /// Raw little-endian f32 weights (default: the model's own).
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// A folder with MNIST-style IDX files; the t10k split is evaluated.
-    #[arg(long)]
-    pub data: PathBuf,
+    /// The data folder; its test part is evaluated.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// cross_entropy (classification: accuracy and loss) or mse (regression on CSV/NumPy targets).
+    #[arg(long, value_enum, default_value_t = LossKind::CrossEntropy)]
+    pub loss: LossKind,
     /// Evaluate the first N test examples only.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -160,24 +234,67 @@ fn load_weights(model: &TrainableModel, path: Option<&Path>) -> Result<Vec<f32>>
         .with_context(|| format!("{}: not weights for this model", path.display()))
 }
 
-/// The test split of `dir`, or 10% of the training data held out when the folder has no test files; both held
-/// as palette codes (MNIST's normalised pixels take 256 values: a byte each instead of four).
-fn train_and_test(dir: &Path, seed: u64) -> Result<(CompactDataset, CompactDataset)> {
-    match load_mnist_dir_compact(dir, Split::Test) {
-        Ok(test) => Ok((load_mnist_dir_compact(dir, Split::Train)?, test)),
-        Err(fedge_shared::data::DataError::MissingFile { .. }) => {
-            tracing::warn!("no t10k files in {}: holding out 10% of the training data", dir.display());
-            let (train, test) = load_mnist_dir(dir, Split::Train)?.split_holdout(0.1, seed)?;
-            Ok((CompactDataset::from(train), CompactDataset::from(test)))
+/// How the data at `spec` is read for `model` and `loss`: regression targets for mse on CSV/NumPy data, otherwise
+/// classes checked against the model's output count.
+fn target_for(spec: &SourceSpec, model: &TrainableModel, loss: Loss) -> Result<data::TargetKind> {
+    let format = data::format_of(spec)?;
+    Ok(data::target_kind(format, loss == Loss::MeanSquaredError, Some(model.output_len())))
+}
+
+/// The training and test parts of `spec`: the folder's test part, or `holdout` of the training data held out when
+/// it has none. In-memory formats are held as palette codes where they can be (MNIST's pixels: a byte each).
+fn train_and_test(
+    spec: &SourceSpec,
+    model: &TrainableModel,
+    loss: Loss,
+    holdout: f32,
+    seed: u64,
+) -> Result<(Subset, Subset)> {
+    let target = target_for(spec, model, loss)?;
+    let what = || format!("reading the data {}", spec.path.display());
+    let train = data::open_part(spec, Part::Train, target)
+        .with_context(what)?
+        .with_context(|| format!("{}: no training part", spec.path.display()))?;
+    match data::open_part(spec, Part::Test, target).with_context(what)? {
+        Some(test) => Ok((Subset::all(train), Subset::all(test))),
+        None => {
+            tracing::warn!(
+                "no test part in {}: holding out {:.0}% of the training data",
+                spec.path.display(),
+                holdout * 100.0
+            );
+            Ok(Subset::split_holdout(train, holdout, seed).with_context(what)?)
         }
-        Err(e) => Err(e.into()),
     }
 }
 
-fn limited(d: CompactDataset, limit: Option<usize>) -> CompactDataset {
+fn limited(d: Subset, limit: Option<usize>) -> Subset {
     match limit {
         Some(n) => d.take(n),
         None => d,
+    }
+}
+
+/// The JSON fields of an evaluation: accuracy and loss for classification, the mean squared error for regression.
+fn eval_fields(eval: &EvalSummary) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::Map::new();
+    match eval.mse {
+        Some(mse) => {
+            m.insert("test_mse".into(), json!(mse));
+        }
+        None => {
+            m.insert("test_loss".into(), json!(eval.loss));
+            m.insert("test_accuracy".into(), json!(eval.accuracy));
+        }
+    }
+    m
+}
+
+/// An evaluation in words.
+fn eval_words(eval: &EvalSummary) -> String {
+    match eval.mse {
+        Some(mse) => format!("test mse {mse:.5}"),
+        None => format!("test loss {:.4}, test accuracy {:.2}%", eval.loss, eval.accuracy * 100.0),
     }
 }
 
@@ -185,7 +302,12 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let started = Instant::now();
     let model = load_model(&args.model)?;
     let mut weights = load_weights(&model, args.weights.as_deref())?;
-    let (train, test) = train_and_test(&args.data, args.seed)?;
+    let loss = Loss::from(args.loss);
+    if !(args.holdout > 0.0 && args.holdout < 1.0) {
+        bail!("--holdout must be strictly between 0 and 1, not {}", args.holdout);
+    }
+    let spec = args.data.source();
+    let (train, test) = train_and_test(&spec, &model, loss, args.holdout, args.seed)?;
     let (train, test) = (limited(train, args.limit), limited(test, args.test_limit));
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -204,7 +326,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let mut optimizer = Optimizer::new(optimizer, weights.len())?;
     // The starting weights are kept only for the proximal term (a copy of every weight).
     let start = if args.prox_mu.is_some() { weights.clone() } else { Vec::new() };
-    let mut trainer = LocalTrainer::new(model.clone(), Loss::SoftmaxCrossEntropy, args.batch_size)?;
+    let mut trainer = LocalTrainer::new(model.clone(), loss, args.batch_size)?;
     let steps_per_epoch = train.len().div_ceil(args.batch_size) as u64;
     let schedule = schedule_of(&args, steps_per_epoch)?;
     let total_steps = steps_per_epoch * u64::from(args.epochs);
@@ -219,7 +341,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         );
         bar
     };
-    let mut accuracy = f32::NAN;
+    let mut last: Option<EvalSummary> = None;
     for epoch in 1..=args.epochs {
         bar.set_prefix(format!("{epoch}/{}", args.epochs));
         let epoch_started = Instant::now();
@@ -238,33 +360,28 @@ pub fn train(args: TrainArgs) -> Result<()> {
         })?;
         let train_seconds = epoch_started.elapsed().as_secs_f64();
         let eval = evaluate(&model, &weights, &test, EVAL_BATCH)?;
-        accuracy = eval.accuracy;
         if args.json {
-            println!(
-                "{}",
-                json!({
-                    "epoch": epoch,
-                    "train_loss": summary.mean_loss,
-                    "test_loss": eval.loss,
-                    "test_accuracy": eval.accuracy,
-                    "train_examples": summary.examples,
-                    "test_examples": eval.examples,
-                    "steps": summary.steps,
-                    "lr": optimizer.current_lr(),
-                    "train_seconds": train_seconds,
-                })
-            );
+            let mut line = serde_json::Map::new();
+            line.insert("epoch".into(), json!(epoch));
+            line.insert("train_loss".into(), json!(summary.mean_loss));
+            line.extend(eval_fields(&eval));
+            line.insert("train_examples".into(), json!(summary.examples));
+            line.insert("test_examples".into(), json!(eval.examples));
+            line.insert("steps".into(), json!(summary.steps));
+            line.insert("lr".into(), json!(optimizer.current_lr()));
+            line.insert("train_seconds".into(), json!(train_seconds));
+            println!("{}", serde_json::Value::Object(line));
         } else {
             bar.println(format!(
-                "epoch {epoch}/{}: train loss {:.4}, test loss {:.4}, test accuracy {:.2}% ({} examples, {:.1}s)",
+                "epoch {epoch}/{}: train loss {:.4}, {} ({} examples, {:.1}s)",
                 args.epochs,
                 summary.mean_loss,
-                eval.loss,
-                eval.accuracy * 100.0,
+                eval_words(&eval),
                 eval.examples,
                 train_seconds
             ));
         }
+        last = Some(eval);
     }
     bar.finish_and_clear();
     if let Some(out) = &args.out {
@@ -277,9 +394,12 @@ pub fn train(args: TrainArgs) -> Result<()> {
     }
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
-        println!("{}", json!({ "test_accuracy": accuracy, "seconds": seconds }));
+        let mut line = last.as_ref().map(eval_fields).unwrap_or_default();
+        line.insert("seconds".into(), json!(seconds));
+        println!("{}", serde_json::Value::Object(line));
     } else {
-        println!("test accuracy {:.2}% after {} epochs, {:.1}s", accuracy * 100.0, args.epochs, seconds);
+        let words = last.as_ref().map_or("no epoch ran".to_string(), eval_words);
+        println!("{words} after {} epochs, {:.1}s", args.epochs, seconds);
         if let Some(out) = &args.out {
             println!("weights written to {}", out.display());
         }
@@ -310,7 +430,12 @@ fn schedule_of(args: &TrainArgs, steps_per_epoch: u64) -> Result<LrSchedule> {
 pub fn eval(args: EvalArgs) -> Result<()> {
     let model = load_model(&args.model)?;
     let weights = load_weights(&model, args.weights.as_deref())?;
-    let test = limited(load_mnist_dir_compact(&args.data, Split::Test)?, args.limit);
+    let spec = args.data.source();
+    let target = target_for(&spec, &model, Loss::from(args.loss))?;
+    let test: SharedExamples = data::open_part(&spec, Part::Test, target)
+        .with_context(|| format!("reading the data {}", spec.path.display()))?
+        .with_context(|| format!("{}: no test part to evaluate", spec.path.display()))?;
+    let test = limited(Subset::all(test), args.limit);
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -318,18 +443,17 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let eval = evaluate(&model, &weights, &test, args.batch_size)?;
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
-        println!(
-            "{}",
-            json!({ "examples": eval.examples, "loss": eval.loss, "accuracy": eval.accuracy, "seconds": seconds })
-        );
+        let mut line = serde_json::Map::new();
+        line.insert("examples".into(), json!(eval.examples));
+        line.insert("loss".into(), json!(eval.loss));
+        match eval.mse {
+            Some(mse) => line.insert("mse".into(), json!(mse)),
+            None => line.insert("accuracy".into(), json!(eval.accuracy)),
+        };
+        line.insert("seconds".into(), json!(seconds));
+        println!("{}", serde_json::Value::Object(line));
     } else {
-        println!(
-            "{} examples: loss {:.4}, accuracy {:.2}% ({:.1}s)",
-            eval.examples,
-            eval.loss,
-            eval.accuracy * 100.0,
-            seconds
-        );
+        println!("{} examples: {} ({:.1}s)", eval.examples, eval_words(&eval), seconds);
     }
     Ok(())
 }

@@ -1,22 +1,26 @@
 //! The agent's real [`Learner`]: trains the federation's ONNX model on the device's data with tract.
 //!
-//! The compiled training step is kept across rounds (rebuilt only when the graph or the batch size changes), so
-//! a round costs its training steps and nothing more. Runs on a blocking thread; never touches the network.
+//! The data is any source `fedge_shared::data` reads (CSV, NumPy, image folders decoded per batch, IDX), seen
+//! through [`Examples`]; the round's plan names the loss (cross-entropy for classes, mean squared error for
+//! regression targets). The compiled training step is kept across rounds (rebuilt only when the graph, the loss
+//! or the batch size changes), so a round costs its training steps and nothing more. Runs on a blocking thread;
+//! never touches the network.
 
 use crate::learner::{LearnOutcome, Learner};
 use anyhow::{Context, bail};
-use fedge_shared::data::{CompactDataset, Dataset, Examples};
+use fedge_shared::data::{CompactDataset, Dataset, Examples, SharedExamples, Task};
 use fedge_shared::protocol::TrainPlan;
 use fedge_shared::train::local::{EVAL_BATCH, LocalTrainConfig, LocalTrainer, evaluate};
 use fedge_shared::train::optimizer::OptimizerConfig;
 use fedge_shared::train::schedule::LrSchedule;
 use fedge_shared::train::{Loss, TrainableModel};
+use std::sync::Arc;
 
 /// Trains with tract on a local training split, and reports accuracy on a local held-out split.
 pub struct TractLearner {
-    /// Kept as palette codes when the features allow (a quarter of the memory of `f32` pixels).
-    train: CompactDataset,
-    holdout: Option<CompactDataset>,
+    /// In-memory sets are kept as palette codes when the features allow (a quarter of the memory of `f32` pixels).
+    train: SharedExamples,
+    holdout: Option<SharedExamples>,
     model: Option<TrainableModel>,
     trainer: Option<LocalTrainer>,
     /// Mixed into every round's seed so agents do not shuffle alike.
@@ -27,8 +31,13 @@ pub struct TractLearner {
 
 impl TractLearner {
     pub fn new(train: Dataset, holdout: Option<Dataset>, seed: u64) -> Self {
-        let train = CompactDataset::from(train);
-        let holdout = holdout.map(CompactDataset::from);
+        let train: SharedExamples = Arc::new(CompactDataset::from(train));
+        let holdout = holdout.map(|h| Arc::new(CompactDataset::from(h)) as SharedExamples);
+        Self::from_sources(train, holdout, seed)
+    }
+
+    /// A learner on any data sources (CSV, NumPy, image folders, IDX, a subset of one of them).
+    pub fn from_sources(train: SharedExamples, holdout: Option<SharedExamples>, seed: u64) -> Self {
         TractLearner { train, holdout, model: None, trainer: None, seed, schedule: LrSchedule::Constant }
     }
 
@@ -74,12 +83,18 @@ impl Learner for TractLearner {
 
     fn set_graph(&mut self, onnx: &[u8]) -> anyhow::Result<()> {
         let model = TrainableModel::from_onnx_bytes(onnx).context("loading the ONNX graph")?;
-        if model.input_len() != self.train.example_len() {
-            bail!(
-                "the model takes inputs of {} values, the local data set has examples of {}",
-                model.input_len(),
-                self.train.example_len()
-            );
+        self.train.set_input_shape(model.input_shape()).context("the local data does not fit the model")?;
+        if let Some(h) = &self.holdout {
+            h.set_input_shape(model.input_shape()).context("the held-out data does not fit the model")?;
+        }
+        match self.train.task() {
+            Task::Classification { classes } if classes > model.output_len() => {
+                bail!("the local data has {classes} classes, the model only {} outputs", model.output_len())
+            }
+            Task::Regression { outputs } if outputs != model.output_len() => {
+                bail!("the local data has {outputs} targets per example, the model {} outputs", model.output_len())
+            }
+            _ => {}
         }
         self.model = Some(model);
         self.trainer = None;
@@ -96,14 +111,15 @@ impl Learner for TractLearner {
             bail!("global weights hold {} parameters, the graph has {}", global.len(), model.num_params());
         }
         let cfg = self.config(plan)?;
-        if self.trainer.as_ref().is_none_or(|t| t.batch_size() != plan.batch_size as usize) {
-            self.trainer = Some(LocalTrainer::new(model.clone(), Loss::SoftmaxCrossEntropy, plan.batch_size as usize)?);
+        let loss: Loss = plan.loss.parse().map_err(anyhow::Error::msg)?;
+        if self.trainer.as_ref().is_none_or(|t| t.batch_size() != plan.batch_size as usize || t.loss() != loss) {
+            self.trainer = Some(LocalTrainer::new(model.clone(), loss, plan.batch_size as usize)?);
         }
         let Some(trainer) = self.trainer.as_mut() else { bail!("trainer unavailable") };
         let mut weights = global.to_vec();
         let summary = trainer.train(&mut weights, &self.train, &cfg, &mut |_| {})?;
         let holdout_accuracy = match &self.holdout {
-            Some(h) if !h.is_empty() => Some(evaluate(trainer.model(), &weights, h, EVAL_BATCH)?.accuracy),
+            Some(h) if !h.is_empty() => evaluate(trainer.model(), &weights, h, EVAL_BATCH)?.accuracy(),
             _ => None,
         };
         let delta = weights.iter().zip(global).map(|(w, g)| w - g).collect();

@@ -98,15 +98,41 @@ pub struct ModelSource {
     pub onnx: PathBuf,
 }
 
-/// Server-side evaluation of every new global model.
+/// Server-side evaluation of every new global model (optional).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Evaluation {
-    /// A folder of MNIST-style IDX files; its `t10k` split is used.
+    /// A data folder in any format the agents read (its test part: `test.csv`, `test.npz`, `test/<class>/`, or
+    /// MNIST-style `t10k-*` IDX files).
     pub test_data: PathBuf,
+    /// `csv`, `npz`, `images` or `idx`; detected from the folder when not set.
+    #[serde(default)]
+    pub format: Option<fedge_shared::data::Format>,
+    /// CSV: the label (or target) column (default `label`).
+    #[serde(default)]
+    pub label_column: Option<String>,
+    /// CSV: the feature columns, in order (default: every other column).
+    #[serde(default)]
+    pub feature_columns: Option<Vec<String>>,
+    /// Image folders: per-channel `mean` and `std` applied after scaling to [0, 1].
+    #[serde(default)]
+    pub normalize: Option<fedge_shared::data::ChannelNorm>,
     /// Evaluate on at most this many examples.
     #[serde(default)]
     pub limit: Option<usize>,
+}
+
+impl Evaluation {
+    /// The data source this section describes.
+    pub fn source(&self) -> fedge_shared::data::SourceSpec {
+        fedge_shared::data::SourceSpec {
+            format: self.format,
+            path: self.test_data.clone(),
+            label_column: self.label_column.clone(),
+            feature_columns: self.feature_columns.clone(),
+            normalize: self.normalize.clone(),
+        }
+    }
 }
 
 impl ServerConfig {

@@ -1,6 +1,9 @@
 //! `fedgectl demo`: a whole federation on this machine: a CA and certificates in a temporary directory, a real
 //! server on loopback QUIC with mutual TLS and a sled database, and N agents (tasks in this process, each with its
-//! own certificate and QUIC connection) training with tract on a non-IID split of MNIST.
+//! own certificate and QUIC connection) training with tract on a non-IID split of the data: MNIST with an example
+//! model by default, or the user's own model and data folder (`--model M.onnx --data DIR`, any format
+//! `fedge_shared::data` reads; see [`crate::demo_data`]). Each round reports the server's test accuracy (or, with
+//! `--loss mse`, the mean squared error).
 //!
 //! Every round uses secure aggregation unless `--secagg off` (for comparison; it says so loudly). The building
 //! blocks ([`LocalFederation`]) are also what the whole-system tests use. Nothing here listens on anything but
@@ -8,6 +11,7 @@
 
 use crate::config::{ModelSource, ServerConfig, TlsFiles};
 use crate::coordinator::{CoordinatorConfig, OptimizerKind, SecAggConfig, TrainHyper};
+use crate::demo_data::{SplitSpec, open_for_federation};
 use crate::evaluator::{Evaluator, TractEvaluator};
 use crate::service::{self, RelayHook, ServerEvent, ServerHandle};
 use crate::strategy::StrategyConfig;
@@ -16,8 +20,9 @@ use fedge_agent::client::{Agent, AgentEvent, ClientSettings};
 use fedge_agent::learner::Learner;
 use fedge_agent::state::ModelState;
 use fedge_agent::trainer::TractLearner;
-use fedge_shared::data::{self, Dataset, Split};
+use fedge_shared::data::{self, Dataset, SourceSpec, Task};
 use fedge_shared::tls::{self, Identity, Role};
+use fedge_shared::train::{Loss, TrainableModel};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,9 +37,20 @@ pub struct DemoArgs {
     /// Rounds to run.
     #[arg(long, default_value_t = 10)]
     pub rounds: u64,
-    /// Example model: the 2NN MLP (784-200-200-10) or the CNN of McMahan et al. 2017.
-    #[arg(long, value_enum, default_value_t = DemoModel::Mlp)]
-    pub model: DemoModel,
+    /// The model: an ONNX file (with --data DIR), or an example model for MNIST: `mlp` (the 2NN, 784-200-200-10)
+    /// or `cnn` (McMahan et al. 2017).
+    #[arg(long, default_value = "mlp")]
+    pub model: ModelChoice,
+    /// The loss: cross_entropy (classification into the model's outputs) or mse (regression on the CSV target
+    /// column or the NumPy float32 y).
+    #[arg(long, default_value = "cross_entropy")]
+    pub loss: Loss,
+    /// The data format (csv, npz, images, idx); detected from the folder when not given.
+    #[arg(long)]
+    pub format: Option<data::Format>,
+    /// CSV: the label (or target) column.
+    #[arg(long)]
+    pub label_column: Option<String>,
     /// Seed of the data split, the model's initialisation and the cohort selection.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -56,10 +72,11 @@ pub struct DemoArgs {
     /// Evaluate on at most this many test examples (0: all 10,000).
     #[arg(long, default_value_t = 0)]
     pub test_limit: usize,
-    /// Folder with the MNIST IDX files (default: data/mnist in the repository, then ../shared/data/mnist).
+    /// The data folder (train.csv, train.npz, train/<class>/, or IDX files; see `fedge-agent train --help`).
+    /// Default with an example model: MNIST in data/mnist in the repository, then ../shared/data/mnist.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// One JSON object per round and a last line {"final_accuracy": ...}.
+    /// One JSON object per round and a last line {"final_accuracy": ...} ({"final_mse": ...} for regression).
     #[arg(long)]
     pub json: bool,
     /// Secure aggregation (SecAgg+). `off` runs plain rounds, for comparison only.
@@ -78,6 +95,24 @@ pub enum Toggle {
 pub enum DemoModel {
     Mlp,
     Cnn,
+}
+
+/// `--model`: an example model or an ONNX file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelChoice {
+    Example(DemoModel),
+    File(PathBuf),
+}
+
+impl std::str::FromStr for ModelChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "mlp" => ModelChoice::Example(DemoModel::Mlp),
+            "cnn" => ModelChoice::Example(DemoModel::Cnn),
+            path => ModelChoice::File(PathBuf::from(path)),
+        })
+    }
 }
 
 /// Finds the MNIST folder.
@@ -241,26 +276,45 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let dir = find_mnist(args.data.as_deref())?;
-    let (train, test) = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || -> anyhow::Result<(Dataset, Dataset)> {
-            Ok((data::load_mnist_dir(&dir, Split::Train)?, data::load_mnist_dir(&dir, Split::Test)?))
-        }
-    })
-    .await?
-    .with_context(|| format!("loading MNIST from {}", dir.display()))?;
-    let train = if args.train_limit > 0 { train.take(args.train_limit) } else { train };
-    let test = if args.test_limit > 0 { test.take(args.test_limit) } else { test };
-    let onnx = match args.model {
-        DemoModel::Mlp => fedge_shared::train::builder::mnist_2nn(args.seed),
-        DemoModel::Cnn => fedge_shared::train::builder::mnist_cnn(args.seed),
+    let onnx = match &args.model {
+        ModelChoice::Example(DemoModel::Mlp) => fedge_shared::train::builder::mnist_2nn(args.seed),
+        ModelChoice::Example(DemoModel::Cnn) => fedge_shared::train::builder::mnist_cnn(args.seed),
+        ModelChoice::File(p) => std::fs::read(p).with_context(|| format!("reading the model {}", p.display()))?,
     };
-    let shards = split_for_agents(&train, args.agents, args.alpha, args.seed)?;
-    let learners: Vec<Box<dyn Learner>> = shards
+    let model = TrainableModel::from_onnx_bytes(&onnx).context("loading the model")?;
+    let dir = match (&args.model, &args.data) {
+        (_, Some(d)) => d.clone(),
+        (ModelChoice::Example(_), None) => find_mnist(None)?,
+        (ModelChoice::File(p), None) => bail!("--model {} needs --data DIR (the data to train it on)", p.display()),
+    };
+    let source = SourceSpec {
+        format: args.format,
+        path: dir.clone(),
+        label_column: args.label_column.clone(),
+        ..SourceSpec::default()
+    };
+    let split = SplitSpec {
+        agents: args.agents,
+        alpha: args.alpha,
+        seed: args.seed,
+        train_limit: args.train_limit,
+        test_limit: args.test_limit,
+    };
+    let fed_data = tokio::task::spawn_blocking({
+        let (model, loss) = (model.clone(), args.loss);
+        move || open_for_federation(&source, &model, loss, &split)
+    })
+    .await??;
+    let regression = matches!(fed_data.task, Task::Regression { .. });
+    let test = fed_data.test.clone();
+    let learners: Vec<Box<dyn Learner>> = fed_data
+        .shards
         .into_iter()
         .enumerate()
-        .map(|(i, (tr, ho))| Box::new(TractLearner::new(tr, Some(ho), args.seed ^ (i as u64 + 1))) as Box<dyn Learner>)
+        .map(|(i, (tr, ho))| {
+            let holdout = ho.map(|h| Arc::new(h) as data::SharedExamples);
+            Box::new(TractLearner::from_sources(Arc::new(tr), holdout, args.seed ^ (i as u64 + 1))) as Box<dyn Learner>
+        })
         .collect();
     let coordinator = CoordinatorConfig {
         min_agents: args.agents.div_ceil(2),
@@ -281,10 +335,11 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             prox_mu: 0.0,
             seed: args.seed,
             deadline_ms: 0,
+            loss: args.loss,
         },
         strategy: StrategyConfig::FedAvg,
     };
-    let evaluator: Arc<dyn Evaluator> = Arc::new(TractEvaluator { data: test, batch: 500 });
+    let evaluator: Arc<dyn Evaluator> = Arc::new(TractEvaluator::new(test, 500));
     let spec = FederationSpec { onnx, coordinator, rounds: Some(args.rounds), evaluator: Some(evaluator) };
     let secagg = match args.secagg {
         Toggle::On => SecAggConfig::default(),
@@ -300,15 +355,23 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     let mut events = fed.server.events();
     let show = !args.json;
     if show {
+        let task = match fed_data.task {
+            Task::Classification { classes } => {
+                format!("{classes} classes, non-IID split (Dirichlet alpha {})", args.alpha)
+            }
+            Task::Regression { outputs } => format!("regression on {outputs} targets (mse), IID split"),
+        };
         eprintln!(
-            "fedge demo: {} agents, {} rounds, model {:?}, MNIST {} train / test from {}, Dirichlet alpha {}, \
-             secure aggregation {}",
+            "fedge demo: {} agents, {} rounds, model {}, {} {} training examples from {}, {task}, secure aggregation {}",
             args.agents,
             args.rounds,
-            args.model,
-            train.len(),
+            match &args.model {
+                ModelChoice::Example(m) => format!("{m:?}"),
+                ModelChoice::File(p) => p.display().to_string(),
+            },
+            fed_data.format,
+            fed_data.train_examples,
             dir.display(),
-            args.alpha,
             if args.secagg == Toggle::On { "on" } else { "OFF" }
         );
     }
@@ -325,14 +388,18 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     };
     let mut done = 0u64;
     let mut aborted = 0u64;
-    let mut last_accuracy = None;
+    let mut last_metric = None;
+    // The agents' accuracies on their own held-out part after local training, this round (examples, accuracy).
+    let mut local: Vec<(u64, f32)> = vec![];
     let mut round_started = Instant::now();
     while done < args.rounds {
         let ev = tokio::select! {
             e = events.recv() => e,
             Some((i, e)) = fed.agent_events.recv() => {
-                if let AgentEvent::Refused { reason } = e {
-                    bail!("agent {i} was refused: {reason}");
+                match e {
+                    AgentEvent::Refused { reason } => bail!("agent {i} was refused: {reason}"),
+                    AgentEvent::Trained { examples, holdout_accuracy: Some(a), .. } => local.push((examples, a)),
+                    _ => {}
                 }
                 continue;
             }
@@ -345,6 +412,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         match ev {
             ServerEvent::RoundStarted { round, selected, .. } => {
                 round_started = Instant::now();
+                local.clear();
                 if let Some(b) = &bar {
                     b.set_message(format!("round {round}: training on {selected} agents"));
                 }
@@ -352,7 +420,10 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             ServerEvent::RoundCompleted(r) => {
                 done += 1;
                 let secs = round_started.elapsed().as_secs_f64();
-                last_accuracy = r.metrics.test_accuracy;
+                last_metric = if regression { r.metrics.test_loss } else { r.metrics.test_accuracy };
+                let weight: u64 = local.iter().map(|(n, _)| n).sum();
+                let local_accuracy = (weight > 0)
+                    .then(|| local.iter().map(|(n, a)| *n as f64 * f64::from(*a)).sum::<f64>() / weight as f64);
                 let secure = r.plan.aggregation.is_secure();
                 let phases = r.metrics.secagg.as_ref().map(|m| {
                     serde_json::json!({
@@ -365,29 +436,42 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
                         "dropped_after_sharing": m.dropped_after_sharing,
                     })
                 });
-                let line = serde_json::json!({
+                let mut line = serde_json::json!({
                     "round": r.round,
                     "participants": r.reported.len(),
                     "dropped": r.dropped.len(),
                     "mean_train_loss": r.metrics.mean_train_loss,
-                    "test_accuracy": r.metrics.test_accuracy,
-                    "test_loss": r.metrics.test_loss,
                     "round_s": (secs * 1000.0).round() / 1000.0,
                     "model_version": r.new_version,
                     "secagg": secure,
                     "secagg_phases": phases,
                 });
+                if regression {
+                    line["test_mse"] = serde_json::json!(r.metrics.test_loss);
+                } else {
+                    line["test_accuracy"] = serde_json::json!(r.metrics.test_accuracy);
+                    line["test_loss"] = serde_json::json!(r.metrics.test_loss);
+                    line["local_holdout_accuracy"] = serde_json::json!(local_accuracy);
+                }
                 if args.json {
                     println!("{line}");
                 } else if let Some(b) = &bar {
                     // suspend() prints whether or not the bar is drawn (it is not when stderr is no terminal).
                     b.suspend(|| {
+                        let metric = if regression {
+                            format!("test mse {:.5}", r.metrics.test_loss.unwrap_or(f32::NAN))
+                        } else {
+                            format!(
+                                "test accuracy {:>6.2}%  (agents' local held-out {:>6.2}%)",
+                                r.metrics.test_accuracy.unwrap_or(f32::NAN) * 100.0,
+                                local_accuracy.unwrap_or(f64::NAN) * 100.0
+                            )
+                        };
                         println!(
-                            "round {:>3}  agents {:>3}  train loss {:.4}  test accuracy {:>6.2}%  {:.2}s",
+                            "round {:>3}  agents {:>3}  train loss {:.4}  {metric}  {:.2}s",
                             r.round,
                             r.reported.len(),
                             r.metrics.mean_train_loss.unwrap_or(f32::NAN),
-                            r.metrics.test_accuracy.unwrap_or(f32::NAN) * 100.0,
                             secs
                         );
                         if let Some(m) = &r.metrics.secagg {
@@ -417,16 +501,15 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         b.finish_and_clear();
     }
     fed.stop().await?;
-    let acc = last_accuracy.unwrap_or(f32::NAN);
-    if args.json {
-        println!("{}", serde_json::json!({ "final_accuracy": acc, "wall_s": started.elapsed().as_secs_f64() }));
-    } else {
-        println!(
-            "final test accuracy {:.2}% after {} rounds in {:.1}s",
-            acc * 100.0,
-            args.rounds,
-            started.elapsed().as_secs_f64()
-        );
+    let last = last_metric.unwrap_or(f32::NAN);
+    let wall_s = started.elapsed().as_secs_f64();
+    match (args.json, regression) {
+        (true, false) => println!("{}", serde_json::json!({ "final_accuracy": last, "wall_s": wall_s })),
+        (true, true) => println!("{}", serde_json::json!({ "final_mse": last, "wall_s": wall_s })),
+        (false, false) => {
+            println!("final test accuracy {:.2}% after {} rounds in {wall_s:.1}s", last * 100.0, args.rounds)
+        }
+        (false, true) => println!("final test mse {last:.5} after {} rounds in {wall_s:.1}s", args.rounds),
     }
     Ok(())
 }

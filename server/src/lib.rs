@@ -6,12 +6,14 @@
 //! - [`service`]: the core task that drives the coordinator and the store; [`net`]: the QUIC shell.
 //! - [`config`]: `server.toml`; [`evaluator`]: test-set evaluation of new models.
 //! - [`admin`]: the operator's protocol (served); [`ctl`]: its client (fedgectl); [`metrics`]: Prometheus.
+//! - [`demo`]: a whole local federation (`fedgectl demo`); [`demo_data`]: the user's data split across its agents.
 
 pub mod admin;
 pub mod config;
 pub mod coordinator;
 pub mod ctl;
 pub mod demo;
+pub mod demo_data;
 pub mod disk;
 pub mod evaluator;
 pub mod logging;

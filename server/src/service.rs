@@ -378,7 +378,7 @@ fn load_or_init_model(
             if let Some(e) = evaluator
                 && let Ok(m) = e.evaluate(&onnx, &weights)
             {
-                tracing::info!(accuracy = m.accuracy, loss = m.loss, "initial model evaluated");
+                tracing::info!(accuracy = ?m.accuracy, loss = m.loss, "initial model evaluated");
             }
             store.init_model(digest, &weights, now_ms())?
         }
@@ -818,7 +818,8 @@ impl Core {
             if let Some(e) = evaluator {
                 match e.evaluate(&graph, &new_weights) {
                     Ok(m) => {
-                        record.metrics.test_accuracy = Some(m.accuracy);
+                        // Regression has no accuracy; its test loss is the mean squared error.
+                        record.metrics.test_accuracy = m.accuracy;
                         record.metrics.test_loss = Some(m.loss);
                     }
                     Err(err) => tracing::warn!(round, error = %format!("{err:#}"), "evaluation failed"),
@@ -875,6 +876,7 @@ fn wire_plan(plan: &RoundPlan, agent: &str) -> protocol::RoundPlan {
             },
             prox_mu: (h.prox_mu > 0.0).then_some(h.prox_mu),
             seed: round_seed(plan),
+            loss: h.loss.name().into(),
         },
         deadline_ms: plan.deadline_ms,
         secagg,

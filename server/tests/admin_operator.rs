@@ -76,7 +76,7 @@ impl Federation {
             secagg: if agents >= 2 { Default::default() } else { fedge_server::coordinator::SecAggConfig::off() },
             metrics: Some("127.0.0.1:0".parse().unwrap()),
         };
-        let evaluator = test.map(|data| Arc::new(TractEvaluator { data, batch: 100 }) as Arc<dyn Evaluator>);
+        let evaluator = test.map(|data| Arc::new(TractEvaluator::new(data, 100)) as Arc<dyn Evaluator>);
         let server = service::start(config.clone(), evaluator.clone()).await.unwrap();
         let (stop_agents, stop_rx) = watch::channel(false);
         let mut tasks = vec![];

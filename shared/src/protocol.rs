@@ -94,6 +94,8 @@ pub struct TrainPlan {
     pub prox_mu: Option<f32>,
     /// Seed for the round's shuffling and dropout (combined with the agent's own seed).
     pub seed: u64,
+    /// The loss the agent minimises: "cross_entropy" (classification) or "mse" (regression).
+    pub loss: String,
 }
 
 /// The plan of a round, sent to each selected agent.
@@ -248,6 +250,7 @@ mod tests {
                     optimizer: "sgd".into(),
                     prox_mu: Some(0.01),
                     seed: 5,
+                    loss: "mse".into(),
                 },
                 deadline_ms: 60_000,
                 secagg: Some(SecAggPlan {

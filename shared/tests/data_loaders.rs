@@ -2,8 +2,8 @@
 
 use fedge_shared::data::idx::encode_idx;
 use fedge_shared::data::{
-    CsvOptions, DataError, Dataset, LabelColumn, Normalization, Split, load_csv, load_digits_dir, load_idx_pair,
-    load_mnist_dir, read_idx,
+    CsvOptions, DataError, Dataset, Normalization, Split, load_csv, load_digits_dir, load_idx_pair, load_mnist_dir,
+    read_idx,
 };
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -143,14 +143,13 @@ fn a_labels_file_with_two_dimensions_is_refused() {
 }
 
 #[test]
-fn a_csv_file_loads_with_the_label_in_any_column() {
+fn a_csv_file_loads_with_the_label_in_any_named_column() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(dir.path(), "d.csv", b"label,a,b\n1, 0.5, 2\n\n0,1e-1,-3\n");
-    let opts = CsvOptions { has_header: true, ..Default::default() };
-    let d = load_csv(&p, &opts).unwrap();
+    let d = load_csv(&p, &CsvOptions::default()).unwrap();
     assert_eq!(d, Dataset::new(vec![0.5, 2.0, 0.1, -3.0], vec![1, 0], vec![2], 2).unwrap());
-    let p = write(dir.path(), "e.csv", b"0.5,2,1\n0.1,-3,0\n");
-    let d = load_csv(&p, &CsvOptions { label_column: LabelColumn::Last, ..Default::default() }).unwrap();
+    let p = write(dir.path(), "e.csv", b"a,b,class\n0.5,2,1\n0.1,-3,0\n");
+    let d = load_csv(&p, &CsvOptions { label_column: Some("class".into()), ..Default::default() }).unwrap();
     assert_eq!(d.labels, vec![1, 0]);
     assert_eq!(d.features, vec![0.5, 2.0, 0.1, -3.0]);
 }
@@ -158,15 +157,15 @@ fn a_csv_file_loads_with_the_label_in_any_column() {
 #[test]
 fn a_csv_row_with_a_missing_field_or_a_word_is_refused_naming_the_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), "ragged.csv", b"1,2,3\n0,4\n");
+    let p = write(dir.path(), "ragged.csv", b"label,a,b\n1,2,3\n0,4\n");
     let msg = load_csv(&p, &CsvOptions::default()).unwrap_err().to_string();
-    assert!(msg.contains("ragged.csv") && msg.contains("line 2"), "{msg}");
-    let p = write(dir.path(), "word.csv", b"1,2,3\n0,4,five\n");
+    assert!(msg.contains("ragged.csv") && msg.contains("line 3"), "{msg}");
+    let p = write(dir.path(), "word.csv", b"label,a,b\n1,2,3\n0,4,five\n");
     let msg = load_csv(&p, &CsvOptions::default()).unwrap_err().to_string();
-    assert!(msg.contains("word.csv") && msg.contains("line 2") && msg.contains("five"), "{msg}");
-    let p = write(dir.path(), "neg.csv", b"-1,2,3\n");
+    assert!(msg.contains("word.csv") && msg.contains("line 3") && msg.contains("five"), "{msg}");
+    let p = write(dir.path(), "neg.csv", b"label,a,b\n-1,2,3\n");
     let msg = load_csv(&p, &CsvOptions::default()).unwrap_err().to_string();
-    assert!(msg.contains("neg.csv") && msg.contains("line 1"), "{msg}");
+    assert!(msg.contains("neg.csv") && msg.contains("line 2"), "{msg}");
 }
 
 #[test]

@@ -193,6 +193,7 @@ pub fn cohort_of(agents: usize) -> fedge_server::coordinator::CoordinatorConfig 
             prox_mu: 0.0,
             seed: 3,
             deadline_ms: 0,
+            loss: fedge_shared::train::Loss::SoftmaxCrossEntropy,
         },
         strategy: fedge_server::strategy::StrategyConfig::FedAvg,
     }

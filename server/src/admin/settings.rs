@@ -35,6 +35,7 @@ pub fn allowed(key: &str) -> Option<&'static str> {
         "hyper.momentum" => "a number in [0, 1)",
         "hyper.optimizer" => "\"sgd\" or \"adam\"",
         "hyper.prox_mu" => "a number >= 0",
+        "hyper.loss" => "\"cross_entropy\" or \"mse\"",
         "hyper.seed" | "hyper.deadline_ms" => "an integer >= 0",
         "strategy.kind" => "fedavg, fedprox, fedadam or fedyogi",
         "strategy.mu" => "a number >= 0 (fedprox)",

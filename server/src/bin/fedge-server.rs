@@ -27,13 +27,9 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let evaluator: Option<Arc<dyn Evaluator>> = match &config.evaluation {
             Some(e) => {
-                let data = fedge_shared::data::load_mnist_dir(&e.test_data, fedge_shared::data::Split::Test)
+                let evaluator = TractEvaluator::open(&e.source(), config.coordinator.hyper.loss, e.limit, 256)
                     .with_context(|| format!("[evaluation] test_data {}", e.test_data.display()))?;
-                let data = match e.limit {
-                    Some(n) if n < data.len() => data.take(n),
-                    _ => data,
-                };
-                Some(Arc::new(TractEvaluator { data, batch: 256 }))
+                Some(Arc::new(evaluator))
             }
             None => None,
         };

@@ -5,6 +5,7 @@
 //! randomness; the per-round seed is derived by the coordinator from (configured seed, round).
 
 use fedge_shared::secagg::{AgentRef, SecAggParams};
+use fedge_shared::train::Loss;
 use serde::{Deserialize, Serialize};
 
 /// The optimizer an agent uses for its local steps.
@@ -41,6 +42,9 @@ pub struct TrainHyper {
     /// Time the agent has, from receiving the plan, to upload its update (milliseconds); set by the coordinator.
     #[serde(default)]
     pub deadline_ms: u64,
+    /// The loss agents minimise: `"cross_entropy"` (classification, the default) or `"mse"` (regression).
+    #[serde(default)]
+    pub loss: Loss,
 }
 
 impl Default for TrainHyper {
@@ -54,6 +58,7 @@ impl Default for TrainHyper {
             prox_mu: 0.0,
             seed: 0,
             deadline_ms: 0,
+            loss: Loss::SoftmaxCrossEntropy,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! [`CompactDataset`]: a data set held in a quarter of the memory when its features take at most 256 distinct
-//! values (pixels normalised from bytes, as MNIST's are), and the [`Examples`] interface trainers read through.
+//! values (pixels normalised from bytes, as MNIST's are).
 //!
 //! Each feature is stored as a one-byte code into a palette of the distinct `f32` values, so a batch read back is
 //! bit-for-bit the batch the dense [`Dataset`] gives: training on either is the same run. Features with more
@@ -7,77 +7,9 @@
 
 use std::collections::HashMap;
 
-use super::dataset::{Dataset, shuffled_order};
+use super::dataset::Dataset;
 use super::error::DataError;
-
-/// What a trainer needs from a data set: its size and shape, its labels, and examples copied into a buffer.
-pub trait Examples {
-    /// The number of examples.
-    fn len(&self) -> usize;
-    /// The shape of one example.
-    fn example_shape(&self) -> &[usize];
-    /// The number of classes (labels are `0..num_classes`).
-    fn num_classes(&self) -> usize;
-    /// One label per example.
-    fn labels(&self) -> &[u32];
-    /// Checks that the buffers agree (whole examples, labels below the class count).
-    fn check(&self) -> Result<(), DataError>;
-    /// Appends the features of example `i` to `out`; `false` (and nothing appended) past the end.
-    fn append_example(&self, i: usize, out: &mut Vec<f32>) -> bool;
-
-    /// True when there are no examples.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The number of values in one example.
-    fn example_len(&self) -> usize {
-        self.example_shape().iter().product()
-    }
-
-    /// Copies the examples `first..first + n` (clipped at the end) into `x` and their labels into `y` (both cleared
-    /// first); returns how many were copied.
-    fn range_into(&self, first: usize, n: usize, x: &mut Vec<f32>, y: &mut Vec<u32>) -> usize {
-        x.clear();
-        y.clear();
-        let end = first.saturating_add(n).min(self.len());
-        for i in first..end {
-            if let Some(&label) = self.labels().get(i)
-                && self.append_example(i, x)
-            {
-                y.push(label);
-            }
-        }
-        y.len()
-    }
-}
-
-impl Examples for Dataset {
-    fn len(&self) -> usize {
-        self.labels.len()
-    }
-    fn example_shape(&self) -> &[usize] {
-        &self.example_shape
-    }
-    fn num_classes(&self) -> usize {
-        self.num_classes
-    }
-    fn labels(&self) -> &[u32] {
-        &self.labels
-    }
-    fn check(&self) -> Result<(), DataError> {
-        Dataset::check(self)
-    }
-    fn append_example(&self, i: usize, out: &mut Vec<f32>) -> bool {
-        match self.example(i) {
-            Some((x, _)) => {
-                out.extend_from_slice(x);
-                true
-            }
-            None => false,
-        }
-    }
-}
+use super::examples::{Batch, ExampleBatches, Examples, Task};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Storage {
@@ -96,18 +28,21 @@ pub struct CompactDataset {
     labels: Vec<u32>,
     example_shape: Vec<usize>,
     num_classes: usize,
+    /// Regression targets (empty for classification), `target_len` per example.
+    targets: Vec<f32>,
+    target_len: usize,
 }
 
 impl From<Dataset> for CompactDataset {
     /// Stores `d` as palette codes if its features take at most 256 distinct values (compared bit for bit),
     /// densely otherwise.
     fn from(d: Dataset) -> Self {
-        let Dataset { features, labels, example_shape, num_classes } = d;
+        let Dataset { features, labels, example_shape, num_classes, targets, target_len } = d;
         let storage = match palette_of(&features) {
             Some((codes, palette)) => Storage::Palette { codes, palette },
             None => Storage::Dense(features),
         };
-        CompactDataset { storage, labels, example_shape, num_classes }
+        CompactDataset { storage, labels, example_shape, num_classes, targets, target_len }
     }
 }
 
@@ -144,14 +79,21 @@ impl CompactDataset {
         if palette.len() > 256 {
             return Err(DataError::Invalid(format!("a palette of {} values is longer than 256", palette.len())));
         }
-        let d = CompactDataset { storage: Storage::Palette { codes, palette }, labels, example_shape, num_classes };
+        let d = CompactDataset {
+            storage: Storage::Palette { codes, palette },
+            labels,
+            example_shape,
+            num_classes,
+            targets: Vec::new(),
+            target_len: 0,
+        };
         d.check()?;
         Ok(d)
     }
 
     /// The first `n` examples (all of them if there are fewer).
     pub fn take(&self, n: usize) -> CompactDataset {
-        let n = n.min(self.labels.len());
+        let n = n.min(self.len());
         let values = n * self.example_len();
         let storage = match &self.storage {
             Storage::Dense(v) => Storage::Dense(v.get(..values).unwrap_or(v).to_vec()),
@@ -164,6 +106,8 @@ impl CompactDataset {
             labels: self.labels.get(..n).unwrap_or(&self.labels).to_vec(),
             example_shape: self.example_shape.clone(),
             num_classes: self.num_classes,
+            targets: self.targets.get(..n * self.target_len).unwrap_or(&self.targets).to_vec(),
+            target_len: self.target_len,
         }
     }
 
@@ -178,7 +122,7 @@ impl CompactDataset {
             Storage::Dense(v) => v.len() * 4,
             Storage::Palette { codes, palette } => codes.len() + palette.len() * 4,
         };
-        features + self.labels.len() * 4
+        features + self.labels.len() * 4 + self.targets.len() * 4
     }
 
     /// The examples in batches of `batch_size` (the last one may be smaller), in the order
@@ -188,44 +132,9 @@ impl CompactDataset {
     }
 }
 
-impl Examples for CompactDataset {
-    fn len(&self) -> usize {
-        self.labels.len()
-    }
-    fn example_shape(&self) -> &[usize] {
-        &self.example_shape
-    }
-    fn num_classes(&self) -> usize {
-        self.num_classes
-    }
-    fn labels(&self) -> &[u32] {
-        &self.labels
-    }
-    fn check(&self) -> Result<(), DataError> {
-        let d = self.example_shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).unwrap_or(0);
-        let values = match &self.storage {
-            Storage::Dense(v) => v.len(),
-            Storage::Palette { codes, palette } => {
-                if codes.iter().any(|&c| c as usize >= palette.len()) {
-                    return Err(DataError::Invalid("a feature code lies outside the palette".into()));
-                }
-                codes.len()
-            }
-        };
-        if d == 0 || self.labels.len().checked_mul(d) != Some(values) {
-            return Err(DataError::Invalid(format!(
-                "{values} features do not make {} examples of shape {:?}",
-                self.labels.len(),
-                self.example_shape
-            )));
-        }
-        let n = self.num_classes;
-        if let Some((i, &l)) = self.labels.iter().enumerate().find(|&(_, &l)| l as usize >= n) {
-            return Err(DataError::Invalid(format!("example {i} has label {l}, but there are {n} classes")));
-        }
-        Ok(())
-    }
-    fn append_example(&self, i: usize, out: &mut Vec<f32>) -> bool {
+impl CompactDataset {
+    /// Appends the features of example `i` to `out`; `false` (and nothing appended) past the end.
+    fn append_features(&self, i: usize, out: &mut Vec<f32>) -> bool {
         let d = self.example_len();
         let Some(range) = i.checked_mul(d).and_then(|s| Some(s..s.checked_add(d)?)) else { return false };
         match &self.storage {
@@ -247,43 +156,72 @@ impl Examples for CompactDataset {
     }
 }
 
-/// A seeded shuffled walk through any [`Examples`] in batches, copied into buffers the caller reuses. The order
-/// for a seed is [`Dataset::batches`]'s.
-#[derive(Debug)]
-pub struct ExampleBatches<'a, D: Examples + ?Sized> {
-    data: &'a D,
-    order: Vec<usize>,
-    pos: usize,
-    batch_size: usize,
-}
-
-impl<'a, D: Examples + ?Sized> ExampleBatches<'a, D> {
-    /// The batches of `data` in an order shuffled with `seed`.
-    pub fn new(data: &'a D, batch_size: usize, seed: u64) -> Self {
-        ExampleBatches { data, order: shuffled_order(data.len(), seed), pos: 0, batch_size: batch_size.max(1) }
-    }
-
-    /// The number of batches in all.
-    pub fn num_batches(&self) -> usize {
-        self.order.len().div_ceil(self.batch_size)
-    }
-
-    /// Copies the next batch into `x` and `y` (cleared first) and returns its number of examples, or `None` at
-    /// the end.
-    pub fn next_into(&mut self, x: &mut Vec<f32>, y: &mut Vec<u32>) -> Option<usize> {
-        let end = (self.pos + self.batch_size).min(self.order.len());
-        let indices = self.order.get(self.pos..end).filter(|s| !s.is_empty())?;
-        x.clear();
-        y.clear();
-        for &i in indices {
-            if let Some(&label) = self.data.labels().get(i)
-                && self.data.append_example(i, x)
-            {
-                y.push(label);
-            }
+impl Examples for CompactDataset {
+    fn len(&self) -> usize {
+        match self.target_len {
+            0 => self.labels.len(),
+            t => self.targets.len() / t,
         }
-        self.pos = end;
-        Some(y.len())
+    }
+    fn example_shape(&self) -> &[usize] {
+        &self.example_shape
+    }
+    fn task(&self) -> Task {
+        match self.target_len {
+            0 => Task::Classification { classes: self.num_classes },
+            outputs => Task::Regression { outputs },
+        }
+    }
+    fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+    fn check(&self) -> Result<(), DataError> {
+        let d = self.example_shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).unwrap_or(0);
+        let values = match &self.storage {
+            Storage::Dense(v) => v.len(),
+            Storage::Palette { codes, palette } => {
+                if codes.iter().any(|&c| c as usize >= palette.len()) {
+                    return Err(DataError::Invalid("a feature code lies outside the palette".into()));
+                }
+                codes.len()
+            }
+        };
+        if self.target_len > 0 && (!self.labels.is_empty() || !self.targets.len().is_multiple_of(self.target_len)) {
+            return Err(DataError::Invalid("regression targets do not make whole examples".into()));
+        }
+        if d == 0 || self.len().checked_mul(d) != Some(values) {
+            return Err(DataError::Invalid(format!(
+                "{values} features do not make {} examples of shape {:?}",
+                self.len(),
+                self.example_shape
+            )));
+        }
+        let n = self.num_classes;
+        if let Some((i, &l)) = self.labels.iter().enumerate().find(|&(_, &l)| l as usize >= n) {
+            return Err(DataError::Invalid(format!("example {i} has label {l}, but there are {n} classes")));
+        }
+        Ok(())
+    }
+    fn read_into(&self, i: usize, batch: &mut Batch) -> Result<(), DataError> {
+        let out_of_range = || DataError::Invalid(format!("example {i} is past the end of {} examples", self.len()));
+        if i >= self.len() {
+            return Err(out_of_range());
+        }
+        if self.target_len > 0 {
+            let t = self.target_len;
+            let targets = self.targets.get(i * t..(i + 1) * t).ok_or_else(out_of_range)?;
+            if !self.append_features(i, &mut batch.x) {
+                return Err(out_of_range());
+            }
+            batch.targets.extend_from_slice(targets);
+        } else {
+            let label = *self.labels.get(i).ok_or_else(out_of_range)?;
+            if !self.append_features(i, &mut batch.x) {
+                return Err(out_of_range());
+            }
+            batch.classes.push(label);
+        }
+        Ok(())
     }
 }
 
@@ -306,17 +244,19 @@ mod tests {
         assert!(compact.is_compact());
         assert!(compact.heap_bytes() < dense.features.len() + 256 * 4 + 400 + 1);
         compact.check().unwrap();
-        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let (mut a, mut b) = (Batch::default(), Batch::default());
         for i in 0..100 {
             a.clear();
             b.clear();
-            assert!(dense.append_example(i, &mut a) && compact.append_example(i, &mut b));
+            dense.read_into(i, &mut a).unwrap();
+            compact.read_into(i, &mut b).unwrap();
             assert_eq!(
-                a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                b.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                a.x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.x.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
             );
+            assert_eq!(a.classes, b.classes);
         }
-        assert!(!compact.append_example(100, &mut b));
+        assert!(compact.read_into(100, &mut b).is_err());
     }
 
     #[test]
@@ -325,9 +265,9 @@ mod tests {
         assert!(CompactDataset::from_codes(vec![0, 1, 1], vec![0.0, 1.0], vec![0], vec![2], 1).is_err());
         assert!(CompactDataset::from_codes(vec![0, 1], vec![0.0, 1.0], vec![1], vec![2], 1).is_err());
         let ok = CompactDataset::from_codes(vec![0, 1, 1, 0], vec![0.5, 1.5], vec![0, 0], vec![2], 1).unwrap();
-        let (mut x, mut y) = (vec![], vec![]);
-        assert_eq!(ok.take(1).range_into(0, 5, &mut x, &mut y), 1);
-        assert_eq!(x, vec![0.5, 1.5]);
+        let mut b = Batch::default();
+        assert_eq!(ok.take(1).range_into(0, 5, &mut b).unwrap(), 1);
+        assert_eq!(b.x, vec![0.5, 1.5]);
     }
 
     #[test]
@@ -336,9 +276,9 @@ mod tests {
         let d = Dataset::new(features, vec![0; 300], vec![1], 1).unwrap();
         let c = CompactDataset::from(d);
         assert!(!c.is_compact());
-        let mut x = Vec::new();
-        assert!(c.append_example(299, &mut x));
-        assert_eq!(x, vec![299.0]);
+        let mut b = Batch::default();
+        c.read_into(299, &mut b).unwrap();
+        assert_eq!(b.x, vec![299.0]);
     }
 
     proptest! {
@@ -351,18 +291,18 @@ mod tests {
             let mut want = dense.batches(batch, seed);
             let mut got = compact.batches(batch, seed);
             prop_assert_eq!(want.num_batches(), got.num_batches());
-            let (mut x1, mut y1, mut x2, mut y2) = (vec![], vec![], vec![], vec![]);
+            let (mut x1, mut y1, mut b2) = (vec![], vec![], Batch::default());
             loop {
-                let (a, b) = (want.next_into(&mut x1, &mut y1), got.next_into(&mut x2, &mut y2));
+                let (a, b) = (want.next_into(&mut x1, &mut y1), got.next_into(&mut b2).unwrap());
                 prop_assert_eq!(a, b);
                 if a.is_none() {
                     break;
                 }
-                prop_assert_eq!(&x1, &x2);
-                prop_assert_eq!(&y1, &y2);
+                prop_assert_eq!(&x1, &b2.x);
+                prop_assert_eq!(&y1, &b2.classes);
             }
-            let (mut xr, mut yr) = (vec![], vec![]);
-            prop_assert_eq!(compact.range_into(n.saturating_sub(3), 10, &mut xr, &mut yr), n.min(3));
+            let mut br = Batch::default();
+            prop_assert_eq!(compact.range_into(n.saturating_sub(3), 10, &mut br).unwrap(), n.min(3));
         }
     }
 }

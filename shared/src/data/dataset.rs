@@ -1,26 +1,32 @@
-//! An in-memory labelled data set, and the ways a trainer walks through it.
+//! An in-memory data set (classification or regression), and the ways a trainer walks through it.
 //!
 //! Examples are stored row-major in one flat `f32` buffer; example `i` is `features[i * d .. (i + 1) * d]` where
-//! `d` is the product of `example_shape`. Shuffling is seeded (the caller passes the seed), so a run can be
+//! `d` is the product of `example_shape`. A classification set has one label per example; a regression set has
+//! `target_len` targets per example in `targets` (and no labels). Shuffling is seeded (the caller passes the seed), so a run can be
 //! repeated exactly. This module must never read files, use global randomness, or panic on an index a caller
 //! passes in: out-of-range indices are errors or `None`.
 
 use super::error::DataError;
+use super::examples::{Batch, Examples, Task};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-/// A labelled data set held in memory.
+/// A data set held in memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     /// All examples, row-major, `len() * example_len()` values.
     pub features: Vec<f32>,
-    /// One class label per example, each `< num_classes`.
+    /// One class label per example, each `< num_classes` (empty for regression).
     pub labels: Vec<u32>,
     /// The shape of one example, e.g. `[1, 28, 28]` or `[64]`.
     pub example_shape: Vec<usize>,
-    /// The number of classes of the task (labels are `0..num_classes`).
+    /// The number of classes of the task (labels are `0..num_classes`; 0 for regression).
     pub num_classes: usize,
+    /// Regression targets, row-major, `len() * target_len` values (empty for classification).
+    pub targets: Vec<f32>,
+    /// Targets per example (0 for classification).
+    pub target_len: usize,
 }
 
 impl Dataset {
@@ -31,9 +37,29 @@ impl Dataset {
         example_shape: Vec<usize>,
         num_classes: usize,
     ) -> Result<Self, DataError> {
-        let d = Dataset { features, labels, example_shape, num_classes };
+        let d = Dataset { features, labels, example_shape, num_classes, targets: Vec::new(), target_len: 0 };
         d.check()?;
         Ok(d)
+    }
+
+    /// Builds a regression data set: `target_len` real targets per example.
+    pub fn regression(
+        features: Vec<f32>,
+        targets: Vec<f32>,
+        example_shape: Vec<usize>,
+        target_len: usize,
+    ) -> Result<Self, DataError> {
+        if target_len == 0 {
+            return Err(DataError::Invalid("a regression set needs at least one target per example".into()));
+        }
+        let d = Dataset { features, labels: Vec::new(), example_shape, num_classes: 0, targets, target_len };
+        d.check()?;
+        Ok(d)
+    }
+
+    /// True for a regression set.
+    pub fn is_regression(&self) -> bool {
+        self.target_len > 0
     }
 
     /// Checks that the (public) buffers agree: whole examples, every label below `num_classes`.
@@ -46,11 +72,30 @@ impl Dataset {
         if d == 0 {
             return Err(DataError::Invalid(format!("example shape {shape:?} has no values")));
         }
-        if self.labels.len().checked_mul(d) != Some(self.features.len()) {
+        if self.is_regression() {
+            if !self.labels.is_empty() || !self.targets.len().is_multiple_of(self.target_len) {
+                return Err(DataError::Invalid(format!(
+                    "{} targets (and {} labels) do not make whole examples of {} targets",
+                    self.targets.len(),
+                    self.labels.len(),
+                    self.target_len
+                )));
+            }
+            if let Some(i) = self.targets.iter().position(|t| !t.is_finite()) {
+                return Err(DataError::Invalid(format!(
+                    "target {} of example {} is not finite",
+                    i % self.target_len,
+                    i / self.target_len
+                )));
+            }
+        } else if !self.targets.is_empty() {
+            return Err(DataError::Invalid("a classification set holds regression targets".into()));
+        }
+        if self.len().checked_mul(d) != Some(self.features.len()) {
             return Err(DataError::Invalid(format!(
                 "{} features do not make {} examples of shape {shape:?}",
                 self.features.len(),
-                self.labels.len()
+                self.len()
             )));
         }
         let n = self.num_classes;
@@ -62,12 +107,15 @@ impl Dataset {
 
     /// The number of examples.
     pub fn len(&self) -> usize {
-        self.labels.len()
+        match self.target_len {
+            0 => self.labels.len(),
+            t => self.targets.len() / t,
+        }
     }
 
     /// True when there are no examples.
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.len() == 0
     }
 
     /// The number of values in one example.
@@ -75,27 +123,45 @@ impl Dataset {
         self.example_shape.iter().product()
     }
 
-    /// Example `i`'s features and label, or `None` past the end.
+    /// Example `i`'s features and label (0 for a regression set), or `None` past the end.
     pub fn example(&self, i: usize) -> Option<(&[f32], u32)> {
         let d = self.example_len();
-        let label = *self.labels.get(i)?;
-        let x = self.features.get(i * d..(i + 1) * d)?;
+        let label = if self.is_regression() { 0 } else { *self.labels.get(i)? };
+        let x = self.features.get(i.checked_mul(d)?..(i + 1).checked_mul(d)?)?;
         Some((x, label))
+    }
+
+    /// Example `i`'s regression targets (empty for a classification set), or `None` past the end.
+    pub fn example_targets(&self, i: usize) -> Option<&[f32]> {
+        let t = self.target_len;
+        self.targets.get(i.checked_mul(t)?..(i + 1).checked_mul(t)?)
     }
 
     /// A new data set made of the examples at `indices`, in that order (repeats allowed).
     pub fn subset(&self, indices: &[usize]) -> Result<Dataset, DataError> {
         let d = self.example_len();
         let mut features = Vec::with_capacity(indices.len() * d);
-        let mut labels = Vec::with_capacity(indices.len());
+        let mut labels = Vec::with_capacity(if self.is_regression() { 0 } else { indices.len() });
+        let mut targets = Vec::with_capacity(indices.len() * self.target_len);
         for &i in indices {
-            let (x, y) = self.example(i).ok_or_else(|| {
-                DataError::Invalid(format!("index {i} is out of range for a data set of {} examples", self.len()))
-            })?;
+            let out_of_range =
+                || DataError::Invalid(format!("index {i} is out of range for a data set of {} examples", self.len()));
+            let (x, y) = self.example(i).ok_or_else(out_of_range)?;
             features.extend_from_slice(x);
-            labels.push(y);
+            if self.is_regression() {
+                targets.extend_from_slice(self.example_targets(i).ok_or_else(out_of_range)?);
+            } else {
+                labels.push(y);
+            }
         }
-        Ok(Dataset { features, labels, example_shape: self.example_shape.clone(), num_classes: self.num_classes })
+        Ok(Dataset {
+            features,
+            labels,
+            example_shape: self.example_shape.clone(),
+            num_classes: self.num_classes,
+            targets,
+            target_len: self.target_len,
+        })
     }
 
     /// The first `n` examples (all of them if there are fewer).
@@ -104,9 +170,11 @@ impl Dataset {
         let d = self.example_len();
         Dataset {
             features: self.features.get(..n * d).unwrap_or(&self.features).to_vec(),
-            labels: self.labels[..n].to_vec(),
+            labels: self.labels.get(..n).unwrap_or(&self.labels).to_vec(),
             example_shape: self.example_shape.clone(),
             num_classes: self.num_classes,
+            targets: self.targets.get(..n * self.target_len).unwrap_or(&self.targets).to_vec(),
+            target_len: self.target_len,
         }
     }
 
@@ -144,6 +212,39 @@ impl Dataset {
     /// The examples in batches of `batch_size`, in stored order (for evaluation).
     pub fn batches_in_order(&self, batch_size: usize) -> Batches<'_> {
         Batches { data: self, order: (0..self.len()).collect(), pos: 0, batch_size: batch_size.max(1) }
+    }
+}
+
+impl Examples for Dataset {
+    fn len(&self) -> usize {
+        Dataset::len(self)
+    }
+    fn example_shape(&self) -> &[usize] {
+        &self.example_shape
+    }
+    fn task(&self) -> Task {
+        match self.target_len {
+            0 => Task::Classification { classes: self.num_classes },
+            outputs => Task::Regression { outputs },
+        }
+    }
+    fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+    fn check(&self) -> Result<(), DataError> {
+        Dataset::check(self)
+    }
+    fn read_into(&self, i: usize, batch: &mut Batch) -> Result<(), DataError> {
+        let out_of_range = || DataError::Invalid(format!("example {i} is past the end of {} examples", self.len()));
+        let (x, label) = self.example(i).ok_or_else(out_of_range)?;
+        if self.is_regression() {
+            let t = self.example_targets(i).ok_or_else(out_of_range)?;
+            batch.targets.extend_from_slice(t);
+        } else {
+            batch.classes.push(label);
+        }
+        batch.x.extend_from_slice(x);
+        Ok(())
     }
 }
 

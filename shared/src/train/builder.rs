@@ -42,6 +42,34 @@ pub fn mlp(layers: &[usize], seed: u64) -> Vec<u8> {
     g.finish(&x, &[layers[0]], layers[n], "fedge mlp")
 }
 
+/// A fully connected ReLU network on inputs of any shape: input `[N, ..input_shape]` (flattened first when it has
+/// more than one dimension, as an image model's `[N, C, H, W]`), hidden layers of the given widths, `outputs`
+/// outputs. For tests and examples on data sets of any shape.
+///
+/// # Panics
+/// If `input_shape` is empty or holds a zero, or a width is zero: the shape of a model is the programmer's choice.
+pub fn mlp_for(input_shape: &[usize], hidden: &[usize], outputs: usize, seed: u64) -> Vec<u8> {
+    let d: usize = input_shape.iter().product();
+    assert!(!input_shape.is_empty() && d > 0, "an input needs a shape, got {input_shape:?}");
+    assert!(outputs > 0 && !hidden.contains(&0), "widths must be positive");
+    let mut g = Graph::new(seed);
+    let mut x = INPUT.to_string();
+    if input_shape.len() > 1 {
+        x = g.flatten(&x);
+    }
+    let mut widths = vec![d];
+    widths.extend_from_slice(hidden);
+    widths.push(outputs);
+    let n = widths.len() - 1;
+    for (i, w) in widths.windows(2).enumerate() {
+        x = g.gemm(&format!("fc{}", i + 1), &x, w[0], w[1]);
+        if i + 1 < n {
+            x = g.relu(&x);
+        }
+    }
+    g.finish(&x, input_shape, outputs, "fedge mlp")
+}
+
 /// McMahan et al.'s "2NN": 784-200-200-10 with ReLU, input `[N, 784]` (199,210 parameters).
 pub fn mnist_2nn(seed: u64) -> Vec<u8> {
     mlp(&[784, 200, 200, 10], seed)
@@ -259,6 +287,14 @@ mod tests {
         assert_eq!(out.len(), 4 * 3);
         assert!(out.iter().all(|v| v.is_finite()));
         assert!(out.iter().any(|&v| v != 0.0));
+    }
+
+    #[test]
+    fn an_mlp_on_image_shaped_input_flattens_it_first() {
+        let out = run(&mlp_for(&[3, 4, 4], &[5], 2, 1), &[2, 3, 4, 4]);
+        assert_eq!(out.len(), 2 * 2);
+        let m: pb::ModelProto = prost::Message::decode(&mlp_for(&[3, 4, 4], &[5], 2, 1)[..]).unwrap();
+        assert_eq!(m.graph.unwrap().node[0].op_type, "Flatten");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use super::optimizer::{Optimizer, OptimizerConfig, OptimizerError, Proximal};
 use super::schedule::{LrSchedule, ScheduleError};
 use super::{Labels, Loss, Predictor, TrainError, TrainStep, TrainableModel};
-use crate::data::{ExampleBatches, Examples};
+use crate::data::{Batch, DataError, ExampleBatches, Examples, Task};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -67,6 +67,8 @@ pub enum LocalTrainError {
     Schedule(#[from] ScheduleError),
     #[error("data set does not fit the model: {0}")]
     Data(String),
+    #[error(transparent)]
+    Source(#[from] DataError),
     #[error("the trainer is compiled for batches of {compiled}, the configuration asks for {asked}")]
     BatchSize { compiled: usize, asked: u32 },
     #[error(
@@ -119,10 +121,19 @@ pub struct TrainSummary {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalSummary {
     pub examples: usize,
-    /// Mean softmax cross-entropy of the logits.
+    /// Classification: mean softmax cross-entropy of the logits. Regression: the mean squared error.
     pub loss: f32,
-    /// Fraction of examples whose largest logit is the label.
+    /// Classification: fraction of examples whose largest logit is the label. Regression: NaN (no accuracy).
     pub accuracy: f32,
+    /// Regression: mean over all outputs of the squared error (PyTorch's `MSELoss`); `None` for classification.
+    pub mse: Option<f32>,
+}
+
+impl EvalSummary {
+    /// The accuracy, for a classification task.
+    pub fn accuracy(&self) -> Option<f32> {
+        self.mse.is_none().then_some(self.accuracy)
+    }
 }
 
 /// A model's compiled training step and the buffers of a training loop, kept across rounds.
@@ -132,9 +143,8 @@ pub struct LocalTrainer {
     loss: Loss,
     step: TrainStep,
     grads: Vec<f32>,
-    x: Vec<f32>,
-    y: Vec<u32>,
-    targets: Vec<f32>,
+    batch: Batch,
+    onehot: Vec<f32>,
 }
 
 impl LocalTrainer {
@@ -142,12 +152,17 @@ impl LocalTrainer {
     pub fn new(model: TrainableModel, loss: Loss, batch_size: usize) -> Result<Self, LocalTrainError> {
         let step = TrainStep::new(&model, loss, batch_size)?;
         let grads = vec![0.0; model.num_params()];
-        Ok(LocalTrainer { model, loss, step, grads, x: Vec::new(), y: Vec::new(), targets: Vec::new() })
+        Ok(LocalTrainer { model, loss, step, grads, batch: Batch::default(), onehot: Vec::new() })
     }
 
     /// The model being trained.
     pub fn model(&self) -> &TrainableModel {
         &self.model
+    }
+
+    /// The loss the step minimises.
+    pub fn loss(&self) -> Loss {
+        self.loss
     }
 
     /// The batch size the step is compiled for.
@@ -236,23 +251,25 @@ impl LocalTrainer {
         let (mut examples, mut steps, mut loss_sum, mut loss_examples) = (0u64, 0u64, 0.0f64, 0u64);
         let mut non_finite_losses = 0u64;
         while steps < steps_per_epoch {
-            let Some(n) = batches.next_into(&mut self.x, &mut self.y) else { break };
-            let labels = match self.loss {
-                Loss::SoftmaxCrossEntropy => Labels::Classes(&self.y),
-                Loss::MeanSquaredError => {
+            let Some(n) = batches.next_into(&mut self.batch)? else { break };
+            let labels = match (self.loss, data.task()) {
+                (Loss::SoftmaxCrossEntropy, _) => Labels::Classes(&self.batch.classes),
+                (Loss::MeanSquaredError, Task::Regression { .. }) => Labels::Targets(&self.batch.targets),
+                (Loss::MeanSquaredError, Task::Classification { .. }) => {
+                    // Mean squared error against one-hot class vectors.
                     let c = self.model.output_len();
-                    self.targets.clear();
-                    self.targets.resize(n * c, 0.0);
-                    for (k, &l) in self.y.iter().enumerate() {
-                        if let Some(t) = self.targets.get_mut(k * c + l as usize) {
+                    self.onehot.clear();
+                    self.onehot.resize(n * c, 0.0);
+                    for (k, &l) in self.batch.classes.iter().enumerate() {
+                        if let Some(t) = self.onehot.get_mut(k * c + l as usize) {
                             *t = 1.0;
                         }
                     }
-                    Labels::Targets(&self.targets)
+                    Labels::Targets(&self.onehot)
                 }
             };
             optimizer.set_lr_factor(plan.schedule.factor(plan.first_step + steps, plan.total_steps))?;
-            let loss = self.step.run(weights, &self.x, labels, dropout.next_u64(), &mut self.grads)?;
+            let loss = self.step.run(weights, &self.batch.x, labels, dropout.next_u64(), &mut self.grads)?;
             steps += 1;
             // A non-finite gradient would poison the weights: that is divergence. A non-finite loss with a finite
             // gradient is only the loss's report overflowing (a logit gap beyond f32's exp range), so the step is
@@ -285,7 +302,14 @@ impl LocalTrainer {
     }
 
     fn check_data<D: Examples + ?Sized>(&self, data: &D) -> Result<(), LocalTrainError> {
-        check_data(&self.model, data)
+        check_data(&self.model, data)?;
+        if self.loss == Loss::SoftmaxCrossEntropy && matches!(data.task(), Task::Regression { .. }) {
+            return Err(LocalTrainError::Data(
+                "the data holds regression targets but the loss is softmax cross-entropy: train with the mse loss"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -332,6 +356,7 @@ impl EpochPlan {
 }
 
 fn check_data<D: Examples + ?Sized>(model: &TrainableModel, data: &D) -> Result<(), LocalTrainError> {
+    data.set_input_shape(model.input_shape()).map_err(|e| LocalTrainError::Data(e.to_string()))?;
     data.check().map_err(|e| LocalTrainError::Data(e.to_string()))?;
     if data.is_empty() {
         return Err(LocalTrainError::Data("the data set is empty".into()));
@@ -345,17 +370,22 @@ fn check_data<D: Examples + ?Sized>(model: &TrainableModel, data: &D) -> Result<
             model.input_len()
         )));
     }
-    if data.num_classes() > model.output_len() {
-        return Err(LocalTrainError::Data(format!(
-            "{} classes but the model has {} outputs",
-            data.num_classes(),
+    match data.task() {
+        Task::Classification { classes } if classes > model.output_len() => Err(LocalTrainError::Data(format!(
+            "{classes} classes (labels up to {}) but the model has {} outputs",
+            classes.saturating_sub(1),
             model.output_len()
-        )));
+        ))),
+        Task::Regression { outputs } if outputs != model.output_len() => Err(LocalTrainError::Data(format!(
+            "{outputs} regression targets per example but the model has {} outputs",
+            model.output_len()
+        ))),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
-/// Evaluates `weights` on `data` in batches of `batch`: mean cross-entropy and accuracy.
+/// Evaluates `weights` on `data` in batches of `batch`: mean cross-entropy and accuracy for classification, mean
+/// squared error for regression.
 pub fn evaluate<D: Examples + ?Sized>(
     model: &TrainableModel,
     weights: &[f32],
@@ -377,26 +407,38 @@ pub fn evaluate_with<D: Examples + ?Sized>(
     check_data(model, data)?;
     let c = model.output_len();
     let batch = batch.max(1);
+    let regression = matches!(data.task(), Task::Regression { .. });
     let (mut correct, mut loss_sum) = (0usize, 0.0f64);
-    let (mut chunk, mut labels) = (Vec::new(), Vec::new());
+    let mut b = Batch::default();
     for first in (0..data.len()).step_by(batch) {
-        data.range_into(first, batch, &mut chunk, &mut labels);
-        let logits = predictor.predict(&chunk)?;
-        if logits.len() != labels.len() * c {
+        let rows = data.range_into(first, batch, &mut b)?;
+        let logits = predictor.predict(&b.x)?;
+        if logits.len() != rows * c {
             return Err(LocalTrainError::Data(format!(
-                "the predictor returned {} outputs for {} examples of {c}",
-                logits.len(),
-                labels.len()
+                "the predictor returned {} outputs for {rows} examples of {c}",
+                logits.len()
             )));
         }
-        for (row, &label) in logits.chunks_exact(c).zip(&labels) {
-            let (ce, argmax) = cross_entropy(row, label as usize);
-            loss_sum += ce;
-            correct += usize::from(argmax == label as usize);
+        if regression {
+            if b.targets.len() != logits.len() {
+                return Err(LocalTrainError::Data(format!("{} targets for {} outputs", b.targets.len(), logits.len())));
+            }
+            loss_sum +=
+                logits.iter().zip(&b.targets).map(|(z, t)| (f64::from(*z) - f64::from(*t)).powi(2)).sum::<f64>();
+        } else {
+            for (row, &label) in logits.chunks_exact(c).zip(&b.classes) {
+                let (ce, argmax) = cross_entropy(row, label as usize);
+                loss_sum += ce;
+                correct += usize::from(argmax == label as usize);
+            }
         }
     }
     let n = data.len();
-    Ok(EvalSummary { examples: n, loss: (loss_sum / n as f64) as f32, accuracy: correct as f32 / n as f32 })
+    if regression {
+        let mse = (loss_sum / (n * c) as f64) as f32;
+        return Ok(EvalSummary { examples: n, loss: mse, accuracy: f32::NAN, mse: Some(mse) });
+    }
+    Ok(EvalSummary { examples: n, loss: (loss_sum / n as f64) as f32, accuracy: correct as f32 / n as f32, mse: None })
 }
 
 /// Softmax cross-entropy of one row of logits against `label`, and the index of the largest logit.

@@ -16,11 +16,43 @@ pub const LABELS: &str = "__fedge/labels";
 /// The graph output carrying the mean loss (a scalar).
 pub const LOSS: &str = "__fedge/loss";
 
-/// Which loss a [`super::TrainStep`] minimises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which loss a [`super::TrainStep`] minimises (`"cross_entropy"` or `"mse"` in configuration files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub enum Loss {
+    /// Softmax cross-entropy over class logits (classification).
+    #[default]
+    #[serde(rename = "cross_entropy")]
     SoftmaxCrossEntropy,
+    /// Mean squared error against targets (regression; one-hot class vectors on a classification set).
+    #[serde(rename = "mse")]
     MeanSquaredError,
+}
+
+impl Loss {
+    /// The name the round plan, the configuration files and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::SoftmaxCrossEntropy => "cross_entropy",
+            Loss::MeanSquaredError => "mse",
+        }
+    }
+}
+
+impl std::str::FromStr for Loss {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cross_entropy" | "ce" | "softmax_cross_entropy" => Ok(Loss::SoftmaxCrossEntropy),
+            "mse" | "mean_squared_error" => Ok(Loss::MeanSquaredError),
+            other => Err(format!("unknown loss {other:?}: expected \"cross_entropy\" or \"mse\"")),
+        }
+    }
+}
+
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The labels of one batch.

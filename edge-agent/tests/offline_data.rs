@@ -1,0 +1,99 @@
+//! `fedge-agent train` and `eval` on the committed samples of every data format (tests/fixtures/data), as a user
+//! runs them: a model whose input and output shapes come from the ONNX file, the format detected from the folder,
+//! `--optimizer`, `--momentum` and `--loss`, and `--json` reports (test_accuracy and test_loss for classification,
+//! test_mse for regression).
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use fedge_shared::train::builder::mlp_for;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/data")
+}
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fedge-agent")).args(args).output().expect("the agent binary runs")
+}
+
+fn ok(args: &[&str]) -> Vec<Value> {
+    let out = agent(args);
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn model(dir: &Path, name: &str, input: &[usize], outputs: usize) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, mlp_for(input, &[16], outputs, 7)).unwrap();
+    p
+}
+
+#[test]
+fn train_on_a_csv_folder_reports_accuracy_every_epoch_with_adam_and_the_weights_evaluate_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), "csv.onnx", &[4], 3);
+    let w = dir.path().join("w.bin");
+    let data = fixtures().join("csv");
+    let cols = "x0,x1,x2,x3";
+    let args = ["train", "--model", s(&m), "--data", s(&data), "--feature-columns", cols, "--epochs", "3"];
+    let more = ["--batch-size", "10", "--optimizer", "adam", "--lr", "0.02", "--json", "--out", s(&w)];
+    let lines = ok(&[&args[..], &more[..]].concat());
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for (i, l) in lines[..3].iter().enumerate() {
+        assert_eq!(l["epoch"], i + 1);
+        assert_eq!((l["train_examples"].as_u64(), l["test_examples"].as_u64()), (Some(90), Some(30)));
+        assert!(l["test_loss"].is_number() && l.get("test_mse").is_none(), "{l}");
+    }
+    let acc = lines[3]["test_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.9, "{lines:?}");
+    let eval =
+        ok(&["eval", "--model", s(&m), "--weights", s(&w), "--data", s(&data), "--feature-columns", cols, "--json"]);
+    assert_eq!(eval[0]["accuracy"].as_f64().unwrap() as f32, acc as f32);
+}
+
+#[test]
+fn train_with_sgd_momentum_on_npz_and_image_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    for (data, input) in [("npz", vec![2, 3]), ("npz-tokens", vec![8]), ("images", vec![3, 8, 8])] {
+        let m = model(dir.path(), &format!("{data}.onnx"), &input, 3);
+        let args = ["train", "--model", s(&m), "--data", s(&fixtures().join(data)), "--epochs", "12"];
+        let more = ["--batch-size", "10", "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.02", "--json"];
+        let lines = ok(&[&args[..], &more[..]].concat());
+        let acc = lines.last().unwrap()["test_accuracy"].as_f64().unwrap();
+        assert!(acc >= 0.8, "{data}: {lines:?}");
+    }
+}
+
+#[test]
+fn train_with_the_mse_loss_reports_the_test_mse_and_it_falls() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), "reg.onnx", &[3], 1);
+    let data = fixtures().join("csv-regression");
+    let args = ["train", "--model", s(&m), "--data", s(&data), "--label-column", "target", "--loss", "mse"];
+    let more = ["--epochs", "30", "--batch-size", "10", "--optimizer", "adam", "--lr", "0.01", "--json"];
+    let lines = ok(&[&args[..], &more[..]].concat());
+    let mse: Vec<f64> = lines.iter().map(|l| l["test_mse"].as_f64().unwrap()).collect();
+    assert!(lines.iter().all(|l| l.get("test_accuracy").is_none()), "{lines:?}");
+    assert!(mse.last().unwrap() < &(mse[0] / 4.0), "{mse:?}");
+}
+
+#[test]
+fn a_model_that_does_not_fit_the_data_or_bad_data_fails_with_a_message_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = model(dir.path(), "wrong.onnx", &[5], 3);
+    let out = agent(&["train", "--model", s(&wrong), "--data", s(&fixtures().join("npz")), "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("do not fit") && !err.contains("panicked"), "{err}");
+    // Too few outputs for the classes of the CSV sample: the label is out of range, named by file and line.
+    let two = model(dir.path(), "two.onnx", &[4], 2);
+    let csv = fixtures().join("csv");
+    let out = agent(&["train", "--model", s(&two), "--data", s(&csv), "--feature-columns", "x0,x1,x2,x3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("train.csv, line") && err.contains("out of range"), "{err}");
+}

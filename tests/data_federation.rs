@@ -1,0 +1,145 @@
+//! Whole system on the committed samples of every data format (tests/fixtures/data): a server and three agents over
+//! real loopback QUIC train a model whose input and output shapes come from its ONNX graph, on a CSV file (the
+//! agents' data read through their `[data]` section), NumPy arrays, an image folder decoded per batch, and a CSV
+//! regression target with the mean squared error; the server evaluates every new model on the test part.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedge_agent::config::LocalData;
+use fedge_agent::learner::Learner;
+use fedge_agent::trainer::TractLearner;
+use fedge_server::demo::{FederationSpec, LocalFederation};
+use fedge_server::demo_data::{SplitSpec, open_for_federation, split_sources};
+use fedge_server::evaluator::TractEvaluator;
+use fedge_server::service::ServerEvent;
+use fedge_shared::data::{SharedExamples, SourceSpec};
+use fedge_shared::train::builder::mlp_for;
+use fedge_shared::train::{Loss, TrainableModel};
+use fedge_system_tests::{cohort_of, init_logs, wait_server};
+
+const AGENTS: usize = 3;
+const ROUNDS: u64 = 3;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data")
+}
+
+/// Runs `ROUNDS` rounds and returns each round's (test accuracy, test loss).
+async fn federate(
+    onnx: Vec<u8>,
+    learners: Vec<Box<dyn Learner>>,
+    test: SharedExamples,
+    loss: Loss,
+) -> anyhow::Result<Vec<(Option<f32>, f32)>> {
+    let mut coordinator = cohort_of(AGENTS);
+    coordinator.hyper.epochs = 3;
+    coordinator.hyper.batch_size = 8;
+    coordinator.hyper.learning_rate = 0.1;
+    coordinator.hyper.loss = loss;
+    let spec = FederationSpec {
+        onnx,
+        coordinator,
+        rounds: Some(ROUNDS),
+        evaluator: Some(Arc::new(TractEvaluator { data: test, batch: 32 })),
+    };
+    let fed = LocalFederation::start(spec, learners).await?;
+    let mut events = fed.server.events();
+    let mut out = vec![];
+    while (out.len() as u64) < ROUNDS {
+        let r = wait_server(&mut events, Duration::from_secs(300), |e| match e {
+            ServerEvent::RoundCompleted(r) => Some(Ok(r.clone())),
+            ServerEvent::RoundAborted(r) => Some(Err(format!("round {} aborted: {:?}", r.round, r.outcome))),
+            _ => None,
+        })
+        .await?
+        .map_err(anyhow::Error::msg)?;
+        assert_eq!(r.reported.len(), AGENTS, "every agent reports in round {}", r.round);
+        out.push((r.metrics.test_accuracy, r.metrics.test_loss.expect("the server evaluates every new model")));
+    }
+    fed.stop().await?;
+    Ok(out)
+}
+
+/// Opens `source` for the model, splits it over the agents, and federates.
+async fn federate_folder(source: SourceSpec, onnx: Vec<u8>, loss: Loss) -> anyhow::Result<Vec<(Option<f32>, f32)>> {
+    let model = TrainableModel::from_onnx_bytes(&onnx)?;
+    let split = SplitSpec { agents: AGENTS, alpha: 1.0, seed: 4, train_limit: 0, test_limit: 0 };
+    let data = open_for_federation(&source, &model, loss, &split)?;
+    let learners = data
+        .shards
+        .into_iter()
+        .enumerate()
+        .map(|(i, (train, held))| {
+            let held = held.map(|h| Arc::new(h) as SharedExamples);
+            Box::new(TractLearner::from_sources(Arc::new(train), held, i as u64)) as Box<dyn Learner>
+        })
+        .collect();
+    federate(onnx, learners, Arc::new(data.test), loss).await
+}
+
+fn final_accuracy(rounds: &[(Option<f32>, f32)]) -> f32 {
+    rounds.last().and_then(|r| r.0).expect("classification rounds carry an accuracy")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_learn_the_csv_sample_read_through_their_data_section() -> anyhow::Result<()> {
+    init_logs();
+    let dir = fixtures().join("csv");
+    // Each agent reads the folder as its agent.toml says, then keeps its share (a Dirichlet split by label).
+    let section: LocalData = toml::from_str(&format!(
+        "format = \"csv\"\npath = {:?}\nfeature_columns = [\"x0\", \"x1\", \"x2\", \"x3\"]\nholdout = 0.1\n",
+        dir.display()
+    ))?;
+    let (train, test) = section.open(1)?;
+    let test = test.expect("the folder has a test part");
+    let learners = split_sources(train, AGENTS, 1.0, 2)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, (tr, ho))| {
+            let ho = ho.map(|h| Arc::new(h) as SharedExamples);
+            Box::new(TractLearner::from_sources(Arc::new(tr), ho, i as u64)) as Box<dyn Learner>
+        })
+        .collect();
+    let rounds = federate(mlp_for(&[4], &[8], 3, 1), learners, test, Loss::SoftmaxCrossEntropy).await?;
+    assert!(final_accuracy(&rounds) >= 0.8, "{rounds:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_learn_the_npz_sample_shaped_by_the_model() -> anyhow::Result<()> {
+    init_logs();
+    let source = SourceSpec::at(fixtures().join("npz"));
+    let rounds = federate_folder(source, mlp_for(&[2, 3], &[8], 3, 1), Loss::SoftmaxCrossEntropy).await?;
+    assert!(final_accuracy(&rounds) >= 0.8, "{rounds:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_learn_the_image_folder_decoded_per_batch() -> anyhow::Result<()> {
+    init_logs();
+    let source = SourceSpec::at(fixtures().join("images"));
+    let rounds = federate_folder(source, mlp_for(&[3, 8, 8], &[8], 3, 1), Loss::SoftmaxCrossEntropy).await?;
+    assert!(final_accuracy(&rounds) >= 0.8, "{rounds:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_fit_a_csv_regression_target_with_the_mean_squared_error() -> anyhow::Result<()> {
+    init_logs();
+    let source =
+        SourceSpec { label_column: Some("target".into()), ..SourceSpec::at(fixtures().join("csv-regression")) };
+    let onnx = mlp_for(&[3], &[8], 1, 1);
+    let model = TrainableModel::from_onnx_bytes(&onnx)?;
+    let before = {
+        let split = SplitSpec { agents: AGENTS, alpha: 1.0, seed: 4, train_limit: 0, test_limit: 0 };
+        let data = open_for_federation(&source, &model, Loss::MeanSquaredError, &split)?;
+        fedge_shared::train::local::evaluate(&model, &model.initial_weights(), &data.test, 32)?.loss
+    };
+    let rounds = federate_folder(source, onnx, Loss::MeanSquaredError).await?;
+    assert!(rounds.iter().all(|r| r.0.is_none()), "regression has no accuracy: {rounds:?}");
+    let last = rounds.last().map_or(f32::NAN, |r| r.1);
+    assert!(last < before / 4.0, "test mse {before} before, then {rounds:?}");
+    Ok(())
+}
