@@ -25,7 +25,23 @@ fn tiny_mnist(dir: &Path, n: usize) {
 }
 
 fn eval_args(model: PathBuf, weights: Option<PathBuf>, data: PathBuf) -> EvalArgs {
-    EvalArgs { model, weights, data, limit: Some(4), batch_size: 4, json: true }
+    let data = fedge_agent::offline::DataArgs {
+        data,
+        format: None,
+        label_column: "label".into(),
+        feature_columns: None,
+        normalize_mean: None,
+        normalize_std: None,
+    };
+    EvalArgs {
+        model,
+        weights,
+        data,
+        loss: fedge_agent::offline::LossKind::CrossEntropy,
+        limit: Some(4),
+        batch_size: 4,
+        json: true,
+    }
 }
 
 #[test]

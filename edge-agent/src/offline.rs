@@ -21,7 +21,6 @@ use fedge_shared::train::{Loss, TrainableModel};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Which optimizer `train` uses.
