@@ -62,7 +62,8 @@ fn train_with_sgd_momentum_on_npz_and_image_folders() {
     let dir = tempfile::tempdir().unwrap();
     for (data, input) in [("npz", vec![2, 3]), ("npz-tokens", vec![8]), ("images", vec![3, 8, 8])] {
         let m = model(dir.path(), &format!("{data}.onnx"), &input, 3);
-        let args = ["train", "--model", s(&m), "--data", s(&fixtures().join(data)), "--epochs", "12"];
+        let folder = fixtures().join(data);
+        let args = ["train", "--model", s(&m), "--data", s(&folder), "--epochs", "12"];
         let more = ["--batch-size", "10", "--optimizer", "sgd", "--momentum", "0.9", "--json"];
         // Images are centred per channel; token ids are large raw inputs and take a smaller rate.
         let extra: &[&str] = match data {
