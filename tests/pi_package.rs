@@ -104,7 +104,8 @@ fn the_unit_runs_the_packaged_binary_as_the_packaged_user_with_the_packaged_conf
     // The agent's shipped configuration keeps its state where systemd makes the StateDirectory.
     let config = fedge_agent::config::AgentConfig::load(&root().join("configs/agent.toml")).unwrap();
     assert_eq!(Path::new("/var/lib").join(keys.get("StateDirectory").unwrap()), config.state_dir);
-    assert!(config.data.mnist_dir.starts_with(&config.state_dir), "the data directory is inside the state directory");
+    let data_dir = config.data.source().expect("the packaged [data] names a folder").path;
+    assert!(data_dir.starts_with(&config.state_dir), "the data directory is inside the state directory");
     assert!(config.bundle.starts_with("/etc/fedge"), "the bundle is under the read-only /etc/fedge");
 
     // The user the unit runs as is the one sysusers.d creates.
