@@ -190,6 +190,7 @@ pub fn cohort_of(agents: usize) -> fedge_server::coordinator::CoordinatorConfig 
             learning_rate: 0.05,
             momentum: 0.5,
             optimizer: OptimizerKind::Sgd,
+            weight_decay: 0.0,
             prox_mu: 0.0,
             seed: 3,
             deadline_ms: 0,

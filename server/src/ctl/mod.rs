@@ -2,11 +2,13 @@
 //! authenticated by an operator bundle) and one typed function per admin request. The binary and the tests call
 //! the same functions.
 //!
-//! - [`render`]: human-readable output; [`plot`]: the history plot; [`progress`]: `watch`'s progress bars.
+//! - [`render`]: human-readable output; [`plot`]: the history plot; [`progress`]: `watch`'s progress bars;
+//!   [`atomic`]: files written whole or not at all.
 //!
 //! Nothing here decides anything about rounds or settings: the server validates every command. It never panics on
 //! what the server sends.
 
+pub mod atomic;
 pub mod plot;
 pub mod progress;
 pub mod render;
