@@ -2,6 +2,8 @@
 //!
 //! Test support only: nothing here is part of a fedge deployment.
 
+pub mod promql;
+
 use anyhow::{Context, bail};
 use fedge_agent::client::AgentEvent;
 use fedge_server::service::ServerEvent;
