@@ -276,6 +276,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             learning_rate: args.lr,
             momentum: args.momentum,
             optimizer: OptimizerKind::Sgd,
+            weight_decay: 0.0,
             prox_mu: 0.0,
             seed: args.seed,
             deadline_ms: 0,

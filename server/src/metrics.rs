@@ -1,6 +1,8 @@
 //! The server's Prometheus metrics (OpenMetrics text at `GET /metrics` on the `metrics` address of server.toml):
 //! rounds completed and aborted, phase durations, agents connected, drop-outs, bytes in and out, aggregation
-//! throughput.
+//! throughput, and the last round's id, training loss and the new model's test accuracy and loss (one value per
+//! round: a gauge that holds until the next round ends). `configs/grafana/fedge.json` charts them; a test checks
+//! that every metric its queries name is exposed here or by the agent.
 //!
 //! The numbers are derived from [`ServerEvent`]s (see [`follow`]) plus the bytes the core sends
 //! ([`Metrics::sent`]). This module only observes: it never changes what the server does, and an HTTP failure
@@ -45,6 +47,9 @@ pub struct Metrics {
     pub aggregation_bytes_per_second: Gauge<f64, AtomicU64>,
     pub model_version: Gauge,
     pub test_accuracy: Gauge<f64, AtomicU64>,
+    pub test_loss: Gauge<f64, AtomicU64>,
+    pub train_loss: Gauge<f64, AtomicU64>,
+    pub last_round: Gauge,
 }
 
 impl Default for Metrics {
@@ -68,6 +73,9 @@ impl Metrics {
             aggregation_bytes_per_second: Gauge::default(),
             model_version: Gauge::default(),
             test_accuracy: Gauge::default(),
+            test_loss: Gauge::default(),
+            train_loss: Gauge::default(),
+            last_round: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("rounds_completed", "Rounds that produced a new model", m.rounds_completed.clone());
@@ -90,6 +98,13 @@ impl Metrics {
         );
         registry.register("model_version", "The newest global model version", m.model_version.clone());
         registry.register("test_accuracy", "Test accuracy of the newest global model", m.test_accuracy.clone());
+        registry.register("test_loss", "Test loss of the newest global model", m.test_loss.clone());
+        registry.register(
+            "train_loss",
+            "Example-weighted mean training loss the agents reported in the last completed round",
+            m.train_loss.clone(),
+        );
+        registry.register("last_round", "Id of the last round that ended (completed or aborted)", m.last_round.clone());
         Metrics { registry, ..m }
     }
 
@@ -113,6 +128,7 @@ impl Metrics {
             ServerEvent::RoundStarted { .. } | ServerEvent::SecAggPhase { .. } => {}
             ServerEvent::RoundCompleted(r) | ServerEvent::RoundAborted(r) => {
                 let completed = matches!(event, ServerEvent::RoundCompleted(_));
+                self.last_round.set(i64::try_from(r.round).unwrap_or(i64::MAX));
                 if completed {
                     self.rounds_completed.inc();
                 } else {
@@ -145,6 +161,12 @@ impl Metrics {
                     }
                     if let Some(a) = r.metrics.test_accuracy {
                         self.test_accuracy.set(a as f64);
+                    }
+                    if let Some(l) = r.metrics.test_loss {
+                        self.test_loss.set(l as f64);
+                    }
+                    if let Some(l) = r.metrics.mean_train_loss {
+                        self.train_loss.set(l as f64);
                     }
                 }
             }
@@ -236,7 +258,14 @@ mod tests {
             reported: vec![],
             dropped: vec![Dropped { agent: "b".into(), reason: "gone".into() }],
             outcome,
-            metrics: RoundMetrics { update_bytes: 4000, duration_ms: 2000, ..Default::default() },
+            metrics: RoundMetrics {
+                update_bytes: 4000,
+                duration_ms: 2000,
+                mean_train_loss: Some(0.75),
+                test_accuracy: Some(0.5),
+                test_loss: Some(1.25),
+                ..Default::default()
+            },
             started_ms: 10_000,
             ended_ms: 12_000,
             new_version: Some(1),
@@ -273,5 +302,10 @@ mod tests {
         assert_eq!(value(&text, "fedge_aggregation_bytes_per_second"), 2000.0);
         assert_eq!(value(&text, "fedge_phase_duration_seconds_count{phase=\"collecting\"}"), 2.0);
         assert_eq!(value(&text, "fedge_phase_duration_seconds_sum{phase=\"committing\"}"), 0.5);
+        // The completed round's numbers; the aborted one changes only the last round id.
+        assert_eq!(value(&text, "fedge_train_loss"), 0.75);
+        assert_eq!(value(&text, "fedge_test_accuracy"), 0.5);
+        assert_eq!(value(&text, "fedge_test_loss"), 1.25);
+        assert_eq!(value(&text, "fedge_last_round"), 1.0);
     }
 }

@@ -868,7 +868,7 @@ fn wire_plan(plan: &RoundPlan, agent: &str) -> protocol::RoundPlan {
             batch_size: h.batch_size,
             learning_rate: h.learning_rate,
             momentum: h.momentum,
-            weight_decay: 0.0,
+            weight_decay: h.weight_decay,
             optimizer: match h.optimizer {
                 crate::coordinator::OptimizerKind::Sgd => "sgd".into(),
                 crate::coordinator::OptimizerKind::Adam => "adam".into(),

@@ -10,7 +10,7 @@
 //! - `agents`: name → [`AgentRecord`];
 //! - `meta`: latest version, next round id, strategy state, server configuration.
 //!
-//! Records are encoded with `fedge_shared::codec` only. A round's commit writes the model, its weights, the round
+//! Records are encoded with `fedge_shared::codec` only (round records behind a layout tag: [`crate::round_format`]). A round's commit writes the model, its weights, the round
 //! record and the metadata in ONE sled transaction and then flushes, so it is durable before the coordinator hears
 //! `Committed`; a crash at any instant leaves the newest committed model readable.
 //!
@@ -158,6 +158,19 @@ fn decode<T: serde::de::DeserializeOwned>(tree: &'static str, k: impl ToString, 
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     codec::encode(value).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+/// A round record (tagged layout; see [`crate::round_format`]).
+fn encode_round(record: &RoundRecord) -> Result<Vec<u8>, StoreError> {
+    crate::round_format::encode(record).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+fn decode_round(k: impl ToString, bytes: &[u8]) -> Result<RoundRecord, StoreError> {
+    crate::round_format::decode(bytes, RECORD_LIMIT).map_err(|e| StoreError::Corrupt {
+        tree: "rounds",
+        key: k.to_string(),
+        detail: e.to_string(),
+    })
 }
 
 fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
@@ -472,7 +485,7 @@ impl Store {
                 };
                 let mut record = record.clone();
                 record.new_version = Some(version);
-                let (model_bytes, record_bytes) = match (encode(&model), encode(&record)) {
+                let (model_bytes, record_bytes) = match (encode(&model), encode_round(&record)) {
                     (Ok(m), Ok(r)) => (m, r),
                     (Err(e), _) | (_, Err(e)) => return abort(e),
                 };
@@ -507,7 +520,7 @@ impl Store {
     /// Records a round that ended without a model (and moves the next round id past it).
     pub fn record_aborted(&self, record: &RoundRecord) -> Result<(), StoreError> {
         self.writable()?;
-        let bytes = encode(record)?;
+        let bytes = encode_round(record)?;
         (&self.rounds, &self.meta)
             .transaction(|(rounds, meta)| {
                 if rounds.insert(&key(record.round), bytes.as_slice())?.is_some() {
@@ -548,7 +561,7 @@ impl Store {
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
-                decode("rounds", hex::encode(&k), &v)
+                decode_round(hex::encode(&k), &v)
             })
             .collect()
     }
@@ -557,7 +570,7 @@ impl Store {
     pub fn round(&self, id: u64) -> Result<Option<RoundRecord>, StoreError> {
         match self.rounds.get(key(id))? {
             None => Ok(None),
-            Some(v) => decode("rounds", id, &v).map(Some),
+            Some(v) => decode_round(id, &v).map(Some),
         }
     }
 

@@ -2,6 +2,8 @@
 //!
 //! Test support only: nothing here is part of a fedge deployment.
 
+pub mod promql;
+
 use anyhow::{Context, bail};
 use fedge_agent::client::AgentEvent;
 use fedge_server::service::ServerEvent;
@@ -190,6 +192,7 @@ pub fn cohort_of(agents: usize) -> fedge_server::coordinator::CoordinatorConfig 
             learning_rate: 0.05,
             momentum: 0.5,
             optimizer: OptimizerKind::Sgd,
+            weight_decay: 0.0,
             prox_mu: 0.0,
             seed: 3,
             deadline_ms: 0,
