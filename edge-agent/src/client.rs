@@ -86,6 +86,12 @@ pub enum AgentEvent {
         round: u64,
         reason: String,
     },
+    /// This agent refused a round's plan: it already trained for that round id (a server that lost track of its
+    /// round ids), or could not note that it trains for it. It told the server and trains nothing.
+    PlanRefused {
+        round: u64,
+        reason: String,
+    },
     /// The masked vector of a secure round is uploaded.
     MaskedUploaded {
         round: u64,
@@ -341,7 +347,12 @@ impl Agent {
         let conn = match endpoint.connect(self.settings.server, &self.settings.server_name) {
             Ok(c) => match c.await {
                 Ok(c) => c,
-                Err(e) => return SessionEnd::Retry(format!("connect: {e}")),
+                Err(e) => {
+                    return match handshake_refusal(&e) {
+                        Some(why) => SessionEnd::Refused(why),
+                        None => SessionEnd::Retry(format!("connect: {e}")),
+                    };
+                }
             },
             Err(e) => return SessionEnd::Retry(format!("connect: {e}")),
         };
@@ -349,12 +360,25 @@ impl Agent {
             Ok(()) => SessionEnd::Retry("server closed the session".into()),
             Err(e) => {
                 let msg = format!("{e:#}");
-                if let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.close_reason() {
-                    let reason = String::from_utf8_lossy(&c.reason).into_owned();
-                    if c.error_code == quinn::VarInt::from_u32(crate::CLOSE_REFUSED) {
-                        return SessionEnd::Refused(reason);
+                match conn.close_reason() {
+                    Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+                        let reason = String::from_utf8_lossy(&c.reason).into_owned();
+                        if c.error_code == quinn::VarInt::from_u32(crate::CLOSE_REFUSED) {
+                            return SessionEnd::Refused(reason);
+                        }
+                        return SessionEnd::Retry(reason);
                     }
-                    return SessionEnd::Retry(reason);
+                    // TLS 1.3 lets the server check this agent's certificate after the agent considers the handshake
+                    // done: its refusal arrives as the connection's close, with the alert and the server's reason.
+                    Some(closed) => {
+                        if let Some(why) = handshake_refusal(&closed) {
+                            return SessionEnd::Refused(why);
+                        }
+                        if !msg.contains(&closed.to_string()) {
+                            return SessionEnd::Retry(format!("{msg} ({closed})"));
+                        }
+                    }
+                    None => {}
                 }
                 conn.close(quinn::VarInt::from_u32(1), msg.as_bytes());
                 if msg.contains("refused") { SessionEnd::Refused(msg) } else { SessionEnd::Retry(msg) }
@@ -402,6 +426,8 @@ impl Agent {
         let (tx, mut rx) = mpsc::channel::<Inbound>(16);
         let _reader = AbortOnDrop(tokio::spawn(read_control(recv, tx.clone())));
         let _blobs = AbortOnDrop(tokio::spawn(read_blobs(conn.clone(), tx.clone())));
+        let _probe =
+            AbortOnDrop(tokio::spawn(crate::liveness::probe_while_silent(conn.clone(), crate::liveness::PROBE_AFTER)));
         self.event_loop(conn, &mut send, &mut rx, tx, &tools).await
     }
 
@@ -431,6 +457,11 @@ impl Agent {
                         secure = plan.secagg.is_some(),
                         "selected for a round"
                     );
+                    let fresh = lock(&self.state).check_round(plan.round);
+                    if let Err(e) = fresh {
+                        self.refuse_plan(send, plan.round, e.to_string()).await?;
+                        continue;
+                    }
                     secure = None;
                     match &plan.secagg {
                         Some(sp) => {
@@ -571,8 +602,19 @@ impl Agent {
                 && self.ready_for(plan)
                 && let Some(plan) = pending.take()
             {
-                training = Some(plan.round);
-                self.start_learning(plan, tx.clone());
+                let begun = lock(&self.state).begin_round(plan.round);
+                match begun {
+                    Ok(()) => {
+                        training = Some(plan.round);
+                        self.start_learning(plan, tx.clone());
+                    }
+                    Err(e) => {
+                        if secure.as_ref().is_some_and(|s| s.round == plan.round) {
+                            secure = None;
+                        }
+                        self.refuse_plan(send, plan.round, e.to_string()).await?;
+                    }
+                }
             }
         }
         Err(anyhow!("connection lost"))
@@ -611,6 +653,14 @@ impl Agent {
         let session = st.session.as_mut().ok_or_else(|| anyhow!("keys arrived twice"))?;
         let table = tools.peer_keys(&st.cohort, keys, certificates, session.neighbours())?;
         Ok(session.on_keys(keys, &table, &mut OsRng)?)
+    }
+
+    /// Tells the server this agent will not train for `round` at all (see [`crate::state::RoundRefusal`]).
+    async fn refuse_plan(&self, send: &mut quinn::SendStream, round: u64, reason: String) -> anyhow::Result<()> {
+        tracing::error!(round, %reason, "refusing the round's plan");
+        self.emit(AgentEvent::PlanRefused { round, reason: reason.clone() });
+        wire::write_msg(send, &AgentMessage::Abandon { round, reason }, limits::CONTROL).await?;
+        Ok(())
     }
 
     /// Tells the server this agent will not take part in `round`, and why.
@@ -782,6 +832,21 @@ async fn read_blobs(conn: quinn::Connection, tx: mpsc::Sender<Inbound>) {
             };
             let _ = tx.send(m).await;
         });
+    }
+}
+
+/// The reason given for ending a connection in its TLS handshake (a crypto error: the TLS alert, and the reason
+/// text the peer's QUIC stack sends with it, e.g. "invalid peer certificate: UnknownIssuer"), if it ended so.
+pub fn handshake_refusal(e: &quinn::ConnectionError) -> Option<String> {
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match e {
+        quinn::ConnectionError::ConnectionClosed(c) if crypto(c.error_code) => {
+            Some(format!("the server refused the TLS handshake: {c}"))
+        }
+        quinn::ConnectionError::TransportError(t) if crypto(t.code) => {
+            Some(format!("this agent refused the server in the TLS handshake: {t}"))
+        }
+        _ => None,
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! - [`client`]: the connection loop (mutual-TLS QUIC, check-in, rounds, uploads, reconnects).
 //! - [`learner`]: the seam between the round protocol and local learning.
+//! - [`liveness`]: probing a silent server, so that a restarted one is noticed within about a second.
 //! - [`state`]: the graph and weights the agent keeps between connections.
 //! - [`trainer`]: the real learner: local training with tract.
 //! - [`inference`]: the local prediction endpoint served with the newest (or a pinned) global model.
@@ -13,6 +14,7 @@ pub mod config;
 pub mod crash;
 pub mod inference;
 pub mod learner;
+pub mod liveness;
 pub mod offline;
 pub mod predict;
 pub mod state;

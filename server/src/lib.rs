@@ -8,6 +8,7 @@
 //! - [`admin`]: the operator's protocol (served); [`ctl`]: its client (fedgectl); [`metrics`]: Prometheus.
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod coordinator;
 pub mod ctl;
@@ -17,7 +18,9 @@ pub mod evaluator;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod reset_key;
 pub mod round_format;
+pub mod run;
 pub mod service;
 pub mod store;
 pub mod strategy;

@@ -8,7 +8,8 @@
 //! - `graphs`: SHA-256 digest → ONNX bytes;
 //! - `rounds`: round id → [`RoundRecord`];
 //! - `agents`: name → [`AgentRecord`];
-//! - `meta`: latest version, next round id, strategy state, server configuration.
+//! - `meta`: latest version, next round id (reserved when a round starts), strategy state, server configuration,
+//!   the run in force ([`crate::run::Run`]).
 //!
 //! Records are encoded with `fedge_shared::codec` only (round records behind a layout tag: [`crate::round_format`]). A round's commit writes the model, its weights, the round
 //! record and the metadata in ONE sled transaction and then flushes, so it is durable before the coordinator hears
@@ -36,6 +37,7 @@ const META_LATEST: &[u8] = b"latest_version";
 const META_NEXT_ROUND: &[u8] = b"next_round";
 const META_STRATEGY: &[u8] = b"strategy_state";
 const META_CONFIG: &[u8] = b"server_config";
+const META_RUN: &[u8] = b"run";
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -584,6 +586,22 @@ impl Store {
         self.writable()?;
         self.meta.insert(META_CONFIG, text.as_bytes())?;
         self.flush()
+    }
+
+    /// Keeps the run in force, so that a restart finishes it.
+    pub fn put_run(&self, run: &crate::run::Run) -> Result<(), StoreError> {
+        self.writable()?;
+        let bytes = encode(run)?;
+        self.meta.insert(META_RUN, bytes).map_err(|e| self.failed_write(e.into()))?;
+        self.flush()
+    }
+
+    /// The run in force when the server last stopped, if any.
+    pub fn run(&self) -> Result<Option<crate::run::Run>, StoreError> {
+        match self.meta.get(META_RUN)? {
+            None => Ok(None),
+            Some(v) => decode("meta", "run", &v).map(Some),
+        }
     }
 
     /// The stored configuration text.

@@ -3,6 +3,7 @@
 //! exactly the agents whose masked input arrived, whatever phase the others dropped out in; a round that loses too
 //! many aborts and commits nothing; bad settings are refused naming the key.
 
+use fedge_server::clock::Alarm;
 use fedge_server::coordinator::{
     AbortReason, Action, AgentId, AggregationMode, ConfigError, Coordinator, CoordinatorConfig, Event, RejectReason,
     ResumeState, RoundRecord, SecAggConfig, SecurePhase, TrainHyper,
@@ -76,7 +77,10 @@ struct SimAgent {
 struct Sim {
     coord: Coordinator,
     now: u64,
-    wake: Option<u64>,
+    /// The shell's wake-up handling, as the server's core does it.
+    alarm: Alarm,
+    /// Every wake-up asked for, with the time it was asked at.
+    wake_ups: Vec<(u64, u64)>,
     agents: BTreeMap<AgentId, SimAgent>,
     peers: PeerKeyTable,
     queue: VecDeque<Action>,
@@ -102,7 +106,8 @@ impl Sim {
         let mut sim = Sim {
             coord,
             now: 0,
-            wake: None,
+            alarm: Alarm::default(),
+            wake_ups: vec![],
             agents,
             peers,
             queue: VecDeque::new(),
@@ -196,7 +201,10 @@ impl Sim {
                     self.feed(Event::Committed { round, version });
                 }
                 Action::RoundAborted { reason, record, .. } => self.aborts.push((reason, *record)),
-                Action::WakeAt(t) => self.wake = Some(t),
+                Action::WakeAt(t) => {
+                    self.wake_ups.push((self.now, t));
+                    self.alarm.set(t)
+                }
                 Action::Reject { agent, reason } => self.rejects.push((agent, reason)),
                 _ => {}
             }
@@ -212,8 +220,9 @@ impl Sim {
             if self.commits.len() + self.aborts.len() > ended {
                 return;
             }
-            let Some(t) = self.wake.take() else { panic!("the round is stuck with no deadline") };
+            let Some(t) = self.alarm.pending() else { panic!("the round is stuck with no deadline") };
             self.now = self.now.max(t);
+            assert!(self.alarm.ring(self.now));
             self.feed(Event::Tick);
         }
         panic!("the round did not end");
@@ -402,4 +411,26 @@ proptest! {
             prop_assert_eq!(sim.coord.global_weights(), sim.global.as_slice());
         }
     }
+}
+
+#[test]
+fn a_member_that_never_uploads_holds_a_secure_round_to_the_round_deadline_not_to_a_phase_wake_up() {
+    // The shell's wake-up handling (`fedge_server::clock::Alarm`, as the core carries out `WakeAt`) is driven
+    // through the sequence that once lost the deadline: the key phases' wake-up is pending when the coordinator
+    // asks for the later round deadline; a member that never uploads its masked input must hold the round until
+    // that deadline and no longer.
+    let mut quits = vec![Quit::Never; 4];
+    quits[2] = Quit::Masked;
+    let mut sim = Sim::new(3, &quits);
+    sim.run_round();
+    assert!(sim.aborts.is_empty(), "{:?}", sim.aborts);
+    let (record, _) = sim.commits.last().expect("the three that uploaded are aggregated");
+    assert_eq!((record.started_ms, record.ended_ms), (0, TIMEOUT), "closed at the round's deadline");
+    assert_eq!(record.dropped.len(), 1);
+    assert!(record.dropped[0].reason.contains("masked-input deadline"), "{:?}", record.dropped);
+    let asked_at_start: Vec<u64> = sim.wake_ups.iter().filter(|(at, _)| *at == 0).map(|(_, t)| *t).collect();
+    assert!(
+        asked_at_start.windows(2).any(|w| w[0] < w[1]),
+        "a later wake-up replaced a pending earlier one: {asked_at_start:?}"
+    );
 }

@@ -129,8 +129,10 @@ pub struct StatusInfo {
     /// Why no round may start for lack of disk space under the database, if so.
     #[serde(default)]
     pub storage_low: Option<String>,
-    /// Rounds still to run (`None`: unlimited).
+    /// Rounds still to commit in the run in force (`None`: unlimited).
     pub remaining: Option<u64>,
+    /// Rounds committed so far in the run in force (`None`: no run was given).
+    pub run_done: Option<u64>,
     /// Milliseconds until the round in flight's deadline.
     pub deadline_in_ms: Option<u64>,
     pub target_accuracy: Option<f32>,
@@ -228,6 +230,7 @@ mod tests {
             paused: false,
             storage_low: None,
             remaining: None,
+            run_done: Some(2),
             deadline_in_ms: Some(100),
             target_accuracy: Some(0.9),
         }

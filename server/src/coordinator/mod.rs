@@ -10,16 +10,24 @@
 //! [`Phase`] and [`Aggregation`] types. Local training overlaps the two key phases; the masked-input phase ends at
 //! the round's deadline.
 //!
+//! The shell reports `AgentSilent` when an agent's connection has received nothing for longer than two keep-alive
+//! intervals (and again when it does): selection skips such an agent. A round ends as soon as no member still owes
+//! anything, so a round whose missing members' connections have all closed (`AgentDisconnected`) ends then.
+//!
 //! The shell's contract, action by action (carry them out in the order given):
 //! - `SendPlan`: send the weights of `plan.model_version` first if `send_weights`, then the plan.
 //! - `Reject` / `CancelTraining`: tell the agent; nothing else changes.
-//! - `RoundStarted`: `Store::reserve_round(round)` so the id survives a crash.
+//! - `RoundStarted`: `Store::reserve_round(round)` before any later action leaves, so the id is never reused, even
+//!   after a crash. If that fails, carry out none of the round's `SendPlan`s and feed back
+//!   `Event::RoundNotReserved` (the round is aborted; a failed write also stops new rounds via `Storage`).
 //! - `Commit`: evaluate the new weights if there is a test set (fill `record.metrics.test_*`), then
 //!   `Store::commit_round(&record, &new_weights, &strategy_state, unix_ms)` and feed back `Event::Committed`
 //!   with the returned version, or `Event::CommitFailed` with the error.
 //! - `Announce`: tell every connected agent that `version` exists.
 //! - `RoundAborted`: `Store::record_aborted(&record)` (a failure there is only logged).
-//! - `WakeAt(t)`: deliver `Event::Tick` at `t`; a later `WakeAt` replaces an earlier one, spurious ticks are fine.
+//! - `WakeAt(t)`: deliver `Event::Tick` at `t` (coordinator time, on a monotonic clock: see `crate::clock`); a
+//!   later `WakeAt` replaces an earlier one, whether its time is earlier or later; an alarm is spent once it rings
+//!   (after each `Tick` the coordinator asks again for the wake-up it still needs); spurious ticks are fine.
 //! - `Log`: log it (and show it to the operator who sent a command).
 //! - `SecAggKeys` / `SecAggShares` / `SecAggUnmask`: relay to the agents named (the keys with each owner's
 //!   certificate); feed their answers back as `SecAggAdvertise`, `SecAggShares`, `MaskedInput`, `SecAggUnmask`.
@@ -96,6 +104,8 @@ struct Holding {
 struct AgentInfo {
     holding: Option<Holding>,
     in_round: bool,
+    /// Its connection has shown no sign of life lately (`Event::AgentSilent`).
+    silent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,6 +320,11 @@ impl Coordinator {
                 Some(info) => info.holding = Some(Holding { model_version, examples }),
                 None => out.push(Action::Reject { agent, reason: RejectReason::NotConnected }),
             },
+            Event::AgentSilent { agent, silent } => {
+                if let Some(info) = self.agents.get_mut(&agent) {
+                    info.silent = silent;
+                }
+            }
             Event::AgentDisconnected { agent } => {
                 if self.agents.remove(&agent).is_some() {
                     self.drop_member(now_ms, &agent, "disconnected", &mut out);
@@ -335,6 +350,11 @@ impl Coordinator {
             }
             Event::Committed { round, version } => self.on_committed(now_ms, round, version, &mut out),
             Event::CommitFailed { round, error } => self.on_commit_failed(now_ms, round, error, &mut out),
+            Event::RoundNotReserved { round, error } => {
+                if self.collecting_round() == Some(round) {
+                    self.abort_round(now_ms, AbortReason::NotReserved(error), &mut out);
+                }
+            }
             Event::StartRounds { count } => {
                 self.running = true;
                 self.paused = false;
@@ -372,7 +392,8 @@ impl Coordinator {
                 }
                 self.storage_low = low;
             }
-            Event::Tick => {}
+            // The shell's alarm is spent once it rings: ask again for whatever wake-up is still wanted.
+            Event::Tick => self.wake = None,
         }
         self.maybe_start_round(now_ms, &mut out);
         self.request_wake(now_ms, &mut out);
@@ -387,7 +408,7 @@ impl Coordinator {
     }
 
     fn is_available(info: &AgentInfo) -> bool {
-        !info.in_round && info.holding.is_some_and(|h| h.examples > 0)
+        !info.in_round && !info.silent && info.holding.is_some_and(|h| h.examples > 0)
     }
 
     fn available_count(&self) -> usize {

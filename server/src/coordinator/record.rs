@@ -23,6 +23,8 @@ pub enum AbortReason {
     /// Secure aggregation could not produce the sum (too few agents survived a phase, or a reconstruction
     /// failed); nothing partial was revealed.
     SecureAggregation(String),
+    /// The store could not reserve the round's id before its first plan left (so no plan was sent).
+    NotReserved(String),
 }
 
 impl std::fmt::Display for AbortReason {
@@ -35,6 +37,7 @@ impl std::fmt::Display for AbortReason {
             AbortReason::Strategy(e) => write!(f, "the strategy failed: {e}"),
             AbortReason::CommitFailed(e) => write!(f, "the commit failed: {e}"),
             AbortReason::SecureAggregation(e) => write!(f, "secure aggregation failed: {e}"),
+            AbortReason::NotReserved(e) => write!(f, "the round's id could not be reserved in the database: {e}"),
         }
     }
 }

@@ -64,8 +64,9 @@ pub fn status(s: &StatusInfo) -> String {
         (true, false) => "running",
         (false, false) => "stopped",
     };
-    let remaining = s.remaining.map_or("no limit".into(), |r| format!("{r} rounds to go"));
-    let _ = writeln!(o, "rounds        {state}, {remaining}, next round {}", s.next_round);
+    let remaining = s.remaining.map_or("no limit".into(), |r| format!("{r} to go"));
+    let done = s.run_done.map_or(String::new(), |d| format!("{d} done, "));
+    let _ = writeln!(o, "rounds        {state}, {done}{remaining}, next round {}", s.next_round);
     if let Some(why) = &s.storage_low {
         let _ = writeln!(o, "disk          LOW, no round will start: {why}");
     }
