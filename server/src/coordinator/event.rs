@@ -6,6 +6,7 @@
 use super::aggregation::FoldError;
 use super::plan::RoundPlan;
 use super::record::{AbortReason, AgentId, RoundRecord};
+use fedge_shared::fedeval::EvalCounts;
 use fedge_shared::secagg::{AdvertiseKeys, EncryptedShare, UnmaskRequest, UnmaskResponse};
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,9 @@ pub enum Event<'a> {
     CheckIn { agent: AgentId, model_version: Option<u64>, examples: u64 },
     /// The agent's connection is gone.
     AgentDisconnected { agent: AgentId },
+    /// The federated evaluation an agent sent with its plain update (fed just before that [`Event::Update`]): its
+    /// counts on the round's starting model. Kept only if the update is folded in.
+    Evaluated { agent: AgentId, round: u64, counts: EvalCounts },
     /// The agent's plain update: the full delta (`local − global`) has been read.
     Update { agent: AgentId, round: u64, examples: u64, train_loss: f32, delta: &'a [f32] },
     /// Secure round, phase 1: the agent's signed keys (the round is inside the message).
