@@ -14,6 +14,7 @@
 use crate::learner::{LearnOutcome, Learner};
 use crate::state::ModelState;
 use anyhow::{Context, anyhow, bail};
+use fedge_shared::fedeval::{EVAL_COUNTS, EvalCounts};
 use fedge_shared::model::{Digest, weights_from_bytes, weights_to_bytes};
 use fedge_shared::protocol::{
     AgentMessage, BlobHeader, BlobKind, CheckIn, DeviceInfo, Hello, PROTOCOL_VERSION, RoundPlan, SecAggPlan,
@@ -64,6 +65,8 @@ pub enum AgentEvent {
     Trained {
         round: u64,
         examples: u64,
+        /// Of `examples`, the device's own labelled examples.
+        device_examples: u64,
         train_loss: f32,
         holdout_accuracy: Option<f32>,
     },
@@ -107,6 +110,8 @@ pub struct Agent {
     events: Option<mpsc::UnboundedSender<AgentEvent>>,
     /// Each newly held model version, for inference.
     models: Option<watch::Sender<Option<crate::state::PublishedModel>>>,
+    /// The example count last declared to the server.
+    declared: std::sync::atomic::AtomicU64,
 }
 
 enum Inbound {
@@ -248,7 +253,34 @@ impl Agent {
             learner: Arc::new(Mutex::new(learner)),
             events: None,
             models: None,
+            declared: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// What this agent holds, as told to the server.
+    fn check_in(&self, examples: u64) -> CheckIn {
+        let state = lock(&self.state);
+        CheckIn {
+            model_version: state.version(),
+            graph: state.graph_digest(),
+            examples,
+            device: DeviceInfo {
+                arch: std::env::consts::ARCH.into(),
+                cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            },
+        }
+    }
+
+    /// Tells the server again what this agent holds when a round trained on more examples than it declared (the
+    /// device's own labels grew): the server caps a round's weight by the declared count. Sent on the control
+    /// stream before the update is uploaded.
+    async fn declare_growth(&self, send: &mut quinn::SendStream, examples: u64) -> anyhow::Result<()> {
+        use std::sync::atomic::Ordering;
+        if examples > self.declared.load(Ordering::Relaxed) {
+            wire::write_msg(send, &AgentMessage::CheckIn(self.check_in(examples)), limits::CONTROL).await?;
+            self.declared.store(examples, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Reports progress on `tx`.
@@ -408,19 +440,9 @@ impl Agent {
         }
         *backoff = self.settings.backoff_initial;
         self.emit(AgentEvent::Connected);
-        let checkin = {
-            let state = lock(&self.state);
-            CheckIn {
-                model_version: state.version(),
-                graph: state.graph_digest(),
-                examples: lock(&self.learner).examples(),
-                device: DeviceInfo {
-                    arch: std::env::consts::ARCH.into(),
-                    cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
-                },
-            }
-        };
-        wire::write_msg(&mut send, &AgentMessage::CheckIn(checkin), limits::CONTROL).await?;
+        let examples = lock(&self.learner).examples();
+        wire::write_msg(&mut send, &AgentMessage::CheckIn(self.check_in(examples)), limits::CONTROL).await?;
+        self.declared.store(examples, std::sync::atomic::Ordering::Relaxed);
 
         let tools = SecureTools::new(&self.settings)?;
         let (tx, mut rx) = mpsc::channel::<Inbound>(16);
@@ -547,6 +569,9 @@ impl Agent {
                 Inbound::Blob(header, body) => self.take_blob(header, body).await?,
                 Inbound::Learned(round, outcome) => {
                     training = None;
+                    if let Ok(out) = &outcome {
+                        self.declare_growth(send, out.examples).await?;
+                    }
                     match outcome {
                         Ok(out) => match secure.as_mut().filter(|s| s.round == round) {
                             Some(st) => st.outcome = Some(out),
@@ -583,6 +608,7 @@ impl Agent {
                     .map_err(|e| SecAggError::Abort(format!("no randomness from the OS: {e}")))
                     .and_then(|mut rng| {
                         let delta = std::mem::take(&mut outcome.delta);
+                        set_eval_counts(session, outcome.eval.as_ref())?;
                         session.mask_stream(delta, outcome.examples, &mut rng, DEFAULT_CHUNK_VALUES)
                     });
                 match stream {
@@ -707,10 +733,17 @@ impl Agent {
         self.emit(AgentEvent::Trained {
             round,
             examples: out.examples,
+            device_examples: out.device_examples,
             train_loss: out.train_loss,
             holdout_accuracy: out.holdout_accuracy,
         });
-        tracing::info!(round, loss = out.train_loss, "uploaded the masked update");
+        tracing::info!(
+            round,
+            examples = out.examples,
+            device_examples = out.device_examples,
+            loss = out.train_loss,
+            "uploaded the masked update"
+        );
         Ok(())
     }
 
@@ -770,6 +803,7 @@ impl Agent {
                 examples: out.examples,
                 train_loss: out.train_loss,
                 holdout_accuracy: out.holdout_accuracy,
+                eval: out.eval,
             },
             len: body.len() as u64,
             digest: None,
@@ -778,12 +812,29 @@ impl Agent {
         self.emit(AgentEvent::Trained {
             round,
             examples: out.examples,
+            device_examples: out.device_examples,
             train_loss: out.train_loss,
             holdout_accuracy: out.holdout_accuracy,
         });
-        tracing::info!(round, loss = out.train_loss, "uploaded update");
+        tracing::info!(
+            round,
+            examples = out.examples,
+            device_examples = out.device_examples,
+            loss = out.train_loss,
+            "uploaded update"
+        );
         Ok(())
     }
+}
+
+/// Puts the federated evaluation's counts into a secure round's masked vector when the round carries them
+/// (zeros when this agent has no held-out examples).
+fn set_eval_counts(session: &mut ClientSession, eval: Option<&EvalCounts>) -> Result<(), SecAggError> {
+    if session.params().counts != EVAL_COUNTS {
+        return Ok(());
+    }
+    let coords = eval.map_or([0; 3], |e| e.to_coords(session.count_limit()));
+    session.set_counts(coords.to_vec())
 }
 
 fn on_shares(st: &mut SecureState, shares: &[EncryptedShare]) -> anyhow::Result<()> {

@@ -454,7 +454,7 @@ async fn read_upload(
         let _mine = one_at_a_time.acquire().await?;
         return read_masked(conn, recv, shared, agent, &header, round, examples, train_loss).await;
     }
-    let BlobKind::Update { round, examples, train_loss, holdout_accuracy } = header.kind else {
+    let BlobKind::Update { round, examples, train_loss, holdout_accuracy, eval } = header.kind else {
         return Err(ProtocolViolation(format!("agents may only upload updates, not {:?}", header.kind)).into());
     };
     let params = shared.params.load(Ordering::Relaxed);
@@ -476,7 +476,7 @@ async fn read_upload(
         .await
         .map_err(|_| ProtocolViolation(format!("an update of {} bytes did not arrive in time", header.len)))??;
     tracing::debug!(agent, round, examples, train_loss, ?holdout_accuracy, "update received");
-    shared.core.send(CoreMsg::Update { agent: agent.to_string(), round, examples, train_loss, delta }).await?;
+    shared.core.send(CoreMsg::Update { agent: agent.to_string(), round, examples, train_loss, eval, delta }).await?;
     Ok(())
 }
 

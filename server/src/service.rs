@@ -103,6 +103,7 @@ pub enum CoreMsg {
         round: u64,
         examples: u64,
         train_loss: f32,
+        eval: Option<fedge_shared::fedeval::EvalCounts>,
         delta: Vec<f32>,
     },
     Abandon {
@@ -569,7 +570,10 @@ impl Core {
                 self.push_model(&agent);
                 self.feed(Event::CheckIn { agent, model_version: checkin.model_version, examples: checkin.examples });
             }
-            CoreMsg::Update { agent, round, examples, train_loss, delta } => {
+            CoreMsg::Update { agent, round, examples, train_loss, eval, delta } => {
+                if let Some(counts) = eval {
+                    self.feed(Event::Evaluated { agent: agent.clone(), round, counts });
+                }
                 self.feed(Event::Update { agent, round, examples, train_loss, delta: &delta });
             }
             CoreMsg::Abandon { agent, round, reason } => {

@@ -527,6 +527,41 @@ fn a_duplicate_update_is_refused_and_counted_once() {
 }
 
 #[test]
+fn a_plain_round_records_each_agents_federated_evaluation_and_their_totals_for_the_starting_version() {
+    use fedge_shared::fedeval::EvalCounts;
+    let mut coord = Coordinator::new(config(3, 3, 1.0), fresh()).unwrap();
+    for i in 0..3 {
+        coord.handle(0, Event::AgentConnected { agent: name(i) });
+        coord.handle(0, Event::CheckIn { agent: name(i), model_version: Some(0), examples: 5 });
+    }
+    coord.handle(0, Event::StartRounds { count: None });
+    let d = vec![0.1; DIM];
+    let a = EvalCounts { correct: 7, examples: 10, loss_sum: 4.5 };
+    let b = EvalCounts { correct: 1, examples: 4, loss_sum: 2.0 };
+    let lie = EvalCounts { correct: 9, examples: 4, loss_sum: 1.0 };
+    coord.handle(1, Event::Evaluated { agent: name(0), round: 1, counts: a });
+    coord.handle(1, Event::Update { agent: name(0), round: 1, examples: 5, train_loss: 0.3, delta: &d });
+    // Counts for another round, and implausible ones, are ignored; an agent may send none.
+    coord.handle(1, Event::Evaluated { agent: name(1), round: 2, counts: a });
+    coord.handle(1, Event::Evaluated { agent: name(2), round: 1, counts: lie });
+    coord.handle(1, Event::Update { agent: name(2), round: 1, examples: 5, train_loss: 0.3, delta: &d });
+    coord.handle(1, Event::Evaluated { agent: name(1), round: 1, counts: b });
+    let done = coord.handle(2, Event::Update { agent: name(1), round: 1, examples: 5, train_loss: 0.3, delta: &d });
+    let record = done
+        .iter()
+        .find_map(|a| match a {
+            Action::Commit { record, .. } => Some(record.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let per_agent: Vec<Option<EvalCounts>> = record.reported.iter().map(|r| r.eval).collect();
+    assert_eq!(per_agent, vec![Some(a), None, Some(b)]);
+    let fed = record.metrics.federated_eval.unwrap();
+    assert_eq!((fed.model_version, fed.agents), (0, 2));
+    assert_eq!(fed.counts, EvalCounts { correct: 8, examples: 14, loss_sum: 6.5 });
+}
+
+#[test]
 fn an_agent_cannot_weigh_more_than_it_declared_or_than_the_configured_maximum() {
     let mut cfg = config(3, 3, 1.0);
     cfg.max_examples = Some(100);

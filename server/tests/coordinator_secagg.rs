@@ -9,6 +9,7 @@ use fedge_server::coordinator::{
     ResumeState, RoundRecord, SecAggConfig, SecurePhase, TrainHyper,
 };
 use fedge_server::strategy::StrategyConfig;
+use fedge_shared::fedeval::{EVAL_COUNTS, EvalCounts};
 use fedge_shared::secagg::{ClientSession, EcdsaP256Signer, PeerKeyTable};
 use proptest::prelude::*;
 use rand::SeedableRng;
@@ -49,6 +50,13 @@ fn delta_of(i: usize) -> Vec<f32> {
 
 fn examples_of(i: usize) -> u64 {
     10 + (i as u64 * 17) % 90
+}
+
+/// Agent `i`'s federated evaluation of the round's starting model (agent 3 holds no held-out examples).
+fn eval_of(i: usize) -> EvalCounts {
+    let examples = if i == 3 { 0 } else { 5 + (i as u64 * 11) % 40 };
+    let correct = examples * (i as u64 % 7) / 7;
+    EvalCounts { correct, examples, loss_sum: examples as f64 * 0.125 * (1 + i % 5) as f64 }
 }
 
 /// When an agent stops answering.
@@ -180,6 +188,8 @@ impl Sim {
                     let index = a.index;
                     let session = a.session.as_mut().unwrap();
                     session.on_shares(&shares).unwrap();
+                    let coords = eval_of(index).to_coords(session.count_limit());
+                    session.set_counts(coords.to_vec()).unwrap();
                     let masked = session.masked_input(&delta_of(index), examples_of(index), &mut self.rng).unwrap();
                     let (examples, train_loss) = (examples_of(index), 0.5);
                     self.feed(Event::MaskedInput { agent, round, examples, train_loss, masked: &masked });
@@ -301,6 +311,31 @@ fn agents_dropping_out_in_every_phase_are_dropped_and_exactly_the_uploaders_are_
     assert_close(&sim.applied_delta(), &sim.plain_mean(&uploaders(&quits)));
     // The phases waited for their deadlines: advertise, shares, then the round's training deadline, then unmask.
     assert!(sim.now >= TIMEOUT, "{}", sim.now);
+}
+
+#[test]
+fn the_federated_evaluation_is_exactly_the_sum_of_the_uploaders_counts_whatever_dropped_out() {
+    let mut quits = vec![Quit::Never; 16];
+    quits[1] = Quit::Advertise;
+    quits[4] = Quit::Shares;
+    quits[6] = Quit::Masked;
+    quits[9] = Quit::Disconnect;
+    quits[12] = Quit::Unmask;
+    let mut sim = Sim::new(8, &quits);
+    sim.run_round();
+    let (record, _) = sim.commits.last().expect("the round commits");
+    let AggregationMode::Secure(sp) = &record.plan.aggregation else { panic!("a secure round") };
+    assert_eq!(sp.params.counts, EVAL_COUNTS, "the round's vectors carry the evaluation");
+    let fed = record.metrics.federated_eval.expect("the survivors' totals");
+    let mut want = EvalCounts::default();
+    for i in uploaders(&quits) {
+        want.add(&eval_of(i));
+    }
+    assert_eq!((fed.counts.correct, fed.counts.examples), (want.correct, want.examples), "bit-exact through the masks");
+    assert!((fed.counts.loss_sum - want.loss_sum).abs() < 1e-9, "{} vs {}", fed.counts.loss_sum, want.loss_sum);
+    assert_eq!(fed.model_version, record.plan.model_version, "attributed to the version the agents evaluated");
+    assert_eq!(fed.agents, uploaders(&quits).len());
+    assert!(record.reported.iter().all(|r| r.eval.is_none()), "no agent's own counts are recorded");
 }
 
 #[test]

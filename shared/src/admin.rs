@@ -14,7 +14,7 @@ use crate::model::Digest;
 use serde::{Deserialize, Serialize};
 
 /// Admin protocol version carried in the hello. Bump on any incompatible change to these types.
-pub const ADMIN_PROTOCOL_VERSION: u32 = 1;
+pub const ADMIN_PROTOCOL_VERSION: u32 = 2;
 
 /// Size limits of admin frames, in bytes.
 pub mod limits {
@@ -182,6 +182,14 @@ pub struct RoundSummary {
     pub new_version: Option<u64>,
     /// Unix milliseconds.
     pub started_ms: u64,
+    /// The version the round started from: the one its federated evaluation measured.
+    pub evaluated_version: u64,
+    /// The federated evaluation of `evaluated_version` (the reporters' held-out examples, summed): accuracy.
+    pub federated_accuracy: Option<f32>,
+    /// Its mean loss.
+    pub federated_loss: Option<f32>,
+    /// Its examples.
+    pub federated_examples: u64,
 }
 
 /// A stored model version.

@@ -6,6 +6,7 @@
 use super::aggregation::FoldError;
 use super::plan::RoundPlan;
 use super::record::{AbortReason, AgentId, RoundRecord};
+use fedge_shared::fedeval::EvalCounts;
 use fedge_shared::secagg::{AdvertiseKeys, EncryptedShare, UnmaskRequest, UnmaskResponse};
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,9 @@ pub enum Event<'a> {
     /// The agent's connection has shown no sign of life for a while (`silent`), or shows some again. A silent
     /// agent is not selected for a new round (it stays in the round it is in until it reports, drops or closes).
     AgentSilent { agent: AgentId, silent: bool },
+    /// The federated evaluation an agent sent with its plain update (fed just before that [`Event::Update`]): its
+    /// counts on the round's starting model. Kept only if the update is folded in.
+    Evaluated { agent: AgentId, round: u64, counts: EvalCounts },
     /// The agent's plain update: the full delta (`local − global`) has been read.
     Update { agent: AgentId, round: u64, examples: u64, train_loss: f32, delta: &'a [f32] },
     /// Secure round, phase 1: the agent's signed keys (the round is inside the message).

@@ -55,6 +55,7 @@ pub use secure::SecurePhase;
 pub use selection::{SelectionRule, round_rng, select};
 
 use crate::strategy::Strategy;
+use fedge_shared::fedeval::{EvalCounts, FederatedEval};
 use rand::RngCore;
 use std::collections::BTreeMap;
 
@@ -127,6 +128,11 @@ struct Round {
     dropped: Vec<Dropped>,
     loss_sum: f64,
     update_bytes: u64,
+    /// Plain rounds: evaluations sent with updates not yet folded in, by agent.
+    pending_eval: BTreeMap<AgentId, EvalCounts>,
+    /// The federated evaluation's totals (plain: of the folded reports; secure: the unmasked sum) and how many
+    /// agents are in them.
+    eval: Option<(EvalCounts, usize)>,
 }
 
 impl Round {
@@ -340,6 +346,7 @@ impl Coordinator {
                 self.on_masked_input(now_ms, agent, round, examples, train_loss, masked, &mut out)
             }
             Event::SecAggUnmask { agent, response } => self.on_secagg_unmask(now_ms, agent, response, &mut out),
+            Event::Evaluated { agent, round, counts } => self.on_evaluated(agent, round, counts),
             Event::Update { agent, round, examples, train_loss, delta } => {
                 self.on_update(now_ms, agent, round, examples, train_loss, delta, &mut out)
             }
@@ -492,17 +499,38 @@ impl Coordinator {
         round.members.insert(agent.clone(), MemberStatus::Reported);
         round.loss_sum += examples as f64 * f64::from(train_loss);
         round.update_bytes += (delta.len() * 4) as u64;
+        let eval = round.pending_eval.remove(&agent);
+        if let Some(e) = &eval {
+            let (total, agents) = round.eval.get_or_insert((EvalCounts::default(), 0));
+            total.add(e);
+            *agents += 1;
+        }
         round.reports.push(Report {
             agent: agent.clone(),
             examples,
             train_loss,
             after_ms: now_ms.saturating_sub(round.started_ms),
+            eval,
         });
         let version = round.plan.model_version;
         if let Some(Holding { model_version, .. }) = self.agents.get_mut(&agent).and_then(|i| i.holding.as_mut()) {
             *model_version = Some(version);
         }
         self.close_if_settled(now_ms, out);
+    }
+
+    /// Keeps a plain round member's federated evaluation until its update is folded in; implausible counts (more
+    /// correct than examples, a non-finite or negative loss) are ignored.
+    fn on_evaluated(&mut self, agent: AgentId, round_id: u64, counts: EvalCounts) {
+        let Stage::Collecting(round) = &mut self.stage else { return };
+        if round.plan.round != round_id || round.members.get(&agent) != Some(&MemberStatus::Training) {
+            return;
+        }
+        if !counts.is_plausible() {
+            tracing::warn!(%agent, ?counts, "ignoring implausible federated-evaluation counts");
+            return;
+        }
+        round.pending_eval.insert(agent, counts);
     }
 
     /// Marks `agent` dropped from the round in flight if it still owed an update.
@@ -559,7 +587,10 @@ impl Coordinator {
         let mean = match &mut round.aggregation {
             Aggregation::Plain(sum) => sum.mean(),
             Aggregation::Secure(sec) => match sec.finish() {
-                Ok(mean) => Some(mean),
+                Ok((mean, eval)) => {
+                    round.eval = eval;
+                    Some(mean)
+                }
                 Err(e) => {
                     let reason = AbortReason::SecureAggregation(format!("unmasking: {e}"));
                     return self.finish_aborted(now_ms, *round, reason, out);
@@ -646,6 +677,11 @@ impl Coordinator {
                     Aggregation::Secure(s) => Some(s.metrics.clone()),
                     Aggregation::Plain(_) => None,
                 },
+                federated_eval: round.eval.filter(|(c, _)| c.examples > 0).map(|(counts, agents)| FederatedEval {
+                    model_version: round.plan.model_version,
+                    agents,
+                    counts,
+                }),
             },
             started_ms: round.started_ms,
             ended_ms: now_ms,
@@ -764,6 +800,8 @@ impl Coordinator {
             dropped: Vec::new(),
             loss_sum: 0.0,
             update_bytes: 0,
+            pending_eval: BTreeMap::new(),
+            eval: None,
         }));
     }
 

@@ -188,6 +188,10 @@ mod tests {
             examples: 10,
             new_version: Some(round),
             started_ms: 0,
+            evaluated_version: round.saturating_sub(1),
+            federated_accuracy: None,
+            federated_loss: None,
+            federated_examples: 0,
         }
     }
 
