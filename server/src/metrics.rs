@@ -194,6 +194,7 @@ impl Metrics {
                     }
                     if let Some(l) = r.metrics.mean_train_loss {
                         self.train_loss.set(l as f64);
+                    }
                     if let Some(f) = &r.metrics.federated_eval {
                         self.federated_accuracy.set(f.counts.accuracy().unwrap_or(0.0));
                         self.federated_loss.set(f.counts.mean_loss().unwrap_or(0.0));
