@@ -5,8 +5,9 @@
 //! which the peer accepts only if its token matches the one the server gave when the connection was made. quinn
 //! derives that token from the endpoint's reset key and the connection id, so a server that draws a new random
 //! key at each start (quinn's default) sends resets its agents ignore; they then wait for their idle time-out (30 s
-//! by default) before they connect again. With the same key across restarts the agents notice the restart with the
-//! first packet they send.
+//! by default) before they connect again. quinn's default connection ids are also checked against a key drawn at
+//! each start, and a packet that fails the check gets no reset at all: the server uses plain random ids
+//! ([`RandomCids`]). With both, the agents notice the restart with the first packet they send.
 //!
 //! The key file (`stateless-reset.key` in the database directory, 64 random bytes) is created owner-only (0600) on
 //! first start. Anyone holding it can forge resets of the server's connections: it is a secret like the TLS key.
@@ -73,9 +74,36 @@ fn warn_if_readable_by_others(path: &Path) {
 #[cfg(not(unix))]
 fn warn_if_readable_by_others(_: &Path) {}
 
-/// The QUIC endpoint configuration with the key at `path` (created on first start).
+/// The QUIC endpoint configuration with the key at `path` (created on first start), and connection ids a restarted
+/// server still answers with a reset ([`RandomCids`]).
 pub fn endpoint_config(path: &Path) -> anyhow::Result<quinn::EndpointConfig> {
-    Ok(quinn::EndpointConfig::new(Arc::new(load_or_create(path)?)))
+    let mut config = quinn::EndpointConfig::new(Arc::new(load_or_create(path)?));
+    config.cid_generator(|| Box::new(RandomCids));
+    Ok(config)
+}
+
+/// Length of the server's connection ids.
+const CID_LEN: usize = 8;
+
+/// Random 8-byte connection ids that every server process accepts as its own. quinn's default generator hashes its
+/// ids with a key drawn at each start and drops, without a reset, a packet whose id fails that check: a restarted
+/// server then never resets the previous process's connections, whatever its reset key.
+#[derive(Debug, Clone, Copy)]
+pub struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let bytes: [u8; CID_LEN] = rand::random();
+        quinn::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 #[cfg(test)]
