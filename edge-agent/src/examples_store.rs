@@ -311,7 +311,7 @@ mod tests {
     use super::*;
 
     fn ex(i: u32) -> LabelledExample {
-        let source = if i % 2 == 0 { Source::Example } else { Source::Feedback };
+        let source = if i.is_multiple_of(2) { Source::Example } else { Source::Feedback };
         LabelledExample { source, label: i % 3, version: u64::from(i), input: vec![i as f32, -(i as f32), 0.5] }
     }
 

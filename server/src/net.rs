@@ -6,7 +6,7 @@
 //! wrong role for the ALPN, or speaks another protocol version. It never panics on what a peer sends.
 //!
 //! Secure rounds: the agent's secure-aggregation messages go to the core tagged with the name from its certificate
-//! (so an agent can only speak for its own cohort index), and a masked vector (`1 + P` little-endian `u32`) is read
+//! (so an agent can only speak for its own cohort index), and a masked vector (`1 + 3 + P` little-endian `u32`) is read
 //! under one of the `max_concurrent_uploads` permits, which travels with it until the core has folded it.
 
 use crate::config::ServerConfig;
@@ -480,7 +480,7 @@ async fn read_upload(
     Ok(())
 }
 
-/// Reads a masked vector (`1 + P` little-endian `u32`) and hands it, with its memory permit, to the core.
+/// Reads a masked vector (`[w, 3 counts, P]` little-endian `u32`) and hands it, with its memory permit, to the core.
 #[allow(clippy::too_many_arguments)]
 async fn read_masked(
     conn: &quinn::Connection,
@@ -492,12 +492,14 @@ async fn read_masked(
     examples: u64,
     train_loss: f32,
 ) -> anyhow::Result<()> {
-    let values = shared.params.load(Ordering::Relaxed) + 1;
+    // The weight, the federated evaluation's counts (every secure round carries them), the delta.
+    let header_values = 1 + u64::from(fedge_shared::fedeval::EVAL_COUNTS);
+    let values = shared.params.load(Ordering::Relaxed) + header_values;
     if header.len != values * 4 {
         return Err(ProtocolViolation(format!(
             "masked vector of {} bytes; the model has {} parameters, so {} bytes were expected",
             header.len,
-            values - 1,
+            values - header_values,
             values * 4
         ))
         .into());

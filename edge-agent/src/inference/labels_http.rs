@@ -35,6 +35,8 @@ fn refused(e: LabelError) -> Response {
     error(status, e)
 }
 
+// The error is the handler's finished answer, returned at once; boxing it would buy nothing.
+#[allow(clippy::result_large_err)]
 fn store_of(s: &AppState) -> Result<Arc<ExampleStore>, Response> {
     s.labels.clone().ok_or_else(|| {
         error(
@@ -44,6 +46,8 @@ fn store_of(s: &AppState) -> Result<Arc<ExampleStore>, Response> {
     })
 }
 
+// The error is the handler's finished answer, returned at once; boxing it would buy nothing.
+#[allow(clippy::result_large_err)]
 fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
     body.map_err(|e| error(e.status(), e.body_text()))
 }
@@ -52,6 +56,8 @@ fn held_json(store: &ExampleStore, h: Held) -> serde_json::Value {
     json!({ "held": h.total(), "examples": h.examples, "feedback": h.feedback, "max_examples": store.max_examples() })
 }
 
+// The error is the handler's finished answer, returned at once; boxing it would buy nothing.
+#[allow(clippy::result_large_err)]
 async fn store(store: Arc<ExampleStore>, examples: Vec<LabelledExample>) -> Result<Held, Response> {
     match tokio::task::spawn_blocking(move || store.add(examples)).await {
         Ok(Ok(h)) => Ok(h),

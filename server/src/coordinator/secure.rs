@@ -46,6 +46,9 @@ impl SecurePhase {
     }
 }
 
+/// The federated evaluation's totals and how many agents are in them.
+pub(super) type EvalTotals = (EvalCounts, usize);
+
 /// The secure-aggregation state of a round in flight.
 pub struct SecureRound {
     /// `None` once the round has been finished or aborted.
@@ -83,7 +86,7 @@ impl SecureRound {
 
     /// Ends the round: unmasks the sum and returns the weighted mean delta `Σ w·Δ / Σ w`, and the federated
     /// evaluation's totals over the survivors (the only evaluation the server ever sees in a secure round).
-    pub(super) fn finish(&mut self) -> Result<(Vec<f32>, Option<(EvalCounts, usize)>), String> {
+    pub(super) fn finish(&mut self) -> Result<(Vec<f32>, Option<EvalTotals>), String> {
         let session = self.session.take().ok_or("the secure session is gone")?;
         let sum = session.finish().map_err(|e| e.to_string())?;
         self.metrics.survivors = sum.survivors.len();
