@@ -1,12 +1,14 @@
 //! How the store lays out a [`RoundRecord`]: the codec's encoding behind a two-byte tag (`0xFF`, layout number).
 //! Records without the tag are from databases written before weight decay joined the hyper-parameters; they are
-//! read in that older layout and come back with `weight_decay` 0, which is what those rounds trained with.
+//! read in that older layout and come back with `weight_decay` 0, which is what those rounds trained with, and no
+//! federated evaluation (those rounds had none).
 //!
 //! `0xFF` can never start an untagged record: the codec writes the round id first as a variable-length integer,
 //! whose first byte is at most 253 for a `u64`. This module only encodes and decodes; it never touches sled.
 
 use crate::coordinator::{
-    AggregationMode, Dropped, OptimizerKind, Outcome, Report, RoundMetrics, RoundPlan, RoundRecord, TrainHyper,
+    AggregationMode, Dropped, OptimizerKind, Outcome, Report, RoundMetrics, RoundPlan, RoundRecord, SecAggMetrics,
+    TrainHyper,
 };
 use fedge_shared::codec::{self, CodecError};
 use serde::{Deserialize, Serialize};
@@ -56,16 +58,37 @@ struct RoundPlanV0 {
     aggregation: AggregationMode,
 }
 
+/// [`Report`] before the federated evaluation.
+#[derive(Serialize, Deserialize)]
+struct ReportV0 {
+    agent: String,
+    examples: u64,
+    train_loss: f32,
+    after_ms: u64,
+}
+
+/// [`RoundMetrics`] before the federated evaluation.
+#[derive(Serialize, Deserialize)]
+struct RoundMetricsV0 {
+    mean_train_loss: Option<f32>,
+    total_examples: u64,
+    test_accuracy: Option<f32>,
+    test_loss: Option<f32>,
+    update_bytes: u64,
+    duration_ms: u64,
+    secagg: Option<SecAggMetrics>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct RoundRecordV0 {
     round: u64,
     plan: RoundPlanV0,
     strategy: String,
     selected: Vec<String>,
-    reported: Vec<Report>,
+    reported: Vec<ReportV0>,
     dropped: Vec<Dropped>,
     outcome: Outcome,
-    metrics: RoundMetrics,
+    metrics: RoundMetricsV0,
     started_ms: u64,
     ended_ms: u64,
     new_version: Option<u64>,
@@ -95,10 +118,29 @@ impl From<RoundRecordV0> for RoundRecord {
             },
             strategy: r.strategy,
             selected: r.selected,
-            reported: r.reported,
+            reported: r
+                .reported
+                .into_iter()
+                .map(|p| Report {
+                    agent: p.agent,
+                    examples: p.examples,
+                    train_loss: p.train_loss,
+                    after_ms: p.after_ms,
+                    eval: None,
+                })
+                .collect(),
             dropped: r.dropped,
             outcome: r.outcome,
-            metrics: r.metrics,
+            metrics: RoundMetrics {
+                mean_train_loss: r.metrics.mean_train_loss,
+                total_examples: r.metrics.total_examples,
+                test_accuracy: r.metrics.test_accuracy,
+                test_loss: r.metrics.test_loss,
+                update_bytes: r.metrics.update_bytes,
+                duration_ms: r.metrics.duration_ms,
+                secagg: r.metrics.secagg,
+                federated_eval: None,
+            },
             started_ms: r.started_ms,
             ended_ms: r.ended_ms,
             new_version: r.new_version,
@@ -123,7 +165,7 @@ mod tests {
             },
             strategy: "fedprox".into(),
             selected: vec!["a".into(), "b".into()],
-            reported: vec![Report { agent: "a".into(), examples: 10, train_loss: 0.5, after_ms: 30 }],
+            reported: vec![Report { agent: "a".into(), examples: 10, train_loss: 0.5, after_ms: 30, eval: None }],
             dropped: vec![Dropped { agent: "b".into(), reason: "gone".into() }],
             outcome: Outcome::Aborted(AbortReason::TooFewReports { reported: 1, min_agents: 2 }),
             metrics: RoundMetrics { update_bytes: 40, duration_ms: 900, ..Default::default() },
@@ -156,10 +198,27 @@ mod tests {
             },
             strategy: r.strategy.clone(),
             selected: r.selected.clone(),
-            reported: r.reported.clone(),
+            reported: r
+                .reported
+                .iter()
+                .map(|p| ReportV0 {
+                    agent: p.agent.clone(),
+                    examples: p.examples,
+                    train_loss: p.train_loss,
+                    after_ms: p.after_ms,
+                })
+                .collect(),
             dropped: r.dropped.clone(),
             outcome: r.outcome.clone(),
-            metrics: r.metrics.clone(),
+            metrics: RoundMetricsV0 {
+                mean_train_loss: r.metrics.mean_train_loss,
+                total_examples: r.metrics.total_examples,
+                test_accuracy: r.metrics.test_accuracy,
+                test_loss: r.metrics.test_loss,
+                update_bytes: r.metrics.update_bytes,
+                duration_ms: r.metrics.duration_ms,
+                secagg: r.metrics.secagg.clone(),
+            },
             started_ms: r.started_ms,
             ended_ms: r.ended_ms,
             new_version: r.new_version,

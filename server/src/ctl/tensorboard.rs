@@ -91,6 +91,10 @@ pub(crate) mod tests {
             examples: 300,
             new_version: completed.then_some(round),
             started_ms: 1_700_000_000_000 + round * 10_000,
+            evaluated_version: round - 1,
+            federated_accuracy: None,
+            federated_loss: None,
+            federated_examples: 0,
         }
     }
 
