@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn mnist() -> PathBuf {
-    std::env::var_os("FEDGE_DATA_DIR").map_or_else(|| PathBuf::from("/work/shared/data"), PathBuf::from).join("mnist")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/mnist")
 }
 
 fn agent(args: &[&str]) -> Output {
@@ -131,14 +131,15 @@ fn a_made_cnn_trains_and_evaluates_on_mnist() {
 }
 
 #[test]
-fn a_folder_without_mnist_files_is_refused_naming_the_missing_file() {
+fn a_folder_with_no_data_file_is_refused_naming_the_files_it_looked_for() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("m.onnx");
     ok(&["make-model", "2nn", "--out", s(&model)]);
     let out = agent(&["train", "--model", s(&model), "--data", s(dir.path()), "--json"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("train-images-idx3-ubyte"), "{err}");
+    assert!(err.contains("cannot tell the data format"), "{err}");
+    assert!(err.contains("train.csv") && err.contains("train.npz") && err.contains("idx"), "{err}");
     assert!(out.stdout.is_empty());
 }
 

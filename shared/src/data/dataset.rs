@@ -30,6 +30,11 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// A classification set with no examples of shape `example_shape` (and no classes).
+    pub fn empty(example_shape: Vec<usize>) -> Self {
+        Dataset { features: vec![], labels: vec![], example_shape, num_classes: 0, targets: vec![], target_len: 0 }
+    }
+
     /// Builds a data set, checking that the buffers agree with each other.
     pub fn new(
         features: Vec<f32>,

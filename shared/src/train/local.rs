@@ -121,6 +121,8 @@ pub struct TrainSummary {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalSummary {
     pub examples: usize,
+    /// Examples whose largest logit is the label (0 for regression).
+    pub correct: usize,
     /// Classification: mean softmax cross-entropy of the logits. Regression: the mean squared error.
     pub loss: f32,
     /// Classification: fraction of examples whose largest logit is the label. Regression: NaN (no accuracy).
@@ -436,9 +438,15 @@ pub fn evaluate_with<D: Examples + ?Sized>(
     let n = data.len();
     if regression {
         let mse = (loss_sum / (n * c) as f64) as f32;
-        return Ok(EvalSummary { examples: n, loss: mse, accuracy: f32::NAN, mse: Some(mse) });
+        return Ok(EvalSummary { examples: n, correct: 0, loss: mse, accuracy: f32::NAN, mse: Some(mse) });
     }
-    Ok(EvalSummary { examples: n, loss: (loss_sum / n as f64) as f32, accuracy: correct as f32 / n as f32, mse: None })
+    Ok(EvalSummary {
+        examples: n,
+        correct,
+        loss: (loss_sum / n as f64) as f32,
+        accuracy: correct as f32 / n as f32,
+        mse: None,
+    })
 }
 
 /// Softmax cross-entropy of one row of logits against `label`, and the index of the largest logit.

@@ -48,8 +48,8 @@ pub const TOKENS: usize = 8;
 pub fn token(i: usize, j: usize, salt: usize) -> i64 {
     100 * class_of(i, salt) as i64 + ((i * 3 + j * 11 + salt) % 50) as i64
 }
-/// NumPy sample `npz-regression`: `x` float32 `[N, 3]` (the regression row's a, b, c), `y` float32 `[N, 2]`
-/// (`target` and `-target`).
+// NumPy sample `npz-regression`: `x` float32 `[N, 3]` (the regression row's a, b, c), `y` float32 `[N, 2]`
+// (`target` and `-target`).
 
 /// Image sample: 8x8 PNGs in `train/<class>/` and `test/<class>/`, classes `bright`, `dark`, `stripes`; pixel
 /// `(row, col, channel)` of image `i` of class `c`.
@@ -63,7 +63,7 @@ pub fn pixel(c: usize, i: usize, row: u32, col: u32, channel: usize) -> u8 {
         0 => 200 + noise,
         1 => 20 + noise,
         _ => {
-            if row % 2 == 0 {
+            if row.is_multiple_of(2) {
                 220 + noise
             } else {
                 10 + noise
