@@ -205,6 +205,9 @@ pub enum ModelKind {
     TwoNn,
     /// 2 conv + 2 FC CNN (McMahan et al. 2017), input [N, 1, 28, 28].
     Cnn,
+    /// A ReLU MLP for your own data: input shape `--input` (e.g. `4` for four CSV columns, `3,32,32` for RGB
+    /// images), hidden widths `--hidden`, `--outputs` classes (or regression targets).
+    Mlp,
 }
 
 /// `fedge-agent make-model`.
@@ -219,6 +222,15 @@ pub struct MakeModelArgs {
     /// Seed of the initial weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// `mlp`: the shape of one example, comma-separated (e.g. `4` or `3,32,32`).
+    #[arg(long, value_delimiter = ',')]
+    pub input: Vec<usize>,
+    /// `mlp`: hidden layer widths, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [64])]
+    pub hidden: Vec<usize>,
+    /// `mlp`: outputs (classes, or regression targets).
+    #[arg(long)]
+    pub outputs: Option<usize>,
 }
 
 fn load_model(path: &Path) -> Result<TrainableModel> {
@@ -461,6 +473,19 @@ pub fn make_model(args: MakeModelArgs) -> Result<()> {
     let bytes = match args.kind {
         ModelKind::TwoNn => builder::mnist_2nn(args.seed),
         ModelKind::Cnn => builder::mnist_cnn(args.seed),
+        ModelKind::Mlp => {
+            if args.input.is_empty() || args.input.contains(&0) {
+                bail!("mlp needs --input, the shape of one example with no zero (e.g. --input 4 or 3,32,32)");
+            }
+            if args.hidden.contains(&0) {
+                bail!("--hidden widths must be at least 1, not {:?}", args.hidden);
+            }
+            let outputs = match args.outputs {
+                Some(n) if n > 0 => n,
+                _ => bail!("mlp needs --outputs, the number of classes or regression targets (at least 1)"),
+            };
+            builder::mlp_for(&args.input, &args.hidden, outputs, args.seed)
+        }
     };
     std::fs::write(&args.out, &bytes).with_context(|| format!("writing {}", args.out.display()))?;
     println!("wrote {} ({} bytes)", args.out.display(), bytes.len());

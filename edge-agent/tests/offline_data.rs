@@ -115,3 +115,23 @@ fn a_model_that_does_not_fit_the_data_or_bad_data_fails_with_a_message_not_a_pan
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("train.csv, line") && err.contains("out of range"), "{err}");
 }
+
+#[test]
+fn make_model_mlp_writes_a_model_shaped_for_the_users_data_that_trains_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("mlp.onnx");
+    let made = agent(&["make-model", "mlp", "--input", "4", "--hidden", "16,8", "--outputs", "3", "--out", s(&m)]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let data = fixtures().join("csv");
+    let args = ["train", "--model", s(&m), "--data", s(&data), "--feature-columns", "x0,x1,x2,x3", "--json"];
+    let lines =
+        ok(&[&args[..], &["--epochs", "6", "--batch-size", "10", "--optimizer", "adam", "--lr", "0.02"]].concat());
+    assert!(lines.last().unwrap()["test_accuracy"].as_f64().unwrap() >= 0.8, "{lines:?}");
+    // Without a shape or an output count there is no model to write, and nothing is written.
+    for bad in [&["--outputs", "3"][..], &["--input", "4"], &["--input", "4,0", "--outputs", "3"]] {
+        let bad_out = dir.path().join("bad.onnx");
+        let out = agent(&[&["make-model", "mlp", "--out", s(&bad_out)][..], bad].concat());
+        assert!(!out.status.success() && !bad_out.exists(), "{bad:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("mlp needs"), "{bad:?}");
+    }
+}

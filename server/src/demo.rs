@@ -51,6 +51,15 @@ pub struct DemoArgs {
     /// CSV: the label (or target) column.
     #[arg(long)]
     pub label_column: Option<String>,
+    /// CSV: the feature columns, comma-separated (default: every column but the label).
+    #[arg(long, value_delimiter = ',')]
+    pub feature_columns: Option<Vec<String>>,
+    /// Image folders: per-channel means subtracted after scaling to [0, 1], comma-separated.
+    #[arg(long, value_delimiter = ',', requires = "normalize_std")]
+    pub normalize_mean: Option<Vec<f32>>,
+    /// Image folders: per-channel standard deviations divided by, comma-separated.
+    #[arg(long, value_delimiter = ',', requires = "normalize_mean")]
+    pub normalize_std: Option<Vec<f32>>,
     /// Seed of the data split, the model's initialisation and the cohort selection.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -289,7 +298,11 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         format: args.format,
         path: dir.clone(),
         label_column: args.label_column.clone(),
-        ..SourceSpec::default()
+        feature_columns: args.feature_columns.clone(),
+        normalize: match (&args.normalize_mean, &args.normalize_std) {
+            (Some(mean), Some(std)) => Some(data::ChannelNorm { mean: mean.clone(), std: std.clone() }),
+            _ => None,
+        },
     };
     let split = SplitSpec {
         agents: args.agents,
@@ -445,9 +458,18 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
                     "secagg": secure,
                     "secagg_phases": phases,
                 });
+                // The federation's own evaluation (every agent's held-out part) of the model this round started from.
+                let fed = r.metrics.federated_eval.as_ref();
+                let fed_loss = fed.and_then(|f| f.counts.mean_loss());
+                let fed_accuracy = fed.and_then(|f| f.counts.accuracy()).filter(|_| !regression);
+                line["evaluated_version"] = serde_json::json!(r.plan.model_version);
+                line["federated_examples"] = serde_json::json!(fed.map_or(0, |f| f.counts.examples));
                 if regression {
                     line["test_mse"] = serde_json::json!(r.metrics.test_loss);
+                    line["federated_mse"] = serde_json::json!(fed_loss);
                 } else {
+                    line["federated_accuracy"] = serde_json::json!(fed_accuracy);
+                    line["federated_loss"] = serde_json::json!(fed_loss);
                     line["test_accuracy"] = serde_json::json!(r.metrics.test_accuracy);
                     line["test_loss"] = serde_json::json!(r.metrics.test_loss);
                     line["local_holdout_accuracy"] = serde_json::json!(local_accuracy);
@@ -458,11 +480,19 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
                     // suspend() prints whether or not the bar is drawn (it is not when stderr is no terminal).
                     b.suspend(|| {
                         let metric = if regression {
-                            format!("test mse {:.5}", r.metrics.test_loss.unwrap_or(f32::NAN))
+                            format!(
+                                "test mse {:.5}  federated mse {:.5} (v{})",
+                                r.metrics.test_loss.unwrap_or(f32::NAN),
+                                fed_loss.unwrap_or(f64::NAN),
+                                r.plan.model_version
+                            )
                         } else {
                             format!(
-                                "test accuracy {:>6.2}%  (agents' local held-out {:>6.2}%)",
+                                "test accuracy {:>6.2}%  federated {:>6.2}% (v{})  (agents' local held-out after \
+                                 training {:>6.2}%)",
                                 r.metrics.test_accuracy.unwrap_or(f32::NAN) * 100.0,
+                                fed_accuracy.unwrap_or(f64::NAN) * 100.0,
+                                r.plan.model_version,
                                 local_accuracy.unwrap_or(f64::NAN) * 100.0
                             )
                         };

@@ -249,7 +249,11 @@ pub fn summary(r: &crate::coordinator::RoundRecord) -> RoundSummary {
         new_version: r.new_version,
         started_ms: r.started_ms,
         evaluated_version: r.plan.model_version,
-        federated_accuracy: fed.and_then(|f| f.counts.accuracy()).map(|a| a as f32),
+        // A regression round's counts carry no correct answers: its federated metric is the loss (the MSE).
+        federated_accuracy: fed
+            .filter(|_| r.plan.hyper.loss != fedge_shared::train::Loss::MeanSquaredError)
+            .and_then(|f| f.counts.accuracy())
+            .map(|a| a as f32),
         federated_loss: fed.and_then(|f| f.counts.mean_loss()).map(|l| l as f32),
         federated_examples: fed.map_or(0, |f| f.counts.examples),
     }

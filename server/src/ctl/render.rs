@@ -122,13 +122,24 @@ pub fn config(entries: &[ConfigEntry]) -> String {
 
 /// The history table. Beside the server's test accuracy of the version a round produced (TEST ACC) stands the
 /// federated accuracy of that same version (FED ACC): measured by the agents on their held-out examples at the
-/// start of the next round, which started from it.
+/// start of the next round, which started from it. A regression run (no accuracy anywhere, only losses) shows the
+/// mean squared errors instead (TEST MSE, FED MSE).
 pub fn history(rounds: &[RoundSummary]) -> String {
+    let regression = rounds.iter().all(|r| r.test_accuracy.is_none() && r.federated_accuracy.is_none())
+        && rounds.iter().any(|r| r.test_loss.is_some() || r.federated_loss.is_some());
+    type Pick = fn(&RoundSummary) -> Option<f32>;
+    let (test_of, fed_of): (Pick, Pick) = if regression {
+        (|r| r.test_loss, |r| r.federated_loss)
+    } else {
+        (|r| r.test_accuracy, |r| r.federated_accuracy)
+    };
+    let (test_head, fed_head, fed_name) =
+        if regression { ("TEST MSE", "FED MSE", "mse") } else { ("TEST ACC", "FED ACC", "accuracy") };
     let federated: std::collections::BTreeMap<u64, f32> =
-        rounds.iter().filter_map(|r| r.federated_accuracy.map(|a| (r.evaluated_version, a))).collect();
+        rounds.iter().filter_map(|r| fed_of(r).map(|a| (r.evaluated_version, a))).collect();
     let mut o = format!(
         "{:>6} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10} {:>9} {:>10} {:>8}\n",
-        "ROUND", "OUTCOME", "AGENTS", "DROPPED", "TRAINLOSS", "TEST ACC", "FED ACC", "DURATION", "BYTES", "VERSION"
+        "ROUND", "OUTCOME", "AGENTS", "DROPPED", "TRAINLOSS", test_head, fed_head, "DURATION", "BYTES", "VERSION"
     );
     for r in rounds {
         let fed = r.new_version.and_then(|v| federated.get(&v).copied());
@@ -140,7 +151,7 @@ pub fn history(rounds: &[RoundSummary]) -> String {
             r.participants,
             r.dropouts,
             metric(r.mean_train_loss),
-            metric(r.test_accuracy),
+            metric(test_of(r)),
             metric(fed),
             duration(r.duration_ms),
             bytes(r.bytes),
@@ -151,7 +162,7 @@ pub fn history(rounds: &[RoundSummary]) -> String {
         }
     }
     for (v, a) in federated.iter().filter(|(v, _)| !rounds.iter().any(|r| r.new_version == Some(**v))) {
-        let _ = writeln!(o, "federated accuracy of version {v} (no round above made it): {}", metric(Some(*a)));
+        let _ = writeln!(o, "federated {fed_name} of version {v} (no round above made it): {}", metric(Some(*a)));
     }
     o
 }
@@ -185,6 +196,53 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
         assert_eq!(utc(1_764_102_665_000), "2025-11-25 20:31:05");
+    }
+
+    fn round(round: u64, test: (Option<f32>, Option<f32>), fed: (Option<f32>, Option<f32>)) -> RoundSummary {
+        RoundSummary {
+            round,
+            completed: true,
+            abort_reason: None,
+            strategy: "fedavg".into(),
+            selected: 2,
+            participants: 2,
+            dropouts: 0,
+            mean_train_loss: Some(0.5),
+            test_accuracy: test.0,
+            test_loss: test.1,
+            duration_ms: 1000,
+            bytes: 10,
+            examples: 10,
+            new_version: Some(round),
+            started_ms: 0,
+            evaluated_version: round - 1,
+            federated_accuracy: fed.0,
+            federated_loss: fed.1,
+            federated_examples: 7,
+        }
+    }
+
+    #[test]
+    fn the_history_puts_each_versions_federated_accuracy_beside_its_test_accuracy() {
+        let rounds = [
+            round(1, (Some(0.5), Some(1.0)), (None, None)),
+            round(2, (Some(0.75), Some(0.6)), (Some(0.625), Some(0.9))),
+        ];
+        let table = history(&rounds);
+        assert!(table.contains("TEST ACC") && table.contains("FED ACC"), "{table}");
+        // Round 2 evaluated version 1, which round 1 made: its FED ACC sits on round 1's row.
+        let row1 = table.lines().nth(1).unwrap();
+        assert!(row1.contains("0.5000") && row1.contains("0.6250"), "{table}");
+        assert_eq!(table.lines().count(), 3, "no version is left over: {table}");
+    }
+
+    #[test]
+    fn a_regression_history_shows_mean_squared_errors() {
+        let rounds = [round(1, (None, Some(0.25)), (None, None)), round(2, (None, Some(0.125)), (None, Some(0.5)))];
+        let table = history(&rounds);
+        assert!(table.contains("TEST MSE") && table.contains("FED MSE") && !table.contains("ACC"), "{table}");
+        let row1 = table.lines().nth(1).unwrap();
+        assert!(row1.contains("0.2500") && row1.contains("0.5000"), "{table}");
     }
 
     #[test]
