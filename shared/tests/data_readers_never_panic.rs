@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use fedge_shared::data::npz::{Values, parse_npy, parse_npz};
-use fedge_shared::data::{CsvOptions, Dataset, Examples, TargetKind, parse_csv};
+use fedge_shared::data::{CsvOptions, Dataset, TargetKind, parse_csv};
 use proptest::prelude::*;
 
 fn fixture(rel: &str) -> Vec<u8> {
