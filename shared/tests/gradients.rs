@@ -10,6 +10,11 @@ use proptest::prelude::*;
 
 const CE: Loss = Loss::SoftmaxCrossEntropy;
 const TOL: f64 = 1e-3;
+/// Layer normalisation's epsilon in its checks. With a tiny epsilon the loss is nearly invariant to scaling an
+/// example's input, and a random example whose few values lie close together has a huge inverse deviation: the
+/// finite differences then measure curvature, not a wrong gradient (with 1e-3: relative errors up to 1.1e-3 on the
+/// input's gradient, falling to 1.7e-6 as epsilon grows; the weights' gradients agree to 1e-5 at any epsilon).
+const LN_EPS: f32 = 0.1;
 
 /// Wraps `op` between a trainable elementwise scale of the input (so the op's input gradient is checked too) and
 /// a dense layer to 3 classes; returns the model's bytes.
@@ -249,6 +254,128 @@ proptest! {
             b.node("Dropout", &[&h, &r], vec![])
         });
         check(&bytes, CE, 3, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn elementwise_maths_gradients_match_finite_differences(
+        op in prop::sample::select(vec!["Sqrt", "Exp", "Erf", "Neg", "Pow2", "Pow3", "PowHalf", "Clip", "Clip11",
+            "HardSigmoid", "HardSwish"]),
+        seed in 0u64..1000,
+    ) {
+        let bytes = wrap(&[6], seed, |b, x| {
+            let h = b.dense(x, 6, 5);
+            // Sqrt and the half power need positive inputs: 0.5 + sigmoid.
+            let pos = |b: &mut ModelBuilder| {
+                let s = b.node("Sigmoid", &[&h], vec![]);
+                let half = b.init("half", &[], &[0.5]);
+                b.node("Add", &[&s, &half], vec![])
+            };
+            match op {
+                "Sqrt" => { let p = pos(b); b.node("Sqrt", &[&p], vec![]) }
+                "PowHalf" => { let p = pos(b); let e = b.init("e", &[], &[0.5]); b.node("Pow", &[&p, &e], vec![]) }
+                "Pow2" | "Pow3" => {
+                    let e = b.init("e", &[], &[if op == "Pow2" { 2.0 } else { 3.0 }]);
+                    b.node("Pow", &[&h, &e], vec![])
+                }
+                "Clip" => {
+                    b.opset = 6;
+                    b.node("Clip", &[&h], vec![attr_f("min", -0.3), attr_f("max", 0.4)])
+                }
+                "Clip11" => {
+                    let lo = b.init("lo", &[], &[-0.3]);
+                    b.node("Clip", &[&h, &lo], vec![])
+                }
+                "HardSigmoid" => b.node("HardSigmoid", &[&h], vec![attr_f("alpha", 0.9), attr_f("beta", 0.4)]),
+                "HardSwish" => {
+                    // Inputs spread over all three pieces (below -3, between, above 3).
+                    let k = b.init("k", &[], &[5.0]);
+                    let wide = b.node("Mul", &[&h, &k], vec![]);
+                    b.opset = 14;
+                    b.node("HardSwish", &[&wide], vec![])
+                }
+                other => b.node(other, &[&h], vec![]),
+            }
+        });
+        check(&bytes, CE, 3, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn gelu_as_pytorch_exports_it_matches_finite_differences(seed in 0u64..1000) {
+        // 0.5 * x * (1 + erf(x / sqrt(2))), the node sequence torch.onnx writes for nn.GELU().
+        let bytes = wrap(&[6], seed, |b, x| {
+            let h = b.dense(x, 6, 5);
+            let r2 = b.init("sqrt2", &[], &[std::f32::consts::SQRT_2]);
+            let d = b.node("Div", &[&h, &r2], vec![]);
+            let e = b.node("Erf", &[&d], vec![]);
+            let one = b.init("one", &[], &[1.0]);
+            let a = b.node("Add", &[&e, &one], vec![]);
+            let m = b.node("Mul", &[&h, &a], vec![]);
+            let half = b.init("half", &[], &[0.5]);
+            b.node("Mul", &[&m, &half], vec![])
+        });
+        check(&bytes, CE, 3, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn reduction_gradients_match_finite_differences(
+        mean in any::<bool>(), axes in prop::sample::subsequence(vec![-3i64, 1, 2], 1..=2), keep in any::<bool>(),
+        as_input in any::<bool>(), seed in 0u64..1000,
+    ) {
+        let bytes = wrap(&[2, 3, 2], seed, |b, x| {
+            let op = if mean { "ReduceMean" } else { "ReduceSum" };
+            let attrs = vec![attr_i("keepdims", keep as i64)];
+            // The axes as an input (ReduceSum from opset 13, ReduceMean from 18) or as an attribute (before).
+            if as_input {
+                b.opset = 18;
+                let a = b.init_i64("axes", &[axes.len()], &axes);
+                b.node(op, &[x, &a], attrs)
+            } else {
+                b.opset = if mean { 13 } else { 11 };
+                let mut attrs = attrs;
+                attrs.push(attr_ints("axes", &axes));
+                b.node(op, &[x], attrs)
+            }
+        });
+        check(&bytes, CE, 2, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn layer_normalization_gradients_match_finite_differences(
+        axis in -2i64..0, bias in any::<bool>(), seed in 0u64..1000,
+    ) {
+        let bytes = wrap(&[3, 4], seed, |b, x| {
+            b.opset = 17;
+            let tail: Vec<usize> = if axis == -1 { vec![4] } else { vec![3, 4] };
+            let scale = b.init_random("ln_scale", &tail, 0.5);
+            let mut ins = vec![x.to_string(), scale];
+            if bias {
+                ins.push(b.init_random("ln_bias", &tail, 0.5));
+            }
+            let refs: Vec<&str> = ins.iter().map(|s| s.as_str()).collect();
+            b.node("LayerNormalization", &refs, vec![attr_i("axis", axis), attr_f("epsilon", LN_EPS)])
+        });
+        check(&bytes, CE, 2, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn layer_normalization_as_older_exporters_write_it_matches_finite_differences(seed in 0u64..1000) {
+        // ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul scale, Add bias (torch.onnx before opset 17).
+        let bytes = wrap(&[3, 4], seed, |b, x| {
+            let m = b.node("ReduceMean", &[x], vec![attr_ints("axes", &[-1])]);
+            let d = b.node("Sub", &[x, &m], vec![]);
+            let two = b.init("two", &[], &[2.0]);
+            let sq = b.node("Pow", &[&d, &two], vec![]);
+            let v = b.node("ReduceMean", &[&sq], vec![attr_ints("axes", &[-1])]);
+            let eps = b.init("eps", &[], &[LN_EPS]);
+            let ve = b.node("Add", &[&v, &eps], vec![]);
+            let sd = b.node("Sqrt", &[&ve], vec![]);
+            let n = b.node("Div", &[&d, &sd], vec![]);
+            let scale = b.init_random("ln_scale", &[4], 0.5);
+            let bias = b.init_random("ln_bias", &[4], 0.5);
+            let sc = b.node("Mul", &[&n, &scale], vec![]);
+            b.node("Add", &[&sc, &bias], vec![])
+        });
+        check(&bytes, CE, 2, seed, 1e-2)?;
     }
 
     #[test]

@@ -114,6 +114,16 @@ impl Emitter {
         self.reshape(&r, to)
     }
 
+    /// `max(0, min(1, alpha x + beta))` from Mul, Add, Max and Min (tract's HardSigmoid is f32 only).
+    pub fn hard_sigmoid(&mut self, x: &str, alpha: f32, beta: f32) -> String {
+        let ax = self.scale(x, alpha);
+        let b = self.scalar(beta);
+        let t = self.op("Add", &[&ax, &b], vec![]);
+        let (zero, one) = (self.scalar(0.0), self.scalar(1.0));
+        let hi = self.op("Min", &[&t, &one], vec![]);
+        self.op("Max", &[&hi, &zero], vec![])
+    }
+
     pub fn scale(&mut self, x: &str, s: f32) -> String {
         if s == 1.0 {
             return x.to_string();

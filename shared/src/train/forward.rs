@@ -46,6 +46,11 @@ pub fn emit_forward(e: &mut Emitter, g: &Graph, mode: Mode) -> Result<Vec<MaskIn
     Ok(masks)
 }
 
+/// The names of a LayerNormalization's inverse deviation and normalised input, for the node writing `output`.
+pub fn layer_norm_names(output: &str) -> (String, String) {
+    (format!("__fedge/layer_norm_inv/{output}"), format!("__fedge/layer_norm_xhat/{output}"))
+}
+
 fn ints(v: &[usize]) -> Vec<i64> {
     v.iter().map(|x| *x as i64).collect()
 }
@@ -164,6 +169,86 @@ fn emit_node(
             ],
         ),
         Op::GlobalAveragePool => e.op_into("GlobalAveragePool", &ins, &out, vec![]),
+        Op::Pow { exponent } => {
+            let p = e.scalar(*exponent);
+            e.op_into("Pow", &[ins[0], &p], &out, vec![]);
+        }
+        Op::Sqrt => e.op_into("Sqrt", &ins, &out, vec![]),
+        Op::Exp => e.op_into("Exp", &ins, &out, vec![]),
+        Op::Neg => e.op_into("Neg", &ins, &out, vec![]),
+        // tract 0.22 computes Erf in f32 only, with a fast approximation: an f64 graph (for verification) uses
+        // Abramowitz and Stegun 7.1.26 instead (absolute error below 1.5e-7).
+        Op::Erf if wide => {
+            // |x| as sign(x) * x: tract's Abs has no f64 kernel.
+            let sign = e.op("Sign", &ins, vec![]);
+            let ax = e.op("Mul", &[&sign, ins[0]], vec![]);
+            let px = e.scale(&ax, 0.327_591_1);
+            let one = e.scalar(1.0);
+            let den = e.op("Add", &[&one, &px], vec![]);
+            let t = e.op("Div", &[&one, &den], vec![]);
+            let mut poly = e.scalar(1.061_405_4);
+            for c in [-1.453_152_1, 1.421_413_8, -0.284_496_74, 0.254_829_6] {
+                let m = e.op("Mul", &[&poly, &t], vec![]);
+                let k = e.scalar(c);
+                poly = e.op("Add", &[&m, &k], vec![]);
+            }
+            let poly = e.op("Mul", &[&poly, &t], vec![]);
+            let sq = e.op("Mul", &[ins[0], ins[0]], vec![]);
+            let neg = e.op("Neg", &[&sq], vec![]);
+            let ex = e.op("Exp", &[&neg], vec![]);
+            let tail = e.op("Mul", &[&poly, &ex], vec![]);
+            let mag = e.op("Sub", &[&one, &tail], vec![]);
+            e.op_into("Mul", &[&sign, &mag], &out, vec![]);
+        }
+        Op::Erf => e.op_into("Erf", &ins, &out, vec![]),
+        // Clip, HardSigmoid and HardSwish as Max and Min of constants: the same in every precision.
+        Op::Clip { min, max } => {
+            let (lo, hi) = (e.scalar(*min), e.scalar(*max));
+            let m = e.op("Max", &[ins[0], &lo], vec![]);
+            e.op_into("Min", &[&m, &hi], &out, vec![]);
+        }
+        Op::HardSigmoid { alpha, beta } => {
+            let h = e.hard_sigmoid(ins[0], *alpha, *beta);
+            e.op_into("Identity", &[&h], &out, vec![]);
+        }
+        Op::HardSwish => {
+            let h = e.hard_sigmoid(ins[0], 1.0 / 6.0, 0.5);
+            e.op_into("Mul", &[ins[0], &h], &out, vec![]);
+        }
+        Op::Reduce { mean, axes, keepdims } => {
+            let sum = e.reduce_sum(ins[0], axes, *keepdims);
+            let count: usize = axes.iter().map(|a| n.in_shapes[0][*a]).product();
+            let k = e.scalar(if *mean { 1.0 / count.max(1) as f32 } else { 1.0 });
+            e.op_into("Mul", &[&sum, &k], &out, vec![]);
+        }
+        Op::LayerNorm { axis, epsilon } => {
+            // y = (x - mean) / sqrt(var + eps) * scale + bias over the axes from `axis` on; the normalised input and
+            // the inverse deviation keep names the backward rule reads.
+            let shape = &n.in_shapes[0];
+            let axes: Vec<usize> = (*axis..shape.len()).collect();
+            let count: usize = shape[*axis..].iter().product();
+            let inv_n = e.scalar(1.0 / count.max(1) as f32);
+            let sum = e.reduce_sum(ins[0], &axes, true);
+            let mean = e.op("Mul", &[&sum, &inv_n], vec![]);
+            let centred = e.op("Sub", &[ins[0], &mean], vec![]);
+            let sq = e.op("Mul", &[&centred, &centred], vec![]);
+            let sq_sum = e.reduce_sum(&sq, &axes, true);
+            let var = e.op("Mul", &[&sq_sum, &inv_n], vec![]);
+            let eps = e.scalar(*epsilon);
+            let ve = e.op("Add", &[&var, &eps], vec![]);
+            let sd = e.op("Sqrt", &[&ve], vec![]);
+            let one = e.scalar(1.0);
+            let (inv, xhat) = layer_norm_names(&n.output);
+            e.op_into("Div", &[&one, &sd], &[&inv], vec![]);
+            e.op_into("Mul", &[&centred, &inv], &[&xhat], vec![]);
+            match ins.get(2) {
+                Some(bias) => {
+                    let scaled = e.op("Mul", &[&xhat, ins[1]], vec![]);
+                    e.op_into("Add", &[&scaled, bias], &out, vec![]);
+                }
+                None => e.op_into("Mul", &[&xhat, ins[1]], &out, vec![]),
+            }
+        }
         Op::Dropout { ratio } => {
             if mode == Mode::Train && *ratio > 0.0 {
                 let name = format!("__fedge/dropout_mask/{}", masks.len());

@@ -78,6 +78,38 @@ pub enum Op {
         epsilon: f32,
     },
     Identity,
+    /// Elementwise `x^p` with a constant scalar exponent.
+    Pow {
+        exponent: f32,
+    },
+    Sqrt,
+    Exp,
+    /// The error function (GELU's exact form is `0.5 x (1 + erf(x / sqrt 2))`).
+    Erf,
+    Neg,
+    /// `min(max(x, min), max)` with constant bounds.
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    /// `max(0, min(1, alpha x + beta))`.
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    /// `x * max(0, min(1, x / 6 + 1/2))`.
+    HardSwish,
+    /// ReduceSum (`mean: false`) or ReduceMean over `axes` (sorted, distinct), kept as size 1 when `keepdims`.
+    Reduce {
+        mean: bool,
+        axes: Vec<usize>,
+        keepdims: bool,
+    },
+    /// LayerNormalization (opset 17): inputs x, scale and an optional bias; normalises over the axes from `axis` on.
+    LayerNorm {
+        axis: usize,
+        epsilon: f32,
+    },
 }
 
 /// One node over dynamic tensors. Inputs may also name constants of the graph.
@@ -207,12 +239,16 @@ impl Graph {
         }
         let op = self.parse(node, opset)?;
         let used: Vec<String> = match &op {
-            Op::Reshape | Op::Dropout { .. } | Op::Identity => vec![
-                present
-                    .first()
-                    .ok_or_else(|| TrainError::invalid(format!("node {} ({}) has no input", node.name, node.op_type)))?
-                    .to_string(),
-            ],
+            Op::Reshape | Op::Dropout { .. } | Op::Identity | Op::Pow { .. } | Op::Clip { .. } | Op::Reduce { .. } => {
+                vec![
+                    present
+                        .first()
+                        .ok_or_else(|| {
+                            TrainError::invalid(format!("node {} ({}) has no input", node.name, node.op_type))
+                        })?
+                        .to_string(),
+                ]
+            }
             _ => present.iter().map(|s| s.to_string()).collect(),
         };
         let in_shapes = used.iter().map(|n| self.shape(n).cloned()).collect::<Result<Vec<_>, _>>()?;
@@ -408,6 +444,80 @@ impl Graph {
                 if node.op_type == "MaxPool" { Op::MaxPool(p) } else { Op::AveragePool(p) }
             }
             "GlobalAveragePool" => Op::GlobalAveragePool,
+            "Sqrt" => Op::Sqrt,
+            "Exp" => Op::Exp,
+            "Erf" => Op::Erf,
+            "Neg" => Op::Neg,
+            "HardSwish" => Op::HardSwish,
+            "HardSigmoid" => Op::HardSigmoid { alpha: a.f("alpha", 0.2), beta: a.f("beta", 0.5) },
+            "Pow" => {
+                need(2)?;
+                let exponent = self
+                    .consts
+                    .get(&node.input[1])
+                    .map(|(_, d)| d.as_f32())
+                    .filter(|v| v.len() == 1)
+                    .and_then(|v| v.first().copied())
+                    .ok_or_else(|| unsupported("Pow with a computed or non-scalar exponent"))?;
+                if !exponent.is_finite() {
+                    return Err(TrainError::invalid(format!("node {}: exponent {exponent}", node.name)));
+                }
+                Op::Pow { exponent }
+            }
+            "Clip" => {
+                let bound = |i: usize, attr: &str, default: f32| -> Result<f32, TrainError> {
+                    if opset < 11 {
+                        return Ok(a.f(attr, default));
+                    }
+                    match node.input.get(i).filter(|s| !s.is_empty()) {
+                        None => Ok(default),
+                        Some(name) => self
+                            .consts
+                            .get(name)
+                            .and_then(|(_, d)| d.as_f32().first().copied())
+                            .ok_or_else(|| unsupported("Clip with computed bounds")),
+                    }
+                };
+                let (min, max) = (bound(1, "min", f32::MIN)?, bound(2, "max", f32::MAX)?);
+                if min.is_nan() || max.is_nan() || min > max {
+                    return Err(TrainError::invalid(format!("node {}: Clip bounds {min} > {max}", node.name)));
+                }
+                Op::Clip { min, max }
+            }
+            "ReduceMean" | "ReduceSum" => {
+                let rank = first_shape()?.len();
+                let mean = node.op_type == "ReduceMean";
+                // The axes moved from an attribute to an input in opset 13 (ReduceSum) and 18 (ReduceMean).
+                let from_input = if mean { opset >= 18 } else { opset >= 13 };
+                let listed = if from_input {
+                    match node.input.get(1).filter(|s| !s.is_empty()) {
+                        Some(name) => Some(self.const_ints(node, name)?),
+                        None => None,
+                    }
+                } else {
+                    a.ints("axes")
+                };
+                let listed = listed.unwrap_or_default();
+                let mut axes = if listed.is_empty() {
+                    if a.i("noop_with_empty_axes", 0) != 0 {
+                        return Err(unsupported(&format!("{} with noop_with_empty_axes", node.op_type)));
+                    }
+                    (0..rank).collect()
+                } else {
+                    listed.iter().map(|x| shapes::axis(*x, rank, false)).collect::<Result<Vec<_>, _>>()?
+                };
+                axes.sort_unstable();
+                axes.dedup();
+                Op::Reduce { mean, axes, keepdims: a.i("keepdims", 1) != 0 }
+            }
+            "LayerNormalization" => {
+                need(2)?;
+                let rank = first_shape()?.len();
+                if node.output.iter().skip(1).any(|o| !o.is_empty()) {
+                    return Err(unsupported("LayerNormalization with its mean or inverse deviation as outputs"));
+                }
+                Op::LayerNorm { axis: shapes::axis(a.i("axis", -1), rank, false)?, epsilon: a.f("epsilon", 1e-5) }
+            }
             other => return Err(unsupported(other)),
         })
     }
@@ -418,6 +528,7 @@ impl Graph {
         let arity = match op {
             Op::Gemm { .. } | Op::MatMul | Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Conv(_) => 2,
             Op::BatchNorm { .. } => 5,
+            Op::LayerNorm { .. } => 2,
             _ => 1,
         };
         if s.len() < arity {
@@ -471,7 +582,31 @@ impl Graph {
             | Op::Identity
             | Op::Softmax { .. }
             | Op::LogSoftmax { .. }
-            | Op::Dropout { .. } => s[0].clone(),
+            | Op::Dropout { .. }
+            | Op::Pow { .. }
+            | Op::Sqrt
+            | Op::Exp
+            | Op::Erf
+            | Op::Neg
+            | Op::Clip { .. }
+            | Op::HardSigmoid { .. }
+            | Op::HardSwish => s[0].clone(),
+            Op::Reduce { axes, keepdims, .. } => {
+                if *keepdims {
+                    s[0].iter().enumerate().map(|(i, d)| if axes.contains(&i) { 1 } else { *d }).collect()
+                } else {
+                    s[0].iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| *d).collect()
+                }
+            }
+            Op::LayerNorm { axis, .. } => {
+                let tail = &s[0][*axis..];
+                for p in &s[1..] {
+                    if broadcast(p, tail)? != tail {
+                        return Err(bad(format!("scale or bias {p:?} does not broadcast to {tail:?}")));
+                    }
+                }
+                s[0].clone()
+            }
             Op::BatchNorm { .. } => {
                 let c = s[0].get(1).copied().ok_or_else(|| bad("input without channels".into()))?;
                 if s[1..5].iter().any(|p| p.as_slice() != [c]) {

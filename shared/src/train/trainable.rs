@@ -109,7 +109,8 @@ impl TrainableModel {
             .first()
             .map(|o| o.name.clone())
             .ok_or_else(|| TrainError::invalid("the model has no output"))?;
-        // Inputs that are not weights: running statistics of batch normalisation, dropout ratios.
+        // Inputs that are not weights: running statistics of batch normalisation, dropout ratios, exponents and
+        // clipping bounds.
         let frozen: HashSet<&str> = graph
             .node
             .iter()
@@ -117,6 +118,8 @@ impl TrainableModel {
                 let (skip, take) = match n.op_type.as_str() {
                     "BatchNormalization" => (3, 2),
                     "Dropout" => (1, 2),
+                    "Pow" => (1, 1),
+                    "Clip" => (1, 2),
                     _ => (0, 0),
                 };
                 n.input.iter().skip(skip).take(take)

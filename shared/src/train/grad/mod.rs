@@ -8,7 +8,9 @@ mod conv;
 mod elementwise;
 mod linear;
 mod norm;
+mod pointwise;
 mod pool;
+mod reduce;
 mod reshape;
 
 use std::collections::HashMap;
@@ -48,5 +50,15 @@ pub fn backward(
         Op::BatchNorm { .. } => norm::backward(e, ctx, n, dy, needs),
         Op::Conv(_) => conv::backward(e, n, dy, needs),
         Op::MaxPool(_) | Op::AveragePool(_) | Op::GlobalAveragePool => pool::backward(e, n, dy),
+        Op::Pow { .. }
+        | Op::Sqrt
+        | Op::Exp
+        | Op::Erf
+        | Op::Neg
+        | Op::Clip { .. }
+        | Op::HardSigmoid { .. }
+        | Op::HardSwish => pointwise::backward(e, n, dy),
+        Op::Reduce { .. } => reduce::backward(e, n, dy),
+        Op::LayerNorm { .. } => norm::layer_norm_backward(e, n, dy, needs),
     }
 }

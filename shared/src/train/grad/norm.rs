@@ -1,10 +1,14 @@
-//! Gradient of inference-form BatchNormalization with frozen running statistics:
-//! y = (x - mean) / sqrt(var + eps) * scale + bias, where mean and var are constants of the model.
+//! Gradients of the normalisations: inference-form BatchNormalization with frozen running statistics,
+//! y = (x - mean) / sqrt(var + eps) * scale + bias, where mean and var are constants of the model; and
+//! LayerNormalization, whose statistics are the example's own (over the trailing axes) and are differentiated.
 //!
-//! The running statistics are never updated nor differentiated (the graph refuses them as trainable).
+//! BatchNormalization's running statistics are never updated nor differentiated (the graph refuses them as
+//! trainable). LayerNormalization's rule reads the normalised input and inverse deviation the forward pass named
+//! ([`layer_norm_names`]).
 
 use super::super::emit::Emitter;
 use super::super::error::TrainError;
+use super::super::forward::layer_norm_names;
 use super::super::graph::{DNode, Op};
 use super::Ctx;
 
@@ -59,6 +63,45 @@ pub fn backward(
     }
     if needs[2] {
         out[2] = Some(e.reduce_sum(dy, &others, false));
+    }
+    Ok(out)
+}
+
+/// LayerNormalization over the axes from `axis` on, with `N` elements each: for `xhat = (x - mean) * inv`,
+/// `dx = inv * (g - mean(g) - xhat * mean(g * xhat))` where `g = dy * scale`; the scale's gradient is `dy * xhat`
+/// and the bias's `dy`, each summed down to its shape.
+pub fn layer_norm_backward(
+    e: &mut Emitter,
+    n: &DNode,
+    dy: &str,
+    needs: &[bool],
+) -> Result<Vec<Option<String>>, TrainError> {
+    let Op::LayerNorm { axis, .. } = n.op else {
+        return Err(TrainError::invalid(format!("{} is not LayerNormalization", n.op_type)));
+    };
+    let shape = &n.in_shapes[0];
+    let axes: Vec<usize> = (axis..shape.len()).collect();
+    let count: usize = shape[axis..].iter().product();
+    let (inv, xhat) = layer_norm_names(&n.output);
+    let mut out = vec![None; n.inputs.len()];
+    if needs[0] {
+        let g = e.op("Mul", &[dy, &n.inputs[1]], vec![]);
+        let g_sum = e.reduce_sum(&g, &axes, true);
+        let g_mean = e.scale(&g_sum, 1.0 / count.max(1) as f32);
+        let gx = e.op("Mul", &[&g, &xhat], vec![]);
+        let gx_sum = e.reduce_sum(&gx, &axes, true);
+        let gx_mean = e.scale(&gx_sum, 1.0 / count.max(1) as f32);
+        let centred = e.op("Sub", &[&g, &g_mean], vec![]);
+        let along = e.op("Mul", &[&xhat, &gx_mean], vec![]);
+        let d = e.op("Sub", &[&centred, &along], vec![]);
+        out[0] = Some(e.op("Mul", &[&d, &inv], vec![]));
+    }
+    if needs.get(1).copied().unwrap_or(false) {
+        let p = e.op("Mul", &[dy, &xhat], vec![]);
+        out[1] = Some(e.unbroadcast(&p, shape, &n.in_shapes[1]));
+    }
+    if needs.get(2).copied().unwrap_or(false) {
+        out[2] = Some(e.unbroadcast(dy, shape, &n.in_shapes[2]));
     }
     Ok(out)
 }
