@@ -379,6 +379,37 @@ proptest! {
     }
 
     #[test]
+    fn embedding_gradients_match_finite_differences(vocab in 2usize..6, dim in 1usize..4, seed in 0u64..1000) {
+        // Token ids from the data: the input in [-1, 1) mapped to [0, vocab) and read as integers (ids repeat, so
+        // rows picked twice get both gradients). The table is trained; the ids have no gradient.
+        let bytes = {
+            let mut b = ModelBuilder::new(&[5], seed);
+            let c1 = b.constant("c1", &[], &[1.0]);
+            let cv = b.constant("cv", &[], &[vocab as f32 / 2.0]);
+            let s1 = b.node("Add", &["x", &c1], vec![]);
+            let ids = b.node("Mul", &[&s1, &cv], vec![]);
+            let table = b.init_random("table", &[vocab, dim], 0.8);
+            let emb = b.node("Gather", &[&table, &ids], vec![attr_i("axis", 0)]);
+            let f = b.node("Flatten", &[&emb], vec![attr_i("axis", 1)]);
+            let out = b.dense(&f, 5 * dim, 3);
+            b.build(&out)
+        };
+        check(&bytes, CE, 3, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn gather_with_constant_indices_gradients_match_finite_differences(
+        picks in prop::collection::vec(-3i64..3, 1..4), seed in 0u64..1000,
+    ) {
+        // x[:, picks] on [N, 3, 2] (negative indices count from the end), as `x[:, -1]` exports.
+        let bytes = wrap(&[3, 2], seed, |b, x| {
+            let idx = b.init_i64("picks", &[picks.len()], &picks);
+            b.node("Gather", &[x, &idx], vec![attr_i("axis", 1)])
+        });
+        check(&bytes, CE, 2, seed, 1e-2)?;
+    }
+
+    #[test]
     fn mean_squared_error_gradients_match_finite_differences(n in 1usize..5, seed in 0u64..1000) {
         let bytes = wrap(&[4], seed, |b, x| {
             let h = b.dense(x, 4, 5);

@@ -1,6 +1,8 @@
-//! A model exported by PyTorch's ONNX exporter (opset 13, dynamic batch; `tests/fixtures/make_pytorch_model.py`)
-//! trains unchanged: tract runs its forward pass to PyTorch's logits, and fedge's training graph gives PyTorch's
-//! loss and, for every parameter, the gradient torch autograd computed.
+//! Models exported by PyTorch's ONNX exporter train unchanged: tract runs their forward pass to PyTorch's logits,
+//! and fedge's training graph gives PyTorch's loss and, for every parameter, the gradient torch autograd computed.
+//! A CNN (opset 13, `tests/fixtures/make_pytorch_model.py`) and a one-block transformer over token ids (embeddings,
+//! a positional table, layer norm, attention, a GELU MLP; `make_pytorch_transformer.py`), exported at opset 17
+//! (one LayerNormalization operator) and at opset 14 (the decomposed form).
 
 use fedge_shared::train::{Labels, Loss, Predictor, TrainStep, TrainableModel};
 
@@ -19,12 +21,12 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
     }
 }
 
-#[test]
-fn a_pytorch_exported_cnn_predicts_and_trains_exactly_as_pytorch_computes() {
-    let expected: serde_json::Value = serde_json::from_str(EXPECTED).unwrap();
-    let model = TrainableModel::from_onnx_bytes(ONNX).expect("PyTorch's export loads unchanged");
-    assert_eq!(model.input_len(), 784);
-    assert_eq!(model.output_len(), 10);
+/// Loads `onnx`, then checks logits, loss and every parameter's gradient against `expected` (PyTorch's).
+fn matches_pytorch(onnx: &[u8], expected: &str, input_len: usize, output_len: usize) {
+    let expected: serde_json::Value = serde_json::from_str(expected).unwrap();
+    let model = TrainableModel::from_onnx_bytes(onnx).expect("PyTorch's export loads unchanged");
+    assert_eq!(model.input_len(), input_len);
+    assert_eq!(model.output_len(), output_len);
     let x = floats(&expected["input"]);
     let labels: Vec<u32> = expected["labels"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap() as u32).collect();
     let n = labels.len();
@@ -45,4 +47,21 @@ fn a_pytorch_exported_cnn_predicts_and_trains_exactly_as_pytorch_computes() {
         let want = torch_grads.get(&p.name).unwrap_or_else(|| panic!("PyTorch has no parameter {}", p.name));
         assert_close(&p.name, &grads[p.offset..p.offset + p.len], &floats(want));
     }
+}
+
+#[test]
+fn a_pytorch_exported_cnn_predicts_and_trains_exactly_as_pytorch_computes() {
+    matches_pytorch(ONNX, EXPECTED, 784, 10);
+}
+
+const TRANSFORMER: &str = include_str!("fixtures/pytorch_transformer.expected.json");
+
+#[test]
+fn a_pytorch_exported_transformer_block_with_layer_normalization_trains_as_pytorch_computes() {
+    matches_pytorch(include_bytes!("fixtures/pytorch_transformer_opset17.onnx"), TRANSFORMER, 6, 4);
+}
+
+#[test]
+fn the_same_transformer_exported_with_the_older_layer_norm_chain_trains_as_pytorch_computes() {
+    matches_pytorch(include_bytes!("fixtures/pytorch_transformer_opset14.onnx"), TRANSFORMER, 6, 4);
 }

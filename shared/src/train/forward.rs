@@ -221,6 +221,14 @@ fn emit_node(
             let k = e.scalar(if *mean { 1.0 / count.max(1) as f32 } else { 1.0 });
             e.op_into("Mul", &[&sum, &k], &out, vec![]);
         }
+        Op::Gather { axis } => {
+            // Dynamic indices arrive as floats (every tensor the data feeds is float): cast to integer ids.
+            let idx = match g.consts.get(ins[1]) {
+                Some((_, super::proto::Data::I(_))) => ins[1].to_string(),
+                _ => e.op("Cast", &[ins[1]], vec![attr_i("to", 7)]),
+            };
+            e.op_into("Gather", &[ins[0], &idx], &out, vec![attr_i("axis", *axis as i64)]);
+        }
         Op::LayerNorm { axis, epsilon } => {
             // y = (x - mean) / sqrt(var + eps) * scale + bias over the axes from `axis` on; the normalised input and
             // the inverse deviation keep names the backward rule reads.

@@ -105,6 +105,11 @@ pub enum Op {
         axes: Vec<usize>,
         keepdims: bool,
     },
+    /// Gather along `axis`: an embedding lookup (a trained table indexed by the model's input, read as integer
+    /// ids) or a selection with constant indices (the last time step of a sequence).
+    Gather {
+        axis: usize,
+    },
     /// LayerNormalization (opset 17): inputs x, scale and an optional bias; normalises over the axes from `axis` on.
     LayerNorm {
         axis: usize,
@@ -510,6 +515,18 @@ impl Graph {
                 axes.dedup();
                 Op::Reduce { mean, axes, keepdims: a.i("keepdims", 1) != 0 }
             }
+            "Gather" => {
+                need(2)?;
+                let rank = first_shape()?.len();
+                if self.requires_grad.contains(&node.input[1]) {
+                    return Err(unsupported("Gather with indices computed from trained weights"));
+                }
+                let axis = shapes::axis(a.i("axis", 0), rank, false)?;
+                if axis != 0 && !self.consts.contains_key(&node.input[1]) {
+                    return Err(unsupported("Gather with computed indices along an axis other than 0"));
+                }
+                Op::Gather { axis }
+            }
             "LayerNormalization" => {
                 need(2)?;
                 let rank = first_shape()?.len();
@@ -528,7 +545,7 @@ impl Graph {
         let arity = match op {
             Op::Gemm { .. } | Op::MatMul | Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Conv(_) => 2,
             Op::BatchNorm { .. } => 5,
-            Op::LayerNorm { .. } => 2,
+            Op::LayerNorm { .. } | Op::Gather { .. } => 2,
             _ => 1,
         };
         if s.len() < arity {
@@ -597,6 +614,12 @@ impl Graph {
                 } else {
                     s[0].iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| *d).collect()
                 }
+            }
+            Op::Gather { axis } => {
+                let mut out = s[0][..*axis].to_vec();
+                out.extend(&s[1]);
+                out.extend(&s[0][*axis + 1..]);
+                out
             }
             Op::LayerNorm { axis, .. } => {
                 let tail = &s[0][*axis..];

@@ -89,8 +89,10 @@ impl TrainableModel {
             .ok_or_else(|| TrainError::invalid("the model has no data input"))?;
         let (elem, dims) =
             value_info_shape(input).ok_or_else(|| TrainError::invalid(format!("input {} has no shape", input.name)))?;
-        if elem != DataType::Float as i32 {
-            return Err(TrainError::invalid(format!("input {} is not float", input.name)));
+        // Integer inputs are token ids: fed as floats (exact up to 2^24) and cast back where the graph reads them.
+        let accepted = [DataType::Float as i32, DataType::Int64 as i32, DataType::Int32 as i32];
+        if !accepted.contains(&elem) {
+            return Err(TrainError::invalid(format!("input {} is neither float nor integer ids", input.name)));
         }
         if dims.len() < 2 {
             return Err(TrainError::invalid(format!(

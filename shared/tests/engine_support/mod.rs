@@ -107,6 +107,18 @@ impl ModelBuilder {
         name.to_string()
     }
 
+    /// A float constant written as a Constant node (not an initializer, so not a trained weight).
+    pub fn constant(&mut self, name: &str, shape: &[usize], data: &[f32]) -> String {
+        self.nodes.push(NodeProto {
+            op_type: "Constant".into(),
+            name: format!("{name}_node"),
+            output: vec![name.to_string()],
+            attribute: vec![attr_tensor("value", f32_tensor(name, shape, data))],
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
     /// A node with one output; returns its output name.
     pub fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
         self.count += 1;

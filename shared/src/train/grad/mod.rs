@@ -6,6 +6,7 @@
 mod activation;
 mod conv;
 mod elementwise;
+mod gather;
 mod linear;
 mod norm;
 mod pointwise;
@@ -59,6 +60,7 @@ pub fn backward(
         | Op::HardSigmoid { .. }
         | Op::HardSwish => pointwise::backward(e, n, dy),
         Op::Reduce { .. } => reduce::backward(e, n, dy),
+        Op::Gather { .. } => gather::backward(e, ctx, n, dy, needs),
         Op::LayerNorm { .. } => norm::layer_norm_backward(e, n, dy, needs),
     }
 }
