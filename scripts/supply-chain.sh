@@ -15,6 +15,10 @@ cd "$(dirname "$0")/.."
 db_path="${FEDGE_ADVISORY_DB_PATH:-${CARGO_HOME:-$HOME/.cargo}/advisory-dbs}"
 checks=(bans licenses sources)
 
+# cargo-deny reads the metadata of every target's dependencies, also those no build on this machine downloads (nix
+# for other platforms): fetch them all from the registry first.
+cargo fetch --locked >/dev/null
+
 # Bring the database up to date where the network allows (cargo-deny's fetch exits 0 even when it could not reach
 # the host, so it proves nothing), then check against whatever copy there is, and say how new it is.
 timeout 120 cargo deny --log-level error fetch db >/dev/null 2>&1 || true

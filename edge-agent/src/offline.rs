@@ -115,9 +115,15 @@ pub struct TrainArgs {
     /// The fraction of the training examples held out for testing when the folder has no test part.
     #[arg(long, default_value_t = 0.1)]
     pub holdout: f32,
-    /// Start from these raw little-endian f32 weights instead of the model's own.
+    /// Start from these raw little-endian f32 weights instead of the model's own (with --train-only: the trained
+    /// part's).
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// Fine-tune part of the model: train only the weights whose names match these glob patterns (comma-separated
+    /// or repeated, e.g. 'head.*'); the others stay at the model's values. Raw --out weights are then the trained
+    /// part only; an .onnx --out is the whole model.
+    #[arg(long, value_delimiter = ',')]
+    pub train_only: Vec<String>,
     /// Passes over the training data.
     #[arg(long, default_value_t = 1)]
     pub epochs: u32,
@@ -311,7 +317,16 @@ fn eval_words(eval: &EvalSummary) -> String {
 
 pub fn train(args: TrainArgs) -> Result<()> {
     let started = Instant::now();
-    let model = load_model(&args.model)?;
+    let mut model = load_model(&args.model)?;
+    if !args.train_only.is_empty() {
+        let all = model.num_params();
+        model = model.train_only(&args.train_only).context("choosing the weights to train")?;
+        tracing::info!(
+            trained = model.num_params(),
+            frozen = all - model.num_params(),
+            "fine-tuning part of the model"
+        );
+    }
     let mut weights = load_weights(&model, args.weights.as_deref())?;
     let loss = Loss::from(args.loss);
     if !(args.holdout > 0.0 && args.holdout < 1.0) {

@@ -135,3 +135,34 @@ fn make_model_mlp_writes_a_model_shaped_for_the_users_data_that_trains_on_it() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("mlp needs"), "{bad:?}");
     }
 }
+
+#[test]
+fn train_only_fine_tunes_the_head_and_leaves_the_backbone_bit_for_bit() {
+    use fedge_shared::train::TrainableModel;
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), "m.onnx", &[4], 3);
+    let out = dir.path().join("tuned.onnx");
+    let data = fixtures().join("csv");
+    let args = ["train", "--model", s(&m), "--data", s(&data), "--feature-columns", "x0,x1,x2,x3", "--json"];
+    let more = ["--epochs", "3", "--optimizer", "adam", "--lr", "0.05", "--train-only", "fc2.*", "--out", s(&out)];
+    ok(&[&args[..], &more[..]].concat());
+    let weights = |p: &Path| {
+        let m = TrainableModel::from_onnx_bytes(&std::fs::read(p).unwrap()).unwrap();
+        let w = m.initial_weights();
+        m.params().iter().map(|p| (p.name.clone(), w[p.offset..p.offset + p.len].to_vec())).collect::<Vec<_>>()
+    };
+    let (before, after) = (weights(&m), weights(&out));
+    assert_eq!(before.len(), 4, "fc1 and fc2, weight and bias");
+    for ((name, b), (_, a)) in before.iter().zip(&after) {
+        if name.starts_with("fc2") {
+            assert_ne!(a, b, "{name} is trained");
+        } else {
+            assert_eq!(a, b, "{name} is frozen");
+        }
+    }
+    // A pattern that matches nothing names the model's weights.
+    let bad = agent(&[&args[..], &["--train-only", "head.*"]].concat());
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("\"head.*\" matches no weight") && err.contains("fc1.weight"), "{err}");
+}

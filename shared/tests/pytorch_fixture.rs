@@ -65,3 +65,22 @@ fn a_pytorch_exported_transformer_block_with_layer_normalization_trains_as_pytor
 fn the_same_transformer_exported_with_the_older_layer_norm_chain_trains_as_pytorch_computes() {
     matches_pytorch(include_bytes!("fixtures/pytorch_transformer_opset14.onnx"), TRANSFORMER, 6, 4);
 }
+
+#[test]
+fn a_frozen_backbone_with_a_trained_head_gets_pytorchs_head_gradient_and_nothing_else() {
+    let expected: serde_json::Value = serde_json::from_str(TRANSFORMER).unwrap();
+    let onnx = include_bytes!("fixtures/pytorch_transformer_opset17.onnx");
+    let model = TrainableModel::from_onnx_bytes(onnx).unwrap().train_only(&["head.*".to_string()]).unwrap();
+    let names: Vec<&str> = model.params().iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["head.weight", "head.bias"]);
+    let x = floats(&expected["input"]);
+    let labels: Vec<u32> = expected["labels"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap() as u32).collect();
+    let mut step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, labels.len()).unwrap();
+    let weights = model.initial_weights();
+    let mut grads = vec![0f32; model.num_params()];
+    let loss = step.run(&weights, &x, Labels::Classes(&labels), 0, &mut grads).unwrap();
+    assert!((loss - expected["loss"].as_f64().unwrap() as f32).abs() < 1e-4);
+    for p in model.params() {
+        assert_close(&p.name, &grads[p.offset..p.offset + p.len], &floats(&expected["grads"][&p.name]));
+    }
+}

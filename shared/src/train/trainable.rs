@@ -181,6 +181,33 @@ impl TrainableModel {
         Ok(TrainableModel { inner: self.inner, params: Arc::new(params) })
     }
 
+    /// Fine-tuning part of a model: trains only the float initializers whose names match one of the glob
+    /// `patterns` (`head.*`, `*.bias`, `fc?.weight`); every other weight stays fixed at the model's value. Each
+    /// pattern must match at least one weight: a pattern that matches nothing is an error listing the names.
+    pub fn train_only(self, patterns: &[String]) -> Result<Self, TrainError> {
+        let names = self.inner.candidates.clone();
+        let mut chosen = std::collections::BTreeSet::new();
+        for p in patterns {
+            let glob = globset::Glob::new(p)
+                .map_err(|e| TrainError::invalid(format!("--train-only pattern {p:?}: {e}")))?
+                .compile_matcher();
+            let hits: Vec<&String> = names.iter().filter(|n| glob.is_match(n.as_str())).collect();
+            if hits.is_empty() {
+                let some: Vec<&str> = names.iter().take(12).map(|s| s.as_str()).collect();
+                return Err(TrainError::invalid(format!(
+                    "--train-only pattern {p:?} matches no weight of the model (its weights: {}{})",
+                    some.join(", "),
+                    if names.len() > some.len() { ", ..." } else { "" }
+                )));
+            }
+            chosen.extend(hits.into_iter().cloned());
+        }
+        if chosen.is_empty() {
+            return Err(TrainError::invalid("--train-only names no weight to train"));
+        }
+        self.with_trainable(&chosen.into_iter().collect::<Vec<_>>())
+    }
+
     pub fn params(&self) -> &[ParamInfo] {
         &self.params
     }
