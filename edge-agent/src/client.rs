@@ -9,7 +9,8 @@
 //! training: it signs its round keys with its certificate key, checks every relayed peer key against the peer's
 //! certificate (which must chain to the federation CA, name the agent the cohort lists and carry the agent role),
 //! relays encrypted shares, masks its delta on a blocking thread and uploads only the masked vector — never the plain
-//! delta. Any check that fails makes the agent refuse the round ([`AgentEvent::SecureRoundRefused`]).
+//! delta — then signs the one survivor set it is sent and reveals shares only once its neighbours' signatures on the
+//! same set check out (the consistency round, see `fedge_shared::secagg::consistency`). Any check that fails makes the agent refuse the round ([`AgentEvent::SecureRoundRefused`]).
 
 use crate::learner::{LearnOutcome, Learner};
 use crate::state::ModelState;
@@ -21,7 +22,7 @@ use fedge_shared::protocol::{
 };
 use fedge_shared::secagg::{
     AdvertiseKeys, AgentRef, ClientSession, DEFAULT_CHUNK_VALUES, EcdsaP256Signer, EncryptedShare, MaskedStream,
-    PeerKeyTable, SecAggError, UnmaskRequest,
+    PeerKeyTable, SecAggError, SurvivorSet, UnmaskRequest,
 };
 use fedge_shared::tls::{CertInfo, Identity, Role};
 use fedge_shared::wire;
@@ -210,6 +211,8 @@ struct SecureState {
     ready: bool,
     /// The training outcome, waiting for the session to be ready.
     outcome: Option<LearnOutcome>,
+    /// The neighbours' certificate keys, kept from the key broadcast to check their survivor-set signatures.
+    peers: PeerKeyTable,
 }
 
 /// Aborts a spawned task when dropped (so a cancelled session closes its connection).
@@ -500,6 +503,17 @@ impl Agent {
                         }
                     }
                 }
+                Inbound::Control(ServerMessage::SecAggSurvivors(set)) => {
+                    let round = set.round;
+                    let Some(st) = secure.as_mut().filter(|s| s.round == round) else { continue };
+                    match on_survivors(st, tools, &set) {
+                        Ok(m) => wire::write_msg(send, &m, limits::CONTROL).await?,
+                        Err(e) => {
+                            secure = None;
+                            self.refuse_secure(send, round, format!("{e:#}")).await?;
+                        }
+                    }
+                }
                 Inbound::Control(ServerMessage::SecAggUnmask(request)) => {
                     let round = request.round;
                     let Some(st) = secure.as_mut().filter(|s| s.round == round) else { continue };
@@ -596,8 +610,14 @@ impl Agent {
         )
         .context("secure-aggregation plan")?;
         tracing::info!(round, me = plan.me, neighbours = session.neighbours().len(), "secure round: keys advertised");
-        let state =
-            SecureState { round, cohort: plan.cohort.clone(), session: Some(session), ready: false, outcome: None };
+        let state = SecureState {
+            round,
+            cohort: plan.cohort.clone(),
+            session: Some(session),
+            ready: false,
+            outcome: None,
+            peers: PeerKeyTable::new(),
+        };
         Ok((state, keys))
     }
 
@@ -610,7 +630,9 @@ impl Agent {
     ) -> anyhow::Result<Vec<EncryptedShare>> {
         let session = st.session.as_mut().ok_or_else(|| anyhow!("keys arrived twice"))?;
         let table = tools.peer_keys(&st.cohort, keys, certificates, session.neighbours())?;
-        Ok(session.on_keys(keys, &table, &mut OsRng)?)
+        let shares = session.on_keys(keys, &table, &mut OsRng)?;
+        st.peers = table;
+        Ok(shares)
     }
 
     /// Tells the server this agent will not take part in `round`, and why.
@@ -743,9 +765,17 @@ fn on_shares(st: &mut SecureState, shares: &[EncryptedShare]) -> anyhow::Result<
     Ok(())
 }
 
+/// The consistency round: signs the survivor set (once per round; the session refuses a second set).
+fn on_survivors(st: &mut SecureState, tools: &SecureTools, set: &SurvivorSet) -> anyhow::Result<AgentMessage> {
+    let session = st.session.as_mut().ok_or_else(|| anyhow!("the survivor set arrived before the masked input"))?;
+    let signature = session.on_survivors(set, &tools.signer)?;
+    tracing::info!(round = st.round, survivors = set.survivors.len(), "secure round: signed the survivor set");
+    Ok(AgentMessage::SecAggSurvivorSignature(signature))
+}
+
 fn on_unmask(st: &mut SecureState, request: &UnmaskRequest) -> anyhow::Result<AgentMessage> {
     let session = st.session.as_mut().ok_or_else(|| anyhow!("the unmask request arrived before the masked input"))?;
-    Ok(AgentMessage::SecAggUnmask(session.on_unmask_request(request)?))
+    Ok(AgentMessage::SecAggUnmask(session.on_unmask_request(request, &st.peers)?))
 }
 
 async fn read_control(mut recv: quinn::RecvStream, tx: mpsc::Sender<Inbound>) {
