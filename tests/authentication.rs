@@ -1,9 +1,11 @@
 //! Whole system: only agents holding a certificate of the federation's CA that is not revoked get in; the
 //! refused ones are logged with a reason, and the round carries on with the others.
 
+use fedge_agent::client::{Agent, AgentEvent};
 use fedge_agent::learner::{Learner, NoiseLearner};
+use fedge_agent::state::ModelState;
 use fedge_server::coordinator::CoordinatorConfig;
-use fedge_server::demo::{FederationSpec, LocalFederation};
+use fedge_server::demo::{FederationSpec, LocalFederation, agent_settings};
 use fedge_server::service::ServerEvent;
 use fedge_shared::protocol::{ALPN_AGENT, Hello, PROTOCOL_VERSION, ServerHello, limits};
 use fedge_shared::tls::{self, Identity, Role};
@@ -107,6 +109,28 @@ async fn outsiders_and_revoked_agents_are_refused_while_the_round_goes_on() -> a
     })
     .await?;
     assert_eq!(record.reported.len(), 3);
+
+    // A real agent holding a certificate of another CA (and trusting ours) is told why it is refused, and says
+    // so: the TLS alert and the server's reason, not only "connection lost".
+    let mut settings = agent_settings(&tls::issue_bundle(other.path(), "stranger-2", Role::Agent, 30)?, addr)?;
+    settings.ca = tls::load_certs(&ca)?;
+    let (tx, mut agent_events) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let stranger_agent = Agent::new(settings, ModelState::in_memory(), Box::new(NoiseLearner::new(10, 9, 0.01)));
+    let running = tokio::spawn(stranger_agent.with_events(tx).run(stop_rx));
+    let told = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(e) = agent_events.recv().await {
+            match e {
+                AgentEvent::Refused { reason } | AgentEvent::Disconnected { reason } => return reason,
+                _ => {}
+            }
+        }
+        String::new()
+    })
+    .await?;
+    let _ = stop.send(true);
+    let _ = running.await;
+    assert!(told.contains("TLS handshake") && told.contains("invalid peer certificate"), "the agent was told: {told}");
     fed.stop().await?;
     Ok(())
 }

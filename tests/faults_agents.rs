@@ -13,10 +13,9 @@
 //! in the sum (7 survivors). Restarted without crash points, all ten take part in a later round, which commits.
 
 use fedge_server::store::Store;
-use fedge_shared::tls::{self, Role};
-use fedge_system_tests::{free_udp_port, start_server, tiny_mnist, workspace_bin, write_server_config};
+use fedge_shared::tls;
+use fedge_system_tests::{free_udp_port, start_agent, start_server, wait_log, write_agent_config, write_server_config};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const AGENTS: usize = 10;
@@ -25,81 +24,7 @@ const CRASH_POINTS: [&str; 4] =
 
 /// Writes agent `i`'s bundle, data and `agent.toml`; returns the config's path.
 fn agent_config(dir: &Path, i: usize, port: u16) -> anyhow::Result<PathBuf> {
-    let name = format!("agent-{i}");
-    let bundle = tls::issue_bundle(&dir.join("pki"), &name, Role::Agent, 30)?;
-    let home = dir.join(&name);
-    tiny_mnist(&home.join("data"), 64, i)?;
-    let text = format!(
-        r#"
-bundle = "{bundle}"
-state_dir = "{state}"
-seed = {i}
-idle_timeout_ms = 5000
-backoff_initial_ms = 100
-backoff_max_ms = 500
-
-[server]
-address = "127.0.0.1:{port}"
-name = "localhost"
-
-[data]
-mnist_dir = "{data}"
-holdout = 0.0
-
-[inference]
-enabled = false
-"#,
-        bundle = bundle.display(),
-        state = home.join("state").display(),
-        data = home.join("data").display(),
-    );
-    let path = home.join("agent.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
-}
-
-fn start_agent(config: &Path, log: &Path, crash_point: Option<&str>) -> anyhow::Result<Child> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-    let mut cmd = Command::new(workspace_bin("fedge-agent")?);
-    cmd.arg("run").arg("--config").arg(config).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log);
-    match crash_point {
-        Some(point) => cmd.env("FAILPOINTS", format!("{point}=return")),
-        None => cmd.env_remove("FAILPOINTS"),
-    };
-    Ok(cmd.spawn()?)
-}
-
-/// The log's text without terminal colour codes.
-fn plain_log(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Waits (up to `secs`) until `check` holds for the server log.
-async fn wait_log(log: &Path, secs: u64, what: &str, check: impl Fn(&str) -> bool) -> anyhow::Result<()> {
-    tokio::time::timeout(Duration::from_secs(secs), async {
-        loop {
-            if check(&plain_log(log)) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("timed out waiting for {what}"))
+    write_agent_config(dir, i, port, "idle_timeout_ms = 5000\nbackoff_initial_ms = 100\nbackoff_max_ms = 500")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

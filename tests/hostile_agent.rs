@@ -88,7 +88,7 @@ async fn closed_by_server(conn: &quinn::Connection) -> anyhow::Result<String> {
 
 fn update_header(round: u64, len: u64) -> BlobHeader {
     BlobHeader {
-        kind: BlobKind::Update { round, examples: 10, train_loss: 0.5, holdout_accuracy: None },
+        kind: BlobKind::Update { round, examples: 10, train_loss: 0.5, holdout_accuracy: None, eval: None },
         len,
         digest: None,
     }

@@ -10,11 +10,13 @@
 //! certificate (which must chain to the federation CA, name the agent the cohort lists and carry the agent role),
 //! relays encrypted shares, masks its delta on a blocking thread and uploads only the masked vector — never the plain
 //! delta — then signs the one survivor set it is sent and reveals shares only once its neighbours' signatures on the
-//! same set check out (the consistency round, see `fedge_shared::secagg::consistency`). Any check that fails makes the agent refuse the round ([`AgentEvent::SecureRoundRefused`]).
+//! same set check out (the consistency round, see `fedge_shared::secagg::consistency`). Any check that fails makes
+//! the agent refuse the round ([`AgentEvent::SecureRoundRefused`]).
 
 use crate::learner::{LearnOutcome, Learner};
 use crate::state::ModelState;
 use anyhow::{Context, anyhow, bail};
+use fedge_shared::fedeval::{EVAL_COUNTS, EvalCounts};
 use fedge_shared::model::{Digest, weights_from_bytes, weights_to_bytes};
 use fedge_shared::protocol::{
     AgentMessage, BlobHeader, BlobKind, CheckIn, DeviceInfo, Hello, PROTOCOL_VERSION, RoundPlan, SecAggPlan,
@@ -65,6 +67,8 @@ pub enum AgentEvent {
     Trained {
         round: u64,
         examples: u64,
+        /// Of `examples`, the device's own labelled examples.
+        device_examples: u64,
         train_loss: f32,
         holdout_accuracy: Option<f32>,
     },
@@ -87,6 +91,12 @@ pub enum AgentEvent {
         round: u64,
         reason: String,
     },
+    /// This agent refused a round's plan: it already trained for that round id (a server that lost track of its
+    /// round ids), or could not note that it trains for it. It told the server and trains nothing.
+    PlanRefused {
+        round: u64,
+        reason: String,
+    },
     /// The masked vector of a secure round is uploaded.
     MaskedUploaded {
         round: u64,
@@ -102,6 +112,8 @@ pub struct Agent {
     events: Option<mpsc::UnboundedSender<AgentEvent>>,
     /// Each newly held model version, for inference.
     models: Option<watch::Sender<Option<crate::state::PublishedModel>>>,
+    /// The example count last declared to the server.
+    declared: std::sync::atomic::AtomicU64,
 }
 
 enum Inbound {
@@ -245,7 +257,34 @@ impl Agent {
             learner: Arc::new(Mutex::new(learner)),
             events: None,
             models: None,
+            declared: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// What this agent holds, as told to the server.
+    fn check_in(&self, examples: u64) -> CheckIn {
+        let state = lock(&self.state);
+        CheckIn {
+            model_version: state.version(),
+            graph: state.graph_digest(),
+            examples,
+            device: DeviceInfo {
+                arch: std::env::consts::ARCH.into(),
+                cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            },
+        }
+    }
+
+    /// Tells the server again what this agent holds when a round trained on more examples than it declared (the
+    /// device's own labels grew): the server caps a round's weight by the declared count. Sent on the control
+    /// stream before the update is uploaded.
+    async fn declare_growth(&self, send: &mut quinn::SendStream, examples: u64) -> anyhow::Result<()> {
+        use std::sync::atomic::Ordering;
+        if examples > self.declared.load(Ordering::Relaxed) {
+            wire::write_msg(send, &AgentMessage::CheckIn(self.check_in(examples)), limits::CONTROL).await?;
+            self.declared.store(examples, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Reports progress on `tx`.
@@ -344,7 +383,12 @@ impl Agent {
         let conn = match endpoint.connect(self.settings.server, &self.settings.server_name) {
             Ok(c) => match c.await {
                 Ok(c) => c,
-                Err(e) => return SessionEnd::Retry(format!("connect: {e}")),
+                Err(e) => {
+                    return match handshake_refusal(&e) {
+                        Some(why) => SessionEnd::Refused(why),
+                        None => SessionEnd::Retry(format!("connect: {e}")),
+                    };
+                }
             },
             Err(e) => return SessionEnd::Retry(format!("connect: {e}")),
         };
@@ -352,12 +396,25 @@ impl Agent {
             Ok(()) => SessionEnd::Retry("server closed the session".into()),
             Err(e) => {
                 let msg = format!("{e:#}");
-                if let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.close_reason() {
-                    let reason = String::from_utf8_lossy(&c.reason).into_owned();
-                    if c.error_code == quinn::VarInt::from_u32(crate::CLOSE_REFUSED) {
-                        return SessionEnd::Refused(reason);
+                match conn.close_reason() {
+                    Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+                        let reason = String::from_utf8_lossy(&c.reason).into_owned();
+                        if c.error_code == quinn::VarInt::from_u32(crate::CLOSE_REFUSED) {
+                            return SessionEnd::Refused(reason);
+                        }
+                        return SessionEnd::Retry(reason);
                     }
-                    return SessionEnd::Retry(reason);
+                    // TLS 1.3 lets the server check this agent's certificate after the agent considers the handshake
+                    // done: its refusal arrives as the connection's close, with the alert and the server's reason.
+                    Some(closed) => {
+                        if let Some(why) = handshake_refusal(&closed) {
+                            return SessionEnd::Refused(why);
+                        }
+                        if !msg.contains(&closed.to_string()) {
+                            return SessionEnd::Retry(format!("{msg} ({closed})"));
+                        }
+                    }
+                    None => {}
                 }
                 conn.close(quinn::VarInt::from_u32(1), msg.as_bytes());
                 if msg.contains("refused") { SessionEnd::Refused(msg) } else { SessionEnd::Retry(msg) }
@@ -387,24 +444,16 @@ impl Agent {
         }
         *backoff = self.settings.backoff_initial;
         self.emit(AgentEvent::Connected);
-        let checkin = {
-            let state = lock(&self.state);
-            CheckIn {
-                model_version: state.version(),
-                graph: state.graph_digest(),
-                examples: lock(&self.learner).examples(),
-                device: DeviceInfo {
-                    arch: std::env::consts::ARCH.into(),
-                    cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
-                },
-            }
-        };
-        wire::write_msg(&mut send, &AgentMessage::CheckIn(checkin), limits::CONTROL).await?;
+        let examples = lock(&self.learner).examples();
+        wire::write_msg(&mut send, &AgentMessage::CheckIn(self.check_in(examples)), limits::CONTROL).await?;
+        self.declared.store(examples, std::sync::atomic::Ordering::Relaxed);
 
         let tools = SecureTools::new(&self.settings)?;
         let (tx, mut rx) = mpsc::channel::<Inbound>(16);
         let _reader = AbortOnDrop(tokio::spawn(read_control(recv, tx.clone())));
         let _blobs = AbortOnDrop(tokio::spawn(read_blobs(conn.clone(), tx.clone())));
+        let _probe =
+            AbortOnDrop(tokio::spawn(crate::liveness::probe_while_silent(conn.clone(), crate::liveness::PROBE_AFTER)));
         self.event_loop(conn, &mut send, &mut rx, tx, &tools).await
     }
 
@@ -434,6 +483,11 @@ impl Agent {
                         secure = plan.secagg.is_some(),
                         "selected for a round"
                     );
+                    let fresh = lock(&self.state).check_round(plan.round);
+                    if let Err(e) = fresh {
+                        self.refuse_plan(send, plan.round, e.to_string()).await?;
+                        continue;
+                    }
                     secure = None;
                     match &plan.secagg {
                         Some(sp) => {
@@ -530,6 +584,9 @@ impl Agent {
                 Inbound::Blob(header, body) => self.take_blob(header, body).await?,
                 Inbound::Learned(round, outcome) => {
                     training = None;
+                    if let Ok(out) = &outcome {
+                        self.declare_growth(send, out.examples).await?;
+                    }
                     match outcome {
                         Ok(out) => match secure.as_mut().filter(|s| s.round == round) {
                             Some(st) => st.outcome = Some(out),
@@ -566,6 +623,7 @@ impl Agent {
                     .map_err(|e| SecAggError::Abort(format!("no randomness from the OS: {e}")))
                     .and_then(|mut rng| {
                         let delta = std::mem::take(&mut outcome.delta);
+                        set_eval_counts(session, outcome.eval.as_ref())?;
                         session.mask_stream(delta, outcome.examples, &mut rng, DEFAULT_CHUNK_VALUES)
                     });
                 match stream {
@@ -585,8 +643,19 @@ impl Agent {
                 && self.ready_for(plan)
                 && let Some(plan) = pending.take()
             {
-                training = Some(plan.round);
-                self.start_learning(plan, tx.clone());
+                let begun = lock(&self.state).begin_round(plan.round);
+                match begun {
+                    Ok(()) => {
+                        training = Some(plan.round);
+                        self.start_learning(plan, tx.clone());
+                    }
+                    Err(e) => {
+                        if secure.as_ref().is_some_and(|s| s.round == plan.round) {
+                            secure = None;
+                        }
+                        self.refuse_plan(send, plan.round, e.to_string()).await?;
+                    }
+                }
             }
         }
         Err(anyhow!("connection lost"))
@@ -635,6 +704,14 @@ impl Agent {
         Ok(shares)
     }
 
+    /// Tells the server this agent will not train for `round` at all (see [`crate::state::RoundRefusal`]).
+    async fn refuse_plan(&self, send: &mut quinn::SendStream, round: u64, reason: String) -> anyhow::Result<()> {
+        tracing::error!(round, %reason, "refusing the round's plan");
+        self.emit(AgentEvent::PlanRefused { round, reason: reason.clone() });
+        wire::write_msg(send, &AgentMessage::Abandon { round, reason }, limits::CONTROL).await?;
+        Ok(())
+    }
+
     /// Tells the server this agent will not take part in `round`, and why.
     async fn refuse_secure(&self, send: &mut quinn::SendStream, round: u64, reason: String) -> anyhow::Result<()> {
         tracing::error!(round, %reason, "refusing the secure round");
@@ -679,10 +756,17 @@ impl Agent {
         self.emit(AgentEvent::Trained {
             round,
             examples: out.examples,
+            device_examples: out.device_examples,
             train_loss: out.train_loss,
             holdout_accuracy: out.holdout_accuracy,
         });
-        tracing::info!(round, loss = out.train_loss, "uploaded the masked update");
+        tracing::info!(
+            round,
+            examples = out.examples,
+            device_examples = out.device_examples,
+            loss = out.train_loss,
+            "uploaded the masked update"
+        );
         Ok(())
     }
 
@@ -742,6 +826,7 @@ impl Agent {
                 examples: out.examples,
                 train_loss: out.train_loss,
                 holdout_accuracy: out.holdout_accuracy,
+                eval: out.eval,
             },
             len: body.len() as u64,
             digest: None,
@@ -750,12 +835,29 @@ impl Agent {
         self.emit(AgentEvent::Trained {
             round,
             examples: out.examples,
+            device_examples: out.device_examples,
             train_loss: out.train_loss,
             holdout_accuracy: out.holdout_accuracy,
         });
-        tracing::info!(round, loss = out.train_loss, "uploaded update");
+        tracing::info!(
+            round,
+            examples = out.examples,
+            device_examples = out.device_examples,
+            loss = out.train_loss,
+            "uploaded update"
+        );
         Ok(())
     }
+}
+
+/// Puts the federated evaluation's counts into a secure round's masked vector when the round carries them
+/// (zeros when this agent has no held-out examples).
+fn set_eval_counts(session: &mut ClientSession, eval: Option<&EvalCounts>) -> Result<(), SecAggError> {
+    if session.params().counts != EVAL_COUNTS {
+        return Ok(());
+    }
+    let coords = eval.map_or([0; 3], |e| e.to_coords(session.count_limit()));
+    session.set_counts(coords.to_vec())
 }
 
 fn on_shares(st: &mut SecureState, shares: &[EncryptedShare]) -> anyhow::Result<()> {
@@ -812,6 +914,21 @@ async fn read_blobs(conn: quinn::Connection, tx: mpsc::Sender<Inbound>) {
             };
             let _ = tx.send(m).await;
         });
+    }
+}
+
+/// The reason given for ending a connection in its TLS handshake (a crypto error: the TLS alert, and the reason
+/// text the peer's QUIC stack sends with it, e.g. "invalid peer certificate: UnknownIssuer"), if it ended so.
+pub fn handshake_refusal(e: &quinn::ConnectionError) -> Option<String> {
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match e {
+        quinn::ConnectionError::ConnectionClosed(c) if crypto(c.error_code) => {
+            Some(format!("the server refused the TLS handshake: {c}"))
+        }
+        quinn::ConnectionError::TransportError(t) if crypto(t.code) => {
+            Some(format!("this agent refused the server in the TLS handshake: {t}"))
+        }
+        _ => None,
     }
 }
 

@@ -37,6 +37,46 @@ pub struct AgentConfig {
     /// How the agent shapes the learning rate inside each round (the round's plan sets the base rate).
     #[serde(default)]
     pub training: TrainingConfig,
+    /// The device's own labelled examples, posted to the inference endpoint.
+    #[serde(default)]
+    pub labels: LabelsConfig,
+}
+
+/// `[labels]`: labelled examples and corrections of predictions posted to the inference endpoint
+/// (`POST /v1/examples`, `POST /v1/feedback`), kept in `state_dir/labels` and trained on with the configured data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabelsConfig {
+    /// Accept and train on the device's own labels.
+    pub enabled: bool,
+    /// Most examples kept; the oldest are evicted first.
+    pub max_examples: usize,
+    /// How many of the last predictions' inputs are remembered, so that a correction can name one by its id.
+    pub remember_predictions: usize,
+}
+
+impl Default for LabelsConfig {
+    fn default() -> Self {
+        LabelsConfig {
+            enabled: true,
+            max_examples: 10_000,
+            remember_predictions: crate::inference::DEFAULT_REMEMBER_PREDICTIONS,
+        }
+    }
+}
+
+impl LabelsConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.enabled && self.max_examples == 0 {
+            bail!("labels.max_examples must be at least 1 (or set labels.enabled = false)");
+        }
+        Ok(())
+    }
+
+    /// The store's folder inside the agent's state directory.
+    pub fn dir(state_dir: &Path) -> PathBuf {
+        state_dir.join("labels")
+    }
 }
 
 /// `[training]`: the learning-rate schedule over each round's local steps. Optional; the default is the round's
@@ -199,6 +239,7 @@ impl AgentConfig {
             bail!("idle_timeout_ms must be at least 1000, not {}", self.idle_timeout_ms);
         }
         self.training.schedule()?;
+        self.labels.validate()?;
         self.inference.validate()
     }
 

@@ -7,6 +7,7 @@
 //!
 //! A learner runs on a blocking thread, never on the async runtime, and never touches the network.
 
+use fedge_shared::fedeval::EvalCounts;
 use fedge_shared::protocol::TrainPlan;
 
 /// The outcome of local learning in one round.
@@ -14,12 +15,16 @@ use fedge_shared::protocol::TrainPlan;
 pub struct LearnOutcome {
     /// Local weights minus the global weights, in the model's parameter order.
     pub delta: Vec<f32>,
-    /// Examples trained on (the aggregation weight).
+    /// Examples trained on (the aggregation weight), the device's own labelled examples included.
     pub examples: u64,
+    /// Of `examples`, how many were the device's own labelled examples (posted to its inference endpoint).
+    pub device_examples: u64,
     /// Mean training loss of the last epoch.
     pub train_loss: f32,
     /// Accuracy on the agent's held-out split after training, if it has one.
     pub holdout_accuracy: Option<f32>,
+    /// The federated evaluation: the round's starting (global) model on the held-out split, before training.
+    pub eval: Option<EvalCounts>,
 }
 
 /// Local learning, as the agent's round protocol sees it.
@@ -76,8 +81,10 @@ impl Learner for NoiseLearner {
         Ok(LearnOutcome {
             delta: Self::delta_for(self.seed, plan.seed, global.len(), self.scale),
             examples: self.examples,
+            device_examples: 0,
             train_loss: 0.0,
             holdout_accuracy: None,
+            eval: None,
         })
     }
 }

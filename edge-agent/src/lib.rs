@@ -2,7 +2,10 @@
 //!
 //! - [`client`]: the connection loop (mutual-TLS QUIC, check-in, rounds, uploads, reconnects).
 //! - [`learner`]: the seam between the round protocol and local learning.
+//! - [`liveness`]: probing a silent server, so that a restarted one is noticed within about a second.
 //! - [`state`]: the graph and weights the agent keeps between connections.
+//! - [`examples_store`]: the device's own labelled examples (posted to the inference endpoint), kept on disk.
+//! - [`training_set`]: the configured data joined with the device's examples for a round.
 //! - [`trainer`]: the real learner: local training with tract.
 //! - [`inference`]: the local prediction endpoint served with the newest (or a pinned) global model.
 //! - [`offline`]: the commands that work without a server: `train`, `eval`, `make-model`.
@@ -11,12 +14,15 @@
 pub mod client;
 pub mod config;
 pub mod crash;
+pub mod examples_store;
 pub mod inference;
 pub mod learner;
+pub mod liveness;
 pub mod offline;
 pub mod predict;
 pub mod state;
 pub mod trainer;
+pub mod training_set;
 
 /// The software name and version sent in the hello.
 pub const SOFTWARE: &str = concat!("fedge-agent/", env!("CARGO_PKG_VERSION"));

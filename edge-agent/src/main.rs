@@ -38,6 +38,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     use fedge_agent::client::{Agent, ClientSettings};
     use fedge_agent::config::AgentConfig;
     use fedge_shared::tls;
+    use std::sync::Arc;
     use std::time::Duration;
 
     let cfg = AgentConfig::load(path)?;
@@ -69,13 +70,24 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             }
             (None, Err(_)) => None,
         };
-        let learner = Box::new(
-            fedge_agent::trainer::TractLearner::new(train, holdout, cfg.seed).with_schedule(cfg.training.schedule()?),
-        );
+        let labels = if cfg.labels.enabled {
+            let dir = fedge_agent::config::LabelsConfig::dir(&cfg.state_dir);
+            Some(Arc::new(fedge_agent::examples_store::ExampleStore::open(&dir, cfg.labels.max_examples)?))
+        } else {
+            None
+        };
+        let mut learner =
+            fedge_agent::trainer::TractLearner::new(train, holdout, cfg.seed).with_schedule(cfg.training.schedule()?);
+        if let Some(store) = &labels {
+            learner = learner.with_device_examples(store.clone());
+        }
+        let learner = Box::new(learner);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (models, updates) = tokio::sync::watch::channel(initial);
         let inference = if cfg.inference.enabled {
-            let settings = fedge_agent::inference::InferenceSettings::from_config(&cfg.inference)?;
+            let mut settings = fedge_agent::inference::InferenceSettings::from_config(&cfg.inference)?;
+            settings.labels = labels;
+            settings.remember_predictions = cfg.labels.remember_predictions;
             Some(fedge_agent::inference::start(settings, updates, stop_rx.clone()).await?)
         } else {
             None

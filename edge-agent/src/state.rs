@@ -2,9 +2,10 @@
 //! weight versions it received, on disk in its state directory (written atomically) and in memory (the newest).
 //!
 //! Layout of the state directory: `graph.onnx`, `weights/<version>.f32` (raw little-endian f32, the newest
-//! `keep_versions` versions, so that inference can be pinned to or rolled back to an older one) and
-//! `weights.version` (the newest version held). A directory written before versions were kept (`weights.f32`)
-//! is still read.
+//! `keep_versions` versions, so that inference can be pinned to or rolled back to an older one),
+//! `weights.version` (the newest version held) and `round.trained` (the id of the last round this agent trained
+//! for: a plan for that id again, from a server that lost track of its round ids, is refused). A directory
+//! written before versions were kept (`weights.f32`) is still read.
 //!
 //! This module never trusts what it reads back: a corrupt file is an error naming it, and the agent then
 //! simply downloads the model again.
@@ -38,12 +39,23 @@ pub struct ModelState {
     keep_versions: usize,
     pub graph: Option<(Digest, Arc<Vec<u8>>)>,
     pub weights: Option<HeldWeights>,
+    /// The last round this agent trained for.
+    last_trained: Option<u64>,
 }
 
 impl Default for ModelState {
     fn default() -> Self {
-        ModelState { dir: None, keep_versions: DEFAULT_KEEP_VERSIONS, graph: None, weights: None }
+        ModelState { dir: None, keep_versions: DEFAULT_KEEP_VERSIONS, graph: None, weights: None, last_trained: None }
     }
+}
+
+/// Why this agent will not train for a round.
+#[derive(Debug, thiserror::Error)]
+pub enum RoundRefusal {
+    #[error("round {0} was already trained by this agent; a round id is never trained twice")]
+    AlreadyTrained(u64),
+    #[error("cannot note round {round} as trained in {path}: {error}")]
+    NotRecorded { round: u64, path: String, error: String },
 }
 
 /// How many weight versions are kept on disk unless configured otherwise.
@@ -53,6 +65,7 @@ const GRAPH_FILE: &str = "graph.onnx";
 const LEGACY_WEIGHTS_FILE: &str = "weights.f32";
 const VERSIONS_DIR: &str = "weights";
 const VERSION_FILE: &str = "weights.version";
+const TRAINED_FILE: &str = "round.trained";
 
 fn version_path(dir: &Path, version: u64) -> PathBuf {
     dir.join(VERSIONS_DIR).join(format!("{version}.f32"))
@@ -78,7 +91,47 @@ impl ModelState {
             Ok(w) => state.weights = w,
             Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "ignoring unreadable weights"),
         }
+        let trained = dir.join(TRAINED_FILE);
+        match std::fs::read_to_string(&trained) {
+            Ok(text) => match text.trim().parse::<u64>() {
+                Ok(round) => state.last_trained = Some(round),
+                Err(e) => {
+                    tracing::warn!(file = %trained.display(), error = %e, "ignoring an unreadable trained round id")
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(file = %trained.display(), error = %e, "ignoring an unreadable trained round id"),
+        }
         Ok(state)
+    }
+
+    /// The id of the last round this agent trained for (kept across restarts in a state directory).
+    pub fn last_trained(&self) -> Option<u64> {
+        self.last_trained
+    }
+
+    /// Whether a plan for `round` may be taken: refused when this agent already trained for that round id.
+    pub fn check_round(&self, round: u64) -> Result<(), RoundRefusal> {
+        match self.last_trained {
+            Some(last) if last == round => Err(RoundRefusal::AlreadyTrained(round)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Notes, durably when there is a state directory, that training for `round` starts. Refused when the round
+    /// was already trained, or when the note cannot be written (training then would risk a second update for it).
+    pub fn begin_round(&mut self, round: u64) -> Result<(), RoundRefusal> {
+        self.check_round(round)?;
+        if let Some(dir) = &self.dir {
+            let path = dir.join(TRAINED_FILE);
+            write_atomic(&path, round.to_string().as_bytes(), 0o644).map_err(|e| RoundRefusal::NotRecorded {
+                round,
+                path: path.display().to_string(),
+                error: e.to_string(),
+            })?;
+        }
+        self.last_trained = Some(round);
+        Ok(())
     }
 
     /// Keeps at most `n` (at least 1) weight versions on disk; older ones are deleted as new ones arrive.
@@ -215,6 +268,24 @@ mod tests {
         assert_eq!(s2.graph_digest(), Some(g));
         assert_eq!(s2.version(), Some(4));
         assert_eq!(*s2.weights.unwrap().weights, vec![1.0, 2.0]);
+    }
+
+    #[test]
+    fn a_round_id_once_trained_is_refused_again_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ModelState::open(dir.path()).unwrap();
+        assert_eq!(s.last_trained(), None);
+        s.begin_round(3).unwrap();
+        assert!(matches!(s.begin_round(3), Err(RoundRefusal::AlreadyTrained(3))));
+        let mut restarted = ModelState::open(dir.path()).unwrap();
+        assert_eq!(restarted.last_trained(), Some(3));
+        let err = restarted.check_round(3).unwrap_err().to_string();
+        assert!(err.contains("round 3 was already trained"), "{err}");
+        restarted.begin_round(4).unwrap();
+        assert_eq!(ModelState::open(dir.path()).unwrap().last_trained(), Some(4));
+        // A garbled note is ignored (and logged), never fatal.
+        std::fs::write(dir.path().join(TRAINED_FILE), "four").unwrap();
+        assert_eq!(ModelState::open(dir.path()).unwrap().last_trained(), None);
     }
 
     #[test]

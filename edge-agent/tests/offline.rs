@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn mnist() -> PathBuf {
-    std::env::var_os("FEDGE_DATA_DIR").map_or_else(|| PathBuf::from("/work/shared/data"), PathBuf::from).join("mnist")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/mnist")
 }
 
 fn agent(args: &[&str]) -> Output {

@@ -34,7 +34,9 @@ pub struct ServerConfig {
     #[serde(default)]
     pub evaluation: Option<Evaluation>,
     pub coordinator: CoordinatorConfig,
-    /// Run this many rounds after start (then stay up, serving the model); `None`: keep running rounds.
+    /// Run until this many rounds have committed (then stay up, serving the model), counted from the version the
+    /// database held when the run began and kept in the database, so a restart finishes the same run (see
+    /// [`crate::run`]); `None`: keep running rounds.
     #[serde(default)]
     pub rounds: Option<u64>,
     /// Start rounds as soon as enough agents check in (otherwise wait for an operator's `round start`).

@@ -56,7 +56,7 @@ pub struct DemoArgs {
     /// Evaluate on at most this many test examples (0: all 10,000).
     #[arg(long, default_value_t = 0)]
     pub test_limit: usize,
-    /// Folder with the MNIST IDX files (default: data/mnist in the repository, then ../shared/data/mnist).
+    /// Folder with the MNIST IDX files (default: data/mnist in the repository).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// One JSON object per round and a last line {"final_accuracy": ...}.
@@ -85,10 +85,8 @@ pub fn find_mnist(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
     }
-    let mut candidates = vec![PathBuf::from("data/mnist"), PathBuf::from("../shared/data/mnist")];
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    candidates.push(manifest.join("../data/mnist"));
-    candidates.push(manifest.join("../../shared/data/mnist"));
+    // The working directory's data/mnist (a checkout's top), then the one beside the crate that was built.
+    let candidates = [PathBuf::from("data/mnist"), Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist")];
     for c in &candidates {
         if c.join("train-labels-idx1-ubyte.gz").exists() || c.join("train-labels-idx1-ubyte").exists() {
             return Ok(c.clone());
@@ -278,6 +276,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             learning_rate: args.lr,
             momentum: args.momentum,
             optimizer: OptimizerKind::Sgd,
+            weight_decay: 0.0,
             prox_mu: 0.0,
             seed: args.seed,
             deadline_ms: 0,

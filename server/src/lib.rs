@@ -2,12 +2,13 @@
 //!
 //! - [`coordinator`]: the round state machine, sans-IO (events in, actions out; no sockets, no clocks).
 //! - [`strategy`]: aggregation strategies behind one small trait (FedAvg, FedProx, FedAdam, FedYogi).
-//! - [`store`]: the sled database: models, rounds, agents, metadata.
+//! - [`store`]: the sled database: models, rounds, agents, metadata; [`round_format`]: how it lays out round records.
 //! - [`service`]: the core task that drives the coordinator and the store; [`net`]: the QUIC shell.
 //! - [`config`]: `server.toml`; [`evaluator`]: test-set evaluation of new models.
 //! - [`admin`]: the operator's protocol (served); [`ctl`]: its client (fedgectl); [`metrics`]: Prometheus.
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod coordinator;
 pub mod ctl;
@@ -17,6 +18,9 @@ pub mod evaluator;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod reset_key;
+pub mod round_format;
+pub mod run;
 pub mod service;
 pub mod store;
 pub mod strategy;

@@ -1,6 +1,10 @@
 //! The server's Prometheus metrics (OpenMetrics text at `GET /metrics` on the `metrics` address of server.toml):
 //! rounds completed and aborted, phase durations, agents connected, drop-outs, bytes in and out, aggregation
-//! throughput.
+//! throughput, the last round's id, training loss and the new model's test accuracy and loss (one value per
+//! round: a gauge that holds until the next round ends), and the federated evaluation (accuracy, loss and
+//! examples of the agents' held-out data, with the model version they were measured on).
+//! `configs/grafana/fedge.json` charts them; a test checks that every metric its queries name is exposed here or
+//! by the agent.
 //!
 //! The numbers are derived from [`ServerEvent`]s (see [`follow`]) plus the bytes the core sends
 //! ([`Metrics::sent`]). This module only observes: it never changes what the server does, and an HTTP failure
@@ -45,6 +49,13 @@ pub struct Metrics {
     pub aggregation_bytes_per_second: Gauge<f64, AtomicU64>,
     pub model_version: Gauge,
     pub test_accuracy: Gauge<f64, AtomicU64>,
+    pub test_loss: Gauge<f64, AtomicU64>,
+    pub train_loss: Gauge<f64, AtomicU64>,
+    pub last_round: Gauge,
+    pub federated_accuracy: Gauge<f64, AtomicU64>,
+    pub federated_loss: Gauge<f64, AtomicU64>,
+    pub federated_examples: Gauge,
+    pub federated_version: Gauge,
 }
 
 impl Default for Metrics {
@@ -68,6 +79,13 @@ impl Metrics {
             aggregation_bytes_per_second: Gauge::default(),
             model_version: Gauge::default(),
             test_accuracy: Gauge::default(),
+            test_loss: Gauge::default(),
+            train_loss: Gauge::default(),
+            last_round: Gauge::default(),
+            federated_accuracy: Gauge::default(),
+            federated_loss: Gauge::default(),
+            federated_examples: Gauge::default(),
+            federated_version: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("rounds_completed", "Rounds that produced a new model", m.rounds_completed.clone());
@@ -90,6 +108,30 @@ impl Metrics {
         );
         registry.register("model_version", "The newest global model version", m.model_version.clone());
         registry.register("test_accuracy", "Test accuracy of the newest global model", m.test_accuracy.clone());
+        registry.register("test_loss", "Test loss of the newest global model", m.test_loss.clone());
+        registry.register(
+            "train_loss",
+            "Example-weighted mean training loss the agents reported in the last completed round",
+            m.train_loss.clone(),
+        );
+        registry.register("last_round", "Id of the last round that ended (completed or aborted)", m.last_round.clone());
+        registry.register(
+            "federated_accuracy",
+            "Accuracy of a global model on the agents' held-out examples (federated evaluation; the version is \
+             fedge_federated_evaluated_version)",
+            m.federated_accuracy.clone(),
+        );
+        registry.register("federated_loss", "Mean loss of the federated evaluation", m.federated_loss.clone());
+        registry.register(
+            "federated_examples",
+            "Held-out examples in the federated evaluation",
+            m.federated_examples.clone(),
+        );
+        registry.register(
+            "federated_evaluated_version",
+            "The global model version the federated evaluation measured",
+            m.federated_version.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -113,6 +155,7 @@ impl Metrics {
             ServerEvent::RoundStarted { .. } | ServerEvent::SecAggPhase { .. } => {}
             ServerEvent::RoundCompleted(r) | ServerEvent::RoundAborted(r) => {
                 let completed = matches!(event, ServerEvent::RoundCompleted(_));
+                self.last_round.set(i64::try_from(r.round).unwrap_or(i64::MAX));
                 if completed {
                     self.rounds_completed.inc();
                 } else {
@@ -145,6 +188,18 @@ impl Metrics {
                     }
                     if let Some(a) = r.metrics.test_accuracy {
                         self.test_accuracy.set(a as f64);
+                    }
+                    if let Some(l) = r.metrics.test_loss {
+                        self.test_loss.set(l as f64);
+                    }
+                    if let Some(l) = r.metrics.mean_train_loss {
+                        self.train_loss.set(l as f64);
+                    }
+                    if let Some(f) = &r.metrics.federated_eval {
+                        self.federated_accuracy.set(f.counts.accuracy().unwrap_or(0.0));
+                        self.federated_loss.set(f.counts.mean_loss().unwrap_or(0.0));
+                        self.federated_examples.set(i64::try_from(f.counts.examples).unwrap_or(i64::MAX));
+                        self.federated_version.set(i64::try_from(f.model_version).unwrap_or(i64::MAX));
                     }
                 }
             }
@@ -236,7 +291,19 @@ mod tests {
             reported: vec![],
             dropped: vec![Dropped { agent: "b".into(), reason: "gone".into() }],
             outcome,
-            metrics: RoundMetrics { update_bytes: 4000, duration_ms: 2000, ..Default::default() },
+            metrics: RoundMetrics {
+                update_bytes: 4000,
+                duration_ms: 2000,
+                mean_train_loss: Some(0.75),
+                test_accuracy: Some(0.5),
+                test_loss: Some(1.25),
+                federated_eval: Some(fedge_shared::fedeval::FederatedEval {
+                    model_version: 0,
+                    agents: 2,
+                    counts: fedge_shared::fedeval::EvalCounts { correct: 30, examples: 40, loss_sum: 20.0 },
+                }),
+                ..Default::default()
+            },
             started_ms: 10_000,
             ended_ms: 12_000,
             new_version: Some(1),
@@ -273,5 +340,14 @@ mod tests {
         assert_eq!(value(&text, "fedge_aggregation_bytes_per_second"), 2000.0);
         assert_eq!(value(&text, "fedge_phase_duration_seconds_count{phase=\"collecting\"}"), 2.0);
         assert_eq!(value(&text, "fedge_phase_duration_seconds_sum{phase=\"committing\"}"), 0.5);
+        // The completed round's numbers; the aborted one changes only the last round id.
+        assert_eq!(value(&text, "fedge_train_loss"), 0.75);
+        assert_eq!(value(&text, "fedge_test_accuracy"), 0.5);
+        assert_eq!(value(&text, "fedge_test_loss"), 1.25);
+        assert_eq!(value(&text, "fedge_last_round"), 1.0);
+        assert_eq!(value(&text, "fedge_federated_accuracy"), 0.75);
+        assert_eq!(value(&text, "fedge_federated_loss"), 0.5);
+        assert_eq!(value(&text, "fedge_federated_examples"), 40.0);
+        assert_eq!(value(&text, "fedge_federated_evaluated_version"), 0.0);
     }
 }

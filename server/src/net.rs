@@ -6,7 +6,7 @@
 //! wrong role for the ALPN, or speaks another protocol version. It never panics on what a peer sends.
 //!
 //! Secure rounds: the agent's secure-aggregation messages go to the core tagged with the name from its certificate
-//! (so an agent can only speak for its own cohort index), and a masked vector (`1 + P` little-endian `u32`) is read
+//! (so an agent can only speak for its own cohort index), and a masked vector (`1 + 3 + P` little-endian `u32`) is read
 //! under one of the `max_concurrent_uploads` permits, which travels with it until the core has folded it.
 
 use crate::config::ServerConfig;
@@ -31,6 +31,37 @@ pub const CLOSE_REFUSED: u32 = 2;
 pub const CLOSE_PROTOCOL: u32 = 3;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection that has received nothing for this long (two keep-alive intervals: a live agent's connection
+/// receives at least a keep-alive acknowledgement every 5 s, and its probes every second) is reported silent, and
+/// its agent is not selected for new rounds until it is heard from again.
+pub const SILENT_AFTER: Duration = Duration::from_secs(10);
+
+/// Reports to the core when `conn` has received nothing for [`SILENT_AFTER`], and when it receives again.
+async fn watch_liveness(conn: quinn::Connection, core: mpsc::Sender<CoreMsg>, agent: String, id: u64) {
+    let step = Duration::from_millis(500);
+    let mut seen = conn.stats().udp_rx.datagrams;
+    let mut heard = tokio::time::Instant::now();
+    let mut silent = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(step) => {}
+            _ = conn.closed() => return,
+        }
+        let now = conn.stats().udp_rx.datagrams;
+        if now != seen {
+            seen = now;
+            heard = tokio::time::Instant::now();
+        }
+        let quiet = heard.elapsed() >= SILENT_AFTER;
+        if quiet != silent {
+            silent = quiet;
+            if core.send(CoreMsg::Silent { agent: agent.clone(), conn: id, silent }).await.is_err() {
+                return;
+            }
+        }
+    }
+}
 
 /// Certificates and their files, loaded once at start.
 pub struct TlsSetup {
@@ -85,15 +116,17 @@ impl TlsSetup {
 /// each lost ~8% of their packets on loopback). The kernel caps it at `net.core.rmem_max`.
 pub const UDP_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
 
-/// Binds the server's QUIC endpoint on `listen` with a [`UDP_RECEIVE_BUFFER`] receive buffer.
+/// Binds the server's QUIC endpoint on `listen` with a [`UDP_RECEIVE_BUFFER`] receive buffer and `endpoint_config`
+/// (which carries the persistent stateless-reset key: see [`crate::reset_key`]).
 pub fn bind_endpoint(
+    endpoint_config: quinn::EndpointConfig,
     server_config: quinn::ServerConfig,
     listen: std::net::SocketAddr,
 ) -> anyhow::Result<quinn::Endpoint> {
     let socket = std::net::UdpSocket::bind(listen).with_context(|| format!("binding UDP {listen}"))?;
     enlarge_receive_buffer(&socket);
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
-    Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)?)
+    Ok(quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)?)
 }
 
 /// Asks for a [`UDP_RECEIVE_BUFFER`] receive buffer on `socket` (logged, not fatal, when refused).
@@ -302,6 +335,7 @@ async fn serve_agent(
     tracing::info!(%agent, remote = %conn.remote_address(), "agent joined");
 
     let uploads = tokio::spawn(read_uploads(conn.clone(), shared.clone(), agent.clone()));
+    let liveness = tokio::spawn(watch_liveness(conn.clone(), shared.core.clone(), agent.clone(), id));
     let result: anyhow::Result<()> = async {
         loop {
             tokio::select! {
@@ -342,6 +376,8 @@ async fn serve_agent(
                     }
                     None => anyhow::bail!("server core stopped"),
                 },
+                // An agent's liveness probe (fedge_agent::liveness): nothing to do but take it off the buffer.
+                d = conn.read_datagram() => { d.context("connection")?; }
                 e = conn.closed() => anyhow::bail!("connection closed: {e}"),
                 _ = shutdown.changed() => anyhow::bail!("server shutting down"),
             }
@@ -349,6 +385,7 @@ async fn serve_agent(
     }
     .await;
     uploads.abort();
+    liveness.abort();
     let _ = shared.core.send(CoreMsg::Disconnected { agent, conn: id }).await;
     result
 }
@@ -421,7 +458,7 @@ async fn read_upload(
         let _mine = one_at_a_time.acquire().await?;
         return read_masked(conn, recv, shared, agent, &header, round, examples, train_loss).await;
     }
-    let BlobKind::Update { round, examples, train_loss, holdout_accuracy } = header.kind else {
+    let BlobKind::Update { round, examples, train_loss, holdout_accuracy, eval } = header.kind else {
         return Err(ProtocolViolation(format!("agents may only upload updates, not {:?}", header.kind)).into());
     };
     let params = shared.params.load(Ordering::Relaxed);
@@ -443,11 +480,11 @@ async fn read_upload(
         .await
         .map_err(|_| ProtocolViolation(format!("an update of {} bytes did not arrive in time", header.len)))??;
     tracing::debug!(agent, round, examples, train_loss, ?holdout_accuracy, "update received");
-    shared.core.send(CoreMsg::Update { agent: agent.to_string(), round, examples, train_loss, delta }).await?;
+    shared.core.send(CoreMsg::Update { agent: agent.to_string(), round, examples, train_loss, eval, delta }).await?;
     Ok(())
 }
 
-/// Reads a masked vector (`1 + P` little-endian `u32`) and hands it, with its memory permit, to the core.
+/// Reads a masked vector (`[w, 3 counts, P]` little-endian `u32`) and hands it, with its memory permit, to the core.
 #[allow(clippy::too_many_arguments)]
 async fn read_masked(
     conn: &quinn::Connection,
@@ -459,12 +496,14 @@ async fn read_masked(
     examples: u64,
     train_loss: f32,
 ) -> anyhow::Result<()> {
-    let values = shared.params.load(Ordering::Relaxed) + 1;
+    // The weight, the federated evaluation's counts (every secure round carries them), the delta.
+    let header_values = 1 + u64::from(fedge_shared::fedeval::EVAL_COUNTS);
+    let values = shared.params.load(Ordering::Relaxed) + header_values;
     if header.len != values * 4 {
         return Err(ProtocolViolation(format!(
             "masked vector of {} bytes; the model has {} parameters, so {} bytes were expected",
             header.len,
-            values - 1,
+            values - header_values,
             values * 4
         ))
         .into());

@@ -10,6 +10,7 @@
 //! connection), the shares and the unmask request, and feeds masked vectors to the coordinator, which folds each
 //! into its running masked sum on arrival; an upload's memory permit is released only once it is folded.
 
+use crate::clock::{Alarm, Clock, wall_ms};
 use crate::config::ServerConfig;
 use crate::coordinator::{
     Action, AgentId, AggregationMode, Coordinator, Event, Outcome, RoundPlan, RoundRecord, SecurePhase, Status,
@@ -86,6 +87,12 @@ pub enum CoreMsg {
         agent: AgentId,
         conn: u64,
     },
+    /// The connection has received nothing for [`net::SILENT_AFTER`] (`silent`), or receives again.
+    Silent {
+        agent: AgentId,
+        conn: u64,
+        silent: bool,
+    },
     CheckIn {
         agent: AgentId,
         conn: u64,
@@ -96,6 +103,7 @@ pub enum CoreMsg {
         round: u64,
         examples: u64,
         train_loss: f32,
+        eval: Option<fedge_shared::fedeval::EvalCounts>,
         delta: Vec<f32>,
     },
     Abandon {
@@ -219,10 +227,6 @@ impl ServerHandle {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// Opens the store (creating version 0 from the configured ONNX graph if it is empty), binds the QUIC endpoint and
 /// starts the core and the accept loop.
 pub async fn start(config: ServerConfig, evaluator: Option<Arc<dyn Evaluator>>) -> anyhow::Result<ServerHandle> {
@@ -251,6 +255,11 @@ pub async fn start_with_hook(
         tokio::task::spawn_blocking(move || load_or_init_model(&store, &config, evaluator.as_deref())).await??
     };
     let resume = store.resume_state()?.context("the database has no model after initialisation")?;
+    let stored_run = store.run().context("reading the run in force")?;
+    let run = crate::run::at_start(stored_run, config.autostart, config.rounds, resume.model_version);
+    if let Some(r) = run.filter(|r| Some(*r) != stored_run) {
+        store.put_run(&r).context("keeping the run in the database")?;
+    }
     let pruned = store.prune_weights().context("pruning old weights")?;
     if pruned > 0 {
         tracing::info!(pruned, keep = config.keep_weights, "removed the weights of old model versions");
@@ -260,7 +269,9 @@ pub async fn start_with_hook(
         config.min_free_disk_mb.map_or(crate::disk::DiskGuard::default_min_free(current.params * 4), |mb| mb << 20),
     );
     let tls = net::TlsSetup::load(&config)?;
-    let endpoint = net::bind_endpoint(tls.server_config()?, config.listen)?;
+    // The same stateless-reset key at every start: agents' connections to the previous process are reset at once.
+    let endpoint_config = crate::reset_key::endpoint_config(&crate::reset_key::path_for(&config.data_dir))?;
+    let endpoint = net::bind_endpoint(endpoint_config, tls.server_config()?, config.listen)?;
     let local_addr = endpoint.local_addr()?;
     let mut overrides = operator_overrides(&store)?;
     let coordinator_config = match crate::admin::settings::apply_all(&config.coordinator, &overrides) {
@@ -313,10 +324,13 @@ pub async fn start_with_hook(
         evaluator,
         core_tx: core_tx.clone(),
         committing: None,
-        wake: None,
+        clock: Clock::start(),
+        alarm: Alarm::default(),
+        unreserved: None,
         certs: HashMap::new(),
         relay_hook,
-        start_rounds: config.autostart.then_some(config.rounds),
+        run,
+        config_rounds: config.rounds,
         admin: AdminState {
             started: std::time::Instant::now(),
             target_accuracy: None,
@@ -384,7 +398,7 @@ fn load_or_init_model(
             {
                 tracing::info!(accuracy = m.accuracy, loss = m.loss, "initial model evaluated");
             }
-            store.init_model(digest, &weights, now_ms())?
+            store.init_model(digest, &weights, wall_ms())?
         }
     };
     let graph = store.graph(&meta.graph_digest)?.context("the database lost the model's graph")?;
@@ -411,8 +425,16 @@ struct Core {
     core_tx: mpsc::Sender<CoreMsg>,
     /// The record of the round being committed (to tell its agents how it ended).
     committing: Option<RoundRecord>,
-    wake: Option<u64>,
-    start_rounds: Option<Option<u64>>,
+    /// The coordinator's time (monotonic; see [`crate::clock`]).
+    clock: Clock,
+    /// The wake-up the coordinator asked for last.
+    alarm: Alarm,
+    /// A round whose id the store could not reserve (none of its plans is sent), and why.
+    unreserved: Option<(u64, String)>,
+    /// The run in force (kept in the store, so that a restart finishes it).
+    run: Option<crate::run::Run>,
+    /// server.toml's `rounds`.
+    config_rounds: Option<u64>,
     /// Each agent's certificate (DER) from its newest connection, relayed with its secure-aggregation keys.
     certs: HashMap<AgentId, Arc<Vec<u8>>>,
     relay_hook: Option<RelayHook>,
@@ -436,19 +458,22 @@ struct AdminState {
 
 impl Core {
     async fn run(mut self, mut rx: mpsc::Receiver<CoreMsg>, mut shutdown: watch::Receiver<bool>) {
-        if let Some(count) = self.start_rounds.take() {
-            self.feed(Event::StartRounds { count });
+        if let Some(run) = self.run {
+            let latest = self.coordinator.model_version();
+            match run.remaining(latest) {
+                Some(0) => tracing::info!(
+                    rounds = run.total(),
+                    version = latest,
+                    "the run is done: no round starts (`fedgectl round start N` runs more)"
+                ),
+                count => {
+                    tracing::info!(done = run.done(latest), to_go = ?count, "resuming the run");
+                    self.feed(Event::StartRounds { count });
+                }
+            }
         }
         loop {
-            let sleep = async {
-                match self.wake {
-                    Some(at) => {
-                        let now = now_ms();
-                        tokio::time::sleep(std::time::Duration::from_millis(at.saturating_sub(now))).await
-                    }
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = crate::clock::sleep_until(self.alarm.deadline(&self.clock));
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(m) => {
@@ -459,9 +484,10 @@ impl Core {
                     None => break,
                 },
                 _ = sleep => {
-                    self.wake = None;
-                    self.check_disk(false);
-                    self.feed(Event::Tick);
+                    if self.alarm.ring(self.clock.now_ms()) {
+                        self.check_disk(false);
+                        self.feed(Event::Tick);
+                    }
                 }
                 _ = shutdown.changed() => break,
             }
@@ -497,11 +523,14 @@ impl Core {
 
     fn feed(&mut self, event: Event<'_>) {
         let before = (self.coordinator.status().round, self.coordinator.secure_phase());
-        let actions = self.coordinator.handle(now_ms(), event);
+        let actions = self.coordinator.handle(self.clock.now_ms(), event);
         let status = self.coordinator.status();
         let after = (status.round, self.coordinator.secure_phase());
         for a in actions {
             self.act(a);
+        }
+        if let Some((round, error)) = self.unreserved.take() {
+            self.feed(Event::RoundNotReserved { round, error });
         }
         if let (Some(round), Some(phase)) = after
             && after != before
@@ -531,6 +560,12 @@ impl Core {
                     self.feed(Event::AgentDisconnected { agent });
                 }
             }
+            CoreMsg::Silent { agent, conn, silent } => {
+                if self.conns.get(&agent).is_some_and(|c| c.id == conn) {
+                    tracing::info!(%agent, silent, "connection liveness");
+                    self.feed(Event::AgentSilent { agent, silent });
+                }
+            }
             CoreMsg::CheckIn { agent, conn, checkin } => {
                 let Some(c) = self.conns.get_mut(&agent).filter(|c| c.id == conn) else { return };
                 c.graph_sent = checkin.graph == Some(self.current.graph_digest);
@@ -539,7 +574,10 @@ impl Core {
                 self.push_model(&agent);
                 self.feed(Event::CheckIn { agent, model_version: checkin.model_version, examples: checkin.examples });
             }
-            CoreMsg::Update { agent, round, examples, train_loss, delta } => {
+            CoreMsg::Update { agent, round, examples, train_loss, eval, delta } => {
+                if let Some(counts) = eval {
+                    self.feed(Event::Evaluated { agent: agent.clone(), round, counts });
+                }
                 self.feed(Event::Update { agent, round, examples, train_loss, delta: &delta });
             }
             CoreMsg::Abandon { agent, round, reason } => {
@@ -558,7 +596,7 @@ impl Core {
             }
             CoreMsg::Operator(op) => {
                 let e = match op {
-                    Operator::StartRounds(count) => Event::StartRounds { count },
+                    Operator::StartRounds(count) => return self.begin_run(count),
                     Operator::Pause => Event::Pause,
                     Operator::Resume => Event::Resume,
                     Operator::AbortRound => Event::AbortRound,
@@ -601,12 +639,22 @@ impl Core {
         }
     }
 
+    /// An operator's run of `count` more rounds (`None`: until stopped), kept in the store from now on.
+    fn begin_run(&mut self, count: Option<u64>) {
+        let run = crate::run::Run::new(self.coordinator.model_version(), count, self.config_rounds, true);
+        if let Err(e) = self.store.put_run(&run) {
+            tracing::error!(error = %e, "cannot keep the operator's run in the database: a restart will not resume it");
+        }
+        self.run = Some(run);
+        self.feed(Event::StartRounds { count });
+    }
+
     fn on_admin(&mut self, call: crate::admin::AdminCall) {
         use crate::admin::{AdminCall, Snapshot, settings};
         match call {
             AdminCall::Snapshot(tx) => {
                 let s = self.coordinator.status();
-                let now = now_ms();
+                let now = self.clock.now_ms();
                 let status = fedge_shared::admin::StatusInfo {
                     server: concat!("fedge-server/", env!("CARGO_PKG_VERSION")).into(),
                     uptime_ms: self.admin.started.elapsed().as_millis() as u64,
@@ -626,7 +674,8 @@ impl Core {
                     running: s.running,
                     paused: s.paused,
                     storage_low: s.storage_low.clone(),
-                    remaining: s.remaining,
+                    remaining: self.run.map_or(s.remaining, |r| r.remaining(s.model_version)),
+                    run_done: self.run.map(|r| r.done(s.model_version)),
                     deadline_in_ms: self.coordinator.deadline_ms().map(|d| d.saturating_sub(now)),
                     target_accuracy: self.admin.target_accuracy,
                 };
@@ -636,7 +685,7 @@ impl Core {
             }
             AdminCall::StartRounds { count, target_accuracy, reply } => {
                 self.admin.target_accuracy = target_accuracy;
-                self.feed(Event::StartRounds { count });
+                self.begin_run(count);
                 let mut m = match count {
                     Some(n) => format!("running {n} more rounds"),
                     None => "running rounds until stopped".to_string(),
@@ -664,7 +713,7 @@ impl Core {
                 let _ = reply.send(result);
             }
             AdminCall::Revoke { name, reply } => {
-                let result = self.store.revoke_agent(&name, now_ms()).map_err(|e| e.to_string()).map(|_| {
+                let result = self.store.revoke_agent(&name, wall_ms()).map_err(|e| e.to_string()).map(|_| {
                     tracing::warn!(agent = %name, "agent revoked by an operator");
                     match self.conns.get(&name) {
                         Some(c) => {
@@ -726,6 +775,9 @@ impl Core {
     fn act(&mut self, action: Action) {
         match action {
             Action::SendPlan { agent, plan, send_weights: _ } => {
+                if self.unreserved.as_ref().is_some_and(|(round, _)| *round == plan.round) {
+                    return;
+                }
                 self.push_model(&agent);
                 self.send(&agent, Outbound::Msg(ServerMessage::Plan(wire_plan(&plan, &agent))));
             }
@@ -774,6 +826,12 @@ impl Core {
                 self.send(&agent, Outbound::Msg(m));
             }
             Action::RoundStarted { round, model_version, selected } => {
+                // The id is durable before the round's first message leaves: a crash never hands it out again.
+                if let Err(e) = self.store.reserve_round(round) {
+                    tracing::error!(round, error = %e, "cannot reserve the round's id: no plan is sent, the round is aborted");
+                    self.unreserved = Some((round, e.to_string()));
+                    return;
+                }
                 tracing::info!(round, model_version, selected, "round started");
                 let _ = self.events.send(ServerEvent::RoundStarted { round, model_version, selected });
             }
@@ -811,9 +869,8 @@ impl Core {
                 }
                 let _ = self.events.send(ServerEvent::RoundAborted(record));
             }
-            Action::WakeAt(at) => {
-                self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
-            }
+            // A later wake-up replaces an earlier one (the coordinator's contract), never "the earlier of the two".
+            Action::WakeAt(at) => self.alarm.set(at),
             Action::Log { message } => tracing::info!("{message}"),
         }
     }
@@ -837,7 +894,7 @@ impl Core {
             // The store encodes and hashes the weights once; the blob the agents receive is those same bytes
             // (little-endian f32), so its digest is read back from the version's metadata, not computed again.
             let result = store
-                .commit_round(&record, &new_weights, &strategy_state, now_ms())
+                .commit_round(&record, &new_weights, &strategy_state, wall_ms())
                 .and_then(|version| Ok((version, store.model(version)?.weights_digest)))
                 .map(|(version, digest)| {
                     let blob = weights_to_bytes(&new_weights);
@@ -878,7 +935,7 @@ fn wire_plan(plan: &RoundPlan, agent: &str) -> protocol::RoundPlan {
             batch_size: h.batch_size,
             learning_rate: h.learning_rate,
             momentum: h.momentum,
-            weight_decay: 0.0,
+            weight_decay: h.weight_decay,
             optimizer: match h.optimizer {
                 crate::coordinator::OptimizerKind::Sgd => "sgd".into(),
                 crate::coordinator::OptimizerKind::Adam => "adam".into(),

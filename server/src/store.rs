@@ -8,9 +8,10 @@
 //! - `graphs`: SHA-256 digest → ONNX bytes;
 //! - `rounds`: round id → [`RoundRecord`];
 //! - `agents`: name → [`AgentRecord`];
-//! - `meta`: latest version, next round id, strategy state, server configuration.
+//! - `meta`: latest version, next round id (reserved when a round starts), strategy state, server configuration,
+//!   the run in force ([`crate::run::Run`]).
 //!
-//! Records are encoded with `fedge_shared::codec` only. A round's commit writes the model, its weights, the round
+//! Records are encoded with `fedge_shared::codec` only (round records behind a layout tag: [`crate::round_format`]). A round's commit writes the model, its weights, the round
 //! record and the metadata in ONE sled transaction and then flushes, so it is durable before the coordinator hears
 //! `Committed`; a crash at any instant leaves the newest committed model readable.
 //!
@@ -36,6 +37,7 @@ const META_LATEST: &[u8] = b"latest_version";
 const META_NEXT_ROUND: &[u8] = b"next_round";
 const META_STRATEGY: &[u8] = b"strategy_state";
 const META_CONFIG: &[u8] = b"server_config";
+const META_RUN: &[u8] = b"run";
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +160,19 @@ fn decode<T: serde::de::DeserializeOwned>(tree: &'static str, k: impl ToString, 
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     codec::encode(value).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+/// A round record (tagged layout; see [`crate::round_format`]).
+fn encode_round(record: &RoundRecord) -> Result<Vec<u8>, StoreError> {
+    crate::round_format::encode(record).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+fn decode_round(k: impl ToString, bytes: &[u8]) -> Result<RoundRecord, StoreError> {
+    crate::round_format::decode(bytes, RECORD_LIMIT).map_err(|e| StoreError::Corrupt {
+        tree: "rounds",
+        key: k.to_string(),
+        detail: e.to_string(),
+    })
 }
 
 fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
@@ -472,7 +487,7 @@ impl Store {
                 };
                 let mut record = record.clone();
                 record.new_version = Some(version);
-                let (model_bytes, record_bytes) = match (encode(&model), encode(&record)) {
+                let (model_bytes, record_bytes) = match (encode(&model), encode_round(&record)) {
                     (Ok(m), Ok(r)) => (m, r),
                     (Err(e), _) | (_, Err(e)) => return abort(e),
                 };
@@ -507,7 +522,7 @@ impl Store {
     /// Records a round that ended without a model (and moves the next round id past it).
     pub fn record_aborted(&self, record: &RoundRecord) -> Result<(), StoreError> {
         self.writable()?;
-        let bytes = encode(record)?;
+        let bytes = encode_round(record)?;
         (&self.rounds, &self.meta)
             .transaction(|(rounds, meta)| {
                 if rounds.insert(&key(record.round), bytes.as_slice())?.is_some() {
@@ -548,7 +563,7 @@ impl Store {
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
-                decode("rounds", hex::encode(&k), &v)
+                decode_round(hex::encode(&k), &v)
             })
             .collect()
     }
@@ -557,7 +572,7 @@ impl Store {
     pub fn round(&self, id: u64) -> Result<Option<RoundRecord>, StoreError> {
         match self.rounds.get(key(id))? {
             None => Ok(None),
-            Some(v) => decode("rounds", id, &v).map(Some),
+            Some(v) => decode_round(id, &v).map(Some),
         }
     }
 
@@ -571,6 +586,22 @@ impl Store {
         self.writable()?;
         self.meta.insert(META_CONFIG, text.as_bytes())?;
         self.flush()
+    }
+
+    /// Keeps the run in force, so that a restart finishes it.
+    pub fn put_run(&self, run: &crate::run::Run) -> Result<(), StoreError> {
+        self.writable()?;
+        let bytes = encode(run)?;
+        self.meta.insert(META_RUN, bytes).map_err(|e| self.failed_write(e.into()))?;
+        self.flush()
+    }
+
+    /// The run in force when the server last stopped, if any.
+    pub fn run(&self) -> Result<Option<crate::run::Run>, StoreError> {
+        match self.meta.get(META_RUN)? {
+            None => Ok(None),
+            Some(v) => decode("meta", "run", &v).map(Some),
+        }
     }
 
     /// The stored configuration text.

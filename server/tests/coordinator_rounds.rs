@@ -1,6 +1,7 @@
 //! The round coordinator, driven by a small deterministic simulation: a clock we advance, hundreds of agents that
 //! answer, straggle, fail or disconnect, and a store that commits (or fails to) on request.
 
+use fedge_server::clock::Alarm;
 use fedge_server::coordinator::{
     AbortReason, Action, AgentId, Coordinator, CoordinatorConfig, Event, FoldError, Outcome, Phase, RejectReason,
     ResumeState, RoundPlan, RoundRecord, SelectionRule, TrainHyper, select,
@@ -79,7 +80,8 @@ struct Sim {
     now: u64,
     seq: u64,
     queue: BTreeMap<(u64, u64), Scheduled>,
-    wake: Option<u64>,
+    /// The shell's wake-up handling, as the server's core does it.
+    alarm: Alarm,
     behaviour: HashMap<AgentId, Behaviour>,
     /// Every action with the time it was produced.
     actions: Vec<(u64, Action)>,
@@ -96,7 +98,7 @@ impl Sim {
             now: 0,
             seq: 0,
             queue: BTreeMap::new(),
-            wake: None,
+            alarm: Alarm::default(),
             behaviour: HashMap::new(),
             actions: Vec::new(),
             failing_commits: BTreeSet::new(),
@@ -154,7 +156,7 @@ impl Sim {
                     self.schedule(self.now + 5, Scheduled::Committed(record.round));
                 }
             }
-            Action::WakeAt(t) => self.wake = Some(*t),
+            Action::WakeAt(t) => self.alarm.set(*t),
             _ => {}
         }
     }
@@ -189,7 +191,7 @@ impl Sim {
     fn run_until(&mut self, until: u64) {
         loop {
             let next_event = self.queue.keys().next().map(|k| k.0);
-            let next = match (next_event, self.wake) {
+            let next = match (next_event, self.alarm.pending()) {
                 (Some(e), Some(w)) => e.min(w),
                 (Some(e), None) => e,
                 (None, Some(w)) => w,
@@ -199,8 +201,8 @@ impl Sim {
                 break;
             }
             self.now = self.now.max(next);
-            if self.wake == Some(next) && next_event != Some(next) {
-                self.wake = None;
+            if self.alarm.pending() == Some(next) && next_event != Some(next) {
+                assert!(self.alarm.ring(self.now));
                 self.event(Event::Tick);
             } else if let Some((_, what)) = self.queue.pop_first() {
                 self.deliver(what);
@@ -522,6 +524,41 @@ fn a_duplicate_update_is_refused_and_counted_once() {
         })
         .unwrap();
     assert_eq!(record.metrics.total_examples, 15);
+}
+
+#[test]
+fn a_plain_round_records_each_agents_federated_evaluation_and_their_totals_for_the_starting_version() {
+    use fedge_shared::fedeval::EvalCounts;
+    let mut coord = Coordinator::new(config(3, 3, 1.0), fresh()).unwrap();
+    for i in 0..3 {
+        coord.handle(0, Event::AgentConnected { agent: name(i) });
+        coord.handle(0, Event::CheckIn { agent: name(i), model_version: Some(0), examples: 5 });
+    }
+    coord.handle(0, Event::StartRounds { count: None });
+    let d = vec![0.1; DIM];
+    let a = EvalCounts { correct: 7, examples: 10, loss_sum: 4.5 };
+    let b = EvalCounts { correct: 1, examples: 4, loss_sum: 2.0 };
+    let lie = EvalCounts { correct: 9, examples: 4, loss_sum: 1.0 };
+    coord.handle(1, Event::Evaluated { agent: name(0), round: 1, counts: a });
+    coord.handle(1, Event::Update { agent: name(0), round: 1, examples: 5, train_loss: 0.3, delta: &d });
+    // Counts for another round, and implausible ones, are ignored; an agent may send none.
+    coord.handle(1, Event::Evaluated { agent: name(1), round: 2, counts: a });
+    coord.handle(1, Event::Evaluated { agent: name(2), round: 1, counts: lie });
+    coord.handle(1, Event::Update { agent: name(2), round: 1, examples: 5, train_loss: 0.3, delta: &d });
+    coord.handle(1, Event::Evaluated { agent: name(1), round: 1, counts: b });
+    let done = coord.handle(2, Event::Update { agent: name(1), round: 1, examples: 5, train_loss: 0.3, delta: &d });
+    let record = done
+        .iter()
+        .find_map(|a| match a {
+            Action::Commit { record, .. } => Some(record.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let per_agent: Vec<Option<EvalCounts>> = record.reported.iter().map(|r| r.eval).collect();
+    assert_eq!(per_agent, vec![Some(a), None, Some(b)]);
+    let fed = record.metrics.federated_eval.unwrap();
+    assert_eq!((fed.model_version, fed.agents), (0, 2));
+    assert_eq!(fed.counts, EvalCounts { correct: 8, examples: 14, loss_sum: 6.5 });
 }
 
 #[test]
@@ -962,4 +999,95 @@ fn a_reconnecting_member_is_dropped_and_stray_confirmations_change_nothing() {
     assert!(matches!(coord.handle(10, Event::Committed { round: 2, version: 1 }).as_slice(), [Action::Log { .. }]));
     let ok = coord.handle(10, Event::Committed { round: 1, version: 1 });
     assert!(ok.contains(&Action::Announce { version: 1 }));
+}
+
+#[test]
+fn a_round_that_starts_while_an_earlier_wake_up_is_pending_closes_at_its_own_deadline() {
+    // The shell's wake-up handling (`fedge_server::clock::Alarm`, as the core carries out `WakeAt`) is driven
+    // through the sequence that once lost deadlines: an earlier wake-up is pending (the disk re-check) when the
+    // coordinator asks for a later one (the deadline of the round that has just started, with a silent member).
+    let mut sim = Sim::new(Coordinator::new(config(1, 10, 1.0), fresh()).unwrap());
+    sim.add_agents(0, 1, Behaviour::Honest { latency: 100 });
+    sim.add_agents(1, 1, Behaviour::Silent);
+    sim.event(Event::Storage { low: Some("the disk is full".into()) });
+    sim = started(sim, Some(1));
+    sim.run_until(500);
+    let earlier = sim.alarm.pending().expect("the disk re-check is pending");
+    assert!(earlier > 500 && earlier < 500 + TIMEOUT, "{earlier}");
+    sim.event(Event::Storage { low: None });
+    assert_eq!(sim.selected_in(1).len(), 2, "the round starts once the disk has room");
+    assert_eq!(sim.alarm.pending(), Some(500 + TIMEOUT), "the round's deadline replaced the earlier wake-up");
+    sim.run_until(500 + TIMEOUT + 1_000);
+    let commits = sim.commits();
+    assert_eq!(commits.len(), 1, "{:?}", sim.aborts());
+    let (at, record, _, _) = &commits[0];
+    assert_eq!((*at, record.started_ms, record.ended_ms), (500 + TIMEOUT, 500, 500 + TIMEOUT));
+    assert_eq!(record.dropped.len(), 1, "the silent member is dropped at the deadline");
+}
+
+#[test]
+fn after_each_tick_the_coordinator_asks_again_for_the_wake_up_it_still_needs() {
+    // A shell whose alarm rang early (or that fed a Tick of its own) has spent its alarm: the coordinator must ask
+    // again, or the deadline is lost.
+    let mut coord = Coordinator::new(config(1, 10, 1.0), fresh()).unwrap();
+    for agent in [name(0), name(1)] {
+        coord.handle(0, Event::AgentConnected { agent: agent.clone() });
+        coord.handle(0, Event::CheckIn { agent, model_version: Some(0), examples: 10 });
+    }
+    let first = coord.handle(0, Event::StartRounds { count: Some(1) });
+    assert!(first.contains(&Action::WakeAt(TIMEOUT)), "{first:?}");
+    let again = coord.handle(TIMEOUT / 2, Event::Tick);
+    assert_eq!(again, vec![Action::WakeAt(TIMEOUT)]);
+}
+
+#[test]
+fn an_agent_whose_connection_is_silent_is_not_selected_until_it_is_heard_from_again() {
+    let mut coord = Coordinator::new(config(1, 10, 1.0), fresh()).unwrap();
+    for i in 0..3 {
+        coord.handle(0, Event::AgentConnected { agent: name(i) });
+        coord.handle(0, Event::CheckIn { agent: name(i), model_version: Some(0), examples: 10 });
+    }
+    coord.handle(0, Event::AgentSilent { agent: name(2), silent: true });
+    assert_eq!(coord.status().available, 2);
+    let planned = |actions: &[Action]| -> Vec<AgentId> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SendPlan { agent, .. } => Some(agent.clone()),
+                _ => None,
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    let first = coord.handle(0, Event::StartRounds { count: None });
+    assert_eq!(planned(&first), vec![name(0), name(1)], "the silent agent is skipped");
+    for i in 0..2 {
+        coord.handle(10, Event::Update { agent: name(i), round: 1, examples: 10, train_loss: 0.1, delta: &[0.0; DIM] });
+    }
+    coord.handle(15, Event::AgentSilent { agent: name(2), silent: false });
+    let second = coord.handle(20, Event::Committed { round: 1, version: 1 });
+    assert_eq!(planned(&second), vec![name(0), name(1), name(2)], "heard from again, it is selected again");
+}
+
+#[test]
+fn a_round_whose_missing_members_have_all_disconnected_ends_at_once() {
+    let mut coord = Coordinator::new(config(1, 10, 1.0), fresh()).unwrap();
+    for i in 0..3 {
+        coord.handle(0, Event::AgentConnected { agent: name(i) });
+        coord.handle(0, Event::CheckIn { agent: name(i), model_version: Some(0), examples: 10 });
+    }
+    coord.handle(0, Event::StartRounds { count: Some(1) });
+    coord.handle(100, Event::Update { agent: name(0), round: 1, examples: 10, train_loss: 0.1, delta: &[0.0; DIM] });
+    assert!(
+        !coord
+            .handle(200, Event::AgentDisconnected { agent: name(1) })
+            .iter()
+            .any(|a| matches!(a, Action::Commit { .. }))
+    );
+    let actions = coord.handle(300, Event::AgentDisconnected { agent: name(2) });
+    let Some(Action::Commit { record, .. }) = actions.iter().find(|a| matches!(a, Action::Commit { .. })) else {
+        panic!("the round closes when its last missing member disconnects: {actions:?}")
+    };
+    assert_eq!((record.ended_ms, record.reported.len(), record.dropped.len()), (300, 1, 2));
 }

@@ -3,11 +3,13 @@
 //! exactly the agents whose masked input arrived, whatever phase the others dropped out in; a round that loses too
 //! many aborts and commits nothing; bad settings are refused naming the key.
 
+use fedge_server::clock::Alarm;
 use fedge_server::coordinator::{
     AbortReason, Action, AgentId, AggregationMode, ConfigError, Coordinator, CoordinatorConfig, Event, RejectReason,
     ResumeState, RoundRecord, SecAggConfig, SecurePhase, TrainHyper,
 };
 use fedge_server::strategy::StrategyConfig;
+use fedge_shared::fedeval::{EVAL_COUNTS, EvalCounts};
 use fedge_shared::secagg::{ClientSession, EcdsaP256Signer, PeerKeyTable};
 use proptest::prelude::*;
 use rand::SeedableRng;
@@ -50,6 +52,13 @@ fn examples_of(i: usize) -> u64 {
     10 + (i as u64 * 17) % 90
 }
 
+/// Agent `i`'s federated evaluation of the round's starting model (agent 3 holds no held-out examples).
+fn eval_of(i: usize) -> EvalCounts {
+    let examples = if i == 3 { 0 } else { 5 + (i as u64 * 11) % 40 };
+    let correct = examples * (i as u64 % 7) / 7;
+    EvalCounts { correct, examples, loss_sum: examples as f64 * 0.125 * (1 + i % 5) as f64 }
+}
+
 /// When an agent stops answering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Quit {
@@ -76,7 +85,10 @@ struct SimAgent {
 struct Sim {
     coord: Coordinator,
     now: u64,
-    wake: Option<u64>,
+    /// The shell's wake-up handling, as the server's core does it.
+    alarm: Alarm,
+    /// Every wake-up asked for, with the time it was asked at.
+    wake_ups: Vec<(u64, u64)>,
     agents: BTreeMap<AgentId, SimAgent>,
     peers: PeerKeyTable,
     queue: VecDeque<Action>,
@@ -102,7 +114,8 @@ impl Sim {
         let mut sim = Sim {
             coord,
             now: 0,
-            wake: None,
+            alarm: Alarm::default(),
+            wake_ups: vec![],
             agents,
             peers,
             queue: VecDeque::new(),
@@ -175,6 +188,8 @@ impl Sim {
                     let index = a.index;
                     let session = a.session.as_mut().unwrap();
                     session.on_shares(&shares).unwrap();
+                    let coords = eval_of(index).to_coords(session.count_limit());
+                    session.set_counts(coords.to_vec()).unwrap();
                     let masked = session.masked_input(&delta_of(index), examples_of(index), &mut self.rng).unwrap();
                     let (examples, train_loss) = (examples_of(index), 0.5);
                     self.feed(Event::MaskedInput { agent, round, examples, train_loss, masked: &masked });
@@ -201,7 +216,10 @@ impl Sim {
                     self.feed(Event::Committed { round, version });
                 }
                 Action::RoundAborted { reason, record, .. } => self.aborts.push((reason, *record)),
-                Action::WakeAt(t) => self.wake = Some(t),
+                Action::WakeAt(t) => {
+                    self.wake_ups.push((self.now, t));
+                    self.alarm.set(t)
+                }
                 Action::Reject { agent, reason } => self.rejects.push((agent, reason)),
                 _ => {}
             }
@@ -217,8 +235,9 @@ impl Sim {
             if self.commits.len() + self.aborts.len() > ended {
                 return;
             }
-            let Some(t) = self.wake.take() else { panic!("the round is stuck with no deadline") };
+            let Some(t) = self.alarm.pending() else { panic!("the round is stuck with no deadline") };
             self.now = self.now.max(t);
+            assert!(self.alarm.ring(self.now));
             self.feed(Event::Tick);
         }
         panic!("the round did not end");
@@ -297,6 +316,31 @@ fn agents_dropping_out_in_every_phase_are_dropped_and_exactly_the_uploaders_are_
     assert_close(&sim.applied_delta(), &sim.plain_mean(&uploaders(&quits)));
     // The phases waited for their deadlines: advertise, shares, then the round's training deadline, then unmask.
     assert!(sim.now >= TIMEOUT, "{}", sim.now);
+}
+
+#[test]
+fn the_federated_evaluation_is_exactly_the_sum_of_the_uploaders_counts_whatever_dropped_out() {
+    let mut quits = vec![Quit::Never; 16];
+    quits[1] = Quit::Advertise;
+    quits[4] = Quit::Shares;
+    quits[6] = Quit::Masked;
+    quits[9] = Quit::Disconnect;
+    quits[12] = Quit::Unmask;
+    let mut sim = Sim::new(8, &quits);
+    sim.run_round();
+    let (record, _) = sim.commits.last().expect("the round commits");
+    let AggregationMode::Secure(sp) = &record.plan.aggregation else { panic!("a secure round") };
+    assert_eq!(sp.params.counts, EVAL_COUNTS, "the round's vectors carry the evaluation");
+    let fed = record.metrics.federated_eval.expect("the survivors' totals");
+    let mut want = EvalCounts::default();
+    for i in uploaders(&quits) {
+        want.add(&eval_of(i));
+    }
+    assert_eq!((fed.counts.correct, fed.counts.examples), (want.correct, want.examples), "bit-exact through the masks");
+    assert!((fed.counts.loss_sum - want.loss_sum).abs() < 1e-9, "{} vs {}", fed.counts.loss_sum, want.loss_sum);
+    assert_eq!(fed.model_version, record.plan.model_version, "attributed to the version the agents evaluated");
+    assert_eq!(fed.agents, uploaders(&quits).len());
+    assert!(record.reported.iter().all(|r| r.eval.is_none()), "no agent's own counts are recorded");
 }
 
 #[test]
@@ -407,4 +451,26 @@ proptest! {
             prop_assert_eq!(sim.coord.global_weights(), sim.global.as_slice());
         }
     }
+}
+
+#[test]
+fn a_member_that_never_uploads_holds_a_secure_round_to_the_round_deadline_not_to_a_phase_wake_up() {
+    // The shell's wake-up handling (`fedge_server::clock::Alarm`, as the core carries out `WakeAt`) is driven
+    // through the sequence that once lost the deadline: the key phases' wake-up is pending when the coordinator
+    // asks for the later round deadline; a member that never uploads its masked input must hold the round until
+    // that deadline and no longer.
+    let mut quits = vec![Quit::Never; 4];
+    quits[2] = Quit::Masked;
+    let mut sim = Sim::new(3, &quits);
+    sim.run_round();
+    assert!(sim.aborts.is_empty(), "{:?}", sim.aborts);
+    let (record, _) = sim.commits.last().expect("the three that uploaded are aggregated");
+    assert_eq!((record.started_ms, record.ended_ms), (0, TIMEOUT), "closed at the round's deadline");
+    assert_eq!(record.dropped.len(), 1);
+    assert!(record.dropped[0].reason.contains("masked-input deadline"), "{:?}", record.dropped);
+    let asked_at_start: Vec<u64> = sim.wake_ups.iter().filter(|(at, _)| *at == 0).map(|(_, t)| *t).collect();
+    assert!(
+        asked_at_start.windows(2).any(|w| w[0] < w[1]),
+        "a later wake-up replaced a pending earlier one: {asked_at_start:?}"
+    );
 }

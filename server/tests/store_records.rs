@@ -21,7 +21,7 @@ fn record(round: u64, outcome: Outcome) -> RoundRecord {
         },
         strategy: "fedavg".into(),
         selected: vec!["a".into(), "b".into()],
-        reported: vec![Report { agent: "a".into(), examples: 12, train_loss: 0.5, after_ms: 40 }],
+        reported: vec![Report { agent: "a".into(), examples: 12, train_loss: 0.5, after_ms: 40, eval: None }],
         dropped: vec![],
         outcome,
         metrics: RoundMetrics { mean_train_loss: Some(0.5), total_examples: 12, ..RoundMetrics::default() },

@@ -14,7 +14,7 @@ use crate::model::Digest;
 use serde::{Deserialize, Serialize};
 
 /// Admin protocol version carried in the hello. Bump on any incompatible change to these types.
-pub const ADMIN_PROTOCOL_VERSION: u32 = 1;
+pub const ADMIN_PROTOCOL_VERSION: u32 = 2;
 
 /// Size limits of admin frames, in bytes.
 pub mod limits {
@@ -129,8 +129,10 @@ pub struct StatusInfo {
     /// Why no round may start for lack of disk space under the database, if so.
     #[serde(default)]
     pub storage_low: Option<String>,
-    /// Rounds still to run (`None`: unlimited).
+    /// Rounds still to commit in the run in force (`None`: unlimited).
     pub remaining: Option<u64>,
+    /// Rounds committed so far in the run in force (`None`: no run was given).
+    pub run_done: Option<u64>,
     /// Milliseconds until the round in flight's deadline.
     pub deadline_in_ms: Option<u64>,
     pub target_accuracy: Option<f32>,
@@ -180,6 +182,14 @@ pub struct RoundSummary {
     pub new_version: Option<u64>,
     /// Unix milliseconds.
     pub started_ms: u64,
+    /// The version the round started from: the one its federated evaluation measured.
+    pub evaluated_version: u64,
+    /// The federated evaluation of `evaluated_version` (the reporters' held-out examples, summed): accuracy.
+    pub federated_accuracy: Option<f32>,
+    /// Its mean loss.
+    pub federated_loss: Option<f32>,
+    /// Its examples.
+    pub federated_examples: u64,
 }
 
 /// A stored model version.
@@ -228,6 +238,7 @@ mod tests {
             paused: false,
             storage_low: None,
             remaining: None,
+            run_done: Some(2),
             deadline_in_ms: Some(100),
             target_accuracy: Some(0.9),
         }

@@ -7,6 +7,7 @@
 //! - [`data`]: on-device data sets (IDX, CSV), splits and non-IID partitions.
 //! - [`train`]: training with tract: ONNX reverse-mode differentiation, optimizers, local training, evaluation.
 //! - [`secagg`]: secure aggregation (SecAgg+) as sans-IO state machines.
+//! - [`fedeval`]: federated evaluation: the counts each agent reports and their totals.
 //! - [`tls`] and [`wire`]: certificates, rustls configurations, and framed messages over QUIC streams.
 //!
 //! Nothing in this crate opens a socket on its own initiative, reads a clock inside a state machine, or panics on
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod alloc;
 pub mod codec;
 pub mod data;
+pub mod fedeval;
 pub mod model;
 pub mod protocol;
 pub mod secagg;

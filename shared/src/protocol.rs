@@ -17,6 +17,7 @@
 //!
 //! This module only defines types and limits: it does no I/O.
 
+use crate::fedeval::EvalCounts;
 use crate::model::Digest;
 use crate::secagg::{
     AdvertiseKeys, AgentRef, EncryptedShare, SecAggParams, SurvivorSet, SurvivorSignature, UnmaskRequest,
@@ -25,7 +26,7 @@ use crate::secagg::{
 use serde::{Deserialize, Serialize};
 
 /// Protocol version carried in the hello. Bump on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// ALPN id of the agent protocol.
 pub const ALPN_AGENT: &[u8] = b"fedge/1";
 /// ALPN id of the admin protocol (fedgectl).
@@ -205,8 +206,10 @@ pub enum BlobKind {
     /// A global model version's weights, little-endian f32 (server → agent).
     Weights { version: u64 },
     /// A plain (unmasked) update: the agent's weights delta, little-endian f32, with its metadata (agent → server).
-    Update { round: u64, examples: u64, train_loss: f32, holdout_accuracy: Option<f32> },
-    /// A secure-aggregation masked vector `[w, w·Δ]` plus masks: `1 + P` little-endian `u32` (agent → server).
+    /// `eval`: the agent's federated evaluation of the round's starting model on its held-out examples.
+    Update { round: u64, examples: u64, train_loss: f32, holdout_accuracy: Option<f32>, eval: Option<EvalCounts> },
+    /// A secure-aggregation masked vector `[w, counts, w·Δ]` plus masks: `1 + counts + P` little-endian `u32`
+    /// (agent → server); the counts are the federated evaluation's ([`crate::fedeval`]).
     /// The example count and loss are the metrics the round record keeps; the aggregation weight is inside the
     /// masked vector.
     Masked { round: u64, examples: u64, train_loss: f32 },

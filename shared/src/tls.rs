@@ -389,8 +389,14 @@ pub fn server_transport_config(idle_timeout: Duration) -> quinn::TransportConfig
     t.stream_receive_window(quinn::VarInt::from_u32(1024 * 1024));
     t.receive_window(quinn::VarInt::from_u32(1536 * 1024));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(4));
+    // Agents probe a silent server with one-byte datagrams (fedge_agent::liveness); the server reads and discards
+    // them, and a small buffer bounds what an agent could park there.
+    t.datagram_receive_buffer_size(Some(SERVER_DATAGRAM_BUFFER));
     t
 }
+
+/// The server's buffer for datagrams received and not yet discarded, per connection.
+pub const SERVER_DATAGRAM_BUFFER: usize = 4096;
 
 /// The server's QUIC configuration: TLS 1.3, client certificates required and verified against the CA.
 pub fn server_config(

@@ -1,4 +1,4 @@
-//! The data loaders on the real files shipped in /work/shared/data and on broken files made in a temporary folder.
+//! The data loaders on the real files shipped in the repository's data/ and on broken files made in a temporary folder.
 
 use fedge_shared::data::idx::encode_idx;
 use fedge_shared::data::{
@@ -10,9 +10,9 @@ use flate2::write::GzEncoder;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The shared data folder: `$FEDGE_DATA_DIR`, or /work/shared/data.
+/// The data sets shipped in the repository (`data/` at its top).
 fn shared_data() -> PathBuf {
-    std::env::var_os("FEDGE_DATA_DIR").map_or_else(|| PathBuf::from("/work/shared/data"), PathBuf::from)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data")
 }
 
 fn gz(bytes: &[u8]) -> Vec<u8> {

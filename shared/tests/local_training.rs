@@ -8,9 +8,9 @@ use fedge_shared::train::{Loss, TrainableModel};
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// The shared data folder: `$FEDGE_DATA_DIR`, or /work/shared/data.
+/// The data sets shipped in the repository (`data/` at its top).
 fn shared_data() -> PathBuf {
-    std::env::var_os("FEDGE_DATA_DIR").map_or_else(|| PathBuf::from("/work/shared/data"), PathBuf::from)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data")
 }
 
 fn digits() -> (Dataset, Dataset) {

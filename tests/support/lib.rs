@@ -2,6 +2,8 @@
 //!
 //! Test support only: nothing here is part of a fedge deployment.
 
+pub mod promql;
+
 use anyhow::{Context, bail};
 use fedge_agent::client::AgentEvent;
 use fedge_server::service::ServerEvent;
@@ -190,10 +192,107 @@ pub fn cohort_of(agents: usize) -> fedge_server::coordinator::CoordinatorConfig 
             learning_rate: 0.05,
             momentum: 0.5,
             optimizer: OptimizerKind::Sgd,
+            weight_decay: 0.0,
             prox_mu: 0.0,
             seed: 3,
             deadline_ms: 0,
         },
         strategy: fedge_server::strategy::StrategyConfig::FedAvg,
     }
+}
+
+/// Writes agent `i`'s certificate bundle (from `dir/pki`), a tiny synthetic MNIST folder and its `agent.toml` (for a
+/// server on 127.0.0.1:`port`) under `dir/agent-i`; `extra` is added to the top level of the file (e.g. time-outs
+/// and back-off). Returns the config's path.
+pub fn write_agent_config(dir: &std::path::Path, i: usize, port: u16, extra: &str) -> anyhow::Result<PathBuf> {
+    let name = format!("agent-{i}");
+    let bundle = fedge_shared::tls::issue_bundle(&dir.join("pki"), &name, fedge_shared::tls::Role::Agent, 30)?;
+    let home = dir.join(&name);
+    tiny_mnist(&home.join("data"), 64, i)?;
+    let text = format!(
+        r#"
+bundle = "{bundle}"
+state_dir = "{state}"
+seed = {i}
+{extra}
+
+[server]
+address = "127.0.0.1:{port}"
+name = "localhost"
+
+[data]
+mnist_dir = "{data}"
+holdout = 0.0
+
+[inference]
+enabled = false
+"#,
+        bundle = bundle.display(),
+        state = home.join("state").display(),
+        data = home.join("data").display(),
+    );
+    let path = home.join("agent.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Starts `fedge-agent run --config <config>`, its log appended to `log`; with `crash_point`, the process aborts
+/// there (see `edge-agent/src/crash.rs`).
+pub fn start_agent(
+    config: &std::path::Path,
+    log: &std::path::Path,
+    crash_point: Option<&str>,
+) -> anyhow::Result<std::process::Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut cmd = std::process::Command::new(workspace_bin("fedge-agent")?);
+    cmd.arg("run").arg("--config").arg(config).env("RUST_LOG", "info").stdout(std::process::Stdio::null()).stderr(log);
+    match crash_point {
+        Some(point) => cmd.env("FAILPOINTS", format!("{point}=return")),
+        None => cmd.env_remove("FAILPOINTS"),
+    };
+    Ok(cmd.spawn()?)
+}
+
+/// A log file's text without terminal colour codes.
+pub fn plain_log(log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Waits (up to `secs`) until `check` holds for the text of `log`.
+pub async fn wait_log(
+    log: &std::path::Path,
+    secs: u64,
+    what: &str,
+    check: impl Fn(&str) -> bool,
+) -> anyhow::Result<()> {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            if check(&plain_log(log)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out after {secs} s waiting for {what}"))
+}
+
+/// Kills a child process (SIGKILL) and reaps it; one already gone is fine.
+pub fn kill(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -1,6 +1,8 @@
 //! The HTTP face of inference (axum): `POST /v1/predict` (JSON or raw f32 in; JSON, or raw f32 with
 //! `Accept: application/octet-stream`, out; the version in the `x-fedge-model-version` header and the JSON),
-//! `GET /v1/model`, `GET /healthz`, `GET /readyz` and `GET /metrics` (Prometheus text).
+//! `GET /v1/model`, `GET /healthz`, `GET /readyz` and `GET /metrics` (Prometheus text); the device's own labels
+//! (`/v1/examples`, `/v1/feedback`) are in [`super::labels_http`]. Every predicted example gets an id (the JSON's
+//! `"ids"`, or the `x-fedge-prediction-ids` header of a raw answer) that a correction can name.
 //!
 //! Status codes: 400 for a malformed input (with the reason), 413 for a body or batch over the limits, 415 for
 //! another content type, 503 before a model is loaded or when the queue is full. Handlers never run the model
@@ -8,8 +10,10 @@
 
 use super::batcher::{BatchError, Batcher};
 use super::metrics::{Metrics, Outcome};
+use super::recent::RecentPredictions;
 use super::registry::ModelRegistry;
 use super::request::{InputSpec, parse_json, parse_raw, response_json};
+use crate::examples_store::ExampleStore;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -23,6 +27,8 @@ use std::time::Instant;
 
 /// The header naming the version that computed a prediction.
 pub const VERSION_HEADER: &str = "x-fedge-model-version";
+/// The header of a raw answer listing the predictions' ids, comma-separated, in order.
+pub const IDS_HEADER: &str = "x-fedge-prediction-ids";
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -31,6 +37,10 @@ pub struct AppState {
     pub batcher: Batcher,
     pub metrics: Arc<Metrics>,
     pub max_examples: usize,
+    /// The device's labelled examples (`None`: `/v1/examples` and `/v1/feedback` answer 503).
+    pub labels: Option<Arc<ExampleStore>>,
+    /// The inputs of the last predictions served, for corrections.
+    pub recent: Arc<RecentPredictions>,
 }
 
 /// The endpoint's routes; bodies over `max_body_bytes` are refused with 413.
@@ -41,6 +51,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .merge(super::labels_http::routes())
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -89,6 +100,7 @@ async fn answer(s: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReje
     };
     let rows = inputs.rows;
     let output_len = model.output_len();
+    let remembered = (s.recent.capacity() > 0).then(|| inputs.data.clone());
     let p = match s.batcher.predict_admitted(admitted, model, inputs.data).await {
         Ok(p) => p,
         Err(e @ (BatchError::QueueFull(_) | BatchError::Stopped)) => {
@@ -100,11 +112,18 @@ async fn answer(s: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReje
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.to_ascii_lowercase().starts_with("application/octet-stream"));
+    let ids = s.recent.remember(remembered.as_deref().unwrap_or_default(), rows, p.version, output_len);
     let mut response = if raw_out {
         let bytes: Vec<u8> = p.outputs.iter().flat_map(|x| x.to_le_bytes()).collect();
-        ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
+        let mut r = ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response();
+        if let Ok(v) = HeaderValue::from_str(&ids.join(",")) {
+            r.headers_mut().insert(IDS_HEADER, v);
+        }
+        r
     } else {
-        axum::Json(response_json(p.version, &p.outputs, output_len)).into_response()
+        let mut v = response_json(p.version, &p.outputs, output_len);
+        v["ids"] = json!(ids);
+        axum::Json(v).into_response()
     };
     response.headers_mut().insert(VERSION_HEADER, HeaderValue::from(p.version));
     (Outcome::Ok, rows, response)

@@ -6,6 +6,8 @@
 //! - [`batcher`]: concurrent requests batched on a dedicated worker thread.
 //! - [`request`]: JSON and raw f32 bodies, checked against the model's input shape.
 //! - [`http`]: the axum routes; [`metrics`]: Prometheus counters and histograms.
+//! - [`recent`]: the inputs of the last predictions by id; [`labelled`] and [`labels_http`]: labelled examples and
+//!   corrections posted to the endpoint, kept in the agent's [`crate::examples_store::ExampleStore`].
 //!
 //! [`start`] wires them to a stream of published versions (`watch`, fed by the agent's client as weights
 //! arrive). Nothing here talks to the federation server, and the endpoint is unauthenticated, so it listens on
@@ -14,7 +16,10 @@
 pub mod batcher;
 pub mod engine;
 pub mod http;
+pub mod labelled;
+pub mod labels_http;
 pub mod metrics;
+pub mod recent;
 pub mod registry;
 pub mod request;
 
@@ -40,6 +45,10 @@ pub struct InferenceSettings {
     pub policy: BatchPolicy,
     pub max_body_bytes: usize,
     pub max_examples: usize,
+    /// Where labelled examples and corrections posted to the endpoint are kept (`None`: not accepted).
+    pub labels: Option<Arc<crate::examples_store::ExampleStore>>,
+    /// How many recent predictions' inputs are remembered for corrections.
+    pub remember_predictions: usize,
 }
 
 impl InferenceSettings {
@@ -61,6 +70,8 @@ impl InferenceSettings {
             },
             max_body_bytes: c.max_body_bytes,
             max_examples: c.max_examples,
+            labels: None,
+            remember_predictions: DEFAULT_REMEMBER_PREDICTIONS,
         })
     }
 
@@ -71,6 +82,9 @@ impl InferenceSettings {
         s
     }
 }
+
+/// Recent predictions remembered for corrections unless configured otherwise.
+pub const DEFAULT_REMEMBER_PREDICTIONS: usize = 1024;
 
 /// A running endpoint.
 pub struct InferenceService {
@@ -122,6 +136,8 @@ pub async fn start(
         batcher,
         metrics: metrics.clone(),
         max_examples: settings.max_examples,
+        labels: settings.labels.clone(),
+        recent: Arc::new(recent::RecentPredictions::new(settings.remember_predictions, rand::random())),
     };
     let app = http::router(state, settings.max_body_bytes);
     let mut tasks = vec![tokio::spawn(registry::follow(

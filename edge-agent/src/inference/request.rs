@@ -68,7 +68,13 @@ struct Body {
 /// Parses a JSON prediction request.
 pub fn parse_json(body: &[u8], spec: InputSpec<'_>) -> Result<Inputs, InputError> {
     let body: Body = serde_json::from_slice(body).map_err(|e| InputError::Json(e.to_string()))?;
-    let examples: Vec<(String, &Value)> = match (&body.inputs, &body.input) {
+    inputs_from(body.inputs.as_ref(), body.input.as_ref(), spec)
+}
+
+/// The examples of a JSON body's `inputs` (a batch, or one example as a flat list) or `input` (one example), in
+/// the form `/v1/predict` takes; shared by every endpoint that takes inputs.
+pub fn inputs_from(inputs: Option<&Value>, input: Option<&Value>, spec: InputSpec<'_>) -> Result<Inputs, InputError> {
+    let examples: Vec<(String, &Value)> = match (inputs, input) {
         (Some(_), Some(_)) => return Err(InputError::Form("both")),
         (None, None) => return Err(InputError::Form("neither")),
         (None, Some(one)) => vec![("input".into(), one)],

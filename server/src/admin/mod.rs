@@ -228,6 +228,7 @@ async fn answer(request: AdminRequest, shared: &Arc<Shared>) -> anyhow::Result<A
 /// A round record as the operator sees it.
 pub fn summary(r: &crate::coordinator::RoundRecord) -> RoundSummary {
     use crate::coordinator::Outcome;
+    let fed = r.metrics.federated_eval.as_ref();
     RoundSummary {
         round: r.round,
         completed: r.outcome == Outcome::Completed,
@@ -247,6 +248,10 @@ pub fn summary(r: &crate::coordinator::RoundRecord) -> RoundSummary {
         examples: r.metrics.total_examples,
         new_version: r.new_version,
         started_ms: r.started_ms,
+        evaluated_version: r.plan.model_version,
+        federated_accuracy: fed.and_then(|f| f.counts.accuracy()).map(|a| a as f32),
+        federated_loss: fed.and_then(|f| f.counts.mean_loss()).map(|l| l as f32),
+        federated_examples: fed.map_or(0, |f| f.counts.examples),
     }
 }
 

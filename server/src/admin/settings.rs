@@ -34,7 +34,7 @@ pub fn allowed(key: &str) -> Option<&'static str> {
         "hyper.learning_rate" => "a number > 0",
         "hyper.momentum" => "a number in [0, 1)",
         "hyper.optimizer" => "\"sgd\" or \"adam\"",
-        "hyper.prox_mu" => "a number >= 0",
+        "hyper.prox_mu" | "hyper.weight_decay" => "a number >= 0",
         "hyper.seed" | "hyper.deadline_ms" => "an integer >= 0",
         "strategy.kind" => "fedavg, fedprox, fedadam or fedyogi",
         "strategy.mu" => "a number >= 0 (fedprox)",
@@ -226,6 +226,19 @@ mod tests {
         assert!(e.contains("hyper.epochs") && e.contains(">= 1"), "{e}");
         let e = set(&base(), &toml::Table::new(), "max_agents", "1").unwrap_err().to_string();
         assert!(e.contains("max_agents") && e.contains(">= min_agents"), "{e}");
+        let e = set(&base(), &toml::Table::new(), "hyper.weight_decay", "-0.1").unwrap_err().to_string();
+        assert!(e.contains("hyper.weight_decay") && e.contains(">= 0"), "{e}");
+    }
+
+    #[test]
+    fn weight_decay_is_a_setting_like_the_other_hyper_parameters() {
+        assert_eq!(base().hyper.weight_decay, 0.0, "off unless configured");
+        let (c, o) = set(&base(), &toml::Table::new(), "hyper.weight_decay", "5e-4").unwrap();
+        assert_eq!(c.hyper.weight_decay, 5e-4);
+        let shown = entries(&c, &o);
+        let wd = shown.iter().find(|e| e.key == "hyper.weight_decay").unwrap();
+        assert!(wd.overridden);
+        assert_eq!(apply_all(&base(), &o).unwrap().hyper.weight_decay, 5e-4);
     }
 
     #[test]
@@ -253,7 +266,7 @@ mod tests {
         #[test]
         fn whatever_set_accepts_validates_and_survives_a_restart(
             key in prop::sample::select(vec!["min_agents", "max_agents", "fraction", "overselect", "hyper.epochs",
-                "hyper.batch_size", "hyper.learning_rate", "hyper.momentum", "round_timeout_ms"]),
+                "hyper.batch_size", "hyper.learning_rate", "hyper.momentum", "hyper.weight_decay", "round_timeout_ms"]),
             value in -3.0f64..20.0,
             integer in any::<bool>(),
         ) {

@@ -76,11 +76,18 @@ enum Command {
     Config(ConfigCmd),
     /// Per round: participants, drop-outs, mean train loss, test accuracy, duration, bytes.
     History {
-        #[arg(long)]
+        /// Same as --format json.
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        /// How to print the history: a table, JSON, or CSV for spreadsheets.
+        #[arg(long, value_enum, default_value_t = HistoryFormat::Table)]
+        format: HistoryFormat,
         /// Also draw test accuracy and train loss against round into FILE.png or FILE.svg.
         #[arg(long, value_name = "FILE")]
         plot: Option<PathBuf>,
+        /// Also write the per-round metrics as a TensorBoard event file into DIR (`tensorboard --logdir DIR`).
+        #[arg(long, value_name = "DIR")]
+        tensorboard: Option<PathBuf>,
     },
     /// The stored model versions.
     #[command(subcommand)]
@@ -94,6 +101,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `history --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum HistoryFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,13 +285,26 @@ async fn run_online(client: &AdminClient, command: Command) -> anyhow::Result<()
             println!("{}", client.config_set(&key, &value).await?);
             Ok(())
         }
-        Command::History { json, plot } => {
+        Command::History { json, format, plot, tensorboard } => {
             let h = client.history().await?;
             if let Some(path) = &plot {
                 ctl::plot::plot_history(&h, path)?;
                 eprintln!("plot written to {}", path.display());
             }
-            show(h.as_slice(), json, ctl::render::history)
+            if let Some(dir) = &tensorboard {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+                let file = ctl::tensorboard::write_history(&h, dir, now, &ctl::tensorboard::host_name())?;
+                eprintln!("TensorBoard events written to {}", file.display());
+            }
+            match (json, format) {
+                (true, _) | (false, HistoryFormat::Json) => print_json(h.as_slice()),
+                (false, HistoryFormat::Table) => show(h.as_slice(), false, ctl::render::history),
+                (false, HistoryFormat::Csv) => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&ctl::csv_history::history_csv(&h)?)?;
+                    Ok(())
+                }
+            }
         }
         Command::Model(ModelCmd::List { json }) => {
             let m = client.models().await?;

@@ -6,6 +6,7 @@
 use super::aggregation::FoldError;
 use super::plan::RoundPlan;
 use super::record::{AbortReason, AgentId, RoundRecord};
+use fedge_shared::fedeval::EvalCounts;
 use fedge_shared::secagg::{
     AdvertiseKeys, EncryptedShare, SurvivorSet, SurvivorSignature, UnmaskRequest, UnmaskResponse,
 };
@@ -20,6 +21,12 @@ pub enum Event<'a> {
     CheckIn { agent: AgentId, model_version: Option<u64>, examples: u64 },
     /// The agent's connection is gone.
     AgentDisconnected { agent: AgentId },
+    /// The agent's connection has shown no sign of life for a while (`silent`), or shows some again. A silent
+    /// agent is not selected for a new round (it stays in the round it is in until it reports, drops or closes).
+    AgentSilent { agent: AgentId, silent: bool },
+    /// The federated evaluation an agent sent with its plain update (fed just before that [`Event::Update`]): its
+    /// counts on the round's starting model. Kept only if the update is folded in.
+    Evaluated { agent: AgentId, round: u64, counts: EvalCounts },
     /// The agent's plain update: the full delta (`local − global`) has been read.
     Update { agent: AgentId, round: u64, examples: u64, train_loss: f32, delta: &'a [f32] },
     /// Secure round, phase 1: the agent's signed keys (the round is inside the message).
@@ -39,6 +46,9 @@ pub enum Event<'a> {
     Committed { round: u64, version: u64 },
     /// The store could not commit the round.
     CommitFailed { round: u64, error: String },
+    /// The store could not reserve the id of the round that has just started (`RoundStarted`); the shell sent
+    /// none of its plans. The round is aborted.
+    RoundNotReserved { round: u64, error: String },
     /// Operator: run `count` more completed rounds (`None`: until stopped).
     StartRounds { count: Option<u64> },
     /// Operator: start no new round (the one in flight finishes).
@@ -89,7 +99,8 @@ pub enum Action {
     Reject { agent: AgentId, reason: RejectReason },
     /// Tell `agent` to stop working on `round` (it ended without its update).
     CancelTraining { agent: AgentId, round: u64 },
-    /// A round started (the shell may persist `round + 1` as the next round id so the id is never reused).
+    /// A round started: the shell reserves its id in the store before carrying out any of the round's later
+    /// actions, so the id is never handed out again, even after a crash (on failure: `RoundNotReserved`).
     RoundStarted { round: u64, model_version: u64, selected: usize },
     /// Evaluate `new_weights` if there is a test set (filling `record.metrics`), then commit the record, the
     /// weights and the strategy state in one transaction, and answer `Committed` or `CommitFailed`.

@@ -10,16 +10,24 @@
 //! [`Phase`] and [`Aggregation`] types. Local training overlaps the two key phases; the masked-input phase ends at
 //! the round's deadline.
 //!
+//! The shell reports `AgentSilent` when an agent's connection has received nothing for longer than two keep-alive
+//! intervals (and again when it does): selection skips such an agent. A round ends as soon as no member still owes
+//! anything, so a round whose missing members' connections have all closed (`AgentDisconnected`) ends then.
+//!
 //! The shell's contract, action by action (carry them out in the order given):
 //! - `SendPlan`: send the weights of `plan.model_version` first if `send_weights`, then the plan.
 //! - `Reject` / `CancelTraining`: tell the agent; nothing else changes.
-//! - `RoundStarted`: `Store::reserve_round(round)` so the id survives a crash.
+//! - `RoundStarted`: `Store::reserve_round(round)` before any later action leaves, so the id is never reused, even
+//!   after a crash. If that fails, carry out none of the round's `SendPlan`s and feed back
+//!   `Event::RoundNotReserved` (the round is aborted; a failed write also stops new rounds via `Storage`).
 //! - `Commit`: evaluate the new weights if there is a test set (fill `record.metrics.test_*`), then
 //!   `Store::commit_round(&record, &new_weights, &strategy_state, unix_ms)` and feed back `Event::Committed`
 //!   with the returned version, or `Event::CommitFailed` with the error.
 //! - `Announce`: tell every connected agent that `version` exists.
 //! - `RoundAborted`: `Store::record_aborted(&record)` (a failure there is only logged).
-//! - `WakeAt(t)`: deliver `Event::Tick` at `t`; a later `WakeAt` replaces an earlier one, spurious ticks are fine.
+//! - `WakeAt(t)`: deliver `Event::Tick` at `t` (coordinator time, on a monotonic clock: see `crate::clock`); a
+//!   later `WakeAt` replaces an earlier one, whether its time is earlier or later; an alarm is spent once it rings
+//!   (after each `Tick` the coordinator asks again for the wake-up it still needs); spurious ticks are fine.
 //! - `Log`: log it (and show it to the operator who sent a command).
 //! - `SecAggKeys` / `SecAggShares` / `SecAggSurvivors` / `SecAggUnmask`: relay to the agents named (the keys with
 //!   each owner's certificate); feed their answers back as `SecAggAdvertise`, `SecAggShares`, `MaskedInput`,
@@ -48,6 +56,7 @@ pub use secure::SecurePhase;
 pub use selection::{SelectionRule, round_rng, select};
 
 use crate::strategy::Strategy;
+use fedge_shared::fedeval::{EvalCounts, FederatedEval};
 use rand::RngCore;
 use std::collections::BTreeMap;
 
@@ -97,6 +106,8 @@ struct Holding {
 struct AgentInfo {
     holding: Option<Holding>,
     in_round: bool,
+    /// Its connection has shown no sign of life lately (`Event::AgentSilent`).
+    silent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +129,11 @@ struct Round {
     dropped: Vec<Dropped>,
     loss_sum: f64,
     update_bytes: u64,
+    /// Plain rounds: evaluations sent with updates not yet folded in, by agent.
+    pending_eval: BTreeMap<AgentId, EvalCounts>,
+    /// The federated evaluation's totals (plain: of the folded reports; secure: the unmasked sum) and how many
+    /// agents are in them.
+    eval: Option<(EvalCounts, usize)>,
 }
 
 impl Round {
@@ -311,6 +327,11 @@ impl Coordinator {
                 Some(info) => info.holding = Some(Holding { model_version, examples }),
                 None => out.push(Action::Reject { agent, reason: RejectReason::NotConnected }),
             },
+            Event::AgentSilent { agent, silent } => {
+                if let Some(info) = self.agents.get_mut(&agent) {
+                    info.silent = silent;
+                }
+            }
             Event::AgentDisconnected { agent } => {
                 if self.agents.remove(&agent).is_some() {
                     self.drop_member(now_ms, &agent, "disconnected", &mut out);
@@ -329,6 +350,7 @@ impl Coordinator {
                 self.on_secagg_survivor_signature(now_ms, agent, signature, &mut out)
             }
             Event::SecAggUnmask { agent, response } => self.on_secagg_unmask(now_ms, agent, response, &mut out),
+            Event::Evaluated { agent, round, counts } => self.on_evaluated(agent, round, counts),
             Event::Update { agent, round, examples, train_loss, delta } => {
                 self.on_update(now_ms, agent, round, examples, train_loss, delta, &mut out)
             }
@@ -339,6 +361,11 @@ impl Coordinator {
             }
             Event::Committed { round, version } => self.on_committed(now_ms, round, version, &mut out),
             Event::CommitFailed { round, error } => self.on_commit_failed(now_ms, round, error, &mut out),
+            Event::RoundNotReserved { round, error } => {
+                if self.collecting_round() == Some(round) {
+                    self.abort_round(now_ms, AbortReason::NotReserved(error), &mut out);
+                }
+            }
             Event::StartRounds { count } => {
                 self.running = true;
                 self.paused = false;
@@ -376,7 +403,8 @@ impl Coordinator {
                 }
                 self.storage_low = low;
             }
-            Event::Tick => {}
+            // The shell's alarm is spent once it rings: ask again for whatever wake-up is still wanted.
+            Event::Tick => self.wake = None,
         }
         self.maybe_start_round(now_ms, &mut out);
         self.request_wake(now_ms, &mut out);
@@ -391,7 +419,7 @@ impl Coordinator {
     }
 
     fn is_available(info: &AgentInfo) -> bool {
-        !info.in_round && info.holding.is_some_and(|h| h.examples > 0)
+        !info.in_round && !info.silent && info.holding.is_some_and(|h| h.examples > 0)
     }
 
     fn available_count(&self) -> usize {
@@ -475,17 +503,38 @@ impl Coordinator {
         round.members.insert(agent.clone(), MemberStatus::Reported);
         round.loss_sum += examples as f64 * f64::from(train_loss);
         round.update_bytes += (delta.len() * 4) as u64;
+        let eval = round.pending_eval.remove(&agent);
+        if let Some(e) = &eval {
+            let (total, agents) = round.eval.get_or_insert((EvalCounts::default(), 0));
+            total.add(e);
+            *agents += 1;
+        }
         round.reports.push(Report {
             agent: agent.clone(),
             examples,
             train_loss,
             after_ms: now_ms.saturating_sub(round.started_ms),
+            eval,
         });
         let version = round.plan.model_version;
         if let Some(Holding { model_version, .. }) = self.agents.get_mut(&agent).and_then(|i| i.holding.as_mut()) {
             *model_version = Some(version);
         }
         self.close_if_settled(now_ms, out);
+    }
+
+    /// Keeps a plain round member's federated evaluation until its update is folded in; implausible counts (more
+    /// correct than examples, a non-finite or negative loss) are ignored.
+    fn on_evaluated(&mut self, agent: AgentId, round_id: u64, counts: EvalCounts) {
+        let Stage::Collecting(round) = &mut self.stage else { return };
+        if round.plan.round != round_id || round.members.get(&agent) != Some(&MemberStatus::Training) {
+            return;
+        }
+        if !counts.is_plausible() {
+            tracing::warn!(%agent, ?counts, "ignoring implausible federated-evaluation counts");
+            return;
+        }
+        round.pending_eval.insert(agent, counts);
     }
 
     /// Marks `agent` dropped from the round in flight if it still owed an update.
@@ -542,7 +591,10 @@ impl Coordinator {
         let mean = match &mut round.aggregation {
             Aggregation::Plain(sum) => sum.mean(),
             Aggregation::Secure(sec) => match sec.finish() {
-                Ok(mean) => Some(mean),
+                Ok((mean, eval)) => {
+                    round.eval = eval;
+                    Some(mean)
+                }
                 Err(e) => {
                     let reason = AbortReason::SecureAggregation(format!("unmasking: {e}"));
                     return self.finish_aborted(now_ms, *round, reason, out);
@@ -629,6 +681,11 @@ impl Coordinator {
                     Aggregation::Secure(s) => Some(s.metrics.clone()),
                     Aggregation::Plain(_) => None,
                 },
+                federated_eval: round.eval.filter(|(c, _)| c.examples > 0).map(|(counts, agents)| FederatedEval {
+                    model_version: round.plan.model_version,
+                    agents,
+                    counts,
+                }),
             },
             started_ms: round.started_ms,
             ended_ms: now_ms,
@@ -747,6 +804,8 @@ impl Coordinator {
             dropped: Vec::new(),
             loss_sum: 0.0,
             update_bytes: 0,
+            pending_eval: BTreeMap::new(),
+            eval: None,
         }));
     }
 

@@ -32,6 +32,9 @@ pub struct TrainHyper {
     pub momentum: f32,
     /// Which optimizer to run on the device.
     pub optimizer: OptimizerKind,
+    /// L2 weight decay `wd` (PyTorch's rule: `wd * w` is added to the gradient), for SGD and Adam. 0 disables it.
+    #[serde(default)]
+    pub weight_decay: f32,
     /// FedProx proximal coefficient μ: the agent adds μ/2 ‖w − w_global‖² to its loss. 0 disables it.
     #[serde(default)]
     pub prox_mu: f32,
@@ -51,6 +54,7 @@ impl Default for TrainHyper {
             learning_rate: 0.05,
             momentum: 0.0,
             optimizer: OptimizerKind::Sgd,
+            weight_decay: 0.0,
             prox_mu: 0.0,
             seed: 0,
             deadline_ms: 0,
@@ -72,6 +76,9 @@ impl TrainHyper {
         }
         if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
             return Err(format!("momentum must be in [0, 1), not {}", self.momentum));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(format!("weight_decay must be a non-negative number, not {}", self.weight_decay));
         }
         if !(self.prox_mu.is_finite() && self.prox_mu >= 0.0) {
             return Err(format!("prox_mu must be a non-negative number, not {}", self.prox_mu));

@@ -1,9 +1,11 @@
 //! The record of one round, as the coordinator hands it to the store: plan, cohort, outcome, metrics.
 //!
 //! Plain data (serde), stored through `fedge_shared::codec` by the store. It must never hold weights or anything
-//! from an agent beyond its example count and reported training loss.
+//! from an agent beyond its example count, reported training loss and federated-evaluation counts (per agent in
+//! plain rounds; only the cohort's totals in secure rounds).
 
 use super::plan::RoundPlan;
+use fedge_shared::fedeval::{EvalCounts, FederatedEval};
 use serde::{Deserialize, Serialize};
 
 /// An agent's name: the common name of its certificate.
@@ -23,6 +25,8 @@ pub enum AbortReason {
     /// Secure aggregation could not produce the sum (too few agents survived a phase, or a reconstruction
     /// failed); nothing partial was revealed.
     SecureAggregation(String),
+    /// The store could not reserve the round's id before its first plan left (so no plan was sent).
+    NotReserved(String),
 }
 
 impl std::fmt::Display for AbortReason {
@@ -35,6 +39,7 @@ impl std::fmt::Display for AbortReason {
             AbortReason::Strategy(e) => write!(f, "the strategy failed: {e}"),
             AbortReason::CommitFailed(e) => write!(f, "the commit failed: {e}"),
             AbortReason::SecureAggregation(e) => write!(f, "secure aggregation failed: {e}"),
+            AbortReason::NotReserved(e) => write!(f, "the round's id could not be reserved in the database: {e}"),
         }
     }
 }
@@ -54,6 +59,9 @@ pub struct Report {
     pub train_loss: f32,
     /// Milliseconds from the round's start to the update's arrival.
     pub after_ms: u64,
+    /// The agent's federated evaluation of the round's starting model (plain rounds only: in a secure round only
+    /// the cohort's totals exist, in [`RoundMetrics::federated_eval`]).
+    pub eval: Option<EvalCounts>,
 }
 
 /// An agent that was selected but did not contribute, and why.
@@ -80,6 +88,9 @@ pub struct RoundMetrics {
     pub duration_ms: u64,
     /// The secure-aggregation phases of the round (`None` for a plain round).
     pub secagg: Option<SecAggMetrics>,
+    /// The federation's evaluation of the round's starting model (`plan.model_version`): the sum of the
+    /// reporters' counts on their held-out examples (`None` when none had any).
+    pub federated_eval: Option<FederatedEval>,
 }
 
 /// What a secure round's phases took (coordinator time, milliseconds) and who survived them.

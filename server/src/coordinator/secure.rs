@@ -14,6 +14,7 @@ use super::event::{Action, RejectReason};
 use super::plan::SecurePlan;
 use super::record::{AbortReason, AgentId, Dropped, Report, SecAggMetrics};
 use super::{Coordinator, MemberStatus, Stage};
+use fedge_shared::fedeval::{EVAL_COUNTS, EvalCounts};
 use fedge_shared::secagg::{AdvertiseKeys, AgentRef, EncryptedShare, ServerSession, SurvivorSignature, UnmaskResponse};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -47,6 +48,9 @@ impl SecurePhase {
         }
     }
 }
+
+/// The federated evaluation's totals and how many agents are in them.
+pub(super) type EvalTotals = (EvalCounts, usize);
 
 /// The secure-aggregation state of a round in flight.
 pub struct SecureRound {
@@ -83,8 +87,9 @@ impl SecureRound {
         self.phase
     }
 
-    /// Ends the round: unmasks the sum and returns the weighted mean delta `Σ w·Δ / Σ w`.
-    pub(super) fn finish(&mut self) -> Result<Vec<f32>, String> {
+    /// Ends the round: unmasks the sum and returns the weighted mean delta `Σ w·Δ / Σ w`, and the federated
+    /// evaluation's totals over the survivors (the only evaluation the server ever sees in a secure round).
+    pub(super) fn finish(&mut self) -> Result<(Vec<f32>, Option<EvalTotals>), String> {
         let session = self.session.take().ok_or("the secure session is gone")?;
         let sum = session.finish().map_err(|e| e.to_string())?;
         self.metrics.survivors = sum.survivors.len();
@@ -92,7 +97,17 @@ impl SecureRound {
             return Err(format!("the survivors' total weight is {}", sum.weight_sum));
         }
         let inv = 1.0 / sum.weight_sum;
-        Ok(sum.weighted_delta_sum.iter().map(|&v| (f64::from(v) * inv) as f32).collect())
+        let mean = sum.weighted_delta_sum.iter().map(|&v| (f64::from(v) * inv) as f32).collect();
+        // Each agent's counts are bounded but cannot be checked under the masks: a lying agent can spoil the totals
+        // (never the model). Implausible totals are dropped, not recorded.
+        let eval = EvalCounts::from_coords(&sum.counts).filter(|c| {
+            let ok = c.is_plausible();
+            if !ok {
+                tracing::warn!(?c, "the federated evaluation's totals are implausible; not recorded");
+            }
+            ok
+        });
+        Ok((mean, eval.map(|c| (c, sum.survivors.len()))))
     }
 }
 
@@ -114,6 +129,8 @@ impl Coordinator {
             return Err(format!("a secure cohort of {n} agents exceeds {MAX_SECURE_COHORT}"));
         }
         let mut params = self.secagg.params_for(n);
+        // The federated evaluation's counts ride in every masked vector, after the weight.
+        params.counts = EVAL_COUNTS;
         if self.secagg.weight_cap.is_none() {
             // Weigh agents as plain FedAvg does: by examples, capped by max_examples. The cap is the largest count
             // declared in the cohort, so no weight saturates (the server knows these counts from the check-ins).
@@ -315,6 +332,7 @@ impl Coordinator {
                             examples,
                             train_loss,
                             after_ms: now_ms.saturating_sub(round.started_ms),
+                            eval: None,
                         });
                         round.plan.model_version
                     }),

@@ -2,7 +2,9 @@
 //! metric (accuracy on the left axis, loss on the right).
 //!
 //! Drawing needs a TrueType font for the labels: `FEDGE_PLOT_FONT`, or a DejaVu/Liberation/Arial font in the usual
-//! system places. This module writes only the file it is given and never touches the network.
+//! system places. The plot is drawn in memory and written whole (`ctl::atomic`): when drawing fails (no completed
+//! round to plot, no font) no file is created and an existing one is left as it was. This module writes only the
+//! file it is given and never touches the network.
 
 use anyhow::bail;
 use fedge_shared::admin::RoundSummary;
@@ -59,25 +61,44 @@ pub fn series(rounds: &[RoundSummary], metric: impl Fn(&RoundSummary) -> Option<
         .collect()
 }
 
-/// Writes the plot; the format follows the extension (`.png` or `.svg`).
+/// Writes the plot; the format follows the extension (`.png` or `.svg`). Nothing is written on error.
 pub fn plot_history(rounds: &[RoundSummary], path: &Path) -> anyhow::Result<()> {
+    let bytes = render_file(rounds, path)?;
+    super::atomic::write_file(path, &bytes)
+}
+
+/// The bytes of the plot file `path` names (PNG or SVG, by extension), drawn in memory.
+pub fn render_file(rounds: &[RoundSummary], path: &Path) -> anyhow::Result<Vec<u8>> {
     let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-    register_font()?;
     let size = (1000, 600);
     match ext.as_deref() {
-        Some("png") => {
-            let root = BitMapBackend::new(path, size).into_drawing_area();
-            draw(rounds, &root)?;
-            root.present().map_err(|e| anyhow::anyhow!("writing {}: {e:?}", path.display()))?;
-        }
+        Some("png") => encode_png(&render_rgb(rounds, size)?, size),
         Some("svg") => {
-            let root = SVGBackend::new(path, size).into_drawing_area();
-            draw(rounds, &root)?;
-            root.present().map_err(|e| anyhow::anyhow!("writing {}: {e:?}", path.display()))?;
+            register_font()?;
+            let mut text = String::new();
+            {
+                let root = SVGBackend::with_string(&mut text, size).into_drawing_area();
+                draw(rounds, &root)?;
+                root.present().map_err(|e| anyhow::anyhow!("drawing: {e:?}"))?;
+            }
+            Ok(text.into_bytes())
         }
         _ => bail!("{}: the plot must be a .png or .svg file", path.display()),
     }
-    Ok(())
+}
+
+/// An 8-bit RGB buffer of `size` as a PNG file.
+fn encode_png(rgb: &[u8], size: (u32, u32)) -> anyhow::Result<Vec<u8>> {
+    let mut out = vec![];
+    {
+        let mut encoder = png::Encoder::new(&mut out, size.0, size.1);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().map_err(|e| anyhow::anyhow!("encoding the PNG: {e}"))?;
+        writer.write_image_data(rgb).map_err(|e| anyhow::anyhow!("encoding the PNG: {e}"))?;
+        writer.finish().map_err(|e| anyhow::anyhow!("encoding the PNG: {e}"))?;
+    }
+    Ok(out)
 }
 
 /// Draws the plot into an RGB buffer of `size` (what the PNG holds, before encoding).
@@ -167,6 +188,10 @@ mod tests {
             examples: 10,
             new_version: Some(round),
             started_ms: 0,
+            evaluated_version: round.saturating_sub(1),
+            federated_accuracy: None,
+            federated_loss: None,
+            federated_examples: 0,
         }
     }
 
@@ -207,7 +232,40 @@ mod tests {
         r.push(RoundSummary { test_accuracy: None, ..round(3, 0.0, 0.2) });
         assert_eq!(series(&r, |x| x.test_accuracy), vec![(1, 0.5)]);
         assert_eq!(series(&r, |x| x.mean_train_loss), vec![(1, 1.0), (3, 0.2)]);
-        assert!(plot_history(&[], Path::new("x.png")).is_err());
-        assert!(plot_history(&r, Path::new("x.jpg")).is_err());
+    }
+
+    #[test]
+    fn a_plot_that_cannot_be_drawn_writes_no_file_and_leaves_an_existing_one_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("out.png");
+        let e = plot_history(&[], &png).unwrap_err().to_string();
+        assert!(e.contains("no completed round"), "{e}");
+        let svg = dir.path().join("out.svg");
+        assert!(plot_history(&[], &svg).is_err());
+        let jpg = dir.path().join("out.jpg");
+        assert!(plot_history(&[round(1, 0.5, 1.0)], &jpg).unwrap_err().to_string().contains(".png or .svg"));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written on error");
+        std::fs::write(&png, b"an earlier plot").unwrap();
+        let aborted = RoundSummary { completed: false, ..round(1, 0.5, 1.0) };
+        assert!(plot_history(&[aborted], &png).is_err());
+        assert_eq!(std::fs::read(&png).unwrap(), b"an earlier plot");
+    }
+
+    #[test]
+    fn the_png_file_decodes_to_the_drawn_pixels_and_the_svg_file_has_both_lines() {
+        let rounds: Vec<RoundSummary> = (1..=4).map(|r| round(r, 0.5 + 0.1 * r as f32, 1.0 / r as f32)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let png_path = dir.path().join("h.png");
+        plot_history(&rounds, &png_path).unwrap();
+        let decoder = png::Decoder::new(std::fs::File::open(&png_path).unwrap());
+        let mut reader = decoder.read_info().unwrap();
+        let mut pixels = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut pixels).unwrap();
+        assert_eq!((info.width, info.height, info.color_type), (1000, 600, png::ColorType::Rgb));
+        assert_eq!(&pixels[..info.buffer_size()], render_rgb(&rounds, (1000, 600)).unwrap().as_slice());
+        let svg_path = dir.path().join("h.svg");
+        plot_history(&rounds, &svg_path).unwrap();
+        let svg = std::fs::read_to_string(&svg_path).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("#1F77B4") && svg.contains("#FF7F0E"), "{}", &svg[..200]);
     }
 }

@@ -64,8 +64,9 @@ pub fn status(s: &StatusInfo) -> String {
         (true, false) => "running",
         (false, false) => "stopped",
     };
-    let remaining = s.remaining.map_or("no limit".into(), |r| format!("{r} rounds to go"));
-    let _ = writeln!(o, "rounds        {state}, {remaining}, next round {}", s.next_round);
+    let remaining = s.remaining.map_or("no limit".into(), |r| format!("{r} to go"));
+    let done = s.run_done.map_or(String::new(), |d| format!("{d} done, "));
+    let _ = writeln!(o, "rounds        {state}, {done}{remaining}, next round {}", s.next_round);
     if let Some(why) = &s.storage_low {
         let _ = writeln!(o, "disk          LOW, no round will start: {why}");
     }
@@ -119,21 +120,28 @@ pub fn config(entries: &[ConfigEntry]) -> String {
     o
 }
 
+/// The history table. Beside the server's test accuracy of the version a round produced (TEST ACC) stands the
+/// federated accuracy of that same version (FED ACC): measured by the agents on their held-out examples at the
+/// start of the next round, which started from it.
 pub fn history(rounds: &[RoundSummary]) -> String {
+    let federated: std::collections::BTreeMap<u64, f32> =
+        rounds.iter().filter_map(|r| r.federated_accuracy.map(|a| (r.evaluated_version, a))).collect();
     let mut o = format!(
-        "{:>6} {:<9} {:>8} {:>8} {:>10} {:>10} {:>9} {:>10} {:>8}\n",
-        "ROUND", "OUTCOME", "AGENTS", "DROPPED", "TRAINLOSS", "TEST ACC", "DURATION", "BYTES", "VERSION"
+        "{:>6} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10} {:>9} {:>10} {:>8}\n",
+        "ROUND", "OUTCOME", "AGENTS", "DROPPED", "TRAINLOSS", "TEST ACC", "FED ACC", "DURATION", "BYTES", "VERSION"
     );
     for r in rounds {
+        let fed = r.new_version.and_then(|v| federated.get(&v).copied());
         let _ = writeln!(
             o,
-            "{:>6} {:<9} {:>8} {:>8} {:>10} {:>10} {:>9} {:>10} {:>8}",
+            "{:>6} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10} {:>9} {:>10} {:>8}",
             r.round,
             if r.completed { "completed" } else { "aborted" },
             r.participants,
             r.dropouts,
             metric(r.mean_train_loss),
             metric(r.test_accuracy),
+            metric(fed),
             duration(r.duration_ms),
             bytes(r.bytes),
             opt(r.new_version)
@@ -141,6 +149,9 @@ pub fn history(rounds: &[RoundSummary]) -> String {
         if let Some(why) = &r.abort_reason {
             let _ = writeln!(o, "{:>6} {why}", "");
         }
+    }
+    for (v, a) in federated.iter().filter(|(v, _)| !rounds.iter().any(|r| r.new_version == Some(**v))) {
+        let _ = writeln!(o, "federated accuracy of version {v} (no round above made it): {}", metric(Some(*a)));
     }
     o
 }

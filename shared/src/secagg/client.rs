@@ -76,6 +76,8 @@ pub struct ClientSession {
     /// The one survivor set we signed this round.
     signed: Option<Vec<u32>>,
     phase: Phase,
+    /// The exact counts placed after the weight in our masked vector (see [`ClientSession::set_counts`]).
+    counts: Vec<u32>,
 }
 
 fn agree(sk: &StaticSecret, pk: &PublicKey, peer: u32) -> Result<[u8; 32], SecAggError> {
@@ -143,8 +145,35 @@ impl ClientSession {
             held: BTreeMap::new(),
             signed: None,
             phase: Phase::AwaitKeys,
+            counts: Vec::new(),
         };
         Ok((session, own))
+    }
+
+    /// The round's parameters.
+    pub fn params(&self) -> &SecAggParams {
+        &self.params
+    }
+
+    /// The largest count this agent may put in one coordinate (the cohort's sum must not wrap).
+    pub fn count_limit(&self) -> u32 {
+        self.params.count_limit(self.cohort.len())
+    }
+
+    /// Sets the round's exact counts (`params.counts` of them, each at most [`ClientSession::count_limit`]),
+    /// carried after the weight in the masked vector and summed exactly by the server. Checked here and again
+    /// when masking.
+    pub fn set_counts(&mut self, counts: Vec<u32>) -> Result<(), SecAggError> {
+        let expected = self.params.counts as usize;
+        if counts.len() != expected {
+            return Err(SecAggError::WrongCounts { expected, got: counts.len() });
+        }
+        let limit = self.count_limit();
+        if let Some((index, &value)) = counts.iter().enumerate().find(|&(_, &c)| c > limit) {
+            return Err(SecAggError::CountTooLarge { index, value, limit });
+        }
+        self.counts = counts;
+        Ok(())
     }
 
     /// This agent's cohort index.
@@ -291,7 +320,7 @@ impl ClientSession {
         rng: &mut dyn SecureRng,
     ) -> Result<Vec<u32>, SecAggError> {
         self.expect(Phase::ReadyForInput, "masked_input")?;
-        let q = QuantizedInput::new(&self.params, delta, examples, rng)?;
+        let q = QuantizedInput::with_counts(&self.params, delta, examples, &self.counts, self.count_limit(), rng)?;
         self.mask(q)
     }
 
@@ -307,7 +336,7 @@ impl ClientSession {
         chunk: usize,
     ) -> Result<MaskedStream, SecAggError> {
         self.expect(Phase::ReadyForInput, "mask_stream")?;
-        let quantizer = Quantizer::new(&self.params, &delta, examples, rng)?;
+        let quantizer = Quantizer::with_counts(&self.params, &delta, examples, &self.counts, self.count_limit(), rng)?;
         let masks = self.mask_keys()?;
         self.phase = Phase::AwaitSurvivors;
         Ok(MaskedStream::new(quantizer, masks, delta, chunk))

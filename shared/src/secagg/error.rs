@@ -51,6 +51,10 @@ pub enum SecAggError {
     NonFinite(usize),
     #[error("input has {got} values, expected {expected}")]
     WrongLength { expected: usize, got: usize },
+    #[error("{got} counts given, the round carries {expected}")]
+    WrongCounts { expected: usize, got: usize },
+    #[error("count {index} is {value}, above the limit of {limit} per agent in this cohort")]
+    CountTooLarge { index: usize, value: u32, limit: u32 },
     #[error("upload of agent {0} is out of order, out of range or incomplete")]
     BadUpload(u32),
     #[error("too many uploads in flight (limit {0})")]

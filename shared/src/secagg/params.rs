@@ -27,7 +27,14 @@ pub struct SecAggParams {
     pub quant_bits: u32,
     /// The weight of an agent is `min(examples, weight_cap) / weight_cap`.
     pub weight_cap: u64,
+    /// How many exact integer counts follow the weight in each masked vector (`[w, c_1..c_counts, w·Δ]`), e.g. the
+    /// federated evaluation's correct / examples / loss sum. They are summed exactly, never quantized; each agent's
+    /// count must be at most [`SecAggParams::count_limit`] so that the cohort's sum cannot wrap.
+    pub counts: u32,
 }
+
+/// The most exact counts a masked vector may carry.
+pub const MAX_COUNTS: u32 = 16;
 
 impl SecAggParams {
     /// Reasonable settings for a cohort of `cohort` agents: a complete graph up to 21 agents, otherwise
@@ -49,12 +56,23 @@ impl SecAggParams {
         while quant_bits > 1 && n * ((1u64 << quant_bits) - 1) > u64::from(u32::MAX) {
             quant_bits -= 1;
         }
-        SecAggParams { neighbours, threshold, clip: 8.0, quant_bits, weight_cap: 1000 }
+        SecAggParams { neighbours, threshold, clip: 8.0, quant_bits, weight_cap: 1000, counts: 0 }
     }
 
     /// The number of neighbours each agent really has in a cohort of `cohort` agents: `min(k, n - 1)`.
     pub fn effective_neighbours(&self, cohort: usize) -> usize {
         (self.neighbours as usize).min(cohort.saturating_sub(1))
+    }
+
+    /// The largest count one agent may put in a coordinate of a cohort of `cohort`: the cohort's sum then fits in
+    /// `u32` and unmasks exactly.
+    pub fn count_limit(&self, cohort: usize) -> u32 {
+        u32::MAX / u32::try_from(cohort.max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// The length of a masked vector for a delta of `delta_len` values: the weight, the counts, the delta.
+    pub fn vector_len(&self, delta_len: usize) -> usize {
+        1 + self.counts as usize + delta_len
     }
 
     /// The number of quantization levels minus one: the largest quantized value of one coordinate.
@@ -101,6 +119,9 @@ impl SecAggParams {
         if self.weight_cap == 0 {
             return bad("weight_cap must be at least 1".into());
         }
+        if self.counts > MAX_COUNTS {
+            return bad(format!("{} counts exceed the limit of {MAX_COUNTS}", self.counts));
+        }
         Ok(())
     }
 }
@@ -135,7 +156,7 @@ mod tests {
 
     #[test]
     fn an_odd_degree_that_does_not_cover_the_cohort_is_refused() {
-        let p = SecAggParams { neighbours: 7, threshold: 5, clip: 1.0, quant_bits: 16, weight_cap: 10 };
+        let p = SecAggParams { neighbours: 7, threshold: 5, clip: 1.0, quant_bits: 16, weight_cap: 10, counts: 0 };
         assert!(p.validate(50, 10).is_err());
         assert!(p.validate(8, 10).is_ok());
     }

@@ -54,6 +54,8 @@ pub struct Quantizer {
     scale: f64,
     max: f64,
     draws: [([u8; 32], MaskSign); 1],
+    /// Exact counts placed after the weight, unquantized.
+    counts: Vec<u32>,
 }
 
 impl Quantizer {
@@ -64,6 +66,25 @@ impl Quantizer {
         examples: u64,
         rng: &mut dyn SecureRng,
     ) -> Result<Self, SecAggError> {
+        Self::with_counts(params, delta, examples, &[], u32::MAX, rng)
+    }
+
+    /// [`Quantizer::new`] with the round's exact counts (`params.counts` of them, each at most `limit`), placed
+    /// after the weight: the vector is `[w, counts, w·Δ]`.
+    pub fn with_counts(
+        params: &SecAggParams,
+        delta: &[f32],
+        examples: u64,
+        counts: &[u32],
+        limit: u32,
+        rng: &mut dyn SecureRng,
+    ) -> Result<Self, SecAggError> {
+        if counts.len() != params.counts as usize {
+            return Err(SecAggError::WrongCounts { expected: params.counts as usize, got: counts.len() });
+        }
+        if let Some((index, &value)) = counts.iter().enumerate().find(|&(_, &c)| c > limit) {
+            return Err(SecAggError::CountTooLarge { index, value, limit });
+        }
         if let Some(i) = delta.iter().position(|v| v.is_nan()) {
             return Err(SecAggError::NonFinite(i));
         }
@@ -77,17 +98,23 @@ impl Quantizer {
             scale: max / (2.0 * clip),
             max,
             draws: [(key, MaskSign::Add)],
+            counts: counts.to_vec(),
         })
     }
 
-    /// Writes the quantized coordinates `start .. start + out.len()` of `[w, w·delta]` into `out`. `start` must be a
-    /// multiple of [`GROUP_WORDS`] and the range within `delta.len() + 1` coordinates.
+    /// Coordinates before the delta: the weight and the counts.
+    pub fn header(&self) -> usize {
+        1 + self.counts.len()
+    }
+
+    /// Writes the quantized coordinates `start .. start + out.len()` of `[w, counts, w·delta]` into `out`. `start`
+    /// must be a multiple of [`GROUP_WORDS`] and the range within `header() + delta.len()` coordinates.
     pub fn quantize(&self, delta: &[f32], start: usize, out: &mut [u32]) -> Result<(), SecAggError> {
-        if !start.is_multiple_of(GROUP_WORDS) || start.checked_add(out.len()).is_none_or(|end| end > delta.len() + 1) {
+        let len = self.header() + delta.len();
+        if !start.is_multiple_of(GROUP_WORDS) || start.checked_add(out.len()).is_none_or(|end| end > len) {
             return Err(SecAggError::Malformed(format!(
-                "coordinates {start}..{} of a vector of {}",
+                "coordinates {start}..{} of a vector of {len}",
                 start.saturating_add(out.len()),
-                delta.len() + 1
             )));
         }
         self.fill(delta, start, out);
@@ -96,17 +123,24 @@ impl Quantizer {
 
     /// [`Quantizer::quantize`] once its preconditions are known to hold.
     pub(crate) fn fill(&self, delta: &[f32], start: usize, out: &mut [u32]) {
-        debug_assert!(start.is_multiple_of(GROUP_WORDS) && start + out.len() <= delta.len() + 1);
+        let header = self.header();
+        debug_assert!(start.is_multiple_of(GROUP_WORDS) && start + out.len() <= header + delta.len());
         out.fill(0);
         apply_masks_at(&self.draws, out, start / GROUP_WORDS);
-        let (head, rest) = if start == 0 {
-            let Some((first, rest)) = out.split_first_mut() else { return };
-            *first = round_with(self.w * self.max, self.max, *first);
-            (0, rest)
-        } else {
-            (start - 1, out)
-        };
-        quantize_values(self, &delta[head..head + rest.len()], rest);
+        let in_header = header.saturating_sub(start).min(out.len());
+        for (i, o) in out[..in_header].iter_mut().enumerate() {
+            *o = match start + i {
+                0 => round_with(self.w * self.max, self.max, *o),
+                c => self.counts.get(c - 1).copied().unwrap_or(0),
+            };
+        }
+        let rest = &mut out[in_header..];
+        if rest.is_empty() {
+            return;
+        }
+        // Past the header: `start + in_header >= header`.
+        let first = start + in_header - header;
+        quantize_values(self, &delta[first..first + rest.len()], rest);
     }
 }
 
@@ -156,8 +190,20 @@ impl QuantizedInput {
         examples: u64,
         rng: &mut dyn SecureRng,
     ) -> Result<Self, SecAggError> {
-        let quantizer = Quantizer::new(params, delta, examples, rng)?;
-        let mut out = vec![0u32; delta.len() + 1];
+        Self::with_counts(params, delta, examples, &[], u32::MAX, rng)
+    }
+
+    /// [`QuantizedInput::new`] with the round's exact counts after the weight (see [`Quantizer::with_counts`]).
+    pub fn with_counts(
+        params: &SecAggParams,
+        delta: &[f32],
+        examples: u64,
+        counts: &[u32],
+        limit: u32,
+        rng: &mut dyn SecureRng,
+    ) -> Result<Self, SecAggError> {
+        let quantizer = Quantizer::with_counts(params, delta, examples, counts, limit, rng)?;
+        let mut out = vec![0u32; quantizer.header() + delta.len()];
         quantizer.quantize(delta, 0, &mut out)?;
         Ok(QuantizedInput(out))
     }
@@ -167,7 +213,7 @@ impl QuantizedInput {
         &self.0
     }
 
-    /// The number of values (delta length + 1).
+    /// The number of values (1 + counts + delta length).
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -182,15 +228,22 @@ impl QuantizedInput {
     }
 }
 
-/// Turns the unmasked sum of `count` agents' quantized vectors into `(Σw, Σ w·Δ)`.
+/// Turns the unmasked sum of `count` agents' quantized vectors into `(Σw, Σ w·Δ)` (the counts are skipped; see
+/// [`counts_of`]).
 pub fn dequantize_sum(params: &SecAggParams, sum: &[u32], count: usize) -> (f64, Vec<f32>) {
     let max = params.max_level() as f64;
     let clip = f64::from(params.clip);
     let q = quantum(params);
     let offset = count as f64 * clip;
     let weight_sum = sum.first().map_or(0.0, |&s| f64::from(s) / max);
-    let deltas = sum.iter().skip(1).map(|&s| (f64::from(s) * q - offset) as f32).collect();
+    let deltas = sum.iter().skip(1 + params.counts as usize).map(|&s| (f64::from(s) * q - offset) as f32).collect();
     (weight_sum, deltas)
+}
+
+/// The exact sums of the counts in an unmasked sum (they never wrap: each agent's count is at most
+/// [`SecAggParams::count_limit`]).
+pub fn counts_of(params: &SecAggParams, sum: &[u32]) -> Vec<u64> {
+    sum.iter().skip(1).take(params.counts as usize).map(|&c| u64::from(c)).collect()
 }
 
 #[cfg(test)]
@@ -199,7 +252,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn quantizer(seed: u64) -> (SecAggParams, Quantizer) {
-        let p = SecAggParams { neighbours: 2, threshold: 2, clip: 1.0, quant_bits: 20, weight_cap: 100 };
+        let p = SecAggParams { neighbours: 2, threshold: 2, clip: 1.0, quant_bits: 20, weight_cap: 100, counts: 0 };
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
         let q = Quantizer::new(&p, &[0.0], 60, &mut rng).expect("no NaN");
         (p, q)

@@ -12,7 +12,7 @@ use super::quant::Quantizer;
 /// Coordinates per chunk unless the caller asks otherwise: 128 KiB of `u32`.
 pub const DEFAULT_CHUNK_VALUES: usize = 32 * 1024;
 
-/// The masked vector `[w, w·Δ] + masks (mod 2^32)`, one chunk at a time, in order.
+/// The masked vector `[w, counts, w·Δ] + masks (mod 2^32)`, one chunk at a time, in order.
 pub struct MaskedStream {
     quantizer: Quantizer,
     masks: Vec<([u8; 32], MaskSign)>,
@@ -27,9 +27,9 @@ impl MaskedStream {
         MaskedStream { quantizer, masks, delta, next: 0, chunk: chunk.max(1).next_multiple_of(GROUP_WORDS) }
     }
 
-    /// Coordinates in the whole masked vector: the delta's length plus one (the weight).
+    /// Coordinates in the whole masked vector: the weight, the counts, the delta.
     pub fn len(&self) -> usize {
-        self.delta.len() + 1
+        self.quantizer.header() + self.delta.len()
     }
 
     /// Never true: the vector always carries the weight.

@@ -119,6 +119,8 @@ pub struct TrainSummary {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalSummary {
     pub examples: usize,
+    /// Examples whose largest logit is the label.
+    pub correct: usize,
     /// Mean softmax cross-entropy of the logits.
     pub loss: f32,
     /// Fraction of examples whose largest logit is the label.
@@ -396,7 +398,7 @@ pub fn evaluate_with<D: Examples + ?Sized>(
         }
     }
     let n = data.len();
-    Ok(EvalSummary { examples: n, loss: (loss_sum / n as f64) as f32, accuracy: correct as f32 / n as f32 })
+    Ok(EvalSummary { examples: n, correct, loss: (loss_sum / n as f64) as f32, accuracy: correct as f32 / n as f32 })
 }
 
 /// Softmax cross-entropy of one row of logits against `label`, and the index of the largest logit.

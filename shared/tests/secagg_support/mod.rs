@@ -89,6 +89,14 @@ pub fn delta_for(agent: u32, p: usize, seed: u64) -> Vec<f32> {
     (0..p).map(|_| rng.gen_range(-10.0f32..10.0)).collect()
 }
 
+/// An agent's exact counts for the tests (`params.counts` of them): arbitrary values up to the cohort's limit, the
+/// first agents' at the limit itself.
+pub fn counts_for(agent: u32, k: u32, limit: u32, seed: u64) -> Vec<u32> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ (u64::from(agent) << 40) ^ 0xC0);
+    use rand::Rng;
+    (0..k).map(|j| if agent < 20 && j == 0 { limit } else { rng.gen_range(0..=limit) }).collect()
+}
+
 /// Runs one round of `cohort` with deltas of `p` values; agents in `drops` go silent after the given phase. Every
 /// upload of an agent whose index is divisible by 4 is folded in three pieces; an agent whose index is 1 modulo 4
 /// masks with `mask_stream` (chunks of 256 coordinates, folded one by one); the others mask and fold in one piece.
@@ -148,23 +156,26 @@ pub fn run_round(
             continue;
         }
         let (delta, examples) = (delta_for(i, p, seed), u64::from(i) * 37 % 1500);
+        let limit = c.count_limit();
+        let counts = counts_for(i, params.counts, limit, seed);
+        c.set_counts(counts.clone()).unwrap();
         if i % 4 == 1 {
             // The same draws as the stream's quantizer, for the plain sum.
-            let q = QuantizedInput::new(params, &delta, examples, &mut rng.clone()).unwrap();
+            let q = QuantizedInput::with_counts(params, &delta, examples, &counts, limit, &mut rng.clone()).unwrap();
             plain.insert(i, q.as_slice().to_vec());
             let mut at = 0;
             for chunk in c.mask_stream(delta, examples, &mut rng, 256).unwrap() {
                 server.fold_masked(i, at, &chunk).unwrap();
                 at += chunk.len();
             }
-            assert_eq!(at, p + 1);
+            assert_eq!(at, params.vector_len(p));
             server.finish_masked(i).unwrap();
             continue;
         }
-        let q = QuantizedInput::new(params, &delta, examples, &mut rng).unwrap();
+        let q = QuantizedInput::with_counts(params, &delta, examples, &counts, limit, &mut rng).unwrap();
         plain.insert(i, q.as_slice().to_vec());
         let masked = c.mask(q).unwrap();
-        assert_eq!(masked.len(), p + 1);
+        assert_eq!(masked.len(), params.vector_len(p));
         if i % 4 == 0 && masked.len() >= 3 {
             let cut1 = masked.len() / 3;
             let cut2 = 2 * masked.len() / 3;

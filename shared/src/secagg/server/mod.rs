@@ -23,7 +23,7 @@ use super::consistency::{SurvivorSet, SurvivorSignature};
 use super::graph::NeighbourGraph;
 use super::messages::{AdvertiseKeys, AgentRef, EncryptedShare, RevealedShare, UnmaskResponse};
 use super::prg::{MaskSign, apply_masks_parallel};
-use super::quant::dequantize_sum;
+use super::quant::{counts_of, dequantize_sum};
 use super::shamir::{self, ShareValue};
 use super::{SecAggError, SecAggParams, kdf};
 
@@ -72,20 +72,23 @@ pub struct QuantizedSum {
     pub values: Vec<u32>,
 }
 
-/// The dequantized sum: `Σw` and `Σ w·Δ` over the survivors. The weighted average delta is
-/// `weighted_delta_sum / weight_sum`.
+/// The dequantized sum: `Σw` and `Σ w·Δ` over the survivors, and the exact sums of their counts. The weighted
+/// average delta is `weighted_delta_sum / weight_sum`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AggregateSum {
     pub survivors: Vec<u32>,
     pub weight_sum: f64,
     pub weighted_delta_sum: Vec<f32>,
+    /// `Σ c_i` for each of the round's counts, exactly.
+    pub counts: Vec<u64>,
 }
 
 impl QuantizedSum {
-    /// Turns the quantized sum into `Σw` and `Σ w·Δ`.
+    /// Turns the quantized sum into `Σw`, `Σ w·Δ` and the counts' sums.
     pub fn dequantize(&self, params: &SecAggParams) -> AggregateSum {
         let (weight_sum, weighted_delta_sum) = dequantize_sum(params, &self.values, self.survivors.len());
-        AggregateSum { survivors: self.survivors.clone(), weight_sum, weighted_delta_sum }
+        let counts = counts_of(params, &self.values);
+        AggregateSum { survivors: self.survivors.clone(), weight_sum, weighted_delta_sum, counts }
     }
 }
 
@@ -135,7 +138,7 @@ fn prune(graph: &NeighbourGraph, set: &mut BTreeSet<u32>, t: usize) {
 
 impl ServerSession {
     /// Starts the server's side of `round` over `cohort` with the plan's graph seed, for deltas of `delta_len`
-    /// values (masked vectors have `delta_len + 1`).
+    /// values (masked vectors have `1 + params.counts + delta_len`).
     pub fn new(
         params: SecAggParams,
         round: u64,
@@ -189,9 +192,9 @@ impl ServerSession {
         &self.params
     }
 
-    /// Length of a masked vector: delta length + 1.
+    /// Length of a masked vector: the weight, the counts, the delta.
     pub fn vector_len(&self) -> usize {
-        self.delta_len + 1
+        self.params.vector_len(self.delta_len)
     }
 
     /// True once the round has aborted (it then refuses every call).
@@ -326,7 +329,7 @@ impl ServerSession {
         }
         self.keys.retain(|a, _| u2.contains(a));
         self.u2 = u2;
-        self.sum = MaskedSum(vec![0; self.delta_len + 1]);
+        self.sum = MaskedSum(vec![0; self.vector_len()]);
         self.phase = Phase::Masked;
         Ok(out)
     }
@@ -340,7 +343,7 @@ impl ServerSession {
         if self.u3.contains(&from) {
             return Err(SecAggError::Duplicate(from));
         }
-        let len = self.delta_len + 1;
+        let len = self.vector_len();
         let end = chunk_offset.checked_add(chunk.len()).ok_or(SecAggError::BadUpload(from))?;
         if end > len {
             return Err(SecAggError::BadUpload(from));
@@ -375,7 +378,7 @@ impl ServerSession {
             return Ok(());
         }
         let buf = self.staged.remove(&from).ok_or(SecAggError::BadUpload(from))?;
-        if buf.len() != self.delta_len + 1 {
+        if buf.len() != self.vector_len() {
             return Err(SecAggError::BadUpload(from));
         }
         self.sum.fold(0, &buf);

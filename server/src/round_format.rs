@@ -1,0 +1,254 @@
+//! How the store lays out a [`RoundRecord`]: the codec's encoding behind a two-byte tag (`0xFF`, layout number).
+//! Records without the tag are from databases written before weight decay joined the hyper-parameters; they are
+//! read in that older layout and come back with `weight_decay` 0, which is what those rounds trained with, and no
+//! federated evaluation (those rounds had none).
+//!
+//! `0xFF` can never start an untagged record: the codec writes the round id first as a variable-length integer,
+//! whose first byte is at most 253 for a `u64`. This module only encodes and decodes; it never touches sled.
+
+use crate::coordinator::{
+    AggregationMode, Dropped, OptimizerKind, Outcome, Report, RoundMetrics, RoundPlan, RoundRecord, SecAggMetrics,
+    TrainHyper,
+};
+use fedge_shared::codec::{self, CodecError};
+use serde::{Deserialize, Serialize};
+
+/// The tag's first byte.
+const TAG: u8 = 0xFF;
+/// The layout of [`RoundRecord`] written now.
+const LAYOUT: u8 = 1;
+
+/// A round record as the store writes it.
+pub fn encode(record: &RoundRecord) -> Result<Vec<u8>, CodecError> {
+    let body = codec::encode(record)?;
+    let mut out = Vec::with_capacity(body.len() + 2);
+    out.extend_from_slice(&[TAG, LAYOUT]);
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// A stored round record, in either layout.
+pub fn decode(bytes: &[u8], limit: usize) -> Result<RoundRecord, CodecError> {
+    match bytes {
+        [TAG, LAYOUT, body @ ..] => codec::decode(body, limit),
+        [TAG, other, ..] => Err(CodecError::Malformed(format!("unknown round record layout {other}"))),
+        _ => codec::decode::<RoundRecordV0>(bytes, limit).map(RoundRecord::from),
+    }
+}
+
+/// [`TrainHyper`] before `weight_decay`.
+#[derive(Serialize, Deserialize)]
+struct TrainHyperV0 {
+    epochs: u32,
+    batch_size: u32,
+    learning_rate: f32,
+    momentum: f32,
+    optimizer: OptimizerKind,
+    prox_mu: f32,
+    seed: u64,
+    deadline_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RoundPlanV0 {
+    round: u64,
+    model_version: u64,
+    hyper: TrainHyperV0,
+    deadline_ms: u64,
+    aggregation: AggregationMode,
+}
+
+/// [`Report`] before the federated evaluation.
+#[derive(Serialize, Deserialize)]
+struct ReportV0 {
+    agent: String,
+    examples: u64,
+    train_loss: f32,
+    after_ms: u64,
+}
+
+/// [`RoundMetrics`] before the federated evaluation.
+#[derive(Serialize, Deserialize)]
+struct RoundMetricsV0 {
+    mean_train_loss: Option<f32>,
+    total_examples: u64,
+    test_accuracy: Option<f32>,
+    test_loss: Option<f32>,
+    update_bytes: u64,
+    duration_ms: u64,
+    secagg: Option<SecAggMetrics>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RoundRecordV0 {
+    round: u64,
+    plan: RoundPlanV0,
+    strategy: String,
+    selected: Vec<String>,
+    reported: Vec<ReportV0>,
+    dropped: Vec<Dropped>,
+    outcome: Outcome,
+    metrics: RoundMetricsV0,
+    started_ms: u64,
+    ended_ms: u64,
+    new_version: Option<u64>,
+}
+
+impl From<RoundRecordV0> for RoundRecord {
+    fn from(r: RoundRecordV0) -> RoundRecord {
+        let h = r.plan.hyper;
+        RoundRecord {
+            round: r.round,
+            plan: RoundPlan {
+                round: r.plan.round,
+                model_version: r.plan.model_version,
+                hyper: TrainHyper {
+                    epochs: h.epochs,
+                    batch_size: h.batch_size,
+                    learning_rate: h.learning_rate,
+                    momentum: h.momentum,
+                    optimizer: h.optimizer,
+                    weight_decay: 0.0,
+                    prox_mu: h.prox_mu,
+                    seed: h.seed,
+                    deadline_ms: h.deadline_ms,
+                },
+                deadline_ms: r.plan.deadline_ms,
+                aggregation: r.plan.aggregation,
+            },
+            strategy: r.strategy,
+            selected: r.selected,
+            reported: r
+                .reported
+                .into_iter()
+                .map(|p| Report {
+                    agent: p.agent,
+                    examples: p.examples,
+                    train_loss: p.train_loss,
+                    after_ms: p.after_ms,
+                    eval: None,
+                })
+                .collect(),
+            dropped: r.dropped,
+            outcome: r.outcome,
+            metrics: RoundMetrics {
+                mean_train_loss: r.metrics.mean_train_loss,
+                total_examples: r.metrics.total_examples,
+                test_accuracy: r.metrics.test_accuracy,
+                test_loss: r.metrics.test_loss,
+                update_bytes: r.metrics.update_bytes,
+                duration_ms: r.metrics.duration_ms,
+                secagg: r.metrics.secagg,
+                federated_eval: None,
+            },
+            started_ms: r.started_ms,
+            ended_ms: r.ended_ms,
+            new_version: r.new_version,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::AbortReason;
+
+    fn record(round: u64, weight_decay: f32) -> RoundRecord {
+        RoundRecord {
+            round,
+            plan: RoundPlan {
+                round,
+                model_version: 4,
+                hyper: TrainHyper { weight_decay, prox_mu: 0.01, seed: 9, deadline_ms: 500, ..TrainHyper::default() },
+                deadline_ms: 1000,
+                aggregation: AggregationMode::Plain,
+            },
+            strategy: "fedprox".into(),
+            selected: vec!["a".into(), "b".into()],
+            reported: vec![Report { agent: "a".into(), examples: 10, train_loss: 0.5, after_ms: 30, eval: None }],
+            dropped: vec![Dropped { agent: "b".into(), reason: "gone".into() }],
+            outcome: Outcome::Aborted(AbortReason::TooFewReports { reported: 1, min_agents: 2 }),
+            metrics: RoundMetrics { update_bytes: 40, duration_ms: 900, ..Default::default() },
+            started_ms: 10,
+            ended_ms: 910,
+            new_version: None,
+        }
+    }
+
+    /// The bytes a database written before the layout tag holds for `r`.
+    fn untagged(r: &RoundRecord) -> Vec<u8> {
+        let h = &r.plan.hyper;
+        codec::encode(&RoundRecordV0 {
+            round: r.round,
+            plan: RoundPlanV0 {
+                round: r.plan.round,
+                model_version: r.plan.model_version,
+                hyper: TrainHyperV0 {
+                    epochs: h.epochs,
+                    batch_size: h.batch_size,
+                    learning_rate: h.learning_rate,
+                    momentum: h.momentum,
+                    optimizer: h.optimizer,
+                    prox_mu: h.prox_mu,
+                    seed: h.seed,
+                    deadline_ms: h.deadline_ms,
+                },
+                deadline_ms: r.plan.deadline_ms,
+                aggregation: r.plan.aggregation.clone(),
+            },
+            strategy: r.strategy.clone(),
+            selected: r.selected.clone(),
+            reported: r
+                .reported
+                .iter()
+                .map(|p| ReportV0 {
+                    agent: p.agent.clone(),
+                    examples: p.examples,
+                    train_loss: p.train_loss,
+                    after_ms: p.after_ms,
+                })
+                .collect(),
+            dropped: r.dropped.clone(),
+            outcome: r.outcome.clone(),
+            metrics: RoundMetricsV0 {
+                mean_train_loss: r.metrics.mean_train_loss,
+                total_examples: r.metrics.total_examples,
+                test_accuracy: r.metrics.test_accuracy,
+                test_loss: r.metrics.test_loss,
+                update_bytes: r.metrics.update_bytes,
+                duration_ms: r.metrics.duration_ms,
+                secagg: r.metrics.secagg.clone(),
+            },
+            started_ms: r.started_ms,
+            ended_ms: r.ended_ms,
+            new_version: r.new_version,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_record_round_trips_with_its_weight_decay() {
+        let r = record(3, 5e-4);
+        assert_eq!(decode(&encode(&r).unwrap(), 1 << 20).unwrap(), r);
+    }
+
+    #[test]
+    fn a_record_from_before_the_tag_reads_back_whole_with_no_weight_decay() {
+        for round in [1, 250, 251, 70_000, u64::MAX] {
+            let r = record(round, 0.0);
+            let old = untagged(&r);
+            assert_ne!(old[0], TAG, "an untagged record never starts with the tag");
+            assert_eq!(decode(&old, 1 << 20).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn an_unknown_layout_or_a_truncated_record_is_an_error_not_a_guess() {
+        let mut bytes = encode(&record(1, 0.1)).unwrap();
+        bytes[1] = 7;
+        assert!(decode(&bytes, 1 << 20).unwrap_err().to_string().contains("layout 7"));
+        let bytes = encode(&record(1, 0.1)).unwrap();
+        assert!(decode(&bytes[..bytes.len() - 1], 1 << 20).is_err());
+        assert!(decode(&[], 1 << 20).is_err());
+    }
+}
