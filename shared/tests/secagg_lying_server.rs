@@ -188,10 +188,9 @@ fn signatures_over_another_set_or_from_another_agent_do_not_count() {
             genuine_other_set.push(sig.unwrap());
         } else if let Ok(sig) =
             c.on_survivors(&SurvivorSet { round: ROUND, survivors: everyone.clone() }, m.cohort.signer(i))
+            && i != target
         {
-            if i != target {
-                elsewhere.push(sig);
-            }
+            elsewhere.push(sig);
         }
     }
     let relabelled = elsewhere
