@@ -12,6 +12,10 @@
 //! delta — then signs the one survivor set it is sent and reveals shares only once its neighbours' signatures on the
 //! same set check out (the consistency round, see `fedge_shared::secagg::consistency`). Any check that fails makes
 //! the agent refuse the round ([`AgentEvent::SecureRoundRefused`]).
+//!
+//! A plan without secure aggregation is refused before anything is trained when
+//! [`ClientSettings::require_secure_aggregation`] is set (agent.toml's default): the agent tells the server
+//! [`PLAIN_ROUND_REFUSED`] and reports [`AgentEvent::PlanRefused`]; it never uploads a plain delta then.
 
 use crate::learner::{LearnOutcome, Learner};
 use crate::state::ModelState;
@@ -49,7 +53,13 @@ pub struct ClientSettings {
     /// First reconnect delay; doubled after each failure up to `backoff_max`, with jitter.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Refuse every round whose plan has no secure aggregation ([`PLAIN_ROUND_REFUSED`]).
+    pub require_secure_aggregation: bool,
 }
+
+/// Why an agent that requires secure aggregation refuses a plain round (sent to the server with the refusal).
+pub const PLAIN_ROUND_REFUSED: &str = "this agent requires secure aggregation (require_secure_aggregation = true) \
+     and the round's plan has none: its update would reach the server in the clear";
 
 /// Something the agent reports to whoever runs it (the demo, tests, the CLI's progress output).
 #[derive(Debug, Clone, PartialEq)]
@@ -92,7 +102,8 @@ pub enum AgentEvent {
         reason: String,
     },
     /// This agent refused a round's plan: it already trained for that round id (a server that lost track of its
-    /// round ids), or could not note that it trains for it. It told the server and trains nothing.
+    /// round ids), could not note that it trains for it, or the plan has no secure aggregation and this agent
+    /// requires it. It told the server and trains nothing.
     PlanRefused {
         round: u64,
         reason: String,
@@ -502,6 +513,9 @@ impl Agent {
                                 }
                                 Err(e) => self.refuse_secure(send, plan.round, format!("{e:#}")).await?,
                             }
+                        }
+                        None if self.settings.require_secure_aggregation => {
+                            self.refuse_plan(send, plan.round, PLAIN_ROUND_REFUSED.into()).await?;
                         }
                         None => {
                             tracing::warn!(round = plan.round, "this round is NOT securely aggregated");

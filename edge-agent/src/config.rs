@@ -31,6 +31,10 @@ pub struct AgentConfig {
     pub backoff_initial_ms: u64,
     #[serde(default = "default_backoff_max")]
     pub backoff_max_ms: u64,
+    /// Refuse every round whose plan has no secure aggregation (the default): the agent's update then never
+    /// reaches the server in the clear. `false` takes part in plain rounds too.
+    #[serde(default = "default_require_secure_aggregation")]
+    pub require_secure_aggregation: bool,
     /// The local prediction endpoint.
     #[serde(default)]
     pub inference: InferenceConfig,
@@ -187,6 +191,9 @@ fn default_backoff_initial() -> u64 {
 fn default_backoff_max() -> u64 {
     60_000
 }
+fn default_require_secure_aggregation() -> bool {
+    true
+}
 
 /// Where the server is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -331,6 +338,20 @@ mod tests {
         let text = format!("{EXAMPLE}\n[training]\nlr_schedule = \"cosine\"\nlr_min_factor = 2.0\n");
         let cfg: AgentConfig = toml::from_str(&text).unwrap();
         assert!(cfg.validate().unwrap_err().to_string().contains("min_factor"));
+    }
+
+    #[test]
+    fn plain_rounds_are_refused_unless_the_file_allows_them() {
+        let cfg: AgentConfig = toml::from_str(EXAMPLE).unwrap();
+        assert!(cfg.require_secure_aggregation, "the example requires secure aggregation");
+        let without: String =
+            EXAMPLE.lines().filter(|l| !l.starts_with("require_secure_aggregation")).collect::<Vec<_>>().join("\n");
+        assert_ne!(without, EXAMPLE);
+        let cfg: AgentConfig = toml::from_str(&without).unwrap();
+        assert!(cfg.require_secure_aggregation, "a file without the key requires secure aggregation");
+        let text = EXAMPLE.replacen("require_secure_aggregation = true", "require_secure_aggregation = false", 1);
+        let cfg: AgentConfig = toml::from_str(&text).unwrap();
+        assert!(!cfg.require_secure_aggregation);
     }
 
     #[test]

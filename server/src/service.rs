@@ -302,7 +302,7 @@ pub async fn start_with_hook(
     } else {
         tracing::warn!(
             "SECURE AGGREGATION IS OFF ([secagg] enabled = false): agents upload their updates in the clear and the \
-             server sees every agent's delta"
+             server sees every agent's delta (agents refuse such rounds unless require_secure_aggregation = false)"
         );
     }
     let (core_tx, core_rx) = mpsc::channel(1024);
@@ -581,6 +581,8 @@ impl Core {
                 self.feed(Event::Update { agent, round, examples, train_loss, delta: &delta });
             }
             CoreMsg::Abandon { agent, round, reason } => {
+                // E.g. an agent that requires secure aggregation refusing a plain round: the reason is its own.
+                tracing::warn!(%agent, round, %reason, "the agent abandoned the round");
                 self.feed(Event::UpdateFailed { agent, round, reason });
             }
             CoreMsg::SecAggAdvertise { agent, keys } => self.feed(Event::SecAggAdvertise { agent, keys }),
