@@ -71,7 +71,9 @@ async fn round_with_a_dead_agent(dir: &Path, secure: bool, crash_point: &str) ->
     let mut server = start_server(&config, &server_log)?;
     let mut agents = vec![];
     for i in 0..AGENTS {
-        let agent = write_agent_config(dir, i, port, IDLE)?;
+        // In the plain round the agents must accept plain rounds.
+        let extra = if secure { IDLE.to_string() } else { format!("{IDLE}\nrequire_secure_aggregation = false") };
+        let agent = write_agent_config(dir, i, port, &extra)?;
         agents.push(start_agent(&agent, &agents_log, (i == AGENTS - 1).then_some(crash_point))?);
     }
 

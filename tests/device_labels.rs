@@ -52,6 +52,8 @@ state_dir = "{state}"
 idle_timeout_ms = 5000
 backoff_initial_ms = 100
 backoff_max_ms = 500
+# The server here runs plain rounds.
+require_secure_aggregation = false
 
 [server]
 address = "{server}"

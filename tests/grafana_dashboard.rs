@@ -147,12 +147,11 @@ async fn every_metric_the_dashboard_queries_is_exposed_by_a_running_server_or_ag
     let (stop, stop_rx) = watch::channel(false);
     let (models, updates) = watch::channel(None);
     let endpoint = inference::start(InferenceSettings::loopback(), updates, stop_rx.clone()).await.unwrap();
-    let agent = Agent::new(
-        fedge_server::demo::agent_settings(&bundle, server.local_addr).unwrap(),
-        ModelState::in_memory(),
-        Box::new(NoiseLearner::new(20, 1, 0.01)),
-    )
-    .with_model_updates(models);
+    // Plain rounds (a cohort of one): this agent must accept them.
+    let mut settings = fedge_server::demo::agent_settings(&bundle, server.local_addr).unwrap();
+    settings.require_secure_aggregation = false;
+    let agent = Agent::new(settings, ModelState::in_memory(), Box::new(NoiseLearner::new(20, 1, 0.01)))
+        .with_model_updates(models);
     let agent = tokio::spawn(agent.run(stop_rx));
 
     let version = wait_server(&mut events, Duration::from_secs(120), |e| match e {

@@ -75,12 +75,11 @@ async fn the_endpoint_fedge_agent_predict_and_the_server_evaluation_agree_on_a_n
     let (stop, stop_rx) = watch::channel(false);
     let (models, updates) = watch::channel(None);
     let service = inference::start(InferenceSettings::loopback(), updates, stop_rx.clone()).await?;
-    let agent = Agent::new(
-        agent_settings(&bundle, fed.server.local_addr)?,
-        ModelState::open(state_dir.path())?,
-        Box::new(TractLearner::new(train, None, 1)),
-    )
-    .with_model_updates(models);
+    // A plain round: this agent must accept it.
+    let mut settings = agent_settings(&bundle, fed.server.local_addr)?;
+    settings.require_secure_aggregation = false;
+    let agent = Agent::new(settings, ModelState::open(state_dir.path())?, Box::new(TractLearner::new(train, None, 1)))
+        .with_model_updates(models);
     let agent = tokio::spawn(agent.run(stop_rx));
 
     let record = wait_server(&mut events, Duration::from_secs(300), |e| match e {

@@ -1,9 +1,10 @@
 //! Whole system with secure aggregation (on by default): a server and agents over real loopback QUIC with mutual
 //! TLS run SecAgg+ rounds. The agents' deltas are known (`NoiseLearner::delta_for`), so each new global model can
-//! be checked against the plain weighted mean; a relaying server that swaps a key is caught by the peers; an agent
-//! killed after sharing its keys is dropped and the round completes without it.
+//! be checked against the plain weighted mean; a relaying server that swaps a key is caught by the peers; a server
+//! that strips secure aggregation from the plan (a downgrade) is refused by every agent, which uploads nothing; an
+//! agent killed after sharing its keys is dropped and the round completes without it.
 
-use fedge_agent::client::AgentEvent;
+use fedge_agent::client::{AgentEvent, PLAIN_ROUND_REFUSED};
 use fedge_agent::learner::{LearnOutcome, Learner, NoiseLearner};
 use fedge_server::coordinator::{CoordinatorConfig, RoundRecord, SecAggConfig, SecurePhase};
 use fedge_server::demo::{FederationOptions, FederationSpec, LocalFederation};
@@ -191,5 +192,45 @@ async fn an_agent_killed_after_sharing_its_keys_is_dropped_and_the_round_complet
     let got: Vec<f32> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     let survivors: Vec<usize> = (0..AGENTS).filter(|&i| i != victim).collect();
     assert_close(&got, &expected_mean(&record, &survivors, before.len()), 2e-4);
+    fed.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_strips_secure_aggregation_from_the_plan_is_refused_by_every_agent_and_nothing_is_uploaded()
+-> anyhow::Result<()> {
+    init_logs();
+    const AGENTS: usize = 3;
+    // The downgrade: the server runs a secure round but tells every agent the round is plain, hoping for deltas in
+    // the clear. The agents keep their default, require_secure_aggregation = true.
+    let hook: RelayHook = Arc::new(|_to: &str, m: &mut ServerMessage| {
+        if let ServerMessage::Plan(plan) = m {
+            plan.secagg = None;
+        }
+    });
+    let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
+    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook) };
+    let mut fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 1), learners, options).await?;
+    let mut events = fed.server.events();
+    let mut refused = std::collections::BTreeSet::new();
+    while refused.len() < AGENTS {
+        let (i, round, reason) = wait_agent(&mut fed.agent_events, Duration::from_secs(60), |i, e| match e {
+            AgentEvent::PlanRefused { round, reason } => Some(Ok((i, *round, reason.clone()))),
+            AgentEvent::Trained { .. } | AgentEvent::MaskedUploaded { .. } => {
+                Some(Err(anyhow::anyhow!("agent {i} trained or uploaded in a downgraded round: {e:?}")))
+            }
+            _ => None,
+        })
+        .await??;
+        assert_eq!(round, 1);
+        assert_eq!(reason, PLAIN_ROUND_REFUSED, "agent {i} names the reason");
+        refused.insert(i);
+    }
+    let record = next_round_end(&mut events).await?.expect_err("the round must abort");
+    assert!(record.reported.is_empty(), "no agent reported: {:?}", record.reported);
+    assert_eq!(record.dropped.len(), AGENTS, "{:?}", record.dropped);
+    // The first refusal leaves too few members and aborts the round; the others are dropped with it.
+    let first = record.dropped.first().map(|d| d.reason.as_str()).unwrap_or_default();
+    assert!(first.contains(PLAIN_ROUND_REFUSED), "the server records the refusal's reason: {first}");
+    assert_eq!(fed.server.store.versions()?.len(), 1, "only version 0 exists");
     fed.stop().await
 }

@@ -9,7 +9,13 @@
 //! training: it signs its round keys with its certificate key, checks every relayed peer key against the peer's
 //! certificate (which must chain to the federation CA, name the agent the cohort lists and carry the agent role),
 //! relays encrypted shares, masks its delta on a blocking thread and uploads only the masked vector — never the plain
-//! delta. Any check that fails makes the agent refuse the round ([`AgentEvent::SecureRoundRefused`]).
+//! delta — then signs the one survivor set it is sent and reveals shares only once its neighbours' signatures on the
+//! same set check out (the consistency round, see `fedge_shared::secagg::consistency`). Any check that fails makes
+//! the agent refuse the round ([`AgentEvent::SecureRoundRefused`]).
+//!
+//! A plan without secure aggregation is refused before anything is trained when
+//! [`ClientSettings::require_secure_aggregation`] is set (agent.toml's default): the agent tells the server
+//! [`PLAIN_ROUND_REFUSED`] and reports [`AgentEvent::PlanRefused`]; it never uploads a plain delta then.
 
 use crate::learner::{LearnOutcome, Learner};
 use crate::state::ModelState;
@@ -22,7 +28,7 @@ use fedge_shared::protocol::{
 };
 use fedge_shared::secagg::{
     AdvertiseKeys, AgentRef, ClientSession, DEFAULT_CHUNK_VALUES, EcdsaP256Signer, EncryptedShare, MaskedStream,
-    PeerKeyTable, SecAggError, UnmaskRequest,
+    PeerKeyTable, SecAggError, SurvivorSet, UnmaskRequest,
 };
 use fedge_shared::tls::{CertInfo, Identity, Role};
 use fedge_shared::wire;
@@ -47,7 +53,13 @@ pub struct ClientSettings {
     /// First reconnect delay; doubled after each failure up to `backoff_max`, with jitter.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Refuse every round whose plan has no secure aggregation ([`PLAIN_ROUND_REFUSED`]).
+    pub require_secure_aggregation: bool,
 }
+
+/// Why an agent that requires secure aggregation refuses a plain round (sent to the server with the refusal).
+pub const PLAIN_ROUND_REFUSED: &str = "this agent requires secure aggregation (require_secure_aggregation = true) \
+     and the round's plan has none: its update would reach the server in the clear";
 
 /// Something the agent reports to whoever runs it (the demo, tests, the CLI's progress output).
 #[derive(Debug, Clone, PartialEq)]
@@ -90,7 +102,8 @@ pub enum AgentEvent {
         reason: String,
     },
     /// This agent refused a round's plan: it already trained for that round id (a server that lost track of its
-    /// round ids), or could not note that it trains for it. It told the server and trains nothing.
+    /// round ids), could not note that it trains for it, or the plan has no secure aggregation and this agent
+    /// requires it. It told the server and trains nothing.
     PlanRefused {
         round: u64,
         reason: String,
@@ -221,6 +234,8 @@ struct SecureState {
     ready: bool,
     /// The training outcome, waiting for the session to be ready.
     outcome: Option<LearnOutcome>,
+    /// The neighbours' certificate keys, kept from the key broadcast to check their survivor-set signatures.
+    peers: PeerKeyTable,
 }
 
 /// Aborts a spawned task when dropped (so a cancelled session closes its connection).
@@ -499,6 +514,9 @@ impl Agent {
                                 Err(e) => self.refuse_secure(send, plan.round, format!("{e:#}")).await?,
                             }
                         }
+                        None if self.settings.require_secure_aggregation => {
+                            self.refuse_plan(send, plan.round, PLAIN_ROUND_REFUSED.into()).await?;
+                        }
                         None => {
                             tracing::warn!(round = plan.round, "this round is NOT securely aggregated");
                             pending = Some(plan);
@@ -549,6 +567,17 @@ impl Agent {
                         Err(e) => {
                             secure = None;
                             pending = pending.filter(|p| p.round != round);
+                            self.refuse_secure(send, round, format!("{e:#}")).await?;
+                        }
+                    }
+                }
+                Inbound::Control(ServerMessage::SecAggSurvivors(set)) => {
+                    let round = set.round;
+                    let Some(st) = secure.as_mut().filter(|s| s.round == round) else { continue };
+                    match on_survivors(st, tools, &set) {
+                        Ok(m) => wire::write_msg(send, &m, limits::CONTROL).await?,
+                        Err(e) => {
+                            secure = None;
                             self.refuse_secure(send, round, format!("{e:#}")).await?;
                         }
                     }
@@ -664,8 +693,14 @@ impl Agent {
         )
         .context("secure-aggregation plan")?;
         tracing::info!(round, me = plan.me, neighbours = session.neighbours().len(), "secure round: keys advertised");
-        let state =
-            SecureState { round, cohort: plan.cohort.clone(), session: Some(session), ready: false, outcome: None };
+        let state = SecureState {
+            round,
+            cohort: plan.cohort.clone(),
+            session: Some(session),
+            ready: false,
+            outcome: None,
+            peers: PeerKeyTable::new(),
+        };
         Ok((state, keys))
     }
 
@@ -678,7 +713,9 @@ impl Agent {
     ) -> anyhow::Result<Vec<EncryptedShare>> {
         let session = st.session.as_mut().ok_or_else(|| anyhow!("keys arrived twice"))?;
         let table = tools.peer_keys(&st.cohort, keys, certificates, session.neighbours())?;
-        Ok(session.on_keys(keys, &table, &mut OsRng)?)
+        let shares = session.on_keys(keys, &table, &mut OsRng)?;
+        st.peers = table;
+        Ok(shares)
     }
 
     /// Tells the server this agent will not train for `round` at all (see [`crate::state::RoundRefusal`]).
@@ -844,9 +881,17 @@ fn on_shares(st: &mut SecureState, shares: &[EncryptedShare]) -> anyhow::Result<
     Ok(())
 }
 
+/// The consistency round: signs the survivor set (once per round; the session refuses a second set).
+fn on_survivors(st: &mut SecureState, tools: &SecureTools, set: &SurvivorSet) -> anyhow::Result<AgentMessage> {
+    let session = st.session.as_mut().ok_or_else(|| anyhow!("the survivor set arrived before the masked input"))?;
+    let signature = session.on_survivors(set, &tools.signer)?;
+    tracing::info!(round = st.round, survivors = set.survivors.len(), "secure round: signed the survivor set");
+    Ok(AgentMessage::SecAggSurvivorSignature(signature))
+}
+
 fn on_unmask(st: &mut SecureState, request: &UnmaskRequest) -> anyhow::Result<AgentMessage> {
     let session = st.session.as_mut().ok_or_else(|| anyhow!("the unmask request arrived before the masked input"))?;
-    Ok(AgentMessage::SecAggUnmask(session.on_unmask_request(request)?))
+    Ok(AgentMessage::SecAggUnmask(session.on_unmask_request(request, &st.peers)?))
 }
 
 async fn read_control(mut recv: quinn::RecvStream, tx: mpsc::Sender<Inbound>) {

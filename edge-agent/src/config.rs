@@ -32,6 +32,10 @@ pub struct AgentConfig {
     pub backoff_initial_ms: u64,
     #[serde(default = "default_backoff_max")]
     pub backoff_max_ms: u64,
+    /// Refuse every round whose plan has no secure aggregation (the default): the agent's update then never
+    /// reaches the server in the clear. `false` takes part in plain rounds too.
+    #[serde(default = "default_require_secure_aggregation")]
+    pub require_secure_aggregation: bool,
     /// The local prediction endpoint.
     #[serde(default)]
     pub inference: InferenceConfig,
@@ -187,6 +191,9 @@ fn default_backoff_initial() -> u64 {
 }
 fn default_backoff_max() -> u64 {
     60_000
+}
+fn default_require_secure_aggregation() -> bool {
+    true
 }
 
 /// Where the server is.
@@ -442,6 +449,20 @@ mod tests {
         assert!(data_section("path = \"/d\"\nformat = \"parquet\"").is_err());
         let e = data_section("path = \"/d\"\nnormalize = { mean = [0.5, 0.5], std = [1.0] }").unwrap_err();
         assert!(e.to_string().contains("normalize"), "{e}");
+    }
+
+    #[test]
+    fn plain_rounds_are_refused_unless_the_file_allows_them() {
+        let cfg: AgentConfig = toml::from_str(EXAMPLE).unwrap();
+        assert!(cfg.require_secure_aggregation, "the example requires secure aggregation");
+        let without: String =
+            EXAMPLE.lines().filter(|l| !l.starts_with("require_secure_aggregation")).collect::<Vec<_>>().join("\n");
+        assert_ne!(without, EXAMPLE);
+        let cfg: AgentConfig = toml::from_str(&without).unwrap();
+        assert!(cfg.require_secure_aggregation, "a file without the key requires secure aggregation");
+        let text = EXAMPLE.replacen("require_secure_aggregation = true", "require_secure_aggregation = false", 1);
+        let cfg: AgentConfig = toml::from_str(&text).unwrap();
+        assert!(!cfg.require_secure_aggregation);
     }
 
     #[test]

@@ -182,6 +182,7 @@ impl LocalFederation {
         tls::init_federation(&pki, &["localhost".into(), "127.0.0.1".into()], 30)?;
         let model = dir.path().join("model.onnx");
         std::fs::write(&model, &spec.onnx)?;
+        let secure = options.secagg.enabled;
         let config = ServerConfig {
             listen: "127.0.0.1:0".parse()?,
             data_dir: dir.path().join("db"),
@@ -212,7 +213,9 @@ impl LocalFederation {
         for (i, learner) in learners.into_iter().enumerate() {
             let name = format!("agent-{i:03}");
             let bundle = tls::issue_bundle(&pki, &name, Role::Agent, 30)?;
-            let settings = agent_settings(&bundle, server.local_addr)?;
+            let mut settings = agent_settings(&bundle, server.local_addr)?;
+            // The agents take part in plain rounds only when this federation's server runs them.
+            settings.require_secure_aggregation = secure;
             let (tx, mut rx) = mpsc::unbounded_channel();
             let etx = etx.clone();
             tokio::spawn(async move {
@@ -243,7 +246,8 @@ impl LocalFederation {
     }
 }
 
-/// Client settings for an agent bundle and a server address on loopback.
+/// Client settings for an agent bundle and a server address on loopback. The agent requires secure aggregation,
+/// as agent.toml's default does: set `require_secure_aggregation = false` to take part in plain rounds.
 pub fn agent_settings(bundle: &Path, server: std::net::SocketAddr) -> anyhow::Result<ClientSettings> {
     Ok(ClientSettings {
         server,
@@ -253,6 +257,7 @@ pub fn agent_settings(bundle: &Path, server: std::net::SocketAddr) -> anyhow::Re
         idle_timeout: Duration::from_secs(30),
         backoff_initial: Duration::from_millis(200),
         backoff_max: Duration::from_secs(5),
+        require_secure_aggregation: true,
     })
 }
 
@@ -358,7 +363,8 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         Toggle::Off => {
             eprintln!(
                 "WARNING: secure aggregation is OFF (--secagg off): every agent's update reaches the server in the \
-                 clear. Use this only to measure what secure aggregation costs."
+                 clear, and the demo's agents accept plain rounds (require_secure_aggregation = false). Use this only \
+                 to measure what secure aggregation costs."
             );
             SecAggConfig::off()
         }

@@ -354,6 +354,10 @@ async fn serve_agent(
                         Some(AgentMessage::SecAggShares { round, shares }) => {
                             shared.core.send(CoreMsg::SecAggShares { agent: agent.clone(), round, shares }).await?;
                         }
+                        Some(AgentMessage::SecAggSurvivorSignature(signature)) => {
+                            let m = CoreMsg::SecAggSurvivorSignature { agent: agent.clone(), signature };
+                            shared.core.send(m).await?;
+                        }
                         Some(AgentMessage::SecAggUnmask(response)) => {
                             shared.core.send(CoreMsg::SecAggUnmask { agent: agent.clone(), response }).await?;
                         }

@@ -21,7 +21,7 @@ use crate::store::Store;
 use anyhow::Context;
 use fedge_shared::model::{Digest, weights_to_bytes};
 use fedge_shared::protocol::{self, BlobHeader, BlobKind, ModelAnnounce, SecAggPlan, ServerMessage, TrainPlan};
-use fedge_shared::secagg::{AdvertiseKeys, EncryptedShare, UnmaskResponse};
+use fedge_shared::secagg::{AdvertiseKeys, EncryptedShare, SurvivorSignature, UnmaskResponse};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -119,6 +119,10 @@ pub enum CoreMsg {
         agent: AgentId,
         round: u64,
         shares: Vec<EncryptedShare>,
+    },
+    SecAggSurvivorSignature {
+        agent: AgentId,
+        signature: SurvivorSignature,
     },
     SecAggUnmask {
         agent: AgentId,
@@ -298,7 +302,7 @@ pub async fn start_with_hook(
     } else {
         tracing::warn!(
             "SECURE AGGREGATION IS OFF ([secagg] enabled = false): agents upload their updates in the clear and the \
-             server sees every agent's delta"
+             server sees every agent's delta (agents refuse such rounds unless require_secure_aggregation = false)"
         );
     }
     let (core_tx, core_rx) = mpsc::channel(1024);
@@ -577,10 +581,15 @@ impl Core {
                 self.feed(Event::Update { agent, round, examples, train_loss, delta: &delta });
             }
             CoreMsg::Abandon { agent, round, reason } => {
+                // E.g. an agent that requires secure aggregation refusing a plain round: the reason is its own.
+                tracing::warn!(%agent, round, %reason, "the agent abandoned the round");
                 self.feed(Event::UpdateFailed { agent, round, reason });
             }
             CoreMsg::SecAggAdvertise { agent, keys } => self.feed(Event::SecAggAdvertise { agent, keys }),
             CoreMsg::SecAggShares { agent, round, shares } => self.feed(Event::SecAggShares { agent, round, shares }),
+            CoreMsg::SecAggSurvivorSignature { agent, signature } => {
+                self.feed(Event::SecAggSurvivorSignature { agent, signature })
+            }
             CoreMsg::SecAggUnmask { agent, response } => self.feed(Event::SecAggUnmask { agent, response }),
             CoreMsg::Masked { agent, round, examples, train_loss, masked, permit } => {
                 self.feed(Event::MaskedInput { agent, round, examples, train_loss, masked: &masked });
@@ -797,11 +806,14 @@ impl Core {
             Action::SecAggShares { agent, round, shares } => {
                 self.send(&agent, Outbound::Msg(ServerMessage::SecAggShares { round, shares }));
             }
-            Action::SecAggUnmask { to, request } => {
-                let m = ServerMessage::SecAggUnmask(request);
+            Action::SecAggSurvivors { to, set } => {
+                let m = ServerMessage::SecAggSurvivors(set);
                 for a in &to {
                     self.send(a, Outbound::Msg(m.clone()));
                 }
+            }
+            Action::SecAggUnmask { agent, request } => {
+                self.send(&agent, Outbound::Msg(ServerMessage::SecAggUnmask(request)));
             }
             Action::Reject { agent, reason } => {
                 tracing::warn!(%agent, %reason, "update refused");

@@ -82,7 +82,8 @@ impl Federation {
         let mut tasks = vec![];
         for i in 0..agents {
             let bundle = tls::issue_bundle(&pki, &format!("agent-{i:03}"), Role::Agent, 30).unwrap();
-            let settings = fedge_server::demo::agent_settings(&bundle, server.local_addr).unwrap();
+            let mut settings = fedge_server::demo::agent_settings(&bundle, server.local_addr).unwrap();
+            settings.require_secure_aggregation = config.secagg.enabled;
             let learner = Box::new(NoiseLearner::new(100 + i as u64, i as u64, 0.01));
             tasks.push(tokio::spawn(Agent::new(settings, ModelState::in_memory(), learner).run(stop_rx.clone())));
         }

@@ -194,15 +194,20 @@ impl Sim {
                     let (examples, train_loss) = (examples_of(index), 0.5);
                     self.feed(Event::MaskedInput { agent, round, examples, train_loss, masked: &masked });
                 }
-                Action::SecAggUnmask { to, request } => {
+                Action::SecAggSurvivors { to, set } => {
                     for agent in to {
                         if self.quits(&agent, Quit::Unmask) {
                             continue;
                         }
                         let a = self.agents.get_mut(&agent).unwrap();
-                        let response = a.session.as_mut().unwrap().on_unmask_request(&request).unwrap();
-                        self.feed(Event::SecAggUnmask { agent, response });
+                        let signature = a.session.as_mut().unwrap().on_survivors(&set, &a.signer).unwrap();
+                        self.feed(Event::SecAggSurvivorSignature { agent, signature });
                     }
+                }
+                Action::SecAggUnmask { agent, request } => {
+                    let a = self.agents.get_mut(&agent).unwrap();
+                    let response = a.session.as_mut().unwrap().on_unmask_request(&request, &self.peers).unwrap();
+                    self.feed(Event::SecAggUnmask { agent, response });
                 }
                 Action::Commit { record, new_weights, .. } => {
                     let round = record.round;

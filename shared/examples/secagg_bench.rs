@@ -22,6 +22,8 @@ struct Figures {
     t: u32,
     keys_ms: f64,
     mask_ms: f64,
+    consistency_ms: f64,
+    consistency_bytes: f64,
     unmask_ms: f64,
     sent_bytes: f64,
     upload_bytes: usize,
@@ -95,19 +97,37 @@ fn round(
         server.finish_masked(i as u32).expect("finish upload");
         sent[i] += 4 * (p + 1);
     }
-    let request = server.close_masked().expect("enough survivors");
-    let mut unmask_time = Duration::ZERO;
-    for &i in &request.survivors {
+    // The consistency round: every survivor signs the survivor set; the server relays neighbours' signatures in
+    // the unmask requests, and each agent verifies them before revealing. Its cost is the signing, the verifying
+    // (timed with the unmask answer) and the server's bookkeeping.
+    let set = server.close_masked().expect("enough survivors");
+    let mut consistency_time = Duration::ZERO;
+    let mut consistency_bytes = 0usize;
+    for &i in &set.survivors {
         let start = Instant::now();
-        let resp = clients[i as usize].on_unmask_request(&request).expect("unmask");
-        unmask_time += start.elapsed();
+        let sig = clients[i as usize].on_survivors(&set, &signers[i as usize]).expect("sign the survivor set");
+        consistency_time += start.elapsed();
+        let bytes = codec::encode(&sig).expect("encode").len();
+        sent[i as usize] += bytes;
+        consistency_bytes += bytes;
+        server.on_survivor_signature(i, sig).expect("signature");
+    }
+    let start = Instant::now();
+    let requests = server.close_consistency().expect("consistent survivors");
+    let server_consistency = start.elapsed();
+    let mut unmask_time = Duration::ZERO;
+    for (i, request) in requests {
+        consistency_bytes += codec::encode(&request.signatures).expect("encode").len();
+        let verify = Instant::now();
+        let resp = clients[i as usize].on_unmask_request(&request, table).expect("unmask");
+        unmask_time += verify.elapsed();
         sent[i as usize] += codec::encode(&resp).expect("encode").len();
         server.on_unmask(i, resp).expect("unmask");
     }
     let start = Instant::now();
     let sum = server.finish_quantized().expect("finish");
     let finish_ms = ms(start.elapsed());
-    let survivors = request.survivors.len();
+    let survivors = set.survivors.len();
     // Each agent has weight 100/1000 and the same delta: check the unmasked sum.
     let agg = sum.dequantize(&params);
     assert!((agg.weight_sum - 0.1 * survivors as f64).abs() < 1e-3 * survivors as f64, "{}", agg.weight_sum);
@@ -117,7 +137,7 @@ fn round(
         assert!((f64::from(*got) - want).abs() < quantum * survivors as f64 + 1e-3, "{got} vs {want}");
     }
     let avg = |d: &[Duration]| d.iter().map(|d| ms(*d)).sum::<f64>() / d.len().max(1) as f64;
-    let survivor_sent: Vec<usize> = request.survivors.iter().map(|&i| sent[i as usize]).collect();
+    let survivor_sent: Vec<usize> = set.survivors.iter().map(|&i| sent[i as usize]).collect();
     Figures {
         n,
         p,
@@ -125,6 +145,8 @@ fn round(
         t: params.threshold,
         keys_ms: avg(&key_time),
         mask_ms: avg(&mask_time),
+        consistency_ms: (ms(consistency_time) + ms(server_consistency)) / survivors as f64,
+        consistency_bytes: consistency_bytes as f64 / survivors as f64,
         unmask_ms: ms(unmask_time) / survivors as f64,
         sent_bytes: survivor_sent.iter().sum::<usize>() as f64 / survivors as f64,
         upload_bytes,
@@ -178,23 +200,26 @@ fn main() {
     }
     println!();
     println!(
-        "| n | P | k | t | agent keys+shares ms | agent mask ms | agent unmask ms | agent bytes sent | upload / 4P | \
-         server fold GB/s | drop-outs | server unmask ms |"
+        "| n | P | k | t | agent keys+shares ms | agent mask ms | agent sign survivors ms | \
+         agent verify+unmask ms | consistency bytes / agent | agent bytes sent | upload / 4P | server fold GB/s | \
+         drop-outs | server unmask ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &p in &ps {
         for &n in &ns {
             for drop in [0, n / 10] {
                 let f = round(n, p, drop, threads, &signers, &table, 17 + n as u64);
                 println!(
-                    "| {} | {} | {} | {} | {:.2} | {:.1} | {:.3} | {:.0} | {:.4} | {:.2} | {} ({}%) | {:.1} |",
+                    "| {} | {} | {} | {} | {:.2} | {:.1} | {:.3} | {:.3} | {:.0} | {:.0} | {:.4} | {:.2} | {} ({}%) | {:.1} |",
                     f.n,
                     f.p,
                     f.k,
                     f.t,
                     f.keys_ms,
                     f.mask_ms,
+                    f.consistency_ms,
                     f.unmask_ms,
+                    f.consistency_bytes,
                     f.sent_bytes,
                     f.sent_bytes / (4 * f.p) as f64,
                     f.fold_gbps,

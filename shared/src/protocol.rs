@@ -6,22 +6,27 @@
 //! inside a serde message. The first frame on the control stream is the agent's [`Hello`], answered by a
 //! [`ServerHello`]; a protocol version mismatch is refused there, with a reason, on both sides.
 //!
-//! Secure aggregation (on by default) adds three control exchanges to a round, each bound to the round id and, through
+//! Secure aggregation (on by default) adds four control exchanges to a round, each bound to the round id and, through
 //! the certificate of the connection it arrives on, to the agent's cohort index: the agent's signed keys
 //! ([`AgentMessage::SecAggAdvertise`]) relayed to the cohort with each owner's certificate
 //! ([`ServerMessage::SecAggKeys`]), the encrypted shares ([`AgentMessage::SecAggShares`] /
-//! [`ServerMessage::SecAggShares`]), and the unmask request and answer. The masked vector itself is a blob
+//! [`ServerMessage::SecAggShares`]), the consistency round (the survivor set, [`ServerMessage::SecAggSurvivors`],
+//! signed by each survivor, [`AgentMessage::SecAggSurvivorSignature`]), and the unmask request (carrying the
+//! recipient's neighbours' signatures) and answer. The masked vector itself is a blob
 //! ([`BlobKind::Masked`]: `1 + P` little-endian `u32`) on its own unidirectional stream, like a plain update.
 //!
 //! This module only defines types and limits: it does no I/O.
 
 use crate::fedeval::EvalCounts;
 use crate::model::Digest;
-use crate::secagg::{AdvertiseKeys, AgentRef, EncryptedShare, SecAggParams, UnmaskRequest, UnmaskResponse};
+use crate::secagg::{
+    AdvertiseKeys, AgentRef, EncryptedShare, SecAggParams, SurvivorSet, SurvivorSignature, UnmaskRequest,
+    UnmaskResponse,
+};
 use serde::{Deserialize, Serialize};
 
 /// Protocol version carried in the hello. Bump on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// ALPN id of the agent protocol.
 pub const ALPN_AGENT: &[u8] = b"fedge/1";
 /// ALPN id of the admin protocol (fedgectl).
@@ -145,7 +150,9 @@ pub enum AgentMessage {
         round: u64,
         shares: Vec<EncryptedShare>,
     },
-    /// Secure aggregation, phase 4: the shares this agent reveals.
+    /// Secure aggregation, consistency round: this agent's signature over the survivor set it was sent.
+    SecAggSurvivorSignature(SurvivorSignature),
+    /// Secure aggregation, last phase: the shares this agent reveals.
     SecAggUnmask(UnmaskResponse),
 }
 
@@ -186,7 +193,10 @@ pub enum ServerMessage {
         round: u64,
         shares: Vec<EncryptedShare>,
     },
-    /// Secure aggregation, phase 4: who survived and who dropped; answer with the shares to reveal.
+    /// Secure aggregation, consistency round: the survivor set to sign.
+    SecAggSurvivors(SurvivorSet),
+    /// Secure aggregation, last phase: who survived and who dropped, with the recipient's neighbours' signatures
+    /// over the survivor set; answer with the shares to reveal.
     SecAggUnmask(UnmaskRequest),
 }
 
@@ -316,6 +326,7 @@ mod tests {
         let agent = vec![
             AgentMessage::SecAggAdvertise(adv.clone()),
             AgentMessage::SecAggShares { round: 4, shares: vec![share.clone()] },
+            AgentMessage::SecAggSurvivorSignature(SurvivorSignature { round: 4, from: 2, signature: vec![5; 70] }),
             AgentMessage::SecAggUnmask(UnmaskResponse { round: 4, from: 2, seed_shares: vec![], key_shares: vec![] }),
         ];
         for m in agent {
@@ -325,7 +336,13 @@ mod tests {
         let server = vec![
             ServerMessage::SecAggKeys { round: 4, keys: vec![adv], certificates: vec![vec![1, 2, 3]] },
             ServerMessage::SecAggShares { round: 4, shares: vec![share] },
-            ServerMessage::SecAggUnmask(UnmaskRequest { round: 4, survivors: vec![1, 2], dropped: vec![0] }),
+            ServerMessage::SecAggSurvivors(SurvivorSet { round: 4, survivors: vec![1, 2] }),
+            ServerMessage::SecAggUnmask(UnmaskRequest {
+                round: 4,
+                survivors: vec![1, 2],
+                dropped: vec![0],
+                signatures: vec![SurvivorSignature { round: 4, from: 1, signature: vec![5; 70] }],
+            }),
         ];
         for m in server {
             let bytes = codec::encode(&m).unwrap();

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use fedge_shared::secagg::{
     AdvertiseKeys, ClientSession, EncryptedShare, QuantizedInput, SecAggError, SecAggParams, ServerSession,
-    UnmaskRequest,
+    SurvivorSet, UnmaskRequest,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -75,6 +75,16 @@ impl Setup {
     fn agent(&self, pos: usize) -> u32 {
         self.cohort.refs[pos].index
     }
+}
+
+/// Closes the masked-input phase and runs an honest consistency round: every survivor signs the survivor set.
+fn consistent(s: &mut Setup) -> BTreeMap<u32, UnmaskRequest> {
+    let set = s.server.close_masked().unwrap();
+    for &i in &set.survivors {
+        let sig = s.clients.get_mut(&i).unwrap().on_survivors(&set, s.cohort.signer(i)).unwrap();
+        s.server.on_survivor_signature(i, sig).unwrap();
+    }
+    s.server.close_consistency().unwrap()
 }
 
 #[test]
@@ -197,40 +207,40 @@ fn an_agent_asked_for_both_secrets_of_one_neighbour_refuses() {
     let (mut s, uploads) = advertised(6).masked();
     let survivors: Vec<u32> = uploads.keys().copied().collect();
     let (me, other) = (survivors[0], survivors[1]);
+    // Everyone signs the true survivor set; the server relays the signatures honestly.
+    let set = SurvivorSet { round: ROUND, survivors: survivors.clone() };
+    let signatures: Vec<_> =
+        s.clients.iter_mut().map(|(&i, c)| c.on_survivors(&set, s.cohort.signer(i)).unwrap()).collect();
+    let table = &s.cohort.table;
     let client = s.clients.get_mut(&me).unwrap();
-
-    let both = UnmaskRequest { round: ROUND, survivors: survivors.clone(), dropped: vec![other] };
-    assert!(matches!(client.on_unmask_request(&both), Err(SecAggError::InconsistentRequest(_))));
-
-    let missing = UnmaskRequest {
+    let request = |survivors: Vec<u32>, dropped: Vec<u32>| UnmaskRequest {
         round: ROUND,
-        survivors: survivors.iter().copied().filter(|&a| a != other).collect(),
-        dropped: vec![],
+        survivors,
+        dropped,
+        signatures: signatures.clone(),
     };
-    assert!(matches!(client.on_unmask_request(&missing), Err(SecAggError::InconsistentRequest(_))));
 
-    let without_me = UnmaskRequest {
-        round: ROUND,
-        survivors: survivors.iter().copied().filter(|&a| a != me).collect(),
-        dropped: vec![me],
-    };
-    assert!(matches!(client.on_unmask_request(&without_me), Err(SecAggError::InconsistentRequest(_))));
+    let both = request(survivors.clone(), vec![other]);
+    assert!(matches!(client.on_unmask_request(&both, table), Err(SecAggError::InconsistentRequest(_))));
 
-    let stale = UnmaskRequest { round: ROUND + 1, survivors: survivors.clone(), dropped: vec![] };
-    assert!(matches!(client.on_unmask_request(&stale), Err(SecAggError::WrongRound { .. })));
+    let missing = request(survivors.iter().copied().filter(|&a| a != other).collect(), vec![]);
+    assert!(matches!(client.on_unmask_request(&missing, table), Err(SecAggError::InconsistentRequest(_))));
+
+    let without_me = request(survivors.iter().copied().filter(|&a| a != me).collect(), vec![me]);
+    assert!(matches!(client.on_unmask_request(&without_me, table), Err(SecAggError::InconsistentRequest(_))));
+
+    let mut stale = request(survivors.clone(), vec![]);
+    stale.round += 1;
+    assert!(matches!(client.on_unmask_request(&stale, table), Err(SecAggError::WrongRound { .. })));
 
     // The honest request is answered with seed shares only...
-    let honest = UnmaskRequest { round: ROUND, survivors: survivors.clone(), dropped: vec![] };
-    let resp = client.on_unmask_request(&honest).unwrap();
+    let honest = request(survivors.clone(), vec![]);
+    let resp = client.on_unmask_request(&honest, table).unwrap();
     assert_eq!(resp.seed_shares.len(), 5);
     assert!(resp.key_shares.is_empty());
     // ...and a second request, now claiming a neighbour dropped to get its mask key, is refused.
-    let second = UnmaskRequest {
-        round: ROUND,
-        survivors: survivors.iter().copied().filter(|&a| a != other).collect(),
-        dropped: vec![other],
-    };
-    assert!(matches!(client.on_unmask_request(&second), Err(SecAggError::OutOfPhase { .. })));
+    let second = request(survivors.iter().copied().filter(|&a| a != other).collect(), vec![other]);
+    assert!(matches!(client.on_unmask_request(&second, table), Err(SecAggError::OutOfPhase { .. })));
 }
 
 #[test]
@@ -246,8 +256,8 @@ fn the_server_refuses_uploads_and_unmask_answers_from_the_wrong_agent_or_round()
         s.server.fold_masked(i, 0, v).unwrap();
     }
     assert_eq!(s.server.fold_masked(ids[2], 0, &uploads[&ids[2]]).unwrap_err(), SecAggError::Duplicate(ids[2]));
-    let req = s.server.close_masked().unwrap();
-    let mut resp = s.clients.get_mut(&ids[0]).unwrap().on_unmask_request(&req).unwrap();
+    let requests = consistent(&mut s);
+    let mut resp = s.clients.get_mut(&ids[0]).unwrap().on_unmask_request(&requests[&ids[0]], &s.cohort.table).unwrap();
     resp.round += 1;
     assert!(matches!(s.server.on_unmask(ids[0], resp.clone()), Err(SecAggError::WrongRound { .. })));
     resp.round -= 1;
@@ -298,10 +308,10 @@ fn a_broken_upload_is_rolled_back_and_the_sum_of_the_others_stays_exact() {
         s.server.fold_masked(i, 0, &uploads[&i]).unwrap();
         s.server.finish_masked(i).unwrap();
     }
-    let req = s.server.close_masked().unwrap();
-    assert_eq!(req.dropped, vec![broken]);
-    for &i in &req.survivors {
-        let resp = s.clients.get_mut(&i).unwrap().on_unmask_request(&req).unwrap();
+    let requests = consistent(&mut s);
+    for (i, req) in requests {
+        assert_eq!(req.dropped, vec![broken]);
+        let resp = s.clients.get_mut(&i).unwrap().on_unmask_request(&req, &s.cohort.table).unwrap();
         s.server.on_unmask(i, resp).unwrap();
     }
     let sum = s.server.finish_quantized().unwrap();
@@ -320,4 +330,36 @@ fn calls_out_of_phase_are_refused() {
     let c = s.clients.get_mut(&a).unwrap();
     assert!(matches!(c.masked_input(&[0.0; P], 1, &mut s.rng), Err(SecAggError::OutOfPhase { .. })));
     assert!(matches!(c.on_shares(&[]), Err(SecAggError::OutOfPhase { .. })));
+}
+
+/// One bad agent: the first agent to answer the unmask request reveals garbage (inside the field, so it passes the
+/// shape checks) for every neighbour's seed. Reconstruction tries other t-subsets against the signed commitments,
+/// and the round completes with the exact sum instead of aborting.
+#[test]
+fn garbage_revealed_by_one_agent_does_not_abort_the_round() {
+    let (mut s, relayed) = advertised(6).shared();
+    let mut plain = vec![0u32; P + 1];
+    let mut uploads = BTreeMap::new();
+    for (&i, c) in s.clients.iter_mut() {
+        c.on_shares(&relayed[&i]).unwrap();
+        let q = QuantizedInput::new(&s.params, &[0.125; P], 3, &mut s.rng).unwrap();
+        plain.iter_mut().zip(q.as_slice()).for_each(|(p, v)| *p = p.wrapping_add(*v));
+        uploads.insert(i, c.mask(q).unwrap());
+    }
+    for (&i, v) in &uploads {
+        s.server.fold_masked(i, 0, v).unwrap();
+    }
+    let requests = consistent(&mut s);
+    let mut first = true;
+    for (i, req) in requests {
+        let mut resp = s.clients.get_mut(&i).unwrap().on_unmask_request(&req, &s.cohort.table).unwrap();
+        if first {
+            for share in &mut resp.seed_shares {
+                share.value.0[0] = (share.value.0[0] + 12_345) % fedge_shared::secagg::shamir::MODULUS;
+            }
+            first = false;
+        }
+        s.server.on_unmask(i, resp).unwrap();
+    }
+    assert_eq!(s.server.finish_quantized().unwrap().values, plain);
 }

@@ -20,10 +20,11 @@ fn params_for(n: usize, k_raw: u32, t_frac: f64, bits: u32) -> SecAggParams {
 }
 
 fn phase(code: u8) -> DropAt {
-    match code % 4 {
+    match code % 5 {
         0 => DropAt::Advertise,
         1 => DropAt::Shares,
         2 => DropAt::MaskedInput,
+        3 => DropAt::Consistency,
         _ => DropAt::Unmask,
     }
 }
@@ -70,17 +71,17 @@ proptest! {
         k_raw in 1u32..8,
         t_frac in 0.0f64..1.0,
         p in 1usize..16,
-        codes in proptest::collection::vec(0u8..28, 40),
+        codes in proptest::collection::vec(0u8..35, 40),
         seed in any::<u64>(),
     ) {
         let params = params_for(n, k_raw, t_frac, 12);
         let cohort = Cohort::new(n);
-        // Codes 0..4 drop the agent at that phase, the rest keep it: about one in seven drops out.
+        // Codes 0..5 drop the agent at that phase, the rest keep it: about one in seven drops out.
         let drops: BTreeMap<u32, DropAt> = cohort
             .indices()
             .into_iter()
             .zip(codes)
-            .filter(|(_, c)| *c < 4)
+            .filter(|(_, c)| *c < 5)
             .map(|(i, c)| (i, phase(c)))
             .collect();
         let out = run_round(&params, &cohort, p, &drops, seed);

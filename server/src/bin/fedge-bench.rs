@@ -74,6 +74,9 @@ enum Mode {
         examples: u64,
         #[arg(long)]
         scale: f32,
+        /// Take part in plain rounds (`--secagg off`); otherwise the agent requires secure aggregation.
+        #[arg(long)]
+        allow_plain: bool,
     },
 }
 
@@ -84,8 +87,8 @@ fn main() -> anyhow::Result<()> {
     fedge_server::logging::init_with_default(false, "warn");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.mode {
-        Some(Mode::Agent { bundle, server, seed, examples, scale }) => {
-            runtime.block_on(agent_process(&bundle, server, seed, examples, scale))
+        Some(Mode::Agent { bundle, server, seed, examples, scale, allow_plain }) => {
+            runtime.block_on(agent_process(&bundle, server, seed, examples, scale, allow_plain))
         }
         None => runtime.block_on(run(cli.run)),
     }
@@ -101,15 +104,14 @@ async fn agent_process(
     seed: u64,
     examples: u64,
     scale: f32,
+    allow_plain: bool,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (_stop, stop_rx) = watch::channel(false);
-    let agent = Agent::new(
-        agent_settings(bundle, server)?,
-        ModelState::in_memory(),
-        Box::new(NoiseLearner::new(examples, seed, scale)),
-    )
-    .with_events(tx);
+    let mut settings = agent_settings(bundle, server)?;
+    settings.require_secure_aggregation = !allow_plain;
+    let agent = Agent::new(settings, ModelState::in_memory(), Box::new(NoiseLearner::new(examples, seed, scale)))
+        .with_events(tx);
     let task = tokio::spawn(agent.run(stop_rx));
     let started = Instant::now();
     while let Some(e) = rx.recv().await {
@@ -285,7 +287,9 @@ seed = 5
         if args.in_process {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let learner = Box::new(NoiseLearner::new(examples_of(i), seed, args.scale));
-            let agent = Agent::new(agent_settings(&bundle, addr)?, ModelState::in_memory(), learner).with_events(tx);
+            let mut settings = agent_settings(&bundle, addr)?;
+            settings.require_secure_aggregation = secagg;
+            let agent = Agent::new(settings, ModelState::in_memory(), learner).with_events(tx);
             tokio::spawn(agent.run(stop_rx.clone()));
             let seen_tx = seen_tx.clone();
             let started = Instant::now();
@@ -302,6 +306,7 @@ seed = 5
                 .arg(&bundle)
                 .args(["--server", &addr.to_string(), "--seed", &seed.to_string()])
                 .args(["--examples", &examples_of(i).to_string(), "--scale", &args.scale.to_string()])
+                .args(if secagg { &[][..] } else { &["--allow-plain"][..] })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()?;

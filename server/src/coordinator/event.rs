@@ -7,7 +7,9 @@ use super::aggregation::FoldError;
 use super::plan::RoundPlan;
 use super::record::{AbortReason, AgentId, RoundRecord};
 use fedge_shared::fedeval::EvalCounts;
-use fedge_shared::secagg::{AdvertiseKeys, EncryptedShare, UnmaskRequest, UnmaskResponse};
+use fedge_shared::secagg::{
+    AdvertiseKeys, EncryptedShare, SurvivorSet, SurvivorSignature, UnmaskRequest, UnmaskResponse,
+};
 use serde::{Deserialize, Serialize};
 
 /// Something that happened, reported by the shell.
@@ -34,7 +36,9 @@ pub enum Event<'a> {
     /// Secure round, phase 3: the agent's whole masked vector (`1 + P` values) has been read. It is folded into the
     /// running masked sum at once; nobody keeps it.
     MaskedInput { agent: AgentId, round: u64, examples: u64, train_loss: f32, masked: &'a [u32] },
-    /// Secure round, phase 4: the shares the agent reveals.
+    /// Secure round, consistency phase: the agent's signature over the survivor set.
+    SecAggSurvivorSignature { agent: AgentId, signature: SurvivorSignature },
+    /// Secure round, unmask phase: the shares the agent reveals.
     SecAggUnmask { agent: AgentId, response: UnmaskResponse },
     /// The agent reported that it could not train, or its upload failed in transit.
     UpdateFailed { agent: AgentId, round: u64, reason: String },
@@ -110,8 +114,10 @@ pub enum Action {
     SecAggKeys { round: u64, to: Vec<AgentId>, keys: Vec<AdvertiseKeys>, owners: Vec<AgentId> },
     /// Secure round: send `agent` the shares addressed to it.
     SecAggShares { agent: AgentId, round: u64, shares: Vec<EncryptedShare> },
-    /// Secure round: send the unmask request to every agent in `to` (the survivors).
-    SecAggUnmask { to: Vec<AgentId>, request: UnmaskRequest },
+    /// Secure round: send the survivor set to every agent in `to` (the survivors), to sign.
+    SecAggSurvivors { to: Vec<AgentId>, set: SurvivorSet },
+    /// Secure round: send `agent` its unmask request (with its neighbours' signatures over the survivor set).
+    SecAggUnmask { agent: AgentId, request: UnmaskRequest },
     /// Deliver `Event::Tick` at this time (replaces any earlier request).
     WakeAt(u64),
     /// Something the operator should read (an ignored command, a notable decision).

@@ -6,7 +6,7 @@
 //!
 //! A round goes Idle → Collecting → Committing → Idle. Collecting is one phase in plain mode; in secure mode
 //! ([`Coordinator::with_secagg`], what the server runs by default) it runs the SecAgg+ phases (advertise keys →
-//! share keys → masked input → unmask) in its place, each with its own deadline (see [`secure`]), behind the same
+//! share keys → masked input → consistency → unmask) in its place, each with its own deadline (see [`secure`]), behind the same
 //! [`Phase`] and [`Aggregation`] types. Local training overlaps the two key phases; the masked-input phase ends at
 //! the round's deadline.
 //!
@@ -29,8 +29,9 @@
 //!   later `WakeAt` replaces an earlier one, whether its time is earlier or later; an alarm is spent once it rings
 //!   (after each `Tick` the coordinator asks again for the wake-up it still needs); spurious ticks are fine.
 //! - `Log`: log it (and show it to the operator who sent a command).
-//! - `SecAggKeys` / `SecAggShares` / `SecAggUnmask`: relay to the agents named (the keys with each owner's
-//!   certificate); feed their answers back as `SecAggAdvertise`, `SecAggShares`, `MaskedInput`, `SecAggUnmask`.
+//! - `SecAggKeys` / `SecAggShares` / `SecAggSurvivors` / `SecAggUnmask`: relay to the agents named (the keys with
+//!   each owner's certificate); feed their answers back as `SecAggAdvertise`, `SecAggShares`, `MaskedInput`,
+//!   `SecAggSurvivorSignature`, `SecAggUnmask`.
 //!
 //! On start-up: `Store::resume_state()` (after `init_model` for a new store) → [`ResumeState`] →
 //! [`Coordinator::new`], then feed `StartRounds` when the configuration or the operator says so.
@@ -344,6 +345,9 @@ impl Coordinator {
             }
             Event::MaskedInput { agent, round, examples, train_loss, masked } => {
                 self.on_masked_input(now_ms, agent, round, examples, train_loss, masked, &mut out)
+            }
+            Event::SecAggSurvivorSignature { agent, signature } => {
+                self.on_secagg_survivor_signature(now_ms, agent, signature, &mut out)
             }
             Event::SecAggUnmask { agent, response } => self.on_secagg_unmask(now_ms, agent, response, &mut out),
             Event::Evaluated { agent, round, counts } => self.on_evaluated(agent, round, counts),

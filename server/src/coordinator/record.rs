@@ -100,9 +100,9 @@ pub struct SecAggMetrics {
     pub advertise_ms: u64,
     /// Keys relayed → shares relayed.
     pub share_ms: u64,
-    /// Shares relayed → unmask request (local training overlaps the key phases and this one).
+    /// Shares relayed → survivor set (local training overlaps the key phases and this one).
     pub masked_ms: u64,
-    /// Unmask request → the sum is unmasked.
+    /// Survivor set → the sum is unmasked: the consistency round (survivors sign the set) and the unmask phase.
     pub unmask_ms: u64,
     /// Agents whose masked input is in the sum.
     pub survivors: usize,

@@ -1,5 +1,5 @@
-//! The secure mode of a round: the coordinator drives a SecAgg+ [`ServerSession`] through its four phases
-//! (advertise keys → share keys → masked input → unmask), each closed by its own deadline or as soon as every
+//! The secure mode of a round: the coordinator drives a SecAgg+ [`ServerSession`] through its five phases
+//! (advertise keys → share keys → masked input → consistency → unmask), each closed by its own deadline or as soon as every
 //! member still in it has answered. Agents that miss a phase are dropped (and told so); a phase that leaves fewer
 //! than `min_agents` (or fewer than the threshold around any agent) aborts the round, and nothing is revealed.
 //!
@@ -15,7 +15,7 @@ use super::plan::SecurePlan;
 use super::record::{AbortReason, AgentId, Dropped, Report, SecAggMetrics};
 use super::{Coordinator, MemberStatus, Stage};
 use fedge_shared::fedeval::{EVAL_COUNTS, EvalCounts};
-use fedge_shared::secagg::{AdvertiseKeys, AgentRef, EncryptedShare, ServerSession, UnmaskResponse};
+use fedge_shared::secagg::{AdvertiseKeys, AgentRef, EncryptedShare, ServerSession, SurvivorSignature, UnmaskResponse};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The largest cohort a secure round may have (its key broadcast must fit one control frame).
@@ -30,7 +30,9 @@ pub enum SecurePhase {
     Shares,
     /// Shares were relayed; members train and send their masked vectors.
     Masked,
-    /// The unmask request is out; survivors reveal shares.
+    /// The survivor set is out; survivors sign it.
+    Consistency,
+    /// The unmask requests are out; survivors whose neighbours signed the same set reveal shares.
     Unmask,
 }
 
@@ -41,6 +43,7 @@ impl SecurePhase {
             SecurePhase::Advertise => "advertise-keys",
             SecurePhase::Shares => "share-keys",
             SecurePhase::Masked => "masked-input",
+            SecurePhase::Consistency => "consistency",
             SecurePhase::Unmask => "unmask",
         }
     }
@@ -203,7 +206,8 @@ impl Coordinator {
             reject(out, agent, RejectReason::SecAgg("this round does not use secure aggregation".into()));
             return None;
         };
-        let wanted_status = if want == SecurePhase::Unmask { MemberStatus::Reported } else { MemberStatus::Training };
+        let after_upload = matches!(want, SecurePhase::Consistency | SecurePhase::Unmask);
+        let wanted_status = if after_upload { MemberStatus::Reported } else { MemberStatus::Training };
         match round.members.get(agent) {
             None => {
                 reject(out, agent, RejectReason::NotSelected);
@@ -352,7 +356,37 @@ impl Coordinator {
         }
     }
 
-    /// Phase 4: a survivor's revealed shares. A bad answer is refused (the agent's input stays in the sum; its
+    /// Consistency phase: a survivor's signature over the survivor set. A bad one is refused (the agent's input
+    /// stays in the sum; it is simply not asked to unmask).
+    pub(super) fn on_secagg_survivor_signature(
+        &mut self,
+        now_ms: u64,
+        agent: AgentId,
+        signature: SurvivorSignature,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(idx) = self.secure_target(&agent, signature.round, SecurePhase::Consistency, out) else { return };
+        let result = match &mut self.stage {
+            Stage::Collecting(round) => match &mut round.aggregation {
+                Aggregation::Secure(sec) => {
+                    sec.answered.insert(agent.clone());
+                    match sec.session.as_mut() {
+                        Some(session) => session.on_survivor_signature(idx, signature).map_err(|e| e.to_string()),
+                        None => Err("the secure session is gone".into()),
+                    }
+                }
+                Aggregation::Plain(_) => Err("this round does not use secure aggregation".into()),
+            },
+            _ => Err("no round in flight".into()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(%agent, error = %e, "survivor-set signature refused");
+            reject(out, &agent, RejectReason::SecAgg(e));
+        }
+        self.settle_secure(now_ms, out);
+    }
+
+    /// Unmask phase: a survivor's revealed shares. A bad answer is refused (the agent's input stays in the sum; its
     /// shares are simply missing).
     pub(super) fn on_secagg_unmask(
         &mut self,
@@ -388,7 +422,8 @@ impl Coordinator {
             let Stage::Collecting(round) = &self.stage else { return };
             let Aggregation::Secure(sec) = &round.aggregation else { return };
             let alive = round.members.values().filter(|s| **s != MemberStatus::Dropped).count();
-            if sec.phase != SecurePhase::Unmask && alive < self.config.min_agents {
+            let after_upload = matches!(sec.phase, SecurePhase::Consistency | SecurePhase::Unmask);
+            if !after_upload && alive < self.config.min_agents {
                 let reason =
                     AbortReason::TooFewReports { reported: round.reports.len(), min_agents: self.config.min_agents };
                 return self.abort_round(now_ms, reason, out);
@@ -489,16 +524,29 @@ impl Coordinator {
                         self.config.min_agents
                     ))
                 } else {
-                    session.close_masked().map_err(|e| e.to_string()).map(|request| {
+                    session.close_masked().map_err(|e| e.to_string()).map(|set| {
                         sec.metrics.masked_ms = elapsed;
-                        sec.metrics.dropped_after_sharing = request.dropped.len();
-                        let to = names(&mut request.survivors.iter().copied());
-                        (to.clone(), vec![Action::SecAggUnmask { to, request }])
+                        let to = names(&mut set.survivors.iter().copied());
+                        (to.clone(), vec![Action::SecAggSurvivors { to, set }])
                     })
                 }
             }
-            SecurePhase::Unmask => {
+            SecurePhase::Consistency => session.close_consistency().map_err(|e| e.to_string()).map(|requests| {
+                // The consistency round counts as part of unmasking in the record.
                 sec.metrics.unmask_ms = elapsed;
+                let mut to = Vec::new();
+                let mut actions = Vec::new();
+                for (idx, request) in requests {
+                    sec.metrics.dropped_after_sharing = request.dropped.len();
+                    if let Some(agent) = sec.names.get(&idx) {
+                        to.push(agent.clone());
+                        actions.push(Action::SecAggUnmask { agent: agent.clone(), request });
+                    }
+                }
+                (to, actions)
+            }),
+            SecurePhase::Unmask => {
+                sec.metrics.unmask_ms += elapsed;
                 return self.close_round(now_ms, out);
             }
         };
@@ -519,6 +567,7 @@ impl Coordinator {
         sec.phase = match phase {
             SecurePhase::Advertise => SecurePhase::Shares,
             SecurePhase::Shares => SecurePhase::Masked,
+            SecurePhase::Masked => SecurePhase::Consistency,
             _ => SecurePhase::Unmask,
         };
         sec.phase_started_ms = now_ms;

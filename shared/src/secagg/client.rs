@@ -1,10 +1,14 @@
 //! One agent's side of one secure-aggregation round, as a sans-IO state machine:
-//! `new` (advertise keys) → `on_keys` (share keys) → `on_shares` → `masked_input` → `on_unmask_request` → done.
+//! `new` (advertise keys) → `on_keys` (share keys) → `on_shares` → `masked_input` → `on_survivors` (sign the
+//! survivor set) → `on_unmask_request` → done.
 //!
 //! The agent never reveals, for one neighbour, both the share of its self-mask seed and the share of its mask key:
-//! it answers exactly one unmask request, and refuses a request that lists an agent as both surviving and dropped
-//! or that contradicts what the agent saw in earlier phases. It refuses to mask its input with fewer than `t`
-//! neighbours (the server could otherwise strip its masks), any key whose signature does not verify, and any
+//! it signs exactly one survivor set and answers exactly one unmask request, for that set only, and only once at
+//! least `t` of its own neighbours have signed the identical set (the consistency round, see
+//! [`super::consistency`]). It refuses a request that lists an agent as both surviving and dropped, that
+//! contradicts what the agent saw in earlier phases, or that leaves fewer than `t` of its own neighbours surviving.
+//! It refuses to mask its input with fewer than `t` neighbours (the server could otherwise strip its masks), any key
+//! whose signature does not verify, a cohort that lists one identity (certificate name) in two slots, and any
 //! message from another round or for another agent.
 //!
 //! No sockets, clocks or global randomness: the caller passes a cryptographic RNG into each step that needs one.
@@ -14,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use x25519_dalek::{PublicKey, StaticSecret};
 
+use super::consistency::{self, SurvivorSet, SurvivorSignature};
 use super::graph::NeighbourGraph;
 use super::messages::{AdvertiseKeys, AgentRef, EncryptedShare, RevealedShare, UnmaskRequest, UnmaskResponse};
 use super::prg::{MaskSign, apply_masks};
@@ -27,6 +32,7 @@ enum Phase {
     AwaitKeys,
     AwaitShares,
     ReadyForInput,
+    AwaitSurvivors,
     AwaitUnmask,
     Done,
 }
@@ -37,6 +43,7 @@ impl Phase {
             Phase::AwaitKeys => "await-keys",
             Phase::AwaitShares => "await-shares",
             Phase::ReadyForInput => "ready-for-input",
+            Phase::AwaitSurvivors => "await-survivors",
             Phase::AwaitUnmask => "await-unmask",
             Phase::Done => "done",
         }
@@ -66,6 +73,8 @@ pub struct ClientSession {
     peers: BTreeMap<u32, PeerKeys>,
     /// Shares we hold, by owner: the neighbours that shared with us, which are exactly those we mask with.
     held: BTreeMap<u32, (ShareValue, ShareValue)>,
+    /// The one survivor set we signed this round.
+    signed: Option<Vec<u32>>,
     phase: Phase,
     /// The exact counts placed after the weight in our masked vector (see [`ClientSession::set_counts`]).
     counts: Vec<u32>,
@@ -93,12 +102,17 @@ impl ClientSession {
     ) -> Result<(Self, AdvertiseKeys), SecAggError> {
         params.validate(cohort.len(), 1)?;
         let mut map = BTreeMap::new();
+        let mut names = BTreeSet::new();
         for a in cohort {
             if a.name.len() > super::messages::MAX_NAME_LEN {
                 return Err(SecAggError::Malformed(format!("agent name of {} bytes", a.name.len())));
             }
             if map.insert(a.index, a.clone()).is_some() {
                 return Err(SecAggError::Duplicate(a.index));
+            }
+            // One identity, one slot: a certificate that holds several indices could hold t shares of a neighbour.
+            if !names.insert(a.name.as_str()) {
+                return Err(SecAggError::RepeatedIdentity(a.name.clone()));
             }
         }
         if !map.contains_key(&me) {
@@ -129,6 +143,7 @@ impl ClientSession {
             own: own.clone(),
             peers: BTreeMap::new(),
             held: BTreeMap::new(),
+            signed: None,
             phase: Phase::AwaitKeys,
             counts: Vec::new(),
         };
@@ -293,7 +308,7 @@ impl ClientSession {
         let masks = self.mask_keys()?;
         let mut v = input.into_vec();
         apply_masks(&masks, &mut v);
-        self.phase = Phase::AwaitUnmask;
+        self.phase = Phase::AwaitSurvivors;
         Ok(v)
     }
 
@@ -323,26 +338,65 @@ impl ClientSession {
         self.expect(Phase::ReadyForInput, "mask_stream")?;
         let quantizer = Quantizer::with_counts(&self.params, &delta, examples, &self.counts, self.count_limit(), rng)?;
         let masks = self.mask_keys()?;
-        self.phase = Phase::AwaitUnmask;
+        self.phase = Phase::AwaitSurvivors;
         Ok(MaskedStream::new(quantizer, masks, delta, chunk))
     }
 
+    /// Checks a survivor set from the server: in this round, canonical (strictly ascending), every member in the
+    /// cohort, we among them, and at least `t` of the neighbours we mask with among them.
+    fn check_survivors(&self, round: u64, survivors: &[u32]) -> Result<(), SecAggError> {
+        self.check_round(round)?;
+        consistency::check_canonical(survivors)?;
+        if let Some(&a) = survivors.iter().find(|&&a| !self.cohort.contains_key(&a)) {
+            return Err(SecAggError::UnknownAgent(a));
+        }
+        if survivors.binary_search(&self.me).is_err() {
+            return Err(SecAggError::InconsistentRequest(
+                "we sent our masked input but are not listed as a survivor".into(),
+            ));
+        }
+        let alive = self.held.keys().filter(|&&j| survivors.binary_search(&j).is_ok()).count();
+        let t = self.params.threshold as usize;
+        if alive < t {
+            return Err(SecAggError::InconsistentRequest(format!(
+                "{alive} of our neighbours survive, below the threshold of {t}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The consistency round: signs the server's survivor set with our certificate key. We sign one set per round:
+    /// a second call is refused, whatever set it carries.
+    pub fn on_survivors(
+        &mut self,
+        set: &SurvivorSet,
+        signer: &dyn KeySigner,
+    ) -> Result<SurvivorSignature, SecAggError> {
+        self.expect(Phase::AwaitSurvivors, "on_survivors")?;
+        self.check_survivors(set.round, &set.survivors)?;
+        let signature = signer.sign(&consistency::survivors_message(self.round, self.me, &set.survivors))?;
+        self.signed = Some(set.survivors.clone());
+        self.phase = Phase::AwaitUnmask;
+        Ok(SurvivorSignature { round: self.round, from: self.me, signature })
+    }
+
     /// Answers the server's one unmask request: for each neighbour we mask with, the share of its self-mask seed if
-    /// it survived or of its mask key if it dropped. Refuses a second request, an agent listed as both, a
-    /// neighbour that is missing from both lists or listed against what we saw, and a survivor set below `t`.
-    pub fn on_unmask_request(&mut self, req: &UnmaskRequest) -> Result<UnmaskResponse, SecAggError> {
+    /// it survived or of its mask key if it dropped. Refuses (revealing nothing) a second request, a survivor set
+    /// other than the one we signed, fewer than `t` valid signatures of our own surviving neighbours on that set, an
+    /// agent listed as both, and a neighbour that is missing from both lists or listed against what we saw.
+    pub fn on_unmask_request(
+        &mut self,
+        req: &UnmaskRequest,
+        verifier: &dyn PeerVerifier,
+    ) -> Result<UnmaskResponse, SecAggError> {
         self.expect(Phase::AwaitUnmask, "on_unmask_request")?;
         self.check_round(req.round)?;
         let refuse = |m: String| Err(SecAggError::InconsistentRequest(m));
-        let mut survivors = BTreeSet::new();
-        for &a in &req.survivors {
-            if !self.cohort.contains_key(&a) {
-                return Err(SecAggError::UnknownAgent(a));
-            }
-            if !survivors.insert(a) {
-                return Err(SecAggError::Duplicate(a));
-            }
+        if self.signed.as_deref() != Some(req.survivors.as_slice()) {
+            return refuse("the survivor set differs from the one we signed".into());
         }
+        self.check_survivors(req.round, &req.survivors)?;
+        let survivors: BTreeSet<u32> = req.survivors.iter().copied().collect();
         let mut dropped = BTreeSet::new();
         for &a in &req.dropped {
             if !self.cohort.contains_key(&a) {
@@ -355,11 +409,27 @@ impl ClientSession {
                 return Err(SecAggError::Duplicate(a));
             }
         }
-        if !survivors.contains(&self.me) {
-            return refuse("we sent our masked input but are not listed as a survivor".into());
+        // The consistency check: t of our own surviving neighbours signed exactly this set.
+        let mut signers = BTreeSet::new();
+        for sig in &req.signatures {
+            if sig.round != self.round
+                || sig.from == self.me
+                || !survivors.contains(&sig.from)
+                || !self.held.contains_key(&sig.from)
+                || signers.contains(&sig.from)
+                || sig.check_size().is_err()
+            {
+                continue;
+            }
+            let Some(peer) = self.cohort.get(&sig.from) else { continue };
+            let msg = consistency::survivors_message(self.round, sig.from, &req.survivors);
+            if verifier.verify(peer, &msg, &sig.signature) {
+                signers.insert(sig.from);
+            }
         }
-        if survivors.len() < self.params.threshold as usize {
-            return refuse(format!("{} survivors, below the threshold", survivors.len()));
+        let t = self.params.threshold as usize;
+        if signers.len() < t {
+            return Err(SecAggError::ConsistencyCheck { signed: signers.len(), need: t });
         }
         let mut seed_shares = Vec::new();
         let mut key_shares = Vec::new();

@@ -21,6 +21,8 @@ pub enum SecAggError {
     NotNeighbour { agent: u32, peer: u32 },
     #[error("duplicate message or entry for agent {0}")]
     Duplicate(u32),
+    #[error("the cohort lists the identity {0:?} in more than one slot")]
+    RepeatedIdentity(String),
     #[error("{call} is not allowed in phase {phase}")]
     OutOfPhase { call: &'static str, phase: &'static str },
     #[error("the advertised keys of agent {0} carry no valid signature")]
@@ -37,6 +39,8 @@ pub enum SecAggError {
     NotEnoughNeighbours { have: usize, need: usize },
     #[error("unmask request refused: {0}")]
     InconsistentRequest(String),
+    #[error("consistency check failed: {signed} of our neighbours signed the survivor set, {need} needed")]
+    ConsistencyCheck { signed: usize, need: usize },
     #[error("round aborted: {0}")]
     Abort(String),
     #[error("reconstructed secret of agent {0} does not match its advertised commitment")]

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::SecAggError;
+use super::consistency::{SURVIVOR_SIGNATURE_LIMIT, SurvivorSignature};
 use super::shamir::{LIMBS, ShareValue};
 
 /// The longest agent name accepted.
@@ -84,12 +85,15 @@ impl EncryptedShare {
     }
 }
 
-/// Phase 4, server → surviving agents: who sent a masked input and who dropped after sharing keys.
+/// Phase 5, server → each survivor that signed the survivor set: who sent a masked input, who dropped after sharing
+/// keys, and the recipient's neighbours' signatures over the survivor set (the consistency round, see
+/// [`super::consistency`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnmaskRequest {
     pub round: u64,
     pub survivors: Vec<u32>,
     pub dropped: Vec<u32>,
+    pub signatures: Vec<SurvivorSignature>,
 }
 
 /// One share revealed in the unmask phase: the responder's share of `owner`'s secret.
@@ -99,7 +103,7 @@ pub struct RevealedShare {
     pub value: ShareValue,
 }
 
-/// Phase 4, agent → server: shares of the self-mask seeds of surviving neighbours and of the mask keys of dropped
+/// Phase 5, agent → server: shares of the self-mask seeds of surviving neighbours and of the mask keys of dropped
 /// neighbours (never both for one neighbour).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnmaskResponse {
@@ -124,9 +128,9 @@ pub fn shares_limit(neighbours: usize) -> usize {
     10 + neighbours.saturating_mul(SHARE_LIMIT)
 }
 
-/// Decoding limit for an [`UnmaskRequest`] in a cohort of `cohort`.
+/// Decoding limit for an [`UnmaskRequest`] in a cohort of `cohort` (at most one relayed signature per agent).
 pub fn unmask_request_limit(cohort: usize) -> usize {
-    32 + cohort.saturating_mul(5)
+    32 + cohort.saturating_mul(10 + SURVIVOR_SIGNATURE_LIMIT)
 }
 
 /// Decoding limit for an [`UnmaskResponse`] of an agent with `neighbours` neighbours.
@@ -174,7 +178,13 @@ mod tests {
         };
         assert!(codec::encode(&resp).unwrap().len() <= unmask_response_limit(40));
 
-        let req = UnmaskRequest { round: u64::MAX, survivors: vec![u32::MAX; 900], dropped: vec![u32::MAX; 100] };
+        let sig = SurvivorSignature { round: u64::MAX, from: u32::MAX, signature: vec![0xFF; MAX_SIGNATURE_LEN] };
+        let req = UnmaskRequest {
+            round: u64::MAX,
+            survivors: vec![u32::MAX; 900],
+            dropped: vec![u32::MAX; 100],
+            signatures: vec![sig; 40],
+        };
         assert!(codec::encode(&req).unwrap().len() <= unmask_request_limit(1000));
     }
 }

@@ -6,7 +6,7 @@
 //! neighbour graph of Bell et al. 2020 (SecAgg+): each agent pairs with `k` neighbours on a random Harary graph and
 //! its secrets are Shamir-shared `t` of `k` among them.
 //!
-//! The four phases, each driven by the network layer with a deadline:
+//! The five phases, each driven by the network layer with a deadline:
 //! 1. **Advertise keys**: every agent makes two fresh X25519 key pairs (one to encrypt shares, one for the pairwise
 //!    masks) and a self-mask seed, and signs the public keys with its certificate key ([`KeySigner`]). The server
 //!    relays all advertisements; peers check the signatures ([`PeerVerifier`]), so a relaying server cannot
@@ -17,22 +17,26 @@
 //! 3. **Masked input**: every agent quantizes `[w, w·Δ]` ([`quant`]) and adds pairwise masks (ChaCha20 keystreams
 //!    from the pairwise agreement, added by one side and subtracted by the other) and its self mask, modulo 2^32.
 //!    The server folds the masked vectors into one running sum as they arrive.
-//! 4. **Unmask**: survivors reveal, for each neighbour, the share of its self-mask seed if it survived or of its
-//!    mask secret key if it dropped, never both. The server removes the survivors' self masks and the dropped
-//!    agents' pairwise masks from the sum, and outputs only the sum.
+//! 4. **Consistency** ([`consistency`]): the server sends the survivor set; every survivor signs it with its
+//!    certificate key (one set per round); the server relays each agent's neighbours' signatures.
+//! 5. **Unmask**: a survivor that holds valid signatures from at least `t` of its own neighbours on the very set it
+//!    signed reveals, for each neighbour, the share of its self-mask seed if it survived or of its mask secret key if
+//!    it dropped, never both. The server removes the survivors' self masks and the dropped agents' pairwise masks
+//!    from the sum, and outputs only the sum.
 //!
-//! Threat model: an honest-but-curious or actively malicious server that relays messages faithfully or not, plus
-//! fewer than `t` colluding agents among any agent's neighbours. Not covered: a server that makes up the whole
-//! cohort out of Sybil agents (the cohort comes from the server; certificates from the federation CA limit this),
-//! denial of service (the server can always abort a round), malformed-but-well-signed inputs from agents (robust
-//! aggregation is not secure aggregation), and a server that lies to different agents about who survived in a way
-//! that needs more than `k - t` colluding neighbours (excluded by `t > k/2`).
+//! Threat model: an honest-but-curious or actively malicious server that relays messages faithfully or not and may
+//! tell different agents different survivor sets (the consistency round catches that), plus fewer than `t`
+//! colluding agents among any agent's neighbours. Not covered: a server that makes up the whole cohort out of Sybil
+//! agents (the cohort comes from the server; certificates from the federation CA limit this), denial of service
+//! (the server can always abort a round), and malformed-but-well-signed inputs from agents (robust aggregation is
+//! not secure aggregation). The README's threat model lists, attack by attack, what is enforced.
 //!
 //! Nothing in this module opens a socket, reads a clock or uses global randomness: randomness comes in as an
 //! argument. Nothing here panics on a message from the network: every message is validated (round, sender,
 //! recipient, sizes) and a bad one is a [`SecAggError`].
 
 pub mod client;
+pub mod consistency;
 pub mod ecdsa;
 mod envelope;
 pub mod error;
@@ -47,6 +51,7 @@ pub mod shamir;
 pub mod stream;
 
 pub use client::ClientSession;
+pub use consistency::{SurvivorSet, SurvivorSignature};
 pub use ecdsa::{EcdsaP256Signer, PeerKeyTable};
 pub use error::SecAggError;
 pub use graph::NeighbourGraph;

@@ -56,7 +56,9 @@ pub enum DropAt {
     Shares,
     /// Sends shares, never uploads its masked input.
     MaskedInput,
-    /// Uploads, never answers the unmask request.
+    /// Uploads, never signs the survivor set.
+    Consistency,
+    /// Signs the survivor set, never answers the unmask request.
     Unmask,
 }
 
@@ -186,15 +188,26 @@ pub fn run_round(
             server.finish_masked(i).unwrap();
         }
     }
-    let request = match server.close_masked() {
+    let set = match server.close_masked() {
         Ok(r) => r,
         Err(e) => return Outcome { result: Err(e), plain },
     };
-    for &i in &request.survivors {
+    for &i in &set.survivors {
+        if silent(i, DropAt::Consistency) {
+            continue;
+        }
+        let sig = clients.get_mut(&i).unwrap().on_survivors(&set, cohort.signer(i)).unwrap();
+        server.on_survivor_signature(i, sig).unwrap();
+    }
+    let requests = match server.close_consistency() {
+        Ok(r) => r,
+        Err(e) => return Outcome { result: Err(e), plain },
+    };
+    for (i, request) in requests {
         if silent(i, DropAt::Unmask) {
             continue;
         }
-        let resp = clients.get_mut(&i).unwrap().on_unmask_request(&request).unwrap();
+        let resp = clients.get_mut(&i).unwrap().on_unmask_request(&request, &cohort.table).unwrap();
         server.on_unmask(i, resp).unwrap();
     }
     Outcome { result: server.finish_quantized(), plain }

@@ -1,5 +1,6 @@
 //! The server's side of one secure-aggregation round, as a sans-IO state machine:
-//! advertise → share keys → masked input → unmask → the cohort's sum.
+//! advertise → share keys → masked input → consistency (survivors sign the survivor set, see [`consistency`]) →
+//! unmask → the cohort's sum.
 //!
 //! The server holds one running wrapping sum of the masked vectors (plus, while an upload streams in, at most
 //! `max_staged_uploads` staged vectors that are folded only once complete, or dropped), the agents' public keys,
@@ -15,8 +16,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use x25519_dalek::{PublicKey, StaticSecret};
 
+mod consistency;
+pub mod recover;
+
+use super::consistency::{SurvivorSet, SurvivorSignature};
 use super::graph::NeighbourGraph;
-use super::messages::{AdvertiseKeys, AgentRef, EncryptedShare, RevealedShare, UnmaskRequest, UnmaskResponse};
+use super::messages::{AdvertiseKeys, AgentRef, EncryptedShare, RevealedShare, UnmaskResponse};
 use super::prg::{MaskSign, apply_masks_parallel};
 use super::quant::{counts_of, dequantize_sum};
 use super::shamir::{self, ShareValue};
@@ -30,6 +35,7 @@ enum Phase {
     Advertise,
     Shares,
     Masked,
+    Consistency,
     Unmask,
     Aborted,
 }
@@ -40,6 +46,7 @@ impl Phase {
             Phase::Advertise => "advertise",
             Phase::Shares => "shares",
             Phase::Masked => "masked-input",
+            Phase::Consistency => "consistency",
             Phase::Unmask => "unmask",
             Phase::Aborted => "aborted",
         }
@@ -103,6 +110,10 @@ pub struct ServerSession {
     staged: BTreeMap<u32, Vec<u32>>,
     u3: BTreeSet<u32>,
     dropped: BTreeSet<u32>,
+    /// Survivors' signatures over the survivor set (consistency round).
+    signatures: BTreeMap<u32, SurvivorSignature>,
+    /// The survivors asked to unmask: signers with at least `t` signing neighbours.
+    responders: BTreeSet<u32>,
     responded: BTreeSet<u32>,
     seed_shares: BTreeMap<u32, Vec<(u32, ShareValue)>>,
     key_shares: BTreeMap<u32, Vec<(u32, ShareValue)>>,
@@ -136,6 +147,10 @@ impl ServerSession {
         delta_len: usize,
     ) -> Result<Self, SecAggError> {
         params.validate(cohort.len(), delta_len)?;
+        let mut names = BTreeSet::new();
+        if let Some(a) = cohort.iter().find(|a| !names.insert(a.name.as_str())) {
+            return Err(SecAggError::RepeatedIdentity(a.name.clone()));
+        }
         let indices: Vec<u32> = cohort.iter().map(|a| a.index).collect();
         let graph = NeighbourGraph::new(&indices, params.neighbours as usize, graph_seed)?;
         Ok(ServerSession {
@@ -154,6 +169,8 @@ impl ServerSession {
             staged: BTreeMap::new(),
             u3: BTreeSet::new(),
             dropped: BTreeSet::new(),
+            signatures: BTreeMap::new(),
+            responders: BTreeSet::new(),
             responded: BTreeSet::new(),
             seed_shares: BTreeMap::new(),
             key_shares: BTreeMap::new(),
@@ -207,6 +224,7 @@ impl ServerSession {
         self.sum = MaskedSum(Vec::new());
         self.seed_shares.clear();
         self.key_shares.clear();
+        self.signatures.clear();
         tracing::warn!(round = self.round, "secure aggregation aborted: {why}");
         SecAggError::Abort(why)
     }
@@ -373,9 +391,9 @@ impl ServerSession {
         self.staged.remove(&from);
     }
 
-    /// Ends phase 3: discards unfinished uploads and returns the unmask request for the survivors. Aborts if any
-    /// agent that shared keys has fewer than `t` surviving neighbours (its secrets could not be reconstructed).
-    pub fn close_masked(&mut self) -> Result<UnmaskRequest, SecAggError> {
+    /// Ends phase 3: discards unfinished uploads and returns the survivor set for the survivors to sign. Aborts if
+    /// any agent that shared keys has fewer than `t` surviving neighbours (its secrets could not be reconstructed).
+    pub fn close_masked(&mut self) -> Result<SurvivorSet, SecAggError> {
         self.expect(Phase::Masked, "close_masked")?;
         self.staged.clear();
         let t = self.params.threshold as usize;
@@ -391,19 +409,15 @@ impl ServerSession {
             return Err(self.abort(why));
         }
         self.dropped = self.u2.difference(&self.u3).copied().collect();
-        self.phase = Phase::Unmask;
-        Ok(UnmaskRequest {
-            round: self.round,
-            survivors: self.u3.iter().copied().collect(),
-            dropped: self.dropped.iter().copied().collect(),
-        })
+        self.phase = Phase::Consistency;
+        Ok(SurvivorSet { round: self.round, survivors: self.u3.iter().copied().collect() })
     }
 
-    /// Phase 4: records agent `from`'s revealed shares, which must be exactly one per neighbour it masked with:
+    /// Phase 5: records agent `from`'s revealed shares, which must be exactly one per neighbour it masked with:
     /// seed shares for survivors, key shares for the dropped.
     pub fn on_unmask(&mut self, from: u32, resp: UnmaskResponse) -> Result<(), SecAggError> {
         self.expect(Phase::Unmask, "on_unmask")?;
-        Self::member_of(&self.u3, &self.graph, from)?;
+        Self::member_of(&self.responders, &self.graph, from)?;
         self.check_round(resp.round)?;
         if resp.from != from {
             return Err(SecAggError::WrongSender { claimed: resp.from, actual: from });
@@ -436,9 +450,11 @@ impl ServerSession {
         Ok(())
     }
 
-    /// Ends phase 4 and the round: reconstructs the survivors' self-mask seeds and the dropped agents' mask keys,
-    /// removes their masks from the running sum and returns the exact quantized sum. Aborts (outputs nothing) if
-    /// any secret has fewer than `t` revealed shares or does not match what its owner advertised.
+    /// Ends phase 5 and the round: reconstructs the survivors' self-mask seeds and the dropped agents' mask keys,
+    /// removes their masks from the running sum and returns the exact quantized sum. A secret whose first `t`
+    /// shares do not match what its owner advertised is reconstructed from other `t`-subsets ([`recover`]), so one
+    /// agent revealing garbage does not abort the round. Aborts (outputs nothing) if any secret has fewer than `t`
+    /// revealed shares or no subset within the budget matches.
     pub fn finish_quantized(mut self) -> Result<QuantizedSum, SecAggError> {
         self.expect(Phase::Unmask, "finish")?;
         let t = self.params.threshold as usize;
@@ -449,11 +465,11 @@ impl ServerSession {
             if shares.len() < t {
                 return Err(self.abort(format!("only {} shares of agent {j}'s seed, {t} needed", shares.len())));
             }
-            let seed = shamir::reconstruct(shares, t)?;
             let advertised = self.keys.get(&j).ok_or(SecAggError::ReconstructionMismatch(j))?;
-            if kdf::seed_commitment(self.round, j, &seed) != advertised.seed_commitment {
-                return Err(SecAggError::ReconstructionMismatch(j));
-            }
+            let commitment = advertised.seed_commitment;
+            let round = self.round;
+            let seed = recover::reconstruct_checked(shares, t, |s| kdf::seed_commitment(round, j, s) == commitment)
+                .ok_or(SecAggError::ReconstructionMismatch(j))?;
             masks.push((kdf::self_mask_key(self.round, j, &seed), MaskSign::Sub));
         }
         let dropped: Vec<u32> = self.dropped.iter().copied().collect();
@@ -462,11 +478,13 @@ impl ServerSession {
             if shares.len() < t {
                 return Err(self.abort(format!("only {} shares of agent {j}'s mask key, {t} needed", shares.len())));
             }
-            let sk = StaticSecret::from(shamir::reconstruct(shares, t)?);
             let advertised = self.keys.get(&j).ok_or(SecAggError::ReconstructionMismatch(j))?;
-            if PublicKey::from(&sk).to_bytes() != advertised.mask_pk {
-                return Err(SecAggError::ReconstructionMismatch(j));
-            }
+            let mask_pk = advertised.mask_pk;
+            let secret = recover::reconstruct_checked(shares, t, |s| {
+                PublicKey::from(&StaticSecret::from(*s)).to_bytes() == mask_pk
+            })
+            .ok_or(SecAggError::ReconstructionMismatch(j))?;
+            let sk = StaticSecret::from(secret);
             let ns = self.graph.neighbours(j).unwrap_or_default();
             for &i in ns.iter().filter(|i| self.u3.contains(i)) {
                 let pk = self.keys.get(&i).map(|k| PublicKey::from(k.mask_pk)).ok_or(SecAggError::UnknownAgent(i))?;
