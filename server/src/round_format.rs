@@ -37,7 +37,8 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<RoundRecord, CodecError> {
         [TAG, LAYOUT, body @ ..] => codec::decode(body, limit),
         [TAG, LAYOUT_V1, body @ ..] => codec::decode::<RoundRecordV1>(body, limit).map(RoundRecord::from),
         [TAG, other, ..] => Err(CodecError::Malformed(format!("unknown round record layout {other}"))),
-        _ => codec::decode::<RoundRecordV0>(bytes, limit).map(RoundRecord::from),
+        // Layout 0 is read through layout 1, which adds only what layout 0 lacked.
+        _ => codec::decode::<RoundRecordV0>(bytes, limit).map(|r| RoundRecord::from(RoundRecordV1::from(r))),
     }
 }
 
@@ -174,15 +175,16 @@ struct RoundRecordV0 {
     new_version: Option<u64>,
 }
 
-impl From<RoundRecordV0> for RoundRecord {
-    fn from(r: RoundRecordV0) -> RoundRecord {
+/// A layout-0 record as layout 1 would have held it: no weight decay, no federated evaluation.
+impl From<RoundRecordV0> for RoundRecordV1 {
+    fn from(r: RoundRecordV0) -> RoundRecordV1 {
         let h = r.plan.hyper;
-        RoundRecord {
+        RoundRecordV1 {
             round: r.round,
-            plan: RoundPlan {
+            plan: RoundPlanV1 {
                 round: r.plan.round,
                 model_version: r.plan.model_version,
-                hyper: TrainHyper {
+                hyper: TrainHyperV1 {
                     epochs: h.epochs,
                     batch_size: h.batch_size,
                     learning_rate: h.learning_rate,
@@ -192,7 +194,6 @@ impl From<RoundRecordV0> for RoundRecord {
                     prox_mu: h.prox_mu,
                     seed: h.seed,
                     deadline_ms: h.deadline_ms,
-                    loss: Loss::SoftmaxCrossEntropy,
                 },
                 deadline_ms: r.plan.deadline_ms,
                 aggregation: r.plan.aggregation,

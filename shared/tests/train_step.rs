@@ -379,3 +379,22 @@ fn malformed_graphs_are_errors_not_panics() {
     let y = b.node("Relu", &["nowhere"], vec![]);
     assert!(TrainableModel::from_onnx_bytes(&b.build(&y)).is_err());
 }
+
+#[test]
+fn token_ids_outside_the_embedding_table_are_clamped_into_it_not_a_crash() {
+    // A user's data can hold an id past the vocabulary or a negative one; tract's Gather has no bounds check.
+    let mut b = ModelBuilder::new(&[3], 1);
+    let table = b.init_random("table", &[4, 2], 0.5);
+    let emb = b.node("Gather", &[&table, "x"], vec![attr_i("axis", 0)]);
+    let f = b.node("Flatten", &[&emb], vec![attr_i("axis", 1)]);
+    let out = b.dense(&f, 6, 2);
+    let model = TrainableModel::from_onnx_bytes(&b.build(&out)).unwrap();
+    let w = model.initial_weights();
+    let inside = Predictor::new(&model, &w, 1).unwrap().predict(&[3.0, 0.0, 1.0]).unwrap();
+    let outside = Predictor::new(&model, &w, 1).unwrap().predict(&[1e6, -7.0, 1.0]).unwrap();
+    assert_eq!(inside, outside, "ids past the table read its last row, negative ones its first");
+    let mut step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, 1).unwrap();
+    let mut g = vec![0.0; w.len()];
+    let loss = step.run(&w, &[1e6, -7.0, 1.0], Labels::Classes(&[1]), 0, &mut g).unwrap();
+    assert!(loss.is_finite() && g.iter().all(|v| v.is_finite()));
+}

@@ -114,6 +114,15 @@ impl Emitter {
         self.reshape(&r, to)
     }
 
+    /// Float token ids as int64 indices into a table of `rows` rows, clamped into `0..rows` first: tract's Gather
+    /// indexes without a bounds check, so an id outside the table from a user's data must never reach it.
+    pub fn token_ids(&mut self, x: &str, rows: usize) -> String {
+        let (lo, hi) = (self.scalar(0.0), self.scalar(rows.saturating_sub(1) as f32));
+        let up = self.op("Max", &[x, &lo], vec![]);
+        let inside = self.op("Min", &[&up, &hi], vec![]);
+        self.op("Cast", &[&inside], vec![attr_i("to", 7)])
+    }
+
     /// `max(0, min(1, alpha x + beta))` from Mul, Add, Max and Min (tract's HardSigmoid is f32 only).
     pub fn hard_sigmoid(&mut self, x: &str, alpha: f32, beta: f32) -> String {
         let ax = self.scale(x, alpha);

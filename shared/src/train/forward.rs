@@ -222,10 +222,10 @@ fn emit_node(
             e.op_into("Mul", &[&sum, &k], &out, vec![]);
         }
         Op::Gather { axis } => {
-            // Dynamic indices arrive as floats (every tensor the data feeds is float): cast to integer ids.
+            // Dynamic indices arrive as floats (every tensor the data feeds is float): clamped integer ids.
             let idx = match g.consts.get(ins[1]) {
                 Some((_, super::proto::Data::I(_))) => ins[1].to_string(),
-                _ => e.op("Cast", &[ins[1]], vec![attr_i("to", 7)]),
+                _ => e.token_ids(ins[1], n.in_shapes[0][*axis]),
             };
             e.op_into("Gather", &[ins[0], &idx], &out, vec![attr_i("axis", *axis as i64)]);
         }

@@ -10,7 +10,7 @@ use super::super::custom_op;
 use super::super::emit::Emitter;
 use super::super::error::TrainError;
 use super::super::graph::{DNode, Op};
-use super::super::proto::{attr_i, attr_ints, node};
+use super::super::proto::{attr_ints, node};
 use super::Ctx;
 
 pub fn backward(
@@ -51,7 +51,7 @@ pub fn backward(
         }
         None => {
             // Ids [..] → ids * row, then + 0..row along a new last axis: [.., row] → flat.
-            let ids = e.op("Cast", &[&n.inputs[1]], vec![attr_i("to", 7)]);
+            let ids = e.token_ids(&n.inputs[1], data[0]);
             let r = e.const_i(&[], &[row as i64]);
             let starts = e.op("Mul", &[&ids, &r], vec![]);
             let last = e.const_i(&[1], &[-1]);
