@@ -84,3 +84,23 @@ fn a_frozen_backbone_with_a_trained_head_gets_pytorchs_head_gradient_and_nothing
         assert_close(&p.name, &grads[p.offset..p.offset + p.len], &floats(&expected["grads"][&p.name]));
     }
 }
+
+#[test]
+fn a_pytorch_exported_embedding_and_lstm_trains_as_pytorch_computes() {
+    matches_pytorch(
+        include_bytes!("fixtures/pytorch_lstm.onnx"),
+        include_str!("fixtures/pytorch_lstm.expected.json"),
+        5,
+        3,
+    );
+}
+
+#[test]
+fn a_pytorch_exported_embedding_and_gru_with_a_learned_initial_state_trains_as_pytorch_computes() {
+    matches_pytorch(
+        include_bytes!("fixtures/pytorch_gru.onnx"),
+        include_str!("fixtures/pytorch_gru.expected.json"),
+        5,
+        3,
+    );
+}

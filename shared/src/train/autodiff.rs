@@ -12,10 +12,11 @@ use super::custom_op;
 use super::emit::{Emitter, OPSET, Precision};
 use super::error::TrainError;
 use super::forward::{MaskInput, Mode, emit_forward};
-use super::grad::{self, Ctx};
-use super::graph::Graph;
+use super::grad::{self, Ctx, Piece, gather_slices};
+use super::graph::{Graph, Op};
 use super::loss::{LABELS, LOSS, Loss, emit_loss};
-use super::proto::value_info;
+use super::proto::{value_info, value_info_unshaped};
+use super::slice_guard;
 
 /// A training-step model and the order of its inputs and outputs.
 pub struct StepGraph {
@@ -66,14 +67,24 @@ pub fn build_step(
     let mask_by_output: HashMap<String, String> = masks.iter().map(|m| (m.output.clone(), m.name.clone())).collect();
     let ctx = Ctx { graph: g, masks: &mask_by_output };
     let mut grads: HashMap<String, Vec<String>> = HashMap::new();
+    // Gradients arriving through Slice nodes, per sliced tensor: combined when the tensor's own turn comes.
+    let mut sliced: HashMap<String, Vec<Piece>> = HashMap::new();
     grads.insert(g.output.clone(), vec![dz]);
     for node in g.nodes.iter().rev() {
-        let Some(parts) = grads.remove(&node.output) else { continue };
+        let Some(parts) = take(&mut e, g, &mut grads, &mut sliced, &node.output) else { continue };
         let needs: Vec<bool> = node.inputs.iter().map(|i| g.requires_grad.contains(i)).collect();
         if !needs.iter().any(|x| *x) {
             continue;
         }
         let dy = e.sum(&parts);
+        if let Op::Slice { starts, ends } = &node.op {
+            sliced.entry(node.inputs[0].clone()).or_default().push(Piece {
+                starts: starts.clone(),
+                ends: ends.clone(),
+                grad: dy,
+            });
+            continue;
+        }
         let gs = grad::backward(&mut e, &ctx, node, &dy, &needs)?;
         for ((input, gi), need) in node.inputs.iter().zip(gs).zip(&needs) {
             if let (Some(gi), true) = (gi, need) {
@@ -85,7 +96,7 @@ pub fn build_step(
     let mut outputs = vec![value_info(LOSS, ft, &[])];
     for (i, (name, shape)) in params.iter().enumerate() {
         let out = grad_name(i);
-        match grads.remove(name) {
+        match take(&mut e, g, &mut grads, &mut sliced, name) {
             Some(parts) => {
                 let s = e.sum(&parts);
                 e.op_into("Identity", &[&s], &[&out], vec![]);
@@ -98,6 +109,7 @@ pub fn build_step(
         }
         outputs.push(value_info(&out, ft, shape));
     }
+    outputs.extend(slice_guard::guard(&mut e).iter().map(|o| value_info_unshaped(o, ft)));
     let data_shape = g.shapes.get(data).cloned().unwrap_or_default();
     let mut inputs = vec![value_info(data, ft, &data_shape), value_info(LABELS, ft, &[n, c])];
     inputs.extend(params.iter().map(|(name, shape)| value_info(name, ft, shape)));
@@ -113,10 +125,27 @@ pub fn build_step(
     Ok(StepGraph { model: model_of(graph), masks })
 }
 
+/// Every gradient contribution of tensor `name`: those from its consumers and those its slices hand back.
+fn take(
+    e: &mut Emitter,
+    g: &Graph,
+    grads: &mut HashMap<String, Vec<String>>,
+    sliced: &mut HashMap<String, Vec<Piece>>,
+    name: &str,
+) -> Option<Vec<String>> {
+    let mut parts = grads.remove(name).unwrap_or_default();
+    if let Some(pieces) = sliced.remove(name) {
+        let shape = g.shapes.get(name).cloned().unwrap_or_default();
+        parts.extend(gather_slices(e, &shape, pieces));
+    }
+    (!parts.is_empty()).then_some(parts)
+}
+
 /// Builds the forward-only model (dropout as identity); weights must already be constants of `g`.
 pub fn build_inference(g: &Graph, data: &str) -> Result<ModelProto, TrainError> {
     let mut e = Emitter::default();
     emit_forward(&mut e, g, Mode::Infer)?;
+    let guards: Vec<_> = slice_guard::guard(&mut e).iter().map(|o| value_info_unshaped(o, DataType::Float)).collect();
     let data_shape = g.shapes.get(data).cloned().unwrap_or_default();
     let out_shape = g.shapes.get(&g.output).cloned().unwrap_or_default();
     let graph = GraphProto {
@@ -124,7 +153,7 @@ pub fn build_inference(g: &Graph, data: &str) -> Result<ModelProto, TrainError> 
         node: e.nodes,
         initializer: e.inits,
         input: vec![value_info(data, DataType::Float, &data_shape)],
-        output: vec![value_info(&g.output, DataType::Float, &out_shape)],
+        output: std::iter::once(value_info(&g.output, DataType::Float, &out_shape)).chain(guards).collect(),
         ..Default::default()
     };
     Ok(model_of(graph))

@@ -257,6 +257,18 @@ fn emit_node(
                 None => e.op_into("Mul", &[&xhat, ins[1]], &out, vec![]),
             }
         }
+        Op::Expand { shape } => {
+            let s = e.const_i(&[shape.len()], &ints(shape));
+            e.op_into("Expand", &[ins[0], &s], &out, vec![]);
+        }
+        Op::Slice { starts, ends } => {
+            let (b, en) = (e.const_i(&[starts.len()], &ints(starts)), e.const_i(&[ends.len()], &ints(ends)));
+            e.op_into("Slice", &[ins[0], &b, &en], &out, vec![]);
+        }
+        Op::Pad { pads: p, value } => {
+            let (p, v) = (e.const_i(&[2 * p.len()], &pads(p)), e.scalar(*value));
+            e.op_into("Pad", &[ins[0], &p, &v], &out, vec![]);
+        }
         Op::Dropout { ratio } => {
             if mode == Mode::Train && *ratio > 0.0 {
                 let name = format!("__fedge/dropout_mask/{}", masks.len());

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use tract_onnx::pb::{GraphProto, NodeProto};
 
 use super::error::TrainError;
+use super::lowering;
 use super::proto::{Attrs, Data, decode_tensor};
 use super::shapes::{self, broadcast, strides_of, window_out};
 
@@ -114,6 +115,20 @@ pub enum Op {
     LayerNorm {
         axis: usize,
         epsilon: f32,
+    },
+    /// Slice with unit steps, resolved to a `[start, end)` range on every axis (Split is lowered to these).
+    Slice {
+        starts: Vec<usize>,
+        ends: Vec<usize>,
+    },
+    /// Expand: broadcast to the constant shape `shape` (the broadcast of the input's shape and the requested one).
+    Expand {
+        shape: Vec<usize>,
+    },
+    /// Constant-mode Pad: `(before, after)` on every axis, filled with `value`.
+    Pad {
+        pads: Vec<(usize, usize)>,
+        value: f32,
     },
 }
 
@@ -224,6 +239,19 @@ impl Graph {
             }
         }
         let present: Vec<&str> = inputs.iter().copied().filter(|s| !s.is_empty()).collect();
+        if lowering::is_lowered(&node.op_type) && !present.is_empty() {
+            let shapes = &self.shapes;
+            let consts = &self.consts;
+            let low = lowering::lower(node, opset, &|n| shapes.get(n).cloned(), &|n| consts.get(n).cloned())?;
+            for (name, c) in low.consts {
+                self.shapes.insert(name.clone(), c.0.clone());
+                self.consts.insert(name, c);
+            }
+            for n in &low.nodes {
+                self.process(n, lowering::OPSET)?;
+            }
+            return Ok(());
+        }
         let all_const = present.iter().all(|i| self.consts.contains_key(*i));
         let out = node
             .output
@@ -244,7 +272,15 @@ impl Graph {
         }
         let op = self.parse(node, opset)?;
         let used: Vec<String> = match &op {
-            Op::Reshape | Op::Dropout { .. } | Op::Identity | Op::Pow { .. } | Op::Clip { .. } | Op::Reduce { .. } => {
+            Op::Reshape
+            | Op::Dropout { .. }
+            | Op::Identity
+            | Op::Pow { .. }
+            | Op::Clip { .. }
+            | Op::Reduce { .. }
+            | Op::Slice { .. }
+            | Op::Expand { .. }
+            | Op::Pad { .. } => {
                 vec![
                     present
                         .first()
@@ -535,8 +571,101 @@ impl Graph {
                 }
                 Op::LayerNorm { axis: shapes::axis(a.i("axis", -1), rank, false)?, epsilon: a.f("epsilon", 1e-5) }
             }
+            "Expand" => {
+                need(2)?;
+                let want = self.const_ints(node, &node.input[1])?;
+                let want = want
+                    .iter()
+                    .map(|d| {
+                        usize::try_from(*d)
+                            .map_err(|_| TrainError::invalid(format!("node {}: Expand to {d}", node.name)))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Op::Expand { shape: broadcast(&first_shape()?, &want)? }
+            }
+            "Slice" => {
+                let shape = first_shape()?;
+                let (starts, ends) = self.slice_range(node, &shape, opset)?;
+                Op::Slice { starts, ends }
+            }
+            "Pad" => {
+                let rank = first_shape()?.len();
+                if let Some(mode) = a.s("mode").filter(|m| m != "constant") {
+                    return Err(unsupported(&format!("Pad in {mode} mode")));
+                }
+                let (raw, value) = if opset < 11 {
+                    (a.ints("pads").unwrap_or_default(), a.f("value", 0.0))
+                } else {
+                    let raw = self.const_ints(node, node.input.get(1).map(|s| s.as_str()).unwrap_or(""))?;
+                    let value = match node.input.get(2).filter(|s| !s.is_empty()) {
+                        None => 0.0,
+                        Some(name) => self
+                            .consts
+                            .get(name)
+                            .and_then(|(_, d)| d.as_f32().first().copied())
+                            .ok_or_else(|| unsupported("Pad with a computed value"))?,
+                    };
+                    if node.input.get(3).is_some_and(|s| !s.is_empty()) {
+                        return Err(unsupported("Pad with an axes input"));
+                    }
+                    (raw, value)
+                };
+                if raw.len() != 2 * rank || raw.iter().any(|p| *p < 0) || !value.is_finite() {
+                    return Err(TrainError::invalid(format!(
+                        "node {}: Pad needs {} non-negative pads and a finite value, got {raw:?} and {value}",
+                        node.name,
+                        2 * rank
+                    )));
+                }
+                let pads = (0..rank).map(|i| (raw[i] as usize, raw[rank + i] as usize)).collect();
+                Op::Pad { pads, value }
+            }
             other => return Err(unsupported(other)),
         })
+    }
+
+    /// A Slice's `[start, end)` on every axis of `shape`, clamped as ONNX clamps them; steps other than 1 refused.
+    fn slice_range(
+        &self,
+        node: &NodeProto,
+        shape: &[usize],
+        opset: i64,
+    ) -> Result<(Vec<usize>, Vec<usize>), TrainError> {
+        let a = Attrs(node);
+        let unsupported = |what: &str| TrainError::UnsupportedOp { op: what.to_string(), node: node.name.clone() };
+        let input = |i: usize| -> Result<Option<Vec<i64>>, TrainError> {
+            match node.input.get(i).filter(|s| !s.is_empty()) {
+                None => Ok(None),
+                Some(name) => self.const_ints(node, name).map(Some),
+            }
+        };
+        let (starts, ends, axes, steps) = if opset < 10 {
+            (a.ints("starts").unwrap_or_default(), a.ints("ends").unwrap_or_default(), a.ints("axes"), None)
+        } else {
+            (input(1)?.unwrap_or_default(), input(2)?.unwrap_or_default(), input(3)?, input(4)?)
+        };
+        let rank = shape.len();
+        let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
+        if starts.len() != ends.len() || axes.len() != starts.len() {
+            return Err(TrainError::invalid(format!(
+                "node {}: Slice starts, ends and axes differ in length",
+                node.name
+            )));
+        }
+        if steps.as_ref().is_some_and(|st| st.len() != starts.len() || st.iter().any(|s| *s != 1)) {
+            return Err(unsupported("Slice with a step other than 1"));
+        }
+        let mut lo = vec![0; rank];
+        let mut hi = shape.to_vec();
+        for ((s, e), ax) in starts.iter().zip(&ends).zip(&axes) {
+            let ax = shapes::axis(*ax, rank, false)?;
+            let n = shape[ax] as i64;
+            let clamp = |v: i64| if v < 0 { (v.saturating_add(n)).max(0) } else { v.min(n) };
+            let (b, e) = (clamp(*s), clamp(*e));
+            lo[ax] = b as usize;
+            hi[ax] = e.max(b) as usize;
+        }
+        Ok((lo, hi))
     }
 
     fn infer(&self, node: &NodeProto, op: &Op, s: &[Vec<usize>], opset: i64) -> Result<Vec<usize>, TrainError> {
@@ -638,6 +767,9 @@ impl Graph {
                 s[0].clone()
             }
             Op::Reshape => self.reshape_target(node, &s[0], opset)?,
+            Op::Expand { shape } => shape.clone(),
+            Op::Slice { starts, ends } => starts.iter().zip(ends).map(|(b, e)| e - b).collect(),
+            Op::Pad { pads, .. } => s[0].iter().zip(pads).map(|(d, (b, e))| d + b + e).collect(),
             Op::Transpose { perm } => perm.iter().map(|p| s[0][*p]).collect(),
             Op::Concat { axis } => {
                 let mut out = s[0].clone();
@@ -885,6 +1017,38 @@ impl Graph {
                     }
                 }
                 (shape, if float { Data::F(f) } else { Data::I(i) })
+            }
+            // Shape chains (Expand with a -1 dimension): comparisons give 0/1 integers, Where picks by them.
+            "Equal" => {
+                let (sa, da) = inp(0)?;
+                let (sb, db) = inp(1)?;
+                let shape = broadcast(sa, sb)?;
+                let (x, y) = (da.as_i64(), db.as_i64());
+                let eq = broadcast_index(sa, &shape)
+                    .iter()
+                    .zip(&broadcast_index(sb, &shape))
+                    .map(|(i, j)| (x[*i] == y[*j]) as i64)
+                    .collect();
+                (shape, Data::I(eq))
+            }
+            "Where" => {
+                let (sc, dc) = inp(0)?;
+                let (sa, da) = inp(1)?;
+                let (sb, db) = inp(2)?;
+                let shape = broadcast(&broadcast(sc, sa)?, sb)?;
+                let (ic, ia, ib) =
+                    (broadcast_index(sc, &shape), broadcast_index(sa, &shape), broadcast_index(sb, &shape));
+                let cond = dc.as_i64();
+                let data = match (da, db) {
+                    (Data::I(x), Data::I(y)) => {
+                        Data::I((0..ic.len()).map(|k| if cond[ic[k]] != 0 { x[ia[k]] } else { y[ib[k]] }).collect())
+                    }
+                    _ => {
+                        let (x, y) = (da.as_f32(), db.as_f32());
+                        Data::F((0..ic.len()).map(|k| if cond[ic[k]] != 0 { x[ia[k]] } else { y[ib[k]] }).collect())
+                    }
+                };
+                (shape, data)
             }
             "Add" | "Sub" | "Mul" | "Div" => {
                 let (sa, da) = inp(0)?;

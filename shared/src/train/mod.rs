@@ -34,10 +34,12 @@ mod forward;
 mod grad;
 mod graph;
 mod loss;
+mod lowering;
 mod plan;
 mod predictor;
 mod proto;
 mod shapes;
+mod slice_guard;
 mod step;
 mod trainable;
 

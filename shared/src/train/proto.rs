@@ -166,6 +166,18 @@ pub fn value_info(name: &str, elem_type: DataType, shape: &[usize]) -> ValueInfo
     }
 }
 
+/// A value info with an element type and no shape (for outputs whose shape the runtime infers).
+pub fn value_info_unshaped(name: &str, elem_type: DataType) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: elem_type as i32, shape: None })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The element type and dimensions of a value info; `None` for a symbolic or missing dimension.
 pub fn value_info_shape(v: &ValueInfoProto) -> Option<(i32, Vec<Option<usize>>)> {
     let Some(TypeProto { value: Some(type_proto::Value::TensorType(t)), .. }) = &v.r#type else {

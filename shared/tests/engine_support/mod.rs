@@ -119,6 +119,31 @@ impl ModelBuilder {
         name.to_string()
     }
 
+    /// A node with `outputs` outputs (an empty name where the output is not wanted); returns their names.
+    pub fn node_outputs(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        outputs: &[bool],
+        attrs: Vec<AttributeProto>,
+    ) -> Vec<String> {
+        self.count += 1;
+        let outs: Vec<String> = outputs
+            .iter()
+            .enumerate()
+            .map(|(i, want)| if *want { format!("{}_{}_{i}", op.to_lowercase(), self.count) } else { String::new() })
+            .collect();
+        self.nodes.push(NodeProto {
+            op_type: op.into(),
+            name: format!("{op}_node_{}", self.count),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outs.clone(),
+            attribute: attrs,
+            ..Default::default()
+        });
+        outs
+    }
+
     /// A node with one output; returns its output name.
     pub fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
         self.count += 1;
@@ -288,4 +313,36 @@ pub fn gradient_error_in(
         worst = worst.max((fd - gv).abs() / denom);
     }
     worst
+}
+
+/// The relative error every finite-difference check accepts.
+pub const TOL: f64 = 1e-3;
+
+/// Wraps `op` between a trainable elementwise scale of the input (so the op's input gradient is checked too) and
+/// a dense layer to 3 classes; returns the model's bytes.
+pub fn wrap(input: &[usize], seed: u64, op: impl FnOnce(&mut ModelBuilder, &str) -> String) -> Vec<u8> {
+    let mut b = ModelBuilder::new(input, seed);
+    let n: usize = input.iter().product();
+    let scale: Vec<f32> = (0..n).map(|i| 0.8 + 0.4 * ((i * 7919) % 13) as f32 / 13.0).collect();
+    let pre = b.init("pre", input, &scale);
+    let x = b.node("Mul", &["x", &pre], vec![]);
+    let y = op(&mut b, &x);
+    let f = b.node("Flatten", &[&y], vec![attr_i("axis", 1)]);
+    // The feature count is found by parsing the model up to the flatten.
+    let probe = fedge_shared::train::TrainableModel::from_onnx_bytes(&b.build(&f)).unwrap();
+    let feats = probe.output_len();
+    let out = b.dense(&f, feats, 3);
+    b.build(&out)
+}
+
+pub fn check(
+    bytes: &[u8],
+    loss: Loss,
+    n: usize,
+    seed: u64,
+    step: f64,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let err = gradient_error(bytes, loss, n, seed, 3, step);
+    proptest::prop_assert!(err < TOL, "relative error {}", err);
+    Ok(())
 }

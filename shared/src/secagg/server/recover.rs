@@ -107,7 +107,10 @@ mod tests {
             if bad.len() <= m - t {
                 prop_assert_eq!(got, Some(secret));
             } else {
-                prop_assert_eq!(got, None);
+                // Too few honest shares: nothing the check rejects comes back. (Equal errors on several shares can
+                // cancel in the Lagrange sum — +1 on the shares at x = 2 and x = 8 of five, whose coefficients are 5
+                // and -5 — and then the true secret comes back, rightly.)
+                prop_assert!(got.is_none() || got == Some(secret));
             }
         }
     }

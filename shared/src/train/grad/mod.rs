@@ -13,10 +13,12 @@ mod pointwise;
 mod pool;
 mod reduce;
 mod reshape;
+mod slice;
 
 use std::collections::HashMap;
 
 pub use pool::indices_name;
+pub use slice::{Piece, gather as gather_slices};
 
 use super::emit::Emitter;
 use super::error::TrainError;
@@ -60,7 +62,9 @@ pub fn backward(
         | Op::HardSigmoid { .. }
         | Op::HardSwish => pointwise::backward(e, n, dy),
         Op::Reduce { .. } => reduce::backward(e, n, dy),
+        Op::Expand { .. } => Ok(vec![Some(e.unbroadcast(dy, &n.out_shape, &n.in_shapes[0]))]),
         Op::Gather { .. } => gather::backward(e, ctx, n, dy, needs),
         Op::LayerNorm { .. } => norm::layer_norm_backward(e, n, dy, needs),
+        Op::Slice { .. } | Op::Pad { .. } => slice::backward(e, n, dy),
     }
 }

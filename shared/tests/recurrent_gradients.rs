@@ -1,0 +1,185 @@
+//! Gradient specifications for the recurrent cells and the slicing operators they are unrolled into: LSTM and GRU
+//! as ONNX defines them (time-major or batch-first, with or without biases, zero or given initial states, every
+//! step or the last as output), Split, Slice, Pad and Expand. The training graph's gradient matches central finite
+//! differences of its own loss (property tests over random shapes, few cases each); what stays unsupported is
+//! refused with the operator's name and node.
+
+mod engine_support;
+
+use engine_support::*;
+use fedge_shared::train::{Loss, TrainError, TrainableModel};
+use proptest::prelude::*;
+
+const CE: Loss = Loss::SoftmaxCrossEntropy;
+/// Examples per checked batch: initial states are shaped by it.
+const N: usize = 2;
+
+/// A recurrent node over `[N, T, I]` inputs; `output` 0 = `Y` (every step), 1 = `Y_h`, 2 = `Y_c` (LSTM only).
+#[allow(clippy::too_many_arguments)]
+fn recurrent(
+    b: &mut ModelBuilder,
+    x: &str,
+    op: &str,
+    (t, i, h): (usize, usize, usize),
+    batch_first: bool,
+    bias: bool,
+    initial: bool,
+    output: usize,
+    extra: Vec<tract_onnx::pb::AttributeProto>,
+) -> String {
+    let gates = if op == "LSTM" { 4 } else { 3 };
+    let _ = t;
+    let xin = if batch_first { x.to_string() } else { b.node("Transpose", &[x], vec![attr_ints("perm", &[1, 0, 2])]) };
+    let w = b.init_random("W", &[1, gates * h, i], 0.6);
+    let r = b.init_random("R", &[1, gates * h, h], 0.6);
+    let bb = if bias { b.init_random("B", &[1, 2 * gates * h], 0.3) } else { String::new() };
+    let (h0, c0) = if initial {
+        let h0 = learned_state(b, x, "h0", h, batch_first);
+        let c0 = if op == "LSTM" { learned_state(b, x, "c0", h, batch_first) } else { String::new() };
+        (h0, c0)
+    } else {
+        (String::new(), String::new())
+    };
+    let mut ins = vec![xin.as_str(), &w, &r, &bb, "", &h0];
+    if op == "LSTM" {
+        ins.push(&c0);
+    }
+    while ins.last() == Some(&"") {
+        ins.pop();
+    }
+    let outs = if op == "LSTM" { 3 } else { 2 };
+    let wanted: Vec<bool> = (0..outs).map(|k| k == output).collect();
+    let mut attrs = vec![attr_i("hidden_size", h as i64), attr_i("layout", batch_first as i64)];
+    attrs.extend(extra);
+    let y = b.node_outputs(op, &ins, &wanted, attrs).swap_remove(output);
+    match (batch_first, output) {
+        (true, _) => y,
+        // Time-major outputs go batch-first before the dense layer: Y [T, 1, B, H], Y_h and Y_c [1, B, H].
+        (false, 0) => b.node("Transpose", &[&y], vec![attr_ints("perm", &[2, 0, 1, 3])]),
+        (false, _) => b.node("Transpose", &[&y], vec![attr_ints("perm", &[1, 0, 2])]),
+    }
+}
+
+/// A learned `[1, 1, H]` state expanded over the batch as PyTorch exports it (Shape, Gather, Concat, Expand).
+fn learned_state(b: &mut ModelBuilder, x: &str, name: &str, h: usize, batch_first: bool) -> String {
+    let p = b.init_random(name, &[1, 1, h], 0.5);
+    let s = b.node("Shape", &[x], vec![]);
+    let zero = b.init_i64(&format!("{name}_zero"), &[1], &[0]);
+    let n = b.node("Gather", &[&s, &zero], vec![attr_i("axis", 0)]);
+    let (one, hh) =
+        (b.init_i64(&format!("{name}_one"), &[1], &[1]), b.init_i64(&format!("{name}_h"), &[1], &[h as i64]));
+    let shape = if batch_first {
+        b.node("Concat", &[&n, &one, &hh], vec![attr_i("axis", 0)])
+    } else {
+        b.node("Concat", &[&one, &n, &hh], vec![attr_i("axis", 0)])
+    };
+    b.node("Expand", &[&p, &shape], vec![])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    #[test]
+    fn lstm_gradients_match_finite_differences(
+        t in 1usize..4, i in 1usize..3, h in 1usize..3, batch_first in any::<bool>(), bias in any::<bool>(),
+        initial in any::<bool>(), output in 0usize..3, seed in 0u64..1000,
+    ) {
+        let bytes = wrap(&[t, i], seed, |b, x| {
+            recurrent(b, x, "LSTM", (t, i, h), batch_first, bias, initial, output, vec![])
+        });
+        check(&bytes, CE, N, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn gru_gradients_match_finite_differences(
+        t in 1usize..4, i in 1usize..3, h in 1usize..3, batch_first in any::<bool>(), bias in any::<bool>(),
+        initial in any::<bool>(), output in 0usize..2, linear_before_reset in any::<bool>(), seed in 0u64..1000,
+    ) {
+        let bytes = wrap(&[t, i], seed, |b, x| {
+            let lbr = vec![attr_i("linear_before_reset", linear_before_reset as i64)];
+            recurrent(b, x, "GRU", (t, i, h), batch_first, bias, initial, output, lbr)
+        });
+        check(&bytes, CE, N, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn split_gradients_match_finite_differences(
+        axis in 1i64..3, sizes in prop::sample::select(vec![vec![1usize, 3], vec![2, 2], vec![1, 1, 2]]),
+        drop_one in any::<bool>(), seed in 0u64..1000,
+    ) {
+        // [N, 4, 4] split along an axis; the parts are recombined unevenly so each gets its own gradient, and one
+        // part may go unused.
+        let bytes = wrap(&[4, 4], seed, |b, x| {
+            let s = b.init_i64("sizes", &[sizes.len()], &sizes.iter().map(|v| *v as i64).collect::<Vec<_>>());
+            let wanted = vec![true; sizes.len()];
+            let parts = b.node_outputs("Split", &[x, &s], &wanted, vec![attr_i("axis", axis)]);
+            let first = b.node("Tanh", &[&parts[0]], vec![]);
+            let used: Vec<&str> = if drop_one { vec![&first] } else {
+                std::iter::once(first.as_str()).chain(parts[1..].iter().map(|p| p.as_str())).collect()
+            };
+            b.node("Concat", &used, vec![attr_i("axis", axis)])
+        });
+        check(&bytes, CE, N, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn overlapping_slices_and_pads_gradients_match_finite_differences(
+        a in 0i64..3, len in 1i64..3, pad_before in 0i64..2, pad_after in 0i64..2, value in -1f32..1.0,
+        seed in 0u64..1000,
+    ) {
+        // Two overlapping slices of one tensor (their gradients are padded and summed), one of them padded.
+        let bytes = wrap(&[4, 3], seed, |b, x| {
+            let (s1, e1, ax) = (b.init_i64("s1", &[1], &[a]), b.init_i64("e1", &[1], &[a + len]), b.init_i64("ax", &[1], &[1]));
+            let first = b.node("Slice", &[x, &s1, &e1, &ax], vec![]);
+            let (s2, e2) = (b.init_i64("s2", &[2], &[1, 0]), b.init_i64("e2", &[2], &[4, 2]));
+            let ax2 = b.init_i64("ax2", &[2], &[1, 2]);
+            let second = b.node("Slice", &[x, &s2, &e2, &ax2], vec![]);
+            let p = b.init_i64("pads", &[6], &[0, pad_before, 0, 0, pad_after, 0]);
+            let v = b.constant("pad_value", &[], &[value]);
+            let padded = b.node("Pad", &[&first, &p, &v], vec![]);
+            let f1 = b.node("Flatten", &[&padded], vec![attr_i("axis", 1)]);
+            let f2 = b.node("Flatten", &[&second], vec![attr_i("axis", 1)]);
+            b.node("Concat", &[&f1, &f2], vec![attr_i("axis", 1)])
+        });
+        check(&bytes, CE, N, seed, 1e-2)?;
+    }
+
+    #[test]
+    fn expand_gradients_match_finite_differences(rows in 1usize..4, seed in 0u64..1000) {
+        // A learned [1, 3] row broadcast over rows, as a class token or a positional table is.
+        let bytes = wrap(&[rows, 3], seed, |b, x| {
+            let row = b.init_random("row", &[1, 3], 0.5);
+            let shape = b.init_i64("shape", &[3], &[1, rows as i64, 3]);
+            let e = b.node("Expand", &[&row, &shape], vec![]);
+            b.node("Mul", &[x, &e], vec![])
+        });
+        check(&bytes, CE, N, seed, 1e-2)?;
+    }
+}
+
+#[test]
+fn what_pytorchs_exporter_never_writes_is_refused_with_the_operator_and_node() {
+    let refused = |attrs: Vec<tract_onnx::pb::AttributeProto>| {
+        let mut b = ModelBuilder::new(&[3, 2], 1);
+        let w = b.init_random("W", &[1, 8, 2], 0.5);
+        let r = b.init_random("R", &[1, 8, 2], 0.5);
+        let mut a = vec![attr_i("hidden_size", 2), attr_i("layout", 1)];
+        a.extend(attrs);
+        let y = b.node_outputs("LSTM", &["x", &w, &r], &[false, true], a).swap_remove(1);
+        match TrainableModel::from_onnx_bytes(&b.build(&y)) {
+            Err(TrainError::UnsupportedOp { op, node }) => (op, node),
+            other => panic!("expected a refusal, got {:?}", other.map(|m| m.num_params())),
+        }
+    };
+    let direction = tract_onnx::pb::AttributeProto {
+        name: "direction".into(),
+        r#type: tract_onnx::pb::attribute_proto::AttributeType::String as i32,
+        s: b"bidirectional".to_vec(),
+        ..Default::default()
+    };
+    let (op, node) = refused(vec![direction]);
+    assert!(op.contains("LSTM") && op.contains("bidirectional"), "{op}");
+    assert!(node.starts_with("LSTM_node"), "{node}");
+    let (op, _) = refused(vec![attr_f("clip", 3.0)]);
+    assert!(op.contains("clipping"), "{op}");
+}
