@@ -23,19 +23,23 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
 
 /// Loads `onnx`, then checks logits, loss and every parameter's gradient against `expected` (PyTorch's).
 fn matches_pytorch(onnx: &[u8], expected: &str, input_len: usize, output_len: usize) {
+    matches_pytorch_with(onnx, expected, input_len, output_len, Loss::SoftmaxCrossEntropy)
+}
+
+fn matches_pytorch_with(onnx: &[u8], expected: &str, input_len: usize, output_len: usize, loss_kind: Loss) {
     let expected: serde_json::Value = serde_json::from_str(expected).unwrap();
     let model = TrainableModel::from_onnx_bytes(onnx).expect("PyTorch's export loads unchanged");
     assert_eq!(model.input_len(), input_len);
     assert_eq!(model.output_len(), output_len);
     let x = floats(&expected["input"]);
     let labels: Vec<u32> = expected["labels"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap() as u32).collect();
-    let n = labels.len();
+    let n = x.len() / input_len;
     let weights = model.initial_weights();
 
     let logits = Predictor::new(&model, &weights, n).unwrap().predict(&x).unwrap();
     assert_close("logits", &logits, &floats(&expected["logits"]));
 
-    let mut step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, n).unwrap();
+    let mut step = TrainStep::new(&model, loss_kind, n).unwrap();
     let mut grads = vec![0f32; model.num_params()];
     let loss = step.run(&weights, &x, Labels::Classes(&labels), 0, &mut grads).unwrap();
     let want_loss = expected["loss"].as_f64().unwrap() as f32;
@@ -102,5 +106,17 @@ fn a_pytorch_exported_embedding_and_gru_with_a_learned_initial_state_trains_as_p
         include_str!("fixtures/pytorch_gru.expected.json"),
         5,
         3,
+    );
+}
+
+#[test]
+fn a_next_token_lstm_trains_on_every_step_as_pytorch_computes() {
+    // [N, T, V] logits against [N, T] labels: the cross-entropy of every position, averaged.
+    matches_pytorch_with(
+        include_bytes!("fixtures/pytorch_lstm_seq.onnx"),
+        include_str!("fixtures/pytorch_lstm_seq.expected.json"),
+        5,
+        5 * 11,
+        Loss::SequenceCrossEntropy,
     );
 }

@@ -145,6 +145,20 @@ proptest! {
     }
 
     #[test]
+    fn sequence_cross_entropy_gradients_match_finite_differences(
+        t in 1usize..4, v in 2usize..5, seed in 0u64..1000,
+    ) {
+        // A batch-first LSTM whose every step is projected to `v` classes: [N, T, V] logits, a label per step.
+        let mut b = ModelBuilder::new(&[t, 2], seed);
+        let y = recurrent(&mut b, "x", "LSTM", (t, 2, 3), true, true, false, 0, vec![]);
+        let s = b.init_i64("seq_shape", &[3], &[0, t as i64, 3]);
+        let y = b.node("Reshape", &[&y, &s], vec![]);
+        let w = b.init_random("proj", &[3, v], 0.7);
+        let logits = b.node("MatMul", &[&y, &w], vec![]);
+        check(&b.build(&logits), Loss::SequenceCrossEntropy, N, seed, 1e-2)?;
+    }
+
+    #[test]
     fn expand_gradients_match_finite_differences(rows in 1usize..4, seed in 0u64..1000) {
         // A learned [1, 3] row broadcast over rows, as a class token or a positional table is.
         let bytes = wrap(&[rows, 3], seed, |b, x| {

@@ -255,7 +255,7 @@ impl LocalTrainer {
         while steps < steps_per_epoch {
             let Some(n) = batches.next_into(&mut self.batch)? else { break };
             let labels = match (self.loss, data.task()) {
-                (Loss::SoftmaxCrossEntropy, _) => Labels::Classes(&self.batch.classes),
+                (Loss::SoftmaxCrossEntropy | Loss::SequenceCrossEntropy, _) => Labels::Classes(&self.batch.classes),
                 (Loss::MeanSquaredError, Task::Regression { .. }) => Labels::Targets(&self.batch.targets),
                 (Loss::MeanSquaredError, Task::Classification { .. }) => {
                     // Mean squared error against one-hot class vectors.
@@ -305,6 +305,14 @@ impl LocalTrainer {
 
     fn check_data<D: Examples + ?Sized>(&self, data: &D) -> Result<(), LocalTrainError> {
         check_data(&self.model, data)?;
+        if self.loss == Loss::SequenceCrossEntropy {
+            // The data sources give one label per example; per-position labels exist only at the TrainStep level.
+            return Err(LocalTrainError::Data(
+                "sequence_cross_entropy needs a label per position, and this data source gives one per example: \
+                 train on the last position with cross_entropy (a model whose output is that position's logits)"
+                    .into(),
+            ));
+        }
         if self.loss == Loss::SoftmaxCrossEntropy && matches!(data.task(), Task::Regression { .. }) {
             return Err(LocalTrainError::Data(
                 "the data holds regression targets but the loss is softmax cross-entropy: train with the mse loss"

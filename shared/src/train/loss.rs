@@ -26,6 +26,10 @@ pub enum Loss {
     /// Mean squared error against targets (regression; one-hot class vectors on a classification set).
     #[serde(rename = "mse")]
     MeanSquaredError,
+    /// Softmax cross-entropy at every position of a sequence: `[N, T, V]` logits (the last axis the classes)
+    /// against `[N, T]` class labels, averaged over all `N × T` positions (next-token training on every step).
+    #[serde(rename = "sequence_cross_entropy")]
+    SequenceCrossEntropy,
 }
 
 impl Loss {
@@ -34,6 +38,21 @@ impl Loss {
         match self {
             Loss::SoftmaxCrossEntropy => "cross_entropy",
             Loss::MeanSquaredError => "mse",
+            Loss::SequenceCrossEntropy => "sequence_cross_entropy",
+        }
+    }
+
+    /// The `[rows, classes]` matrix the loss reads from a model output of shape `out` (batch axis first): one row
+    /// per example, or one per position for the sequence loss (whose classes are the last axis).
+    pub fn layout(self, out: &[usize]) -> (usize, usize) {
+        let n = out.first().copied().unwrap_or(1);
+        let total: usize = out.iter().product();
+        match self {
+            Loss::SequenceCrossEntropy => {
+                let c = out.last().copied().unwrap_or(1).max(1);
+                (total / c, c)
+            }
+            _ => (n, total / n.max(1)),
         }
     }
 }
@@ -44,7 +63,10 @@ impl std::str::FromStr for Loss {
         match s {
             "cross_entropy" | "ce" | "softmax_cross_entropy" => Ok(Loss::SoftmaxCrossEntropy),
             "mse" | "mean_squared_error" => Ok(Loss::MeanSquaredError),
-            other => Err(format!("unknown loss {other:?}: expected \"cross_entropy\" or \"mse\"")),
+            "sequence_cross_entropy" | "seq_ce" => Ok(Loss::SequenceCrossEntropy),
+            other => Err(format!(
+                "unknown loss {other:?}: expected \"cross_entropy\", \"mse\" or \"sequence_cross_entropy\""
+            )),
         }
     }
 }
@@ -58,7 +80,8 @@ impl std::fmt::Display for Loss {
 /// The labels of one batch.
 #[derive(Debug, Clone, Copy)]
 pub enum Labels<'a> {
-    /// One class index per example, for [`Loss::SoftmaxCrossEntropy`].
+    /// One class index per example, for [`Loss::SoftmaxCrossEntropy`]; one per position (`[N, T]`, row-major)
+    /// for [`Loss::SequenceCrossEntropy`].
     Classes(&'a [u32]),
     /// `n × output_len` targets, row-major, for [`Loss::MeanSquaredError`].
     Targets(&'a [f32]),
@@ -67,7 +90,7 @@ pub enum Labels<'a> {
 /// Appends the loss over logits `z` (`[n, c]`) and returns the gradient of the loss with respect to `z`.
 pub fn emit_loss(e: &mut Emitter, z: &str, n: usize, c: usize, loss: Loss) -> String {
     match loss {
-        Loss::SoftmaxCrossEntropy => {
+        Loss::SoftmaxCrossEntropy | Loss::SequenceCrossEntropy => {
             let lsm = e.log_softmax(z, &[n, c], 1);
             let picked = e.op("Mul", &[&lsm, LABELS], vec![]);
             let total = e.reduce_sum(&picked, &[0, 1], false);
@@ -92,9 +115,10 @@ pub fn emit_loss(e: &mut Emitter, z: &str, n: usize, c: usize, loss: Loss) -> St
 /// The `[n, c]` label tensor the graph reads, checked against the loss and the batch.
 pub fn label_tensor(labels: Labels<'_>, loss: Loss, n: usize, c: usize) -> Result<Vec<f32>, TrainError> {
     match (loss, labels) {
-        (Loss::SoftmaxCrossEntropy, Labels::Classes(cls)) => {
+        (Loss::SoftmaxCrossEntropy | Loss::SequenceCrossEntropy, Labels::Classes(cls)) => {
             if cls.len() != n {
-                return Err(TrainError::shape(format!("{} labels for {n} examples", cls.len())));
+                let what = if loss == Loss::SequenceCrossEntropy { "positions" } else { "examples" };
+                return Err(TrainError::shape(format!("{} labels for {n} {what}", cls.len())));
             }
             let mut onehot = vec![0.0; n * c];
             for (i, k) in cls.iter().enumerate() {
@@ -112,7 +136,7 @@ pub fn label_tensor(labels: Labels<'_>, loss: Loss, n: usize, c: usize) -> Resul
             }
             Ok(t.to_vec())
         }
-        (Loss::SoftmaxCrossEntropy, Labels::Targets(_)) => {
+        (Loss::SoftmaxCrossEntropy | Loss::SequenceCrossEntropy, Labels::Targets(_)) => {
             Err(TrainError::shape("softmax cross-entropy needs class labels".to_string()))
         }
         (Loss::MeanSquaredError, Labels::Classes(_)) => {

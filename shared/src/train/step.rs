@@ -21,6 +21,9 @@ const MAX_PLANS: usize = 3;
 
 struct SizedPlan {
     n: usize,
+    /// The loss's `[rows, classes]` label matrix for these `n` examples.
+    rows: usize,
+    classes: usize,
     plan: Plan,
     masks: Vec<MaskInput>,
 }
@@ -69,31 +72,34 @@ impl TrainStep {
     }
 
     /// The training-step graph this step runs for `n` examples, as ONNX bytes (for inspection or for timing other
-    /// runtimes). Inputs: data, labels (`[n, C]`, one-hot for cross-entropy), the weights in
+    /// runtimes). Inputs: data, labels (`[rows, C]` as [`Loss::layout`] gives, one-hot for the cross-entropies), the weights in
     /// [`TrainableModel::params`] order, then dropout masks; outputs: the mean loss, then each weight's gradient.
     /// Models with MaxPool use fedge's own `FedgeMaxPoolGrad` operator (domain `ai.fedge`).
     pub fn training_graph(&self, n: usize) -> Result<Vec<u8>, TrainError> {
-        Ok(prost::Message::encode_to_vec(&self.step_graph(n)?.model))
+        Ok(prost::Message::encode_to_vec(&self.step_graph(n)?.0.model))
     }
 
-    /// The forward model resolved for `n` examples with its backward pass appended.
-    fn step_graph(&self, n: usize) -> Result<StepGraph, TrainError> {
+    /// The forward model resolved for `n` examples with its backward pass appended, and its label matrix's shape.
+    fn step_graph(&self, n: usize) -> Result<(StepGraph, usize, usize), TrainError> {
         let g = self.model.resolve(n, None)?;
-        build_step(
+        let out = g.shapes.get(&g.output).cloned().unwrap_or_default();
+        let (rows, classes) = self.loss.layout(&out);
+        let sg = build_step(
             &g,
             self.model.input_name(),
             &self.model.param_shapes(),
             self.loss,
-            n,
-            self.model.output_len(),
+            rows,
+            classes,
             self.precision,
-        )
+        )?;
+        Ok((sg, rows, classes))
     }
 
     fn build(&self, n: usize) -> Result<SizedPlan, TrainError> {
-        let sg = self.step_graph(n)?;
+        let (sg, rows, classes) = self.step_graph(n)?;
         let plan = compile(&sg.model)?;
-        Ok(SizedPlan { n, plan, masks: sg.masks })
+        Ok(SizedPlan { n, rows, classes, plan, masks: sg.masks })
     }
 
     fn plan_for(&mut self, n: usize) -> Result<&SizedPlan, TrainError> {
@@ -149,14 +155,15 @@ impl TrainStep {
         if n > self.batch {
             return Err(TrainError::shape(format!("{n} examples exceed the batch size {}", self.batch)));
         }
-        let c = model.output_len();
-        let y = label_tensor(labels, self.loss, n, c)?;
+        let loss = self.loss;
         let plan = self.plan_for(n)?;
+        let (rows, c) = (plan.rows, plan.classes);
+        let y = label_tensor(labels, loss, rows, c)?;
         let mut inputs: TVec<TValue> = TVec::with_capacity(2 + model.params().len() + plan.masks.len());
         let mut xs = vec![n];
         xs.extend(model.input_shape());
         inputs.push(tensor_in(&xs, x, precision)?);
-        inputs.push(tensor_in(&[n, c], &y, precision)?);
+        inputs.push(tensor_in(&[rows, c], &y, precision)?);
         for p in model.params() {
             inputs.push(tensor_in(&p.shape, &weights[p.offset..p.offset + p.len], precision)?);
         }

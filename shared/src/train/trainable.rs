@@ -32,6 +32,8 @@ struct Inner {
     input_shape: Vec<usize>,
     output_name: String,
     output_len: usize,
+    /// One example's output shape (the batch axis left out).
+    output_shape: Vec<usize>,
     initializers: HashMap<String, Const>,
     /// Float initializers in graph order that may be trained (not BatchNormalization running statistics).
     candidates: Vec<String>,
@@ -144,12 +146,14 @@ impl TrainableModel {
             input_shape,
             output_name,
             output_len: 0,
+            output_shape: vec![],
             initializers,
             candidates: candidates.clone(),
         };
         let params = layout(&inner, &candidates)?;
         // Resolve at two batch sizes: validates every operator and shape, and that the output scales with the batch.
         let mut lens = vec![];
+        let mut shape = vec![];
         for n in [1usize, 2] {
             let g = resolve_with(&inner, &params, n, None)?;
             let out = g.shapes.get(&g.output).cloned().unwrap_or_default();
@@ -158,11 +162,13 @@ impl TrainableModel {
                 return Err(TrainError::shape(format!("the output {out:?} does not follow the batch size {n}")));
             }
             lens.push(total / n);
+            shape = out[1..].to_vec();
         }
         if lens[0] != lens[1] || lens[0] == 0 {
             return Err(TrainError::shape("the output size depends on the batch size"));
         }
         inner.output_len = lens[0];
+        inner.output_shape = shape;
         Ok(TrainableModel { inner: Arc::new(inner), params: Arc::new(params) })
     }
 
@@ -238,6 +244,11 @@ impl TrainableModel {
     }
 
     /// Number of outputs per example (e.g. 10 classes).
+    /// One example's output shape, without the batch axis (`[V]` for classes, `[T, V]` for a sequence model).
+    pub fn output_shape(&self) -> &[usize] {
+        &self.inner.output_shape
+    }
+
     pub fn output_len(&self) -> usize {
         self.inner.output_len
     }

@@ -243,7 +243,10 @@ impl OwnedLabels {
 
     pub fn random(rng: &mut ChaCha8Rng, loss: Loss, n: usize, c: usize) -> Self {
         match loss {
-            Loss::SoftmaxCrossEntropy => OwnedLabels::Classes((0..n).map(|_| rng.gen_range(0..c as u32)).collect()),
+            // For the sequence loss, `n` counts positions and `c` the classes at one position.
+            Loss::SoftmaxCrossEntropy | Loss::SequenceCrossEntropy => {
+                OwnedLabels::Classes((0..n).map(|_| rng.gen_range(0..c as u32)).collect())
+            }
             Loss::MeanSquaredError => OwnedLabels::Targets(random_vec(rng, n * c, 1.0)),
         }
     }
@@ -270,7 +273,10 @@ pub fn gradient_error_in(
     let model = TrainableModel::from_onnx_bytes(model_bytes).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let x = random_vec(&mut rng, n * model.input_len(), 1.0);
-    let labels = OwnedLabels::random(&mut rng, loss, n, model.output_len());
+    let mut out = vec![n];
+    out.extend(model.output_shape());
+    let (rows, c) = loss.layout(&out);
+    let labels = OwnedLabels::random(&mut rng, loss, rows, c);
     let w = model.initial_weights();
     let mut step = TrainStep::with_precision(&model, loss, n, precision).unwrap();
     let mut g = vec![0.0; w.len()];
