@@ -32,6 +32,8 @@ fn eval_args(model: PathBuf, weights: Option<PathBuf>, data: PathBuf) -> EvalArg
         feature_columns: None,
         normalize_mean: None,
         normalize_std: None,
+        window: None,
+        stride: None,
     };
     EvalArgs {
         model,

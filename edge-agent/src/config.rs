@@ -233,6 +233,11 @@ pub struct LocalData {
     /// Image folders: per-channel `mean` and `std` applied after scaling pixels to [0, 1].
     #[serde(default)]
     pub normalize: Option<ChannelNorm>,
+    /// Text (`train.txt`): characters per example (default 80) and between example starts (default 1).
+    #[serde(default)]
+    pub window: Option<usize>,
+    #[serde(default)]
+    pub stride: Option<usize>,
     /// Use only this many examples (0: all).
     #[serde(default)]
     pub limit: usize,
@@ -265,6 +270,8 @@ impl LocalData {
             label_column: self.label_column.clone(),
             feature_columns: self.feature_columns.clone(),
             normalize: self.normalize.clone(),
+            window: self.window,
+            stride: self.stride,
         })
     }
 

@@ -64,10 +64,11 @@ impl From<LossKind> for Loss {
 #[derive(Debug, Args)]
 pub struct DataArgs {
     /// A data folder: train.csv/test.csv (with a header), train.npz/test.npz (arrays x, y), train/<class>/*.png|jpg
-    /// and test/<class>/..., or MNIST-style IDX files; or one .csv or .npz file.
+    /// and test/<class>/..., MNIST-style IDX files, or train.txt/test.txt (next-character windows); or one .csv,
+    /// .npz or .txt file.
     #[arg(long)]
     pub data: PathBuf,
-    /// The data format (csv, npz, images, idx); detected from the folder when not given.
+    /// The data format (csv, npz, images, idx, text); detected from the folder when not given.
     #[arg(long)]
     pub format: Option<Format>,
     /// CSV: the label (or regression target) column.
@@ -82,6 +83,12 @@ pub struct DataArgs {
     /// Image folders: per-channel standard deviations divided by, comma-separated.
     #[arg(long, value_delimiter = ',', requires = "normalize_mean")]
     pub normalize_std: Option<Vec<f32>>,
+    /// Text: characters per example (default 80).
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Text: characters between the starts of successive examples (default 1).
+    #[arg(long)]
+    pub stride: Option<usize>,
 }
 
 impl DataArgs {
@@ -97,6 +104,8 @@ impl DataArgs {
             label_column: Some(self.label_column.clone()),
             feature_columns: self.feature_columns.clone(),
             normalize,
+            window: self.window,
+            stride: self.stride,
         }
     }
 }
@@ -214,6 +223,10 @@ pub enum ModelKind {
     /// A ReLU MLP for your own data: input shape `--input` (e.g. `4` for four CSV columns, `3,32,32` for RGB
     /// images), hidden widths `--hidden`, `--outputs` classes (or regression targets).
     Mlp,
+    /// A next-character LSTM (embedding, LSTM, linear head on the last step): input `--seq` character ids below
+    /// `--vocab`, an embedding of `--embed`, `--hidden` LSTM units (the first of the list), `--vocab` logits.
+    #[value(name = "char-lstm")]
+    CharLstm,
 }
 
 /// `fedge-agent make-model`.
@@ -237,6 +250,15 @@ pub struct MakeModelArgs {
     /// `mlp`: outputs (classes, or regression targets).
     #[arg(long)]
     pub outputs: Option<usize>,
+    /// `char-lstm`: the characters (token ids `0..vocab`).
+    #[arg(long)]
+    pub vocab: Option<usize>,
+    /// `char-lstm`: characters per example.
+    #[arg(long, default_value_t = 80)]
+    pub seq: usize,
+    /// `char-lstm`: the embedding width.
+    #[arg(long, default_value_t = 32)]
+    pub embed: usize,
 }
 
 fn load_model(path: &Path) -> Result<TrainableModel> {
@@ -500,6 +522,17 @@ pub fn make_model(args: MakeModelArgs) -> Result<()> {
                 _ => bail!("mlp needs --outputs, the number of classes or regression targets (at least 1)"),
             };
             builder::mlp_for(&args.input, &args.hidden, outputs, args.seed)
+        }
+        ModelKind::CharLstm => {
+            let vocab = match args.vocab {
+                Some(v) if v > 0 => v,
+                _ => bail!("char-lstm needs --vocab, the number of distinct characters (at least 1)"),
+            };
+            let hidden = args.hidden.first().copied().unwrap_or(0);
+            if args.seq == 0 || args.embed == 0 || hidden == 0 {
+                bail!("char-lstm needs --seq, --embed and --hidden of at least 1");
+            }
+            builder::char_lstm(vocab, args.seq, args.embed, hidden, args.seed)
         }
     };
     std::fs::write(&args.out, &bytes).with_context(|| format!("writing {}", args.out.display()))?;

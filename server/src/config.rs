@@ -119,6 +119,11 @@ pub struct Evaluation {
     /// Image folders: per-channel `mean` and `std` applied after scaling to [0, 1].
     #[serde(default)]
     pub normalize: Option<fedge_shared::data::ChannelNorm>,
+    /// Text (`test.txt`): characters per example (default 80) and between example starts (default 1).
+    #[serde(default)]
+    pub window: Option<usize>,
+    #[serde(default)]
+    pub stride: Option<usize>,
     /// Evaluate on at most this many examples.
     #[serde(default)]
     pub limit: Option<usize>,
@@ -133,6 +138,8 @@ impl Evaluation {
             label_column: self.label_column.clone(),
             feature_columns: self.feature_columns.clone(),
             normalize: self.normalize.clone(),
+            window: self.window,
+            stride: self.stride,
         }
     }
 }

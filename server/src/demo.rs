@@ -60,6 +60,12 @@ pub struct DemoArgs {
     /// Image folders: per-channel standard deviations divided by, comma-separated.
     #[arg(long, value_delimiter = ',', requires = "normalize_mean")]
     pub normalize_std: Option<Vec<f32>>,
+    /// Text data (train.txt): characters per example (default 80).
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Text data: characters between the starts of successive examples (default 1).
+    #[arg(long)]
+    pub stride: Option<usize>,
     /// Seed of the data split, the model's initialisation and the cohort selection.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -308,6 +314,8 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             (Some(mean), Some(std)) => Some(data::ChannelNorm { mean: mean.clone(), std: std.clone() }),
             _ => None,
         },
+        window: args.window,
+        stride: args.stride,
     };
     let split = SplitSpec {
         agents: args.agents,

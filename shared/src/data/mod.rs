@@ -7,7 +7,8 @@
 //! - [`dataset`]: [`Dataset`], an in-memory set (classification or regression) with subsets and held-out splits.
 //! - [`compact`]: [`CompactDataset`] (byte codes into a palette: a quarter of the memory for pixel data).
 //! - one file per format: [`csv`] (CSV with a header), [`npz`] (NumPy `.npz`/`.npy`), [`images`] (image folders,
-//!   decoded lazily), [`idx`] and [`mnist`] (IDX files, MNIST-style folders and the 8x8 digits).
+//!   decoded lazily), [`idx`] and [`mnist`] (IDX files, MNIST-style folders and the 8x8 digits), [`text`] (plain
+//!   text as next-character windows).
 //! - [`normalize`]: turning raw pixel bytes into the floats a model is trained on.
 //! - [`partition`]: IID and Dirichlet (non-IID) partitions of a data set over agents, for simulations.
 //! - [`error`]: [`DataError`], every one of which names the file and the problem.
@@ -27,6 +28,7 @@ pub mod normalize;
 pub mod npz;
 pub mod partition;
 pub mod source;
+pub mod text;
 
 pub use self::csv::{CsvOptions, load_csv, parse_csv, read_csv};
 pub use compact::CompactDataset;
@@ -42,3 +44,4 @@ pub use normalize::Normalization;
 pub use npz::{load_npz, parse_npy, parse_npz};
 pub use partition::{dirichlet_partition, iid_partition};
 pub use source::{Format, Part, SourceSpec, detect_format, format_of, open_part, target_kind};
+pub use text::TextWindows;

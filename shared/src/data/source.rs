@@ -6,7 +6,8 @@
 //! - CSV: `train.csv` (and optionally `test.csv`), with a header row;
 //! - NumPy: `train.npz` (and optionally `test.npz`) with arrays `x` and `y`, or `train_x.npy` and `train_y.npy`;
 //! - image folders: `train/<class>/*.png|jpg` (and optionally `test/<class>/…`);
-//! - IDX (MNIST's): `train-images-idx3-ubyte[.gz]` and `train-labels-idx1-ubyte[.gz]` (`t10k-…` for the test part).
+//! - IDX (MNIST's): `train-images-idx3-ubyte[.gz]` and `train-labels-idx1-ubyte[.gz]` (`t10k-…` for the test part);
+//! - text: `train.txt` (and optionally `test.txt`), cut into next-character windows (`window`, `stride`).
 //!
 //! `path` may also be a single `.csv` or `.npz` file (a training part with no test part). This module only finds
 //! files and dispatches to the loader of each format; it must never hold a format's parsing rules itself.
@@ -23,6 +24,7 @@ use super::examples::{SharedExamples, TargetKind};
 use super::images::{ChannelNorm, ImageFolder, class_folders};
 use super::mnist::{Split, find_idx_file, load_mnist_dir_compact};
 use super::npz::{load_npy_pair, load_npz};
+use super::text::{DEFAULT_WINDOW, TextWindows};
 
 /// A data format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +34,7 @@ pub enum Format {
     Npz,
     Images,
     Idx,
+    Text,
 }
 
 impl std::fmt::Display for Format {
@@ -41,6 +44,7 @@ impl std::fmt::Display for Format {
             Format::Npz => "npz",
             Format::Images => "images",
             Format::Idx => "idx",
+            Format::Text => "text",
         })
     }
 }
@@ -53,7 +57,8 @@ impl std::str::FromStr for Format {
             "npz" | "npy" | "numpy" => Ok(Format::Npz),
             "images" | "image" => Ok(Format::Images),
             "idx" | "mnist" => Ok(Format::Idx),
-            other => Err(format!("unknown data format {other:?}: expected csv, npz, images or idx")),
+            "text" | "txt" => Ok(Format::Text),
+            other => Err(format!("unknown data format {other:?}: expected csv, npz, images, idx or text")),
         }
     }
 }
@@ -92,6 +97,12 @@ pub struct SourceSpec {
     /// Image folders: per-channel mean and std applied after scaling to [0, 1].
     #[serde(default)]
     pub normalize: Option<ChannelNorm>,
+    /// Text: characters per example (default 80).
+    #[serde(default)]
+    pub window: Option<usize>,
+    /// Text: characters between the starts of successive examples (default 1).
+    #[serde(default)]
+    pub stride: Option<usize>,
 }
 
 impl SourceSpec {
@@ -107,7 +118,8 @@ pub fn detect_format(path: &Path) -> Result<Format, DataError> {
         return match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
             Some("csv") => Ok(Format::Csv),
             Some("npz") => Ok(Format::Npz),
-            _ => Err(DataError::malformed(path, "a data file must end in .csv or .npz (or give a folder)")),
+            Some("txt") => Ok(Format::Text),
+            _ => Err(DataError::malformed(path, "a data file must end in .csv, .npz or .txt (or give a folder)")),
         };
     }
     if !path.is_dir() {
@@ -124,11 +136,13 @@ pub fn detect_format(path: &Path) -> Result<Format, DataError> {
         Ok(Format::Images)
     } else if find_idx_file(path, "train-labels-idx1-ubyte").is_ok() {
         Ok(Format::Idx)
+    } else if path.join("train.txt").is_file() {
+        Ok(Format::Text)
     } else {
         Err(DataError::malformed(
             path,
             "cannot tell the data format: expected train.csv, train.npz, a train/ folder of class folders, or \
-             MNIST-style train-*-idx*-ubyte files (or set [data] format)",
+             MNIST-style train-*-idx*-ubyte files, or train.txt (or set [data] format)",
         ))
     }
 }
@@ -189,6 +203,20 @@ pub fn open_part(spec: &SourceSpec, part: Part, target: TargetKind) -> Result<Op
                 ));
             }
             Ok(Some(Arc::new(ImageFolder::open(&split, &classes, spec.normalize.clone())?)))
+        }
+        Format::Text => {
+            let path = file("txt");
+            if !path.is_file() && part == Part::Test {
+                return Ok(None);
+            }
+            if target == TargetKind::Values {
+                return Err(DataError::Invalid(format!(
+                    "{}: text holds next characters, not regression targets",
+                    path.display()
+                )));
+            }
+            let window = spec.window.unwrap_or(DEFAULT_WINDOW);
+            Ok(Some(Arc::new(TextWindows::open(&path, window, spec.stride.unwrap_or(1))?)))
         }
         Format::Idx => {
             if target == TargetKind::Values {

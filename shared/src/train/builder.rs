@@ -70,6 +70,40 @@ pub fn mlp_for(input_shape: &[usize], hidden: &[usize], outputs: usize, seed: u6
     g.finish(&x, input_shape, outputs, "fedge mlp")
 }
 
+/// A character-level LSTM for next-character prediction, as PyTorch's exporter writes `nn.Embedding` →
+/// `nn.LSTM(batch_first=True)` → `nn.Linear` on the last step: input `[N, seq]` int64 character ids (below
+/// `vocab`), an embedding of `embed`, an LSTM of `hidden` units (ONNX `LSTM`, time-major through a Transpose, zero
+/// initial state), logits `[N, vocab]` for the next character. Weights as PyTorch initialises them:
+/// `U(-1/sqrt(hidden), 1/sqrt(hidden))` for the LSTM, `U(-1, 1)` for the embedding.
+///
+/// # Panics
+/// If a size is zero: the shape of a model is the programmer's choice.
+pub fn char_lstm(vocab: usize, seq: usize, embed: usize, hidden: usize, seed: u64) -> Vec<u8> {
+    assert!(vocab > 0 && seq > 0 && embed > 0 && hidden > 0, "sizes must be positive");
+    let mut g = Graph::new(seed);
+    let table = g.uniform("embedding.weight", &[vocab, embed], 1.0);
+    let e = g.node("Gather", &[&table, INPUT], vec![]);
+    let t = g.node("Transpose", &[&e], vec![ints_attr("perm", &[1, 0, 2])]);
+    let k = 1.0 / (hidden as f32).sqrt();
+    let w = g.uniform("lstm.W", &[1, 4 * hidden, embed], k);
+    let r = g.uniform("lstm.R", &[1, 4 * hidden, hidden], k);
+    let b = g.uniform("lstm.B", &[1, 8 * hidden], k);
+    g.counter += 1;
+    let last = format!("lstm_h_{}", g.counter);
+    g.nodes.push(pb::NodeProto {
+        input: vec![t, w, r, b],
+        output: vec![String::new(), last.clone()],
+        name: "lstm".into(),
+        op_type: "LSTM".into(),
+        attribute: vec![int_attr("hidden_size", hidden as i64)],
+        ..Default::default()
+    });
+    let shape = g.int_const("lstm.last_shape", &[-1, hidden as i64]);
+    let h = g.node("Reshape", &[&last, &shape], vec![]);
+    let logits = g.gemm("head", &h, hidden, vocab);
+    g.finish_typed(&logits, &[seq], DataType::Int64, vocab, "fedge char-lstm")
+}
+
 /// McMahan et al.'s "2NN": 784-200-200-10 with ReLU, input `[N, 784]` (199,210 parameters).
 pub fn mnist_2nn(seed: u64) -> Vec<u8> {
     mlp(&[784, 200, 200, 10], seed)
@@ -170,6 +204,25 @@ impl Graph {
         )
     }
 
+    /// A float initializer drawn uniformly from `[-bound, bound]`.
+    fn uniform(&mut self, name: &str, dims: &[usize], bound: f32) -> String {
+        let count: usize = dims.iter().product();
+        let w: Vec<f32> = (0..count).map(|_| self.rng.gen_range(-bound..bound)).collect();
+        self.initializers.push(float_tensor(name, dims, &w));
+        name.to_string()
+    }
+
+    fn int_const(&mut self, name: &str, values: &[i64]) -> String {
+        self.initializers.push(pb::TensorProto {
+            dims: vec![values.len() as i64],
+            data_type: DataType::Int64 as i32,
+            name: name.into(),
+            int64_data: values.to_vec(),
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
     fn relu(&mut self, x: &str) -> String {
         self.node("Relu", &[x], vec![])
     }
@@ -182,8 +235,19 @@ impl Graph {
         self.node("Flatten", &[x], vec![int_attr("axis", 1)])
     }
 
-    /// Renames the last node's output to [`OUTPUT`] and serialises the model.
-    fn finish(mut self, last: &str, input_shape: &[usize], out_len: usize, doc: &str) -> Vec<u8> {
+    /// Renames the last node's output to [`OUTPUT`] and serialises the model (float input).
+    fn finish(self, last: &str, input_shape: &[usize], out_len: usize, doc: &str) -> Vec<u8> {
+        self.finish_typed(last, input_shape, DataType::Float, out_len, doc)
+    }
+
+    fn finish_typed(
+        mut self,
+        last: &str,
+        input_shape: &[usize],
+        input_type: DataType,
+        out_len: usize,
+        doc: &str,
+    ) -> Vec<u8> {
         if let Some(n) = self.nodes.iter_mut().rev().find(|n| n.output.first().map(String::as_str) == Some(last)) {
             n.output = vec![OUTPUT.to_string()];
         }
@@ -193,8 +257,8 @@ impl Graph {
             node: self.nodes,
             name: "fedge".into(),
             initializer: self.initializers,
-            input: vec![value_info(INPUT, in_dims)],
-            output: vec![value_info(OUTPUT, vec![symbolic("N"), fixed(out_len)])],
+            input: vec![value_info(INPUT, input_type, in_dims)],
+            output: vec![value_info(OUTPUT, DataType::Float, vec![symbolic("N"), fixed(out_len)])],
             ..Default::default()
         };
         let model = pb::ModelProto {
@@ -240,12 +304,12 @@ fn symbolic(name: &str) -> Dimension {
     Dimension { value: Some(dimension::Value::DimParam(name.into())), ..Default::default() }
 }
 
-fn value_info(name: &str, dims: Vec<Dimension>) -> pb::ValueInfoProto {
+fn value_info(name: &str, elem_type: DataType, dims: Vec<Dimension>) -> pb::ValueInfoProto {
     pb::ValueInfoProto {
         name: name.into(),
         r#type: Some(pb::TypeProto {
             value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: DataType::Float as i32,
+                elem_type: elem_type as i32,
                 shape: Some(pb::TensorShapeProto { dim: dims }),
             })),
             ..Default::default()
