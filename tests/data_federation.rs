@@ -1,7 +1,8 @@
 //! Whole system on the committed samples of every data format (tests/fixtures/data): a server and three agents over
 //! real loopback QUIC train a model whose input and output shapes come from its ONNX graph, on a CSV file (the
 //! agents' data read through their `[data]` section), NumPy arrays, an image folder decoded per batch, and a CSV
-//! regression target with the mean squared error; the server evaluates every new model on the test part.
+//! regression target with the mean squared error, and a char-LSTM on text under secure aggregation to the accuracy
+//! one device reaches with all the text; the server evaluates every new model on the test part.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -145,5 +146,83 @@ async fn three_agents_fit_a_csv_regression_target_with_the_mean_squared_error() 
     assert!(rounds.iter().all(|r| r.0.is_none()), "regression has no accuracy: {rounds:?}");
     let last = rounds.last().map_or(f32::NAN, |r| r.1);
     assert!(last < before / 4.0, "test mse {before} before, then {rounds:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_train_a_char_lstm_on_text_with_secure_aggregation_to_the_local_accuracy() -> anyhow::Result<()> {
+    use fedge_server::coordinator::OptimizerKind;
+    use fedge_shared::train::local::{LocalTrainConfig, LocalTrainer, evaluate};
+    use fedge_shared::train::optimizer::OptimizerConfig;
+    init_logs();
+    // Genesis 1-4 in 16-byte windows, every second one; byte-level ids, so the agents share no vocabulary.
+    let source = SourceSpec { window: Some(16), stride: Some(2), ..SourceSpec::at(fixtures().join("text")) };
+    let onnx = fedge_shared::train::builder::char_lstm(256, 16, 16, 32, 1);
+    let model = TrainableModel::from_onnx_bytes(&onnx)?;
+    let (batch, lr) = (16, 0.01);
+
+    // One device with all the text: two epochs of Adam.
+    let split = SplitSpec { agents: 1, alpha: 1.0, seed: 4, train_limit: 0, test_limit: 0 };
+    let all = open_for_federation(&source, &model, Loss::SoftmaxCrossEntropy, &split)?;
+    let whole = fedge_shared::data::open_part(
+        &source,
+        fedge_shared::data::Part::Train,
+        fedge_shared::data::TargetKind::Classes { num_classes: Some(256) },
+    )?
+    .expect("the folder has a train part");
+    let mut weights = model.initial_weights();
+    let mut trainer = LocalTrainer::new(model.clone(), Loss::SoftmaxCrossEntropy, batch)?;
+    let cfg = LocalTrainConfig {
+        optimizer: OptimizerConfig::adam(lr),
+        seed: 3,
+        ..LocalTrainConfig::sgd(2, batch as u32, lr)
+    };
+    trainer.train(&mut weights, whole.as_ref(), &cfg, &mut |_| {})?;
+    let local = evaluate(&model, &weights, &all.test, 32)?.accuracy().expect("classification");
+
+    // Three agents, a third of the windows each, one epoch a round, secure aggregation on (the default).
+    let split = SplitSpec { agents: AGENTS, alpha: 100.0, seed: 4, train_limit: 0, test_limit: 0 };
+    let data = open_for_federation(&source, &model, Loss::SoftmaxCrossEntropy, &split)?;
+    let learners = data
+        .shards
+        .into_iter()
+        .enumerate()
+        .map(|(i, (train, held))| {
+            let held = held.map(|h| Arc::new(h) as SharedExamples);
+            Box::new(TractLearner::from_sources(Arc::new(train), held, i as u64)) as Box<dyn Learner>
+        })
+        .collect();
+    let mut coordinator = cohort_of(AGENTS);
+    coordinator.hyper.epochs = 1;
+    coordinator.hyper.batch_size = batch as u32;
+    coordinator.hyper.learning_rate = lr;
+    coordinator.hyper.optimizer = OptimizerKind::Adam;
+    let rounds = 7;
+    let spec = FederationSpec {
+        onnx,
+        coordinator,
+        rounds: Some(rounds),
+        evaluator: Some(Arc::new(TractEvaluator { data: Arc::new(data.test), batch: 32 })),
+    };
+    let fed = LocalFederation::start(spec, learners).await?;
+    let mut events = fed.server.events();
+    let mut accuracies = vec![];
+    while (accuracies.len() as u64) < rounds {
+        let r = wait_server(&mut events, Duration::from_secs(300), |e| match e {
+            ServerEvent::RoundCompleted(r) => Some(Ok(r.clone())),
+            ServerEvent::RoundAborted(r) => Some(Err(format!("round {} aborted: {:?}", r.round, r.outcome))),
+            _ => None,
+        })
+        .await?
+        .map_err(anyhow::Error::msg)?;
+        assert!(r.plan.aggregation.is_secure() && r.metrics.secagg.is_some(), "round {} is secure", r.round);
+        assert_eq!(r.reported.len(), AGENTS);
+        accuracies.push(r.metrics.test_accuracy.expect("the server evaluates every new model"));
+    }
+    fed.stop().await?;
+    let best = accuracies.iter().copied().fold(0f32, f32::max);
+    eprintln!("char-LSTM test accuracy: local {local}, federated by round {accuracies:?}");
+    assert!(local > 0.3, "the local run learns: {local}");
+    assert!(best >= local - 0.02, "federated {accuracies:?} against local {local}");
     Ok(())
 }
