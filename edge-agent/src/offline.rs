@@ -227,6 +227,9 @@ pub enum ModelKind {
     /// `--vocab`, an embedding of `--embed`, `--hidden` LSTM units (the first of the list), `--vocab` logits.
     #[value(name = "char-lstm")]
     CharLstm,
+    /// A one-block transformer classifier over `--seq` token ids below `--vocab`: embeddings and positions of
+    /// `--embed`, pre-norm self-attention, a GELU MLP of `--hidden` units, mean over the sequence, `--outputs` classes.
+    Transformer,
 }
 
 /// `fedge-agent make-model`.
@@ -250,13 +253,13 @@ pub struct MakeModelArgs {
     /// `mlp`: outputs (classes, or regression targets).
     #[arg(long)]
     pub outputs: Option<usize>,
-    /// `char-lstm`: the characters (token ids `0..vocab`).
+    /// `char-lstm`, `transformer`: the token ids are `0..vocab` (characters, for char-lstm).
     #[arg(long)]
     pub vocab: Option<usize>,
-    /// `char-lstm`: characters per example.
+    /// `char-lstm`, `transformer`: tokens per example.
     #[arg(long, default_value_t = 80)]
     pub seq: usize,
-    /// `char-lstm`: the embedding width.
+    /// `char-lstm`, `transformer`: the embedding width.
     #[arg(long, default_value_t = 32)]
     pub embed: usize,
 }
@@ -533,6 +536,14 @@ pub fn make_model(args: MakeModelArgs) -> Result<()> {
                 bail!("char-lstm needs --seq, --embed and --hidden of at least 1");
             }
             builder::char_lstm(vocab, args.seq, args.embed, hidden, args.seed)
+        }
+        ModelKind::Transformer => {
+            let (vocab, hidden) = (args.vocab.unwrap_or(0), args.hidden.first().copied().unwrap_or(0));
+            let outputs = args.outputs.unwrap_or(0);
+            if vocab == 0 || outputs == 0 || args.seq == 0 || args.embed == 0 || hidden == 0 {
+                bail!("transformer needs --vocab and --outputs, and --seq, --embed and --hidden of at least 1");
+            }
+            builder::transformer(vocab, args.seq, args.embed, hidden, outputs, args.seed)
         }
     };
     std::fs::write(&args.out, &bytes).with_context(|| format!("writing {}", args.out.display()))?;

@@ -190,3 +190,19 @@ fn make_model_char_lstm_learns_next_characters_of_a_text_folder() {
     let out = agent(&["make-model", "char-lstm", "--out", s(&dir.path().join("x.onnx"))]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--vocab"));
 }
+
+#[test]
+fn make_model_transformer_learns_the_token_sample() {
+    // A one-block transformer (embeddings, attention, layer norm, a GELU MLP) over the committed int64 token ids.
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("tf.onnx");
+    let made = ["make-model", "transformer", "--vocab", "250", "--seq", "8", "--embed", "16", "--hidden", "32"];
+    let out = agent(&[&made[..], &["--outputs", "3", "--out", s(&m)]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let data = fixtures().join("npz-tokens");
+    let args = ["train", "--model", s(&m), "--data", s(&data), "--epochs", "20"];
+    let lines = ok(&[&args[..], &["--batch-size", "10", "--optimizer", "adam", "--lr", "0.01", "--json"]].concat());
+    assert!(lines.last().unwrap()["test_accuracy"].as_f64().unwrap() >= 0.9, "{lines:?}");
+    let out = agent(&["make-model", "transformer", "--vocab", "250", "--out", s(&dir.path().join("x.onnx"))]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--outputs"));
+}

@@ -14,7 +14,7 @@ use tract_onnx::pb::attribute_proto::AttributeType;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
 
-/// The ONNX opset the builder writes.
+/// The ONNX opset the builder writes (17 for the transformer, whose LayerNormalization needs it).
 pub const OPSET: i64 = 13;
 /// The name of every built model's input.
 pub const INPUT: &str = "input";
@@ -101,7 +101,44 @@ pub fn char_lstm(vocab: usize, seq: usize, embed: usize, hidden: usize, seed: u6
     let shape = g.int_const("lstm.last_shape", &[-1, hidden as i64]);
     let h = g.node("Reshape", &[&last, &shape], vec![]);
     let logits = g.gemm("head", &h, hidden, vocab);
-    g.finish_typed(&logits, &[seq], DataType::Int64, vocab, "fedge char-lstm")
+    g.finish_typed(&logits, &[seq], DataType::Int64, vocab, "fedge char-lstm", OPSET)
+}
+
+/// A one-block transformer classifier over token ids, written with the operators PyTorch's exporter uses: token
+/// embeddings plus a learned positional table, pre-norm single-head self-attention (LayerNormalization, q/k/v and
+/// output projections as MatMul + Add, `softmax(q kᵀ / sqrt(dim)) v`), a GELU MLP of `hidden` units (Erf form),
+/// residual connections, the mean over the sequence and a linear head: input `[N, seq]` int64 ids below `vocab`,
+/// output `[N, classes]`. Projections are `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`, embeddings `U(-1, 1)`, positions
+/// `U(-0.1, 0.1)`, layer norms start at scale 1 and bias 0.
+///
+/// # Panics
+/// If a size is zero: the shape of a model is the programmer's choice.
+pub fn transformer(vocab: usize, seq: usize, dim: usize, hidden: usize, classes: usize, seed: u64) -> Vec<u8> {
+    assert!(vocab > 0 && seq > 0 && dim > 0 && hidden > 0 && classes > 0, "sizes must be positive");
+    let mut g = Graph::new(seed);
+    let table = g.uniform("embedding.weight", &[vocab, dim], 1.0);
+    let tokens = g.node("Gather", &[&table, INPUT], vec![]);
+    let pos = g.uniform("position", &[seq, dim], 0.1);
+    let h = g.node("Add", &[&tokens, &pos], vec![]);
+    let a = g.layer_norm("ln1", &h, dim);
+    let (q, k, v) = (g.linear("q", &a, dim, dim), g.linear("k", &a, dim, dim), g.linear("v", &a, dim, dim));
+    let kt = g.node("Transpose", &[&k], vec![ints_attr("perm", &[0, 2, 1])]);
+    let scores = g.node("MatMul", &[&q, &kt], vec![]);
+    let scale = g.scalar("attention.scale", 1.0 / (dim as f32).sqrt());
+    let scaled = g.node("Mul", &[&scores, &scale], vec![]);
+    let att = g.node("Softmax", &[&scaled], vec![int_attr("axis", -1)]);
+    let mixed = g.node("MatMul", &[&att, &v], vec![]);
+    let o = g.linear("o", &mixed, dim, dim);
+    let h = g.node("Add", &[&h, &o], vec![]);
+    let m = g.layer_norm("ln2", &h, dim);
+    let f = g.linear("fc1", &m, dim, hidden);
+    let f = g.gelu(&f);
+    let f = g.linear("fc2", &f, hidden, dim);
+    let h = g.node("Add", &[&h, &f], vec![]);
+    let pooled = g.node("ReduceMean", &[&h], vec![ints_attr("axes", &[1]), int_attr("keepdims", 0)]);
+    let logits = g.gemm("head", &pooled, dim, classes);
+    // LayerNormalization needs opset 17.
+    g.finish_typed(&logits, &[seq], DataType::Int64, classes, "fedge transformer", 17)
 }
 
 /// McMahan et al.'s "2NN": 784-200-200-10 with ReLU, input `[N, 784]` (199,210 parameters).
@@ -212,6 +249,43 @@ impl Graph {
         name.to_string()
     }
 
+    fn scalar(&mut self, name: &str, v: f32) -> String {
+        self.initializers.push(float_tensor(name, &[], &[v]));
+        name.to_string()
+    }
+
+    /// `x W + b` over the last axis (MatMul and Add, as PyTorch exports `nn.Linear` on a sequence).
+    fn linear(&mut self, layer: &str, x: &str, fan_in: usize, out: usize) -> String {
+        let k = 1.0 / (fan_in as f32).sqrt();
+        let w = self.uniform(&format!("{layer}.weight"), &[fan_in, out], k);
+        let b = self.uniform(&format!("{layer}.bias"), &[out], k);
+        let xw = self.node("MatMul", &[x, &w], vec![]);
+        self.node("Add", &[&xw, &b], vec![])
+    }
+
+    /// LayerNormalization (opset 17) over the last axis, scale 1 and bias 0.
+    fn layer_norm(&mut self, layer: &str, x: &str, dim: usize) -> String {
+        let (sn, bn) = (format!("{layer}.weight"), format!("{layer}.bias"));
+        self.initializers.push(float_tensor(&sn, &[dim], &vec![1.0; dim]));
+        self.initializers.push(float_tensor(&bn, &[dim], &vec![0.0; dim]));
+        self.node("LayerNormalization", &[x, &sn, &bn], vec![int_attr("axis", -1)])
+    }
+
+    /// GELU as `torch.onnx` writes it: `x * 0.5 * (1 + erf(x / sqrt 2))`.
+    fn gelu(&mut self, x: &str) -> String {
+        let c = format!("gelu_{}", self.counter);
+        let (r2, one, half) = (
+            self.scalar(&format!("{c}.sqrt2"), 2f32.sqrt()),
+            self.scalar(&format!("{c}.one"), 1.0),
+            self.scalar(&format!("{c}.half"), 0.5),
+        );
+        let d = self.node("Div", &[x, &r2], vec![]);
+        let e = self.node("Erf", &[&d], vec![]);
+        let p = self.node("Add", &[&e, &one], vec![]);
+        let m = self.node("Mul", &[x, &p], vec![]);
+        self.node("Mul", &[&m, &half], vec![])
+    }
+
     fn int_const(&mut self, name: &str, values: &[i64]) -> String {
         self.initializers.push(pb::TensorProto {
             dims: vec![values.len() as i64],
@@ -237,7 +311,7 @@ impl Graph {
 
     /// Renames the last node's output to [`OUTPUT`] and serialises the model (float input).
     fn finish(self, last: &str, input_shape: &[usize], out_len: usize, doc: &str) -> Vec<u8> {
-        self.finish_typed(last, input_shape, DataType::Float, out_len, doc)
+        self.finish_typed(last, input_shape, DataType::Float, out_len, doc, OPSET)
     }
 
     fn finish_typed(
@@ -247,6 +321,7 @@ impl Graph {
         input_type: DataType,
         out_len: usize,
         doc: &str,
+        opset: i64,
     ) -> Vec<u8> {
         if let Some(n) = self.nodes.iter_mut().rev().find(|n| n.output.first().map(String::as_str) == Some(last)) {
             n.output = vec![OUTPUT.to_string()];
@@ -263,7 +338,7 @@ impl Graph {
         };
         let model = pb::ModelProto {
             ir_version: 8,
-            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: OPSET }],
+            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: opset }],
             producer_name: "fedge".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             doc_string: doc.into(),
