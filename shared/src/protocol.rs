@@ -13,7 +13,9 @@
 //! [`ServerMessage::SecAggShares`]), the consistency round (the survivor set, [`ServerMessage::SecAggSurvivors`],
 //! signed by each survivor, [`AgentMessage::SecAggSurvivorSignature`]), and the unmask request (carrying the
 //! recipient's neighbours' signatures) and answer. The masked vector itself is a blob
-//! ([`BlobKind::Masked`]: `1 + P` little-endian `u32`) on its own unidirectional stream, like a plain update.
+//! ([`BlobKind::Masked`]: `1 + counts + P` little-endian `u32`) on its own unidirectional stream, like a plain
+//! update. `P` is the number of parameters the round trains: the whole model, or only the weights its plan's
+//! [`TrainPlan::trainable`] patterns choose.
 //!
 //! This module only defines types and limits: it does no I/O.
 
@@ -26,7 +28,7 @@ use crate::secagg::{
 use serde::{Deserialize, Serialize};
 
 /// Protocol version carried in the hello. Bump on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// ALPN id of the agent protocol.
 pub const ALPN_AGENT: &[u8] = b"fedge/1";
 /// ALPN id of the admin protocol (fedgectl).
@@ -102,6 +104,11 @@ pub struct TrainPlan {
     pub seed: u64,
     /// The loss the agent minimises: "cross_entropy" (classification) or "mse" (regression).
     pub loss: String,
+    /// Fine-tuning part of the model: glob patterns over the weights' names (`head.*`); only the matching weights
+    /// train, the others stay at the global model's values, and the update (plain or masked) covers only the
+    /// matching weights, in the model's parameter order ([`crate::train::TrainablePart`]). Empty: the whole model.
+    /// An agent whose model has a pattern that matches nothing refuses the plan.
+    pub trainable: Vec<String>,
 }
 
 /// The plan of a round, sent to each selected agent.
@@ -264,6 +271,7 @@ mod tests {
                     prox_mu: Some(0.01),
                     seed: 5,
                     loss: "mse".into(),
+                    trainable: vec!["head.*".into()],
                 },
                 deadline_ms: 60_000,
                 secagg: Some(SecAggPlan {
