@@ -22,6 +22,7 @@ use crate::training_set::TrainingSet;
 use anyhow::{Context, bail};
 use fedge_shared::data::{CompactDataset, Dataset, Examples, SharedExamples, Task};
 use fedge_shared::fedeval::EvalCounts;
+use fedge_shared::model::{Digest, weights_to_bytes};
 use fedge_shared::protocol::TrainPlan;
 use fedge_shared::train::local::{EVAL_BATCH, LocalTrainConfig, LocalTrainer, evaluate};
 use fedge_shared::train::optimizer::OptimizerConfig;
@@ -50,15 +51,15 @@ pub struct TractLearner {
 /// The model restricted to a round's trainable patterns, with the global model's frozen values baked in.
 struct FineTune {
     patterns: Vec<String>,
-    /// The global model's frozen values the model was built with.
-    frozen: Vec<f32>,
+    /// SHA-256 of the frozen values the model was built with (bit for bit; a digest, not a copy of the backbone).
+    frozen: Digest,
     model: TrainableModel,
     part: TrainablePart,
 }
 
-/// Bit-for-bit equality (so that a NaN or a signed zero is never taken for a change or for no change).
-fn same_bits(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+/// The digest of `global`'s coordinates outside `part`.
+fn frozen_digest(part: &TrainablePart, global: &[f32]) -> anyhow::Result<Digest> {
+    Ok(Digest::of(&weights_to_bytes(&part.gather_frozen(global)?)))
 }
 
 impl TractLearner {
@@ -111,13 +112,13 @@ impl TractLearner {
         }
         if let Some(t) = &self.tuned
             && t.patterns == patterns
-            && same_bits(&t.part.gather_frozen(global)?, &t.frozen)
+            && frozen_digest(&t.part, global)? == t.frozen
         {
             return Ok((t.model.clone(), Some(t.part.clone())));
         }
         let (model, part) =
             full.fine_tune(global, patterns).context("the round's trainable patterns do not fit this agent's model")?;
-        let frozen = part.gather_frozen(global)?;
+        let frozen = frozen_digest(&part, global)?;
         tracing::info!(trained = part.len(), of = global.len(), ?patterns, "fine-tuning part of the model");
         self.trainer = None;
         self.tuned = Some(FineTune { patterns: patterns.to_vec(), frozen, model: model.clone(), part: part.clone() });

@@ -2,7 +2,8 @@
 //!
 //! One small trait, as Flower's `Strategy`: [`Strategy::configure_round`] adjusts the agents' hyper-parameters,
 //! [`Strategy::aggregate`] turns the global weights and the example-weighted mean delta (computed by the
-//! coordinator from its running sums) into the new global weights, and [`Strategy::state`] /
+//! coordinator from its running sums) into the new global weights ([`Strategy::aggregate_part`] when the round
+//! fine-tuned only part of the model: the other weights stay bit for bit), and [`Strategy::state`] /
 //! [`Strategy::restore`] persist whatever the strategy carries between rounds (the moment vectors of FedAdam and
 //! FedYogi), encoded with `fedge_shared::codec`.
 //!

@@ -215,9 +215,11 @@ pub enum BlobKind {
     /// A global model version's weights, little-endian f32 (server → agent).
     Weights { version: u64 },
     /// A plain (unmasked) update: the agent's weights delta, little-endian f32, with its metadata (agent → server).
+    /// The delta covers the weights the round trains ([`TrainPlan::trainable`]): the whole model or that part.
     /// `eval`: the agent's federated evaluation of the round's starting model on its held-out examples.
     Update { round: u64, examples: u64, train_loss: f32, holdout_accuracy: Option<f32>, eval: Option<EvalCounts> },
-    /// A secure-aggregation masked vector `[w, counts, w·Δ]` plus masks: `1 + counts + P` little-endian `u32`
+    /// A secure-aggregation masked vector `[w, counts, w·Δ]` plus masks: `1 + counts + P` little-endian `u32`, `P`
+    /// the number of parameters the round trains
     /// (agent → server); the counts are the federated evaluation's ([`crate::fedeval`]).
     /// The example count and loss are the metrics the round record keeps; the aggregation weight is inside the
     /// masked vector.

@@ -8,7 +8,8 @@
 //! ([`Coordinator::with_secagg`], what the server runs by default) it runs the SecAgg+ phases (advertise keys →
 //! share keys → masked input → consistency → unmask) in its place, each with its own deadline (see [`secure`]), behind the same
 //! [`Phase`] and [`Aggregation`] types. Local training overlaps the two key phases; the masked-input phase ends at
-//! the round's deadline.
+//! the round's deadline. A round may fine-tune part of the model (`hyper.trainable`, see the `part` module): its updates and
+//! masked vectors then cover that part only, and the frozen weights are never touched.
 //!
 //! The shell reports `AgentSilent` when an agent's connection has received nothing for longer than two keep-alive
 //! intervals (and again when it does): selection skips such an agent. A round ends as soon as no member still owes
