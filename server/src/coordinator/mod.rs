@@ -8,8 +8,8 @@
 //! ([`Coordinator::with_secagg`], what the server runs by default) it runs the SecAgg+ phases (advertise keys →
 //! share keys → masked input → consistency → unmask) in its place, each with its own deadline (see [`secure`]), behind the same
 //! [`Phase`] and [`Aggregation`] types. Local training overlaps the two key phases; the masked-input phase ends at
-//! the round's deadline. A round may fine-tune part of the model (`hyper.trainable`, see the `part` module): its updates and
-//! masked vectors then cover that part only, and the frozen weights are never touched.
+//! the round's deadline. A round may fine-tune part of the model (`hyper.trainable`, see the `part` module): its
+//! updates and masked vectors then cover that part only, and the frozen weights are never touched.
 //!
 //! The shell reports `AgentSilent` when an agent's connection has received nothing for longer than two keep-alive
 //! intervals (and again when it does): selection skips such an agent. A round ends as soon as no member still owes
@@ -804,6 +804,8 @@ impl Coordinator {
         };
         self.next_round = self.next_round.saturating_add(1);
         let mut hyper = self.strategy.configure_round(round_id, &self.config.hyper);
+        // The plan names the part the round's sums were sized for, whatever the strategy configured.
+        hyper.trainable = self.config.hyper.trainable.clone();
         // A separate stream from selection's, so the agents' seed says nothing about who was picked.
         hyper.seed = round_rng(self.config.seed ^ 0x7261_6e64_7365_6564, round_id).next_u64();
         hyper.deadline_ms = self.config.round_timeout_ms;
