@@ -2,10 +2,14 @@
 //! TLS run SecAgg+ rounds. The agents' deltas are known (`NoiseLearner::delta_for`), so each new global model can
 //! be checked against the plain weighted mean; a relaying server that swaps a key is caught by the peers; a server
 //! that strips secure aggregation from the plan (a downgrade) is refused by every agent, which uploads nothing; an
-//! agent killed after sharing its keys is dropped and the round completes without it.
+//! agent killed after sharing its keys is dropped and the round completes without it. A round that fine-tunes part
+//! of the model (`trainable` patterns, agents training with tract) masks only that part: the server receives vectors
+//! of the part's length, moves only those weights and leaves the frozen ones bit for bit; a plan whose patterns
+//! name no weight of the agents' model is refused by every agent.
 
 use fedge_agent::client::{AgentEvent, PLAIN_ROUND_REFUSED};
 use fedge_agent::learner::{LearnOutcome, Learner, NoiseLearner};
+use fedge_agent::trainer::TractLearner;
 use fedge_server::coordinator::{CoordinatorConfig, RoundRecord, SecAggConfig, SecurePhase};
 use fedge_server::demo::{FederationOptions, FederationSpec, LocalFederation};
 use fedge_server::service::{RelayHook, ServerEvent};
@@ -231,6 +235,109 @@ async fn a_server_that_strips_secure_aggregation_from_the_plan_is_refused_by_eve
     // The first refusal leaves too few members and aborts the round; the others are dropped with it.
     let first = record.dropped.first().map(|d| d.reason.as_str()).unwrap_or_default();
     assert!(first.contains(PLAIN_ROUND_REFUSED), "the server records the refusal's reason: {first}");
+    assert_eq!(fed.server.store.versions()?.len(), 1, "only version 0 exists");
+    fed.stop().await
+}
+
+/// 48 examples of 4 features in 3 classes, varied by `offset`, with a rule that training can follow.
+fn tiny_classes(offset: usize) -> fedge_shared::data::Dataset {
+    let n = 48;
+    let features: Vec<f32> = (0..n * 4).map(|i| (((i + offset) * 37) % 101) as f32 / 50.0 - 1.0).collect();
+    let labels = (0..n).map(|i| u32::from(features[i * 4] > 0.0) + u32::from(features[i * 4 + 1] > 0.5)).collect();
+    fedge_shared::data::Dataset::new(features, labels, vec![4], 3).expect("a consistent data set")
+}
+
+/// A federation of `agents` agents training `onnx` with tract (tiny data, one epoch), `trainable` patterns on.
+async fn fine_tuning_federation(
+    onnx: Vec<u8>,
+    agents: usize,
+    trainable: &[&str],
+    relay_hook: Option<RelayHook>,
+) -> anyhow::Result<LocalFederation> {
+    let mut coordinator =
+        CoordinatorConfig { seed: 9, round_timeout_ms: 20_000, retry_backoff_ms: 200, ..cohort_of(agents) };
+    coordinator.hyper.batch_size = 8;
+    coordinator.hyper.learning_rate = 0.2;
+    coordinator.hyper.trainable = trainable.iter().map(|s| s.to_string()).collect();
+    let spec = FederationSpec { onnx, coordinator, rounds: Some(1), evaluator: None };
+    let learners: Vec<Box<dyn Learner>> = (0..agents)
+        .map(|i| Box::new(TractLearner::new(tiny_classes(100 * i), None, i as u64)) as Box<dyn Learner>)
+        .collect();
+    LocalFederation::start_with(spec, learners, FederationOptions { secagg: secagg(), relay_hook }).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secure_round_that_fine_tunes_the_head_masks_only_the_head_and_leaves_the_backbone_bit_for_bit()
+-> anyhow::Result<()> {
+    init_logs();
+    const AGENTS: usize = 3;
+    let onnx = fedge_shared::train::builder::mlp(&[4, 5, 3], 1);
+    let layout = fedge_shared::train::TrainableModel::from_onnx_bytes(&onnx)?.params().to_vec();
+    let part = fedge_shared::train::TrainablePart::select(&layout, &["fc2.*".to_string()])?;
+    let (head, whole) = (part.len(), part.full_len());
+    assert_eq!((head, whole), (5 * 3 + 3, 4 * 5 + 5 + 5 * 3 + 3));
+    let mut fed = fine_tuning_federation(onnx, AGENTS, &["fc2.*"], None).await?;
+    let mut events = fed.server.events();
+    let record = next_round_end(&mut events).await?.map_err(|r| anyhow::anyhow!("aborted: {:?}", r.outcome))?;
+    assert!(record.plan.aggregation.is_secure());
+    assert_eq!(record.plan.hyper.trainable, ["fc2.*"]);
+    let m = record.metrics.secagg.clone().expect("a secure round records its phases");
+    assert_eq!((m.survivors, m.dropped_after_sharing), (AGENTS, 0));
+    // What the server received: per agent one masked vector of the weight, the evaluation counts and the head.
+    let per_agent = 1 + fedge_shared::fedeval::EVAL_COUNTS as usize + head;
+    assert_eq!(record.metrics.update_bytes, (AGENTS * per_agent * 4) as u64, "masked vectors of {per_agent} values");
+    // And what each agent masked and sent.
+    let mut sent = vec![];
+    while sent.len() < AGENTS {
+        let values = wait_agent(&mut fed.agent_events, Duration::from_secs(10), |_, e| match e {
+            AgentEvent::MaskedUploaded { values, .. } => Some(*values),
+            _ => None,
+        })
+        .await?;
+        sent.push(values);
+    }
+    assert_eq!(sent, vec![per_agent; AGENTS]);
+    let version = record.new_version.expect("committed");
+    let before = fed.server.store.weights(version - 1)?;
+    let after = fed.server.store.weights(version)?;
+    assert_eq!(after.len(), whole);
+    let bits = |w: &[f32]| w.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&part.gather_frozen(&after)?), bits(&part.gather_frozen(&before)?), "the backbone is frozen");
+    let (h0, h1) = (part.gather(&before)?, part.gather(&after)?);
+    let moved = h0.iter().zip(&h1).filter(|(a, b)| a != b).count();
+    assert!(moved > head / 2, "the head trained: {moved} of {head} weights moved");
+    fed.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_whose_trainable_patterns_name_no_weight_of_the_model_is_refused_by_every_agent() -> anyhow::Result<()> {
+    init_logs();
+    const AGENTS: usize = 2;
+    // The server checks its patterns against its model; a relay that rewrites them stands in for a server whose
+    // model differs from the agents'.
+    let hook: RelayHook = Arc::new(|_: &str, m: &mut ServerMessage| {
+        if let ServerMessage::Plan(plan) = m {
+            plan.train.trainable = vec!["classifier.*".into()];
+        }
+    });
+    let onnx = fedge_shared::train::builder::mlp(&[4, 5, 3], 1);
+    let mut fed = fine_tuning_federation(onnx, AGENTS, &["fc2.*"], Some(hook)).await?;
+    let mut events = fed.server.events();
+    let mut refused = std::collections::BTreeSet::new();
+    while refused.len() < AGENTS {
+        let (i, reason) = wait_agent(&mut fed.agent_events, Duration::from_secs(60), |i, e| match e {
+            AgentEvent::PlanRefused { reason, .. } => Some(Ok((i, reason.clone()))),
+            AgentEvent::Trained { .. } | AgentEvent::MaskedUploaded { .. } => {
+                Some(Err(anyhow::anyhow!("agent {i} trained or uploaded under patterns it cannot match: {e:?}")))
+            }
+            _ => None,
+        })
+        .await??;
+        assert!(reason.contains("\"classifier.*\" matches no weight") && reason.contains("fc1.weight"), "{reason}");
+        refused.insert(i);
+    }
+    let record = next_round_end(&mut events).await?.expect_err("the round must abort");
+    assert!(record.reported.is_empty());
     assert_eq!(fed.server.store.versions()?.len(), 1, "only version 0 exists");
     fed.stop().await
 }

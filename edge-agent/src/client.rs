@@ -102,8 +102,9 @@ pub enum AgentEvent {
         reason: String,
     },
     /// This agent refused a round's plan: it already trained for that round id (a server that lost track of its
-    /// round ids), could not note that it trains for it, or the plan has no secure aggregation and this agent
-    /// requires it. It told the server and trains nothing.
+    /// round ids), could not note that it trains for it, the plan has no secure aggregation and this agent
+    /// requires it, or the plan's trainable patterns match no weight of its model. It told the server and trains
+    /// nothing.
     PlanRefused {
         round: u64,
         reason: String,
@@ -497,6 +498,13 @@ impl Agent {
                     let fresh = lock(&self.state).check_round(plan.round);
                     if let Err(e) = fresh {
                         self.refuse_plan(send, plan.round, e.to_string()).await?;
+                        continue;
+                    }
+                    // A plan this agent's model cannot carry out (trainable patterns that match none of its weights)
+                    // is refused before any key is advertised. A learner still busy is checked when it learns.
+                    let fits = self.learner.try_lock().map_or(Ok(()), |l| l.check_plan(&plan.train));
+                    if let Err(e) = fits {
+                        self.refuse_plan(send, plan.round, format!("{e:#}")).await?;
                         continue;
                     }
                     secure = None;

@@ -13,7 +13,8 @@ use fedge_shared::protocol::TrainPlan;
 /// The outcome of local learning in one round.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LearnOutcome {
-    /// Local weights minus the global weights, in the model's parameter order.
+    /// Local weights minus the global weights, in the model's parameter order: the whole model, or only the part
+    /// the round's `trainable` patterns choose.
     pub delta: Vec<f32>,
     /// Examples trained on (the aggregation weight), the device's own labelled examples included.
     pub examples: u64,
@@ -35,7 +36,14 @@ pub trait Learner: Send {
     fn set_graph(&mut self, onnx: &[u8]) -> anyhow::Result<()>;
     /// Number of parameters of the current graph, if one is set.
     fn num_params(&self) -> Option<usize>;
-    /// Learns from `global` under `plan`.
+    /// Whether this learner can carry out `plan` with the graph it holds: checked when the plan arrives, before
+    /// the agent commits to the round (e.g. trainable patterns that match no weight of the model are refused).
+    fn check_plan(&self, plan: &TrainPlan) -> anyhow::Result<()> {
+        let _ = plan;
+        Ok(())
+    }
+    /// Learns from `global` (the whole model's weights) under `plan`. The delta covers the weights the plan
+    /// trains: all of them, or only those its `trainable` patterns choose, in the model's parameter order.
     fn learn(&mut self, global: &[f32], plan: &TrainPlan) -> anyhow::Result<LearnOutcome>;
 }
 
@@ -76,7 +84,15 @@ impl Learner for NoiseLearner {
         self.params
     }
 
+    fn check_plan(&self, plan: &TrainPlan) -> anyhow::Result<()> {
+        if !plan.trainable.is_empty() {
+            anyhow::bail!("the noise learner cannot train part of a model (trainable patterns {:?})", plan.trainable);
+        }
+        Ok(())
+    }
+
     fn learn(&mut self, global: &[f32], plan: &TrainPlan) -> anyhow::Result<LearnOutcome> {
+        self.check_plan(plan)?;
         self.params = Some(global.len());
         Ok(LearnOutcome {
             delta: Self::delta_for(self.seed, plan.seed, global.len(), self.scale),

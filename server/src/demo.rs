@@ -361,6 +361,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             seed: args.seed,
             deadline_ms: 0,
             loss: args.loss,
+            trainable: Vec::new(),
         },
         strategy: StrategyConfig::FedAvg,
     };

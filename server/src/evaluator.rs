@@ -32,6 +32,11 @@ pub fn initial_weights(onnx: &[u8]) -> anyhow::Result<Vec<f32>> {
     Ok(TrainableModel::from_onnx_bytes(onnx)?.initial_weights())
 }
 
+/// The weight layout of an ONNX model: each trainable weight's name and place in the flat weight vector.
+pub fn layout(onnx: &[u8]) -> anyhow::Result<Vec<fedge_shared::train::ParamInfo>> {
+    Ok(TrainableModel::from_onnx_bytes(onnx)?.params().to_vec())
+}
+
 /// Evaluates with tract on a labelled test set.
 pub struct TractEvaluator {
     pub data: SharedExamples,

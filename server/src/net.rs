@@ -461,10 +461,12 @@ async fn read_upload(
     let BlobKind::Update { round, examples, train_loss, holdout_accuracy, eval } = header.kind else {
         return Err(ProtocolViolation(format!("agents may only upload updates, not {:?}", header.kind)).into());
     };
+    // A round that fine-tunes part of the model takes shorter updates: the coordinator checks the exact length of
+    // the round's part; here only the bound of the whole model (what may be read into memory).
     let params = shared.params.load(Ordering::Relaxed);
-    if header.len != params * 4 {
+    if header.len > params * 4 || !header.len.is_multiple_of(4) || header.len == 0 {
         return Err(ProtocolViolation(format!(
-            "update of {} bytes; the model has {params} parameters ({} bytes)",
+            "update of {} bytes; the model has {params} parameters (at most {} bytes, a multiple of 4)",
             header.len,
             params * 4
         ))
@@ -498,10 +500,12 @@ async fn read_masked(
 ) -> anyhow::Result<()> {
     // The weight, the federated evaluation's counts (every secure round carries them), the delta.
     let header_values = 1 + u64::from(fedge_shared::fedeval::EVAL_COUNTS);
+    // At most the whole model (a fine-tuning round masks only its part: the session checks the exact length).
     let values = shared.params.load(Ordering::Relaxed) + header_values;
-    if header.len != values * 4 {
+    if header.len > values * 4 || header.len <= header_values * 4 || !header.len.is_multiple_of(4) {
         return Err(ProtocolViolation(format!(
-            "masked vector of {} bytes; the model has {} parameters, so {} bytes were expected",
+            "masked vector of {} bytes; the model has {} parameters, so at most {} bytes (a multiple of 4) were \
+             expected",
             header.len,
             values - header_values,
             values * 4

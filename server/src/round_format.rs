@@ -2,7 +2,9 @@
 //! Records without the tag are from databases written before weight decay joined the hyper-parameters; they are
 //! read in that older layout and come back with `weight_decay` 0, which is what those rounds trained with, and no
 //! federated evaluation (those rounds had none). Layout 1 records are from before the loss joined the
-//! hyper-parameters; they come back with cross-entropy, the only loss those rounds could train with.
+//! hyper-parameters; they come back with cross-entropy, the only loss those rounds could train with. Layout 2
+//! records are from before fine-tuning (`trainable` patterns); they come back training the whole model, which is
+//! what those rounds did. Each older layout is read through the next one up.
 //!
 //! `0xFF` can never start an untagged record: the codec writes the round id first as a variable-length integer,
 //! whose first byte is at most 253 for a `u64`. This module only encodes and decodes; it never touches sled.
@@ -18,7 +20,9 @@ use serde::{Deserialize, Serialize};
 /// The tag's first byte.
 const TAG: u8 = 0xFF;
 /// The layout of [`RoundRecord`] written now.
-const LAYOUT: u8 = 2;
+const LAYOUT: u8 = 3;
+/// The layout with the loss but no trainable patterns.
+const LAYOUT_V2: u8 = 2;
 /// The layout with weight decay but no loss.
 const LAYOUT_V1: u8 = 1;
 
@@ -35,10 +39,91 @@ pub fn encode(record: &RoundRecord) -> Result<Vec<u8>, CodecError> {
 pub fn decode(bytes: &[u8], limit: usize) -> Result<RoundRecord, CodecError> {
     match bytes {
         [TAG, LAYOUT, body @ ..] => codec::decode(body, limit),
-        [TAG, LAYOUT_V1, body @ ..] => codec::decode::<RoundRecordV1>(body, limit).map(RoundRecord::from),
+        [TAG, LAYOUT_V2, body @ ..] => codec::decode::<RoundRecordV2>(body, limit).map(RoundRecord::from),
+        [TAG, LAYOUT_V1, body @ ..] => {
+            codec::decode::<RoundRecordV1>(body, limit).map(|r| RoundRecord::from(RoundRecordV2::from(r)))
+        }
         [TAG, other, ..] => Err(CodecError::Malformed(format!("unknown round record layout {other}"))),
         // Layout 0 is read through layout 1, which adds only what layout 0 lacked.
-        _ => codec::decode::<RoundRecordV0>(bytes, limit).map(|r| RoundRecord::from(RoundRecordV1::from(r))),
+        _ => codec::decode::<RoundRecordV0>(bytes, limit)
+            .map(|r| RoundRecord::from(RoundRecordV2::from(RoundRecordV1::from(r)))),
+    }
+}
+
+/// [`TrainHyper`] before `trainable`.
+#[derive(Serialize, Deserialize)]
+struct TrainHyperV2 {
+    epochs: u32,
+    batch_size: u32,
+    learning_rate: f32,
+    momentum: f32,
+    optimizer: OptimizerKind,
+    weight_decay: f32,
+    prox_mu: f32,
+    seed: u64,
+    deadline_ms: u64,
+    loss: Loss,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RoundPlanV2 {
+    round: u64,
+    model_version: u64,
+    hyper: TrainHyperV2,
+    deadline_ms: u64,
+    aggregation: AggregationMode,
+}
+
+/// [`RoundRecord`] in layout 2: as now, but the plan trains the whole model (no trainable patterns).
+#[derive(Serialize, Deserialize)]
+struct RoundRecordV2 {
+    round: u64,
+    plan: RoundPlanV2,
+    strategy: String,
+    selected: Vec<String>,
+    reported: Vec<Report>,
+    dropped: Vec<Dropped>,
+    outcome: Outcome,
+    metrics: RoundMetrics,
+    started_ms: u64,
+    ended_ms: u64,
+    new_version: Option<u64>,
+}
+
+impl From<RoundRecordV2> for RoundRecord {
+    fn from(r: RoundRecordV2) -> RoundRecord {
+        let h = r.plan.hyper;
+        RoundRecord {
+            round: r.round,
+            plan: RoundPlan {
+                round: r.plan.round,
+                model_version: r.plan.model_version,
+                hyper: TrainHyper {
+                    epochs: h.epochs,
+                    batch_size: h.batch_size,
+                    learning_rate: h.learning_rate,
+                    momentum: h.momentum,
+                    optimizer: h.optimizer,
+                    weight_decay: h.weight_decay,
+                    prox_mu: h.prox_mu,
+                    seed: h.seed,
+                    deadline_ms: h.deadline_ms,
+                    loss: h.loss,
+                    trainable: Vec::new(),
+                },
+                deadline_ms: r.plan.deadline_ms,
+                aggregation: r.plan.aggregation,
+            },
+            strategy: r.strategy,
+            selected: r.selected,
+            reported: r.reported,
+            dropped: r.dropped,
+            outcome: r.outcome,
+            metrics: r.metrics,
+            started_ms: r.started_ms,
+            ended_ms: r.ended_ms,
+            new_version: r.new_version,
+        }
     }
 }
 
@@ -81,15 +166,16 @@ struct RoundRecordV1 {
     new_version: Option<u64>,
 }
 
-impl From<RoundRecordV1> for RoundRecord {
-    fn from(r: RoundRecordV1) -> RoundRecord {
+/// A layout-1 record as layout 2 would have held it: trained with cross-entropy.
+impl From<RoundRecordV1> for RoundRecordV2 {
+    fn from(r: RoundRecordV1) -> RoundRecordV2 {
         let h = r.plan.hyper;
-        RoundRecord {
+        RoundRecordV2 {
             round: r.round,
-            plan: RoundPlan {
+            plan: RoundPlanV2 {
                 round: r.plan.round,
                 model_version: r.plan.model_version,
-                hyper: TrainHyper {
+                hyper: TrainHyperV2 {
                     epochs: h.epochs,
                     batch_size: h.batch_size,
                     learning_rate: h.learning_rate,
@@ -363,6 +449,50 @@ mod tests {
         // And a record that trained with MSE keeps it.
         r.plan.hyper.loss = Loss::MeanSquaredError;
         assert_eq!(decode(&encode(&r).unwrap(), 1 << 20).unwrap().plan.hyper.loss, Loss::MeanSquaredError);
+    }
+
+    #[test]
+    fn a_record_from_before_fine_tuning_reads_back_training_the_whole_model_and_patterns_round_trip() {
+        let mut r = record(14, 5e-4);
+        r.plan.hyper.loss = Loss::MeanSquaredError;
+        let h = &r.plan.hyper;
+        let v2 = RoundRecordV2 {
+            round: r.round,
+            plan: RoundPlanV2 {
+                round: r.plan.round,
+                model_version: r.plan.model_version,
+                hyper: TrainHyperV2 {
+                    epochs: h.epochs,
+                    batch_size: h.batch_size,
+                    learning_rate: h.learning_rate,
+                    momentum: h.momentum,
+                    optimizer: h.optimizer,
+                    weight_decay: h.weight_decay,
+                    prox_mu: h.prox_mu,
+                    seed: h.seed,
+                    deadline_ms: h.deadline_ms,
+                    loss: h.loss,
+                },
+                deadline_ms: r.plan.deadline_ms,
+                aggregation: r.plan.aggregation.clone(),
+            },
+            strategy: r.strategy.clone(),
+            selected: r.selected.clone(),
+            reported: r.reported.clone(),
+            dropped: r.dropped.clone(),
+            outcome: r.outcome.clone(),
+            metrics: r.metrics.clone(),
+            started_ms: r.started_ms,
+            ended_ms: r.ended_ms,
+            new_version: r.new_version,
+        };
+        let mut bytes = vec![TAG, LAYOUT_V2];
+        bytes.extend_from_slice(&codec::encode(&v2).unwrap());
+        let back = decode(&bytes, 1 << 20).unwrap();
+        assert!(back.plan.hyper.trainable.is_empty());
+        assert_eq!(back, r);
+        r.plan.hyper.trainable = vec!["head.*".into(), "*.bias".into()];
+        assert_eq!(decode(&encode(&r).unwrap(), 1 << 20).unwrap(), r);
     }
 
     #[test]

@@ -292,6 +292,18 @@ pub async fn start_with_hook(
         }
         Err(e) => return Err(e).context("[coordinator] in the config"),
     };
+    // The model's weight names and places, so that rounds may train part of it (`hyper.trainable`).
+    let layout = {
+        let graph = current.graph.clone();
+        tokio::task::spawn_blocking(move || crate::evaluator::layout(&graph)).await?
+    };
+    let coordinator = match layout {
+        Ok(layout) => coordinator.with_layout(layout).context("[coordinator] in the config")?,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "the model's weight names are unknown: no round can train part of it");
+            coordinator
+        }
+    };
     let mut secagg = config.secagg.clone();
     if secagg.unmask_threads.is_none() {
         secagg.unmask_threads = Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -946,6 +958,7 @@ fn wire_plan(plan: &RoundPlan, agent: &str) -> protocol::RoundPlan {
             prox_mu: (h.prox_mu > 0.0).then_some(h.prox_mu),
             seed: round_seed(plan),
             loss: h.loss.name().into(),
+            trainable: h.trainable.clone(),
         },
         deadline_ms: plan.deadline_ms,
         secagg,

@@ -2,7 +2,8 @@
 //!
 //! One small trait, as Flower's `Strategy`: [`Strategy::configure_round`] adjusts the agents' hyper-parameters,
 //! [`Strategy::aggregate`] turns the global weights and the example-weighted mean delta (computed by the
-//! coordinator from its running sums) into the new global weights, and [`Strategy::state`] /
+//! coordinator from its running sums) into the new global weights ([`Strategy::aggregate_part`] when the round
+//! fine-tuned only part of the model: the other weights stay bit for bit), and [`Strategy::state`] /
 //! [`Strategy::restore`] persist whatever the strategy carries between rounds (the moment vectors of FedAdam and
 //! FedYogi), encoded with `fedge_shared::codec`.
 //!
@@ -15,6 +16,7 @@
 
 use crate::coordinator::TrainHyper;
 use fedge_shared::codec;
+use fedge_shared::train::TrainablePart;
 use serde::{Deserialize, Serialize};
 
 /// Errors from building, running or restoring a strategy.
@@ -32,6 +34,8 @@ pub enum StrategyError {
     CorruptState(String),
     #[error("the aggregate contains a non-finite value at index {index}")]
     NonFinite { index: usize },
+    #[error("the round's trained part does not fit: {0}")]
+    Part(String),
 }
 
 /// An aggregation strategy. Implementations are deterministic functions of their inputs and their state.
@@ -47,6 +51,17 @@ pub trait Strategy: Send {
     /// May update the strategy's state; the coordinator snapshots [`Strategy::state`] before and restores it if
     /// the commit fails, so a failed round leaves no trace.
     fn aggregate(&mut self, global: &[f32], mean_delta: &[f32], round: u64) -> Result<Vec<f32>, StrategyError>;
+
+    /// The same for a round that trained only `part` of the model (fine-tuning): `mean_delta` covers the part's
+    /// coordinates only, in order. Every coordinate outside the part keeps the global value bit for bit, and the
+    /// strategy's state for those coordinates is left as it was (they were not trained this round).
+    fn aggregate_part(
+        &mut self,
+        global: &[f32],
+        part: &TrainablePart,
+        mean_delta: &[f32],
+        round: u64,
+    ) -> Result<Vec<f32>, StrategyError>;
 
     /// The state to persist with the new model (may be empty).
     fn state(&self) -> Vec<u8>;
@@ -171,6 +186,15 @@ fn apply_mean(global: &[f32], mean_delta: &[f32]) -> Result<Vec<f32>, StrategyEr
     Ok(out)
 }
 
+/// [`apply_mean`] on the trained part of the model; the rest of `global` is copied as it is.
+fn apply_mean_part(global: &[f32], part: &TrainablePart, mean_delta: &[f32]) -> Result<Vec<f32>, StrategyError> {
+    let bad = |e: fedge_shared::train::PartError| StrategyError::Part(e.to_string());
+    let trained = apply_mean(&part.gather(global).map_err(bad)?, mean_delta)?;
+    let mut out = global.to_vec();
+    part.scatter_into(&mut out, &trained).map_err(bad)?;
+    Ok(out)
+}
+
 /// Federated averaging: the new model is the example-weighted mean of the agents' models.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FedAvg;
@@ -184,6 +208,15 @@ impl Strategy for FedAvg {
     }
     fn aggregate(&mut self, global: &[f32], mean_delta: &[f32], _round: u64) -> Result<Vec<f32>, StrategyError> {
         apply_mean(global, mean_delta)
+    }
+    fn aggregate_part(
+        &mut self,
+        global: &[f32],
+        part: &TrainablePart,
+        mean_delta: &[f32],
+        _round: u64,
+    ) -> Result<Vec<f32>, StrategyError> {
+        apply_mean_part(global, part, mean_delta)
     }
     fn state(&self) -> Vec<u8> {
         Vec::new()
@@ -208,6 +241,15 @@ impl Strategy for FedProx {
     }
     fn aggregate(&mut self, global: &[f32], mean_delta: &[f32], _round: u64) -> Result<Vec<f32>, StrategyError> {
         apply_mean(global, mean_delta)
+    }
+    fn aggregate_part(
+        &mut self,
+        global: &[f32],
+        part: &TrainablePart,
+        mean_delta: &[f32],
+        _round: u64,
+    ) -> Result<Vec<f32>, StrategyError> {
+        apply_mean_part(global, part, mean_delta)
     }
     fn state(&self) -> Vec<u8> {
         Vec::new()
@@ -276,6 +318,34 @@ impl Adaptive {
     pub fn moments(&self) -> (&[f32], &[f32]) {
         (&self.m, &self.v)
     }
+
+    /// Sizes fresh moments for `n` parameters (`m = 0`, `v = τ²`); refuses moments of another size.
+    fn size_moments(&mut self, n: usize) -> Result<(), StrategyError> {
+        if self.m.is_empty() && self.v.is_empty() {
+            self.m = vec![0.0; n];
+            self.v = vec![self.params.tau * self.params.tau; n];
+        }
+        if self.m.len() != n || self.v.len() != n {
+            return Err(StrategyError::StateMismatch { global: n, state: self.m.len() });
+        }
+        Ok(())
+    }
+
+    /// One server step over matching slices: updates `m` and `v` in place and returns the new weights.
+    fn step(&self, global: &[f32], mean_delta: &[f32], m: &mut [f32], v: &mut [f32]) -> Vec<f32> {
+        let AdaptiveParams { eta, beta1, beta2, tau } = self.params;
+        let mut out = Vec::with_capacity(global.len());
+        for (((x, d), m), v) in global.iter().zip(mean_delta).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *m = beta1 * *m + (1.0 - beta1) * d;
+            let d2 = d * d;
+            *v = match self.rule {
+                AdaptiveRule::Adam => beta2 * *v + (1.0 - beta2) * d2,
+                AdaptiveRule::Yogi => *v - (1.0 - beta2) * d2 * sign(*v - d2),
+            };
+            out.push(x + eta * *m / (v.sqrt() + tau));
+        }
+        out
+    }
 }
 
 impl Strategy for Adaptive {
@@ -289,28 +359,38 @@ impl Strategy for Adaptive {
 
     fn aggregate(&mut self, global: &[f32], mean_delta: &[f32], _round: u64) -> Result<Vec<f32>, StrategyError> {
         check_lengths(global, mean_delta)?;
-        let n = global.len();
-        if self.m.is_empty() && self.v.is_empty() {
-            self.m = vec![0.0; n];
-            self.v = vec![self.params.tau * self.params.tau; n];
-        }
-        if self.m.len() != n || self.v.len() != n {
-            return Err(StrategyError::StateMismatch { global: n, state: self.m.len() });
-        }
-        let AdaptiveParams { eta, beta1, beta2, tau } = self.params;
+        self.size_moments(global.len())?;
         let mut m = self.m.clone();
         let mut v = self.v.clone();
-        let mut out = Vec::with_capacity(n);
-        for (((x, d), m), v) in global.iter().zip(mean_delta).zip(m.iter_mut()).zip(v.iter_mut()) {
-            *m = beta1 * *m + (1.0 - beta1) * d;
-            let d2 = d * d;
-            *v = match self.rule {
-                AdaptiveRule::Adam => beta2 * *v + (1.0 - beta2) * d2,
-                AdaptiveRule::Yogi => *v - (1.0 - beta2) * d2 * sign(*v - d2),
-            };
-            out.push(x + eta * *m / (v.sqrt() + tau));
-        }
+        let out = self.step(global, mean_delta, &mut m, &mut v);
         check_finite(&out)?;
+        // Only a successful step changes the state.
+        self.m = m;
+        self.v = v;
+        Ok(out)
+    }
+
+    fn aggregate_part(
+        &mut self,
+        global: &[f32],
+        part: &TrainablePart,
+        mean_delta: &[f32],
+        _round: u64,
+    ) -> Result<Vec<f32>, StrategyError> {
+        let bad = |e: fedge_shared::train::PartError| StrategyError::Part(e.to_string());
+        let x = part.gather(global).map_err(bad)?;
+        check_lengths(&x, mean_delta)?;
+        self.size_moments(global.len())?;
+        // The moments of the trained coordinates move; those of the frozen ones stay as they were.
+        let mut m_part = part.gather(&self.m).map_err(bad)?;
+        let mut v_part = part.gather(&self.v).map_err(bad)?;
+        let trained = self.step(&x, mean_delta, &mut m_part, &mut v_part);
+        check_finite(&trained)?;
+        let mut out = global.to_vec();
+        part.scatter_into(&mut out, &trained).map_err(bad)?;
+        let (mut m, mut v) = (self.m.clone(), self.v.clone());
+        part.scatter_into(&mut m, &m_part).map_err(bad)?;
+        part.scatter_into(&mut v, &v_part).map_err(bad)?;
         // Only a successful step changes the state.
         self.m = m;
         self.v = v;

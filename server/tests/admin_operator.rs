@@ -428,3 +428,43 @@ fn offline_revocation_with_a_pki_directory_still_lists_the_certificate_in_revoke
     assert_eq!(list[0]["name"], "pi-1");
     assert_eq!(list[0]["revoked"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fine_tuning_patterns_are_checked_against_the_servers_model_by_fedgectl_and_at_start_up() {
+    let mut fed = Federation::start(0, None).await;
+    let target = fed.operator("erin");
+    // A pattern that names no weight of the model (784-16-10: fc1, fc2) is refused, naming it and the weights,
+    // and no run starts.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedgectl"))
+        .args(["round", "start", "--count", "1", "--train-only", "fc2.*", "--train-only", "classifier.*"])
+        .env("FEDGE_SERVER", &target.server)
+        .env("FEDGE_SERVER_NAME", "localhost")
+        .env("FEDGE_BUNDLE", &target.bundle)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused");
+    assert!(err.contains("\"classifier.*\" matches no weight") && err.contains("fc1.weight"), "{err}");
+    let client = AdminClient::connect(&target).await.unwrap();
+    assert!(!client.status().await.unwrap().running, "no run started");
+    let shown = client.config_show().await.unwrap();
+    let trainable = shown.iter().find(|e| e.key == "hyper.trainable").unwrap().clone();
+    assert_eq!((trainable.value.as_str(), trainable.overridden), ("[]", false));
+    // Patterns that match are taken, kept as the operator's setting, and the run starts.
+    let out = fedgectl(&target, &["round", "start", "--count", "1", "--train-only", "fc2.*", "--train-only", "*.bias"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("hyper.trainable") && said.contains("running 1 more rounds"), "{said}");
+    let shown = client.config_show().await.unwrap();
+    let trainable = shown.iter().find(|e| e.key == "hyper.trainable").unwrap().clone();
+    assert_eq!((trainable.value.as_str(), trainable.overridden), (r#"["fc2.*", "*.bias"]"#, true));
+    assert!(client.status().await.unwrap().running);
+    client.close().await;
+    // server.toml with a pattern that names no weight: the server refuses to start, naming the pattern.
+    fed.server.take().unwrap().shutdown().await.unwrap();
+    let mut config = fed.config.clone();
+    config.data_dir = fed.dir.path().join("db-2");
+    config.coordinator.hyper.trainable = vec!["head.*".into()];
+    let err = format!("{:#}", service::start(config, None).await.err().expect("refused"));
+    assert!(err.contains("\"head.*\" matches no weight") && err.contains("fc2.bias"), "{err}");
+    fed.stop().await;
+}

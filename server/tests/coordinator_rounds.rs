@@ -1091,3 +1091,159 @@ fn a_round_whose_missing_members_have_all_disconnected_ends_at_once() {
     };
     assert_eq!((record.ended_ms, record.reported.len(), record.dropped.len()), (300, 1, 2));
 }
+
+/// A model of 8 parameters whose head is split in two by the body (the part is not one contiguous range).
+fn head_and_body() -> Vec<fedge_shared::train::ParamInfo> {
+    let mut offset = 0;
+    [("body.weight", 3), ("head.weight", 2), ("body.bias", 2), ("head.bias", 1)]
+        .iter()
+        .map(|(n, len)| {
+            let p = fedge_shared::train::ParamInfo { name: n.to_string(), shape: vec![*len], offset, len: *len };
+            offset += len;
+            p
+        })
+        .collect()
+}
+
+fn plan_of(out: &[Action]) -> Option<RoundPlan> {
+    out.iter().find_map(|a| match a {
+        Action::SendPlan { plan, .. } => Some(plan.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_fine_tuning_round_takes_updates_of_the_trained_part_only_and_leaves_the_frozen_weights_bit_for_bit() {
+    let mut cfg = config(2, 3, 1.0);
+    cfg.overselect = 1.0;
+    cfg.hyper.trainable = vec!["head.*".into()];
+    // A negative zero among the frozen weights: `x + 0.0` would turn it into +0.0, untouched it stays -0.0.
+    let global = vec![0.5, -0.0, 1.5, 0.25, -0.75, 2.0, f32::MIN_POSITIVE, 3.0];
+    let resume = ResumeState { weights: global.clone(), ..fresh() };
+    let mut c = Coordinator::new(cfg, resume).unwrap().with_layout(head_and_body()).unwrap();
+    for a in ["a", "b", "c"] {
+        c.handle(0, Event::AgentConnected { agent: a.into() });
+        c.handle(0, Event::CheckIn { agent: a.into(), model_version: Some(0), examples: 100 });
+    }
+    let plan = plan_of(&c.handle(0, Event::StartRounds { count: Some(1) })).expect("a round starts");
+    assert_eq!(plan.hyper.trainable, ["head.*"]);
+    // head.weight (2 values at 3..5) and head.bias (1 value at 7): updates are 3 long.
+    let whole = [0.1f32; 8];
+    let out = c.handle(
+        1,
+        Event::Update { agent: "c".into(), round: plan.round, examples: 10, train_loss: 0.1, delta: &whole },
+    );
+    assert!(
+        out.iter().any(|a| matches!(
+            a,
+            Action::Reject { reason: RejectReason::Invalid(FoldError::WrongLength { expected: 3, got: 8 }), .. }
+        )),
+        "a whole-model update is refused in a fine-tuning round: {out:?}"
+    );
+    c.handle(
+        2,
+        Event::Update {
+            agent: "a".into(),
+            round: plan.round,
+            examples: 10,
+            train_loss: 0.1,
+            delta: &[0.5, -1.0, 0.25],
+        },
+    );
+    let out = c.handle(
+        3,
+        Event::Update { agent: "b".into(), round: plan.round, examples: 30, train_loss: 0.1, delta: &[0.1, 0.2, 0.3] },
+    );
+    let (record, new) = out
+        .iter()
+        .find_map(|a| match a {
+            Action::Commit { record, new_weights, .. } => Some((record.clone(), new_weights.clone())),
+            _ => None,
+        })
+        .expect("the round commits with the two part-length updates");
+    assert_eq!(record.metrics.update_bytes, 2 * 3 * 4, "two updates of 3 values");
+    let mean = [(0.5 + 3.0 * 0.1) / 4.0, (-1.0 + 3.0 * 0.2) / 4.0, (0.25 + 3.0 * 0.3) / 4.0];
+    for (i, (n, g)) in new.iter().zip(&global).enumerate() {
+        match [3, 4, 7].iter().position(|&p| p == i) {
+            Some(k) => assert!((n - (g + mean[k] as f32)).abs() < 1e-6, "trained weight {i}: {n} vs {g} + {}", mean[k]),
+            None => assert_eq!(n.to_bits(), g.to_bits(), "frozen weight {i} changed: {n} vs {g}"),
+        }
+    }
+}
+
+#[test]
+fn an_adaptive_strategy_fine_tunes_the_part_and_keeps_the_moments_of_the_frozen_weights() {
+    let layout = head_and_body();
+    let part = fedge_shared::train::TrainablePart::select(&layout, &["head.*".to_string()]).unwrap();
+    let params = AdaptiveParams { eta: 0.1, beta1: 0.9, beta2: 0.99, tau: 0.001 };
+    for rule in [AdaptiveRule::Adam, AdaptiveRule::Yogi] {
+        let global: Vec<f32> = (0..8).map(|i| i as f32 * 0.25 - 1.0).collect();
+        // A first whole-model round gives every coordinate moments.
+        let mut s = Adaptive::new(rule, params);
+        let first = s.aggregate(&global, &[0.2; 8], 1).unwrap();
+        let (m0, v0) = (s.moments().0.to_vec(), s.moments().1.to_vec());
+        let second = s.aggregate_part(&first, &part, &[0.5, -0.5, 0.25], 2).unwrap();
+        // The trained part moves exactly as the same strategy on the part alone would move it.
+        let mut on_part = Adaptive::new(rule, params);
+        let _ = on_part.aggregate(&part.gather(&global).unwrap(), &[0.2; 3], 1).unwrap();
+        let expected = on_part.aggregate(&part.gather(&first).unwrap(), &[0.5, -0.5, 0.25], 2).unwrap();
+        assert_eq!(part.gather(&second).unwrap(), expected, "{rule:?}");
+        assert_eq!(part.gather(s.moments().0).unwrap(), on_part.moments().0, "{rule:?}");
+        for i in [0, 1, 2, 5, 6] {
+            assert_eq!(second[i].to_bits(), first[i].to_bits(), "{rule:?}: frozen weight {i} moved");
+            assert_eq!((s.moments().0[i], s.moments().1[i]), (m0[i], v0[i]), "{rule:?}: frozen moment {i} moved");
+        }
+        // A mean of the wrong length is an error, and the state does not move.
+        let before = s.state();
+        assert!(s.aggregate_part(&second, &part, &[0.1; 8], 3).is_err());
+        assert_eq!(s.state(), before);
+    }
+    // FedAvg and FedProx: x + Δ on the part, the rest copied.
+    for kind in [StrategyConfig::FedAvg, StrategyConfig::FedProx { mu: 0.1 }] {
+        let mut s = kind.build().unwrap();
+        let global = vec![-0.0f32, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
+        let out = s.aggregate_part(&global, &part, &[1.0, 2.0, 3.0], 1).unwrap();
+        assert_eq!(out, [-0.0, 1.0, 2.0, 4.0, 6.0, 5.0, 6.0, 10.0]);
+        assert_eq!(out[0].to_bits(), (-0.0f32).to_bits());
+    }
+}
+
+#[test]
+fn trainable_patterns_that_match_no_weight_are_refused_when_configured_before_any_round_starts() {
+    let mut cfg = config(2, 3, 1.0);
+    cfg.hyper.trainable = vec!["head.*".into(), "classifier.*".into()];
+    let resume = ResumeState { weights: vec![0.0; 8], ..fresh() };
+    let e = Coordinator::new(cfg.clone(), resume.clone()).unwrap().with_layout(head_and_body()).unwrap_err();
+    assert!(
+        e.to_string().contains("\"classifier.*\" matches no weight") && e.to_string().contains("body.weight"),
+        "{e}"
+    );
+    // Not a glob at all: refused by the configuration's own validation.
+    cfg.hyper.trainable = vec!["head.[".into()];
+    let e = Coordinator::new(cfg.clone(), resume.clone()).unwrap_err();
+    assert!(e.to_string().contains("\"head.[\""), "{e}");
+    // An operator's setting on a running coordinator: refused, the configuration in force is kept.
+    cfg.hyper.trainable = vec![];
+    let mut c = Coordinator::new(cfg.clone(), resume.clone()).unwrap().with_layout(head_and_body()).unwrap();
+    cfg.hyper.trainable = vec!["classifier.*".into()];
+    let e = c.set_config(cfg.clone()).unwrap_err();
+    assert!(e.to_string().contains("\"classifier.*\" matches no weight"), "{e}");
+    assert!(c.config().hyper.trainable.is_empty());
+    cfg.hyper.trainable = vec!["*.bias".into()];
+    c.set_config(cfg.clone()).unwrap();
+    // A layout that does not cover the global weights is refused.
+    let e = Coordinator::new(config(2, 3, 1.0), ResumeState { weights: vec![0.0; 9], ..fresh() })
+        .unwrap()
+        .with_layout(head_and_body())
+        .unwrap_err();
+    assert!(e.to_string().contains("8 parameters") && e.to_string().contains("9"), "{e}");
+    // Without the model's weight names no fine-tuning round starts, and no plan is sent.
+    let mut blind = Coordinator::new(cfg, resume).unwrap();
+    for a in ["a", "b"] {
+        blind.handle(0, Event::AgentConnected { agent: a.into() });
+        blind.handle(0, Event::CheckIn { agent: a.into(), model_version: Some(0), examples: 10 });
+    }
+    let out = blind.handle(0, Event::StartRounds { count: Some(1) });
+    assert!(plan_of(&out).is_none(), "{out:?}");
+    assert!(out.iter().any(|a| matches!(a, Action::Log { message } if message.contains("weight names"))), "{out:?}");
+}

@@ -13,7 +13,9 @@
 //! [`ServerMessage::SecAggShares`]), the consistency round (the survivor set, [`ServerMessage::SecAggSurvivors`],
 //! signed by each survivor, [`AgentMessage::SecAggSurvivorSignature`]), and the unmask request (carrying the
 //! recipient's neighbours' signatures) and answer. The masked vector itself is a blob
-//! ([`BlobKind::Masked`]: `1 + P` little-endian `u32`) on its own unidirectional stream, like a plain update.
+//! ([`BlobKind::Masked`]: `1 + counts + P` little-endian `u32`) on its own unidirectional stream, like a plain
+//! update. `P` is the number of parameters the round trains: the whole model, or only the weights its plan's
+//! [`TrainPlan::trainable`] patterns choose.
 //!
 //! This module only defines types and limits: it does no I/O.
 
@@ -26,7 +28,7 @@ use crate::secagg::{
 use serde::{Deserialize, Serialize};
 
 /// Protocol version carried in the hello. Bump on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// ALPN id of the agent protocol.
 pub const ALPN_AGENT: &[u8] = b"fedge/1";
 /// ALPN id of the admin protocol (fedgectl).
@@ -102,6 +104,11 @@ pub struct TrainPlan {
     pub seed: u64,
     /// The loss the agent minimises: "cross_entropy" (classification) or "mse" (regression).
     pub loss: String,
+    /// Fine-tuning part of the model: glob patterns over the weights' names (`head.*`); only the matching weights
+    /// train, the others stay at the global model's values, and the update (plain or masked) covers only the
+    /// matching weights, in the model's parameter order ([`crate::train::TrainablePart`]). Empty: the whole model.
+    /// An agent whose model has a pattern that matches nothing refuses the plan.
+    pub trainable: Vec<String>,
 }
 
 /// The plan of a round, sent to each selected agent.
@@ -208,9 +215,11 @@ pub enum BlobKind {
     /// A global model version's weights, little-endian f32 (server → agent).
     Weights { version: u64 },
     /// A plain (unmasked) update: the agent's weights delta, little-endian f32, with its metadata (agent → server).
+    /// The delta covers the weights the round trains ([`TrainPlan::trainable`]): the whole model or that part.
     /// `eval`: the agent's federated evaluation of the round's starting model on its held-out examples.
     Update { round: u64, examples: u64, train_loss: f32, holdout_accuracy: Option<f32>, eval: Option<EvalCounts> },
-    /// A secure-aggregation masked vector `[w, counts, w·Δ]` plus masks: `1 + counts + P` little-endian `u32`
+    /// A secure-aggregation masked vector `[w, counts, w·Δ]` plus masks: `1 + counts + P` little-endian `u32`, `P`
+    /// the number of parameters the round trains
     /// (agent → server); the counts are the federated evaluation's ([`crate::fedeval`]).
     /// The example count and loss are the metrics the round record keeps; the aggregation weight is inside the
     /// masked vector.
@@ -264,6 +273,7 @@ mod tests {
                     prox_mu: Some(0.01),
                     seed: 5,
                     loss: "mse".into(),
+                    trainable: vec!["head.*".into()],
                 },
                 deadline_ms: 60_000,
                 secagg: Some(SecAggPlan {

@@ -197,6 +197,7 @@ pub fn cohort_of(agents: usize) -> fedge_server::coordinator::CoordinatorConfig 
             seed: 3,
             deadline_ms: 0,
             loss: fedge_shared::train::Loss::SoftmaxCrossEntropy,
+            trainable: Vec::new(),
         },
         strategy: fedge_server::strategy::StrategyConfig::FedAvg,
     }

@@ -37,6 +37,7 @@ pub fn allowed(key: &str) -> Option<&'static str> {
         "hyper.prox_mu" | "hyper.weight_decay" => "a number >= 0",
         "hyper.loss" => "\"cross_entropy\" or \"mse\"",
         "hyper.seed" | "hyper.deadline_ms" => "an integer >= 0",
+        "hyper.trainable" => "a list of glob patterns over the model's weight names, e.g. [\"head.*\"] ([] = all)",
         "strategy.kind" => "fedavg, fedprox, fedadam or fedyogi",
         "strategy.mu" => "a number >= 0 (fedprox)",
         "strategy.eta" => "a number > 0 (fedadam, fedyogi)",
@@ -229,6 +230,22 @@ mod tests {
         assert!(e.contains("max_agents") && e.contains(">= min_agents"), "{e}");
         let e = set(&base(), &toml::Table::new(), "hyper.weight_decay", "-0.1").unwrap_err().to_string();
         assert!(e.contains("hyper.weight_decay") && e.contains(">= 0"), "{e}");
+    }
+
+    #[test]
+    fn trainable_patterns_are_a_setting_like_the_other_hyper_parameters_and_a_bad_glob_is_refused() {
+        assert!(base().hyper.trainable.is_empty(), "the whole model unless configured");
+        // What `fedgectl round start --train-only 'head.*' --train-only '*.bias'` sends.
+        let (c, o) = set(&base(), &toml::Table::new(), "hyper.trainable", r#"["head.*", "*.bias"]"#).unwrap();
+        assert_eq!(c.hyper.trainable, ["head.*", "*.bias"]);
+        let shown = entries(&c, &o);
+        let t = shown.iter().find(|e| e.key == "hyper.trainable").unwrap();
+        assert!(t.overridden);
+        assert_eq!(apply_all(&base(), &overrides_from_text(&overrides_to_text(&o)).unwrap()).unwrap(), c);
+        let (whole, _) = set(&base(), &o, "hyper.trainable", "[]").unwrap();
+        assert!(whole.hyper.trainable.is_empty());
+        let e = set(&base(), &toml::Table::new(), "hyper.trainable", r#"["head.["]"#).unwrap_err().to_string();
+        assert!(e.contains("hyper.trainable") && e.contains("\"head.[\"") && e.contains("glob"), "{e}");
     }
 
     #[test]

@@ -121,6 +121,11 @@ enum RoundArgs {
         /// Pause once a round's global test accuracy reaches this (0 to 1).
         #[arg(long)]
         target_accuracy: Option<f32>,
+        /// Fine-tune part of the model: train only the weights whose names match PATTERN (a glob, e.g. 'head.*';
+        /// repeatable). Sets `hyper.trainable` (kept across restarts; `config set hyper.trainable '[]'` trains the
+        /// whole model again). A pattern that matches no weight is refused and no round starts.
+        #[arg(long = "train-only", value_name = "PATTERN")]
+        train_only: Vec<String>,
     },
     /// Start no new round (the one in flight finishes).
     Pause,
@@ -266,8 +271,14 @@ async fn run_online(client: &AdminClient, command: Command) -> anyhow::Result<()
             Ok(())
         }
         Command::Round(r) => {
+            if let RoundArgs::Start { train_only, .. } = &r
+                && !train_only.is_empty()
+            {
+                let patterns = toml::Value::Array(train_only.iter().cloned().map(toml::Value::String).collect());
+                println!("{}", client.config_set("hyper.trainable", &patterns.to_string()).await?);
+            }
             let cmd = match r {
-                RoundArgs::Start { count, target_accuracy } => RoundCmd::Start { count, target_accuracy },
+                RoundArgs::Start { count, target_accuracy, .. } => RoundCmd::Start { count, target_accuracy },
                 RoundArgs::Pause => RoundCmd::Pause,
                 RoundArgs::Resume => RoundCmd::Resume,
                 RoundArgs::Abort => RoundCmd::Abort,

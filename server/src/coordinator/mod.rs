@@ -8,7 +8,8 @@
 //! ([`Coordinator::with_secagg`], what the server runs by default) it runs the SecAgg+ phases (advertise keys →
 //! share keys → masked input → consistency → unmask) in its place, each with its own deadline (see [`secure`]), behind the same
 //! [`Phase`] and [`Aggregation`] types. Local training overlaps the two key phases; the masked-input phase ends at
-//! the round's deadline.
+//! the round's deadline. A round may fine-tune part of the model (`hyper.trainable`, see the `part` module): its
+//! updates and masked vectors then cover that part only, and the frozen weights are never touched.
 //!
 //! The shell reports `AgentSilent` when an agent's connection has received nothing for longer than two keep-alive
 //! intervals (and again when it does): selection skips such an agent. A round ends as soon as no member still owes
@@ -42,6 +43,7 @@
 mod aggregation;
 mod config;
 mod event;
+mod part;
 mod plan;
 mod record;
 pub mod secure;
@@ -129,6 +131,8 @@ struct Round {
     dropped: Vec<Dropped>,
     loss_sum: f64,
     update_bytes: u64,
+    /// The part of the model this round trains (`None`: all of it); updates cover only it.
+    part: Option<fedge_shared::train::TrainablePart>,
     /// Plain rounds: evaluations sent with updates not yet folded in, by agent.
     pending_eval: BTreeMap<AgentId, EvalCounts>,
     /// The federated evaluation's totals (plain: of the folded reports; secure: the unmasked sum) and how many
@@ -178,6 +182,8 @@ pub struct Coordinator {
     closed_at_deadline: Option<u64>,
     /// Secure aggregation (off unless [`Coordinator::with_secagg`] turns it on).
     secagg: SecAggConfig,
+    /// The model's weight layout, for rounds that train part of it (empty unless [`Coordinator::with_layout`]).
+    layout: Vec<fedge_shared::train::ParamInfo>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -221,6 +227,7 @@ impl Coordinator {
             wake: None,
             closed_at_deadline: None,
             secagg: SecAggConfig::off(),
+            layout: Vec::new(),
         })
     }
 
@@ -267,6 +274,7 @@ impl Coordinator {
     /// strategy kind or new strategy parameters start that strategy afresh (its state is reset).
     pub fn set_config(&mut self, config: CoordinatorConfig) -> Result<(), ConfigError> {
         config.validate()?;
+        part::check_trainable(&config, &self.layout)?;
         if config.strategy != self.config.strategy {
             self.strategy = config.strategy.build()?;
         }
@@ -607,7 +615,11 @@ impl Coordinator {
             return self.finish_aborted(now_ms, *round, reason, out);
         };
         let before = self.strategy.state();
-        let new_weights = match self.strategy.aggregate(&self.global, &mean, round.plan.round) {
+        let aggregated = match &round.part {
+            None => self.strategy.aggregate(&self.global, &mean, round.plan.round),
+            Some(part) => self.strategy.aggregate_part(&self.global, part, &mean, round.plan.round),
+        };
+        let new_weights = match aggregated {
             Ok(w) => w,
             Err(e) => {
                 if let Err(e) = self.strategy.restore(&before) {
@@ -757,9 +769,28 @@ impl Coordinator {
             return;
         }
         let round_id = self.next_round;
+        let part = match part::resolve(&self.config.hyper.trainable, &self.layout) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(round = round_id, error = %e, "cannot start a round");
+                out.push(Action::Log { message: format!("cannot start round {round_id}: {e}") });
+                self.not_before_ms = now_ms.saturating_add(self.config.retry_backoff_ms);
+                return;
+            }
+        };
+        // The length of every update this round: the trained part only.
+        let len = part.as_ref().map_or(self.global.len(), |p| p.len());
+        if let Some(p) = &part {
+            tracing::info!(
+                round = round_id,
+                trained = p.len(),
+                of = self.global.len(),
+                "fine-tuning part of the model"
+            );
+        }
         let selected = select(&candidates, size, self.config.seed, round_id);
         let (mode, aggregation) = if self.secagg.enabled {
-            match self.secure_round(round_id, &selected, now_ms) {
+            match self.secure_round(round_id, &selected, len, now_ms) {
                 Ok((plan, sec)) => (AggregationMode::Secure(plan), Aggregation::Secure(Box::new(sec))),
                 Err(e) => {
                     tracing::error!(round = round_id, error = %e, "cannot start a secure round");
@@ -769,10 +800,12 @@ impl Coordinator {
                 }
             }
         } else {
-            (AggregationMode::Plain, Aggregation::Plain(WeightedSum::new(self.global.len())))
+            (AggregationMode::Plain, Aggregation::Plain(WeightedSum::new(len)))
         };
         self.next_round = self.next_round.saturating_add(1);
         let mut hyper = self.strategy.configure_round(round_id, &self.config.hyper);
+        // The plan names the part the round's sums were sized for, whatever the strategy configured.
+        hyper.trainable = self.config.hyper.trainable.clone();
         // A separate stream from selection's, so the agents' seed says nothing about who was picked.
         hyper.seed = round_rng(self.config.seed ^ 0x7261_6e64_7365_6564, round_id).next_u64();
         hyper.deadline_ms = self.config.round_timeout_ms;
@@ -804,6 +837,7 @@ impl Coordinator {
             dropped: Vec::new(),
             loss_sum: 0.0,
             update_bytes: 0,
+            part,
             pending_eval: BTreeMap::new(),
             eval: None,
         }));

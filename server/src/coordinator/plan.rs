@@ -48,6 +48,12 @@ pub struct TrainHyper {
     /// The loss agents minimise: `"cross_entropy"` (classification, the default) or `"mse"` (regression).
     #[serde(default)]
     pub loss: Loss,
+    /// Fine-tuning part of the model: glob patterns over the weights' names (`["head.*"]`). Only the matching
+    /// weights train; the others stay bit for bit; agents upload (and secure aggregation masks) only the matching
+    /// part. Every pattern must match a weight of the model (checked when the setting is made). Empty (the
+    /// default): the whole model.
+    #[serde(default)]
+    pub trainable: Vec<String>,
 }
 
 impl Default for TrainHyper {
@@ -63,6 +69,7 @@ impl Default for TrainHyper {
             seed: 0,
             deadline_ms: 0,
             loss: Loss::SoftmaxCrossEntropy,
+            trainable: Vec::new(),
         }
     }
 }
@@ -88,6 +95,7 @@ impl TrainHyper {
         if !(self.prox_mu.is_finite() && self.prox_mu >= 0.0) {
             return Err(format!("prox_mu must be a non-negative number, not {}", self.prox_mu));
         }
+        fedge_shared::train::part::check_patterns(&self.trainable).map_err(|e| e.to_string())?;
         Ok(())
     }
 }

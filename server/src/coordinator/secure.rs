@@ -117,11 +117,13 @@ fn reject(out: &mut Vec<Action>, agent: &AgentId, reason: RejectReason) {
 
 impl Coordinator {
     /// Builds the secure part of round `round_id` over `selected` (index `i` is the `i`-th agent): parameters for
-    /// this cohort and model size, validated, and a fresh server session.
+    /// this cohort and the `len` parameters the round trains (the whole model or its trained part), validated, and
+    /// a fresh server session expecting masked vectors of that length.
     pub(super) fn secure_round(
         &self,
         round_id: u64,
         selected: &[AgentId],
+        len: usize,
         now_ms: u64,
     ) -> Result<(SecurePlan, SecureRound), String> {
         let n = selected.len();
@@ -141,15 +143,15 @@ impl Coordinator {
                 .unwrap_or(1);
             params.weight_cap = declared.min(self.config.max_examples.unwrap_or(u64::MAX)).max(1);
         }
-        params.validate(n, self.global.len()).map_err(|e| format!("secagg parameters for {n} agents: {e}"))?;
+        params.validate(n, len).map_err(|e| format!("secagg parameters for {n} agents: {e}"))?;
         let cohort: Vec<AgentRef> =
             selected.iter().enumerate().map(|(i, a)| AgentRef { index: i as u32, name: a.clone() }).collect();
         let graph_seed = {
             use rand::RngCore;
             super::round_rng(self.config.seed ^ 0x5345_4341_4747_2b2b, round_id).next_u64()
         };
-        let mut session = ServerSession::new(params.clone(), round_id, &cohort, graph_seed, self.global.len())
-            .map_err(|e| e.to_string())?;
+        let mut session =
+            ServerSession::new(params.clone(), round_id, &cohort, graph_seed, len).map_err(|e| e.to_string())?;
         // The shell hands over whole vectors only, so nothing is ever staged.
         session.set_max_staged_uploads(1);
         // The shell fills in the core count; the sans-IO core never asks the machine.
@@ -322,6 +324,14 @@ impl Coordinator {
         let result = match &mut self.stage {
             Stage::Collecting(round) => match &mut round.aggregation {
                 Aggregation::Secure(sec) => match sec.session.as_mut() {
+                    // The shell hands over whole vectors: one of another length (the whole model's in a round that
+                    // trains part of it, say) is refused here, never staged as a partial upload.
+                    Some(session) if masked.len() != session.vector_len() => Err(format!(
+                        "a masked vector of {} values, this round's is {} (weight, counts, {} parameters)",
+                        masked.len(),
+                        session.vector_len(),
+                        session.vector_len().saturating_sub(1 + EVAL_COUNTS as usize)
+                    )),
                     Some(session) => session.fold_masked(idx, 0, masked).map_err(|e| e.to_string()).map(|()| {
                         sec.answered.insert(agent.clone());
                         round.members.insert(agent.clone(), MemberStatus::Reported);

@@ -11,6 +11,7 @@
 pub mod builder;
 pub mod local;
 pub mod optimizer;
+pub mod part;
 pub mod schedule;
 
 // The training engine: ONNX reverse-mode differentiation and the tract runner.
@@ -46,6 +47,7 @@ mod trainable;
 pub use emit::Precision;
 pub use error::TrainError;
 pub use loss::{Labels, Loss};
+pub use part::{PartError, TrainablePart};
 pub use predictor::Predictor;
 pub use step::TrainStep;
 pub use trainable::{ParamInfo, TrainableModel};

@@ -23,6 +23,7 @@ pub struct ParamInfo {
     pub len: usize,
 }
 
+#[derive(Clone)]
 struct Inner {
     /// The model with the values of its `float` initializers left out (they are in `initializers`, decoded once):
     /// a device keeps one copy of the weights, not three (file bytes, protobuf, decoded).
@@ -191,27 +192,43 @@ impl TrainableModel {
     /// `patterns` (`head.*`, `*.bias`, `fc?.weight`); every other weight stays fixed at the model's value. Each
     /// pattern must match at least one weight: a pattern that matches nothing is an error listing the names.
     pub fn train_only(self, patterns: &[String]) -> Result<Self, TrainError> {
-        let names = self.inner.candidates.clone();
-        let mut chosen = std::collections::BTreeSet::new();
-        for p in patterns {
-            let glob = globset::Glob::new(p)
-                .map_err(|e| TrainError::invalid(format!("--train-only pattern {p:?}: {e}")))?
-                .compile_matcher();
-            let hits: Vec<&String> = names.iter().filter(|n| glob.is_match(n.as_str())).collect();
-            if hits.is_empty() {
-                let some: Vec<&str> = names.iter().take(12).map(|s| s.as_str()).collect();
-                return Err(TrainError::invalid(format!(
-                    "--train-only pattern {p:?} matches no weight of the model (its weights: {}{})",
-                    some.join(", "),
-                    if names.len() > some.len() { ", ..." } else { "" }
-                )));
-            }
-            chosen.extend(hits.into_iter().cloned());
-        }
+        let chosen = super::part::matching_names(self.inner.candidates.iter().map(|s| s.as_str()), patterns)
+            .map_err(|e| TrainError::invalid(e.to_string()))?;
         if chosen.is_empty() {
-            return Err(TrainError::invalid("--train-only names no weight to train"));
+            return Err(TrainError::invalid("no trainable pattern was given: nothing to train"));
         }
         self.with_trainable(&chosen.into_iter().collect::<Vec<_>>())
+    }
+
+    /// A federation's fine-tuning round: this model (its whole layout trainable) with `weights` (flat,
+    /// [`Self::params`] order: the global model) as the values of EVERY weight, restricted to the weights matching
+    /// `patterns`. The returned model's frozen weights are the global model's, not the file's; its own
+    /// [`Self::initial_weights`] are `part.gather(weights)`; and the part says where its vector lies in `weights`.
+    pub fn fine_tune(
+        &self,
+        weights: &[f32],
+        patterns: &[String],
+    ) -> Result<(TrainableModel, super::part::TrainablePart), TrainError> {
+        self.check_weights(weights)?;
+        let part = super::part::TrainablePart::select(&self.params, patterns)
+            .map_err(|e| TrainError::invalid(e.to_string()))?;
+        let mut inner = (*self.inner).clone();
+        for p in self.params.iter() {
+            let values = weights
+                .get(p.offset..p.offset + p.len)
+                .ok_or_else(|| TrainError::shape(format!("weights too short for {}", p.name)))?;
+            inner.initializers.insert(p.name.clone(), (p.shape.clone(), Data::F(values.to_vec())));
+        }
+        let full = TrainableModel { inner: Arc::new(inner), params: self.params.clone() };
+        let tuned = full.with_trainable(part.names())?;
+        if tuned.num_params() != part.len() {
+            return Err(TrainError::shape(format!(
+                "the trained part has {} parameters, the restricted model {}",
+                part.len(),
+                tuned.num_params()
+            )));
+        }
+        Ok((tuned, part))
     }
 
     pub fn params(&self) -> &[ParamInfo] {
@@ -354,5 +371,42 @@ fn resolve_with(inner: &Inner, params: &[ParamInfo], n: usize, weights: Option<&
             };
             Graph::resolve(graph, &src, &inner.output_name)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pats(p: &[&str]) -> Vec<String> {
+        p.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn fine_tuning_starts_from_the_global_weights_for_the_trained_and_the_frozen_part() {
+        let full = TrainableModel::from_onnx_bytes(&super::super::builder::mlp(&[5, 4, 3], 1)).unwrap();
+        let file = full.initial_weights();
+        let global: Vec<f32> = file.iter().enumerate().map(|(i, w)| w * 0.5 + i as f32 * 1e-3 + 0.25).collect();
+        let (tuned, part) = full.fine_tune(&global, &pats(&["fc2.*"])).unwrap();
+        assert_eq!(part.names(), ["fc2.weight", "fc2.bias"]);
+        assert_eq!((tuned.num_params(), part.len(), part.full_len()), (15, 15, full.num_params()));
+        let names: Vec<&str> = tuned.params().iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["fc2.weight", "fc2.bias"]);
+        // The trained part starts from the global values...
+        assert_eq!(tuned.initial_weights(), part.gather(&global).unwrap());
+        // ...and so does the frozen part: the whole model is the global one, byte for byte, not the file's.
+        let exported = tuned.export_with_weights(&tuned.initial_weights()).unwrap();
+        assert_eq!(exported, full.export_with_weights(&global).unwrap());
+        assert_ne!(exported, full.export_with_weights(&file).unwrap());
+    }
+
+    #[test]
+    fn fine_tuning_refuses_a_pattern_that_names_no_weight_and_weights_of_another_model() {
+        let full = TrainableModel::from_onnx_bytes(&super::super::builder::mlp(&[5, 4, 3], 1)).unwrap();
+        let w = full.initial_weights();
+        let e = full.fine_tune(&w, &pats(&["fc2.*", "head.*"])).unwrap_err().to_string();
+        assert!(e.contains("\"head.*\" matches no weight") && e.contains("fc1.weight"), "{e}");
+        let e = full.fine_tune(&w[1..], &pats(&["fc2.*"])).unwrap_err().to_string();
+        assert!(e.contains(&format!("{} weights for a model of {}", w.len() - 1, w.len())), "{e}");
     }
 }
