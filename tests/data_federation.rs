@@ -39,16 +39,31 @@ async fn federate(
     coordinator.hyper.batch_size = 8;
     coordinator.hyper.learning_rate = 0.1;
     coordinator.hyper.loss = loss;
+    let records = run_rounds(onnx, learners, test, coordinator, ROUNDS).await?;
+    Ok(records
+        .iter()
+        .map(|r| (r.metrics.test_accuracy, r.metrics.test_loss.expect("the server evaluates every new model")))
+        .collect())
+}
+
+/// Runs `rounds` rounds in which every agent reports, and returns their records.
+async fn run_rounds(
+    onnx: Vec<u8>,
+    learners: Vec<Box<dyn Learner>>,
+    test: SharedExamples,
+    coordinator: fedge_server::coordinator::CoordinatorConfig,
+    rounds: u64,
+) -> anyhow::Result<Vec<Box<fedge_server::coordinator::RoundRecord>>> {
     let spec = FederationSpec {
         onnx,
         coordinator,
-        rounds: Some(ROUNDS),
+        rounds: Some(rounds),
         evaluator: Some(Arc::new(TractEvaluator { data: test, batch: 32 })),
     };
     let fed = LocalFederation::start(spec, learners).await?;
     let mut events = fed.server.events();
     let mut out = vec![];
-    while (out.len() as u64) < ROUNDS {
+    while (out.len() as u64) < rounds {
         let r = wait_server(&mut events, Duration::from_secs(300), |e| match e {
             ServerEvent::RoundCompleted(r) => Some(Ok(r.clone())),
             ServerEvent::RoundAborted(r) => Some(Err(format!("round {} aborted: {:?}", r.round, r.outcome))),
@@ -57,7 +72,7 @@ async fn federate(
         .await?
         .map_err(anyhow::Error::msg)?;
         assert_eq!(r.reported.len(), AGENTS, "every agent reports in round {}", r.round);
-        out.push((r.metrics.test_accuracy, r.metrics.test_loss.expect("the server evaluates every new model")));
+        out.push(r);
     }
     fed.stop().await?;
     Ok(out)
@@ -197,29 +212,12 @@ async fn three_agents_train_a_char_lstm_on_text_with_secure_aggregation_to_the_l
     coordinator.hyper.batch_size = batch as u32;
     coordinator.hyper.learning_rate = lr;
     coordinator.hyper.optimizer = OptimizerKind::Adam;
-    let rounds = 7;
-    let spec = FederationSpec {
-        onnx,
-        coordinator,
-        rounds: Some(rounds),
-        evaluator: Some(Arc::new(TractEvaluator { data: Arc::new(data.test), batch: 32 })),
-    };
-    let fed = LocalFederation::start(spec, learners).await?;
-    let mut events = fed.server.events();
+    let records = run_rounds(onnx, learners, Arc::new(data.test), coordinator, 7).await?;
     let mut accuracies = vec![];
-    while (accuracies.len() as u64) < rounds {
-        let r = wait_server(&mut events, Duration::from_secs(300), |e| match e {
-            ServerEvent::RoundCompleted(r) => Some(Ok(r.clone())),
-            ServerEvent::RoundAborted(r) => Some(Err(format!("round {} aborted: {:?}", r.round, r.outcome))),
-            _ => None,
-        })
-        .await?
-        .map_err(anyhow::Error::msg)?;
+    for r in &records {
         assert!(r.plan.aggregation.is_secure() && r.metrics.secagg.is_some(), "round {} is secure", r.round);
-        assert_eq!(r.reported.len(), AGENTS);
         accuracies.push(r.metrics.test_accuracy.expect("the server evaluates every new model"));
     }
-    fed.stop().await?;
     let best = accuracies.iter().copied().fold(0f32, f32::max);
     eprintln!("char-LSTM test accuracy: local {local}, federated by round {accuracies:?}");
     assert!(local > 0.3, "the local run learns: {local}");
