@@ -78,20 +78,24 @@ async fn run_rounds(
     Ok(out)
 }
 
-/// Opens `source` for the model, splits it over the agents, and federates.
-async fn federate_folder(source: SourceSpec, onnx: Vec<u8>, loss: Loss) -> anyhow::Result<Vec<(Option<f32>, f32)>> {
-    let model = TrainableModel::from_onnx_bytes(&onnx)?;
-    let split = SplitSpec { agents: AGENTS, alpha: 1.0, seed: 4, train_limit: 0, test_limit: 0 };
-    let data = open_for_federation(&source, &model, loss, &split)?;
-    let learners = data
-        .shards
+/// One tract learner per share (its training part and held-out part).
+fn learners_of(shards: Vec<fedge_server::demo_data::Shard>) -> Vec<Box<dyn Learner>> {
+    shards
         .into_iter()
         .enumerate()
         .map(|(i, (train, held))| {
             let held = held.map(|h| Arc::new(h) as SharedExamples);
             Box::new(TractLearner::from_sources(Arc::new(train), held, i as u64)) as Box<dyn Learner>
         })
-        .collect();
+        .collect()
+}
+
+/// Opens `source` for the model, splits it over the agents, and federates.
+async fn federate_folder(source: SourceSpec, onnx: Vec<u8>, loss: Loss) -> anyhow::Result<Vec<(Option<f32>, f32)>> {
+    let model = TrainableModel::from_onnx_bytes(&onnx)?;
+    let split = SplitSpec { agents: AGENTS, alpha: 1.0, seed: 4, train_limit: 0, test_limit: 0 };
+    let data = open_for_federation(&source, &model, loss, &split)?;
+    let learners = learners_of(data.shards);
     federate(onnx, learners, Arc::new(data.test), loss).await
 }
 
@@ -198,15 +202,7 @@ async fn three_agents_train_a_char_lstm_on_text_with_secure_aggregation_to_the_l
     // Three agents, a third of the windows each, one epoch a round, secure aggregation on (the default).
     let split = SplitSpec { agents: AGENTS, alpha: 100.0, seed: 4, train_limit: 0, test_limit: 0 };
     let data = open_for_federation(&source, &model, Loss::SoftmaxCrossEntropy, &split)?;
-    let learners = data
-        .shards
-        .into_iter()
-        .enumerate()
-        .map(|(i, (train, held))| {
-            let held = held.map(|h| Arc::new(h) as SharedExamples);
-            Box::new(TractLearner::from_sources(Arc::new(train), held, i as u64)) as Box<dyn Learner>
-        })
-        .collect();
+    let learners = learners_of(data.shards);
     let mut coordinator = cohort_of(AGENTS);
     coordinator.hyper.epochs = 1;
     coordinator.hyper.batch_size = batch as u32;

@@ -197,3 +197,26 @@ fn what_pytorchs_exporter_never_writes_is_refused_with_the_operator_and_node() {
     let (op, _) = refused(vec![attr_f("clip", 3.0)]);
     assert!(op.contains("clipping"), "{op}");
 }
+
+#[test]
+fn a_pad_or_expand_asking_for_more_values_than_fedge_holds_is_refused_not_allocated() {
+    let too_big = |op: &str| {
+        let mut b = ModelBuilder::new(&[3], 1);
+        let out = if op == "Pad" {
+            let p = b.init_i64("pads", &[4], &[0, 0, 0, i64::MAX / 2]);
+            b.node("Pad", &["x", &p], vec![])
+        } else {
+            let shape = b.init_i64("shape", &[3], &[1 << 20, 1 << 20, 3]);
+            b.node("Expand", &["x", &shape], vec![])
+        };
+        TrainableModel::from_onnx_bytes(&b.build(&out)).map(|m| m.num_params())
+    };
+    for op in ["Pad", "Expand"] {
+        match too_big(op) {
+            Err(TrainError::Shape(msg)) => {
+                assert!(msg.contains("more than") || msg.contains("overflow"), "{op}: {msg}")
+            }
+            other => panic!("{op}: expected a shape error, got {other:?}"),
+        }
+    }
+}

@@ -95,6 +95,12 @@ impl TrainHyper {
         if !(self.prox_mu.is_finite() && self.prox_mu >= 0.0) {
             return Err(format!("prox_mu must be a non-negative number, not {}", self.prox_mu));
         }
+        if self.loss == fedge_shared::train::Loss::SequenceCrossEntropy {
+            // Agents' data sources give one label per example: every agent would fail the round.
+            return Err("loss sequence_cross_entropy cannot train in a round yet (the agents' data holds one label \
+                        per example): use cross_entropy on the last position"
+                .into());
+        }
         fedge_shared::train::part::check_patterns(&self.trainable).map_err(|e| e.to_string())?;
         Ok(())
     }
@@ -143,4 +149,17 @@ pub struct RoundPlan {
     pub deadline_ms: u64,
     /// How updates are aggregated this round.
     pub aggregation: AggregationMode,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loss_the_agents_cannot_train_in_a_round_is_refused_before_any_round() {
+        assert!(TrainHyper::default().validate().is_ok());
+        let seq = TrainHyper { loss: fedge_shared::train::Loss::SequenceCrossEntropy, ..TrainHyper::default() };
+        let err = seq.validate().unwrap_err();
+        assert!(err.contains("sequence_cross_entropy"), "{err}");
+    }
 }

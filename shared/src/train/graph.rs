@@ -11,7 +11,7 @@ use tract_onnx::pb::{GraphProto, NodeProto};
 
 use super::error::TrainError;
 use super::lowering;
-use super::proto::{Attrs, Data, decode_tensor};
+use super::proto::{Attrs, Data, MAX_ELEMENTS, decode_tensor};
 use super::shapes::{self, broadcast, strides_of, window_out};
 
 /// Convolution attributes, with padding resolved to explicit (begin, end) pairs per spatial axis.
@@ -294,6 +294,13 @@ impl Graph {
         };
         let in_shapes = used.iter().map(|n| self.shape(n).cloned()).collect::<Result<Vec<_>, _>>()?;
         let out_shape = self.infer(node, &op, &in_shapes, opset)?;
+        // Every operator's output is bounded here, once (a hostile Pad or Expand could otherwise ask for any size).
+        if out_shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d).filter(|n| *n <= MAX_ELEMENTS)).is_none() {
+            return Err(TrainError::shape(format!(
+                "node {} ({}): output {out_shape:?} has more than {MAX_ELEMENTS} values",
+                node.name, node.op_type
+            )));
+        }
         if node.output.iter().skip(1).any(|o| !o.is_empty()) && !matches!(op, Op::Dropout { .. }) {
             return Err(TrainError::UnsupportedOp {
                 op: format!("{} with more than one output", node.op_type),
@@ -769,7 +776,12 @@ impl Graph {
             Op::Reshape => self.reshape_target(node, &s[0], opset)?,
             Op::Expand { shape } => shape.clone(),
             Op::Slice { starts, ends } => starts.iter().zip(ends).map(|(b, e)| e - b).collect(),
-            Op::Pad { pads, .. } => s[0].iter().zip(pads).map(|(d, (b, e))| d + b + e).collect(),
+            Op::Pad { pads, .. } => s[0]
+                .iter()
+                .zip(pads)
+                .map(|(d, (b, e))| d.checked_add(*b).and_then(|x| x.checked_add(*e)))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad(format!("pads {pads:?} overflow")))?,
             Op::Transpose { perm } => perm.iter().map(|p| s[0][*p]).collect(),
             Op::Concat { axis } => {
                 let mut out = s[0].clone();

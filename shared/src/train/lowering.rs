@@ -214,7 +214,7 @@ struct Cell {
 fn recurrent(w: &mut Writer, n: &NodeProto, shape: Shapes<'_>, konst: Consts<'_>) -> Result<(), TrainError> {
     let a = Attrs(n);
     let lstm = n.op_type == "LSTM";
-    let gates = if lstm { 4 } else { 3 };
+    let gates: usize = if lstm { 4 } else { 3 };
     let op = n.op_type.as_str();
     if let Some(d) = a.s("direction").filter(|d| d != "forward") {
         return Err(w.unsupported(&format!("{op} in the {d} direction")));
@@ -248,7 +248,7 @@ fn recurrent(w: &mut Writer, n: &NodeProto, shape: Shapes<'_>, konst: Consts<'_>
     let (seq, batch, inp) = if batch_first { (xs[1], xs[0], xs[2]) } else { (xs[0], xs[1], xs[2]) };
     let hidden = usize::try_from(a.i("hidden_size", (rs.get(2).copied().unwrap_or(0)) as i64))
         .map_err(|_| bad("negative hidden_size".into()))?;
-    let gh = gates * hidden;
+    let gh = gates.checked_mul(hidden).ok_or_else(|| bad(format!("hidden_size {hidden}")))?;
     if ws != [1, gh, inp] || rs != [1, gh, hidden] || hidden == 0 || seq == 0 {
         return Err(bad(format!("W {ws:?} and R {rs:?} do not fit input {xs:?} and hidden size {hidden}")));
     }
