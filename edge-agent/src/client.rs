@@ -8,7 +8,9 @@
 //! In a secure round (the plan carries [`SecAggPlan`]) the agent runs a SecAgg+ [`ClientSession`] next to its
 //! training: it signs its round keys with its certificate key, checks every relayed peer key against the peer's
 //! certificate (which must chain to the federation CA, name the agent the cohort lists and carry the agent role),
-//! relays encrypted shares, masks its delta on a blocking thread and uploads only the masked vector — never the plain
+//! signs into its keys the digest of the plan it trains from ([`RoundPlan::context`]: the graph and weights digests,
+//! the training settings, the cohort) and refuses neighbours that signed another, trains only from a graph and
+//! weights whose digests are the plan's, relays encrypted shares, masks its delta on a blocking thread and uploads only the masked vector — never the plain
 //! delta — then signs the one survivor set it is sent and reveals shares only once its neighbours' signatures on the
 //! same set check out (the consistency round, see `fedge_shared::secagg::consistency`). Any check that fails makes
 //! the agent refuse the round ([`AgentEvent::SecureRoundRefused`]).
@@ -512,7 +514,7 @@ impl Agent {
                         Some(sp) => {
                             last_secure_round = Some(plan.round);
                             crate::crash::before_advertise();
-                            match self.start_secure(plan.round, sp, tools) {
+                            match self.start_secure(plan.round, sp, plan.context(), tools) {
                                 Ok((state, keys)) => {
                                     wire::write_msg(send, &AgentMessage::SecAggAdvertise(keys), limits::CONTROL)
                                         .await?;
@@ -665,7 +667,7 @@ impl Agent {
                 && self.ready_for(plan)
                 && let Some(plan) = pending.take()
             {
-                let begun = lock(&self.state).begin_round(plan.round);
+                let begun = lock(&self.state).begin_round(plan.round, &plan.graph, &plan.weights);
                 match begun {
                     Ok(()) => {
                         training = Some(plan.round);
@@ -688,6 +690,7 @@ impl Agent {
         &self,
         round: u64,
         plan: &SecAggPlan,
+        context: [u8; 32],
         tools: &SecureTools,
     ) -> anyhow::Result<(SecureState, AdvertiseKeys)> {
         let (session, keys) = ClientSession::new(
@@ -696,6 +699,7 @@ impl Agent {
             plan.me,
             &plan.cohort,
             plan.graph_seed,
+            context,
             &tools.signer,
             &mut OsRng,
         )
@@ -982,7 +986,15 @@ mod tests {
     use fedge_shared::tls::{self, files};
 
     fn keys_from(from: u32) -> AdvertiseKeys {
-        AdvertiseKeys { round: 1, from, enc_pk: [1; 32], mask_pk: [2; 32], seed_commitment: [3; 32], signature: vec![] }
+        AdvertiseKeys {
+            round: 1,
+            from,
+            enc_pk: [1; 32],
+            mask_pk: [2; 32],
+            seed_commitment: [3; 32],
+            context: [4; 32],
+            signature: vec![],
+        }
     }
 
     #[test]

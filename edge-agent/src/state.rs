@@ -56,6 +56,8 @@ pub enum RoundRefusal {
     AlreadyTrained(u64),
     #[error("cannot note round {round} as trained in {path}: {error}")]
     NotRecorded { round: u64, path: String, error: String },
+    #[error("round {round}'s plan names {what} {planned}, but this agent holds {held}")]
+    ModelMismatch { round: u64, what: &'static str, planned: String, held: String },
 }
 
 /// How many weight versions are kept on disk unless configured otherwise.
@@ -118,10 +120,23 @@ impl ModelState {
         }
     }
 
-    /// Notes, durably when there is a state directory, that training for `round` starts. Refused when the round
-    /// was already trained, or when the note cannot be written (training then would risk a second update for it).
-    pub fn begin_round(&mut self, round: u64) -> Result<(), RoundRefusal> {
+    /// Notes, durably when there is a state directory, that training for `round` starts from the graph and weights
+    /// with the plan's digests. Refused when the held graph or weights are not those the plan names (the digests
+    /// are what the agent signed into its secure-aggregation advertisement), when the round was already trained, or
+    /// when the note cannot be written (training then would risk a second update for it).
+    pub fn begin_round(&mut self, round: u64, graph: &Digest, weights: &Digest) -> Result<(), RoundRefusal> {
         self.check_round(round)?;
+        let short = |d: Option<&Digest>| d.map_or_else(|| "nothing".to_string(), |d| d.short());
+        let held_graph = self.graph.as_ref().map(|g| &g.0);
+        if held_graph != Some(graph) {
+            let (planned, held) = (graph.short(), short(held_graph));
+            return Err(RoundRefusal::ModelMismatch { round, what: "graph", planned, held });
+        }
+        let held_weights = self.weights.as_ref().map(|w| &w.digest);
+        if held_weights != Some(weights) {
+            let (planned, held) = (weights.short(), short(held_weights));
+            return Err(RoundRefusal::ModelMismatch { round, what: "weights", planned, held });
+        }
         if let Some(dir) = &self.dir {
             let path = dir.join(TRAINED_FILE);
             write_atomic(&path, round.to_string().as_bytes(), 0o644).map_err(|e| RoundRefusal::NotRecorded {
@@ -274,18 +289,42 @@ mod tests {
     fn a_round_id_once_trained_is_refused_again_even_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = ModelState::open(dir.path()).unwrap();
+        let g = s.set_graph(b"graph bytes".to_vec()).unwrap();
+        put(&mut s, 1, &[1.0]);
+        let w = s.weights.as_ref().unwrap().digest;
         assert_eq!(s.last_trained(), None);
-        s.begin_round(3).unwrap();
-        assert!(matches!(s.begin_round(3), Err(RoundRefusal::AlreadyTrained(3))));
+        s.begin_round(3, &g, &w).unwrap();
+        assert!(matches!(s.begin_round(3, &g, &w), Err(RoundRefusal::AlreadyTrained(3))));
         let mut restarted = ModelState::open(dir.path()).unwrap();
         assert_eq!(restarted.last_trained(), Some(3));
         let err = restarted.check_round(3).unwrap_err().to_string();
         assert!(err.contains("round 3 was already trained"), "{err}");
-        restarted.begin_round(4).unwrap();
+        restarted.begin_round(4, &g, &w).unwrap();
         assert_eq!(ModelState::open(dir.path()).unwrap().last_trained(), Some(4));
         // A garbled note is ignored (and logged), never fatal.
         std::fs::write(dir.path().join(TRAINED_FILE), "four").unwrap();
         assert_eq!(ModelState::open(dir.path()).unwrap().last_trained(), None);
+    }
+
+    /// A plan names the graph and weights it must be trained from (the digests an agent signs in a secure round);
+    /// an agent that holds another graph or other weights under the same version refuses to train, and notes
+    /// nothing.
+    #[test]
+    fn a_round_is_trained_only_from_the_graph_and_weights_its_plan_names() {
+        let mut s = ModelState::in_memory();
+        let g = Digest::of(b"graph bytes");
+        let w = Digest::of(&weights_to_bytes(&[1.0]));
+        let err = s.begin_round(2, &g, &w).unwrap_err();
+        assert!(matches!(err, RoundRefusal::ModelMismatch { what: "graph", .. }), "{err}");
+        s.set_graph(b"graph bytes".to_vec()).unwrap();
+        put(&mut s, 1, &[0.0]);
+        let err = s.begin_round(2, &g, &w).unwrap_err();
+        assert!(matches!(err, RoundRefusal::ModelMismatch { what: "weights", .. }), "{err}");
+        assert!(err.to_string().contains(&w.short()), "{err}");
+        assert_eq!(s.last_trained(), None);
+        put(&mut s, 1, &[1.0]);
+        s.begin_round(2, &g, &w).unwrap();
+        assert_eq!(s.last_trained(), Some(2));
     }
 
     #[test]

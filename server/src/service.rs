@@ -792,8 +792,18 @@ impl Core {
                 if self.unreserved.as_ref().is_some_and(|(round, _)| *round == plan.round) {
                     return;
                 }
+                if plan.model_version != self.current.version {
+                    tracing::error!(
+                        round = plan.round,
+                        planned = plan.model_version,
+                        current = self.current.version,
+                        "a plan for a model version the server no longer sends; not sent"
+                    );
+                    return;
+                }
                 self.push_model(&agent);
-                self.send(&agent, Outbound::Msg(ServerMessage::Plan(wire_plan(&plan, &agent))));
+                let wire = wire_plan(&plan, &self.current, &agent);
+                self.send(&agent, Outbound::Msg(ServerMessage::Plan(wire)));
             }
             Action::SecAggKeys { round, to, keys, owners } => {
                 let certificates: Vec<Vec<u8>> =
@@ -930,7 +940,7 @@ pub fn round_seed(plan: &RoundPlan) -> u64 {
 }
 
 /// The plan as `agent` receives it (its own cohort index in a secure round).
-fn wire_plan(plan: &RoundPlan, agent: &str) -> protocol::RoundPlan {
+fn wire_plan(plan: &RoundPlan, model: &CurrentModel, agent: &str) -> protocol::RoundPlan {
     let h = &plan.hyper;
     let secagg = match &plan.aggregation {
         AggregationMode::Plain => None,
@@ -945,6 +955,8 @@ fn wire_plan(plan: &RoundPlan, agent: &str) -> protocol::RoundPlan {
     protocol::RoundPlan {
         round: plan.round,
         model_version: plan.model_version,
+        graph: model.graph_digest,
+        weights: model.weights_digest,
         train: TrainPlan {
             epochs: h.epochs,
             batch_size: h.batch_size,

@@ -158,6 +158,7 @@ impl Sim {
                         me,
                         &sp.cohort,
                         sp.graph_seed,
+                        [0; 32],
                         &a.signer,
                         &mut self.rng,
                     )

@@ -15,6 +15,9 @@ use fedge_shared::secagg::{AgentRef, ClientSession, EcdsaP256Signer, PeerKeyTabl
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
+/// The round context every agent signs (in fedge, the digest of the round plan they share).
+const CONTEXT: [u8; 32] = [0xC0; 32];
+
 struct Figures {
     n: usize,
     p: usize,
@@ -59,8 +62,9 @@ fn round(
     for r in &refs {
         let i = r.index as usize;
         let start = Instant::now();
-        let (c, adv) = ClientSession::new(params.clone(), round_id, r.index, &refs, graph_seed, &signers[i], &mut rng)
-            .expect("session");
+        let (c, adv) =
+            ClientSession::new(params.clone(), round_id, r.index, &refs, graph_seed, CONTEXT, &signers[i], &mut rng)
+                .expect("session");
         key_time[i] += start.elapsed();
         sent[i] += codec::encode(&adv).expect("encode").len();
         server.on_advertise(r.index, adv).expect("advertise");

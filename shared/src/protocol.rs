@@ -28,7 +28,7 @@ use crate::secagg::{
 use serde::{Deserialize, Serialize};
 
 /// Protocol version carried in the hello. Bump on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// ALPN id of the agent protocol.
 pub const ALPN_AGENT: &[u8] = b"fedge/1";
 /// ALPN id of the admin protocol (fedgectl).
@@ -117,12 +117,51 @@ pub struct RoundPlan {
     pub round: u64,
     /// The global version to start from; its weights arrive on a blob stream if the agent lacks them.
     pub model_version: u64,
+    /// SHA-256 of that version's ONNX graph: the agent trains only from a graph with this digest.
+    pub graph: Digest,
+    /// SHA-256 of that version's weights (little-endian `f32`): the agent trains only from weights with this
+    /// digest.
+    pub weights: Digest,
     pub train: TrainPlan,
     /// Milliseconds from receipt within which the update must arrive.
     pub deadline_ms: u64,
     /// Secure aggregation for this round; `None` when the server runs plain rounds (the agent then uploads its
     /// delta in the clear, as [`BlobKind::Update`]).
     pub secagg: Option<SecAggPlan>,
+}
+
+impl RoundPlan {
+    /// The digest of everything the agents of one round must agree on: the round, the model (version, graph and
+    /// weights digests), the training settings and, in a secure round, the aggregation settings, the graph seed and
+    /// the cohort. Per-agent fields (the agent's own cohort index) and timing (deadlines) are left out.
+    ///
+    /// In a secure round each agent signs this digest into its key advertisement and refuses neighbours whose
+    /// digest differs ([`crate::secagg::ClientSession::on_keys`]), so a server cannot train one agent from a model
+    /// or with settings the others do not share (the model-inconsistency attack of Pasquini et al., CCS 2022, where
+    /// everyone but the victim is given a model whose update is zero, or a learning rate of zero).
+    pub fn context(&self) -> [u8; 32] {
+        use ring::digest::{Context, SHA256};
+        let mut ctx = Context::new(&SHA256);
+        let mut field = |bytes: &[u8]| {
+            ctx.update(&(bytes.len() as u64).to_le_bytes());
+            ctx.update(bytes);
+        };
+        field(b"fedge round context v1");
+        field(&self.round.to_le_bytes());
+        field(&self.model_version.to_le_bytes());
+        field(&self.graph.0);
+        field(&self.weights.0);
+        // The codec is deterministic: the same values always encode to the same bytes.
+        field(&crate::codec::encode(&self.train).unwrap_or_default());
+        if let Some(sp) = &self.secagg {
+            field(&crate::codec::encode(&sp.params).unwrap_or_default());
+            field(&sp.graph_seed.to_le_bytes());
+            field(&crate::codec::encode(&sp.cohort).unwrap_or_default());
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
 }
 
 /// The secure-aggregation part of a round's plan, as one agent receives it.
@@ -251,6 +290,69 @@ mod tests {
     use super::*;
     use crate::codec;
 
+    fn sample_plan() -> RoundPlan {
+        RoundPlan {
+            round: 9,
+            model_version: 3,
+            graph: Digest::of(b"g"),
+            weights: Digest::of(b"w"),
+            train: TrainPlan {
+                epochs: 1,
+                batch_size: 32,
+                learning_rate: 0.1,
+                momentum: 0.9,
+                weight_decay: 0.0,
+                optimizer: "sgd".into(),
+                prox_mu: Some(0.01),
+                seed: 5,
+                loss: "mse".into(),
+                trainable: vec!["head.*".into()],
+            },
+            deadline_ms: 60_000,
+            secagg: Some(SecAggPlan {
+                params: SecAggParams::default_for(3),
+                graph_seed: 7,
+                me: 1,
+                cohort: (0..3).map(|i| AgentRef { index: i, name: format!("a{i}") }).collect(),
+                phase_timeout_ms: 10_000,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_round_context_binds_the_model_the_settings_and_the_cohort_but_not_the_agents_own_slot() {
+        let plan = sample_plan();
+        let base = plan.context();
+        // What differs from agent to agent, or is only timing, leaves the context alone.
+        let mut other_agent = plan.clone();
+        other_agent.deadline_ms = 1;
+        if let Some(sp) = other_agent.secagg.as_mut() {
+            sp.me = 2;
+            sp.phase_timeout_ms = 5;
+        }
+        assert_eq!(other_agent.context(), base);
+        // Everything that shapes an agent's update changes it.
+        type Change = Box<dyn Fn(&mut RoundPlan)>;
+        let changes: Vec<(&str, Change)> = vec![
+            ("round", Box::new(|p| p.round += 1)),
+            ("model version", Box::new(|p| p.model_version += 1)),
+            ("graph", Box::new(|p| p.graph = Digest::of(b"other graph"))),
+            ("weights", Box::new(|p| p.weights = Digest::of(b"zero-update weights"))),
+            ("learning rate", Box::new(|p| p.train.learning_rate = 0.0)),
+            ("epochs", Box::new(|p| p.train.epochs = 0)),
+            ("trainable part", Box::new(|p| p.train.trainable.clear())),
+            ("secure aggregation", Box::new(|p| p.secagg = None)),
+            ("clip", Box::new(|p| p.secagg.as_mut().unwrap().params.clip = 0.5)),
+            ("graph seed", Box::new(|p| p.secagg.as_mut().unwrap().graph_seed = 8)),
+            ("cohort", Box::new(|p| p.secagg.as_mut().unwrap().cohort[2].name = "sybil".into())),
+        ];
+        for (what, change) in changes {
+            let mut p = plan.clone();
+            change(&mut p);
+            assert_ne!(p.context(), base, "changing the {what} must change the context");
+        }
+    }
+
     #[test]
     fn every_message_round_trips_through_the_codec() {
         let msgs = vec![
@@ -260,30 +362,7 @@ mod tests {
                 weights: Digest::of(b"w"),
                 params: 10,
             }),
-            ServerMessage::Plan(RoundPlan {
-                round: 9,
-                model_version: 3,
-                train: TrainPlan {
-                    epochs: 1,
-                    batch_size: 32,
-                    learning_rate: 0.1,
-                    momentum: 0.9,
-                    weight_decay: 0.0,
-                    optimizer: "sgd".into(),
-                    prox_mu: Some(0.01),
-                    seed: 5,
-                    loss: "mse".into(),
-                    trainable: vec!["head.*".into()],
-                },
-                deadline_ms: 60_000,
-                secagg: Some(SecAggPlan {
-                    params: SecAggParams::default_for(3),
-                    graph_seed: 7,
-                    me: 1,
-                    cohort: (0..3).map(|i| AgentRef { index: i, name: format!("a{i}") }).collect(),
-                    phase_timeout_ms: 10_000,
-                }),
-            }),
+            ServerMessage::Plan(sample_plan()),
             ServerMessage::RoundEnd { round: 9, completed: false, reason: Some("too few".into()), new_version: None },
         ];
         for m in msgs {
@@ -302,6 +381,7 @@ mod tests {
             enc_pk: [0xFF; 32],
             mask_pk: [0xFF; 32],
             seed_commitment: [0xFF; 32],
+            context: [0xFF; 32],
             signature: vec![0xFF; MAX_SIGNATURE_LEN.min(72)],
         };
         let m = ServerMessage::SecAggKeys {
@@ -330,6 +410,7 @@ mod tests {
             enc_pk: [1; 32],
             mask_pk: [2; 32],
             seed_commitment: [3; 32],
+            context: [4; 32],
             signature: vec![9; 70],
         };
         let share = EncryptedShare { round: 4, from: 2, to: 1, ciphertext: vec![5; 40] };

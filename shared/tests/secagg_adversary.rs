@@ -41,6 +41,7 @@ fn advertised(n: usize) -> Setup {
             r.index,
             &cohort.refs,
             GRAPH_SEED,
+            [0; 32],
             cohort.signer(r.index),
             &mut rng,
         )

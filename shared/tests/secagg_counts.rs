@@ -93,7 +93,8 @@ fn counts_of_the_wrong_number_or_over_the_limit_are_refused_before_masking() {
     let signer = EcdsaP256Signer::generate().unwrap().0;
     let refs: Vec<AgentRef> = cohort.refs.clone();
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
-    let (mut c, _) = ClientSession::new(params.clone(), 1, refs[0].index, &refs, 5, &signer, &mut rng).unwrap();
+    let (mut c, _) =
+        ClientSession::new(params.clone(), 1, refs[0].index, &refs, 5, [0; 32], &signer, &mut rng).unwrap();
     assert_eq!(c.count_limit(), u32::MAX / 3);
     assert_eq!(c.set_counts(vec![1, 2]), Err(SecAggError::WrongCounts { expected: 3, got: 2 }));
     let e = c.set_counts(vec![0, u32::MAX / 3 + 1, 0]).unwrap_err();

@@ -15,7 +15,7 @@ use fedge_shared::secagg::{
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use secagg_support::Cohort;
+use secagg_support::{CONTEXT, Cohort};
 
 const ROUND: u64 = 77;
 const GRAPH_SEED: u64 = 5;
@@ -47,6 +47,7 @@ fn masked_round() -> Masked {
             r.index,
             &cohort.refs,
             GRAPH_SEED,
+            CONTEXT,
             cohort.signer(r.index),
             &mut rng,
         )
@@ -283,12 +284,101 @@ fn a_cohort_that_gives_one_identity_several_slots_is_refused_by_every_agent() {
     }
     let mut rng = ChaCha20Rng::seed_from_u64(4);
     for r in refs.iter().take(8).filter(|r| r.name != sybil) {
-        let got =
-            ClientSession::new(params.clone(), ROUND, r.index, &refs, GRAPH_SEED, cohort.signer(r.index), &mut rng);
+        let got = ClientSession::new(
+            params.clone(),
+            ROUND,
+            r.index,
+            &refs,
+            GRAPH_SEED,
+            CONTEXT,
+            cohort.signer(r.index),
+            &mut rng,
+        );
         assert_eq!(got.err(), Some(SecAggError::RepeatedIdentity(sybil.clone())), "agent {}", r.index);
     }
     assert_eq!(
         ServerSession::new(params, ROUND, &refs, GRAPH_SEED, P).err(),
         Some(SecAggError::RepeatedIdentity(sybil))
     );
+}
+
+/// Different models to different agents (Pasquini et al., CCS 2022): the server hands the victim the real model and
+/// everyone else a model (or settings, such as a learning rate of zero) whose update is zero, so that the "secure"
+/// sum is the victim's update. Each agent signs the digest of the plan it trains from into its advertisement; the
+/// victim's neighbours see a context other than theirs and refuse, and so does the victim, before anyone seals a
+/// share: the victim never masks an input.
+#[test]
+fn a_victim_trained_from_another_model_is_refused_by_its_neighbours_before_any_share_is_sealed() {
+    let params = SecAggParams { neighbours: 6, threshold: 4, clip: 1.0, quant_bits: 16, weight_cap: 10, counts: 0 };
+    let cohort = Cohort::new(24);
+    let graph = NeighbourGraph::new(&cohort.indices(), 6, GRAPH_SEED).unwrap();
+    let victim = cohort.indices()[5];
+    let real_model = [0xAB; 32];
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let mut server = ServerSession::new(params.clone(), ROUND, &cohort.refs, GRAPH_SEED, P).unwrap();
+    let mut clients = BTreeMap::new();
+    for r in &cohort.refs {
+        let context = if r.index == victim { real_model } else { CONTEXT };
+        let (c, adv) = ClientSession::new(
+            params.clone(),
+            ROUND,
+            r.index,
+            &cohort.refs,
+            GRAPH_SEED,
+            context,
+            cohort.signer(r.index),
+            &mut rng,
+        )
+        .unwrap();
+        server.on_advertise(r.index, adv).unwrap();
+        clients.insert(r.index, c);
+    }
+    let broadcast = server.close_advertise().unwrap();
+    let neighbours: BTreeSet<u32> = graph.neighbours(victim).unwrap().iter().copied().collect();
+    for (&i, c) in clients.iter_mut() {
+        let got = c.on_keys(&broadcast, &cohort.table, &mut rng);
+        if i == victim {
+            assert!(matches!(got, Err(SecAggError::ContextMismatch(n)) if neighbours.contains(&n)), "victim: {got:?}");
+        } else if neighbours.contains(&i) {
+            assert_eq!(got.err(), Some(SecAggError::ContextMismatch(victim)), "neighbour {i}");
+        } else {
+            assert!(got.is_ok(), "agent {i} away from the victim is not affected: {got:?}");
+        }
+    }
+}
+
+/// The context is part of what each agent signs: a server that rewrites the victim's advertised context to match
+/// the others' breaks the victim's signature, and its neighbours refuse the key.
+#[test]
+fn a_context_rewritten_by_the_server_breaks_the_signature() {
+    let params = SecAggParams { neighbours: 6, threshold: 4, clip: 1.0, quant_bits: 16, weight_cap: 10, counts: 0 };
+    let cohort = Cohort::new(12);
+    let graph = NeighbourGraph::new(&cohort.indices(), 6, GRAPH_SEED).unwrap();
+    let victim = cohort.indices()[2];
+    let mut rng = ChaCha20Rng::seed_from_u64(10);
+    let mut clients = BTreeMap::new();
+    let mut broadcast = Vec::new();
+    for r in &cohort.refs {
+        let context = if r.index == victim { [0xAB; 32] } else { CONTEXT };
+        let (c, mut adv) = ClientSession::new(
+            params.clone(),
+            ROUND,
+            r.index,
+            &cohort.refs,
+            GRAPH_SEED,
+            context,
+            cohort.signer(r.index),
+            &mut rng,
+        )
+        .unwrap();
+        if r.index == victim {
+            adv.context = CONTEXT;
+        }
+        broadcast.push(adv);
+        clients.insert(r.index, c);
+    }
+    for &n in graph.neighbours(victim).unwrap() {
+        let got = clients.get_mut(&n).unwrap().on_keys(&broadcast, &cohort.table, &mut rng);
+        assert_eq!(got.err(), Some(SecAggError::BadSignature(victim)), "neighbour {n}");
+    }
 }

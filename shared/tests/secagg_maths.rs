@@ -129,7 +129,8 @@ fn masked_vectors_the_server_receives_look_uniform_even_for_constant_inputs() {
     let mut clients = BTreeMap::new();
     for r in &cohort.refs {
         let (c, adv) =
-            ClientSession::new(params.clone(), 1, r.index, &cohort.refs, 3, cohort.signer(r.index), &mut rng).unwrap();
+            ClientSession::new(params.clone(), 1, r.index, &cohort.refs, 3, [0; 32], cohort.signer(r.index), &mut rng)
+                .unwrap();
         server.on_advertise(r.index, adv).unwrap();
         clients.insert(r.index, c);
     }

@@ -8,7 +8,8 @@
 //! [`super::consistency`]). It refuses a request that lists an agent as both surviving and dropped, that
 //! contradicts what the agent saw in earlier phases, or that leaves fewer than `t` of its own neighbours surviving.
 //! It refuses to mask its input with fewer than `t` neighbours (the server could otherwise strip its masks), any key
-//! whose signature does not verify, a cohort that lists one identity (certificate name) in two slots, and any
+//! whose signature does not verify, a neighbour whose signed round context (model, training settings, cohort)
+//! differs from ours, a cohort that lists one identity (certificate name) in two slots, and any
 //! message from another round or for another agent.
 //!
 //! No sockets, clocks or global randomness: the caller passes a cryptographic RNG into each step that needs one.
@@ -90,13 +91,18 @@ fn agree(sk: &StaticSecret, pk: &PublicKey, peer: u32) -> Result<[u8; 32], SecAg
 
 impl ClientSession {
     /// Starts agent `me`'s side of `round` in `cohort` (the round plan's agents) with the plan's graph seed: makes
-    /// the round's key pairs and self-mask seed, and returns the signed keys to send to the server.
+    /// the round's key pairs and self-mask seed, and returns the signed keys to send to the server. `context` is
+    /// the digest of what the round's agents must agree on (`protocol::RoundPlan::context`: the model the agent
+    /// trains from, the training settings, the cohort); it is signed into the advertisement, and neighbours whose
+    /// context differs are refused in [`ClientSession::on_keys`].
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         params: SecAggParams,
         round: u64,
         me: u32,
         cohort: &[AgentRef],
         graph_seed: u64,
+        context: [u8; 32],
         signer: &dyn KeySigner,
         rng: &mut dyn SecureRng,
     ) -> Result<(Self, AdvertiseKeys), SecAggError> {
@@ -128,9 +134,9 @@ impl ClientSession {
         let enc_pk = PublicKey::from(&enc_sk).to_bytes();
         let mask_pk = PublicKey::from(&mask_sk).to_bytes();
         let seed_commitment = kdf::seed_commitment(round, me, &seed);
-        let msg = super::messages::signed_message(round, me, &enc_pk, &mask_pk, &seed_commitment);
+        let msg = super::messages::signed_message(round, me, [&enc_pk, &mask_pk, &seed_commitment, &context]);
         let signature = signer.sign(&msg)?;
-        let own = AdvertiseKeys { round, from: me, enc_pk, mask_pk, seed_commitment, signature };
+        let own = AdvertiseKeys { round, from: me, enc_pk, mask_pk, seed_commitment, context, signature };
         let session = ClientSession {
             params,
             round,
@@ -235,6 +241,11 @@ impl ClientSession {
             }
             if !verifier.verify(peer, &msg.signed_message(), &msg.signature) {
                 return Err(SecAggError::BadSignature(msg.from));
+            }
+            // A neighbour that trains from another model, with other settings or in another cohort: the server is
+            // not telling every agent the same thing, and our update could be isolated in the sum.
+            if msg.context != self.own.context {
+                return Err(SecAggError::ContextMismatch(msg.from));
             }
             // Both agreements are checked now so that a weak key is refused before we share anything.
             let enc_shared = agree(&self.enc_sk, &PublicKey::from(msg.enc_pk), msg.from)?;

@@ -27,6 +27,8 @@ pub enum SecAggError {
     OutOfPhase { call: &'static str, phase: &'static str },
     #[error("the advertised keys of agent {0} carry no valid signature")]
     BadSignature(u32),
+    #[error("agent {0} signed another round context (model, training settings or cohort) than ours")]
+    ContextMismatch(u32),
     #[error("the relayed copy of our own advertised keys is missing or altered")]
     OwnKeysAltered,
     #[error("agent {0} advertised a weak (low-order) public key")]

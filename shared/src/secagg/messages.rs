@@ -38,14 +38,17 @@ pub struct AdvertiseKeys {
     pub mask_pk: [u8; 32],
     /// SHA-256 commitment to the self-mask seed (lets the server check its reconstruction).
     pub seed_commitment: [u8; 32],
+    /// The digest of everything the round's agents must agree on (model, training settings, cohort; see
+    /// `protocol::RoundPlan::context`). Neighbours refuse an advertisement whose context differs from theirs.
+    pub context: [u8; 32],
     /// The agent's certificate-key signature over [`AdvertiseKeys::signed_message`].
     pub signature: Vec<u8>,
 }
 
 impl AdvertiseKeys {
-    /// The bytes that are signed: a domain tag, the round, the sender and the keys.
+    /// The bytes that are signed: a domain tag, the round, the sender, the keys and the round's context.
     pub fn signed_message(&self) -> Vec<u8> {
-        signed_message(self.round, self.from, &self.enc_pk, &self.mask_pk, &self.seed_commitment)
+        signed_message(self.round, self.from, [&self.enc_pk, &self.mask_pk, &self.seed_commitment, &self.context])
     }
 
     pub(crate) fn check_size(&self) -> Result<(), SecAggError> {
@@ -56,14 +59,15 @@ impl AdvertiseKeys {
     }
 }
 
-pub(crate) fn signed_message(round: u64, from: u32, enc: &[u8; 32], mask: &[u8; 32], commit: &[u8; 32]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(32 + 12 + 96);
-    m.extend_from_slice(b"fedge-secagg-v1 advertise-keys\0");
+/// The signed bytes of an advertisement: the encryption key, the mask key, the seed commitment and the context.
+pub(crate) fn signed_message(round: u64, from: u32, fields: [&[u8; 32]; 4]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(32 + 12 + 128);
+    m.extend_from_slice(b"fedge-secagg-v2 advertise-keys\0");
     m.extend_from_slice(&round.to_le_bytes());
     m.extend_from_slice(&from.to_le_bytes());
-    m.extend_from_slice(enc);
-    m.extend_from_slice(mask);
-    m.extend_from_slice(commit);
+    for f in fields {
+        m.extend_from_slice(f);
+    }
     m
 }
 
@@ -114,7 +118,7 @@ pub struct UnmaskResponse {
 }
 
 /// Decoding limit for one [`AdvertiseKeys`].
-pub const ADVERTISE_LIMIT: usize = 8 + 5 + 3 * 32 + 5 + MAX_SIGNATURE_LEN + 64;
+pub const ADVERTISE_LIMIT: usize = 8 + 5 + 4 * 32 + 5 + MAX_SIGNATURE_LEN + 64;
 /// Decoding limit for one [`EncryptedShare`].
 pub const SHARE_LIMIT: usize = 8 + 5 + 5 + 5 + SHARE_CIPHERTEXT_LEN + 32;
 
@@ -151,6 +155,7 @@ mod tests {
             enc_pk: [0xFF; 32],
             mask_pk: [0xFF; 32],
             seed_commitment: [0xFF; 32],
+            context: [0xFF; 32],
             signature: vec![0xFF; MAX_SIGNATURE_LEN],
         };
         let bytes = codec::encode(&adv).unwrap();

@@ -13,6 +13,9 @@ use fedge_shared::secagg::{
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
+/// The round context every honest agent of these cohorts signs (the digest of the model and settings they share).
+pub const CONTEXT: [u8; 32] = [0xC0; 32];
+
 /// ECDSA keys are slow to make; tests share one set.
 fn signers() -> &'static Vec<EcdsaP256Signer> {
     static S: OnceLock<Vec<EcdsaP256Signer>> = OnceLock::new();
@@ -126,6 +129,7 @@ pub fn run_round(
             r.index,
             &cohort.refs,
             graph_seed,
+            CONTEXT,
             cohort.signer(r.index),
             &mut rng,
         )
