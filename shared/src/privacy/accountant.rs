@@ -268,6 +268,37 @@ mod tests {
         assert_eq!(accountant.history().len(), 1, "identical rounds are merged");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 32, ..Default::default() })]
+
+        /// More rounds never cost less, and more noise per agent never costs more.
+        #[test]
+        fn epsilon_grows_with_rounds_and_shrinks_with_noise(
+            l2 in 1.0f64..1e4,
+            agents in 1u64..200,
+            log_variance in 0.0f64..20.0,
+            dimension in 1u64..1_000_000,
+            rounds in 1u64..500,
+        ) {
+            let round = DdgRound {
+                l2_sensitivity: l2,
+                l1_sensitivity: l2 * (dimension as f64).sqrt(),
+                local_variance: log_variance.exp(),
+                agents,
+                dimension,
+            };
+            let eps = |round: DdgRound, rounds: u64| {
+                let mut accountant = Accountant::new();
+                accountant.record_rounds(Mechanism::DistributedDiscreteGaussian(round), rounds).expect("valid");
+                accountant.epsilon(1e-5).expect("epsilon")
+            };
+            let base = eps(round, rounds);
+            proptest::prop_assert!(eps(round, rounds + 1) >= base);
+            let noisier = DdgRound { local_variance: round.local_variance * 1.5, ..round };
+            proptest::prop_assert!(eps(noisier, rounds) <= base);
+        }
+    }
+
     #[test]
     fn would_exceed_is_the_epsilon_after_one_more_round() {
         let mut accountant = Accountant::new();

@@ -9,8 +9,12 @@
 //! Gaussian analysis of Kairouz, Liu and Steinke 2021 ([`ddg_rdp`]) composed in Rényi DP, and the server refuses
 //! a round that would take the run beyond its `target_epsilon` ([`Accountant::would_exceed`]).
 //!
-//! The unit of privacy is one agent (add or remove one agent's whole contribution to a round), over every round
-//! of the run: user-level DP, not example-level.
+//! The unit of privacy is one agent's contribution to a round, over every round of the run: user-level DP, not
+//! example-level. Who took part in a round is known to the server (the survivor set is part of the protocol),
+//! so the neighbouring relation is about content: one agent's contribution replaced by another it could have
+//! sent (or by zero). The sensitivity Δ₂ given to [`ddg_rdp`] must cover every masked coordinate that depends on
+//! the agent's data (the weight and the counts as well as the update) and the rounding to integers
+//! ([`integer_l2_sensitivity`]).
 //!
 //! # Against whom
 //! Anyone who sees only the released aggregates or the models trained from them (later users of the model,
@@ -52,7 +56,7 @@ pub use accountant::{Accountant, Mechanism, Recorded};
 pub use discrete_gaussian::{DiscreteGaussian, MAX_VARIANCE};
 pub use error::PrivacyError;
 pub use rdp::{
-    DdgRound, ddg_rdp, default_orders, epsilon_from_rdp, integer_l1_sensitivity, integer_l2_sensitivity,
-    subsampled_gaussian_rdp,
+    DdgRound, ddg_local_variance, ddg_rdp, default_orders, epsilon_from_rdp, integer_l1_sensitivity,
+    integer_l2_sensitivity, subsampled_gaussian_rdp,
 };
 pub use settings::{MAX_DELTA, MAX_TARGET_EPSILON, PrivacySettings};

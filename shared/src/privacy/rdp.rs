@@ -140,8 +140,8 @@ const DDG: &str = "distributed discrete Gaussian";
 /// One round of the distributed discrete Gaussian, in the integer domain the agents add noise in.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DdgRound {
-    /// Δ₂: the largest L2 distance between the integer vectors one agent can contribute and nothing (add or
-    /// remove one agent), after scaling and rounding. See [`integer_l2_sensitivity`].
+    /// Δ₂: the largest L2 distance between the sums of two neighbouring inputs, in the integer domain (after
+    /// scaling and rounding). See [`integer_l2_sensitivity`].
     pub l2_sensitivity: f64,
     /// Δ₁: the same in L1 norm. See [`integer_l1_sensitivity`].
     pub l1_sensitivity: f64,
@@ -225,11 +225,26 @@ pub fn ddg_rdp(round: &DdgRound, orders: &[f64]) -> Result<Vec<f64>, PrivacyErro
         .collect()
 }
 
-/// Δ₂ in the integer domain for an agent whose real vector has L2 norm ≤ `clip_norm`, scaled by `scale` (integer
-/// units per real unit) and then rounded coordinate by coordinate in any way that moves each coordinate by less
-/// than 1 (stochastic or nearest rounding): `clip_norm · scale + √d` (triangle inequality).
-pub fn integer_l2_sensitivity(clip_norm: f64, scale: f64, dimension: u64) -> f64 {
-    clip_norm * scale + (dimension as f64).sqrt()
+/// Δ₂ in the integer domain: the largest L2 distance between two integer vectors one agent could contribute,
+/// when the real vectors they were made from are at most `l2_distance` apart, both were multiplied by `scale`
+/// (integer units per real unit), and each coordinate was then rounded to its floor or ceiling in any way
+/// (stochastic rounding included): `l2_distance · scale + 2√d`, since each coordinate's two rounding errors
+/// differ by less than 2.
+///
+/// `l2_distance` depends on the neighbouring relation and must cover every coordinate that depends on the
+/// agent's data (weight and counts included): `2 · clip_norm` for "one agent's update replaced by any other",
+/// `clip_norm` for "one agent's update replaced by zero". Offsets that are a public function of who took part
+/// (fedge's affine quantization adds one per survivor) cancel and do not count.
+pub fn integer_l2_sensitivity(l2_distance: f64, scale: f64, dimension: u64) -> f64 {
+    l2_distance * scale + 2.0 * (dimension as f64).sqrt()
+}
+
+/// The per-agent variance σ² that gives the sum of `agents` agents' noise the standard deviation
+/// `noise_multiplier · l2_sensitivity` of the central Gaussian mechanism: `(z · Δ₂)² / n`. With it the first
+/// term of [`ddg_rdp`] is the Gaussian's α/(2z²), plus the τ terms.
+pub fn ddg_local_variance(noise_multiplier: f64, l2_sensitivity: f64, agents: u64) -> f64 {
+    let total = noise_multiplier * l2_sensitivity;
+    total * total / agents.max(1) as f64
 }
 
 /// Δ₁ for an integer vector of L2 norm ≤ Δ₂ in d coordinates: `Δ₂ · min(√d, Δ₂)` (Cauchy-Schwarz, and
@@ -320,6 +335,32 @@ mod tests {
         assert_eq!(round.tau(), 0.0);
         let rdp = ddg_rdp(&round, &[2.0, 10.0]).unwrap_or_default();
         assert_eq!(rdp, vec![2.0 * 9.0 / 8.0, 10.0 * 9.0 / 8.0]);
+    }
+
+    #[test]
+    fn calibrated_local_variance_gives_the_central_gaussians_rdp_when_tau_vanishes() {
+        // σ² = (zΔ₂)²/n per agent: the sum has variance (zΔ₂)², so RDP(α) = α/(2z²) exactly when τ = 0.
+        let l2 = integer_l2_sensitivity(2.0 * 0.1, 32_767.0 / 0.1, 1_000);
+        let z = 1.3;
+        let round = DdgRound {
+            l2_sensitivity: l2,
+            l1_sensitivity: integer_l1_sensitivity(l2, 1_000),
+            local_variance: ddg_local_variance(z, l2, 50),
+            agents: 50,
+            dimension: 1_000,
+        };
+        assert_eq!(round.tau(), 0.0, "σ² = {} makes τ underflow", round.local_variance);
+        let rdp = ddg_rdp(&round, &[2.0, 7.5]).unwrap_or_default();
+        for (got, alpha) in rdp.iter().zip([2.0, 7.5]) {
+            assert!((got - alpha / (2.0 * z * z)).abs() < 1e-12, "{got} at α = {alpha}");
+        }
+    }
+
+    #[test]
+    fn rounding_adds_at_most_two_per_coordinate_to_the_sensitivity() {
+        assert_eq!(integer_l2_sensitivity(1.0, 100.0, 10_000), 100.0 + 200.0);
+        assert_eq!(integer_l1_sensitivity(3.0, 100), 9.0, "Δ₁ ≤ Δ₂² for integer vectors");
+        assert_eq!(integer_l1_sensitivity(300.0, 100), 3_000.0, "Δ₁ ≤ √d Δ₂");
     }
 
     #[test]

@@ -165,6 +165,27 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Γ(x + 1) = x Γ(x) holds across the reflection and the Lanczos branch.
+        #[test]
+        fn ln_gamma_satisfies_the_recurrence(x in 0.01f64..2_000.0) {
+            let lhs = ln_gamma(x + 1.0);
+            let rhs = ln_gamma(x) + x.ln();
+            proptest::prop_assert!((lhs - rhs).abs() <= 1e-12 * lhs.abs().max(1.0), "{} vs {}", lhs, rhs);
+        }
+
+        /// erfc is non-increasing (strictly, where f64 can tell), and erfc(x) + erfc(-x) = 2.
+        #[test]
+        fn ln_erfc_is_decreasing_and_reflects(x in -8.0f64..8.0, step in 1e-6f64..1.0) {
+            proptest::prop_assert!(ln_erfc(x + step) <= ln_erfc(x));
+            if x > -3.0 {
+                proptest::prop_assert!(ln_erfc(x + step) < ln_erfc(x));
+            }
+            let sum = ln_erfc(x).exp() + ln_erfc(-x).exp();
+            proptest::prop_assert!((sum - 2.0).abs() < 1e-14, "{}", sum);
+        }
+    }
+
     #[test]
     fn ln_erfc_is_continuous_where_the_method_changes() {
         let below = ln_erfc(2.0 - 1e-12);
