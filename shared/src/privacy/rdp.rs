@@ -202,6 +202,12 @@ impl DdgRound {
 /// with τ from [`DdgRound::tau`]. The last two are ½ε²-concentrated DP with Theorem 1's
 /// `ε = min{ √(Δ₂²/(nσ²) + 2Δ₁τ/(√nσ) + τ²d), Δ₂/(√nσ) + τ√d }`, i.e. ρ-zCDP with ρ = ε²/2 and RDP α·ρ.
 ///
+/// Source of the constants: the formula above is the one the authors' own accounting code implements and
+/// attributes to "Proposition 14 / Eq. 17 (page 16)" of arXiv:2102.06387 (`compute_rdp_dgaussian`, τ as in
+/// `ddgauss_epsilon`); the paper's text was not at hand when this was written, so the theorem and equation
+/// numbers are as that code cites them. `scripts/dp_reference.py` evaluates the same formula independently
+/// (mpmath) for the fixture test; that checks this implementation, not the theorem.
+///
 /// No amplification by sampling is applied: fedge's server chooses the cohort, so a server that attacks one
 /// agent can always include it.
 pub fn ddg_rdp(round: &DdgRound, orders: &[f64]) -> Result<Vec<f64>, PrivacyError> {

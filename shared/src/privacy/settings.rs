@@ -15,7 +15,10 @@ pub const MAX_DELTA: f64 = 1e-2;
 pub const MAX_TARGET_EPSILON: f64 = 100.0;
 
 /// The differential-privacy settings of a run.
+///
+/// Unknown fields are refused when deserializing, so a misspelt setting is an error rather than a default.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PrivacySettings {
     /// Standard deviation of the total noise in the sum over the L2 clipping norm (z). Each of n agents adds
     /// `z² · Δ₂² / n` variance in the integer domain.
@@ -127,6 +130,16 @@ mod tests {
         for (settings, agents, name) in cases {
             assert_eq!(refused_name(settings, agents), Some(name), "{settings:?} with {agents} agents");
         }
+    }
+
+    #[test]
+    fn a_misspelt_setting_is_refused_when_reading_the_configuration() {
+        let good = r#"{"noise_multiplier": 1.1, "clip_norm": 0.5, "delta": 1e-5, "target_epsilon": 8.0}"#;
+        let parsed: Result<PrivacySettings, _> = serde_json::from_str(good);
+        assert_eq!(parsed.ok(), Some(PrivacySettings { noise_multiplier: 1.1, clip_norm: 0.5, ..GOOD }));
+        let misspelt = r#"{"noise_multipler": 1.1, "clip_norm": 0.5, "delta": 1e-5, "target_epsilon": 8.0}"#;
+        let error = serde_json::from_str::<PrivacySettings>(misspelt).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("noise_multipler"), "{error}");
     }
 
     #[test]
