@@ -4,7 +4,8 @@
 //! arXiv:2004.00010), Algorithm 1 (Bernoulli(exp(-γ)) for rational γ), Algorithm 2 (discrete Laplace with scale
 //! t, here with s = 1) and Algorithm 3 (discrete Gaussian by rejection from the discrete Laplace with
 //! t = ⌊σ⌋ + 1). Every probability is a ratio of integers and every coin is a uniform integer compared with an
-//! integer (`gen_range`, rejection-sampled by rand), so there is no floating point in the sampling path.
+//! integer (`gen_range`, which rand samples by rejection, exactly; the sign is one raw random bit), so there is no
+//! floating point in the sampling path.
 //!
 //! Floating point appears once, when [`DiscreteGaussian::new`] turns the requested σ² (an `f64`) into the
 //! rational `num / 2^20` with `num = ⌈σ² · 2^20⌉`: multiplying by a power of two and taking the ceiling are
@@ -105,6 +106,16 @@ impl DiscreteGaussian {
         }
         Ok(())
     }
+
+    /// Adds an independent sample to every word of a vector that lives modulo 2^32 (a quantized, not yet masked
+    /// secure-aggregation input): `w ← (w + noise) mod 2^32`. The unmasked sum is then the sum of the inputs plus
+    /// the sum of the noise, modulo 2^32, exactly as if the integers had been added first and reduced after.
+    pub fn add_to_words<R: RngCore + CryptoRng + ?Sized>(&self, words: &mut [u32], rng: &mut R) {
+        for w in words {
+            // `as u32` keeps the low 32 bits of the two's complement: the residue of the noise modulo 2^32.
+            *w = w.wrapping_add(self.sample(rng) as u32);
+        }
+    }
 }
 
 /// ⌊√n⌋, exactly.
@@ -121,11 +132,22 @@ fn isqrt(n: u64) -> u64 {
 
 /// Bernoulli(num/den), 0 ≤ num ≤ den, den > 0: a uniform integer in [0, den) below num.
 fn bernoulli<R: RngCore + ?Sized>(num: u128, den: u128, rng: &mut R) -> bool {
-    // The same uniform comparison; 64-bit draws when the denominator allows (the common case, and much faster).
-    match (u64::try_from(num), u64::try_from(den)) {
-        (Ok(num), Ok(den)) => rng.gen_range(0..den) < num,
-        _ => rng.gen_range(0..den) < num,
+    // Certain outcomes need no coin (this changes no probability, only how many draws are made).
+    if num == 0 {
+        return false;
     }
+    if num >= den {
+        return true;
+    }
+    // The same uniform comparison in the narrowest integer type that holds the denominator: 32-bit draws cost
+    // half a 64-bit one, and 128-bit ranges are much slower.
+    if let (Ok(num), Ok(den)) = (u32::try_from(num), u32::try_from(den)) {
+        return rng.gen_range(0..den) < num;
+    }
+    if let (Ok(num), Ok(den)) = (u64::try_from(num), u64::try_from(den)) {
+        return rng.gen_range(0..den) < num;
+    }
+    rng.gen_range(0..den) < num
 }
 
 /// Bernoulli(exp(-γ)) for γ = num/den ≥ 0, den > 0 (CKS20 Algorithm 1).
@@ -158,7 +180,11 @@ fn bernoulli_exp_at_most_one<R: RngCore + ?Sized>(num: u128, den: u128, rng: &mu
 /// The discrete Laplace `P[Y = y] ∝ exp(-|y|/t)` (CKS20 Algorithm 2 with s = 1).
 fn discrete_laplace<R: RngCore + ?Sized>(t: u64, rng: &mut R) -> i64 {
     loop {
-        let u = rng.gen_range(0..t);
+        // t ≤ 2^16 + 1 (σ² ≤ 2^32), so a 32-bit draw suffices.
+        let u = match u32::try_from(t) {
+            Ok(t32) => u64::from(rng.gen_range(0..t32)),
+            Err(_) => rng.gen_range(0..t),
+        };
         if !bernoulli_exp(u128::from(u), u128::from(t), rng) {
             continue;
         }
@@ -170,7 +196,7 @@ fn discrete_laplace<R: RngCore + ?Sized>(t: u64, rng: &mut R) -> i64 {
         let Some(x) = v.checked_mul(t).and_then(|tv| tv.checked_add(u)).and_then(|x| i64::try_from(x).ok()) else {
             continue;
         };
-        let negative = rng.gen_bool(0.5);
+        let negative = rng.next_u32() & 1 == 1;
         if negative && x == 0 {
             continue;
         }
@@ -322,6 +348,26 @@ mod tests {
         }
         assert!(matches!(result, Err(PrivacyError::NoiseOverflow { index: 1 | 2, .. })), "{result:?}");
         assert_eq!(edge, before, "a refused addition changes nothing");
+    }
+
+    #[test]
+    fn noise_added_modulo_two_to_the_32_sums_like_integers() {
+        let sampler = DiscreteGaussian::new(1e6).expect("valid");
+        let agents: Vec<Vec<u32>> = (0..5u32).map(|a| vec![u32::MAX - a, 7, 1 << 31]).collect();
+        let mut integer_sum = [0i64; 3];
+        let mut word_sum = [0u32; 3];
+        for (seed, input) in agents.iter().enumerate() {
+            let mut words = input.clone();
+            sampler.add_to_words(&mut words, &mut ChaCha8Rng::seed_from_u64(seed as u64));
+            let mut noise = [0i64; 3];
+            sampler.fill(&mut noise, &mut ChaCha8Rng::seed_from_u64(seed as u64));
+            for i in 0..3 {
+                integer_sum[i] += i64::from(input[i]) + noise[i];
+                word_sum[i] = word_sum[i].wrapping_add(words[i]);
+            }
+        }
+        let reduced = integer_sum.map(|s| s.rem_euclid(1 << 32) as u32);
+        assert_eq!(word_sum, reduced);
     }
 
     #[test]
