@@ -1,7 +1,8 @@
 //! Whole system with secure aggregation (on by default): a server and agents over real loopback QUIC with mutual
 //! TLS run SecAgg+ rounds. The agents' deltas are known (`NoiseLearner::delta_for`), so each new global model can
 //! be checked against the plain weighted mean; a relaying server that swaps a key is caught by the peers; a server
-//! that strips secure aggregation from the plan (a downgrade) is refused by every agent, which uploads nothing; an
+//! that strips secure aggregation from the plan (a downgrade) is refused by every agent, a server that gives one
+//! agent other training settings than its neighbours is refused by all of them, which uploads nothing; an
 //! agent killed after sharing its keys is dropped and the round completes without it. A round that fine-tunes part
 //! of the model (`trainable` patterns, agents training with tract) masks only that part: the server receives vectors
 //! of the part's length, moves only those weights and leaves the frozen ones bit for bit; a plan whose patterns
@@ -105,7 +106,7 @@ async fn secure_rounds_over_quic_move_the_global_model_by_the_plain_weighted_mea
     init_logs();
     const AGENTS: usize = 5;
     let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: None };
+    let options = FederationOptions { secagg: secagg(), relay_hook: None, privacy: None };
     let fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 2), learners, options).await?;
     let mut events = fed.server.events();
     for _ in 0..2 {
@@ -143,7 +144,7 @@ async fn a_relaying_server_that_swaps_a_key_is_refused_by_the_peers_and_nothing_
         }
     });
     let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook) };
+    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None };
     let mut fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 1), learners, options).await?;
     let mut events = fed.server.events();
     let refused = wait_agent(&mut fed.agent_events, Duration::from_secs(60), |i, e| match e {
@@ -155,6 +156,42 @@ async fn a_relaying_server_that_swaps_a_key_is_refused_by_the_peers_and_nothing_
     assert!(refused.1.contains("signature"), "refused for the signature: {}", refused.1);
     let end = next_round_end(&mut events).await?;
     let record = end.expect_err("the round must abort");
+    assert!(record.new_version.is_none());
+    assert_eq!(fed.server.store.versions()?.len(), 1, "only version 0 exists");
+    fed.stop().await
+}
+
+/// Different settings for different agents (the model-inconsistency attack): the relay gives every agent but the
+/// victim a learning rate of zero, so that their updates vanish and the secure sum is the victim's. Each agent signs
+/// the digest of the plan it trains from into its keys; the victim and its neighbours see contexts other than
+/// their own and refuse before sharing anything, and nothing is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_gives_the_victim_other_settings_than_its_neighbours_is_refused_before_any_share()
+-> anyhow::Result<()> {
+    init_logs();
+    const AGENTS: usize = 3;
+    let hook: RelayHook = Arc::new(|to: &str, m: &mut ServerMessage| {
+        if let ServerMessage::Plan(plan) = m
+            && to != "agent-000"
+        {
+            plan.train.learning_rate = 0.0;
+        }
+    });
+    let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
+    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None };
+    let mut fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 1), learners, options).await?;
+    let mut events = fed.server.events();
+    let mut refused = std::collections::BTreeSet::new();
+    while refused.len() < AGENTS {
+        let (i, reason) = wait_agent(&mut fed.agent_events, Duration::from_secs(60), |i, e| match e {
+            AgentEvent::SecureRoundRefused { reason, .. } => Some((i, reason.clone())),
+            _ => None,
+        })
+        .await?;
+        assert!(reason.contains("context"), "agent {i} refused for the round context: {reason}");
+        refused.insert(i);
+    }
+    let record = next_round_end(&mut events).await?.expect_err("the round must abort");
     assert!(record.new_version.is_none());
     assert_eq!(fed.server.store.versions()?.len(), 1, "only version 0 exists");
     fed.stop().await
@@ -174,7 +211,7 @@ async fn an_agent_killed_after_sharing_its_keys_is_dropped_and_the_round_complet
             }
         })
         .collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: None };
+    let options = FederationOptions { secagg: secagg(), relay_hook: None, privacy: None };
     let fed = LocalFederation::start_with(spec(AGENTS, 3, 1), learners, options).await?;
     let mut events = fed.server.events();
     // Once the shares are relayed the victim holds its neighbours' shares and they hold its: kill it then.
@@ -212,7 +249,7 @@ async fn a_server_that_strips_secure_aggregation_from_the_plan_is_refused_by_eve
         }
     });
     let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook) };
+    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None };
     let mut fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 1), learners, options).await?;
     let mut events = fed.server.events();
     let mut refused = std::collections::BTreeSet::new();
@@ -263,7 +300,7 @@ async fn fine_tuning_federation(
     let learners: Vec<Box<dyn Learner>> = (0..agents)
         .map(|i| Box::new(TractLearner::new(tiny_classes(100 * i), None, i as u64)) as Box<dyn Learner>)
         .collect();
-    LocalFederation::start_with(spec, learners, FederationOptions { secagg: secagg(), relay_hook }).await
+    LocalFederation::start_with(spec, learners, FederationOptions { secagg: secagg(), relay_hook, privacy: None }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

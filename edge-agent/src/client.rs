@@ -519,7 +519,7 @@ impl Agent {
                                     wire::write_msg(send, &AgentMessage::SecAggAdvertise(keys), limits::CONTROL)
                                         .await?;
                                     secure = Some(state);
-                                    pending = Some(plan);
+                                    pending = Some(*plan);
                                 }
                                 Err(e) => self.refuse_secure(send, plan.round, format!("{e:#}")).await?,
                             }
@@ -529,7 +529,7 @@ impl Agent {
                         }
                         None => {
                             tracing::warn!(round = plan.round, "this round is NOT securely aggregated");
-                            pending = Some(plan);
+                            pending = Some(*plan);
                         }
                     }
                 }

@@ -60,6 +60,10 @@ pub struct ServerConfig {
     /// TCP address for Prometheus metrics (`GET /metrics`), e.g. "127.0.0.1:9464"; none when absent.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// Distributed differential privacy (`[privacy]`): `noise_multiplier`, `clip_norm`, `delta`, `target_epsilon`.
+    /// Off when absent. Needs secure aggregation.
+    #[serde(default)]
+    pub privacy: Option<fedge_shared::privacy::PrivacySettings>,
 }
 
 fn yes() -> bool {
@@ -171,6 +175,14 @@ impl ServerConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.coordinator.validate().context("[coordinator]")?;
         self.secagg.validate(self.coordinator.min_agents, self.coordinator.max_agents).context("[secagg]")?;
+        if let Some(p) = &self.privacy {
+            if !self.secagg.enabled {
+                bail!(
+                    "[privacy] needs secure aggregation ([secagg] enabled = true): without it the server sees each agent's noise"
+                );
+            }
+            p.validate(self.coordinator.min_agents as u64).context("[privacy]")?;
+        }
         if self.idle_timeout_ms < 1_000 {
             bail!("idle_timeout_ms must be at least 1000, not {}", self.idle_timeout_ms);
         }

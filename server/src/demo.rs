@@ -169,6 +169,8 @@ pub struct FederationOptions {
     pub secagg: SecAggConfig,
     /// Rewrites messages to agents (tests of a dishonest server).
     pub relay_hook: Option<RelayHook>,
+    /// Distributed differential privacy (`[privacy]`); off when `None`.
+    pub privacy: Option<fedge_shared::privacy::PrivacySettings>,
 }
 
 impl LocalFederation {
@@ -210,6 +212,7 @@ impl LocalFederation {
             max_concurrent_downloads: None,
             secagg: options.secagg,
             metrics: None,
+            privacy: options.privacy,
         };
         config.validate()?;
         let server = service::start_with_hook(config, spec.evaluator, options.relay_hook).await?;
@@ -378,7 +381,9 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             SecAggConfig::off()
         }
     };
-    let mut fed = LocalFederation::start_with(spec, learners, FederationOptions { secagg, relay_hook: None }).await?;
+    let mut fed =
+        LocalFederation::start_with(spec, learners, FederationOptions { secagg, relay_hook: None, privacy: None })
+            .await?;
     let mut events = fed.server.events();
     let show = !args.json;
     if show {

@@ -4,23 +4,28 @@
 //! federated evaluation (those rounds had none). Layout 1 records are from before the loss joined the
 //! hyper-parameters; they come back with cross-entropy, the only loss those rounds could train with. Layout 2
 //! records are from before fine-tuning (`trainable` patterns); they come back training the whole model, which is
-//! what those rounds did. Each older layout is read through the next one up.
+//! what those rounds did. Layouts 0 to 3 are from before bounded contributions and distributed differential
+//! privacy joined the secure-aggregation settings; their secure rounds come back with neither (`clip_norm` unset,
+//! no noise, no privacy accounting), which is what they ran. Each older layout is read through the next one up.
 //!
 //! `0xFF` can never start an untagged record: the codec writes the round id first as a variable-length integer,
 //! whose first byte is at most 253 for a `u64`. This module only encodes and decodes; it never touches sled.
 
 use crate::coordinator::{
     AggregationMode, Dropped, OptimizerKind, Outcome, Report, RoundMetrics, RoundPlan, RoundRecord, SecAggMetrics,
-    TrainHyper,
+    SecurePlan, TrainHyper,
 };
 use fedge_shared::codec::{self, CodecError};
+use fedge_shared::secagg::{AgentRef, SecAggParams};
 use fedge_shared::train::Loss;
 use serde::{Deserialize, Serialize};
 
 /// The tag's first byte.
 const TAG: u8 = 0xFF;
 /// The layout of [`RoundRecord`] written now.
-const LAYOUT: u8 = 3;
+const LAYOUT: u8 = 4;
+/// The layout with trainable patterns but no `clip_norm`, noise or privacy accounting.
+const LAYOUT_V3: u8 = 3;
 /// The layout with the loss but no trainable patterns.
 const LAYOUT_V2: u8 = 2;
 /// The layout with weight decay but no loss.
@@ -39,6 +44,7 @@ pub fn encode(record: &RoundRecord) -> Result<Vec<u8>, CodecError> {
 pub fn decode(bytes: &[u8], limit: usize) -> Result<RoundRecord, CodecError> {
     match bytes {
         [TAG, LAYOUT, body @ ..] => codec::decode(body, limit),
+        [TAG, LAYOUT_V3, body @ ..] => codec::decode::<RoundRecordV3>(body, limit).map(RoundRecord::from),
         [TAG, LAYOUT_V2, body @ ..] => codec::decode::<RoundRecordV2>(body, limit).map(RoundRecord::from),
         [TAG, LAYOUT_V1, body @ ..] => {
             codec::decode::<RoundRecordV1>(body, limit).map(|r| RoundRecord::from(RoundRecordV2::from(r)))
@@ -47,6 +53,109 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<RoundRecord, CodecError> {
         // Layout 0 is read through layout 1, which adds only what layout 0 lacked.
         _ => codec::decode::<RoundRecordV0>(bytes, limit)
             .map(|r| RoundRecord::from(RoundRecordV2::from(RoundRecordV1::from(r)))),
+    }
+}
+
+/// [`SecAggParams`] before `clip_norm` and `noise_variance` (layouts 0 to 3).
+#[derive(Serialize, Deserialize)]
+struct SecAggParamsV3 {
+    neighbours: u32,
+    threshold: u32,
+    clip: f32,
+    quant_bits: u32,
+    weight_cap: u64,
+    counts: u32,
+}
+
+/// [`SecurePlan`] before `privacy` (layouts 0 to 3).
+#[derive(Serialize, Deserialize)]
+struct SecurePlanV3 {
+    params: SecAggParamsV3,
+    graph_seed: u64,
+    cohort: Vec<AgentRef>,
+    phase_timeout_ms: u64,
+}
+
+/// [`AggregationMode`] of layouts 0 to 3.
+#[derive(Serialize, Deserialize)]
+enum AggregationModeV3 {
+    Plain,
+    Secure(SecurePlanV3),
+}
+
+impl From<AggregationModeV3> for AggregationMode {
+    fn from(a: AggregationModeV3) -> AggregationMode {
+        match a {
+            AggregationModeV3::Plain => AggregationMode::Plain,
+            AggregationModeV3::Secure(sp) => {
+                let p = sp.params;
+                AggregationMode::Secure(SecurePlan {
+                    params: SecAggParams {
+                        neighbours: p.neighbours,
+                        threshold: p.threshold,
+                        clip: p.clip,
+                        quant_bits: p.quant_bits,
+                        weight_cap: p.weight_cap,
+                        counts: p.counts,
+                        clip_norm: None,
+                        noise_variance: 0.0,
+                    },
+                    graph_seed: sp.graph_seed,
+                    cohort: sp.cohort,
+                    phase_timeout_ms: sp.phase_timeout_ms,
+                    privacy: None,
+                })
+            }
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RoundPlanV3 {
+    round: u64,
+    model_version: u64,
+    hyper: TrainHyper,
+    deadline_ms: u64,
+    aggregation: AggregationModeV3,
+}
+
+/// [`RoundRecord`] in layout 3: as now, but without `clip_norm`, noise or privacy accounting in secure rounds.
+#[derive(Serialize, Deserialize)]
+struct RoundRecordV3 {
+    round: u64,
+    plan: RoundPlanV3,
+    strategy: String,
+    selected: Vec<String>,
+    reported: Vec<Report>,
+    dropped: Vec<Dropped>,
+    outcome: Outcome,
+    metrics: RoundMetrics,
+    started_ms: u64,
+    ended_ms: u64,
+    new_version: Option<u64>,
+}
+
+impl From<RoundRecordV3> for RoundRecord {
+    fn from(r: RoundRecordV3) -> RoundRecord {
+        RoundRecord {
+            round: r.round,
+            plan: RoundPlan {
+                round: r.plan.round,
+                model_version: r.plan.model_version,
+                hyper: r.plan.hyper,
+                deadline_ms: r.plan.deadline_ms,
+                aggregation: r.plan.aggregation.into(),
+            },
+            strategy: r.strategy,
+            selected: r.selected,
+            reported: r.reported,
+            dropped: r.dropped,
+            outcome: r.outcome,
+            metrics: r.metrics,
+            started_ms: r.started_ms,
+            ended_ms: r.ended_ms,
+            new_version: r.new_version,
+        }
     }
 }
 
@@ -71,7 +180,7 @@ struct RoundPlanV2 {
     model_version: u64,
     hyper: TrainHyperV2,
     deadline_ms: u64,
-    aggregation: AggregationMode,
+    aggregation: AggregationModeV3,
 }
 
 /// [`RoundRecord`] in layout 2: as now, but the plan trains the whole model (no trainable patterns).
@@ -112,7 +221,7 @@ impl From<RoundRecordV2> for RoundRecord {
                     trainable: Vec::new(),
                 },
                 deadline_ms: r.plan.deadline_ms,
-                aggregation: r.plan.aggregation,
+                aggregation: r.plan.aggregation.into(),
             },
             strategy: r.strategy,
             selected: r.selected,
@@ -147,7 +256,7 @@ struct RoundPlanV1 {
     model_version: u64,
     hyper: TrainHyperV1,
     deadline_ms: u64,
-    aggregation: AggregationMode,
+    aggregation: AggregationModeV3,
 }
 
 /// [`RoundRecord`] in layout 1: as now, but the plan's hyper-parameters have no loss.
@@ -222,7 +331,7 @@ struct RoundPlanV0 {
     model_version: u64,
     hyper: TrainHyperV0,
     deadline_ms: u64,
-    aggregation: AggregationMode,
+    aggregation: AggregationModeV3,
 }
 
 /// [`Report`] before the federated evaluation.
@@ -362,7 +471,7 @@ mod tests {
                     deadline_ms: h.deadline_ms,
                 },
                 deadline_ms: r.plan.deadline_ms,
-                aggregation: r.plan.aggregation.clone(),
+                aggregation: AggregationModeV3::Plain,
             },
             strategy: r.strategy.clone(),
             selected: r.selected.clone(),
@@ -392,6 +501,74 @@ mod tests {
             new_version: r.new_version,
         })
         .unwrap()
+    }
+
+    /// A secure round from before bounded contributions and DP reads back with neither, and a record written now
+    /// keeps both.
+    #[test]
+    fn a_secure_record_from_layout_3_reads_back_without_clip_norm_noise_or_privacy() {
+        let mut r = record(15, 0.0);
+        let cohort = vec![AgentRef { index: 0, name: "a".into() }, AgentRef { index: 1, name: "b".into() }];
+        let v3 = RoundRecordV3 {
+            round: r.round,
+            plan: RoundPlanV3 {
+                round: r.plan.round,
+                model_version: r.plan.model_version,
+                hyper: r.plan.hyper.clone(),
+                deadline_ms: r.plan.deadline_ms,
+                aggregation: AggregationModeV3::Secure(SecurePlanV3 {
+                    params: SecAggParamsV3 {
+                        neighbours: 1,
+                        threshold: 1,
+                        clip: 2.0,
+                        quant_bits: 20,
+                        weight_cap: 50,
+                        counts: 3,
+                    },
+                    graph_seed: 77,
+                    cohort: cohort.clone(),
+                    phase_timeout_ms: 900,
+                }),
+            },
+            strategy: r.strategy.clone(),
+            selected: r.selected.clone(),
+            reported: r.reported.clone(),
+            dropped: r.dropped.clone(),
+            outcome: r.outcome.clone(),
+            metrics: r.metrics.clone(),
+            started_ms: r.started_ms,
+            ended_ms: r.ended_ms,
+            new_version: r.new_version,
+        };
+        let mut bytes = vec![TAG, LAYOUT_V3];
+        bytes.extend_from_slice(&codec::encode(&v3).unwrap());
+        let back = decode(&bytes, 1 << 20).unwrap();
+        let AggregationMode::Secure(sp) = &back.plan.aggregation else { panic!("a secure round came back plain") };
+        assert_eq!((sp.params.clip, sp.params.counts, sp.graph_seed), (2.0, 3, 77));
+        assert_eq!((sp.params.clip_norm, sp.params.noise_variance, sp.privacy), (None, 0.0, None));
+        // Written now, both survive.
+        let mut params = sp.params.clone();
+        params.clip_norm = Some(0.5);
+        params.noise_variance = 12.5;
+        r.plan.aggregation = AggregationMode::Secure(SecurePlan {
+            params,
+            graph_seed: 77,
+            cohort,
+            phase_timeout_ms: 900,
+            privacy: Some(crate::coordinator::RoundPrivacy {
+                ddg: fedge_shared::privacy::DdgRound {
+                    l2_sensitivity: 3.0,
+                    l1_sensitivity: 9.0,
+                    local_variance: 12.5,
+                    agents: 2,
+                    dimension: 10,
+                },
+                delta: 1e-5,
+                epsilon: 0.7,
+                target_epsilon: 8.0,
+            }),
+        });
+        assert_eq!(decode(&encode(&r).unwrap(), 1 << 20).unwrap(), r);
     }
 
     #[test]
@@ -431,7 +608,7 @@ mod tests {
                     deadline_ms: h.deadline_ms,
                 },
                 deadline_ms: r.plan.deadline_ms,
-                aggregation: r.plan.aggregation.clone(),
+                aggregation: AggregationModeV3::Plain,
             },
             strategy: r.strategy.clone(),
             selected: r.selected.clone(),
@@ -474,7 +651,7 @@ mod tests {
                     loss: h.loss,
                 },
                 deadline_ms: r.plan.deadline_ms,
-                aggregation: r.plan.aggregation.clone(),
+                aggregation: AggregationModeV3::Plain,
             },
             strategy: r.strategy.clone(),
             selected: r.selected.clone(),

@@ -309,6 +309,31 @@ pub async fn start_with_hook(
         secagg.unmask_threads = Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
     }
     let coordinator = coordinator.with_secagg(secagg).context("[secagg] in the config")?;
+    let coordinator = match config.privacy {
+        Some(settings) => {
+            // The budget already spent: every stored round that carried noise, oldest first.
+            let spent: Vec<_> = store
+                .rounds()?
+                .into_iter()
+                .filter_map(|r| match r.plan.aggregation {
+                    crate::coordinator::AggregationMode::Secure(sp) => sp.privacy.map(|p| p.ddg),
+                    crate::coordinator::AggregationMode::Plain => None,
+                })
+                .collect();
+            let c = coordinator.with_privacy(settings, spent).context("[privacy] in the config")?;
+            if let Some(p) = c.privacy() {
+                tracing::info!(
+                    rounds = p.rounds(),
+                    epsilon = p.epsilon().unwrap_or(f64::NAN),
+                    delta = settings.delta,
+                    target_epsilon = settings.target_epsilon,
+                    "distributed differential privacy is on"
+                );
+            }
+            c
+        }
+        None => coordinator,
+    };
     if config.secagg.enabled {
         tracing::info!(phase_timeout_ms = config.secagg.phase_timeout_ms, "secure aggregation is on");
     } else {
@@ -803,7 +828,7 @@ impl Core {
                 }
                 self.push_model(&agent);
                 let wire = wire_plan(&plan, &self.current, &agent);
-                self.send(&agent, Outbound::Msg(ServerMessage::Plan(wire)));
+                self.send(&agent, Outbound::Msg(ServerMessage::Plan(Box::new(wire))));
             }
             Action::SecAggKeys { round, to, keys, owners } => {
                 let certificates: Vec<Vec<u8>> =

@@ -75,6 +75,7 @@ impl Federation {
             // A cohort of one cannot be aggregated securely; those tests run plain rounds.
             secagg: if agents >= 2 { Default::default() } else { fedge_server::coordinator::SecAggConfig::off() },
             metrics: Some("127.0.0.1:0".parse().unwrap()),
+            privacy: None,
         };
         let evaluator = test.map(|data| Arc::new(TractEvaluator::new(data, 100)) as Arc<dyn Evaluator>);
         let server = service::start(config.clone(), evaluator.clone()).await.unwrap();

@@ -7,6 +7,7 @@
 //! - [`data`]: on-device data sets (IDX, CSV), splits and non-IID partitions.
 //! - [`train`]: training with tract: ONNX reverse-mode differentiation, optimizers, local training, evaluation.
 //! - [`secagg`]: secure aggregation (SecAgg+) as sans-IO state machines.
+//! - [`privacy`]: distributed differential privacy: the discrete Gaussian noise agents add, the Rényi-DP accountant.
 //! - [`fedeval`]: federated evaluation: the counts each agent reports and their totals.
 //! - [`tls`] and [`wire`]: certificates, rustls configurations, and framed messages over QUIC streams.
 //!
@@ -19,6 +20,7 @@ pub mod codec;
 pub mod data;
 pub mod fedeval;
 pub mod model;
+pub mod privacy;
 pub mod protocol;
 pub mod secagg;
 pub mod tls;

@@ -215,7 +215,7 @@ pub struct ModelAnnounce {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ServerMessage {
     Model(ModelAnnounce),
-    Plan(RoundPlan),
+    Plan(Box<RoundPlan>),
     RoundEnd {
         round: u64,
         completed: bool,
@@ -362,7 +362,7 @@ mod tests {
                 weights: Digest::of(b"w"),
                 params: 10,
             }),
-            ServerMessage::Plan(sample_plan()),
+            ServerMessage::Plan(Box::new(sample_plan())),
             ServerMessage::RoundEnd { round: 9, completed: false, reason: Some("too few".into()), new_version: None },
         ];
         for m in msgs {

@@ -34,7 +34,16 @@ struct Masked {
 }
 
 fn masked_round() -> Masked {
-    let params = SecAggParams { neighbours: 6, threshold: 4, clip: 1.0, quant_bits: 16, weight_cap: 10, counts: 0 };
+    let params = SecAggParams {
+        neighbours: 6,
+        threshold: 4,
+        clip: 1.0,
+        quant_bits: 16,
+        weight_cap: 10,
+        counts: 0,
+        clip_norm: None,
+        noise_variance: 0.0,
+    };
     let cohort = Cohort::new(24);
     let graph = NeighbourGraph::new(&cohort.indices(), 6, GRAPH_SEED).unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(3);
@@ -261,7 +270,16 @@ fn a_survivor_set_that_is_not_strictly_ascending_is_refused() {
 #[test]
 fn the_honest_consistency_round_completes_with_the_exact_sum() {
     let out = secagg_support::run_round(
-        &SecAggParams { neighbours: 6, threshold: 4, clip: 1.0, quant_bits: 16, weight_cap: 10, counts: 0 },
+        &SecAggParams {
+            neighbours: 6,
+            threshold: 4,
+            clip: 1.0,
+            quant_bits: 16,
+            weight_cap: 10,
+            counts: 0,
+            clip_norm: None,
+            noise_variance: 0.0,
+        },
         &Cohort::new(24),
         P,
         &BTreeMap::new(),
@@ -275,7 +293,16 @@ fn the_honest_consistency_round_completes_with_the_exact_sum() {
 /// hold t shares of a neighbour) is refused by every honest agent before it advertises anything.
 #[test]
 fn a_cohort_that_gives_one_identity_several_slots_is_refused_by_every_agent() {
-    let params = SecAggParams { neighbours: 6, threshold: 4, clip: 1.0, quant_bits: 16, weight_cap: 10, counts: 0 };
+    let params = SecAggParams {
+        neighbours: 6,
+        threshold: 4,
+        clip: 1.0,
+        quant_bits: 16,
+        weight_cap: 10,
+        counts: 0,
+        clip_norm: None,
+        noise_variance: 0.0,
+    };
     let cohort = Cohort::new(12);
     let mut refs = cohort.refs.clone();
     let sybil = refs[3].name.clone();
@@ -309,7 +336,16 @@ fn a_cohort_that_gives_one_identity_several_slots_is_refused_by_every_agent() {
 /// share: the victim never masks an input.
 #[test]
 fn a_victim_trained_from_another_model_is_refused_by_its_neighbours_before_any_share_is_sealed() {
-    let params = SecAggParams { neighbours: 6, threshold: 4, clip: 1.0, quant_bits: 16, weight_cap: 10, counts: 0 };
+    let params = SecAggParams {
+        neighbours: 6,
+        threshold: 4,
+        clip: 1.0,
+        quant_bits: 16,
+        weight_cap: 10,
+        counts: 0,
+        clip_norm: None,
+        noise_variance: 0.0,
+    };
     let cohort = Cohort::new(24);
     let graph = NeighbourGraph::new(&cohort.indices(), 6, GRAPH_SEED).unwrap();
     let victim = cohort.indices()[5];
@@ -351,7 +387,16 @@ fn a_victim_trained_from_another_model_is_refused_by_its_neighbours_before_any_s
 /// the others' breaks the victim's signature, and its neighbours refuse the key.
 #[test]
 fn a_context_rewritten_by_the_server_breaks_the_signature() {
-    let params = SecAggParams { neighbours: 6, threshold: 4, clip: 1.0, quant_bits: 16, weight_cap: 10, counts: 0 };
+    let params = SecAggParams {
+        neighbours: 6,
+        threshold: 4,
+        clip: 1.0,
+        quant_bits: 16,
+        weight_cap: 10,
+        counts: 0,
+        clip_norm: None,
+        noise_variance: 0.0,
+    };
     let cohort = Cohort::new(12);
     let graph = NeighbourGraph::new(&cohort.indices(), 6, GRAPH_SEED).unwrap();
     let victim = cohort.indices()[2];

@@ -142,6 +142,10 @@ pub struct SecAggConfig {
     /// Quantization levels are 2^quant_bits (default 22, fewer for very large cohorts).
     #[serde(default)]
     pub quant_bits: Option<u32>,
+    /// Bounded contributions: agents scale their delta down to this L2 norm before quantizing, and the server
+    /// refuses a round whose mean lies outside that ball (default: none; `[privacy]` sets its own).
+    #[serde(default)]
+    pub clip_norm: Option<f32>,
     /// An agent's weight is min(examples, weight_cap) / weight_cap. Default: the largest example count declared in
     /// the round's cohort (capped by `max_examples`), so that the secure mean weighs agents as the plain mean does.
     #[serde(default)]
@@ -170,6 +174,7 @@ impl Default for SecAggConfig {
             threshold: None,
             clip: None,
             quant_bits: None,
+            clip_norm: None,
             weight_cap: None,
             phase_timeout_ms: default_phase_timeout(),
             unmask_threads: None,
@@ -204,6 +209,7 @@ impl SecAggConfig {
         if let Some(w) = self.weight_cap {
             p.weight_cap = w;
         }
+        p.clip_norm = self.clip_norm;
         p
     }
 
@@ -245,12 +251,13 @@ impl SecAggConfig {
     /// The configured key whose removal makes a cohort of `n` valid (the one to name in an error).
     fn culprit(&self, n: usize) -> &'static str {
         let ok = |c: SecAggConfig| c.params_for(n).validate(n, 1).is_ok();
-        let keys: [(&'static str, bool, SecAggConfig); 5] = [
+        let keys: [(&'static str, bool, SecAggConfig); 6] = [
             ("threshold", self.threshold.is_some(), SecAggConfig { threshold: None, ..self.clone() }),
             ("neighbours", self.neighbours.is_some(), SecAggConfig { neighbours: None, ..self.clone() }),
             ("quant_bits", self.quant_bits.is_some(), SecAggConfig { quant_bits: None, ..self.clone() }),
             ("clip", self.clip.is_some(), SecAggConfig { clip: None, ..self.clone() }),
             ("weight_cap", self.weight_cap.is_some(), SecAggConfig { weight_cap: None, ..self.clone() }),
+            ("clip_norm", self.clip_norm.is_some(), SecAggConfig { clip_norm: None, ..self.clone() }),
         ];
         keys.into_iter().find(|(_, set, c)| *set && ok(c.clone())).map_or("parameters", |(k, _, _)| k)
     }

@@ -45,6 +45,7 @@ mod config;
 mod event;
 mod part;
 mod plan;
+mod privacy;
 mod record;
 pub mod secure;
 mod selection;
@@ -53,6 +54,7 @@ pub use aggregation::{Aggregation, FoldError, WeightedSum};
 pub use config::{ConfigError, CoordinatorConfig, ResumeState, SecAggConfig};
 pub use event::{Action, Event, RejectReason};
 pub use plan::{AggregationMode, OptimizerKind, RoundPlan, SecurePlan, TrainHyper};
+pub use privacy::{RoundPrivacy, RunPrivacy};
 pub use record::{AbortReason, AgentId, Dropped, Outcome, Report, RoundMetrics, RoundRecord, SecAggMetrics};
 pub use secure::SecurePhase;
 pub use selection::{SelectionRule, round_rng, select};
@@ -184,6 +186,8 @@ pub struct Coordinator {
     secagg: SecAggConfig,
     /// The model's weight layout, for rounds that train part of it (empty unless [`Coordinator::with_layout`]).
     layout: Vec<fedge_shared::train::ParamInfo>,
+    /// Distributed differential privacy and the run's budget (off unless [`Coordinator::with_privacy`]).
+    privacy: Option<RunPrivacy>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -228,7 +232,31 @@ impl Coordinator {
             closed_at_deadline: None,
             secagg: SecAggConfig::off(),
             layout: Vec::new(),
+            privacy: None,
         })
+    }
+
+    /// Adds distributed differential privacy to every secure round (see the `privacy` module), with the budget
+    /// `spent` by the rounds already run (from the stored records, oldest first). Refused without secure
+    /// aggregation: one agent's noise alone, seen by the server, protects nothing.
+    pub fn with_privacy(
+        mut self,
+        settings: fedge_shared::privacy::PrivacySettings,
+        spent: impl IntoIterator<Item = fedge_shared::privacy::DdgRound>,
+    ) -> Result<Self, ConfigError> {
+        if !self.secagg.enabled {
+            return Err(ConfigError::Invalid(
+                "[privacy] needs secure aggregation: the server would see each agent's noise and could remove it"
+                    .into(),
+            ));
+        }
+        self.privacy = Some(RunPrivacy::new(settings, self.config.min_agents, spent).map_err(ConfigError::Invalid)?);
+        Ok(self)
+    }
+
+    /// The run's differential privacy, if on: its settings and budget.
+    pub fn privacy(&self) -> Option<&RunPrivacy> {
+        self.privacy.as_ref()
     }
 
     /// Runs every round with these secure-aggregation settings (validated for every cohort size the configuration
@@ -788,6 +816,22 @@ impl Coordinator {
                 "fine-tuning part of the model"
             );
         }
+        if let Some(p) = &self.privacy {
+            let mut params = self.secagg.params_for(size);
+            if let Err(why) = p.configure(&mut params, size, len).and_then(|ddg| p.admit(ddg)) {
+                // A spent budget stops the run; a round that cannot be set up waits like any other.
+                if why.contains("budget") {
+                    self.running = false;
+                    tracing::warn!(round = round_id, %why, "no more rounds");
+                    out.push(Action::Log { message: why });
+                } else {
+                    tracing::error!(round = round_id, %why, "cannot start a private round");
+                    out.push(Action::Log { message: format!("cannot start round {round_id}: {why}") });
+                    self.not_before_ms = now_ms.saturating_add(self.config.retry_backoff_ms);
+                }
+                return;
+            }
+        }
         let selected = select(&candidates, size, self.config.seed, round_id);
         let (mode, aggregation) = if self.secagg.enabled {
             match self.secure_round(round_id, &selected, len, now_ms) {
@@ -803,6 +847,18 @@ impl Coordinator {
             (AggregationMode::Plain, Aggregation::Plain(WeightedSum::new(len)))
         };
         self.next_round = self.next_round.saturating_add(1);
+        if let (Some(p), AggregationMode::Secure(SecurePlan { privacy: Some(cost), .. })) = (&mut self.privacy, &mode) {
+            if let Err(e) = p.charge(cost) {
+                tracing::error!(round = round_id, error = %e, "cannot charge the round to the privacy budget");
+            }
+            let message = format!(
+                "round {round_id} is differentially private: ε = {:.4} at δ = {} over the run once it is counted \
+                 (budget {})",
+                cost.epsilon, cost.delta, cost.target_epsilon
+            );
+            tracing::info!(round = round_id, epsilon = cost.epsilon, delta = cost.delta, "privacy charged");
+            out.push(Action::Log { message });
+        }
         let mut hyper = self.strategy.configure_round(round_id, &self.config.hyper);
         // The plan names the part the round's sums were sized for, whatever the strategy configured.
         hyper.trainable = self.config.hyper.trainable.clone();

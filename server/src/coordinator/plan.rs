@@ -126,6 +126,9 @@ pub struct SecurePlan {
     pub cohort: Vec<AgentRef>,
     /// Deadline of the advertise, share and unmask phases.
     pub phase_timeout_ms: u64,
+    /// Distributed differential privacy: what the round's noisy sum costs, as the accountant counts it (`None`
+    /// without `[privacy]`). Every started round with it is charged, whether it completes or not.
+    pub privacy: Option<super::RoundPrivacy>,
 }
 
 impl AggregationMode {

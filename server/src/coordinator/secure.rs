@@ -143,6 +143,11 @@ impl Coordinator {
                 .unwrap_or(1);
             params.weight_cap = declared.min(self.config.max_examples.unwrap_or(u64::MAX)).max(1);
         }
+        // Distributed DP sets clipping, weights, quantization and noise (see the `privacy` module).
+        let privacy = match &self.privacy {
+            Some(p) => Some(p.configure(&mut params, n, len).and_then(|ddg| p.admit(ddg))?),
+            None => None,
+        };
         params.validate(n, len).map_err(|e| format!("secagg parameters for {n} agents: {e}"))?;
         let cohort: Vec<AgentRef> =
             selected.iter().enumerate().map(|(i, a)| AgentRef { index: i as u32, name: a.clone() }).collect();
@@ -160,8 +165,14 @@ impl Coordinator {
         let round = SecureRound {
             session: Some(session),
             params_summary: format!(
-                "k={} t={} clip={} bits={} cap={}",
-                params.neighbours, params.threshold, params.clip, params.quant_bits, params.weight_cap
+                "k={} t={} clip={} bits={} cap={} clip_norm={:?} noise_variance={}",
+                params.neighbours,
+                params.threshold,
+                params.clip,
+                params.quant_bits,
+                params.weight_cap,
+                params.clip_norm,
+                params.noise_variance
             ),
             phase: SecurePhase::Advertise,
             phase_started_ms: now_ms,
@@ -174,7 +185,7 @@ impl Coordinator {
             answered: BTreeSet::new(),
             metrics: SecAggMetrics::default(),
         };
-        let plan = SecurePlan { params, graph_seed, cohort, phase_timeout_ms: timeout };
+        let plan = SecurePlan { params, graph_seed, cohort, phase_timeout_ms: timeout, privacy };
         Ok((plan, round))
     }
 

@@ -59,6 +59,8 @@ pub enum SecAggError {
     CountTooLarge { index: usize, value: u32, limit: u32 },
     #[error("upload of agent {0} is out of order, out of range or incomplete")]
     BadUpload(u32),
+    #[error("the unmasked sum is not one the survivors could have produced: {0}")]
+    OutOfBounds(String),
     #[error("too many uploads in flight (limit {0})")]
     TooManyUploads(usize),
 }

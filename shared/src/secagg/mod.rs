@@ -22,7 +22,8 @@
 //! 5. **Unmask**: a survivor that holds valid signatures from at least `t` of its own neighbours on the very set it
 //!    signed reveals, for each neighbour, the share of its self-mask seed if it survived or of its mask secret key if
 //!    it dropped, never both. The server removes the survivors' self masks and the dropped agents' pairwise masks
-//!    from the sum, and outputs only the sum.
+//!    from the sum, checks that the sum is one the survivors could have produced ([`bounds`]: the mean inside the
+//!    clipping box and the `clip_norm` ball, the weight total in range), and outputs only the sum.
 //!
 //! Threat model: an honest-but-curious or actively malicious server that relays messages faithfully or not and may
 //! tell different agents different survivor sets (the consistency round catches that), plus fewer than `t`
@@ -35,6 +36,7 @@
 //! argument. Nothing here panics on a message from the network: every message is validated (round, sender,
 //! recipient, sizes) and a bad one is a [`SecAggError`].
 
+pub mod bounds;
 pub mod client;
 pub mod consistency;
 pub mod ecdsa;

@@ -31,7 +31,19 @@ pub struct SecAggParams {
     /// federated evaluation's correct / examples / loss sum. They are summed exactly, never quantized; each agent's
     /// count must be at most [`SecAggParams::count_limit`] so that the cohort's sum cannot wrap.
     pub counts: u32,
+    /// Bounded contributions: each agent scales its delta down to this L2 norm before clipping coordinates,
+    /// weighting and quantizing; the server refuses a sum whose mean is further from zero than that
+    /// ([`super::bounds`]). `None`: coordinates are only clipped to `±clip`.
+    pub clip_norm: Option<f32>,
+    /// Distributed differential privacy: the variance of the discrete Gaussian noise each agent adds to every
+    /// quantized delta coordinate before masking, in quantization levels squared ([`crate::privacy`]). 0: none.
+    pub noise_variance: f64,
 }
+
+/// How many standard deviations of the cohort's summed noise a coordinate may stray beyond what the agents'
+/// quantized values can produce; the modulus keeps that much headroom on both sides. The chance that honest noise
+/// strays further in one coordinate is below 10^-30.
+pub const NOISE_SIGMAS: f64 = 12.0;
 
 /// The most exact counts a masked vector may carry.
 pub const MAX_COUNTS: u32 = 16;
@@ -56,7 +68,25 @@ impl SecAggParams {
         while quant_bits > 1 && n * ((1u64 << quant_bits) - 1) > u64::from(u32::MAX) {
             quant_bits -= 1;
         }
-        SecAggParams { neighbours, threshold, clip: 8.0, quant_bits, weight_cap: 1000, counts: 0 }
+        SecAggParams {
+            neighbours,
+            threshold,
+            clip: 8.0,
+            quant_bits,
+            weight_cap: 1000,
+            counts: 0,
+            clip_norm: None,
+            noise_variance: 0.0,
+        }
+    }
+
+    /// How far, in quantization levels, the summed noise of `survivors` agents may take one coordinate beyond the
+    /// range their quantized values can produce: [`NOISE_SIGMAS`] standard deviations (0 without noise).
+    pub fn noise_margin(&self, survivors: usize) -> u64 {
+        if self.noise_variance <= 0.0 {
+            return 0;
+        }
+        (NOISE_SIGMAS * (survivors as f64 * self.noise_variance).sqrt()).ceil() as u64
     }
 
     /// The number of neighbours each agent really has in a cohort of `cohort` agents: `min(k, n - 1)`.
@@ -113,8 +143,24 @@ impl SecAggParams {
         if !(1..=30).contains(&self.quant_bits) {
             return bad(format!("quant_bits {} must be in 1..=30", self.quant_bits));
         }
-        if (cohort as u64).saturating_mul(self.max_level()) > u64::from(u32::MAX) {
-            return bad(format!("{cohort} agents times {} levels overflows the 2^32 modulus", self.max_level() + 1));
+        if let Some(c) = self.clip_norm
+            && (!c.is_finite() || c <= 0.0)
+        {
+            return bad(format!("clip_norm {c} must be a positive finite number"));
+        }
+        if !self.noise_variance.is_finite() || self.noise_variance < 0.0 {
+            return bad(format!("noise_variance {} must be a finite number, at least 0", self.noise_variance));
+        }
+        if self.noise_variance > crate::privacy::MAX_VARIANCE {
+            return bad(format!("noise_variance {} exceeds {}", self.noise_variance, crate::privacy::MAX_VARIANCE));
+        }
+        // The sum plus the noise's headroom below 0 and above the top must not wrap around 2^32.
+        let span = (cohort as u64).saturating_mul(self.max_level()).saturating_add(2 * self.noise_margin(cohort));
+        if span > u64::from(u32::MAX) {
+            return bad(format!(
+                "{cohort} agents times {} levels (plus the noise's headroom) overflows the 2^32 modulus",
+                self.max_level() + 1
+            ));
         }
         if self.weight_cap == 0 {
             return bad("weight_cap must be at least 1".into());
@@ -156,7 +202,16 @@ mod tests {
 
     #[test]
     fn an_odd_degree_that_does_not_cover_the_cohort_is_refused() {
-        let p = SecAggParams { neighbours: 7, threshold: 5, clip: 1.0, quant_bits: 16, weight_cap: 10, counts: 0 };
+        let p = SecAggParams {
+            neighbours: 7,
+            threshold: 5,
+            clip: 1.0,
+            quant_bits: 16,
+            weight_cap: 10,
+            counts: 0,
+            clip_norm: None,
+            noise_variance: 0.0,
+        };
         assert!(p.validate(50, 10).is_err());
         assert!(p.validate(8, 10).is_ok());
     }

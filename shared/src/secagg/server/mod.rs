@@ -501,9 +501,13 @@ impl ServerSession {
         Ok(QuantizedSum { survivors, values: std::mem::take(&mut self.sum.0) })
     }
 
-    /// Ends the round: the dequantized `Σw` and `Σ w·Δ` over the survivors.
+    /// Ends the round: the dequantized `Σw` and `Σ w·Δ` over the survivors, refused when it is not a sum they
+    /// could have produced ([`super::bounds`]).
     pub fn finish(self) -> Result<AggregateSum, SecAggError> {
         let params = self.params.clone();
-        Ok(self.finish_quantized()?.dequantize(&params))
+        let cohort = self.graph.members().len();
+        let sum = self.finish_quantized()?.dequantize(&params);
+        super::bounds::check(&params, cohort, &sum)?;
+        Ok(sum)
     }
 }
