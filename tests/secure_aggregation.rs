@@ -320,8 +320,9 @@ async fn a_secure_round_that_fine_tunes_the_head_masks_only_the_head_and_leaves_
     assert_eq!(record.plan.hyper.trainable, ["fc2.*"]);
     let m = record.metrics.secagg.clone().expect("a secure round records its phases");
     assert_eq!((m.survivors, m.dropped_after_sharing), (AGENTS, 0));
-    // What the server received: per agent one masked vector of the weight, the evaluation counts and the head.
-    let per_agent = 1 + fedge_shared::fedeval::EVAL_COUNTS as usize + head;
+    // What the server received: per agent one masked vector of the weight, the counts (evaluation and training)
+    // and the head.
+    let per_agent = 1 + fedge_shared::round_counts::SECURE_COUNTS as usize + head;
     assert_eq!(record.metrics.update_bytes, (AGENTS * per_agent * 4) as u64, "masked vectors of {per_agent} values");
     // And what each agent masked and sent.
     let mut sent = vec![];

@@ -22,12 +22,12 @@
 use crate::learner::{LearnOutcome, Learner};
 use crate::state::ModelState;
 use anyhow::{Context, anyhow, bail};
-use fedge_shared::fedeval::{EVAL_COUNTS, EvalCounts};
 use fedge_shared::model::{Digest, weights_from_bytes, weights_to_bytes};
 use fedge_shared::protocol::{
     AgentMessage, BlobHeader, BlobKind, CheckIn, DeviceInfo, Hello, PROTOCOL_VERSION, RoundPlan, SecAggPlan,
     ServerHello, ServerMessage, limits,
 };
+use fedge_shared::round_counts::{self, SECURE_COUNTS};
 use fedge_shared::secagg::{
     AdvertiseKeys, AgentRef, ClientSession, DEFAULT_CHUNK_VALUES, EcdsaP256Signer, EncryptedShare, MaskedStream,
     PeerKeyTable, SecAggError, SurvivorSet, UnmaskRequest,
@@ -128,6 +128,9 @@ pub struct Agent {
     models: Option<watch::Sender<Option<crate::state::PublishedModel>>>,
     /// The example count last declared to the server.
     declared: std::sync::atomic::AtomicU64,
+    /// The byte length of a weights vector of the held graph (0 until a graph is held): a weights blob of another
+    /// length is refused from its header, before its body is read.
+    weights_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 enum Inbound {
@@ -265,6 +268,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Agent {
     pub fn new(settings: ClientSettings, state: ModelState, learner: Box<dyn Learner>) -> Self {
+        let weights_bytes = learner.num_params().map_or(0, |p| 4 * p as u64);
         Agent {
             settings,
             state: Arc::new(Mutex::new(state)),
@@ -272,7 +276,14 @@ impl Agent {
             events: None,
             models: None,
             declared: std::sync::atomic::AtomicU64::new(0),
+            weights_bytes: Arc::new(std::sync::atomic::AtomicU64::new(weights_bytes)),
         }
+    }
+
+    /// Notes the byte length of the held graph's weights, which bounds every weights blob from now on.
+    fn note_weights_len(&self) {
+        let bytes = lock(&self.learner).num_params().map_or(0, |p| 4 * p as u64);
+        self.weights_bytes.store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// What this agent holds, as told to the server.
@@ -465,7 +476,7 @@ impl Agent {
         let tools = SecureTools::new(&self.settings)?;
         let (tx, mut rx) = mpsc::channel::<Inbound>(16);
         let _reader = AbortOnDrop(tokio::spawn(read_control(recv, tx.clone())));
-        let _blobs = AbortOnDrop(tokio::spawn(read_blobs(conn.clone(), tx.clone())));
+        let _blobs = AbortOnDrop(tokio::spawn(read_blobs(conn.clone(), tx.clone(), self.weights_bytes.clone())));
         let _probe =
             AbortOnDrop(tokio::spawn(crate::liveness::probe_while_silent(conn.clone(), crate::liveness::PROBE_AFTER)));
         self.event_loop(conn, &mut send, &mut rx, tx, &tools).await
@@ -647,7 +658,7 @@ impl Agent {
                     .map_err(|e| SecAggError::Abort(format!("no randomness from the OS: {e}")))
                     .and_then(|mut rng| {
                         let delta = std::mem::take(&mut outcome.delta);
-                        set_eval_counts(session, outcome.eval.as_ref())?;
+                        set_round_counts(session, &outcome)?;
                         session.mask_stream(delta, outcome.examples, &mut rng, DEFAULT_CHUNK_VALUES)
                     });
                 match stream {
@@ -759,7 +770,8 @@ impl Agent {
     ) -> anyhow::Result<()> {
         let values = stream.len();
         let header = BlobHeader {
-            kind: BlobKind::Masked { round, examples: out.examples, train_loss: out.train_loss },
+            // The example count and loss ride under the masks (`set_round_counts`); the header carries none.
+            kind: BlobKind::Masked { round, examples: 0, train_loss: 0.0 },
             len: stream.wire_len(),
             digest: None,
         };
@@ -823,6 +835,7 @@ impl Agent {
                     .map_err(|e| anyhow!("graph loading panicked: {e}"))?
                     .context("the server's ONNX graph cannot be trained here")?;
                 lock(&self.state).set_graph(body)?;
+                self.note_weights_len();
                 tracing::info!("received the federation's graph");
                 self.publish_model();
             }
@@ -878,12 +891,14 @@ impl Agent {
 
 /// Puts the federated evaluation's counts into a secure round's masked vector when the round carries them
 /// (zeros when this agent has no held-out examples).
-fn set_eval_counts(session: &mut ClientSession, eval: Option<&EvalCounts>) -> Result<(), SecAggError> {
-    if session.params().counts != EVAL_COUNTS {
+/// Puts the round's exact counts under the masks: the federated evaluation's and the training metadata (examples,
+/// loss sum), so that the server learns only the survivors' totals. A private round carries none.
+fn set_round_counts(session: &mut ClientSession, out: &LearnOutcome) -> Result<(), SecAggError> {
+    if session.params().counts != SECURE_COUNTS {
         return Ok(());
     }
-    let coords = eval.map_or([0; 3], |e| e.to_coords(session.count_limit()));
-    session.set_counts(coords.to_vec())
+    let coords = round_counts::coords(out.eval.as_ref(), out.examples, out.train_loss, session.count_limit());
+    session.set_counts(coords)
 }
 
 fn on_shares(st: &mut SecureState, shares: &[EncryptedShare]) -> anyhow::Result<()> {
@@ -920,7 +935,13 @@ async fn read_control(mut recv: quinn::RecvStream, tx: mpsc::Sender<Inbound>) {
     }
 }
 
-async fn read_blobs(conn: quinn::Connection, tx: mpsc::Sender<Inbound>) {
+/// Reads every blob the server opens a stream for. A weights blob whose length is not the held graph's
+/// (`weights_bytes`, when known) is refused from its header, before any of its body is allocated.
+async fn read_blobs(
+    conn: quinn::Connection,
+    tx: mpsc::Sender<Inbound>,
+    weights_bytes: Arc<std::sync::atomic::AtomicU64>,
+) {
     loop {
         let mut recv = match conn.accept_uni().await {
             Ok(r) => r,
@@ -930,8 +951,16 @@ async fn read_blobs(conn: quinn::Connection, tx: mpsc::Sender<Inbound>) {
             }
         };
         let tx = tx.clone();
+        let expected = weights_bytes.load(std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
             let m = match wire::read_blob_header(&mut recv).await {
+                Ok(h) if matches!(h.kind, BlobKind::Weights { .. }) && expected > 0 && h.len != expected => {
+                    Inbound::Failed(format!(
+                        "a weights blob of {} bytes, but the model has {} parameters ({expected} bytes)",
+                        h.len,
+                        expected / 4
+                    ))
+                }
                 Ok(h) => match wire::read_blob_body(&mut recv, &h).await {
                     Ok(body) => Inbound::Blob(h, body),
                     Err(e) => Inbound::Failed(format!("blob: {e}")),

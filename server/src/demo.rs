@@ -10,7 +10,9 @@
 //! 127.0.0.1.
 
 use crate::config::{ModelSource, ServerConfig, TlsFiles};
-use crate::coordinator::{CoordinatorConfig, OptimizerKind, SecAggConfig, TrainHyper};
+use crate::coordinator::{
+    AggregationMode, CoordinatorConfig, OptimizerKind, RunPrivacy, SecAggConfig, SecurePlan, TrainHyper,
+};
 use crate::demo_data::{SplitSpec, open_for_federation};
 use crate::evaluator::{Evaluator, TractEvaluator};
 use crate::service::{self, RelayHook, ServerEvent, ServerHandle};
@@ -97,6 +99,19 @@ pub struct DemoArgs {
     /// Secure aggregation (SecAgg+). `off` runs plain rounds, for comparison only.
     #[arg(long, value_enum, default_value_t = Toggle::On)]
     pub secagg: Toggle,
+    /// Distributed differential privacy: the noise multiplier z (each round's sum carries the noise of the
+    /// Gaussian mechanism with standard deviation z times the L2 sensitivity). Off when not given.
+    #[arg(long)]
+    pub dp_noise: Option<f64>,
+    /// Differential privacy: the L2 norm each agent's update is clipped to.
+    #[arg(long, default_value_t = 1.0, requires = "dp_noise")]
+    pub dp_clip: f64,
+    /// Differential privacy: the ε budget of the whole run; the run stops before a round that would pass it.
+    #[arg(long, default_value_t = 8.0, requires = "dp_noise")]
+    pub dp_epsilon: f64,
+    /// Differential privacy: the δ of the guarantee.
+    #[arg(long, default_value_t = 1e-5, requires = "dp_noise")]
+    pub dp_delta: f64,
 }
 
 /// On or off.
@@ -369,7 +384,30 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         strategy: StrategyConfig::FedAvg,
     };
     let evaluator: Arc<dyn Evaluator> = Arc::new(TractEvaluator::new(test, 500));
-    let spec = FederationSpec { onnx, coordinator, rounds: Some(args.rounds), evaluator: Some(evaluator) };
+    let privacy = args.dp_noise.map(|z| fedge_shared::privacy::PrivacySettings {
+        noise_multiplier: z,
+        clip_norm: args.dp_clip,
+        delta: args.dp_delta,
+        target_epsilon: args.dp_epsilon,
+    });
+    // With a privacy budget, the run has as many rounds as the budget allows (every started round is charged).
+    let rounds = match privacy {
+        Some(settings) => {
+            if args.secagg == Toggle::Off {
+                bail!("--dp-noise needs secure aggregation (--secagg on): the server would see every agent's noise");
+            }
+            let affordable = affordable_rounds(settings, &coordinator, model.num_params(), args.rounds)?;
+            if affordable < args.rounds {
+                eprintln!(
+                    "the privacy budget (ε = {} at δ = {}) allows {affordable} of the {} rounds asked for",
+                    settings.target_epsilon, settings.delta, args.rounds
+                );
+            }
+            affordable
+        }
+        None => args.rounds,
+    };
+    let spec = FederationSpec { onnx, coordinator, rounds: Some(rounds), evaluator: Some(evaluator) };
     let secagg = match args.secagg {
         Toggle::On => SecAggConfig::default(),
         Toggle::Off => {
@@ -382,8 +420,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let mut fed =
-        LocalFederation::start_with(spec, learners, FederationOptions { secagg, relay_hook: None, privacy: None })
-            .await?;
+        LocalFederation::start_with(spec, learners, FederationOptions { secagg, relay_hook: None, privacy }).await?;
     let mut events = fed.server.events();
     let show = !args.json;
     if show {
@@ -424,7 +461,8 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     // The agents' accuracies on their own held-out part after local training, this round (examples, accuracy).
     let mut local: Vec<(u64, f32)> = vec![];
     let mut round_started = Instant::now();
-    while done < args.rounds {
+    // Aborted rounds are charged to a privacy budget too: a private run ends when its started rounds reach it.
+    while done < rounds && !(privacy.is_some() && done + aborted >= rounds) {
         let ev = tokio::select! {
             e = events.recv() => e,
             Some((i, e)) = fed.agent_events.recv() => {
@@ -482,6 +520,10 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
                 let fed = r.metrics.federated_eval.as_ref();
                 let fed_loss = fed.and_then(|f| f.counts.mean_loss());
                 let fed_accuracy = fed.and_then(|f| f.counts.accuracy()).filter(|_| !regression);
+                if let AggregationMode::Secure(SecurePlan { privacy: Some(p), .. }) = &r.plan.aggregation {
+                    line["epsilon"] = serde_json::json!(p.epsilon);
+                    line["delta"] = serde_json::json!(p.delta);
+                }
                 line["evaluated_version"] = serde_json::json!(r.plan.model_version);
                 line["federated_examples"] = serde_json::json!(fed.map_or(0, |f| f.counts.examples));
                 if regression {
@@ -556,9 +598,38 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         (true, false) => println!("{}", serde_json::json!({ "final_accuracy": last, "wall_s": wall_s })),
         (true, true) => println!("{}", serde_json::json!({ "final_mse": last, "wall_s": wall_s })),
         (false, false) => {
-            println!("final test accuracy {:.2}% after {} rounds in {wall_s:.1}s", last * 100.0, args.rounds)
+            println!("final test accuracy {:.2}% after {done} rounds in {wall_s:.1}s", last * 100.0)
         }
-        (false, true) => println!("final test mse {last:.5} after {} rounds in {wall_s:.1}s", args.rounds),
+        (false, true) => println!("final test mse {last:.5} after {done} rounds in {wall_s:.1}s"),
     }
     Ok(())
+}
+
+/// How many rounds (at most `wanted`) a run with `settings` can start before its budget is spent, counted the way
+/// the server counts them for this cohort and model.
+fn affordable_rounds(
+    settings: fedge_shared::privacy::PrivacySettings,
+    coordinator: &CoordinatorConfig,
+    params: usize,
+    wanted: u64,
+) -> anyhow::Result<u64> {
+    let cohort = coordinator.max_agents;
+    let mut run = RunPrivacy::new(settings, coordinator.min_agents, []).map_err(anyhow::Error::msg)?;
+    let mut p = SecAggConfig::default().params_for(cohort);
+    let ddg = run.configure(&mut p, cohort, params).map_err(anyhow::Error::msg)?;
+    let mut rounds = 0;
+    while rounds < wanted {
+        let Ok(cost) = run.admit(ddg) else { break };
+        run.charge(&cost).map_err(anyhow::Error::msg)?;
+        rounds += 1;
+    }
+    if rounds == 0 {
+        bail!(
+            "the privacy budget (ε = {} at δ = {}) does not allow a single round with noise multiplier {}",
+            settings.target_epsilon,
+            settings.delta,
+            settings.noise_multiplier
+        );
+    }
+    Ok(rounds)
 }

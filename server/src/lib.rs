@@ -21,6 +21,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod reset_key;
+pub mod revocation;
 pub mod round_format;
 pub mod run;
 pub mod service;

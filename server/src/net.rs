@@ -3,7 +3,8 @@
 //!
 //! It decides nothing about rounds. It refuses, with a logged reason and a QUIC close code, any peer whose
 //! certificate does not chain to the federation CA (rustls does that in the handshake), is revoked, carries the
-//! wrong role for the ALPN, or speaks another protocol version. It never panics on what a peer sends.
+//! wrong role for the ALPN, or speaks another protocol version; and it closes a live connection, agent or operator,
+//! whose certificate is revoked later ([`crate::revocation`]). It never panics on what a peer sends.
 //!
 //! Secure rounds: the agent's secure-aggregation messages go to the core tagged with the name from its certificate
 //! (so an agent can only speak for its own cohort index), and a masked vector (`1 + 3 + P` little-endian `u32`) is read
@@ -200,6 +201,8 @@ pub struct Shared {
     pub downloads: Arc<Semaphore>,
     pub next_conn: AtomicU64,
     pub store: Arc<Store>,
+    /// Wakes every live connection to check its certificate again (see [`crate::revocation`]).
+    pub revocations: Arc<crate::revocation::Revocations>,
 }
 
 /// Accepts connections until shutdown.
@@ -259,21 +262,25 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>, shutdow
         Ok(true) => return refuse(&conn, &shared, peer, format!("{} is revoked", info.name)),
         Err(e) => return refuse(&conn, &shared, peer, format!("revocation state unreadable: {e}")),
     }
+    // From now on, a revocation of this certificate (in the file or by an operator) closes the connection.
+    let guard = tokio::spawn(crate::revocation::guard(conn.clone(), shared.revocations.subscribe(), peer.clone(), {
+        let (shared, info) = (shared.clone(), info.clone());
+        move || Ok(shared.tls.is_revoked(&info)? || shared.store.is_revoked(&info.name)?)
+    }));
     match (alpn.as_deref(), info.role) {
-        (Some(a), Role::Agent) if a == protocol::ALPN_AGENT => {}
+        (Some(a), Role::Agent) if a == protocol::ALPN_AGENT => {
+            if let Err(e) = serve_agent(&conn, &shared, info, cert, shutdown).await {
+                tracing::info!(%peer, reason = %format!("{e:#}"), "agent connection ended");
+            }
+        }
         (Some(a), Role::Operator) if a == protocol::ALPN_ADMIN => {
             if let Err(e) = crate::admin::serve(&conn, &shared, info, shutdown).await {
                 tracing::info!(%peer, reason = %format!("{e:#}"), "operator connection ended");
             }
-            return;
         }
-        (_, role) => {
-            return refuse(&conn, &shared, peer, format!("a {role:?} certificate may not use this protocol"));
-        }
+        (_, role) => refuse(&conn, &shared, peer, format!("a {role:?} certificate may not use this protocol")),
     }
-    if let Err(e) = serve_agent(&conn, &shared, info, cert, shutdown).await {
-        tracing::info!(%peer, reason = %format!("{e:#}"), "agent connection ended");
-    }
+    guard.abort();
 }
 
 /// The DER of the peer's verified leaf certificate.
@@ -454,9 +461,10 @@ async fn read_upload(
     one_at_a_time: &Semaphore,
 ) -> anyhow::Result<()> {
     let header = wire::read_blob_header(recv).await?;
-    if let BlobKind::Masked { round, examples, train_loss } = header.kind {
+    // A masked vector's header carries no example count or loss worth reading: they are under the masks.
+    if let BlobKind::Masked { round, .. } = header.kind {
         let _mine = one_at_a_time.acquire().await?;
-        return read_masked(conn, recv, shared, agent, &header, round, examples, train_loss).await;
+        return read_masked(conn, recv, shared, agent, &header, round).await;
     }
     let BlobKind::Update { round, examples, train_loss, holdout_accuracy, eval } = header.kind else {
         return Err(ProtocolViolation(format!("agents may only upload updates, not {:?}", header.kind)).into());
@@ -487,7 +495,6 @@ async fn read_upload(
 }
 
 /// Reads a masked vector (`[w, 3 counts, P]` little-endian `u32`) and hands it, with its memory permit, to the core.
-#[allow(clippy::too_many_arguments)]
 async fn read_masked(
     conn: &quinn::Connection,
     recv: &mut quinn::RecvStream,
@@ -495,19 +502,16 @@ async fn read_masked(
     agent: &str,
     header: &protocol::BlobHeader,
     round: u64,
-    examples: u64,
-    train_loss: f32,
 ) -> anyhow::Result<()> {
-    // The weight, the federated evaluation's counts (every secure round carries them), the delta.
-    let header_values = 1 + u64::from(fedge_shared::fedeval::EVAL_COUNTS);
-    // At most the whole model (a fine-tuning round masks only its part: the session checks the exact length).
-    let values = shared.params.load(Ordering::Relaxed) + header_values;
-    if header.len > values * 4 || header.len <= header_values * 4 || !header.len.is_multiple_of(4) {
+    // The weight, at most the secure round's counts (a private round carries none), the delta: at most the whole
+    // model (a fine-tuning round masks only its part). The session checks the exact length.
+    let params = shared.params.load(Ordering::Relaxed);
+    let values = params + 1 + u64::from(fedge_shared::round_counts::SECURE_COUNTS);
+    if header.len > values * 4 || header.len <= 4 || !header.len.is_multiple_of(4) {
         return Err(ProtocolViolation(format!(
-            "masked vector of {} bytes; the model has {} parameters, so at most {} bytes (a multiple of 4) were \
-             expected",
+            "masked vector of {} bytes; the model has {params} parameters, so at most {} bytes (a multiple of 4) \
+             were expected",
             header.len,
-            values - header_values,
             values * 4
         ))
         .into());
@@ -519,8 +523,8 @@ async fn read_masked(
         .await
         .map_err(|_| ProtocolViolation(format!("a masked vector of {} bytes did not arrive in time", header.len)))??;
     drop(window);
-    tracing::debug!(agent, round, examples, "masked vector received");
-    let msg = CoreMsg::Masked { agent: agent.to_string(), round, examples, train_loss, masked, permit };
+    tracing::debug!(agent, round, "masked vector received");
+    let msg = CoreMsg::Masked { agent: agent.to_string(), round, masked, permit };
     shared.core.send(msg).await?;
     Ok(())
 }

@@ -132,8 +132,6 @@ pub enum CoreMsg {
     Masked {
         agent: AgentId,
         round: u64,
-        examples: u64,
-        train_loss: f32,
         masked: Vec<u32>,
         permit: tokio::sync::OwnedSemaphorePermit,
     },
@@ -388,6 +386,11 @@ pub async fn start_with_hook(
         }
         None => None,
     };
+    // Revoking a certificate closes its live connections too: the file is watched (see `crate::revocation`).
+    let revocations = Arc::new(crate::revocation::Revocations::default());
+    if let Some(path) = config.tls.revoked.clone() {
+        tasks.push(tokio::spawn(crate::revocation::watch_file(path, revocations.clone(), shutdown_rx.clone())));
+    }
     let shared = Arc::new(net::Shared {
         core: core_tx.clone(),
         events: events.clone(),
@@ -399,6 +402,7 @@ pub async fn start_with_hook(
         )),
         next_conn: AtomicU64::new(1),
         store: store.clone(),
+        revocations: revocations.clone(),
     });
     tasks.push(tokio::spawn(net::accept_loop(endpoint.clone(), shared, shutdown_rx)));
     Ok(ServerHandle { local_addr, core: core_tx, events, shutdown, tasks, endpoint, store, metrics, metrics_addr })
@@ -628,8 +632,8 @@ impl Core {
                 self.feed(Event::SecAggSurvivorSignature { agent, signature })
             }
             CoreMsg::SecAggUnmask { agent, response } => self.feed(Event::SecAggUnmask { agent, response }),
-            CoreMsg::Masked { agent, round, examples, train_loss, masked, permit } => {
-                self.feed(Event::MaskedInput { agent, round, examples, train_loss, masked: &masked });
+            CoreMsg::Masked { agent, round, masked, permit } => {
+                self.feed(Event::MaskedInput { agent, round, masked: &masked });
                 drop(masked);
                 drop(permit);
             }

@@ -335,6 +335,37 @@ async fn an_agent_certificate_is_refused_on_the_admin_protocol() {
     fed.stop().await;
 }
 
+/// Revoking by editing the revocation file (what `fedgectl agent revoke --dir` does) closes the live connections it
+/// names, an agent's and an operator's alike, without a restart; and they are refused from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_added_to_revoked_txt_closes_the_live_connections_of_the_agent_and_the_operator_it_names() {
+    let fed = Federation::start(1, None).await;
+    let mallory_bundle = fed.operator("mallory");
+    let mallory = AdminClient::connect(&mallory_bundle).await.unwrap();
+    let bob = AdminClient::connect(&fed.operator("bob")).await.unwrap();
+    wait_connected(&bob, 1).await;
+    let mut events = fed.server().events();
+    std::fs::write(fed.pki().join("revoked.txt"), "agent-000\nmallory\n").unwrap();
+    wait_event(&mut events, |e| matches!(e, ServerEvent::AgentLeft { agent } if agent == "agent-000").then_some(()))
+        .await;
+    // The operator's session is gone too: its next request fails; bob's goes on.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while mallory.status().await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the revoked operator's session stayed open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(bob.status().await.is_ok());
+    let reason = wait_event(&mut events, |e| match e {
+        ServerEvent::Refused { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("agent-000") && reason.contains("revoked"), "{reason}");
+    assert!(AdminClient::connect(&mallory_bundle).await.is_err(), "a revoked operator got back in");
+    bob.close().await;
+    fed.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_revocation_closes_the_agents_connection_and_refuses_it_from_then_on() {
     let fed = Federation::start(1, None).await;

@@ -9,7 +9,8 @@ use fedge_server::coordinator::{
     ResumeState, RoundRecord, SecAggConfig, SecurePhase, TrainHyper,
 };
 use fedge_server::strategy::StrategyConfig;
-use fedge_shared::fedeval::{EVAL_COUNTS, EvalCounts};
+use fedge_shared::fedeval::EvalCounts;
+use fedge_shared::round_counts::{self, SECURE_COUNTS};
 use fedge_shared::secagg::{ClientSession, EcdsaP256Signer, PeerKeyTable};
 use proptest::prelude::*;
 use rand::SeedableRng;
@@ -189,11 +190,12 @@ impl Sim {
                     let index = a.index;
                     let session = a.session.as_mut().unwrap();
                     session.on_shares(&shares).unwrap();
-                    let coords = eval_of(index).to_coords(session.count_limit());
-                    session.set_counts(coords.to_vec()).unwrap();
+                    let limit = session.count_limit();
+                    session
+                        .set_counts(round_counts::coords(Some(&eval_of(index)), examples_of(index), 0.5, limit))
+                        .unwrap();
                     let masked = session.masked_input(&delta_of(index), examples_of(index), &mut self.rng).unwrap();
-                    let (examples, train_loss) = (examples_of(index), 0.5);
-                    self.feed(Event::MaskedInput { agent, round, examples, train_loss, masked: &masked });
+                    self.feed(Event::MaskedInput { agent, round, masked: &masked });
                 }
                 Action::SecAggSurvivors { to, set } => {
                     for agent in to {
@@ -331,7 +333,7 @@ fn the_federated_evaluation_is_exactly_the_sum_of_the_uploaders_counts_whatever_
     sim.run_round();
     let (record, _) = sim.commits.last().expect("the round commits");
     let AggregationMode::Secure(sp) = &record.plan.aggregation else { panic!("a secure round") };
-    assert_eq!(sp.params.counts, EVAL_COUNTS, "the round's vectors carry the evaluation");
+    assert_eq!(sp.params.counts, SECURE_COUNTS, "the round's vectors carry the evaluation and the training counts");
     let fed = record.metrics.federated_eval.expect("the survivors' totals");
     let mut want = EvalCounts::default();
     for i in uploaders(&quits) {
@@ -342,6 +344,12 @@ fn the_federated_evaluation_is_exactly_the_sum_of_the_uploaders_counts_whatever_
     assert_eq!(fed.model_version, record.plan.model_version, "attributed to the version the agents evaluated");
     assert_eq!(fed.agents, uploaders(&quits).len());
     assert!(record.reported.iter().all(|r| r.eval.is_none()), "no agent's own counts are recorded");
+    // The training metadata too: only the survivors' totals, from under the masks.
+    let examples: u64 = uploaders(&quits).into_iter().map(examples_of).sum();
+    assert_eq!(record.metrics.total_examples, examples);
+    let loss = record.metrics.mean_train_loss.expect("the survivors' mean training loss");
+    assert!((loss - 0.5).abs() < 1e-3, "{loss}");
+    assert!(record.reported.iter().all(|r| r.examples == 0 && r.train_loss == 0.0), "{:?}", record.reported);
 }
 
 #[test]
@@ -401,7 +409,7 @@ fn a_message_for_the_wrong_phase_is_refused_without_dropping_anyone() {
     sim.feed(Event::StartRounds { count: Some(1) });
     sim.drain();
     let masked = vec![0u32; DIM + 1];
-    sim.feed(Event::MaskedInput { agent: name(2), round: 1, examples: 5, train_loss: 0.1, masked: &masked });
+    sim.feed(Event::MaskedInput { agent: name(2), round: 1, masked: &masked });
     sim.drain();
     assert!(
         sim.rejects.iter().any(|(a, r)| *a == name(2) && matches!(r, RejectReason::SecAgg(m) if m.contains("phase")))

@@ -14,7 +14,7 @@ use crate::model::Digest;
 use serde::{Deserialize, Serialize};
 
 /// Admin protocol version carried in the hello. Bump on any incompatible change to these types.
-pub const ADMIN_PROTOCOL_VERSION: u32 = 2;
+pub const ADMIN_PROTOCOL_VERSION: u32 = 3;
 
 /// Size limits of admin frames, in bytes.
 pub mod limits {
@@ -190,6 +190,10 @@ pub struct RoundSummary {
     pub federated_loss: Option<f32>,
     /// Its examples.
     pub federated_examples: u64,
+    /// Differential privacy: the run's ε at `delta` once this round is counted (`None` without `[privacy]`).
+    pub epsilon: Option<f64>,
+    /// The δ of that ε.
+    pub delta: Option<f64>,
 }
 
 /// A stored model version.

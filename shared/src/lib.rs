@@ -8,7 +8,8 @@
 //! - [`train`]: training with tract: ONNX reverse-mode differentiation, optimizers, local training, evaluation.
 //! - [`secagg`]: secure aggregation (SecAgg+) as sans-IO state machines.
 //! - [`privacy`]: distributed differential privacy: the discrete Gaussian noise agents add, the Rényi-DP accountant.
-//! - [`fedeval`]: federated evaluation: the counts each agent reports and their totals.
+//! - [`fedeval`]: federated evaluation: the counts each agent reports and their totals; [`round_counts`]: the
+//!   counts a secure round carries under the masks (the evaluation's and the training metadata).
 //! - [`tls`] and [`wire`]: certificates, rustls configurations, and framed messages over QUIC streams.
 //!
 //! Nothing in this crate opens a socket on its own initiative, reads a clock inside a state machine, or panics on
@@ -22,6 +23,7 @@ pub mod fedeval;
 pub mod model;
 pub mod privacy;
 pub mod protocol;
+pub mod round_counts;
 pub mod secagg;
 pub mod tls;
 pub mod train;

@@ -260,8 +260,8 @@ pub enum BlobKind {
     /// A secure-aggregation masked vector `[w, counts, w·Δ]` plus masks: `1 + counts + P` little-endian `u32`, `P`
     /// the number of parameters the round trains
     /// (agent → server); the counts are the federated evaluation's ([`crate::fedeval`]).
-    /// The example count and loss are the metrics the round record keeps; the aggregation weight is inside the
-    /// masked vector.
+    /// `examples` and `train_loss` are sent as 0: an agent's example count and loss are among the masked counts
+    /// ([`crate::round_counts`]), and the server reads neither field.
     Masked { round: u64, examples: u64, train_loss: f32 },
 }
 

@@ -194,11 +194,21 @@ pub async fn read_blob_header(recv: &mut quinn::RecvStream) -> Result<BlobHeader
     Ok(header)
 }
 
-/// Reads a blob's body (its header already read and its length vetted), checking the digest when given.
+/// The most a blob's body buffer grows ahead of the bytes that arrived: a header that claims a large length costs
+/// memory only as the data comes in.
+pub const BLOB_READ_AHEAD: usize = 1 << 20;
+
+/// Reads a blob's body (its header already read and its length vetted), checking the digest when given. The buffer
+/// grows as data arrives (at most [`BLOB_READ_AHEAD`] ahead of it), never to the claimed length at once.
 pub async fn read_blob_body(recv: &mut quinn::RecvStream, header: &BlobHeader) -> Result<Vec<u8>, WireError> {
     let len = usize::try_from(header.len).map_err(|_| WireError::BlobTooLarge { len: header.len, limit: 0 })?;
-    let mut body = vec![0u8; len];
-    read_exact(recv, &mut body).await?;
+    let mut body = Vec::with_capacity(len.min(BLOB_READ_AHEAD));
+    while body.len() < len {
+        let start = body.len();
+        let step = (len - start).min(BLOB_READ_AHEAD);
+        body.resize(start + step, 0);
+        read_exact(recv, &mut body[start..]).await?;
+    }
     if let Some(d) = &header.digest
         && Digest::of(&body) != *d
     {

@@ -166,23 +166,86 @@ fn a_share_from_another_round_for_another_agent_or_tampered_is_refused() {
     let theirs = relayed[&b].clone();
     assert_eq!(client.on_shares(&theirs).unwrap_err(), SecAggError::WrongRecipient { addressed: b, actual: a });
 
-    let mut flipped = mine.clone();
-    flipped[0].ciphertext[3] ^= 1;
-    assert_eq!(client.on_shares(&flipped).unwrap_err(), SecAggError::Decrypt(flipped[0].from));
-
-    // Relabel the sender: the envelope key and associated data no longer match.
-    let mut relabelled = mine.clone();
-    let (x, y) = (relabelled[0].from, relabelled[1].from);
-    relabelled[0].from = y;
-    relabelled[1].from = x;
-    assert!(matches!(client.on_shares(&relabelled), Err(SecAggError::Decrypt(_))));
-
     let mut doubled = mine.clone();
     doubled.push(mine[0].clone());
     assert_eq!(client.on_shares(&doubled).unwrap_err(), SecAggError::Duplicate(mine[0].from));
 
     // After all these refusals, the genuine shares are still accepted.
     client.on_shares(&mine).unwrap();
+    assert!(client.bad_shares().is_empty());
+}
+
+/// A share that does not decrypt (tampered, or sealed under another sender's name) is its sender's fault: the
+/// recipient keeps nothing of it and names the sender, but takes part in the round.
+#[test]
+fn a_tampered_or_relabelled_share_is_kept_out_and_its_sender_named_not_a_refusal() {
+    let (mut s, relayed) = advertised(6).shared();
+    let a = s.agent(0);
+    let mut flipped = relayed[&a].clone();
+    flipped[0].ciphertext[3] ^= 1;
+    let client = s.clients.get_mut(&a).unwrap();
+    client.on_shares(&flipped).unwrap();
+    assert_eq!(client.bad_shares(), vec![flipped[0].from]);
+
+    let (mut s, relayed) = advertised(6).shared();
+    let mut relabelled = relayed[&a].clone();
+    let (x, y) = (relabelled[0].from, relabelled[1].from);
+    relabelled[0].from = y;
+    relabelled[1].from = x;
+    let client = s.clients.get_mut(&a).unwrap();
+    client.on_shares(&relabelled).unwrap();
+    assert_eq!(client.bad_shares(), vec![x.min(y), x.max(y)]);
+}
+
+/// A malicious agent that sends garbage shares to some neighbours no longer makes them refuse the round: they
+/// mask with it all the same and reveal nothing of its secrets. With at most `k - t` garbage shares the server
+/// still reconstructs its secrets from the others and the round's sum is exact; with more, its self mask cannot
+/// be removed and the round aborts, naming it, and no honest agent ever refused.
+#[test]
+fn garbage_shares_from_one_agent_do_not_make_its_neighbours_refuse_and_up_to_k_minus_t_the_sum_is_exact() {
+    for garbage in [1usize, 2] {
+        let (mut s, mut relayed) = advertised(6).shared();
+        let bad = s.agent(0);
+        let victims: Vec<u32> = (1..=garbage).map(|pos| s.agent(pos)).collect();
+        for v in &victims {
+            for share in relayed.get_mut(v).unwrap().iter_mut().filter(|sh| sh.from == bad) {
+                share.ciphertext.iter_mut().for_each(|b| *b = b.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+        let mut plain = BTreeMap::new();
+        for (&i, c) in s.clients.iter_mut() {
+            c.on_shares(&relayed[&i]).unwrap();
+            assert_eq!(c.bad_shares(), if victims.contains(&i) { vec![bad] } else { vec![] });
+            let q = QuantizedInput::new(&s.params, &[0.5; P], 7, &mut s.rng).unwrap();
+            plain.insert(i, q.as_slice().to_vec());
+            let masked = c.mask(q).unwrap();
+            s.server.fold_masked(i, 0, &masked).unwrap();
+            s.server.finish_masked(i).unwrap();
+        }
+        let requests = consistent(&mut s);
+        for (i, req) in requests {
+            let resp = s.clients.get_mut(&i).unwrap().on_unmask_request(&req, &s.cohort.table).unwrap();
+            if victims.contains(&i) {
+                assert!(resp.seed_shares.iter().all(|r| r.owner != bad), "nothing of the bad agent is revealed");
+            }
+            s.server.on_unmask(i, resp).unwrap();
+        }
+        let k_minus_t = s.params.effective_neighbours(6) - s.params.threshold as usize;
+        match s.server.finish_quantized() {
+            Ok(sum) => {
+                assert!(garbage <= k_minus_t, "{garbage} garbage shares");
+                let mut expect = vec![0u32; P + 1];
+                for v in plain.values() {
+                    expect.iter_mut().zip(v).for_each(|(e, x)| *e = e.wrapping_add(*x));
+                }
+                assert_eq!(sum.values, expect);
+            }
+            Err(e) => {
+                assert!(garbage > k_minus_t, "{garbage} garbage shares: {e}");
+                assert!(e.to_string().contains(&format!("agent {bad}")), "{e}");
+            }
+        }
+    }
 }
 
 #[test]
@@ -372,4 +435,57 @@ fn garbage_revealed_by_one_agent_does_not_abort_the_round() {
         s.server.on_unmask(i, resp).unwrap();
     }
     assert_eq!(s.server.finish_quantized().unwrap().values, plain);
+}
+
+/// Bounded contributions: an agent that adds to its masked words (the masks are additive, so the sum moves by the
+/// same amount) to shrink the total weight and amplify the mean, or to push a coordinate past what the survivors
+/// could produce, gets the round refused by the server's session: it outputs no sum at all.
+#[test]
+fn an_agent_that_shrinks_the_weight_or_inflates_a_coordinate_gets_the_round_refused() {
+    let honest = |s: &mut Setup, relayed: &BTreeMap<u32, Vec<EncryptedShare>>| -> BTreeMap<u32, Vec<u32>> {
+        let mut uploads = BTreeMap::new();
+        for (&i, c) in s.clients.iter_mut() {
+            c.on_shares(&relayed[&i]).unwrap();
+            uploads.insert(i, c.masked_input(&[0.25; P], 5, &mut s.rng).unwrap());
+        }
+        uploads
+    };
+    type Cheat = fn(&SecAggParams, &mut [u32]);
+    let cheats: [(&str, Cheat); 3] = [
+        // Cancel almost all of the others' weight: Σw becomes tiny and the mean huge.
+        ("total weight", |p, v| v[0] = v[0].wrapping_sub(5 * (p.max_level() as u32) / 2)),
+        // One coordinate far beyond what six agents can reach.
+        ("coordinate", |p, v| v[3] = v[3].wrapping_add(8 * p.max_level() as u32)),
+        // Wrap a coordinate below zero.
+        ("coordinate", |p, v| v[2] = v[2].wrapping_sub(9 * p.max_level() as u32)),
+    ];
+    for (what, cheat) in cheats {
+        let (mut s, relayed) = advertised(6).shared();
+        let mut uploads = honest(&mut s, &relayed);
+        let cheater = s.agent(3);
+        cheat(&s.params, uploads.get_mut(&cheater).unwrap());
+        for (i, v) in &uploads {
+            s.server.fold_masked(*i, 0, v).unwrap();
+            s.server.finish_masked(*i).unwrap();
+        }
+        for (i, req) in consistent(&mut s) {
+            let resp = s.clients.get_mut(&i).unwrap().on_unmask_request(&req, &s.cohort.table).unwrap();
+            s.server.on_unmask(i, resp).unwrap();
+        }
+        let err = s.server.finish().unwrap_err();
+        assert!(matches!(err, SecAggError::OutOfBounds(_)), "{what}: {err}");
+        assert!(err.to_string().contains(what), "{what}: {err}");
+    }
+    // And the honest round passes the same checks.
+    let (mut s, relayed) = advertised(6).shared();
+    for (i, v) in honest(&mut s, &relayed) {
+        s.server.fold_masked(i, 0, &v).unwrap();
+        s.server.finish_masked(i).unwrap();
+    }
+    for (i, req) in consistent(&mut s) {
+        let resp = s.clients.get_mut(&i).unwrap().on_unmask_request(&req, &s.cohort.table).unwrap();
+        s.server.on_unmask(i, resp).unwrap();
+    }
+    let sum = s.server.finish().unwrap();
+    assert!((sum.weight_sum - 3.0).abs() < 1e-3, "{}", sum.weight_sum);
 }

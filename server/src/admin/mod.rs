@@ -191,7 +191,10 @@ async fn answer(request: AdminRequest, shared: &Arc<Shared>) -> anyhow::Result<A
             AdminResponse::Agents(agents)
         }
         AdminRequest::Revoke { name } => {
-            match call(shared, |reply| AdminCall::Revoke { name: name.clone(), reply }).await? {
+            let result = call(shared, |reply| AdminCall::Revoke { name: name.clone(), reply }).await?;
+            // Operator sessions under that name close too (the core closes only agent connections).
+            shared.revocations.bump();
+            match result {
                 Ok(true) => AdminResponse::Done(format!("revoked {name}; its connection was closed")),
                 Ok(false) => AdminResponse::Done(format!("revoked {name} (it was not connected)")),
                 Err(e) => AdminResponse::Error(e),
@@ -229,6 +232,10 @@ async fn answer(request: AdminRequest, shared: &Arc<Shared>) -> anyhow::Result<A
 pub fn summary(r: &crate::coordinator::RoundRecord) -> RoundSummary {
     use crate::coordinator::Outcome;
     let fed = r.metrics.federated_eval.as_ref();
+    let privacy = match &r.plan.aggregation {
+        crate::coordinator::AggregationMode::Secure(sp) => sp.privacy,
+        crate::coordinator::AggregationMode::Plain => None,
+    };
     RoundSummary {
         round: r.round,
         completed: r.outcome == Outcome::Completed,
@@ -256,6 +263,8 @@ pub fn summary(r: &crate::coordinator::RoundRecord) -> RoundSummary {
             .map(|a| a as f32),
         federated_loss: fed.and_then(|f| f.counts.mean_loss()).map(|l| l as f32),
         federated_examples: fed.map_or(0, |f| f.counts.examples),
+        epsilon: privacy.map(|p| p.epsilon),
+        delta: privacy.map(|p| p.delta),
     }
 }
 

@@ -62,7 +62,7 @@ enum Command {
     #[command(subcommand)]
     Operator(OperatorCmd),
     /// Run a local federation: a server and agents on loopback, training on a bundled data set.
-    Demo(fedge_server::demo::DemoArgs),
+    Demo(Box<fedge_server::demo::DemoArgs>),
     /// The running server's state: version, uptime, agents, round, phase, deadline.
     Status {
         #[arg(long)]
@@ -225,7 +225,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => {
             // The demo shows its own progress; logs only for what goes wrong (RUST_LOG=info for everything).
             fedge_server::logging::init_with_default(false, "warn");
-            fedge_server::demo::run(args)
+            fedge_server::demo::run(*args)
         }
         online => {
             let target = cli.target.target()?;

@@ -33,9 +33,10 @@ pub enum Event<'a> {
     SecAggAdvertise { agent: AgentId, keys: AdvertiseKeys },
     /// Secure round, phase 2: the agent's encrypted shares for its neighbours.
     SecAggShares { agent: AgentId, round: u64, shares: Vec<EncryptedShare> },
-    /// Secure round, phase 3: the agent's whole masked vector (`1 + P` values) has been read. It is folded into the
-    /// running masked sum at once; nobody keeps it.
-    MaskedInput { agent: AgentId, round: u64, examples: u64, train_loss: f32, masked: &'a [u32] },
+    /// Secure round, phase 3: the agent's whole masked vector (`1 + counts + P` values) has been read. It is folded
+    /// into the running masked sum at once; nobody keeps it. The agent's example count and loss are among its masked
+    /// counts ([`fedge_shared::round_counts`]), not beside them.
+    MaskedInput { agent: AgentId, round: u64, masked: &'a [u32] },
     /// Secure round, consistency phase: the agent's signature over the survivor set.
     SecAggSurvivorSignature { agent: AgentId, signature: SurvivorSignature },
     /// Secure round, unmask phase: the shares the agent reveals.

@@ -132,6 +132,8 @@ struct Round {
     reports: Vec<Report>,
     dropped: Vec<Dropped>,
     loss_sum: f64,
+    /// Secure rounds: the survivors' training totals, unmasked with the sum.
+    train_totals: Option<fedge_shared::round_counts::TrainTotals>,
     update_bytes: u64,
     /// The part of the model this round trains (`None`: all of it); updates cover only it.
     part: Option<fedge_shared::train::TrainablePart>,
@@ -379,9 +381,7 @@ impl Coordinator {
             Event::SecAggShares { agent, round, shares } => {
                 self.on_secagg_shares(now_ms, agent, round, shares, &mut out)
             }
-            Event::MaskedInput { agent, round, examples, train_loss, masked } => {
-                self.on_masked_input(now_ms, agent, round, examples, train_loss, masked, &mut out)
-            }
+            Event::MaskedInput { agent, round, masked } => self.on_masked_input(now_ms, agent, round, masked, &mut out),
             Event::SecAggSurvivorSignature { agent, signature } => {
                 self.on_secagg_survivor_signature(now_ms, agent, signature, &mut out)
             }
@@ -627,9 +627,10 @@ impl Coordinator {
         let mean = match &mut round.aggregation {
             Aggregation::Plain(sum) => sum.mean(),
             Aggregation::Secure(sec) => match sec.finish() {
-                Ok((mean, eval)) => {
-                    round.eval = eval;
-                    Some(mean)
+                Ok(outcome) => {
+                    round.eval = outcome.eval;
+                    round.train_totals = outcome.train;
+                    Some(outcome.mean)
                 }
                 Err(e) => {
                     let reason = AbortReason::SecureAggregation(format!("unmasking: {e}"));
@@ -700,8 +701,15 @@ impl Coordinator {
     }
 
     fn record(&self, round: &Round, now_ms: u64, outcome: Outcome) -> RoundRecord {
-        let total_examples: u64 = round.reports.iter().map(|r| r.examples).sum();
-        let mean_train_loss = (total_examples > 0).then(|| (round.loss_sum / total_examples as f64) as f32);
+        // Secure rounds: the survivors' totals from under the masks (none in a private round); plain: the reports.
+        let (total_examples, mean_train_loss) = match (&round.aggregation, round.train_totals) {
+            (_, Some(t)) => (t.examples, t.mean_loss().map(|l| l as f32)),
+            (Aggregation::Secure(_), None) => (0, None),
+            (Aggregation::Plain(_), None) => {
+                let total: u64 = round.reports.iter().map(|r| r.examples).sum();
+                (total, (total > 0).then(|| (round.loss_sum / total as f64) as f32))
+            }
+        };
         RoundRecord {
             round: round.plan.round,
             plan: round.plan.clone(),
@@ -892,6 +900,7 @@ impl Coordinator {
             reports: Vec::new(),
             dropped: Vec::new(),
             loss_sum: 0.0,
+            train_totals: None,
             update_bytes: 0,
             part,
             pending_eval: BTreeMap::new(),

@@ -14,7 +14,8 @@ use super::event::{Action, RejectReason};
 use super::plan::SecurePlan;
 use super::record::{AbortReason, AgentId, Dropped, Report, SecAggMetrics};
 use super::{Coordinator, MemberStatus, Stage};
-use fedge_shared::fedeval::{EVAL_COUNTS, EvalCounts};
+use fedge_shared::fedeval::EvalCounts;
+use fedge_shared::round_counts::{self, SECURE_COUNTS, TrainTotals};
 use fedge_shared::secagg::{AdvertiseKeys, AgentRef, EncryptedShare, ServerSession, SurvivorSignature, UnmaskResponse};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -87,9 +88,10 @@ impl SecureRound {
         self.phase
     }
 
-    /// Ends the round: unmasks the sum and returns the weighted mean delta `Σ w·Δ / Σ w`, and the federated
-    /// evaluation's totals over the survivors (the only evaluation the server ever sees in a secure round).
-    pub(super) fn finish(&mut self) -> Result<(Vec<f32>, Option<EvalTotals>), String> {
+    /// Ends the round: unmasks the sum and returns the weighted mean delta `Σ w·Δ / Σ w`, the federated
+    /// evaluation's totals over the survivors (the only evaluation the server ever sees in a secure round) and
+    /// their training totals (examples, loss sum; the server never sees one agent's).
+    pub(super) fn finish(&mut self) -> Result<SecureOutcome, String> {
         let session = self.session.take().ok_or("the secure session is gone")?;
         let sum = session.finish().map_err(|e| e.to_string())?;
         self.metrics.survivors = sum.survivors.len();
@@ -100,15 +102,27 @@ impl SecureRound {
         let mean = sum.weighted_delta_sum.iter().map(|&v| (f64::from(v) * inv) as f32).collect();
         // Each agent's counts are bounded but cannot be checked under the masks: a lying agent can spoil the totals
         // (never the model). Implausible totals are dropped, not recorded.
-        let eval = EvalCounts::from_coords(&sum.counts).filter(|c| {
+        let (eval, train) = round_counts::totals(&sum.counts);
+        let eval = eval.filter(|c| {
             let ok = c.is_plausible();
             if !ok {
                 tracing::warn!(?c, "the federated evaluation's totals are implausible; not recorded");
             }
             ok
         });
-        Ok((mean, eval.map(|c| (c, sum.survivors.len()))))
+        let train = train.filter(|t| t.loss_sum.is_finite());
+        Ok(SecureOutcome { mean, eval: eval.map(|c| (c, sum.survivors.len())), train })
     }
+}
+
+/// What a secure round's unmasked sum gives the coordinator.
+pub(super) struct SecureOutcome {
+    /// The weighted mean delta.
+    pub mean: Vec<f32>,
+    /// The federated evaluation's totals and how many agents they cover.
+    pub eval: Option<EvalTotals>,
+    /// The survivors' training totals (`None` in a private round, which carries no counts).
+    pub train: Option<TrainTotals>,
 }
 
 fn reject(out: &mut Vec<Action>, agent: &AgentId, reason: RejectReason) {
@@ -131,8 +145,8 @@ impl Coordinator {
             return Err(format!("a secure cohort of {n} agents exceeds {MAX_SECURE_COHORT}"));
         }
         let mut params = self.secagg.params_for(n);
-        // The federated evaluation's counts ride in every masked vector, after the weight.
-        params.counts = EVAL_COUNTS;
+        // The federated evaluation's counts and the training metadata ride in every masked vector, after the weight.
+        params.counts = SECURE_COUNTS;
         if self.secagg.weight_cap.is_none() {
             // Weigh agents as plain FedAvg does: by examples, capped by max_examples. The cap is the largest count
             // declared in the cohort, so no weight saturates (the server knows these counts from the check-ins).
@@ -314,44 +328,36 @@ impl Coordinator {
     }
 
     /// Phase 3: an agent's whole masked vector, folded into the running sum at once.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_masked_input(
         &mut self,
         now_ms: u64,
         agent: AgentId,
         round_id: u64,
-        examples: u64,
-        train_loss: f32,
         masked: &[u32],
         out: &mut Vec<Action>,
     ) {
-        let declared = self.agents.get(&agent).and_then(|i| i.holding).map_or(0, |h| h.examples);
-        let examples = examples.min(declared).min(self.config.max_examples.unwrap_or(u64::MAX));
         let Some(idx) = self.secure_target(&agent, round_id, SecurePhase::Masked, out) else { return };
-        if !train_loss.is_finite() {
-            reject(out, &agent, RejectReason::NonFiniteLoss);
-            return self.drop_member(now_ms, &agent, "non-finite training loss", out);
-        }
         let result = match &mut self.stage {
             Stage::Collecting(round) => match &mut round.aggregation {
                 Aggregation::Secure(sec) => match sec.session.as_mut() {
                     // The shell hands over whole vectors: one of another length (the whole model's in a round that
                     // trains part of it, say) is refused here, never staged as a partial upload.
                     Some(session) if masked.len() != session.vector_len() => Err(format!(
-                        "a masked vector of {} values, this round's is {} (weight, counts, {} parameters)",
+                        "a masked vector of {} values, this round's is {} (weight, {} counts, {} parameters)",
                         masked.len(),
                         session.vector_len(),
-                        session.vector_len().saturating_sub(1 + EVAL_COUNTS as usize)
+                        session.params().counts,
+                        session.vector_len().saturating_sub(1 + session.params().counts as usize)
                     )),
                     Some(session) => session.fold_masked(idx, 0, masked).map_err(|e| e.to_string()).map(|()| {
                         sec.answered.insert(agent.clone());
                         round.members.insert(agent.clone(), MemberStatus::Reported);
-                        round.loss_sum += examples as f64 * f64::from(train_loss);
                         round.update_bytes += (masked.len() * 4) as u64;
+                        // The agent's example count and loss are under the masks: the record keeps none per agent.
                         round.reports.push(Report {
                             agent: agent.clone(),
-                            examples,
-                            train_loss,
+                            examples: 0,
+                            train_loss: 0.0,
                             after_ms: now_ms.saturating_sub(round.started_ms),
                             eval: None,
                         });

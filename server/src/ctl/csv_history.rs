@@ -24,6 +24,8 @@ struct Row<'a> {
     new_version: Option<u64>,
     started_utc: String,
     abort_reason: Option<&'a str>,
+    epsilon: Option<f64>,
+    delta: Option<f64>,
 }
 
 /// The history as CSV text.
@@ -47,6 +49,8 @@ pub fn history_csv(rounds: &[RoundSummary]) -> anyhow::Result<Vec<u8>> {
             "new_version",
             "started_utc",
             "abort_reason",
+            "epsilon",
+            "delta",
         ])?;
     }
     for r in rounds {
@@ -66,6 +70,8 @@ pub fn history_csv(rounds: &[RoundSummary]) -> anyhow::Result<Vec<u8>> {
             new_version: r.new_version,
             started_utc: super::render::utc(r.started_ms),
             abort_reason: r.abort_reason.as_deref(),
+            epsilon: r.epsilon,
+            delta: r.delta,
         })?;
     }
     w.into_inner().map_err(|e| anyhow::anyhow!("writing CSV: {}", e.error()))

@@ -192,6 +192,8 @@ mod tests {
             federated_accuracy: None,
             federated_loss: None,
             federated_examples: 0,
+            epsilon: None,
+            delta: None,
         }
     }
 

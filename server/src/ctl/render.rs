@@ -137,15 +137,23 @@ pub fn history(rounds: &[RoundSummary]) -> String {
         if regression { ("TEST MSE", "FED MSE", "mse") } else { ("TEST ACC", "FED ACC", "accuracy") };
     let federated: std::collections::BTreeMap<u64, f32> =
         rounds.iter().filter_map(|r| fed_of(r).map(|a| (r.evaluated_version, a))).collect();
+    // A private run adds the run's ε after each round (at the δ named in the header).
+    let delta = rounds.iter().find_map(|r| r.delta);
+    let private = delta.map(|d| format!(" {:>10}", format!("ε@δ={d:.0e}"))).unwrap_or_default();
     let mut o = format!(
-        "{:>6} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10} {:>9} {:>10} {:>8}\n",
+        "{:>6} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10} {:>9} {:>10} {:>8}{private}\n",
         "ROUND", "OUTCOME", "AGENTS", "DROPPED", "TRAINLOSS", test_head, fed_head, "DURATION", "BYTES", "VERSION"
     );
     for r in rounds {
         let fed = r.new_version.and_then(|v| federated.get(&v).copied());
+        let epsilon = match (delta, r.epsilon) {
+            (None, _) => String::new(),
+            (Some(_), Some(e)) => format!(" {e:>10.4}"),
+            (Some(_), None) => format!(" {:>10}", "-"),
+        };
         let _ = writeln!(
             o,
-            "{:>6} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10} {:>9} {:>10} {:>8}",
+            "{:>6} {:<9} {:>8} {:>8} {:>10} {:>10} {:>10} {:>9} {:>10} {:>8}{epsilon}",
             r.round,
             if r.completed { "completed" } else { "aborted" },
             r.participants,
@@ -219,6 +227,8 @@ mod tests {
             federated_accuracy: fed.0,
             federated_loss: fed.1,
             federated_examples: 7,
+            epsilon: None,
+            delta: None,
         }
     }
 
@@ -234,6 +244,22 @@ mod tests {
         let row1 = table.lines().nth(1).unwrap();
         assert!(row1.contains("0.5000") && row1.contains("0.6250"), "{table}");
         assert_eq!(table.lines().count(), 3, "no version is left over: {table}");
+    }
+
+    #[test]
+    fn a_private_run_shows_the_runs_epsilon_after_each_round_and_a_plain_one_shows_no_column() {
+        let plain = [round(1, (Some(0.5), Some(1.0)), (None, None))];
+        assert!(!history(&plain).contains('ε'));
+        let mut private =
+            [round(1, (Some(0.5), Some(1.0)), (None, None)), round(2, (Some(0.6), Some(0.9)), (None, None))];
+        for (r, e) in private.iter_mut().zip([1.25, 1.875]) {
+            r.epsilon = Some(e);
+            r.delta = Some(1e-5);
+        }
+        let table = history(&private);
+        assert!(table.lines().next().unwrap().contains("ε@δ=1e-5"), "{table}");
+        assert!(table.lines().nth(1).unwrap().ends_with("1.2500"), "{table}");
+        assert!(table.lines().nth(2).unwrap().ends_with("1.8750"), "{table}");
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub(crate) mod tests {
             federated_accuracy: None,
             federated_loss: None,
             federated_examples: 0,
+            epsilon: None,
+            delta: None,
         }
     }
 

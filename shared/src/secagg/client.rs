@@ -72,8 +72,10 @@ pub struct ClientSession {
     own: AdvertiseKeys,
     /// Neighbours whose signed keys we received (U1 ∩ N(me)).
     peers: BTreeMap<u32, PeerKeys>,
-    /// Shares we hold, by owner: the neighbours that shared with us, which are exactly those we mask with.
-    held: BTreeMap<u32, (ShareValue, ShareValue)>,
+    /// The neighbours that shared with us, which are exactly those we mask with, and the shares we hold of each:
+    /// `None` for a neighbour whose share did not decrypt or lay outside the field (we mask with it all the same,
+    /// from its signed keys, but can reveal nothing of its secrets).
+    held: BTreeMap<u32, Option<(ShareValue, ShareValue)>>,
     /// The one survivor set we signed this round.
     signed: Option<Vec<u32>>,
     phase: Phase,
@@ -192,6 +194,11 @@ impl ClientSession {
         &self.neighbours
     }
 
+    /// The neighbours whose share to us did not decrypt or lay outside the field (we hold nothing of theirs).
+    pub fn bad_shares(&self) -> Vec<u32> {
+        self.held.iter().filter(|(_, v)| v.is_none()).map(|(&j, _)| j).collect()
+    }
+
     fn expect(&self, phase: Phase, call: &'static str) -> Result<(), SecAggError> {
         if self.phase != phase {
             return Err(SecAggError::OutOfPhase { call, phase: self.phase.name() });
@@ -274,7 +281,11 @@ impl ClientSession {
     }
 
     /// Takes the shares the server relays to us, decrypts and checks each one, and records which neighbours we
-    /// will mask with (exactly those that shared with us). Refuses fewer than `t`.
+    /// will mask with (exactly those that shared with us). Refuses fewer than `t`, and anything the relay got wrong
+    /// (round, recipient, a sender that is not our neighbour, a duplicate). A share that does not decrypt or lies
+    /// outside the field is its sender's fault, not the relay's: we keep nothing of it but still mask with its
+    /// sender (the pairwise mask needs only the sender's signed keys), so one bad agent cannot make us refuse the
+    /// round; [`ClientSession::bad_shares`] names such senders.
     pub fn on_shares(&mut self, shares: &[EncryptedShare]) -> Result<(), SecAggError> {
         self.expect(Phase::AwaitShares, "on_shares")?;
         let mut held = BTreeMap::new();
@@ -289,7 +300,11 @@ impl ClientSession {
             if held.contains_key(&share.from) {
                 return Err(SecAggError::Duplicate(share.from));
             }
-            let values = envelope::open(self.round, self.me, share, &pk.enc_shared)?;
+            let values = match envelope::open(self.round, self.me, share, &pk.enc_shared) {
+                Ok((seed, key)) if shamir::in_field(&seed) && shamir::in_field(&key) => Some((seed, key)),
+                Ok(_) | Err(SecAggError::Decrypt(_)) => None,
+                Err(e) => return Err(e),
+            };
             held.insert(share.from, values);
         }
         let t = self.params.threshold as usize;
@@ -448,7 +463,12 @@ impl ClientSession {
             let listed_alive = survivors.contains(&j);
             let listed_dropped = dropped.contains(&j);
             match self.held.get(&j) {
-                Some((seed, key)) => {
+                // Its share to us was garbage: nothing to reveal, but the lists must still account for it.
+                Some(None) if listed_alive || listed_dropped => {}
+                Some(None) => {
+                    return refuse(format!("neighbour {j} shared keys with us but is neither survivor nor dropped"));
+                }
+                Some(Some((seed, key))) => {
                     if listed_alive {
                         seed_shares.push(RevealedShare { owner: j, value: *seed });
                     } else if listed_dropped {

@@ -111,6 +111,11 @@ pub fn split(
         .collect())
 }
 
+/// True when every limb of `v` is an element of the field (below [`MODULUS`]).
+pub fn in_field(v: &ShareValue) -> bool {
+    v.0.iter().all(|&y| y < MODULUS)
+}
+
 /// Reconstructs a secret from the first `threshold` of `shares` (holder index, share). Refuses too few shares,
 /// duplicate holders, values outside the field, and results that are not a 32-byte secret.
 pub fn reconstruct(shares: &[(u32, ShareValue)], threshold: usize) -> Result<[u8; 32], SecAggError> {
@@ -123,7 +128,7 @@ pub fn reconstruct(shares: &[(u32, ShareValue)], threshold: usize) -> Result<[u8
         if !seen.insert(*h) {
             return Err(SecAggError::Duplicate(*h));
         }
-        if v.0.iter().any(|&y| y >= MODULUS) {
+        if !in_field(v) {
             return Err(SecAggError::Malformed(format!("share from {h} is outside the field")));
         }
     }
