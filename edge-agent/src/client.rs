@@ -395,7 +395,10 @@ impl Agent {
         let learner = self.learner.clone();
         let loaded = tokio::task::spawn_blocking(move || lock(&learner).set_graph(&graph)).await;
         match loaded {
-            Ok(Ok(())) => tracing::info!("restored the federation's graph from the state directory"),
+            Ok(Ok(())) => {
+                self.note_weights_len();
+                tracing::info!("restored the federation's graph from the state directory")
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %format!("{e:#}"), "the stored graph cannot be trained here; asking for it again");
                 lock(&self.state).graph = None;
@@ -905,6 +908,11 @@ fn on_shares(st: &mut SecureState, shares: &[EncryptedShare]) -> anyhow::Result<
     let session = st.session.as_mut().ok_or_else(|| anyhow!("shares arrived while masking"))?;
     session.on_shares(shares)?;
     tracing::info!(round = st.round, shares = shares.len(), "secure round: shares received");
+    let bad = session.bad_shares();
+    if !bad.is_empty() {
+        // Their senders are at fault, not the relay: this agent masks with them and reveals nothing of theirs.
+        tracing::warn!(round = st.round, senders = ?bad, "shares that do not decrypt or lie outside the field");
+    }
     Ok(())
 }
 
