@@ -29,16 +29,7 @@ struct Setup {
 }
 
 fn advertised(n: usize) -> Setup {
-    let params = SecAggParams {
-        neighbours: 5,
-        threshold: 4,
-        clip: 1.0,
-        quant_bits: 16,
-        weight_cap: 10,
-        counts: 0,
-        clip_norm: None,
-        noise_variance: 0.0,
-    };
+    let params = SecAggParams::new(5, 4, 1.0, 16, 10);
     let cohort = Cohort::new(n);
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let mut server = ServerSession::new(params.clone(), ROUND, &cohort.refs, GRAPH_SEED, P).unwrap();

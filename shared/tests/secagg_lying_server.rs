@@ -33,36 +33,44 @@ struct Masked {
     plain: BTreeMap<u32, Vec<u32>>,
 }
 
-fn masked_round() -> Masked {
-    let params = SecAggParams {
-        neighbours: 6,
-        threshold: 4,
-        clip: 1.0,
-        quant_bits: 16,
-        weight_cap: 10,
-        counts: 0,
-        clip_norm: None,
-        noise_variance: 0.0,
-    };
-    let cohort = Cohort::new(24);
-    let graph = NeighbourGraph::new(&cohort.indices(), 6, GRAPH_SEED).unwrap();
-    let mut rng = ChaCha20Rng::seed_from_u64(3);
-    let mut server = ServerSession::new(params.clone(), ROUND, &cohort.refs, GRAPH_SEED, P).unwrap();
+/// Every agent of `cohort` starts `ROUND` with the context `context_of(its index)`: the sessions, by index, and
+/// their advertisements in cohort order.
+fn advertise(
+    params: &SecAggParams,
+    cohort: &Cohort,
+    context_of: impl Fn(u32) -> [u8; 32],
+    rng: &mut ChaCha20Rng,
+) -> (BTreeMap<u32, ClientSession>, Vec<AdvertiseKeys>) {
     let mut clients = BTreeMap::new();
+    let mut adverts = Vec::new();
     for r in &cohort.refs {
+        let signer = cohort.signer(r.index);
         let (c, adv) = ClientSession::new(
             params.clone(),
             ROUND,
             r.index,
             &cohort.refs,
             GRAPH_SEED,
-            CONTEXT,
-            cohort.signer(r.index),
-            &mut rng,
+            context_of(r.index),
+            signer,
+            rng,
         )
         .unwrap();
-        server.on_advertise(r.index, adv).unwrap();
         clients.insert(r.index, c);
+        adverts.push(adv);
+    }
+    (clients, adverts)
+}
+
+fn masked_round() -> Masked {
+    let params = SecAggParams::new(6, 4, 1.0, 16, 10);
+    let cohort = Cohort::new(24);
+    let graph = NeighbourGraph::new(&cohort.indices(), 6, GRAPH_SEED).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let mut server = ServerSession::new(params.clone(), ROUND, &cohort.refs, GRAPH_SEED, P).unwrap();
+    let (mut clients, adverts) = advertise(&params, &cohort, |_| CONTEXT, &mut rng);
+    for adv in adverts {
+        server.on_advertise(adv.from, adv).unwrap();
     }
     let broadcast = server.close_advertise().unwrap();
     for (&i, c) in clients.iter_mut() {
@@ -269,22 +277,8 @@ fn a_survivor_set_that_is_not_strictly_ascending_is_refused() {
 /// The honest consistency round through the real server session: every agent unmasks, and the sum is exact.
 #[test]
 fn the_honest_consistency_round_completes_with_the_exact_sum() {
-    let out = secagg_support::run_round(
-        &SecAggParams {
-            neighbours: 6,
-            threshold: 4,
-            clip: 1.0,
-            quant_bits: 16,
-            weight_cap: 10,
-            counts: 0,
-            clip_norm: None,
-            noise_variance: 0.0,
-        },
-        &Cohort::new(24),
-        P,
-        &BTreeMap::new(),
-        2,
-    );
+    let out =
+        secagg_support::run_round(&SecAggParams::new(6, 4, 1.0, 16, 10), &Cohort::new(24), P, &BTreeMap::new(), 2);
     let sum = out.result.as_ref().unwrap();
     assert_eq!(sum.values, out.expected_sum(&sum.survivors));
 }
@@ -293,16 +287,7 @@ fn the_honest_consistency_round_completes_with_the_exact_sum() {
 /// hold t shares of a neighbour) is refused by every honest agent before it advertises anything.
 #[test]
 fn a_cohort_that_gives_one_identity_several_slots_is_refused_by_every_agent() {
-    let params = SecAggParams {
-        neighbours: 6,
-        threshold: 4,
-        clip: 1.0,
-        quant_bits: 16,
-        weight_cap: 10,
-        counts: 0,
-        clip_norm: None,
-        noise_variance: 0.0,
-    };
+    let params = SecAggParams::new(6, 4, 1.0, 16, 10);
     let cohort = Cohort::new(12);
     let mut refs = cohort.refs.clone();
     let sybil = refs[3].name.clone();
@@ -336,38 +321,17 @@ fn a_cohort_that_gives_one_identity_several_slots_is_refused_by_every_agent() {
 /// share: the victim never masks an input.
 #[test]
 fn a_victim_trained_from_another_model_is_refused_by_its_neighbours_before_any_share_is_sealed() {
-    let params = SecAggParams {
-        neighbours: 6,
-        threshold: 4,
-        clip: 1.0,
-        quant_bits: 16,
-        weight_cap: 10,
-        counts: 0,
-        clip_norm: None,
-        noise_variance: 0.0,
-    };
+    let params = SecAggParams::new(6, 4, 1.0, 16, 10);
     let cohort = Cohort::new(24);
     let graph = NeighbourGraph::new(&cohort.indices(), 6, GRAPH_SEED).unwrap();
     let victim = cohort.indices()[5];
     let real_model = [0xAB; 32];
     let mut rng = ChaCha20Rng::seed_from_u64(9);
     let mut server = ServerSession::new(params.clone(), ROUND, &cohort.refs, GRAPH_SEED, P).unwrap();
-    let mut clients = BTreeMap::new();
-    for r in &cohort.refs {
-        let context = if r.index == victim { real_model } else { CONTEXT };
-        let (c, adv) = ClientSession::new(
-            params.clone(),
-            ROUND,
-            r.index,
-            &cohort.refs,
-            GRAPH_SEED,
-            context,
-            cohort.signer(r.index),
-            &mut rng,
-        )
-        .unwrap();
-        server.on_advertise(r.index, adv).unwrap();
-        clients.insert(r.index, c);
+    let context_of = |i: u32| if i == victim { real_model } else { CONTEXT };
+    let (mut clients, adverts) = advertise(&params, &cohort, context_of, &mut rng);
+    for adv in adverts {
+        server.on_advertise(adv.from, adv).unwrap();
     }
     let broadcast = server.close_advertise().unwrap();
     let neighbours: BTreeSet<u32> = graph.neighbours(victim).unwrap().iter().copied().collect();
@@ -387,40 +351,16 @@ fn a_victim_trained_from_another_model_is_refused_by_its_neighbours_before_any_s
 /// the others' breaks the victim's signature, and its neighbours refuse the key.
 #[test]
 fn a_context_rewritten_by_the_server_breaks_the_signature() {
-    let params = SecAggParams {
-        neighbours: 6,
-        threshold: 4,
-        clip: 1.0,
-        quant_bits: 16,
-        weight_cap: 10,
-        counts: 0,
-        clip_norm: None,
-        noise_variance: 0.0,
-    };
+    let params = SecAggParams::new(6, 4, 1.0, 16, 10);
     let cohort = Cohort::new(12);
     let graph = NeighbourGraph::new(&cohort.indices(), 6, GRAPH_SEED).unwrap();
     let victim = cohort.indices()[2];
     let mut rng = ChaCha20Rng::seed_from_u64(10);
-    let mut clients = BTreeMap::new();
-    let mut broadcast = Vec::new();
-    for r in &cohort.refs {
-        let context = if r.index == victim { [0xAB; 32] } else { CONTEXT };
-        let (c, mut adv) = ClientSession::new(
-            params.clone(),
-            ROUND,
-            r.index,
-            &cohort.refs,
-            GRAPH_SEED,
-            context,
-            cohort.signer(r.index),
-            &mut rng,
-        )
-        .unwrap();
-        if r.index == victim {
-            adv.context = CONTEXT;
-        }
-        broadcast.push(adv);
-        clients.insert(r.index, c);
+    let context_of = |i: u32| if i == victim { [0xAB; 32] } else { CONTEXT };
+    let (mut clients, mut broadcast) = advertise(&params, &cohort, context_of, &mut rng);
+    // The server rewrites the victim's context to match the others' (keeping its signature).
+    for adv in broadcast.iter_mut().filter(|a| a.from == victim) {
+        adv.context = CONTEXT;
     }
     for &n in graph.neighbours(victim).unwrap() {
         let got = clients.get_mut(&n).unwrap().on_keys(&broadcast, &cohort.table, &mut rng);

@@ -95,16 +95,7 @@ fn stochastic_rounding_is_unbiased() {
 
 #[test]
 fn values_beyond_the_clip_quantize_to_the_ends_of_the_range_and_weight_scales_the_delta() {
-    let params = SecAggParams {
-        neighbours: 2,
-        threshold: 2,
-        clip: 2.0,
-        quant_bits: 10,
-        weight_cap: 100,
-        counts: 0,
-        clip_norm: None,
-        noise_variance: 0.0,
-    };
+    let params = SecAggParams::new(2, 2, 2.0, 10, 100);
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let q = QuantizedInput::new(&params, &[1e9, -1e9, f32::INFINITY, 0.0], 100, &mut rng).unwrap();
     assert_eq!(&q.as_slice()[..4], &[1023, 1023, 0, 1023]);
@@ -131,16 +122,7 @@ fn chi_square_top_byte(values: &[u32]) -> f64 {
 fn masked_vectors_the_server_receives_look_uniform_even_for_constant_inputs() {
     let n = 8;
     let p = 8191;
-    let params = SecAggParams {
-        neighbours: 7,
-        threshold: 5,
-        clip: 1.0,
-        quant_bits: 16,
-        weight_cap: 10,
-        counts: 0,
-        clip_norm: None,
-        noise_variance: 0.0,
-    };
+    let params = SecAggParams::new(7, 5, 1.0, 16, 10);
     let cohort = Cohort::new(n);
     let mut rng = ChaCha20Rng::seed_from_u64(77);
     let mut server = ServerSession::new(params.clone(), 1, &cohort.refs, 3, p).unwrap();

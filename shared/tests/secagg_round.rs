@@ -16,16 +16,7 @@ fn params_for(n: usize, k_raw: u32, t_frac: f64, bits: u32) -> SecAggParams {
     let k = if k < complete { k & !1 } else { k }.max(1);
     let low = k / 2 + 1;
     let t = (low + ((k - low) as f64 * t_frac) as u32).min(k);
-    SecAggParams {
-        neighbours: k,
-        threshold: t,
-        clip: 4.0,
-        quant_bits: bits,
-        weight_cap: 1000,
-        counts: 0,
-        clip_norm: None,
-        noise_variance: 0.0,
-    }
+    SecAggParams::new(k, t, 4.0, bits, 1000)
 }
 
 fn phase(code: u8) -> DropAt {
@@ -107,16 +98,7 @@ proptest! {
 #[test]
 fn a_round_where_one_agent_keeps_fewer_than_t_neighbours_after_masked_input_aborts_with_no_output() {
     let n = 30;
-    let params = SecAggParams {
-        neighbours: 8,
-        threshold: 6,
-        clip: 1.0,
-        quant_bits: 16,
-        weight_cap: 10,
-        counts: 0,
-        clip_norm: None,
-        noise_variance: 0.0,
-    };
+    let params = SecAggParams::new(8, 6, 1.0, 16, 10);
     let cohort = Cohort::new(n);
     // Find agent 5's neighbours through a clean round's graph: every agent has 8; drop 3 of them after sharing.
     let seed = 6;
@@ -131,16 +113,7 @@ fn a_round_where_one_agent_keeps_fewer_than_t_neighbours_after_masked_input_abor
 #[test]
 fn a_round_where_too_few_agents_answer_the_unmask_request_aborts_with_no_output() {
     let n = 12;
-    let params = SecAggParams {
-        neighbours: 11,
-        threshold: 8,
-        clip: 1.0,
-        quant_bits: 16,
-        weight_cap: 10,
-        counts: 0,
-        clip_norm: None,
-        noise_variance: 0.0,
-    };
+    let params = SecAggParams::new(11, 8, 1.0, 16, 10);
     let cohort = Cohort::new(n);
     let drops: BTreeMap<u32, DropAt> = cohort.indices().into_iter().take(5).map(|i| (i, DropAt::Unmask)).collect();
     let out = run_round(&params, &cohort, 8, &drops, 3);
@@ -149,16 +122,7 @@ fn a_round_where_too_few_agents_answer_the_unmask_request_aborts_with_no_output(
 
 #[test]
 fn a_round_where_too_few_agents_advertise_keys_aborts_at_once() {
-    let params = SecAggParams {
-        neighbours: 9,
-        threshold: 6,
-        clip: 1.0,
-        quant_bits: 16,
-        weight_cap: 10,
-        counts: 0,
-        clip_norm: None,
-        noise_variance: 0.0,
-    };
+    let params = SecAggParams::new(9, 6, 1.0, 16, 10);
     let cohort = Cohort::new(10);
     let drops: BTreeMap<u32, DropAt> = cohort.indices().into_iter().take(5).map(|i| (i, DropAt::Advertise)).collect();
     let out = run_round(&params, &cohort, 4, &drops, 1);

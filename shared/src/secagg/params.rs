@@ -80,6 +80,21 @@ impl SecAggParams {
         }
     }
 
+    /// Settings with `k` neighbours, threshold `t`, clip, quantization bits and weight cap, and no exact counts,
+    /// no L2 bound and no noise.
+    pub fn new(neighbours: u32, threshold: u32, clip: f32, quant_bits: u32, weight_cap: u64) -> Self {
+        SecAggParams {
+            neighbours,
+            threshold,
+            clip,
+            quant_bits,
+            weight_cap,
+            counts: 0,
+            clip_norm: None,
+            noise_variance: 0.0,
+        }
+    }
+
     /// How far, in quantization levels, the summed noise of `survivors` agents may take one coordinate beyond the
     /// range their quantized values can produce: [`NOISE_SIGMAS`] standard deviations (0 without noise).
     pub fn noise_margin(&self, survivors: usize) -> u64 {
@@ -202,16 +217,7 @@ mod tests {
 
     #[test]
     fn an_odd_degree_that_does_not_cover_the_cohort_is_refused() {
-        let p = SecAggParams {
-            neighbours: 7,
-            threshold: 5,
-            clip: 1.0,
-            quant_bits: 16,
-            weight_cap: 10,
-            counts: 0,
-            clip_norm: None,
-            noise_variance: 0.0,
-        };
+        let p = SecAggParams::new(7, 5, 1.0, 16, 10);
         assert!(p.validate(50, 10).is_err());
         assert!(p.validate(8, 10).is_ok());
     }

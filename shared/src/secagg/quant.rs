@@ -320,16 +320,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn quantizer(seed: u64) -> (SecAggParams, Quantizer) {
-        let p = SecAggParams {
-            neighbours: 2,
-            threshold: 2,
-            clip: 1.0,
-            quant_bits: 20,
-            weight_cap: 100,
-            counts: 0,
-            clip_norm: None,
-            noise_variance: 0.0,
-        };
+        let p = SecAggParams::new(2, 2, 1.0, 20, 100);
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
         let q = Quantizer::new(&p, &[0.0], 60, &mut rng).expect("no NaN");
         (p, q)
