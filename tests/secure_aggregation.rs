@@ -197,6 +197,36 @@ async fn a_server_that_gives_the_victim_other_settings_than_its_neighbours_is_re
     fed.stop().await
 }
 
+/// A server that admits a revoked agent (its revoked.txt does not list it) still relays the operator's CA-signed
+/// revocation list; the revoked agent's peers check its certificate against that list and refuse the round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_refuse_an_agent_the_ca_signed_revocation_list_names_even_when_the_server_admits_it() -> anyhow::Result<()>
+{
+    init_logs();
+    const AGENTS: usize = 3;
+    let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
+    let options = FederationOptions { secagg: secagg(), relay_hook: None, privacy: None };
+    let mut fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 5), learners, options).await?;
+    let pki = fed.pki();
+    let revoked = fedge_shared::tls::Identity::load_bundle(&pki.join("agents").join("agent-001"))?.info()?;
+    let ca_key = std::fs::read_to_string(pki.join(fedge_shared::tls::files::CA_KEY))?;
+    let list = fedge_shared::revocation_list::RevocationList::sign(&ca_key, vec![revoked.fingerprint], 1)?;
+    std::fs::write(pki.join(fedge_shared::revocation_list::FILE), list.to_bytes()?)?;
+    // From the next key broadcast on, agent-001's two neighbours refuse the round, naming the revocation.
+    let mut refused = std::collections::BTreeSet::new();
+    while refused.len() < 2 {
+        let (i, reason) = wait_agent(&mut fed.agent_events, Duration::from_secs(60), |i, e| match e {
+            AgentEvent::SecureRoundRefused { reason, .. } => Some((i, reason.clone())),
+            _ => None,
+        })
+        .await?;
+        assert_ne!(i, 1, "the revoked agent does not check itself");
+        assert!(reason.contains("agent-001") && reason.contains("revoked by the federation CA"), "{reason}");
+        refused.insert(i);
+    }
+    fed.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_after_sharing_its_keys_is_dropped_and_the_round_completes_without_it() -> anyhow::Result<()> {
     init_logs();

@@ -27,6 +27,7 @@ use fedge_shared::protocol::{
     AgentMessage, BlobHeader, BlobKind, CheckIn, DeviceInfo, Hello, PROTOCOL_VERSION, RoundPlan, SecAggPlan,
     ServerHello, ServerMessage, limits,
 };
+use fedge_shared::revocation_list::RevocationList;
 use fedge_shared::round_counts::{self, SECURE_COUNTS};
 use fedge_shared::secagg::{
     AdvertiseKeys, AgentRef, ClientSession, DEFAULT_CHUNK_VALUES, EcdsaP256Signer, EncryptedShare, MaskedStream,
@@ -131,6 +132,8 @@ pub struct Agent {
     /// The byte length of a weights vector of the held graph (0 until a graph is held): a weights blob of another
     /// length is refused from its header, before its body is read.
     weights_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// The newest CA-signed revocation list this agent has verified (see [`fedge_shared::revocation_list`]).
+    revocations: Mutex<Option<RevocationList>>,
 }
 
 enum Inbound {
@@ -164,8 +167,9 @@ impl SecureTools {
         keys: &[AdvertiseKeys],
         certs: &[Vec<u8>],
         neighbours: &[u32],
+        revoked: Option<&RevocationList>,
     ) -> anyhow::Result<PeerKeyTable> {
-        peer_key_table_of(self.verifier.as_ref(), cohort, keys, certs, |i| neighbours.contains(&i))
+        peer_key_table_of(self.verifier.as_ref(), cohort, keys, certs, |i| neighbours.contains(&i), revoked)
     }
 }
 
@@ -190,16 +194,18 @@ pub fn peer_key_table(
     keys: &[AdvertiseKeys],
     certs: &[Vec<u8>],
 ) -> anyhow::Result<PeerKeyTable> {
-    peer_key_table_of(verifier, cohort, keys, certs, |_| true)
+    peer_key_table_of(verifier, cohort, keys, certs, |_| true, None)
 }
 
-/// [`peer_key_table`] for the agents whose index `wanted` accepts; the other certificates are not looked at.
+/// [`peer_key_table`] for the agents whose index `wanted` accepts (the other certificates are not looked at),
+/// refusing any whose certificate the CA-signed list `revoked` names.
 pub fn peer_key_table_of(
     verifier: &dyn ClientCertVerifier,
     cohort: &[AgentRef],
     keys: &[AdvertiseKeys],
     certs: &[Vec<u8>],
     wanted: impl Fn(u32) -> bool,
+    revoked: Option<&RevocationList>,
 ) -> anyhow::Result<PeerKeyTable> {
     if certs.len() != keys.len() {
         bail!("{} certificates relayed for {} keys", certs.len(), keys.len());
@@ -224,6 +230,12 @@ pub fn peer_key_table_of(
         }
         if info.role != Role::Agent {
             bail!("the certificate relayed for {name} is not an agent certificate ({:?})", info.role);
+        }
+        if let Some(list) = revoked.filter(|l| l.revokes(&info.fingerprint)) {
+            bail!(
+                "the certificate of {name} is revoked by the federation CA (signed revocation list of {} unix time)",
+                list.issued_at
+            );
         }
         table.insert(name, info.public_key);
     }
@@ -277,7 +289,22 @@ impl Agent {
             models: None,
             declared: std::sync::atomic::AtomicU64::new(0),
             weights_bytes: Arc::new(std::sync::atomic::AtomicU64::new(weights_bytes)),
+            revocations: Mutex::new(None),
         }
+    }
+
+    /// Verifies a relayed signed revocation list (when there is one) against the federation CA, keeps it when it
+    /// is newer than any verified before, and returns the newest this agent knows: a server cannot roll an agent
+    /// back to an older list, nor forge one.
+    fn newest_revocations(&self, bytes: &[u8]) -> anyhow::Result<Option<RevocationList>> {
+        let mut newest = lock(&self.revocations);
+        if !bytes.is_empty() {
+            let list = RevocationList::verify(bytes, &self.settings.ca).context("the relayed revocation list")?;
+            if newest.as_ref().is_none_or(|n| list.issued_at > n.issued_at) {
+                *newest = Some(list);
+            }
+        }
+        Ok(newest.clone())
     }
 
     /// Notes the byte length of the held graph's weights, which bounds every weights blob from now on.
@@ -566,13 +593,13 @@ impl Agent {
                     });
                 }
                 Inbound::Control(ServerMessage::Bye { reason }) => bail!("server said goodbye: {reason}"),
-                Inbound::Control(ServerMessage::SecAggKeys { round, keys, certificates }) => {
+                Inbound::Control(ServerMessage::SecAggKeys { round, keys, certificates, revocations }) => {
                     let Some(st) = secure.as_mut().filter(|s| s.round == round) else {
                         tracing::debug!(round, "keys for a round this agent is not in");
                         continue;
                     };
                     crate::crash::before_shares();
-                    match self.on_keys(st, tools, &keys, &certificates) {
+                    match self.on_keys(st, tools, &keys, &certificates, &revocations) {
                         Ok(shares) => {
                             let m = AgentMessage::SecAggShares { round, shares };
                             wire::write_msg(send, &m, limits::CONTROL).await?;
@@ -736,9 +763,11 @@ impl Agent {
         tools: &SecureTools,
         keys: &[AdvertiseKeys],
         certificates: &[Vec<u8>],
+        revocations: &[u8],
     ) -> anyhow::Result<Vec<EncryptedShare>> {
+        let revoked = self.newest_revocations(revocations)?;
         let session = st.session.as_mut().ok_or_else(|| anyhow!("keys arrived twice"))?;
-        let table = tools.peer_keys(&st.cohort, keys, certificates, session.neighbours())?;
+        let table = tools.peer_keys(&st.cohort, keys, certificates, session.neighbours(), revoked.as_ref())?;
         let shares = session.on_keys(keys, &table, &mut OsRng)?;
         st.peers = table;
         Ok(shares)

@@ -364,6 +364,7 @@ pub async fn start_with_hook(
         unreserved: None,
         certs: HashMap::new(),
         relay_hook,
+        signed_revocations: config.tls.revoked.as_ref().map(|p| p.with_file_name(fedge_shared::revocation_list::FILE)),
         run,
         config_rounds: config.rounds,
         admin: AdminState {
@@ -485,6 +486,8 @@ struct Core {
     disk: crate::disk::DiskGuard,
     /// The store's write error has been told to the coordinator.
     write_error_reported: bool,
+    /// Where the operator's CA-signed revocation list is (`revoked.sig` next to `tls.revoked`), if anywhere.
+    signed_revocations: Option<std::path::PathBuf>,
 }
 
 /// What the core keeps for the admin surface.
@@ -771,6 +774,24 @@ impl Core {
         }
     }
 
+    /// The signed revocation list's bytes as the operator wrote them (empty when there is none or it cannot be
+    /// read; agents then check against the newest list they verified before).
+    fn signed_revocations(&self) -> Vec<u8> {
+        let Some(path) = &self.signed_revocations else { return Vec::new() };
+        match std::fs::read(path) {
+            Ok(bytes) if bytes.len() <= fedge_shared::revocation_list::LIMIT => bytes,
+            Ok(bytes) => {
+                tracing::error!(file = %path.display(), len = bytes.len(), "the signed revocation list is too large");
+                Vec::new()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "cannot read the signed revocation list");
+                Vec::new()
+            }
+        }
+    }
+
     fn send(&self, agent: &str, mut m: Outbound) {
         if let (Some(hook), Outbound::Msg(msg)) = (&self.relay_hook, &mut m) {
             hook(agent, msg);
@@ -837,7 +858,9 @@ impl Core {
             Action::SecAggKeys { round, to, keys, owners } => {
                 let certificates: Vec<Vec<u8>> =
                     owners.iter().map(|o| self.certs.get(o).map(|c| c.as_ref().clone()).unwrap_or_default()).collect();
-                let m = ServerMessage::SecAggKeys { round, keys, certificates };
+                // The operator's CA-signed revocation list, relayed as written: agents check their peers against it.
+                let revocations = self.signed_revocations();
+                let m = ServerMessage::SecAggKeys { round, keys, certificates, revocations };
                 // The broadcast holds every member's keys and certificate (~0.7 KB each): encoded once and shared,
                 // not cloned and encoded per member (at n = 1,000 that was 1,000 copies of 0.7 MB). A relay hook
                 // (tests of a dishonest server) rewrites each member's copy, so it gets its own.

@@ -455,6 +455,11 @@ fn offline_revocation_with_a_pki_directory_still_lists_the_certificate_in_revoke
     run(&["agent", "revoke", "pi-1", "--dir", pki.to_str().unwrap()]);
     let text = std::fs::read_to_string(pki.join("revoked.txt")).unwrap();
     assert_eq!(text, format!("pi-1 {fp}\n"));
+    // And signed with the CA key, for the agents to check their peers against.
+    let ca = tls::load_certs(&pki.join(tls::files::CA_CERT)).unwrap();
+    let signed = std::fs::read(pki.join(fedge_shared::revocation_list::FILE)).unwrap();
+    let list = fedge_shared::revocation_list::RevocationList::verify(&signed, &ca).unwrap();
+    assert_eq!(list.fingerprints.iter().map(|f| f.to_hex()).collect::<Vec<_>>(), std::slice::from_ref(&fp));
     let list: serde_json::Value =
         serde_json::from_slice(&run(&["agent", "list", "--json", "--dir", pki.to_str().unwrap()])).unwrap();
     assert_eq!(list[0]["name"], "pi-1");

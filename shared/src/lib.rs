@@ -10,6 +10,7 @@
 //! - [`privacy`]: distributed differential privacy: the discrete Gaussian noise agents add, the Rényi-DP accountant.
 //! - [`fedeval`]: federated evaluation: the counts each agent reports and their totals; [`round_counts`]: the
 //!   counts a secure round carries under the masks (the evaluation's and the training metadata).
+//! - [`revocation_list`]: the CA-signed list of revoked certificates agents check their peers against.
 //! - [`tls`] and [`wire`]: certificates, rustls configurations, and framed messages over QUIC streams.
 //!
 //! Nothing in this crate opens a socket on its own initiative, reads a clock inside a state machine, or panics on
@@ -23,6 +24,7 @@ pub mod fedeval;
 pub mod model;
 pub mod privacy;
 pub mod protocol;
+pub mod revocation_list;
 pub mod round_counts;
 pub mod secagg;
 pub mod tls;

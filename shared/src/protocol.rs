@@ -233,6 +233,9 @@ pub enum ServerMessage {
         round: u64,
         keys: Vec<AdvertiseKeys>,
         certificates: Vec<Vec<u8>>,
+        /// The federation's CA-signed revocation list ([`crate::revocation_list`]) as the operator wrote it, or
+        /// empty when there is none; agents check their peers' certificates against it.
+        revocations: Vec<u8>,
     },
     /// Secure aggregation, phase 2 relay: the shares addressed to this agent.
     SecAggShares {
@@ -385,6 +388,7 @@ mod tests {
             signature: vec![0xFF; MAX_SIGNATURE_LEN.min(72)],
         };
         let m = ServerMessage::SecAggKeys {
+            revocations: vec![0xCD; crate::revocation_list::LIMIT],
             round: u64::MAX,
             keys: (0..n as u32).map(key).collect(),
             certificates: vec![vec![0xAB; limits::CERTIFICATE_TYPICAL]; n],
@@ -425,7 +429,12 @@ mod tests {
             assert_eq!(codec::decode::<AgentMessage>(&bytes, limits::CONTROL).unwrap(), m);
         }
         let server = vec![
-            ServerMessage::SecAggKeys { round: 4, keys: vec![adv], certificates: vec![vec![1, 2, 3]] },
+            ServerMessage::SecAggKeys {
+                round: 4,
+                keys: vec![adv],
+                certificates: vec![vec![1, 2, 3]],
+                revocations: vec![7; 9],
+            },
             ServerMessage::SecAggShares { round: 4, shares: vec![share] },
             ServerMessage::SecAggSurvivors(SurvivorSet { round: 4, survivors: vec![1, 2] }),
             ServerMessage::SecAggUnmask(UnmaskRequest {

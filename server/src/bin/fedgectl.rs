@@ -418,6 +418,17 @@ fn revoke(dir: &Path, name: &str) -> anyhow::Result<()> {
         text.push('\n');
         tls::write_atomic(&path, text.as_bytes(), 0o644)?;
     }
-    println!("revoked {name}; a running server refuses it from its next connection");
+    // The same list signed with the CA key, which the server relays to agents so that peers refuse the certificate
+    // too, whatever the server does.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let signed = fedge_shared::revocation_list::RevocationList::sign_file(dir, &text, now)?;
+    let sig_path = dir.join(fedge_shared::revocation_list::FILE);
+    tls::write_atomic(&sig_path, &signed.to_bytes()?, 0o644)?;
+    println!(
+        "revoked {name}; a running server refuses it from its next connection (copy {} and {} to the server's \
+         tls.revoked directory; agents check their peers against the signed list)",
+        path.display(),
+        sig_path.display()
+    );
     Ok(())
 }
