@@ -54,7 +54,7 @@ pub use aggregation::{Aggregation, FoldError, WeightedSum};
 pub use config::{ConfigError, CoordinatorConfig, ResumeState, SecAggConfig};
 pub use event::{Action, Event, RejectReason};
 pub use plan::{AggregationMode, OptimizerKind, RoundPlan, SecurePlan, TrainHyper};
-pub use privacy::{RoundPrivacy, RunPrivacy};
+pub use privacy::{PrivateRoundError, RoundPrivacy, RunPrivacy};
 pub use record::{AbortReason, AgentId, Dropped, Outcome, Report, RoundMetrics, RoundRecord, SecAggMetrics};
 pub use secure::SecurePhase;
 pub use selection::{SelectionRule, round_rng, select};
@@ -826,18 +826,21 @@ impl Coordinator {
         }
         if let Some(p) = &self.privacy {
             let mut params = self.secagg.params_for(size);
-            if let Err(why) = p.configure(&mut params, size, len).and_then(|ddg| p.admit(ddg)) {
-                // A spent budget stops the run; a round that cannot be set up waits like any other.
-                if why.contains("budget") {
+            // A spent budget stops the run; a round that cannot be set up waits like any other.
+            match p.plan_round(&mut params, size, len) {
+                Ok(_) => {}
+                Err(PrivateRoundError::BudgetSpent(why)) => {
                     self.running = false;
                     tracing::warn!(round = round_id, %why, "no more rounds");
                     out.push(Action::Log { message: why });
-                } else {
+                    return;
+                }
+                Err(PrivateRoundError::Setup(why)) => {
                     tracing::error!(round = round_id, %why, "cannot start a private round");
                     out.push(Action::Log { message: format!("cannot start round {round_id}: {why}") });
                     self.not_before_ms = now_ms.saturating_add(self.config.retry_backoff_ms);
+                    return;
                 }
-                return;
             }
         }
         let selected = select(&candidates, size, self.config.seed, round_id);

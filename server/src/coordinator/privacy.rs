@@ -45,6 +45,17 @@ pub struct RoundPrivacy {
     pub target_epsilon: f64,
 }
 
+/// Why a private round cannot start.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PrivateRoundError {
+    /// One more round would take the run past its budget: the run is over.
+    #[error("{0}")]
+    BudgetSpent(String),
+    /// The round cannot be set up or accounted (it may be later, with another cohort).
+    #[error("{0}")]
+    Setup(String),
+}
+
 /// The run's privacy settings and what it has spent.
 #[derive(Debug, Clone)]
 pub struct RunPrivacy {
@@ -124,21 +135,33 @@ impl RunPrivacy {
 
     /// The round's cost as stored in its plan, or `Err` (with the reason, for the operator) when it would take the
     /// run past its budget.
-    pub fn admit(&self, ddg: DdgRound) -> Result<RoundPrivacy, String> {
+    pub fn admit(&self, ddg: DdgRound) -> Result<RoundPrivacy, PrivateRoundError> {
         let next = Mechanism::DistributedDiscreteGaussian(ddg);
         let s = &self.settings;
-        let epsilon = self.accountant.epsilon_after(&next, s.delta).map_err(|e| e.to_string())?;
+        let epsilon =
+            self.accountant.epsilon_after(&next, s.delta).map_err(|e| PrivateRoundError::Setup(e.to_string()))?;
         if epsilon > s.target_epsilon {
             let now = self.epsilon().unwrap_or(f64::NAN);
-            return Err(format!(
+            return Err(PrivateRoundError::BudgetSpent(format!(
                 "the privacy budget is spent: ε = {now:.4} after {} rounds, one more round would make it {epsilon:.4}, \
                  beyond target_epsilon = {} at δ = {}",
                 self.rounds(),
                 s.target_epsilon,
                 s.delta
-            ));
+            )));
         }
         Ok(RoundPrivacy { ddg, delta: s.delta, epsilon, target_epsilon: s.target_epsilon })
+    }
+
+    /// Sets up a round ([`RunPrivacy::configure`]) and admits it ([`RunPrivacy::admit`]).
+    pub fn plan_round(
+        &self,
+        params: &mut SecAggParams,
+        cohort: usize,
+        len: usize,
+    ) -> Result<RoundPrivacy, PrivateRoundError> {
+        let ddg = self.configure(params, cohort, len).map_err(PrivateRoundError::Setup)?;
+        self.admit(ddg)
     }
 
     /// Charges a started round.
@@ -186,7 +209,10 @@ mod tests {
         }
         assert!(!charged.is_empty());
         let err = run.admit(ddg).unwrap_err();
-        assert!(err.contains("privacy budget is spent"), "{err}");
+        assert!(
+            matches!(&err, PrivateRoundError::BudgetSpent(why) if why.contains("privacy budget is spent")),
+            "{err}"
+        );
         assert!(charged.len() >= 2, "{} rounds", charged.len());
         let restarted = RunPrivacy::new(two, 10, charged.iter().copied()).unwrap();
         assert_eq!(restarted.rounds(), charged.len() as u64);

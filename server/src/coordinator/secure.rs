@@ -159,7 +159,7 @@ impl Coordinator {
         }
         // Distributed DP sets clipping, weights, quantization and noise (see the `privacy` module).
         let privacy = match &self.privacy {
-            Some(p) => Some(p.configure(&mut params, n, len).and_then(|ddg| p.admit(ddg))?),
+            Some(p) => Some(p.plan_round(&mut params, n, len).map_err(|e| e.to_string())?),
             None => None,
         };
         params.validate(n, len).map_err(|e| format!("secagg parameters for {n} agents: {e}"))?;
