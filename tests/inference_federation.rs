@@ -66,6 +66,7 @@ async fn the_endpoint_fedge_agent_predict_and_the_server_evaluation_agree_on_a_n
         secagg: fedge_server::coordinator::SecAggConfig::off(),
         relay_hook: None,
         privacy: None,
+        agent_privacy: None,
     };
     let fed = LocalFederation::start_with(spec, vec![], options).await?;
     let mut events = fed.server.events();

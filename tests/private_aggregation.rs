@@ -4,14 +4,16 @@
 //! unweighted mean: what is left is the noise, whose size the round's record determines. The run stops by itself
 //! once one more round would spend past `target_epsilon`, and the budget is what the stored records say.
 
+use fedge_agent::client::AgentEvent;
 use fedge_agent::learner::{Learner, NoiseLearner};
+use fedge_agent::privacy_budget::AgentPrivacy;
 use fedge_server::coordinator::{
     AggregationMode, CoordinatorConfig, RoundRecord, RunPrivacy, SecAggConfig, SecurePlan,
 };
 use fedge_server::demo::{FederationOptions, FederationSpec, LocalFederation};
 use fedge_server::service::ServerEvent;
 use fedge_shared::privacy::PrivacySettings;
-use fedge_system_tests::{cohort_of, init_logs, wait_server};
+use fedge_system_tests::{cohort_of, init_logs, wait_agent, wait_server};
 use std::time::Duration;
 
 const AGENTS: usize = 4;
@@ -75,6 +77,7 @@ async fn a_private_run_adds_the_planned_noise_and_stops_before_the_round_that_wo
         secagg: SecAggConfig { phase_timeout_ms: 10_000, ..SecAggConfig::default() },
         relay_hook: None,
         privacy: Some(settings(target)),
+        agent_privacy: None,
     };
     let fed = LocalFederation::start_with(spec, learners, options).await?;
     let mut events = fed.server.events();
@@ -128,4 +131,74 @@ async fn a_private_run_adds_the_planned_noise_and_stops_before_the_round_that_wo
 fn epsilon_after(ddg: fedge_shared::privacy::DdgRound, rounds: usize) -> anyhow::Result<f64> {
     let run = RunPrivacy::new(settings(50.0), AGENTS, vec![ddg; rounds]).map_err(anyhow::Error::msg)?;
     run.epsilon().map_err(anyhow::Error::msg)
+}
+
+/// Waits until every agent has refused a secure round for a reason containing `why`.
+async fn every_agent_refuses(fed: &mut LocalFederation, why: &str) -> anyhow::Result<()> {
+    let mut refused = std::collections::BTreeSet::new();
+    while refused.len() < AGENTS {
+        let (i, reason) = wait_agent(&mut fed.agent_events, Duration::from_secs(60), |i, e| match e {
+            AgentEvent::SecureRoundRefused { reason, .. } => Some((i, reason.clone())),
+            _ => None,
+        })
+        .await?;
+        assert!(reason.contains(why), "agent {i}: {reason}");
+        refused.insert(i);
+    }
+    Ok(())
+}
+
+/// An agent that keeps its own budget (agent.toml's `[privacy]`) refuses a secure round that adds no noise, before
+/// its masked vector leaves the device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_with_their_own_budget_refuse_a_round_without_noise() -> anyhow::Result<()> {
+    init_logs();
+    let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
+    let spec = FederationSpec { onnx: onnx(), coordinator: coordinator(), rounds: Some(1), evaluator: None };
+    let options = FederationOptions {
+        secagg: SecAggConfig { phase_timeout_ms: 10_000, ..SecAggConfig::default() },
+        relay_hook: None,
+        privacy: None,
+        agent_privacy: Some(AgentPrivacy { max_epsilon: 8.0, delta: 1e-5, trusted_agents: AGENTS as u64 }),
+    };
+    let mut fed = LocalFederation::start_with(spec, learners, options).await?;
+    every_agent_refuses(&mut fed, "clips no update").await?;
+    assert_eq!(fed.server.store.versions()?.len(), 1, "nothing was committed");
+    fed.stop().await
+}
+
+/// A server that ignores its own budget (here: one far larger than the agents') is stopped by the agents: each
+/// accounts the rounds it uploads to from the plan's noise and refuses the first that would pass its own budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_stop_a_server_whose_budget_is_larger_than_theirs() -> anyhow::Result<()> {
+    init_logs();
+    let params = 16 * 8 + 8 + 8 * 4 + 4;
+    let probe = RunPrivacy::new(settings(50.0), AGENTS, []).map_err(anyhow::Error::msg)?;
+    let mut p = SecAggConfig::default().params_for(AGENTS);
+    let ddg = probe.configure(&mut p, AGENTS, params).map_err(anyhow::Error::msg)?;
+    // The agents trust exactly the survivors the server calibrates for: their cost per round is the server's.
+    let (one, two) = (epsilon_after(ddg, 1)?, epsilon_after(ddg, 2)?);
+    let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
+    let spec = FederationSpec { onnx: onnx(), coordinator: coordinator(), rounds: None, evaluator: None };
+    let options = FederationOptions {
+        secagg: SecAggConfig { phase_timeout_ms: 10_000, ..SecAggConfig::default() },
+        relay_hook: None,
+        privacy: Some(settings(50.0)),
+        agent_privacy: Some(AgentPrivacy {
+            max_epsilon: (one + two) / 2.0,
+            delta: 1e-5,
+            trusted_agents: AGENTS as u64,
+        }),
+    };
+    let mut fed = LocalFederation::start_with(spec, learners, options).await?;
+    let mut events = fed.server.events();
+    let first = wait_server(&mut events, Duration::from_secs(60), |e| match e {
+        ServerEvent::RoundCompleted(r) => Some(Ok(r.round)),
+        ServerEvent::RoundAborted(r) => Some(Err(format!("{:?}", r.outcome))),
+        _ => None,
+    })
+    .await?;
+    assert!(first.is_ok(), "the first round fits every budget: {first:?}");
+    every_agent_refuses(&mut fed, "budget is spent").await?;
+    fed.stop().await
 }

@@ -106,7 +106,7 @@ async fn secure_rounds_over_quic_move_the_global_model_by_the_plain_weighted_mea
     init_logs();
     const AGENTS: usize = 5;
     let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: None, privacy: None };
+    let options = FederationOptions { secagg: secagg(), relay_hook: None, privacy: None, agent_privacy: None };
     let fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 2), learners, options).await?;
     let mut events = fed.server.events();
     for _ in 0..2 {
@@ -144,7 +144,7 @@ async fn a_relaying_server_that_swaps_a_key_is_refused_by_the_peers_and_nothing_
         }
     });
     let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None };
+    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None, agent_privacy: None };
     let mut fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 1), learners, options).await?;
     let mut events = fed.server.events();
     let refused = wait_agent(&mut fed.agent_events, Duration::from_secs(60), |i, e| match e {
@@ -178,7 +178,7 @@ async fn a_server_that_gives_the_victim_other_settings_than_its_neighbours_is_re
         }
     });
     let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None };
+    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None, agent_privacy: None };
     let mut fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 1), learners, options).await?;
     let mut events = fed.server.events();
     let mut refused = std::collections::BTreeSet::new();
@@ -205,7 +205,7 @@ async fn peers_refuse_an_agent_the_ca_signed_revocation_list_names_even_when_the
     init_logs();
     const AGENTS: usize = 3;
     let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: None, privacy: None };
+    let options = FederationOptions { secagg: secagg(), relay_hook: None, privacy: None, agent_privacy: None };
     let mut fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 5), learners, options).await?;
     let pki = fed.pki();
     let revoked = fedge_shared::tls::Identity::load_bundle(&pki.join("agents").join("agent-001"))?.info()?;
@@ -241,7 +241,7 @@ async fn an_agent_killed_after_sharing_its_keys_is_dropped_and_the_round_complet
             }
         })
         .collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: None, privacy: None };
+    let options = FederationOptions { secagg: secagg(), relay_hook: None, privacy: None, agent_privacy: None };
     let fed = LocalFederation::start_with(spec(AGENTS, 3, 1), learners, options).await?;
     let mut events = fed.server.events();
     // Once the shares are relayed the victim holds its neighbours' shares and they hold its: kill it then.
@@ -279,7 +279,7 @@ async fn a_server_that_strips_secure_aggregation_from_the_plan_is_refused_by_eve
         }
     });
     let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None };
+    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None, agent_privacy: None };
     let mut fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 1), learners, options).await?;
     let mut events = fed.server.events();
     let mut refused = std::collections::BTreeSet::new();
@@ -330,7 +330,12 @@ async fn fine_tuning_federation(
     let learners: Vec<Box<dyn Learner>> = (0..agents)
         .map(|i| Box::new(TractLearner::new(tiny_classes(100 * i), None, i as u64)) as Box<dyn Learner>)
         .collect();
-    LocalFederation::start_with(spec, learners, FederationOptions { secagg: secagg(), relay_hook, privacy: None }).await
+    LocalFederation::start_with(
+        spec,
+        learners,
+        FederationOptions { secagg: secagg(), relay_hook, privacy: None, agent_privacy: None },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

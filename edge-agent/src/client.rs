@@ -58,6 +58,9 @@ pub struct ClientSettings {
     pub backoff_max: Duration,
     /// Refuse every round whose plan has no secure aggregation ([`PLAIN_ROUND_REFUSED`]).
     pub require_secure_aggregation: bool,
+    /// This agent's own differential-privacy budget ([`crate::privacy_budget`]): with it, the agent refuses rounds
+    /// without noise and rounds past its `max_epsilon`, whatever the server's budget says.
+    pub privacy: Option<crate::privacy_budget::AgentPrivacy>,
 }
 
 /// Why an agent that requires secure aggregation refuses a plain round (sent to the server with the refusal).
@@ -134,6 +137,8 @@ pub struct Agent {
     weights_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// The newest CA-signed revocation list this agent has verified (see [`fedge_shared::revocation_list`]).
     revocations: Mutex<Option<RevocationList>>,
+    /// This agent's own privacy budget ([`ClientSettings::privacy`]), opened when it starts running.
+    budget: Mutex<Option<crate::privacy_budget::PrivacyBudget>>,
 }
 
 enum Inbound {
@@ -290,7 +295,19 @@ impl Agent {
             declared: std::sync::atomic::AtomicU64::new(0),
             weights_bytes: Arc::new(std::sync::atomic::AtomicU64::new(weights_bytes)),
             revocations: Mutex::new(None),
+            budget: Mutex::new(None),
         }
+    }
+
+    /// Charges a secure round over `len` values to this agent's own privacy budget, if it keeps one
+    /// ([`crate::privacy_budget`]); refuses a round without noise or clipping, or one past the budget.
+    fn charge_privacy(&self, params: &fedge_shared::secagg::SecAggParams, len: usize) -> anyhow::Result<()> {
+        let mut budget = lock(&self.budget);
+        let Some(b) = budget.as_mut() else { return Ok(()) };
+        let cost = b.round_cost(params, len).map_err(anyhow::Error::msg)?;
+        b.charge(&cost)?;
+        tracing::info!(epsilon = b.epsilon().unwrap_or(f64::NAN), "this agent's privacy budget charged");
+        Ok(())
     }
 
     /// Verifies a relayed signed revocation list (when there is one) against the federation CA, keeps it when it
@@ -381,6 +398,12 @@ impl Agent {
         let bind: SocketAddr = if self.settings.server.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
         let mut endpoint = client_endpoint(bind).context("binding the agent's UDP socket")?;
         endpoint.set_default_client_config(client_cfg);
+        if let Some(p) = self.settings.privacy {
+            let dir = lock(&self.state).dir().map(std::path::Path::to_path_buf);
+            let budget = crate::privacy_budget::PrivacyBudget::open(p, dir.as_deref())?;
+            tracing::info!(spent = budget.epsilon().unwrap_or(f64::NAN), max = p.max_epsilon, "privacy budget");
+            *lock(&self.budget) = Some(budget);
+        }
         self.restore_graph().await;
         let mut backoff = self.settings.backoff_initial;
         loop {
@@ -683,6 +706,12 @@ impl Agent {
                 && let Some(mut outcome) = st.outcome.take()
             {
                 let round = st.round;
+                // This agent's own privacy budget is charged (and written down) before anything leaves the device.
+                if let Err(e) = self.charge_privacy(session.params(), outcome.delta.len()) {
+                    secure = None;
+                    self.refuse_secure(send, round, format!("{e:#}")).await?;
+                    continue;
+                }
                 // Stochastic rounding draws come from a ChaCha key drawn from a generator seeded by the OS.
                 let stream = StdRng::from_rng(OsRng)
                     .map_err(|e| SecAggError::Abort(format!("no randomness from the OS: {e}")))

@@ -45,6 +45,9 @@ pub struct AgentConfig {
     /// The device's own labelled examples, posted to the inference endpoint.
     #[serde(default)]
     pub labels: LabelsConfig,
+    /// This agent's own differential-privacy budget (`max_epsilon`, `delta`, `trusted_agents`); none when absent.
+    #[serde(default)]
+    pub privacy: Option<crate::privacy_budget::AgentPrivacy>,
 }
 
 /// `[labels]`: labelled examples and corrections of predictions posted to the inference endpoint
@@ -339,6 +342,9 @@ impl AgentConfig {
         }
         self.training.schedule()?;
         self.labels.validate()?;
+        if let Some(p) = &self.privacy {
+            p.validate()?;
+        }
         self.inference.validate()
     }
 
@@ -456,6 +462,19 @@ mod tests {
         assert!(data_section("path = \"/d\"\nformat = \"parquet\"").is_err());
         let e = data_section("path = \"/d\"\nnormalize = { mean = [0.5, 0.5], std = [1.0] }").unwrap_err();
         assert!(e.to_string().contains("normalize"), "{e}");
+    }
+
+    #[test]
+    fn the_devices_own_privacy_budget_is_read_from_its_section_and_a_budget_that_protects_nothing_is_refused() {
+        let cfg: AgentConfig = toml::from_str(EXAMPLE).unwrap();
+        assert_eq!(cfg.privacy, None, "the example keeps no budget of its own (the section is commented out)");
+        let text = format!("{EXAMPLE}\n[privacy]\nmax_epsilon = 8.0\ndelta = 1e-5\ntrusted_agents = 50\n");
+        let cfg: AgentConfig = toml::from_str(&text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.privacy.map(|p| p.trusted_agents), Some(50));
+        let bad: AgentConfig = toml::from_str(&text.replace("delta = 1e-5", "delta = 0.5")).unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("privacy.delta"));
+        assert!(toml::from_str::<AgentConfig>(&text.replace("max_epsilon", "max_epsilom")).is_err(), "a typo");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod learner;
 pub mod liveness;
 pub mod offline;
 pub mod predict;
+pub mod privacy_budget;
 pub mod state;
 pub mod trainer;
 pub mod training_set;

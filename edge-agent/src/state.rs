@@ -242,6 +242,11 @@ impl ModelState {
         self.graph.as_ref().map(|(d, _)| *d)
     }
 
+    /// The state directory, if the state is kept on disk.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     pub fn version(&self) -> Option<u64> {
         self.weights.as_ref().map(|w| w.version)
     }

@@ -186,6 +186,8 @@ pub struct FederationOptions {
     pub relay_hook: Option<RelayHook>,
     /// Distributed differential privacy (`[privacy]`); off when `None`.
     pub privacy: Option<fedge_shared::privacy::PrivacySettings>,
+    /// Each agent's own privacy budget (agent.toml's `[privacy]`); none when `None`.
+    pub agent_privacy: Option<fedge_agent::privacy_budget::AgentPrivacy>,
 }
 
 impl LocalFederation {
@@ -240,6 +242,7 @@ impl LocalFederation {
             let mut settings = agent_settings(&bundle, server.local_addr)?;
             // The agents take part in plain rounds only when this federation's server runs them.
             settings.require_secure_aggregation = secure;
+            settings.privacy = options.agent_privacy;
             let (tx, mut rx) = mpsc::unbounded_channel();
             let etx = etx.clone();
             tokio::spawn(async move {
@@ -282,6 +285,7 @@ pub fn agent_settings(bundle: &Path, server: std::net::SocketAddr) -> anyhow::Re
         backoff_initial: Duration::from_millis(200),
         backoff_max: Duration::from_secs(5),
         require_secure_aggregation: true,
+        privacy: None,
     })
 }
 
@@ -419,8 +423,12 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             SecAggConfig::off()
         }
     };
-    let mut fed =
-        LocalFederation::start_with(spec, learners, FederationOptions { secagg, relay_hook: None, privacy }).await?;
+    let mut fed = LocalFederation::start_with(
+        spec,
+        learners,
+        FederationOptions { secagg, relay_hook: None, privacy, agent_privacy: None },
+    )
+    .await?;
     let mut events = fed.server.events();
     let show = !args.json;
     if show {
