@@ -4,7 +4,6 @@
 //! unweighted mean: what is left is the noise, whose size the round's record determines. The run stops by itself
 //! once one more round would spend past `target_epsilon`, and the budget is what the stored records say.
 
-use fedge_agent::client::AgentEvent;
 use fedge_agent::learner::{Learner, NoiseLearner};
 use fedge_agent::privacy_budget::AgentPrivacy;
 use fedge_server::coordinator::{
@@ -13,7 +12,7 @@ use fedge_server::coordinator::{
 use fedge_server::demo::{FederationOptions, FederationSpec, LocalFederation};
 use fedge_server::service::ServerEvent;
 use fedge_shared::privacy::PrivacySettings;
-use fedge_system_tests::{cohort_of, init_logs, wait_agent, wait_server};
+use fedge_system_tests::{cohort_of, init_logs, wait_refusals, wait_server};
 use std::time::Duration;
 
 const AGENTS: usize = 4;
@@ -135,15 +134,8 @@ fn epsilon_after(ddg: fedge_shared::privacy::DdgRound, rounds: usize) -> anyhow:
 
 /// Waits until every agent has refused a secure round for a reason containing `why`.
 async fn every_agent_refuses(fed: &mut LocalFederation, why: &str) -> anyhow::Result<()> {
-    let mut refused = std::collections::BTreeSet::new();
-    while refused.len() < AGENTS {
-        let (i, reason) = wait_agent(&mut fed.agent_events, Duration::from_secs(60), |i, e| match e {
-            AgentEvent::SecureRoundRefused { reason, .. } => Some((i, reason.clone())),
-            _ => None,
-        })
-        .await?;
+    for (i, reason) in wait_refusals(&mut fed.agent_events, AGENTS, Duration::from_secs(60)).await? {
         assert!(reason.contains(why), "agent {i}: {reason}");
-        refused.insert(i);
     }
     Ok(())
 }

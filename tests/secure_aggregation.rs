@@ -15,7 +15,7 @@ use fedge_server::coordinator::{CoordinatorConfig, RoundRecord, SecAggConfig, Se
 use fedge_server::demo::{FederationOptions, FederationSpec, LocalFederation};
 use fedge_server::service::{RelayHook, ServerEvent};
 use fedge_shared::protocol::{ServerMessage, TrainPlan};
-use fedge_system_tests::{cohort_of, init_logs, wait_agent, wait_server};
+use fedge_system_tests::{cohort_of, init_logs, wait_agent, wait_refusals, wait_server};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,15 +181,8 @@ async fn a_server_that_gives_the_victim_other_settings_than_its_neighbours_is_re
     let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None, agent_privacy: None };
     let mut fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 1), learners, options).await?;
     let mut events = fed.server.events();
-    let mut refused = std::collections::BTreeSet::new();
-    while refused.len() < AGENTS {
-        let (i, reason) = wait_agent(&mut fed.agent_events, Duration::from_secs(60), |i, e| match e {
-            AgentEvent::SecureRoundRefused { reason, .. } => Some((i, reason.clone())),
-            _ => None,
-        })
-        .await?;
+    for (i, reason) in wait_refusals(&mut fed.agent_events, AGENTS, Duration::from_secs(60)).await? {
         assert!(reason.contains("context"), "agent {i} refused for the round context: {reason}");
-        refused.insert(i);
     }
     let record = next_round_end(&mut events).await?.expect_err("the round must abort");
     assert!(record.new_version.is_none());
@@ -213,16 +206,9 @@ async fn peers_refuse_an_agent_the_ca_signed_revocation_list_names_even_when_the
     let list = fedge_shared::revocation_list::RevocationList::sign(&ca_key, vec![revoked.fingerprint], 1)?;
     std::fs::write(pki.join(fedge_shared::revocation_list::FILE), list.to_bytes()?)?;
     // From the next key broadcast on, agent-001's two neighbours refuse the round, naming the revocation.
-    let mut refused = std::collections::BTreeSet::new();
-    while refused.len() < 2 {
-        let (i, reason) = wait_agent(&mut fed.agent_events, Duration::from_secs(60), |i, e| match e {
-            AgentEvent::SecureRoundRefused { reason, .. } => Some((i, reason.clone())),
-            _ => None,
-        })
-        .await?;
+    for (i, reason) in wait_refusals(&mut fed.agent_events, 2, Duration::from_secs(60)).await? {
         assert_ne!(i, 1, "the revoked agent does not check itself");
         assert!(reason.contains("agent-001") && reason.contains("revoked by the federation CA"), "{reason}");
-        refused.insert(i);
     }
     fed.stop().await
 }

@@ -84,6 +84,25 @@ pub async fn wait_agent<T>(
     .context("timed out waiting for an agent event")?
 }
 
+/// Waits until `count` distinct agents have refused a secure round (within `limit` for each), and returns each
+/// one's index and reason.
+pub async fn wait_refusals(
+    events: &mut mpsc::UnboundedReceiver<(usize, AgentEvent)>,
+    count: usize,
+    limit: Duration,
+) -> anyhow::Result<std::collections::BTreeMap<usize, String>> {
+    let mut refused = std::collections::BTreeMap::new();
+    while refused.len() < count {
+        let (i, reason) = wait_agent(events, limit, |i, e| match e {
+            AgentEvent::SecureRoundRefused { reason, .. } => Some((i, reason.clone())),
+            _ => None,
+        })
+        .await?;
+        refused.insert(i, reason);
+    }
+    Ok(refused)
+}
+
 /// A binary of the workspace, built by `cargo test --workspace` next to the test executables.
 pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
