@@ -145,19 +145,36 @@ impl std::str::FromStr for ModelChoice {
     }
 }
 
-/// Finds the MNIST folder.
+/// Finds the MNIST folder: `explicit` if given, else `data/mnist` in the working directory or any folder above it
+/// (a checkout's top, from anywhere inside it), else beside the executable or any folder above it (an unpacked
+/// release). It never looks at where the binary was compiled: a build tree may be gone or belong to another clone.
 pub fn find_mnist(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
     }
-    // The working directory's data/mnist (a checkout's top), then the one beside the crate that was built.
-    let candidates = [PathBuf::from("data/mnist"), Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist")];
-    for c in &candidates {
-        if c.join("train-labels-idx1-ubyte.gz").exists() || c.join("train-labels-idx1-ubyte").exists() {
-            return Ok(c.clone());
-        }
+    let mut roots = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.push(cwd);
     }
-    bail!("no MNIST folder found (looked in {candidates:?}); pass --data DIR")
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        roots.push(exe_dir);
+    }
+    mnist_under(&roots)
+}
+
+/// The first `data/mnist` holding MNIST's labels in one of `roots` or the folders above it, in order.
+fn mnist_under(roots: &[PathBuf]) -> anyhow::Result<PathBuf> {
+    let candidates: Vec<PathBuf> = roots.iter().flat_map(|r| r.ancestors().map(|a| a.join("data/mnist"))).collect();
+    candidates
+        .iter()
+        .find(|c| c.join("train-labels-idx1-ubyte.gz").exists() || c.join("train-labels-idx1-ubyte").exists())
+        .cloned()
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no MNIST folder found (looked for data/mnist in the working directory, beside the executable and \
+                 in the folders above them); pass --data DIR"
+            )
+        })
 }
 
 /// A server and agents on loopback, with their certificates in a temporary directory.
@@ -640,4 +657,24 @@ fn affordable_rounds(
         );
     }
     Ok(rounds)
+}
+
+#[cfg(test)]
+mod mnist_search {
+    use super::*;
+
+    #[test]
+    fn mnist_is_found_in_a_folder_above_the_working_directory_and_not_where_the_binary_was_built() {
+        let top = tempfile::tempdir().unwrap();
+        let mnist = top.path().join("data/mnist");
+        std::fs::create_dir_all(&mnist).unwrap();
+        let deep = top.path().join("server/tests");
+        std::fs::create_dir_all(&deep).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        // No labels yet: not found, and the error says how to name the folder.
+        let err = mnist_under(&[deep.clone(), elsewhere.path().to_path_buf()]).unwrap_err();
+        assert!(err.to_string().contains("--data DIR"), "{err}");
+        std::fs::write(mnist.join("train-labels-idx1-ubyte.gz"), b"").unwrap();
+        assert_eq!(mnist_under(&[elsewhere.path().to_path_buf(), deep]).unwrap(), mnist);
+    }
 }
