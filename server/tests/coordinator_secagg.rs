@@ -74,6 +74,8 @@ enum Quit {
     Disconnect,
     /// Sends its masked input, never answers the unmask request.
     Unmask,
+    /// Sends every neighbour a share that does not decrypt, then takes part like the others.
+    Garbage,
 }
 
 struct SimAgent {
@@ -102,9 +104,13 @@ struct Sim {
 
 impl Sim {
     fn new(min_agents: usize, quits: &[Quit]) -> Sim {
+        Sim::with(config(min_agents, quits.len()), secagg(), quits)
+    }
+
+    fn with(config: CoordinatorConfig, secagg: SecAggConfig, quits: &[Quit]) -> Sim {
         let global: Vec<f32> = (0..DIM).map(|k| k as f32 * 0.1).collect();
         let state = ResumeState { model_version: 0, weights: global.clone(), next_round: 1, strategy_state: vec![] };
-        let coord = Coordinator::new(config(min_agents, quits.len()), state).unwrap().with_secagg(secagg()).unwrap();
+        let coord = Coordinator::new(config, state).unwrap().with_secagg(secagg).unwrap();
         let mut peers = PeerKeyTable::new();
         let mut agents = BTreeMap::new();
         for (i, &quit) in quits.iter().enumerate() {
@@ -174,7 +180,13 @@ impl Sim {
                             continue;
                         }
                         let a = self.agents.get_mut(&agent).unwrap();
-                        let shares = a.session.as_mut().unwrap().on_keys(&keys, &self.peers, &mut self.rng).unwrap();
+                        let mut shares =
+                            a.session.as_mut().unwrap().on_keys(&keys, &self.peers, &mut self.rng).unwrap();
+                        if a.quit == Quit::Garbage {
+                            for share in &mut shares {
+                                share.ciphertext.iter_mut().for_each(|b| *b ^= 0x5a);
+                            }
+                        }
                         self.feed(Event::SecAggShares { agent, round, shares });
                     }
                 }
@@ -272,7 +284,52 @@ fn assert_close(got: &[f32], want: &[f32]) {
 }
 
 fn uploaders(quits: &[Quit]) -> BTreeSet<usize> {
-    quits.iter().enumerate().filter(|(_, q)| matches!(q, Quit::Never | Quit::Unmask)).map(|(i, _)| i).collect()
+    quits
+        .iter()
+        .enumerate()
+        .filter(|(_, q)| matches!(q, Quit::Never | Quit::Unmask | Quit::Garbage))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn cohort_of(record: &RoundRecord) -> BTreeSet<String> {
+    let AggregationMode::Secure(sp) = &record.plan.aggregation else { panic!("a plain round") };
+    sp.cohort.iter().map(|a| a.name.clone()).collect()
+}
+
+#[test]
+fn an_agent_whose_garbage_shares_make_a_round_abort_is_left_out_of_the_next_quarantine_rounds_cohorts() {
+    // Agent 3 sends all of its neighbours shares that do not decrypt: nobody can reveal its self-mask seed, so
+    // its round cannot be unmasked. The round aborts blaming it, nothing is committed, and the next two rounds
+    // run without it and commit; the round after them takes it back.
+    let mut quits = vec![Quit::Never; 8];
+    quits[3] = Quit::Garbage;
+    let mut cfg = config(5, 8);
+    cfg.min_available = Some(5);
+    let mut sim = Sim::with(cfg, SecAggConfig { quarantine_rounds: 2, ..secagg() }, &quits);
+    sim.run_round();
+    assert!(sim.commits.is_empty());
+    let (reason, record) = sim.aborts.last().expect("the round aborts");
+    assert!(cohort_of(record).contains(&name(3)));
+    let why = reason.to_string();
+    assert!(why.contains(&format!("is {}", name(3))), "{why}");
+    assert!(why.contains("did not decrypt"), "{why}");
+    sim.agents.get_mut(&name(3)).unwrap().quit = Quit::Never;
+    for quarantined_round in 0..2 {
+        sim.now += 1_000;
+        sim.run_round();
+        let (record, _) = sim.commits.last().expect("the rounds without it commit");
+        assert!(!cohort_of(record).contains(&name(3)), "round {} took the quarantined agent", record.round);
+        assert_eq!(record.reported.len(), 7);
+        if quarantined_round == 0 {
+            let honest: BTreeSet<usize> = (0..8).filter(|&i| i != 3).collect();
+            assert_close(&sim.applied_delta(), &sim.plain_mean(&honest));
+        }
+    }
+    sim.run_round();
+    let (record, _) = sim.commits.last().unwrap();
+    assert!(cohort_of(record).contains(&name(3)), "its quarantine is over");
+    assert_eq!(sim.aborts.len(), 1);
 }
 
 #[test]

@@ -190,11 +190,12 @@ fn a_tampered_or_relabelled_share_is_kept_out_and_its_sender_named_not_a_refusal
 
 /// A malicious agent that sends garbage shares to some neighbours no longer makes them refuse the round: they
 /// mask with it all the same and reveal nothing of its secrets. With at most `k - t` garbage shares the server
-/// still reconstructs its secrets from the others and the round's sum is exact; with more, its self mask cannot
-/// be removed and the round aborts, naming it, and no honest agent ever refused.
+/// still reconstructs its secrets from the others and the round's sum is exact; with more (up to all of its
+/// neighbours), its self mask cannot be removed and the round aborts blaming it, so that the coordinator can keep
+/// it out of the next cohorts, and no honest agent ever refused.
 #[test]
 fn garbage_shares_from_one_agent_do_not_make_its_neighbours_refuse_and_up_to_k_minus_t_the_sum_is_exact() {
-    for garbage in [1usize, 2] {
+    for garbage in [1usize, 2, 5] {
         let (mut s, mut relayed) = advertised(6).shared();
         let bad = s.agent(0);
         let victims: Vec<u32> = (1..=garbage).map(|pos| s.agent(pos)).collect();
@@ -234,6 +235,8 @@ fn garbage_shares_from_one_agent_do_not_make_its_neighbours_refuse_and_up_to_k_m
             Err(e) => {
                 assert!(garbage > k_minus_t, "{garbage} garbage shares: {e}");
                 assert!(e.to_string().contains(&format!("agent {bad}")), "{e}");
+                // Its neighbours all answered: the missing shares are its own doing, and the error says so.
+                assert_eq!(e.blamed(), Some(bad), "{e}");
             }
         }
     }

@@ -157,6 +157,11 @@ pub struct SecAggConfig {
     /// Threads that remove the masks at the end of a round (default: one per core of the server).
     #[serde(default)]
     pub unmask_threads: Option<usize>,
+    /// Rounds that an agent is left out of cohorts after it made a round abort by sending its neighbours shares
+    /// that did not decrypt (default 10; 0 never leaves it out). Its connection stays open: revoking it is the
+    /// operator's call.
+    #[serde(default = "default_quarantine_rounds")]
+    pub quarantine_rounds: u64,
 }
 
 fn yes() -> bool {
@@ -164,6 +169,9 @@ fn yes() -> bool {
 }
 fn default_phase_timeout() -> u64 {
     30_000
+}
+fn default_quarantine_rounds() -> u64 {
+    10
 }
 
 impl Default for SecAggConfig {
@@ -178,6 +186,7 @@ impl Default for SecAggConfig {
             weight_cap: None,
             phase_timeout_ms: default_phase_timeout(),
             unmask_threads: None,
+            quarantine_rounds: default_quarantine_rounds(),
         }
     }
 }

@@ -190,6 +190,9 @@ pub struct Coordinator {
     layout: Vec<fedge_shared::train::ParamInfo>,
     /// Distributed differential privacy and the run's budget (off unless [`Coordinator::with_privacy`]).
     privacy: Option<RunPrivacy>,
+    /// Agents left out of cohorts until the round of the given id, for making a secure round abort
+    /// (`secagg.quarantine_rounds`).
+    quarantined: BTreeMap<AgentId, u64>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -235,6 +238,7 @@ impl Coordinator {
             secagg: SecAggConfig::off(),
             layout: Vec::new(),
             privacy: None,
+            quarantined: BTreeMap::new(),
         })
     }
 
@@ -458,12 +462,20 @@ impl Coordinator {
         !info.in_round && !info.silent && info.holding.is_some_and(|h| h.examples > 0)
     }
 
+    fn is_quarantined(&self, agent: &AgentId) -> bool {
+        self.quarantined.get(agent).is_some_and(|&until| self.next_round < until)
+    }
+
     fn available_count(&self) -> usize {
-        self.agents.values().filter(|info| Self::is_available(info)).count()
+        self.agents.iter().filter(|(name, info)| Self::is_available(info) && !self.is_quarantined(name)).count()
     }
 
     fn available(&self) -> Vec<AgentId> {
-        self.agents.iter().filter(|(_, info)| Self::is_available(info)).map(|(name, _)| name.clone()).collect()
+        self.agents
+            .iter()
+            .filter(|(name, info)| Self::is_available(info) && !self.is_quarantined(name))
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     fn on_connected(&mut self, now_ms: u64, agent: AgentId, out: &mut Vec<Action>) {
@@ -632,8 +644,11 @@ impl Coordinator {
                     round.train_totals = outcome.train;
                     Some(outcome.mean)
                 }
-                Err(e) => {
-                    let reason = AbortReason::SecureAggregation(format!("unmasking: {e}"));
+                Err(failure) => {
+                    if let Some(agent) = failure.blamed {
+                        self.quarantine(agent, round.plan.round, out);
+                    }
+                    let reason = AbortReason::SecureAggregation(format!("unmasking: {}", failure.message));
                     return self.finish_aborted(now_ms, *round, reason, out);
                 }
             },
@@ -667,6 +682,24 @@ impl Coordinator {
             strategy_before: before,
             record,
         }));
+    }
+
+    /// Leaves `agent` out of the cohorts of the next `secagg.quarantine_rounds` rounds after `round`, which it made
+    /// abort, and says so in the log.
+    fn quarantine(&mut self, agent: AgentId, round: u64, out: &mut Vec<Action>) {
+        let rounds = self.secagg.quarantine_rounds;
+        if rounds == 0 {
+            return;
+        }
+        let until = round.saturating_add(1).saturating_add(rounds);
+        tracing::warn!(round, %agent, rounds, "agent made the secure round abort; left out of the next cohorts");
+        out.push(Action::Log {
+            message: format!(
+                "agent {agent} sent its neighbours shares that did not decrypt and made round {round} abort; it is \
+                 left out of the next {rounds} rounds (revoke it if it does so again)"
+            ),
+        });
+        self.quarantined.insert(agent, until);
     }
 
     fn abort_round(&mut self, now_ms: u64, reason: AbortReason, out: &mut Vec<Action>) {

@@ -91,12 +91,18 @@ impl SecureRound {
     /// Ends the round: unmasks the sum and returns the weighted mean delta `Σ w·Δ / Σ w`, the federated
     /// evaluation's totals over the survivors (the only evaluation the server ever sees in a secure round) and
     /// their training totals (examples, loss sum; the server never sees one agent's).
-    pub(super) fn finish(&mut self) -> Result<SecureOutcome, String> {
-        let session = self.session.take().ok_or("the secure session is gone")?;
-        let sum = session.finish().map_err(|e| e.to_string())?;
+    pub(super) fn finish(&mut self) -> Result<SecureOutcome, UnmaskFailure> {
+        let session = self.session.take().ok_or_else(|| UnmaskFailure::new("the secure session is gone"))?;
+        let sum = session.finish().map_err(|e| {
+            let blamed = e.blamed().and_then(|i| self.names.get(&i).map(|name| (i, name.clone())));
+            match blamed {
+                Some((i, name)) => UnmaskFailure { message: format!("{e}; agent {i} is {name}"), blamed: Some(name) },
+                None => UnmaskFailure::new(e.to_string()),
+            }
+        })?;
         self.metrics.survivors = sum.survivors.len();
         if !(sum.weight_sum.is_finite() && sum.weight_sum > 0.0) {
-            return Err(format!("the survivors' total weight is {}", sum.weight_sum));
+            return Err(UnmaskFailure::new(format!("the survivors' total weight is {}", sum.weight_sum)));
         }
         let inv = 1.0 / sum.weight_sum;
         let mean = sum.weighted_delta_sum.iter().map(|&v| (f64::from(v) * inv) as f32).collect();
@@ -112,6 +118,21 @@ impl SecureRound {
         });
         let train = train.filter(|t| t.loss_sum.is_finite());
         Ok(SecureOutcome { mean, eval: eval.map(|c| (c, sum.survivors.len())), train })
+    }
+}
+
+/// Why a secure round's sum could not be unmasked, and the member whose misbehaviour caused it, when one did.
+#[derive(Debug)]
+pub(super) struct UnmaskFailure {
+    pub message: String,
+    /// A member proven to have sent its neighbours shares that did not decrypt
+    /// ([`fedge_shared::secagg::SecAggError::blamed`]).
+    pub blamed: Option<AgentId>,
+}
+
+impl UnmaskFailure {
+    fn new(message: impl Into<String>) -> Self {
+        UnmaskFailure { message: message.into(), blamed: None }
     }
 }
 

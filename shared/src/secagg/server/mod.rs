@@ -217,6 +217,11 @@ impl ServerSession {
     }
 
     fn abort(&mut self, why: String) -> SecAggError {
+        self.abort_with(SecAggError::Abort(why))
+    }
+
+    /// Ends the round with `err`, dropping every key, share and partial sum it held.
+    fn abort_with(&mut self, err: SecAggError) -> SecAggError {
         self.phase = Phase::Aborted;
         self.keys.clear();
         self.shares_in.clear();
@@ -225,8 +230,8 @@ impl ServerSession {
         self.seed_shares.clear();
         self.key_shares.clear();
         self.signatures.clear();
-        tracing::warn!(round = self.round, "secure aggregation aborted: {why}");
-        SecAggError::Abort(why)
+        tracing::warn!(round = self.round, "secure aggregation aborted: {err}");
+        err
     }
 
     fn member_of(set: &BTreeSet<u32>, graph: &NeighbourGraph, agent: u32) -> Result<(), SecAggError> {
@@ -464,7 +469,7 @@ impl ServerSession {
         for &j in &survivors {
             let shares = self.seed_shares.get(&j).map(Vec::as_slice).unwrap_or_default();
             if shares.len() < t {
-                return Err(self.abort(format!("only {} shares of agent {j}'s seed, {t} needed", shares.len())));
+                return Err(self.too_few_shares(j, shares.len(), "seed"));
             }
             let advertised = self.keys.get(&j).ok_or(SecAggError::ReconstructionMismatch(j))?;
             let commitment = advertised.seed_commitment;
@@ -477,7 +482,7 @@ impl ServerSession {
         for j in dropped {
             let shares = self.key_shares.get(&j).map(Vec::as_slice).unwrap_or_default();
             if shares.len() < t {
-                return Err(self.abort(format!("only {} shares of agent {j}'s mask key, {t} needed", shares.len())));
+                return Err(self.too_few_shares(j, shares.len(), "mask key"));
             }
             let advertised = self.keys.get(&j).ok_or(SecAggError::ReconstructionMismatch(j))?;
             let mask_pk = advertised.mask_pk;
@@ -500,6 +505,19 @@ impl ServerSession {
         // All masks come off in one pass over the sum.
         apply_masks_parallel(&masks, &mut self.sum.0, self.unmask_threads);
         Ok(QuantizedSum { survivors, values: std::mem::take(&mut self.sum.0) })
+    }
+
+    /// Aborts because only `revealed` shares of agent `j`'s `secret` came back. When at least `t` of `j`'s
+    /// neighbours answered the unmask request, the missing shares are ones they could not open: `j` sent them
+    /// garbage, and the error blames it ([`SecAggError::blamed`]). Otherwise neighbours dropped, and nobody is.
+    fn too_few_shares(&mut self, j: u32, revealed: usize, secret: &str) -> SecAggError {
+        let t = self.params.threshold as usize;
+        let answered =
+            self.graph.neighbours(j).unwrap_or_default().iter().filter(|n| self.responded.contains(n)).count();
+        if answered >= t {
+            return self.abort_with(SecAggError::SharesWithheld { agent: j, answered, revealed, need: t });
+        }
+        self.abort(format!("only {revealed} shares of agent {j}'s {secret}, {t} needed"))
     }
 
     /// Ends the round: the dequantized `Σw` and `Σ w·Δ` over the survivors, refused when it is not a sum they
