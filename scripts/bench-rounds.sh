@@ -4,7 +4,7 @@
 # Usage: scripts/bench-rounds.sh [quick|full]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p fedge-server --bins >&2
+cargo build --release -p fedge-server -p fedge-ctl --bins >&2
 bin="${CARGO_TARGET_DIR:-target}/release/fedge-bench"
 mode="${1:-quick}"
 run() { "$bin" "$@" || echo "{\"failed\": \"$*\"}"; }

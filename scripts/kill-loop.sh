@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 kills="${1:-100}"
 export FEDGE_KILLS="$kills"
 if [ -n "${2:-}" ]; then export FEDGE_KILL_SEED="$2"; fi
-cargo build -p fedge-server --bins >&2
+cargo build -p fedge-server -p fedge-ctl --bins >&2
 start=$(date +%s)
 cargo test --test server_crash -- --nocapture 2>&1 | grep -E "kill |kills in|seed|test result|panicked|FAILED" 
 echo "kill-loop: $kills kills, $(( $(date +%s) - start )) s"

@@ -12,5 +12,5 @@ fi
 if ! ip netns add fedge-probe-$$ 2>/dev/null; then echo "SKIPPED: network namespaces are not allowed here"; exit 0; fi
 ip netns del fedge-probe-$$
 modprobe sch_netem 2>/dev/null || true
-cargo build -p fedge-server --bins >&2
+cargo build -p fedge-server -p fedge-ctl --bins >&2
 FEDGE_NETNS=1 cargo test --test faults_netns -- --nocapture 2>&1 | grep -E "phase|server:|SKIPPED|test result|panicked|timed out"

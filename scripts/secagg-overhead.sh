@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 agents="${1:-100}" params="${2:-1000000}" pairs="${3:-4}" rounds="${4:-8}"
-cargo build --release -p fedge-server --bins >&2
+cargo build --release -p fedge-server -p fedge-ctl --bins >&2
 bin="${CARGO_TARGET_DIR:-target}/release/fedge-bench"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT

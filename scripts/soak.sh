@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 agents="${1:-100}"; rounds="${2:-50}"; params="${3:-100000}"; out="${4:-soak-out}"
-cargo build -p fedge-server --bins >&2
+cargo build -p fedge-server -p fedge-ctl --bins >&2
 bin="${CARGO_TARGET_DIR:-target}/debug/fedge-bench"
 mkdir -p "$out"
 csv="$out/soak-memory.csv"

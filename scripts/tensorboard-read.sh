@@ -1,7 +1,7 @@
 #!/bin/sh
 # Reads TensorBoard event files back with the `tensorboard` package from PyPI (its EventAccumulator, the reader
 # TensorBoard itself uses) and prints every scalar as one JSON object: {"tag": [[step, value, wall_time], ...]}.
-# server/tests/history_exports.rs checks `fedgectl history --tensorboard` with it.
+# ctl/tests/history_exports.rs checks `fedgectl history --tensorboard` with it.
 #
 #   scripts/tensorboard-read.sh LOGDIR     read the event files in LOGDIR
 #   scripts/tensorboard-read.sh --prepare  only create the virtual environment (CI does this before the tests)

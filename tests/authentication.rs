@@ -4,8 +4,8 @@
 use fedge_agent::client::{Agent, AgentEvent};
 use fedge_agent::learner::{Learner, NoiseLearner};
 use fedge_agent::state::ModelState;
+use fedge_ctl::demo::{FederationSpec, LocalFederation, agent_settings};
 use fedge_server::coordinator::CoordinatorConfig;
-use fedge_server::demo::{FederationSpec, LocalFederation, agent_settings};
 use fedge_server::service::ServerEvent;
 use fedge_shared::protocol::{ALPN_AGENT, Hello, PROTOCOL_VERSION, ServerHello, limits};
 use fedge_shared::tls::{self, Identity, Role};

@@ -11,8 +11,8 @@ use std::time::Duration;
 use fedge_agent::config::LocalData;
 use fedge_agent::learner::Learner;
 use fedge_agent::trainer::TractLearner;
-use fedge_server::demo::{FederationSpec, LocalFederation};
-use fedge_server::demo_data::{SplitSpec, open_for_federation, split_sources};
+use fedge_ctl::demo::{FederationSpec, LocalFederation};
+use fedge_ctl::demo_data::{SplitSpec, open_for_federation, split_sources};
 use fedge_server::evaluator::TractEvaluator;
 use fedge_server::service::ServerEvent;
 use fedge_shared::data::{SharedExamples, SourceSpec};
@@ -79,7 +79,7 @@ async fn run_rounds(
 }
 
 /// One tract learner per share (its training part and held-out part).
-fn learners_of(shards: Vec<fedge_server::demo_data::Shard>) -> Vec<Box<dyn Learner>> {
+fn learners_of(shards: Vec<fedge_ctl::demo_data::Shard>) -> Vec<Box<dyn Learner>> {
     shards
         .into_iter()
         .enumerate()

@@ -10,8 +10,8 @@
 //!   labelled ones;
 //! - they survive the agent being killed with SIGKILL: restarted, it still holds them and its next round counts them.
 
+use fedge_ctl::demo::{FederationOptions, FederationSpec, LocalFederation};
 use fedge_server::coordinator::{CoordinatorConfig, SecAggConfig};
-use fedge_server::demo::{FederationOptions, FederationSpec, LocalFederation};
 use fedge_server::service::ServerEvent;
 use fedge_shared::tls::{self, Role};
 use fedge_system_tests::{cohort_of, init_logs, tiny_mnist, wait_server, workspace_bin};

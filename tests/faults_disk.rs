@@ -14,7 +14,7 @@
 use fedge_agent::client::{Agent, AgentEvent};
 use fedge_agent::learner::NoiseLearner;
 use fedge_agent::state::ModelState;
-use fedge_server::demo::agent_settings;
+use fedge_ctl::demo::agent_settings;
 use fedge_server::store::Store;
 use fedge_shared::model::{Digest, weights_to_bytes};
 use fedge_shared::tls::{self, Role};

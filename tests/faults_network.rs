@@ -10,8 +10,8 @@
 use fedge_agent::client::{Agent, AgentEvent};
 use fedge_agent::learner::NoiseLearner;
 use fedge_agent::state::ModelState;
+use fedge_ctl::demo::{FederationSpec, LocalFederation, agent_settings};
 use fedge_server::coordinator::CoordinatorConfig;
-use fedge_server::demo::{FederationSpec, LocalFederation, agent_settings};
 use fedge_server::service::ServerEvent;
 use fedge_shared::tls::{self, Role};
 use fedge_system_tests::{cohort_of, wait_agent};

@@ -9,8 +9,8 @@
 
 use fedge_agent::learner::Learner;
 use fedge_agent::trainer::TractLearner;
-use fedge_server::ctl::{AdminClient, Target};
-use fedge_server::demo::{FederationSpec, LocalFederation, split_for_agents};
+use fedge_ctl::demo::{FederationSpec, LocalFederation, split_for_agents};
+use fedge_ctl::{AdminClient, Target};
 use fedge_server::evaluator::TractEvaluator;
 use fedge_server::service::ServerEvent;
 use fedge_shared::data::Dataset;
@@ -90,7 +90,7 @@ async fn history_shows_the_federated_accuracy_of_each_version_beside_the_servers
     assert_eq!(row2.evaluated_version, 1);
     let accuracy = row2.federated_accuracy.expect("a federated accuracy in the history");
     assert!((accuracy - direct.correct as f32 / held_out.len() as f32).abs() < 1e-6, "{accuracy}");
-    let table = fedge_server::ctl::render::history(&history);
+    let table = fedge_ctl::render::history(&history);
     assert!(table.lines().next().unwrap().contains("FED ACC"), "{table}");
     let row1 = table.lines().find(|l| l.split_whitespace().next() == Some(&records[0].round.to_string())).unwrap();
     let server_accuracy = records[0].metrics.test_accuracy.expect("the server evaluates version 1");

@@ -3,8 +3,8 @@
 
 use fedge_agent::learner::Learner;
 use fedge_agent::trainer::TractLearner;
+use fedge_ctl::demo::{FederationSpec, LocalFederation, split_for_agents};
 use fedge_server::coordinator::CoordinatorConfig;
-use fedge_server::demo::{FederationSpec, LocalFederation, split_for_agents};
 use fedge_server::evaluator::TractEvaluator;
 use fedge_server::service::ServerEvent;
 use fedge_system_tests::{cohort_of, init_logs, mnist_subset, wait_server};

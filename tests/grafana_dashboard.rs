@@ -149,7 +149,7 @@ async fn every_metric_the_dashboard_queries_is_exposed_by_a_running_server_or_ag
     let (models, updates) = watch::channel(None);
     let endpoint = inference::start(InferenceSettings::loopback(), updates, stop_rx.clone()).await.unwrap();
     // Plain rounds (a cohort of one): this agent must accept them.
-    let mut settings = fedge_server::demo::agent_settings(&bundle, server.local_addr).unwrap();
+    let mut settings = fedge_ctl::demo::agent_settings(&bundle, server.local_addr).unwrap();
     settings.require_secure_aggregation = false;
     let agent = Agent::new(settings, ModelState::in_memory(), Box::new(NoiseLearner::new(20, 1, 0.01)))
         .with_model_updates(models);

@@ -6,8 +6,8 @@
 //! hostile case is logged with its reason.
 
 use fedge_agent::learner::{Learner, NoiseLearner};
+use fedge_ctl::demo::{FederationSpec, LocalFederation};
 use fedge_server::coordinator::CoordinatorConfig;
-use fedge_server::demo::{FederationSpec, LocalFederation};
 use fedge_server::service::ServerEvent;
 use fedge_shared::model::weights_to_bytes;
 use fedge_shared::protocol::{self, AgentMessage, BlobHeader, BlobKind, Hello, PROTOCOL_VERSION, ServerHello, limits};

@@ -6,8 +6,8 @@ use fedge_agent::client::Agent;
 use fedge_agent::inference::{self, InferenceSettings};
 use fedge_agent::state::ModelState;
 use fedge_agent::trainer::TractLearner;
+use fedge_ctl::demo::{FederationSpec, LocalFederation, agent_settings};
 use fedge_server::coordinator::CoordinatorConfig;
-use fedge_server::demo::{FederationSpec, LocalFederation, agent_settings};
 use fedge_server::evaluator::TractEvaluator;
 use fedge_server::service::ServerEvent;
 use fedge_shared::tls::{self, Role};
@@ -62,7 +62,7 @@ async fn the_endpoint_fedge_agent_predict_and_the_server_evaluation_agree_on_a_n
         evaluator: Some(Arc::new(TractEvaluator::new(test.clone(), 50))),
     };
     // One agent: a cohort of one cannot be aggregated securely, so this round is plain.
-    let options = fedge_server::demo::FederationOptions {
+    let options = fedge_ctl::demo::FederationOptions {
         secagg: fedge_server::coordinator::SecAggConfig::off(),
         relay_hook: None,
         privacy: None,

@@ -6,10 +6,10 @@
 
 use fedge_agent::learner::{Learner, NoiseLearner};
 use fedge_agent::privacy_budget::AgentPrivacy;
+use fedge_ctl::demo::{FederationOptions, FederationSpec, LocalFederation};
 use fedge_server::coordinator::{
     AggregationMode, CoordinatorConfig, RoundRecord, RunPrivacy, SecAggConfig, SecurePlan,
 };
-use fedge_server::demo::{FederationOptions, FederationSpec, LocalFederation};
 use fedge_server::service::ServerEvent;
 use fedge_shared::privacy::PrivacySettings;
 use fedge_system_tests::{cohort_of, init_logs, wait_refusals, wait_server};

@@ -11,8 +11,8 @@
 use fedge_agent::client::{AgentEvent, PLAIN_ROUND_REFUSED};
 use fedge_agent::learner::{LearnOutcome, Learner, NoiseLearner};
 use fedge_agent::trainer::TractLearner;
+use fedge_ctl::demo::{FederationOptions, FederationSpec, LocalFederation};
 use fedge_server::coordinator::{CoordinatorConfig, RoundRecord, SecAggConfig, SecurePhase};
-use fedge_server::demo::{FederationOptions, FederationSpec, LocalFederation};
 use fedge_server::service::{RelayHook, ServerEvent};
 use fedge_shared::protocol::{ServerMessage, TrainPlan};
 use fedge_system_tests::{cohort_of, init_logs, wait_agent, wait_refusals, wait_server};

@@ -6,7 +6,7 @@
 use fedge_agent::client::Agent;
 use fedge_agent::learner::{LearnOutcome, Learner, NoiseLearner};
 use fedge_agent::state::ModelState;
-use fedge_server::demo::agent_settings;
+use fedge_ctl::demo::agent_settings;
 use fedge_server::store::{Store, StoreError};
 use fedge_shared::model::{Digest, weights_to_bytes};
 use fedge_shared::protocol::TrainPlan;

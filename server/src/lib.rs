@@ -5,16 +5,13 @@
 //! - [`store`]: the sled database: models, rounds, agents, metadata; [`round_format`]: how it lays out round records.
 //! - [`service`]: the core task that drives the coordinator and the store; [`net`]: the QUIC shell.
 //! - [`config`]: `server.toml`; [`evaluator`]: test-set evaluation of new models.
-//! - [`admin`]: the operator's protocol (served); [`ctl`]: its client (fedgectl); [`metrics`]: Prometheus.
-//! - [`demo`]: a whole local federation (`fedgectl demo`); [`demo_data`]: the user's data split across its agents.
+//! - [`admin`]: the operator's protocol (served; its client, `fedgectl`, is the `fedge-ctl` crate, with the demo
+//!   and the benchmark, so that this crate links no edge agent); [`metrics`]: Prometheus.
 
 pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod coordinator;
-pub mod ctl;
-pub mod demo;
-pub mod demo_data;
 pub mod disk;
 pub mod evaluator;
 pub mod logging;

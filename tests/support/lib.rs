@@ -22,7 +22,7 @@ pub fn init_logs() {
 
 /// The first `train` training and `test` test examples of MNIST.
 pub fn mnist_subset(train: usize, test: usize) -> anyhow::Result<(Dataset, Dataset)> {
-    let dir = fedge_server::demo::find_mnist(None)?;
+    let dir = fedge_ctl::demo::find_mnist(None)?;
     Ok((data::load_mnist_dir(&dir, Split::Train)?.take(train), data::load_mnist_dir(&dir, Split::Test)?.take(test)))
 }
 

@@ -3,9 +3,9 @@
 //! A real server and agents over loopback QUIC; the agents' learners record the plans they are handed.
 
 use fedge_agent::learner::{LearnOutcome, Learner, NoiseLearner};
+use fedge_ctl::demo::{FederationSpec, LocalFederation};
+use fedge_ctl::{AdminClient, RoundCmd, Target};
 use fedge_server::coordinator::{CoordinatorConfig, OptimizerKind, TrainHyper};
-use fedge_server::ctl::{AdminClient, RoundCmd, Target};
-use fedge_server::demo::{FederationSpec, LocalFederation};
 use fedge_server::service::ServerEvent;
 use fedge_shared::protocol::TrainPlan;
 use fedge_shared::tls::{self, Role};

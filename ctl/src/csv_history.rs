@@ -83,11 +83,10 @@ mod tests {
 
     #[test]
     fn a_row_per_round_under_a_header_with_empty_cells_for_missing_values_and_quoted_text() {
-        let mut aborted = crate::ctl::tensorboard::tests::summary(2, false);
+        let mut aborted = crate::tensorboard::tests::summary(2, false);
         aborted.abort_reason = Some("only 1 agents reported, at least 2 are needed".into());
         let text =
-            String::from_utf8(history_csv(&[crate::ctl::tensorboard::tests::summary(1, true), aborted]).unwrap())
-                .unwrap();
+            String::from_utf8(history_csv(&[crate::tensorboard::tests::summary(1, true), aborted]).unwrap()).unwrap();
         let mut reader = csv::Reader::from_reader(text.as_bytes());
         let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
         assert_eq!(header[..3], ["round", "outcome", "strategy"]);

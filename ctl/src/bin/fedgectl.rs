@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use fedge_server::ctl::{self, AdminClient, RoundCmd, Target};
+use fedge_ctl::{self as ctl, AdminClient, RoundCmd, Target};
 use fedge_shared::tls::{self, Identity, Role};
 use std::path::{Path, PathBuf};
 
@@ -62,7 +62,7 @@ enum Command {
     #[command(subcommand)]
     Operator(OperatorCmd),
     /// Run a local federation: a server and agents on loopback, training on a bundled data set.
-    Demo(Box<fedge_server::demo::DemoArgs>),
+    Demo(Box<fedge_ctl::demo::DemoArgs>),
     /// The running server's state: version, uptime, agents, round, phase, deadline.
     Status {
         #[arg(long)]
@@ -225,7 +225,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => {
             // The demo shows its own progress; logs only for what goes wrong (RUST_LOG=info for everything).
             fedge_server::logging::init_with_default(false, "warn");
-            fedge_server::demo::run(*args)
+            fedge_ctl::demo::run(*args)
         }
         online => {
             let target = cli.target.target()?;

@@ -10,8 +10,8 @@
 use fedge_agent::client::Agent;
 use fedge_agent::learner::NoiseLearner;
 use fedge_agent::state::ModelState;
+use fedge_ctl::demo::{FederationOptions, FederationSpec, LocalFederation, agent_settings};
 use fedge_server::coordinator::{CoordinatorConfig, TrainHyper};
-use fedge_server::demo::{FederationOptions, FederationSpec, LocalFederation, agent_settings};
 use fedge_server::evaluator::{Evaluator, TractEvaluator};
 use fedge_server::service::ServerEvent;
 use fedge_shared::admin::RoundSummary;

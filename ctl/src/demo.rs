@@ -9,19 +9,19 @@
 //! blocks ([`LocalFederation`]) are also what the whole-system tests use. Nothing here listens on anything but
 //! 127.0.0.1.
 
-use crate::config::{ModelSource, ServerConfig, TlsFiles};
-use crate::coordinator::{
-    AggregationMode, CoordinatorConfig, OptimizerKind, RunPrivacy, SecAggConfig, SecurePlan, TrainHyper,
-};
 use crate::demo_data::{SplitSpec, open_for_federation};
-use crate::evaluator::{Evaluator, TractEvaluator};
-use crate::service::{self, RelayHook, ServerEvent, ServerHandle};
-use crate::strategy::StrategyConfig;
 use anyhow::{Context, bail};
 use fedge_agent::client::{Agent, AgentEvent, ClientSettings};
 use fedge_agent::learner::Learner;
 use fedge_agent::state::ModelState;
 use fedge_agent::trainer::TractLearner;
+use fedge_server::config::{ModelSource, ServerConfig, TlsFiles};
+use fedge_server::coordinator::{
+    AggregationMode, CoordinatorConfig, OptimizerKind, RunPrivacy, SecAggConfig, SecurePlan, TrainHyper,
+};
+use fedge_server::evaluator::{Evaluator, TractEvaluator};
+use fedge_server::service::{self, RelayHook, ServerEvent, ServerHandle};
+use fedge_server::strategy::StrategyConfig;
 use fedge_shared::data::{self, Dataset, SourceSpec, Task};
 use fedge_shared::tls::{self, Identity, Role};
 use fedge_shared::train::{Loss, TrainableModel};
@@ -228,7 +228,7 @@ impl LocalFederation {
         let config = ServerConfig {
             listen: "127.0.0.1:0".parse()?,
             data_dir: dir.path().join("db"),
-            keep_weights: crate::config::DEFAULT_KEEP_WEIGHTS,
+            keep_weights: fedge_server::config::DEFAULT_KEEP_WEIGHTS,
             min_free_disk_mb: None,
             tls: TlsFiles {
                 ca: pki.join(tls::files::CA_CERT),

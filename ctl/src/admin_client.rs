@@ -1,21 +1,8 @@
-//! The client side of `fedgectl`: an operator's QUIC connection to a running server (ALPN `fedge-admin/1`,
-//! authenticated by an operator bundle) and one typed function per admin request. The binary and the tests call
-//! the same functions.
-//!
-//! - [`render`]: human-readable output; [`plot`]: the history plot; [`progress`]: `watch`'s progress bars;
-//!   [`tensorboard`] and [`tfevents`]: the history as TensorBoard event files; [`csv_history`]: as CSV;
-//!   [`atomic`]: files written whole or not at all.
+//! An operator's QUIC connection to a running server (ALPN `fedge-admin/1`, authenticated by an operator bundle)
+//! and one typed function per admin request. The binary and the tests call the same functions.
 //!
 //! Nothing here decides anything about rounds or settings: the server validates every command. It never panics on
 //! what the server sends.
-
-pub mod atomic;
-pub mod csv_history;
-pub mod plot;
-pub mod progress;
-pub mod render;
-pub mod tensorboard;
-pub mod tfevents;
 
 use anyhow::{Context, bail};
 use fedge_shared::admin::{

@@ -4,9 +4,9 @@
 use fedge_agent::client::Agent;
 use fedge_agent::learner::NoiseLearner;
 use fedge_agent::state::ModelState;
+use fedge_ctl::{AdminClient, RoundCmd, Target};
 use fedge_server::config::{Evaluation, ModelSource, ServerConfig, TlsFiles};
 use fedge_server::coordinator::{CoordinatorConfig, TrainHyper};
-use fedge_server::ctl::{AdminClient, RoundCmd, Target};
 use fedge_server::evaluator::{Evaluator, TractEvaluator};
 use fedge_server::service::{self, ServerEvent, ServerHandle};
 use fedge_shared::data::{self, Dataset, Split};
@@ -28,7 +28,7 @@ struct Federation {
 }
 
 fn test_set() -> Dataset {
-    let dir = fedge_server::demo::find_mnist(None).unwrap();
+    let dir = fedge_ctl::demo::find_mnist(None).unwrap();
     data::load_mnist_dir(&dir, Split::Test).unwrap().take(300)
 }
 
@@ -83,7 +83,7 @@ impl Federation {
         let mut tasks = vec![];
         for i in 0..agents {
             let bundle = tls::issue_bundle(&pki, &format!("agent-{i:03}"), Role::Agent, 30).unwrap();
-            let mut settings = fedge_server::demo::agent_settings(&bundle, server.local_addr).unwrap();
+            let mut settings = fedge_ctl::demo::agent_settings(&bundle, server.local_addr).unwrap();
             settings.require_secure_aggregation = config.secagg.enabled;
             let learner = Box::new(NoiseLearner::new(100 + i as u64, i as u64, 0.01));
             tasks.push(tokio::spawn(Agent::new(settings, ModelState::in_memory(), learner).run(stop_rx.clone())));
@@ -241,7 +241,7 @@ async fn an_operator_runs_two_rounds_through_fedgectl_and_the_exported_model_sco
     // Two rounds, followed with `watch` until both have ended.
     let msg = client.round(RoundCmd::Start { count: Some(2), target_accuracy: None }).await.unwrap();
     assert!(msg.contains("2 more rounds"), "{msg}");
-    let mut view = fedge_server::ctl::progress::WatchView::new(true);
+    let mut view = fedge_ctl::progress::WatchView::new(true);
     let mut phases = std::collections::BTreeSet::new();
     tokio::time::timeout(
         LIMIT,
