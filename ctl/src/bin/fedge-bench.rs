@@ -181,7 +181,7 @@ fn sibling_bin(name: &str) -> anyhow::Result<PathBuf> {
     let path = exe.parent().context("no directory")?.join(name);
     if !path.exists() {
         bail!(
-            "{} not found next to fedge-bench: build it (cargo build --release -p fedge-server --bins)",
+            "{} not found next to fedge-bench: build it (cargo build --release -p fedge-server -p fedge-ctl --bins)",
             path.display()
         );
     }
