@@ -10,7 +10,9 @@ use fedge_ctl::demo::{FederationSpec, LocalFederation};
 use fedge_server::coordinator::CoordinatorConfig;
 use fedge_server::service::ServerEvent;
 use fedge_shared::model::weights_to_bytes;
-use fedge_shared::protocol::{self, AgentMessage, BlobHeader, BlobKind, Hello, PROTOCOL_VERSION, ServerHello, limits};
+use fedge_shared::protocol::{
+    self, AgentMessage, BlobHeader, BlobKind, Hello, PROTOCOL_VERSION, ServerHello, ServerMessage, limits,
+};
 use fedge_shared::tls::{self, Identity, Role};
 use fedge_shared::wire;
 use fedge_system_tests::{cohort_of, wait_server};
@@ -165,10 +167,22 @@ async fn a_hostile_agent_with_a_valid_certificate_cannot_crash_stall_or_bloat_th
 
     // 5. Out of phase without a check-in: an abandon of a round never joined, an update for a round it was never
     //    selected for; 6. a replay of the first completed round's update; 7. an update of the wrong length.
-    let (conn, mut send, _recv) = hello(&ep, server).await?;
+    let (conn, mut send, mut recv) = hello(&ep, server).await?;
     wire::write_msg(&mut send, &AgentMessage::Abandon { round: 999, reason: "hostile".into() }, limits::CONTROL)
         .await?;
     send_update(&conn, 999, params).await?;
+    // The refusal reaches the agent, with its reason, and the connection stays open.
+    let refused = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match wire::read_msg::<ServerMessage>(&mut recv, limits::CONTROL).await? {
+                Some(ServerMessage::Refused { reason }) => return anyhow::Ok(reason),
+                Some(_) => continue,
+                None => anyhow::bail!("the control stream ended before the refusal"),
+            }
+        }
+    })
+    .await??;
+    assert!(refused.contains("round") || refused.contains("selected"), "{refused}");
     send_update(&conn, first, params).await?;
     send_update(&conn, first + 1, params + 1).await?;
     let why = closed_by_server(&conn).await?;

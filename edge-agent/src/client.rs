@@ -77,6 +77,10 @@ pub enum AgentEvent {
     Refused {
         reason: String,
     },
+    /// The server refused one of this agent's messages (the connection stays open).
+    MessageRefused {
+        reason: String,
+    },
     ModelReceived {
         version: u64,
     },
@@ -616,6 +620,10 @@ impl Agent {
                     });
                 }
                 Inbound::Control(ServerMessage::Bye { reason }) => bail!("server said goodbye: {reason}"),
+                Inbound::Control(ServerMessage::Refused { reason }) => {
+                    tracing::warn!(%reason, "the server refused a message of this agent's");
+                    self.emit(AgentEvent::MessageRefused { reason });
+                }
                 Inbound::Control(ServerMessage::SecAggKeys { round, keys, certificates, revocations }) => {
                     let Some(st) = secure.as_mut().filter(|s| s.round == round) else {
                         tracing::debug!(round, "keys for a round this agent is not in");

@@ -890,7 +890,8 @@ impl Core {
                 self.send(&agent, Outbound::Msg(ServerMessage::SecAggUnmask(request)));
             }
             Action::Reject { agent, reason } => {
-                tracing::warn!(%agent, %reason, "update refused");
+                tracing::warn!(%agent, %reason, "message refused");
+                self.send(&agent, Outbound::Msg(ServerMessage::Refused { reason: reason.to_string() }));
             }
             Action::CancelTraining { agent, round } => {
                 let m = ServerMessage::RoundEnd {

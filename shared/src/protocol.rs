@@ -247,6 +247,11 @@ pub enum ServerMessage {
     /// Secure aggregation, last phase: who survived and who dropped, with the recipient's neighbours' signatures
     /// over the survivor set; answer with the shares to reveal.
     SecAggUnmask(UnmaskRequest),
+    /// A message of this agent's was refused, and why: an update for a round it is not in, a duplicate, one after
+    /// the deadline, a secure-aggregation message out of phase. The connection stays open.
+    Refused {
+        reason: String,
+    },
 }
 
 /// What a blob stream carries.
@@ -443,6 +448,7 @@ mod tests {
                 dropped: vec![0],
                 signatures: vec![SurvivorSignature { round: 4, from: 1, signature: vec![5; 70] }],
             }),
+            ServerMessage::Refused { reason: "not selected for this round".into() },
         ];
         for m in server {
             let bytes = codec::encode(&m).unwrap();

@@ -17,7 +17,8 @@
 //!
 //! The shell's contract, action by action (carry them out in the order given):
 //! - `SendPlan`: send the weights of `plan.model_version` first if `send_weights`, then the plan.
-//! - `Reject` / `CancelTraining`: tell the agent; nothing else changes.
+//! - `Reject`: send the agent `ServerMessage::Refused` with the reason; `CancelTraining`: send it `RoundEnd` (not
+//!   completed). Nothing else changes.
 //! - `RoundStarted`: `Store::reserve_round(round)` before any later action leaves, so the id is never reused, even
 //!   after a crash. If that fails, carry out none of the round's `SendPlan`s and feed back
 //!   `Event::RoundNotReserved` (the round is aborted; a failed write also stops new rounds via `Storage`).
