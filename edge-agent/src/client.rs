@@ -305,12 +305,21 @@ impl Agent {
 
     /// Charges a secure round over `len` values to this agent's own privacy budget, if it keeps one
     /// ([`crate::privacy_budget`]); refuses a round without noise or clipping, or one past the budget.
-    fn charge_privacy(&self, params: &fedge_shared::secagg::SecAggParams, len: usize) -> anyhow::Result<()> {
-        let mut budget = lock(&self.budget);
-        let Some(b) = budget.as_mut() else { return Ok(()) };
-        let cost = b.round_cost(params, len).map_err(anyhow::Error::msg)?;
-        b.charge(&cost)?;
-        tracing::info!(epsilon = b.epsilon().unwrap_or(f64::NAN), "this agent's privacy budget charged");
+    /// The budget file is written (and synced) on a blocking thread, never on the runtime.
+    async fn charge_privacy(&self, params: &fedge_shared::secagg::SecAggParams, len: usize) -> anyhow::Result<()> {
+        let charge = {
+            let budget = lock(&self.budget);
+            let Some(b) = budget.as_ref() else { return Ok(()) };
+            let cost = b.round_cost(params, len).map_err(anyhow::Error::msg)?;
+            b.prepare(&cost)?
+        };
+        let charge = tokio::task::spawn_blocking(move || charge.write().map(|()| charge))
+            .await
+            .context("the privacy budget's writer")??;
+        if let Some(b) = lock(&self.budget).as_mut() {
+            b.commit(charge);
+            tracing::info!(epsilon = b.epsilon().unwrap_or(f64::NAN), "this agent's privacy budget charged");
+        }
         Ok(())
     }
 
@@ -715,7 +724,7 @@ impl Agent {
             {
                 let round = st.round;
                 // This agent's own privacy budget is charged (and written down) before anything leaves the device.
-                if let Err(e) = self.charge_privacy(session.params(), outcome.delta.len()) {
+                if let Err(e) = self.charge_privacy(session.params(), outcome.delta.len()).await {
                     secure = None;
                     self.refuse_secure(send, round, format!("{e:#}")).await?;
                     continue;

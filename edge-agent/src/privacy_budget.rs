@@ -12,9 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use fedge_shared::privacy::{
-    Accountant, DdgRound, Mechanism, integer_l1_sensitivity, integer_l2_sensitivity, settings::MAX_DELTA,
-};
+use fedge_shared::privacy::{Accountant, DdgRound, Mechanism, settings::MAX_DELTA};
 use fedge_shared::secagg::SecAggParams;
 use serde::{Deserialize, Serialize};
 
@@ -83,18 +81,16 @@ impl PrivacyBudget {
     /// What a round with `params` over a model of `params_len` values costs this agent, refused when the plan has
     /// no noise or no L2 clipping (its cost is unbounded).
     pub fn round_cost(&self, params: &SecAggParams, params_len: usize) -> Result<DdgRound, String> {
-        let Some(clip_norm) = params.clip_norm else {
+        let d = params_len as u64;
+        let Some((l2, l1)) = params.integer_sensitivities(d) else {
             return Err("the round clips no update in L2 norm: this agent's privacy budget cannot bound it".into());
         };
         if params.noise_variance <= 0.0 {
             return Err("the round adds no noise: this agent requires differential privacy ([privacy])".into());
         }
-        let d = params_len as u64;
-        let scale = params.max_level() as f64 / (2.0 * f64::from(params.clip));
-        let l2 = integer_l2_sensitivity(2.0 * f64::from(clip_norm), scale, d);
         Ok(DdgRound {
             l2_sensitivity: l2,
-            l1_sensitivity: integer_l1_sensitivity(l2, d),
+            l1_sensitivity: l1,
             local_variance: params.noise_variance,
             agents: self.settings.trusted_agents,
             dimension: d,
@@ -117,15 +113,43 @@ impl PrivacyBudget {
 
     /// Charges `round`, and writes what is spent to the state directory before returning.
     pub fn charge(&mut self, round: &DdgRound) -> anyhow::Result<()> {
+        let charge = self.prepare(round)?;
+        charge.write()?;
+        self.commit(charge);
+        Ok(())
+    }
+
+    /// What the budget will be once `round` is charged, refused past `max_epsilon`. Nothing is spent until the
+    /// charge is written ([`Charge::write`], file I/O for a blocking thread) and committed.
+    pub fn prepare(&self, round: &DdgRound) -> anyhow::Result<Charge> {
         self.admit(round).map_err(anyhow::Error::msg)?;
-        let mut next = self.accountant.clone();
-        next.record_round(Mechanism::DistributedDiscreteGaussian(*round))?;
+        let mut accountant = self.accountant.clone();
+        accountant.record_round(Mechanism::DistributedDiscreteGaussian(*round))?;
+        Ok(Charge { accountant, path: self.path.clone() })
+    }
+
+    /// Makes a written charge this budget's spending.
+    pub fn commit(&mut self, charge: Charge) {
+        self.accountant = charge.accountant;
+    }
+}
+
+/// A round charged to a [`PrivacyBudget`] but not yet written down.
+#[derive(Debug)]
+pub struct Charge {
+    accountant: Accountant,
+    path: Option<PathBuf>,
+}
+
+impl Charge {
+    /// Writes the spending, round included, to the state directory (atomically; nothing when the budget is kept
+    /// in memory only).
+    pub fn write(&self) -> anyhow::Result<()> {
         if let Some(p) = &self.path {
-            let bytes = fedge_shared::codec::encode(&next)?;
+            let bytes = fedge_shared::codec::encode(&self.accountant)?;
             fedge_shared::tls::write_atomic(p, &bytes, 0o600)
                 .with_context(|| format!("writing the privacy budget to {}", p.display()))?;
         }
-        self.accountant = next;
         Ok(())
     }
 }

@@ -103,13 +103,19 @@ impl TlsSetup {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let fp = info.fingerprint.to_hex();
-        Ok(text.lines().any(|l| {
-            let mut parts = l.split_whitespace();
-            let (name, f) = (parts.next(), parts.next());
-            f == Some(fp.as_str()) || (f.is_none() && name == Some(info.name.as_str()))
-        }))
+        Ok(listed(&text, info))
     }
+}
+
+/// Whether the revocation file's `text` lists `info`: a line `NAME FINGERPRINT` with its fingerprint, or a line
+/// with its name alone.
+fn listed(text: &str, info: &CertInfo) -> bool {
+    let fp = info.fingerprint.to_hex();
+    text.lines().any(|l| {
+        let mut parts = l.split_whitespace();
+        let (name, f) = (parts.next(), parts.next());
+        f == Some(fp.as_str()) || (f.is_none() && name == Some(info.name.as_str()))
+    })
 }
 
 /// The UDP receive buffer the server asks for: uploads from many agents arrive in bursts, and a datagram the
@@ -265,7 +271,14 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>, shutdow
     // From now on, a revocation of this certificate (in the file or by an operator) closes the connection.
     let guard = tokio::spawn(crate::revocation::guard(conn.clone(), shared.revocations.subscribe(), peer.clone(), {
         let (shared, info) = (shared.clone(), info.clone());
-        move || Ok(shared.tls.is_revoked(&info)? || shared.store.is_revoked(&info.name)?)
+        move || {
+            // The file as the watcher last read it: no file read per connection.
+            let in_file = match shared.revocations.file() {
+                Ok(text) => text.is_some_and(|t| listed(&t, &info)),
+                Err(kind) => anyhow::bail!("the revocation file is unreadable: {kind}"),
+            };
+            Ok(in_file || shared.store.is_revoked(&info.name)?)
+        }
     }));
     match (alpn.as_deref(), info.role) {
         (Some(a), Role::Agent) if a == protocol::ALPN_AGENT => {

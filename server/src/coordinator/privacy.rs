@@ -20,10 +20,7 @@
 //!
 //! This module only computes; it never reads a clock or the store.
 
-use fedge_shared::privacy::{
-    Accountant, DdgRound, Mechanism, PrivacySettings, ddg_local_variance, integer_l1_sensitivity,
-    integer_l2_sensitivity,
-};
+use fedge_shared::privacy::{Accountant, DdgRound, Mechanism, PrivacySettings, ddg_local_variance};
 use fedge_shared::secagg::SecAggParams;
 use serde::{Deserialize, Serialize};
 
@@ -110,14 +107,13 @@ impl RunPrivacy {
         let mut bits = params.quant_bits;
         loop {
             params.quant_bits = bits;
-            let scale = params.max_level() as f64 / (2.0 * f64::from(params.clip));
-            let l2 = integer_l2_sensitivity(2.0 * c, scale, d);
+            let (l2, l1) = params.integer_sensitivities(d).ok_or("the round has no L2 clip")?;
             let variance = ddg_local_variance(self.settings.noise_multiplier, l2, self.agents as u64).max(0.25);
             params.noise_variance = variance;
             if variance <= MAX_LOCAL_VARIANCE && params.validate(cohort, len).is_ok() {
                 return Ok(DdgRound {
                     l2_sensitivity: l2,
-                    l1_sensitivity: integer_l1_sensitivity(l2, d),
+                    l1_sensitivity: l1,
                     local_variance: variance,
                     agents: self.agents as u64,
                     dimension: d,

@@ -125,6 +125,17 @@ impl SecAggParams {
         (1u64 << self.quant_bits.min(31)) - 1
     }
 
+    /// The L2 and L1 sensitivities, in the integer domain, of one agent's quantized update of `dimension` values
+    /// under these parameters (its L2 clip, scaled to the quantization levels and rounded stochastically), or
+    /// `None` without an L2 clip. The server's privacy accounting and each agent's own budget use this one
+    /// computation, so both charge a round the same.
+    pub fn integer_sensitivities(&self, dimension: u64) -> Option<(f64, f64)> {
+        let clip_norm = f64::from(self.clip_norm?);
+        let scale = self.max_level() as f64 / (2.0 * f64::from(self.clip));
+        let l2 = crate::privacy::integer_l2_sensitivity(2.0 * clip_norm, scale, dimension);
+        Some((l2, crate::privacy::integer_l1_sensitivity(l2, dimension)))
+    }
+
     /// Refuses settings that void privacy (threshold of half the neighbours or less, too few neighbours) or overflow
     /// the modulus (`cohort · (2^bits - 1)` must fit in 2^32), and sizes beyond the protocol's bounds.
     pub fn validate(&self, cohort: usize, delta_len: usize) -> Result<(), SecAggError> {
