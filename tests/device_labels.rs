@@ -145,7 +145,7 @@ async fn run(dir: &Path, log: &Path) -> anyhow::Result<()> {
         evaluator: None,
     };
     let options =
-        FederationOptions { secagg: SecAggConfig::off(), relay_hook: None, privacy: None, agent_privacy: None };
+        FederationOptions { secagg: SecAggConfig::off(), relay_hook: None, privacy: None, ..Default::default() };
     let fed = LocalFederation::start_with(spec, vec![], options).await?;
     let mut events = fed.server.events();
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();

@@ -69,6 +69,7 @@ async fn a_weights_blob_whose_length_is_not_the_models_is_refused_from_its_heade
         backoff_max: Duration::from_secs(30),
         require_secure_aggregation: true,
         privacy: None,
+        floor: Default::default(),
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);

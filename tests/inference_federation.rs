@@ -67,6 +67,7 @@ async fn the_endpoint_fedge_agent_predict_and_the_server_evaluation_agree_on_a_n
         relay_hook: None,
         privacy: None,
         agent_privacy: None,
+        ..Default::default()
     };
     let fed = LocalFederation::start_with(spec, vec![], options).await?;
     let mut events = fed.server.events();

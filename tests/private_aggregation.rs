@@ -77,6 +77,7 @@ async fn a_private_run_adds_the_planned_noise_and_stops_before_the_round_that_wo
         relay_hook: None,
         privacy: Some(settings(target)),
         agent_privacy: None,
+        ..Default::default()
     };
     let fed = LocalFederation::start_with(spec, learners, options).await?;
     let mut events = fed.server.events();
@@ -152,6 +153,7 @@ async fn agents_with_their_own_budget_refuse_a_round_without_noise() -> anyhow::
         relay_hook: None,
         privacy: None,
         agent_privacy: Some(AgentPrivacy { max_epsilon: 8.0, delta: 1e-5, trusted_agents: AGENTS as u64 }),
+        ..Default::default()
     };
     let mut fed = LocalFederation::start_with(spec, learners, options).await?;
     every_agent_refuses(&mut fed, "clips no update").await?;
@@ -181,6 +183,7 @@ async fn agents_stop_a_server_whose_budget_is_larger_than_theirs() -> anyhow::Re
             delta: 1e-5,
             trusted_agents: AGENTS as u64,
         }),
+        ..Default::default()
     };
     let mut fed = LocalFederation::start_with(spec, learners, options).await?;
     let mut events = fed.server.events();

@@ -106,7 +106,7 @@ async fn secure_rounds_over_quic_move_the_global_model_by_the_plain_weighted_mea
     init_logs();
     const AGENTS: usize = 5;
     let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: None, privacy: None, agent_privacy: None };
+    let options = FederationOptions { secagg: secagg(), relay_hook: None, privacy: None, ..Default::default() };
     let fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 2), learners, options).await?;
     let mut events = fed.server.events();
     for _ in 0..2 {
@@ -144,7 +144,7 @@ async fn a_relaying_server_that_swaps_a_key_is_refused_by_the_peers_and_nothing_
         }
     });
     let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None, agent_privacy: None };
+    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None, ..Default::default() };
     let mut fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 1), learners, options).await?;
     let mut events = fed.server.events();
     let refused = wait_agent(&mut fed.agent_events, Duration::from_secs(60), |i, e| match e {
@@ -178,7 +178,7 @@ async fn a_server_that_gives_the_victim_other_settings_than_its_neighbours_is_re
         }
     });
     let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None, agent_privacy: None };
+    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None, ..Default::default() };
     let mut fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 1), learners, options).await?;
     let mut events = fed.server.events();
     for (i, reason) in wait_refusals(&mut fed.agent_events, AGENTS, Duration::from_secs(60)).await? {
@@ -198,7 +198,7 @@ async fn peers_refuse_an_agent_the_ca_signed_revocation_list_names_even_when_the
     init_logs();
     const AGENTS: usize = 3;
     let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: None, privacy: None, agent_privacy: None };
+    let options = FederationOptions { secagg: secagg(), relay_hook: None, privacy: None, ..Default::default() };
     let mut fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 5), learners, options).await?;
     let pki = fed.pki();
     let revoked = fedge_shared::tls::Identity::load_bundle(&pki.join("agents").join("agent-001"))?.info()?;
@@ -227,7 +227,7 @@ async fn an_agent_killed_after_sharing_its_keys_is_dropped_and_the_round_complet
             }
         })
         .collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: None, privacy: None, agent_privacy: None };
+    let options = FederationOptions { secagg: secagg(), relay_hook: None, privacy: None, ..Default::default() };
     let fed = LocalFederation::start_with(spec(AGENTS, 3, 1), learners, options).await?;
     let mut events = fed.server.events();
     // Once the shares are relayed the victim holds its neighbours' shares and they hold its: kill it then.
@@ -265,7 +265,7 @@ async fn a_server_that_strips_secure_aggregation_from_the_plan_is_refused_by_eve
         }
     });
     let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None, agent_privacy: None };
+    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None, ..Default::default() };
     let mut fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 1), learners, options).await?;
     let mut events = fed.server.events();
     let mut refused = std::collections::BTreeSet::new();
@@ -288,6 +288,39 @@ async fn a_server_that_strips_secure_aggregation_from_the_plan_is_refused_by_eve
     // The first refusal leaves too few members and aborts the round; the others are dropped with it.
     let first = record.dropped.first().map(|d| d.reason.as_str()).unwrap_or_default();
     assert!(first.contains(PLAIN_ROUND_REFUSED), "the server records the refusal's reason: {first}");
+    assert_eq!(fed.server.store.versions()?.len(), 1, "only version 0 exists");
+    fed.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_refuse_a_secure_round_below_their_floor_before_advertising_a_key_and_the_server_records_why()
+-> anyhow::Result<()> {
+    init_logs();
+    const AGENTS: usize = 3;
+    // The server proposes t = 2 of 2 neighbours for three agents; each agent.toml asks for t >= 3 (as an operator
+    // who fears two compromised devices would). No key is advertised, nothing is trained or uploaded.
+    let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
+    let floor = fedge_shared::secagg::RoundFloor { min_cohort: 2, min_threshold: 3 };
+    let options = FederationOptions { secagg: secagg(), agent_floor: floor, ..Default::default() };
+    let mut fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 1), learners, options).await?;
+    let mut events = fed.server.events();
+    let mut refused = std::collections::BTreeSet::new();
+    while refused.len() < AGENTS {
+        let (i, reason) = wait_agent(&mut fed.agent_events, Duration::from_secs(60), |i, e| match e {
+            AgentEvent::SecureRoundRefused { reason, .. } => Some(Ok((i, reason.clone()))),
+            AgentEvent::Trained { .. } | AgentEvent::MaskedUploaded { .. } => {
+                Some(Err(anyhow::anyhow!("agent {i} trained or uploaded in a round below its floor: {e:?}")))
+            }
+            _ => None,
+        })
+        .await??;
+        assert!(reason.contains("secagg.min_threshold"), "agent {i} names the setting: {reason}");
+        refused.insert(i);
+    }
+    let record = next_round_end(&mut events).await?.expect_err("the round must abort");
+    assert!(record.reported.is_empty(), "no agent reported: {:?}", record.reported);
+    let first = record.dropped.first().map(|d| d.reason.as_str()).unwrap_or_default();
+    assert!(first.contains("secagg.min_threshold"), "the server records the refusal's reason: {first}");
     assert_eq!(fed.server.store.versions()?.len(), 1, "only version 0 exists");
     fed.stop().await
 }
@@ -319,7 +352,7 @@ async fn fine_tuning_federation(
     LocalFederation::start_with(
         spec,
         learners,
-        FederationOptions { secagg: secagg(), relay_hook, privacy: None, agent_privacy: None },
+        FederationOptions { secagg: secagg(), relay_hook, privacy: None, ..Default::default() },
     )
     .await
 }

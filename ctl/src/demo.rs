@@ -205,6 +205,8 @@ pub struct FederationOptions {
     pub privacy: Option<fedge_shared::privacy::PrivacySettings>,
     /// Each agent's own privacy budget (agent.toml's `[privacy]`); none when `None`.
     pub agent_privacy: Option<fedge_agent::privacy_budget::AgentPrivacy>,
+    /// Each agent's floor for secure rounds (agent.toml's `[secagg]`); nothing by default.
+    pub agent_floor: fedge_shared::secagg::RoundFloor,
 }
 
 impl LocalFederation {
@@ -260,6 +262,7 @@ impl LocalFederation {
             // The agents take part in plain rounds only when this federation's server runs them.
             settings.require_secure_aggregation = secure;
             settings.privacy = options.agent_privacy;
+            settings.floor = options.agent_floor;
             let (tx, mut rx) = mpsc::unbounded_channel();
             let etx = etx.clone();
             tokio::spawn(async move {
@@ -303,6 +306,7 @@ pub fn agent_settings(bundle: &Path, server: std::net::SocketAddr) -> anyhow::Re
         backoff_max: Duration::from_secs(5),
         require_secure_aggregation: true,
         privacy: None,
+        floor: Default::default(),
     })
 }
 
@@ -440,12 +444,9 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             SecAggConfig::off()
         }
     };
-    let mut fed = LocalFederation::start_with(
-        spec,
-        learners,
-        FederationOptions { secagg, relay_hook: None, privacy, agent_privacy: None },
-    )
-    .await?;
+    let mut fed =
+        LocalFederation::start_with(spec, learners, FederationOptions { secagg, privacy, ..Default::default() })
+            .await?;
     let mut events = fed.server.events();
     let show = !args.json;
     if show {

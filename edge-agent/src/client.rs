@@ -30,8 +30,8 @@ use fedge_shared::protocol::{
 use fedge_shared::revocation_list::RevocationList;
 use fedge_shared::round_counts::{self, SECURE_COUNTS};
 use fedge_shared::secagg::{
-    AdvertiseKeys, AgentRef, ClientSession, DEFAULT_CHUNK_VALUES, EcdsaP256Signer, EncryptedShare, MaskedStream,
-    PeerKeyTable, SecAggError, SurvivorSet, UnmaskRequest,
+    AdvertiseKeys, AgentRef, ClientSession, DEFAULT_CHUNK_VALUES, EcdsaP256Signer, EncryptedShare, MaskWith,
+    MaskedStream, PeerKeyTable, RoundFloor, SecAggError, ShareReceipt, SurvivorSet, UnmaskRequest,
 };
 use fedge_shared::tls::{CertInfo, Identity, Role};
 use fedge_shared::wire;
@@ -61,6 +61,9 @@ pub struct ClientSettings {
     /// This agent's own differential-privacy budget ([`crate::privacy_budget`]): with it, the agent refuses rounds
     /// without noise and rounds past its `max_epsilon`, whatever the server's budget says.
     pub privacy: Option<crate::privacy_budget::AgentPrivacy>,
+    /// The least this agent accepts of a secure round ([`RoundFloor`]): smaller cohorts and lower thresholds are
+    /// refused before any key is advertised.
+    pub floor: RoundFloor,
 }
 
 /// Why an agent that requires secure aggregation refuses a plain round (sent to the server with the refusal).
@@ -257,7 +260,7 @@ struct SecureState {
     cohort: Vec<AgentRef>,
     /// `None` while the masking runs on a blocking thread.
     session: Option<ClientSession>,
-    /// The shares are in: the session is ready for the masked input.
+    /// The shares are in and the server said whom to mask with: the session is ready for the masked input.
     ready: bool,
     /// The training outcome, waiting for the session to be ready.
     outcome: Option<LearnOutcome>,
@@ -654,6 +657,20 @@ impl Agent {
                 Inbound::Control(ServerMessage::SecAggShares { round, shares }) => {
                     let Some(st) = secure.as_mut().filter(|s| s.round == round) else { continue };
                     match on_shares(st, &shares) {
+                        Ok(receipt) => {
+                            wire::write_msg(send, &AgentMessage::SecAggReceipt(receipt), limits::CONTROL).await?;
+                        }
+                        Err(e) => {
+                            secure = None;
+                            pending = pending.filter(|p| p.round != round);
+                            self.refuse_secure(send, round, format!("{e:#}")).await?;
+                        }
+                    }
+                }
+                Inbound::Control(ServerMessage::SecAggMaskWith(mask_with)) => {
+                    let round = mask_with.round;
+                    let Some(st) = secure.as_mut().filter(|s| s.round == round) else { continue };
+                    match on_mask_with(st, &mask_with) {
                         Ok(()) => st.ready = true,
                         Err(e) => {
                             secure = None;
@@ -780,6 +797,7 @@ impl Agent {
         context: [u8; 32],
         tools: &SecureTools,
     ) -> anyhow::Result<(SecureState, AdvertiseKeys)> {
+        self.settings.floor.check(&plan.params, plan.cohort.len())?;
         let (session, keys) = ClientSession::new(
             plan.params.clone(),
             round,
@@ -979,15 +997,24 @@ fn set_round_counts(session: &mut ClientSession, out: &LearnOutcome) -> Result<(
     session.set_counts(coords)
 }
 
-fn on_shares(st: &mut SecureState, shares: &[EncryptedShare]) -> anyhow::Result<()> {
+/// Opens the relayed shares and returns the receipt for them, naming the senders whose shares were unusable.
+fn on_shares(st: &mut SecureState, shares: &[EncryptedShare]) -> anyhow::Result<ShareReceipt> {
     let session = st.session.as_mut().ok_or_else(|| anyhow!("shares arrived while masking"))?;
-    session.on_shares(shares)?;
+    let receipt = session.on_shares(shares)?;
     tracing::info!(round = st.round, shares = shares.len(), "secure round: shares received");
-    let bad = session.bad_shares();
-    if !bad.is_empty() {
-        // Their senders are at fault, not the relay: this agent masks with them and reveals nothing of theirs.
-        tracing::warn!(round = st.round, senders = ?bad, "shares that do not decrypt or lie outside the field");
+    if !receipt.bad.is_empty() {
+        // Their senders are at fault, not the relay: the receipt names them, and the server leaves out any of them
+        // of which too few neighbours hold a usable share.
+        tracing::warn!(round = st.round, senders = ?receipt.bad, "shares that do not decrypt or lie outside the field");
     }
+    Ok(receipt)
+}
+
+/// Takes the neighbours to mask with; the session is then ready for the masked input.
+fn on_mask_with(st: &mut SecureState, mask_with: &MaskWith) -> anyhow::Result<()> {
+    let session = st.session.as_mut().ok_or_else(|| anyhow!("the neighbours to mask with arrived while masking"))?;
+    session.on_mask_with(mask_with)?;
+    tracing::info!(round = st.round, neighbours = mask_with.neighbours.len(), "secure round: masking set received");
     Ok(())
 }
 

@@ -48,6 +48,9 @@ pub struct AgentConfig {
     /// This agent's own differential-privacy budget (`max_epsilon`, `delta`, `trusted_agents`); none when absent.
     #[serde(default)]
     pub privacy: Option<crate::privacy_budget::AgentPrivacy>,
+    /// The least this agent accepts of a secure round (`min_cohort`, `min_threshold`); nothing when absent.
+    #[serde(default)]
+    pub secagg: fedge_shared::secagg::RoundFloor,
 }
 
 /// `[labels]`: labelled examples and corrections of predictions posted to the inference endpoint
@@ -489,6 +492,16 @@ mod tests {
         let text = EXAMPLE.replacen("require_secure_aggregation = true", "require_secure_aggregation = false", 1);
         let cfg: AgentConfig = toml::from_str(&text).unwrap();
         assert!(!cfg.require_secure_aggregation);
+    }
+
+    #[test]
+    fn the_floor_for_secure_rounds_is_read_from_its_section_and_requires_nothing_when_absent() {
+        let cfg: AgentConfig = toml::from_str(EXAMPLE).unwrap();
+        assert_eq!(cfg.secagg, fedge_shared::secagg::RoundFloor::default());
+        let text = format!("{EXAMPLE}\n[secagg]\nmin_cohort = 50\nmin_threshold = 12\n");
+        let cfg: AgentConfig = toml::from_str(&text).unwrap();
+        assert_eq!(cfg.secagg, fedge_shared::secagg::RoundFloor { min_cohort: 50, min_threshold: 12 });
+        assert!(toml::from_str::<AgentConfig>(&text.replace("min_threshold", "min_treshold")).is_err(), "a typo");
     }
 
     #[test]

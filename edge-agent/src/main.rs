@@ -70,6 +70,7 @@ fn run(path: &std::path::Path, data: Option<std::path::PathBuf>) -> anyhow::Resu
             backoff_max: Duration::from_millis(cfg.backoff_max_ms),
             require_secure_aggregation: cfg.require_secure_aggregation,
             privacy: cfg.privacy,
+            floor: cfg.secagg,
         };
         let state =
             fedge_agent::state::ModelState::open(&cfg.state_dir)?.with_keep_versions(cfg.inference.keep_versions);

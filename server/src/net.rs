@@ -374,6 +374,9 @@ async fn serve_agent(
                         Some(AgentMessage::SecAggShares { round, shares }) => {
                             shared.core.send(CoreMsg::SecAggShares { agent: agent.clone(), round, shares }).await?;
                         }
+                        Some(AgentMessage::SecAggReceipt(receipt)) => {
+                            shared.core.send(CoreMsg::SecAggReceipt { agent: agent.clone(), receipt }).await?;
+                        }
                         Some(AgentMessage::SecAggSurvivorSignature(signature)) => {
                             let m = CoreMsg::SecAggSurvivorSignature { agent: agent.clone(), signature };
                             shared.core.send(m).await?;

@@ -21,7 +21,7 @@ use crate::store::Store;
 use anyhow::Context;
 use fedge_shared::model::{Digest, weights_to_bytes};
 use fedge_shared::protocol::{self, BlobHeader, BlobKind, ModelAnnounce, SecAggPlan, ServerMessage, TrainPlan};
-use fedge_shared::secagg::{AdvertiseKeys, EncryptedShare, SurvivorSignature, UnmaskResponse};
+use fedge_shared::secagg::{AdvertiseKeys, EncryptedShare, ShareReceipt, SurvivorSignature, UnmaskResponse};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -119,6 +119,10 @@ pub enum CoreMsg {
         agent: AgentId,
         round: u64,
         shares: Vec<EncryptedShare>,
+    },
+    SecAggReceipt {
+        agent: AgentId,
+        receipt: ShareReceipt,
     },
     SecAggSurvivorSignature {
         agent: AgentId,
@@ -631,6 +635,7 @@ impl Core {
             }
             CoreMsg::SecAggAdvertise { agent, keys } => self.feed(Event::SecAggAdvertise { agent, keys }),
             CoreMsg::SecAggShares { agent, round, shares } => self.feed(Event::SecAggShares { agent, round, shares }),
+            CoreMsg::SecAggReceipt { agent, receipt } => self.feed(Event::SecAggReceipt { agent, receipt }),
             CoreMsg::SecAggSurvivorSignature { agent, signature } => {
                 self.feed(Event::SecAggSurvivorSignature { agent, signature })
             }
@@ -879,6 +884,9 @@ impl Core {
             }
             Action::SecAggShares { agent, round, shares } => {
                 self.send(&agent, Outbound::Msg(ServerMessage::SecAggShares { round, shares }));
+            }
+            Action::SecAggMaskWith { agent, mask_with } => {
+                self.send(&agent, Outbound::Msg(ServerMessage::SecAggMaskWith(mask_with)));
             }
             Action::SecAggSurvivors { to, set } => {
                 let m = ServerMessage::SecAggSurvivors(set);

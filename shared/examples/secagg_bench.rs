@@ -86,7 +86,14 @@ fn round(
     let mut upload_bytes = 0;
     for (i, c) in clients.iter_mut().enumerate() {
         let start = Instant::now();
-        c.on_shares(&relayed[&(i as u32)]).expect("shares");
+        let receipt = c.on_shares(&relayed[&(i as u32)]).expect("shares");
+        key_time[i] += start.elapsed();
+        server.on_receipt(i as u32, receipt).expect("receipt");
+    }
+    let mask_with = server.close_receipts().expect("enough agents").mask_with;
+    for (i, c) in clients.iter_mut().enumerate() {
+        let start = Instant::now();
+        c.on_mask_with(&mask_with[&(i as u32)]).expect("mask with");
         key_time[i] += start.elapsed();
         if silent[i] {
             continue;

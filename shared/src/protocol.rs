@@ -6,11 +6,12 @@
 //! inside a serde message. The first frame on the control stream is the agent's [`Hello`], answered by a
 //! [`ServerHello`]; a protocol version mismatch is refused there, with a reason, on both sides.
 //!
-//! Secure aggregation (on by default) adds four control exchanges to a round, each bound to the round id and, through
+//! Secure aggregation (on by default) adds five control exchanges to a round, each bound to the round id and, through
 //! the certificate of the connection it arrives on, to the agent's cohort index: the agent's signed keys
 //! ([`AgentMessage::SecAggAdvertise`]) relayed to the cohort with each owner's certificate
 //! ([`ServerMessage::SecAggKeys`]), the encrypted shares ([`AgentMessage::SecAggShares`] /
-//! [`ServerMessage::SecAggShares`]), the consistency round (the survivor set, [`ServerMessage::SecAggSurvivors`],
+//! [`ServerMessage::SecAggShares`]), the receipts for them and the neighbours to mask with
+//! ([`AgentMessage::SecAggReceipt`] / [`ServerMessage::SecAggMaskWith`]), the consistency round (the survivor set, [`ServerMessage::SecAggSurvivors`],
 //! signed by each survivor, [`AgentMessage::SecAggSurvivorSignature`]), and the unmask request (carrying the
 //! recipient's neighbours' signatures) and answer. The masked vector itself is a blob
 //! ([`BlobKind::Masked`]: `1 + counts + P` little-endian `u32`) on its own unidirectional stream, like a plain
@@ -22,13 +23,13 @@
 use crate::fedeval::EvalCounts;
 use crate::model::Digest;
 use crate::secagg::{
-    AdvertiseKeys, AgentRef, EncryptedShare, SecAggParams, SurvivorSet, SurvivorSignature, UnmaskRequest,
-    UnmaskResponse,
+    AdvertiseKeys, AgentRef, EncryptedShare, MaskWith, SecAggParams, ShareReceipt, SurvivorSet, SurvivorSignature,
+    UnmaskRequest, UnmaskResponse,
 };
 use serde::{Deserialize, Serialize};
 
 /// Protocol version carried in the hello. Bump on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 /// ALPN id of the agent protocol.
 pub const ALPN_AGENT: &[u8] = b"fedge/1";
 /// ALPN id of the admin protocol (fedgectl).
@@ -200,6 +201,8 @@ pub enum AgentMessage {
     SecAggSurvivorSignature(SurvivorSignature),
     /// Secure aggregation, last phase: the shares this agent reveals.
     SecAggUnmask(UnmaskResponse),
+    /// Secure aggregation, after the shares are relayed: the neighbours whose shares this agent could not use.
+    SecAggReceipt(ShareReceipt),
 }
 
 /// A new global model version exists.
@@ -252,6 +255,8 @@ pub enum ServerMessage {
     Refused {
         reason: String,
     },
+    /// Secure aggregation, after the receipts: the neighbours this agent is to mask with.
+    SecAggMaskWith(MaskWith),
 }
 
 /// What a blob stream carries.
@@ -428,6 +433,7 @@ mod tests {
             AgentMessage::SecAggShares { round: 4, shares: vec![share.clone()] },
             AgentMessage::SecAggSurvivorSignature(SurvivorSignature { round: 4, from: 2, signature: vec![5; 70] }),
             AgentMessage::SecAggUnmask(UnmaskResponse { round: 4, from: 2, seed_shares: vec![], key_shares: vec![] }),
+            AgentMessage::SecAggReceipt(ShareReceipt { round: 4, from: 2, bad: vec![1] }),
         ];
         for m in agent {
             let bytes = codec::encode(&m).unwrap();
@@ -449,6 +455,7 @@ mod tests {
                 signatures: vec![SurvivorSignature { round: 4, from: 1, signature: vec![5; 70] }],
             }),
             ServerMessage::Refused { reason: "not selected for this round".into() },
+            ServerMessage::SecAggMaskWith(MaskWith { round: 4, to: 2, neighbours: vec![1, 3] }),
         ];
         for m in server {
             let bytes = codec::encode(&m).unwrap();

@@ -7,8 +7,8 @@ mod secagg_support;
 use std::collections::BTreeMap;
 
 use fedge_shared::secagg::{
-    AdvertiseKeys, ClientSession, EncryptedShare, QuantizedInput, SecAggError, SecAggParams, ServerSession,
-    SurvivorSet, UnmaskRequest,
+    AdvertiseKeys, ClientSession, EncryptedShare, MaskWith, QuantizedInput, SecAggError, SecAggParams, ServerSession,
+    ShareReceipt, SurvivorSet, UnmaskRequest,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -67,10 +67,27 @@ impl Setup {
         let (mut s, relayed) = self.shared();
         let mut uploads = BTreeMap::new();
         for (&i, c) in s.clients.iter_mut() {
-            c.on_shares(&relayed[&i]).unwrap();
+            let receipt = c.on_shares(&relayed[&i]).unwrap();
+            s.server.on_receipt(i, receipt).unwrap();
+        }
+        let mask_with = s.server.close_receipts().unwrap().mask_with;
+        for (&i, c) in s.clients.iter_mut() {
+            c.on_mask_with(&mask_with[&i]).unwrap();
             uploads.insert(i, c.masked_input(&[0.25; P], 5, &mut s.rng).unwrap());
         }
         (s, uploads)
+    }
+
+    /// Every agent takes its relayed shares and sends an honest receipt; the server answers whom to mask with.
+    fn receipted(&mut self, relayed: &BTreeMap<u32, Vec<EncryptedShare>>) {
+        for (&i, c) in self.clients.iter_mut() {
+            let receipt = c.on_shares(&relayed[&i]).unwrap();
+            self.server.on_receipt(i, receipt).unwrap();
+        }
+        let mask_with = self.server.close_receipts().unwrap().mask_with;
+        for (&i, c) in self.clients.iter_mut() {
+            c.on_mask_with(&mask_with[&i]).unwrap();
+        }
     }
 
     fn agent(&self, pos: usize) -> u32 {
@@ -188,13 +205,13 @@ fn a_tampered_or_relabelled_share_is_kept_out_and_its_sender_named_not_a_refusal
     assert_eq!(client.bad_shares(), vec![x.min(y), x.max(y)]);
 }
 
-/// A malicious agent that sends garbage shares to some neighbours no longer makes them refuse the round: they
-/// mask with it all the same and reveal nothing of its secrets. With at most `k - t` garbage shares the server
-/// still reconstructs its secrets from the others and the round's sum is exact; with more (up to all of its
-/// neighbours), its self mask cannot be removed and the round aborts blaming it, so that the coordinator can keep
-/// it out of the next cohorts, and no honest agent ever refused.
+/// A malicious agent that sends garbage shares to some neighbours does not make them refuse the round, and does
+/// not make the round abort: they name it in their receipts and reveal nothing of its secrets. With at most
+/// `k - t` garbage shares it stays in (its secrets are rebuilt from the others) and the sum is exact over everyone;
+/// with more (up to all of its neighbours) the receipts leave it out before anyone masks with it, the server
+/// blames it, and the sum is exact over the honest agents.
 #[test]
-fn garbage_shares_from_one_agent_do_not_make_its_neighbours_refuse_and_up_to_k_minus_t_the_sum_is_exact() {
+fn garbage_shares_from_one_agent_never_abort_the_round_the_receipts_leave_it_out_when_too_few_are_usable() {
     for garbage in [1usize, 2, 5] {
         let (mut s, mut relayed) = advertised(6).shared();
         let bad = s.agent(0);
@@ -204,10 +221,21 @@ fn garbage_shares_from_one_agent_do_not_make_its_neighbours_refuse_and_up_to_k_m
                 share.ciphertext.iter_mut().for_each(|b| *b = b.wrapping_mul(31).wrapping_add(7));
             }
         }
+        for (&i, c) in s.clients.iter_mut() {
+            let receipt = c.on_shares(&relayed[&i]).unwrap();
+            assert_eq!(receipt.bad, if victims.contains(&i) { vec![bad] } else { vec![] });
+            s.server.on_receipt(i, receipt).unwrap();
+        }
+        let receipts = s.server.close_receipts().unwrap();
+        let k_minus_t = s.params.effective_neighbours(6) - s.params.threshold as usize;
+        let left_out = garbage > k_minus_t;
+        assert_eq!(receipts.blamed, if left_out { vec![bad] } else { vec![] }, "{garbage} garbage shares");
+        assert_eq!(receipts.mask_with.contains_key(&bad), !left_out);
         let mut plain = BTreeMap::new();
         for (&i, c) in s.clients.iter_mut() {
-            c.on_shares(&relayed[&i]).unwrap();
-            assert_eq!(c.bad_shares(), if victims.contains(&i) { vec![bad] } else { vec![] });
+            let Some(mine) = receipts.mask_with.get(&i) else { continue };
+            assert_eq!(mine.neighbours.contains(&bad), !left_out && i != bad);
+            c.on_mask_with(mine).unwrap();
             let q = QuantizedInput::new(&s.params, &[0.5; P], 7, &mut s.rng).unwrap();
             plain.insert(i, q.as_slice().to_vec());
             let masked = c.mask(q).unwrap();
@@ -217,29 +245,86 @@ fn garbage_shares_from_one_agent_do_not_make_its_neighbours_refuse_and_up_to_k_m
         let requests = consistent(&mut s);
         for (i, req) in requests {
             let resp = s.clients.get_mut(&i).unwrap().on_unmask_request(&req, &s.cohort.table).unwrap();
-            if victims.contains(&i) {
+            if victims.contains(&i) || left_out {
                 assert!(resp.seed_shares.iter().all(|r| r.owner != bad), "nothing of the bad agent is revealed");
+                assert!(resp.key_shares.iter().all(|r| r.owner != bad), "nothing of the bad agent is revealed");
             }
             s.server.on_unmask(i, resp).unwrap();
         }
-        let k_minus_t = s.params.effective_neighbours(6) - s.params.threshold as usize;
-        match s.server.finish_quantized() {
-            Ok(sum) => {
-                assert!(garbage <= k_minus_t, "{garbage} garbage shares");
-                let mut expect = vec![0u32; P + 1];
-                for v in plain.values() {
-                    expect.iter_mut().zip(v).for_each(|(e, x)| *e = e.wrapping_add(*x));
-                }
-                assert_eq!(sum.values, expect);
-            }
-            Err(e) => {
-                assert!(garbage > k_minus_t, "{garbage} garbage shares: {e}");
-                assert!(e.to_string().contains(&format!("agent {bad}")), "{e}");
-                // Its neighbours all answered: the missing shares are its own doing, and the error says so.
-                assert_eq!(e.blamed(), Some(bad), "{e}");
-            }
+        let sum = s.server.finish_quantized().expect("the round completes");
+        assert_eq!(sum.survivors.contains(&bad), !left_out);
+        let mut expect = vec![0u32; P + 1];
+        for v in plain.values() {
+            expect.iter_mut().zip(v).for_each(|(e, x)| *e = e.wrapping_add(*x));
+        }
+        assert_eq!(sum.values, expect);
+    }
+}
+
+/// A receipt can lie, but one liar cannot push an honest agent out: it only withdraws its own vouch. The receipts
+/// are checked like every other message: in phase, from a member, naming only neighbours that shared with it, in
+/// order, once.
+#[test]
+fn one_lying_receipt_leaves_nobody_out_and_malformed_receipts_are_refused() {
+    let (mut s, relayed) = advertised(6).shared();
+    let (liar, honest) = (s.agent(0), s.agent(1));
+    let mut receipts = BTreeMap::new();
+    for (&i, c) in s.clients.iter_mut() {
+        receipts.insert(i, c.on_shares(&relayed[&i]).unwrap());
+    }
+    let mut lie = receipts[&liar].clone();
+    lie.bad = vec![honest];
+    let mut unordered = lie.clone();
+    unordered.bad = vec![s.agent(2).max(honest), s.agent(2).min(honest)];
+    assert!(matches!(s.server.on_receipt(liar, unordered), Err(SecAggError::Malformed(_))));
+    let mut not_a_neighbour = lie.clone();
+    not_a_neighbour.bad = vec![99_999];
+    assert!(matches!(s.server.on_receipt(liar, not_a_neighbour), Err(SecAggError::NotNeighbour { .. })));
+    let mut itself = lie.clone();
+    itself.bad = vec![liar];
+    assert!(matches!(s.server.on_receipt(liar, itself), Err(SecAggError::NotNeighbour { .. })));
+    assert!(matches!(s.server.on_receipt(honest, lie.clone()), Err(SecAggError::WrongSender { .. })));
+    s.server.on_receipt(liar, lie.clone()).unwrap();
+    assert_eq!(s.server.on_receipt(liar, lie).unwrap_err(), SecAggError::Duplicate(liar));
+    for (i, r) in receipts {
+        if i != liar {
+            s.server.on_receipt(i, r).unwrap();
         }
     }
+    let decided = s.server.close_receipts().unwrap();
+    assert!(decided.blamed.is_empty());
+    assert_eq!(decided.mask_with.len(), 6, "everyone stays in");
+    assert!(decided.mask_with[&liar].neighbours.contains(&honest));
+}
+
+/// The server's answer to the receipts is checked by each agent: only neighbours that shared with it, at least
+/// `t` of them (fewer would let the server strip its masks), for this round and this agent.
+#[test]
+fn an_agent_refuses_a_masking_set_below_the_threshold_or_with_strangers() {
+    let (mut s, relayed) = advertised(6).shared();
+    let a = s.agent(0);
+    let client = s.clients.get_mut(&a).unwrap();
+    client.on_shares(&relayed[&a]).unwrap();
+    let mine: Vec<u32> = client.neighbours().to_vec();
+    let t = s.params.threshold as usize;
+    let msg = |neighbours: Vec<u32>| MaskWith { round: ROUND, to: a, neighbours };
+    assert_eq!(
+        client.on_mask_with(&msg(mine[..t - 1].to_vec())).unwrap_err(),
+        SecAggError::NotEnoughNeighbours { have: t - 1, need: t }
+    );
+    let mut stranger = mine.clone();
+    stranger.push(99_999);
+    assert!(matches!(client.on_mask_with(&msg(stranger)), Err(SecAggError::NotNeighbour { .. })));
+    assert!(matches!(
+        client.on_mask_with(&MaskWith { round: ROUND + 1, to: a, neighbours: mine.clone() }),
+        Err(SecAggError::WrongRound { .. })
+    ));
+    assert!(matches!(
+        client.on_mask_with(&MaskWith { round: ROUND, to: a + 1, neighbours: mine.clone() }),
+        Err(SecAggError::WrongRecipient { .. })
+    ));
+    client.on_mask_with(&msg(mine[..t].to_vec())).unwrap();
+    assert!(matches!(client.on_mask_with(&msg(mine)), Err(SecAggError::OutOfPhase { .. })));
 }
 
 #[test]
@@ -344,6 +429,17 @@ fn an_upload_from_an_agent_that_did_not_share_keys_is_refused() {
     }
     let relayed = s.server.close_shares().unwrap();
     assert!(!relayed.contains_key(&late));
+    assert!(matches!(
+        s.server.on_receipt(late, ShareReceipt { round: ROUND, from: late, bad: vec![] }),
+        Err(SecAggError::NotParticipating(_))
+    ));
+    for (&i, c) in s.clients.iter_mut() {
+        if let Some(mine) = relayed.get(&i) {
+            let receipt = c.on_shares(mine).unwrap();
+            s.server.on_receipt(i, receipt).unwrap();
+        }
+    }
+    s.server.close_receipts().unwrap();
     assert_eq!(s.server.fold_masked(late, 0, &[0; P + 1]).unwrap_err(), SecAggError::NotParticipating(late));
     // And its late shares are refused too.
     assert!(matches!(s.server.on_shares(late, vec![]), Err(SecAggError::OutOfPhase { .. })));
@@ -354,8 +450,8 @@ fn a_broken_upload_is_rolled_back_and_the_sum_of_the_others_stays_exact() {
     let (mut s, relayed) = advertised(6).shared();
     let mut plain = BTreeMap::new();
     let mut uploads = BTreeMap::new();
+    s.receipted(&relayed);
     for (&i, c) in s.clients.iter_mut() {
-        c.on_shares(&relayed[&i]).unwrap();
         let q = QuantizedInput::new(&s.params, &[0.5; P], 7, &mut s.rng).unwrap();
         plain.insert(i, q.as_slice().to_vec());
         uploads.insert(i, c.mask(q).unwrap());
@@ -407,8 +503,8 @@ fn garbage_revealed_by_one_agent_does_not_abort_the_round() {
     let (mut s, relayed) = advertised(6).shared();
     let mut plain = vec![0u32; P + 1];
     let mut uploads = BTreeMap::new();
+    s.receipted(&relayed);
     for (&i, c) in s.clients.iter_mut() {
-        c.on_shares(&relayed[&i]).unwrap();
         let q = QuantizedInput::new(&s.params, &[0.125; P], 3, &mut s.rng).unwrap();
         plain.iter_mut().zip(q.as_slice()).for_each(|(p, v)| *p = p.wrapping_add(*v));
         uploads.insert(i, c.mask(q).unwrap());
@@ -439,7 +535,12 @@ fn an_agent_that_shrinks_the_weight_or_inflates_a_coordinate_gets_the_round_refu
     let honest = |s: &mut Setup, relayed: &BTreeMap<u32, Vec<EncryptedShare>>| -> BTreeMap<u32, Vec<u32>> {
         let mut uploads = BTreeMap::new();
         for (&i, c) in s.clients.iter_mut() {
-            c.on_shares(&relayed[&i]).unwrap();
+            let receipt = c.on_shares(&relayed[&i]).unwrap();
+            s.server.on_receipt(i, receipt).unwrap();
+        }
+        let mask_with = s.server.close_receipts().unwrap().mask_with;
+        for (&i, c) in s.clients.iter_mut() {
+            c.on_mask_with(&mask_with[&i]).unwrap();
             uploads.insert(i, c.masked_input(&[0.25; P], 5, &mut s.rng).unwrap());
         }
         uploads

@@ -81,7 +81,12 @@ fn masked_round() -> Masked {
     let mut uploads = BTreeMap::new();
     let mut plain = BTreeMap::new();
     for (&i, c) in clients.iter_mut() {
-        c.on_shares(&relayed[&i]).unwrap();
+        let receipt = c.on_shares(&relayed[&i]).unwrap();
+        server.on_receipt(i, receipt).unwrap();
+    }
+    let mask_with = server.close_receipts().unwrap().mask_with;
+    for (&i, c) in clients.iter_mut() {
+        c.on_mask_with(&mask_with[&i]).unwrap();
         let delta: Vec<f32> = (0..P).map(|j| ((i as usize * 7 + j) % 11) as f32 / 11.0 - 0.5).collect();
         let q = QuantizedInput::new(&params, &delta, 9, &mut rng).unwrap();
         plain.insert(i, q.as_slice().to_vec());

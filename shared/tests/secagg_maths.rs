@@ -139,9 +139,13 @@ fn masked_vectors_the_server_receives_look_uniform_even_for_constant_inputs() {
         server.on_shares(i, c.on_keys(&keys, &cohort.table, &mut rng).unwrap()).unwrap();
     }
     let relayed = server.close_shares().unwrap();
+    for (&i, c) in clients.iter_mut() {
+        server.on_receipt(i, c.on_shares(&relayed[&i]).unwrap()).unwrap();
+    }
+    let mask_with = server.close_receipts().unwrap().mask_with;
     let mut seen = Vec::new();
     for (&i, c) in clients.iter_mut() {
-        c.on_shares(&relayed[&i]).unwrap();
+        c.on_mask_with(&mask_with[&i]).unwrap();
         // Every agent uploads the same constant delta: the unmasked vectors would sit in two or three bins.
         let masked = c.masked_input(&vec![0.0; p], 10, &mut rng).unwrap();
         let plain = QuantizedInput::new(&params, &vec![0.0; p], 10, &mut rng).unwrap();

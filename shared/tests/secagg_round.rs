@@ -20,11 +20,12 @@ fn params_for(n: usize, k_raw: u32, t_frac: f64, bits: u32) -> SecAggParams {
 }
 
 fn phase(code: u8) -> DropAt {
-    match code % 5 {
+    match code % 6 {
         0 => DropAt::Advertise,
         1 => DropAt::Shares,
-        2 => DropAt::MaskedInput,
-        3 => DropAt::Consistency,
+        2 => DropAt::Receipt,
+        3 => DropAt::MaskedInput,
+        4 => DropAt::Consistency,
         _ => DropAt::Unmask,
     }
 }

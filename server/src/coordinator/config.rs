@@ -157,9 +157,9 @@ pub struct SecAggConfig {
     /// Threads that remove the masks at the end of a round (default: one per core of the server).
     #[serde(default)]
     pub unmask_threads: Option<usize>,
-    /// Rounds that an agent is left out of cohorts after it made a round abort by sending its neighbours shares
-    /// that did not decrypt (default 10; 0 never leaves it out). Its connection stays open: revoking it is the
-    /// operator's call.
+    /// Rounds that an agent is left out of cohorts after a round left it out because its neighbours could not use
+    /// the shares it sent them (default 10; 0 never leaves it out of later rounds). Its connection stays open:
+    /// revoking it is the operator's call.
     #[serde(default = "default_quarantine_rounds")]
     pub quarantine_rounds: u64,
 }

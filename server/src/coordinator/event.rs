@@ -8,7 +8,8 @@ use super::plan::RoundPlan;
 use super::record::{AbortReason, AgentId, RoundRecord};
 use fedge_shared::fedeval::EvalCounts;
 use fedge_shared::secagg::{
-    AdvertiseKeys, EncryptedShare, SurvivorSet, SurvivorSignature, UnmaskRequest, UnmaskResponse,
+    AdvertiseKeys, EncryptedShare, MaskWith, ShareReceipt, SurvivorSet, SurvivorSignature, UnmaskRequest,
+    UnmaskResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,8 @@ pub enum Event<'a> {
     SecAggAdvertise { agent: AgentId, keys: AdvertiseKeys },
     /// Secure round, phase 2: the agent's encrypted shares for its neighbours.
     SecAggShares { agent: AgentId, round: u64, shares: Vec<EncryptedShare> },
+    /// Secure round, after the shares: the agent's receipt, naming the neighbours whose shares it could not use.
+    SecAggReceipt { agent: AgentId, receipt: ShareReceipt },
     /// Secure round, phase 3: the agent's whole masked vector (`1 + counts + P` values) has been read. It is folded
     /// into the running masked sum at once; nobody keeps it. The agent's example count and loss are among its masked
     /// counts ([`fedge_shared::round_counts`]), not beside them.
@@ -115,6 +118,8 @@ pub enum Action {
     SecAggKeys { round: u64, to: Vec<AgentId>, keys: Vec<AdvertiseKeys>, owners: Vec<AgentId> },
     /// Secure round: send `agent` the shares addressed to it.
     SecAggShares { agent: AgentId, round: u64, shares: Vec<EncryptedShare> },
+    /// Secure round: send `agent` the neighbours it is to mask with.
+    SecAggMaskWith { agent: AgentId, mask_with: MaskWith },
     /// Secure round: send the survivor set to every agent in `to` (the survivors), to sign.
     SecAggSurvivors { to: Vec<AgentId>, set: SurvivorSet },
     /// Secure round: send `agent` its unmask request (with its neighbours' signatures over the survivor set).

@@ -31,9 +31,9 @@
 //!   later `WakeAt` replaces an earlier one, whether its time is earlier or later; an alarm is spent once it rings
 //!   (after each `Tick` the coordinator asks again for the wake-up it still needs); spurious ticks are fine.
 //! - `Log`: log it (and show it to the operator who sent a command).
-//! - `SecAggKeys` / `SecAggShares` / `SecAggSurvivors` / `SecAggUnmask`: relay to the agents named (the keys with
-//!   each owner's certificate); feed their answers back as `SecAggAdvertise`, `SecAggShares`, `MaskedInput`,
-//!   `SecAggSurvivorSignature`, `SecAggUnmask`.
+//! - `SecAggKeys` / `SecAggShares` / `SecAggMaskWith` / `SecAggSurvivors` / `SecAggUnmask`: relay to the agents
+//!   named (the keys with each owner's certificate); feed their answers back as `SecAggAdvertise`, `SecAggShares`,
+//!   `SecAggReceipt`, `MaskedInput`, `SecAggSurvivorSignature`, `SecAggUnmask`.
 //!
 //! On start-up: `Store::resume_state()` (after `init_model` for a new store) → [`ResumeState`] →
 //! [`Coordinator::new`], then feed `StartRounds` when the configuration or the operator says so.
@@ -386,6 +386,7 @@ impl Coordinator {
             Event::SecAggShares { agent, round, shares } => {
                 self.on_secagg_shares(now_ms, agent, round, shares, &mut out)
             }
+            Event::SecAggReceipt { agent, receipt } => self.on_secagg_receipt(now_ms, agent, receipt, &mut out),
             Event::MaskedInput { agent, round, masked } => self.on_masked_input(now_ms, agent, round, masked, &mut out),
             Event::SecAggSurvivorSignature { agent, signature } => {
                 self.on_secagg_survivor_signature(now_ms, agent, signature, &mut out)
@@ -646,10 +647,7 @@ impl Coordinator {
                     Some(outcome.mean)
                 }
                 Err(failure) => {
-                    if let Some(agent) = failure.blamed {
-                        self.quarantine(agent, round.plan.round, out);
-                    }
-                    let reason = AbortReason::SecureAggregation(format!("unmasking: {}", failure.message));
+                    let reason = AbortReason::SecureAggregation(format!("unmasking: {failure}"));
                     return self.finish_aborted(now_ms, *round, reason, out);
                 }
             },
@@ -685,19 +683,19 @@ impl Coordinator {
         }));
     }
 
-    /// Leaves `agent` out of the cohorts of the next `secagg.quarantine_rounds` rounds after `round`, which it made
-    /// abort, and says so in the log.
-    fn quarantine(&mut self, agent: AgentId, round: u64, out: &mut Vec<Action>) {
+    /// Leaves `agent` out of the cohorts of the next `secagg.quarantine_rounds` rounds after `round`, in which its
+    /// neighbours could not use its shares (it was left out of that round too), and says so in the log.
+    pub(super) fn quarantine(&mut self, agent: AgentId, round: u64, out: &mut Vec<Action>) {
         let rounds = self.secagg.quarantine_rounds;
         if rounds == 0 {
             return;
         }
         let until = round.saturating_add(1).saturating_add(rounds);
-        tracing::warn!(round, %agent, rounds, "agent made the secure round abort; left out of the next cohorts");
+        tracing::warn!(round, %agent, rounds, "agent sent unusable shares; left out of this round and the next cohorts");
         out.push(Action::Log {
             message: format!(
-                "agent {agent} sent its neighbours shares that did not decrypt and made round {round} abort; it is \
-                 left out of the next {rounds} rounds (revoke it if it does so again)"
+                "agent {agent} sent its neighbours shares they could not use and was left out of round {round}; it \
+                 is left out of the next {rounds} rounds too (revoke it if it does so again)"
             ),
         });
         self.quarantined.insert(agent, until);

@@ -98,9 +98,9 @@ pub struct RoundMetrics {
 pub struct SecAggMetrics {
     /// Plans out → keys relayed.
     pub advertise_ms: u64,
-    /// Keys relayed → shares relayed.
+    /// Keys relayed → shares relayed, plus shares relayed → the receipts are in and agents told whom to mask with.
     pub share_ms: u64,
-    /// Shares relayed → survivor set (local training overlaps the key phases and this one).
+    /// Masking sets sent → survivor set (local training overlaps the key phases and this one).
     pub masked_ms: u64,
     /// Survivor set → the sum is unmasked: the consistency round (survivors sign the set) and the unmask phase.
     pub unmask_ms: u64,

@@ -1,7 +1,10 @@
-//! The secure mode of a round: the coordinator drives a SecAgg+ [`ServerSession`] through its five phases
-//! (advertise keys → share keys → masked input → consistency → unmask), each closed by its own deadline or as soon as every
+//! The secure mode of a round: the coordinator drives a SecAgg+ [`ServerSession`] through its six phases
+//! (advertise keys → share keys → share receipts → masked input → consistency → unmask), each closed by its own
+//! deadline or as soon as every
 //! member still in it has answered. Agents that miss a phase are dropped (and told so); a phase that leaves fewer
-//! than `min_agents` (or fewer than the threshold around any agent) aborts the round, and nothing is revealed.
+//! than `min_agents` (or fewer than the threshold around any agent) aborts the round, and nothing is revealed. An
+//! agent that the receipts leave out because its neighbours named its shares unusable is dropped from the round
+//! and quarantined (`[secagg] quarantine_rounds`); the round goes on without it.
 //!
 //! The plain-mode bookkeeping (members, reports, drops, the record) is shared with [`super::Coordinator`]; what is
 //! secure-only lives here. This module never holds an agent's vector: a masked vector is folded into the session's
@@ -16,7 +19,9 @@ use super::record::{AbortReason, AgentId, Dropped, Report, SecAggMetrics};
 use super::{Coordinator, MemberStatus, Stage};
 use fedge_shared::fedeval::EvalCounts;
 use fedge_shared::round_counts::{self, SECURE_COUNTS, TrainTotals};
-use fedge_shared::secagg::{AdvertiseKeys, AgentRef, EncryptedShare, ServerSession, SurvivorSignature, UnmaskResponse};
+use fedge_shared::secagg::{
+    AdvertiseKeys, AgentRef, EncryptedShare, ServerSession, ShareReceipt, SurvivorSignature, UnmaskResponse,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The largest cohort a secure round may have (its key broadcast must fit one control frame).
@@ -29,7 +34,9 @@ pub enum SecurePhase {
     Advertise,
     /// Keys were relayed; members send their encrypted shares.
     Shares,
-    /// Shares were relayed; members train and send their masked vectors.
+    /// Shares were relayed; members say whose shares they could not use (and train meanwhile).
+    Receipts,
+    /// Members were told whom to mask with; they train and send their masked vectors.
     Masked,
     /// The survivor set is out; survivors sign it.
     Consistency,
@@ -43,6 +50,7 @@ impl SecurePhase {
         match self {
             SecurePhase::Advertise => "advertise-keys",
             SecurePhase::Shares => "share-keys",
+            SecurePhase::Receipts => "share-receipts",
             SecurePhase::Masked => "masked-input",
             SecurePhase::Consistency => "consistency",
             SecurePhase::Unmask => "unmask",
@@ -91,18 +99,12 @@ impl SecureRound {
     /// Ends the round: unmasks the sum and returns the weighted mean delta `Σ w·Δ / Σ w`, the federated
     /// evaluation's totals over the survivors (the only evaluation the server ever sees in a secure round) and
     /// their training totals (examples, loss sum; the server never sees one agent's).
-    pub(super) fn finish(&mut self) -> Result<SecureOutcome, UnmaskFailure> {
-        let session = self.session.take().ok_or_else(|| UnmaskFailure::new("the secure session is gone"))?;
-        let sum = session.finish().map_err(|e| {
-            let blamed = e.blamed().and_then(|i| self.names.get(&i).map(|name| (i, name.clone())));
-            match blamed {
-                Some((i, name)) => UnmaskFailure { message: format!("{e}; agent {i} is {name}"), blamed: Some(name) },
-                None => UnmaskFailure::new(e.to_string()),
-            }
-        })?;
+    pub(super) fn finish(&mut self) -> Result<SecureOutcome, String> {
+        let session = self.session.take().ok_or_else(|| "the secure session is gone".to_string())?;
+        let sum = session.finish().map_err(|e| e.to_string())?;
         self.metrics.survivors = sum.survivors.len();
         if !(sum.weight_sum.is_finite() && sum.weight_sum > 0.0) {
-            return Err(UnmaskFailure::new(format!("the survivors' total weight is {}", sum.weight_sum)));
+            return Err(format!("the survivors' total weight is {}", sum.weight_sum));
         }
         let inv = 1.0 / sum.weight_sum;
         let mean = sum.weighted_delta_sum.iter().map(|&v| (f64::from(v) * inv) as f32).collect();
@@ -118,21 +120,6 @@ impl SecureRound {
         });
         let train = train.filter(|t| t.loss_sum.is_finite());
         Ok(SecureOutcome { mean, eval: eval.map(|c| (c, sum.survivors.len())), train })
-    }
-}
-
-/// Why a secure round's sum could not be unmasked, and the member whose misbehaviour caused it, when one did.
-#[derive(Debug)]
-pub(super) struct UnmaskFailure {
-    pub message: String,
-    /// A member proven to have sent its neighbours shares that did not decrypt
-    /// ([`fedge_shared::secagg::SecAggError::blamed`]).
-    pub blamed: Option<AgentId>,
-}
-
-impl UnmaskFailure {
-    fn new(message: impl Into<String>) -> Self {
-        UnmaskFailure { message: message.into(), blamed: None }
     }
 }
 
@@ -312,6 +299,18 @@ impl Coordinator {
     ) {
         let Some(idx) = self.secure_target(&agent, round_id, SecurePhase::Shares, out) else { return };
         self.secure_step(now_ms, agent, out, |s| s.on_shares(idx, shares));
+    }
+
+    /// After the shares: an agent's receipt for the shares relayed to it.
+    pub(super) fn on_secagg_receipt(
+        &mut self,
+        now_ms: u64,
+        agent: AgentId,
+        receipt: ShareReceipt,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(idx) = self.secure_target(&agent, receipt.round, SecurePhase::Receipts, out) else { return };
+        self.secure_step(now_ms, agent, out, |s| s.on_receipt(idx, receipt));
     }
 
     /// Runs one session step for `agent`: on success it has answered this phase, on failure it is refused and
@@ -544,6 +543,8 @@ impl Coordinator {
         let names = |ids: &mut dyn Iterator<Item = u32>| -> Vec<AgentId> {
             ids.filter_map(|i| sec.names.get(&i).cloned()).collect()
         };
+        // Members the receipts leave out because their neighbours could not use their shares.
+        let mut blamed: Vec<AgentId> = Vec::new();
         // Each arm yields the members of the next phase and the action that opens it.
         let next: Result<(Vec<AgentId>, Vec<Action>), String> = match phase {
             SecurePhase::Advertise => session.close_advertise().map_err(|e| e.to_string()).map(|keys| {
@@ -560,6 +561,20 @@ impl Coordinator {
                     if let Some(agent) = sec.names.get(&idx) {
                         to.push(agent.clone());
                         actions.push(Action::SecAggShares { agent: agent.clone(), round: round_id, shares });
+                    }
+                }
+                (to, actions)
+            }),
+            SecurePhase::Receipts => session.close_receipts().map_err(|e| e.to_string()).map(|receipts| {
+                // The receipts count as part of sharing in the record.
+                sec.metrics.share_ms += elapsed;
+                blamed = names(&mut receipts.blamed.iter().copied());
+                let mut to = Vec::new();
+                let mut actions = Vec::new();
+                for (idx, mask_with) in receipts.mask_with {
+                    if let Some(agent) = sec.names.get(&idx) {
+                        to.push(agent.clone());
+                        actions.push(Action::SecAggMaskWith { agent: agent.clone(), mask_with });
                     }
                 }
                 (to, actions)
@@ -612,9 +627,11 @@ impl Coordinator {
         let next_members: BTreeSet<AgentId> = members.into_iter().collect();
         let left_out: Vec<AgentId> = sec.expected.iter().filter(|a| !next_members.contains(*a)).cloned().collect();
         let (late, pruned): (Vec<AgentId>, Vec<AgentId>) = left_out.into_iter().partition(|a| missed.contains(a));
+        let (blamed, pruned): (Vec<AgentId>, Vec<AgentId>) = pruned.into_iter().partition(|a| blamed.contains(a));
         sec.phase = match phase {
             SecurePhase::Advertise => SecurePhase::Shares,
-            SecurePhase::Shares => SecurePhase::Masked,
+            SecurePhase::Shares => SecurePhase::Receipts,
+            SecurePhase::Receipts => SecurePhase::Masked,
             SecurePhase::Masked => SecurePhase::Consistency,
             _ => SecurePhase::Unmask,
         };
@@ -635,6 +652,10 @@ impl Coordinator {
         let missed_reason = format!("missed the {} deadline", phase.name());
         self.drop_silently(&late, &missed_reason, out);
         self.drop_silently(&pruned, "too few of its neighbours are left in the round", out);
+        self.drop_silently(&blamed, "its neighbours could not use the shares it sent them", out);
+        for agent in blamed {
+            self.quarantine(agent, round_id, out);
+        }
         out.extend(actions);
     }
 }

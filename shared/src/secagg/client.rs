@@ -1,6 +1,6 @@
 //! One agent's side of one secure-aggregation round, as a sans-IO state machine:
-//! `new` (advertise keys) → `on_keys` (share keys) → `on_shares` → `masked_input` → `on_survivors` (sign the
-//! survivor set) → `on_unmask_request` → done.
+//! `new` (advertise keys) → `on_keys` (share keys) → `on_shares` (returns the receipt) → `on_mask_with` →
+//! `masked_input` → `on_survivors` (sign the survivor set) → `on_unmask_request` → done.
 //!
 //! The agent never reveals, for one neighbour, both the share of its self-mask seed and the share of its mask key:
 //! it signs exactly one survivor set and answers exactly one unmask request, for that set only, and only once at
@@ -21,7 +21,9 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::consistency::{self, SurvivorSet, SurvivorSignature};
 use super::graph::NeighbourGraph;
-use super::messages::{AdvertiseKeys, AgentRef, EncryptedShare, RevealedShare, UnmaskRequest, UnmaskResponse};
+use super::messages::{
+    AdvertiseKeys, AgentRef, EncryptedShare, MaskWith, RevealedShare, ShareReceipt, UnmaskRequest, UnmaskResponse,
+};
 use super::prg::{MaskSign, apply_masks};
 use super::quant::{QuantizedInput, Quantizer};
 use super::shamir::{self, ShareValue};
@@ -32,6 +34,7 @@ use super::{KeySigner, PeerVerifier, SecAggError, SecAggParams, SecureRng, envel
 enum Phase {
     AwaitKeys,
     AwaitShares,
+    AwaitMaskWith,
     ReadyForInput,
     AwaitSurvivors,
     AwaitUnmask,
@@ -43,6 +46,7 @@ impl Phase {
         match self {
             Phase::AwaitKeys => "await-keys",
             Phase::AwaitShares => "await-shares",
+            Phase::AwaitMaskWith => "await-mask-with",
             Phase::ReadyForInput => "ready-for-input",
             Phase::AwaitSurvivors => "await-survivors",
             Phase::AwaitUnmask => "await-unmask",
@@ -72,8 +76,9 @@ pub struct ClientSession {
     own: AdvertiseKeys,
     /// Neighbours whose signed keys we received (U1 ∩ N(me)).
     peers: BTreeMap<u32, PeerKeys>,
-    /// The neighbours that shared with us, which are exactly those we mask with, and the shares we hold of each:
-    /// `None` for a neighbour whose share did not decrypt or lay outside the field (we mask with it all the same,
+    /// The neighbours that shared with us and, once [`ClientSession::on_mask_with`] has run, that the server left
+    /// in the round, which are exactly those we mask with; and the shares we hold of each: `None` for a neighbour
+    /// whose share did not decrypt or lay outside the field (if the server keeps it, we mask with it all the same,
     /// from its signed keys, but can reveal nothing of its secrets).
     held: BTreeMap<u32, Option<(ShareValue, ShareValue)>>,
     /// The one survivor set we signed this round.
@@ -280,13 +285,13 @@ impl ClientSession {
         Ok(out)
     }
 
-    /// Takes the shares the server relays to us, decrypts and checks each one, and records which neighbours we
-    /// will mask with (exactly those that shared with us). Refuses fewer than `t`, and anything the relay got wrong
-    /// (round, recipient, a sender that is not our neighbour, a duplicate). A share that does not decrypt or lies
-    /// outside the field is its sender's fault, not the relay's: we keep nothing of it but still mask with its
-    /// sender (the pairwise mask needs only the sender's signed keys), so one bad agent cannot make us refuse the
-    /// round; [`ClientSession::bad_shares`] names such senders.
-    pub fn on_shares(&mut self, shares: &[EncryptedShare]) -> Result<(), SecAggError> {
+    /// Takes the shares the server relays to us, decrypts and checks each one, and returns our receipt for them.
+    /// Refuses fewer than `t`, and anything the relay got wrong (round, recipient, a sender that is not our
+    /// neighbour, a duplicate). A share that does not decrypt or lies outside the field is its sender's fault, not
+    /// the relay's: we keep nothing of it and name its sender in the receipt ([`ClientSession::bad_shares`]), so
+    /// that the server can leave the sender out if too few of its neighbours hold a usable share. Which neighbours
+    /// we mask with is settled by [`ClientSession::on_mask_with`].
+    pub fn on_shares(&mut self, shares: &[EncryptedShare]) -> Result<ShareReceipt, SecAggError> {
         self.expect(Phase::AwaitShares, "on_shares")?;
         let mut held = BTreeMap::new();
         for share in shares {
@@ -312,6 +317,29 @@ impl ClientSession {
             return Err(SecAggError::NotEnoughNeighbours { have: held.len(), need: t });
         }
         self.held = held;
+        self.phase = Phase::AwaitMaskWith;
+        Ok(ShareReceipt { round: self.round, from: self.me, bad: self.bad_shares() })
+    }
+
+    /// Takes the server's answer to the receipts: the neighbours to mask with. Every one must be a neighbour that
+    /// shared with us, listed once, in ascending order, and there must be at least `t` of them (fewer, and the
+    /// server could strip our masks). The neighbours left out are, for the rest of the round, as if they had never
+    /// shared keys with us: we do not mask with them and reveal nothing of theirs.
+    pub fn on_mask_with(&mut self, msg: &MaskWith) -> Result<(), SecAggError> {
+        self.expect(Phase::AwaitMaskWith, "on_mask_with")?;
+        self.check_round(msg.round)?;
+        if msg.to != self.me {
+            return Err(SecAggError::WrongRecipient { addressed: msg.to, actual: self.me });
+        }
+        consistency::check_canonical(&msg.neighbours)?;
+        if let Some(&j) = msg.neighbours.iter().find(|j| !self.held.contains_key(j)) {
+            return Err(SecAggError::NotNeighbour { agent: self.me, peer: j });
+        }
+        let t = self.params.threshold as usize;
+        if msg.neighbours.len() < t {
+            return Err(SecAggError::NotEnoughNeighbours { have: msg.neighbours.len(), need: t });
+        }
+        self.held.retain(|j, _| msg.neighbours.binary_search(j).is_ok());
         self.phase = Phase::ReadyForInput;
         Ok(())
     }

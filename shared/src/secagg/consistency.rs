@@ -64,7 +64,7 @@ pub(crate) fn check_canonical(survivors: &[u32]) -> Result<(), SecAggError> {
         return Err(if w[0] == w[1] {
             SecAggError::Duplicate(w[0])
         } else {
-            SecAggError::Malformed(format!("survivor set not in ascending order ({} before {})", w[0], w[1]))
+            SecAggError::Malformed(format!("agent list not in ascending order ({} before {})", w[0], w[1]))
         });
     }
     Ok(())

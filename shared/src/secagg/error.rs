@@ -45,11 +45,6 @@ pub enum SecAggError {
     ConsistencyCheck { signed: usize, need: usize },
     #[error("round aborted: {0}")]
     Abort(String),
-    #[error(
-        "agent {agent}'s secret cannot be reconstructed: {answered} of its neighbours answered the unmask request \
-         but they hold only {revealed} valid shares of it, {need} needed (it sent them shares that did not decrypt)"
-    )]
-    SharesWithheld { agent: u32, answered: usize, revealed: usize, need: usize },
     #[error("reconstructed secret of agent {0} does not match its advertised commitment")]
     ReconstructionMismatch(u32),
     #[error("signing failed: {0}")]
@@ -66,19 +61,8 @@ pub enum SecAggError {
     BadUpload(u32),
     #[error("the unmasked sum is not one the survivors could have produced: {0}")]
     OutOfBounds(String),
+    #[error("the round is weaker than this agent requires: {0}")]
+    BelowFloor(String),
     #[error("too many uploads in flight (limit {0})")]
     TooManyUploads(usize),
-}
-
-impl SecAggError {
-    /// The agent this error proves misbehaved, when it does: one whose neighbours answered the unmask request in
-    /// enough numbers but could not reveal enough valid shares of its secret, because the shares it sent them did
-    /// not decrypt ([`SecAggError::SharesWithheld`]). A coordinator may keep such an agent out of later cohorts.
-    /// Nothing else names a culprit: a drop-out is not misbehaviour.
-    pub fn blamed(&self) -> Option<u32> {
-        match self {
-            SecAggError::SharesWithheld { agent, .. } => Some(*agent),
-            _ => None,
-        }
-    }
 }

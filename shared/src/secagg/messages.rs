@@ -89,6 +89,25 @@ impl EncryptedShare {
     }
 }
 
+/// Phase 2b, agent → server: the receipt for the shares relayed to us, naming the neighbours whose share did not
+/// decrypt or lay outside the field (ascending; empty when every share was good). Sent before masking, so that
+/// the server can leave out, before anyone masks with it, an agent of which too few neighbours hold a usable share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareReceipt {
+    pub round: u64,
+    pub from: u32,
+    pub bad: Vec<u32>,
+}
+
+/// Phase 2b, server → one agent: the neighbours to mask with (ascending), those of its neighbours that the
+/// receipts leave in the round. Every neighbour left out is treated by everyone as one that never shared keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaskWith {
+    pub round: u64,
+    pub to: u32,
+    pub neighbours: Vec<u32>,
+}
+
 /// Phase 5, server → each survivor that signed the survivor set: who sent a masked input, who dropped after sharing
 /// keys, and the recipient's neighbours' signatures over the survivor set (the consistency round, see
 /// [`super::consistency`]).
@@ -130,6 +149,11 @@ pub fn advertise_broadcast_limit(cohort: usize) -> usize {
 /// Decoding limit for the shares one agent sends or receives (`Vec<EncryptedShare>`) with `neighbours` neighbours.
 pub fn shares_limit(neighbours: usize) -> usize {
     10 + neighbours.saturating_mul(SHARE_LIMIT)
+}
+
+/// Decoding limit for a [`ShareReceipt`] or a [`MaskWith`] of an agent with `neighbours` neighbours.
+pub fn neighbour_list_limit(neighbours: usize) -> usize {
+    32 + neighbours.saturating_mul(5)
 }
 
 /// Decoding limit for an [`UnmaskRequest`] in a cohort of `cohort` (at most one relayed signature per agent).
@@ -182,6 +206,11 @@ mod tests {
             key_shares: vec![revealed; 20],
         };
         assert!(codec::encode(&resp).unwrap().len() <= unmask_response_limit(40));
+
+        let receipt = ShareReceipt { round: u64::MAX, from: u32::MAX, bad: vec![u32::MAX; 40] };
+        assert!(codec::encode(&receipt).unwrap().len() <= neighbour_list_limit(40));
+        let mask_with = MaskWith { round: u64::MAX, to: u32::MAX, neighbours: vec![u32::MAX; 40] };
+        assert!(codec::encode(&mask_with).unwrap().len() <= neighbour_list_limit(40));
 
         let sig = SurvivorSignature { round: u64::MAX, from: u32::MAX, signature: vec![0xFF; MAX_SIGNATURE_LEN] };
         let req = UnmaskRequest {

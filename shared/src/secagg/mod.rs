@@ -6,7 +6,7 @@
 //! neighbour graph of Bell et al. 2020 (SecAgg+): each agent pairs with `k` neighbours on a random Harary graph and
 //! its secrets are Shamir-shared `t` of `k` among them.
 //!
-//! The five phases, each driven by the network layer with a deadline:
+//! The six phases, each driven by the network layer with a deadline:
 //! 1. **Advertise keys**: every agent makes two fresh X25519 key pairs (one to encrypt shares, one for the pairwise
 //!    masks) and a self-mask seed, and signs the public keys with its certificate key ([`KeySigner`]). The server
 //!    relays all advertisements; peers check the signatures ([`PeerVerifier`]), so a relaying server cannot
@@ -14,6 +14,11 @@
 //! 2. **Share keys**: every agent Shamir-shares its self-mask seed and its mask secret key among its neighbours,
 //!    each share encrypted end to end (ChaCha20-Poly1305 from ring, key from HKDF over the pairwise agreement of the
 //!    encryption keys, bound to round, sender and recipient) and relayed by the server.
+//!    **Receipts**: every agent opens the shares relayed to it at once and tells the server whose did not decrypt
+//!    or lay outside the field ([`messages::ShareReceipt`]). The server keeps in the round only agents of which at
+//!    least `t` receipting neighbours hold a usable share, and tells each agent which of its neighbours to mask
+//!    with ([`messages::MaskWith`]). An agent that sent garbage is thus left out before anyone masks with it, and
+//!    the round goes on without it, instead of aborting when its secrets cannot be rebuilt.
 //! 3. **Masked input**: every agent quantizes `[w, w·Δ]` ([`quant`]) and adds pairwise masks (ChaCha20 keystreams
 //!    from the pairwise agreement, added by one side and subtracted by the other) and its self mask, modulo 2^32.
 //!    The server folds the masked vectors into one running sum as they arrive.
@@ -42,6 +47,7 @@ pub mod consistency;
 pub mod ecdsa;
 mod envelope;
 pub mod error;
+pub mod floor;
 pub mod graph;
 pub mod kdf;
 pub mod messages;
@@ -56,8 +62,11 @@ pub use client::ClientSession;
 pub use consistency::{SurvivorSet, SurvivorSignature};
 pub use ecdsa::{EcdsaP256Signer, PeerKeyTable};
 pub use error::SecAggError;
+pub use floor::RoundFloor;
 pub use graph::NeighbourGraph;
-pub use messages::{AdvertiseKeys, AgentRef, EncryptedShare, RevealedShare, UnmaskRequest, UnmaskResponse};
+pub use messages::{
+    AdvertiseKeys, AgentRef, EncryptedShare, MaskWith, RevealedShare, ShareReceipt, UnmaskRequest, UnmaskResponse,
+};
 pub use params::SecAggParams;
 pub use quant::QuantizedInput;
 pub use server::{AggregateSum, QuantizedSum, ServerSession};

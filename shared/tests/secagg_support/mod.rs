@@ -57,7 +57,9 @@ pub enum DropAt {
     Advertise,
     /// Advertises keys, never sends shares.
     Shares,
-    /// Sends shares, never uploads its masked input.
+    /// Sends shares, never sends its receipt for the shares relayed to it.
+    Receipt,
+    /// Sends its receipt, never uploads its masked input.
     MaskedInput,
     /// Uploads, never signs the survivor set.
     Consistency,
@@ -155,7 +157,20 @@ pub fn run_round(
     };
     for (&i, c) in clients.iter_mut() {
         let Some(mine) = relayed.get(&i) else { continue };
-        c.on_shares(mine).unwrap();
+        let receipt = c.on_shares(mine).unwrap();
+        assert!(receipt.bad.is_empty());
+        if silent(i, DropAt::Receipt) {
+            continue;
+        }
+        server.on_receipt(i, receipt).unwrap();
+    }
+    let mask_with = match server.close_receipts() {
+        Ok(r) => r.mask_with,
+        Err(e) => return Outcome { result: Err(e), plain },
+    };
+    for (&i, c) in clients.iter_mut() {
+        let Some(mine) = mask_with.get(&i) else { continue };
+        c.on_mask_with(mine).unwrap();
         if silent(i, DropAt::MaskedInput) {
             continue;
         }

@@ -1,6 +1,6 @@
 //! The server's side of one secure-aggregation round, as a sans-IO state machine:
-//! advertise → share keys → masked input → consistency (survivors sign the survivor set, see [`consistency`]) →
-//! unmask → the cohort's sum.
+//! advertise → share keys → receipts (see [`receipts`]) → masked input → consistency (survivors sign the survivor
+//! set, see [`consistency`]) → unmask → the cohort's sum.
 //!
 //! The server holds one running wrapping sum of the masked vectors (plus, while an upload streams in, at most
 //! `max_staged_uploads` staged vectors that are folded only once complete, or dropped), the agents' public keys,
@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 mod consistency;
+mod receipts;
 pub mod recover;
 
 use super::consistency::{SurvivorSet, SurvivorSignature};
@@ -34,6 +35,7 @@ pub const DEFAULT_MAX_STAGED_UPLOADS: usize = 2;
 enum Phase {
     Advertise,
     Shares,
+    Receipts,
     Masked,
     Consistency,
     Unmask,
@@ -45,6 +47,7 @@ impl Phase {
         match self {
             Phase::Advertise => "advertise",
             Phase::Shares => "shares",
+            Phase::Receipts => "receipts",
             Phase::Masked => "masked-input",
             Phase::Consistency => "consistency",
             Phase::Unmask => "unmask",
@@ -105,7 +108,10 @@ pub struct ServerSession {
     keys: BTreeMap<u32, AdvertiseKeys>,
     u1: BTreeSet<u32>,
     shares_in: BTreeMap<u32, Vec<EncryptedShare>>,
+    /// After `close_shares` the agents that shared; after `close_receipts` only those left in the round.
     u2: BTreeSet<u32>,
+    /// Receipts: per agent, the neighbours whose shares to it were bad.
+    receipts: BTreeMap<u32, BTreeSet<u32>>,
     sum: MaskedSum,
     staged: BTreeMap<u32, Vec<u32>>,
     u3: BTreeSet<u32>,
@@ -165,6 +171,7 @@ impl ServerSession {
             u1: BTreeSet::new(),
             shares_in: BTreeMap::new(),
             u2: BTreeSet::new(),
+            receipts: BTreeMap::new(),
             sum: MaskedSum(Vec::new()),
             staged: BTreeMap::new(),
             u3: BTreeSet::new(),
@@ -313,7 +320,7 @@ impl ServerSession {
     }
 
     /// Ends phase 2: keeps the agents that shared and still have `t` such neighbours, and returns, per recipient
-    /// among them, the shares addressed to it by the others. Aborts if none are left.
+    /// among them, the shares addressed to it by the others; their receipts come next. Aborts if none are left.
     pub fn close_shares(&mut self) -> Result<BTreeMap<u32, Vec<EncryptedShare>>, SecAggError> {
         self.expect(Phase::Shares, "close_shares")?;
         let mut u2: BTreeSet<u32> = self.shares_in.keys().copied().collect();
@@ -334,8 +341,7 @@ impl ServerSession {
         }
         self.keys.retain(|a, _| u2.contains(a));
         self.u2 = u2;
-        self.sum = MaskedSum(vec![0; self.vector_len()]);
-        self.phase = Phase::Masked;
+        self.phase = Phase::Receipts;
         Ok(out)
     }
 
@@ -507,17 +513,15 @@ impl ServerSession {
         Ok(QuantizedSum { survivors, values: std::mem::take(&mut self.sum.0) })
     }
 
-    /// Aborts because only `revealed` shares of agent `j`'s `secret` came back. When at least `t` of `j`'s
-    /// neighbours answered the unmask request, the missing shares are ones they could not open: `j` sent them
-    /// garbage, and the error blames it ([`SecAggError::blamed`]). Otherwise neighbours dropped, and nobody is.
+    /// Aborts because only `revealed` shares of agent `j`'s `secret` came back: too many of its neighbours dropped
+    /// before answering, or some that vouched for its shares in their receipts withheld them.
     fn too_few_shares(&mut self, j: u32, revealed: usize, secret: &str) -> SecAggError {
         let t = self.params.threshold as usize;
         let answered =
             self.graph.neighbours(j).unwrap_or_default().iter().filter(|n| self.responded.contains(n)).count();
-        if answered >= t {
-            return self.abort_with(SecAggError::SharesWithheld { agent: j, answered, revealed, need: t });
-        }
-        self.abort(format!("only {revealed} shares of agent {j}'s {secret}, {t} needed"))
+        self.abort(format!(
+            "only {revealed} shares of agent {j}'s {secret} came back from {answered} answering neighbours, {t} needed"
+        ))
     }
 
     /// Ends the round: the dequantized `Σw` and `Σ w·Δ` over the survivors, refused when it is not a sum they
