@@ -369,6 +369,7 @@ pub async fn start_with_hook(
         certs: HashMap::new(),
         relay_hook,
         signed_revocations: config.tls.revoked.as_ref().map(|p| p.with_file_name(fedge_shared::revocation_list::FILE)),
+        revocations_read: None,
         run,
         config_rounds: config.rounds,
         admin: AdminState {
@@ -492,6 +493,8 @@ struct Core {
     write_error_reported: bool,
     /// Where the operator's CA-signed revocation list is (`revoked.sig` next to `tls.revoked`), if anywhere.
     signed_revocations: Option<std::path::PathBuf>,
+    /// The list as read for the round whose keys are being relayed (read once per round, not once per agent).
+    revocations_read: Option<(u64, Vec<u8>)>,
 }
 
 /// What the core keeps for the admin surface.
@@ -860,27 +863,20 @@ impl Core {
                 let wire = wire_plan(&plan, &self.current, &agent);
                 self.send(&agent, Outbound::Msg(ServerMessage::Plan(Box::new(wire))));
             }
-            Action::SecAggKeys { round, to, keys, owners } => {
+            Action::SecAggKeys { agent, round, keys, owners } => {
+                // Only the agent's own keys and its neighbours' (O(k)), each with its owner's certificate.
                 let certificates: Vec<Vec<u8>> =
                     owners.iter().map(|o| self.certs.get(o).map(|c| c.as_ref().clone()).unwrap_or_default()).collect();
                 // The operator's CA-signed revocation list, relayed as written: agents check their peers against it.
-                let revocations = self.signed_revocations();
-                let m = ServerMessage::SecAggKeys { round, keys, certificates, revocations };
-                // The broadcast holds every member's keys and certificate (~0.7 KB each): encoded once and shared,
-                // not cloned and encoded per member (at n = 1,000 that was 1,000 copies of 0.7 MB). A relay hook
-                // (tests of a dishonest server) rewrites each member's copy, so it gets its own.
-                let shared = match &self.relay_hook {
-                    None => fedge_shared::wire::shared_frame(&m, protocol::limits::CONTROL)
-                        .map_err(|e| tracing::error!(round, error = %e, "the key broadcast cannot be encoded"))
-                        .ok(),
-                    Some(_) => None,
-                };
-                for a in &to {
-                    match &shared {
-                        Some(frame) => self.send(a, Outbound::Frame(frame.clone())),
-                        None => self.send(a, Outbound::Msg(m.clone())),
+                let revocations = match &self.revocations_read {
+                    Some((r, list)) if *r == round => list.clone(),
+                    _ => {
+                        let list = self.signed_revocations();
+                        self.revocations_read = Some((round, list.clone()));
+                        list
                     }
-                }
+                };
+                self.send(&agent, Outbound::Msg(ServerMessage::SecAggKeys { round, keys, certificates, revocations }));
             }
             Action::SecAggShares { agent, round, shares } => {
                 self.send(&agent, Outbound::Msg(ServerMessage::SecAggShares { round, shares }));

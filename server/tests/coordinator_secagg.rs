@@ -173,22 +173,21 @@ impl Sim {
                     a.session = Some(session);
                     self.feed(Event::SecAggAdvertise { agent, keys });
                 }
-                Action::SecAggKeys { round, to, keys, owners } => {
+                Action::SecAggKeys { agent, round, keys, owners } => {
                     assert_eq!(keys.len(), owners.len());
-                    for agent in to {
-                        if self.quits(&agent, Quit::Shares) {
-                            continue;
-                        }
-                        let a = self.agents.get_mut(&agent).unwrap();
-                        let mut shares =
-                            a.session.as_mut().unwrap().on_keys(&keys, &self.peers, &mut self.rng).unwrap();
-                        if a.quit == Quit::Garbage {
-                            for share in &mut shares {
-                                share.ciphertext.iter_mut().for_each(|b| *b ^= 0x5a);
-                            }
-                        }
-                        self.feed(Event::SecAggShares { agent, round, shares });
+                    if self.quits(&agent, Quit::Shares) {
+                        continue;
                     }
+                    let a = self.agents.get_mut(&agent).unwrap();
+                    // O(k): the agent's own keys and its neighbours', never the whole cohort's.
+                    assert!(keys.len() <= a.session.as_ref().unwrap().neighbours().len() + 1);
+                    let mut shares = a.session.as_mut().unwrap().on_keys(&keys, &self.peers, &mut self.rng).unwrap();
+                    if a.quit == Quit::Garbage {
+                        for share in &mut shares {
+                            share.ciphertext.iter_mut().for_each(|b| *b ^= 0x5a);
+                        }
+                    }
+                    self.feed(Event::SecAggShares { agent, round, shares });
                 }
                 Action::SecAggShares { agent, shares, .. } => {
                     if self.quits(&agent, Quit::Disconnect) {

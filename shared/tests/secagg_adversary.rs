@@ -18,6 +18,44 @@ const ROUND: u64 = 42;
 const GRAPH_SEED: u64 = 9;
 const P: usize = 16;
 
+#[test]
+fn the_key_relay_gives_each_agent_only_its_own_and_its_neighbours_keys() {
+    let params = SecAggParams::new(6, 4, 1.0, 16, 10);
+    let cohort = Cohort::new(30);
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let mut server = ServerSession::new(params.clone(), ROUND, &cohort.refs, GRAPH_SEED, P).unwrap();
+    let mut clients = BTreeMap::new();
+    for r in &cohort.refs {
+        let (c, adv) = ClientSession::new(
+            params.clone(),
+            ROUND,
+            r.index,
+            &cohort.refs,
+            GRAPH_SEED,
+            [0; 32],
+            cohort.signer(r.index),
+            &mut rng,
+        )
+        .unwrap();
+        server.on_advertise(r.index, adv).unwrap();
+        clients.insert(r.index, c);
+    }
+    let relay = server.close_advertise().unwrap();
+    assert_eq!(relay.len(), 30);
+    for (i, keys) in &relay {
+        let c = &clients[i];
+        let mut expected: Vec<u32> = c.neighbours().to_vec();
+        expected.push(*i);
+        expected.sort_unstable();
+        let got: Vec<u32> = keys.iter().map(|k| k.from).collect();
+        assert_eq!(got, expected, "agent {i} gets k + 1 = 7 keys, not 30");
+    }
+    // And that is all an agent needs to share its keys.
+    for (i, c) in clients.iter_mut() {
+        assert_eq!(c.on_keys(&relay[i], &cohort.table, &mut rng).unwrap().len(), 6);
+    }
+}
+
 /// Six agents on the complete graph, threshold 4, after phase 1.
 struct Setup {
     params: SecAggParams,
@@ -49,7 +87,11 @@ fn advertised(n: usize) -> Setup {
         server.on_advertise(r.index, adv).unwrap();
         clients.insert(r.index, c);
     }
-    let broadcast = server.close_advertise().unwrap();
+    // The relay sends each agent only its own and its neighbours' keys; here everyone is given every key (a
+    // superset is fine for an honest agent, which skips non-neighbours), so that tests can tamper with one list.
+    let relay = server.close_advertise().unwrap();
+    let everyone: BTreeMap<u32, AdvertiseKeys> = relay.into_values().flatten().map(|k| (k.from, k)).collect();
+    let broadcast = everyone.into_values().collect();
     Setup { params, cohort, clients, server, broadcast, rng }
 }
 

@@ -74,7 +74,7 @@ fn masked_round() -> Masked {
     }
     let broadcast = server.close_advertise().unwrap();
     for (&i, c) in clients.iter_mut() {
-        let shares = c.on_keys(&broadcast, &cohort.table, &mut rng).unwrap();
+        let shares = c.on_keys(&broadcast[&i], &cohort.table, &mut rng).unwrap();
         server.on_shares(i, shares).unwrap();
     }
     let relayed = server.close_shares().unwrap();
@@ -92,7 +92,7 @@ fn masked_round() -> Masked {
         plain.insert(i, q.as_slice().to_vec());
         uploads.insert(i, c.mask(q).unwrap());
     }
-    let keys = broadcast.into_iter().map(|k| (k.from, k)).collect();
+    let keys = broadcast.into_values().flatten().map(|k| (k.from, k)).collect();
     Masked { params, cohort, graph, clients, keys, uploads, plain }
 }
 
@@ -341,7 +341,7 @@ fn a_victim_trained_from_another_model_is_refused_by_its_neighbours_before_any_s
     let broadcast = server.close_advertise().unwrap();
     let neighbours: BTreeSet<u32> = graph.neighbours(victim).unwrap().iter().copied().collect();
     for (&i, c) in clients.iter_mut() {
-        let got = c.on_keys(&broadcast, &cohort.table, &mut rng);
+        let got = c.on_keys(&broadcast[&i], &cohort.table, &mut rng);
         if i == victim {
             assert!(matches!(got, Err(SecAggError::ContextMismatch(n)) if neighbours.contains(&n)), "victim: {got:?}");
         } else if neighbours.contains(&i) {

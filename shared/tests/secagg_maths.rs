@@ -136,7 +136,7 @@ fn masked_vectors_the_server_receives_look_uniform_even_for_constant_inputs() {
     }
     let keys = server.close_advertise().unwrap();
     for (&i, c) in clients.iter_mut() {
-        server.on_shares(i, c.on_keys(&keys, &cohort.table, &mut rng).unwrap()).unwrap();
+        server.on_shares(i, c.on_keys(&keys[&i], &cohort.table, &mut rng).unwrap()).unwrap();
     }
     let relayed = server.close_shares().unwrap();
     for (&i, c) in clients.iter_mut() {

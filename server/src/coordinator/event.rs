@@ -113,9 +113,9 @@ pub enum Action {
     Announce { version: u64 },
     /// The round ended without a model; `record` is for the store's round history.
     RoundAborted { round: u64, reason: AbortReason, record: Box<RoundRecord> },
-    /// Secure round: send every agent in `to` the keys of the agents that advertised in time (`keys[i]` is the
-    /// key of agent `owners[i]`), with each owner's certificate.
-    SecAggKeys { round: u64, to: Vec<AgentId>, keys: Vec<AdvertiseKeys>, owners: Vec<AgentId> },
+    /// Secure round: send `agent` its own keys and those of its neighbours that advertised in time (`keys[i]` is
+    /// the key of agent `owners[i]`), with each owner's certificate.
+    SecAggKeys { agent: AgentId, round: u64, keys: Vec<AdvertiseKeys>, owners: Vec<AgentId> },
     /// Secure round: send `agent` the shares addressed to it.
     SecAggShares { agent: AgentId, round: u64, shares: Vec<EncryptedShare> },
     /// Secure round: send `agent` the neighbours it is to mask with.

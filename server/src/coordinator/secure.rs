@@ -547,11 +547,18 @@ impl Coordinator {
         let mut blamed: Vec<AgentId> = Vec::new();
         // Each arm yields the members of the next phase and the action that opens it.
         let next: Result<(Vec<AgentId>, Vec<Action>), String> = match phase {
-            SecurePhase::Advertise => session.close_advertise().map_err(|e| e.to_string()).map(|keys| {
-                let owners = names(&mut keys.iter().map(|k| k.from));
+            SecurePhase::Advertise => session.close_advertise().map_err(|e| e.to_string()).map(|relay| {
                 sec.metrics.advertise_ms = elapsed;
-                let action = Action::SecAggKeys { round: round_id, to: owners.clone(), keys, owners: owners.clone() };
-                (owners, vec![action])
+                let mut to = Vec::new();
+                let mut actions = Vec::new();
+                for (idx, keys) in relay {
+                    if let Some(agent) = sec.names.get(&idx) {
+                        let owners = names(&mut keys.iter().map(|k| k.from));
+                        to.push(agent.clone());
+                        actions.push(Action::SecAggKeys { agent: agent.clone(), round: round_id, keys, owners });
+                    }
+                }
+                (to, actions)
             }),
             SecurePhase::Shares => session.close_shares().map_err(|e| e.to_string()).map(|per_agent| {
                 sec.metrics.share_ms = elapsed;

@@ -222,8 +222,9 @@ impl ClientSession {
         self.neighbours.binary_search(&agent).is_ok()
     }
 
-    /// Takes the server's broadcast of every surviving agent's keys, checks our own entry is intact and every
-    /// neighbour's signature verifies, and returns our encrypted shares, one per neighbour that advertised keys.
+    /// Takes the keys the server relays to us (ours and our surviving neighbours'; any others are ignored), checks
+    /// our own entry is intact and every neighbour's signature verifies, and returns our encrypted shares, one per
+    /// neighbour that advertised keys.
     pub fn on_keys(
         &mut self,
         all: &[AdvertiseKeys],

@@ -9,7 +9,7 @@
 //! The six phases, each driven by the network layer with a deadline:
 //! 1. **Advertise keys**: every agent makes two fresh X25519 key pairs (one to encrypt shares, one for the pairwise
 //!    masks) and a self-mask seed, and signs the public keys with its certificate key ([`KeySigner`]). The server
-//!    relays all advertisements; peers check the signatures ([`PeerVerifier`]), so a relaying server cannot
+//!    relays to each agent its neighbours' advertisements (O(k), not the cohort's); peers check the signatures ([`PeerVerifier`]), so a relaying server cannot
 //!    substitute keys.
 //! 2. **Share keys**: every agent Shamir-shares its self-mask seed and its mask secret key among its neighbours,
 //!    each share encrypted end to end (ChaCha20-Poly1305 from ring, key from HKDF over the pairwise agreement of the

@@ -143,12 +143,12 @@ pub fn run_round(
         Ok(b) => b,
         Err(e) => return Outcome { result: Err(e), plain },
     };
-    let in_u1: BTreeSet<u32> = broadcast.iter().map(|a| a.from).collect();
+    let in_u1: BTreeSet<u32> = broadcast.keys().copied().collect();
     for (&i, c) in clients.iter_mut() {
         if !in_u1.contains(&i) || silent(i, DropAt::Shares) {
             continue;
         }
-        let shares = c.on_keys(&broadcast, &cohort.table, &mut rng).unwrap();
+        let shares = c.on_keys(&broadcast[&i], &cohort.table, &mut rng).unwrap();
         server.on_shares(i, shares).unwrap();
     }
     let relayed = match server.close_shares() {

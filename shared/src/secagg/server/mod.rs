@@ -269,9 +269,11 @@ impl ServerSession {
         Ok(())
     }
 
-    /// Ends phase 1: keeps the agents that advertised and still have `t` such neighbours, and returns their keys to
-    /// broadcast to all of them. Aborts if none are left.
-    pub fn close_advertise(&mut self) -> Result<Vec<AdvertiseKeys>, SecAggError> {
+    /// Ends phase 1: keeps the agents that advertised and still have `t` such neighbours, and returns, per agent
+    /// kept, the keys to relay to it: its own and those of its kept neighbours, in index order. An agent never
+    /// receives the keys of agents it does not pair with, so the relay is O(k) per agent, not O(n). Aborts if none
+    /// are left.
+    pub fn close_advertise(&mut self) -> Result<BTreeMap<u32, Vec<AdvertiseKeys>>, SecAggError> {
         self.expect(Phase::Advertise, "close_advertise")?;
         let mut u1: BTreeSet<u32> = self.keys.keys().copied().collect();
         prune(&self.graph, &mut u1, self.params.threshold as usize);
@@ -279,9 +281,18 @@ impl ServerSession {
             return Err(self.abort(format!("too few agents advertised keys ({})", self.keys.len())));
         }
         self.keys.retain(|a, _| u1.contains(a));
+        let relay = u1
+            .iter()
+            .map(|&a| {
+                let ns = self.graph.neighbours(a).unwrap_or_default();
+                let keys =
+                    self.keys.iter().filter(|(i, _)| **i == a || ns.contains(i)).map(|(_, k)| k.clone()).collect();
+                (a, keys)
+            })
+            .collect();
         self.u1 = u1;
         self.phase = Phase::Shares;
-        Ok(self.keys.values().cloned().collect())
+        Ok(relay)
     }
 
     /// Phase 2: records agent `from`'s encrypted shares, which must address exactly its neighbours that survived
