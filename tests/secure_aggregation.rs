@@ -106,7 +106,16 @@ async fn secure_rounds_over_quic_move_the_global_model_by_the_plain_weighted_mea
     init_logs();
     const AGENTS: usize = 5;
     let learners: Vec<Box<dyn Learner>> = (0..AGENTS).map(|i| Box::new(noise(i)) as Box<dyn Learner>).collect();
-    let options = FederationOptions { secagg: secagg(), relay_hook: None, privacy: None, ..Default::default() };
+    // The relay is watched, not changed: per round, how many keys and how many certificates each agent is sent.
+    let relayed: Arc<std::sync::Mutex<Vec<(u64, usize, usize)>>> = Arc::default();
+    let seen = relayed.clone();
+    let hook: RelayHook = Arc::new(move |_to: &str, m: &mut ServerMessage| {
+        if let ServerMessage::SecAggKeys { round, keys, certificates, .. } = m {
+            let sent = certificates.iter().filter(|c| !c.is_empty()).count();
+            seen.lock().unwrap().push((*round, keys.len(), sent));
+        }
+    });
+    let options = FederationOptions { secagg: secagg(), relay_hook: Some(hook), privacy: None, ..Default::default() };
     let fed = LocalFederation::start_with(spec(AGENTS, AGENTS, 2), learners, options).await?;
     let mut events = fed.server.events();
     for _ in 0..2 {
@@ -121,6 +130,14 @@ async fn secure_rounds_over_quic_move_the_global_model_by_the_plain_weighted_mea
         let got: Vec<f32> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         // One quantization step is 16 / 2^22 ≈ 4e-6 per agent; the weights add their own rounding.
         assert_close(&got, &expected_mean(&record, &(0..AGENTS).collect::<Vec<_>>(), before.len()), 2e-4);
+    }
+    // Certificates travel once per connection: every one in the first round, none in the second.
+    let relayed = relayed.lock().unwrap().clone();
+    assert_eq!(relayed.len(), 2 * AGENTS, "{relayed:?}");
+    let first = relayed.iter().map(|r| r.0).min().unwrap_or_default();
+    for (round, keys, certificates) in relayed {
+        assert_eq!(keys, AGENTS, "five agents: each is everyone's neighbour");
+        assert_eq!(certificates, if round == first { AGENTS } else { 0 }, "round {round}");
     }
     fed.stop().await
 }

@@ -39,6 +39,7 @@ use rand::SeedableRng;
 use rand::rngs::{OsRng, StdRng};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -252,6 +253,39 @@ pub fn peer_key_table_of(
         table.insert(name, info.public_key);
     }
     Ok(table)
+}
+
+/// Completes the certificates relayed with a round's keys (`certs[i]` for `keys[i].from`) from those this connection
+/// was sent before: the server sends each peer's certificate once per connection and leaves it empty afterwards.
+/// New ones are remembered (unverified: every certificate is verified each time it is used). Refuses an empty one
+/// that was never sent.
+fn with_known_certificates(
+    cohort: &[AgentRef],
+    keys: &[AdvertiseKeys],
+    certs: Vec<Vec<u8>>,
+    known: &mut HashMap<String, Vec<u8>>,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    if certs.len() != keys.len() {
+        bail!("{} certificates relayed for {} keys", certs.len(), keys.len());
+    }
+    let mut out = Vec::with_capacity(certs.len());
+    for (k, der) in keys.iter().zip(certs) {
+        let name = cohort
+            .iter()
+            .find(|a| a.index == k.from)
+            .map(|a| a.name.clone())
+            .ok_or_else(|| anyhow!("keys of agent {} who is not in the cohort", k.from))?;
+        if der.is_empty() {
+            let cached = known.get(&name).ok_or_else(|| {
+                anyhow!("the server sent no certificate for {name}, and none before on this connection")
+            })?;
+            out.push(cached.clone());
+        } else {
+            known.insert(name, der.clone());
+            out.push(der);
+        }
+    }
+    Ok(out)
 }
 
 /// This agent's part in the secure round in flight.
@@ -562,6 +596,8 @@ impl Agent {
         let mut pending: Option<RoundPlan> = None;
         let mut training: Option<u64> = None;
         let mut secure: Option<SecureState> = None;
+        // Peers' certificates as this connection was sent them (the server sends each once per connection).
+        let mut peer_certs: HashMap<String, Vec<u8>> = HashMap::new();
         // The newest round whose plan asked for secure aggregation: its delta is never uploaded in the clear.
         let mut last_secure_round: Option<u64> = None;
         while let Some(msg) = rx.recv().await {
@@ -642,7 +678,8 @@ impl Agent {
                         continue;
                     };
                     crate::crash::before_shares();
-                    match self.on_keys(st, tools, &keys, &certificates, &revocations) {
+                    let certificates = with_known_certificates(&st.cohort, &keys, certificates, &mut peer_certs);
+                    match certificates.and_then(|c| self.on_keys(st, tools, &keys, &c, &revocations)) {
                         Ok(shares) => {
                             let m = AgentMessage::SecAggShares { round, shares };
                             wire::write_msg(send, &m, limits::CONTROL).await?;
@@ -1123,6 +1160,23 @@ mod tests {
     use super::*;
     use fedge_shared::secagg::{KeySigner, PeerVerifier};
     use fedge_shared::tls::{self, files};
+
+    #[test]
+    fn a_certificate_sent_once_per_connection_is_taken_from_what_the_connection_was_sent_before() {
+        let cohort: Vec<AgentRef> = (0..3).map(|i| AgentRef { index: i, name: format!("agent-{i}") }).collect();
+        let keys: Vec<AdvertiseKeys> = (0..3).map(keys_from).collect();
+        let mut known = HashMap::new();
+        let first = vec![vec![10], vec![11], vec![12]];
+        assert_eq!(with_known_certificates(&cohort, &keys, first.clone(), &mut known).unwrap(), first);
+        // The next round: the server leaves the certificates it already sent empty, and sends a changed one.
+        let next = vec![vec![], vec![21], vec![]];
+        let got = with_known_certificates(&cohort, &keys, next, &mut known).unwrap();
+        assert_eq!(got, vec![vec![10], vec![21], vec![12]]);
+        // A certificate never sent cannot be left out, and the lists must match.
+        let err = with_known_certificates(&cohort, &keys, vec![vec![], vec![], vec![]], &mut HashMap::new());
+        assert!(err.unwrap_err().to_string().contains("no certificate for agent-0"));
+        assert!(with_known_certificates(&cohort, &keys, vec![vec![1]], &mut known).is_err());
+    }
 
     fn keys_from(from: u32) -> AdvertiseKeys {
         AdvertiseKeys {

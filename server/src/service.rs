@@ -172,6 +172,9 @@ struct Conn {
     tx: mpsc::Sender<Outbound>,
     graph_sent: bool,
     version_held: Option<u64>,
+    /// The peers' certificates this connection was already sent with secure-aggregation keys (each is sent once
+    /// per connection, and again only if the peer's certificate changed).
+    certs_sent: HashMap<AgentId, Arc<Vec<u8>>>,
 }
 
 /// The current global model as the connections send it.
@@ -596,9 +599,10 @@ impl Core {
         match msg {
             CoreMsg::Connected { agent, conn, tx, cert } => {
                 self.certs.insert(agent.clone(), Arc::new(cert));
-                if let Some(old) =
-                    self.conns.insert(agent.clone(), Conn { id: conn, tx, graph_sent: false, version_held: None })
-                {
+                if let Some(old) = self.conns.insert(
+                    agent.clone(),
+                    Conn { id: conn, tx, graph_sent: false, version_held: None, certs_sent: HashMap::new() },
+                ) {
                     let _ = old.tx.try_send(Outbound::Close("replaced by a newer connection of the same agent".into()));
                 }
                 let _ = self.events.send(ServerEvent::AgentJoined { agent: agent.clone() });
@@ -864,9 +868,22 @@ impl Core {
                 self.send(&agent, Outbound::Msg(ServerMessage::Plan(Box::new(wire))));
             }
             Action::SecAggKeys { agent, round, keys, owners } => {
-                // Only the agent's own keys and its neighbours' (O(k)), each with its owner's certificate.
-                let certificates: Vec<Vec<u8>> =
-                    owners.iter().map(|o| self.certs.get(o).map(|c| c.as_ref().clone()).unwrap_or_default()).collect();
+                // Only the agent's own keys and its neighbours' (O(k)), each with its owner's certificate the first
+                // time this connection needs it; empty when the connection was already sent that very certificate.
+                let certificates: Vec<Vec<u8>> = match self.conns.get_mut(&agent) {
+                    Some(c) => owners
+                        .iter()
+                        .map(|o| match self.certs.get(o) {
+                            Some(cert) if c.certs_sent.get(o).is_some_and(|sent| sent == cert) => Vec::new(),
+                            Some(cert) => {
+                                c.certs_sent.insert(o.clone(), cert.clone());
+                                cert.as_ref().clone()
+                            }
+                            None => Vec::new(),
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                };
                 // The operator's CA-signed revocation list, relayed as written: agents check their peers against it.
                 let revocations = match &self.revocations_read {
                     Some((r, list)) if *r == round => list.clone(),

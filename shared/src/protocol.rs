@@ -229,9 +229,10 @@ pub enum ServerMessage {
     Bye {
         reason: String,
     },
-    /// Secure aggregation, phase 1 relay: the keys of every agent that advertised in time, and for each the DER
-    /// certificate of its owner (`certificates[i]` belongs to the agent `keys[i].from`), so that the recipient can
-    /// check the signature against a certificate of the federation CA.
+    /// Secure aggregation, phase 1 relay: the recipient's own keys and those of its neighbours that advertised in
+    /// time, and for each the DER certificate of its owner (`certificates[i]` belongs to the agent `keys[i].from`),
+    /// so that the recipient can check the signature against a certificate of the federation CA. A certificate is
+    /// sent once per connection: `certificates[i]` is empty when this connection was already sent it.
     SecAggKeys {
         round: u64,
         keys: Vec<AdvertiseKeys>,
