@@ -216,10 +216,6 @@ impl Metrics {
     }
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// Feeds server events into `metrics` until the server shuts down.
 pub async fn follow(
     mut events: broadcast::Receiver<ServerEvent>,
@@ -232,7 +228,7 @@ pub async fn follow(
             _ = shutdown.changed() => return,
         };
         match e {
-            Ok(e) => metrics.observe(&e, unix_ms()),
+            Ok(e) => metrics.observe(&e, crate::clock::wall_ms()),
             Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "metrics missed events"),
             Err(broadcast::error::RecvError::Closed) => return,
         }

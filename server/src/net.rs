@@ -253,7 +253,7 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>, shutdow
     };
     let cert = peer_cert_der(&conn).unwrap_or_default();
     let peer = format!("{} ({remote})", info.name);
-    let now = chrono_ms();
+    let now = crate::clock::wall_ms();
     if info.not_after < (now / 1000) as i64 {
         return refuse(&conn, &shared, peer, "certificate expired".into());
     }
@@ -302,10 +302,6 @@ fn peer_cert_der(conn: &quinn::Connection) -> Option<Vec<u8>> {
     certs.first().map(|c| c.as_ref().to_vec())
 }
 
-fn chrono_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 async fn serve_agent(
     conn: &quinn::Connection,
     shared: &Arc<Shared>,
@@ -347,7 +343,7 @@ async fn serve_agent(
     .await?;
     let store = shared.store.clone();
     let (name, fp) = (agent.clone(), info.fingerprint.to_hex());
-    let _ = tokio::task::spawn_blocking(move || store.upsert_agent_seen(&name, &fp, chrono_ms())).await;
+    let _ = tokio::task::spawn_blocking(move || store.upsert_agent_seen(&name, &fp, crate::clock::wall_ms())).await;
 
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<Outbound>(64);
