@@ -6,18 +6,7 @@
 //!
 //! This module must never panic on an update: lengths and values are checked and refused with an error.
 
-use serde::{Deserialize, Serialize};
-
-/// Why an update cannot be folded in.
-#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
-pub enum FoldError {
-    #[error("the update has {got} parameters, the model has {expected}")]
-    WrongLength { expected: usize, got: usize },
-    #[error("the update has a non-finite value at index {index}")]
-    NonFinite { index: usize },
-    #[error("the update claims no examples")]
-    NoExamples,
-}
+use super::event::FoldError;
 
 /// A running example-weighted sum of deltas.
 ///

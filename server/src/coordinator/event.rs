@@ -3,7 +3,6 @@
 //! Events borrow their bulk data (an update's delta) so the shell never has to copy it; actions own theirs. No
 //! event or action carries a socket, a timer or a file: the shell translates.
 
-use super::aggregation::FoldError;
 use super::plan::RoundPlan;
 use super::record::{AbortReason, AgentId, RoundRecord};
 use fedge_shared::fedeval::EvalCounts;
@@ -66,6 +65,17 @@ pub enum Event<'a> {
     Storage { low: Option<String> },
     /// A `WakeAt` time has come (spurious ticks are harmless).
     Tick,
+}
+
+/// Why an update cannot be folded in.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+pub enum FoldError {
+    #[error("the update has {got} parameters, the model has {expected}")]
+    WrongLength { expected: usize, got: usize },
+    #[error("the update has a non-finite value at index {index}")]
+    NonFinite { index: usize },
+    #[error("the update claims no examples")]
+    NoExamples,
 }
 
 /// Why an agent's message was refused.

@@ -51,9 +51,9 @@ mod record;
 pub mod secure;
 mod selection;
 
-pub use aggregation::{Aggregation, FoldError, WeightedSum};
+pub use aggregation::{Aggregation, WeightedSum};
 pub use config::{ConfigError, CoordinatorConfig, ResumeState, SecAggConfig};
-pub use event::{Action, Event, RejectReason};
+pub use event::{Action, Event, FoldError, RejectReason};
 pub use plan::{AggregationMode, OptimizerKind, RoundPlan, SecurePlan, TrainHyper};
 pub use privacy::{PrivateRoundError, RoundPrivacy, RunPrivacy};
 pub use record::{AbortReason, AgentId, Dropped, Outcome, Report, RoundMetrics, RoundRecord, SecAggMetrics};
