@@ -20,26 +20,8 @@ const P: usize = 16;
 
 #[test]
 fn the_key_relay_gives_each_agent_only_its_own_and_its_neighbours_keys() {
-    let params = SecAggParams::new(6, 4, 1.0, 16, 10);
     let cohort = Cohort::new(30);
-    let mut rng = ChaCha20Rng::seed_from_u64(5);
-    let mut server = ServerSession::new(params.clone(), ROUND, &cohort.refs, GRAPH_SEED, P).unwrap();
-    let mut clients = BTreeMap::new();
-    for r in &cohort.refs {
-        let (c, adv) = ClientSession::new(
-            params.clone(),
-            ROUND,
-            r.index,
-            &cohort.refs,
-            GRAPH_SEED,
-            [0; 32],
-            cohort.signer(r.index),
-            &mut rng,
-        )
-        .unwrap();
-        server.on_advertise(r.index, adv).unwrap();
-        clients.insert(r.index, c);
-    }
+    let (mut server, mut clients, mut rng) = joined(SecAggParams::new(6, 4, 1.0, 16, 10), &cohort, 5);
     let relay = server.close_advertise().unwrap();
     assert_eq!(relay.len(), 30);
     for (i, keys) in &relay {
@@ -56,20 +38,13 @@ fn the_key_relay_gives_each_agent_only_its_own_and_its_neighbours_keys() {
     }
 }
 
-/// Six agents on the complete graph, threshold 4, after phase 1.
-struct Setup {
+/// Every agent of `cohort` starts the round and advertises its keys to the server (phase 1, still open).
+fn joined(
     params: SecAggParams,
-    cohort: Cohort,
-    clients: BTreeMap<u32, ClientSession>,
-    server: ServerSession,
-    broadcast: Vec<AdvertiseKeys>,
-    rng: ChaCha20Rng,
-}
-
-fn advertised(n: usize) -> Setup {
-    let params = SecAggParams::new(5, 4, 1.0, 16, 10);
-    let cohort = Cohort::new(n);
-    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    cohort: &Cohort,
+    seed: u64,
+) -> (ServerSession, BTreeMap<u32, ClientSession>, ChaCha20Rng) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let mut server = ServerSession::new(params.clone(), ROUND, &cohort.refs, GRAPH_SEED, P).unwrap();
     let mut clients = BTreeMap::new();
     for r in &cohort.refs {
@@ -87,6 +62,23 @@ fn advertised(n: usize) -> Setup {
         server.on_advertise(r.index, adv).unwrap();
         clients.insert(r.index, c);
     }
+    (server, clients, rng)
+}
+
+/// Six agents on the complete graph, threshold 4, after phase 1.
+struct Setup {
+    params: SecAggParams,
+    cohort: Cohort,
+    clients: BTreeMap<u32, ClientSession>,
+    server: ServerSession,
+    broadcast: Vec<AdvertiseKeys>,
+    rng: ChaCha20Rng,
+}
+
+fn advertised(n: usize) -> Setup {
+    let params = SecAggParams::new(5, 4, 1.0, 16, 10);
+    let cohort = Cohort::new(n);
+    let (mut server, clients, rng) = joined(params.clone(), &cohort, 1);
     // The relay sends each agent only its own and its neighbours' keys; here everyone is given every key (a
     // superset is fine for an honest agent, which skips non-neighbours), so that tests can tamper with one list.
     let relay = server.close_advertise().unwrap();
