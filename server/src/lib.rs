@@ -12,6 +12,7 @@ pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod coordinator;
+pub mod core_msg;
 pub mod disk;
 pub mod evaluator;
 pub mod logging;

@@ -10,7 +10,7 @@
 //! ([`Metrics::sent`]). This module only observes: it never changes what the server does, and an HTTP failure
 //! here never stops the server.
 
-use crate::service::ServerEvent;
+use crate::core_msg::ServerEvent;
 use axum::Router;
 use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;

@@ -11,7 +11,7 @@
 //! under one of the `max_concurrent_uploads` permits, which travels with it until the core has folded it.
 
 use crate::config::ServerConfig;
-use crate::service::{CoreMsg, Outbound, ServerEvent};
+use crate::core_msg::{CoreMsg, Outbound, ServerEvent};
 use crate::store::Store;
 use anyhow::Context;
 use fedge_shared::protocol::{
@@ -194,6 +194,15 @@ impl Drop for UploadWindow<'_> {
     }
 }
 
+/// Serves one operator connection until it ends. The server passes the admin protocol's entry point in
+/// ([`Shared::operators`]), so that this module carries operator connections without depending on their protocol.
+pub type OperatorService = fn(
+    quinn::Connection,
+    Arc<Shared>,
+    CertInfo,
+    watch::Receiver<bool>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+
 /// What every connection task shares.
 pub struct Shared {
     pub core: mpsc::Sender<CoreMsg>,
@@ -209,6 +218,8 @@ pub struct Shared {
     pub store: Arc<Store>,
     /// Wakes every live connection to check its certificate again (see [`crate::revocation`]).
     pub revocations: Arc<crate::revocation::Revocations>,
+    /// Serves the connections of operators (ALPN `fedge-admin`).
+    pub operators: OperatorService,
 }
 
 /// Accepts connections until shutdown.
@@ -287,7 +298,7 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>, shutdow
             }
         }
         (Some(a), Role::Operator) if a == protocol::ALPN_ADMIN => {
-            if let Err(e) = crate::admin::serve(&conn, &shared, info, shutdown).await {
+            if let Err(e) = (shared.operators)(conn.clone(), shared.clone(), info, shutdown).await {
                 tracing::info!(%peer, reason = %format!("{e:#}"), "operator connection ended");
             }
         }

@@ -13,159 +13,20 @@
 use crate::clock::{Alarm, Clock, wall_ms};
 use crate::config::ServerConfig;
 use crate::coordinator::{
-    Action, AgentId, AggregationMode, Coordinator, Event, Outcome, RoundPlan, RoundRecord, SecurePhase, Status,
+    Action, AgentId, AggregationMode, Coordinator, Event, Outcome, RoundPlan, RoundRecord, Status,
 };
+pub use crate::core_msg::{CommittedModel, CoreMsg, Operator, Outbound, RelayHook, ServerEvent};
 use crate::evaluator::Evaluator;
 use crate::net;
 use crate::store::Store;
 use anyhow::Context;
 use fedge_shared::model::{Digest, weights_to_bytes};
 use fedge_shared::protocol::{self, BlobHeader, BlobKind, ModelAnnounce, SecAggPlan, ServerMessage, TrainPlan};
-use fedge_shared::secagg::{AdvertiseKeys, EncryptedShare, ShareReceipt, SurvivorSignature, UnmaskResponse};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-
-/// What happened on the server, for whoever watches (the demo's progress display, tests, the admin surface).
-#[derive(Debug, Clone)]
-pub enum ServerEvent {
-    AgentJoined {
-        agent: String,
-    },
-    AgentLeft {
-        agent: String,
-    },
-    /// A peer was refused (no or wrong certificate, revoked, wrong role or protocol).
-    Refused {
-        peer: String,
-        reason: String,
-    },
-    RoundStarted {
-        round: u64,
-        model_version: u64,
-        selected: usize,
-    },
-    RoundCompleted(Box<RoundRecord>),
-    RoundAborted(Box<RoundRecord>),
-    /// A secure round opened `phase` (its predecessor closed) with `members` agents still in it.
-    SecAggPhase {
-        round: u64,
-        phase: SecurePhase,
-        members: usize,
-    },
-}
-
-/// Rewrites a control message on its way to an agent: a test double for a dishonest relaying server (swapping a
-/// key in the broadcast, for instance). Production servers have none.
-pub type RelayHook = Arc<dyn Fn(&str, &mut ServerMessage) + Send + Sync>;
-
-/// Something sent to one agent's connection task.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    Msg(ServerMessage),
-    /// A control message encoded once for many agents (a broadcast), shared by their connections.
-    Frame(bytes::Bytes),
-    Blob(BlobHeader, Arc<Vec<u8>>),
-    Close(String),
-}
-
-/// Messages from connection tasks and operators to the core.
-// One message at a time moves through a bounded channel: a few hundred bytes per slot do not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum CoreMsg {
-    /// `cert` is the DER of the agent's verified certificate (relayed to its cohort in secure rounds).
-    Connected {
-        agent: AgentId,
-        conn: u64,
-        tx: mpsc::Sender<Outbound>,
-        cert: Vec<u8>,
-    },
-    Disconnected {
-        agent: AgentId,
-        conn: u64,
-    },
-    /// The connection has received nothing for [`net::SILENT_AFTER`] (`silent`), or receives again.
-    Silent {
-        agent: AgentId,
-        conn: u64,
-        silent: bool,
-    },
-    CheckIn {
-        agent: AgentId,
-        conn: u64,
-        checkin: protocol::CheckIn,
-    },
-    Update {
-        agent: AgentId,
-        round: u64,
-        examples: u64,
-        train_loss: f32,
-        eval: Option<fedge_shared::fedeval::EvalCounts>,
-        delta: Vec<f32>,
-    },
-    Abandon {
-        agent: AgentId,
-        round: u64,
-        reason: String,
-    },
-    SecAggAdvertise {
-        agent: AgentId,
-        keys: AdvertiseKeys,
-    },
-    SecAggShares {
-        agent: AgentId,
-        round: u64,
-        shares: Vec<EncryptedShare>,
-    },
-    SecAggReceipt {
-        agent: AgentId,
-        receipt: ShareReceipt,
-    },
-    SecAggSurvivorSignature {
-        agent: AgentId,
-        signature: SurvivorSignature,
-    },
-    SecAggUnmask {
-        agent: AgentId,
-        response: UnmaskResponse,
-    },
-    /// A whole masked vector; `permit` (one of `max_concurrent_uploads`) is released once it is folded.
-    Masked {
-        agent: AgentId,
-        round: u64,
-        masked: Vec<u32>,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    },
-    Operator(Operator),
-    Committed {
-        round: u64,
-        result: Result<Box<CommittedModel>, String>,
-    },
-    Status(oneshot::Sender<Status>),
-    /// A request from an operator connection (fedgectl).
-    Admin(crate::admin::AdminCall),
-}
-
-/// Operator commands.
-#[derive(Debug, Clone)]
-pub enum Operator {
-    StartRounds(Option<u64>),
-    Pause,
-    Resume,
-    AbortRound,
-}
-
-/// A model version the store has made durable.
-#[derive(Debug)]
-pub struct CommittedModel {
-    version: u64,
-    record: RoundRecord,
-    blob: Arc<Vec<u8>>,
-    digest: Digest,
-}
 
 struct Conn {
     id: u64,
@@ -412,6 +273,7 @@ pub async fn start_with_hook(
         next_conn: AtomicU64::new(1),
         store: store.clone(),
         revocations: revocations.clone(),
+        operators: crate::admin::service,
     });
     tasks.push(tokio::spawn(net::accept_loop(endpoint.clone(), shared, shutdown_rx)));
     Ok(ServerHandle { local_addr, core: core_tx, events, shutdown, tasks, endpoint, store, metrics, metrics_addr })

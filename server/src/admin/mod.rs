@@ -8,13 +8,13 @@
 
 pub mod settings;
 
+pub use crate::core_msg::{AdminCall, Snapshot};
+use crate::core_msg::{CoreMsg, Operator, ServerEvent};
 use crate::net::Shared;
-use crate::service::{CoreMsg, Operator, ServerEvent};
 use crate::store::Store;
 use anyhow::Context;
 use fedge_shared::admin::{
-    ADMIN_PROTOCOL_VERSION, AdminRequest, AdminResponse, AgentInfo, ConfigEntry, ModelInfo, Progress, RoundSummary,
-    StatusInfo, limits,
+    ADMIN_PROTOCOL_VERSION, AdminRequest, AdminResponse, AgentInfo, ModelInfo, Progress, RoundSummary, limits,
 };
 use fedge_shared::model::Digest;
 use fedge_shared::tls::CertInfo;
@@ -27,35 +27,14 @@ use tokio::sync::{broadcast, oneshot, watch};
 const WATCH_PERIOD: Duration = Duration::from_millis(500);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the core answers for the admin surface.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub status: StatusInfo,
-    /// Names of the connected agents.
-    pub connected: Vec<String>,
-}
-
-/// Requests from operator connections to the core (carried by `CoreMsg::Admin`).
-#[derive(Debug)]
-pub enum AdminCall {
-    Snapshot(oneshot::Sender<Snapshot>),
-    /// Run rounds; pause when a completed round's test accuracy reaches `target_accuracy`.
-    StartRounds {
-        count: Option<u64>,
-        target_accuracy: Option<f32>,
-        reply: oneshot::Sender<String>,
-    },
-    ConfigShow(oneshot::Sender<Vec<ConfigEntry>>),
-    ConfigSet {
-        key: String,
-        value: String,
-        reply: oneshot::Sender<Result<String, String>>,
-    },
-    /// Mark the agent revoked in the store and close its connection; the reply says whether it was connected.
-    Revoke {
-        name: String,
-        reply: oneshot::Sender<Result<bool, String>>,
-    },
+/// [`serve`] as the connection layer calls it ([`crate::net::OperatorService`]).
+pub fn service(
+    conn: quinn::Connection,
+    shared: Arc<Shared>,
+    operator: CertInfo,
+    shutdown: watch::Receiver<bool>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>> {
+    Box::pin(async move { serve(&conn, &shared, operator, shutdown).await })
 }
 
 /// Serves one operator connection until it closes or the server shuts down.
