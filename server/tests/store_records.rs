@@ -134,6 +134,23 @@ fn only_the_newest_keep_weights_versions_keep_their_weights_and_the_history_stay
     assert_eq!(store.resume_state().unwrap().unwrap().weights, weights(6));
 }
 
+/// Opens a store again in the same process after dropping it: sled's flusher thread can hold the file lock for a
+/// moment after the last handle is gone (another process gets the lock when the old one exits).
+fn reopen(dir: &std::path::Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(dir) {
+            Ok(store) => return store,
+            Err(StoreError::Sled(e))
+                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("cannot reopen the store: {e}"),
+        }
+    }
+}
+
 #[test]
 fn a_smaller_window_prunes_the_leftovers_when_the_server_starts_and_zero_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,12 +162,12 @@ fn a_smaller_window_prunes_the_leftovers_when_the_server_starts_and_zero_keeps_e
         assert_eq!(store.prune_weights().unwrap(), 0, "keep_weights 0 keeps every version");
         assert!((0..=5).all(|v| store.has_weights(v).unwrap()));
     }
-    let store = Store::open(dir.path()).unwrap().keeping_weights(2);
+    let store = reopen(dir.path()).keeping_weights(2);
     assert_eq!(store.prune_weights().unwrap(), 4);
     assert_eq!((0..=5).filter(|v| store.has_weights(*v).unwrap()).collect::<Vec<_>>(), vec![4, 5]);
     assert_eq!(store.prune_weights().unwrap(), 0, "pruning again removes nothing");
     drop(store);
-    let reopened = Store::open(dir.path()).unwrap();
+    let reopened = reopen(dir.path());
     assert!(matches!(reopened.weights(3), Err(StoreError::Corrupt { .. })), "without a window a gap is corruption");
     assert_eq!(reopened.weights(5).unwrap(), weights(5));
 }
