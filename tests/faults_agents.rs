@@ -41,6 +41,7 @@ async fn agents_killed_at_every_phase_of_a_secure_round_are_dropped_and_the_roun
     result
 }
 
+/// Fails with an error, never a panic, so that the caller prints the server's and the agents' logs.
 async fn kill_at_every_phase(dir: &Path) -> anyhow::Result<()> {
     let pki = dir.join("pki");
     tls::init_federation(&pki, &["localhost".into()], 30)?;
@@ -81,11 +82,11 @@ async fn kill_at_every_phase(dir: &Path) -> anyhow::Result<()> {
         })
         .await
         .map_err(|_| anyhow::anyhow!("agent-{i} did not die at {point}"))??;
-        assert!(!status.success(), "agent-{i} died at {point}");
+        anyhow::ensure!(!status.success(), "agent-{i} died at {point}");
     }
     let agent_text = std::fs::read_to_string(&agents_log)?;
     for point in CRASH_POINTS {
-        assert!(agent_text.contains(&format!("crash point {point}")), "{point} was reached");
+        anyhow::ensure!(agent_text.contains(&format!("crash point {point}")), "{point} was reached");
     }
 
     // Restarted without crash points, all ten take part in a later round.
@@ -109,17 +110,21 @@ async fn kill_at_every_phase(dir: &Path) -> anyhow::Result<()> {
     let store = Store::open(&db)?;
     let rounds = store.rounds()?;
     let first = rounds.first().ok_or_else(|| anyhow::anyhow!("no round recorded"))?;
-    assert_eq!(first.round, 1);
-    assert!(first.new_version.is_some(), "round 1 committed: {:?}", first.outcome);
-    assert_eq!(first.selected.len(), AGENTS);
+    anyhow::ensure!(first.round == 1, "the first round recorded is {}", first.round);
+    anyhow::ensure!(first.new_version.is_some(), "round 1 committed: {:?}", first.outcome);
+    anyhow::ensure!(first.selected.len() == AGENTS, "round 1 selected {:?}", first.selected);
     let dropped: Vec<&str> = first.dropped.iter().map(|d| d.agent.as_str()).collect();
     for victim in ["agent-0", "agent-1", "agent-2"] {
-        assert!(dropped.contains(&victim), "{victim} is recorded as dropped: {:?}", first.dropped);
+        anyhow::ensure!(dropped.contains(&victim), "{victim} is recorded as dropped: {:?}", first.dropped);
     }
-    let m = first.metrics.secagg.clone().expect("a secure round");
-    assert_eq!(m.survivors, AGENTS - 3, "the agent that died before unmasking is in the sum");
-    assert_eq!(m.dropped_after_sharing, 1, "agent-2 shared its keys, then died");
-    let later = rounds.iter().skip(1).find(|r| r.reported.len() == AGENTS).expect("a later round with all ten");
-    assert!(later.new_version.is_some(), "round {} with all ten committed", later.round);
+    let m = first.metrics.secagg.clone().ok_or_else(|| anyhow::anyhow!("round 1 is not a secure round"))?;
+    anyhow::ensure!(m.survivors == AGENTS - 3, "the agent that died before unmasking is in the sum: {m:?}");
+    anyhow::ensure!(m.dropped_after_sharing == 1, "agent-2 shared its keys, then died: {m:?}");
+    let later = rounds
+        .iter()
+        .skip(1)
+        .find(|r| r.reported.len() == AGENTS)
+        .ok_or_else(|| anyhow::anyhow!("no later round with all ten"))?;
+    anyhow::ensure!(later.new_version.is_some(), "round {} with all ten committed", later.round);
     Ok(())
 }
