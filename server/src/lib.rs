@@ -1,7 +1,8 @@
 //! The fedge aggregation server.
 //!
 //! - [`coordinator`]: the round state machine, sans-IO (events in, actions out; no sockets, no clocks).
-//! - [`strategy`]: aggregation strategies behind one small trait (FedAvg, FedProx, FedAdam, FedYogi).
+//! - [`strategy`]: aggregation strategies behind one small trait (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi,
+//!   FedAdagrad; median, trimmed mean and Krum for plain rounds); [`hyper`]: the training hyper-parameters they set.
 //! - [`store`]: the sled database: models, rounds, agents, metadata; [`round_format`]: how it lays out round records.
 //! - [`service`]: the core task that drives the coordinator and the store; [`net`]: the QUIC shell.
 //! - [`config`]: `server.toml`; [`evaluator`]: test-set evaluation of new models.
@@ -15,6 +16,7 @@ pub mod coordinator;
 pub mod core_msg;
 pub mod disk;
 pub mod evaluator;
+pub mod hyper;
 pub mod logging;
 pub mod metrics;
 pub mod net;

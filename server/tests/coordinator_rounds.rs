@@ -6,7 +6,7 @@ use fedge_server::coordinator::{
     AbortReason, Action, AgentId, Coordinator, CoordinatorConfig, Event, FoldError, Outcome, Phase, RejectReason,
     ResumeState, RoundPlan, RoundRecord, SelectionRule, TrainHyper, select,
 };
-use fedge_server::strategy::{Adaptive, AdaptiveParams, AdaptiveRule, Strategy, StrategyConfig};
+use fedge_server::strategy::{Adaptive, AdaptiveParams, AdaptiveRule, RoundUpdates, Strategy, StrategyConfig};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -714,8 +714,8 @@ fn a_commit_failure_aborts_the_round_without_announcing_and_undoes_the_strategy_
         fedavg(&[0.0; DIM], &reporters)
     };
     let mut adam = Adaptive::new(AdaptiveRule::Adam, params);
-    let after_1 = adam.aggregate(&[0.5; DIM], &mean_of(&commits[0].1), 1).unwrap();
-    let after_3 = adam.aggregate(&after_1, &mean_of(&commits[2].1), 3).unwrap();
+    let after_1 = adam.aggregate(&[0.5; DIM], RoundUpdates::Mean(&mean_of(&commits[0].1)), 1).unwrap();
+    let after_3 = adam.aggregate(&after_1, RoundUpdates::Mean(&mean_of(&commits[2].1)), 3).unwrap();
     let (_, _, weights, state) = &commits[2];
     assert!(weights.iter().zip(&after_3).all(|(w, e)| (w - e).abs() < 1e-6), "{weights:?} vs {after_3:?}");
     assert_eq!(*state, adam.state());
@@ -856,7 +856,7 @@ fn a_bad_configuration_or_a_foreign_strategy_state_is_refused_at_start() {
     let mut cfg = config(1, 10, 1.0);
     cfg.strategy = StrategyConfig::FedYogi { eta: 0.1, beta1: 0.9, beta2: 0.99, tau: 1e-3 };
     let mut adam = Adaptive::new(AdaptiveRule::Adam, AdaptiveParams { eta: 0.1, beta1: 0.9, beta2: 0.99, tau: 1e-3 });
-    adam.aggregate(&[0.0; DIM], &[0.1; DIM], 1).unwrap();
+    adam.aggregate(&[0.0; DIM], RoundUpdates::Mean(&[0.1; DIM]), 1).unwrap();
     let state = ResumeState { strategy_state: adam.state(), ..fresh() };
     assert!(Coordinator::new(cfg, state).is_err());
 }
@@ -1180,13 +1180,14 @@ fn an_adaptive_strategy_fine_tunes_the_part_and_keeps_the_moments_of_the_frozen_
         let global: Vec<f32> = (0..8).map(|i| i as f32 * 0.25 - 1.0).collect();
         // A first whole-model round gives every coordinate moments.
         let mut s = Adaptive::new(rule, params);
-        let first = s.aggregate(&global, &[0.2; 8], 1).unwrap();
+        let first = s.aggregate(&global, RoundUpdates::Mean(&[0.2; 8]), 1).unwrap();
         let (m0, v0) = (s.moments().0.to_vec(), s.moments().1.to_vec());
-        let second = s.aggregate_part(&first, &part, &[0.5, -0.5, 0.25], 2).unwrap();
+        let second = s.aggregate_part(&first, &part, RoundUpdates::Mean(&[0.5, -0.5, 0.25]), 2).unwrap();
         // The trained part moves exactly as the same strategy on the part alone would move it.
         let mut on_part = Adaptive::new(rule, params);
-        let _ = on_part.aggregate(&part.gather(&global).unwrap(), &[0.2; 3], 1).unwrap();
-        let expected = on_part.aggregate(&part.gather(&first).unwrap(), &[0.5, -0.5, 0.25], 2).unwrap();
+        let _ = on_part.aggregate(&part.gather(&global).unwrap(), RoundUpdates::Mean(&[0.2; 3]), 1).unwrap();
+        let expected =
+            on_part.aggregate(&part.gather(&first).unwrap(), RoundUpdates::Mean(&[0.5, -0.5, 0.25]), 2).unwrap();
         assert_eq!(part.gather(&second).unwrap(), expected, "{rule:?}");
         assert_eq!(part.gather(s.moments().0).unwrap(), on_part.moments().0, "{rule:?}");
         for i in [0, 1, 2, 5, 6] {
@@ -1195,14 +1196,14 @@ fn an_adaptive_strategy_fine_tunes_the_part_and_keeps_the_moments_of_the_frozen_
         }
         // A mean of the wrong length is an error, and the state does not move.
         let before = s.state();
-        assert!(s.aggregate_part(&second, &part, &[0.1; 8], 3).is_err());
+        assert!(s.aggregate_part(&second, &part, RoundUpdates::Mean(&[0.1; 8]), 3).is_err());
         assert_eq!(s.state(), before);
     }
     // FedAvg and FedProx: x + Δ on the part, the rest copied.
     for kind in [StrategyConfig::FedAvg, StrategyConfig::FedProx { mu: 0.1 }] {
         let mut s = kind.build().unwrap();
         let global = vec![-0.0f32, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
-        let out = s.aggregate_part(&global, &part, &[1.0, 2.0, 3.0], 1).unwrap();
+        let out = s.aggregate_part(&global, &part, RoundUpdates::Mean(&[1.0, 2.0, 3.0]), 1).unwrap();
         assert_eq!(out, [-0.0, 1.0, 2.0, 4.0, 6.0, 5.0, 6.0, 10.0]);
         assert_eq!(out[0].to_bits(), (-0.0f32).to_bits());
     }

@@ -542,3 +542,38 @@ fn a_member_that_never_uploads_holds_a_secure_round_to_the_round_deadline_not_to
         "a later wake-up replaced a pending earlier one: {asked_at_start:?}"
     );
 }
+
+#[test]
+fn a_strategy_that_needs_each_update_is_refused_with_secure_aggregation_at_start_and_when_the_operator_sets_it() {
+    let state = || ResumeState { model_version: 0, weights: vec![0.0; DIM], next_round: 1, strategy_state: vec![] };
+    let robust = [
+        StrategyConfig::Median,
+        StrategyConfig::TrimmedMean { beta: 0.1 },
+        StrategyConfig::Krum { byzantine: 1, keep: 1 },
+    ];
+    for strategy in robust.clone() {
+        let cfg = CoordinatorConfig { strategy, ..config(5, 10) };
+        let err = Coordinator::new(cfg.clone(), state()).unwrap().with_secagg(secagg()).unwrap_err();
+        assert!(err.to_string().contains("secure aggregation hides"), "{err}");
+        // Without secure aggregation it runs.
+        let plain = SecAggConfig { enabled: false, ..secagg() };
+        assert!(Coordinator::new(cfg, state()).unwrap().with_secagg(plain).is_ok());
+    }
+    let mut coord = Coordinator::new(config(5, 10), state()).unwrap().with_secagg(secagg()).unwrap();
+    for strategy in robust {
+        let err = coord.set_config(CoordinatorConfig { strategy, ..config(5, 10) }).unwrap_err();
+        assert!(err.to_string().contains("turn [secagg] off"), "{err}");
+        assert_eq!(coord.config().strategy, StrategyConfig::FedAvg, "a refused setting changes nothing");
+    }
+    let fedavgm = StrategyConfig::FedAvgM { eta: 1.0, momentum: 0.9 };
+    coord.set_config(CoordinatorConfig { strategy: fedavgm.clone(), ..config(5, 10) }).unwrap();
+    assert_eq!(coord.config().strategy, fedavgm);
+}
+
+#[test]
+fn krum_is_refused_when_min_agents_is_below_the_updates_it_needs() {
+    let state = ResumeState { model_version: 0, weights: vec![0.0; DIM], next_round: 1, strategy_state: vec![] };
+    let cfg = CoordinatorConfig { strategy: StrategyConfig::Krum { byzantine: 2, keep: 1 }, ..config(6, 10) };
+    let err = Coordinator::new(cfg, state).unwrap_err();
+    assert!(err.to_string().contains("needs at least 7 updates"), "{err}");
+}

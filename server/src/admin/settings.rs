@@ -38,11 +38,18 @@ pub fn allowed(key: &str) -> Option<&'static str> {
         "hyper.loss" => "\"cross_entropy\" or \"mse\"",
         "hyper.seed" | "hyper.deadline_ms" => "an integer >= 0",
         "hyper.trainable" => "a list of glob patterns over the model's weight names, e.g. [\"head.*\"] ([] = all)",
-        "strategy.kind" => "fedavg, fedprox, fedadam or fedyogi",
+        "strategy.kind" => {
+            "fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad, or (plain rounds only) median, trimmed_mean, krum"
+        }
         "strategy.mu" => "a number >= 0 (fedprox)",
-        "strategy.eta" => "a number > 0 (fedadam, fedyogi)",
-        "strategy.beta1" | "strategy.beta2" => "a number in [0, 1) (fedadam, fedyogi)",
-        "strategy.tau" => "a number > 0 (fedadam, fedyogi)",
+        "strategy.eta" => "a number > 0 (fedavgm, fedadam, fedyogi, fedadagrad)",
+        "strategy.beta1" => "a number in [0, 1) (fedadam, fedyogi, fedadagrad)",
+        "strategy.beta2" => "a number in [0, 1) (fedadam, fedyogi)",
+        "strategy.tau" => "a number > 0 (fedadam, fedyogi, fedadagrad)",
+        "strategy.momentum" => "a number in [0, 1) (fedavgm)",
+        "strategy.beta" => "a number in [0, 0.5): the fraction trimmed at each end (trimmed_mean)",
+        "strategy.byzantine" => "an integer >= 0 with 2 * byzantine + 3 <= min_agents (krum)",
+        "strategy.keep" => "an integer >= 1: how many of the best updates are averaged (krum)",
         _ => return None,
     })
 }

@@ -1,8 +1,9 @@
 //! How a round's updates are summed while they arrive.
 //!
 //! [`WeightedSum`] is the plain mode: each update is folded into ONE running example-weighted sum (f64) the moment
-//! it arrives, so the server holds no per-agent copy. [`Aggregation`] is the seam for secure aggregation: its
-//! `Secure` variant holds the SecAgg+ server state and produces the same mean at unmasking.
+//! it arrives, so the server holds no per-agent copy (unless the strategy aggregates from each update: the
+//! coordinator then keeps them beside the sum). [`Aggregation`] is the seam for secure aggregation: its `Secure`
+//! variant holds the SecAgg+ server state and produces the same mean at unmasking.
 //!
 //! This module must never panic on an update: lengths and values are checked and refused with an error.
 

@@ -3,8 +3,8 @@
 //! Validation lives here so a bad configuration is refused at start-up with a message naming the field; nothing
 //! here reads a file or the environment.
 
-use super::plan::TrainHyper;
 use super::selection::SelectionRule;
+use crate::hyper::TrainHyper;
 use crate::strategy::StrategyConfig;
 use fedge_shared::secagg::SecAggParams;
 use serde::{Deserialize, Serialize};
@@ -90,6 +90,14 @@ impl CoordinatorConfig {
         }
         self.hyper.validate().map_err(|e| ConfigError::Invalid(format!("hyper: {e}")))?;
         self.strategy.validate()?;
+        let needed = self.strategy.min_updates();
+        if needed > self.min_agents {
+            return bad(format!(
+                "the strategy {:?} needs at least {needed} updates a round, but min_agents is {}: raise min_agents \
+                 or tolerate fewer poisoned updates",
+                self.strategy, self.min_agents
+            ));
+        }
         Ok(())
     }
 

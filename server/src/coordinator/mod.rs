@@ -8,7 +8,9 @@
 //! ([`Coordinator::with_secagg`], what the server runs by default) it runs the SecAgg+ phases (advertise keys →
 //! share keys → masked input → consistency → unmask) in its place, each with its own deadline (see [`secure`]), behind the same
 //! [`Phase`] and [`Aggregation`] types. Local training overlaps the two key phases; the masked-input phase ends at
-//! the round's deadline. A round may fine-tune part of the model (`hyper.trainable`, see the `part` module): its
+//! the round's deadline. A plain round keeps one running sum of its updates, and also each update only when the
+//! strategy aggregates from each (median, trimmed mean, Krum: see `crate::strategy::Input`), which secure rounds
+//! refuse ([`Coordinator::with_secagg`], [`Coordinator::set_config`]). A round may fine-tune part of the model (`hyper.trainable`, see the `part` module): its
 //! updates and masked vectors then cover that part only, and the frozen weights are never touched.
 //!
 //! The shell reports `AgentSilent` when an agent's connection has received nothing for longer than two keep-alive
@@ -60,7 +62,7 @@ pub use record::{AbortReason, AgentId, Dropped, Outcome, Report, RoundMetrics, R
 pub use secure::SecurePhase;
 pub use selection::{SelectionRule, round_rng, select};
 
-use crate::strategy::Strategy;
+use crate::strategy::{ClientUpdate, Input, RoundUpdates, Strategy};
 use fedge_shared::fedeval::{EvalCounts, FederatedEval};
 use rand::RngCore;
 use std::collections::BTreeMap;
@@ -138,6 +140,9 @@ struct Round {
     update_bytes: u64,
     /// The part of the model this round trains (`None`: all of it); updates cover only it.
     part: Option<fedge_shared::train::TrainablePart>,
+    /// Plain rounds of a strategy that aggregates each update ([`Input::EachUpdate`]): every folded update, in
+    /// arrival order (`None`: the running sum is all the round keeps).
+    kept: Option<Vec<ClientUpdate>>,
     /// Plain rounds: evaluations sent with updates not yet folded in, by agent.
     pending_eval: BTreeMap<AgentId, EvalCounts>,
     /// The federated evaluation's totals (plain: of the folded reports; secure: the unmasked sum) and how many
@@ -270,6 +275,9 @@ impl Coordinator {
     /// allows; an error names the key). With `enabled = false` rounds stay plain.
     pub fn with_secagg(mut self, secagg: SecAggConfig) -> Result<Self, ConfigError> {
         secagg.validate(self.config.min_agents, self.config.max_agents)?;
+        if secagg.enabled {
+            check_secure_strategy(self.strategy.as_ref())?;
+        }
         self.secagg = secagg;
         Ok(self)
     }
@@ -311,7 +319,11 @@ impl Coordinator {
         config.validate()?;
         part::check_trainable(&config, &self.layout)?;
         if config.strategy != self.config.strategy {
-            self.strategy = config.strategy.build()?;
+            let strategy = config.strategy.build()?;
+            if self.secagg.enabled {
+                check_secure_strategy(strategy.as_ref())?;
+            }
+            self.strategy = strategy;
         }
         self.config = config;
         Ok(())
@@ -550,6 +562,9 @@ impl Coordinator {
             reject(out, agent.clone(), RejectReason::Invalid(e));
             return self.drop_member(now_ms, &agent, &why, out);
         }
+        if let Some(kept) = &mut round.kept {
+            kept.push(ClientUpdate { agent: agent.clone(), examples, delta: delta.to_vec() });
+        }
         round.members.insert(agent.clone(), MemberStatus::Reported);
         round.loss_sum += examples as f64 * f64::from(train_loss);
         round.update_bytes += (delta.len() * 4) as u64;
@@ -657,10 +672,14 @@ impl Coordinator {
             let reason = AbortReason::Strategy("nothing was aggregated".into());
             return self.finish_aborted(now_ms, *round, reason, out);
         };
+        let updates = match &round.kept {
+            Some(kept) => RoundUpdates::Each(kept),
+            None => RoundUpdates::Mean(&mean),
+        };
         let before = self.strategy.state();
         let aggregated = match &round.part {
-            None => self.strategy.aggregate(&self.global, &mean, round.plan.round),
-            Some(part) => self.strategy.aggregate_part(&self.global, part, &mean, round.plan.round),
+            None => self.strategy.aggregate(&self.global, updates, round.plan.round),
+            Some(part) => self.strategy.aggregate_part(&self.global, part, updates, round.plan.round),
         };
         let new_weights = match aggregated {
             Ok(w) => w,
@@ -938,6 +957,7 @@ impl Coordinator {
             train_totals: None,
             update_bytes: 0,
             part,
+            kept: (!self.secagg.enabled && self.strategy.input() == Input::EachUpdate).then(Vec::new),
             pending_eval: BTreeMap::new(),
             eval: None,
         }));
@@ -963,4 +983,18 @@ impl Coordinator {
         }
         self.wake = wanted;
     }
+}
+
+/// Refuses a strategy that needs each agent's update when rounds are secure: secure aggregation exists so that the
+/// server never sees one.
+fn check_secure_strategy(strategy: &dyn Strategy) -> Result<(), ConfigError> {
+    if strategy.input() == Input::EachUpdate {
+        return Err(ConfigError::Invalid(format!(
+            "the strategy {} needs each agent's update, which secure aggregation hides from the server: turn [secagg] \
+             off to use it (robust aggregation defends against poisoned updates in plain rounds), or choose fedavg, \
+             fedprox, fedavgm, fedadam, fedyogi or fedadagrad",
+            strategy.name()
+        )));
+    }
+    Ok(())
 }
