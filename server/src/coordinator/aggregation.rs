@@ -2,8 +2,8 @@
 //!
 //! [`WeightedSum`] is the plain mode: each update is folded into ONE running example-weighted sum (f64) the moment
 //! it arrives, so the server holds no per-agent copy (unless the strategy aggregates from each update: the
-//! coordinator then keeps them beside the sum). [`Aggregation`] is the seam for secure aggregation: its `Secure`
-//! variant holds the SecAgg+ server state and produces the same mean at unmasking.
+//! coordinator then keeps them beside the sum). `super::Aggregation` is the seam between this plain mode and
+//! secure aggregation.
 //!
 //! This module must never panic on an update: lengths and values are checked and refused with an error.
 
@@ -154,27 +154,6 @@ mod tests {
                 prop_assert_eq!(*m, (r / total) as f32);
                 prop_assert_eq!(*m, (p / total) as f32, "the vector path and the portable one agree");
             }
-        }
-    }
-}
-
-/// The aggregation state of a round in flight.
-#[derive(Debug)]
-pub enum Aggregation {
-    /// Updates arrive in the clear and are folded into one running sum.
-    Plain(WeightedSum),
-    /// SecAgg+: masked vectors are folded into the session's running masked sum; only the cohort's sum is ever
-    /// unmasked.
-    Secure(Box<super::secure::SecureRound>),
-}
-
-impl Aggregation {
-    /// The mean delta of everything aggregated so far; `None` for a secure round, whose mean exists only once the
-    /// whole round is unmasked.
-    pub fn mean(&self) -> Option<Vec<f32>> {
-        match self {
-            Aggregation::Plain(sum) => sum.mean(),
-            Aggregation::Secure(_) => None,
         }
     }
 }

@@ -47,13 +47,19 @@ mod aggregation;
 mod config;
 mod event;
 mod part;
+mod plain;
 mod plan;
 mod privacy;
 mod record;
+mod round_end;
+mod round_start;
 pub mod secure;
+mod secure_messages;
+mod secure_phases;
 mod selection;
+mod status;
 
-pub use aggregation::{Aggregation, WeightedSum};
+pub use aggregation::WeightedSum;
 pub use config::{ConfigError, CoordinatorConfig, ResumeState, SecAggConfig};
 pub use event::{Action, Event, FoldError, RejectReason};
 pub use plan::{AggregationMode, OptimizerKind, RoundPlan, SecurePlan, TrainHyper};
@@ -61,11 +67,32 @@ pub use privacy::{PrivateRoundError, RoundPrivacy, RunPrivacy};
 pub use record::{AbortReason, AgentId, Dropped, Outcome, Report, RoundMetrics, RoundRecord, SecAggMetrics};
 pub use secure::SecurePhase;
 pub use selection::{SelectionRule, round_rng, select};
+pub use status::Status;
 
-use crate::strategy::{ClientUpdate, Input, RoundUpdates, Strategy};
-use fedge_shared::fedeval::{EvalCounts, FederatedEval};
-use rand::RngCore;
+use crate::strategy::{ClientUpdate, Input, Strategy};
+use fedge_shared::fedeval::EvalCounts;
 use std::collections::BTreeMap;
+
+/// The aggregation state of a round in flight.
+#[derive(Debug)]
+pub enum Aggregation {
+    /// Updates arrive in the clear and are folded into one running sum.
+    Plain(WeightedSum),
+    /// SecAgg+: masked vectors are folded into the session's running masked sum; only the cohort's sum is ever
+    /// unmasked.
+    Secure(Box<secure::SecureRound>),
+}
+
+impl Aggregation {
+    /// The mean delta of everything aggregated so far; `None` for a secure round, whose mean exists only once the
+    /// whole round is unmasked.
+    pub fn mean(&self) -> Option<Vec<f32>> {
+        match self {
+            Aggregation::Plain(sum) => sum.mean(),
+            Aggregation::Secure(_) => None,
+        }
+    }
+}
 
 /// While the shell reports too little disk space, ask for a `Tick` this often so that it can look again.
 pub const STORAGE_RECHECK_MS: u64 = 1_000;
@@ -79,28 +106,6 @@ pub enum Phase {
     Collecting,
     /// The new model was handed to the store; waiting for `Committed` or `CommitFailed`.
     Committing,
-}
-
-/// A snapshot for the admin interface and metrics.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Status {
-    pub phase: Phase,
-    /// The round in flight, if any.
-    pub round: Option<u64>,
-    pub model_version: u64,
-    pub next_round: u64,
-    pub connected: usize,
-    /// Checked-in agents that are not in the round in flight.
-    pub available: usize,
-    pub selected: usize,
-    pub reported: usize,
-    pub dropped: usize,
-    pub running: bool,
-    pub paused: bool,
-    /// Why no round may start for lack of disk space, if so.
-    pub storage_low: Option<String>,
-    /// Completed rounds still to run (`None`: unlimited).
-    pub remaining: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -337,38 +342,6 @@ impl Coordinator {
         }
     }
 
-    /// A snapshot of where things stand.
-    pub fn status(&self) -> Status {
-        let (phase, round, selected, reported, dropped) = match &self.stage {
-            Stage::Idle => (Phase::Idle, None, 0, 0, 0),
-            Stage::Collecting(r) => {
-                (Phase::Collecting, Some(r.plan.round), r.selected.len(), r.reports.len(), r.dropped.len())
-            }
-            Stage::Committing(p) => (
-                Phase::Committing,
-                Some(p.round),
-                p.record.selected.len(),
-                p.record.reported.len(),
-                p.record.dropped.len(),
-            ),
-        };
-        Status {
-            phase,
-            round,
-            model_version: self.model_version,
-            next_round: self.next_round,
-            connected: self.agents.len(),
-            available: self.available_count(),
-            selected,
-            reported,
-            dropped,
-            running: self.running,
-            paused: self.paused,
-            storage_low: self.storage_low.clone(),
-            remaining: self.remaining,
-        }
-    }
-
     /// Feeds one event in at time `now_ms` (any monotonic millisecond clock, the same for every call) and returns
     /// what the shell must do, in order.
     pub fn handle(&mut self, now_ms: u64, event: Event<'_>) -> Vec<Action> {
@@ -498,490 +471,6 @@ impl Coordinator {
             self.drop_member(now_ms, &agent, "reconnected", out);
         }
         self.agents.insert(agent, AgentInfo::default());
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn on_update(
-        &mut self,
-        now_ms: u64,
-        agent: AgentId,
-        round_id: u64,
-        examples: u64,
-        train_loss: f32,
-        delta: &[f32],
-        out: &mut Vec<Action>,
-    ) {
-        let reject = |out: &mut Vec<Action>, agent: AgentId, reason| out.push(Action::Reject { agent, reason });
-        let Some(info) = self.agents.get(&agent) else {
-            return reject(out, agent, RejectReason::NotConnected);
-        };
-        // An agent's weight is what it claims now, capped by what it declared at check-in and by the configured
-        // maximum, so a single agent cannot dominate the average by claiming more.
-        let declared = info.holding.map_or(0, |h| h.examples);
-        let examples = examples.min(declared).min(self.config.max_examples.unwrap_or(u64::MAX));
-        let Stage::Collecting(round) = &mut self.stage else {
-            let reason = if self.closed_at_deadline == Some(round_id) {
-                RejectReason::AfterDeadline
-            } else {
-                RejectReason::NoRoundInFlight
-            };
-            return reject(out, agent, reason);
-        };
-        if round.plan.round != round_id {
-            let reason = if self.closed_at_deadline == Some(round_id) {
-                RejectReason::AfterDeadline
-            } else {
-                RejectReason::WrongRound { expected: round.plan.round, got: round_id }
-            };
-            return reject(out, agent, reason);
-        }
-        match round.members.get(&agent) {
-            None => return reject(out, agent, RejectReason::NotSelected),
-            Some(MemberStatus::Reported) => return reject(out, agent, RejectReason::Duplicate),
-            Some(MemberStatus::Dropped) => {
-                let why = round.dropped.iter().rev().find(|d| d.agent == agent).map(|d| d.reason.clone());
-                return reject(out, agent, RejectReason::AlreadyDropped(why.unwrap_or_default()));
-            }
-            Some(MemberStatus::Training) => {}
-        }
-        if round.plan.aggregation.is_secure() {
-            // Never fold a plain delta into a secure round: the agent should not have sent it in the clear.
-            reject(out, agent.clone(), RejectReason::SecAgg("a plain update in a secure round".into()));
-            return self.drop_member(now_ms, &agent, "sent a plain update in a secure round", out);
-        }
-        if !train_loss.is_finite() {
-            reject(out, agent.clone(), RejectReason::NonFiniteLoss);
-            return self.drop_member(now_ms, &agent, "non-finite training loss", out);
-        }
-        let folded = match &mut round.aggregation {
-            Aggregation::Plain(sum) => sum.fold(examples, delta),
-            Aggregation::Secure(_) => return,
-        };
-        if let Err(e) = folded {
-            let why = format!("invalid update: {e}");
-            reject(out, agent.clone(), RejectReason::Invalid(e));
-            return self.drop_member(now_ms, &agent, &why, out);
-        }
-        if let Some(kept) = &mut round.kept {
-            kept.push(ClientUpdate { agent: agent.clone(), examples, delta: delta.to_vec() });
-        }
-        round.members.insert(agent.clone(), MemberStatus::Reported);
-        round.loss_sum += examples as f64 * f64::from(train_loss);
-        round.update_bytes += (delta.len() * 4) as u64;
-        let eval = round.pending_eval.remove(&agent);
-        if let Some(e) = &eval {
-            let (total, agents) = round.eval.get_or_insert((EvalCounts::default(), 0));
-            total.add(e);
-            *agents += 1;
-        }
-        round.reports.push(Report {
-            agent: agent.clone(),
-            examples,
-            train_loss,
-            after_ms: now_ms.saturating_sub(round.started_ms),
-            eval,
-        });
-        let version = round.plan.model_version;
-        if let Some(Holding { model_version, .. }) = self.agents.get_mut(&agent).and_then(|i| i.holding.as_mut()) {
-            *model_version = Some(version);
-        }
-        self.close_if_settled(now_ms, out);
-    }
-
-    /// Keeps a plain round member's federated evaluation until its update is folded in; implausible counts (more
-    /// correct than examples, a non-finite or negative loss) are ignored.
-    fn on_evaluated(&mut self, agent: AgentId, round_id: u64, counts: EvalCounts) {
-        let Stage::Collecting(round) = &mut self.stage else { return };
-        if round.plan.round != round_id || round.members.get(&agent) != Some(&MemberStatus::Training) {
-            return;
-        }
-        if !counts.is_plausible() {
-            tracing::warn!(%agent, ?counts, "ignoring implausible federated-evaluation counts");
-            return;
-        }
-        round.pending_eval.insert(agent, counts);
-    }
-
-    /// Marks `agent` dropped from the round in flight if it still owed an update.
-    fn drop_member(&mut self, now_ms: u64, agent: &str, reason: &str, out: &mut Vec<Action>) {
-        let Stage::Collecting(round) = &mut self.stage else { return };
-        match round.members.get_mut(agent) {
-            Some(status @ MemberStatus::Training) => *status = MemberStatus::Dropped,
-            _ => return,
-        }
-        round.dropped.push(Dropped { agent: agent.to_string(), reason: reason.to_string() });
-        if let Some(info) = self.agents.get_mut(agent) {
-            info.in_round = false;
-        }
-        self.close_if_settled(now_ms, out);
-    }
-
-    /// Ends the round early when nobody is still training, or when too few can still report.
-    fn close_if_settled(&mut self, now_ms: u64, out: &mut Vec<Action>) {
-        let Stage::Collecting(round) = &self.stage else { return };
-        if round.plan.aggregation.is_secure() {
-            return self.settle_secure(now_ms, out);
-        }
-        let outstanding = round.outstanding();
-        let reported = round.reports.len();
-        if outstanding == 0 || reported + outstanding < self.config.min_agents {
-            self.close_round(now_ms, out);
-        }
-    }
-
-    fn check_deadline(&mut self, now_ms: u64, out: &mut Vec<Action>) {
-        if let Stage::Collecting(round) = &self.stage
-            && round.plan.aggregation.is_secure()
-        {
-            return self.secure_deadline(now_ms, out);
-        }
-        if let Stage::Collecting(round) = &self.stage
-            && now_ms >= round.deadline_at_ms
-        {
-            self.closed_at_deadline = Some(round.plan.round);
-            self.close_round(now_ms, out);
-        }
-    }
-
-    /// Closes the round in flight: completes it with the reporters if there are enough, else aborts it.
-    fn close_round(&mut self, now_ms: u64, out: &mut Vec<Action>) {
-        let Stage::Collecting(round) = &self.stage else { return };
-        if round.reports.len() < self.config.min_agents {
-            let reason =
-                AbortReason::TooFewReports { reported: round.reports.len(), min_agents: self.config.min_agents };
-            return self.abort_round(now_ms, reason, out);
-        }
-        let Stage::Collecting(mut round) = std::mem::replace(&mut self.stage, Stage::Idle) else { return };
-        self.release_members(&mut round, "no update before the deadline", out);
-        let mean = match &mut round.aggregation {
-            Aggregation::Plain(sum) => sum.mean(),
-            Aggregation::Secure(sec) => match sec.finish() {
-                Ok(outcome) => {
-                    round.eval = outcome.eval;
-                    round.train_totals = outcome.train;
-                    Some(outcome.mean)
-                }
-                Err(failure) => {
-                    let reason = AbortReason::SecureAggregation(format!("unmasking: {failure}"));
-                    return self.finish_aborted(now_ms, *round, reason, out);
-                }
-            },
-        };
-        let Some(mean) = mean else {
-            // Unreachable with min_agents ≥ 1, but never a panic.
-            let reason = AbortReason::Strategy("nothing was aggregated".into());
-            return self.finish_aborted(now_ms, *round, reason, out);
-        };
-        let updates = match &round.kept {
-            Some(kept) => RoundUpdates::Each(kept),
-            None => RoundUpdates::Mean(&mean),
-        };
-        let before = self.strategy.state();
-        let aggregated = match &round.part {
-            None => self.strategy.aggregate(&self.global, updates, round.plan.round),
-            Some(part) => self.strategy.aggregate_part(&self.global, part, updates, round.plan.round),
-        };
-        let new_weights = match aggregated {
-            Ok(w) => w,
-            Err(e) => {
-                if let Err(e) = self.strategy.restore(&before) {
-                    tracing::error!(error = %e, "cannot restore the strategy state after a failed aggregation");
-                }
-                return self.finish_aborted(now_ms, *round, AbortReason::Strategy(e.to_string()), out);
-            }
-        };
-        let record = self.record(&round, now_ms, Outcome::Completed);
-        let strategy_state = self.strategy.state();
-        tracing::info!(round = record.round, reported = record.reported.len(), "round complete, committing");
-        out.push(Action::Commit { record: Box::new(record.clone()), new_weights: new_weights.clone(), strategy_state });
-        self.stage = Stage::Committing(Box::new(PendingCommit {
-            round: record.round,
-            new_weights,
-            strategy_before: before,
-            record,
-        }));
-    }
-
-    /// Leaves `agent` out of the cohorts of the next `secagg.quarantine_rounds` rounds after `round`, in which its
-    /// neighbours could not use its shares (it was left out of that round too), and says so in the log.
-    pub(super) fn quarantine(&mut self, agent: AgentId, round: u64, out: &mut Vec<Action>) {
-        let rounds = self.secagg.quarantine_rounds;
-        if rounds == 0 {
-            return;
-        }
-        let until = round.saturating_add(1).saturating_add(rounds);
-        tracing::warn!(round, %agent, rounds, "agent sent unusable shares; left out of this round and the next cohorts");
-        out.push(Action::Log {
-            message: format!(
-                "agent {agent} sent its neighbours shares they could not use and was left out of round {round}; it \
-                 is left out of the next {rounds} rounds too (revoke it if it does so again)"
-            ),
-        });
-        self.quarantined.insert(agent, until);
-    }
-
-    fn abort_round(&mut self, now_ms: u64, reason: AbortReason, out: &mut Vec<Action>) {
-        let Stage::Collecting(mut round) = std::mem::replace(&mut self.stage, Stage::Idle) else { return };
-        let why = format!("round aborted: {reason}");
-        self.release_members(&mut round, &why, out);
-        self.finish_aborted(now_ms, *round, reason, out);
-    }
-
-    /// Drops whoever still owes an update (telling them to stop) and frees every member for the next round.
-    fn release_members(&mut self, round: &mut Round, reason: &str, out: &mut Vec<Action>) {
-        for (agent, status) in round.members.iter_mut() {
-            if *status == MemberStatus::Training {
-                *status = MemberStatus::Dropped;
-                round.dropped.push(Dropped { agent: agent.clone(), reason: reason.to_string() });
-                if self.agents.contains_key(agent) {
-                    out.push(Action::CancelTraining { agent: agent.clone(), round: round.plan.round });
-                }
-            }
-            if let Some(info) = self.agents.get_mut(agent) {
-                info.in_round = false;
-            }
-        }
-    }
-
-    fn finish_aborted(&mut self, now_ms: u64, round: Round, reason: AbortReason, out: &mut Vec<Action>) {
-        let record = self.record(&round, now_ms, Outcome::Aborted(reason.clone()));
-        tracing::warn!(round = record.round, %reason, "round aborted");
-        out.push(Action::RoundAborted { round: record.round, reason, record: Box::new(record) });
-        self.stage = Stage::Idle;
-        self.not_before_ms = now_ms.saturating_add(self.config.retry_backoff_ms);
-    }
-
-    fn record(&self, round: &Round, now_ms: u64, outcome: Outcome) -> RoundRecord {
-        // Secure rounds: the survivors' totals from under the masks (none in a private round); plain: the reports.
-        let (total_examples, mean_train_loss) = match (&round.aggregation, round.train_totals) {
-            (_, Some(t)) => (t.examples, t.mean_loss().map(|l| l as f32)),
-            (Aggregation::Secure(_), None) => (0, None),
-            (Aggregation::Plain(_), None) => {
-                let total: u64 = round.reports.iter().map(|r| r.examples).sum();
-                (total, (total > 0).then(|| (round.loss_sum / total as f64) as f32))
-            }
-        };
-        RoundRecord {
-            round: round.plan.round,
-            plan: round.plan.clone(),
-            strategy: self.strategy.name().to_string(),
-            selected: round.selected.clone(),
-            reported: round.reports.clone(),
-            dropped: round.dropped.clone(),
-            outcome,
-            metrics: RoundMetrics {
-                mean_train_loss,
-                total_examples,
-                test_accuracy: None,
-                test_loss: None,
-                update_bytes: round.update_bytes,
-                duration_ms: now_ms.saturating_sub(round.started_ms),
-                secagg: match &round.aggregation {
-                    Aggregation::Secure(s) => Some(s.metrics.clone()),
-                    Aggregation::Plain(_) => None,
-                },
-                federated_eval: round.eval.filter(|(c, _)| c.examples > 0).map(|(counts, agents)| FederatedEval {
-                    model_version: round.plan.model_version,
-                    agents,
-                    counts,
-                }),
-            },
-            started_ms: round.started_ms,
-            ended_ms: now_ms,
-            new_version: None,
-        }
-    }
-
-    fn on_committed(&mut self, now_ms: u64, round: u64, version: u64, out: &mut Vec<Action>) {
-        let pending = match std::mem::replace(&mut self.stage, Stage::Idle) {
-            Stage::Committing(p) if p.round == round => p,
-            other => {
-                self.stage = other;
-                out.push(Action::Log { message: format!("ignored a commit confirmation for round {round}") });
-                return;
-            }
-        };
-        if version <= self.model_version {
-            tracing::warn!(version, current = self.model_version, "the store reported a version that is not newer");
-        }
-        self.global = pending.new_weights;
-        self.model_version = version;
-        self.remaining = self.remaining.map(|n| n.saturating_sub(1));
-        if self.remaining == Some(0) {
-            self.running = false;
-            out.push(Action::Log { message: "the requested rounds are done".into() });
-        }
-        self.not_before_ms = now_ms;
-        tracing::info!(round, version, "round committed");
-        out.push(Action::Announce { version });
-    }
-
-    fn on_commit_failed(&mut self, now_ms: u64, round: u64, error: String, out: &mut Vec<Action>) {
-        let pending = match std::mem::replace(&mut self.stage, Stage::Idle) {
-            Stage::Committing(p) if p.round == round => p,
-            other => {
-                self.stage = other;
-                out.push(Action::Log { message: format!("ignored a commit failure for round {round}") });
-                return;
-            }
-        };
-        if let Err(e) = self.strategy.restore(&pending.strategy_before) {
-            tracing::error!(error = %e, "cannot restore the strategy state after a failed commit");
-        }
-        let reason = AbortReason::CommitFailed(error);
-        let mut record = pending.record;
-        record.outcome = Outcome::Aborted(reason.clone());
-        record.ended_ms = now_ms;
-        tracing::error!(round, %reason, "commit failed, round aborted");
-        out.push(Action::RoundAborted { round, reason, record: Box::new(record) });
-        self.not_before_ms = now_ms.saturating_add(self.config.retry_backoff_ms);
-    }
-
-    fn maybe_start_round(&mut self, now_ms: u64, out: &mut Vec<Action>) {
-        if !matches!(self.stage, Stage::Idle)
-            || !self.running
-            || self.paused
-            || self.storage_low.is_some()
-            || self.remaining == Some(0)
-            || now_ms < self.not_before_ms
-        {
-            return;
-        }
-        if self.available_count() < self.config.min_available() {
-            return;
-        }
-        let candidates = self.available();
-        let size = self.config.selection().cohort_size(candidates.len());
-        if size == 0 || (self.secagg.enabled && size < 2) {
-            return;
-        }
-        let round_id = self.next_round;
-        let part = match part::resolve(&self.config.hyper.trainable, &self.layout) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(round = round_id, error = %e, "cannot start a round");
-                out.push(Action::Log { message: format!("cannot start round {round_id}: {e}") });
-                self.not_before_ms = now_ms.saturating_add(self.config.retry_backoff_ms);
-                return;
-            }
-        };
-        // The length of every update this round: the trained part only.
-        let len = part.as_ref().map_or(self.global.len(), |p| p.len());
-        if let Some(p) = &part {
-            tracing::info!(
-                round = round_id,
-                trained = p.len(),
-                of = self.global.len(),
-                "fine-tuning part of the model"
-            );
-        }
-        if let Some(p) = &self.privacy {
-            let mut params = self.secagg.params_for(size);
-            // A spent budget stops the run; a round that cannot be set up waits like any other.
-            match p.plan_round(&mut params, size, len) {
-                Ok(_) => {}
-                Err(PrivateRoundError::BudgetSpent(why)) => {
-                    self.running = false;
-                    tracing::warn!(round = round_id, %why, "no more rounds");
-                    out.push(Action::Log { message: why });
-                    return;
-                }
-                Err(PrivateRoundError::Setup(why)) => {
-                    tracing::error!(round = round_id, %why, "cannot start a private round");
-                    out.push(Action::Log { message: format!("cannot start round {round_id}: {why}") });
-                    self.not_before_ms = now_ms.saturating_add(self.config.retry_backoff_ms);
-                    return;
-                }
-            }
-        }
-        let selected = select(&candidates, size, self.config.seed, round_id);
-        let (mode, aggregation) = if self.secagg.enabled {
-            match self.secure_round(round_id, &selected, len, now_ms) {
-                Ok((plan, sec)) => (AggregationMode::Secure(plan), Aggregation::Secure(Box::new(sec))),
-                Err(e) => {
-                    tracing::error!(round = round_id, error = %e, "cannot start a secure round");
-                    out.push(Action::Log { message: format!("cannot start secure round {round_id}: {e}") });
-                    self.not_before_ms = now_ms.saturating_add(self.config.retry_backoff_ms);
-                    return;
-                }
-            }
-        } else {
-            (AggregationMode::Plain, Aggregation::Plain(WeightedSum::new(len)))
-        };
-        self.next_round = self.next_round.saturating_add(1);
-        if let (Some(p), AggregationMode::Secure(SecurePlan { privacy: Some(cost), .. })) = (&mut self.privacy, &mode) {
-            if let Err(e) = p.charge(cost) {
-                tracing::error!(round = round_id, error = %e, "cannot charge the round to the privacy budget");
-            }
-            let message = format!(
-                "round {round_id} is differentially private: ε = {:.4} at δ = {} over the run once it is counted \
-                 (budget {})",
-                cost.epsilon, cost.delta, cost.target_epsilon
-            );
-            tracing::info!(round = round_id, epsilon = cost.epsilon, delta = cost.delta, "privacy charged");
-            out.push(Action::Log { message });
-        }
-        let mut hyper = self.strategy.configure_round(round_id, &self.config.hyper);
-        // The plan names the part the round's sums were sized for, whatever the strategy configured.
-        hyper.trainable = self.config.hyper.trainable.clone();
-        // A separate stream from selection's, so the agents' seed says nothing about who was picked.
-        hyper.seed = round_rng(self.config.seed ^ 0x7261_6e64_7365_6564, round_id).next_u64();
-        hyper.deadline_ms = self.config.round_timeout_ms;
-        let plan = RoundPlan {
-            round: round_id,
-            model_version: self.model_version,
-            hyper,
-            deadline_ms: self.config.round_timeout_ms,
-            aggregation: mode,
-        };
-        out.push(Action::RoundStarted { round: round_id, model_version: self.model_version, selected: selected.len() });
-        let mut members = BTreeMap::new();
-        for agent in &selected {
-            let Some(info) = self.agents.get_mut(agent) else { continue };
-            info.in_round = true;
-            let send_weights = info.holding.and_then(|h| h.model_version) != Some(self.model_version);
-            members.insert(agent.clone(), MemberStatus::Training);
-            out.push(Action::SendPlan { agent: agent.clone(), plan: plan.clone(), send_weights });
-        }
-        tracing::info!(round = round_id, selected = selected.len(), available = candidates.len(), "round started");
-        self.stage = Stage::Collecting(Box::new(Round {
-            plan,
-            started_ms: now_ms,
-            deadline_at_ms: now_ms.saturating_add(self.config.round_timeout_ms),
-            selected,
-            members,
-            aggregation,
-            reports: Vec::new(),
-            dropped: Vec::new(),
-            loss_sum: 0.0,
-            train_totals: None,
-            update_bytes: 0,
-            part,
-            kept: (!self.secagg.enabled && self.strategy.input() == Input::EachUpdate).then(Vec::new),
-            pending_eval: BTreeMap::new(),
-            eval: None,
-        }));
-    }
-
-    fn request_wake(&mut self, now_ms: u64, out: &mut Vec<Action>) {
-        let wanted = match &self.stage {
-            Stage::Collecting(r) => Some(match &r.aggregation {
-                Aggregation::Secure(s) => s.phase_deadline_ms,
-                Aggregation::Plain(_) => r.deadline_at_ms,
-            }),
-            // While the disk is short of space, wake now and then so that the shell can look again.
-            Stage::Idle if self.running && !self.paused && self.storage_low.is_some() => {
-                Some(now_ms.saturating_add(STORAGE_RECHECK_MS))
-            }
-            Stage::Idle if self.running && !self.paused && now_ms < self.not_before_ms => Some(self.not_before_ms),
-            _ => None,
-        };
-        if let Some(at) = wanted
-            && wanted != self.wake
-        {
-            out.push(Action::WakeAt(at));
-        }
-        self.wake = wanted;
     }
 }
 

@@ -12,16 +12,13 @@
 //! produces is the cohort's sum, by consuming itself in [`ServerSession::finish`]. No clock, no randomness: the
 //! graph seed comes from (configured seed, round).
 
-use super::aggregation::Aggregation;
 use super::event::{Action, RejectReason};
 use super::plan::SecurePlan;
-use super::record::{AbortReason, AgentId, Dropped, Report, SecAggMetrics};
-use super::{Coordinator, MemberStatus, Stage};
+use super::record::{AgentId, SecAggMetrics};
+use super::{Aggregation, Coordinator, MemberStatus, Stage};
 use fedge_shared::fedeval::EvalCounts;
 use fedge_shared::round_counts::{self, SECURE_COUNTS, TrainTotals};
-use fedge_shared::secagg::{
-    AdvertiseKeys, AgentRef, EncryptedShare, ServerSession, ShareReceipt, SurvivorSignature, UnmaskResponse,
-};
+use fedge_shared::secagg::{AgentRef, ServerSession};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The largest cohort a secure round may have (its key broadcast must fit one control frame).
@@ -64,18 +61,18 @@ pub(super) type EvalTotals = (EvalCounts, usize);
 /// The secure-aggregation state of a round in flight.
 pub struct SecureRound {
     /// `None` once the round has been finished or aborted.
-    session: Option<ServerSession>,
-    params_summary: String,
+    pub(super) session: Option<ServerSession>,
+    pub(super) params_summary: String,
     pub(super) phase: SecurePhase,
-    phase_started_ms: u64,
+    pub(super) phase_started_ms: u64,
     pub(super) phase_deadline_ms: u64,
-    phase_timeout_ms: u64,
-    training_deadline_ms: u64,
-    index: BTreeMap<AgentId, u32>,
-    names: BTreeMap<u32, AgentId>,
+    pub(super) phase_timeout_ms: u64,
+    pub(super) training_deadline_ms: u64,
+    pub(super) index: BTreeMap<AgentId, u32>,
+    pub(super) names: BTreeMap<u32, AgentId>,
     /// Members taking part in the current phase, and those of them that answered.
-    expected: BTreeSet<AgentId>,
-    answered: BTreeSet<AgentId>,
+    pub(super) expected: BTreeSet<AgentId>,
+    pub(super) answered: BTreeSet<AgentId>,
     pub(super) metrics: SecAggMetrics,
 }
 
@@ -213,7 +210,7 @@ impl Coordinator {
 
     /// Checks that `agent`'s message for `round_id` belongs to the secure round in flight, in phase `want`, and
     /// returns the agent's cohort index; refuses it otherwise.
-    fn secure_target(
+    pub(super) fn secure_target(
         &mut self,
         agent: &AgentId,
         round_id: u64,
@@ -274,395 +271,5 @@ impl Coordinator {
             return None;
         }
         sec.index.get(agent).copied()
-    }
-
-    /// Phase 1: an agent's signed keys.
-    pub(super) fn on_secagg_advertise(
-        &mut self,
-        now_ms: u64,
-        agent: AgentId,
-        keys: AdvertiseKeys,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(idx) = self.secure_target(&agent, keys.round, SecurePhase::Advertise, out) else { return };
-        self.secure_step(now_ms, agent, out, |s| s.on_advertise(idx, keys));
-    }
-
-    /// Phase 2: an agent's encrypted shares.
-    pub(super) fn on_secagg_shares(
-        &mut self,
-        now_ms: u64,
-        agent: AgentId,
-        round_id: u64,
-        shares: Vec<EncryptedShare>,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(idx) = self.secure_target(&agent, round_id, SecurePhase::Shares, out) else { return };
-        self.secure_step(now_ms, agent, out, |s| s.on_shares(idx, shares));
-    }
-
-    /// After the shares: an agent's receipt for the shares relayed to it.
-    pub(super) fn on_secagg_receipt(
-        &mut self,
-        now_ms: u64,
-        agent: AgentId,
-        receipt: ShareReceipt,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(idx) = self.secure_target(&agent, receipt.round, SecurePhase::Receipts, out) else { return };
-        self.secure_step(now_ms, agent, out, |s| s.on_receipt(idx, receipt));
-    }
-
-    /// Runs one session step for `agent`: on success it has answered this phase, on failure it is refused and
-    /// dropped from the round.
-    fn secure_step(
-        &mut self,
-        now_ms: u64,
-        agent: AgentId,
-        out: &mut Vec<Action>,
-        step: impl FnOnce(&mut ServerSession) -> Result<(), fedge_shared::secagg::SecAggError>,
-    ) {
-        let result = match &mut self.stage {
-            Stage::Collecting(round) => match &mut round.aggregation {
-                Aggregation::Secure(sec) => match sec.session.as_mut() {
-                    Some(session) => {
-                        let r = step(session);
-                        if r.is_ok() {
-                            sec.answered.insert(agent.clone());
-                        }
-                        r.map_err(|e| e.to_string())
-                    }
-                    None => Err("the secure session is gone".into()),
-                },
-                Aggregation::Plain(_) => Err("this round does not use secure aggregation".into()),
-            },
-            _ => Err("no round in flight".into()),
-        };
-        match result {
-            Ok(()) => self.settle_secure(now_ms, out),
-            Err(e) => {
-                reject(out, &agent, RejectReason::SecAgg(e.clone()));
-                self.drop_member(now_ms, &agent, &format!("secure aggregation: {e}"), out);
-            }
-        }
-    }
-
-    /// Phase 3: an agent's whole masked vector, folded into the running sum at once.
-    pub(super) fn on_masked_input(
-        &mut self,
-        now_ms: u64,
-        agent: AgentId,
-        round_id: u64,
-        masked: &[u32],
-        out: &mut Vec<Action>,
-    ) {
-        let Some(idx) = self.secure_target(&agent, round_id, SecurePhase::Masked, out) else { return };
-        let result = match &mut self.stage {
-            Stage::Collecting(round) => match &mut round.aggregation {
-                Aggregation::Secure(sec) => match sec.session.as_mut() {
-                    // The shell hands over whole vectors: one of another length (the whole model's in a round that
-                    // trains part of it, say) is refused here, never staged as a partial upload.
-                    Some(session) if masked.len() != session.vector_len() => Err(format!(
-                        "a masked vector of {} values, this round's is {} (weight, {} counts, {} parameters)",
-                        masked.len(),
-                        session.vector_len(),
-                        session.params().counts,
-                        session.vector_len().saturating_sub(1 + session.params().counts as usize)
-                    )),
-                    Some(session) => session.fold_masked(idx, 0, masked).map_err(|e| e.to_string()).map(|()| {
-                        sec.answered.insert(agent.clone());
-                        round.members.insert(agent.clone(), MemberStatus::Reported);
-                        round.update_bytes += (masked.len() * 4) as u64;
-                        // The agent's example count and loss are under the masks: the record keeps none per agent.
-                        round.reports.push(Report {
-                            agent: agent.clone(),
-                            examples: 0,
-                            train_loss: 0.0,
-                            after_ms: now_ms.saturating_sub(round.started_ms),
-                            eval: None,
-                        });
-                        round.plan.model_version
-                    }),
-                    None => Err("the secure session is gone".into()),
-                },
-                Aggregation::Plain(_) => Err("this round does not use secure aggregation".into()),
-            },
-            _ => Err("no round in flight".into()),
-        };
-        match result {
-            Ok(version) => {
-                if let Some(h) = self.agents.get_mut(&agent).and_then(|i| i.holding.as_mut()) {
-                    h.model_version = Some(version);
-                }
-                self.settle_secure(now_ms, out);
-            }
-            Err(e) => {
-                reject(out, &agent, RejectReason::SecAgg(e.clone()));
-                self.drop_member(now_ms, &agent, &format!("masked input refused: {e}"), out);
-            }
-        }
-    }
-
-    /// Consistency phase: a survivor's signature over the survivor set. A bad one is refused (the agent's input
-    /// stays in the sum; it is simply not asked to unmask).
-    pub(super) fn on_secagg_survivor_signature(
-        &mut self,
-        now_ms: u64,
-        agent: AgentId,
-        signature: SurvivorSignature,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(idx) = self.secure_target(&agent, signature.round, SecurePhase::Consistency, out) else { return };
-        let result = match &mut self.stage {
-            Stage::Collecting(round) => match &mut round.aggregation {
-                Aggregation::Secure(sec) => {
-                    sec.answered.insert(agent.clone());
-                    match sec.session.as_mut() {
-                        Some(session) => session.on_survivor_signature(idx, signature).map_err(|e| e.to_string()),
-                        None => Err("the secure session is gone".into()),
-                    }
-                }
-                Aggregation::Plain(_) => Err("this round does not use secure aggregation".into()),
-            },
-            _ => Err("no round in flight".into()),
-        };
-        if let Err(e) = result {
-            tracing::warn!(%agent, error = %e, "survivor-set signature refused");
-            reject(out, &agent, RejectReason::SecAgg(e));
-        }
-        self.settle_secure(now_ms, out);
-    }
-
-    /// Unmask phase: a survivor's revealed shares. A bad answer is refused (the agent's input stays in the sum; its
-    /// shares are simply missing).
-    pub(super) fn on_secagg_unmask(
-        &mut self,
-        now_ms: u64,
-        agent: AgentId,
-        response: UnmaskResponse,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(idx) = self.secure_target(&agent, response.round, SecurePhase::Unmask, out) else { return };
-        let result = match &mut self.stage {
-            Stage::Collecting(round) => match &mut round.aggregation {
-                Aggregation::Secure(sec) => {
-                    sec.answered.insert(agent.clone());
-                    match sec.session.as_mut() {
-                        Some(session) => session.on_unmask(idx, response).map_err(|e| e.to_string()),
-                        None => Err("the secure session is gone".into()),
-                    }
-                }
-                Aggregation::Plain(_) => Err("this round does not use secure aggregation".into()),
-            },
-            _ => Err("no round in flight".into()),
-        };
-        if let Err(e) = result {
-            tracing::warn!(%agent, error = %e, "unmask answer refused");
-            reject(out, &agent, RejectReason::SecAgg(e));
-        }
-        self.settle_secure(now_ms, out);
-    }
-
-    /// Closes phases while every member still in the current one has answered; aborts when too few are left.
-    pub(super) fn settle_secure(&mut self, now_ms: u64, out: &mut Vec<Action>) {
-        loop {
-            let Stage::Collecting(round) = &self.stage else { return };
-            let Aggregation::Secure(sec) = &round.aggregation else { return };
-            let alive = round.members.values().filter(|s| **s != MemberStatus::Dropped).count();
-            let after_upload = matches!(sec.phase, SecurePhase::Consistency | SecurePhase::Unmask);
-            if !after_upload && alive < self.config.min_agents {
-                let reason =
-                    AbortReason::TooFewReports { reported: round.reports.len(), min_agents: self.config.min_agents };
-                return self.abort_round(now_ms, reason, out);
-            }
-            let outstanding = sec
-                .expected
-                .iter()
-                .filter(|a| {
-                    !sec.answered.contains(*a)
-                        && round.members.get(*a) != Some(&MemberStatus::Dropped)
-                        && self.agents.contains_key(*a)
-                })
-                .count();
-            if outstanding > 0 {
-                return;
-            }
-            let (id, phase) = (round.plan.round, sec.phase);
-            self.close_secure_phase(now_ms, out);
-            let same = match &self.stage {
-                Stage::Collecting(r) => {
-                    r.plan.round == id && matches!(&r.aggregation, Aggregation::Secure(s) if s.phase != phase)
-                }
-                _ => false,
-            };
-            if !same {
-                return;
-            }
-        }
-    }
-
-    /// The current phase's deadline has passed: closes it.
-    pub(super) fn secure_deadline(&mut self, now_ms: u64, out: &mut Vec<Action>) {
-        let Stage::Collecting(round) = &self.stage else { return };
-        let Aggregation::Secure(sec) = &round.aggregation else { return };
-        if now_ms < sec.phase_deadline_ms {
-            return;
-        }
-        if sec.phase == SecurePhase::Masked {
-            self.closed_at_deadline = Some(round.plan.round);
-        }
-        self.close_secure_phase(now_ms, out);
-        // A phase closed by its deadline may leave the next one with nobody to wait for.
-        self.settle_secure(now_ms, out);
-    }
-
-    /// Drops `agents` (still owing the current phase) with `reason`, telling the connected ones to stop.
-    fn drop_silently(&mut self, agents: &[AgentId], reason: &str, out: &mut Vec<Action>) {
-        let Stage::Collecting(round) = &mut self.stage else { return };
-        for a in agents {
-            if let Some(status @ MemberStatus::Training) = round.members.get_mut(a) {
-                *status = MemberStatus::Dropped;
-                round.dropped.push(Dropped { agent: a.clone(), reason: reason.to_string() });
-                if let Some(info) = self.agents.get_mut(a) {
-                    info.in_round = false;
-                    out.push(Action::CancelTraining { agent: a.clone(), round: round.plan.round });
-                }
-            }
-        }
-    }
-
-    /// Closes the current phase and opens the next (or finishes the round).
-    fn close_secure_phase(&mut self, now_ms: u64, out: &mut Vec<Action>) {
-        let Stage::Collecting(round) = &mut self.stage else { return };
-        let round_id = round.plan.round;
-        let Aggregation::Secure(sec) = &mut round.aggregation else { return };
-        let Some(session) = sec.session.as_mut() else { return };
-        let phase = sec.phase;
-        let elapsed = now_ms.saturating_sub(sec.phase_started_ms);
-        let missed: Vec<AgentId> = sec.expected.iter().filter(|a| !sec.answered.contains(*a)).cloned().collect();
-        let names = |ids: &mut dyn Iterator<Item = u32>| -> Vec<AgentId> {
-            ids.filter_map(|i| sec.names.get(&i).cloned()).collect()
-        };
-        // Members the receipts leave out because their neighbours could not use their shares.
-        let mut blamed: Vec<AgentId> = Vec::new();
-        // Each arm yields the members of the next phase and the action that opens it.
-        let next: Result<(Vec<AgentId>, Vec<Action>), String> = match phase {
-            SecurePhase::Advertise => session.close_advertise().map_err(|e| e.to_string()).map(|relay| {
-                sec.metrics.advertise_ms = elapsed;
-                let mut to = Vec::new();
-                let mut actions = Vec::new();
-                for (idx, keys) in relay {
-                    if let Some(agent) = sec.names.get(&idx) {
-                        let owners = names(&mut keys.iter().map(|k| k.from));
-                        to.push(agent.clone());
-                        actions.push(Action::SecAggKeys { agent: agent.clone(), round: round_id, keys, owners });
-                    }
-                }
-                (to, actions)
-            }),
-            SecurePhase::Shares => session.close_shares().map_err(|e| e.to_string()).map(|per_agent| {
-                sec.metrics.share_ms = elapsed;
-                let mut to = Vec::new();
-                let mut actions = Vec::new();
-                for (idx, shares) in per_agent {
-                    if let Some(agent) = sec.names.get(&idx) {
-                        to.push(agent.clone());
-                        actions.push(Action::SecAggShares { agent: agent.clone(), round: round_id, shares });
-                    }
-                }
-                (to, actions)
-            }),
-            SecurePhase::Receipts => session.close_receipts().map_err(|e| e.to_string()).map(|receipts| {
-                // The receipts count as part of sharing in the record.
-                sec.metrics.share_ms += elapsed;
-                blamed = names(&mut receipts.blamed.iter().copied());
-                let mut to = Vec::new();
-                let mut actions = Vec::new();
-                for (idx, mask_with) in receipts.mask_with {
-                    if let Some(agent) = sec.names.get(&idx) {
-                        to.push(agent.clone());
-                        actions.push(Action::SecAggMaskWith { agent: agent.clone(), mask_with });
-                    }
-                }
-                (to, actions)
-            }),
-            SecurePhase::Masked => {
-                if round.reports.len() < self.config.min_agents {
-                    Err(format!(
-                        "only {} masked inputs arrived, at least {} are needed",
-                        round.reports.len(),
-                        self.config.min_agents
-                    ))
-                } else {
-                    session.close_masked().map_err(|e| e.to_string()).map(|set| {
-                        sec.metrics.masked_ms = elapsed;
-                        let to = names(&mut set.survivors.iter().copied());
-                        (to.clone(), vec![Action::SecAggSurvivors { to, set }])
-                    })
-                }
-            }
-            SecurePhase::Consistency => session.close_consistency().map_err(|e| e.to_string()).map(|requests| {
-                // The consistency round counts as part of unmasking in the record.
-                sec.metrics.unmask_ms = elapsed;
-                let mut to = Vec::new();
-                let mut actions = Vec::new();
-                for (idx, request) in requests {
-                    sec.metrics.dropped_after_sharing = request.dropped.len();
-                    if let Some(agent) = sec.names.get(&idx) {
-                        to.push(agent.clone());
-                        actions.push(Action::SecAggUnmask { agent: agent.clone(), request });
-                    }
-                }
-                (to, actions)
-            }),
-            SecurePhase::Unmask => {
-                sec.metrics.unmask_ms += elapsed;
-                return self.close_round(now_ms, out);
-            }
-        };
-        let (members, actions) = match next {
-            Ok(n) => n,
-            Err(e) => {
-                let reason = if phase == SecurePhase::Masked && round.reports.len() < self.config.min_agents {
-                    AbortReason::TooFewReports { reported: round.reports.len(), min_agents: self.config.min_agents }
-                } else {
-                    AbortReason::SecureAggregation(format!("{} phase: {e}", phase.name()))
-                };
-                return self.abort_round(now_ms, reason, out);
-            }
-        };
-        let next_members: BTreeSet<AgentId> = members.into_iter().collect();
-        let left_out: Vec<AgentId> = sec.expected.iter().filter(|a| !next_members.contains(*a)).cloned().collect();
-        let (late, pruned): (Vec<AgentId>, Vec<AgentId>) = left_out.into_iter().partition(|a| missed.contains(a));
-        let (blamed, pruned): (Vec<AgentId>, Vec<AgentId>) = pruned.into_iter().partition(|a| blamed.contains(a));
-        sec.phase = match phase {
-            SecurePhase::Advertise => SecurePhase::Shares,
-            SecurePhase::Shares => SecurePhase::Receipts,
-            SecurePhase::Receipts => SecurePhase::Masked,
-            SecurePhase::Masked => SecurePhase::Consistency,
-            _ => SecurePhase::Unmask,
-        };
-        sec.phase_started_ms = now_ms;
-        sec.phase_deadline_ms = match sec.phase {
-            SecurePhase::Masked => sec.training_deadline_ms.max(now_ms.saturating_add(sec.phase_timeout_ms)),
-            _ => now_ms.saturating_add(sec.phase_timeout_ms),
-        };
-        sec.expected = next_members;
-        sec.answered.clear();
-        tracing::info!(
-            round = round_id,
-            closed = phase.name(),
-            next = sec.phase.name(),
-            members = sec.expected.len(),
-            "secure aggregation phase closed"
-        );
-        let missed_reason = format!("missed the {} deadline", phase.name());
-        self.drop_silently(&late, &missed_reason, out);
-        self.drop_silently(&pruned, "too few of its neighbours are left in the round", out);
-        self.drop_silently(&blamed, "its neighbours could not use the shares it sent them", out);
-        for agent in blamed {
-            self.quarantine(agent, round_id, out);
-        }
-        out.extend(actions);
     }
 }

@@ -1,0 +1,249 @@
+//! How a round ends: members dropping out, the deadline, completing a round (the strategy turns its updates into
+//! the new weights, handed to the shell to commit) or aborting it, and what the store's answer does.
+//!
+//! Part of the coordinator's sans-IO state machine: no socket, no clock (time enters as `now_ms`). A failed
+//! aggregation or commit leaves no trace: the strategy's state is restored and the model stays as it was.
+
+use super::{
+    AbortReason, Action, AgentId, Aggregation, Coordinator, Dropped, MemberStatus, Outcome, PendingCommit, Round,
+    RoundMetrics, RoundRecord, Stage,
+};
+use crate::strategy::RoundUpdates;
+use fedge_shared::fedeval::FederatedEval;
+
+impl Coordinator {
+    /// Marks `agent` dropped from the round in flight if it still owed an update.
+    pub(super) fn drop_member(&mut self, now_ms: u64, agent: &str, reason: &str, out: &mut Vec<Action>) {
+        let Stage::Collecting(round) = &mut self.stage else { return };
+        match round.members.get_mut(agent) {
+            Some(status @ MemberStatus::Training) => *status = MemberStatus::Dropped,
+            _ => return,
+        }
+        round.dropped.push(Dropped { agent: agent.to_string(), reason: reason.to_string() });
+        if let Some(info) = self.agents.get_mut(agent) {
+            info.in_round = false;
+        }
+        self.close_if_settled(now_ms, out);
+    }
+
+    /// Ends the round early when nobody is still training, or when too few can still report.
+    pub(super) fn close_if_settled(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let Stage::Collecting(round) = &self.stage else { return };
+        if round.plan.aggregation.is_secure() {
+            return self.settle_secure(now_ms, out);
+        }
+        let outstanding = round.outstanding();
+        let reported = round.reports.len();
+        if outstanding == 0 || reported + outstanding < self.config.min_agents {
+            self.close_round(now_ms, out);
+        }
+    }
+
+    pub(super) fn check_deadline(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        if let Stage::Collecting(round) = &self.stage
+            && round.plan.aggregation.is_secure()
+        {
+            return self.secure_deadline(now_ms, out);
+        }
+        if let Stage::Collecting(round) = &self.stage
+            && now_ms >= round.deadline_at_ms
+        {
+            self.closed_at_deadline = Some(round.plan.round);
+            self.close_round(now_ms, out);
+        }
+    }
+
+    /// Closes the round in flight: completes it with the reporters if there are enough, else aborts it.
+    pub(super) fn close_round(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let Stage::Collecting(round) = &self.stage else { return };
+        if round.reports.len() < self.config.min_agents {
+            let reason =
+                AbortReason::TooFewReports { reported: round.reports.len(), min_agents: self.config.min_agents };
+            return self.abort_round(now_ms, reason, out);
+        }
+        let Stage::Collecting(mut round) = std::mem::replace(&mut self.stage, Stage::Idle) else { return };
+        self.release_members(&mut round, "no update before the deadline", out);
+        let mean = match &mut round.aggregation {
+            Aggregation::Plain(sum) => sum.mean(),
+            Aggregation::Secure(sec) => match sec.finish() {
+                Ok(outcome) => {
+                    round.eval = outcome.eval;
+                    round.train_totals = outcome.train;
+                    Some(outcome.mean)
+                }
+                Err(failure) => {
+                    let reason = AbortReason::SecureAggregation(format!("unmasking: {failure}"));
+                    return self.finish_aborted(now_ms, *round, reason, out);
+                }
+            },
+        };
+        let Some(mean) = mean else {
+            // Unreachable with min_agents ≥ 1, but never a panic.
+            let reason = AbortReason::Strategy("nothing was aggregated".into());
+            return self.finish_aborted(now_ms, *round, reason, out);
+        };
+        let updates = match &round.kept {
+            Some(kept) => RoundUpdates::Each(kept),
+            None => RoundUpdates::Mean(&mean),
+        };
+        let before = self.strategy.state();
+        let aggregated = match &round.part {
+            None => self.strategy.aggregate(&self.global, updates, round.plan.round),
+            Some(part) => self.strategy.aggregate_part(&self.global, part, updates, round.plan.round),
+        };
+        let new_weights = match aggregated {
+            Ok(w) => w,
+            Err(e) => {
+                if let Err(e) = self.strategy.restore(&before) {
+                    tracing::error!(error = %e, "cannot restore the strategy state after a failed aggregation");
+                }
+                return self.finish_aborted(now_ms, *round, AbortReason::Strategy(e.to_string()), out);
+            }
+        };
+        let record = self.record(&round, now_ms, Outcome::Completed);
+        let strategy_state = self.strategy.state();
+        tracing::info!(round = record.round, reported = record.reported.len(), "round complete, committing");
+        out.push(Action::Commit { record: Box::new(record.clone()), new_weights: new_weights.clone(), strategy_state });
+        self.stage = Stage::Committing(Box::new(PendingCommit {
+            round: record.round,
+            new_weights,
+            strategy_before: before,
+            record,
+        }));
+    }
+
+    /// Leaves `agent` out of the cohorts of the next `secagg.quarantine_rounds` rounds after `round`, in which its
+    /// neighbours could not use its shares (it was left out of that round too), and says so in the log.
+    pub(super) fn quarantine(&mut self, agent: AgentId, round: u64, out: &mut Vec<Action>) {
+        let rounds = self.secagg.quarantine_rounds;
+        if rounds == 0 {
+            return;
+        }
+        let until = round.saturating_add(1).saturating_add(rounds);
+        tracing::warn!(round, %agent, rounds, "agent sent unusable shares; left out of this round and the next cohorts");
+        out.push(Action::Log {
+            message: format!(
+                "agent {agent} sent its neighbours shares they could not use and was left out of round {round}; it \
+                 is left out of the next {rounds} rounds too (revoke it if it does so again)"
+            ),
+        });
+        self.quarantined.insert(agent, until);
+    }
+
+    pub(super) fn abort_round(&mut self, now_ms: u64, reason: AbortReason, out: &mut Vec<Action>) {
+        let Stage::Collecting(mut round) = std::mem::replace(&mut self.stage, Stage::Idle) else { return };
+        let why = format!("round aborted: {reason}");
+        self.release_members(&mut round, &why, out);
+        self.finish_aborted(now_ms, *round, reason, out);
+    }
+
+    /// Drops whoever still owes an update (telling them to stop) and frees every member for the next round.
+    pub(super) fn release_members(&mut self, round: &mut Round, reason: &str, out: &mut Vec<Action>) {
+        for (agent, status) in round.members.iter_mut() {
+            if *status == MemberStatus::Training {
+                *status = MemberStatus::Dropped;
+                round.dropped.push(Dropped { agent: agent.clone(), reason: reason.to_string() });
+                if self.agents.contains_key(agent) {
+                    out.push(Action::CancelTraining { agent: agent.clone(), round: round.plan.round });
+                }
+            }
+            if let Some(info) = self.agents.get_mut(agent) {
+                info.in_round = false;
+            }
+        }
+    }
+
+    pub(super) fn finish_aborted(&mut self, now_ms: u64, round: Round, reason: AbortReason, out: &mut Vec<Action>) {
+        let record = self.record(&round, now_ms, Outcome::Aborted(reason.clone()));
+        tracing::warn!(round = record.round, %reason, "round aborted");
+        out.push(Action::RoundAborted { round: record.round, reason, record: Box::new(record) });
+        self.stage = Stage::Idle;
+        self.not_before_ms = now_ms.saturating_add(self.config.retry_backoff_ms);
+    }
+
+    pub(super) fn record(&self, round: &Round, now_ms: u64, outcome: Outcome) -> RoundRecord {
+        // Secure rounds: the survivors' totals from under the masks (none in a private round); plain: the reports.
+        let (total_examples, mean_train_loss) = match (&round.aggregation, round.train_totals) {
+            (_, Some(t)) => (t.examples, t.mean_loss().map(|l| l as f32)),
+            (Aggregation::Secure(_), None) => (0, None),
+            (Aggregation::Plain(_), None) => {
+                let total: u64 = round.reports.iter().map(|r| r.examples).sum();
+                (total, (total > 0).then(|| (round.loss_sum / total as f64) as f32))
+            }
+        };
+        RoundRecord {
+            round: round.plan.round,
+            plan: round.plan.clone(),
+            strategy: self.strategy.name().to_string(),
+            selected: round.selected.clone(),
+            reported: round.reports.clone(),
+            dropped: round.dropped.clone(),
+            outcome,
+            metrics: RoundMetrics {
+                mean_train_loss,
+                total_examples,
+                test_accuracy: None,
+                test_loss: None,
+                update_bytes: round.update_bytes,
+                duration_ms: now_ms.saturating_sub(round.started_ms),
+                secagg: match &round.aggregation {
+                    Aggregation::Secure(s) => Some(s.metrics.clone()),
+                    Aggregation::Plain(_) => None,
+                },
+                federated_eval: round.eval.filter(|(c, _)| c.examples > 0).map(|(counts, agents)| FederatedEval {
+                    model_version: round.plan.model_version,
+                    agents,
+                    counts,
+                }),
+            },
+            started_ms: round.started_ms,
+            ended_ms: now_ms,
+            new_version: None,
+        }
+    }
+
+    pub(super) fn on_committed(&mut self, now_ms: u64, round: u64, version: u64, out: &mut Vec<Action>) {
+        let pending = match std::mem::replace(&mut self.stage, Stage::Idle) {
+            Stage::Committing(p) if p.round == round => p,
+            other => {
+                self.stage = other;
+                out.push(Action::Log { message: format!("ignored a commit confirmation for round {round}") });
+                return;
+            }
+        };
+        if version <= self.model_version {
+            tracing::warn!(version, current = self.model_version, "the store reported a version that is not newer");
+        }
+        self.global = pending.new_weights;
+        self.model_version = version;
+        self.remaining = self.remaining.map(|n| n.saturating_sub(1));
+        if self.remaining == Some(0) {
+            self.running = false;
+            out.push(Action::Log { message: "the requested rounds are done".into() });
+        }
+        self.not_before_ms = now_ms;
+        tracing::info!(round, version, "round committed");
+        out.push(Action::Announce { version });
+    }
+
+    pub(super) fn on_commit_failed(&mut self, now_ms: u64, round: u64, error: String, out: &mut Vec<Action>) {
+        let pending = match std::mem::replace(&mut self.stage, Stage::Idle) {
+            Stage::Committing(p) if p.round == round => p,
+            other => {
+                self.stage = other;
+                out.push(Action::Log { message: format!("ignored a commit failure for round {round}") });
+                return;
+            }
+        };
+        if let Err(e) = self.strategy.restore(&pending.strategy_before) {
+            tracing::error!(error = %e, "cannot restore the strategy state after a failed commit");
+        }
+        let reason = AbortReason::CommitFailed(error);
+        let mut record = pending.record;
+        record.outcome = Outcome::Aborted(reason.clone());
+        record.ended_ms = now_ms;
+        tracing::error!(round, %reason, "commit failed, round aborted");
+        out.push(Action::RoundAborted { round, reason, record: Box::new(record) });
+        self.not_before_ms = now_ms.saturating_add(self.config.retry_backoff_ms);
+    }
+}
