@@ -1,0 +1,52 @@
+//! A round's plan as an agent receives it: the coordinator's [`RoundPlan`] with the model's digests, the
+//! training settings as the protocol spells them, the round's seed, and in a secure round the agent's own cohort
+//! index.
+//!
+//! Pure functions: this module must never send anything or look at a connection.
+
+use super::core_actor::CurrentModel;
+use crate::coordinator::{AggregationMode, RoundPlan};
+use fedge_shared::protocol::{self, SecAggPlan, TrainPlan};
+
+/// The seed an agent receives for a round (the configured seed mixed with the round id).
+pub fn round_seed(plan: &RoundPlan) -> u64 {
+    plan.hyper.seed ^ plan.round.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The plan as `agent` receives it (its own cohort index in a secure round).
+pub(super) fn wire_plan(plan: &RoundPlan, model: &CurrentModel, agent: &str) -> protocol::RoundPlan {
+    let h = &plan.hyper;
+    let secagg = match &plan.aggregation {
+        AggregationMode::Plain => None,
+        AggregationMode::Secure(sp) => sp.cohort.iter().find(|a| a.name == agent).map(|me| SecAggPlan {
+            params: sp.params.clone(),
+            graph_seed: sp.graph_seed,
+            me: me.index,
+            cohort: sp.cohort.clone(),
+            phase_timeout_ms: sp.phase_timeout_ms,
+        }),
+    };
+    protocol::RoundPlan {
+        round: plan.round,
+        model_version: plan.model_version,
+        graph: model.graph_digest,
+        weights: model.weights_digest,
+        train: TrainPlan {
+            epochs: h.epochs,
+            batch_size: h.batch_size,
+            learning_rate: h.learning_rate,
+            momentum: h.momentum,
+            weight_decay: h.weight_decay,
+            optimizer: match h.optimizer {
+                crate::coordinator::OptimizerKind::Sgd => "sgd".into(),
+                crate::coordinator::OptimizerKind::Adam => "adam".into(),
+            },
+            prox_mu: (h.prox_mu > 0.0).then_some(h.prox_mu),
+            seed: round_seed(plan),
+            loss: h.loss.name().into(),
+            trainable: h.trainable.clone(),
+        },
+        deadline_ms: plan.deadline_ms,
+        secagg,
+    }
+}
