@@ -125,6 +125,11 @@ pub enum CoreMsg {
         permit: tokio::sync::OwnedSemaphorePermit,
     },
     Operator(Operator),
+    /// A secure round's sum, unmasked on the blocking pool (`Action::Unmask`).
+    Unmasked {
+        round: u64,
+        outcome: Result<crate::coordinator::SecureOutcome, String>,
+    },
     Committed {
         round: u64,
         result: Result<Box<CommittedModel>, String>,

@@ -5,8 +5,8 @@
 
 use fedge_server::clock::Alarm;
 use fedge_server::coordinator::{
-    AbortReason, Action, AgentId, AggregationMode, ConfigError, Coordinator, CoordinatorConfig, Event, RejectReason,
-    ResumeState, RoundRecord, SecAggConfig, SecurePhase, TrainHyper,
+    AbortReason, Action, AgentId, AggregationMode, ConfigError, Coordinator, CoordinatorConfig, Event, Phase,
+    RejectReason, ResumeState, RoundRecord, SecAggConfig, SecurePhase, TrainHyper, UnmaskJob,
 };
 use fedge_server::strategy::StrategyConfig;
 use fedge_shared::fedeval::EvalCounts;
@@ -100,6 +100,9 @@ struct Sim {
     aborts: Vec<(AbortReason, RoundRecord)>,
     rejects: Vec<(AgentId, RejectReason)>,
     global: Vec<f32>,
+    /// Unmask jobs the shell was handed; held instead of run while `hold_unmask` is set.
+    held_unmask: Vec<(u64, UnmaskJob)>,
+    hold_unmask: bool,
 }
 
 impl Sim {
@@ -131,6 +134,8 @@ impl Sim {
             aborts: vec![],
             rejects: vec![],
             global,
+            held_unmask: vec![],
+            hold_unmask: false,
         };
         for i in 0..quits.len() {
             sim.feed(Event::AgentConnected { agent: name(i) });
@@ -227,6 +232,14 @@ impl Sim {
                     let a = self.agents.get_mut(&agent).unwrap();
                     let response = a.session.as_mut().unwrap().on_unmask_request(&request, &self.peers).unwrap();
                     self.feed(Event::SecAggUnmask { agent, response });
+                }
+                Action::Unmask { round, job } => {
+                    if self.hold_unmask {
+                        self.held_unmask.push((round, job));
+                    } else {
+                        let outcome = job.run();
+                        self.feed(Event::Unmasked { round, outcome });
+                    }
                 }
                 Action::Commit { record, new_weights, .. } => {
                     let round = record.round;
@@ -576,4 +589,67 @@ fn krum_is_refused_when_min_agents_is_below_the_updates_it_needs() {
     let cfg = CoordinatorConfig { strategy: StrategyConfig::Krum { byzantine: 2, keep: 1 }, ..config(6, 10) };
     let err = Coordinator::new(cfg, state).unwrap_err();
     assert!(err.to_string().contains("needs at least 7 updates"), "{err}");
+}
+
+impl Sim {
+    /// Runs the round until the coordinator hands the shell its unmask job, and returns it (held, not run).
+    fn run_until_unmask(&mut self) -> (u64, UnmaskJob) {
+        self.hold_unmask = true;
+        self.feed(Event::StartRounds { count: Some(1) });
+        for _ in 0..100 {
+            self.drain();
+            if let Some(held) = self.held_unmask.pop() {
+                return held;
+            }
+            let Some(t) = self.alarm.pending() else { panic!("the round is stuck with no deadline") };
+            self.now = self.now.max(t);
+            assert!(self.alarm.ring(self.now));
+            self.feed(Event::Tick);
+        }
+        panic!("no unmask job was handed out");
+    }
+}
+
+#[test]
+fn the_sum_is_unmasked_by_the_shell_off_the_event_loop_and_the_round_waits_for_it() {
+    let quits = [Quit::Never, Quit::Never, Quit::Masked, Quit::Never, Quit::Never, Quit::Never];
+    let mut sim = Sim::new(3, &quits);
+    let (round, job) = sim.run_until_unmask();
+    assert!(sim.commits.is_empty() && sim.aborts.is_empty());
+    let status = sim.coord.status();
+    assert_eq!((status.phase, status.round), (Phase::Committing, Some(round)), "the round is closed, not idle");
+    // While the job runs: no deadline ends the round, the operator cannot abort it, no other round starts, and an
+    // answer for another round is ignored.
+    assert_eq!(sim.coord.deadline_ms(), None);
+    sim.now += 10 * TIMEOUT;
+    sim.feed(Event::Tick);
+    sim.feed(Event::AbortRound);
+    sim.feed(Event::StartRounds { count: Some(1) });
+    sim.feed(Event::Unmasked { round: round + 1, outcome: Err("not this round".into()) });
+    sim.drain();
+    assert!(sim.commits.is_empty() && sim.aborts.is_empty());
+    assert!(sim.held_unmask.is_empty(), "no second round started");
+    // The job runs once; its result completes the round with the survivors' mean.
+    let outcome = job.run();
+    assert!(job.run().is_err(), "a job runs once");
+    sim.hold_unmask = false;
+    sim.feed(Event::Unmasked { round, outcome });
+    sim.drain();
+    assert_eq!(sim.commits.len(), 1);
+    assert_close(&sim.applied_delta(), &sim.plain_mean(&uploaders(&quits)));
+    let secagg = sim.commits[0].0.metrics.secagg.clone().unwrap();
+    assert_eq!(secagg.survivors, 5);
+}
+
+#[test]
+fn an_unmasking_that_fails_in_the_shell_aborts_the_round_with_its_reason() {
+    let mut sim = Sim::new(3, &[Quit::Never; 5]);
+    let (round, _job) = sim.run_until_unmask();
+    sim.feed(Event::Unmasked { round, outcome: Err("a secret has too few shares".into()) });
+    sim.drain();
+    assert!(sim.commits.is_empty());
+    let (reason, record) = sim.aborts.last().unwrap();
+    assert!(reason.to_string().contains("unmasking: a secret has too few shares"), "{reason}");
+    assert_eq!(record.round, round);
+    assert_eq!(sim.coord.status().phase, Phase::Idle);
 }

@@ -5,6 +5,7 @@
 
 use super::plan::RoundPlan;
 use super::record::{AbortReason, AgentId, RoundRecord};
+use super::secure::{SecureOutcome, UnmaskJob};
 use fedge_shared::fedeval::EvalCounts;
 use fedge_shared::secagg::{
     AdvertiseKeys, EncryptedShare, MaskWith, ShareReceipt, SurvivorSet, SurvivorSignature, UnmaskRequest,
@@ -45,6 +46,8 @@ pub enum Event<'a> {
     SecAggUnmask { agent: AgentId, response: UnmaskResponse },
     /// The agent reported that it could not train, or its upload failed in transit.
     UpdateFailed { agent: AgentId, round: u64, reason: String },
+    /// Secure round: what the shell's run of the round's `Action::Unmask` job gave.
+    Unmasked { round: u64, outcome: Result<SecureOutcome, String> },
     /// The store durably committed the round's model as `version`.
     Committed { round: u64, version: u64 },
     /// The store could not commit the round.
@@ -134,6 +137,9 @@ pub enum Action {
     SecAggSurvivors { to: Vec<AgentId>, set: SurvivorSet },
     /// Secure round: send `agent` its unmask request (with its neighbours' signatures over the survivor set).
     SecAggUnmask { agent: AgentId, request: UnmaskRequest },
+    /// Secure round: run `job` (CPU only, seconds for a large cohort) off the event loop and feed back
+    /// `Event::Unmasked` with its result.
+    Unmask { round: u64, job: UnmaskJob },
     /// Deliver `Event::Tick` at this time (replaces any earlier request).
     WakeAt(u64),
     /// Something the operator should read (an ignored command, a notable decision).

@@ -33,6 +33,8 @@
 //!   later `WakeAt` replaces an earlier one, whether its time is earlier or later; an alarm is spent once it rings
 //!   (after each `Tick` the coordinator asks again for the wake-up it still needs); spurious ticks are fine.
 //! - `Log`: log it (and show it to the operator who sent a command).
+//! - `Unmask`: run `job.run()` on a blocking thread (never on the event loop) and feed back `Event::Unmasked` with
+//!   the round and the result. Until then the round is closed (it takes no more messages) and no round starts.
 //! - `SecAggKeys` / `SecAggShares` / `SecAggMaskWith` / `SecAggSurvivors` / `SecAggUnmask`: relay to the agents
 //!   named (the keys with each owner's certificate); feed their answers back as `SecAggAdvertise`, `SecAggShares`,
 //!   `SecAggReceipt`, `MaskedInput`, `SecAggSurvivorSignature`, `SecAggUnmask`.
@@ -65,7 +67,7 @@ pub use event::{Action, Event, FoldError, RejectReason};
 pub use plan::{AggregationMode, OptimizerKind, RoundPlan, SecurePlan, TrainHyper};
 pub use privacy::{PrivateRoundError, RoundPrivacy, RunPrivacy};
 pub use record::{AbortReason, AgentId, Dropped, Outcome, Report, RoundMetrics, RoundRecord, SecAggMetrics};
-pub use secure::SecurePhase;
+pub use secure::{SecureOutcome, SecurePhase, UnmaskJob};
 pub use selection::{SelectionRule, round_rng, select};
 pub use status::Status;
 
@@ -174,6 +176,8 @@ struct PendingCommit {
 enum Stage {
     Idle,
     Collecting(Box<Round>),
+    /// A secure round closed; its sum is being unmasked by the shell (`Action::Unmask`).
+    Unmasking(Box<Round>),
     Committing(Box<PendingCommit>),
 }
 
@@ -386,6 +390,7 @@ impl Coordinator {
                     self.drop_member(now_ms, &agent, &format!("failed: {reason}"), &mut out);
                 }
             }
+            Event::Unmasked { round, outcome } => self.on_unmasked(now_ms, round, outcome, &mut out),
             Event::Committed { round, version } => self.on_committed(now_ms, round, version, &mut out),
             Event::CommitFailed { round, error } => self.on_commit_failed(now_ms, round, error, &mut out),
             Event::RoundNotReserved { round, error } => {
@@ -416,6 +421,9 @@ impl Coordinator {
                 Stage::Collecting(_) => self.abort_round(now_ms, AbortReason::Operator, &mut out),
                 Stage::Committing(p) => out.push(Action::Log {
                     message: format!("round {} is being committed and cannot be aborted", p.round),
+                }),
+                Stage::Unmasking(r) => out.push(Action::Log {
+                    message: format!("round {} is being unmasked and cannot be aborted", r.plan.round),
                 }),
                 Stage::Idle => out.push(Action::Log { message: "no round in flight to abort".into() }),
             },

@@ -4,6 +4,7 @@
 //! Part of the coordinator's sans-IO state machine: no socket, no clock (time enters as `now_ms`). A failed
 //! aggregation or commit leaves no trace: the strategy's state is restored and the model stays as it was.
 
+use super::SecureOutcome;
 use super::{
     AbortReason, Action, AgentId, Aggregation, Coordinator, Dropped, MemberStatus, Outcome, PendingCommit, Round,
     RoundMetrics, RoundRecord, Stage,
@@ -65,18 +66,61 @@ impl Coordinator {
         self.release_members(&mut round, "no update before the deadline", out);
         let mean = match &mut round.aggregation {
             Aggregation::Plain(sum) => sum.mean(),
-            Aggregation::Secure(sec) => match sec.finish() {
-                Ok(outcome) => {
-                    round.eval = outcome.eval;
-                    round.train_totals = outcome.train;
-                    Some(outcome.mean)
-                }
-                Err(failure) => {
-                    let reason = AbortReason::SecureAggregation(format!("unmasking: {failure}"));
-                    return self.finish_aborted(now_ms, *round, reason, out);
-                }
-            },
+            Aggregation::Secure(sec) => {
+                return match sec.unmask_job() {
+                    Ok(job) => {
+                        sec.phase_started_ms = now_ms;
+                        out.push(Action::Unmask { round: round.plan.round, job });
+                        self.stage = Stage::Unmasking(round);
+                    }
+                    Err(failure) => {
+                        let reason = AbortReason::SecureAggregation(format!("unmasking: {failure}"));
+                        self.finish_aborted(now_ms, *round, reason, out)
+                    }
+                };
+            }
         };
+        self.complete_round(now_ms, round, mean, out);
+    }
+
+    /// A secure round's unmasked sum is back from the shell: the round completes with it, or aborts.
+    pub(super) fn on_unmasked(
+        &mut self,
+        now_ms: u64,
+        round_id: u64,
+        outcome: Result<SecureOutcome, String>,
+        out: &mut Vec<Action>,
+    ) {
+        let mut round = match std::mem::replace(&mut self.stage, Stage::Idle) {
+            Stage::Unmasking(r) if r.plan.round == round_id => r,
+            other => {
+                self.stage = other;
+                tracing::warn!(round = round_id, "an unmasked sum for a round that is not being unmasked; ignored");
+                return;
+            }
+        };
+        if let Aggregation::Secure(sec) = &mut round.aggregation {
+            sec.metrics.unmask_ms += now_ms.saturating_sub(sec.phase_started_ms);
+            if let Ok(o) = &outcome {
+                sec.metrics.survivors = o.survivors;
+            }
+        }
+        match outcome {
+            Ok(o) => {
+                round.eval = o.eval;
+                round.train_totals = o.train;
+                self.complete_round(now_ms, round, Some(o.mean), out);
+            }
+            Err(failure) => {
+                let reason = AbortReason::SecureAggregation(format!("unmasking: {failure}"));
+                self.finish_aborted(now_ms, *round, reason, out);
+            }
+        }
+    }
+
+    /// Completes a closed round with its mean delta: the strategy makes the new weights, handed to the shell to
+    /// commit; a failed aggregation aborts the round and leaves the strategy's state as it was.
+    fn complete_round(&mut self, now_ms: u64, round: Box<Round>, mean: Option<Vec<f32>>, out: &mut Vec<Action>) {
         let Some(mean) = mean else {
             // Unreachable with min_agents ≥ 1, but never a panic.
             let reason = AbortReason::Strategy("nothing was aggregated".into());

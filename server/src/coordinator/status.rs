@@ -33,6 +33,9 @@ impl Coordinator {
             Stage::Collecting(r) => {
                 (Phase::Collecting, Some(r.plan.round), r.selected.len(), r.reports.len(), r.dropped.len())
             }
+            Stage::Unmasking(r) => {
+                (Phase::Committing, Some(r.plan.round), r.selected.len(), r.reports.len(), r.dropped.len())
+            }
             Stage::Committing(p) => (
                 Phase::Committing,
                 Some(p.round),

@@ -1,7 +1,7 @@
 //! Carrying out the coordinator's actions: sending plans, relaying the secure-aggregation messages (keys with
 //! their owners' certificates, once per connection, and the operator's signed revocation list), pushing the model
-//! to agents that lack it, reserving round ids, committing a round on the blocking pool and announcing the new
-//! version.
+//! to agents that lack it, reserving round ids, unmasking a secure round's sum and committing a round on the
+//! blocking pool, and announcing the new version.
 //!
 //! It decides nothing: every choice here is the coordinator's. It must never block the runtime, and weights bytes
 //! are encoded once per version and shared (`Arc`) by every connection that sends them.
@@ -140,6 +140,14 @@ impl Core {
             }
             Action::SecAggUnmask { agent, request } => {
                 self.send(&agent, Outbound::Msg(ServerMessage::SecAggUnmask(request)));
+            }
+            Action::Unmask { round, job } => {
+                // Seconds of CPU for a large cohort: never on the runtime's threads.
+                let tx = self.core_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let outcome = job.run();
+                    let _ = tx.blocking_send(CoreMsg::Unmasked { round, outcome });
+                });
             }
             Action::Reject { agent, reason } => {
                 tracing::warn!(%agent, %reason, "message refused");

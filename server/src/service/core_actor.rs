@@ -231,6 +231,7 @@ impl Core {
                 };
                 self.feed(e);
             }
+            CoreMsg::Unmasked { round, outcome } => self.feed(Event::Unmasked { round, outcome }),
             CoreMsg::Committed { round, result } => match result {
                 Ok(m) => {
                     self.current.version = m.version;
