@@ -9,6 +9,7 @@ use fedge_agent::learner::{Learner, NoiseLearner};
 use fedge_ctl::demo::{FederationSpec, LocalFederation};
 use fedge_server::coordinator::CoordinatorConfig;
 use fedge_server::service::ServerEvent;
+use fedge_shared::delta_encoding::DeltaEncoding;
 use fedge_shared::model::weights_to_bytes;
 use fedge_shared::protocol::{
     self, AgentMessage, BlobHeader, BlobKind, Hello, PROTOCOL_VERSION, ServerHello, ServerMessage, limits,
@@ -88,9 +89,17 @@ async fn closed_by_server(conn: &quinn::Connection) -> anyhow::Result<String> {
     Ok(e.to_string())
 }
 
-fn update_header(round: u64, len: u64) -> BlobHeader {
+fn update_header(round: u64, values: usize, encoding: DeltaEncoding, len: u64) -> BlobHeader {
     BlobHeader {
-        kind: BlobKind::Update { round, examples: 10, train_loss: 0.5, holdout_accuracy: None, eval: None },
+        kind: BlobKind::Update {
+            round,
+            values: values as u64,
+            encoding,
+            examples: 10,
+            train_loss: 0.5,
+            holdout_accuracy: None,
+            eval: None,
+        },
         len,
         digest: None,
     }
@@ -98,7 +107,7 @@ fn update_header(round: u64, len: u64) -> BlobHeader {
 
 async fn send_update(conn: &quinn::Connection, round: u64, values: usize) -> anyhow::Result<()> {
     let body = weights_to_bytes(&vec![0.25f32; values]);
-    wire::send_blob(conn, &update_header(round, body.len() as u64), &body).await?;
+    wire::send_blob(conn, &update_header(round, values, DeltaEncoding::F32, body.len() as u64), &body).await?;
     Ok(())
 }
 
@@ -187,6 +196,13 @@ async fn a_hostile_agent_with_a_valid_certificate_cannot_crash_stall_or_bloat_th
     send_update(&conn, first + 1, params + 1).await?;
     let why = closed_by_server(&conn).await?;
     assert!(why.contains("update of"), "a wrong-length vector closes the connection as a protocol violation: {why}");
+    // 7b. An 8-bit update of the right length whose block scale is not a number.
+    let (conn, _send, _recv) = hello(&ep, server).await?;
+    let mut body = DeltaEncoding::Int8.encode(&vec![0.25f32; params], &mut || 0.5);
+    body[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    wire::send_blob(&conn, &update_header(first + 1, params, DeltaEncoding::Int8, body.len() as u64), &body).await?;
+    let why = closed_by_server(&conn).await?;
+    assert!(why.contains("8-bit update"), "an unreadable 8-bit update closes the connection: {why}");
 
     // 8. An upload that claims a vector of the right length and then stalls; then a blob of a kind agents may not
     //    send. The staller has a certificate of its own: a new connection under the same name replaces the old one.
@@ -197,8 +213,12 @@ async fn a_hostile_agent_with_a_valid_certificate_cannot_crash_stall_or_bloat_th
     for _ in 0..8 {
         match tokio::time::timeout(Duration::from_millis(300), conn.open_uni()).await {
             Ok(Ok(mut s)) => {
-                let _ =
-                    wire::write_msg(&mut s, &update_header(first + 1, params as u64 * 4), limits::BLOB_HEADER).await;
+                let _ = wire::write_msg(
+                    &mut s,
+                    &update_header(first + 1, params, DeltaEncoding::F32, params as u64 * 4),
+                    limits::BLOB_HEADER,
+                )
+                .await;
                 let _ = s.write_all(&[0u8; 16]).await;
                 stalled.push(s);
             }

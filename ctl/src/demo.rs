@@ -96,6 +96,10 @@ pub struct DemoArgs {
     /// One JSON object per round and a last line {"final_accuracy": ...} ({"final_mse": ...} for regression).
     #[arg(long)]
     pub json: bool,
+    /// How plain rounds' updates travel: int8 (a byte a coordinate, stochastically rounded) or f32 (exact).
+    /// Secure rounds quantize on their own.
+    #[arg(long, default_value = "int8")]
+    pub upload: fedge_shared::delta_encoding::DeltaEncoding,
     /// Secure aggregation (SecAgg+). `off` runs plain rounds, for comparison only.
     #[arg(long, value_enum, default_value_t = Toggle::On)]
     pub secagg: Toggle,
@@ -405,6 +409,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             deadline_ms: 0,
             loss: args.loss,
             trainable: Vec::new(),
+            upload: args.upload,
         },
         strategy: StrategyConfig::FedAvg,
     };

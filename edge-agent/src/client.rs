@@ -22,6 +22,7 @@
 use crate::learner::{LearnOutcome, Learner};
 use crate::state::ModelState;
 use anyhow::{Context, anyhow, bail};
+use fedge_shared::delta_encoding::DeltaEncoding;
 use fedge_shared::model::{Digest, weights_from_bytes, weights_to_bytes};
 use fedge_shared::protocol::{
     AgentMessage, BlobHeader, BlobKind, CheckIn, DeviceInfo, Hello, PROTOCOL_VERSION, RoundPlan, SecAggPlan,
@@ -35,8 +36,8 @@ use fedge_shared::secagg::{
 };
 use fedge_shared::tls::{CertInfo, Identity, Role};
 use fedge_shared::wire;
-use rand::SeedableRng;
 use rand::rngs::{OsRng, StdRng};
+use rand::{Rng, SeedableRng};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use std::collections::HashMap;
@@ -600,6 +601,8 @@ impl Agent {
         let mut peer_certs: HashMap<String, Vec<u8>> = HashMap::new();
         // The newest round whose plan asked for secure aggregation: its delta is never uploaded in the clear.
         let mut last_secure_round: Option<u64> = None;
+        // The newest plain round's plan asks for its update in this encoding.
+        let mut plain_encoding: Option<(u64, DeltaEncoding)> = None;
         while let Some(msg) = rx.recv().await {
             match msg {
                 Inbound::Failed(reason) => bail!(reason),
@@ -645,6 +648,7 @@ impl Agent {
                         }
                         None => {
                             tracing::warn!(round = plan.round, "this round is NOT securely aggregated");
+                            plain_encoding = Some((plan.round, plan.train.upload));
                             pending = Some(*plan);
                         }
                     }
@@ -754,7 +758,10 @@ impl Agent {
                             }
                             None => {
                                 crate::crash::before_upload();
-                                self.upload(conn, round, out).await?
+                                // A round whose plan this connection did not see is sent exact.
+                                let encoding =
+                                    plain_encoding.filter(|(r, _)| *r == round).map_or(DeltaEncoding::F32, |(_, e)| e);
+                                self.upload(conn, round, encoding, out).await?
                             }
                         },
                         Err(e) => {
@@ -989,12 +996,22 @@ impl Agent {
         Ok(())
     }
 
-    async fn upload(&self, conn: &quinn::Connection, round: u64, mut out: LearnOutcome) -> anyhow::Result<()> {
-        let body = weights_to_bytes(&out.delta);
+    async fn upload(
+        &self,
+        conn: &quinn::Connection,
+        round: u64,
+        encoding: DeltaEncoding,
+        mut out: LearnOutcome,
+    ) -> anyhow::Result<()> {
+        let values = out.delta.len() as u64;
+        let mut rng = StdRng::from_entropy();
+        let body = encoding.encode(&out.delta, &mut || rng.r#gen::<f32>());
         out.delta = Vec::new();
         let header = BlobHeader {
             kind: BlobKind::Update {
                 round,
+                values,
+                encoding,
                 examples: out.examples,
                 train_loss: out.train_loss,
                 holdout_accuracy: out.holdout_accuracy,

@@ -279,6 +279,7 @@ mod tests {
             seed: 1,
             loss: "cross_entropy".into(),
             trainable: trainable.iter().map(|s| s.to_string()).collect(),
+            upload: fedge_shared::delta_encoding::DeltaEncoding::Int8,
         }
     }
 

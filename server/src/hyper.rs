@@ -5,6 +5,7 @@
 //! neither is imported here. These types travel to the agent (serde, through `fedge_shared::codec`); nothing here
 //! may depend on a clock or on randomness (the per-round seed is set by the coordinator).
 
+use fedge_shared::delta_encoding::DeltaEncoding;
 use fedge_shared::train::Loss;
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +55,10 @@ pub struct TrainHyper {
     /// default): the whole model.
     #[serde(default)]
     pub trainable: Vec<String>,
+    /// How agents encode a plain round's update: `"int8"` (the default: a byte a coordinate, stochastically
+    /// rounded, unbiased) or `"f32"` (exact, four times the bytes). Secure rounds have their own quantization.
+    #[serde(default)]
+    pub upload: DeltaEncoding,
 }
 
 impl Default for TrainHyper {
@@ -70,6 +75,7 @@ impl Default for TrainHyper {
             deadline_ms: 0,
             loss: Loss::SoftmaxCrossEntropy,
             trainable: Vec::new(),
+            upload: DeltaEncoding::Int8,
         }
     }
 }

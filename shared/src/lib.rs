@@ -20,6 +20,7 @@ pub mod admin;
 pub mod alloc;
 pub mod codec;
 pub mod data;
+pub mod delta_encoding;
 pub mod fedeval;
 pub mod model;
 pub mod privacy;

@@ -29,7 +29,7 @@ use crate::secagg::{
 use serde::{Deserialize, Serialize};
 
 /// Protocol version carried in the hello. Bump on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 /// ALPN id of the agent protocol.
 pub const ALPN_AGENT: &[u8] = b"fedge/1";
 /// ALPN id of the admin protocol (fedgectl).
@@ -110,6 +110,8 @@ pub struct TrainPlan {
     /// matching weights, in the model's parameter order ([`crate::train::TrainablePart`]). Empty: the whole model.
     /// An agent whose model has a pattern that matches nothing refuses the plan.
     pub trainable: Vec<String>,
+    /// How a plain round's update is encoded ([`crate::delta_encoding`]); secure rounds ignore it.
+    pub upload: crate::delta_encoding::DeltaEncoding,
 }
 
 /// The plan of a round, sent to each selected agent.
@@ -267,10 +269,19 @@ pub enum BlobKind {
     Graph,
     /// A global model version's weights, little-endian f32 (server → agent).
     Weights { version: u64 },
-    /// A plain (unmasked) update: the agent's weights delta, little-endian f32, with its metadata (agent → server).
-    /// The delta covers the weights the round trains ([`TrainPlan::trainable`]): the whole model or that part.
-    /// `eval`: the agent's federated evaluation of the round's starting model on its held-out examples.
-    Update { round: u64, examples: u64, train_loss: f32, holdout_accuracy: Option<f32>, eval: Option<EvalCounts> },
+    /// A plain (unmasked) update: the agent's weights delta, `values` coordinates in `encoding` (the plan's
+    /// [`TrainPlan::upload`]), with its metadata (agent → server). The delta covers the weights the round trains
+    /// ([`TrainPlan::trainable`]): the whole model or that part. `eval`: the agent's federated evaluation of the
+    /// round's starting model on its held-out examples.
+    Update {
+        round: u64,
+        values: u64,
+        encoding: crate::delta_encoding::DeltaEncoding,
+        examples: u64,
+        train_loss: f32,
+        holdout_accuracy: Option<f32>,
+        eval: Option<EvalCounts>,
+    },
     /// A secure-aggregation masked vector `[w, counts, w·Δ]` plus masks: `1 + counts + P` little-endian `u32`, `P`
     /// the number of parameters the round trains
     /// (agent → server); the counts are the federated evaluation's ([`crate::fedeval`]).
@@ -321,6 +332,7 @@ mod tests {
                 seed: 5,
                 loss: "mse".into(),
                 trainable: vec!["head.*".into()],
+                upload: crate::delta_encoding::DeltaEncoding::Int8,
             },
             deadline_ms: 60_000,
             secagg: Some(SecAggPlan {

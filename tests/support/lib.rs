@@ -217,6 +217,7 @@ pub fn cohort_of(agents: usize) -> fedge_server::coordinator::CoordinatorConfig 
             deadline_ms: 0,
             loss: fedge_shared::train::Loss::SoftmaxCrossEntropy,
             trainable: Vec::new(),
+            upload: fedge_shared::delta_encoding::DeltaEncoding::Int8,
         },
         strategy: fedge_server::strategy::StrategyConfig::FedAvg,
     }

@@ -36,6 +36,7 @@ pub fn allowed(key: &str) -> Option<&'static str> {
         "hyper.optimizer" => "\"sgd\" or \"adam\"",
         "hyper.prox_mu" | "hyper.weight_decay" => "a number >= 0",
         "hyper.loss" => "\"cross_entropy\" or \"mse\"",
+        "hyper.upload" => "\"int8\" (plain updates a byte a coordinate, the default) or \"f32\" (exact)",
         "hyper.seed" | "hyper.deadline_ms" => "an integer >= 0",
         "hyper.trainable" => "a list of glob patterns over the model's weight names, e.g. [\"head.*\"] ([] = all)",
         "strategy.kind" => {

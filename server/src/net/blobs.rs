@@ -10,6 +10,7 @@ use super::receive_window::UploadWindow;
 use super::refusal::{CLOSE_PROTOCOL, ProtocolViolation};
 use super::shared::Shared;
 use crate::core_msg::CoreMsg;
+use fedge_shared::delta_encoding::DeltaEncoding;
 use fedge_shared::protocol::{self, BlobKind};
 use fedge_shared::wire;
 use std::sync::Arc;
@@ -82,17 +83,18 @@ async fn read_upload(
         let _mine = one_at_a_time.acquire().await?;
         return read_masked(conn, recv, shared, agent, &header, round).await;
     }
-    let BlobKind::Update { round, examples, train_loss, holdout_accuracy, eval } = header.kind else {
+    let BlobKind::Update { round, values, encoding, examples, train_loss, holdout_accuracy, eval } = header.kind else {
         return Err(ProtocolViolation(format!("agents may only upload updates, not {:?}", header.kind)).into());
     };
     // A round that fine-tunes part of the model takes shorter updates: the coordinator checks the exact length of
     // the round's part; here only the bound of the whole model (what may be read into memory).
     let params = shared.params.load(Ordering::Relaxed);
-    if header.len > params * 4 || !header.len.is_multiple_of(4) || header.len == 0 {
+    let expected = usize::try_from(values).map(|v| encoding.encoded_len(v) as u64).unwrap_or(u64::MAX);
+    if values > params || values == 0 || header.len != expected {
         return Err(ProtocolViolation(format!(
-            "update of {} bytes; the model has {params} parameters (at most {} bytes, a multiple of 4)",
-            header.len,
-            params * 4
+            "an update of {values} values in {encoding:?} takes {expected} bytes, this one has {}; the model has \
+             {params} parameters",
+            header.len
         ))
         .into());
     }
@@ -101,10 +103,22 @@ async fn read_upload(
     let mut window = UploadWindow::open(conn);
     // Straight from the stream's chunks into the f32 vector: no byte copy of the update is ever held. Non-finite
     // values are refused by the fold (which drops the agent from the round).
-    let read = wire::read_words(recv, header.len, f32::from_le_bytes, |left| window.left(left));
-    let delta = tokio::time::timeout(upload_time_limit(header.len), read)
-        .await
-        .map_err(|_| ProtocolViolation(format!("an update of {} bytes did not arrive in time", header.len)))??;
+    let too_late = || ProtocolViolation(format!("an update of {} bytes did not arrive in time", header.len));
+    let delta = match encoding {
+        DeltaEncoding::F32 => {
+            let read = wire::read_words(recv, header.len, f32::from_le_bytes, |left| window.left(left));
+            tokio::time::timeout(upload_time_limit(header.len), read).await.map_err(|_| too_late())??
+        }
+        DeltaEncoding::Int8 => {
+            // A quarter of the f32 form: read as bytes, then decoded into the f32 vector the fold takes.
+            let read = wire::read_words(recv, header.len, |w| w, |left| window.left(left));
+            let words = tokio::time::timeout(upload_time_limit(header.len), read).await.map_err(|_| too_late())??;
+            let bytes: Vec<u8> = words.into_iter().flatten().collect();
+            encoding
+                .decode(&bytes, values as usize)
+                .map_err(|e| ProtocolViolation(format!("an 8-bit update that cannot be read: {e}")))?
+        }
+    };
     tracing::debug!(agent, round, examples, train_loss, ?holdout_accuracy, "update received");
     shared.core.send(CoreMsg::Update { agent: agent.to_string(), round, examples, train_loss, eval, delta }).await?;
     Ok(())

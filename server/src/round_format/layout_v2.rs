@@ -57,6 +57,7 @@ impl From<RoundRecordV2> for RoundRecord {
                 round: r.plan.round,
                 model_version: r.plan.model_version,
                 hyper: TrainHyper {
+                    upload: fedge_shared::delta_encoding::DeltaEncoding::F32,
                     epochs: h.epochs,
                     batch_size: h.batch_size,
                     learning_rate: h.learning_rate,

@@ -4,9 +4,8 @@
 //!
 //! Read only: the store must never write a record in this layout, and this module must never touch sled.
 
-use crate::coordinator::{
-    AggregationMode, Dropped, Outcome, Report, RoundMetrics, RoundPlan, RoundRecord, SecurePlan, TrainHyper,
-};
+use super::layout_v4::TrainHyperV4;
+use crate::coordinator::{AggregationMode, Dropped, Outcome, Report, RoundMetrics, RoundPlan, RoundRecord, SecurePlan};
 use fedge_shared::secagg::{AgentRef, SecAggParams};
 use serde::{Deserialize, Serialize};
 
@@ -68,7 +67,7 @@ impl From<AggregationModeV3> for AggregationMode {
 pub(super) struct RoundPlanV3 {
     pub(super) round: u64,
     pub(super) model_version: u64,
-    pub(super) hyper: TrainHyper,
+    pub(super) hyper: TrainHyperV4,
     pub(super) deadline_ms: u64,
     pub(super) aggregation: AggregationModeV3,
 }
@@ -96,7 +95,7 @@ impl From<RoundRecordV3> for RoundRecord {
             plan: RoundPlan {
                 round: r.plan.round,
                 model_version: r.plan.model_version,
-                hyper: r.plan.hyper,
+                hyper: r.plan.hyper.into(),
                 deadline_ms: r.plan.deadline_ms,
                 aggregation: r.plan.aggregation.into(),
             },

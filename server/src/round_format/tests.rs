@@ -6,12 +6,14 @@ use super::layout_v0::{ReportV0, RoundMetricsV0, RoundPlanV0, RoundRecordV0, Tra
 use super::layout_v1::{RoundPlanV1, RoundRecordV1, TrainHyperV1};
 use super::layout_v2::{RoundPlanV2, RoundRecordV2, TrainHyperV2};
 use super::layout_v3::{AggregationModeV3, RoundPlanV3, RoundRecordV3, SecAggParamsV3, SecurePlanV3};
-use super::{LAYOUT_V1, LAYOUT_V2, LAYOUT_V3, TAG, decode, encode};
+use super::layout_v4::{RoundPlanV4, RoundRecordV4, TrainHyperV4};
+use super::{LAYOUT_V1, LAYOUT_V2, LAYOUT_V3, LAYOUT_V4, TAG, decode, encode};
 use crate::coordinator::{
     AbortReason, AggregationMode, Dropped, Outcome, Report, RoundMetrics, RoundPlan, RoundRecord, SecurePlan,
     TrainHyper,
 };
 use fedge_shared::codec;
+use fedge_shared::delta_encoding::DeltaEncoding;
 use fedge_shared::secagg::AgentRef;
 use fedge_shared::train::Loss;
 
@@ -21,7 +23,15 @@ fn record(round: u64, weight_decay: f32) -> RoundRecord {
         plan: RoundPlan {
             round,
             model_version: 4,
-            hyper: TrainHyper { weight_decay, prox_mu: 0.01, seed: 9, deadline_ms: 500, ..TrainHyper::default() },
+            // f32 uploads: what every record from before layout 5 reads back with.
+            hyper: TrainHyper {
+                weight_decay,
+                prox_mu: 0.01,
+                seed: 9,
+                deadline_ms: 500,
+                upload: DeltaEncoding::F32,
+                ..TrainHyper::default()
+            },
             deadline_ms: 1000,
             aggregation: AggregationMode::Plain,
         },
@@ -99,7 +109,7 @@ fn a_secure_record_from_layout_3_reads_back_without_clip_norm_noise_or_privacy()
         plan: RoundPlanV3 {
             round: r.plan.round,
             model_version: r.plan.model_version,
-            hyper: r.plan.hyper.clone(),
+            hyper: hyper_v4(&r.plan.hyper),
             deadline_ms: r.plan.deadline_ms,
             aggregation: AggregationModeV3::Secure(SecurePlanV3 {
                 params: SecAggParamsV3 {
@@ -265,4 +275,53 @@ fn an_unknown_layout_or_a_truncated_record_is_an_error_not_a_guess() {
     let bytes = encode(&record(1, 0.1)).unwrap();
     assert!(decode(&bytes[..bytes.len() - 1], 1 << 20).is_err());
     assert!(decode(&[], 1 << 20).is_err());
+}
+
+/// `h` as layouts 3 and 4 wrote it (without `upload`).
+fn hyper_v4(h: &TrainHyper) -> TrainHyperV4 {
+    TrainHyperV4 {
+        epochs: h.epochs,
+        batch_size: h.batch_size,
+        learning_rate: h.learning_rate,
+        momentum: h.momentum,
+        optimizer: h.optimizer,
+        weight_decay: h.weight_decay,
+        prox_mu: h.prox_mu,
+        seed: h.seed,
+        deadline_ms: h.deadline_ms,
+        loss: h.loss,
+        trainable: h.trainable.clone(),
+    }
+}
+
+#[test]
+fn a_record_from_before_8_bit_uploads_reads_back_with_f32_uploads_and_the_encoding_round_trips() {
+    let r = record(21, 0.0);
+    let v4 = RoundRecordV4 {
+        round: r.round,
+        plan: RoundPlanV4 {
+            round: r.plan.round,
+            model_version: r.plan.model_version,
+            hyper: hyper_v4(&r.plan.hyper),
+            deadline_ms: r.plan.deadline_ms,
+            aggregation: r.plan.aggregation.clone(),
+        },
+        strategy: r.strategy.clone(),
+        selected: r.selected.clone(),
+        reported: r.reported.clone(),
+        dropped: r.dropped.clone(),
+        outcome: r.outcome.clone(),
+        metrics: r.metrics.clone(),
+        started_ms: r.started_ms,
+        ended_ms: r.ended_ms,
+        new_version: r.new_version,
+    };
+    let mut bytes = vec![TAG, LAYOUT_V4];
+    bytes.extend_from_slice(&codec::encode(&v4).unwrap());
+    let back = decode(&bytes, 1 << 20).unwrap();
+    assert_eq!(back.plan.hyper.upload, DeltaEncoding::F32);
+    assert_eq!(back, r);
+    let mut int8 = r;
+    int8.plan.hyper.upload = DeltaEncoding::Int8;
+    assert_eq!(decode(&encode(&int8).unwrap(), 1 << 20).unwrap(), int8);
 }

@@ -45,6 +45,7 @@ pub(super) fn wire_plan(plan: &RoundPlan, model: &CurrentModel, agent: &str) -> 
             seed: round_seed(plan),
             loss: h.loss.name().into(),
             trainable: h.trainable.clone(),
+            upload: h.upload,
         },
         deadline_ms: plan.deadline_ms,
         secagg,

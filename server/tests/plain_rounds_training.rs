@@ -1,16 +1,21 @@
-//! Robust aggregation against poisoned updates, with real local training: ten agents train an MLP on their shares
-//! of the 8×8 digits (the data set in the repository's `data/`), three of them (30%) upload their delta
-//! sign-flipped and ten times larger, and the real coordinator runs plain rounds with each strategy.
+//! Plain rounds with real local training: ten agents train an MLP on their shares of the 8×8 digits (the data set
+//! in the repository's `data/`) and the real coordinator aggregates what they upload.
 //!
-//! Federated averaging follows the poisoned agents away from the task; the coordinate-wise median, the trimmed mean
-//! and (multi-)Krum keep the accuracy the same federation reaches without an attacker.
+//! - Robust aggregation against poisoned updates: three agents (30%) upload their delta sign-flipped and ten times
+//!   larger. Federated averaging follows them away from the task; the coordinate-wise median, the trimmed mean and
+//!   (multi-)Krum keep the accuracy the same federation reaches without an attacker.
+//! - 8-bit uploads: every delta travels through the wire encoding (`DeltaEncoding`), stochastically rounded to a
+//!   byte a coordinate, and the federation learns as well as with exact f32 deltas.
 
 use fedge_server::coordinator::{Action, Coordinator, CoordinatorConfig, Event, ResumeState, SecAggConfig, TrainHyper};
 use fedge_server::strategy::StrategyConfig;
 use fedge_shared::data::{Dataset, iid_partition, load_digits_dir};
+use fedge_shared::delta_encoding::DeltaEncoding;
 use fedge_shared::train::local::{LocalTrainConfig, LocalTrainer, evaluate};
 use fedge_shared::train::optimizer::OptimizerConfig;
 use fedge_shared::train::{Loss, TrainableModel, builder};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
@@ -44,9 +49,10 @@ impl Federation {
         format!("agent-{i:02}")
     }
 
-    /// Runs `ROUNDS` plain rounds with `strategy`, the first `poisoned` agents attacking, and returns the final
-    /// model's test accuracy.
-    fn accuracy_after_rounds(&mut self, strategy: StrategyConfig, poisoned: usize) -> f32 {
+    /// Runs `ROUNDS` plain rounds with `strategy`, the first `poisoned` agents attacking, every delta sent in
+    /// `encoding`, and returns the final model's test accuracy.
+    fn accuracy_after_rounds(&mut self, strategy: StrategyConfig, poisoned: usize, encoding: DeltaEncoding) -> f32 {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
         let config = CoordinatorConfig {
             min_agents: AGENTS,
             min_available: Some(AGENTS),
@@ -100,6 +106,8 @@ impl Federation {
                         let summary = self.trainer.train(&mut local, &self.shards[i], &cfg, &mut |_| {}).unwrap();
                         let scale = if i < poisoned { -10.0 } else { 1.0 };
                         let delta: Vec<f32> = local.iter().zip(&global).map(|(l, g)| scale * (l - g)).collect();
+                        let bytes = encoding.encode(&delta, &mut || rng.r#gen::<f32>());
+                        let delta = encoding.decode(&bytes, delta.len()).unwrap();
                         updates.push_back((agent, plan.round, summary.examples as u64, summary.last_epoch_loss, delta));
                     }
                     Action::Commit { record, .. } => {
@@ -118,8 +126,8 @@ impl Federation {
 #[test]
 fn with_30_percent_of_agents_poisoning_median_trimmed_mean_and_krum_keep_the_accuracy_that_fedavg_loses() {
     let mut fed = Federation::new();
-    let clean = fed.accuracy_after_rounds(StrategyConfig::FedAvg, 0);
-    let fedavg = fed.accuracy_after_rounds(StrategyConfig::FedAvg, POISONED);
+    let clean = fed.accuracy_after_rounds(StrategyConfig::FedAvg, 0, DeltaEncoding::F32);
+    let fedavg = fed.accuracy_after_rounds(StrategyConfig::FedAvg, POISONED, DeltaEncoding::F32);
     let robust = [
         ("median", StrategyConfig::Median),
         ("trimmed mean", StrategyConfig::TrimmedMean { beta: 0.3 }),
@@ -130,7 +138,7 @@ fn with_30_percent_of_agents_poisoning_median_trimmed_mean_and_krum_keep_the_acc
         format!("without attackers, fedavg: {clean:.3}; with {POISONED} of {AGENTS} poisoning, fedavg: {fedavg:.3}");
     let mut kept = vec![];
     for (name, strategy) in robust {
-        let accuracy = fed.accuracy_after_rounds(strategy, POISONED);
+        let accuracy = fed.accuracy_after_rounds(strategy, POISONED, DeltaEncoding::F32);
         report.push_str(&format!(", {name}: {accuracy:.3}"));
         kept.push((name, accuracy));
     }
@@ -140,4 +148,14 @@ fn with_30_percent_of_agents_poisoning_median_trimmed_mean_and_krum_keep_the_acc
     for (name, accuracy) in kept {
         assert!(accuracy >= clean - 0.1, "{name} should keep the clean accuracy: {report}");
     }
+}
+
+#[test]
+fn eight_bit_uploads_learn_as_well_as_exact_f32_deltas() {
+    let mut fed = Federation::new();
+    let exact = fed.accuracy_after_rounds(StrategyConfig::FedAvg, 0, DeltaEncoding::F32);
+    let int8 = fed.accuracy_after_rounds(StrategyConfig::FedAvg, 0, DeltaEncoding::Int8);
+    eprintln!("fedavg after {ROUNDS} rounds: f32 uploads {exact:.4}, 8-bit uploads {int8:.4}");
+    assert!(exact >= 0.85, "the federation must learn the task: {exact}");
+    assert!((int8 - exact).abs() <= 0.01, "8-bit uploads changed the accuracy: {int8} against {exact}");
 }
