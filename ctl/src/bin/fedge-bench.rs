@@ -46,6 +46,10 @@ struct RunArgs {
     /// Run the agents as tasks in this process instead of one process each.
     #[arg(long)]
     in_process: bool,
+    /// How plain rounds' updates travel: int8 (the default) or f32. The check of the aggregate allows int8's
+    /// rounding (at most a block's largest magnitude / 127 a coordinate).
+    #[arg(long, default_value = "int8")]
+    upload: fedge_shared::delta_encoding::DeltaEncoding,
     /// Amplitude of the agents' noise updates.
     #[arg(long, default_value_t = 0.01)]
     scale: f32,
@@ -255,12 +259,17 @@ batch_size = 32
 learning_rate = 0.1
 optimizer = "sgd"
 seed = 5
+upload = "{upload}"
 "#,
         db = dir.path().join("db").display(),
         pki = pki.display(),
         model = dir.path().join("model.onnx").display(),
         rounds = args.rounds,
         n = args.agents,
+        upload = match args.upload {
+            fedge_shared::delta_encoding::DeltaEncoding::Int8 => "int8",
+            fedge_shared::delta_encoding::DeltaEncoding::F32 => "f32",
+        },
         downloads = args.max_downloads.map(|d| format!("max_concurrent_downloads = {d}")).unwrap_or_default(),
     );
     let config_path = dir.path().join("server.toml");
@@ -383,6 +392,8 @@ seed = 5
     // versions) against the expected example-weighted mean of the known noise updates.
     let store = Store::open(dir.path().join("db"))?;
     let mut max_err = 0f64;
+    // The most int8 rounding can move a coordinate of the mean: the largest step of any agent's blocks.
+    let mut rounding = 0f64;
     let (mut committed, mut checked) = (0u64, 0u64);
     // Coordinator time per round and per secure phase (milliseconds), for the medians printed below.
     let mut phases: [Vec<u64>; 5] = Default::default();
@@ -407,6 +418,7 @@ seed = 5
         for rep in &r.reported {
             let i: usize = rep.agent.trim_start_matches("bench-").parse()?;
             let delta = NoiseLearner::delta_for(1000 + i as u64, seed, before.len(), args.scale);
+            rounding = rounding.max(delta.iter().fold(0f64, |m, d| m.max(f64::from(d.abs()))) / 127.0);
             let w = rep.examples as f64;
             total += w;
             for (s, d) in sum.iter_mut().zip(&delta) {
@@ -423,12 +435,22 @@ seed = 5
         list.get(list.len() / 2).copied()
     };
     let [duration, advertise, share, masked, unmask] = &mut phases;
-    let tolerance = if secagg { 1e-3 } else { 1e-6 };
+    let tolerance = match (secagg, args.upload) {
+        (true, _) => 1e-3,
+        (false, fedge_shared::delta_encoding::DeltaEncoding::Int8) => rounding * 1.0001 + 1e-6,
+        (false, fedge_shared::delta_encoding::DeltaEncoding::F32) => 1e-6,
+    };
+    let upload_name = match (secagg, args.upload) {
+        (true, _) => "masked",
+        (false, fedge_shared::delta_encoding::DeltaEncoding::Int8) => "int8",
+        (false, fedge_shared::delta_encoding::DeltaEncoding::F32) => "f32",
+    };
     let out = serde_json::json!({
         "agents": args.agents,
         "params": store.latest()?.map(|m| m.num_params).unwrap_or(0),
         "rounds": args.rounds,
         "secagg": secagg,
+        "upload": upload_name,
         "in_process": args.in_process,
         "round_median_s": pct(0.5),
         "round_p95_s": pct(0.95),
