@@ -93,7 +93,7 @@ async fn agents_train_with_the_configured_weight_decay_and_with_the_one_an_opera
     assert_eq!(received.len(), AGENTS, "{received:?}");
     for p in &received {
         assert_eq!((p.weight_decay, p.learning_rate, p.momentum, p.epochs, p.batch_size), (1e-3, 0.02, 0.9, 2, 16));
-        assert_eq!(p.optimizer, "sgd");
+        assert_eq!(p.optimizer, OptimizerKind::Sgd);
     }
 
     // An operator changes it; the next round's plans carry the new value.

@@ -23,11 +23,11 @@ use anyhow::{Context, bail};
 use fedge_shared::data::{CompactDataset, Dataset, Examples, SharedExamples, Task};
 use fedge_shared::fedeval::EvalCounts;
 use fedge_shared::model::{Digest, weights_to_bytes};
-use fedge_shared::protocol::TrainPlan;
+use fedge_shared::protocol::{OptimizerKind, TrainPlan};
 use fedge_shared::train::local::{EVAL_BATCH, LocalTrainConfig, LocalTrainer, evaluate};
 use fedge_shared::train::optimizer::OptimizerConfig;
 use fedge_shared::train::schedule::LrSchedule;
-use fedge_shared::train::{Loss, TrainableModel, TrainablePart};
+use fedge_shared::train::{TrainableModel, TrainablePart};
 use std::sync::Arc;
 
 /// Trains with tract on a local training split, and reports accuracy on a local held-out split.
@@ -126,21 +126,20 @@ impl TractLearner {
     }
 
     fn config(&self, plan: &TrainPlan) -> anyhow::Result<LocalTrainConfig> {
-        let optimizer = match plan.optimizer.as_str() {
-            "sgd" => OptimizerConfig::Sgd {
+        let optimizer = match plan.optimizer {
+            OptimizerKind::Sgd => OptimizerConfig::Sgd {
                 lr: plan.learning_rate,
                 momentum: plan.momentum,
                 nesterov: false,
                 weight_decay: plan.weight_decay,
             },
-            "adam" => {
+            OptimizerKind::Adam => {
                 let mut o = OptimizerConfig::adam(plan.learning_rate);
                 if let OptimizerConfig::Adam { weight_decay, .. } = &mut o {
                     *weight_decay = plan.weight_decay;
                 }
                 o
             }
-            other => bail!("the round asks for optimizer {other:?}, which this agent does not know"),
         };
         Ok(LocalTrainConfig {
             epochs: plan.epochs,
@@ -207,7 +206,7 @@ impl Learner for TractLearner {
             None => global.to_vec(),
         };
         let cfg = self.config(plan)?;
-        let loss: Loss = plan.loss.parse().map_err(anyhow::Error::msg)?;
+        let loss = plan.loss;
         if self.trainer.as_ref().is_none_or(|t| t.batch_size() != plan.batch_size as usize || t.loss() != loss) {
             self.trainer = Some(LocalTrainer::new(model.clone(), loss, plan.batch_size as usize)?);
         }
@@ -274,10 +273,10 @@ mod tests {
             learning_rate: 0.2,
             momentum: 0.0,
             weight_decay: 0.0,
-            optimizer: "sgd".into(),
+            optimizer: OptimizerKind::Sgd,
             prox_mu: None,
             seed: 1,
-            loss: "cross_entropy".into(),
+            loss: fedge_shared::train::Loss::SoftmaxCrossEntropy,
             trainable: trainable.iter().map(|s| s.to_string()).collect(),
             upload: fedge_shared::delta_encoding::DeltaEncoding::Int8,
         }

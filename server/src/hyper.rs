@@ -5,19 +5,11 @@
 //! neither is imported here. These types travel to the agent (serde, through `fedge_shared::codec`); nothing here
 //! may depend on a clock or on randomness (the per-round seed is set by the coordinator).
 
+pub use fedge_shared::protocol::OptimizerKind;
+
 use fedge_shared::delta_encoding::DeltaEncoding;
 use fedge_shared::train::Loss;
 use serde::{Deserialize, Serialize};
-
-/// The optimizer an agent uses for its local steps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    /// Stochastic gradient descent, with heavy-ball momentum when `momentum > 0`.
-    Sgd,
-    /// Adam (Kingma and Ba), with the usual β1 = 0.9, β2 = 0.999, ε = 1e-8 on the device.
-    Adam,
-}
 
 /// Local training hyper-parameters for one round (what Flower calls the fit config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -97,14 +97,13 @@ pub struct TrainPlan {
     pub learning_rate: f32,
     pub momentum: f32,
     pub weight_decay: f32,
-    /// "sgd" or "adam".
-    pub optimizer: String,
+    pub optimizer: OptimizerKind,
     /// FedProx proximal term; `None` or 0 for plain local training.
     pub prox_mu: Option<f32>,
     /// Seed for the round's shuffling and dropout (combined with the agent's own seed).
     pub seed: u64,
-    /// The loss the agent minimises: "cross_entropy" (classification) or "mse" (regression).
-    pub loss: String,
+    /// The loss the agent minimises.
+    pub loss: crate::train::Loss,
     /// Fine-tuning part of the model: glob patterns over the weights' names (`head.*`); only the matching weights
     /// train, the others stay at the global model's values, and the update (plain or masked) covers only the
     /// matching weights, in the model's parameter order ([`crate::train::TrainablePart`]). Empty: the whole model.
@@ -112,6 +111,17 @@ pub struct TrainPlan {
     pub trainable: Vec<String>,
     /// How a plain round's update is encoded ([`crate::delta_encoding`]); secure rounds ignore it.
     pub upload: crate::delta_encoding::DeltaEncoding,
+}
+
+/// The optimizer an agent uses for its local steps (typed on the wire: an agent cannot be sent one it does not
+/// know).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Stochastic gradient descent, with heavy-ball momentum when `momentum > 0`.
+    Sgd,
+    /// Adam (Kingma and Ba), with the usual β1 = 0.9, β2 = 0.999, ε = 1e-8 on the device.
+    Adam,
 }
 
 /// The plan of a round, sent to each selected agent.
@@ -327,10 +337,10 @@ mod tests {
                 learning_rate: 0.1,
                 momentum: 0.9,
                 weight_decay: 0.0,
-                optimizer: "sgd".into(),
+                optimizer: OptimizerKind::Sgd,
                 prox_mu: Some(0.01),
                 seed: 5,
-                loss: "mse".into(),
+                loss: crate::train::Loss::MeanSquaredError,
                 trainable: vec!["head.*".into()],
                 upload: crate::delta_encoding::DeltaEncoding::Int8,
             },
