@@ -5,7 +5,7 @@
 
 use super::plan::RoundPlan;
 use super::record::{AbortReason, AgentId, RoundRecord};
-use super::secure::{SecureOutcome, UnmaskJob};
+use super::unmask::{SecureOutcome, UnmaskJob};
 use fedge_shared::fedeval::EvalCounts;
 use fedge_shared::secagg::{
     AdvertiseKeys, EncryptedShare, MaskWith, ShareReceipt, SurvivorSet, SurvivorSignature, UnmaskRequest,

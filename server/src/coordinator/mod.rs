@@ -60,6 +60,7 @@ mod secure_messages;
 mod secure_phases;
 mod selection;
 mod status;
+mod unmask;
 
 pub use aggregation::WeightedSum;
 pub use config::{ConfigError, CoordinatorConfig, ResumeState, SecAggConfig};
@@ -67,9 +68,10 @@ pub use event::{Action, Event, FoldError, RejectReason};
 pub use plan::{AggregationMode, OptimizerKind, RoundPlan, SecurePlan, TrainHyper};
 pub use privacy::{PrivateRoundError, RoundPrivacy, RunPrivacy};
 pub use record::{AbortReason, AgentId, Dropped, Outcome, Report, RoundMetrics, RoundRecord, SecAggMetrics};
-pub use secure::{SecureOutcome, SecurePhase, UnmaskJob};
+pub use secure::SecurePhase;
 pub use selection::{SelectionRule, round_rng, select};
 pub use status::Status;
+pub use unmask::{SecureOutcome, UnmaskJob};
 
 use crate::strategy::{ClientUpdate, Input, Strategy};
 use fedge_shared::fedeval::EvalCounts;
