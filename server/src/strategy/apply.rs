@@ -3,7 +3,7 @@
 //!
 //! Pure functions; a mismatch is a [`StrategyError`], never a panic.
 
-use super::StrategyError;
+use super::{ClientUpdate, StrategyError};
 use fedge_shared::train::{PartError, TrainablePart};
 
 pub(super) fn check_lengths(global: &[f32], delta: &[f32]) -> Result<(), StrategyError> {
@@ -42,6 +42,27 @@ pub(super) fn on_part(
     let mut out = global.to_vec();
     part.scatter_into(&mut out, &trained).map_err(part_error)?;
     Ok(out)
+}
+
+/// For each of the `len` coordinates, `reduce` over that coordinate of every update (a column it may reorder);
+/// refused when there is no update. The updates' lengths were checked by `RoundUpdates::each`.
+pub(super) fn per_coordinate(
+    strategy: &'static str,
+    each: &[ClientUpdate],
+    len: usize,
+    mut reduce: impl FnMut(&mut [f32]) -> f32,
+) -> Result<Vec<f32>, StrategyError> {
+    if each.is_empty() {
+        return Err(StrategyError::TooFewUpdates { strategy, needed: 1, got: 0 });
+    }
+    let mut column = Vec::with_capacity(each.len());
+    Ok((0..len)
+        .map(|j| {
+            column.clear();
+            column.extend(each.iter().map(|u| u.delta.get(j).copied().unwrap_or(0.0)));
+            reduce(&mut column)
+        })
+        .collect())
 }
 
 /// sign with sign(0) = 0, as in the Yogi paper.

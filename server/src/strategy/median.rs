@@ -20,18 +20,7 @@ impl Strategy for Median {
     }
     fn aggregate(&mut self, global: &[f32], updates: RoundUpdates<'_>, _round: u64) -> Result<Vec<f32>, StrategyError> {
         let each = updates.each(self.name(), global.len())?;
-        if each.is_empty() {
-            return Err(StrategyError::TooFewUpdates { strategy: self.name(), needed: 1, got: 0 });
-        }
-        let mut column = Vec::with_capacity(each.len());
-        let delta: Vec<f32> = (0..global.len())
-            .map(|j| {
-                column.clear();
-                column.extend(each.iter().map(|u| u.delta[j]));
-                median(&mut column)
-            })
-            .collect();
-        apply::add(global, &delta)
+        apply::add(global, &apply::per_coordinate(self.name(), each, global.len(), median)?)
     }
 }
 

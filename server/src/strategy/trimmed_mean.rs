@@ -31,20 +31,12 @@ impl Strategy for TrimmedMean {
     }
     fn aggregate(&mut self, global: &[f32], updates: RoundUpdates<'_>, _round: u64) -> Result<Vec<f32>, StrategyError> {
         let each = updates.each(self.name(), global.len())?;
-        if each.is_empty() {
-            return Err(StrategyError::TooFewUpdates { strategy: self.name(), needed: 1, got: 0 });
-        }
         let k = self.trimmed(each.len());
-        let kept = (each.len() - 2 * k) as f64;
-        let mut column = Vec::with_capacity(each.len());
-        let delta: Vec<f32> = (0..global.len())
-            .map(|j| {
-                column.clear();
-                column.extend(each.iter().map(|u| u.delta[j]));
-                column.sort_unstable_by(f32::total_cmp);
-                (column[k..column.len() - k].iter().map(|&d| f64::from(d)).sum::<f64>() / kept) as f32
-            })
-            .collect();
+        let kept = each.len().saturating_sub(2 * k) as f64;
+        let delta = apply::per_coordinate(self.name(), each, global.len(), |column| {
+            column.sort_unstable_by(f32::total_cmp);
+            (column[k..column.len() - k].iter().map(|&d| f64::from(d)).sum::<f64>() / kept) as f32
+        })?;
         apply::add(global, &delta)
     }
 }
