@@ -53,14 +53,14 @@ impl std::str::FromStr for DeltaEncoding {
 }
 
 impl DeltaEncoding {
-    /// The bytes `values` coordinates take in this encoding (a multiple of 4).
+    /// The bytes `values` coordinates take in this encoding (a multiple of 4; saturates instead of overflowing).
     pub fn encoded_len(self, values: usize) -> usize {
         match self {
-            DeltaEncoding::F32 => values * 4,
+            DeltaEncoding::F32 => values.saturating_mul(4),
             DeltaEncoding::Int8 => {
                 let full = values / BLOCK;
                 let rest = values % BLOCK;
-                full * (4 + BLOCK) + if rest > 0 { 4 + rest.next_multiple_of(4) } else { 0 }
+                full.saturating_mul(4 + BLOCK).saturating_add(if rest > 0 { 4 + rest.next_multiple_of(4) } else { 0 })
             }
         }
     }
@@ -145,6 +145,9 @@ mod tests {
         assert_eq!(DeltaEncoding::Int8.encoded_len(256), 260);
         assert_eq!(DeltaEncoding::Int8.encoded_len(257), 268);
         assert_eq!(DeltaEncoding::F32.encoded_len(257), 1028);
+        // A count from the network never overflows the length computed from it.
+        assert_eq!(DeltaEncoding::F32.encoded_len(usize::MAX), usize::MAX);
+        assert_eq!(DeltaEncoding::Int8.encoded_len(usize::MAX), usize::MAX);
         let p = 1_000_000;
         assert!(DeltaEncoding::Int8.encoded_len(p) as f64 <= 1.1 * p as f64);
         let delta: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();

@@ -89,7 +89,8 @@ async fn read_upload(
     // A round that fine-tunes part of the model takes shorter updates: the coordinator checks the exact length of
     // the round's part; here only the bound of the whole model (what may be read into memory).
     let params = shared.params.load(Ordering::Relaxed);
-    let expected = usize::try_from(values).map(|v| encoding.encoded_len(v) as u64).unwrap_or(u64::MAX);
+    // The count is checked against the model before any length is computed from it.
+    let expected = if values > params { u64::MAX } else { encoding.encoded_len(values as usize) as u64 };
     if values > params || values == 0 || header.len != expected {
         return Err(ProtocolViolation(format!(
             "an update of {values} values in {encoding:?} takes {expected} bytes, this one has {}; the model has \
@@ -113,9 +114,8 @@ async fn read_upload(
             // A quarter of the f32 form: read as bytes, then decoded into the f32 vector the fold takes.
             let read = wire::read_words(recv, header.len, |w| w, |left| window.left(left));
             let words = tokio::time::timeout(upload_time_limit(header.len), read).await.map_err(|_| too_late())??;
-            let bytes: Vec<u8> = words.into_iter().flatten().collect();
             encoding
-                .decode(&bytes, values as usize)
+                .decode(words.as_flattened(), values as usize)
                 .map_err(|e| ProtocolViolation(format!("an 8-bit update that cannot be read: {e}")))?
         }
     };

@@ -4,7 +4,7 @@
 //! No I/O here; a refused setting names the parameter and its range.
 
 use super::{
-    Adaptive, AdaptiveParams, AdaptiveRule, FedAvg, FedAvgM, FedProx, Input, Krum, Median, Strategy, StrategyError,
+    Adaptive, AdaptiveParams, AdaptiveRule, FedAvg, FedAvgM, FedProx, Krum, Median, Strategy, StrategyError,
     TrimmedMean,
 };
 use serde::{Deserialize, Serialize};
@@ -154,16 +154,6 @@ impl StrategyConfig {
         }
     }
 
-    /// What the strategy aggregates from (see [`Strategy::input`]).
-    pub fn input(&self) -> Input {
-        match self {
-            StrategyConfig::Median | StrategyConfig::TrimmedMean { .. } | StrategyConfig::Krum { .. } => {
-                Input::EachUpdate
-            }
-            _ => Input::Mean,
-        }
-    }
-
     /// Validates and builds the strategy.
     pub fn build(&self) -> Result<Box<dyn Strategy>, StrategyError> {
         self.validate()?;
@@ -199,27 +189,4 @@ fn check_adaptive(eta: f32, beta1: f32, tau: f32) -> Result<(), StrategyError> {
         return bad("tau must be finite and > 0, got tau", tau);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_configured_strategy_says_what_it_aggregates_from_as_the_built_one_does() {
-        let all = [
-            StrategyConfig::FedAvg,
-            StrategyConfig::FedProx { mu: 0.1 },
-            StrategyConfig::FedAvgM { eta: 1.0, momentum: 0.9 },
-            StrategyConfig::FedAdam { eta: 0.1, beta1: 0.9, beta2: 0.99, tau: 1e-3 },
-            StrategyConfig::FedYogi { eta: 0.1, beta1: 0.9, beta2: 0.99, tau: 1e-3 },
-            StrategyConfig::FedAdagrad { eta: 0.1, beta1: 0.0, tau: 1e-3 },
-            StrategyConfig::Median,
-            StrategyConfig::TrimmedMean { beta: 0.2 },
-            StrategyConfig::Krum { byzantine: 1, keep: 2 },
-        ];
-        for c in all {
-            assert_eq!(c.build().unwrap().input(), c.input(), "{c:?}");
-        }
-    }
 }
