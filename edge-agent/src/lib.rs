@@ -1,6 +1,9 @@
 //! The fedge edge agent: takes part in federated rounds, trains locally with tract, serves inference.
 //!
-//! - [`client`]: the connection loop (mutual-TLS QUIC, check-in, rounds, uploads, reconnects).
+//! - [`session`]: the round protocol as a sans-IO state machine (plans, secure-aggregation phases, uploads).
+//! - [`client`]: its QUIC shell, the connection loop (mutual-TLS QUIC, check-in, uploads, reconnects).
+//! - [`peer_check`]: the checks of peers' certificates and keys in a secure round.
+//! - [`agent_event`]: what the agent reports to whoever runs it.
 //! - [`learner`]: the seam between the round protocol and local learning.
 //! - [`liveness`]: probing a silent server, so that a restarted one is noticed within about a second.
 //! - [`state`]: the graph and weights the agent keeps between connections.
@@ -11,6 +14,7 @@
 //! - [`offline`]: the commands that work without a server: `train`, `eval`, `make-model`.
 //! - [`predict`]: `predict` (one-off predictions) and `serve` (the endpoint for a fixed model).
 
+pub mod agent_event;
 pub mod client;
 pub mod config;
 pub mod crash;
@@ -19,8 +23,10 @@ pub mod inference;
 pub mod learner;
 pub mod liveness;
 pub mod offline;
+pub mod peer_check;
 pub mod predict;
 pub mod privacy_budget;
+pub mod session;
 pub mod state;
 pub mod trainer;
 pub mod training_set;

@@ -95,7 +95,7 @@ impl Core {
                     return;
                 }
                 self.push_model(&agent);
-                let wire = wire_plan(&plan, &self.current, &agent);
+                let wire = wire_plan(&plan, self.current.graph_digest, self.current.weights_digest, &agent);
                 self.send(&agent, Outbound::Msg(ServerMessage::Plan(Box::new(wire))));
             }
             Action::SecAggKeys { agent, round, keys, owners } => {

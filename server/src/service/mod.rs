@@ -26,4 +26,4 @@ mod wire_plan;
 pub use crate::core_msg::{CommittedModel, CoreMsg, Operator, Outbound, RelayHook, ServerEvent};
 pub use server_handle::ServerHandle;
 pub use startup::{start, start_with_hook};
-pub use wire_plan::round_seed;
+pub use wire_plan::{round_seed, wire_plan};

@@ -4,8 +4,8 @@
 //!
 //! Pure functions: this module must never send anything or look at a connection.
 
-use super::core_actor::CurrentModel;
 use crate::coordinator::{AggregationMode, RoundPlan};
+use fedge_shared::model::Digest;
 use fedge_shared::protocol::{self, SecAggPlan, TrainPlan};
 
 /// The seed an agent receives for a round (the configured seed mixed with the round id).
@@ -13,8 +13,9 @@ pub fn round_seed(plan: &RoundPlan) -> u64 {
     plan.hyper.seed ^ plan.round.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// The plan as `agent` receives it (its own cohort index in a secure round).
-pub(super) fn wire_plan(plan: &RoundPlan, model: &CurrentModel, agent: &str) -> protocol::RoundPlan {
+/// The plan as `agent` receives it (its own cohort index in a secure round), for the model whose graph and weights
+/// have the digests `graph` and `weights`.
+pub fn wire_plan(plan: &RoundPlan, graph: Digest, weights: Digest, agent: &str) -> protocol::RoundPlan {
     let h = &plan.hyper;
     let secagg = match &plan.aggregation {
         AggregationMode::Plain => None,
@@ -29,8 +30,8 @@ pub(super) fn wire_plan(plan: &RoundPlan, model: &CurrentModel, agent: &str) -> 
     protocol::RoundPlan {
         round: plan.round,
         model_version: plan.model_version,
-        graph: model.graph_digest,
-        weights: model.weights_digest,
+        graph,
+        weights,
         train: TrainPlan {
             epochs: h.epochs,
             batch_size: h.batch_size,
