@@ -72,6 +72,14 @@ fn session(fed: &Federation, i: usize, require_secure: bool, floor: RoundFloor) 
     })
 }
 
+/// Agent a0 of a federation of three (kept in the returned directory), with a fresh session.
+fn agent(require_secure: bool, floor: RoundFloor) -> (tempfile::TempDir, Session) {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = federation(dir.path(), 3);
+    let s = session(&fed, 0, require_secure, floor);
+    (dir, s)
+}
+
 fn train() -> TrainPlan {
     TrainPlan {
         epochs: 1,
@@ -168,9 +176,7 @@ fn uploads(out: &[Output]) -> usize {
 
 #[test]
 fn a_plan_for_a_round_already_trained_for_is_refused_before_anything_is_trained() {
-    let dir = tempfile::tempdir().unwrap();
-    let fed = federation(dir.path(), 1);
-    let mut s = session(&fed, 0, false, RoundFloor::default());
+    let (_dir, mut s) = agent(false, RoundFloor::default());
     let held = Fake { trained: Some(7), ..fake() };
     let out = Driver::new().plan(&mut s, &held, plain_plan(7));
     assert!(plan_refused(&out));
@@ -180,9 +186,7 @@ fn a_plan_for_a_round_already_trained_for_is_refused_before_anything_is_trained(
 
 #[test]
 fn a_plan_the_model_cannot_carry_out_is_refused_and_a_secure_one_advertises_no_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let fed = federation(dir.path(), 3);
-    let mut s = session(&fed, 0, false, RoundFloor::default());
+    let (_dir, mut s) = agent(false, RoundFloor::default());
     let held = Fake { plan_error: Some("no weight matches `head.*`".into()), ..fake() };
     let out = Driver::new().plan(&mut s, &held, secure_plan(2, 0, 3));
     assert!(plan_refused(&out));
@@ -192,9 +196,7 @@ fn a_plan_the_model_cannot_carry_out_is_refused_and_a_secure_one_advertises_no_k
 
 #[test]
 fn a_plain_plan_is_refused_when_secure_aggregation_is_required() {
-    let dir = tempfile::tempdir().unwrap();
-    let fed = federation(dir.path(), 1);
-    let mut s = session(&fed, 0, true, RoundFloor::default());
+    let (_dir, mut s) = agent(true, RoundFloor::default());
     let out = Driver::new().plan(&mut s, &fake(), plain_plan(1));
     assert_eq!(abandons(&out), vec![(1, PLAIN_ROUND_REFUSED.to_string())]);
     assert!(trains(&out).is_empty());
@@ -202,9 +204,7 @@ fn a_plain_plan_is_refused_when_secure_aggregation_is_required() {
 
 #[test]
 fn a_secure_plan_below_this_agents_floor_is_refused_before_any_key_is_advertised() {
-    let dir = tempfile::tempdir().unwrap();
-    let fed = federation(dir.path(), 3);
-    let mut s = session(&fed, 0, false, RoundFloor { min_cohort: 10, min_threshold: 0 });
+    let (_dir, mut s) = agent(false, RoundFloor { min_cohort: 10, min_threshold: 0 });
     let out = Driver::new().plan(&mut s, &fake(), secure_plan(1, 0, 3));
     assert!(advertised(&out).is_empty());
     assert!(out.iter().any(|o| matches!(o, Output::Report(AgentEvent::SecureRoundRefused { round: 1, .. }))));
@@ -215,9 +215,7 @@ fn a_secure_plan_below_this_agents_floor_is_refused_before_any_key_is_advertised
 
 #[test]
 fn a_plan_repeated_on_the_same_connection_is_ignored_and_on_a_new_one_is_taken() {
-    let dir = tempfile::tempdir().unwrap();
-    let fed = federation(dir.path(), 3);
-    let mut s = session(&fed, 0, false, RoundFloor::default());
+    let (_dir, mut s) = agent(false, RoundFloor::default());
     let mut d = Driver::new();
     let held = fake();
     assert_eq!(advertised(&d.plan(&mut s, &held, secure_plan(4, 0, 3))).len(), 1);
@@ -228,9 +226,7 @@ fn a_plan_repeated_on_the_same_connection_is_ignored_and_on_a_new_one_is_taken()
 
 #[test]
 fn training_starts_once_the_plans_model_is_held_and_never_while_another_round_trains() {
-    let dir = tempfile::tempdir().unwrap();
-    let fed = federation(dir.path(), 1);
-    let mut s = session(&fed, 0, false, RoundFloor::default());
+    let (_dir, mut s) = agent(false, RoundFloor::default());
     let mut d = Driver::new();
     let held = Fake { version: Cell::new(Some(2)), ..fake() };
     assert!(trains(&d.plan(&mut s, &held, plain_plan(1))).is_empty(), "version 3 is not held yet");
@@ -245,9 +241,7 @@ fn training_starts_once_the_plans_model_is_held_and_never_while_another_round_tr
 
 #[test]
 fn a_plain_round_uploads_its_delta_in_the_plans_encoding_after_declaring_grown_examples() {
-    let dir = tempfile::tempdir().unwrap();
-    let fed = federation(dir.path(), 1);
-    let mut s = session(&fed, 0, false, RoundFloor::default());
+    let (_dir, mut s) = agent(false, RoundFloor::default());
     let mut d = Driver::new();
     let held = fake();
     s.connected(10);
@@ -260,9 +254,7 @@ fn a_plain_round_uploads_its_delta_in_the_plans_encoding_after_declaring_grown_e
 
 #[test]
 fn a_round_that_ended_before_its_training_did_drops_the_delta() {
-    let dir = tempfile::tempdir().unwrap();
-    let fed = federation(dir.path(), 1);
-    let mut s = session(&fed, 0, false, RoundFloor::default());
+    let (_dir, mut s) = agent(false, RoundFloor::default());
     let mut d = Driver::new();
     let held = fake();
     s.connected(10);
@@ -276,9 +268,7 @@ fn a_round_that_ended_before_its_training_did_drops_the_delta() {
 
 #[test]
 fn training_that_fails_is_abandoned_once_and_nothing_is_uploaded() {
-    let dir = tempfile::tempdir().unwrap();
-    let fed = federation(dir.path(), 1);
-    let mut s = session(&fed, 0, false, RoundFloor::default());
+    let (_dir, mut s) = agent(false, RoundFloor::default());
     let mut d = Driver::new();
     let held = fake();
     d.plan(&mut s, &held, plain_plan(1));
@@ -289,9 +279,7 @@ fn training_that_fails_is_abandoned_once_and_nothing_is_uploaded() {
 
 #[test]
 fn a_round_the_shell_cannot_begin_or_whose_masked_upload_it_refuses_is_abandoned_with_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let fed = federation(dir.path(), 1);
-    let mut s = session(&fed, 0, false, RoundFloor::default());
+    let (_dir, mut s) = agent(false, RoundFloor::default());
     let mut d = Driver::new();
     let held = fake();
     let out = d.feed(&mut s, &held, Input::NotBegun { round: 5, reason: "read-only state".into() });
