@@ -7,7 +7,7 @@
 //! What it holds across connections (the newest verified revocation list, the example count last declared) lives
 //! in it; what belongs to one connection is reset by [`Session::connected`].
 //!
-//! Its guarantees, each checked by a test (`session_contract` below, and the simulated network in
+//! Its guarantees, each checked by a test (`edge-agent/tests/session_contract.rs`, and the simulated network in
 //! `tests/simulated_network.rs`):
 //! - a plan is checked before anything is advertised or trained: a round already trained for
 //!   ([`Holdings::check_round`]), a plan the model cannot carry out ([`Holdings::check_plan`]), a secure plan below
