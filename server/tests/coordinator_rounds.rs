@@ -211,20 +211,18 @@ impl Sim {
         self.now = self.now.max(until);
     }
 
-    fn plans(&self) -> Vec<(u64, AgentId, RoundPlan, bool)> {
+    fn plans(&self) -> Vec<(u64, AgentId, RoundPlan)> {
         self.actions
             .iter()
             .filter_map(|(t, a)| match a {
-                Action::SendPlan { agent, plan, send_weights } => {
-                    Some((*t, agent.clone(), plan.clone(), *send_weights))
-                }
+                Action::SendPlan { agent, plan } => Some((*t, agent.clone(), plan.clone())),
                 _ => None,
             })
             .collect()
     }
 
     fn selected_in(&self, round: u64) -> Vec<AgentId> {
-        self.plans().into_iter().filter(|(_, _, p, _)| p.round == round).map(|(_, a, _, _)| a).collect()
+        self.plans().into_iter().filter(|(_, _, p)| p.round == round).map(|(_, a, _)| a).collect()
     }
 
     fn commits(&self) -> Vec<(u64, RoundRecord, Vec<f32>, Vec<u8>)> {
@@ -375,7 +373,7 @@ fn too_many_drop_outs_abort_the_round_and_a_new_round_starts_after_the_back_off(
         sim.schedule(sim.now, Scheduled::CheckIn(name(i), Some(0)));
     }
     sim.run_until(300 + BACKOFF + 50);
-    let round2: Vec<_> = sim.plans().into_iter().filter(|(_, _, p, _)| p.round == 2).collect();
+    let round2: Vec<_> = sim.plans().into_iter().filter(|(_, _, p)| p.round == 2).collect();
     assert_eq!(round2.len(), 13);
     assert_eq!(round2[0].0, 300 + BACKOFF, "the next round waits for the back-off");
     assert_eq!(round2[0].2.model_version, 0);
@@ -678,10 +676,7 @@ fn the_plan_carries_the_configured_hyper_parameters_a_round_seed_and_the_deadlin
     assert_eq!(h.deadline_ms, TIMEOUT);
     assert_eq!(r1[0].2.deadline_ms, TIMEOUT);
     assert_ne!(r1[0].2.hyper.seed, r2[0].2.hyper.seed, "each round has its own seed");
-    // Weights go only to agents that hold another version: in round 1 only the one that held none.
-    let needs: Vec<_> = r1.iter().filter(|p| p.3).map(|p| p.1.clone()).collect();
-    assert_eq!(needs, vec![name(4)]);
-    assert!(r2.iter().all(|p| p.3 && p.2.model_version == 1), "everyone needs version 1 in round 2");
+    assert!(r2.iter().all(|p| p.2.model_version == 1), "everyone trains from version 1 in round 2");
 }
 
 #[test]
