@@ -69,7 +69,7 @@ mod status;
 mod unmask;
 
 pub use aggregation::WeightedSum;
-pub use config::{ConfigError, CoordinatorConfig, ResumeState, SecAggConfig};
+pub use config::{ConfigError, CoordinatorConfig, PROX_MU_IS_THE_STRATEGYS, ResumeState, SecAggConfig};
 pub use event::{Action, Event, FoldError, RejectReason};
 pub use plan::{AggregationMode, OptimizerKind, RoundPlan, SecurePlan, TrainHyper};
 pub use privacy::{PrivateRoundError, RoundPrivacy, RunPrivacy};
