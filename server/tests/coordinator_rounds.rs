@@ -7,6 +7,7 @@ use fedge_server::coordinator::{
     ResumeState, RoundPlan, RoundRecord, SelectionRule, TrainHyper, select,
 };
 use fedge_server::strategy::{Adaptive, AdaptiveParams, AdaptiveRule, RoundUpdates, Strategy, StrategyConfig};
+use fedge_shared::delta_encoding::DeltaEncoding;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -311,7 +312,8 @@ fn a_round_completes_with_the_agents_that_reported_before_the_deadline() {
     assert_eq!(record.outcome, Outcome::Completed);
     assert_eq!(record.metrics.total_examples, honest.iter().map(|a| examples_of(a)).sum::<u64>());
     assert_eq!(record.metrics.mean_train_loss, Some(0.25));
-    assert_eq!(record.metrics.update_bytes, (honest.len() * DIM * 4) as u64);
+    // Plain updates travel in 8 bits by default: 8 values are a 4-byte scale and 8 bytes.
+    assert_eq!(record.metrics.update_bytes, (honest.len() * (4 + DIM)) as u64);
     let expected = fedavg(&[0.5; DIM], &honest);
     for (w, e) in weights.iter().zip(&expected) {
         assert!((w - e).abs() < 1e-6, "{weights:?} vs {expected:?}");
@@ -1108,6 +1110,42 @@ fn plan_of(out: &[Action]) -> Option<RoundPlan> {
 }
 
 #[test]
+fn a_plain_rounds_update_bytes_are_what_its_upload_encoding_carried() {
+    // 300 values: 1,200 bytes exact; in 8 bits a block of 256 and one of 44, each behind a 4-byte scale.
+    for (upload, per_update) in [(DeltaEncoding::F32, 1_200u64), (DeltaEncoding::Int8, 4 + 256 + 4 + 44)] {
+        let mut cfg = config(2, 2, 1.0);
+        cfg.overselect = 1.0;
+        cfg.hyper.upload = upload;
+        let resume = ResumeState { weights: vec![0.0; 300], ..fresh() };
+        let mut c = Coordinator::new(cfg, resume).unwrap();
+        for a in ["a", "b"] {
+            c.handle(0, Event::AgentConnected { agent: a.into() });
+            c.handle(0, Event::CheckIn { agent: a.into(), model_version: Some(0), examples: 100 });
+        }
+        let plan = plan_of(&c.handle(0, Event::StartRounds { count: Some(1) })).expect("a round starts");
+        assert_eq!(plan.hyper.upload, upload);
+        let delta = vec![0.01f32; 300];
+        let up = |a: &str| Event::Update {
+            agent: a.into(),
+            round: plan.round,
+            examples: 10,
+            train_loss: 0.1,
+            delta: &delta,
+        };
+        c.handle(1, up("a"));
+        let record = c
+            .handle(2, up("b"))
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Commit { record, .. } => Some(record),
+                _ => None,
+            })
+            .expect("the round commits");
+        assert_eq!(record.metrics.update_bytes, 2 * per_update, "{upload:?}");
+    }
+}
+
+#[test]
 fn a_fine_tuning_round_takes_updates_of_the_trained_part_only_and_leaves_the_frozen_weights_bit_for_bit() {
     let mut cfg = config(2, 3, 1.0);
     cfg.overselect = 1.0;
@@ -1156,7 +1194,7 @@ fn a_fine_tuning_round_takes_updates_of_the_trained_part_only_and_leaves_the_fro
             _ => None,
         })
         .expect("the round commits with the two part-length updates");
-    assert_eq!(record.metrics.update_bytes, 2 * 3 * 4, "two updates of 3 values");
+    assert_eq!(record.metrics.update_bytes, 2 * (4 + 4), "two updates of 3 values in 8 bits (a scale, 3 bytes padded)");
     let mean = [(0.5 + 3.0 * 0.1) / 4.0, (-1.0 + 3.0 * 0.2) / 4.0, (0.25 + 3.0 * 0.3) / 4.0];
     for (i, (n, g)) in new.iter().zip(&global).enumerate() {
         match [3, 4, 7].iter().position(|&p| p == i) {

@@ -76,7 +76,8 @@ impl Coordinator {
         }
         round.members.insert(agent.clone(), MemberStatus::Reported);
         round.loss_sum += examples as f64 * f64::from(train_loss);
-        round.update_bytes += (delta.len() * 4) as u64;
+        // What the upload carried: the plan says how plain updates are encoded (8 bits a coordinate by default).
+        round.update_bytes += round.plan.hyper.upload.encoded_len(delta.len()) as u64;
         let eval = round.pending_eval.remove(&agent);
         if let Some(e) = &eval {
             let (total, agents) = round.eval.get_or_insert((EvalCounts::default(), 0));
