@@ -295,6 +295,14 @@ mod tests {
     }
 
     #[test]
+    fn a_proximal_coefficient_among_the_hyper_parameters_is_refused_naming_the_strategys_mu() {
+        let text = EXAMPLE.replacen("weight_decay = 0.0\n", "weight_decay = 0.0\nprox_mu = 0.01\n", 1);
+        assert_ne!(text, EXAMPLE);
+        let err = format!("{:#}", ServerConfig::from_value(toml::from_str(&text).unwrap(), &text).unwrap_err());
+        assert!(err.contains("hyper.prox_mu") && err.contains("kind = \"fedprox\", mu"), "{err}");
+    }
+
+    #[test]
     fn an_out_of_range_value_is_refused_with_its_name() {
         let mut v: toml::Value = toml::from_str(EXAMPLE).unwrap();
         let vars = vec![("FEDGE_SERVER__COORDINATOR__FRACTION".to_string(), "1.5".to_string())];

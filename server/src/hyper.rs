@@ -29,7 +29,9 @@ pub struct TrainHyper {
     /// L2 weight decay `wd` (PyTorch's rule: `wd * w` is added to the gradient), for SGD and Adam. 0 disables it.
     #[serde(default)]
     pub weight_decay: f32,
-    /// FedProx proximal coefficient μ: the agent adds μ/2 ‖w − w_global‖² to its loss. 0 disables it.
+    /// FedProx proximal coefficient μ: the agent adds μ/2 ‖w − w_global‖² to its loss. 0 disables it. Only the
+    /// strategy's `configure_round` sets it (FedProx's `mu`): in `[coordinator.hyper]` it is refused
+    /// (`CoordinatorConfig::validate`), so the plan carries exactly what the strategy put there.
     #[serde(default)]
     pub prox_mu: f32,
     /// Seed for the round's local shuffling and dropout; set per round by the coordinator.

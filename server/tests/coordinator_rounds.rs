@@ -7,6 +7,7 @@ use fedge_server::coordinator::{
     ResumeState, RoundPlan, RoundRecord, SelectionRule, TrainHyper, select,
 };
 use fedge_server::strategy::{Adaptive, AdaptiveParams, AdaptiveRule, RoundUpdates, Strategy, StrategyConfig};
+use fedge_shared::delta_encoding::DeltaEncoding;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -211,20 +212,18 @@ impl Sim {
         self.now = self.now.max(until);
     }
 
-    fn plans(&self) -> Vec<(u64, AgentId, RoundPlan, bool)> {
+    fn plans(&self) -> Vec<(u64, AgentId, RoundPlan)> {
         self.actions
             .iter()
             .filter_map(|(t, a)| match a {
-                Action::SendPlan { agent, plan, send_weights } => {
-                    Some((*t, agent.clone(), plan.clone(), *send_weights))
-                }
+                Action::SendPlan { agent, plan } => Some((*t, agent.clone(), plan.clone())),
                 _ => None,
             })
             .collect()
     }
 
     fn selected_in(&self, round: u64) -> Vec<AgentId> {
-        self.plans().into_iter().filter(|(_, _, p, _)| p.round == round).map(|(_, a, _, _)| a).collect()
+        self.plans().into_iter().filter(|(_, _, p)| p.round == round).map(|(_, a, _)| a).collect()
     }
 
     fn commits(&self) -> Vec<(u64, RoundRecord, Vec<f32>, Vec<u8>)> {
@@ -313,7 +312,8 @@ fn a_round_completes_with_the_agents_that_reported_before_the_deadline() {
     assert_eq!(record.outcome, Outcome::Completed);
     assert_eq!(record.metrics.total_examples, honest.iter().map(|a| examples_of(a)).sum::<u64>());
     assert_eq!(record.metrics.mean_train_loss, Some(0.25));
-    assert_eq!(record.metrics.update_bytes, (honest.len() * DIM * 4) as u64);
+    // Plain updates travel in 8 bits by default: 8 values are a 4-byte scale and 8 bytes.
+    assert_eq!(record.metrics.update_bytes, (honest.len() * (4 + DIM)) as u64);
     let expected = fedavg(&[0.5; DIM], &honest);
     for (w, e) in weights.iter().zip(&expected) {
         assert!((w - e).abs() < 1e-6, "{weights:?} vs {expected:?}");
@@ -375,7 +375,7 @@ fn too_many_drop_outs_abort_the_round_and_a_new_round_starts_after_the_back_off(
         sim.schedule(sim.now, Scheduled::CheckIn(name(i), Some(0)));
     }
     sim.run_until(300 + BACKOFF + 50);
-    let round2: Vec<_> = sim.plans().into_iter().filter(|(_, _, p, _)| p.round == 2).collect();
+    let round2: Vec<_> = sim.plans().into_iter().filter(|(_, _, p)| p.round == 2).collect();
     assert_eq!(round2.len(), 13);
     assert_eq!(round2[0].0, 300 + BACKOFF, "the next round waits for the back-off");
     assert_eq!(round2[0].2.model_version, 0);
@@ -678,10 +678,7 @@ fn the_plan_carries_the_configured_hyper_parameters_a_round_seed_and_the_deadlin
     assert_eq!(h.deadline_ms, TIMEOUT);
     assert_eq!(r1[0].2.deadline_ms, TIMEOUT);
     assert_ne!(r1[0].2.hyper.seed, r2[0].2.hyper.seed, "each round has its own seed");
-    // Weights go only to agents that hold another version: in round 1 only the one that held none.
-    let needs: Vec<_> = r1.iter().filter(|p| p.3).map(|p| p.1.clone()).collect();
-    assert_eq!(needs, vec![name(4)]);
-    assert!(r2.iter().all(|p| p.3 && p.2.model_version == 1), "everyone needs version 1 in round 2");
+    assert!(r2.iter().all(|p| p.2.model_version == 1), "everyone trains from version 1 in round 2");
 }
 
 #[test]
@@ -1113,6 +1110,42 @@ fn plan_of(out: &[Action]) -> Option<RoundPlan> {
 }
 
 #[test]
+fn a_plain_rounds_update_bytes_are_what_its_upload_encoding_carried() {
+    // 300 values: 1,200 bytes exact; in 8 bits a block of 256 and one of 44, each behind a 4-byte scale.
+    for (upload, per_update) in [(DeltaEncoding::F32, 1_200u64), (DeltaEncoding::Int8, 4 + 256 + 4 + 44)] {
+        let mut cfg = config(2, 2, 1.0);
+        cfg.overselect = 1.0;
+        cfg.hyper.upload = upload;
+        let resume = ResumeState { weights: vec![0.0; 300], ..fresh() };
+        let mut c = Coordinator::new(cfg, resume).unwrap();
+        for a in ["a", "b"] {
+            c.handle(0, Event::AgentConnected { agent: a.into() });
+            c.handle(0, Event::CheckIn { agent: a.into(), model_version: Some(0), examples: 100 });
+        }
+        let plan = plan_of(&c.handle(0, Event::StartRounds { count: Some(1) })).expect("a round starts");
+        assert_eq!(plan.hyper.upload, upload);
+        let delta = vec![0.01f32; 300];
+        let up = |a: &str| Event::Update {
+            agent: a.into(),
+            round: plan.round,
+            examples: 10,
+            train_loss: 0.1,
+            delta: &delta,
+        };
+        c.handle(1, up("a"));
+        let record = c
+            .handle(2, up("b"))
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Commit { record, .. } => Some(record),
+                _ => None,
+            })
+            .expect("the round commits");
+        assert_eq!(record.metrics.update_bytes, 2 * per_update, "{upload:?}");
+    }
+}
+
+#[test]
 fn a_fine_tuning_round_takes_updates_of_the_trained_part_only_and_leaves_the_frozen_weights_bit_for_bit() {
     let mut cfg = config(2, 3, 1.0);
     cfg.overselect = 1.0;
@@ -1161,7 +1194,7 @@ fn a_fine_tuning_round_takes_updates_of_the_trained_part_only_and_leaves_the_fro
             _ => None,
         })
         .expect("the round commits with the two part-length updates");
-    assert_eq!(record.metrics.update_bytes, 2 * 3 * 4, "two updates of 3 values");
+    assert_eq!(record.metrics.update_bytes, 2 * (4 + 4), "two updates of 3 values in 8 bits (a scale, 3 bytes padded)");
     let mean = [(0.5 + 3.0 * 0.1) / 4.0, (-1.0 + 3.0 * 0.2) / 4.0, (0.25 + 3.0 * 0.3) / 4.0];
     for (i, (n, g)) in new.iter().zip(&global).enumerate() {
         match [3, 4, 7].iter().position(|&p| p == i) {

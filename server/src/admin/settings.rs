@@ -8,6 +8,9 @@
 use crate::coordinator::CoordinatorConfig;
 use fedge_shared::admin::ConfigEntry;
 
+/// The plan's FedProx μ, which is not a setting (the strategy's `mu` is): `set` refuses it, `entries` leaves it out.
+pub const PROX_MU: &str = "hyper.prox_mu";
+
 /// Why a setting was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SettingError {
@@ -34,7 +37,7 @@ pub fn allowed(key: &str) -> Option<&'static str> {
         "hyper.learning_rate" => "a number > 0",
         "hyper.momentum" => "a number in [0, 1)",
         "hyper.optimizer" => "\"sgd\" or \"adam\"",
-        "hyper.prox_mu" | "hyper.weight_decay" => "a number >= 0",
+        "hyper.weight_decay" => "a number >= 0",
         "hyper.loss" => "\"cross_entropy\" or \"mse\"",
         "hyper.upload" => "\"int8\" (plain updates a byte a coordinate, the default) or \"f32\" (exact)",
         "hyper.seed" | "hyper.deadline_ms" => "an integer >= 0",
@@ -61,6 +64,7 @@ pub fn entries(config: &CoordinatorConfig, overrides: &toml::Table) -> Vec<Confi
     if let Ok(toml::Value::Table(t)) = toml::Value::try_from(config) {
         flatten("", &t, &mut out);
     }
+    out.retain(|e| e.key != PROX_MU);
     for e in &mut out {
         e.overridden = overrides.contains_key(&e.key)
             || (e.key.starts_with("strategy.") && overrides.keys().any(|k| k.starts_with("strategy")));
@@ -153,6 +157,9 @@ pub fn set(
         reason,
         allowed: allowed(key),
     };
+    if key == PROX_MU {
+        return Err(refused(crate::coordinator::PROX_MU_IS_THE_STRATEGYS.into()));
+    }
     let value = parse_value(value_text);
     let mut next = overrides.clone();
     if key == "strategy.kind" || key == "strategy" {
@@ -212,6 +219,23 @@ mod tests {
             hyper: TrainHyper::default(),
             strategy: Default::default(),
         }
+    }
+
+    #[test]
+    fn fedprox_mu_is_set_by_the_strategy_alone_and_hyper_prox_mu_is_refused_naming_strategy_mu() {
+        let e = set(&base(), &toml::Table::new(), "hyper.prox_mu", "0.1").unwrap_err().to_string();
+        assert!(e.contains("hyper.prox_mu") && e.contains("strategy.mu"), "{e}");
+        let e = set(&base(), &toml::Table::new(), "coordinator.hyper.prox_mu", "0").unwrap_err().to_string();
+        assert!(e.contains("strategy.mu"), "refused whatever the value: {e}");
+        assert!(entries(&base(), &toml::Table::new()).iter().all(|e| e.key != PROX_MU), "not shown as a setting");
+        let stored: toml::Table = toml::from_str("\"hyper.prox_mu\" = 0.1").unwrap();
+        let e = apply_all(&base(), &stored).unwrap_err().to_string();
+        assert!(e.contains("strategy.mu"), "{e}");
+        // The plan carries what the strategy's configure_round puts there: FedProx's mu, or 0 for any other.
+        let (c, _) = set(&base(), &toml::Table::new(), "strategy", "{ kind = \"fedprox\", mu = 0.1 }").unwrap();
+        assert_eq!(c.strategy.build().unwrap().configure_round(1, &c.hyper).prox_mu, 0.1);
+        let c = base();
+        assert_eq!(c.strategy.build().unwrap().configure_round(1, &c.hyper).prox_mu, 0.0);
     }
 
     #[test]

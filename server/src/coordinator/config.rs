@@ -9,6 +9,10 @@ use crate::strategy::StrategyConfig;
 use fedge_shared::secagg::SecAggParams;
 use serde::{Deserialize, Serialize};
 
+/// Why `hyper.prox_mu` is refused as a setting: FedProx's μ is the strategy's, which puts it in each round's plan.
+pub const PROX_MU_IS_THE_STRATEGYS: &str =
+    "FedProx's mu is the strategy's: set strategy = { kind = \"fedprox\", mu = ... } (fedgectl: strategy.mu)";
+
 /// Errors building a coordinator.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
@@ -87,6 +91,12 @@ impl CoordinatorConfig {
         }
         if self.round_timeout_ms == 0 {
             return bad("round_timeout_ms must be positive".into());
+        }
+        if self.hyper.prox_mu != 0.0 {
+            return bad(format!(
+                "{PROX_MU_IS_THE_STRATEGYS} (hyper.prox_mu = {} is not a setting)",
+                self.hyper.prox_mu
+            ));
         }
         self.hyper.validate().map_err(|e| ConfigError::Invalid(format!("hyper: {e}")))?;
         self.strategy.validate()?;

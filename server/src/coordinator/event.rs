@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 pub enum Event<'a> {
     /// An agent completed the TLS handshake; `agent` is its certificate's name.
     AgentConnected { agent: AgentId },
-    /// The agent told us what it holds.
+    /// The agent told us what it holds (the shell, which pushes models, tracks the version; the coordinator uses
+    /// the example count).
     CheckIn { agent: AgentId, model_version: Option<u64>, examples: u64 },
     /// The agent's connection is gone.
     AgentDisconnected { agent: AgentId },
@@ -109,9 +110,9 @@ pub enum RejectReason {
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Send `plan` to `agent`, preceded by the weights of `plan.model_version` when `send_weights` is true (the
-    /// agent checked in with another version).
-    SendPlan { agent: AgentId, plan: RoundPlan, send_weights: bool },
+    /// Send `plan` to `agent`, preceded by the graph and the weights of `plan.model_version` if its connection does
+    /// not hold them (the shell tracks what it sent each connection and what the agent checked in with).
+    SendPlan { agent: AgentId, plan: RoundPlan },
     /// Tell `agent` its message was refused, and why.
     Reject { agent: AgentId, reason: RejectReason },
     /// Tell `agent` to stop working on `round` (it ended without its update).
@@ -122,9 +123,11 @@ pub enum Action {
     /// Evaluate `new_weights` if there is a test set (filling `record.metrics`), then commit the record, the
     /// weights and the strategy state in one transaction, and answer `Committed` or `CommitFailed`.
     Commit { record: Box<RoundRecord>, new_weights: Vec<f32>, strategy_state: Vec<u8> },
-    /// Tell the connected agents that global version `version` exists (only after `Committed`).
+    /// Tell the round's reporters that it completed with `version`, and send every connected agent that version
+    /// (only after `Committed`).
     Announce { version: u64 },
-    /// The round ended without a model; `record` is for the store's round history.
+    /// The round ended without a model; `record` is for the store's round history, and its selected agents are
+    /// told.
     RoundAborted { round: u64, reason: AbortReason, record: Box<RoundRecord> },
     /// Secure round: send `agent` its own keys and those of its neighbours that advertised in time (`keys[i]` is
     /// the key of agent `owners[i]`), with each owner's certificate.
@@ -142,6 +145,6 @@ pub enum Action {
     Unmask { round: u64, job: UnmaskJob },
     /// Deliver `Event::Tick` at this time (replaces any earlier request).
     WakeAt(u64),
-    /// Something the operator should read (an ignored command, a notable decision).
+    /// Something the operator should read in the server's log (an ignored command, a notable decision).
     Log { message: String },
 }

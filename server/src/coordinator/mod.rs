@@ -5,39 +5,45 @@
 //! round's phase ends, who dropped, whether a round completes or aborts, and what to commit.
 //!
 //! A round goes Idle → Collecting → Committing → Idle. Collecting is one phase in plain mode; in secure mode
-//! ([`Coordinator::with_secagg`], what the server runs by default) it runs the SecAgg+ phases (advertise keys →
-//! share keys → masked input → consistency → unmask) in its place, each with its own deadline (see [`secure`]), behind the same
-//! [`Phase`] and [`Aggregation`] types. Local training overlaps the two key phases; the masked-input phase ends at
+//! ([`Coordinator::with_secagg`], what the server runs by default) it runs the SecAgg+ phases (advertise keys → share
+//! keys → masked input → consistency → unmask) in its place, each with its own deadline (see [`secure`]), behind the
+//! same [`Phase`] and [`Aggregation`] types. Local training overlaps the two key phases; the masked-input phase ends at
 //! the round's deadline. A plain round keeps one running sum of its updates, and also each update only when the
-//! strategy aggregates from each (median, trimmed mean, Krum: see `crate::strategy::Input`), which secure rounds
-//! refuse ([`Coordinator::with_secagg`], [`Coordinator::set_config`]). A round may fine-tune part of the model (`hyper.trainable`, see the `part` module): its
-//! updates and masked vectors then cover that part only, and the frozen weights are never touched.
+//! strategy aggregates from each (median, trimmed mean, Krum: see `crate::strategy::Input`), which secure rounds refuse
+//! ([`Coordinator::with_secagg`], [`Coordinator::set_config`]). A round may fine-tune part of the model
+//! (`hyper.trainable`, see the `part` module): its updates and masked vectors then cover that part only, and the frozen
+//! weights are never touched.
 //!
 //! The shell reports `AgentSilent` when an agent's connection has received nothing for longer than two keep-alive
 //! intervals (and again when it does): selection skips such an agent. A round ends as soon as no member still owes
 //! anything, so a round whose missing members' connections have all closed (`AgentDisconnected`) ends then.
 //!
-//! The shell's contract, action by action (carry them out in the order given):
-//! - `SendPlan`: send the weights of `plan.model_version` first if `send_weights`, then the plan.
-//! - `Reject`: send the agent `ServerMessage::Refused` with the reason; `CancelTraining`: send it `RoundEnd` (not
-//!   completed). Nothing else changes.
+//! The shell's contract, action by action (carry them out in the order given; the shell's `actions_contract` test
+//! drives each [`Action`] through its executor and checks what is written here):
+//! - `SendPlan`: send the plan, preceded by the graph and the weights of `plan.model_version` if that agent's
+//!   connection does not hold them (the shell tracks what each connection was sent or checked in with); never a plan of
+//!   a round whose id was not reserved, or for a version other than the newest committed one.
+//! - `Reject`: send the agent `ServerMessage::Refused` with the reason; `CancelTraining`: `RoundEnd` (not completed).
 //! - `RoundStarted`: `Store::reserve_round(round)` before any later action leaves, so the id is never reused, even
-//!   after a crash. If that fails, carry out none of the round's `SendPlan`s and feed back
-//!   `Event::RoundNotReserved` (the round is aborted; a failed write also stops new rounds via `Storage`).
-//! - `Commit`: evaluate the new weights if there is a test set (fill `record.metrics.test_*`), then
-//!   `Store::commit_round(&record, &new_weights, &strategy_state, unix_ms)` and feed back `Event::Committed`
-//!   with the returned version, or `Event::CommitFailed` with the error.
-//! - `Announce`: tell every connected agent that `version` exists.
-//! - `RoundAborted`: `Store::record_aborted(&record)` (a failure there is only logged).
-//! - `WakeAt(t)`: deliver `Event::Tick` at `t` (coordinator time, on a monotonic clock: see `crate::clock`); a
-//!   later `WakeAt` replaces an earlier one, whether its time is earlier or later; an alarm is spent once it rings
-//!   (after each `Tick` the coordinator asks again for the wake-up it still needs); spurious ticks are fine.
-//! - `Log`: log it (and show it to the operator who sent a command).
-//! - `Unmask`: run `job.run()` on a blocking thread (never on the event loop) and feed back `Event::Unmasked` with
-//!   the round and the result. Until then the round is closed (it takes no more messages) and no round starts.
-//! - `SecAggKeys` / `SecAggShares` / `SecAggMaskWith` / `SecAggSurvivors` / `SecAggUnmask`: relay to the agents
-//!   named (the keys with each owner's certificate); feed their answers back as `SecAggAdvertise`, `SecAggShares`,
-//!   `SecAggReceipt`, `MaskedInput`, `SecAggSurvivorSignature`, `SecAggUnmask`.
+//!   after a crash; if that fails, carry out none of the round's `SendPlan`s and feed back `Event::RoundNotReserved`
+//!   (the round is aborted; a failed write also stops new rounds via `Storage`).
+//! - `Commit`: on a blocking thread, evaluate the new weights if there is a test set (fill `record.metrics.test_*`),
+//!   then `Store::commit_round(&record, &new_weights, &strategy_state, unix_ms)`; feed back `Event::Committed` with the
+//!   returned version, or `Event::CommitFailed` with the error.
+//! - `Announce`: send the round's reporters `RoundEnd` (completed, `new_version`), and every connected agent the new
+//!   version (`ServerMessage::Model` and its weights) unless its connection holds it.
+//! - `RoundAborted`: `Store::record_aborted(&record)` (a failure there is only logged), then send each selected agent
+//!   `RoundEnd` (not completed, with the reason).
+//! - `WakeAt(t)`: deliver `Event::Tick` at `t` (coordinator time, on a monotonic clock: see `crate::clock`); a later
+//!   `WakeAt` replaces an earlier one, whether its time is earlier or later; an alarm is spent once it rings (after
+//!   each `Tick` the coordinator asks again for the wake-up it still needs); spurious ticks are fine.
+//! - `Log`: log it at info level (the operator reads it in the server's log).
+//! - `Unmask`: run `job.run()` on a blocking thread (never on the event loop) and feed back `Event::Unmasked` with the
+//!   round and the result. Until then the round is closed (it takes no more messages) and no round starts.
+//! - `SecAggKeys` / `SecAggShares` / `SecAggMaskWith` / `SecAggSurvivors` / `SecAggUnmask`: relay to the agents named
+//!   (the keys with each owner's certificate, once per connection, and the operator's signed revocation list); feed
+//!   their answers back as `SecAggAdvertise`, `SecAggShares`, `SecAggReceipt`, `MaskedInput`,
+//!   `SecAggSurvivorSignature`, `SecAggUnmask`.
 //!
 //! On start-up: `Store::resume_state()` (after `init_model` for a new store) → [`ResumeState`] →
 //! [`Coordinator::new`], then feed `StartRounds` when the configuration or the operator says so.
@@ -63,7 +69,7 @@ mod status;
 mod unmask;
 
 pub use aggregation::WeightedSum;
-pub use config::{ConfigError, CoordinatorConfig, ResumeState, SecAggConfig};
+pub use config::{ConfigError, CoordinatorConfig, PROX_MU_IS_THE_STRATEGYS, ResumeState, SecAggConfig};
 pub use event::{Action, Event, FoldError, RejectReason};
 pub use plan::{AggregationMode, OptimizerKind, RoundPlan, SecurePlan, TrainHyper};
 pub use privacy::{PrivateRoundError, RoundPrivacy, RunPrivacy};
@@ -112,15 +118,10 @@ pub enum Phase {
     Committing,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Holding {
-    model_version: Option<u64>,
-    examples: u64,
-}
-
 #[derive(Debug, Default)]
 struct AgentInfo {
-    holding: Option<Holding>,
+    /// The example count it declared at check-in (`None`: it has not checked in).
+    declared: Option<u64>,
     in_round: bool,
     /// Its connection has shown no sign of life lately (`Event::AgentSilent`).
     silent: bool,
@@ -357,8 +358,8 @@ impl Coordinator {
         self.check_deadline(now_ms, &mut out);
         match event {
             Event::AgentConnected { agent } => self.on_connected(now_ms, agent, &mut out),
-            Event::CheckIn { agent, model_version, examples } => match self.agents.get_mut(&agent) {
-                Some(info) => info.holding = Some(Holding { model_version, examples }),
+            Event::CheckIn { agent, model_version: _, examples } => match self.agents.get_mut(&agent) {
+                Some(info) => info.declared = Some(examples),
                 None => out.push(Action::Reject { agent, reason: RejectReason::NotConnected }),
             },
             Event::AgentSilent { agent, silent } => {
@@ -456,7 +457,7 @@ impl Coordinator {
     }
 
     fn is_available(info: &AgentInfo) -> bool {
-        !info.in_round && !info.silent && info.holding.is_some_and(|h| h.examples > 0)
+        !info.in_round && !info.silent && info.declared.is_some_and(|e| e > 0)
     }
 
     fn is_quarantined(&self, agent: &AgentId) -> bool {

@@ -4,7 +4,7 @@
 //! Part of the coordinator's sans-IO state machine: never a socket, a clock or a panic on what an agent sends; an
 //! update that cannot be folded is refused with its reason and drops its sender from the round.
 
-use super::{Action, AgentId, Aggregation, Coordinator, Holding, MemberStatus, RejectReason, Report, Stage};
+use super::{Action, AgentId, Aggregation, Coordinator, MemberStatus, RejectReason, Report, Stage};
 use crate::strategy::ClientUpdate;
 use fedge_shared::fedeval::EvalCounts;
 
@@ -26,7 +26,7 @@ impl Coordinator {
         };
         // An agent's weight is what it claims now, capped by what it declared at check-in and by the configured
         // maximum, so a single agent cannot dominate the average by claiming more.
-        let declared = info.holding.map_or(0, |h| h.examples);
+        let declared = info.declared.unwrap_or(0);
         let examples = examples.min(declared).min(self.config.max_examples.unwrap_or(u64::MAX));
         let Stage::Collecting(round) = &mut self.stage else {
             let reason = if self.closed_at_deadline == Some(round_id) {
@@ -76,7 +76,8 @@ impl Coordinator {
         }
         round.members.insert(agent.clone(), MemberStatus::Reported);
         round.loss_sum += examples as f64 * f64::from(train_loss);
-        round.update_bytes += (delta.len() * 4) as u64;
+        // What the upload carried: the plan says how plain updates are encoded (8 bits a coordinate by default).
+        round.update_bytes += round.plan.hyper.upload.encoded_len(delta.len()) as u64;
         let eval = round.pending_eval.remove(&agent);
         if let Some(e) = &eval {
             let (total, agents) = round.eval.get_or_insert((EvalCounts::default(), 0));
@@ -90,10 +91,6 @@ impl Coordinator {
             after_ms: now_ms.saturating_sub(round.started_ms),
             eval,
         });
-        let version = round.plan.model_version;
-        if let Some(Holding { model_version, .. }) = self.agents.get_mut(&agent).and_then(|i| i.holding.as_mut()) {
-            *model_version = Some(version);
-        }
         self.close_if_settled(now_ms, out);
     }
 

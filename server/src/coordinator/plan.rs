@@ -45,8 +45,8 @@ impl AggregationMode {
 pub struct RoundPlan {
     /// The round id (never reused).
     pub round: u64,
-    /// The global model version the agent must train from. The shell sends those weights first when the agent
-    /// holds another version (see `Action::SendPlan::send_weights`).
+    /// The global model version the agent must train from. The shell sends those weights first when the agent's
+    /// connection does not hold them (see `Action::SendPlan`).
     pub model_version: u64,
     /// Local training hyper-parameters, as the strategy configured them for this round.
     pub hyper: TrainHyper,

@@ -115,9 +115,8 @@ impl Coordinator {
         for agent in &selected {
             let Some(info) = self.agents.get_mut(agent) else { continue };
             info.in_round = true;
-            let send_weights = info.holding.and_then(|h| h.model_version) != Some(self.model_version);
             members.insert(agent.clone(), MemberStatus::Training);
-            out.push(Action::SendPlan { agent: agent.clone(), plan: plan.clone(), send_weights });
+            out.push(Action::SendPlan { agent: agent.clone(), plan: plan.clone() });
         }
         tracing::info!(round = round_id, selected = selected.len(), available = candidates.len(), "round started");
         self.stage = Stage::Collecting(Box::new(Round {

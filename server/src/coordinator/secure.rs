@@ -124,11 +124,8 @@ impl Coordinator {
         if self.secagg.weight_cap.is_none() {
             // Weigh agents as plain FedAvg does: by examples, capped by max_examples. The cap is the largest count
             // declared in the cohort, so no weight saturates (the server knows these counts from the check-ins).
-            let declared = selected
-                .iter()
-                .filter_map(|a| self.agents.get(a).and_then(|i| i.holding).map(|h| h.examples))
-                .max()
-                .unwrap_or(1);
+            let declared =
+                selected.iter().filter_map(|a| self.agents.get(a).and_then(|i| i.declared)).max().unwrap_or(1);
             params.weight_cap = declared.min(self.config.max_examples.unwrap_or(u64::MAX)).max(1);
         }
         // Distributed DP sets clipping, weights, quantization and noise (see the `privacy` module).

@@ -121,7 +121,6 @@ impl Coordinator {
                             after_ms: now_ms.saturating_sub(round.started_ms),
                             eval: None,
                         });
-                        round.plan.model_version
                     }),
                     None => Err("the secure session is gone".into()),
                 },
@@ -130,12 +129,7 @@ impl Coordinator {
             _ => Err("no round in flight".into()),
         };
         match result {
-            Ok(version) => {
-                if let Some(h) = self.agents.get_mut(&agent).and_then(|i| i.holding.as_mut()) {
-                    h.model_version = Some(version);
-                }
-                self.settle_secure(now_ms, out);
-            }
+            Ok(()) => self.settle_secure(now_ms, out),
             Err(e) => {
                 reject(out, &agent, RejectReason::SecAgg(e.clone()));
                 self.drop_member(now_ms, &agent, &format!("masked input refused: {e}"), out);

@@ -23,7 +23,7 @@ pub struct UnmaskJob {
 
 impl UnmaskJob {
     /// The job of unmasking `session`'s sum.
-    pub(super) fn new(session: ServerSession) -> Self {
+    pub(crate) fn new(session: ServerSession) -> Self {
         UnmaskJob { session: Arc::new(Mutex::new(Some(session))) }
     }
 }

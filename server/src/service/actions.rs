@@ -81,7 +81,7 @@ impl Core {
 
     pub(super) fn act(&mut self, action: Action) {
         match action {
-            Action::SendPlan { agent, plan, send_weights: _ } => {
+            Action::SendPlan { agent, plan } => {
                 if self.unreserved.as_ref().is_some_and(|(round, _)| *round == plan.round) {
                     return;
                 }

@@ -145,7 +145,7 @@ impl Core {
         }
     }
 
-    fn feed(&mut self, event: Event<'_>) {
+    pub(super) fn feed(&mut self, event: Event<'_>) {
         let before = (self.coordinator.status().round, self.coordinator.secure_phase());
         let actions = self.coordinator.handle(self.clock.now_ms(), event);
         let status = self.coordinator.status();

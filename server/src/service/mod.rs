@@ -10,13 +10,16 @@
 //! connection), the shares and the unmask request, and feeds masked vectors to the coordinator, which folds each
 //! into its running masked sum on arrival; an upload's memory permit is released only once it is folded.
 //!
-//! The files, one concept each: `startup` (opening the store, binding the endpoint, building the core and
-//! spawning the tasks), `server_handle` (the running server as its owner holds it), `core_actor` (the core's
-//! state and its loop: messages in, events to the coordinator), `actions` (carrying out the coordinator's
-//! actions), `admin_calls` (answering the operator's calls) and `wire_plan` (a round's plan as an agent
-//! receives it). This file only names them and re-exports the public items, so that none of them imports it.
+//! The files, one concept each: `startup` (opening the store, binding the endpoint, building the core and spawning the
+//! tasks), `server_handle` (the running server as its owner holds it), `core_actor` (the core's state and its loop:
+//! messages in, events to the coordinator), `actions` (carrying out the coordinator's actions; `actions_contract` tests
+//! each against the coordinator's documentation), `admin_calls` (answering the operator's calls) and `wire_plan` (a
+//! round's plan as an agent receives it). This file only names them and re-exports the public items, so that none of
+//! them imports it.
 
 mod actions;
+#[cfg(test)]
+mod actions_contract;
 mod admin_calls;
 mod core_actor;
 mod server_handle;

@@ -213,7 +213,16 @@ fn operator_overrides(store: &Store) -> anyhow::Result<toml::Table> {
     match store.server_config()? {
         None => Ok(toml::Table::new()),
         Some(text) => match crate::admin::settings::overrides_from_text(&text) {
-            Ok(t) => Ok(t),
+            Ok(mut t) => {
+                if let Some(mu) = t.remove(crate::admin::settings::PROX_MU) {
+                    tracing::warn!(
+                        %mu,
+                        "ignoring the stored operator setting hyper.prox_mu: {}",
+                        crate::coordinator::PROX_MU_IS_THE_STRATEGYS
+                    );
+                }
+                Ok(t)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring unreadable stored operator settings");
                 Ok(toml::Table::new())

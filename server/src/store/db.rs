@@ -82,6 +82,14 @@ impl Store {
         self.write_error.lock().ok().and_then(|e| e.clone())
     }
 
+    /// Makes this store behave as after a failed disk write: every later write is refused (the shell's tests).
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self, why: &str) {
+        if let Ok(mut first) = self.write_error.lock() {
+            *first = Some(why.to_string());
+        }
+    }
+
     /// Every write starts here: after a failed write sled's later writes and flushes can wait for ever on the log
     /// that could not be written, so they are refused at once instead.
     pub(super) fn writable(&self) -> Result<(), StoreError> {

@@ -127,19 +127,14 @@ impl Strategy for Adaptive {
         updates: RoundUpdates<'_>,
         _round: u64,
     ) -> Result<Vec<f32>, StrategyError> {
-        let x = part.gather(global).map_err(apply::part_error)?;
-        let mean_delta = updates.mean(x.len())?;
+        let mean_delta = updates.mean(part.len())?;
         self.size_moments(global.len())?;
         // The moments of the trained coordinates move; those of the frozen ones stay as they were.
-        let mut m_part = part.gather(&self.m).map_err(apply::part_error)?;
-        let mut v_part = part.gather(&self.v).map_err(apply::part_error)?;
-        let trained = self.step(&x, &mean_delta, &mut m_part, &mut v_part);
-        apply::check_finite(&trained)?;
-        let mut out = global.to_vec();
-        part.scatter_into(&mut out, &trained).map_err(apply::part_error)?;
-        let (mut m, mut v) = (self.m.clone(), self.v.clone());
-        part.scatter_into(&mut m, &m_part).map_err(apply::part_error)?;
-        part.scatter_into(&mut v, &v_part).map_err(apply::part_error)?;
+        let (out, [m, v]) = apply::on_part_with_state(global, part, [&self.m, &self.v], |x, [m, v]| {
+            let trained = self.step(x, &mean_delta, m, v);
+            apply::check_finite(&trained)?;
+            Ok(trained)
+        })?;
         // Only a successful step changes the state.
         self.m = m;
         self.v = v;

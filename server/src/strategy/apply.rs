@@ -1,5 +1,5 @@
 //! The steps strategies share: checking lengths and finiteness, adding a delta to the global weights, and running
-//! a step on the trained part of the model only.
+//! a step on the trained part of the model only (with the optimizer state of that part, for the stateful ones).
 //!
 //! Pure functions; a mismatch is a [`StrategyError`], never a panic.
 
@@ -42,6 +42,28 @@ pub(super) fn on_part(
     let mut out = global.to_vec();
     part.scatter_into(&mut out, &trained).map_err(part_error)?;
     Ok(out)
+}
+
+/// [`on_part`] for a strategy with per-coordinate state (momentum, moments): `step` gets the part's coordinates of
+/// `global` and of each vector of `state`, which it updates in place. Returns the new weights and the new state
+/// vectors, the frozen coordinates of both as they were. `state` itself is not touched, so the caller keeps the
+/// new state only once the step has succeeded.
+pub(super) fn on_part_with_state<const N: usize>(
+    global: &[f32],
+    part: &TrainablePart,
+    state: [&[f32]; N],
+    step: impl FnOnce(&[f32], &mut [Vec<f32>; N]) -> Result<Vec<f32>, StrategyError>,
+) -> Result<(Vec<f32>, [Vec<f32>; N]), StrategyError> {
+    let mut moving: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+    for (m, s) in moving.iter_mut().zip(state) {
+        *m = part.gather(s).map_err(part_error)?;
+    }
+    let out = on_part(global, part, |x| step(x, &mut moving))?;
+    let mut moved: [Vec<f32>; N] = state.map(<[f32]>::to_vec);
+    for (full, m) in moved.iter_mut().zip(&moving) {
+        part.scatter_into(full, m).map_err(part_error)?;
+    }
+    Ok((out, moved))
 }
 
 /// For each of the `len` coordinates, `reduce` over that coordinate of every update (a column it may reorder);

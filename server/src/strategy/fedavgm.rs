@@ -83,16 +83,11 @@ impl Strategy for FedAvgM {
         updates: RoundUpdates<'_>,
         _round: u64,
     ) -> Result<Vec<f32>, StrategyError> {
-        let x = part.gather(global).map_err(apply::part_error)?;
-        let mean_delta = updates.mean(x.len())?;
+        let mean_delta = updates.mean(part.len())?;
         self.size(global.len())?;
         // The momentum of the trained coordinates moves; that of the frozen ones stays as it was.
-        let mut u_part = part.gather(&self.u).map_err(apply::part_error)?;
-        let trained = self.step(&x, &mean_delta, &mut u_part)?;
-        let mut out = global.to_vec();
-        part.scatter_into(&mut out, &trained).map_err(apply::part_error)?;
-        let mut u = self.u.clone();
-        part.scatter_into(&mut u, &u_part).map_err(apply::part_error)?;
+        let (out, [u]) = apply::on_part_with_state(global, part, [&self.u], |x, [u]| self.step(x, &mean_delta, u))?;
+        // Only a successful step changes the state.
         self.u = u;
         Ok(out)
     }
