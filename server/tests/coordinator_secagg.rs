@@ -216,6 +216,8 @@ impl Sim {
                         .set_counts(round_counts::coords(Some(&eval_of(index)), examples_of(index), 0.5, limit))
                         .unwrap();
                     let masked = session.masked_input(&delta_of(index), examples_of(index), &mut self.rng).unwrap();
+                    // As it travels: in the round's word width.
+                    let masked = fedge_shared::secagg::words::pack_words(session.params(), &masked);
                     self.feed(Event::MaskedInput { agent, round: mask_with.round, masked: &masked });
                 }
                 Action::SecAggSurvivors { to, set } => {

@@ -96,6 +96,16 @@ impl Packer {
     }
 }
 
+/// A whole masked vector's wire form as the little-endian 32-bit words the server's blob reader hands over (for
+/// callers that hold the vector in memory, such as simulations; agents stream [`Packer`]'s bytes instead).
+pub fn pack_words(params: &SecAggParams, coords: &[u32]) -> Vec<u32> {
+    let mut packer = Packer::new(params);
+    let mut bytes = Vec::new();
+    packer.push(coords, &mut bytes);
+    packer.finish(&mut bytes);
+    bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
 /// The coordinates of a masked vector of `vector_len` under `params` from its wire form, read as little-endian
 /// 32-bit words: the header's as they are, each delta coordinate zero-extended from its `word_bits`. Refuses
 /// another length than the round's, and padding bits that are not zero.
