@@ -394,7 +394,12 @@ async fn a_secure_round_that_fine_tunes_the_head_masks_only_the_head_and_leaves_
     // What the server received: per agent one masked vector of the weight, the counts (evaluation and training)
     // and the head.
     let per_agent = 1 + fedge_shared::round_counts::SECURE_COUNTS as usize + head;
-    assert_eq!(record.metrics.update_bytes, (AGENTS * per_agent * 4) as u64, "masked vectors of {per_agent} values");
+    let fedge_server::coordinator::AggregationMode::Secure(plan) = &record.plan.aggregation else { unreachable!() };
+    // Three agents: 14 quantization bits in 16-bit words, so 4 bytes for the weight and each count, 2 a value.
+    assert_eq!((plan.params.quant_bits, plan.params.word_bits), (14, 16));
+    let wire = fedge_shared::secagg::words::wire_len(&plan.params, per_agent);
+    assert_eq!(wire, (4 * (per_agent - head) + 2 * head).next_multiple_of(4) as u64);
+    assert_eq!(record.metrics.update_bytes, AGENTS as u64 * wire, "masked vectors of {per_agent} values");
     // And what each agent masked and sent.
     let mut sent = vec![];
     while sent.len() < AGENTS {
