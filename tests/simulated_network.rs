@@ -19,13 +19,14 @@ use fedge_agent::learner::LearnOutcome;
 use fedge_agent::session::{Env, Holdings, Input, Output, Session, SessionConfig};
 use fedge_server::clock::Alarm;
 use fedge_server::coordinator::{
-    Action, AgentId, Coordinator, CoordinatorConfig, Event, ResumeState, RoundRecord, SecAggConfig, TrainHyper,
+    Action, AgentId, AggregationMode, Coordinator, CoordinatorConfig, Event, ResumeState, RoundRecord, SecAggConfig,
+    TrainHyper,
 };
 use fedge_server::service::wire_plan;
 use fedge_server::strategy::StrategyConfig;
 use fedge_shared::model::Digest;
 use fedge_shared::protocol::{AgentMessage, RoundPlan, ServerMessage, TrainPlan};
-use fedge_shared::secagg::{EcdsaP256Signer, RoundFloor};
+use fedge_shared::secagg::{EcdsaP256Signer, RoundFloor, quant};
 use fedge_shared::tls::{self, Identity, Role, files};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -220,6 +221,9 @@ impl<'p> Net<'p> {
                 neighbours: Some(8),
                 threshold: Some(5),
                 phase_timeout_ms: 1_000,
+                // Every delta coordinate is within ±0.08: a clip of 0.1 keeps the default quantization bits and
+                // word width while making one quantization step small enough for the commit check to be tight.
+                clip: Some(0.1),
                 ..SecAggConfig::default()
             };
             coord = coord.with_secagg(secagg).expect("valid secure-aggregation settings");
@@ -451,7 +455,10 @@ impl<'p> Net<'p> {
                 self.send(i, Packet::Plain { round, body, encoding, examples: outcome.examples });
             }
             Output::UploadMasked { round, stream, .. } => {
-                let words: Vec<u32> = stream.flatten().collect();
+                // The bytes the agent's shell writes, read back as the server's blob reader reads them.
+                let bytes: Vec<u8> = stream.into_wire_chunks().flatten().collect();
+                let words: Vec<u32> =
+                    bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
                 self.send(i, Packet::Masked { round, words });
             }
         }
@@ -617,11 +624,21 @@ impl<'p> Net<'p> {
                 total += *examples as f64;
             }
             assert!(total > 0.0, "seed {seed}: round {} committed with nobody reporting", record.round);
+            let tol = match &record.plan.aggregation {
+                // A secure round's deltas travel quantized: under one quantization step each in the weighted sum,
+                // about one in the mean; the tests allow two.
+                AggregationMode::Secure(plan) => {
+                    let step = quant::quantum(&plan.params) as f32;
+                    assert!(step < 1e-4, "seed {seed}: a quantization step of {step} would make this check loose");
+                    2.0 * step + 1e-4
+                }
+                AggregationMode::Plain => 1e-4,
+            };
             for k in 0..DIM {
                 let want = before[k] + (sum[k] / total) as f32;
                 let got = weights[k];
                 assert!(
-                    (got - want).abs() < 1e-4,
+                    (got - want).abs() < tol,
                     "seed {seed}, round {}, coordinate {k}: committed {got}, the reporters' mean gives {want}",
                     record.round
                 );

@@ -103,6 +103,10 @@ pub struct DemoArgs {
     /// Secure aggregation (SecAgg+). `off` runs plain rounds, for comparison only.
     #[arg(long, value_enum, default_value_t = Toggle::On)]
     pub secagg: Toggle,
+    /// Quantization bits of secure rounds (the server's `secagg.quant_bits`); by default the server's rule: as many
+    /// as let the cohort's sum fit 16-bit masked words, at least 12 (then wider words).
+    #[arg(long)]
+    pub secagg_quant_bits: Option<u32>,
     /// Distributed differential privacy: the noise multiplier z (each round's sum carries the noise of the
     /// Gaussian mechanism with standard deviation z times the L2 sensitivity). Off when not given.
     #[arg(long)]
@@ -439,7 +443,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     };
     let spec = FederationSpec { onnx, coordinator, rounds: Some(rounds), evaluator: Some(evaluator) };
     let secagg = match args.secagg {
-        Toggle::On => SecAggConfig::default(),
+        Toggle::On => SecAggConfig { quant_bits: args.secagg_quant_bits, ..SecAggConfig::default() },
         Toggle::Off => {
             eprintln!(
                 "WARNING: secure aggregation is OFF (--secagg off): every agent's update reaches the server in the \

@@ -485,8 +485,7 @@ impl Agent {
         let mut send = wire::open_blob(conn, &header).await?;
         let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(1);
         let producer = tokio::task::spawn_blocking(move || {
-            for chunk in stream {
-                let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+            for bytes in stream.into_wire_chunks() {
                 if tx.blocking_send(bytes::Bytes::from(bytes)).is_err() {
                     break; // the upload failed; nobody takes the rest
                 }

@@ -37,8 +37,10 @@ fn config(min_agents: usize, agents: usize) -> CoordinatorConfig {
     }
 }
 
+/// 22 quantization bits, configured, so that the mean is exact to 1e-4: the server keeps them and masks in the
+/// narrowest word that holds the sum (27 bits for 20 agents), not in 16 bits.
 fn secagg() -> SecAggConfig {
-    SecAggConfig { phase_timeout_ms: PHASE, ..SecAggConfig::default() }
+    SecAggConfig { phase_timeout_ms: PHASE, quant_bits: Some(22), ..SecAggConfig::default() }
 }
 
 fn name(i: usize) -> AgentId {
@@ -216,6 +218,8 @@ impl Sim {
                         .set_counts(round_counts::coords(Some(&eval_of(index)), examples_of(index), 0.5, limit))
                         .unwrap();
                     let masked = session.masked_input(&delta_of(index), examples_of(index), &mut self.rng).unwrap();
+                    // As it travels: in the round's word width.
+                    let masked = fedge_shared::secagg::words::pack_words(session.params(), &masked);
                     self.feed(Event::MaskedInput { agent, round: mask_with.round, masked: &masked });
                 }
                 Action::SecAggSurvivors { to, set } => {

@@ -14,7 +14,8 @@
 //! ([`AgentMessage::SecAggReceipt`] / [`ServerMessage::SecAggMaskWith`]), the consistency round (the survivor set, [`ServerMessage::SecAggSurvivors`],
 //! signed by each survivor, [`AgentMessage::SecAggSurvivorSignature`]), and the unmask request (carrying the
 //! recipient's neighbours' signatures) and answer. The masked vector itself is a blob
-//! ([`BlobKind::Masked`]: `1 + counts + P` little-endian `u32`) on its own unidirectional stream, like a plain
+//! ([`BlobKind::Masked`]: `1 + counts` little-endian `u32`, then `P` coordinates of the round's `word_bits`,
+//! [`crate::secagg::words`]) on its own unidirectional stream, like a plain
 //! update. `P` is the number of parameters the round trains: the whole model, or only the weights its plan's
 //! [`TrainPlan::trainable`] patterns choose.
 //!
@@ -29,7 +30,8 @@ use crate::secagg::{
 use serde::{Deserialize, Serialize};
 
 /// Protocol version carried in the hello. Bump on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 8;
+/// 9: secure rounds carry the masked word's width (`SecAggParams::word_bits`) and masked blobs pack the delta in it.
+pub const PROTOCOL_VERSION: u32 = 9;
 /// ALPN id of the agent protocol.
 pub const ALPN_AGENT: &[u8] = b"fedge/1";
 /// ALPN id of the admin protocol (fedgectl).
@@ -292,8 +294,9 @@ pub enum BlobKind {
         holdout_accuracy: Option<f32>,
         eval: Option<EvalCounts>,
     },
-    /// A secure-aggregation masked vector `[w, counts, w·Δ]` plus masks: `1 + counts + P` little-endian `u32`, `P`
-    /// the number of parameters the round trains
+    /// A secure-aggregation masked vector `[w, counts, w·Δ]` plus masks: `1 + counts` little-endian `u32`, then
+    /// the `P` delta coordinates in the round's `word_bits` each, packed and padded to a multiple of four bytes
+    /// ([`crate::secagg::words`]), `P` the number of parameters the round trains
     /// (agent → server); the counts are the federated evaluation's ([`crate::fedeval`]).
     /// `examples` and `train_loss` are sent as 0: an agent's example count and loss are among the masked counts
     /// ([`crate::round_counts`]), and the server reads neither field.

@@ -65,7 +65,7 @@ proptest! {
         clip in 0.1f32..10.0,
         seed in any::<u64>(),
     ) {
-        let params = SecAggParams { neighbours: 2, threshold: 2, clip, quant_bits: bits, weight_cap: 100, counts: 0, clip_norm: None, noise_variance: 0.0 };
+        let params = SecAggParams { neighbours: 2, threshold: 2, clip, quant_bits: bits, weight_cap: 100, counts: 0, clip_norm: None, noise_variance: 0.0, word_bits: 32 };
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let q = QuantizedInput::new(&params, &values, 100, &mut rng).unwrap();
         let (w, back) = quant::dequantize_sum(&params, q.as_slice(), 1);

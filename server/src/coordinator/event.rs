@@ -37,7 +37,9 @@ pub enum Event<'a> {
     SecAggShares { agent: AgentId, round: u64, shares: Vec<EncryptedShare> },
     /// Secure round, after the shares: the agent's receipt, naming the neighbours whose shares it could not use.
     SecAggReceipt { agent: AgentId, receipt: ShareReceipt },
-    /// Secure round, phase 3: the agent's whole masked vector (`1 + counts + P` values) has been read. It is folded
+    /// Secure round, phase 3: the agent's whole masked vector has been read, as the little-endian 32-bit words of its
+    /// wire form (`1 + counts` words, then `P` values in the round's word width, [`fedge_shared::secagg::words`]),
+    /// which the session unpacks and checks. It is folded
     /// into the running masked sum at once; nobody keeps it. The agent's example count and loss are among its masked
     /// counts ([`fedge_shared::round_counts`]), not beside them.
     MaskedInput { agent: AgentId, round: u64, masked: &'a [u32] },

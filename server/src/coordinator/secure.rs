@@ -133,6 +133,9 @@ impl Coordinator {
             Some(p) => Some(p.plan_round(&mut params, n, len).map_err(|e| e.to_string())?),
             None => None,
         };
+        // The narrowest masked word for this cohort and quantization (see `SecAggParams::narrow`): configured
+        // quantization bits are kept, and so are a private round's.
+        params.narrow(n, self.secagg.quant_bits.is_some());
         params.validate(n, len).map_err(|e| format!("secagg parameters for {n} agents: {e}"))?;
         let cohort: Vec<AgentRef> =
             selected.iter().enumerate().map(|(i, a)| AgentRef { index: i as u32, name: a.clone() }).collect();
@@ -150,11 +153,12 @@ impl Coordinator {
         let round = SecureRound {
             session: Some(session),
             params_summary: format!(
-                "k={} t={} clip={} bits={} cap={} clip_norm={:?} noise_variance={}",
+                "k={} t={} clip={} bits={} word={} cap={} clip_norm={:?} noise_variance={}",
                 params.neighbours,
                 params.threshold,
                 params.clip,
                 params.quant_bits,
+                params.word_bits,
                 params.weight_cap,
                 params.clip_norm,
                 params.noise_variance

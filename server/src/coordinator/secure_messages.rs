@@ -102,14 +102,16 @@ impl Coordinator {
                 Aggregation::Secure(sec) => match sec.session.as_mut() {
                     // The shell hands over whole vectors: one of another length (the whole model's in a round that
                     // trains part of it, say) is refused here, never staged as a partial upload.
-                    Some(session) if masked.len() != session.vector_len() => Err(format!(
-                        "a masked vector of {} values, this round's is {} (weight, {} counts, {} parameters)",
+                    Some(session) if masked.len() != session.wire_words() => Err(format!(
+                        "a masked vector of {} words, this round's is {} (weight, {} counts, {} parameters in {}-bit \
+                         words)",
                         masked.len(),
-                        session.vector_len(),
+                        session.wire_words(),
                         session.params().counts,
-                        session.vector_len().saturating_sub(1 + session.params().counts as usize)
+                        session.vector_len().saturating_sub(1 + session.params().counts as usize),
+                        session.params().word_bits
                     )),
-                    Some(session) => session.fold_masked(idx, 0, masked).map_err(|e| e.to_string()).map(|()| {
+                    Some(session) => session.fold_wire(idx, masked).map_err(|e| e.to_string()).map(|()| {
                         sec.answered.insert(agent.clone());
                         round.members.insert(agent.clone(), MemberStatus::Reported);
                         round.update_bytes += (masked.len() * 4) as u64;

@@ -124,7 +124,9 @@ async fn read_upload(
     Ok(())
 }
 
-/// Reads a masked vector (`[w, 3 counts, P]` little-endian `u32`) and hands it, with its memory permit, to the core.
+/// Reads a masked vector (`[w, counts]` little-endian `u32`, then `P` coordinates packed in the round's word width,
+/// padded to whole `u32` words) as little-endian words and hands it, with its memory permit, to the core, where the
+/// round's session unpacks it and checks its exact length for the round's width.
 async fn read_masked(
     conn: &quinn::Connection,
     recv: &mut quinn::RecvStream,
@@ -134,7 +136,8 @@ async fn read_masked(
     round: u64,
 ) -> anyhow::Result<()> {
     // The weight, at most the secure round's counts (a private round carries none), the delta: at most the whole
-    // model (a fine-tuning round masks only its part). The session checks the exact length.
+    // model (a fine-tuning round masks only its part), in 32-bit words at most. The session checks the exact length
+    // for the round's word width.
     let params = shared.params.load(Ordering::Relaxed);
     let values = params + 1 + u64::from(fedge_shared::round_counts::SECURE_COUNTS);
     if header.len > values * 4 || header.len <= 4 || !header.len.is_multiple_of(4) {

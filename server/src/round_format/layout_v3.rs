@@ -52,6 +52,7 @@ impl From<AggregationModeV3> for AggregationMode {
                         counts: p.counts,
                         clip_norm: None,
                         noise_variance: 0.0,
+                        word_bits: fedge_shared::secagg::params::MAX_WORD_BITS,
                     },
                     graph_seed: sp.graph_seed,
                     cohort: sp.cohort,

@@ -4,9 +4,8 @@
 //!
 //! Read only: the store must never write a record in this layout, and this module must never touch sled.
 
-use crate::coordinator::{
-    AggregationMode, Dropped, OptimizerKind, Outcome, Report, RoundMetrics, RoundPlan, RoundRecord, TrainHyper,
-};
+use super::layout_v5::AggregationModeV5;
+use crate::coordinator::{Dropped, OptimizerKind, Outcome, Report, RoundMetrics, RoundPlan, RoundRecord, TrainHyper};
 use fedge_shared::delta_encoding::DeltaEncoding;
 use fedge_shared::train::Loss;
 use serde::{Deserialize, Serialize};
@@ -52,7 +51,7 @@ pub(super) struct RoundPlanV4 {
     pub(super) model_version: u64,
     pub(super) hyper: TrainHyperV4,
     pub(super) deadline_ms: u64,
-    pub(super) aggregation: AggregationMode,
+    pub(super) aggregation: AggregationModeV5,
 }
 
 /// [`RoundRecord`] in layout 4: as now, but without `upload` in the hyper-parameters.
@@ -80,7 +79,7 @@ impl From<RoundRecordV4> for RoundRecord {
                 model_version: r.plan.model_version,
                 hyper: r.plan.hyper.into(),
                 deadline_ms: r.plan.deadline_ms,
-                aggregation: r.plan.aggregation,
+                aggregation: r.plan.aggregation.into(),
             },
             strategy: r.strategy,
             selected: r.selected,

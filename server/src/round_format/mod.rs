@@ -7,19 +7,21 @@
 //! what those rounds did. Layouts 0 to 3 are from before bounded contributions and distributed differential
 //! privacy joined the secure-aggregation settings; their secure rounds come back with neither (`clip_norm` unset,
 //! no noise, no privacy accounting), which is what they ran. Layouts 0 to 4 are from before plain updates could
-//! travel in 8 bits; they come back with `upload = "f32"`, how those rounds uploaded. Each older layout is read
-//! through the next one up.
+//! travel in 8 bits; they come back with `upload = "f32"`, how those rounds uploaded. Layouts 0 to 5 are from before
+//! secure rounds chose their masked word's width; their secure rounds come back with `word_bits = 32`, the only
+//! width they had. Each older layout is read through the next one up.
 //!
 //! `0xFF` can never start an untagged record: the codec writes the round id first as a variable-length integer,
 //!
 //! Each older layout is a file of its own, with the types it was written in and how it reads into the next layout
-//! up: `layout_v4`, `layout_v3`, `layout_v2`, `layout_v1`, `layout_v0` (the untagged one).
+//! up: `layout_v5`, `layout_v4`, `layout_v3`, `layout_v2`, `layout_v1`, `layout_v0` (the untagged one).
 
 mod layout_v0;
 mod layout_v1;
 mod layout_v2;
 mod layout_v3;
 mod layout_v4;
+mod layout_v5;
 #[cfg(test)]
 mod tests;
 
@@ -30,11 +32,14 @@ use layout_v1::RoundRecordV1;
 use layout_v2::RoundRecordV2;
 use layout_v3::RoundRecordV3;
 use layout_v4::RoundRecordV4;
+use layout_v5::RoundRecordV5;
 
 /// The tag's first byte.
 const TAG: u8 = 0xFF;
 /// The layout of [`RoundRecord`] written now.
-const LAYOUT: u8 = 5;
+const LAYOUT: u8 = 6;
+/// The layout before the masked word's width joined the secure-aggregation settings.
+const LAYOUT_V5: u8 = 5;
 /// The layout before the plain update's encoding joined the hyper-parameters.
 const LAYOUT_V4: u8 = 4;
 /// The layout with trainable patterns but no `clip_norm`, noise or privacy accounting.
@@ -57,6 +62,7 @@ pub fn encode(record: &RoundRecord) -> Result<Vec<u8>, CodecError> {
 pub fn decode(bytes: &[u8], limit: usize) -> Result<RoundRecord, CodecError> {
     match bytes {
         [TAG, LAYOUT, body @ ..] => codec::decode(body, limit),
+        [TAG, LAYOUT_V5, body @ ..] => codec::decode::<RoundRecordV5>(body, limit).map(RoundRecord::from),
         [TAG, LAYOUT_V4, body @ ..] => codec::decode::<RoundRecordV4>(body, limit).map(RoundRecord::from),
         [TAG, LAYOUT_V3, body @ ..] => codec::decode::<RoundRecordV3>(body, limit).map(RoundRecord::from),
         [TAG, LAYOUT_V2, body @ ..] => codec::decode::<RoundRecordV2>(body, limit).map(RoundRecord::from),

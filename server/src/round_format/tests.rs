@@ -7,7 +7,8 @@ use super::layout_v1::{RoundPlanV1, RoundRecordV1, TrainHyperV1};
 use super::layout_v2::{RoundPlanV2, RoundRecordV2, TrainHyperV2};
 use super::layout_v3::{AggregationModeV3, RoundPlanV3, RoundRecordV3, SecAggParamsV3, SecurePlanV3};
 use super::layout_v4::{RoundPlanV4, RoundRecordV4, TrainHyperV4};
-use super::{LAYOUT_V1, LAYOUT_V2, LAYOUT_V3, LAYOUT_V4, TAG, decode, encode};
+use super::layout_v5::{AggregationModeV5, RoundPlanV5, RoundRecordV5, SecAggParamsV5, SecurePlanV5};
+use super::{LAYOUT_V1, LAYOUT_V2, LAYOUT_V3, LAYOUT_V4, LAYOUT_V5, TAG, decode, encode};
 use crate::coordinator::{
     AbortReason, AggregationMode, Dropped, Outcome, Report, RoundMetrics, RoundPlan, RoundRecord, SecurePlan,
     TrainHyper,
@@ -304,7 +305,7 @@ fn a_record_from_before_8_bit_uploads_reads_back_with_f32_uploads_and_the_encodi
             model_version: r.plan.model_version,
             hyper: hyper_v4(&r.plan.hyper),
             deadline_ms: r.plan.deadline_ms,
-            aggregation: r.plan.aggregation.clone(),
+            aggregation: AggregationModeV5::Plain,
         },
         strategy: r.strategy.clone(),
         selected: r.selected.clone(),
@@ -324,4 +325,64 @@ fn a_record_from_before_8_bit_uploads_reads_back_with_f32_uploads_and_the_encodi
     let mut int8 = r;
     int8.plan.hyper.upload = DeltaEncoding::Int8;
     assert_eq!(decode(&encode(&int8).unwrap(), 1 << 20).unwrap(), int8);
+}
+
+#[test]
+fn a_secure_record_from_before_the_word_width_reads_back_in_32_bit_words_and_the_width_round_trips() {
+    let mut r = record(23, 0.0);
+    let params = fedge_shared::secagg::SecAggParams {
+        clip_norm: Some(1.5),
+        noise_variance: 40.0,
+        ..fedge_shared::secagg::SecAggParams::default_for(3)
+    };
+    assert_eq!(params.word_bits, 32);
+    let cohort = vec![AgentRef { index: 0, name: "a".into() }, AgentRef { index: 1, name: "b".into() }];
+    r.plan.aggregation = AggregationMode::Secure(SecurePlan {
+        params: params.clone(),
+        graph_seed: 77,
+        cohort: cohort.clone(),
+        phase_timeout_ms: 3000,
+        privacy: None,
+    });
+    let v5 = RoundRecordV5 {
+        round: r.round,
+        plan: RoundPlanV5 {
+            round: r.plan.round,
+            model_version: r.plan.model_version,
+            hyper: r.plan.hyper.clone(),
+            deadline_ms: r.plan.deadline_ms,
+            aggregation: AggregationModeV5::Secure(SecurePlanV5 {
+                params: SecAggParamsV5 {
+                    neighbours: params.neighbours,
+                    threshold: params.threshold,
+                    clip: params.clip,
+                    quant_bits: params.quant_bits,
+                    weight_cap: params.weight_cap,
+                    counts: params.counts,
+                    clip_norm: params.clip_norm,
+                    noise_variance: params.noise_variance,
+                },
+                graph_seed: 77,
+                cohort,
+                phase_timeout_ms: 3000,
+                privacy: None,
+            }),
+        },
+        strategy: r.strategy.clone(),
+        selected: r.selected.clone(),
+        reported: r.reported.clone(),
+        dropped: r.dropped.clone(),
+        outcome: r.outcome.clone(),
+        metrics: r.metrics.clone(),
+        started_ms: r.started_ms,
+        ended_ms: r.ended_ms,
+        new_version: r.new_version,
+    };
+    let mut bytes = vec![TAG, LAYOUT_V5];
+    bytes.extend_from_slice(&codec::encode(&v5).unwrap());
+    assert_eq!(decode(&bytes, 1 << 20).unwrap(), r);
+    if let AggregationMode::Secure(sp) = &mut r.plan.aggregation {
+        sp.params.word_bits = 16;
+    }
+    assert_eq!(decode(&encode(&r).unwrap(), 1 << 20).unwrap(), r);
 }

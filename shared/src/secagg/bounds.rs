@@ -13,7 +13,7 @@
 //! DP, [`SecAggParams::noise_margin`] in each coordinate and the summed noise's norm (its chi tail, `√P + 8`
 //! standard deviations). They never refuse an honest round.
 //!
-//! What this does not stop: one agent can still choose its words (modulo 2^32) so that the sum stays inside these
+//! What this does not stop: one agent can still choose its words (modulo the word) so that the sum stays inside these
 //! bounds, so it can move the round's mean anywhere within the box and the ball (not just by its own `1/s` share).
 //! Bounding one agent's own input under the masks needs zero-knowledge range proofs, which fedge does not have.
 //! This module only reads the sum; it must never see one agent's vector.

@@ -394,7 +394,7 @@ impl ClientSession {
         let quantizer = Quantizer::with_counts(&self.params, &delta, examples, &self.counts, self.count_limit(), rng)?;
         let masks = self.mask_keys()?;
         self.phase = Phase::AwaitSurvivors;
-        Ok(MaskedStream::new(quantizer, masks, delta, chunk))
+        Ok(MaskedStream::new(&self.params, quantizer, masks, delta, chunk))
     }
 
     /// Checks a survivor set from the server: in this round, canonical (strictly ascending), every member in the

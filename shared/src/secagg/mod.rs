@@ -20,8 +20,10 @@
 //!    with ([`messages::MaskWith`]). An agent that sent garbage is thus left out before anyone masks with it, and
 //!    the round goes on without it, instead of aborting when its secrets cannot be rebuilt.
 //! 3. **Masked input**: every agent quantizes `[w, w·Δ]` ([`quant`]) and adds pairwise masks (ChaCha20 keystreams
-//!    from the pairwise agreement, added by one side and subtracted by the other) and its self mask, modulo 2^32.
-//!    The server folds the masked vectors into one running sum as they arrive.
+//!    from the pairwise agreement, added by one side and subtracted by the other) and its self mask, modulo 2^32,
+//!    and sends each delta coordinate's low `word_bits` bits ([`words`]; the width is a signed round parameter,
+//!    chosen by [`SecAggParams::narrow`]). The server folds the masked vectors into one running sum as they arrive
+//!    and reduces the unmasked delta modulo `2^word_bits`.
 //! 4. **Consistency** ([`consistency`]): the server sends the survivor set; every survivor signs it with its
 //!    certificate key (one set per round); the server relays each agent's neighbours' signatures.
 //! 5. **Unmask**: a survivor that holds valid signatures from at least `t` of its own neighbours on the very set it
@@ -57,6 +59,7 @@ pub mod quant;
 pub mod server;
 pub mod shamir;
 pub mod stream;
+pub mod words;
 
 pub use client::ClientSession;
 pub use consistency::{SurvivorSet, SurvivorSignature};
@@ -70,7 +73,7 @@ pub use messages::{
 pub use params::SecAggParams;
 pub use quant::QuantizedInput;
 pub use server::{AggregateSum, QuantizedSum, ServerSession};
-pub use stream::{DEFAULT_CHUNK_VALUES, MaskedStream};
+pub use stream::{DEFAULT_CHUNK_VALUES, MaskedStream, WireChunks};
 
 /// Signs an agent's advertised public keys with its certificate key (the network layer implements this with the
 /// agent's ECDSA P-256 key; see [`EcdsaP256Signer`]).

@@ -1,9 +1,20 @@
 //! The parameters of one secure-aggregation round, as carried in the round plan, and the checks that refuse
 //! settings which would void privacy or overflow the modulus.
 //!
+//! **Word width.** Every coordinate of the delta travels masked in `word_bits` bits (the weight and the counts always
+//! in 32), and all of its arithmetic is modulo `2^word_bits`: the agents compute in `u32` as always and send the low
+//! `word_bits` bits ([`super::words`]), which is exact because reduction modulo `2^w` is a ring homomorphism from
+//! `Z/2^32` (the masks cancel modulo `2^w` as they do modulo `2^32`). The width is one of the round's parameters, so
+//! it is signed into the round context every agent checks against its neighbours'. The server's rule
+//! ([`SecAggParams::narrow`]): without a configured `quant_bits` and without noise, as many quantization bits as let
+//! the cohort's sum fit in [`TARGET_WORD_BITS`], but never fewer than [`MIN_QUANT_BITS`] (below that the demo loses
+//! accuracy); then the narrowest word that holds `n · (2^b - 1)` plus the noise's headroom. A private round keeps the
+//! quantization its privacy accounting chose (fewer bits would inflate the integer sensitivity and so the noise for
+//! the same ε) and gets only the word its span needs.
+//!
 //! This module must never accept a threshold of half the neighbours or less (a server could then collect both the
 //! self-mask seed and the mask key of one agent from two disjoint halves), nor a quantization whose cohort sum could
-//! wrap around 2^32.
+//! wrap around the word's modulus `2^word_bits`.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +49,22 @@ pub struct SecAggParams {
     /// Distributed differential privacy: the variance of the discrete Gaussian noise each agent adds to every
     /// quantized delta coordinate before masking, in quantization levels squared ([`crate::privacy`]). 0: none.
     pub noise_variance: f64,
+    /// The width of a masked delta coordinate, in bits ([`MIN_WORD_BITS`]`..=32`): its arithmetic is modulo
+    /// `2^word_bits` and it travels in that many bits. The cohort's sum plus the noise's headroom must fit
+    /// ([`SecAggParams::validate`]). The weight and the counts are always 32-bit words.
+    pub word_bits: u32,
 }
+
+/// The narrowest word a round may use.
+pub const MIN_WORD_BITS: u32 = 8;
+/// The widest word: the PRG's and the quantizer's native `u32`.
+pub const MAX_WORD_BITS: u32 = 32;
+/// The word width the server's default quantization aims for ([`SecAggParams::narrow`]): two bytes a coordinate.
+pub const TARGET_WORD_BITS: u32 = 16;
+/// The fewest quantization bits the server's default rule gives a round without noise, whatever the cohort: with
+/// fewer, the stochastic rounding noise costs the demo accuracy (see BENCHMARKS.md). A cohort too large for this
+/// many bits in [`TARGET_WORD_BITS`] gets a wider word instead.
+pub const MIN_QUANT_BITS: u32 = 12;
 
 /// How many standard deviations of the cohort's summed noise a coordinate may stray beyond what the agents'
 /// quantized values can produce; the modulus keeps that much headroom on both sides. The chance that honest noise
@@ -77,11 +103,12 @@ impl SecAggParams {
             counts: 0,
             clip_norm: None,
             noise_variance: 0.0,
+            word_bits: MAX_WORD_BITS,
         }
     }
 
     /// Settings with `k` neighbours, threshold `t`, clip, quantization bits and weight cap, and no exact counts,
-    /// no L2 bound and no noise.
+    /// no L2 bound, no noise and 32-bit words.
     pub fn new(neighbours: u32, threshold: u32, clip: f32, quant_bits: u32, weight_cap: u64) -> Self {
         SecAggParams {
             neighbours,
@@ -92,7 +119,42 @@ impl SecAggParams {
             counts: 0,
             clip_norm: None,
             noise_variance: 0.0,
+            word_bits: MAX_WORD_BITS,
         }
+    }
+
+    /// The server's choice of quantization and word width for a cohort of `cohort` (see the module doc): unless
+    /// `keep_quant_bits` (the operator configured them) or the round is noised, `quant_bits` drops to the most that
+    /// let the sum fit in [`TARGET_WORD_BITS`], but not below [`MIN_QUANT_BITS`] (nor rises above what it was);
+    /// then `word_bits` becomes the narrowest that holds the sum ([`SecAggParams::sum_bits`]).
+    pub fn narrow(&mut self, cohort: usize, keep_quant_bits: bool) {
+        if !keep_quant_bits && self.noise_variance <= 0.0 {
+            let n = cohort.max(1) as u64;
+            let top = (1u64 << TARGET_WORD_BITS) - 1;
+            let mut fit = self.quant_bits;
+            while fit > MIN_QUANT_BITS && n.saturating_mul((1u64 << fit.min(63)) - 1) > top {
+                fit -= 1;
+            }
+            self.quant_bits = fit;
+        }
+        self.word_bits = self.sum_bits(cohort);
+    }
+
+    /// The largest value the cohort's sum of one delta coordinate can take, noise headroom on both sides included:
+    /// `cohort · (2^quant_bits - 1) + 2 · noise_margin`.
+    pub fn sum_span(&self, cohort: usize) -> u64 {
+        (cohort as u64).saturating_mul(self.max_level()).saturating_add(2 * self.noise_margin(cohort))
+    }
+
+    /// The narrowest word ([`MIN_WORD_BITS`]`..=`[`MAX_WORD_BITS`]) that holds [`SecAggParams::sum_span`]; 33 when
+    /// not even 32 bits do.
+    pub fn sum_bits(&self, cohort: usize) -> u32 {
+        (64 - self.sum_span(cohort).leading_zeros()).max(MIN_WORD_BITS)
+    }
+
+    /// `2^word_bits - 1`: the largest residue of a delta coordinate, and the mask that reduces a `u32` to it.
+    pub fn word_max(&self) -> u32 {
+        u32::MAX >> (MAX_WORD_BITS - self.word_bits.clamp(1, MAX_WORD_BITS))
     }
 
     /// How far, in quantization levels, the summed noise of `survivors` agents may take one coordinate beyond the
@@ -137,7 +199,9 @@ impl SecAggParams {
     }
 
     /// Refuses settings that void privacy (threshold of half the neighbours or less, too few neighbours) or overflow
-    /// the modulus (`cohort · (2^bits - 1)` must fit in 2^32), and sizes beyond the protocol's bounds.
+    /// the modulus (`cohort · (2^bits - 1)`, plus the noise's headroom, must fit in the `2^word_bits` of a delta
+    /// word, and the weight's sum in 2^32), and sizes beyond the protocol's bounds. Each agent runs this on the
+    /// round's parameters before it advertises anything, so it refuses a word too narrow for its cohort's sum.
     pub fn validate(&self, cohort: usize, delta_len: usize) -> Result<(), SecAggError> {
         let bad = |m: String| Err(SecAggError::InvalidParams(m));
         if cohort < 2 {
@@ -180,12 +244,19 @@ impl SecAggParams {
         if self.noise_variance > crate::privacy::MAX_VARIANCE {
             return bad(format!("noise_variance {} exceeds {}", self.noise_variance, crate::privacy::MAX_VARIANCE));
         }
-        // The sum plus the noise's headroom below 0 and above the top must not wrap around 2^32.
-        let span = (cohort as u64).saturating_mul(self.max_level()).saturating_add(2 * self.noise_margin(cohort));
-        if span > u64::from(u32::MAX) {
+        if !(MIN_WORD_BITS..=MAX_WORD_BITS).contains(&self.word_bits) {
+            return bad(format!("word_bits {} must be in {MIN_WORD_BITS}..={MAX_WORD_BITS}", self.word_bits));
+        }
+        // The sum plus the noise's headroom below 0 and above the top must not wrap around the word's modulus (and
+        // the weight's sum, in a 32-bit word, not around 2^32).
+        let span = self.sum_span(cohort);
+        if span > u64::from(self.word_max()) || (cohort as u64).saturating_mul(self.max_level()) > u64::from(u32::MAX) {
             return bad(format!(
-                "{cohort} agents times {} levels (plus the noise's headroom) overflows the 2^32 modulus",
-                self.max_level() + 1
+                "{cohort} agents times {} levels (plus the noise's headroom) overflows the 2^{} modulus of a {}-bit \
+                 word",
+                self.max_level() + 1,
+                self.word_bits,
+                self.word_bits
             ));
         }
         if self.weight_cap == 0 {
@@ -224,6 +295,63 @@ mod tests {
         assert!(p.validate(100, 10).is_err());
         p.quant_bits = 25;
         assert!(p.validate(100, 10).is_ok());
+    }
+
+    #[test]
+    fn a_word_too_narrow_for_the_cohorts_sum_is_refused_and_the_narrowest_that_holds_it_passes() {
+        let mut p = SecAggParams::new(9, 6, 1.0, 12, 10);
+        // 10 · 4095 = 40,950 needs 16 bits.
+        assert_eq!(p.sum_bits(10), 16);
+        p.word_bits = 15;
+        let err = p.validate(10, 10).unwrap_err();
+        assert!(err.to_string().contains("15-bit word"), "{err}");
+        p.word_bits = 16;
+        p.validate(10, 10).unwrap();
+        // Noise headroom counts too: a variance of 100 adds 2 · 12 · √(10 · 100) ≈ 759 levels, still in 16 bits,
+        // and 200,000 adds 2 · 16,971, which is not.
+        p.noise_variance = 100.0;
+        p.validate(10, 10).unwrap();
+        p.noise_variance = 200_000.0;
+        assert!(p.validate(10, 10).is_err());
+        assert_eq!(p.sum_bits(10), 17);
+        for bits in [0, 7, 33] {
+            let q = SecAggParams { word_bits: bits, ..SecAggParams::new(9, 6, 1.0, 4, 10) };
+            assert!(q.validate(10, 10).is_err(), "word_bits {bits}");
+        }
+    }
+
+    #[test]
+    fn the_servers_rule_fits_sixteen_bits_keeps_a_floor_of_quantization_and_leaves_noised_rounds_their_bits() {
+        // 10 agents: 12 bits (10 · 4095 < 2^16), in a 16-bit word.
+        let mut p = SecAggParams::default_for(10);
+        p.narrow(10, false);
+        assert_eq!((p.quant_bits, p.word_bits), (12, 16));
+        p.validate(10, 10).unwrap();
+        // 3 agents: 14 bits (3 · 16383 < 2^16).
+        let mut p = SecAggParams::default_for(3);
+        p.narrow(3, false);
+        assert_eq!((p.quant_bits, p.word_bits), (14, 16));
+        // 1,000 agents: 16 bits cannot hold 12-bit values, so the floor holds and the word widens to 22.
+        let mut p = SecAggParams::default_for(1000);
+        p.narrow(1000, false);
+        assert_eq!((p.quant_bits, p.word_bits), (MIN_QUANT_BITS, 22));
+        p.validate(1000, 10).unwrap();
+        // Configured bits are kept: 20 bits for 10 agents need a 24-bit word.
+        let mut p = SecAggParams { quant_bits: 20, ..SecAggParams::default_for(10) };
+        p.narrow(10, true);
+        assert_eq!((p.quant_bits, p.word_bits), (20, 24));
+        // A noised round keeps its bits and gets the word its span (noise included) needs.
+        let mut p = SecAggParams { quant_bits: 16, noise_variance: 1e6, ..SecAggParams::default_for(10) };
+        p.narrow(10, false);
+        assert_eq!(p.quant_bits, 16);
+        assert_eq!(p.word_bits, p.sum_bits(10));
+        p.validate(10, 10).unwrap();
+        // Every cohort size the rule handles gives valid parameters.
+        for n in (2..300).chain([5000, 100_000]) {
+            let mut p = SecAggParams::default_for(n);
+            p.narrow(n, false);
+            p.validate(n, 10).unwrap_or_else(|e| panic!("n={n}: {e} {p:?}"));
+        }
     }
 
     #[test]

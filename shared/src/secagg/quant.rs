@@ -5,8 +5,10 @@
 //! [`super::bounds`]). Each delta coordinate is clipped to `±clip`, multiplied by the agent's weight
 //! `w = min(examples, cap) / cap`, mapped affinely from `[-clip, clip]` onto `[0, M]` (`M = 2^bits - 1`) and rounded stochastically (up with
 //! probability equal to the fraction), so the quantized value is an unbiased estimate. The weight itself is mapped
-//! from `[0, 1]` onto `[0, M]` the same way. Sums of up to `n` vectors fit in `u32` because
-//! [`SecAggParams::validate`] requires `n · M < 2^32` (plus the noise's headroom).
+//! from `[0, 1]` onto `[0, M]` the same way. Sums of up to `n` vectors fit in the round's word because
+//! [`SecAggParams::validate`] requires `n · M < 2^word_bits` (plus the noise's headroom): everything here computes
+//! in `u32` modulo 2^32, and a narrower word keeps the low bits ([`super::words`]); [`dequantize_sum`] reads each
+//! delta coordinate modulo `2^word_bits`.
 //!
 //! With `noise_variance` set (distributed differential privacy, [`crate::privacy`]), discrete Gaussian noise is
 //! added, modulo 2^32, to every quantized delta coordinate, never to the weight or the counts. The noise of the
@@ -287,21 +289,24 @@ impl QuantizedInput {
 /// Turns the unmasked sum of `count` agents' quantized vectors into `(Σw, Σ w·Δ)` (the counts are skipped; see
 /// [`counts_of`]).
 ///
-/// A delta coordinate is read as an integer in `[-margin, count·M + margin]` (`margin` the noise's headroom,
-/// [`SecAggParams::noise_margin`]): a residue above that range is a negative sum that wrapped, and comes back
-/// negative, far outside what the agents could produce (so [`super::bounds`] refuses it).
+/// A delta coordinate is read modulo `2^word_bits` as an integer in `[-margin, count·M + margin]` (`margin` the
+/// noise's headroom, [`SecAggParams::noise_margin`]): a residue above that range is a negative sum that wrapped,
+/// and comes back negative, far outside what the agents could produce (so [`super::bounds`] refuses it).
 pub fn dequantize_sum(params: &SecAggParams, sum: &[u32], count: usize) -> (f64, Vec<f32>) {
     let max = params.max_level() as f64;
     let clip = f64::from(params.clip);
     let q = quantum(params);
     let offset = count as f64 * clip;
     let top = (count as u64).saturating_mul(params.max_level()).saturating_add(params.noise_margin(count));
+    let word_max = params.word_max();
+    let modulus = f64::from(word_max) + 1.0;
     let weight_sum = sum.first().map_or(0.0, |&s| f64::from(s) / max);
     let deltas = sum
         .iter()
         .skip(1 + params.counts as usize)
         .map(|&s| {
-            let level = if u64::from(s) > top { f64::from(s) - 4_294_967_296.0 } else { f64::from(s) };
+            let s = s & word_max;
+            let level = if u64::from(s) > top { f64::from(s) - modulus } else { f64::from(s) };
             (level * q - offset) as f32
         })
         .collect();

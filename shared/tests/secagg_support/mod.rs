@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
+use fedge_shared::secagg::words::Packer;
 use fedge_shared::secagg::{
     AgentRef, ClientSession, EcdsaP256Signer, PeerKeyTable, QuantizedInput, QuantizedSum, SecAggError, SecAggParams,
     ServerSession,
@@ -85,6 +86,20 @@ impl Outcome {
         }
         sum
     }
+
+    /// [`Outcome::expected_sum`] as the server reports it under `params`: each delta coordinate modulo
+    /// `2^word_bits`.
+    pub fn expected_words(&self, params: &SecAggParams, survivors: &[u32]) -> Vec<u32> {
+        let mut sum = self.expected_sum(survivors);
+        sum.iter_mut().skip(1 + params.counts as usize).for_each(|v| *v &= params.word_max());
+        sum
+    }
+}
+
+/// Little-endian 32-bit words of wire bytes (a multiple of four), as the server's blob reader hands them over.
+pub fn words_of(bytes: &[u8]) -> Vec<u32> {
+    assert!(bytes.len().is_multiple_of(4));
+    bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 /// An agent's delta for the tests: arbitrary values, some beyond the clip.
@@ -105,6 +120,8 @@ pub fn counts_for(agent: u32, k: u32, limit: u32, seed: u64) -> Vec<u32> {
 /// Runs one round of `cohort` with deltas of `p` values; agents in `drops` go silent after the given phase. Every
 /// upload of an agent whose index is divisible by 4 is folded in three pieces; an agent whose index is 1 modulo 4
 /// masks with `mask_stream` (chunks of 256 coordinates, folded one by one); the others mask and fold in one piece.
+/// With words narrower than 32 bits every upload goes through the wire form instead: an agent whose index is odd
+/// sends the stream's wire chunks, the others pack their masked vector, and the server unpacks and folds the words.
 pub fn run_round(
     params: &SecAggParams,
     cohort: &Cohort,
@@ -178,6 +195,27 @@ pub fn run_round(
         let limit = c.count_limit();
         let counts = counts_for(i, params.counts, limit, seed);
         c.set_counts(counts.clone()).unwrap();
+        if params.word_bits < 32 {
+            let q = QuantizedInput::with_counts(params, &delta, examples, &counts, limit, &mut rng.clone()).unwrap();
+            plain.insert(i, q.as_slice().to_vec());
+            let bytes: Vec<u8> = if i % 2 == 1 {
+                let stream = c.mask_stream(delta, examples, &mut rng, 256).unwrap();
+                let len = stream.wire_len();
+                let bytes: Vec<u8> = stream.into_wire_chunks().flatten().collect();
+                assert_eq!(bytes.len() as u64, len);
+                bytes
+            } else {
+                let masked = c.mask(q).unwrap();
+                let mut packer = Packer::new(params);
+                let mut bytes = Vec::new();
+                packer.push(&masked, &mut bytes);
+                packer.finish(&mut bytes);
+                bytes
+            };
+            assert_eq!(words_of(&bytes).len(), server.wire_words());
+            server.fold_wire(i, &words_of(&bytes)).unwrap();
+            continue;
+        }
         if i % 4 == 1 {
             // The same draws as the stream's quantizer, for the plain sum.
             let q = QuantizedInput::with_counts(params, &delta, examples, &counts, limit, &mut rng.clone()).unwrap();

@@ -68,7 +68,8 @@ impl MaskedSum {
     }
 }
 
-/// The unmasked sum of the survivors' quantized vectors `[Σ q(w), Σ q(w·Δ_1), ...]`, exactly (mod 2^32).
+/// The unmasked sum of the survivors' quantized vectors `[Σ q(w), Σ counts, Σ q(w·Δ_1), ...]`, exactly: the weight
+/// and the counts modulo 2^32, each delta coordinate modulo `2^word_bits` (reduced, so below it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuantizedSum {
     pub survivors: Vec<u32>,
@@ -392,6 +393,19 @@ impl ServerSession {
         Ok(())
     }
 
+    /// The 32-bit words of a whole masked vector on the wire ([`super::words`]): the round's word width decides.
+    pub fn wire_words(&self) -> usize {
+        (super::words::wire_len(&self.params, self.vector_len()) / 4) as usize
+    }
+
+    /// Phase 3: agent `from`'s whole masked vector as it came off the wire (little-endian 32-bit words of the
+    /// packed form, [`super::words`]), checked for the round's length and padding and folded into the sum.
+    pub fn fold_wire(&mut self, from: u32, words: &[u32]) -> Result<(), SecAggError> {
+        self.expect(Phase::Masked, "fold_wire")?;
+        let coords = super::words::unpack(&self.params, self.vector_len(), words)?;
+        self.fold_masked(from, 0, &coords)
+    }
+
     /// Phase 3: marks agent `from`'s upload complete. A complete staged upload is folded into the sum; an
     /// incomplete one is discarded (the agent counts as dropped) and reported as an error.
     pub fn finish_masked(&mut self, from: u32) -> Result<(), SecAggError> {
@@ -521,6 +535,11 @@ impl ServerSession {
         }
         // All masks come off in one pass over the sum.
         apply_masks_parallel(&masks, &mut self.sum.0, self.unmask_threads);
+        // The delta's words are modulo 2^word_bits: the high bits of the u32 sum are the agents' (unsent) high
+        // mask bits, which cancel only modulo 2^32 when the agents sent them.
+        let word_max = self.params.word_max();
+        let header = 1 + self.params.counts as usize;
+        self.sum.0.iter_mut().skip(header).for_each(|v| *v &= word_max);
         Ok(QuantizedSum { survivors, values: std::mem::take(&mut self.sum.0) })
     }
 
