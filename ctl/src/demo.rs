@@ -10,6 +10,7 @@
 //! 127.0.0.1.
 
 use crate::demo_data::{SplitSpec, open_for_federation};
+use crate::slow_learner::SlowLearner;
 use anyhow::{Context, bail};
 use fedge_agent::client::{Agent, AgentEvent, ClientSettings};
 use fedge_agent::learner::Learner;
@@ -120,6 +121,22 @@ pub struct DemoArgs {
     /// Differential privacy: the δ of the guarantee.
     #[arg(long, default_value_t = 1e-5, requires = "dp_noise")]
     pub dp_delta: f64,
+    /// Buffered asynchronous aggregation (FedBuff) with buffers of K updates: a round completes with the first K,
+    /// slower agents' updates count in a later round, discounted by their staleness. Needs --secagg off.
+    #[arg(long, value_name = "K")]
+    pub buffered: Option<usize>,
+    /// With --buffered: an agent training from a version more than this many commits old is told to stop.
+    #[arg(long, default_value_t = 50, requires = "buffered")]
+    pub max_staleness: u64,
+    /// Make this many agents (the last ones) slower devices: each takes --slowdown times as long to train.
+    #[arg(long, default_value_t = 0)]
+    pub slow_agents: usize,
+    /// How many times slower the --slow-agents are.
+    #[arg(long, default_value_t = 10.0)]
+    pub slowdown: f64,
+    /// Stop as soon as a round's test accuracy reaches this (a fraction, e.g. 0.95), and say how long it took.
+    #[arg(long)]
+    pub target_accuracy: Option<f32>,
 }
 
 /// On or off.
@@ -215,6 +232,8 @@ pub struct FederationOptions {
     pub agent_privacy: Option<fedge_agent::privacy_budget::AgentPrivacy>,
     /// Each agent's floor for secure rounds (agent.toml's `[secagg]`); nothing by default.
     pub agent_floor: fedge_shared::secagg::RoundFloor,
+    /// Buffered asynchronous aggregation (`[buffered]`, needs `secagg` off); synchronous rounds when `None`.
+    pub buffered: Option<fedge_server::coordinator::BufferedConfig>,
 }
 
 impl LocalFederation {
@@ -257,6 +276,7 @@ impl LocalFederation {
             secagg: options.secagg,
             metrics: None,
             privacy: options.privacy,
+            buffered: options.buffered,
         };
         config.validate()?;
         let server = service::start_with_hook(config, spec.evaluator, options.relay_hook).await?;
@@ -388,11 +408,20 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, (tr, ho))| {
             let holdout = ho.map(|h| Arc::new(h) as data::SharedExamples);
-            Box::new(TractLearner::from_sources(Arc::new(tr), holdout, args.seed ^ (i as u64 + 1))) as Box<dyn Learner>
+            let learner = TractLearner::from_sources(Arc::new(tr), holdout, args.seed ^ (i as u64 + 1));
+            if i + args.slow_agents >= args.agents {
+                Box::new(SlowLearner::new(Box::new(learner), args.slowdown)) as Box<dyn Learner>
+            } else {
+                Box::new(learner) as Box<dyn Learner>
+            }
         })
         .collect();
+    if args.buffered.is_some() && args.secagg == Toggle::On {
+        bail!("--buffered runs plain rounds: add --secagg off");
+    }
     let coordinator = CoordinatorConfig {
-        min_agents: args.agents.div_ceil(2),
+        // A buffer of K completes with K updates at the latest at its deadline.
+        min_agents: args.agents.div_ceil(2).min(args.buffered.unwrap_or(usize::MAX)).max(1),
         min_available: Some(args.agents),
         max_agents: args.agents,
         fraction: 1.0,
@@ -448,14 +477,17 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             eprintln!(
                 "WARNING: secure aggregation is OFF (--secagg off): every agent's update reaches the server in the \
                  clear, and the demo's agents accept plain rounds (require_secure_aggregation = false). Use this only \
-                 to measure what secure aggregation costs."
+                 to measure what secure aggregation costs, or to run buffered asynchronous rounds."
             );
             SecAggConfig::off()
         }
     };
-    let mut fed =
-        LocalFederation::start_with(spec, learners, FederationOptions { secagg, privacy, ..Default::default() })
-            .await?;
+    let buffered = args.buffered.map(|k| fedge_server::coordinator::BufferedConfig {
+        max_staleness: args.max_staleness,
+        ..fedge_server::coordinator::BufferedConfig::new(k)
+    });
+    let options = FederationOptions { secagg, privacy, buffered, ..Default::default() };
+    let mut fed = LocalFederation::start_with(spec, learners, options).await?;
     let mut events = fed.server.events();
     let show = !args.json;
     if show {
@@ -496,6 +528,8 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     // The agents' accuracies on their own held-out part after local training, this round (examples, accuracy).
     let mut local: Vec<(u64, f32)> = vec![];
     let mut round_started = Instant::now();
+    // With --target-accuracy: the round that reached it and the seconds since the start.
+    let mut reached: Option<(u64, f64)> = None;
     // Aborted rounds are charged to a privacy budget too: a private run ends when its started rounds reach it.
     while done < rounds && !(privacy.is_some() && done + aborted >= rounds) {
         let ev = tokio::select! {
@@ -550,6 +584,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
                     "model_version": r.new_version,
                     "secagg": secure,
                     "secagg_phases": phases,
+                    "elapsed_s": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
                 });
                 // The federation's own evaluation (every agent's held-out part) of the model this round started from.
                 let fed = r.metrics.federated_eval.as_ref();
@@ -610,6 +645,12 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
                     });
                     b.inc(1);
                 }
+                if let (Some(target), Some(accuracy)) = (args.target_accuracy, r.metrics.test_accuracy)
+                    && accuracy >= target
+                {
+                    reached = Some((r.round, started.elapsed().as_secs_f64()));
+                    break;
+                }
             }
             ServerEvent::RoundAborted(r) => {
                 aborted += 1;
@@ -629,6 +670,21 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     fed.stop().await?;
     let last = last_metric.unwrap_or(f32::NAN);
     let wall_s = started.elapsed().as_secs_f64();
+    if let Some(target) = args.target_accuracy {
+        match (reached, args.json) {
+            (Some((round, s)), true) => {
+                println!(
+                    "{}",
+                    serde_json::json!({ "target_accuracy": target, "reached_in_round": round, "reached_s": s })
+                )
+            }
+            (Some((round, s)), false) => {
+                println!("test accuracy reached {:.2}% in round {round}, {s:.1}s after the start", target * 100.0)
+            }
+            (None, true) => println!("{}", serde_json::json!({ "target_accuracy": target, "reached_s": null })),
+            (None, false) => println!("test accuracy never reached {:.2}% in {done} rounds", target * 100.0),
+        }
+    }
     match (args.json, regression) {
         (true, false) => println!("{}", serde_json::json!({ "final_accuracy": last, "wall_s": wall_s })),
         (true, true) => println!("{}", serde_json::json!({ "final_mse": last, "wall_s": wall_s })),

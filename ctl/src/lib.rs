@@ -6,7 +6,8 @@
 //! - [`render`]: human-readable output; [`plot`]: the history plot; [`progress`]: `watch`'s progress bars;
 //!   [`tensorboard`] and [`tfevents`]: the history as TensorBoard event files; [`csv_history`]: as CSV;
 //!   [`atomic`]: files written whole or not at all;
-//! - [`demo`] and [`demo_data`]: a server and agents on loopback (`fedgectl demo`, `fedge-bench`, the tests).
+//! - [`demo`] and [`demo_data`]: a server and agents on loopback (`fedgectl demo`, `fedge-bench`, the tests);
+//!   [`slow_learner`]: a slower device, for straggler benchmarks.
 //!
 //! Nothing here decides anything about rounds or settings: the server validates every command.
 
@@ -18,6 +19,7 @@ pub mod demo_data;
 pub mod plot;
 pub mod progress;
 pub mod render;
+pub mod slow_learner;
 pub mod tensorboard;
 pub mod tfevents;
 

@@ -76,6 +76,7 @@ impl Federation {
             secagg: if agents >= 2 { Default::default() } else { fedge_server::coordinator::SecAggConfig::off() },
             metrics: Some("127.0.0.1:0".parse().unwrap()),
             privacy: None,
+            buffered: None,
         };
         let evaluator = test.map(|data| Arc::new(TractEvaluator::new(data, 100)) as Arc<dyn Evaluator>);
         let server = service::start(config.clone(), evaluator.clone()).await.unwrap();

@@ -64,6 +64,11 @@ pub struct ServerConfig {
     /// Off when absent. Needs secure aggregation.
     #[serde(default)]
     pub privacy: Option<fedge_shared::privacy::PrivacySettings>,
+    /// Buffered asynchronous aggregation (`[buffered]`, FedBuff): `size` (K, the updates that complete a round),
+    /// `staleness_exponent`, `max_staleness`. Off when absent: rounds are synchronous. Needs `[secagg] enabled =
+    /// false`.
+    #[serde(default)]
+    pub buffered: Option<crate::coordinator::BufferedConfig>,
 }
 
 fn yes() -> bool {
@@ -183,6 +188,15 @@ impl ServerConfig {
             }
             p.validate(self.coordinator.min_agents as u64).context("[privacy]")?;
         }
+        if let Some(b) = &self.buffered {
+            if self.secagg.enabled {
+                bail!(
+                    "[buffered] runs plain rounds: set [secagg] enabled = false to use it (a buffer's agents do not \
+                     form a secure-aggregation group of their own)"
+                );
+            }
+            b.validate(&self.coordinator).context("[buffered]")?;
+        }
         if self.idle_timeout_ms < 1_000 {
             bail!("idle_timeout_ms must be at least 1000, not {}", self.idle_timeout_ms);
         }
@@ -300,6 +314,21 @@ mod tests {
         assert_ne!(text, EXAMPLE);
         let err = format!("{:#}", ServerConfig::from_value(toml::from_str(&text).unwrap(), &text).unwrap_err());
         assert!(err.contains("hyper.prox_mu") && err.contains("kind = \"fedprox\", mu"), "{err}");
+    }
+
+    #[test]
+    fn buffered_rounds_need_secure_aggregation_off_and_a_size_between_min_and_max_agents() {
+        let with = |text: &str| ServerConfig::from_value(toml::from_str(text).unwrap(), text);
+        let text = EXAMPLE.replacen("# [buffered]\n# size = 5", "[buffered]\nsize = 5", 1);
+        assert_ne!(text, EXAMPLE);
+        let err = format!("{:#}", with(&text).unwrap_err());
+        assert!(err.contains("[buffered]") && err.contains("[secagg] enabled = false"), "{err}");
+        let plain = text.replacen("enabled = true\n", "enabled = false\n", 1);
+        let cfg = with(&plain).unwrap();
+        assert_eq!(cfg.buffered.map(|b| (b.size, b.staleness_exponent, b.max_staleness)), Some((5, 0.5, 50)));
+        let too_big = plain.replacen("size = 5", "size = 500", 1);
+        let err = format!("{:#}", with(&too_big).unwrap_err());
+        assert!(err.contains("[buffered]") && err.contains("max_agents"), "{err}");
     }
 
     #[test]

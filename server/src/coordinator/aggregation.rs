@@ -33,6 +33,14 @@ impl WeightedSum {
     /// Adds `examples · delta`, after checking the length, the count and that every value is finite. A refused
     /// update leaves the sum untouched.
     pub fn fold(&mut self, examples: u64, delta: &[f32]) -> Result<(), FoldError> {
+        self.fold_discounted(examples, 1.0, delta)
+    }
+
+    /// Adds `discount · examples · delta` while counting `examples` whole in the total the mean divides by, so an
+    /// update weighted below its examples (a buffered round's stale update, `discount` in (0, 1]) moves the mean
+    /// less; checked as [`WeightedSum::fold`] checks. With `discount = 1` the products are exact in f64; with others
+    /// the mean depends on the arrival order in its last bits.
+    pub fn fold_discounted(&mut self, examples: u64, discount: f64, delta: &[f32]) -> Result<(), FoldError> {
         if delta.len() != self.sum.len() {
             return Err(FoldError::WrongLength { expected: self.sum.len(), got: delta.len() });
         }
@@ -43,7 +51,7 @@ impl WeightedSum {
             let index = delta.iter().position(|d| !d.is_finite()).unwrap_or(0);
             return Err(FoldError::NonFinite { index });
         }
-        axpy(&mut self.sum, examples as f64, delta);
+        axpy(&mut self.sum, examples as f64 * discount.clamp(0.0, 1.0), delta);
         self.examples = self.examples.saturating_add(examples);
         self.contributions += 1;
         Ok(())

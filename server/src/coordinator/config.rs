@@ -289,3 +289,17 @@ impl SecAggConfig {
         keys.into_iter().find(|(_, set, c)| *set && ok(c.clone())).map_or("parameters", |(k, _, _)| k)
     }
 }
+
+/// Refuses a strategy that needs each agent's update when rounds are secure: secure aggregation exists so that the
+/// server never sees one.
+pub(super) fn check_secure_strategy(strategy: &dyn crate::strategy::Strategy) -> Result<(), ConfigError> {
+    if strategy.input() == crate::strategy::Input::EachUpdate {
+        return Err(ConfigError::Invalid(format!(
+            "the strategy {} needs each agent's update, which secure aggregation hides from the server: turn [secagg] \
+             off to use it (robust aggregation defends against poisoned updates in plain rounds), or choose fedavg, \
+             fedprox, fedavgm, fedadam, fedyogi or fedadagrad",
+            strategy.name()
+        )));
+    }
+    Ok(())
+}

@@ -12,7 +12,8 @@
 //! strategy aggregates from each (median, trimmed mean, Krum: see `crate::strategy::Input`), which secure rounds refuse
 //! ([`Coordinator::with_secagg`], [`Coordinator::set_config`]). A round may fine-tune part of the model
 //! (`hyper.trainable`, see the `part` module): its updates and masked vectors then cover that part only, and the frozen
-//! weights are never touched.
+//! weights are never touched. With [`Coordinator::with_buffering`] (plain rounds only) a round is a buffer of
+//! asynchronous updates that completes with its first K, carrying slower members into the next (see `buffered`).
 //!
 //! The shell reports `AgentSilent` when an agent's connection has received nothing for longer than two keep-alive
 //! intervals (and again when it does): selection skips such an agent. A round ends as soon as no member still owes
@@ -52,6 +53,7 @@
 //! (selection is seeded by (seed, round)), or panic on anything an agent sends.
 
 mod aggregation;
+mod buffered;
 mod config;
 mod event;
 mod part;
@@ -69,6 +71,7 @@ mod status;
 mod unmask;
 
 pub use aggregation::WeightedSum;
+pub use buffered::BufferedConfig;
 pub use config::{ConfigError, CoordinatorConfig, PROX_MU_IS_THE_STRATEGYS, ResumeState, SecAggConfig};
 pub use event::{Action, Event, FoldError, RejectReason};
 pub use plan::{AggregationMode, OptimizerKind, RoundPlan, SecurePlan, TrainHyper};
@@ -79,7 +82,9 @@ pub use selection::{SelectionRule, round_rng, select};
 pub use status::Status;
 pub use unmask::{SecureOutcome, UnmaskJob};
 
-use crate::strategy::{ClientUpdate, Input, Strategy};
+use config::check_secure_strategy;
+
+use crate::strategy::{ClientUpdate, Strategy};
 use fedge_shared::fedeval::EvalCounts;
 use std::collections::BTreeMap;
 
@@ -158,12 +163,20 @@ struct Round {
     /// The federated evaluation's totals (plain: of the folded reports; secure: the unmasked sum) and how many
     /// agents are in them.
     eval: Option<(EvalCounts, usize)>,
+    /// Buffered rounds: the members carried from an earlier buffer, and where their training started.
+    origins: BTreeMap<AgentId, buffered::Origin>,
 }
 
 impl Round {
     fn outstanding(&self) -> usize {
         // Each member leaves Training exactly once, for a report or a drop.
         self.members.len().saturating_sub(self.reports.len() + self.dropped.len())
+    }
+
+    /// Where `agent`'s training started: this round's plan, unless it was carried from an earlier buffer.
+    fn origin(&self, agent: &str) -> buffered::Origin {
+        let own = buffered::Origin { round: self.plan.round, version: self.plan.model_version };
+        self.origins.get(agent).copied().unwrap_or(own)
     }
 }
 
@@ -211,6 +224,8 @@ pub struct Coordinator {
     /// Agents left out of cohorts until the round of the given id, for making a secure round abort
     /// (`secagg.quarantine_rounds`).
     quarantined: BTreeMap<AgentId, u64>,
+    /// Buffered asynchronous aggregation (off unless [`Coordinator::with_buffering`]).
+    buffering: Option<buffered::Buffering>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -257,6 +272,7 @@ impl Coordinator {
             layout: Vec::new(),
             privacy: None,
             quarantined: BTreeMap::new(),
+            buffering: None,
         })
     }
 
@@ -289,6 +305,9 @@ impl Coordinator {
         secagg.validate(self.config.min_agents, self.config.max_agents)?;
         if secagg.enabled {
             check_secure_strategy(self.strategy.as_ref())?;
+            if self.buffering.is_some() {
+                return Err(ConfigError::Invalid("[secagg] cannot be on with [buffered]: rounds are plain".into()));
+            }
         }
         self.secagg = secagg;
         Ok(self)
@@ -330,11 +349,15 @@ impl Coordinator {
     pub fn set_config(&mut self, config: CoordinatorConfig) -> Result<(), ConfigError> {
         config.validate()?;
         part::check_trainable(&config, &self.layout)?;
+        if let Some(b) = self.buffering() {
+            b.validate(&config)?;
+        }
         if config.strategy != self.config.strategy {
             let strategy = config.strategy.build()?;
             if self.secagg.enabled {
                 check_secure_strategy(strategy.as_ref())?;
             }
+            buffered::check_buffered_strategy(strategy.as_ref(), self.buffering.is_some())?;
             self.strategy = strategy;
         }
         self.config = config;
@@ -359,12 +382,16 @@ impl Coordinator {
         match event {
             Event::AgentConnected { agent } => self.on_connected(now_ms, agent, &mut out),
             Event::CheckIn { agent, model_version: _, examples } => match self.agents.get_mut(&agent) {
-                Some(info) => info.declared = Some(examples),
+                Some(info) => {
+                    info.declared = Some(examples);
+                    self.join_buffer(&agent, &mut out);
+                }
                 None => out.push(Action::Reject { agent, reason: RejectReason::NotConnected }),
             },
             Event::AgentSilent { agent, silent } => {
                 if let Some(info) = self.agents.get_mut(&agent) {
                     info.silent = silent;
+                    self.join_buffer(&agent, &mut out);
                 }
             }
             Event::AgentDisconnected { agent } => {
@@ -389,7 +416,7 @@ impl Coordinator {
                 self.on_update(now_ms, agent, round, examples, train_loss, delta, &mut out)
             }
             Event::UpdateFailed { agent, round, reason } => {
-                if self.collecting_round() == Some(round) {
+                if self.trains_for(&agent, round) {
                     self.drop_member(now_ms, &agent, &format!("failed: {reason}"), &mut out);
                 }
             }
@@ -456,26 +483,6 @@ impl Coordinator {
         }
     }
 
-    fn is_available(info: &AgentInfo) -> bool {
-        !info.in_round && !info.silent && info.declared.is_some_and(|e| e > 0)
-    }
-
-    fn is_quarantined(&self, agent: &AgentId) -> bool {
-        self.quarantined.get(agent).is_some_and(|&until| self.next_round < until)
-    }
-
-    fn available_count(&self) -> usize {
-        self.agents.iter().filter(|(name, info)| Self::is_available(info) && !self.is_quarantined(name)).count()
-    }
-
-    fn available(&self) -> Vec<AgentId> {
-        self.agents
-            .iter()
-            .filter(|(name, info)| Self::is_available(info) && !self.is_quarantined(name))
-            .map(|(name, _)| name.clone())
-            .collect()
-    }
-
     fn on_connected(&mut self, now_ms: u64, agent: AgentId, out: &mut Vec<Action>) {
         if self.agents.contains_key(&agent) {
             // A new connection replaces the old one; whatever the old one was doing is lost.
@@ -483,18 +490,4 @@ impl Coordinator {
         }
         self.agents.insert(agent, AgentInfo::default());
     }
-}
-
-/// Refuses a strategy that needs each agent's update when rounds are secure: secure aggregation exists so that the
-/// server never sees one.
-fn check_secure_strategy(strategy: &dyn Strategy) -> Result<(), ConfigError> {
-    if strategy.input() == Input::EachUpdate {
-        return Err(ConfigError::Invalid(format!(
-            "the strategy {} needs each agent's update, which secure aggregation hides from the server: turn [secagg] \
-             off to use it (robust aggregation defends against poisoned updates in plain rounds), or choose fedavg, \
-             fedprox, fedavgm, fedadam, fedyogi or fedadagrad",
-            strategy.name()
-        )));
-    }
-    Ok(())
 }

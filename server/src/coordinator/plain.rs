@@ -4,6 +4,7 @@
 //! Part of the coordinator's sans-IO state machine: never a socket, a clock or a panic on what an agent sends; an
 //! update that cannot be folded is refused with its reason and drops its sender from the round.
 
+use super::buffered::Arrival;
 use super::{Action, AgentId, Aggregation, Coordinator, MemberStatus, RejectReason, Report, Stage};
 use crate::strategy::ClientUpdate;
 use fedge_shared::fedeval::EvalCounts;
@@ -28,6 +29,18 @@ impl Coordinator {
         // maximum, so a single agent cannot dominate the average by claiming more.
         let declared = info.declared.unwrap_or(0);
         let examples = examples.min(declared).min(self.config.max_examples.unwrap_or(u64::MAX));
+        if !matches!(self.stage, Stage::Collecting(_)) {
+            // Between buffers, a carried agent's update waits for the next one.
+            match self.keep_update(&agent, round_id, examples, train_loss, delta) {
+                Arrival::Kept => return,
+                Arrival::Duplicate => return reject(out, agent, RejectReason::Duplicate),
+                Arrival::NotCarried => {}
+            }
+        }
+        let discount = match &self.stage {
+            Stage::Collecting(round) => self.staleness_discount(round.origin(&agent).version),
+            _ => 1.0,
+        };
         let Stage::Collecting(round) = &mut self.stage else {
             let reason = if self.closed_at_deadline == Some(round_id) {
                 RejectReason::AfterDeadline
@@ -36,7 +49,7 @@ impl Coordinator {
             };
             return reject(out, agent, reason);
         };
-        if round.plan.round != round_id {
+        if round.origin(&agent).round != round_id {
             let reason = if self.closed_at_deadline == Some(round_id) {
                 RejectReason::AfterDeadline
             } else {
@@ -63,7 +76,7 @@ impl Coordinator {
             return self.drop_member(now_ms, &agent, "non-finite training loss", out);
         }
         let folded = match &mut round.aggregation {
-            Aggregation::Plain(sum) => sum.fold(examples, delta),
+            Aggregation::Plain(sum) => sum.fold_discounted(examples, discount, delta),
             Aggregation::Secure(_) => return,
         };
         if let Err(e) = folded {

@@ -15,7 +15,10 @@ use fedge_shared::fedeval::FederatedEval;
 impl Coordinator {
     /// Marks `agent` dropped from the round in flight if it still owed an update.
     pub(super) fn drop_member(&mut self, now_ms: u64, agent: &str, reason: &str, out: &mut Vec<Action>) {
-        let Stage::Collecting(round) = &mut self.stage else { return };
+        let Stage::Collecting(round) = &mut self.stage else {
+            // Between buffers, a carried agent is only forgotten.
+            return self.forget_carried(agent);
+        };
         match round.members.get_mut(agent) {
             Some(status @ MemberStatus::Training) => *status = MemberStatus::Dropped,
             _ => return,
@@ -27,6 +30,17 @@ impl Coordinator {
         self.close_if_settled(now_ms, out);
     }
 
+    /// Whether `agent` still trains for the round its plan numbered `round`: a member of the round in flight (its own
+    /// plan's round, or the earlier buffer's it was carried from), or carried between buffers.
+    pub(super) fn trains_for(&self, agent: &str, round: u64) -> bool {
+        match &self.stage {
+            Stage::Collecting(r) => {
+                r.members.get(agent) == Some(&MemberStatus::Training) && r.origin(agent).round == round
+            }
+            _ => self.is_carried(agent, round),
+        }
+    }
+
     /// Ends the round early when nobody is still training, or when too few can still report.
     pub(super) fn close_if_settled(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         let Stage::Collecting(round) = &self.stage else { return };
@@ -35,7 +49,7 @@ impl Coordinator {
         }
         let outstanding = round.outstanding();
         let reported = round.reports.len();
-        if outstanding == 0 || reported + outstanding < self.config.min_agents {
+        if outstanding == 0 || reported + outstanding < self.config.min_agents || self.buffer_full(reported) {
             self.close_round(now_ms, out);
         }
     }
@@ -63,7 +77,9 @@ impl Coordinator {
             return self.abort_round(now_ms, reason, out);
         }
         let Stage::Collecting(mut round) = std::mem::replace(&mut self.stage, Stage::Idle) else { return };
-        self.release_members(&mut round, "no update before the deadline", out);
+        if !self.carry_members(&mut round) {
+            self.release_members(&mut round, "no update before the deadline", out);
+        }
         let mean = match &mut round.aggregation {
             Aggregation::Plain(sum) => sum.mean(),
             Aggregation::Secure(sec) => {
@@ -188,7 +204,9 @@ impl Coordinator {
                 *status = MemberStatus::Dropped;
                 round.dropped.push(Dropped { agent: agent.clone(), reason: reason.to_string() });
                 if self.agents.contains_key(agent) {
-                    out.push(Action::CancelTraining { agent: agent.clone(), round: round.plan.round });
+                    // The round its plan named (a buffer's carried members trained for an earlier one).
+                    let planned = round.origins.get(agent).map_or(round.plan.round, |o| o.round);
+                    out.push(Action::CancelTraining { agent: agent.clone(), round: planned });
                 }
             }
             if let Some(info) = self.agents.get_mut(agent) {
@@ -268,6 +286,7 @@ impl Coordinator {
         self.not_before_ms = now_ms;
         tracing::info!(round, version, "round committed");
         out.push(Action::Announce { version });
+        self.prune_carried(out);
     }
 
     pub(super) fn on_commit_failed(&mut self, now_ms: u64, round: u64, error: String, out: &mut Vec<Action>) {

@@ -5,14 +5,34 @@
 //! source, and time only enters as `now_ms`.
 
 use super::{
-    Action, Aggregation, AggregationMode, Coordinator, MemberStatus, PrivateRoundError, Round, RoundPlan,
-    STORAGE_RECHECK_MS, SecurePlan, Stage, WeightedSum, part, round_rng, select,
+    Action, AgentId, AgentInfo, Aggregation, AggregationMode, Coordinator, MemberStatus, PrivateRoundError, Round,
+    RoundPlan, STORAGE_RECHECK_MS, SecurePlan, Stage, WeightedSum, part, round_rng, select,
 };
 use crate::strategy::Input;
 use rand::RngCore;
 use std::collections::BTreeMap;
 
 impl Coordinator {
+    pub(super) fn is_available(info: &AgentInfo) -> bool {
+        !info.in_round && !info.silent && info.declared.is_some_and(|e| e > 0)
+    }
+
+    pub(super) fn is_quarantined(&self, agent: &str) -> bool {
+        self.quarantined.get(agent).is_some_and(|&until| self.next_round < until)
+    }
+
+    pub(super) fn available_count(&self) -> usize {
+        self.agents.iter().filter(|(name, info)| Self::is_available(info) && !self.is_quarantined(name)).count()
+    }
+
+    pub(super) fn available(&self) -> Vec<AgentId> {
+        self.agents
+            .iter()
+            .filter(|(name, info)| Self::is_available(info) && !self.is_quarantined(name))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     pub(super) fn maybe_start_round(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         if !matches!(self.stage, Stage::Idle)
             || !self.running
@@ -23,14 +43,25 @@ impl Coordinator {
         {
             return;
         }
-        if self.available_count() < self.config.min_available() {
-            return;
-        }
+        let available = self.available_count();
+        let size = if self.buffering().is_some() {
+            // A buffer sends the newest model to every idle agent (up to max_agents training at once), and may open
+            // with carried agents only.
+            match self.buffer_cohort(available) {
+                Some(n) => n,
+                None => return,
+            }
+        } else {
+            if available < self.config.min_available() {
+                return;
+            }
+            let n = self.config.selection().cohort_size(available);
+            if n == 0 || (self.secagg.enabled && n < 2) {
+                return;
+            }
+            n
+        };
         let candidates = self.available();
-        let size = self.config.selection().cohort_size(candidates.len());
-        if size == 0 || (self.secagg.enabled && size < 2) {
-            return;
-        }
         let round_id = self.next_round;
         let part = match part::resolve(&self.config.hyper.trainable, &self.layout) {
             Ok(p) => p,
@@ -135,7 +166,9 @@ impl Coordinator {
             kept: (!self.secagg.enabled && self.strategy.input() == Input::EachUpdate).then(Vec::new),
             pending_eval: BTreeMap::new(),
             eval: None,
+            origins: BTreeMap::new(),
         }));
+        self.open_buffer(now_ms, out);
     }
 
     pub(super) fn request_wake(&mut self, now_ms: u64, out: &mut Vec<Action>) {

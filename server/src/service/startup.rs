@@ -104,6 +104,10 @@ pub async fn start_with_hook(
         secagg.unmask_threads = Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
     }
     let coordinator = coordinator.with_secagg(secagg).context("[secagg] in the config")?;
+    let coordinator = match config.buffered.clone() {
+        Some(b) => coordinator.with_buffering(b).context("[buffered] in the config")?,
+        None => coordinator,
+    };
     let coordinator = match config.privacy {
         Some(settings) => {
             // The budget already spent: every stored round that carried noise, oldest first.

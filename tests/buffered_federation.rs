@@ -1,0 +1,147 @@
+//! Whole system, buffered asynchronous aggregation (`[buffered]`, FedBuff) over loopback QUIC with mutual TLS: three
+//! quick agents and one slow one, buffers of two updates. The server commits buffer after buffer without waiting for
+//! the slow agent; the slow agent's update, trained from version 0, counts in a later buffer discounted by its
+//! staleness; every commit is the previous model plus `Σ (1 + τ)^-0.5 · n · Δ / Σ n` over exactly its reporters'
+//! deltas, each as its agent trained it (the plan it was sent, seen at the relay). The agents' deltas are known
+//! (`NoiseLearner::delta_for`).
+
+use fedge_agent::learner::{LearnOutcome, Learner, NoiseLearner};
+use fedge_ctl::demo::{FederationOptions, FederationSpec, LocalFederation};
+use fedge_server::coordinator::{BufferedConfig, CoordinatorConfig, RoundRecord, SecAggConfig};
+use fedge_server::service::{RelayHook, ServerEvent};
+use fedge_shared::delta_encoding::DeltaEncoding;
+use fedge_shared::protocol::{ServerMessage, TrainPlan};
+use fedge_system_tests::{cohort_of, init_logs, wait_server};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const AGENTS: usize = 4;
+const SLOW: usize = 3;
+const SCALE: f32 = 0.05;
+
+fn noise(i: usize) -> NoiseLearner {
+    NoiseLearner::new(20 + 13 * i as u64, 100 + i as u64, SCALE)
+}
+
+/// A learner that takes `delay` before answering like `inner`.
+struct Delayed {
+    inner: NoiseLearner,
+    delay: Duration,
+}
+
+impl Learner for Delayed {
+    fn examples(&self) -> u64 {
+        self.inner.examples()
+    }
+    fn set_graph(&mut self, onnx: &[u8]) -> anyhow::Result<()> {
+        self.inner.set_graph(onnx)
+    }
+    fn num_params(&self) -> Option<usize> {
+        self.inner.num_params()
+    }
+    fn learn(&mut self, global: &[f32], plan: &TrainPlan) -> anyhow::Result<LearnOutcome> {
+        std::thread::sleep(self.delay);
+        self.inner.learn(global, plan)
+    }
+}
+
+/// What the relay sent each agent as plans: (round, model version, training seed), oldest first.
+type Plans = Arc<Mutex<HashMap<String, Vec<(u64, u64, u64)>>>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffers_commit_without_the_slow_agent_and_its_stale_update_counts_later_discounted() -> anyhow::Result<()> {
+    init_logs();
+    let learners: Vec<Box<dyn Learner>> = (0..AGENTS)
+        .map(|i| {
+            let delay = Duration::from_millis(if i == SLOW { 2_500 } else { 250 });
+            Box::new(Delayed { inner: noise(i), delay }) as Box<dyn Learner>
+        })
+        .collect();
+    let base = cohort_of(AGENTS);
+    let coordinator = CoordinatorConfig {
+        min_agents: 2,
+        round_timeout_ms: 30_000,
+        hyper: fedge_server::coordinator::TrainHyper { upload: DeltaEncoding::F32, ..base.hyper.clone() },
+        ..base
+    };
+    let onnx = fedge_shared::train::builder::mlp(&[16, 8, 4], 1);
+    let params = 16 * 8 + 8 + 8 * 4 + 4;
+    let spec = FederationSpec { onnx, coordinator, rounds: None, evaluator: None };
+    let plans: Plans = Arc::default();
+    let seen = plans.clone();
+    let hook: RelayHook = Arc::new(move |to: &str, m: &mut ServerMessage| {
+        if let ServerMessage::Plan(p) = m {
+            seen.lock().unwrap().entry(to.to_string()).or_default().push((p.round, p.model_version, p.train.seed));
+        }
+    });
+    let options = FederationOptions {
+        secagg: SecAggConfig::off(),
+        relay_hook: Some(hook),
+        buffered: Some(BufferedConfig::new(2)),
+        ..Default::default()
+    };
+    let fed = LocalFederation::start_with(spec, learners, options).await?;
+    let mut events = fed.server.events();
+    let slow = format!("agent-{SLOW:03}");
+    let mut records: Vec<RoundRecord> = Vec::new();
+    while !records.iter().any(|r| r.reported.iter().any(|p| p.agent == slow)) {
+        let ended = wait_server(&mut events, Duration::from_secs(60), |e| match e {
+            ServerEvent::RoundCompleted(r) => Some(Ok((**r).clone())),
+            ServerEvent::RoundAborted(r) => Some(Err((**r).clone())),
+            _ => None,
+        })
+        .await?;
+        let record = ended.map_err(|r| anyhow::anyhow!("buffer {} aborted: {:?}", r.round, r.outcome))?;
+        // Checked at once: the store keeps only the newest few versions' weights.
+        check_commit(&fed, &record, &plans.lock().unwrap(), params, &slow)?;
+        records.push(record);
+        anyhow::ensure!(records.len() < 40, "the slow agent's update never counted in {} buffers", records.len());
+    }
+    assert!(
+        !records[0].reported.iter().any(|r| r.agent == slow),
+        "the first buffer completed without waiting for the slow agent"
+    );
+    fed.stop().await
+}
+
+/// The buffer's committed model is the previous one plus the staleness-discounted, example-weighted mean of its
+/// reporters' deltas, each from the plan it trained (the newest it was sent for this buffer's round or an earlier one).
+fn check_commit(
+    fed: &LocalFederation,
+    record: &RoundRecord,
+    plans: &HashMap<String, Vec<(u64, u64, u64)>>,
+    params: usize,
+    slow: &str,
+) -> anyhow::Result<()> {
+    let version = record.new_version.expect("a committed buffer has a version");
+    let before = fed.server.store.weights(version - 1)?;
+    let after = fed.server.store.weights(version)?;
+    let mut sum = vec![0f64; params];
+    let mut total = 0f64;
+    for r in &record.reported {
+        let i: usize = r.agent.trim_start_matches("agent-").parse()?;
+        let &(round, from, seed) =
+            plans[&r.agent].iter().rev().find(|(round, _, _)| *round <= record.round).expect("a reporter had a plan");
+        let staleness = record.plan.model_version - from;
+        if r.agent == slow {
+            assert!(round < record.round && staleness >= 1, "the slow agent was carried: round {round}, τ {staleness}");
+        }
+        let discount = (1.0 + staleness as f64).powf(-0.5);
+        let delta = NoiseLearner::delta_for(noise(i).seed, seed, params, SCALE);
+        for (s, d) in sum.iter_mut().zip(&delta) {
+            *s += discount * r.examples as f64 * f64::from(*d);
+        }
+        total += r.examples as f64;
+    }
+    for k in 0..params {
+        let want = before[k] + (sum[k] / total) as f32;
+        anyhow::ensure!(
+            (after[k] - want).abs() < 1e-5,
+            "buffer {}, weight {k}: committed {}, the discounted mean gives {want}",
+            record.round,
+            after[k]
+        );
+    }
+    Ok(())
+}
