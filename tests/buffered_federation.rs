@@ -5,15 +5,16 @@
 //! deltas, each as its agent trained it (the plan it was sent, seen at the relay). The agents' deltas are known
 //! (`NoiseLearner::delta_for`).
 
+use fedge_agent::client::AgentEvent;
 use fedge_agent::learner::{LearnOutcome, Learner, NoiseLearner};
 use fedge_ctl::demo::{FederationOptions, FederationSpec, LocalFederation};
 use fedge_server::coordinator::{BufferedConfig, CoordinatorConfig, RoundRecord, SecAggConfig};
 use fedge_server::service::{RelayHook, ServerEvent};
 use fedge_shared::delta_encoding::DeltaEncoding;
 use fedge_shared::protocol::{ServerMessage, TrainPlan};
-use fedge_system_tests::{cohort_of, init_logs, wait_server};
+use fedge_system_tests::{cohort_of, init_logs, wait_agent, wait_server};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 const AGENTS: usize = 4;
@@ -42,6 +43,32 @@ impl Learner for Delayed {
     }
     fn learn(&mut self, global: &[f32], plan: &TrainPlan) -> anyhow::Result<LearnOutcome> {
         std::thread::sleep(self.delay);
+        self.inner.learn(global, plan)
+    }
+}
+
+/// A learner whose training lasts until the test opens its gate.
+struct Gated {
+    inner: NoiseLearner,
+    open: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Learner for Gated {
+    fn examples(&self) -> u64 {
+        self.inner.examples()
+    }
+    fn set_graph(&mut self, onnx: &[u8]) -> anyhow::Result<()> {
+        self.inner.set_graph(onnx)
+    }
+    fn num_params(&self) -> Option<usize> {
+        self.inner.num_params()
+    }
+    fn learn(&mut self, global: &[f32], plan: &TrainPlan) -> anyhow::Result<LearnOutcome> {
+        let (lock, opened) = &*self.open;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            open = opened.wait(open).unwrap();
+        }
         self.inner.learn(global, plan)
     }
 }
@@ -102,6 +129,51 @@ async fn buffers_commit_without_the_slow_agent_and_its_stale_update_counts_later
         !records[0].reported.iter().any(|r| r.agent == slow),
         "the first buffer completed without waiting for the slow agent"
     );
+    fed.stop().await
+}
+
+/// A training holds the agent's learner for as long as it runs; the agent's connection must go on meanwhile. Here an
+/// agent is kept training while two others complete a buffer: it still receives the new model, and its update, once
+/// the gate opens, counts in a later buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_still_training_receives_the_new_model_without_waiting_for_its_training() -> anyhow::Result<()> {
+    init_logs();
+    let open: Arc<(Mutex<bool>, Condvar)> = Arc::default();
+    let learners: Vec<Box<dyn Learner>> = vec![
+        Box::new(Delayed { inner: noise(0), delay: Duration::from_millis(100) }),
+        Box::new(Delayed { inner: noise(1), delay: Duration::from_millis(100) }),
+        Box::new(Gated { inner: noise(2), open: open.clone() }),
+    ];
+    let base = cohort_of(3);
+    let coordinator = CoordinatorConfig { min_agents: 2, round_timeout_ms: 60_000, ..base };
+    let onnx = fedge_shared::train::builder::mlp(&[16, 8, 4], 1);
+    let spec = FederationSpec { onnx, coordinator, rounds: None, evaluator: None };
+    let options = FederationOptions {
+        secagg: SecAggConfig::off(),
+        // Never stopped for staleness: the fast agents commit a buffer every few tenths of a second meanwhile.
+        buffered: Some(BufferedConfig { max_staleness: 100_000, ..BufferedConfig::new(2) }),
+        ..Default::default()
+    };
+    let mut fed = LocalFederation::start_with(spec, learners, options).await?;
+    let mut events = fed.server.events();
+    let received = wait_agent(&mut fed.agent_events, Duration::from_secs(30), |i, e| match e {
+        AgentEvent::ModelReceived { version } if i == 2 && *version >= 1 => Some(*version),
+        _ => None,
+    })
+    .await;
+    // Open the gate before asserting, so that the agents can stop either way.
+    {
+        let (lock, opened) = &*open;
+        *lock.lock().unwrap() = true;
+        opened.notify_all();
+    }
+    let version = received?;
+    assert!(version >= 1, "the training agent received version {version} while training");
+    wait_server(&mut events, Duration::from_secs(30), |e| match e {
+        ServerEvent::RoundCompleted(r) if r.reported.iter().any(|p| p.agent == "agent-002") => Some(()),
+        _ => None,
+    })
+    .await?;
     fed.stop().await
 }
 

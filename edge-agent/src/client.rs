@@ -152,10 +152,28 @@ impl Agent {
         Ok(())
     }
 
-    /// Notes the byte length of the held graph's weights, which bounds every weights blob from now on.
-    fn note_weights_len(&self) {
-        let bytes = lock(&self.learner).num_params().map_or(0, |p| 4 * p as u64);
+    /// Notes the byte length of the held graph's weights (`params` values), which bounds every weights blob from now
+    /// on.
+    fn note_weights_len(&self, params: Option<usize>) {
+        let bytes = params.map_or(0, |p| 4 * p as u64);
         self.weights_bytes.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The held graph's parameter count, as last noted (`None` until a graph is held). The event loop reads this,
+    /// never the learner: a training holds the learner's lock for as long as it runs, and waiting for it there would
+    /// stall the connection (keep-alives, the next plan, the new model) until the training ends.
+    fn params(&self) -> Option<usize> {
+        let bytes = self.weights_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        (bytes > 0).then_some((bytes / 4) as usize)
+    }
+
+    /// The learner's example count, or `fallback` (the count last declared) while a training holds the learner.
+    fn examples_now(&self, fallback: u64) -> u64 {
+        match self.learner.try_lock() {
+            Ok(l) => l.examples(),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().examples(),
+            Err(std::sync::TryLockError::WouldBlock) => fallback,
+        }
     }
 
     /// What this agent holds, as told to the server.
@@ -268,10 +286,14 @@ impl Agent {
     async fn restore_graph(&self) {
         let Some((_, graph)) = lock(&self.state).graph.clone() else { return };
         let learner = self.learner.clone();
-        let loaded = tokio::task::spawn_blocking(move || lock(&learner).set_graph(&graph)).await;
+        let loaded = tokio::task::spawn_blocking(move || {
+            let mut l = lock(&learner);
+            l.set_graph(&graph).map(|()| l.num_params())
+        })
+        .await;
         match loaded {
-            Ok(Ok(())) => {
-                self.note_weights_len();
+            Ok(Ok(params)) => {
+                self.note_weights_len(params);
                 tracing::info!("restored the federation's graph from the state directory")
             }
             Ok(Err(e)) => {
@@ -357,7 +379,7 @@ impl Agent {
         }
         *backoff = self.settings.backoff_initial;
         self.emit(AgentEvent::Connected);
-        let examples = lock(&self.learner).examples();
+        let examples = self.examples_now(session.declared());
         wire::write_msg(&mut send, &AgentMessage::CheckIn(self.check_in(examples)), limits::CONTROL).await?;
         session.connected(examples);
 
@@ -536,18 +558,21 @@ impl Agent {
             BlobKind::Graph => {
                 let learner = self.learner.clone();
                 let bytes = body.clone();
-                tokio::task::spawn_blocking(move || lock(&learner).set_graph(&bytes))
-                    .await
-                    .map_err(|e| anyhow!("graph loading panicked: {e}"))?
-                    .context("the server's ONNX graph cannot be trained here")?;
+                let params = tokio::task::spawn_blocking(move || {
+                    let mut l = lock(&learner);
+                    l.set_graph(&bytes).map(|()| l.num_params())
+                })
+                .await
+                .map_err(|e| anyhow!("graph loading panicked: {e}"))?
+                .context("the server's ONNX graph cannot be trained here")?;
                 lock(&self.state).set_graph(body)?;
-                self.note_weights_len();
+                self.note_weights_len(params);
                 tracing::info!("received the federation's graph");
                 self.publish_model();
             }
             BlobKind::Weights { version } => {
                 let digest = header.digest.ok_or_else(|| anyhow!("weights blob without a digest"))?;
-                let expected = lock(&self.learner).num_params();
+                let expected = self.params();
                 // The wire layer checked the body against `digest` as it read it: hashed once, not twice.
                 let weights = weights_from_bytes(&body, expected)?;
                 lock(&self.state).set_weights(version, digest, &body, weights)?;

@@ -172,6 +172,11 @@ impl Session {
         self.declared = examples;
     }
 
+    /// The example count last declared to the server.
+    pub fn declared(&self) -> u64 {
+        self.declared
+    }
+
     /// The round being trained, if any.
     pub fn training(&self) -> Option<u64> {
         self.conn.training
