@@ -405,10 +405,11 @@ async fn a_secure_round_that_fine_tunes_the_head_masks_only_the_head_and_leaves_
     // and the head.
     let per_agent = 1 + fedge_shared::round_counts::SECURE_COUNTS as usize + head;
     let fedge_server::coordinator::AggregationMode::Secure(plan) = &record.plan.aggregation else { unreachable!() };
-    // Three agents: 14 quantization bits in 16-bit words, so 4 bytes for the weight and each count, 2 a value.
-    assert_eq!((plan.params.quant_bits, plan.params.word_bits), (14, 16));
+    // Three agents: 13 quantization bits in 15-bit words, so 4 bytes for the weight and each count, 15 bits a value
+    // (packed to the bit, the whole padded to 4 bytes).
+    assert_eq!((plan.params.quant_bits, plan.params.word_bits), (13, 15));
     let wire = fedge_shared::secagg::words::wire_len(&plan.params, per_agent);
-    assert_eq!(wire, (4 * (per_agent - head) + 2 * head).next_multiple_of(4) as u64);
+    assert_eq!(wire, (4 * (per_agent - head) + (15 * head).div_ceil(8)).next_multiple_of(4) as u64);
     assert_eq!(record.metrics.update_bytes, AGENTS as u64 * wire, "masked vectors of {per_agent} values");
     // And what each agent masked and sent.
     let mut sent = vec![];

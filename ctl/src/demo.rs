@@ -105,7 +105,7 @@ pub struct DemoArgs {
     #[arg(long, value_enum, default_value_t = Toggle::On)]
     pub secagg: Toggle,
     /// Quantization bits of secure rounds (the server's `secagg.quant_bits`); by default the server's rule: as many
-    /// as let the cohort's sum fit 16-bit masked words, at least 12 (then wider words).
+    /// as let the cohort's sum fit 15-bit masked words, at least 11 (then wider words).
     #[arg(long)]
     pub secagg_quant_bits: Option<u32>,
     /// Distributed differential privacy: the noise multiplier z (each round's sum carries the noise of the

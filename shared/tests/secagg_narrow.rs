@@ -6,6 +6,7 @@ mod secagg_support;
 
 use std::collections::BTreeMap;
 
+use fedge_shared::secagg::params::TARGET_WORD_BITS;
 use fedge_shared::secagg::quant::{QuantizedInput, dequantize_sum, quantum, weight};
 use fedge_shared::secagg::words::Packer;
 use fedge_shared::secagg::{ClientSession, SecAggError, SecAggParams};
@@ -25,7 +26,7 @@ fn phase(code: u8) -> DropAt {
     }
 }
 
-/// The server's parameters for a cohort of `n` (the default rule: 16-bit words while at least 12 quantization bits
+/// The server's parameters for a cohort of `n` (the default rule: 15-bit words while at least 11 quantization bits
 /// fit), with the five exact counts of a real round; `extra` widens the word beyond what the sum needs.
 fn narrow_params(n: usize, extra: u32) -> SecAggParams {
     let mut p = SecAggParams { counts: 5, ..SecAggParams::default_for(n) };
@@ -71,18 +72,19 @@ proptest! {
         prop_assert_eq!(&sum.values, &out.expected_words(&params, &sum.survivors));
     }
 
-    /// `n` agents' inputs quantized, cut to 16-bit words as they travel, summed modulo 2^16 and dequantized: the
+    /// `n` agents' inputs quantized, cut to the default 15-bit words as they travel, summed modulo 2^15 and
+    /// dequantized: the
     /// weight total is within `n / M` and each coordinate of `Σ w·Δ` within `n` quantization steps of the exact
     /// weighted sum of the clipped deltas (under one step of stochastic rounding per agent, as `bounds` assumes).
     #[test]
-    fn quantize_sum_dequantize_in_sixteen_bits_stays_within_the_rounding_bound(
+    fn quantize_sum_dequantize_in_the_default_word_stays_within_the_rounding_bound(
         n in 2usize..=16,
         deltas in proptest::collection::vec(proptest::collection::vec(-12.0f32..12.0, 64), 16),
         examples in proptest::collection::vec(0u64..2000, 16),
         seed in any::<u64>(),
     ) {
         let params = narrow_params(n, 0);
-        prop_assert_eq!(params.word_bits, 16);
+        prop_assert_eq!(params.word_bits, TARGET_WORD_BITS);
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let mut sum = vec![0u32; params.vector_len(64)];
         let (mut weight_sum, mut exact) = (0.0f64, vec![0.0f64; 64]);
@@ -90,9 +92,9 @@ proptest! {
         for (delta, &ex) in deltas.iter().zip(&examples).take(n) {
             let counts = vec![0; params.counts as usize];
             let q = QuantizedInput::with_counts(&params, delta, ex, &counts, u32::MAX, &mut rng).unwrap();
-            // What the server reads back: the header whole, the delta's low 16 bits.
+            // What the server reads back: the header whole, the delta's low word_bits bits.
             for (i, (s, v)) in sum.iter_mut().zip(q.as_slice()).enumerate() {
-                let v = if i <= params.counts as usize { *v } else { v & 0xFFFF };
+                let v = if i <= params.counts as usize { *v } else { v & params.word_max() };
                 *s = s.wrapping_add(v);
             }
             let w = weight(&params, ex);
@@ -125,12 +127,12 @@ fn an_agent_refuses_a_word_that_cannot_hold_the_cohorts_sum() {
         let me = cohort.refs[0].index;
         ClientSession::new(params, 1, me, &cohort.refs, 5, CONTEXT, cohort.signer(me), rng).map(|_| ())
     };
-    // 12 bits for 10 agents need 16 (10 · 4095 = 40,950).
+    // 11 bits for 10 agents need 15 (10 · 2047 = 20,470).
     let fits = narrow_params(n, 0);
-    assert_eq!((fits.quant_bits, fits.word_bits), (12, 16));
+    assert_eq!((fits.quant_bits, fits.word_bits), (11, 15));
     start(fits.clone(), &mut rng).unwrap();
-    // A server that keeps 16-bit words but asks for 13 bits (10 · 8191 > 2^16), or 12 bits in 15-bit words.
-    for lying in [SecAggParams { quant_bits: 13, ..fits.clone() }, SecAggParams { word_bits: 15, ..fits.clone() }] {
+    // A server that keeps 15-bit words but asks for 12 bits (10 · 4095 > 2^15), or 11 bits in 14-bit words.
+    for lying in [SecAggParams { quant_bits: 12, ..fits.clone() }, SecAggParams { word_bits: 14, ..fits.clone() }] {
         let err = start(lying, &mut rng).unwrap_err();
         assert!(matches!(&err, SecAggError::InvalidParams(m) if m.contains("-bit word")), "{err}");
     }
@@ -139,8 +141,7 @@ fn an_agent_refuses_a_word_that_cannot_hold_the_cohorts_sum() {
 /// The wire form: the weight and the counts in 32-bit words, then two bytes a 16-bit coordinate (its low half).
 #[test]
 fn sixteen_bit_words_travel_after_the_header_two_bytes_each() {
-    let params = narrow_params(3, 0);
-    assert_eq!(params.word_bits, 16);
+    let params = SecAggParams { word_bits: 16, ..narrow_params(3, 0) };
     let mut packer = Packer::new(&params);
     let mut bytes = Vec::new();
     packer.push(&[1, 2, 3, 4, 5, 6, 0x1_0007, 8], &mut bytes);

@@ -59,12 +59,14 @@ pub struct SecAggParams {
 pub const MIN_WORD_BITS: u32 = 8;
 /// The widest word: the PRG's and the quantizer's native `u32`.
 pub const MAX_WORD_BITS: u32 = 32;
-/// The word width the server's default quantization aims for ([`SecAggParams::narrow`]): two bytes a coordinate.
-pub const TARGET_WORD_BITS: u32 = 16;
-/// The fewest quantization bits the server's default rule gives a round without noise, whatever the cohort: with
-/// fewer, the stochastic rounding noise costs the demo accuracy (see BENCHMARKS.md). A cohort too large for this
-/// many bits in [`TARGET_WORD_BITS`] gets a wider word instead.
-pub const MIN_QUANT_BITS: u32 = 12;
+/// The word width the server's default quantization aims for ([`SecAggParams::narrow`]): under two bytes a
+/// coordinate, so that a masked upload (packed to the bit) stays under 2 · P bytes with QUIC's framing.
+pub const TARGET_WORD_BITS: u32 = 15;
+/// The fewest quantization bits the server's default rule gives a round without noise, whatever the cohort. On the
+/// demo (BENCHMARKS.md) 11 bits end within 0.05 points of 12 and 22, 10 bits 0.1 below, 9 bits 0.45 below: the floor
+/// keeps two bits of margin over where the stochastic rounding noise starts to cost accuracy. A cohort too large for
+/// this many bits in [`TARGET_WORD_BITS`] gets a wider word instead.
+pub const MIN_QUANT_BITS: u32 = 11;
 
 /// How many standard deviations of the cohort's summed noise a coordinate may stray beyond what the agents'
 /// quantized values can produce; the modulus keeps that much headroom on both sides. The chance that honest noise
@@ -321,20 +323,20 @@ mod tests {
     }
 
     #[test]
-    fn the_servers_rule_fits_sixteen_bits_keeps_a_floor_of_quantization_and_leaves_noised_rounds_their_bits() {
-        // 10 agents: 12 bits (10 · 4095 < 2^16), in a 16-bit word.
+    fn the_servers_rule_fits_fifteen_bits_keeps_a_floor_of_quantization_and_leaves_noised_rounds_their_bits() {
+        // 10 agents: 11 bits (10 · 2047 < 2^15), in a 15-bit word.
         let mut p = SecAggParams::default_for(10);
         p.narrow(10, false);
-        assert_eq!((p.quant_bits, p.word_bits), (12, 16));
+        assert_eq!((p.quant_bits, p.word_bits), (11, 15));
         p.validate(10, 10).unwrap();
-        // 3 agents: 14 bits (3 · 16383 < 2^16).
+        // 3 agents: 13 bits (3 · 8191 < 2^15).
         let mut p = SecAggParams::default_for(3);
         p.narrow(3, false);
-        assert_eq!((p.quant_bits, p.word_bits), (14, 16));
-        // 1,000 agents: 16 bits cannot hold 12-bit values, so the floor holds and the word widens to 22.
+        assert_eq!((p.quant_bits, p.word_bits), (13, 15));
+        // 1,000 agents: 15 bits cannot hold 11-bit values, so the floor holds and the word widens to 21.
         let mut p = SecAggParams::default_for(1000);
         p.narrow(1000, false);
-        assert_eq!((p.quant_bits, p.word_bits), (MIN_QUANT_BITS, 22));
+        assert_eq!((p.quant_bits, p.word_bits), (MIN_QUANT_BITS, 21));
         p.validate(1000, 10).unwrap();
         // Configured bits are kept: 20 bits for 10 agents need a 24-bit word.
         let mut p = SecAggParams { quant_bits: 20, ..SecAggParams::default_for(10) };
