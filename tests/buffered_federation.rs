@@ -6,13 +6,13 @@
 //! (`NoiseLearner::delta_for`).
 
 use fedge_agent::client::AgentEvent;
-use fedge_agent::learner::{LearnOutcome, Learner, NoiseLearner};
+use fedge_agent::learner::{Learner, NoiseLearner};
 use fedge_ctl::demo::{FederationOptions, FederationSpec, LocalFederation};
 use fedge_server::coordinator::{BufferedConfig, CoordinatorConfig, RoundRecord, SecAggConfig};
 use fedge_server::service::{RelayHook, ServerEvent};
 use fedge_shared::delta_encoding::DeltaEncoding;
-use fedge_shared::protocol::{ServerMessage, TrainPlan};
-use fedge_system_tests::{cohort_of, init_logs, wait_agent, wait_server};
+use fedge_shared::protocol::ServerMessage;
+use fedge_system_tests::{HeldLearner, cohort_of, init_logs, wait_agent, wait_server};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -25,54 +25,6 @@ fn noise(i: usize) -> NoiseLearner {
     NoiseLearner::new(20 + 13 * i as u64, 100 + i as u64, SCALE)
 }
 
-/// A learner that takes `delay` before answering like `inner`.
-struct Delayed {
-    inner: NoiseLearner,
-    delay: Duration,
-}
-
-impl Learner for Delayed {
-    fn examples(&self) -> u64 {
-        self.inner.examples()
-    }
-    fn set_graph(&mut self, onnx: &[u8]) -> anyhow::Result<()> {
-        self.inner.set_graph(onnx)
-    }
-    fn num_params(&self) -> Option<usize> {
-        self.inner.num_params()
-    }
-    fn learn(&mut self, global: &[f32], plan: &TrainPlan) -> anyhow::Result<LearnOutcome> {
-        std::thread::sleep(self.delay);
-        self.inner.learn(global, plan)
-    }
-}
-
-/// A learner whose training lasts until the test opens its gate.
-struct Gated {
-    inner: NoiseLearner,
-    open: Arc<(Mutex<bool>, Condvar)>,
-}
-
-impl Learner for Gated {
-    fn examples(&self) -> u64 {
-        self.inner.examples()
-    }
-    fn set_graph(&mut self, onnx: &[u8]) -> anyhow::Result<()> {
-        self.inner.set_graph(onnx)
-    }
-    fn num_params(&self) -> Option<usize> {
-        self.inner.num_params()
-    }
-    fn learn(&mut self, global: &[f32], plan: &TrainPlan) -> anyhow::Result<LearnOutcome> {
-        let (lock, opened) = &*self.open;
-        let mut open = lock.lock().unwrap();
-        while !*open {
-            open = opened.wait(open).unwrap();
-        }
-        self.inner.learn(global, plan)
-    }
-}
-
 /// What the relay sent each agent as plans: (round, model version, training seed), oldest first.
 type Plans = Arc<Mutex<HashMap<String, Vec<(u64, u64, u64)>>>>;
 
@@ -82,7 +34,7 @@ async fn buffers_commit_without_the_slow_agent_and_its_stale_update_counts_later
     let learners: Vec<Box<dyn Learner>> = (0..AGENTS)
         .map(|i| {
             let delay = Duration::from_millis(if i == SLOW { 2_500 } else { 250 });
-            Box::new(Delayed { inner: noise(i), delay }) as Box<dyn Learner>
+            Box::new(HeldLearner::delayed(noise(i), delay)) as Box<dyn Learner>
         })
         .collect();
     let base = cohort_of(AGENTS);
@@ -139,10 +91,18 @@ async fn buffers_commit_without_the_slow_agent_and_its_stale_update_counts_later
 async fn an_agent_still_training_receives_the_new_model_without_waiting_for_its_training() -> anyhow::Result<()> {
     init_logs();
     let open: Arc<(Mutex<bool>, Condvar)> = Arc::default();
+    let gate = open.clone();
+    let wait_for_the_gate = move || {
+        let (lock, opened) = &*gate;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            open = opened.wait(open).unwrap();
+        }
+    };
     let learners: Vec<Box<dyn Learner>> = vec![
-        Box::new(Delayed { inner: noise(0), delay: Duration::from_millis(100) }),
-        Box::new(Delayed { inner: noise(1), delay: Duration::from_millis(100) }),
-        Box::new(Gated { inner: noise(2), open: open.clone() }),
+        Box::new(HeldLearner::delayed(noise(0), Duration::from_millis(100))),
+        Box::new(HeldLearner::delayed(noise(1), Duration::from_millis(100))),
+        Box::new(HeldLearner { inner: noise(2), before: Box::new(wait_for_the_gate) }),
     ];
     let base = cohort_of(3);
     let coordinator = CoordinatorConfig { min_agents: 2, round_timeout_ms: 60_000, ..base };

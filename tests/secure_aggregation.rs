@@ -9,13 +9,13 @@
 //! name no weight of the agents' model is refused by every agent.
 
 use fedge_agent::client::{AgentEvent, PLAIN_ROUND_REFUSED};
-use fedge_agent::learner::{LearnOutcome, Learner, NoiseLearner};
+use fedge_agent::learner::{Learner, NoiseLearner};
 use fedge_agent::trainer::TractLearner;
 use fedge_ctl::demo::{FederationOptions, FederationSpec, LocalFederation};
 use fedge_server::coordinator::{CoordinatorConfig, RoundRecord, SecAggConfig, SecurePhase};
 use fedge_server::service::{RelayHook, ServerEvent};
-use fedge_shared::protocol::{ServerMessage, TrainPlan};
-use fedge_system_tests::{cohort_of, init_logs, wait_agent, wait_refusals, wait_server};
+use fedge_shared::protocol::ServerMessage;
+use fedge_system_tests::{HeldLearner, cohort_of, init_logs, wait_agent, wait_refusals, wait_server};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,28 +43,6 @@ fn secagg() -> SecAggConfig {
 /// Agent `i`'s learner: seed and example count are functions of `i`.
 fn noise(i: usize) -> NoiseLearner {
     NoiseLearner::new(20 + 13 * i as u64, 100 + i as u64, SCALE)
-}
-
-/// A learner that takes `delay` before answering like `inner`.
-struct Slow {
-    inner: NoiseLearner,
-    delay: Duration,
-}
-
-impl Learner for Slow {
-    fn examples(&self) -> u64 {
-        self.inner.examples()
-    }
-    fn set_graph(&mut self, onnx: &[u8]) -> anyhow::Result<()> {
-        self.inner.set_graph(onnx)
-    }
-    fn num_params(&self) -> Option<usize> {
-        self.inner.num_params()
-    }
-    fn learn(&mut self, global: &[f32], plan: &TrainPlan) -> anyhow::Result<LearnOutcome> {
-        std::thread::sleep(self.delay);
-        self.inner.learn(global, plan)
-    }
 }
 
 /// The plain weighted mean of the deltas of `agents` in the round of `record` (the seed each agent trained with
@@ -248,7 +226,7 @@ async fn an_agent_killed_after_sharing_its_keys_is_dropped_and_the_round_complet
     let learners: Vec<Box<dyn Learner>> = (0..AGENTS)
         .map(|i| {
             if i == victim {
-                Box::new(Slow { inner: noise(i), delay: Duration::from_secs(4) }) as Box<dyn Learner>
+                Box::new(HeldLearner::delayed(noise(i), Duration::from_secs(4))) as Box<dyn Learner>
             } else {
                 Box::new(noise(i)) as Box<dyn Learner>
             }

@@ -212,6 +212,22 @@ fn an_update_arriving_while_the_buffer_commits_is_kept_and_folded_into_the_next(
 }
 
 #[test]
+fn at_most_one_buffer_of_updates_is_kept_between_buffers_and_an_agent_refused_past_it_trains_again() {
+    let (mut fed, _) = Fed::new(5, 2, 2, |_| {});
+    fed.upload("a0");
+    let out = fed.upload("a1");
+    // The store has not answered: a2 and a3 fill a buffer's worth; a4 is refused, and freed.
+    for i in [2, 3] {
+        assert!(rejected(&fed.upload(&name(i))).is_empty());
+    }
+    assert_eq!(rejected(&fed.upload("a4")), vec![(name(4), RejectReason::NoRoundInFlight)]);
+    let (_, _, after) = fed.commit(&out);
+    assert_eq!(plans_to(&after), vec![name(0), name(1), name(4)], "a4 trains again from version 1");
+    let (record, _) = committed(&after).expect("the two kept updates complete the next buffer as it opens");
+    assert_eq!(record.reported.iter().map(|r| r.agent.as_str()).collect::<Vec<_>>(), vec!["a2", "a3"]);
+}
+
+#[test]
 fn an_agent_more_than_max_staleness_versions_behind_is_told_to_stop_naming_its_own_round() {
     let (mut fed, _) = Fed::new(3, 2, 2, |b| b.max_staleness = 1);
     fed.upload("a0");

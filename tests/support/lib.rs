@@ -318,3 +318,37 @@ pub fn kill(child: &mut std::process::Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A noise learner that runs `before` ahead of each training: a delay (a slow device) or a gate the test opens (an
+/// agent kept training), for tests of slow and stalled agents.
+pub struct HeldLearner {
+    pub inner: fedge_agent::learner::NoiseLearner,
+    pub before: Box<dyn FnMut() + Send>,
+}
+
+impl HeldLearner {
+    /// `inner`, taking `delay` longer to train.
+    pub fn delayed(inner: fedge_agent::learner::NoiseLearner, delay: Duration) -> Self {
+        HeldLearner { inner, before: Box::new(move || std::thread::sleep(delay)) }
+    }
+}
+
+impl fedge_agent::learner::Learner for HeldLearner {
+    fn examples(&self) -> u64 {
+        self.inner.examples()
+    }
+    fn set_graph(&mut self, onnx: &[u8]) -> anyhow::Result<()> {
+        self.inner.set_graph(onnx)
+    }
+    fn num_params(&self) -> Option<usize> {
+        self.inner.num_params()
+    }
+    fn learn(
+        &mut self,
+        global: &[f32],
+        plan: &fedge_shared::protocol::TrainPlan,
+    ) -> anyhow::Result<fedge_agent::learner::LearnOutcome> {
+        (self.before)();
+        self.inner.learn(global, plan)
+    }
+}

@@ -12,7 +12,9 @@
 //!   up to `max_agents` agents training at once, carried ones included. An agent contributes at most once to a
 //!   buffer; it trains again from the next committed version.
 //! - An update from a carried agent that arrives while no buffer is collecting (its buffer is being committed, or
-//!   the run is paused) is kept (one per agent) and folded into the next buffer when it opens.
+//!   the run is paused) is kept (one per agent, at most `size` in all, so the server holds at most one buffer's
+//!   worth of deltas) and folded into the next buffer when it opens. Past `size`, it is refused and its agent freed
+//!   for the next buffer.
 //! - After each commit, a carried agent that has sent nothing and whose training started more than `max_staleness`
 //!   versions ago is told to stop (`CancelTraining` naming the round its plan named); when the run ends, every
 //!   carried agent is, and kept updates are discarded.
@@ -122,6 +124,8 @@ pub(super) enum Arrival {
     Kept,
     /// Its agent already sent one for this training.
     Duplicate,
+    /// A buffer's worth is kept already: refused, and its agent is free for the next buffer.
+    Full,
     /// Not from a carried agent's training: the caller refuses it as it would without buffering.
     NotCarried,
 }
@@ -238,16 +242,27 @@ impl Coordinator {
         train_loss: f32,
         delta: &[f32],
     ) -> Arrival {
-        let Some(b) = &mut self.buffering else { return Arrival::NotCarried };
-        if b.carried.get(agent).is_none_or(|o| o.round != round) {
-            return Arrival::NotCarried;
+        let arrival = match &self.buffering {
+            Some(b) if b.carried.get(agent).is_some_and(|o| o.round == round) => {
+                if b.kept.iter().any(|k| k.agent == agent) {
+                    Arrival::Duplicate
+                } else if b.kept.len() >= b.config.size {
+                    Arrival::Full
+                } else {
+                    Arrival::Kept
+                }
+            }
+            _ => Arrival::NotCarried,
+        };
+        if arrival == Arrival::Full {
+            self.forget_carried(agent);
+        } else if arrival == Arrival::Kept
+            && let Some(b) = &mut self.buffering
+        {
+            let delta = delta.to_vec();
+            b.kept.push(Kept { agent: agent.to_string(), round, examples, train_loss, delta });
         }
-        if b.kept.iter().any(|k| k.agent == agent) {
-            return Arrival::Duplicate;
-        }
-        let delta = delta.to_vec();
-        b.kept.push(Kept { agent: agent.to_string(), round, examples, train_loss, delta });
-        Arrival::Kept
+        arrival
     }
 
     /// Whether `agent` is carried with a training its plan numbered `round`.

@@ -34,6 +34,7 @@ impl Coordinator {
             match self.keep_update(&agent, round_id, examples, train_loss, delta) {
                 Arrival::Kept => return,
                 Arrival::Duplicate => return reject(out, agent, RejectReason::Duplicate),
+                Arrival::Full => return reject(out, agent, RejectReason::NoRoundInFlight),
                 Arrival::NotCarried => {}
             }
         }
