@@ -106,10 +106,19 @@ pub fn pack_words(params: &SecAggParams, coords: &[u32]) -> Vec<u32> {
     bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
-/// The coordinates of a masked vector of `vector_len` under `params` from its wire form, read as little-endian
-/// 32-bit words: the header's as they are, each delta coordinate zero-extended from its `word_bits`. Refuses
-/// another length than the round's, and padding bits that are not zero.
-pub fn unpack(params: &SecAggParams, vector_len: usize, words: &[u32]) -> Result<Vec<u32>, SecAggError> {
+/// Coordinates decoded at a time by [`unpack_blocks`]: small enough to stay in L1 while they are folded.
+const BLOCK: usize = 2048;
+
+/// Decodes a masked vector of `vector_len` under `params` from its wire form (little-endian 32-bit words) and hands
+/// it to `each` block by block, `(offset, coordinates)` in order: the header's as they are, each delta coordinate
+/// zero-extended from its `word_bits`. The length and the padding are checked first, so `each` sees nothing of a
+/// refused vector: another length than the round's, or padding bits that are not zero.
+pub fn unpack_blocks(
+    params: &SecAggParams,
+    vector_len: usize,
+    words: &[u32],
+    mut each: impl FnMut(usize, &[u32]),
+) -> Result<(), SecAggError> {
     let expected = wire_len(params, vector_len);
     if words.len() as u64 * 4 != expected {
         return Err(SecAggError::Malformed(format!(
@@ -119,31 +128,55 @@ pub fn unpack(params: &SecAggParams, vector_len: usize, words: &[u32]) -> Result
         )));
     }
     let header = header_len(params).min(vector_len);
+    let (head, body) = words.split_at(header);
     let bits = params.word_bits;
-    let mut out = Vec::with_capacity(vector_len);
-    out.extend_from_slice(&words[..header]);
-    let body = &words[header..];
+    let payload = (vector_len - header) as u64 * u64::from(bits);
+    if !padding_is_zero(body, payload) {
+        return Err(SecAggError::Malformed("a masked vector whose padding bits are not zero".into()));
+    }
+    each(0, head);
     if bits == 32 {
-        out.extend_from_slice(body);
-        return Ok(out);
+        for (i, c) in body.chunks(BLOCK).enumerate() {
+            each(header + i * BLOCK, c);
+        }
+        return Ok(());
     }
     let mask = u64::from(params.word_max());
     let (mut acc, mut filled) = (0u64, 0u32);
     let mut src = body.iter();
-    for _ in header..vector_len {
-        if filled < bits {
-            // The length was checked: the words hold every coordinate.
-            let w = src.next().copied().unwrap_or(0);
-            acc |= u64::from(w) << filled;
-            filled += 32;
+    let mut block = [0u32; BLOCK];
+    let mut at = header;
+    while at < vector_len {
+        let n = BLOCK.min(vector_len - at);
+        for slot in &mut block[..n] {
+            if filled < bits {
+                // The length was checked: the words hold every coordinate.
+                acc |= u64::from(src.next().copied().unwrap_or(0)) << filled;
+                filled += 32;
+            }
+            *slot = (acc & mask) as u32;
+            acc >>= bits;
+            filled -= bits;
         }
-        out.push((acc & mask) as u32);
-        acc >>= bits;
-        filled -= bits;
+        each(at, &block[..n]);
+        at += n;
     }
-    if acc != 0 || src.any(|&w| w != 0) {
-        return Err(SecAggError::Malformed("a masked vector whose padding bits are not zero".into()));
-    }
+    Ok(())
+}
+
+/// Whether every bit of `body` past its first `payload` bits is zero.
+fn padding_is_zero(body: &[u32], payload: u64) -> bool {
+    let full = (payload / 32) as usize;
+    let rest = (payload % 32) as u32;
+    let partial_ok = rest == 0 || body.get(full).is_none_or(|w| w >> rest == 0);
+    let tail = body.get(full + usize::from(rest != 0)..).unwrap_or(&[]);
+    partial_ok && tail.iter().all(|&w| w == 0)
+}
+
+/// The whole vector [`unpack_blocks`] decodes (for callers that want it in memory: tests, simulations).
+pub fn unpack(params: &SecAggParams, vector_len: usize, words: &[u32]) -> Result<Vec<u32>, SecAggError> {
+    let mut out = Vec::with_capacity(vector_len);
+    unpack_blocks(params, vector_len, words, |_, block| out.extend_from_slice(block))?;
     Ok(out)
 }
 
@@ -182,6 +215,33 @@ mod tests {
         let mut dirty = words.clone();
         dirty[2] |= 1 << 20;
         assert!(unpack(&p, 4, &dirty).unwrap_err().to_string().contains("padding"));
+        let mut seen = 0;
+        assert!(unpack_blocks(&p, 4, &dirty, |_, _| seen += 1).is_err());
+        assert_eq!(seen, 0, "nothing of a refused vector reaches the caller");
+    }
+
+    #[test]
+    fn a_vector_longer_than_a_block_comes_back_in_order_at_every_width() {
+        let values: Vec<u32> = (0..5 * BLOCK as u32 + 17).map(|i| i.wrapping_mul(2_654_435_761)).collect();
+        for bits in [15, 16, 21, 32] {
+            let p = params(bits, 5);
+            let mut packer = Packer::new(&p);
+            let mut bytes = Vec::new();
+            packer.push(&values, &mut bytes);
+            packer.finish(&mut bytes);
+            let words: Vec<u32> = bytes.chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let mut next = 0;
+            let mut back = Vec::new();
+            unpack_blocks(&p, values.len(), &words, |offset, block| {
+                assert_eq!(offset, next, "blocks in order, none skipped");
+                next += block.len();
+                back.extend_from_slice(block);
+            })
+            .unwrap();
+            let want: Vec<u32> =
+                values.iter().enumerate().map(|(i, v)| if i < 6 { *v } else { v & p.word_max() }).collect();
+            assert_eq!(back, want, "{bits}-bit words");
+        }
     }
 
     proptest! {

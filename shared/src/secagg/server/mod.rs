@@ -400,10 +400,22 @@ impl ServerSession {
 
     /// Phase 3: agent `from`'s whole masked vector as it came off the wire (little-endian 32-bit words of the
     /// packed form, [`super::words`]), checked for the round's length and padding and folded into the sum.
+    /// Decoded block by block straight into the sum (no copy of the vector), after its length and padding are
+    /// checked, so a refused vector leaves the sum untouched.
     pub fn fold_wire(&mut self, from: u32, words: &[u32]) -> Result<(), SecAggError> {
         self.expect(Phase::Masked, "fold_wire")?;
-        let coords = super::words::unpack(&self.params, self.vector_len(), words)?;
-        self.fold_masked(from, 0, &coords)
+        Self::member_of(&self.u2, &self.graph, from)?;
+        if self.u3.contains(&from) {
+            return Err(SecAggError::Duplicate(from));
+        }
+        if self.staged.contains_key(&from) {
+            return Err(SecAggError::BadUpload(from));
+        }
+        let len = self.vector_len();
+        let sum = &mut self.sum;
+        super::words::unpack_blocks(&self.params, len, words, |offset, block| sum.fold(offset, block))?;
+        self.u3.insert(from);
+        Ok(())
     }
 
     /// Phase 3: marks agent `from`'s upload complete. A complete staged upload is folded into the sum; an
