@@ -58,6 +58,8 @@ async fn buffers_commit_without_the_slow_agent_and_its_stale_update_counts_later
         secagg: SecAggConfig::off(),
         relay_hook: Some(hook),
         buffered: Some(BufferedConfig::new(2)),
+        // Exact versions: the check below is FedBuff's arithmetic, not the downloads' rounding.
+        download: fedge_shared::delta_encoding::DeltaEncoding::F32,
         ..Default::default()
     };
     let fed = LocalFederation::start_with(spec, learners, options).await?;

@@ -139,6 +139,7 @@ async fn every_metric_the_dashboard_queries_is_exposed_by_a_running_server_or_ag
         metrics: Some("127.0.0.1:0".parse().unwrap()),
         privacy: None,
         buffered: None,
+        download: Default::default(),
     };
     let evaluator: Arc<dyn Evaluator> = Arc::new(TractEvaluator::new(test.clone(), 10));
     let server = service::start(config, Some(evaluator)).await.unwrap();

@@ -101,6 +101,10 @@ pub struct DemoArgs {
     /// Secure rounds quantize on their own.
     #[arg(long, default_value = "int8")]
     pub upload: fedge_shared::delta_encoding::DeltaEncoding,
+    /// How new versions reach agents that hold the previous one (the server's `download`): int8 (their 8-bit
+    /// difference, which the server commits exactly as the agents rebuild it) or f32 (whole and exact).
+    #[arg(long, default_value = "int8")]
+    pub download: fedge_shared::delta_encoding::DeltaEncoding,
     /// Secure aggregation (SecAgg+). `off` runs plain rounds, for comparison only.
     #[arg(long, value_enum, default_value_t = Toggle::On)]
     pub secagg: Toggle,
@@ -234,6 +238,8 @@ pub struct FederationOptions {
     pub agent_floor: fedge_shared::secagg::RoundFloor,
     /// Buffered asynchronous aggregation (`[buffered]`, needs `secagg` off); synchronous rounds when `None`.
     pub buffered: Option<fedge_server::coordinator::BufferedConfig>,
+    /// How new versions reach agents (server.toml's `download`): 8-bit differences by default.
+    pub download: fedge_shared::delta_encoding::DeltaEncoding,
 }
 
 impl LocalFederation {
@@ -277,6 +283,7 @@ impl LocalFederation {
             metrics: None,
             privacy: options.privacy,
             buffered: options.buffered,
+            download: options.download,
         };
         config.validate()?;
         let server = service::start_with_hook(config, spec.evaluator, options.relay_hook).await?;
@@ -486,7 +493,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         max_staleness: args.max_staleness,
         ..fedge_server::coordinator::BufferedConfig::new(k)
     });
-    let options = FederationOptions { secagg, privacy, buffered, ..Default::default() };
+    let options = FederationOptions { secagg, privacy, buffered, download: args.download, ..Default::default() };
     let mut fed = LocalFederation::start_with(spec, learners, options).await?;
     let mut events = fed.server.events();
     let show = !args.json;

@@ -77,6 +77,7 @@ impl Federation {
             metrics: Some("127.0.0.1:0".parse().unwrap()),
             privacy: None,
             buffered: None,
+            download: Default::default(),
         };
         let evaluator = test.map(|data| Arc::new(TractEvaluator::new(data, 100)) as Arc<dyn Evaluator>);
         let server = service::start(config.clone(), evaluator.clone()).await.unwrap();

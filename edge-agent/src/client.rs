@@ -15,6 +15,7 @@ use crate::state::ModelState;
 use anyhow::{Context, anyhow, bail};
 use fedge_shared::delta_encoding::DeltaEncoding;
 use fedge_shared::model::{Digest, weights_from_bytes, weights_to_bytes};
+use fedge_shared::model_diff;
 use fedge_shared::protocol::{
     AgentMessage, BlobHeader, BlobKind, CheckIn, DeviceInfo, Hello, PROTOCOL_VERSION, RoundPlan, ServerHello,
     ServerMessage, TrainPlan, limits,
@@ -70,6 +71,8 @@ pub struct Agent {
     weights_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// This agent's own privacy budget ([`ClientSettings::privacy`]), opened when it starts running.
     budget: Mutex<Option<crate::privacy_budget::PrivacyBudget>>,
+    /// Set when the server's differences could not be applied: the next check-in asks for the whole model.
+    whole_model_next: std::sync::atomic::AtomicBool,
 }
 
 enum Inbound {
@@ -129,6 +132,7 @@ impl Agent {
             models: None,
             weights_bytes: Arc::new(std::sync::atomic::AtomicU64::new(weights_bytes)),
             budget: Mutex::new(None),
+            whole_model_next: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -179,8 +183,10 @@ impl Agent {
     /// What this agent holds, as told to the server.
     fn check_in(&self, examples: u64) -> CheckIn {
         let state = lock(&self.state);
+        // After differences that could not be applied, no version: the server sends the whole newest one.
+        let whole = self.whole_model_next.load(std::sync::atomic::Ordering::Relaxed);
         CheckIn {
-            model_version: state.version(),
+            model_version: state.version().filter(|_| !whole),
             graph: state.graph_digest(),
             examples,
             device: DeviceInfo {
@@ -577,8 +583,41 @@ impl Agent {
                 let weights = weights_from_bytes(&body, expected)?;
                 lock(&self.state).set_weights(version, digest, &body, weights)?;
                 self.publish_model();
+                self.whole_model_next.store(false, std::sync::atomic::Ordering::Relaxed);
                 self.emit(AgentEvent::ModelReceived { version });
                 tracing::info!(version, "received global weights");
+            }
+            BlobKind::WeightsDiff { from, version, weights: digest } => {
+                let expected = self.params();
+                let held = lock(&self.state).weights.as_ref().map(|w| (w.version, w.weights.clone()));
+                let rebuilt = match held {
+                    Some((v, old)) if v == from && expected.is_none_or(|p| p == old.len()) => {
+                        let steps = version.saturating_sub(from);
+                        model_diff::apply(&old, &body, steps).map_err(anyhow::Error::from).and_then(|w| {
+                            let bytes = weights_to_bytes(&w);
+                            if Digest::of(&bytes) == digest {
+                                Ok((w, bytes))
+                            } else {
+                                Err(anyhow!("the differences do not rebuild version {version}'s weights (digest)"))
+                            }
+                        })
+                    }
+                    Some((v, _)) => Err(anyhow!("differences from version {from}, but this agent holds version {v}")),
+                    None => Err(anyhow!("differences from version {from}, but this agent holds no weights")),
+                };
+                match rebuilt {
+                    Ok((weights, bytes)) => {
+                        lock(&self.state).set_weights(version, digest, &bytes, weights)?;
+                        self.publish_model();
+                        self.emit(AgentEvent::ModelReceived { version });
+                        tracing::info!(version, from, bytes = body.len(), "received global weights as differences");
+                    }
+                    Err(e) => {
+                        // The next connection declares no version: the server then sends the whole one.
+                        self.whole_model_next.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return Err(e.context("cannot apply the model's differences; reconnecting for the whole model"));
+                    }
+                }
             }
             BlobKind::Update { .. } | BlobKind::Masked { .. } => {
                 bail!("protocol violation: the server sent an update blob")
@@ -667,6 +706,16 @@ async fn read_blobs(
                     Inbound::Failed(format!(
                         "a weights blob of {} bytes, but the model has {} parameters ({expected} bytes)",
                         h.len,
+                        expected / 4
+                    ))
+                }
+                Ok(BlobHeader { kind: BlobKind::WeightsDiff { from, version, .. }, len, .. })
+                    if expected > 0
+                        && len != model_diff::chain_len((expected / 4) as usize, version.saturating_sub(from)) =>
+                {
+                    Inbound::Failed(format!(
+                        "differences from version {from} to {version} of {len} bytes, which do not fit a model of {} \
+                         parameters",
                         expected / 4
                     ))
                 }

@@ -69,6 +69,11 @@ pub struct ServerConfig {
     /// false`.
     #[serde(default)]
     pub buffered: Option<crate::coordinator::BufferedConfig>,
+    /// How a new version reaches agents that hold an older one: `"int8"` (the default), as its 8-bit difference to
+    /// their version (a quarter of the bytes; the server commits exactly what the difference rebuilds, within half
+    /// a quantization step of the strategy's result, so every agent holds the same bits), or `"f32"`, whole and exact.
+    #[serde(default)]
+    pub download: fedge_shared::delta_encoding::DeltaEncoding,
 }
 
 fn yes() -> bool {

@@ -155,6 +155,8 @@ pub struct CommittedModel {
     pub(crate) record: RoundRecord,
     pub(crate) blob: Arc<Vec<u8>>,
     pub(crate) digest: Digest,
+    /// The difference that rebuilds this version from the one before it, when versions travel as differences.
+    pub(crate) diff: Option<Arc<Vec<u8>>>,
 }
 
 /// What the core answers for the admin surface.

@@ -230,7 +230,7 @@ impl Sim {
         self.actions
             .iter()
             .filter_map(|(t, a)| match a {
-                Action::Commit { record, new_weights, strategy_state } => {
+                Action::Commit { record, new_weights, strategy_state, .. } => {
                     Some((*t, (**record).clone(), new_weights.clone(), strategy_state.clone()))
                 }
                 _ => None,

@@ -23,6 +23,7 @@ pub mod data;
 pub mod delta_encoding;
 pub mod fedeval;
 pub mod model;
+pub mod model_diff;
 pub mod privacy;
 pub mod protocol;
 pub mod revocation_list;

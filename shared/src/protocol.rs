@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 
 /// Protocol version carried in the hello. Bump on any incompatible change to these types.
 /// 9: secure rounds carry the masked word's width (`SecAggParams::word_bits`) and masked blobs pack the delta in it.
-pub const PROTOCOL_VERSION: u32 = 9;
+/// 10: a new version may travel as its difference to the one the agent holds ([`BlobKind::WeightsDiff`]).
+pub const PROTOCOL_VERSION: u32 = 10;
 /// ALPN id of the agent protocol.
 pub const ALPN_AGENT: &[u8] = b"fedge/1";
 /// ALPN id of the admin protocol (fedgectl).
@@ -281,6 +282,10 @@ pub enum BlobKind {
     Graph,
     /// A global model version's weights, little-endian f32 (server → agent).
     Weights { version: u64 },
+    /// Version `version`'s weights as the chain of 8-bit differences from version `from` ([`crate::model_diff`]):
+    /// `version − from` differences one after the other (server → agent). `weights` is the SHA-256 of the weights
+    /// they produce (of their little-endian f32 bytes, the digest a [`BlobKind::Weights`] blob of that version has).
+    WeightsDiff { from: u64, version: u64, weights: Digest },
     /// A plain (unmasked) update: the agent's weights delta, `values` coordinates in `encoding` (the plan's
     /// [`TrainPlan::upload`]), with its metadata (agent → server). The delta covers the weights the round trains
     /// ([`TrainPlan::trainable`]): the whole model or that part. `eval`: the agent's federated evaluation of the
@@ -318,7 +323,10 @@ impl BlobHeader {
     pub fn max_len(&self) -> u64 {
         match self.kind {
             BlobKind::Graph => limits::GRAPH,
-            BlobKind::Weights { .. } | BlobKind::Update { .. } | BlobKind::Masked { .. } => limits::VECTOR,
+            BlobKind::Weights { .. }
+            | BlobKind::WeightsDiff { .. }
+            | BlobKind::Update { .. }
+            | BlobKind::Masked { .. } => limits::VECTOR,
         }
     }
 }

@@ -123,8 +123,12 @@ pub enum Action {
     /// actions, so the id is never handed out again, even after a crash (on failure: `RoundNotReserved`).
     RoundStarted { round: u64, model_version: u64, selected: usize },
     /// Evaluate `new_weights` if there is a test set (filling `record.metrics`), then commit the record, the
-    /// weights and the strategy state in one transaction, and answer `Committed` or `CommitFailed`.
-    Commit { record: Box<RoundRecord>, new_weights: Vec<f32>, strategy_state: Vec<u8> },
+    /// weights and the strategy state in one transaction, and answer `Committed` or `CommitFailed`. `diff`, when
+    /// versions travel as differences ([`Coordinator::with_model_download`]), rebuilds `new_weights` bit for bit
+    /// from the current version: agents that hold the current version are sent it instead of the whole.
+    ///
+    /// [`Coordinator::with_model_download`]: super::Coordinator::with_model_download
+    Commit { record: Box<RoundRecord>, new_weights: Vec<f32>, strategy_state: Vec<u8>, diff: Option<Vec<u8>> },
     /// Tell the round's reporters that it completed with `version`, and send every connected agent that version
     /// (only after `Committed`).
     Announce { version: u64 },

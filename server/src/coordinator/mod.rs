@@ -55,6 +55,7 @@
 mod aggregation;
 mod buffered;
 mod config;
+mod download;
 mod event;
 mod part;
 mod plain;
@@ -226,6 +227,8 @@ pub struct Coordinator {
     quarantined: BTreeMap<AgentId, u64>,
     /// Buffered asynchronous aggregation (off unless [`Coordinator::with_buffering`]).
     buffering: Option<buffered::Buffering>,
+    /// How committed versions travel ([`Coordinator::with_model_download`]; whole unless set).
+    download: fedge_shared::delta_encoding::DeltaEncoding,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -273,6 +276,7 @@ impl Coordinator {
             privacy: None,
             quarantined: BTreeMap::new(),
             buffering: None,
+            download: fedge_shared::delta_encoding::DeltaEncoding::F32,
         })
     }
 

@@ -160,10 +160,16 @@ impl Coordinator {
                 return self.finish_aborted(now_ms, *round, AbortReason::Strategy(e.to_string()), out);
             }
         };
+        let (new_weights, diff) = self.settle_download(new_weights);
         let record = self.record(&round, now_ms, Outcome::Completed);
         let strategy_state = self.strategy.state();
         tracing::info!(round = record.round, reported = record.reported.len(), "round complete, committing");
-        out.push(Action::Commit { record: Box::new(record.clone()), new_weights: new_weights.clone(), strategy_state });
+        out.push(Action::Commit {
+            record: Box::new(record.clone()),
+            new_weights: new_weights.clone(),
+            strategy_state,
+            diff,
+        });
         self.stage = Stage::Committing(Box::new(PendingCommit {
             round: record.round,
             new_weights,

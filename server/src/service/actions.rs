@@ -54,6 +54,7 @@ impl Core {
     pub(super) fn push_model(&mut self, agent: &str) {
         let cur = &self.current;
         let Some(c) = self.conns.get_mut(agent) else { return };
+        let diffs = &mut self.diffs;
         if !c.graph_sent {
             let h = BlobHeader { kind: BlobKind::Graph, len: cur.graph.len() as u64, digest: Some(cur.graph_digest) };
             let _ = c.tx.try_send(Outbound::Blob(h, cur.graph.clone()));
@@ -68,13 +69,24 @@ impl Core {
                 params: cur.params,
             };
             let _ = c.tx.try_send(Outbound::Msg(ServerMessage::Model(announce)));
-            let h = BlobHeader {
-                kind: BlobKind::Weights { version: cur.version },
-                len: cur.weights.len() as u64,
-                digest: Some(cur.weights_digest),
+            // An agent a few versions behind gets the differences since its version when they are smaller.
+            let chain =
+                c.version_held.and_then(|held| Some((held, diffs.chain(held, cur.version, cur.weights.len())?)));
+            let (h, body) = match chain {
+                Some((from, (body, digest))) => {
+                    let kind = BlobKind::WeightsDiff { from, version: cur.version, weights: cur.weights_digest };
+                    (BlobHeader { kind, len: body.len() as u64, digest: Some(digest) }, body)
+                }
+                None => {
+                    let kind = BlobKind::Weights { version: cur.version };
+                    (
+                        BlobHeader { kind, len: cur.weights.len() as u64, digest: Some(cur.weights_digest) },
+                        cur.weights.clone(),
+                    )
+                }
             };
-            let _ = c.tx.try_send(Outbound::Blob(h, cur.weights.clone()));
-            self.metrics.sent(cur.weights.len() as u64);
+            self.metrics.sent(body.len() as u64);
+            let _ = c.tx.try_send(Outbound::Blob(h, body));
             c.version_held = Some(cur.version);
         }
     }
@@ -172,7 +184,9 @@ impl Core {
                 tracing::info!(round, model_version, selected, "round started");
                 let _ = self.events.send(ServerEvent::RoundStarted { round, model_version, selected });
             }
-            Action::Commit { record, new_weights, strategy_state } => self.commit(*record, new_weights, strategy_state),
+            Action::Commit { record, new_weights, strategy_state, diff } => {
+                self.commit(*record, new_weights, strategy_state, diff)
+            }
             Action::Announce { version } => {
                 if let Some(record) = self.committing.take() {
                     for r in &record.reported {
@@ -212,7 +226,13 @@ impl Core {
         }
     }
 
-    fn commit(&mut self, mut record: RoundRecord, new_weights: Vec<f32>, strategy_state: Vec<u8>) {
+    fn commit(
+        &mut self,
+        mut record: RoundRecord,
+        new_weights: Vec<f32>,
+        strategy_state: Vec<u8>,
+        diff: Option<Vec<u8>>,
+    ) {
         let store = self.store.clone();
         let evaluator = self.evaluator.clone();
         let graph = self.current.graph.clone();
@@ -239,7 +259,8 @@ impl Core {
                     drop(new_weights);
                     record.new_version = Some(version);
                     record.outcome = Outcome::Completed;
-                    Box::new(CommittedModel { version, record, digest, blob: Arc::new(blob) })
+                    let diff = diff.map(Arc::new);
+                    Box::new(CommittedModel { version, record, digest, blob: Arc::new(blob), diff })
                 })
                 .map_err(|e| e.to_string());
             let _ = tx.blocking_send(CoreMsg::Committed { round, result });

@@ -24,7 +24,12 @@ fn one_of_each() -> Vec<Action> {
         Action::Reject { agent: "a".into(), reason: RejectReason::Duplicate },
         Action::CancelTraining { agent: "a".into(), round: 1 },
         Action::RoundStarted { round: 4, model_version: 0, selected: 2 },
-        Action::Commit { record: Box::new(record(1)), new_weights: vec![1.0, 2.0, 3.0, 4.0], strategy_state: vec![9] },
+        Action::Commit {
+            record: Box::new(record(1)),
+            new_weights: vec![1.0, 2.0, 3.0, 4.0],
+            strategy_state: vec![9],
+            diff: Some(vec![1, 2, 3, 4, 5, 6, 7, 8]),
+        },
         Action::Announce { version: 1 },
         Action::RoundAborted { round: 3, reason: AbortReason::Operator, record: Box::new(record(3)) },
         Action::SecAggKeys {
@@ -64,7 +69,9 @@ async fn check(action: Action) -> &'static str {
         Action::Reject { agent, reason } => reject(agent, reason).await,
         Action::CancelTraining { agent, round } => cancel_training(agent, round).await,
         Action::RoundStarted { round, model_version, selected } => round_started(round, model_version, selected).await,
-        Action::Commit { record, new_weights, strategy_state } => commit(*record, new_weights, strategy_state).await,
+        Action::Commit { record, new_weights, strategy_state, diff } => {
+            commit(*record, new_weights, strategy_state, diff).await
+        }
         Action::Announce { version } => announce(version).await,
         Action::RoundAborted { round, reason, record } => round_aborted(round, reason, *record).await,
         Action::SecAggKeys { agent, round, keys, owners } => secagg_keys(agent, round, keys, owners).await,
@@ -191,14 +198,21 @@ async fn round_started(round: u64, model_version: u64, selected: usize) -> &'sta
     "RoundStarted"
 }
 
-/// `Commit`: evaluated and committed on a blocking thread, its result fed back; a failed commit is fed back too.
-async fn commit(record: RoundRecord, new_weights: Vec<f32>, strategy_state: Vec<u8>) -> &'static str {
+/// `Commit`: evaluated and committed on a blocking thread, its result fed back with the version's difference; a
+/// failed commit is fed back too.
+async fn commit(
+    record: RoundRecord,
+    new_weights: Vec<f32>,
+    strategy_state: Vec<u8>,
+    diff: Option<Vec<u8>>,
+) -> &'static str {
     let mut s = shell();
     let round = record.round;
     s.core.act(Action::Commit {
         record: Box::new(record.clone()),
         new_weights: new_weights.clone(),
         strategy_state: strategy_state.clone(),
+        diff: diff.clone(),
     });
     let committed = match s.fed_back().await {
         CoreMsg::Committed { round: r, result: Ok(m) } if r == round => m,
@@ -210,6 +224,7 @@ async fn commit(record: RoundRecord, new_weights: Vec<f32>, strategy_state: Vec<
     assert_eq!((committed.record.new_version, &committed.record.outcome), (Some(1), &Outcome::Completed));
     assert_eq!(*committed.blob, weights_to_bytes(&new_weights));
     assert_eq!(committed.digest, Digest::of(&committed.blob));
+    assert_eq!(committed.diff.as_deref(), diff.as_ref(), "the difference goes with the committed version");
     let store = s.core.store.clone();
     let stored = store.round(round).expect("readable").expect("the record is committed");
     assert_eq!(stored.metrics.test_accuracy, Some(ACCURACY), "the record is stored with its evaluation");
@@ -217,7 +232,7 @@ async fn commit(record: RoundRecord, new_weights: Vec<f32>, strategy_state: Vec<
     assert_eq!(store.weights(1).expect("the weights are committed"), new_weights);
     assert_eq!(store.strategy_state().expect("readable"), strategy_state);
 
-    s.core.act(Action::Commit { record: Box::new(record), new_weights, strategy_state });
+    s.core.act(Action::Commit { record: Box::new(record), new_weights, strategy_state, diff });
     match s.fed_back().await {
         CoreMsg::Committed { round: r, result: Err(e) } => assert!(r == round && !e.is_empty()),
         other => panic!("a round id committed twice fails, and the failure is fed back: {other:?}"),
@@ -261,6 +276,30 @@ async fn announce(version: u64) -> &'static str {
     assert!(s.core.committing.is_none());
     s.core.act(Action::Announce { version });
     assert!(sent(&mut other).is_empty(), "a connection that holds the version is not sent it again");
+
+    // With the version's difference kept (`Committed` with one), an agent holding the version before it is sent the
+    // difference, which rebuilds the version's bits; an agent holding no version gets the whole.
+    let mut s = shell();
+    let mut behind = s.connect_holding("a");
+    let mut fresh = s.connect("b");
+    let (settled, diff) = fedge_shared::model_diff::settle(&WEIGHTS, &new_weights).expect("finite");
+    let blob = weights_to_bytes(&settled);
+    s.core.diffs.committed(0, version, Some(Arc::new(diff.clone())));
+    s.core.current.weights_digest = Digest::of(&blob);
+    s.core.current.weights = Arc::new(blob.clone());
+    s.core.current.version = version;
+    s.core.act(Action::Announce { version });
+    let out = sent(&mut behind);
+    assert_eq!(out.len(), 2, "{out:?}");
+    let Outbound::Blob(h, body) = &out[1] else { panic!("a blob: {out:?}") };
+    assert_eq!(h.kind, BlobKind::WeightsDiff { from: 0, version, weights: Digest::of(&blob) });
+    assert_eq!((**body == diff, h.digest, h.len), (true, Some(Digest::of(&diff)), diff.len() as u64));
+    assert_eq!(fedge_shared::model_diff::apply(&WEIGHTS, body, 1).expect("applies"), settled);
+    let out = sent(&mut fresh);
+    assert!(
+        out.iter().any(|o| matches!(o, Outbound::Blob(h, b) if h.kind == BlobKind::Weights { version } && **b == blob)),
+        "{out:?}"
+    );
     "Announce"
 }
 

@@ -68,6 +68,8 @@ pub(super) struct Core {
     pub(super) signed_revocations: Option<std::path::PathBuf>,
     /// The list as read for the round whose keys are being relayed (read once per round, not once per agent).
     pub(super) revocations_read: Option<(u64, Vec<u8>)>,
+    /// The newest versions' differences, for agents a few versions behind.
+    pub(super) diffs: super::model_diffs::ModelDiffs,
 }
 
 /// What the core keeps for the admin surface.
@@ -234,6 +236,7 @@ impl Core {
             CoreMsg::Unmasked { round, outcome } => self.feed(Event::Unmasked { round, outcome }),
             CoreMsg::Committed { round, result } => match result {
                 Ok(m) => {
+                    self.diffs.committed(self.current.version, m.version, m.diff);
                     self.current.version = m.version;
                     self.current.weights = m.blob;
                     self.current.weights_digest = m.digest;

@@ -13,8 +13,9 @@
 //! The files, one concept each: `startup` (opening the store, binding the endpoint, building the core and spawning the
 //! tasks), `server_handle` (the running server as its owner holds it), `core_actor` (the core's state and its loop:
 //! messages in, events to the coordinator), `actions` (carrying out the coordinator's actions; `actions_contract` tests
-//! each against the coordinator's documentation), `admin_calls` (answering the operator's calls) and `wire_plan` (a
-//! round's plan as an agent receives it). This file only names them and re-exports the public items, so that none of
+//! each against the coordinator's documentation), `admin_calls` (answering the operator's calls), `model_diffs` (the
+//! newest versions' differences, for agents a few versions behind) and `wire_plan` (a round's plan as an agent
+//! receives it). This file only names them and re-exports the public items, so that none of
 //! them imports it.
 
 mod actions;
@@ -22,6 +23,7 @@ mod actions;
 mod actions_contract;
 mod admin_calls;
 mod core_actor;
+mod model_diffs;
 mod server_handle;
 mod startup;
 mod wire_plan;

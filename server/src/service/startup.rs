@@ -103,7 +103,8 @@ pub async fn start_with_hook(
     if secagg.unmask_threads.is_none() {
         secagg.unmask_threads = Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
     }
-    let coordinator = coordinator.with_secagg(secagg).context("[secagg] in the config")?;
+    let coordinator =
+        coordinator.with_secagg(secagg).context("[secagg] in the config")?.with_model_download(config.download);
     let coordinator = match config.buffered.clone() {
         Some(b) => coordinator.with_buffering(b).context("[buffered] in the config")?,
         None => coordinator,
@@ -167,6 +168,7 @@ pub async fn start_with_hook(
         relay_hook,
         signed_revocations: config.tls.revoked.as_ref().map(|p| p.with_file_name(fedge_shared::revocation_list::FILE)),
         revocations_read: None,
+        diffs: Default::default(),
         run,
         config_rounds: config.rounds,
         admin: AdminState {

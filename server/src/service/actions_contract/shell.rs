@@ -99,6 +99,7 @@ pub(super) fn shell() -> Shell {
         write_error_reported: false,
         signed_revocations: Some(dir.path().join(fedge_shared::revocation_list::FILE)),
         revocations_read: None,
+        diffs: Default::default(),
     };
     Shell { core, fed_back, events, dir }
 }
