@@ -32,9 +32,14 @@ struct Cli {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Agents.
+    /// Agents, all connected for the whole run.
     #[arg(long, default_value_t = 10)]
     agents: usize,
+    /// Agents selected for each round, out of the connected `--agents` (default: all of them). With a cohort
+    /// smaller than the agents, bytes per agent are not reported (an agent's traffic then spans the rounds it sat
+    /// out).
+    #[arg(long)]
+    cohort: Option<usize>,
     /// Model parameters (a synthetic MLP of about this size).
     #[arg(long, default_value_t = 1_000_000)]
     params: usize,
@@ -227,6 +232,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.agents == 0 || args.rounds == 0 || args.params < 4 {
         bail!("--agents and --rounds must be at least 1 and --params at least 4");
     }
+    let cohort = args.cohort.unwrap_or(args.agents);
+    if cohort == 0 || cohort > args.agents {
+        bail!("--cohort must be between 1 and --agents");
+    }
+    let whole_cohort = cohort == args.agents;
     let dir = tempfile::tempdir()?;
     let pki = dir.path().join("pki");
     tls::init_federation(&pki, &["localhost".into(), "127.0.0.1".into()], 30)?;
@@ -250,10 +260,10 @@ onnx = "{model}"
 [secagg]
 enabled = {secagg}
 [coordinator]
-min_agents = {n}
+min_agents = {cohort}
 min_available = {n}
-max_agents = {n}
-fraction = 1.0
+max_agents = {cohort}
+fraction = {fraction}
 overselect = 1.0
 seed = 1
 round_timeout_ms = 600000
@@ -271,6 +281,8 @@ upload = "{upload}"
         model = dir.path().join("model.onnx").display(),
         rounds = args.rounds,
         n = args.agents,
+        cohort = cohort,
+        fraction = cohort as f64 / args.agents as f64,
         upload = encoding_name(args.upload),
         download = encoding_name(args.download),
         downloads = args.max_downloads.map(|d| format!("max_concurrent_downloads = {d}")).unwrap_or_default(),
@@ -341,10 +353,12 @@ upload = "{upload}"
     let mut traffic: Vec<Vec<Traffic>> = vec![vec![]; args.agents];
     let mut peak_server_kb = 0u64;
     let mut peak_agent_kb = 0u64;
-    let deadline = Instant::now() + Duration::from_secs(120 + 60 * args.rounds);
+    // Connecting many agents takes a while (a TLS handshake each): a second per 100 of them.
+    let deadline = Instant::now() + Duration::from_secs(120 + args.agents as u64 / 100 + 60 * args.rounds);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
-        let done = first_seen.iter().all(|s| s.is_some()) && traffic.iter().all(|t| t.len() as u64 >= args.rounds);
+        let done = first_seen.iter().all(|s| s.is_some())
+            && (!whole_cohort || traffic.iter().all(|t| t.len() as u64 >= args.rounds));
         if done {
             break;
         }
@@ -472,6 +486,7 @@ upload = "{upload}"
     };
     let out = serde_json::json!({
         "agents": args.agents,
+        "cohort": cohort,
         "params": store.latest()?.map(|m| m.num_params).unwrap_or(0),
         "rounds": args.rounds,
         "secagg": secagg,
@@ -493,11 +508,11 @@ upload = "{upload}"
         } else {
             peak_agent_kb as f64 / 1024.0
         },
-        "bytes_up_per_agent": per_round(|t| t.sent),
-        "bytes_down_per_agent": per_round(|t| t.received),
-        "up_packets_per_agent": per_round(|t| t.sent_packets),
-        "up_acks_per_agent": per_round(|t| t.sent_acks),
-        "up_lost_bytes_per_agent": per_round(|t| t.lost_bytes),
+        "bytes_up_per_agent": whole_cohort.then(|| per_round(|t| t.sent)),
+        "bytes_down_per_agent": whole_cohort.then(|| per_round(|t| t.received)),
+        "up_packets_per_agent": whole_cohort.then(|| per_round(|t| t.sent_packets)),
+        "up_acks_per_agent": whole_cohort.then(|| per_round(|t| t.sent_acks)),
+        "up_lost_bytes_per_agent": whole_cohort.then(|| per_round(|t| t.lost_bytes)),
         "server_cpu_s": server_cpu,
         "max_abs_error": max_err,
         "max_abs_error_allowed": tolerance,
