@@ -541,6 +541,9 @@ impl<'p> Net<'p> {
                 self.feed(Event::SecAggSurvivorSignature { agent, signature })
             }
             AgentMessage::SecAggUnmask(response) => self.feed(Event::SecAggUnmask { agent, response }),
+            AgentMessage::Ready { round, model_version, examples } => {
+                self.feed(Event::Ready { agent, round, model_version, examples })
+            }
         }
     }
 
