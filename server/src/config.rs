@@ -339,6 +339,15 @@ mod tests {
         let err = format!("{:#}", with(&steep).unwrap_err());
         assert!(err.contains("[buffered]") && err.contains("max_staleness"), "{err}");
         assert!(with(&steep.replacen("enabled = true\n", "enabled = false\n", 1)).is_ok());
+        let private = text.replacen("# [privacy]\n# noise_multiplier = 1.0", "[privacy]\nnoise_multiplier = 1.0", 1);
+        let private = private.replacen(
+            "# clip_norm = 1.0\n# delta = 1e-5\n# target_epsilon = 8.0",
+            "clip_norm = 1.0\ndelta = 1e-5\ntarget_epsilon = 8.0",
+            1,
+        );
+        let err = format!("{:#}", with(&private).unwrap_err());
+        assert!(err.contains("[buffered]") && err.contains("[privacy]"), "{err}");
+        assert!(with(&private.replacen("[buffered]\nsize = 5", "", 1)).is_ok(), "privacy alone is accepted");
     }
 
     #[test]
