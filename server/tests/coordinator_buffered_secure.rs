@@ -4,7 +4,8 @@
 //! held deltas scaled by their staleness discounts, and the committed model is the previous one plus the discounted,
 //! example-weighted mean of the survivors' deltas; agents ready while a group's phases run wait for the next group; a
 //! member lost in the masked phase is recovered; a group left under `min_agents` aborts with nothing unmasked and
-//! its members train again; a wrong `Ready` is refused.
+//! its members train again; a wrong `Ready` or a plain update is refused; a held delta more than `max_staleness`
+//! versions old is dropped at a commit.
 
 use fedge_server::clock::Alarm;
 use fedge_server::coordinator::{
@@ -102,17 +103,23 @@ struct Sim {
     held_masking: Vec<(AgentId, MaskWith)>,
     /// The global model after each commit, version 0 first.
     models: Vec<Vec<f32>>,
+    /// Every `CancelTraining`: (agent, round).
+    cancelled: Vec<(AgentId, u64)>,
 }
 
 impl Sim {
     fn new(agents: usize, k: usize, min_agents: usize) -> Sim {
+        Sim::with(agents, BufferedConfig::new(k), min_agents)
+    }
+
+    fn with(agents: usize, buffered: BufferedConfig, min_agents: usize) -> Sim {
         let global: Vec<f32> = (0..DIM).map(|k| k as f32 * 0.1).collect();
         let state = ResumeState { model_version: 0, weights: global.clone(), next_round: 1, strategy_state: vec![] };
         let coord = Coordinator::new(config(min_agents, agents), state)
             .unwrap()
             .with_secagg(secagg())
             .unwrap()
-            .with_buffering(BufferedConfig::new(k))
+            .with_buffering(buffered)
             .unwrap();
         let mut peers = PeerKeyTable::new();
         let mut signers = BTreeMap::new();
@@ -139,6 +146,7 @@ impl Sim {
             hold_masking: false,
             held_masking: vec![],
             models: vec![global],
+            cancelled: vec![],
         };
         sim.feed(Event::StartRounds { count: None });
         for i in 0..agents {
@@ -273,6 +281,7 @@ impl Sim {
                 Action::RoundAborted { reason, record, .. } => self.aborts.push((reason, *record)),
                 Action::WakeAt(t) => self.alarm.set(t),
                 Action::Reject { agent, reason } => self.rejects.push((agent, reason)),
+                Action::CancelTraining { agent, round } => self.cancelled.push((agent, round)),
                 _ => {}
             }
         }
@@ -481,4 +490,23 @@ fn a_plain_update_is_refused_drops_its_sender_and_is_never_folded() {
     assert_eq!(sim.group_of(1), vec![name(1), name(2)], "nobody else is training");
     assert_eq!(sim.commits.len(), 1, "{:?}", sim.aborts);
     assert_close(&sim.models[1], &expected(&sim.models[0], &[(1, 0, 1.0), (2, 0, 1.0)]));
+}
+
+#[test]
+fn a_held_delta_more_than_max_staleness_versions_old_is_dropped_at_a_commit_and_its_agent_trains_again() {
+    let mut sim = Sim::with(5, BufferedConfig { max_staleness: 1, ..BufferedConfig::new(2) }, 2);
+    sim.hold_masking = true;
+    sim.ready(0);
+    sim.ready(1);
+    for i in [2, 3, 4] {
+        sim.ready(i);
+    }
+    sim.release_masking();
+    // Version 1 commits; the next buffer's group forms at once with agents 2 and 3 and commits version 2. Agent 4,
+    // still holding a delta trained from version 0, is now two versions behind: told to stop, never masked.
+    assert_eq!(sim.commits.len(), 2, "{:?}", sim.aborts);
+    assert_eq!(sim.group_of(2), vec![name(2), name(3)]);
+    assert_eq!(sim.cancelled, vec![(name(4), 1)]);
+    assert!(sim.group_plans.iter().all(|(_, a)| *a != name(4)));
+    assert!(sim.training_plans.iter().any(|(r, a)| *r == 3 && *a == name(4)), "it trains again from version 2");
 }
