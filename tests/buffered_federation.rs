@@ -214,6 +214,8 @@ async fn secure_buffers_mask_held_deltas_in_groups_and_commit_their_discounted_m
         secagg: SecAggConfig { quant_bits: Some(22), ..SecAggConfig::default() },
         relay_hook: Some(hook),
         buffered: Some(BufferedConfig::new(2)),
+        // Exact versions: the check below is the group's arithmetic, not the downloads' rounding.
+        download: fedge_shared::delta_encoding::DeltaEncoding::F32,
         ..Default::default()
     };
     let fed = LocalFederation::start_with(spec, learners, options).await?;
