@@ -541,6 +541,9 @@ impl<'p> Net<'p> {
                 self.feed(Event::SecAggSurvivorSignature { agent, signature })
             }
             AgentMessage::SecAggUnmask(response) => self.feed(Event::SecAggUnmask { agent, response }),
+            AgentMessage::Ready { round, model_version, examples } => {
+                self.feed(Event::Ready { agent, round, model_version, examples })
+            }
         }
     }
 
@@ -632,7 +635,7 @@ impl<'p> Net<'p> {
                     assert!(step < 1e-4, "seed {seed}: a quantization step of {step} would make this check loose");
                     2.0 * step + 1e-4
                 }
-                AggregationMode::Plain => 1e-4,
+                AggregationMode::Plain | AggregationMode::Held | AggregationMode::HeldGroup(..) => 1e-4,
             };
             for k in 0..DIM {
                 let want = before[k] + (sum[k] / total) as f32;

@@ -126,7 +126,8 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1e-5, requires = "dp_noise")]
     pub dp_delta: f64,
     /// Buffered asynchronous aggregation (FedBuff) with buffers of K updates: a round completes with the first K,
-    /// slower agents' updates count in a later round, discounted by their staleness. Needs --secagg off.
+    /// slower agents' updates count in a later round, discounted by their staleness. With secure aggregation on, each
+    /// buffer's K ready agents mask their held deltas in a SecAgg+ group of their own.
     #[arg(long, value_name = "K")]
     pub buffered: Option<usize>,
     /// With --buffered: an agent training from a version more than this many commits old is told to stop.
@@ -236,7 +237,8 @@ pub struct FederationOptions {
     pub agent_privacy: Option<fedge_agent::privacy_budget::AgentPrivacy>,
     /// Each agent's floor for secure rounds (agent.toml's `[secagg]`); nothing by default.
     pub agent_floor: fedge_shared::secagg::RoundFloor,
-    /// Buffered asynchronous aggregation (`[buffered]`, needs `secagg` off); synchronous rounds when `None`.
+    /// Buffered asynchronous aggregation (`[buffered]`; with `secagg` on, each buffer's ready agents mask their held
+    /// deltas in a group of their own); synchronous rounds when `None`.
     pub buffered: Option<fedge_server::coordinator::BufferedConfig>,
     /// How new versions reach agents (server.toml's `download`): 8-bit differences by default.
     pub download: fedge_shared::delta_encoding::DeltaEncoding,
@@ -423,9 +425,6 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             }
         })
         .collect();
-    if args.buffered.is_some() && args.secagg == Toggle::On {
-        bail!("--buffered runs plain rounds: add --secagg off");
-    }
     let coordinator = CoordinatorConfig {
         // A buffer of K completes with K updates at the latest at its deadline.
         min_agents: args.agents.div_ceil(2).min(args.buffered.unwrap_or(usize::MAX)).max(1),
@@ -484,7 +483,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             eprintln!(
                 "WARNING: secure aggregation is OFF (--secagg off): every agent's update reaches the server in the \
                  clear, and the demo's agents accept plain rounds (require_secure_aggregation = false). Use this only \
-                 to measure what secure aggregation costs, or to run buffered asynchronous rounds."
+                 to measure what secure aggregation costs."
             );
             SecAggConfig::off()
         }

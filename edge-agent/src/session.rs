@@ -25,14 +25,21 @@
 //! - the unmasking shares are revealed once per round, and only for the survivor set this agent signed (the
 //!   [`ClientSession`] refuses a second request, and never reveals both secrets of one neighbour);
 //! - a round that ended (`RoundEnd`) is dropped: its delta, if it arrives later, is not uploaded.
-//! - a training outcome is answered once: by an upload, or by [`AgentMessage::Abandon`] when training failed.
+//! - a training outcome is answered once: by an upload, or by [`AgentMessage::Abandon`] when training failed, or,
+//!   for a plan with [`HeldPlan::Train`] (buffered secure rounds), by [`AgentMessage::Ready`]: the delta is held,
+//!   never uploaded in the clear;
+//! - a held delta leaves only masked, once, in the group whose plan ([`HeldPlan::Group`]) names this agent's
+//!   training (round and version), multiplied by the scale the plan gives it; a group plan whose scales are not all
+//!   in `[HeldMember::MIN_SCALE, 1]`, that does not name every cohort member, or that names a training this agent
+//!   does not hold is refused; a held delta is discarded when its round ends, a new training plan comes, or it is
+//!   masked.
 
 use crate::agent_event::AgentEvent;
 use crate::learner::LearnOutcome;
 use crate::peer_check::{peer_key_table_of, with_known_certificates};
 use anyhow::{Context, anyhow};
 use fedge_shared::delta_encoding::DeltaEncoding;
-use fedge_shared::protocol::{AgentMessage, RoundPlan, SecAggPlan, ServerMessage, TrainPlan};
+use fedge_shared::protocol::{AgentMessage, HeldMember, HeldPlan, RoundPlan, SecAggPlan, ServerMessage, TrainPlan};
 use fedge_shared::revocation_list::RevocationList;
 use fedge_shared::round_counts::{self, SECURE_COUNTS};
 use fedge_shared::secagg::{
@@ -144,8 +151,12 @@ struct Connection {
     last_secure_round: Option<u64>,
     /// The newest plain round's plan asks for its update in this encoding.
     plain_encoding: Option<(u64, DeltaEncoding)>,
-    /// The newest plan taken on this connection (a repeat is ignored).
-    last_plan: Option<u64>,
+    /// The newest plan taken on this connection, and whether it was a group's (a repeat is ignored).
+    last_plan: Option<(u64, bool)>,
+    /// The newest round whose plan said to train and hold the delta, and the version it trains from.
+    hold_round: Option<(u64, u64)>,
+    /// The delta held for a group: the round and version it was trained for and from, and the training's outcome.
+    held: Option<(u64, u64, LearnOutcome)>,
     /// The newest round the server said had ended.
     ended: Option<u64>,
 }
@@ -220,6 +231,7 @@ impl Session {
                 self.conn.pending = self.conn.pending.take().filter(|p| p.round != round);
                 self.conn.ended = Some(round);
                 self.drop_secure(round);
+                self.conn.held = self.conn.held.take().filter(|(r, _, _)| *r != round);
                 out.push(Output::Report(AgentEvent::RoundEnded { round, completed }));
             }
             // The shell ends the connection on a goodbye; nothing is left to decide here.
@@ -315,12 +327,16 @@ impl Session {
 
     fn on_plan(&mut self, plan: RoundPlan, env: &mut Env<'_>, out: &mut Vec<Output>) {
         let round = plan.round;
-        if self.conn.last_plan == Some(round) {
+        let group = matches!(plan.held, Some(HeldPlan::Group(_)));
+        if self.conn.last_plan == Some((round, group)) {
             tracing::debug!(round, "the plan of a round this connection was sent already; ignored");
             return;
         }
-        self.conn.last_plan = Some(round);
+        self.conn.last_plan = Some((round, group));
         tracing::info!(round, version = plan.model_version, secure = plan.secagg.is_some(), "selected for a round");
+        if let Some(HeldPlan::Group(members)) = &plan.held {
+            return self.on_group_plan(&plan, members, env, out);
+        }
         if let Err(e) = env.held.check_round(round) {
             return refuse_plan(round, e, out);
         }
@@ -330,6 +346,18 @@ impl Session {
             return refuse_plan(round, e, out);
         }
         self.conn.secure = None;
+        if let Some(HeldPlan::Train) = plan.held {
+            if plan.secagg.is_some() {
+                return refuse_plan(round, "a training plan with secure aggregation".into(), out);
+            }
+            // Train and hold: the delta never leaves in the clear. An older held delta is superseded.
+            tracing::info!(round, "buffered secure round: training, the delta will be held for a group");
+            self.conn.held = None;
+            self.conn.hold_round = Some((round, plan.model_version));
+            self.conn.last_secure_round = Some(round);
+            self.conn.pending = Some(plan);
+            return;
+        }
         match &plan.secagg {
             Some(sp) => {
                 self.conn.last_secure_round = Some(round);
@@ -348,6 +376,45 @@ impl Session {
                 self.conn.plain_encoding = Some((round, plan.train.upload));
                 self.conn.pending = Some(plan);
             }
+        }
+    }
+
+    /// A group of held deltas: this agent masks the delta it holds, scaled, in the plan's secure round (no training).
+    fn on_group_plan(&mut self, plan: &RoundPlan, members: &[HeldMember], env: &mut Env<'_>, out: &mut Vec<Output>) {
+        let round = plan.round;
+        let Some(sp) = &plan.secagg else {
+            return refuse_secure(round, "a group plan without secure aggregation".into(), out);
+        };
+        let scales_ok = members.iter().all(|m| m.scale.is_finite() && (HeldMember::MIN_SCALE..=1.0).contains(&m.scale));
+        let listed =
+            members.len() == sp.cohort.len() && members.iter().zip(&sp.cohort).all(|(m, a)| m.index == a.index);
+        let mine = members.iter().find(|m| m.index == sp.me);
+        let reason = match (mine, &self.conn.held) {
+            _ if !scales_ok => Some(format!("a member's scale is outside [{}, 1]", HeldMember::MIN_SCALE)),
+            _ if !listed => Some("the group's scales do not list its cohort".to_string()),
+            (None, _) => Some("the group does not list this agent".to_string()),
+            (Some(m), Some((r, v, _))) if (*r, *v) == (m.trained_round, m.trained_version) => None,
+            (Some(m), _) => {
+                Some(format!("this agent holds no delta of round {} (version {})", m.trained_round, m.trained_version))
+            }
+        };
+        if let Some(reason) = reason {
+            return refuse_secure(round, reason, out);
+        }
+        let (Some(me), Some((_, _, mut outcome))) = (mine, self.conn.held.take()) else { return };
+        // The staleness discount applies under the masks: the server never sees the delta, only the group's sum.
+        let scale = me.scale as f32;
+        outcome.delta.iter_mut().for_each(|d| *d *= scale);
+        self.conn.secure = None;
+        self.conn.last_secure_round = Some(round);
+        match self.start_secure(round, sp, plan.context(), env) {
+            Ok((mut secure, keys)) => {
+                tracing::info!(round, scale = me.scale, "buffered secure round: masking the held delta in a group");
+                out.push(Output::Send(AgentMessage::SecAggAdvertise(keys)));
+                secure.outcome = Some(outcome);
+                self.conn.secure = Some(secure);
+            }
+            Err(e) => refuse_secure(round, format!("{e:#}"), out),
         }
     }
 
@@ -405,6 +472,13 @@ impl Session {
         }
         if c.ended == Some(round) {
             tracing::info!(round, "the round ended before this agent's update; the delta is dropped");
+            return;
+        }
+        if let Some((r, version)) = c.hold_round.filter(|(r, _)| *r == round) {
+            tracing::info!(round = r, examples = outcome.examples, "trained; holding the delta for a group");
+            let examples = outcome.examples;
+            c.held = Some((r, version, outcome));
+            out.push(Output::Send(AgentMessage::Ready { round: r, model_version: version, examples }));
             return;
         }
         match c.secure.as_mut().filter(|s| s.round == round) {

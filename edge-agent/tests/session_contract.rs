@@ -7,7 +7,9 @@ use fedge_agent::learner::LearnOutcome;
 use fedge_agent::session::{Env, Holdings, Input, Output, PLAIN_ROUND_REFUSED, Session, SessionConfig};
 use fedge_shared::delta_encoding::DeltaEncoding;
 use fedge_shared::model::Digest;
-use fedge_shared::protocol::{AgentMessage, OptimizerKind, RoundPlan, SecAggPlan, ServerMessage, TrainPlan};
+use fedge_shared::protocol::{
+    AgentMessage, HeldMember, HeldPlan, OptimizerKind, RoundPlan, SecAggPlan, ServerMessage, TrainPlan,
+};
 use fedge_shared::secagg::{AdvertiseKeys, AgentRef, EcdsaP256Signer, MaskWith, RoundFloor, SecAggParams};
 use fedge_shared::tls::{self, Identity, Role, files};
 use rand::SeedableRng;
@@ -105,6 +107,7 @@ fn plain_plan(round: u64) -> RoundPlan {
         train: train(),
         deadline_ms: 10_000,
         secagg: None,
+        held: None,
     }
 }
 
@@ -391,4 +394,87 @@ fn an_exact_repeat_of_a_secure_phase_message_is_ignored_and_a_different_second_o
     let out = t.relay_keys(0, 1, certs[..2].to_vec());
     assert!(out.iter().any(|o| matches!(o, Output::Report(AgentEvent::SecureRoundRefused { round: 1, .. }))));
     assert!(!out.iter().any(|o| matches!(o, Output::Send(AgentMessage::SecAggShares { .. }))));
+}
+
+fn hold_plan(round: u64) -> RoundPlan {
+    RoundPlan { held: Some(HeldPlan::Train), ..plain_plan(round) }
+}
+
+/// A group of three for round `round` in which agent `me` masks the delta of its training for `trained`.
+fn group_plan(round: u64, me: u32, trained: u64, scale: f64) -> RoundPlan {
+    let members = (0..3).map(|i| HeldMember { index: i, trained_round: trained, trained_version: 3, scale }).collect();
+    RoundPlan { held: Some(HeldPlan::Group(members)), ..secure_plan(round, me, 3) }
+}
+
+fn ready(out: &[Output]) -> Vec<(u64, u64, u64)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send(AgentMessage::Ready { round, model_version, examples }) => {
+                Some((*round, *model_version, *examples))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_held_training_says_ready_instead_of_uploading_even_when_secure_aggregation_is_required() {
+    let (_dir, mut s) = agent(true, RoundFloor::default());
+    let (mut d, held) = (Driver::new(), fake());
+    let out = d.plan(&mut s, &held, hold_plan(4));
+    assert_eq!(trains(&out), vec![4], "a training plan is taken by an agent that requires secure aggregation");
+    assert!(abandons(&out).is_empty());
+    let out = d.feed(&mut s, &held, Input::Learned { round: 4, outcome: Ok(outcome(12)) });
+    assert_eq!(ready(&out), vec![(4, 3, 12)]);
+    assert_eq!(uploads(&out), 0, "the delta is held, never uploaded in the clear");
+    // Failed training is abandoned once, and says nothing of readiness.
+    let out = d.plan(&mut s, &held, hold_plan(5));
+    assert_eq!(trains(&out), vec![5]);
+    let out = d.feed(&mut s, &held, Input::Learned { round: 5, outcome: Err("out of memory".into()) });
+    assert!(ready(&out).is_empty() && abandons(&out).len() == 1 && uploads(&out) == 0);
+}
+
+#[test]
+fn a_held_delta_leaves_only_in_a_group_that_names_its_training_with_acceptable_scales_and_only_once() {
+    let (_dir, mut s) = agent(true, RoundFloor::default());
+    let (mut d, held) = (Driver::new(), fake());
+    d.plan(&mut s, &held, hold_plan(4));
+    d.feed(&mut s, &held, Input::Learned { round: 4, outcome: Ok(outcome(12)) });
+    let refused = |out: &[Output]| abandons(out).len() == 1 && advertised(out).is_empty() && uploads(out) == 0;
+    // A scale under the floor for any member (the others' deltas would vanish from the sum), or above 1: refused.
+    for (round, scale) in [(6, HeldMember::MIN_SCALE / 2.0), (7, 1.5), (8, f64::NAN)] {
+        let out = d.plan(&mut s, &held, group_plan(round, 0, 4, scale));
+        assert!(refused(&out), "scale {scale}");
+    }
+    // A group naming another training: refused (nothing held for it).
+    assert!(refused(&d.plan(&mut s, &held, group_plan(9, 0, 3, 0.5))));
+    // A group whose scales do not list its cohort: refused.
+    let mut short = group_plan(10, 0, 4, 0.5);
+    if let Some(HeldPlan::Group(g)) = short.held.as_mut() {
+        g.pop();
+    }
+    assert!(refused(&d.plan(&mut s, &held, short)));
+    // The right group: keys are advertised, and nothing is trained.
+    let out = d.plan(&mut s, &held, group_plan(11, 0, 4, 0.5));
+    assert_eq!(advertised(&out).len(), 1);
+    assert!(trains(&out).is_empty() && abandons(&out).is_empty());
+    // The delta is taken: a second group for the same training is refused.
+    assert!(refused(&d.plan(&mut s, &held, group_plan(12, 0, 4, 0.5))));
+}
+
+#[test]
+fn a_held_delta_is_discarded_when_its_round_ends_or_a_new_training_plan_comes() {
+    let (_dir, mut s) = agent(false, RoundFloor::default());
+    let (mut d, held) = (Driver::new(), fake());
+    d.plan(&mut s, &held, hold_plan(4));
+    d.feed(&mut s, &held, Input::Learned { round: 4, outcome: Ok(outcome(12)) });
+    let end = ServerMessage::RoundEnd { round: 4, completed: false, reason: None, new_version: None };
+    d.feed(&mut s, &held, Input::Server(end));
+    let out = d.plan(&mut s, &held, group_plan(5, 0, 4, 0.5));
+    assert!(advertised(&out).is_empty() && abandons(&out).len() == 1, "discarded when its round ended");
+    d.plan(&mut s, &held, hold_plan(6));
+    d.feed(&mut s, &held, Input::Learned { round: 6, outcome: Ok(outcome(12)) });
+    d.plan(&mut s, &held, hold_plan(7));
+    let out = d.plan(&mut s, &held, group_plan(8, 0, 6, 0.5));
+    assert!(advertised(&out).is_empty() && abandons(&out).len() == 1, "superseded by a new training plan");
 }

@@ -194,13 +194,13 @@ impl ServerConfig {
             p.validate(self.coordinator.min_agents as u64).context("[privacy]")?;
         }
         if let Some(b) = &self.buffered {
-            if self.secagg.enabled {
-                bail!(
-                    "[buffered] runs plain rounds: set [secagg] enabled = false to use it (a buffer's agents do not \
-                     form a secure-aggregation group of their own)"
-                );
+            if self.privacy.is_some() {
+                bail!("[buffered] is not supported with [privacy]: a buffer's group is not charged to the budget");
             }
             b.validate(&self.coordinator).context("[buffered]")?;
+            if self.secagg.enabled {
+                b.check_secure().context("[buffered]")?;
+            }
         }
         if self.idle_timeout_ms < 1_000 {
             bail!("idle_timeout_ms must be at least 1000, not {}", self.idle_timeout_ms);
@@ -322,18 +322,32 @@ mod tests {
     }
 
     #[test]
-    fn buffered_rounds_need_secure_aggregation_off_and_a_size_between_min_and_max_agents() {
+    fn buffered_rounds_take_either_aggregation_a_size_between_min_and_max_agents_and_a_discount_agents_accept() {
         let with = |text: &str| ServerConfig::from_value(toml::from_str(text).unwrap(), text);
         let text = EXAMPLE.replacen("# [buffered]\n# size = 5", "[buffered]\nsize = 5", 1);
         assert_ne!(text, EXAMPLE);
-        let err = format!("{:#}", with(&text).unwrap_err());
-        assert!(err.contains("[buffered]") && err.contains("[secagg] enabled = false"), "{err}");
+        let secure = with(&text).unwrap();
+        assert!(secure.secagg.enabled && secure.buffered.is_some(), "secure buffered rounds are accepted");
         let plain = text.replacen("enabled = true\n", "enabled = false\n", 1);
         let cfg = with(&plain).unwrap();
         assert_eq!(cfg.buffered.map(|b| (b.size, b.staleness_exponent, b.max_staleness)), Some((5, 0.5, 50)));
         let too_big = plain.replacen("size = 5", "size = 500", 1);
         let err = format!("{:#}", with(&too_big).unwrap_err());
         assert!(err.contains("[buffered]") && err.contains("max_agents"), "{err}");
+        // 51^-4 is far under the least scale agents accept; plain rounds do not care.
+        let steep = text.replacen("size = 5", "size = 5\nstaleness_exponent = 4.0", 1);
+        let err = format!("{:#}", with(&steep).unwrap_err());
+        assert!(err.contains("[buffered]") && err.contains("max_staleness"), "{err}");
+        assert!(with(&steep.replacen("enabled = true\n", "enabled = false\n", 1)).is_ok());
+        let private = text.replacen("# [privacy]\n# noise_multiplier = 1.0", "[privacy]\nnoise_multiplier = 1.0", 1);
+        let private = private.replacen(
+            "# clip_norm = 1.0\n# delta = 1e-5\n# target_epsilon = 8.0",
+            "clip_norm = 1.0\ndelta = 1e-5\ntarget_epsilon = 8.0",
+            1,
+        );
+        let err = format!("{:#}", with(&private).unwrap_err());
+        assert!(err.contains("[buffered]") && err.contains("[privacy]"), "{err}");
+        assert!(with(&private.replacen("[buffered]\nsize = 5", "", 1)).is_ok(), "privacy alone is accepted");
     }
 
     #[test]

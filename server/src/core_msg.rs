@@ -96,6 +96,13 @@ pub enum CoreMsg {
         round: u64,
         reason: String,
     },
+    /// Buffered secure rounds: the agent holds the delta of its training for `round`.
+    Ready {
+        agent: AgentId,
+        round: u64,
+        model_version: u64,
+        examples: u64,
+    },
     SecAggAdvertise {
         agent: AgentId,
         keys: AdvertiseKeys,

@@ -19,6 +19,11 @@
 //! update. `P` is the number of parameters the round trains: the whole model, or only the weights its plan's
 //! [`TrainPlan::trainable`] patterns choose.
 //!
+//! Buffered secure rounds (FedBuff with SecAgg+) split a round in two: a plan with [`HeldPlan::Train`] asks the agent
+//! to train and *hold* its delta, answering [`AgentMessage::Ready`] (never an upload); a later plan with
+//! [`HeldPlan::Group`] and a secure-aggregation part names the group of ready agents that mask their held deltas,
+//! each scaled by the factor the group's plan gives it, in one SecAgg+ round.
+//!
 //! This module only defines types and limits: it does no I/O.
 
 use crate::fedeval::EvalCounts;
@@ -32,7 +37,9 @@ use serde::{Deserialize, Serialize};
 /// Protocol version carried in the hello. Bump on any incompatible change to these types.
 /// 9: secure rounds carry the masked word's width (`SecAggParams::word_bits`) and masked blobs pack the delta in it.
 /// 10: a new version may travel as its difference to the one the agent holds ([`BlobKind::WeightsDiff`]).
-pub const PROTOCOL_VERSION: u32 = 10;
+/// 11: buffered secure rounds: plans carry [`RoundPlan::held`], and agents say [`AgentMessage::Ready`] instead of
+/// uploading a held delta.
+pub const PROTOCOL_VERSION: u32 = 11;
 /// ALPN id of the agent protocol.
 pub const ALPN_AGENT: &[u8] = b"fedge/1";
 /// ALPN id of the admin protocol (fedgectl).
@@ -144,6 +151,39 @@ pub struct RoundPlan {
     /// Secure aggregation for this round; `None` when the server runs plain rounds (the agent then uploads its
     /// delta in the clear, as [`BlobKind::Update`]).
     pub secagg: Option<SecAggPlan>,
+    /// Buffered secure rounds: train and hold the delta, or mask a held one in a group (`None` otherwise).
+    pub held: Option<HeldPlan>,
+}
+
+/// A buffered secure round's step, as the plan names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum HeldPlan {
+    /// Train from the plan's model and hold the delta: say [`AgentMessage::Ready`] when done; never upload it in the
+    /// clear. The plan has no secure-aggregation part.
+    Train,
+    /// A group of agents holding deltas: run the plan's secure aggregation (the plan has one) without training,
+    /// masking the held delta of the training its entry names, multiplied by its `scale`. One entry per cohort
+    /// member, in cohort order.
+    Group(Vec<HeldMember>),
+}
+
+/// One member of a buffered secure round's group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldMember {
+    /// Its cohort index.
+    pub index: u32,
+    /// The round whose training plan made the delta it holds.
+    pub trained_round: u64,
+    /// The model version it trained from.
+    pub trained_version: u64,
+    /// What its delta is multiplied by before masking: the staleness discount, in `(0, 1]`.
+    pub scale: f64,
+}
+
+impl HeldMember {
+    /// The least scale an agent accepts for any member of its group: a server that gave every other member a scale
+    /// near 0 would read one member's delta in the group's sum.
+    pub const MIN_SCALE: f64 = 0.01;
 }
 
 impl RoundPlan {
@@ -173,6 +213,10 @@ impl RoundPlan {
             field(&crate::codec::encode(&sp.params).unwrap_or_default());
             field(&sp.graph_seed.to_le_bytes());
             field(&crate::codec::encode(&sp.cohort).unwrap_or_default());
+        }
+        // A group's scales: every member must mask with the same ones, or the server could weigh them apart.
+        if let Some(held) = &self.held {
+            field(&crate::codec::encode(held).unwrap_or_default());
         }
         let mut out = [0u8; 32];
         out.copy_from_slice(ctx.finish().as_ref());
@@ -218,6 +262,13 @@ pub enum AgentMessage {
     SecAggUnmask(UnmaskResponse),
     /// Secure aggregation, after the shares are relayed: the neighbours whose shares this agent could not use.
     SecAggReceipt(ShareReceipt),
+    /// Buffered secure rounds: this agent trained for `round` ([`HeldPlan::Train`]) from `model_version` and holds
+    /// its delta, trained on `examples` examples, for a group.
+    Ready {
+        round: u64,
+        model_version: u64,
+        examples: u64,
+    },
 }
 
 /// A new global model version exists.
@@ -363,6 +414,9 @@ mod tests {
                 cohort: (0..3).map(|i| AgentRef { index: i, name: format!("a{i}") }).collect(),
                 phase_timeout_ms: 10_000,
             }),
+            held: Some(HeldPlan::Group(
+                (0..3).map(|i| HeldMember { index: i, trained_round: 8, trained_version: 2, scale: 0.5 }).collect(),
+            )),
         }
     }
 
@@ -392,6 +446,15 @@ mod tests {
             ("clip", Box::new(|p| p.secagg.as_mut().unwrap().params.clip = 0.5)),
             ("graph seed", Box::new(|p| p.secagg.as_mut().unwrap().graph_seed = 8)),
             ("cohort", Box::new(|p| p.secagg.as_mut().unwrap().cohort[2].name = "sybil".into())),
+            ("held group", Box::new(|p| p.held = None)),
+            (
+                "a member's scale",
+                Box::new(|p| {
+                    if let Some(HeldPlan::Group(g)) = p.held.as_mut() {
+                        g[0].scale = 0.25;
+                    }
+                }),
+            ),
         ];
         for (what, change) in changes {
             let mut p = plan.clone();
@@ -410,6 +473,7 @@ mod tests {
                 params: 10,
             }),
             ServerMessage::Plan(Box::new(sample_plan())),
+            ServerMessage::Plan(Box::new(RoundPlan { secagg: None, held: Some(HeldPlan::Train), ..sample_plan() })),
             ServerMessage::RoundEnd { round: 9, completed: false, reason: Some("too few".into()), new_version: None },
         ];
         for m in msgs {
@@ -468,6 +532,7 @@ mod tests {
             AgentMessage::SecAggSurvivorSignature(SurvivorSignature { round: 4, from: 2, signature: vec![5; 70] }),
             AgentMessage::SecAggUnmask(UnmaskResponse { round: 4, from: 2, seed_shares: vec![], key_shares: vec![] }),
             AgentMessage::SecAggReceipt(ShareReceipt { round: 4, from: 2, bad: vec![1] }),
+            AgentMessage::Ready { round: 4, model_version: 3, examples: 120 },
         ];
         for m in agent {
             let bytes = codec::encode(&m).unwrap();

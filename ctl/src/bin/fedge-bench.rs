@@ -435,7 +435,8 @@ upload = "{upload}"
         let seed = fedge_server::service::round_seed(&r.plan);
         let secure = match &r.plan.aggregation {
             AggregationMode::Secure(plan) => Some(&plan.params),
-            AggregationMode::Plain => None,
+            // The bench runs no buffered rounds.
+            AggregationMode::Plain | AggregationMode::Held | AggregationMode::HeldGroup(..) => None,
         };
         if let Some(params) = secure {
             rounding = rounding.max(2.0 * fedge_shared::secagg::quant::quantum(params) + 1e-4);

@@ -211,10 +211,7 @@ async fn answer(request: AdminRequest, shared: &Arc<Shared>) -> anyhow::Result<A
 pub fn summary(r: &crate::coordinator::RoundRecord) -> RoundSummary {
     use crate::coordinator::Outcome;
     let fed = r.metrics.federated_eval.as_ref();
-    let privacy = match &r.plan.aggregation {
-        crate::coordinator::AggregationMode::Secure(sp) => sp.privacy,
-        crate::coordinator::AggregationMode::Plain => None,
-    };
+    let privacy = r.plan.aggregation.secure_plan().and_then(|sp| sp.privacy);
     RoundSummary {
         round: r.round,
         completed: r.outcome == Outcome::Completed,

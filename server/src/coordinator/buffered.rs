@@ -1,5 +1,6 @@
 //! Buffered asynchronous aggregation (FedBuff: Nguyen et al., "Federated Learning with Buffered Asynchronous
-//! Aggregation", AISTATS 2022) on the plain round machine.
+//! Aggregation", AISTATS 2022) on the round machine; in secure mode see `buffered_secure` for how a buffer's ready
+//! agents form a SecAgg+ group of their own.
 //!
 //! With [`Coordinator::with_buffering`] a round is a *buffer*: it completes as soon as `size` (K) updates are in it,
 //! without waiting for the slowest agents. What it guarantees:
@@ -15,20 +16,21 @@
 //!   the run is paused) is kept (one per agent, at most `size` in all, so the server holds at most one buffer's
 //!   worth of deltas) and folded into the next buffer when it opens. Past `size`, it is refused and its agent freed
 //!   for the next buffer.
-//! - After each commit, a carried agent that has sent nothing and whose training started more than `max_staleness`
-//!   versions ago is told to stop (`CancelTraining` naming the round its plan named); when the run ends, every
-//!   carried agent is, and kept updates are discarded.
+//! - After each commit, a carried agent that has sent nothing (or, in secure mode, holds a delta for a group) and
+//!   whose training started more than `max_staleness` versions ago is told to stop (`CancelTraining` naming the round
+//!   its plan named); when the run ends, every carried agent is, and kept updates are discarded.
 //! - A buffer that reaches its deadline with at least `min_agents` updates completes with them; with fewer it aborts,
 //!   and every member still training, carried or not, is told to stop.
-//! - Plain rounds only, refused with secure aggregation (`with_buffering` and `with_secagg` refuse each other): in
-//!   secure mode a buffer's agents would have to form their own SecAgg+ group, which this module does not do. Refused
-//!   too with a strategy that aggregates each update (median, trimmed mean, Krum): the staleness discount weighs a
-//!   mean.
+//! - Refused with a strategy that aggregates each update (median, trimmed mean, Krum): the staleness discount weighs
+//!   a mean. Refused with `[privacy]` (a group is not charged to the budget), and in secure mode with settings whose
+//!   stalest discount, `(1 + max_staleness)^-staleness_exponent`, is under [`HeldMember::MIN_SCALE`], which agents
+//!   refuse.
 //!
 //! Part of the coordinator's sans-IO state machine: no socket, no clock, no panic on what an agent sends.
 
 use super::{Action, AgentId, ConfigError, Coordinator, CoordinatorConfig, MemberStatus, Round, Stage};
 use crate::strategy::{Input, Strategy};
+use fedge_shared::protocol::HeldMember;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -84,6 +86,19 @@ impl BufferedConfig {
         Ok(())
     }
 
+    /// Secure mode: the stalest update's discount must be one agents accept ([`HeldMember::MIN_SCALE`]).
+    pub fn check_secure(&self) -> Result<(), ConfigError> {
+        let stalest = self.discount(self.max_staleness);
+        if stalest < HeldMember::MIN_SCALE {
+            return Err(ConfigError::Invalid(format!(
+                "buffered: with secure aggregation, (1 + max_staleness)^-staleness_exponent = {stalest:.4} is under \
+                 {}, the least scale agents mask a held delta with: lower max_staleness or staleness_exponent",
+                HeldMember::MIN_SCALE
+            )));
+        }
+        Ok(())
+    }
+
     /// The factor an update's examples are multiplied by when it trained from a version `staleness` commits old.
     pub fn discount(&self, staleness: u64) -> f64 {
         (1.0 + staleness as f64).powf(-self.staleness_exponent)
@@ -110,11 +125,22 @@ struct Kept {
 /// The buffering state between buffers.
 #[derive(Debug)]
 pub(super) struct Buffering {
-    config: BufferedConfig,
-    /// Agents still training when their buffer completed, and where their training started.
-    carried: BTreeMap<AgentId, Origin>,
+    pub(super) config: BufferedConfig,
+    /// Agents still training (or, in secure mode, holding a delta for a later group) when their buffer completed,
+    /// and where their training started.
+    pub(super) carried: BTreeMap<AgentId, Origin>,
     /// Updates of carried agents received while no buffer was collecting, in arrival order.
     kept: Vec<Kept>,
+    /// Secure mode: the agents holding a delta for the next group, in the order they said so.
+    pub(super) ready: Vec<ReadyDelta>,
+}
+
+/// Secure mode: an agent holding a delta for a group (see `buffered_secure`).
+#[derive(Debug, Clone)]
+pub(super) struct ReadyDelta {
+    pub agent: AgentId,
+    /// Where its training started.
+    pub origin: Origin,
 }
 
 /// What became of an update that arrived while no buffer was collecting.
@@ -131,19 +157,19 @@ pub(super) enum Arrival {
 }
 
 impl Coordinator {
-    /// Runs rounds as buffers of asynchronous updates (see the module documentation). Refused with secure
-    /// aggregation and with a strategy that aggregates each update.
+    /// Runs rounds as buffers of asynchronous updates (see the module documentation); in secure mode each buffer's
+    /// ready agents form a secure-aggregation group (see `buffered_secure`). Refused with a strategy that aggregates
+    /// each update, with `[privacy]`, and in secure mode with a discount agents would refuse.
     pub fn with_buffering(mut self, config: BufferedConfig) -> Result<Self, ConfigError> {
         config.validate(&self.config)?;
+        if self.privacy.is_some() {
+            return Err(ConfigError::Invalid("[buffered] is not supported with [privacy]".into()));
+        }
         if self.secagg.enabled {
-            return Err(ConfigError::Invalid(
-                "buffered asynchronous aggregation runs plain rounds: turn [secagg] off to use [buffered] (a \
-                 buffer's agents do not form a secure-aggregation group of their own)"
-                    .into(),
-            ));
+            config.check_secure()?;
         }
         check_buffered_strategy(self.strategy.as_ref(), true)?;
-        self.buffering = Some(Buffering { config, carried: BTreeMap::new(), kept: Vec::new() });
+        self.buffering = Some(Buffering { config, carried: BTreeMap::new(), kept: Vec::new(), ready: Vec::new() });
         Ok(self)
     }
 
@@ -200,14 +226,23 @@ impl Coordinator {
         let Some(b) = &mut self.buffering else { return };
         let carried = std::mem::take(&mut b.carried);
         let kept = std::mem::take(&mut b.kept);
+        let held = !b.ready.is_empty();
         if let Stage::Collecting(round) = &mut self.stage {
             for (agent, origin) in carried {
                 round.members.insert(agent.clone(), MemberStatus::Training);
                 round.origins.insert(agent, origin);
             }
+            // Secure mode: those that said they were ready between groups hold their delta for this buffer's group.
+            for r in &b.ready {
+                round.members.insert(r.agent.clone(), MemberStatus::Ready);
+            }
         }
         for k in kept {
             self.on_update(now_ms, k.agent, k.round, k.examples, k.train_loss, &k.delta, out);
+        }
+        if held {
+            // Enough agents may be ready already for this buffer's group.
+            self.close_if_settled(now_ms, out);
         }
     }
 
@@ -220,7 +255,11 @@ impl Coordinator {
         }
         let Some(info) = self.agents.get_mut(agent) else { return };
         let Stage::Collecting(round) = &mut self.stage else { return };
-        if !Self::is_available(info) || round.members.contains_key(agent) {
+        // Not while a buffered secure round's group runs its secure phases: its plan is the group's.
+        if !Self::is_available(info)
+            || round.members.contains_key(agent)
+            || round.plan.aggregation.secure_plan().is_some()
+        {
             return;
         }
         let training = round.members.values().filter(|s| **s == MemberStatus::Training).count();
@@ -243,6 +282,8 @@ impl Coordinator {
         delta: &[f32],
     ) -> Arrival {
         let arrival = match &self.buffering {
+            // Secure mode: a plain update is never kept (the caller refuses it).
+            _ if self.secagg.enabled => Arrival::NotCarried,
             Some(b) if b.carried.get(agent).is_some_and(|o| o.round == round) => {
                 if b.kept.iter().any(|k| k.agent == agent) {
                     Arrival::Duplicate
@@ -276,6 +317,7 @@ impl Coordinator {
         let Some(b) = &mut self.buffering else { return };
         if b.carried.remove(agent).is_some() {
             b.kept.retain(|k| k.agent != agent);
+            b.ready.retain(|r| r.agent != agent);
             if let Some(info) = self.agents.get_mut(agent) {
                 info.in_round = false;
             }
@@ -289,6 +331,8 @@ impl Coordinator {
         let version = self.model_version;
         let Some(b) = &mut self.buffering else { return };
         let max = b.config.max_staleness;
+        // A kept update is folded whatever its staleness; a held delta (secure mode) is not, for agents refuse a
+        // scale under `HeldMember::MIN_SCALE`: it is told to stop like one still training.
         let has_sent = |agent: &AgentId| b.kept.iter().any(|k| &k.agent == agent);
         let stop: Vec<(AgentId, Origin)> = b
             .carried
@@ -299,6 +343,7 @@ impl Coordinator {
         for (agent, origin) in stop {
             b.carried.remove(&agent);
             b.kept.retain(|k| k.agent != agent);
+            b.ready.retain(|r| r.agent != agent);
             if let Some(info) = self.agents.get_mut(&agent) {
                 info.in_round = false;
                 out.push(Action::CancelTraining { agent, round: origin.round });

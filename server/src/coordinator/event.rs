@@ -31,6 +31,9 @@ pub enum Event<'a> {
     Evaluated { agent: AgentId, round: u64, counts: EvalCounts },
     /// The agent's plain update: the full delta (`local − global`) has been read.
     Update { agent: AgentId, round: u64, examples: u64, train_loss: f32, delta: &'a [f32] },
+    /// Buffered secure rounds: the agent trained for `round` (the round its training plan named) from
+    /// `model_version` on `examples` examples, and holds the delta for a group.
+    Ready { agent: AgentId, round: u64, model_version: u64, examples: u64 },
     /// Secure round, phase 1: the agent's signed keys (the round is inside the message).
     SecAggAdvertise { agent: AgentId, keys: AdvertiseKeys },
     /// Secure round, phase 2: the agent's encrypted shares for its neighbours.

@@ -12,8 +12,9 @@
 //! strategy aggregates from each (median, trimmed mean, Krum: see `crate::strategy::Input`), which secure rounds refuse
 //! ([`Coordinator::with_secagg`], [`Coordinator::set_config`]). A round may fine-tune part of the model
 //! (`hyper.trainable`, see the `part` module): its updates and masked vectors then cover that part only, and the frozen
-//! weights are never touched. With [`Coordinator::with_buffering`] (plain rounds only) a round is a buffer of
-//! asynchronous updates that completes with its first K, carrying slower members into the next (see `buffered`).
+//! weights are never touched. With [`Coordinator::with_buffering`] a round is a buffer of asynchronous updates that
+//! completes with its first K, carrying slower members into the next (see `buffered`); in secure mode its K ready
+//! agents then mask their held deltas in a SecAgg+ group of their own (see `buffered_secure`).
 //!
 //! The shell reports `AgentSilent` when an agent's connection has received nothing for longer than two keep-alive
 //! intervals (and again when it does): selection skips such an agent. A round ends as soon as no member still owes
@@ -54,6 +55,7 @@
 
 mod aggregation;
 mod buffered;
+mod buffered_secure;
 mod config;
 mod download;
 mod event;
@@ -75,7 +77,7 @@ pub use aggregation::WeightedSum;
 pub use buffered::BufferedConfig;
 pub use config::{ConfigError, CoordinatorConfig, PROX_MU_IS_THE_STRATEGYS, ResumeState, SecAggConfig};
 pub use event::{Action, Event, FoldError, RejectReason};
-pub use plan::{AggregationMode, OptimizerKind, RoundPlan, SecurePlan, TrainHyper};
+pub use plan::{AggregationMode, HeldMember, OptimizerKind, RoundPlan, SecurePlan, TrainHyper};
 pub use privacy::{PrivateRoundError, RoundPrivacy, RunPrivacy};
 pub use record::{AbortReason, AgentId, Dropped, Outcome, Report, RoundMetrics, RoundRecord, SecAggMetrics};
 pub use secure::SecurePhase;
@@ -97,6 +99,8 @@ pub enum Aggregation {
     /// SecAgg+: masked vectors are folded into the session's running masked sum; only the cohort's sum is ever
     /// unmasked.
     Secure(Box<secure::SecureRound>),
+    /// A buffered secure round's training: agents hold their deltas; nothing is summed until its group forms.
+    Held,
 }
 
 impl Aggregation {
@@ -105,7 +109,7 @@ impl Aggregation {
     pub fn mean(&self) -> Option<Vec<f32>> {
         match self {
             Aggregation::Plain(sum) => sum.mean(),
-            Aggregation::Secure(_) => None,
+            Aggregation::Secure(_) | Aggregation::Held => None,
         }
     }
 }
@@ -136,6 +140,8 @@ struct AgentInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum MemberStatus {
     Training,
+    /// Buffered secure rounds: trained, holding its delta for a group.
+    Ready,
     Reported,
     Dropped,
 }
@@ -280,37 +286,14 @@ impl Coordinator {
         })
     }
 
-    /// Adds distributed differential privacy to every secure round (see the `privacy` module), with the budget
-    /// `spent` by the rounds already run (from the stored records, oldest first). Refused without secure
-    /// aggregation: one agent's noise alone, seen by the server, protects nothing.
-    pub fn with_privacy(
-        mut self,
-        settings: fedge_shared::privacy::PrivacySettings,
-        spent: impl IntoIterator<Item = fedge_shared::privacy::DdgRound>,
-    ) -> Result<Self, ConfigError> {
-        if !self.secagg.enabled {
-            return Err(ConfigError::Invalid(
-                "[privacy] needs secure aggregation: the server would see each agent's noise and could remove it"
-                    .into(),
-            ));
-        }
-        self.privacy = Some(RunPrivacy::new(settings, self.config.min_agents, spent).map_err(ConfigError::Invalid)?);
-        Ok(self)
-    }
-
-    /// The run's differential privacy, if on: its settings and budget.
-    pub fn privacy(&self) -> Option<&RunPrivacy> {
-        self.privacy.as_ref()
-    }
-
     /// Runs every round with these secure-aggregation settings (validated for every cohort size the configuration
     /// allows; an error names the key). With `enabled = false` rounds stay plain.
     pub fn with_secagg(mut self, secagg: SecAggConfig) -> Result<Self, ConfigError> {
         secagg.validate(self.config.min_agents, self.config.max_agents)?;
         if secagg.enabled {
             check_secure_strategy(self.strategy.as_ref())?;
-            if self.buffering.is_some() {
-                return Err(ConfigError::Invalid("[secagg] cannot be on with [buffered]: rounds are plain".into()));
+            if let Some(b) = self.buffering() {
+                b.check_secure()?;
             }
         }
         self.secagg = secagg;
@@ -327,7 +310,7 @@ impl Coordinator {
         match &self.stage {
             Stage::Collecting(r) => match &r.aggregation {
                 Aggregation::Secure(s) => Some(s.phase()),
-                Aggregation::Plain(_) => None,
+                Aggregation::Plain(_) | Aggregation::Held => None,
             },
             _ => None,
         }
@@ -416,6 +399,9 @@ impl Coordinator {
             }
             Event::SecAggUnmask { agent, response } => self.on_secagg_unmask(now_ms, agent, response, &mut out),
             Event::Evaluated { agent, round, counts } => self.on_evaluated(agent, round, counts),
+            Event::Ready { agent, round, model_version, examples } => {
+                self.on_ready(now_ms, agent, round, model_version, examples, &mut out)
+            }
             Event::Update { agent, round, examples, train_loss, delta } => {
                 self.on_update(now_ms, agent, round, examples, train_loss, delta, &mut out)
             }

@@ -60,7 +60,7 @@ impl Coordinator {
         }
         match round.members.get(&agent) {
             None => return reject(out, agent, RejectReason::NotSelected),
-            Some(MemberStatus::Reported) => return reject(out, agent, RejectReason::Duplicate),
+            Some(MemberStatus::Reported | MemberStatus::Ready) => return reject(out, agent, RejectReason::Duplicate),
             Some(MemberStatus::Dropped) => {
                 let why = round.dropped.iter().rev().find(|d| d.agent == agent).map(|d| d.reason.clone());
                 return reject(out, agent, RejectReason::AlreadyDropped(why.unwrap_or_default()));
@@ -78,7 +78,7 @@ impl Coordinator {
         }
         let folded = match &mut round.aggregation {
             Aggregation::Plain(sum) => sum.fold_discounted(examples, discount, delta),
-            Aggregation::Secure(_) => return,
+            Aggregation::Secure(_) | Aggregation::Held => return,
         };
         if let Err(e) = folded {
             let why = format!("invalid update: {e}");

@@ -5,6 +5,7 @@
 //! randomness; the per-round seed is derived by the coordinator from (configured seed, round).
 
 pub use crate::hyper::{OptimizerKind, TrainHyper};
+pub use fedge_shared::protocol::HeldMember;
 use fedge_shared::secagg::{AgentRef, SecAggParams};
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +16,13 @@ pub enum AggregationMode {
     Plain,
     /// SecAgg+: agents upload masked, quantized `[w, w·Δ]`; the server learns only the cohort's sum.
     Secure(SecurePlan),
+    /// Buffered secure rounds, training: agents train from the plan's model and hold their delta, saying only that
+    /// they are ready (with their example count); nothing is uploaded (see the `buffered_secure` module).
+    Held,
+    /// Buffered secure rounds, a group of ready agents: SecAgg+ as in `Secure`, without training; each member masks
+    /// the delta it holds multiplied by its entry's `scale` (its staleness discount). One entry per cohort member,
+    /// in cohort order.
+    HeldGroup(SecurePlan, Vec<HeldMember>),
 }
 
 /// The secure-aggregation settings of one round, the same for every member.
@@ -34,9 +42,18 @@ pub struct SecurePlan {
 }
 
 impl AggregationMode {
-    /// True for a secure round.
+    /// True for a round whose updates never reach the server in the clear: a secure round, and both steps of a
+    /// buffered secure round.
     pub fn is_secure(&self) -> bool {
-        matches!(self, AggregationMode::Secure(_))
+        !matches!(self, AggregationMode::Plain)
+    }
+
+    /// The secure-aggregation settings, of a secure round or of a buffered secure round's group.
+    pub fn secure_plan(&self) -> Option<&SecurePlan> {
+        match self {
+            AggregationMode::Secure(sp) | AggregationMode::HeldGroup(sp, _) => Some(sp),
+            AggregationMode::Plain | AggregationMode::Held => None,
+        }
     }
 }
 

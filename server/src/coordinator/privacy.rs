@@ -20,6 +20,7 @@
 //!
 //! This module only computes; it never reads a clock or the store.
 
+use super::{ConfigError, Coordinator};
 use fedge_shared::privacy::{Accountant, DdgRound, Mechanism, PrivacySettings, ddg_local_variance};
 use fedge_shared::secagg::SecAggParams;
 use serde::{Deserialize, Serialize};
@@ -163,6 +164,36 @@ impl RunPrivacy {
     /// Charges a started round.
     pub fn charge(&mut self, round: &RoundPrivacy) -> Result<(), String> {
         self.accountant.record_round(Mechanism::DistributedDiscreteGaussian(round.ddg)).map_err(|e| e.to_string())
+    }
+}
+
+impl Coordinator {
+    /// Adds distributed differential privacy to every secure round (see the `privacy` module), with the budget
+    /// `spent` by the rounds already run (from the stored records, oldest first). Refused without secure
+    /// aggregation (one agent's noise alone, seen by the server, protects nothing) and with buffered rounds.
+    pub fn with_privacy(
+        mut self,
+        settings: fedge_shared::privacy::PrivacySettings,
+        spent: impl IntoIterator<Item = fedge_shared::privacy::DdgRound>,
+    ) -> Result<Self, ConfigError> {
+        if self.buffering.is_some() {
+            return Err(ConfigError::Invalid(
+                "[privacy] is not supported with [buffered]: a buffer's group is not charged to the budget".into(),
+            ));
+        }
+        if !self.secagg.enabled {
+            return Err(ConfigError::Invalid(
+                "[privacy] needs secure aggregation: the server would see each agent's noise and could remove it"
+                    .into(),
+            ));
+        }
+        self.privacy = Some(RunPrivacy::new(settings, self.config.min_agents, spent).map_err(ConfigError::Invalid)?);
+        Ok(self)
+    }
+
+    /// The run's differential privacy, if on: its settings and budget.
+    pub fn privacy(&self) -> Option<&RunPrivacy> {
+        self.privacy.as_ref()
     }
 }
 

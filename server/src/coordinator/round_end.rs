@@ -20,8 +20,13 @@ impl Coordinator {
             return self.forget_carried(agent);
         };
         match round.members.get_mut(agent) {
-            Some(status @ MemberStatus::Training) => *status = MemberStatus::Dropped,
-            _ => return,
+            Some(status @ (MemberStatus::Training | MemberStatus::Ready)) => *status = MemberStatus::Dropped,
+            // While a buffered secure round's group runs, the carried agents are not its members.
+            _ => return self.forget_carried(agent),
+        }
+        if let Some(b) = &mut self.buffering {
+            // A held delta of an agent that left is gone with it.
+            b.ready.retain(|r| r.agent != agent);
         }
         round.dropped.push(Dropped { agent: agent.to_string(), reason: reason.to_string() });
         if let Some(info) = self.agents.get_mut(agent) {
@@ -34,8 +39,10 @@ impl Coordinator {
     /// plan's round, or the earlier buffer's it was carried from), or carried between buffers.
     pub(super) fn trains_for(&self, agent: &str, round: u64) -> bool {
         match &self.stage {
+            // Carried agents are not members while a buffered secure round's group runs.
             Stage::Collecting(r) => {
-                r.members.get(agent) == Some(&MemberStatus::Training) && r.origin(agent).round == round
+                (r.members.get(agent) == Some(&MemberStatus::Training) && r.origin(agent).round == round)
+                    || self.is_carried(agent, round)
             }
             _ => self.is_carried(agent, round),
         }
@@ -44,6 +51,9 @@ impl Coordinator {
     /// Ends the round early when nobody is still training, or when too few can still report.
     pub(super) fn close_if_settled(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         let Stage::Collecting(round) = &self.stage else { return };
+        if matches!(round.aggregation, Aggregation::Held) {
+            return self.settle_held(now_ms, out);
+        }
         if round.plan.aggregation.is_secure() {
             return self.settle_secure(now_ms, out);
         }
@@ -56,7 +66,12 @@ impl Coordinator {
 
     pub(super) fn check_deadline(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         if let Stage::Collecting(round) = &self.stage
-            && round.plan.aggregation.is_secure()
+            && matches!(round.aggregation, Aggregation::Held)
+        {
+            return self.held_deadline(now_ms, out);
+        }
+        if let Stage::Collecting(round) = &self.stage
+            && round.plan.aggregation.secure_plan().is_some()
         {
             return self.secure_deadline(now_ms, out);
         }
@@ -82,6 +97,8 @@ impl Coordinator {
         }
         let mean = match &mut round.aggregation {
             Aggregation::Plain(sum) => sum.mean(),
+            // Never here (a buffered secure round's training closes by forming its group), but never a panic.
+            Aggregation::Held => None,
             Aggregation::Secure(sec) => {
                 return match sec.unmask_job() {
                     Ok(job) => {
@@ -205,8 +222,12 @@ impl Coordinator {
 
     /// Drops whoever still owes an update (telling them to stop) and frees every member for the next round.
     pub(super) fn release_members(&mut self, round: &mut Round, reason: &str, out: &mut Vec<Action>) {
+        if let Some(b) = &mut self.buffering {
+            // Held deltas of the round's members are discarded with it: they train again.
+            b.ready.retain(|r| !round.members.contains_key(&r.agent));
+        }
         for (agent, status) in round.members.iter_mut() {
-            if *status == MemberStatus::Training {
+            if matches!(*status, MemberStatus::Training | MemberStatus::Ready) {
                 *status = MemberStatus::Dropped;
                 round.dropped.push(Dropped { agent: agent.clone(), reason: reason.to_string() });
                 if self.agents.contains_key(agent) {
@@ -233,7 +254,7 @@ impl Coordinator {
         // Secure rounds: the survivors' totals from under the masks (none in a private round); plain: the reports.
         let (total_examples, mean_train_loss) = match (&round.aggregation, round.train_totals) {
             (_, Some(t)) => (t.examples, t.mean_loss().map(|l| l as f32)),
-            (Aggregation::Secure(_), None) => (0, None),
+            (Aggregation::Secure(_) | Aggregation::Held, None) => (0, None),
             (Aggregation::Plain(_), None) => {
                 let total: u64 = round.reports.iter().map(|r| r.examples).sum();
                 (total, (total > 0).then(|| (round.loss_sum / total as f64) as f32))
@@ -256,7 +277,7 @@ impl Coordinator {
                 duration_ms: now_ms.saturating_sub(round.started_ms),
                 secagg: match &round.aggregation {
                     Aggregation::Secure(s) => Some(s.metrics.clone()),
-                    Aggregation::Plain(_) => None,
+                    Aggregation::Plain(_) | Aggregation::Held => None,
                 },
                 federated_eval: round.eval.filter(|(c, _)| c.examples > 0).map(|(counts, agents)| FederatedEval {
                     model_version: round.plan.model_version,

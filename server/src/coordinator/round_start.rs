@@ -102,7 +102,10 @@ impl Coordinator {
             }
         }
         let selected = select(&candidates, size, self.config.seed, round_id);
-        let (mode, aggregation) = if self.secagg.enabled {
+        let (mode, aggregation) = if self.secagg.enabled && self.buffering.is_some() {
+            // A buffered secure round trains first; its group's secure aggregation is set up once agents are ready.
+            (AggregationMode::Held, Aggregation::Held)
+        } else if self.secagg.enabled {
             match self.secure_round(round_id, &selected, len, now_ms) {
                 Ok((plan, sec)) => (AggregationMode::Secure(plan), Aggregation::Secure(Box::new(sec))),
                 Err(e) => {
@@ -175,7 +178,7 @@ impl Coordinator {
         let wanted = match &self.stage {
             Stage::Collecting(r) => Some(match &r.aggregation {
                 Aggregation::Secure(s) => s.phase_deadline_ms,
-                Aggregation::Plain(_) => r.deadline_at_ms,
+                Aggregation::Plain(_) | Aggregation::Held => r.deadline_at_ms,
             }),
             // While the disk is short of space, wake now and then so that the shell can look again.
             Stage::Idle if self.running && !self.paused && self.storage_low.is_some() => {

@@ -74,7 +74,7 @@ impl Coordinator {
                     }
                     None => Err("the secure session is gone".into()),
                 },
-                Aggregation::Plain(_) => Err("this round does not use secure aggregation".into()),
+                Aggregation::Plain(_) | Aggregation::Held => Err("this round does not use secure aggregation".into()),
             },
             _ => Err("no round in flight".into()),
         };
@@ -126,7 +126,7 @@ impl Coordinator {
                     }),
                     None => Err("the secure session is gone".into()),
                 },
-                Aggregation::Plain(_) => Err("this round does not use secure aggregation".into()),
+                Aggregation::Plain(_) | Aggregation::Held => Err("this round does not use secure aggregation".into()),
             },
             _ => Err("no round in flight".into()),
         };
@@ -158,7 +158,7 @@ impl Coordinator {
                         None => Err("the secure session is gone".into()),
                     }
                 }
-                Aggregation::Plain(_) => Err("this round does not use secure aggregation".into()),
+                Aggregation::Plain(_) | Aggregation::Held => Err("this round does not use secure aggregation".into()),
             },
             _ => Err("no round in flight".into()),
         };
@@ -188,7 +188,7 @@ impl Coordinator {
                         None => Err("the secure session is gone".into()),
                     }
                 }
-                Aggregation::Plain(_) => Err("this round does not use secure aggregation".into()),
+                Aggregation::Plain(_) | Aggregation::Held => Err("this round does not use secure aggregation".into()),
             },
             _ => Err("no round in flight".into()),
         };

@@ -112,6 +112,10 @@ pub(super) async fn serve_agent(
                         Some(AgentMessage::Abandon { round, reason }) => {
                             shared.core.send(CoreMsg::Abandon { agent: agent.clone(), round, reason }).await?;
                         }
+                        Some(AgentMessage::Ready { round, model_version, examples }) => {
+                            let m = CoreMsg::Ready { agent: agent.clone(), round, model_version, examples };
+                            shared.core.send(m).await?;
+                        }
                         Some(AgentMessage::SecAggAdvertise(keys)) => {
                             shared.core.send(CoreMsg::SecAggAdvertise { agent: agent.clone(), keys }).await?;
                         }

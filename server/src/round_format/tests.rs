@@ -386,3 +386,23 @@ fn a_secure_record_from_before_the_word_width_reads_back_in_32_bit_words_and_the
     }
     assert_eq!(decode(&encode(&r).unwrap(), 1 << 20).unwrap(), r);
 }
+
+#[test]
+fn a_buffered_secure_record_round_trips_in_todays_layout_training_or_grouped() {
+    let mut r = record(31, 0.0);
+    r.plan.aggregation = AggregationMode::Held;
+    assert_eq!(decode(&encode(&r).unwrap(), 1 << 20).unwrap(), r);
+    let cohort = vec![AgentRef { index: 0, name: "a".into() }, AgentRef { index: 1, name: "b".into() }];
+    let held = (0..2)
+        .map(|i| crate::coordinator::HeldMember { index: i, trained_round: 30, trained_version: 3, scale: 0.5 })
+        .collect();
+    let plan = SecurePlan {
+        params: fedge_shared::secagg::SecAggParams::default_for(2),
+        graph_seed: 5,
+        cohort,
+        phase_timeout_ms: 1000,
+        privacy: None,
+    };
+    r.plan.aggregation = AggregationMode::HeldGroup(plan, held);
+    assert_eq!(decode(&encode(&r).unwrap(), 1 << 20).unwrap(), r);
+}

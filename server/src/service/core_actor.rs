@@ -212,6 +212,9 @@ impl Core {
                 tracing::warn!(%agent, round, %reason, "the agent abandoned the round");
                 self.feed(Event::UpdateFailed { agent, round, reason });
             }
+            CoreMsg::Ready { agent, round, model_version, examples } => {
+                self.feed(Event::Ready { agent, round, model_version, examples })
+            }
             CoreMsg::SecAggAdvertise { agent, keys } => self.feed(Event::SecAggAdvertise { agent, keys }),
             CoreMsg::SecAggShares { agent, round, shares } => self.feed(Event::SecAggShares { agent, round, shares }),
             CoreMsg::SecAggReceipt { agent, receipt } => self.feed(Event::SecAggReceipt { agent, receipt }),

@@ -115,10 +115,7 @@ pub async fn start_with_hook(
             let spent: Vec<_> = store
                 .rounds()?
                 .into_iter()
-                .filter_map(|r| match r.plan.aggregation {
-                    crate::coordinator::AggregationMode::Secure(sp) => sp.privacy.map(|p| p.ddg),
-                    crate::coordinator::AggregationMode::Plain => None,
-                })
+                .filter_map(|r| r.plan.aggregation.secure_plan().and_then(|sp| sp.privacy.map(|p| p.ddg)))
                 .collect();
             let c = coordinator.with_privacy(settings, spent).context("[privacy] in the config")?;
             if let Some(p) = c.privacy() {

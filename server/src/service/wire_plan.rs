@@ -6,7 +6,7 @@
 
 use crate::coordinator::{AggregationMode, RoundPlan};
 use fedge_shared::model::Digest;
-use fedge_shared::protocol::{self, SecAggPlan, TrainPlan};
+use fedge_shared::protocol::{self, HeldPlan, SecAggPlan, TrainPlan};
 
 /// The seed an agent receives for a round (the configured seed mixed with the round id).
 pub fn round_seed(plan: &RoundPlan) -> u64 {
@@ -17,15 +17,19 @@ pub fn round_seed(plan: &RoundPlan) -> u64 {
 /// have the digests `graph` and `weights`.
 pub fn wire_plan(plan: &RoundPlan, graph: Digest, weights: Digest, agent: &str) -> protocol::RoundPlan {
     let h = &plan.hyper;
-    let secagg = match &plan.aggregation {
-        AggregationMode::Plain => None,
-        AggregationMode::Secure(sp) => sp.cohort.iter().find(|a| a.name == agent).map(|me| SecAggPlan {
+    let secagg = plan.aggregation.secure_plan().and_then(|sp| {
+        sp.cohort.iter().find(|a| a.name == agent).map(|me| SecAggPlan {
             params: sp.params.clone(),
             graph_seed: sp.graph_seed,
             me: me.index,
             cohort: sp.cohort.clone(),
             phase_timeout_ms: sp.phase_timeout_ms,
-        }),
+        })
+    });
+    let held = match &plan.aggregation {
+        AggregationMode::Plain | AggregationMode::Secure(_) => None,
+        AggregationMode::Held => Some(HeldPlan::Train),
+        AggregationMode::HeldGroup(_, members) => Some(HeldPlan::Group(members.clone())),
     };
     protocol::RoundPlan {
         round: plan.round,
@@ -47,5 +51,6 @@ pub fn wire_plan(plan: &RoundPlan, graph: Digest, weights: Digest, agent: &str) 
         },
         deadline_ms: plan.deadline_ms,
         secagg,
+        held,
     }
 }
