@@ -1,6 +1,7 @@
-//! The deployment files in configs/ agree with the code: every shipped configuration file loads through the loader
-//! the binaries use, the server configurations evaluate new models, and the Kubernetes manifests expose the ports
-//! and hold the paths those configurations use.
+//! The deployment files in configs/ and the Helm chart agree with the code: every shipped configuration file loads
+//! through the loader the binaries use, the server configurations evaluate new models, and the chart's server.toml
+//! uses the ports its values expose and keeps its data on the persistent volume. (scripts/helm-check.sh checks the
+//! chart's rendered manifests against the schemas and this server.toml.)
 
 use fedge_agent::config::AgentConfig;
 use fedge_server::config::ServerConfig;
@@ -10,14 +11,27 @@ fn configs() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs"))
 }
 
+fn chart() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/helm/fedge"))
+}
+
+/// The number after `key: ` on a line of the chart's values.yaml that starts with it.
+fn chart_value(key: &str) -> u16 {
+    let values = std::fs::read_to_string(chart().join("values.yaml")).unwrap();
+    let line = values.lines().find_map(|l| l.strip_prefix(&format!("{key}: "))).expect(key);
+    line.trim().parse().unwrap_or_else(|e| panic!("{key}: {line:?}: {e}"))
+}
+
 #[test]
-fn the_kubernetes_server_config_parses_and_its_ports_are_the_ones_the_manifest_exposes() {
-    let cfg = ServerConfig::load(&configs().join("kubernetes/server.toml")).unwrap();
-    let metrics = cfg.metrics.expect("the Kubernetes config serves metrics");
-    let manifest = std::fs::read_to_string(configs().join("kubernetes/fedge-server.yaml")).unwrap();
-    assert!(manifest.contains(&format!("prometheus.io/port: \"{}\"", metrics.port())));
-    assert!(manifest.contains(&format!("containerPort: {}, protocol: UDP", cfg.listen.port())));
-    assert!(manifest.contains("mountPath: /var/lib/fedge }") && cfg.data_dir.starts_with("/var/lib/fedge"));
+fn the_charts_server_config_loads_on_the_ports_the_chart_exposes_with_its_data_on_the_volume() {
+    let cfg = ServerConfig::load(&chart().join("files/server.toml")).unwrap();
+    assert_eq!(cfg.listen.port(), chart_value("quicPort"));
+    assert_eq!(cfg.metrics.expect("the chart's config serves metrics").port(), chart_value("metricsPort"));
+    assert!(cfg.data_dir.starts_with("/var/lib/fedge"), "{}", cfg.data_dir.display());
+    // The test set lives on the data volume, where the chart's init container waits for it.
+    let eval = cfg.evaluation.expect("the chart's config evaluates new models");
+    assert!(eval.test_data.starts_with("/var/lib/fedge"), "{}: not on the data volume", eval.test_data.display());
+    assert!(eval.limit.is_none_or(|n| n > 0));
 }
 
 /// Every `.toml` file under `dir`, recursively.
@@ -33,7 +47,7 @@ fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// The shipped server configurations (relative to configs/).
-const SERVER_CONFIGS: &[&str] = &["server.toml", "kubernetes/server.toml"];
+const SERVER_CONFIGS: &[&str] = &["server.toml"];
 /// The shipped agent configurations.
 const AGENT_CONFIGS: &[&str] = &["agent.toml"];
 
@@ -61,16 +75,6 @@ fn every_shipped_server_config_evaluates_new_models_so_accuracy_shows_and_a_targ
         let eval = cfg.evaluation.unwrap_or_else(|| panic!("configs/{name} has no [evaluation]"));
         assert!(eval.limit.is_none_or(|n| n > 0), "configs/{name}: an evaluation limit of 0 evaluates nothing");
     }
-    // On Kubernetes the test set lives on the data volume, and the pod waits for it before the server starts.
-    let cfg = ServerConfig::load(&configs().join("kubernetes/server.toml")).unwrap();
-    let test_data = cfg.evaluation.unwrap().test_data;
-    assert!(test_data.starts_with("/var/lib/fedge"), "{}: not on the data volume", test_data.display());
-    let manifest = std::fs::read_to_string(configs().join("kubernetes/fedge-server.yaml")).unwrap();
-    let waiter = manifest.find("name: wait-for-test-data").expect("an init container waits for the test set");
-    let waiter = &manifest[waiter..manifest[waiter..].find("containers:").map_or(manifest.len(), |e| waiter + e)];
-    assert!(waiter.contains(&format!("dir={}", test_data.display())), "{waiter}");
-    assert!(waiter.contains("t10k-images-idx3-ubyte") && waiter.contains("t10k-labels-idx1-ubyte"), "{waiter}");
-    assert!(waiter.contains("{ name: data, mountPath: /var/lib/fedge }"), "{waiter}");
 }
 
 #[test]

@@ -44,6 +44,9 @@ pub const PROTOCOL_VERSION: u32 = 11;
 pub const ALPN_AGENT: &[u8] = b"fedge/1";
 /// ALPN id of the admin protocol (fedgectl).
 pub const ALPN_ADMIN: &[u8] = b"fedge-admin/1";
+/// ALPN id of the readiness probe (`fedge-server probe`): a handshake without a client certificate, which the server
+/// refuses like any other, but reports as a probe rather than a refused peer.
+pub const ALPN_PROBE: &[u8] = b"fedge-probe/1";
 
 /// Size limits per message kind, in bytes. A frame over its limit is refused before it is read.
 pub mod limits {

@@ -7,6 +7,7 @@
 
 use super::agent_connection::serve_agent;
 use super::endpoint::listed;
+use super::probe::is_probe;
 use super::refusal::refuse;
 use super::shared::Shared;
 use crate::core_msg::ServerEvent;
@@ -27,8 +28,20 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut shu
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            match incoming.await {
+            let mut connecting = match incoming.accept() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(peer = %remote, error = %e, "connection attempt refused");
+                    let _ =
+                        shared.events.send(ServerEvent::Refused { peer: remote.to_string(), reason: e.to_string() });
+                    return;
+                }
+            };
+            let probe = is_probe(&mut connecting).await;
+            match connecting.await {
                 Ok(conn) => handle_connection(conn, shared, shutdown).await,
+                // `fedge-server probe` presents no certificate: its refusal is the answer it waits for.
+                Err(e) if probe => tracing::debug!(peer = %remote, error = %e, "readiness probe answered"),
                 Err(e) => {
                     // A missing certificate, one from another CA, or an expired one ends here.
                     tracing::warn!(peer = %remote, error = %e, "TLS handshake refused");

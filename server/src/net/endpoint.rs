@@ -37,8 +37,8 @@ impl TlsSetup {
     /// [`IDLE_RECEIVE_WINDOW`] that an upload widens only while it holds an upload permit
     /// (`receive_window::UploadWindow`).
     pub fn server_config(&self) -> anyhow::Result<quinn::ServerConfig> {
-        let mut cfg =
-            tls::server_config(&self.ca, &self.identity, &[protocol::ALPN_AGENT, protocol::ALPN_ADMIN], self.idle)?;
+        let alpn = [protocol::ALPN_AGENT, protocol::ALPN_ADMIN, protocol::ALPN_PROBE];
+        let mut cfg = tls::server_config(&self.ca, &self.identity, &alpn, self.idle)?;
         let mut transport = tls::server_transport_config(self.idle);
         transport.receive_window(quinn::VarInt::from_u32(IDLE_RECEIVE_WINDOW));
         cfg.transport_config(Arc::new(transport));

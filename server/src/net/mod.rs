@@ -13,7 +13,8 @@
 //! The files, one concept each: `accept` (the accept loop and each peer's authentication), `agent_connection`
 //! (an agent's hello, its control stream and its liveness), `blobs` (uploads read and downloads sent under
 //! permits), `receive_window` (the connection receive window an upload widens), `endpoint` (the certificates,
-//! the revocation file and the UDP socket), `shared` (what every connection task shares) and `refusal` (close
+//! the revocation file and the UDP socket), `probe` (the readiness probe, and how the accept loop
+//! recognises one), `shared` (what every connection task shares) and `refusal` (close
 //! codes and turning a peer away). This file only names them and re-exports the public items, so that none of them
 //! imports it.
 
@@ -21,6 +22,7 @@ mod accept;
 mod agent_connection;
 mod blobs;
 mod endpoint;
+mod probe;
 mod receive_window;
 mod refusal;
 mod shared;
@@ -28,6 +30,7 @@ mod shared;
 pub use accept::accept_loop;
 pub use agent_connection::SILENT_AFTER;
 pub use endpoint::{TlsSetup, UDP_RECEIVE_BUFFER, bind_endpoint, enlarge_receive_buffer};
+pub use probe::{ProbeError, local_address, probe};
 pub use receive_window::{IDLE_RECEIVE_WINDOW, UPLOAD_RECEIVE_WINDOW};
 pub use refusal::{CLOSE_PROTOCOL, CLOSE_REFUSED};
 pub use shared::{OperatorService, Shared};
