@@ -353,8 +353,10 @@ upload = "{upload}"
     let mut traffic: Vec<Vec<Traffic>> = vec![vec![]; args.agents];
     let mut peak_server_kb = 0u64;
     let mut peak_agent_kb = 0u64;
-    // Connecting many agents takes a while (a TLS handshake each): a second per 100 of them.
-    let deadline = Instant::now() + Duration::from_secs(120 + args.agents as u64 / 100 + 60 * args.rounds);
+    // A run fails when no new version arrives for this long: connecting many agents takes a while (a TLS handshake
+    // each), and so does a large cohort's round on a 2-core machine.
+    let patience = Duration::from_secs(120 + args.agents as u64 / 20);
+    let mut deadline = Instant::now() + patience;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         let done = first_seen.iter().all(|s| s.is_some())
@@ -371,6 +373,7 @@ upload = "{upload}"
                 Some((_, Seen::Model { version, at })) => {
                     if let Some(slot) = first_seen.get_mut(version as usize) && slot.is_none() {
                         *slot = Some(at);
+                        deadline = Instant::now() + patience;
                     }
                 }
                 Some((i, Seen::Traffic(t))) => traffic[i].push(t),
