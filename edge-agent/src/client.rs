@@ -591,18 +591,17 @@ impl Agent {
                 let expected = self.params();
                 let held = lock(&self.state).weights.as_ref().map(|w| (w.version, w.weights.clone()));
                 let rebuilt = match held {
-                    Some((v, old)) if v == from && expected.is_none_or(|p| p == old.len()) => {
-                        let steps = version.saturating_sub(from);
-                        model_diff::apply(&old, &body, steps).map_err(anyhow::Error::from).and_then(|w| {
-                            let bytes = weights_to_bytes(&w);
-                            if Digest::of(&bytes) == digest {
-                                Ok((w, bytes))
-                            } else {
-                                Err(anyhow!("the differences do not rebuild version {version}'s weights (digest)"))
-                            }
-                        })
+                    Some((v, _)) if v != from => {
+                        Err(anyhow!("differences from version {from}, but this agent holds version {v}"))
                     }
-                    Some((v, _)) => Err(anyhow!("differences from version {from}, but this agent holds version {v}")),
+                    Some((_, old)) if expected.is_some_and(|p| p != old.len()) => {
+                        Err(anyhow!("the held weights do not fit the held graph"))
+                    }
+                    // Rebuilding and hashing a version are milliseconds of CPU: never on the runtime's threads.
+                    Some((_, old)) => tokio::task::spawn_blocking(move || rebuild(&old, &body, from, version, digest))
+                        .await
+                        .map_err(|e| anyhow!("rebuilding the version panicked: {e}"))
+                        .and_then(|r| r),
                     None => Err(anyhow!("differences from version {from}, but this agent holds no weights")),
                 };
                 match rebuilt {
@@ -610,7 +609,7 @@ impl Agent {
                         lock(&self.state).set_weights(version, digest, &bytes, weights)?;
                         self.publish_model();
                         self.emit(AgentEvent::ModelReceived { version });
-                        tracing::info!(version, from, bytes = body.len(), "received global weights as differences");
+                        tracing::info!(version, from, "received global weights as differences");
                     }
                     Err(e) => {
                         // The next connection declares no version: the server then sends the whole one.
@@ -759,6 +758,18 @@ fn client_endpoint(bind: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
     }
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
     Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?)
+}
+
+/// Version `version` rebuilt from `old` (version `from`) and the chain of differences in `body`, with its bytes,
+/// when they hash to `digest`.
+fn rebuild(old: &[f32], body: &[u8], from: u64, version: u64, digest: Digest) -> anyhow::Result<(Vec<f32>, Vec<u8>)> {
+    let weights = model_diff::apply(old, body, version.saturating_sub(from))?;
+    let bytes = weights_to_bytes(&weights);
+    anyhow::ensure!(
+        Digest::of(&bytes) == digest,
+        "the differences do not rebuild version {version}'s weights (digest)"
+    );
+    Ok((weights, bytes))
 }
 
 /// The digest an agent reports for weights it holds (for logs and tests).
