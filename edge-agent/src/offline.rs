@@ -139,6 +139,10 @@ pub struct TrainArgs {
     /// Examples per step.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Run each batch as micro-batches of this many examples and accumulate their gradients: the same steps, with
+    /// the memory of a smaller batch (activations, convolution buffers); evaluation runs at this size too.
+    #[arg(long)]
+    pub micro_batch: Option<usize>,
     /// Learning rate.
     #[arg(long, default_value_t = 0.01)]
     pub lr: f32,
@@ -352,7 +356,15 @@ pub fn train(args: TrainArgs) -> Result<()> {
             "fine-tuning part of the model"
         );
     }
-    let mut weights = load_weights(&model, args.weights.as_deref())?;
+    // Without a weights file the model's own values are the start: taken out of the parsed model rather than
+    // copied, so the run holds them once.
+    let (model, mut weights) = match args.weights.as_deref() {
+        None => model.take_initial_weights(),
+        Some(path) => {
+            let w = load_weights(&model, Some(path))?;
+            (model, w)
+        }
+    };
     let loss = Loss::from(args.loss);
     if !(args.holdout > 0.0 && args.holdout < 1.0) {
         bail!("--holdout must be strictly between 0 and 1, not {}", args.holdout);
@@ -362,6 +374,10 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let (train, test) = (limited(train, args.limit), limited(test, args.test_limit));
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
+    }
+    let micro_batch = args.micro_batch.unwrap_or(args.batch_size);
+    if micro_batch == 0 || micro_batch > args.batch_size {
+        bail!("--micro-batch must be between 1 and --batch-size ({}), not {micro_batch}", args.batch_size);
     }
     let optimizer = match args.optimizer {
         OptimizerKind::Sgd => OptimizerConfig::Sgd {
@@ -377,7 +393,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let mut optimizer = Optimizer::new(optimizer, weights.len())?;
     // The starting weights are kept only for the proximal term (a copy of every weight).
     let start = if args.prox_mu.is_some() { weights.clone() } else { Vec::new() };
-    let mut trainer = LocalTrainer::new(model.clone(), loss, args.batch_size)?;
+    let mut trainer = LocalTrainer::with_micro_batch(model.clone(), loss, args.batch_size, micro_batch)?;
+    let eval_batch = EVAL_BATCH.min(micro_batch);
     let steps_per_epoch = train.len().div_ceil(args.batch_size) as u64;
     let schedule = schedule_of(&args, steps_per_epoch)?;
     let total_steps = steps_per_epoch * u64::from(args.epochs);
@@ -410,7 +427,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             }
         })?;
         let train_seconds = epoch_started.elapsed().as_secs_f64();
-        let eval = evaluate(&model, &weights, &test, EVAL_BATCH)?;
+        let eval = evaluate(&model, &weights, &test, eval_batch)?;
         if args.json {
             let mut line = serde_json::Map::new();
             line.insert("epoch".into(), json!(epoch));

@@ -138,13 +138,14 @@ impl EvalSummary {
     }
 }
 
-/// A model's compiled training step and the buffers of a training loop, kept across rounds.
+/// A model's compiled training step and the buffers of a training loop, kept across rounds. The gradient of a step
+/// is read from the tensors the step's plan wrote and dropped after the optimizer step: no gradient-sized buffer
+/// is kept between steps.
 #[derive(Debug)]
 pub struct LocalTrainer {
     model: TrainableModel,
     loss: Loss,
     step: TrainStep,
-    grads: Vec<f32>,
     batch: Batch,
     onehot: Vec<f32>,
 }
@@ -152,9 +153,26 @@ pub struct LocalTrainer {
 impl LocalTrainer {
     /// Compiles the training step of `model` for `loss` and batches of `batch_size`.
     pub fn new(model: TrainableModel, loss: Loss, batch_size: usize) -> Result<Self, LocalTrainError> {
-        let step = TrainStep::new(&model, loss, batch_size)?;
-        let grads = vec![0.0; model.num_params()];
-        Ok(LocalTrainer { model, loss, step, grads, batch: Batch::default(), onehot: Vec::new() })
+        Self::with_micro_batch(model, loss, batch_size, batch_size)
+    }
+
+    /// Like [`Self::new`], running every batch as micro-batches of at most `micro_batch` examples whose gradients
+    /// are accumulated (see [`TrainStep::with_micro_batch`]): the same optimizer steps as batches of `batch_size`
+    /// (to rounding), with the step's activations and convolution buffers of `micro_batch` examples. For devices
+    /// short of memory; a device setting, not part of the round plan.
+    pub fn with_micro_batch(
+        model: TrainableModel,
+        loss: Loss,
+        batch_size: usize,
+        micro_batch: usize,
+    ) -> Result<Self, LocalTrainError> {
+        let step = TrainStep::with_micro_batch(&model, loss, batch_size, micro_batch)?;
+        Ok(LocalTrainer { model, loss, step, batch: Batch::default(), onehot: Vec::new() })
+    }
+
+    /// Examples per run of the compiled step (the batch size unless batches are split).
+    pub fn micro_batch(&self) -> usize {
+        self.step.micro_batch()
     }
 
     /// The model being trained.
@@ -271,15 +289,17 @@ impl LocalTrainer {
                 }
             };
             optimizer.set_lr_factor(plan.schedule.factor(plan.first_step + steps, plan.total_steps))?;
-            let loss = self.step.run(weights, &self.batch.x, labels, dropout.next_u64(), &mut self.grads)?;
+            let (loss, grads) = self.step.gradients(weights, &self.batch.x, labels, dropout.next_u64())?;
+            let loss = loss as f32;
             steps += 1;
             // A non-finite gradient would poison the weights: that is divergence. A non-finite loss with a finite
             // gradient is only the loss's report overflowing (a logit gap beyond f32's exp range), so the step is
             // taken and the batch left out of the mean.
-            if !self.grads.iter().all(|g| g.is_finite()) {
+            if !grads.all_finite() {
                 return Err(LocalTrainError::Diverged { epoch: plan.epoch, step: steps, loss });
             }
-            optimizer.step(weights, &self.grads, prox)?;
+            optimizer.step_parts(weights, grads.parts(), prox)?;
+            drop(grads);
             examples += n as u64;
             if loss.is_finite() {
                 loss_sum += loss as f64 * n as f64;

@@ -49,5 +49,5 @@ pub use error::TrainError;
 pub use loss::{Labels, Loss};
 pub use part::{PartError, TrainablePart};
 pub use predictor::Predictor;
-pub use step::TrainStep;
+pub use step::{Gradients, TrainStep};
 pub use trainable::{ParamInfo, TrainableModel};

@@ -156,12 +156,29 @@ impl Optimizer {
         grads: &[f32],
         prox: Option<Proximal<'_>>,
     ) -> Result<(), OptimizerError> {
+        self.step_parts(weights, [grads], prox)
+    }
+
+    /// [`Self::step`] with the gradient in consecutive pieces (one per weight tensor, as the training step's
+    /// outputs hold it) instead of one flat vector: the same update, bit for bit, without gathering the pieces
+    /// into a gradient-sized buffer first. The pieces must cover the weights exactly, in order.
+    pub fn step_parts<'g, I>(
+        &mut self,
+        weights: &mut [f32],
+        parts: I,
+        prox: Option<Proximal<'_>>,
+    ) -> Result<(), OptimizerError>
+    where
+        I: IntoIterator<Item = &'g [f32]>,
+        I::IntoIter: Clone,
+    {
+        let parts = parts.into_iter();
         let expected = self.m.len();
         let check = |what, got: usize| {
             if got == expected { Ok(()) } else { Err(OptimizerError::LengthMismatch { what, got, expected }) }
         };
         check("weights", weights.len())?;
-        check("gradient", grads.len())?;
+        check("gradient", parts.clone().map(|g| g.len()).sum())?;
         if let Some(p) = prox {
             check("global weights", p.global.len())?;
             if !(p.mu.is_finite() && p.mu >= 0.0) {
@@ -170,18 +187,31 @@ impl Optimizer {
         }
         let first = self.steps == 0;
         self.steps += 1;
+        let mut offset = 0;
+        for g in parts {
+            let end = offset + g.len();
+            self.update(&mut weights[offset..end], offset, g, prox, first);
+            offset = end;
+        }
+        Ok(())
+    }
+
+    /// Updates the weights `offset..offset + grads.len()` (given as `weights`) from their gradient.
+    fn update(&mut self, weights: &mut [f32], offset: usize, grads: &[f32], prox: Option<Proximal<'_>>, first: bool) {
+        let end = offset + grads.len();
+        let global = prox.map(|p| (p.mu, &p.global[offset..end]));
         // The full gradient of one weight: loss gradient, weight decay, proximal term.
         let full = |i: usize, w: f32, wd: f32| {
             let mut g = grads[i] + wd * w;
-            if let Some(p) = prox {
-                g += p.mu * (w - p.global[i]);
+            if let Some((mu, global)) = global {
+                g += mu * (w - global[i]);
             }
             g
         };
         match self.config {
             OptimizerConfig::Sgd { lr, momentum, nesterov, weight_decay } => {
                 let lr = lr * self.lr_factor;
-                for (i, (w, m)) in weights.iter_mut().zip(self.m.iter_mut()).enumerate() {
+                for (i, (w, m)) in weights.iter_mut().zip(self.m[offset..end].iter_mut()).enumerate() {
                     let g = full(i, *w, weight_decay);
                     if momentum == 0.0 {
                         *w -= lr * g;
@@ -196,7 +226,8 @@ impl Optimizer {
                 let t = self.steps.min(i32::MAX as u64) as i32;
                 let c1 = 1.0 - beta1.powi(t);
                 let c2 = 1.0 - beta2.powi(t);
-                for (i, ((w, m), v)) in weights.iter_mut().zip(self.m.iter_mut()).zip(self.v.iter_mut()).enumerate() {
+                let moments = self.m[offset..end].iter_mut().zip(self.v[offset..end].iter_mut());
+                for (i, (w, (m, v))) in weights.iter_mut().zip(moments).enumerate() {
                     let g = full(i, *w, weight_decay);
                     *m = beta1 * *m + (1.0 - beta1) * g;
                     *v = beta2 * *v + (1.0 - beta2) * g * g;
@@ -204,7 +235,6 @@ impl Optimizer {
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -218,6 +248,31 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn a_gradient_in_pieces_steps_exactly_like_the_flat_gradient(
+            (w0, g) in vecs(2..60), cut in 0.0f64..1.0, adam in any::<bool>(), steps in 1usize..4,
+        ) {
+            let config = if adam {
+                OptimizerConfig::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+            } else {
+                OptimizerConfig::Sgd { lr: 0.05, momentum: 0.9, nesterov: false, weight_decay: 0.01 }
+            };
+            let global: Vec<f32> = w0.iter().map(|w| w * 0.5).collect();
+            let prox = Some(Proximal { mu: 0.1, global: &global });
+            let k = ((g.len() as f64 * cut) as usize).min(g.len());
+            let (mut flat_w, mut parts_w) = (w0.clone(), w0.clone());
+            let mut flat = Optimizer::new(config.clone(), w0.len()).unwrap();
+            let mut pieces = Optimizer::new(config, w0.len()).unwrap();
+            for _ in 0..steps {
+                flat.step(&mut flat_w, &g, prox).unwrap();
+                pieces.step_parts(&mut parts_w, [&g[..k], &g[k..]], prox).unwrap();
+            }
+            prop_assert_eq!(flat_w, parts_w);
+            let short = pieces.step_parts(&mut w0.clone(), [&g[..k]], prox);
+            let refused = matches!(short, Err(OptimizerError::LengthMismatch { what: "gradient", .. }));
+            prop_assert!(refused || k == g.len(), "a short gradient was taken");
+        }
+
         #[test]
         fn adams_first_step_moves_every_weight_by_lr_against_the_sign_of_its_gradient(
             (w0, g) in vecs(1..50), lr in 1e-4f32..0.1,

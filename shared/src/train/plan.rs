@@ -49,22 +49,6 @@ pub fn tensor_in(shape: &[usize], data: &[f32], precision: Precision) -> Result<
     }
 }
 
-/// Copies a float output of either precision into `out` (which must have the same length).
-pub fn copy_out(v: &TValue, out: &mut [f32]) -> Result<(), TrainError> {
-    let n = v.len();
-    if n != out.len() {
-        return Err(TrainError::Tract(format!("output has {n} values, expected {}", out.len())));
-    }
-    if let Ok(s) = v.as_slice::<f64>() {
-        for (o, x) in out.iter_mut().zip(s) {
-            *o = *x as f32;
-        }
-        return Ok(());
-    }
-    out.copy_from_slice(values(v)?);
-    Ok(())
-}
-
 /// A scalar float output of either precision.
 pub fn scalar_out(v: &TValue) -> Result<f64, TrainError> {
     if let Ok(x) = v.to_scalar::<f64>() {

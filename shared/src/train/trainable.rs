@@ -38,6 +38,9 @@ struct Inner {
     initializers: HashMap<String, Const>,
     /// Float initializers in graph order that may be trained (not BatchNormalization running statistics).
     candidates: Vec<String>,
+    /// Trainable weights whose values were handed out by [`TrainableModel::take_initial_weights`] (their
+    /// initializers keep the shape, not the values).
+    taken: HashSet<String>,
 }
 
 /// A parsed forward model with its trainable weights; cheap to clone.
@@ -150,6 +153,7 @@ impl TrainableModel {
             output_shape: vec![],
             initializers,
             candidates: candidates.clone(),
+            taken: HashSet::new(),
         };
         let params = layout(&inner, &candidates)?;
         // Resolve at two batch sizes: validates every operator and shape, and that the output scales with the batch.
@@ -180,6 +184,11 @@ impl TrainableModel {
             if !self.inner.candidates.iter().any(|c| c == n) {
                 return Err(TrainError::invalid(format!("{n} is not a trainable float initializer of the model")));
             }
+        }
+        if let Some(n) = self.inner.taken.iter().find(|n| !wanted.contains(n.as_str())) {
+            return Err(TrainError::invalid(format!(
+                "{n} cannot become a constant: its values were taken out of the model (take_initial_weights)"
+            )));
         }
         let chosen: Vec<String> =
             self.inner.candidates.iter().filter(|c| wanted.contains(c.as_str())).cloned().collect();
@@ -219,6 +228,7 @@ impl TrainableModel {
                 .ok_or_else(|| TrainError::shape(format!("weights too short for {}", p.name)))?;
             inner.initializers.insert(p.name.clone(), (p.shape.clone(), Data::F(values.to_vec())));
         }
+        inner.taken.clear();
         let full = TrainableModel { inner: Arc::new(inner), params: self.params.clone() };
         let tuned = full.with_trainable(part.names())?;
         if tuned.num_params() != part.len() {
@@ -239,16 +249,36 @@ impl TrainableModel {
         self.params.iter().map(|p| p.len).sum()
     }
 
-    /// The model's own values of the trainable weights, flat, in [`Self::params`] order.
+    /// The model's own values of the trainable weights, flat, in [`Self::params`] order (zeros for values handed
+    /// out by [`Self::take_initial_weights`]).
     pub fn initial_weights(&self) -> Vec<f32> {
         let mut w = Vec::with_capacity(self.num_params());
         for p in self.params.iter() {
             match self.inner.initializers.get(&p.name) {
-                Some((_, d)) => w.extend(d.as_f32()),
-                None => w.extend(std::iter::repeat_n(0.0, p.len)),
+                Some((_, d)) if d.len() == p.len => w.extend(d.as_f32()),
+                _ => w.extend(std::iter::repeat_n(0.0, p.len)),
             }
         }
         w
+    }
+
+    /// Hands the model's own values of the trainable weights out (flat, as [`Self::initial_weights`] gives them)
+    /// and keeps only their shapes, so a device that trains holds them once, in its weight vector, instead of also
+    /// in the parsed model for the whole run. Training, evaluating and exporting with given weights work as before;
+    /// afterwards [`Self::initial_weights`] gives zeros for them, and [`Self::with_trainable`] refuses to freeze
+    /// them (a frozen weight needs its values). Other clones of this model keep the values (they share them until
+    /// this call, which then copies the rest of the model).
+    pub fn take_initial_weights(self) -> (TrainableModel, Vec<f32>) {
+        let weights = self.initial_weights();
+        let params = self.params;
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| (*shared).clone());
+        for p in params.iter() {
+            if let Some((_, d)) = inner.initializers.get_mut(&p.name) {
+                *d = Data::F(Vec::new());
+            }
+            inner.taken.insert(p.name.clone());
+        }
+        (TrainableModel { inner: Arc::new(inner), params }, weights)
     }
 
     /// The shape of one example, without the batch dimension.
@@ -398,6 +428,27 @@ mod tests {
         let exported = tuned.export_with_weights(&tuned.initial_weights()).unwrap();
         assert_eq!(exported, full.export_with_weights(&global).unwrap());
         assert_ne!(exported, full.export_with_weights(&file).unwrap());
+    }
+
+    #[test]
+    fn taking_the_initial_weights_leaves_a_model_that_trains_and_exports_with_given_weights() {
+        let full = TrainableModel::from_onnx_bytes(&super::super::builder::mlp(&[5, 4, 3], 1)).unwrap();
+        let file = full.initial_weights();
+        let exported = full.export_with_weights(&file).unwrap();
+        let (taken, w) = full.clone().take_initial_weights();
+        assert_eq!(w, file);
+        assert_eq!(taken.params(), full.params());
+        // The values are gone from the model, the shapes and the graph are not.
+        assert!(taken.initial_weights().iter().all(|x| *x == 0.0));
+        assert_eq!(taken.export_with_weights(&w).unwrap(), exported);
+        assert_eq!(taken.resolve(3, None).unwrap().shapes, full.resolve(3, None).unwrap().shapes);
+        // A taken weight cannot become a constant; training all of them again, or a fine-tuning round, can.
+        let e = taken.clone().train_only(&pats(&["fc2.*"])).unwrap_err().to_string();
+        assert!(e.contains("fc1.") && e.contains("take_initial_weights"), "{e}");
+        let all: Vec<String> = full.params().iter().map(|p| p.name.clone()).collect();
+        assert_eq!(taken.clone().with_trainable(&all).unwrap().num_params(), full.num_params());
+        let (tuned, part) = taken.fine_tune(&w, &pats(&["fc2.*"])).unwrap();
+        assert_eq!(tuned.initial_weights(), part.gather(&w).unwrap());
     }
 
     #[test]
