@@ -401,6 +401,8 @@ impl<'p> Net<'p> {
                 }
             }
             Action::WakeAt(t) => self.alarm.set(t),
+            // This server is no aggregator: it is never asked to forward.
+            Action::Forward { .. } => panic!("a server that is no aggregator forwarded a round"),
             Action::RoundStarted { .. } | Action::Log { .. } => {}
         }
     }
