@@ -154,7 +154,7 @@ struct Device {
 struct Held<'a>(&'a Device);
 
 impl Holdings for Held<'_> {
-    fn check_round(&self, round: u64) -> Result<(), String> {
+    fn check_round(&self, round: u64, _seed: u64) -> Result<(), String> {
         match self.0.last_trained {
             Some(r) if r == round => Err(format!("already trained for round {round}")),
             _ => Ok(()),

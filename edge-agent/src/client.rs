@@ -94,8 +94,8 @@ enum Inbound {
 struct Held<'a>(&'a Agent);
 
 impl Holdings for Held<'_> {
-    fn check_round(&self, round: u64) -> Result<(), String> {
-        lock(&self.0.state).check_round(round).map_err(|e| e.to_string())
+    fn check_round(&self, round: u64, seed: u64) -> Result<(), String> {
+        lock(&self.0.state).check_round(round, seed).map_err(|e| e.to_string())
     }
 
     fn check_plan(&self, plan: &TrainPlan) -> Result<(), String> {
@@ -501,7 +501,7 @@ impl Agent {
                 wire::write_msg(send, &m, limits::CONTROL).await?;
             }
             Output::Train(plan) => {
-                let begun = lock(&self.state).begin_round(plan.round, &plan.graph, &plan.weights);
+                let begun = lock(&self.state).begin_round(plan.round, plan.train.seed, &plan.graph, &plan.weights);
                 match begun {
                     Ok(()) => self.start_learning(*plan, tx.clone()),
                     Err(e) => return Ok(Some(Input::NotBegun { round: plan.round, reason: e.to_string() })),
