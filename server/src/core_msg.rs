@@ -148,11 +148,14 @@ pub enum CoreMsg {
     /// aggregate to upload or why there is none.
     RootRound {
         request: crate::coordinator::RootRequest,
-        reply: std::sync::mpsc::SyncSender<Result<crate::coordinator::Partial, String>>,
+        reply: ForwardReply,
     },
     /// An aggregator: the root's version, durable in the store, to serve from now on.
     Installed(Box<InstalledModel>),
 }
+
+/// Where an aggregator's answer to its root's request goes (the uplink's learner waits on the other end).
+pub type ForwardReply = std::sync::mpsc::SyncSender<Result<crate::coordinator::Partial, String>>;
 
 /// A root's version an aggregator has stored (its bytes encoded and hashed once, for every connection).
 #[derive(Debug)]

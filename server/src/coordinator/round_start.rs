@@ -139,8 +139,8 @@ impl Coordinator {
             tracing::info!(round = round_id, epsilon = cost.epsilon, delta = cost.delta, "privacy charged");
             out.push(Action::Log { message });
         }
-        let hyper = match base {
-            // An aggregator's agents receive the root's seed itself (see `plan::wire_seed`).
+        let mut hyper = match base {
+            // An aggregator's agents receive the root's seed itself (see `plan::wire_seed_for`).
             Some((mut hyper, wire_seed)) => {
                 hyper.seed = wire_seed_for(wire_seed, round_id);
                 self.root_round_started(round_id);
@@ -155,7 +155,6 @@ impl Coordinator {
                 hyper
             }
         };
-        let mut hyper = hyper;
         hyper.deadline_ms = self.config.round_timeout_ms;
         let plan = RoundPlan {
             round: round_id,

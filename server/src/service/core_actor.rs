@@ -71,7 +71,7 @@ pub(super) struct Core {
     /// The newest versions' differences, for agents a few versions behind.
     pub(super) diffs: super::model_diffs::ModelDiffs,
     /// An aggregator: where the answers to the root's waiting requests go, oldest first.
-    pub(super) forward_replies: std::collections::VecDeque<super::forwarding::ForwardReply>,
+    pub(super) forward_replies: std::collections::VecDeque<crate::core_msg::ForwardReply>,
 }
 
 /// What the core keeps for the admin surface.

@@ -7,12 +7,8 @@
 
 use super::core_actor::Core;
 use crate::coordinator::{Event, Partial, RootRequest, RoundRecord};
-use crate::core_msg::{InstalledModel, Outbound};
+use crate::core_msg::{ForwardReply, InstalledModel, Outbound};
 use fedge_shared::protocol::ServerMessage;
-use std::sync::mpsc::SyncSender;
-
-/// Where an answer to the root goes.
-pub(super) type ForwardReply = SyncSender<Result<Partial, String>>;
 
 impl Core {
     /// The root asked for a round: the coordinator answers every request once, in the order they came.
