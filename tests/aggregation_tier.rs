@@ -10,15 +10,16 @@
 
 use fedge_agent::agent_event::AgentEvent;
 use fedge_agent::client::{Agent, ClientSettings};
-use fedge_agent::learner::{LearnOutcome, Learner, NoiseLearner};
+use fedge_agent::learner::NoiseLearner;
 use fedge_agent::state::ModelState;
 use fedge_server::config::{ModelSource, ServerConfig, TlsFiles};
 use fedge_server::coordinator::{AggregationMode, CoordinatorConfig, Outcome, SecAggConfig};
 use fedge_server::service::{Operator, ServerEvent};
 use fedge_server::store::Store;
-use fedge_shared::protocol::TrainPlan;
 use fedge_shared::tls::{self, Identity, Role};
-use fedge_system_tests::{cohort_of, free_udp_port, init_logs, kill, plain_log, wait_server, workspace_bin};
+use fedge_system_tests::{
+    HeldLearner, cohort_of, free_udp_port, init_logs, kill, plain_log, wait_server, workspace_bin,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -52,31 +53,6 @@ impl Gate {
         let closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
         // Never forever: a stuck test should fail on its own deadlines, not hang here.
         let _ = self.opened.wait_timeout_while(closed, Duration::from_secs(120), |c| *c);
-    }
-}
-
-/// A noise learner that says when it starts training, then waits at the gate.
-struct GatedLearner {
-    inner: NoiseLearner,
-    index: usize,
-    gate: Arc<Gate>,
-    training: mpsc::UnboundedSender<usize>,
-}
-
-impl Learner for GatedLearner {
-    fn examples(&self) -> u64 {
-        self.inner.examples()
-    }
-    fn set_graph(&mut self, onnx: &[u8]) -> anyhow::Result<()> {
-        self.inner.set_graph(onnx)
-    }
-    fn num_params(&self) -> Option<usize> {
-        self.inner.num_params()
-    }
-    fn learn(&mut self, global: &[f32], plan: &TrainPlan) -> anyhow::Result<LearnOutcome> {
-        let _ = self.training.send(self.index);
-        self.gate.pass();
-        self.inner.learn(global, plan)
     }
 }
 
@@ -243,11 +219,14 @@ async fn tier(dir: &Path, children: &mut Vec<std::process::Child>) -> anyhow::Re
             privacy: None,
             floor: Default::default(),
         };
-        let learner = GatedLearner {
+        // Says when it starts training, then waits at the gate.
+        let (gate, training) = (gate.clone(), training_tx.clone());
+        let learner = HeldLearner {
             inner: NoiseLearner::new(examples_of(i), 1000 + i as u64, SCALE),
-            index: i,
-            gate: gate.clone(),
-            training: training_tx.clone(),
+            before: Box::new(move || {
+                let _ = training.send(i);
+                gate.pass();
+            }),
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
         let etx = etx.clone();
