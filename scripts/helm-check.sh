@@ -86,6 +86,7 @@ render --set-file serverToml="$out/variant-server.toml" --set metricsPort=null -
 # and the aggregators, released under another name so that the pods' names and their bundles' keys follow it.
 sed 's/^\[coordinator.hyper\]$/&\nupload = "f32"/' "$chart/files/server.toml" >"$out/root-server.toml"
 printf '\n[secagg]\nenabled = false\n' >>"$out/root-server.toml"
+grep -qx 'upload = "f32"' "$out/root-server.toml" || { log "FAILED: files/server.toml has no [coordinator.hyper]"; exit 1; }
 "$helm" template tier "$chart" --namespace fedge --set-file serverToml="$out/root-server.toml" "${tier_values[@]}" \
   --set aggregators.autoscaling.maxReplicas=5 >"$out/tier.yaml"
 
