@@ -155,7 +155,7 @@ impl Newest {
             let r = wait_agent(&mut self.events, left, |i, e| {
                 match e {
                     AgentEvent::ModelReceived { version } => newest[i] = newest[i].max(*version),
-                    AgentEvent::Connected => reconnects[i] += 1,
+                    AgentEvent::Connected { .. } => reconnects[i] += 1,
                     _ => {}
                 }
                 Some(())

@@ -117,6 +117,8 @@ async fn every_metric_the_dashboard_queries_is_exposed_by_a_running_server_or_ag
     tiny_mnist(&dir.path().join("data"), 20, 1).unwrap();
     let test = data::load_mnist_dir(&dir.path().join("data"), Split::Test).unwrap();
     let config = ServerConfig {
+        role: Default::default(),
+        aggregator: None,
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().join("db"),
         keep_weights: fedge_server::config::DEFAULT_KEEP_WEIGHTS,

@@ -60,7 +60,7 @@ async fn a_weights_blob_whose_length_is_not_the_models_is_refused_from_its_heade
 
     let bundle = tls::issue_bundle(&pki, "agent-x", Role::Agent, 30)?;
     let settings = ClientSettings {
-        server: addr,
+        servers: vec![addr],
         server_name: "localhost".into(),
         ca: ca.clone(),
         identity: Identity::load_bundle(&bundle)?,

@@ -158,7 +158,7 @@ async fn differences_an_agent_cannot_use_make_it_reconnect_for_the_whole_version
 
     let bundle = tls::issue_bundle(&pki, "agent-x", Role::Agent, 30)?;
     let settings = ClientSettings {
-        server: addr,
+        servers: vec![addr],
         server_name: "localhost".into(),
         ca: ca.clone(),
         identity: Identity::load_bundle(&bundle)?,

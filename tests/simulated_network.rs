@@ -154,7 +154,7 @@ struct Device {
 struct Held<'a>(&'a Device);
 
 impl Holdings for Held<'_> {
-    fn check_round(&self, round: u64) -> Result<(), String> {
+    fn check_round(&self, round: u64, _seed: u64) -> Result<(), String> {
         match self.0.last_trained {
             Some(r) if r == round => Err(format!("already trained for round {round}")),
             _ => Ok(()),
@@ -401,6 +401,8 @@ impl<'p> Net<'p> {
                 }
             }
             Action::WakeAt(t) => self.alarm.set(t),
+            // This server is no aggregator: it is never asked to forward.
+            Action::Forward { .. } => panic!("a server that is no aggregator forwarded a round"),
             Action::RoundStarted { .. } | Action::Log { .. } => {}
         }
     }

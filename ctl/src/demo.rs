@@ -263,6 +263,8 @@ impl LocalFederation {
         std::fs::write(&model, &spec.onnx)?;
         let secure = options.secagg.enabled;
         let config = ServerConfig {
+            role: Default::default(),
+            aggregator: None,
             listen: "127.0.0.1:0".parse()?,
             data_dir: dir.path().join("db"),
             keep_weights: fedge_server::config::DEFAULT_KEEP_WEIGHTS,
@@ -334,7 +336,7 @@ impl LocalFederation {
 /// as agent.toml's default does: set `require_secure_aggregation = false` to take part in plain rounds.
 pub fn agent_settings(bundle: &Path, server: std::net::SocketAddr) -> anyhow::Result<ClientSettings> {
     Ok(ClientSettings {
-        server,
+        servers: vec![server],
         server_name: "localhost".into(),
         ca: tls::load_certs(&bundle.join(tls::files::CA_CERT))?,
         identity: Identity::load_bundle(bundle)?,

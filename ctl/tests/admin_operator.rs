@@ -41,6 +41,8 @@ impl Federation {
         let model = dir.path().join("model.onnx");
         std::fs::write(&model, fedge_shared::train::builder::mlp(&[784, 16, 10], 7)).unwrap();
         let config = ServerConfig {
+            role: Default::default(),
+            aggregator: None,
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("db"),
             keep_weights: fedge_server::config::DEFAULT_KEEP_WEIGHTS,

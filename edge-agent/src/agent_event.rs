@@ -7,7 +7,10 @@
 /// Something the agent reports to whoever runs it (the demo, tests, the CLI's progress output).
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentEvent {
-    Connected,
+    /// Joined the federation at this server (one of `ClientSettings::servers`).
+    Connected {
+        server: std::net::SocketAddr,
+    },
     Disconnected {
         reason: String,
     },

@@ -39,7 +39,11 @@ pub use crate::session::PLAIN_ROUND_REFUSED;
 /// How an agent reaches its server.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
-    pub server: SocketAddr,
+    /// Where the federation is served: one server, or several aggregators of the same federation (or one DNS name
+    /// with several records). The agent starts at a random one (so a fleet spreads over them) and moves on to the
+    /// next whenever a connection cannot be made or ends; it waits longer between attempts only once it has tried
+    /// every address.
+    pub servers: Vec<SocketAddr>,
     /// The name on the server's certificate.
     pub server_name: String,
     pub ca: Vec<CertificateDer<'static>>,
@@ -73,6 +77,10 @@ pub struct Agent {
     budget: Mutex<Option<crate::privacy_budget::PrivacyBudget>>,
     /// Set when the server's differences could not be applied: the next check-in asks for the whole model.
     whole_model_next: std::sync::atomic::AtomicBool,
+    /// Which of `settings.servers` the next connection goes to (counting up from a random start, modulo the length).
+    tried: std::sync::atomic::AtomicUsize,
+    /// The random start of `tried`.
+    first: usize,
 }
 
 enum Inbound {
@@ -86,8 +94,8 @@ enum Inbound {
 struct Held<'a>(&'a Agent);
 
 impl Holdings for Held<'_> {
-    fn check_round(&self, round: u64) -> Result<(), String> {
-        lock(&self.0.state).check_round(round).map_err(|e| e.to_string())
+    fn check_round(&self, round: u64, seed: u64) -> Result<(), String> {
+        lock(&self.0.state).check_round(round, seed).map_err(|e| e.to_string())
     }
 
     fn check_plan(&self, plan: &TrainPlan) -> Result<(), String> {
@@ -123,6 +131,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 impl Agent {
     pub fn new(settings: ClientSettings, state: ModelState, learner: Box<dyn Learner>) -> Self {
+        let first = rand::random::<u16>() as usize;
         let weights_bytes = learner.num_params().map_or(0, |p| 4 * p as u64);
         Agent {
             settings,
@@ -133,7 +142,18 @@ impl Agent {
             weights_bytes: Arc::new(std::sync::atomic::AtomicU64::new(weights_bytes)),
             budget: Mutex::new(None),
             whole_model_next: std::sync::atomic::AtomicBool::new(false),
+            tried: std::sync::atomic::AtomicUsize::new(first),
+            first,
         }
+    }
+
+    /// The address the next connection goes to, and whether it closes a pass over every address (then the back-off
+    /// grows).
+    fn next_server(&self) -> Option<(SocketAddr, bool)> {
+        let n = self.settings.servers.len();
+        let tried = self.tried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let addr = *self.settings.servers.get(tried % n.max(1))?;
+        Some((addr, (tried.wrapping_sub(self.first) + 1).is_multiple_of(n)))
     }
 
     /// Charges a secure round over `len` values to this agent's own privacy budget, if it keeps one
@@ -235,7 +255,11 @@ impl Agent {
             fedge_shared::protocol::ALPN_AGENT,
             self.settings.idle_timeout,
         )?;
-        let bind: SocketAddr = if self.settings.server.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
+        if self.settings.servers.is_empty() {
+            bail!("no server address to connect to");
+        }
+        let ipv6 = self.settings.servers.iter().any(SocketAddr::is_ipv6);
+        let bind: SocketAddr = if ipv6 { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
         let mut endpoint = client_endpoint(bind).context("binding the agent's UDP socket")?;
         endpoint.set_default_client_config(client_cfg);
         if let Some(p) = self.settings.privacy {
@@ -259,8 +283,9 @@ impl Agent {
             if *shutdown.borrow() {
                 break;
             }
+            let Some((server, pass_done)) = self.next_server() else { bail!("no server address to connect to") };
             let end = tokio::select! {
-                end = self.connection(&endpoint, &mut backoff, &mut session) => end,
+                end = self.connection(&endpoint, server, &mut backoff, &mut session) => end,
                 _ = shutdown.changed() => SessionEnd::Shutdown,
             };
             match end {
@@ -274,9 +299,12 @@ impl Agent {
                     self.emit(AgentEvent::Refused { reason });
                 }
             }
+            // The next address is tried after the first delay; only a pass over every address makes the wait grow.
             let jitter = rand::random::<f64>() * 0.5 + 0.75;
-            let wait = backoff.mul_f64(jitter);
-            backoff = (backoff * 2).min(self.settings.backoff_max);
+            let wait = if pass_done { backoff } else { self.settings.backoff_initial }.mul_f64(jitter);
+            if pass_done {
+                backoff = (backoff * 2).min(self.settings.backoff_max);
+            }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => break,
@@ -313,10 +341,12 @@ impl Agent {
     async fn connection(
         &self,
         endpoint: &quinn::Endpoint,
+        server: SocketAddr,
         backoff: &mut Duration,
         session: &mut Session,
     ) -> SessionEnd {
-        let conn = match endpoint.connect(self.settings.server, &self.settings.server_name) {
+        tracing::debug!(%server, "connecting");
+        let conn = match endpoint.connect(server, &self.settings.server_name) {
             Ok(c) => match c.await {
                 Ok(c) => c,
                 Err(e) => {
@@ -384,7 +414,7 @@ impl Agent {
             None => bail!("server closed the control stream during the hello"),
         }
         *backoff = self.settings.backoff_initial;
-        self.emit(AgentEvent::Connected);
+        self.emit(AgentEvent::Connected { server: conn.remote_address() });
         let examples = self.examples_now(session.declared());
         wire::write_msg(&mut send, &AgentMessage::CheckIn(self.check_in(examples)), limits::CONTROL).await?;
         session.connected(examples);
@@ -471,7 +501,7 @@ impl Agent {
                 wire::write_msg(send, &m, limits::CONTROL).await?;
             }
             Output::Train(plan) => {
-                let begun = lock(&self.state).begin_round(plan.round, &plan.graph, &plan.weights);
+                let begun = lock(&self.state).begin_round(plan.round, plan.train.seed, &plan.graph, &plan.weights);
                 match begun {
                     Ok(()) => self.start_learning(*plan, tx.clone()),
                     Err(e) => return Ok(Some(Input::NotBegun { round: plan.round, reason: e.to_string() })),
@@ -775,4 +805,56 @@ fn rebuild(old: &[f32], body: &[u8], from: u64, version: u64, digest: Digest) ->
 /// The digest an agent reports for weights it holds (for logs and tests).
 pub fn digest_of(weights: &[f32]) -> Digest {
     Digest::of(&weights_to_bytes(weights))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(servers: Vec<SocketAddr>) -> ClientSettings {
+        let tmp = tempfile::tempdir().expect("a temporary folder");
+        let dir = tmp.path().to_path_buf();
+        fedge_shared::tls::init_federation(&dir, &["localhost".into()], 1).expect("a CA");
+        let bundle = fedge_shared::tls::issue_bundle(&dir, "a", fedge_shared::tls::Role::Agent, 1).expect("a bundle");
+        ClientSettings {
+            servers,
+            server_name: "localhost".into(),
+            ca: fedge_shared::tls::load_certs(&dir.join(fedge_shared::tls::files::CA_CERT)).expect("the CA"),
+            identity: Identity::load_bundle(&bundle).expect("the bundle"),
+            idle_timeout: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(100),
+            require_secure_aggregation: true,
+            privacy: None,
+            floor: Default::default(),
+        }
+    }
+
+    #[test]
+    fn an_agent_tries_every_server_in_turn_and_a_pass_ends_after_the_last() {
+        let servers: Vec<SocketAddr> =
+            (1..=3).map(|p| SocketAddr::from(([127, 0, 0, 1], 4000 + p))).collect::<Vec<_>>();
+        let learner = Box::new(crate::learner::NoiseLearner::new(1, 1, 0.1));
+        let agent = Agent::new(settings(servers.clone()), ModelState::in_memory(), learner);
+        let tries: Vec<(SocketAddr, bool)> = (0..6).filter_map(|_| agent.next_server()).collect();
+        // Two passes: each visits every address once, in list order from a random start, and only its last try
+        // makes the back-off grow.
+        for pass in tries.chunks(3) {
+            let mut seen: Vec<SocketAddr> = pass.iter().map(|(a, _)| *a).collect();
+            assert_eq!(pass.iter().map(|(_, done)| *done).collect::<Vec<_>>(), [false, false, true]);
+            let start = servers.iter().position(|s| *s == seen[0]).expect("a listed address");
+            let expected: Vec<SocketAddr> = (0..3).map(|k| servers[(start + k) % 3]).collect();
+            assert_eq!(seen, expected);
+            seen.sort();
+            assert_eq!(seen, servers);
+        }
+        assert_eq!(tries[0].0, tries[3].0);
+        // One server: every try ends a pass, as before there were several.
+        let single = Agent::new(
+            settings(servers[..1].to_vec()),
+            ModelState::in_memory(),
+            Box::new(crate::learner::NoiseLearner::new(1, 1, 0.1)),
+        );
+        assert!((0..3).filter_map(|_| single.next_server()).all(|(a, done)| a == servers[0] && done));
+    }
 }

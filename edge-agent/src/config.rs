@@ -202,12 +202,37 @@ fn default_require_secure_aggregation() -> bool {
     true
 }
 
+impl ServerAddress {
+    /// Every address `address` and `more` resolve to, in order, without repeats; an error names the one that
+    /// resolves to nothing.
+    pub async fn resolve(&self) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+        let mut all = Vec::new();
+        for name in std::iter::once(&self.address).chain(&self.more) {
+            let found: Vec<_> =
+                tokio::net::lookup_host(name).await.with_context(|| format!("resolving the server {name}"))?.collect();
+            if found.is_empty() {
+                bail!("the server {name} resolves to no address");
+            }
+            for a in found {
+                if !all.contains(&a) {
+                    all.push(a);
+                }
+            }
+        }
+        Ok(all)
+    }
+}
+
 /// Where the server is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerAddress {
-    /// `host:port` (UDP).
+    /// `host:port` (UDP). A name with several address records gives the agent each of them.
     pub address: String,
+    /// More `host:port` addresses serving the same federation (the aggregators of a large one): the agent starts at
+    /// a random one of all the addresses and moves to the next when its connection cannot be made or ends.
+    #[serde(default)]
+    pub more: Vec<String>,
     /// The name on the server's certificate (one of `fedgectl init --name`).
     pub name: String,
 }

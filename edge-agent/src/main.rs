@@ -37,7 +37,6 @@ enum Command {
 }
 
 fn run(path: &std::path::Path, data: Option<std::path::PathBuf>) -> anyhow::Result<()> {
-    use anyhow::Context;
     use fedge_agent::client::{Agent, ClientSettings};
     use fedge_agent::config::AgentConfig;
     use fedge_shared::tls;
@@ -55,13 +54,9 @@ fn run(path: &std::path::Path, data: Option<std::path::PathBuf>) -> anyhow::Resu
     fedge_shared::alloc::return_large_blocks_to_the_os();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let server = tokio::net::lookup_host(&cfg.server.address)
-            .await
-            .with_context(|| format!("resolving {}", cfg.server.address))?
-            .next()
-            .with_context(|| format!("{} resolves to no address", cfg.server.address))?;
+        let servers = cfg.server.resolve().await?;
         let settings = ClientSettings {
-            server,
+            servers,
             server_name: cfg.server.name.clone(),
             ca: tls::load_certs(&cfg.bundle.join(tls::files::CA_CERT))?,
             identity: tls::Identity::load_bundle(&cfg.bundle)?,

@@ -57,8 +57,9 @@ pub const PLAIN_ROUND_REFUSED: &str = "this agent requires secure aggregation (r
 
 /// What the session asks of the agent it runs in: what it holds, read at the moment of a decision.
 pub trait Holdings {
-    /// Whether this agent may train for `round` (it has not trained for that round id before).
-    fn check_round(&self, round: u64) -> Result<(), String>;
+    /// Whether this agent may train for `round`, whose plan has the seed `seed` (it has not trained for that round,
+    /// nor for the same round of the federation at another aggregator: see `ModelState::check_round`).
+    fn check_round(&self, round: u64, seed: u64) -> Result<(), String>;
     /// Whether the model held can carry out `plan` (a learner busy training answers `Ok` and is checked later).
     fn check_plan(&self, plan: &TrainPlan) -> Result<(), String>;
     /// Whether the graph and the weights `plan` starts from are held.
@@ -337,7 +338,7 @@ impl Session {
         if let Some(HeldPlan::Group(members)) = &plan.held {
             return self.on_group_plan(&plan, members, env, out);
         }
-        if let Err(e) = env.held.check_round(round) {
+        if let Err(e) = env.held.check_round(round, plan.train.seed) {
             return refuse_plan(round, e, out);
         }
         // A plan this agent's model cannot carry out (trainable patterns that match none of its weights) is refused

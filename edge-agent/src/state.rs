@@ -39,8 +39,16 @@ pub struct ModelState {
     keep_versions: usize,
     pub graph: Option<(Digest, Arc<Vec<u8>>)>,
     pub weights: Option<HeldWeights>,
-    /// The last round this agent trained for.
-    last_trained: Option<u64>,
+    /// The last round this agent trained for, and its plan's seed (unknown in notes written before seeds were).
+    last_trained: Option<Trained>,
+}
+
+/// A round this agent trained for: its id and its plan's seed. The seed names the federation's round across
+/// servers: the aggregators of one root give their agents the root round's own seed, under round ids of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Trained {
+    round: u64,
+    seed: Option<u64>,
 }
 
 impl Default for ModelState {
@@ -54,6 +62,11 @@ impl Default for ModelState {
 pub enum RoundRefusal {
     #[error("round {0} was already trained by this agent; a round id is never trained twice")]
     AlreadyTrained(u64),
+    #[error(
+        "round {round}'s plan has the seed of round {trained}, which this agent trained for: the same round of the \
+         federation through another aggregator; an agent's update counts once"
+    )]
+    SameRoundElsewhere { round: u64, trained: u64 },
     #[error("cannot note round {round} as trained in {path}: {error}")]
     NotRecorded { round: u64, path: String, error: String },
     #[error("round {round}'s plan names {what} {planned}, but this agent holds {held}")]
@@ -95,12 +108,17 @@ impl ModelState {
         }
         let trained = dir.join(TRAINED_FILE);
         match std::fs::read_to_string(&trained) {
-            Ok(text) => match text.trim().parse::<u64>() {
-                Ok(round) => state.last_trained = Some(round),
-                Err(e) => {
-                    tracing::warn!(file = %trained.display(), error = %e, "ignoring an unreadable trained round id")
+            // "ROUND SEED", or "ROUND" alone as written before seeds were.
+            Ok(text) => {
+                let mut parts = text.split_whitespace().map(str::parse::<u64>);
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(Ok(round)), None, None) => state.last_trained = Some(Trained { round, seed: None }),
+                    (Some(Ok(round)), Some(Ok(seed)), None) => {
+                        state.last_trained = Some(Trained { round, seed: Some(seed) })
+                    }
+                    _ => tracing::warn!(file = %trained.display(), "ignoring an unreadable trained round"),
                 }
-            },
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(file = %trained.display(), error = %e, "ignoring an unreadable trained round id"),
         }
@@ -109,13 +127,17 @@ impl ModelState {
 
     /// The id of the last round this agent trained for (kept across restarts in a state directory).
     pub fn last_trained(&self) -> Option<u64> {
-        self.last_trained
+        self.last_trained.map(|t| t.round)
     }
 
-    /// Whether a plan for `round` may be taken: refused when this agent already trained for that round id.
-    pub fn check_round(&self, round: u64) -> Result<(), RoundRefusal> {
+    /// Whether a plan for `round` with the seed `seed` may be taken: refused when this agent already trained for
+    /// that round (the same id and seed: a resent plan, or one after a restart), or for the same round of the
+    /// federation through another aggregator (the same seed under another id). A round id that another server
+    /// used, with another seed, is a round of its own.
+    pub fn check_round(&self, round: u64, seed: u64) -> Result<(), RoundRefusal> {
         match self.last_trained {
-            Some(last) if last == round => Err(RoundRefusal::AlreadyTrained(round)),
+            Some(t) if t.round == round && t.seed.is_none_or(|s| s == seed) => Err(RoundRefusal::AlreadyTrained(round)),
+            Some(t) if t.seed == Some(seed) => Err(RoundRefusal::SameRoundElsewhere { round, trained: t.round }),
             _ => Ok(()),
         }
     }
@@ -124,8 +146,8 @@ impl ModelState {
     /// with the plan's digests. Refused when the held graph or weights are not those the plan names (the digests
     /// are what the agent signed into its secure-aggregation advertisement), when the round was already trained, or
     /// when the note cannot be written (training then would risk a second update for it).
-    pub fn begin_round(&mut self, round: u64, graph: &Digest, weights: &Digest) -> Result<(), RoundRefusal> {
-        self.check_round(round)?;
+    pub fn begin_round(&mut self, round: u64, seed: u64, graph: &Digest, weights: &Digest) -> Result<(), RoundRefusal> {
+        self.check_round(round, seed)?;
         let short = |d: Option<&Digest>| d.map_or_else(|| "nothing".to_string(), |d| d.short());
         let held_graph = self.graph.as_ref().map(|g| &g.0);
         if held_graph != Some(graph) {
@@ -139,13 +161,11 @@ impl ModelState {
         }
         if let Some(dir) = &self.dir {
             let path = dir.join(TRAINED_FILE);
-            write_atomic(&path, round.to_string().as_bytes(), 0o644).map_err(|e| RoundRefusal::NotRecorded {
-                round,
-                path: path.display().to_string(),
-                error: e.to_string(),
+            write_atomic(&path, format!("{round} {seed}").as_bytes(), 0o644).map_err(|e| {
+                RoundRefusal::NotRecorded { round, path: path.display().to_string(), error: e.to_string() }
             })?;
         }
-        self.last_trained = Some(round);
+        self.last_trained = Some(Trained { round, seed: Some(seed) });
         Ok(())
     }
 
@@ -298,14 +318,20 @@ mod tests {
         put(&mut s, 1, &[1.0]);
         let w = s.weights.as_ref().unwrap().digest;
         assert_eq!(s.last_trained(), None);
-        s.begin_round(3, &g, &w).unwrap();
-        assert!(matches!(s.begin_round(3, &g, &w), Err(RoundRefusal::AlreadyTrained(3))));
+        s.begin_round(3, 33, &g, &w).unwrap();
+        assert!(matches!(s.begin_round(3, 33, &g, &w), Err(RoundRefusal::AlreadyTrained(3))));
         let mut restarted = ModelState::open(dir.path()).unwrap();
         assert_eq!(restarted.last_trained(), Some(3));
-        let err = restarted.check_round(3).unwrap_err().to_string();
+        let err = restarted.check_round(3, 33).unwrap_err().to_string();
         assert!(err.contains("round 3 was already trained"), "{err}");
-        restarted.begin_round(4, &g, &w).unwrap();
+        restarted.begin_round(4, 44, &g, &w).unwrap();
         assert_eq!(ModelState::open(dir.path()).unwrap().last_trained(), Some(4));
+        // A note written before seeds were (the round id alone) still refuses that id.
+        std::fs::write(dir.path().join(TRAINED_FILE), "4").unwrap();
+        assert!(matches!(
+            ModelState::open(dir.path()).unwrap().check_round(4, 7),
+            Err(RoundRefusal::AlreadyTrained(4))
+        ));
         // A garbled note is ignored (and logged), never fatal.
         std::fs::write(dir.path().join(TRAINED_FILE), "four").unwrap();
         assert_eq!(ModelState::open(dir.path()).unwrap().last_trained(), None);
@@ -319,17 +345,35 @@ mod tests {
         let mut s = ModelState::in_memory();
         let g = Digest::of(b"graph bytes");
         let w = Digest::of(&weights_to_bytes(&[1.0]));
-        let err = s.begin_round(2, &g, &w).unwrap_err();
+        let err = s.begin_round(2, 22, &g, &w).unwrap_err();
         assert!(matches!(err, RoundRefusal::ModelMismatch { what: "graph", .. }), "{err}");
         s.set_graph(b"graph bytes".to_vec()).unwrap();
         put(&mut s, 1, &[0.0]);
-        let err = s.begin_round(2, &g, &w).unwrap_err();
+        let err = s.begin_round(2, 22, &g, &w).unwrap_err();
         assert!(matches!(err, RoundRefusal::ModelMismatch { what: "weights", .. }), "{err}");
         assert!(err.to_string().contains(&w.short()), "{err}");
         assert_eq!(s.last_trained(), None);
         put(&mut s, 1, &[1.0]);
-        s.begin_round(2, &g, &w).unwrap();
+        s.begin_round(2, 22, &g, &w).unwrap();
         assert_eq!(s.last_trained(), Some(2));
+    }
+
+    /// Aggregators number their rounds each on its own and give their agents the root round's seed: an agent that
+    /// moves between them trains once per round of the federation, whatever the ids.
+    #[test]
+    fn an_agent_trains_once_per_federation_round_whatever_the_aggregators_round_ids() {
+        let mut s = ModelState::in_memory();
+        let g = s.set_graph(b"graph bytes".to_vec()).unwrap();
+        put(&mut s, 1, &[1.0]);
+        let w = s.weights.as_ref().unwrap().digest;
+        s.begin_round(5, 0xaa, &g, &w).unwrap();
+        // The same federation round at another aggregator, under another id: refused.
+        let err = s.check_round(2, 0xaa).unwrap_err();
+        assert!(matches!(err, RoundRefusal::SameRoundElsewhere { round: 2, trained: 5 }), "{err}");
+        // Another aggregator's round that happens to reuse the id, for another federation round: taken.
+        s.check_round(5, 0xbb).unwrap();
+        s.begin_round(5, 0xbb, &g, &w).unwrap();
+        assert_eq!(s.last_trained(), Some(5));
     }
 
     #[test]

@@ -26,7 +26,7 @@ struct Fake {
 }
 
 impl Holdings for Fake {
-    fn check_round(&self, round: u64) -> Result<(), String> {
+    fn check_round(&self, round: u64, _seed: u64) -> Result<(), String> {
         match self.trained {
             Some(r) if r == round => Err(format!("already trained for round {round}")),
             _ => Ok(()),

@@ -16,6 +16,14 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
+    /// `"server"` (the default): the federation's server, or the root of a tier of aggregators; `"aggregator"`: an
+    /// aggregator of a larger federation, which runs its own agents' rounds when its root asks and forwards their
+    /// unmasked mean to it (`[aggregator]`; see `crate::aggregator`).
+    #[serde(default)]
+    pub role: Role,
+    /// The root an aggregator serves (`role = "aggregator"` only).
+    #[serde(default)]
+    pub aggregator: Option<crate::aggregator::AggregatorConfig>,
     /// UDP address for QUIC.
     pub listen: SocketAddr,
     /// sled database directory.
@@ -30,6 +38,8 @@ pub struct ServerConfig {
     #[serde(default)]
     pub min_free_disk_mb: Option<u64>,
     pub tls: TlsFiles,
+    /// The model (required of a server; an aggregator takes its root's).
+    #[serde(default)]
     pub model: ModelSource,
     #[serde(default)]
     pub evaluation: Option<Evaluation>,
@@ -93,6 +103,45 @@ fn default_uploads() -> usize {
     4
 }
 
+impl ServerConfig {
+    /// What a role needs and refuses: a server its `[model]`, an aggregator its `[aggregator]` and none of what only
+    /// a committing server does.
+    fn validate_role(&self) -> anyhow::Result<()> {
+        match (self.role, &self.aggregator) {
+            (Role::Server, Some(_)) => bail!("[aggregator] is only for role = \"aggregator\""),
+            (Role::Server, None) if self.model.onnx.as_os_str().is_empty() => {
+                bail!("[model] onnx is required (the ONNX graph the federation trains)")
+            }
+            (Role::Server, None) => Ok(()),
+            (Role::Aggregator, None) => {
+                bail!("role = \"aggregator\" needs an [aggregator] section (root, root_name, bundle)")
+            }
+            (Role::Aggregator, Some(a)) => {
+                a.validate().map_err(|e| anyhow::anyhow!("[aggregator] {e}"))?;
+                if self.evaluation.is_some() {
+                    bail!("an aggregator evaluates nothing ([evaluation]): its root evaluates the models it commits");
+                }
+                if self.privacy.is_some() {
+                    bail!(
+                        "an aggregator cannot add differential privacy ([privacy]): its root's budget would not count it"
+                    );
+                }
+                if self.buffered.is_some() {
+                    bail!("an aggregator cannot run buffered rounds ([buffered])");
+                }
+                if a.min_group > self.coordinator.max_agents {
+                    bail!(
+                        "[aggregator] min_group = {} is above [coordinator] max_agents = {}: no round could be forwarded",
+                        a.min_group,
+                        self.coordinator.max_agents
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Certificate files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,11 +155,21 @@ pub struct TlsFiles {
     pub revoked: Option<PathBuf>,
 }
 
+/// What a `fedge-server` is in the federation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Server,
+    Aggregator,
+}
+
 /// The model the federation trains.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSource {
-    /// ONNX graph used to create version 0 when the database is empty.
+    /// ONNX graph used to create version 0 when the database is empty (required of a server).
+    #[serde(default)]
     pub onnx: PathBuf,
 }
 
@@ -184,6 +243,7 @@ impl ServerConfig {
     /// Checks values that serde alone cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.coordinator.validate().context("[coordinator]")?;
+        self.validate_role()?;
         self.secagg.validate(self.coordinator.min_agents, self.coordinator.max_agents).context("[secagg]")?;
         if let Some(p) = &self.privacy {
             if !self.secagg.enabled {
@@ -258,6 +318,44 @@ mod tests {
     fn the_example_configuration_parses_and_validates() {
         let v: toml::Value = toml::from_str(EXAMPLE).unwrap();
         ServerConfig::from_value(v, EXAMPLE).unwrap();
+    }
+
+    const AGGREGATOR: &str = include_str!("../../configs/aggregator.toml");
+
+    #[test]
+    fn the_example_aggregator_parses_and_needs_no_model() {
+        let v: toml::Value = toml::from_str(AGGREGATOR).unwrap();
+        let c = ServerConfig::from_value(v, AGGREGATOR).unwrap();
+        assert_eq!(c.role, Role::Aggregator);
+        assert_eq!(c.aggregator.map(|a| a.min_group), Some(10));
+    }
+
+    #[test]
+    fn a_role_and_its_sections_go_together() {
+        let with = |text: &str| {
+            let t = format!("{AGGREGATOR}\n{text}");
+            let v: toml::Value = toml::from_str(&t).map_err(|e| e.to_string())?;
+            ServerConfig::from_value(v, &t).map_err(|e| format!("{e:#}"))
+        };
+        // An aggregator never evaluates, adds noise or buffers: its root does what commits.
+        let e = with("[evaluation]\ntest_data = \"/data\"").unwrap_err();
+        assert!(e.contains("[evaluation]"), "{e}");
+        let e = with("[buffered]\nsize = 5").unwrap_err();
+        assert!(e.contains("[buffered]"), "{e}");
+        // A server needs its model, and takes no [aggregator].
+        let server = AGGREGATOR.replace("role = \"aggregator\"", "role = \"server\"");
+        let v: toml::Value = toml::from_str(&server).unwrap();
+        let e = format!("{:#}", ServerConfig::from_value(v, &server).unwrap_err());
+        assert!(e.contains("[aggregator] is only for"), "{e}");
+        let no_section = EXAMPLE.replace("[model]", "[model]\n# none").replace("onnx = ", "# onnx = ");
+        let v: toml::Value = toml::from_str(&no_section).unwrap();
+        let e = format!("{:#}", ServerConfig::from_value(v, &no_section).unwrap_err());
+        assert!(e.contains("[model] onnx is required"), "{e}");
+        // A group of one would forward one agent's update.
+        let one = AGGREGATOR.replace("min_group = 10", "min_group = 1");
+        let v: toml::Value = toml::from_str(&one).unwrap();
+        let e = format!("{:#}", ServerConfig::from_value(v, &one).unwrap_err());
+        assert!(e.contains("min_group = 1"), "{e}");
     }
 
     #[test]

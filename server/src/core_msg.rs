@@ -144,6 +144,31 @@ pub enum CoreMsg {
     Status(oneshot::Sender<Status>),
     /// A request from an operator connection (fedgectl).
     Admin(AdminCall),
+    /// An aggregator: its root asked for a round (from the uplink's learner), answered on `reply` with the partial
+    /// aggregate to upload or why there is none.
+    RootRound {
+        request: crate::coordinator::RootRequest,
+        reply: ForwardReply,
+    },
+    /// An aggregator: the root's version, durable in the store, to serve from now on.
+    Installed(Box<InstalledModel>),
+}
+
+/// Where an aggregator's answer to its root's request goes (the uplink's learner waits on the other end).
+pub type ForwardReply = std::sync::mpsc::SyncSender<Result<crate::coordinator::Partial, String>>;
+
+/// A root's version an aggregator has stored (its bytes encoded and hashed once, for every connection).
+#[derive(Debug)]
+pub struct InstalledModel {
+    pub version: u64,
+    pub graph: Arc<Vec<u8>>,
+    pub graph_digest: Digest,
+    pub weights: Arc<Vec<f32>>,
+    pub blob: Arc<Vec<u8>>,
+    pub digest: Digest,
+    /// The 8-bit difference from the version before, when it rebuilds this one bit for bit (agents one version
+    /// behind are sent it instead of the whole).
+    pub diff: Option<Arc<Vec<u8>>>,
 }
 
 /// Operator commands.

@@ -5,11 +5,13 @@
 //!   FedAdagrad; median, trimmed mean and Krum for plain rounds); [`hyper`]: the training hyper-parameters they set.
 //! - [`store`]: the sled database: models, rounds, agents, metadata; [`round_format`]: how it lays out round records.
 //! - [`service`]: the core task that drives the coordinator and the store; [`net`]: the QUIC shell.
+//! - [`aggregator`]: the aggregation tier (`role = "aggregator"`: rounds over its own agents for a root server);
 //! - [`config`]: `server.toml`; [`evaluator`]: test-set evaluation of new models.
 //! - [`admin`]: the operator's protocol (served; its client, `fedgectl`, is the `fedge-ctl` crate, with the demo
 //!   and the benchmark, so that this crate links no edge agent); [`metrics`]: Prometheus.
 
 pub mod admin;
+pub mod aggregator;
 pub mod clock;
 pub mod config;
 pub mod coordinator;

@@ -358,6 +358,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The keep-alive interval for an idle time-out: a third of it, between 100 ms and 5 s.
+pub fn keep_alive_for(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
+
 fn roots(ca: &[CertificateDer<'static>]) -> Result<Arc<rustls::RootCertStore>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in ca {
@@ -368,9 +373,12 @@ fn roots(ca: &[CertificateDer<'static>]) -> Result<Arc<rustls::RootCertStore>, T
 
 /// QUIC transport settings of an agent: keep-alive, idle time-out, receive windows sized so that a
 /// multi-megabyte weights download does not stall on flow control, and a cap on concurrent streams.
+///
+/// A keep-alive goes out after a third of the idle time-out without traffic (at most every 5 s), so that an idle
+/// connection whose peer is alive never times out, however short its time-out.
 pub fn transport_config(idle_timeout: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.keep_alive_interval(Some(keep_alive_for(idle_timeout)));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
     t.stream_receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
     t.receive_window(quinn::VarInt::from_u32(32 * 1024 * 1024));
@@ -459,6 +467,17 @@ pub fn peer_info(conn: &quinn::Connection) -> Result<CertInfo, TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keep_alive_leaves_two_before_an_idle_connection_would_time_out() {
+        for secs in [1u64, 3, 10, 30, 3_600] {
+            let idle = Duration::from_secs(secs);
+            let k = keep_alive_for(idle);
+            assert!(k * 3 <= idle || k == Duration::from_millis(100), "{secs} s: {k:?}");
+            assert!(k <= Duration::from_secs(5));
+        }
+        assert_eq!(keep_alive_for(Duration::from_secs(3)), Duration::from_secs(1));
+    }
 
     #[test]
     fn init_writes_a_ca_and_a_server_certificate_with_private_keys_0600() {

@@ -3,6 +3,7 @@
 //! Events borrow their bulk data (an update's delta) so the shell never has to copy it; actions own theirs. No
 //! event or action carries a socket, a timer or a file: the shell translates.
 
+use super::forward::{Partial, RootRequest};
 use super::plan::RoundPlan;
 use super::record::{AbortReason, AgentId, RoundRecord};
 use super::unmask::{SecureOutcome, UnmaskJob};
@@ -54,6 +55,11 @@ pub enum Event<'a> {
     UpdateFailed { agent: AgentId, round: u64, reason: String },
     /// Secure round: what the shell's run of the round's `Action::Unmask` job gave.
     Unmasked { round: u64, outcome: Result<SecureOutcome, String> },
+    /// An aggregator's root asked for a round ([`super::Coordinator::with_forwarding`]); it is answered with one
+    /// `Action::Forward`.
+    RootRound { request: RootRequest },
+    /// An aggregator: the root's version `version` (its whole weights) is stored and is the model from now on.
+    Installed { version: u64, weights: &'a [f32] },
     /// The store durably committed the round's model as `version`.
     Committed { round: u64, version: u64 },
     /// The store could not commit the round.
@@ -152,6 +158,10 @@ pub enum Action {
     /// Secure round: run `job` (CPU only, seconds for a large cohort) off the event loop and feed back
     /// `Event::Unmasked` with its result.
     Unmask { round: u64, job: UnmaskJob },
+    /// An aggregator's answer to the root's request ([`Event::RootRound`]): upload the partial aggregate to the
+    /// root, or tell it why there is none. `record` (with a partial) is the round's, to keep in the round history
+    /// (it committed no model) and to tell its reporters that it completed.
+    Forward { result: Result<Partial, String>, record: Option<Box<RoundRecord>> },
     /// Deliver `Event::Tick` at this time (replaces any earlier request).
     WakeAt(u64),
     /// Something the operator should read in the server's log (an ignored command, a notable decision).

@@ -40,6 +40,10 @@
 //!   `WakeAt` replaces an earlier one, whether its time is earlier or later; an alarm is spent once it rings (after
 //!   each `Tick` the coordinator asks again for the wake-up it still needs); spurious ticks are fine.
 //! - `Log`: log it at info level (the operator reads it in the server's log).
+//! - `Forward` (an aggregator's coordinator only, [`Coordinator::with_forwarding`]): keep `record`, if any, with
+//!   `Store::record_aborted` (a round that committed no model) and send its reporters `RoundEnd` (completed, no new
+//!   version); hand `result` to the oldest of the root's requests still waiting (each request is answered exactly
+//!   once, in order).
 //! - `Unmask`: run `job.run()` on a blocking thread (never on the event loop) and feed back `Event::Unmasked` with the
 //!   round and the result. Until then the round is closed (it takes no more messages) and no round starts.
 //! - `SecAggKeys` / `SecAggShares` / `SecAggMaskWith` / `SecAggSurvivors` / `SecAggUnmask`: relay to the agents named
@@ -59,6 +63,7 @@ mod buffered_secure;
 mod config;
 mod download;
 mod event;
+mod forward;
 mod part;
 mod plain;
 mod plan;
@@ -77,7 +82,8 @@ pub use aggregation::WeightedSum;
 pub use buffered::BufferedConfig;
 pub use config::{ConfigError, CoordinatorConfig, PROX_MU_IS_THE_STRATEGYS, ResumeState, SecAggConfig};
 pub use event::{Action, Event, FoldError, RejectReason};
-pub use plan::{AggregationMode, HeldMember, OptimizerKind, RoundPlan, SecurePlan, TrainHyper};
+pub use forward::{Partial, RootRequest};
+pub use plan::{AggregationMode, HeldMember, OptimizerKind, RoundPlan, SecurePlan, TrainHyper, wire_seed_for};
 pub use privacy::{PrivateRoundError, RoundPrivacy, RunPrivacy};
 pub use record::{AbortReason, AgentId, Dropped, Outcome, Report, RoundMetrics, RoundRecord, SecAggMetrics};
 pub use secure::SecurePhase;
@@ -159,6 +165,9 @@ struct Round {
     loss_sum: f64,
     /// Secure rounds: the survivors' training totals, unmasked with the sum.
     train_totals: Option<fedge_shared::round_counts::TrainTotals>,
+    /// The total weight of the round's mean in examples: `Σ min(examples, cap)` over a secure round's survivors
+    /// (unmasked with the sum), the folded examples in a plain round.
+    weight_sum: Option<f64>,
     update_bytes: u64,
     /// The part of the model this round trains (`None`: all of it); updates cover only it.
     part: Option<fedge_shared::train::TrainablePart>,
@@ -235,6 +244,9 @@ pub struct Coordinator {
     buffering: Option<buffered::Buffering>,
     /// How committed versions travel ([`Coordinator::with_model_download`]; whole unless set).
     download: fedge_shared::delta_encoding::DeltaEncoding,
+    /// An aggregator's coordinator: rounds on the root's request, forwarded instead of committed
+    /// ([`Coordinator::with_forwarding`]).
+    forwarding: Option<forward::Forwarding>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -283,6 +295,7 @@ impl Coordinator {
             quarantined: BTreeMap::new(),
             buffering: None,
             download: fedge_shared::delta_encoding::DeltaEncoding::F32,
+            forwarding: None,
         })
     }
 
@@ -366,6 +379,7 @@ impl Coordinator {
         // A deadline that has passed is honoured before anything else, so a late update is refused even when the
         // shell's Tick comes late.
         self.check_deadline(now_ms, &mut out);
+        self.expire_root_request(now_ms, &mut out);
         match event {
             Event::AgentConnected { agent } => self.on_connected(now_ms, agent, &mut out),
             Event::CheckIn { agent, model_version: _, examples } => match self.agents.get_mut(&agent) {
@@ -411,6 +425,8 @@ impl Coordinator {
                 }
             }
             Event::Unmasked { round, outcome } => self.on_unmasked(now_ms, round, outcome, &mut out),
+            Event::RootRound { request } => self.on_root_round(now_ms, request, &mut out),
+            Event::Installed { version, weights } => self.on_installed(now_ms, version, weights, &mut out),
             Event::Committed { round, version } => self.on_committed(now_ms, round, version, &mut out),
             Event::CommitFailed { round, error } => self.on_commit_failed(now_ms, round, error, &mut out),
             Event::RoundNotReserved { round, error } => {

@@ -72,3 +72,10 @@ pub struct RoundPlan {
     /// How updates are aggregated this round.
     pub aggregation: AggregationMode,
 }
+
+/// The seed an agent receives for a round: the plan's `hyper.seed` mixed with the round id. The mixing is its own
+/// inverse, so `wire_seed_for(s, round)` as a plan's `hyper.seed` makes its agents receive `s` (how an aggregator
+/// passes its root's seed on).
+pub fn wire_seed_for(seed: u64, round: u64) -> u64 {
+    seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}

@@ -27,6 +27,9 @@ pub enum AbortReason {
     SecureAggregation(String),
     /// The store could not reserve the round's id before its first plan left (so no plan was sent).
     NotReserved(String),
+    /// An aggregator's round that the root no longer needs: the root asked for another one, or committed a newer
+    /// version while it ran.
+    Superseded(String),
 }
 
 impl std::fmt::Display for AbortReason {
@@ -40,6 +43,7 @@ impl std::fmt::Display for AbortReason {
             AbortReason::CommitFailed(e) => write!(f, "the commit failed: {e}"),
             AbortReason::SecureAggregation(e) => write!(f, "secure aggregation failed: {e}"),
             AbortReason::NotReserved(e) => write!(f, "the round's id could not be reserved in the database: {e}"),
+            AbortReason::Superseded(e) => write!(f, "superseded: {e}"),
         }
     }
 }

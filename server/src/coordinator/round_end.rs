@@ -96,7 +96,10 @@ impl Coordinator {
             self.release_members(&mut round, "no update before the deadline", out);
         }
         let mean = match &mut round.aggregation {
-            Aggregation::Plain(sum) => sum.mean(),
+            Aggregation::Plain(sum) => {
+                round.weight_sum = Some(sum.examples() as f64);
+                sum.mean()
+            }
             // Never here (a buffered secure round's training closes by forming its group), but never a panic.
             Aggregation::Held => None,
             Aggregation::Secure(sec) => {
@@ -142,6 +145,9 @@ impl Coordinator {
             Ok(o) => {
                 round.eval = o.eval;
                 round.train_totals = o.train;
+                // In examples: each survivor's weight is min(examples, cap) / cap.
+                let cap = round.plan.aggregation.secure_plan().map_or(1, |sp| sp.params.weight_cap.max(1));
+                round.weight_sum = Some(o.weight * cap as f64);
                 self.complete_round(now_ms, round, Some(o.mean), out);
             }
             Err(failure) => {
@@ -159,6 +165,9 @@ impl Coordinator {
             let reason = AbortReason::Strategy("nothing was aggregated".into());
             return self.finish_aborted(now_ms, *round, reason, out);
         };
+        // An aggregator forwards the mean to its root instead.
+        let weight = round.weight_sum.unwrap_or(0.0).round() as u64;
+        let Some((round, mean)) = self.forward_round(now_ms, round, mean, weight, out) else { return };
         let updates = match &round.kept {
             Some(kept) => RoundUpdates::Each(kept),
             None => RoundUpdates::Mean(&mean),
@@ -245,6 +254,7 @@ impl Coordinator {
     pub(super) fn finish_aborted(&mut self, now_ms: u64, round: Round, reason: AbortReason, out: &mut Vec<Action>) {
         let record = self.record(&round, now_ms, Outcome::Aborted(reason.clone()));
         tracing::warn!(round = record.round, %reason, "round aborted");
+        self.forward_abort(record.round, &reason, out);
         out.push(Action::RoundAborted { round: record.round, reason, record: Box::new(record) });
         self.stage = Stage::Idle;
         self.not_before_ms = now_ms.saturating_add(self.config.retry_backoff_ms);

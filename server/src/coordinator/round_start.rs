@@ -6,7 +6,7 @@
 
 use super::{
     Action, AgentId, AgentInfo, Aggregation, AggregationMode, Coordinator, MemberStatus, PrivateRoundError, Round,
-    RoundPlan, STORAGE_RECHECK_MS, SecurePlan, Stage, WeightedSum, part, round_rng, select,
+    RoundPlan, STORAGE_RECHECK_MS, SecurePlan, Stage, WeightedSum, part, round_rng, select, wire_seed_for,
 };
 use crate::strategy::Input;
 use rand::RngCore;
@@ -34,11 +34,16 @@ impl Coordinator {
     }
 
     pub(super) fn maybe_start_round(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        // An aggregator's rounds run when its root asks, whatever the run says.
+        let forwarded = self.is_forwarding();
+        if forwarded && self.root_request_ready().is_none() {
+            return;
+        }
         if !matches!(self.stage, Stage::Idle)
-            || !self.running
+            || (!self.running && !forwarded)
             || self.paused
             || self.storage_low.is_some()
-            || self.remaining == Some(0)
+            || (self.remaining == Some(0) && !forwarded)
             || now_ms < self.not_before_ms
         {
             return;
@@ -52,7 +57,7 @@ impl Coordinator {
                 None => return,
             }
         } else {
-            if available < self.config.min_available() {
+            if available < self.config.min_available().max(self.min_group()) {
                 return;
             }
             let n = self.config.selection().cohort_size(available);
@@ -63,7 +68,10 @@ impl Coordinator {
         };
         let candidates = self.available();
         let round_id = self.next_round;
-        let part = match part::resolve(&self.config.hyper.trainable, &self.layout) {
+        // The root's training settings for an aggregator's round, else the configured ones.
+        let base = self.root_request_ready().map(|r| (r.hyper.clone(), r.wire_seed));
+        let trainable = base.as_ref().map_or(&self.config.hyper.trainable, |(h, _)| &h.trainable);
+        let part = match part::resolve(trainable, &self.layout) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(round = round_id, error = %e, "cannot start a round");
@@ -131,11 +139,22 @@ impl Coordinator {
             tracing::info!(round = round_id, epsilon = cost.epsilon, delta = cost.delta, "privacy charged");
             out.push(Action::Log { message });
         }
-        let mut hyper = self.strategy.configure_round(round_id, &self.config.hyper);
-        // The plan names the part the round's sums were sized for, whatever the strategy configured.
-        hyper.trainable = self.config.hyper.trainable.clone();
-        // A separate stream from selection's, so the agents' seed says nothing about who was picked.
-        hyper.seed = round_rng(self.config.seed ^ 0x7261_6e64_7365_6564, round_id).next_u64();
+        let mut hyper = match base {
+            // An aggregator's agents receive the root's seed itself (see `plan::wire_seed_for`).
+            Some((mut hyper, wire_seed)) => {
+                hyper.seed = wire_seed_for(wire_seed, round_id);
+                self.root_round_started(round_id);
+                hyper
+            }
+            None => {
+                let mut hyper = self.strategy.configure_round(round_id, &self.config.hyper);
+                // The plan names the part the round's sums were sized for, whatever the strategy configured.
+                hyper.trainable = self.config.hyper.trainable.clone();
+                // A separate stream from selection's, so the agents' seed says nothing about who was picked.
+                hyper.seed = round_rng(self.config.seed ^ 0x7261_6e64_7365_6564, round_id).next_u64();
+                hyper
+            }
+        };
         hyper.deadline_ms = self.config.round_timeout_ms;
         let plan = RoundPlan {
             round: round_id,
@@ -164,6 +183,7 @@ impl Coordinator {
             dropped: Vec::new(),
             loss_sum: 0.0,
             train_totals: None,
+            weight_sum: None,
             update_bytes: 0,
             part,
             kept: (!self.secagg.enabled && self.strategy.input() == Input::EachUpdate).then(Vec::new),
@@ -185,6 +205,14 @@ impl Coordinator {
                 Some(now_ms.saturating_add(STORAGE_RECHECK_MS))
             }
             Stage::Idle if self.running && !self.paused && now_ms < self.not_before_ms => Some(self.not_before_ms),
+            // An aggregator answers a request that started no round once the round time-out has passed.
+            Stage::Idle if self.root_request_expiry().is_some() => {
+                let expiry = self.root_request_expiry();
+                match self.root_request_ready() {
+                    Some(_) if now_ms < self.not_before_ms => expiry.map(|e| e.min(self.not_before_ms)),
+                    _ => expiry,
+                }
+            }
             _ => None,
         };
         if let Some(at) = wanted

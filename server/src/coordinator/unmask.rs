@@ -67,7 +67,13 @@ impl UnmaskJob {
             ok
         });
         let train = train.filter(|t| t.loss_sum.is_finite());
-        Ok(SecureOutcome { mean, eval: eval.map(|c| (c, sum.survivors.len())), train, survivors: sum.survivors.len() })
+        Ok(SecureOutcome {
+            mean,
+            weight: sum.weight_sum,
+            eval: eval.map(|c| (c, sum.survivors.len())),
+            train,
+            survivors: sum.survivors.len(),
+        })
     }
 }
 
@@ -76,6 +82,8 @@ impl UnmaskJob {
 pub struct SecureOutcome {
     /// The weighted mean delta.
     pub mean: Vec<f32>,
+    /// The survivors' total weight `Σ w`, each `w = min(examples, weight_cap) / weight_cap`.
+    pub weight: f64,
     /// The federated evaluation's totals and how many agents they cover.
     pub eval: Option<EvalTotals>,
     /// The survivors' training totals (`None` in a private round, which carries no counts).

@@ -35,7 +35,7 @@ impl Core {
         }
     }
 
-    fn send(&self, agent: &str, mut m: Outbound) {
+    pub(super) fn send(&self, agent: &str, mut m: Outbound) {
         if let (Some(hook), Outbound::Msg(msg)) = (&self.relay_hook, &mut m) {
             hook(agent, msg);
         }
@@ -222,6 +222,7 @@ impl Core {
             }
             // A later wake-up replaces an earlier one (the coordinator's contract), never "the earlier of the two".
             Action::WakeAt(at) => self.alarm.set(at),
+            Action::Forward { result, record } => self.forward(result, record),
             Action::Log { message } => tracing::info!("{message}"),
         }
     }

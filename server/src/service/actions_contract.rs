@@ -8,7 +8,9 @@
 
 mod shell;
 
-use crate::coordinator::{AbortReason, Action, Event, Outcome, RejectReason, RoundPlan, RoundRecord, UnmaskJob};
+use crate::coordinator::{
+    AbortReason, Action, Event, Outcome, Partial, RejectReason, RoundPlan, RoundRecord, UnmaskJob,
+};
 use crate::core_msg::{CoreMsg, Outbound, ServerEvent};
 use fedge_shared::model::{Digest, weights_to_bytes};
 use fedge_shared::protocol::{BlobKind, ServerMessage};
@@ -55,11 +57,15 @@ fn one_of_each() -> Vec<Action> {
         Action::Unmask { round: 2, job: unmask_job(2) },
         Action::WakeAt(5_000),
         Action::Log { message: "an operator should read this".into() },
+        Action::Forward {
+            result: Ok(Partial { mean: vec![0.5, -0.25], weight: 40, train_loss: Some(0.5), eval: None, agents: 4 }),
+            record: Some(Box::new(record(6))),
+        },
     ]
 }
 
 /// How many kinds of action there are (the arms of [`check`]).
-const KINDS: usize = 15;
+const KINDS: usize = 16;
 
 /// Carries `action` out on a fresh shell and checks what the coordinator's documentation says of it. Returns the
 /// action's name. No wildcard: a new `Action` fails to compile here until it has a check.
@@ -82,6 +88,7 @@ async fn check(action: Action) -> &'static str {
         Action::Unmask { round, job } => unmask(round, job).await,
         Action::WakeAt(at) => wake_at(at).await,
         Action::Log { message } => log(message).await,
+        Action::Forward { result, record } => forward(result, record).await,
     }
 }
 
@@ -321,6 +328,32 @@ async fn round_aborted(round: u64, reason: AbortReason, record: RoundRecord) -> 
         assert_eq!(messages(rx), vec![told.clone()]);
     }
     "RoundAborted"
+}
+
+/// `Forward`: the round's record kept (it committed no model), its reporters told it completed (with no new version),
+/// and the result handed to the oldest request of the root still waiting; an answer without a record is only handed
+/// on.
+async fn forward(result: Result<Partial, String>, record: Option<Box<RoundRecord>>) -> &'static str {
+    let mut s = shell();
+    let record = *record.expect("the sample carries its record");
+    let mut outs: Vec<_> = record.reported.iter().map(|r| s.connect(&r.agent)).collect();
+    let (first, first_rx) = std::sync::mpsc::sync_channel(1);
+    let (second, second_rx) = std::sync::mpsc::sync_channel(1);
+    s.core.forward_replies.extend([first, second]);
+    s.core.act(Action::Forward { result: result.clone(), record: Some(Box::new(record.clone())) });
+    assert_eq!(s.core.store.round(record.round).expect("readable").as_ref(), Some(&record));
+    let told = ServerMessage::RoundEnd { round: record.round, completed: true, reason: None, new_version: None };
+    for rx in &mut outs {
+        assert_eq!(messages(rx), vec![told.clone()]);
+    }
+    assert_eq!(first_rx.try_recv().ok(), Some(result));
+    assert!(second_rx.try_recv().is_err(), "one answer per action");
+    s.core.act(Action::Forward { result: Err("no round could start".into()), record: None });
+    assert_eq!(second_rx.try_recv().ok(), Some(Err("no round could start".into())));
+    for rx in &mut outs {
+        assert!(messages(rx).is_empty());
+    }
+    "Forward"
 }
 
 /// `SecAggKeys`: relayed with each owner's certificate once per connection, and the signed revocation list as the

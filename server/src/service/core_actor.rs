@@ -70,6 +70,8 @@ pub(super) struct Core {
     pub(super) revocations_read: Option<(u64, Vec<u8>)>,
     /// The newest versions' differences, for agents a few versions behind.
     pub(super) diffs: super::model_diffs::ModelDiffs,
+    /// An aggregator: where the answers to the root's waiting requests go, oldest first.
+    pub(super) forward_replies: std::collections::VecDeque<crate::core_msg::ForwardReply>,
 }
 
 /// What the core keeps for the admin surface.
@@ -271,6 +273,8 @@ impl Core {
                 let _ = tx.send(self.coordinator.status());
             }
             CoreMsg::Admin(call) => self.on_admin(call),
+            CoreMsg::RootRound { request, reply } => self.on_root_round(request, reply),
+            CoreMsg::Installed(m) => self.on_installed(*m),
         }
     }
 

@@ -14,7 +14,8 @@
 //! tasks), `server_handle` (the running server as its owner holds it), `core_actor` (the core's state and its loop:
 //! messages in, events to the coordinator), `actions` (carrying out the coordinator's actions; `actions_contract` tests
 //! each against the coordinator's documentation), `admin_calls` (answering the operator's calls), `model_diffs` (the
-//! newest versions' differences, for agents a few versions behind) and `wire_plan` (a round's plan as an agent
+//! newest versions' differences, for agents a few versions behind), `forwarding` (an aggregator's requests from its
+//! root, the root's versions it installs, and the answers it forwards) and `wire_plan` (a round's plan as an agent
 //! receives it). This file only names them and re-exports the public items, so that none of
 //! them imports it.
 
@@ -23,12 +24,13 @@ mod actions;
 mod actions_contract;
 mod admin_calls;
 mod core_actor;
+mod forwarding;
 mod model_diffs;
 mod server_handle;
 mod startup;
 mod wire_plan;
 
-pub use crate::core_msg::{CommittedModel, CoreMsg, Operator, Outbound, RelayHook, ServerEvent};
+pub use crate::core_msg::{CommittedModel, CoreMsg, InstalledModel, Operator, Outbound, RelayHook, ServerEvent};
 pub use server_handle::ServerHandle;
 pub use startup::{start, start_with_hook};
 pub use wire_plan::{round_seed, wire_plan};

@@ -20,6 +20,7 @@ use fedge_shared::model::weights_to_bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 
 /// Opens the store (creating version 0 from the configured ONNX graph if it is empty), binds the QUIC endpoint and
@@ -43,6 +44,25 @@ pub async fn start_with_hook(
             })?
             .keeping_weights(config.keep_weights),
     );
+    let (core_tx, core_rx) = mpsc::channel(1024);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    // An aggregator holds its root's version before it serves anyone (see `crate::aggregator`).
+    let uplink = match (&config.role, &config.aggregator) {
+        (crate::config::Role::Aggregator, Some(agg)) => {
+            // One of its rounds: the coordinator's deadlines bound it; the margin covers the unmasking.
+            let c = &config.coordinator;
+            let round_wait = Duration::from_millis(
+                c.round_timeout_ms.saturating_mul(2).saturating_add(config.secagg.phase_timeout_ms.saturating_mul(4)),
+            ) + Duration::from_secs(60);
+            let idle = Duration::from_millis(config.idle_timeout_ms);
+            let (core, stop) = (core_tx.clone(), shutdown_rx.clone());
+            Some(
+                crate::aggregator::start_uplink(agg, &config.data_dir, idle, round_wait, store.clone(), core, stop)
+                    .await?,
+            )
+        }
+        _ => None,
+    };
     let current = {
         let store = store.clone();
         let config = config.clone();
@@ -51,7 +71,9 @@ pub async fn start_with_hook(
     };
     let resume = store.resume_state()?.context("the database has no model after initialisation")?;
     let stored_run = store.run().context("reading the run in force")?;
-    let run = crate::run::at_start(stored_run, config.autostart, config.rounds, resume.model_version);
+    // An aggregator's rounds are its root's: it runs none of its own accord.
+    let run = crate::run::at_start(stored_run, config.autostart, config.rounds, resume.model_version)
+        .filter(|_| uplink.is_none());
     if let Some(r) = run.filter(|r| Some(*r) != stored_run) {
         store.put_run(&r).context("keeping the run in the database")?;
     }
@@ -131,6 +153,12 @@ pub async fn start_with_hook(
         }
         None => coordinator,
     };
+    let coordinator = match &config.aggregator {
+        Some(agg) if uplink.is_some() => {
+            coordinator.with_forwarding(agg.min_group).context("[aggregator] in the config")?
+        }
+        _ => coordinator,
+    };
     if config.secagg.enabled {
         tracing::info!(phase_timeout_ms = config.secagg.phase_timeout_ms, "secure aggregation is on");
     } else {
@@ -139,9 +167,7 @@ pub async fn start_with_hook(
              server sees every agent's delta (agents refuse such rounds unless require_secure_aggregation = false)"
         );
     }
-    let (core_tx, core_rx) = mpsc::channel(1024);
     let (events, _) = broadcast::channel(1024);
-    let (shutdown, shutdown_rx) = watch::channel(false);
     let metrics = Arc::new(crate::metrics::Metrics::new());
     metrics.model_version.set(current.version as i64);
     let params = Arc::new(AtomicU64::new(current.params));
@@ -166,6 +192,7 @@ pub async fn start_with_hook(
         signed_revocations: config.tls.revoked.as_ref().map(|p| p.with_file_name(fedge_shared::revocation_list::FILE)),
         revocations_read: None,
         diffs: Default::default(),
+        forward_replies: Default::default(),
         run,
         config_rounds: config.rounds,
         admin: AdminState {
@@ -179,6 +206,12 @@ pub async fn start_with_hook(
         write_error_reported: false,
     };
     let mut tasks = vec![tokio::spawn(core.run(core_rx, shutdown_rx.clone()))];
+    if let Some(u) = uplink {
+        let install =
+            crate::aggregator::install_loop(u.models, u.first, store.clone(), core_tx.clone(), shutdown_rx.clone());
+        tasks.push(tokio::spawn(install));
+        tasks.push(u.task);
+    }
     tasks.push(tokio::spawn(crate::metrics::follow(events.subscribe(), metrics.clone(), shutdown_rx.clone())));
     let metrics_addr = match config.metrics {
         Some(addr) => {

@@ -10,7 +10,7 @@ use fedge_shared::protocol::{self, HeldPlan, SecAggPlan, TrainPlan};
 
 /// The seed an agent receives for a round (the configured seed mixed with the round id).
 pub fn round_seed(plan: &RoundPlan) -> u64 {
-    plan.hyper.seed ^ plan.round.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    crate::coordinator::wire_seed_for(plan.hyper.seed, plan.round)
 }
 
 /// The plan as `agent` receives it (its own cohort index in a secure round), for the model whose graph and weights

@@ -34,4 +34,6 @@ pub enum StoreError {
         "the weights of model version {version} were pruned: the store keeps only the newest {keep} versions' weights (keep_weights in server.toml)"
     )]
     Pruned { version: u64, keep: u64 },
+    #[error("version {version} is not newer than the newest held, {latest}")]
+    NotNewer { version: u64, latest: u64 },
 }

@@ -21,6 +21,7 @@
 //! The module's files, one concept each: `error` (what can go wrong), `db` (the handle: opening, flushing,
 //! refusing writes after a failed one), `encoding` (keys, pieces and record bytes), `models` (versions, their
 //! weights and graphs), `rounds` (commits, aborted rounds, round ids, what the coordinator resumes from),
+//! `installed` (an aggregator's copies of its root's versions),
 //! `agents` (who connected, who is revoked) and `meta` (the operator's settings and the run in force). This
 //! file only names them: it defines nothing, so that none of them imports it.
 
@@ -28,6 +29,7 @@ mod agents;
 mod db;
 mod encoding;
 mod error;
+mod installed;
 mod meta;
 mod models;
 mod rounds;

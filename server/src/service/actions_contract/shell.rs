@@ -100,6 +100,7 @@ pub(super) fn shell() -> Shell {
         signed_revocations: Some(dir.path().join(fedge_shared::revocation_list::FILE)),
         revocations_read: None,
         diffs: Default::default(),
+        forward_replies: Default::default(),
     };
     Shell { core, fed_back, events, dir }
 }
