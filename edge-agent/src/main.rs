@@ -83,7 +83,8 @@ fn run(path: &std::path::Path, data: Option<std::path::PathBuf>) -> anyhow::Resu
             None
         };
         let mut learner = fedge_agent::trainer::TractLearner::from_sources(train, holdout, cfg.seed)
-            .with_schedule(cfg.training.schedule()?);
+            .with_schedule(cfg.training.schedule()?)
+            .with_micro_batch(cfg.training.micro_batch()?);
         if let Some(store) = &labels {
             learner = learner.with_device_examples(store.clone());
         }

@@ -43,6 +43,8 @@ pub struct TractLearner {
     schedule: LrSchedule,
     /// The device's own labelled examples, trained on after the configured data.
     device: Option<Arc<ExampleStore>>,
+    /// Examples per run of the training step when batches are split (`None`: whole batches).
+    micro_batch: Option<usize>,
     /// The model of the last round that trained part of the model (kept, with its trainer, while the patterns and
     /// the frozen values stay the same).
     tuned: Option<FineTune>,
@@ -79,8 +81,21 @@ impl TractLearner {
             seed,
             schedule: LrSchedule::Constant,
             device: None,
+            micro_batch: None,
             tuned: None,
         }
+    }
+
+    /// Runs each batch as micro-batches of at most `micro_batch` examples, accumulating their gradients (`None`:
+    /// whole batches); the held-out evaluations run at that size too.
+    pub fn with_micro_batch(mut self, micro_batch: Option<usize>) -> Self {
+        self.micro_batch = micro_batch.filter(|m| *m > 0);
+        self
+    }
+
+    /// Examples per evaluation batch.
+    fn eval_batch(&self) -> usize {
+        self.micro_batch.map_or(EVAL_BATCH, |m| m.min(EVAL_BATCH))
     }
 
     /// Shapes the learning rate over each round's local steps with `schedule` (the round's plan gives the base rate).
@@ -207,14 +222,18 @@ impl Learner for TractLearner {
         };
         let cfg = self.config(plan)?;
         let loss = plan.loss;
-        if self.trainer.as_ref().is_none_or(|t| t.batch_size() != plan.batch_size as usize || t.loss() != loss) {
-            self.trainer = Some(LocalTrainer::new(model.clone(), loss, plan.batch_size as usize)?);
+        let batch = plan.batch_size as usize;
+        let micro = self.micro_batch.map_or(batch, |m| m.min(batch));
+        if self.trainer.as_ref().is_none_or(|t| t.batch_size() != batch || t.loss() != loss || t.micro_batch() != micro)
+        {
+            self.trainer = Some(LocalTrainer::with_micro_batch(model.clone(), loss, batch, micro)?);
         }
+        let eval_batch = self.eval_batch();
         let Some(trainer) = self.trainer.as_mut() else { bail!("trainer unavailable") };
         // Federated evaluation of the global model this round starts from, before it is trained.
         let eval = match &self.holdout {
             Some(h) if !h.is_empty() => {
-                let s = evaluate(trainer.model(), &start, h, EVAL_BATCH).context("evaluating the global model")?;
+                let s = evaluate(trainer.model(), &start, h, eval_batch).context("evaluating the global model")?;
                 let examples = s.examples as u64;
                 Some(EvalCounts { correct: s.correct as u64, examples, loss_sum: f64::from(s.loss) * examples as f64 })
             }
@@ -238,7 +257,7 @@ impl Learner for TractLearner {
         let device_examples = set.device_examples() as u64;
         let summary = trainer.train(&mut weights, &set, &cfg, &mut |_| {})?;
         let holdout_accuracy = match &self.holdout {
-            Some(h) if !h.is_empty() => evaluate(trainer.model(), &weights, h, EVAL_BATCH)?.accuracy(),
+            Some(h) if !h.is_empty() => evaluate(trainer.model(), &weights, h, eval_batch)?.accuracy(),
             _ => None,
         };
         let delta = weights.iter().zip(&start).map(|(w, g)| w - g).collect();
@@ -312,6 +331,29 @@ mod tests {
         assert!((again.loss_sum / again.examples as f64 - f64::from(on_moved.loss)).abs() < 1e-6);
         // And a whole-model plan trains everything again.
         assert_eq!(learner.learn(&global, &plan(&[])).unwrap().delta.len(), full.num_params());
+    }
+
+    #[test]
+    fn micro_batches_train_to_the_same_update_as_whole_batches() {
+        let onnx = builder::mlp(&[4, 5, 3], 1);
+        let global = TrainableModel::from_onnx_bytes(&onnx).unwrap().initial_weights();
+        let learn = |micro: Option<usize>| {
+            let mut learner = TractLearner::new(data(0), Some(data(1000)), 3).with_micro_batch(micro);
+            learner.set_graph(&onnx).unwrap();
+            let out = learner.learn(&global, &plan(&[])).unwrap();
+            (out, learner.trainer.as_ref().map(LocalTrainer::micro_batch))
+        };
+        let (whole, runs) = learn(None);
+        assert_eq!(runs, Some(8));
+        // 8-example batches in pieces of 3, 3 and 2; and a micro-batch larger than the batch runs it whole.
+        for (micro, pieces) in [(Some(3), 3), (Some(64), 8)] {
+            let (split, runs) = learn(micro);
+            assert_eq!(runs, Some(pieces), "the step runs {pieces} examples at a time");
+            let gap = whole.delta.iter().zip(&split.delta).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(gap < 1e-5, "micro-batch {micro:?}: the update differs by {gap}");
+            assert!(whole.delta.iter().any(|d| d.abs() > 1e-3), "training moved the weights");
+            assert_eq!(split.eval.unwrap().correct, whole.eval.unwrap().correct);
+        }
     }
 
     #[test]
