@@ -18,7 +18,7 @@ use fedge_server::service::{Operator, ServerEvent};
 use fedge_server::store::Store;
 use fedge_shared::tls::{self, Identity, Role};
 use fedge_system_tests::{
-    HeldLearner, cohort_of, free_udp_port, init_logs, kill, plain_log, wait_server, workspace_bin,
+    HeldLearner, cohort_of, free_udp_port, init_logs, kill, plain_log, start_server, wait_server,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -64,7 +64,7 @@ fn aggregator_config(dir: &Path, k: usize, port: u16, root: SocketAddr) -> anyho
 role = "aggregator"
 listen = "127.0.0.1:{port}"
 data_dir = "{db}"
-idle_timeout_ms = 5000
+idle_timeout_ms = 10000
 
 [aggregator]
 root = "{root}"
@@ -104,17 +104,6 @@ quant_bits = 22
     Ok(path)
 }
 
-fn start_aggregator(config: &Path, log: &Path) -> anyhow::Result<std::process::Child> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-    Ok(std::process::Command::new(workspace_bin("fedge-server")?)
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()?)
-}
-
 /// The root: plain rounds over the aggregators (their means in f32), at least two of the three per round.
 fn root_config(dir: &Path) -> ServerConfig {
     let pki = dir.join("pki");
@@ -141,7 +130,7 @@ fn root_config(dir: &Path) -> ServerConfig {
         coordinator,
         rounds: None,
         autostart: false,
-        idle_timeout_ms: 5_000,
+        idle_timeout_ms: 10_000,
         max_concurrent_uploads: 4,
         max_concurrent_downloads: None,
         secagg: SecAggConfig::off(),
@@ -186,7 +175,7 @@ async fn tier(dir: &Path, children: &mut Vec<std::process::Child>) -> anyhow::Re
     let addrs: Vec<SocketAddr> = ports.iter().map(|p| SocketAddr::from(([127, 0, 0, 1], *p))).collect();
     for (k, port) in ports.iter().enumerate() {
         let config = aggregator_config(dir, k, *port, root.local_addr)?;
-        children.push(start_aggregator(&config, &dir.join(format!("aggregator-{k}.log")))?);
+        children.push(start_server(&config, &dir.join(format!("aggregator-{k}.log")))?);
     }
     let mut joined = BTreeSet::new();
     wait_server(&mut root_events, Duration::from_secs(120), |e| match e {
@@ -212,7 +201,7 @@ async fn tier(dir: &Path, children: &mut Vec<std::process::Child>) -> anyhow::Re
             server_name: "localhost".into(),
             ca: ca.clone(),
             identity: Identity::load_bundle(&bundle)?,
-            idle_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(1),
             require_secure_aggregation: true,

@@ -12,7 +12,7 @@ use super::encoding::{
 };
 use super::error::StoreError;
 use super::models::ModelMeta;
-use fedge_shared::model::{Digest, weights_to_bytes};
+use fedge_shared::model::weights_to_bytes;
 use sled::Transactional;
 
 impl Store {
@@ -33,16 +33,7 @@ impl Store {
         check_finite(weights)?;
         let graph_digest = self.put_graph(graph)?;
         let bytes = weights_to_bytes(weights);
-        let meta = ModelMeta {
-            version,
-            graph_digest,
-            weights_digest: Digest::of(&bytes),
-            num_params: weights.len() as u64,
-            parent: None,
-            round: None,
-            metrics: None,
-            created_ms,
-        };
+        let meta = ModelMeta::unaggregated(version, graph_digest, &bytes, created_ms);
         let meta_bytes = encode(&meta)?;
         let keep = self.keep_weights;
         (&self.models, &self.weights, &self.meta)

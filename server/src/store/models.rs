@@ -30,6 +30,23 @@ pub struct ModelMeta {
     pub created_ms: u64,
 }
 
+impl ModelMeta {
+    /// A version that no round of this server produced (version 0, or a root's version an aggregator installs), of
+    /// the weights whose little-endian bytes are `bytes`.
+    pub(super) fn unaggregated(version: u64, graph_digest: Digest, bytes: &[u8], created_ms: u64) -> ModelMeta {
+        ModelMeta {
+            version,
+            graph_digest,
+            weights_digest: Digest::of(bytes),
+            num_params: (bytes.len() / 4) as u64,
+            parent: None,
+            round: None,
+            metrics: None,
+            created_ms,
+        }
+    }
+}
+
 impl Store {
     /// Removes the weights of every version older than the newest `keep_weights`; returns how many versions lost them.
     /// Metadata and round records are kept.
@@ -129,16 +146,7 @@ impl Store {
         }
         check_finite(weights)?;
         let bytes = weights_to_bytes(weights);
-        let meta = ModelMeta {
-            version: 0,
-            graph_digest,
-            weights_digest: Digest::of(&bytes),
-            num_params: weights.len() as u64,
-            parent: None,
-            round: None,
-            metrics: None,
-            created_ms,
-        };
+        let meta = ModelMeta::unaggregated(0, graph_digest, &bytes, created_ms);
         let meta_bytes = encode(&meta)?;
         (&self.models, &self.weights, &self.meta)
             .transaction(|(models, wts, meta_tree)| {
