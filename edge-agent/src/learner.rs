@@ -48,17 +48,33 @@ pub trait Learner: Send {
 }
 
 /// A learner for benchmarks of the federation machinery: its delta is seeded uniform noise in [-scale, scale].
+/// With [`NoiseLearner::with_dropout`] it fails a seeded fraction of its rounds, as a device that drops out after
+/// the round's key exchange (the agent then abandons the round).
 #[derive(Debug, Clone)]
 pub struct NoiseLearner {
     pub examples: u64,
     pub seed: u64,
     pub scale: f32,
+    dropout: f64,
     params: Option<usize>,
 }
 
 impl NoiseLearner {
     pub fn new(examples: u64, seed: u64, scale: f32) -> Self {
-        NoiseLearner { examples, seed, scale, params: None }
+        NoiseLearner { examples, seed, scale, dropout: 0.0, params: None }
+    }
+
+    /// Fails each round with probability `fraction`, decided by this learner's seed and the round's, so that a run
+    /// is repeatable and about `fraction` of a cohort drops out of every round.
+    pub fn with_dropout(mut self, fraction: f64) -> Self {
+        self.dropout = fraction;
+        self
+    }
+
+    /// Whether the learner seeded `seed` drops out of the round seeded `round_seed` at drop-out rate `fraction`.
+    pub fn drops_out(seed: u64, round_seed: u64, fraction: f64) -> bool {
+        use rand::{Rng, SeedableRng};
+        fraction > 0.0 && rand::rngs::StdRng::seed_from_u64(seed ^ round_seed.rotate_left(41)).r#gen::<f64>() < fraction
     }
 
     /// The delta this learner returns in `round` for `params` parameters (for checking an aggregate).
@@ -94,6 +110,9 @@ impl Learner for NoiseLearner {
     fn learn(&mut self, global: &[f32], plan: &TrainPlan) -> anyhow::Result<LearnOutcome> {
         self.check_plan(plan)?;
         self.params = Some(global.len());
+        if Self::drops_out(self.seed, plan.seed, self.dropout) {
+            anyhow::bail!("simulated drop-out (rate {})", self.dropout);
+        }
         Ok(LearnOutcome {
             delta: Self::delta_for(self.seed, plan.seed, global.len(), self.scale),
             examples: self.examples,

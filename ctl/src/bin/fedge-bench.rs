@@ -65,6 +65,19 @@ struct RunArgs {
     /// The server's `max_concurrent_downloads` (its default when absent).
     #[arg(long)]
     max_downloads: Option<usize>,
+    /// Fraction of the cohort that drops out of each round after the key exchange (each agent's learner fails a
+    /// seeded draw of its rounds and the agent abandons them), so secure rounds recover their masks. The check of the
+    /// committed models counts only the agents each round recorded. Bytes per agent are not reported with drop-outs.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    dropout: f64,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..1.0).contains(&f) => Ok(f),
+        Ok(f) => Err(format!("{f} is not a fraction in [0, 1)")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -90,6 +103,8 @@ enum Mode {
         /// Take part in plain rounds (`--secagg off`); otherwise the agent requires secure aggregation.
         #[arg(long)]
         allow_plain: bool,
+        #[arg(long, default_value_t = 0.0)]
+        dropout: f64,
     },
 }
 
@@ -100,8 +115,8 @@ fn main() -> anyhow::Result<()> {
     fedge_server::logging::init_with_default(false, "warn");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.mode {
-        Some(Mode::Agent { bundle, server, seed, examples, scale, allow_plain }) => {
-            runtime.block_on(agent_process(&bundle, server, seed, examples, scale, allow_plain))
+        Some(Mode::Agent { bundle, server, seed, examples, scale, allow_plain, dropout }) => {
+            runtime.block_on(agent_process(&bundle, server, seed, examples, scale, allow_plain, dropout))
         }
         None => runtime.block_on(run(cli.run)),
     }
@@ -118,13 +133,18 @@ async fn agent_process(
     examples: u64,
     scale: f32,
     allow_plain: bool,
+    dropout: f64,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (_stop, stop_rx) = watch::channel(false);
     let mut settings = agent_settings(bundle, server)?;
     settings.require_secure_aggregation = !allow_plain;
-    let agent = Agent::new(settings, ModelState::in_memory(), Box::new(NoiseLearner::new(examples, seed, scale)))
-        .with_events(tx);
+    let agent = Agent::new(
+        settings,
+        ModelState::in_memory(),
+        Box::new(NoiseLearner::new(examples, seed, scale).with_dropout(dropout)),
+    )
+    .with_events(tx);
     let task = tokio::spawn(agent.run(stop_rx));
     let started = Instant::now();
     while let Some(e) = rx.recv().await {
@@ -236,7 +256,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if cohort == 0 || cohort > args.agents {
         bail!("--cohort must be between 1 and --agents");
     }
-    let whole_cohort = cohort == args.agents;
+    // Bytes per agent per round are read between an agent's consecutive round ends: only meaningful when every
+    // agent takes part in every round (no smaller cohort, no drop-outs).
+    let whole_cohort = cohort == args.agents && args.dropout == 0.0;
     let dir = tempfile::tempdir()?;
     let pki = dir.path().join("pki");
     tls::init_federation(&pki, &["localhost".into(), "127.0.0.1".into()], 30)?;
@@ -260,7 +282,7 @@ onnx = "{model}"
 [secagg]
 enabled = {secagg}
 [coordinator]
-min_agents = {cohort}
+min_agents = {min_agents}
 min_available = {n}
 max_agents = {cohort}
 fraction = {fraction}
@@ -283,6 +305,8 @@ upload = "{upload}"
         n = args.agents,
         cohort = cohort,
         fraction = cohort as f64 / args.agents as f64,
+        // With drop-outs a round completes with the agents left: twice the expected drop-outs may be missing.
+        min_agents = ((cohort as f64 * (1.0 - 2.0 * args.dropout)).floor() as usize).clamp(2.min(cohort), cohort),
         upload = encoding_name(args.upload),
         download = encoding_name(args.download),
         downloads = args.max_downloads.map(|d| format!("max_concurrent_downloads = {d}")).unwrap_or_default(),
@@ -310,7 +334,7 @@ upload = "{upload}"
         let seed = 1000 + i as u64;
         if args.in_process {
             let (tx, mut rx) = mpsc::unbounded_channel();
-            let learner = Box::new(NoiseLearner::new(examples_of(i), seed, args.scale));
+            let learner = Box::new(NoiseLearner::new(examples_of(i), seed, args.scale).with_dropout(args.dropout));
             let mut settings = agent_settings(&bundle, addr)?;
             settings.require_secure_aggregation = secagg;
             let agent = Agent::new(settings, ModelState::in_memory(), learner).with_events(tx);
@@ -330,6 +354,7 @@ upload = "{upload}"
                 .arg(&bundle)
                 .args(["--server", &addr.to_string(), "--seed", &seed.to_string()])
                 .args(["--examples", &examples_of(i).to_string(), "--scale", &args.scale.to_string()])
+                .args(["--dropout", &args.dropout.to_string()])
                 .args(if secagg { &[][..] } else { &["--allow-plain"][..] })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
@@ -491,6 +516,7 @@ upload = "{upload}"
     let out = serde_json::json!({
         "agents": args.agents,
         "cohort": cohort,
+        "dropout": args.dropout,
         "params": store.latest()?.map(|m| m.num_params).unwrap_or(0),
         "rounds": args.rounds,
         "secagg": secagg,

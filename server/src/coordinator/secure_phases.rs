@@ -16,23 +16,21 @@ impl Coordinator {
         loop {
             let Stage::Collecting(round) = &self.stage else { return };
             let Aggregation::Secure(sec) = &round.aggregation else { return };
-            let alive = round.members.values().filter(|s| **s != MemberStatus::Dropped).count();
+            // Called after every message of a phase: both checks stop as soon as they know, so that a phase of n
+            // answers costs O(n log n) lookups in all rather than n².
+            let min = self.config.min_agents;
+            let alive = round.members.values().filter(|s| **s != MemberStatus::Dropped).take(min).count();
             let after_upload = matches!(sec.phase, SecurePhase::Consistency | SecurePhase::Unmask);
-            if !after_upload && alive < self.config.min_agents {
-                let reason =
-                    AbortReason::TooFewReports { reported: round.reports.len(), min_agents: self.config.min_agents };
+            if !after_upload && alive < min {
+                let reason = AbortReason::TooFewReports { reported: round.reports.len(), min_agents: min };
                 return self.abort_round(now_ms, reason, out);
             }
-            let outstanding = sec
-                .expected
-                .iter()
-                .filter(|a| {
-                    !sec.answered.contains(*a)
-                        && round.members.get(*a) != Some(&MemberStatus::Dropped)
-                        && self.agents.contains_key(*a)
-                })
-                .count();
-            if outstanding > 0 {
+            let outstanding = sec.expected.iter().any(|a| {
+                !sec.answered.contains(a)
+                    && round.members.get(a) != Some(&MemberStatus::Dropped)
+                    && self.agents.contains_key(a)
+            });
+            if outstanding {
                 return;
             }
             let (id, phase) = (round.plan.round, sec.phase);
@@ -87,7 +85,7 @@ impl Coordinator {
         let Some(session) = sec.session.as_mut() else { return };
         let phase = sec.phase;
         let elapsed = now_ms.saturating_sub(sec.phase_started_ms);
-        let missed: Vec<AgentId> = sec.expected.iter().filter(|a| !sec.answered.contains(*a)).cloned().collect();
+        let missed: BTreeSet<AgentId> = sec.expected.iter().filter(|a| !sec.answered.contains(*a)).cloned().collect();
         let names = |ids: &mut dyn Iterator<Item = u32>| -> Vec<AgentId> {
             ids.filter_map(|i| sec.names.get(&i).cloned()).collect()
         };

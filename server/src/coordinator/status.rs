@@ -26,6 +26,15 @@ pub struct Status {
 }
 
 impl Coordinator {
+    /// The round in flight, if any: what [`Self::status`] says of it, in O(1).
+    pub fn round_in_flight(&self) -> Option<u64> {
+        match &self.stage {
+            Stage::Idle => None,
+            Stage::Collecting(r) | Stage::Unmasking(r) => Some(r.plan.round),
+            Stage::Committing(p) => Some(p.round),
+        }
+    }
+
     /// A snapshot of where things stand.
     pub fn status(&self) -> Status {
         let (phase, round, selected, reported, dropped) = match &self.stage {

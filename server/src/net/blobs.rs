@@ -101,7 +101,7 @@ async fn read_upload(
     }
     let _mine = one_at_a_time.acquire().await?;
     let _permit = shared.uploads.acquire().await?;
-    let mut window = UploadWindow::open(conn);
+    let mut window = UploadWindow::open(conn, header.len);
     // Straight from the stream's chunks into the f32 vector: no byte copy of the update is ever held. Non-finite
     // values are refused by the fold (which drops the agent from the round).
     let too_late = || ProtocolViolation(format!("an update of {} bytes did not arrive in time", header.len));
@@ -150,7 +150,7 @@ async fn read_masked(
         .into());
     }
     let permit = shared.uploads.clone().acquire_owned().await?;
-    let mut window = UploadWindow::open(conn);
+    let mut window = UploadWindow::open(conn, header.len);
     let read = wire::read_words(recv, header.len, u32::from_le_bytes, |left| window.left(left));
     let masked = tokio::time::timeout(upload_time_limit(header.len), read)
         .await

@@ -39,9 +39,7 @@ impl TlsSetup {
     pub fn server_config(&self) -> anyhow::Result<quinn::ServerConfig> {
         let alpn = [protocol::ALPN_AGENT, protocol::ALPN_ADMIN, protocol::ALPN_PROBE];
         let mut cfg = tls::server_config(&self.ca, &self.identity, &alpn, self.idle)?;
-        let mut transport = tls::server_transport_config(self.idle);
-        transport.receive_window(quinn::VarInt::from_u32(IDLE_RECEIVE_WINDOW));
-        cfg.transport_config(Arc::new(transport));
+        cfg.transport_config(Arc::new(transport(self.idle)));
         Ok(cfg)
     }
 
@@ -55,6 +53,14 @@ impl TlsSetup {
         };
         Ok(listed(&text, info))
     }
+}
+
+/// The server's transport settings ([`tls::server_transport_config`]) with a connection receive window of
+/// [`IDLE_RECEIVE_WINDOW`].
+pub(super) fn transport(idle: Duration) -> quinn::TransportConfig {
+    let mut transport = tls::server_transport_config(idle);
+    transport.receive_window(quinn::VarInt::from_u32(IDLE_RECEIVE_WINDOW));
+    transport
 }
 
 /// Whether the revocation file's `text` lists `info`: a line `NAME FINGERPRINT` with its fingerprint, or a line

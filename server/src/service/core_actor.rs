@@ -150,19 +150,19 @@ impl Core {
     }
 
     pub(super) fn feed(&mut self, event: Event<'_>) {
-        let before = (self.coordinator.status().round, self.coordinator.secure_phase());
+        // Every message passes here: only the O(1) round number and phase are read each time, the whole status
+        // (O(agents)) only when the secure phase changed.
+        let before = (self.coordinator.round_in_flight(), self.coordinator.secure_phase());
         let actions = self.coordinator.handle(self.clock.now_ms(), event);
-        let status = self.coordinator.status();
-        let after = (status.round, self.coordinator.secure_phase());
+        let after = (self.coordinator.round_in_flight(), self.coordinator.secure_phase());
+        let status = (after != before).then(|| self.coordinator.status());
         for a in actions {
             self.act(a);
         }
         if let Some((round, error)) = self.unreserved.take() {
             self.feed(Event::RoundNotReserved { round, error });
         }
-        if let (Some(round), Some(phase)) = after
-            && after != before
-        {
+        if let (Some(round), Some(phase), Some(status)) = (after.0, after.1, status) {
             let members = status.selected.saturating_sub(status.dropped);
             tracing::info!(round, phase = phase.name(), members, "secure aggregation phase");
             let _ = self.events.send(ServerEvent::SecAggPhase { round, phase, members });
