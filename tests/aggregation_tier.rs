@@ -132,6 +132,7 @@ fn root_config(dir: &Path) -> ServerConfig {
         autostart: false,
         idle_timeout_ms: 10_000,
         max_concurrent_uploads: 4,
+        upload_memory_mb: 16,
         max_concurrent_downloads: None,
         secagg: SecAggConfig::off(),
         metrics: None,

@@ -185,6 +185,10 @@ fn a_configuration_with_an_unknown_key_or_an_out_of_range_value_is_refused_namin
     let err = message(ServerConfig::load(&write(dir.path(), "server-downloads.toml", &downloads)).unwrap_err());
     assert!(err.contains("server-downloads.toml") && err.contains("max_concurrent_downloads"), "{err}");
 
+    let memory = set_key(&server, "upload_memory_mb", "0");
+    let err = message(ServerConfig::load(&write(dir.path(), "server-memory.toml", &memory)).unwrap_err());
+    assert!(err.contains("server-memory.toml") && err.contains("upload_memory_mb"), "{err}");
+
     let typo = agent.replace("[data]", "[data]\nholdut = 0.2");
     let err = message(AgentConfig::load(&write(dir.path(), "agent-typo.toml", &typo)).unwrap_err());
     assert!(err.contains("agent-typo.toml") && err.contains("holdut"), "{err}");

@@ -282,6 +282,7 @@ impl LocalFederation {
             autostart: true,
             idle_timeout_ms: 30_000,
             max_concurrent_uploads: 4,
+            upload_memory_mb: 16,
             max_concurrent_downloads: None,
             secagg: options.secagg,
             metrics: None,

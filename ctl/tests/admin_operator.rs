@@ -72,6 +72,7 @@ impl Federation {
             autostart: false,
             idle_timeout_ms: 30_000,
             max_concurrent_uploads: 4,
+            upload_memory_mb: 16,
             // One model download at a time: every round of these tests also shows the permits are given back.
             max_concurrent_downloads: Some(1),
             // A cohort of one cannot be aggregated securely; those tests run plain rounds.

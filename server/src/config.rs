@@ -55,9 +55,14 @@ pub struct ServerConfig {
     /// Close a connection silent for this long.
     #[serde(default = "default_idle")]
     pub idle_timeout_ms: u64,
-    /// At most this many update uploads are read at once (each holds one vector in memory).
+    /// At most this many update uploads are read at once (each holds one vector in memory until it is folded).
     #[serde(default = "default_uploads")]
     pub max_concurrent_uploads: usize,
+    /// At most this many MiB of uploads are held at once (an upload larger than this is read alone). With
+    /// `max_concurrent_uploads`, what bounds the server's memory for uploads: small uploads (a secure round's masked
+    /// vectors, 8-bit deltas) are read many at a time, large ones a few.
+    #[serde(default = "default_upload_memory")]
+    pub upload_memory_mb: u64,
     /// At most this many model downloads in flight at once; the others wait (default: no limit). Agents on links
     /// slower than the server's want no limit: each download is paced by its own link. A server that is itself
     /// the bottleneck (many agents on a fast LAN) rounds faster with a limit, and keeps less memory for QUIC's
@@ -100,7 +105,10 @@ fn default_idle() -> u64 {
     30_000
 }
 fn default_uploads() -> usize {
-    4
+    64
+}
+fn default_upload_memory() -> u64 {
+    16
 }
 
 impl ServerConfig {
@@ -267,6 +275,9 @@ impl ServerConfig {
         }
         if self.max_concurrent_uploads == 0 {
             bail!("max_concurrent_uploads must be at least 1");
+        }
+        if !(1..=1 << 20).contains(&self.upload_memory_mb) {
+            bail!("upload_memory_mb must be between 1 and 1048576 (MiB), not {}", self.upload_memory_mb);
         }
         if self.max_concurrent_downloads == Some(0) {
             bail!("max_concurrent_downloads must be at least 1 (or left out: no limit)");

@@ -124,12 +124,12 @@ pub enum CoreMsg {
         agent: AgentId,
         response: UnmaskResponse,
     },
-    /// A whole masked vector; `permit` (one of `max_concurrent_uploads`) is released once it is folded.
+    /// A whole masked vector; `permit` (its share of the upload budget) is released once it is folded.
     Masked {
         agent: AgentId,
         round: u64,
         masked: Vec<u32>,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: crate::net::UploadPermit,
     },
     Operator(Operator),
     /// A secure round's sum, unmasked on the blocking pool (`Action::Unmask`).

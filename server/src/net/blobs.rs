@@ -1,6 +1,6 @@
-//! The agent's blob streams: updates and masked vectors read from its unidirectional streams under the
-//! `max_concurrent_uploads` permits (one upload at a time per connection, with a widened receive window and a time
-//! limit), checked against the model's size and handed to the core; and model blobs sent under the
+//! The agent's blob streams: updates and masked vectors read from its unidirectional streams under permits of the
+//! upload budget (`super::upload_budget`; one upload at a time per connection, with a widened receive window and a
+//! time limit), checked against the model's size and handed to the core; and model blobs sent under the
 //! `max_concurrent_downloads` permits.
 //!
 //! A masked vector's permit travels with it until the core has folded it. This module must never read more than the
@@ -100,7 +100,7 @@ async fn read_upload(
         .into());
     }
     let _mine = one_at_a_time.acquire().await?;
-    let _permit = shared.uploads.acquire().await?;
+    let _permit = shared.uploads.admit(header.len).await?;
     let mut window = UploadWindow::open(conn, header.len);
     // Straight from the stream's chunks into the f32 vector: no byte copy of the update is ever held. Non-finite
     // values are refused by the fold (which drops the agent from the round).
@@ -149,7 +149,7 @@ async fn read_masked(
         ))
         .into());
     }
-    let permit = shared.uploads.clone().acquire_owned().await?;
+    let permit = shared.uploads.admit(header.len).await?;
     let mut window = UploadWindow::open(conn, header.len);
     let read = wire::read_words(recv, header.len, u32::from_le_bytes, |left| window.left(left));
     let masked = tokio::time::timeout(upload_time_limit(header.len), read)

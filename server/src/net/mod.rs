@@ -8,14 +8,15 @@
 //!
 //! Secure rounds: the agent's secure-aggregation messages go to the core tagged with the name from its certificate
 //! (so an agent can only speak for its own cohort index), and a masked vector (`1 + 3 + P` little-endian `u32`) is read
-//! under one of the `max_concurrent_uploads` permits, which travels with it until the core has folded it.
+//! under a permit of the upload budget (`upload_budget`: `max_concurrent_uploads` and `upload_memory_mb`), which
+//! travels with it until the core has folded it.
 //!
 //! The files, one concept each: `accept` (the accept loop and each peer's authentication), `agent_connection`
 //! (an agent's hello, its control stream and its liveness), `blobs` (uploads read and downloads sent under
 //! permits), `receive_window` (the connection receive window an upload widens), `endpoint` (the certificates,
 //! the revocation file and the UDP socket), `probe` (the readiness probe, and how the accept loop
-//! recognises one), `shared` (what every connection task shares) and `refusal` (close
-//! codes and turning a peer away). This file only names them and re-exports the public items, so that none of them
+//! recognises one), `shared` (what every connection task shares), `upload_budget` (how many uploads, and
+//! how many of their bytes, are held at once) and `refusal` (close codes and turning a peer away). This file only names them and re-exports the public items, so that none of them
 //! imports it.
 
 mod accept;
@@ -26,6 +27,7 @@ mod probe;
 mod receive_window;
 mod refusal;
 mod shared;
+mod upload_budget;
 
 pub use accept::accept_loop;
 pub use agent_connection::SILENT_AFTER;
@@ -34,3 +36,4 @@ pub use probe::{ProbeError, local_address, probe};
 pub use receive_window::{IDLE_RECEIVE_WINDOW, UPLOAD_RECEIVE_WINDOW};
 pub use refusal::{CLOSE_PROTOCOL, CLOSE_REFUSED};
 pub use shared::{OperatorService, Shared};
+pub use upload_budget::{UploadBudget, UploadPermit};

@@ -6,6 +6,7 @@
 //! Types only: this module must never hold logic.
 
 use super::endpoint::TlsSetup;
+use super::upload_budget::UploadBudget;
 use crate::core_msg::{CoreMsg, ServerEvent};
 use crate::store::Store;
 use fedge_shared::tls::CertInfo;
@@ -29,8 +30,8 @@ pub struct Shared {
     /// Parameters of the current model (the only length an update may have).
     pub params: Arc<AtomicU64>,
     pub tls: TlsSetup,
-    /// Bounds the update vectors held in memory at once.
-    pub uploads: Arc<Semaphore>,
+    /// Bounds the update vectors held in memory at once, in number and in bytes.
+    pub uploads: UploadBudget,
     /// Bounds the model downloads in flight at once.
     pub downloads: Arc<Semaphore>,
     pub next_conn: AtomicU64,

@@ -231,7 +231,7 @@ pub async fn start_with_hook(
         events: events.clone(),
         params,
         tls,
-        uploads: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads)),
+        uploads: net::UploadBudget::new(config.max_concurrent_uploads, config.upload_memory_mb.saturating_mul(1 << 20)),
         downloads: Arc::new(tokio::sync::Semaphore::new(
             config.max_concurrent_downloads.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS),
         )),
