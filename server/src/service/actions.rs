@@ -111,17 +111,13 @@ impl Core {
                 self.send(&agent, Outbound::Msg(ServerMessage::Plan(Box::new(wire))));
             }
             Action::SecAggKeys { agent, round, keys, owners } => {
-                // Only the agent's own keys and its neighbours' (O(k)), each with its owner's certificate the first
-                // time this connection needs it; empty when the connection was already sent that very certificate.
+                // Only the agent's own keys and its neighbours' (O(k)), each with its owner's certificate until the
+                // agent has answered keys that carried it (`peer_certs`); empty when it holds that very certificate.
                 let certificates: Vec<Vec<u8>> = match self.conns.get_mut(&agent) {
                     Some(c) => owners
                         .iter()
                         .map(|o| match self.certs.get(o) {
-                            Some(cert) if c.certs_sent.get(o).is_some_and(|sent| sent == cert) => Vec::new(),
-                            Some(cert) => {
-                                c.certs_sent.insert(o.clone(), cert.clone());
-                                cert.as_ref().clone()
-                            }
+                            Some(cert) => c.certs.relay(round, o, cert),
                             None => Vec::new(),
                         })
                         .collect(),

@@ -5,6 +5,7 @@
 //! One task, so the coordinator needs no lock. It must never block the runtime (commits and evaluations run on the
 //! blocking pool) and never decide anything about rounds itself.
 
+use super::peer_certs::PeerCerts;
 use crate::clock::{Alarm, Clock};
 use crate::coordinator::{AgentId, Coordinator, Event, RoundRecord};
 use crate::core_msg::{CoreMsg, Operator, Outbound, RelayHook, ServerEvent};
@@ -20,9 +21,9 @@ pub(super) struct Conn {
     pub(super) tx: mpsc::Sender<Outbound>,
     pub(super) graph_sent: bool,
     pub(super) version_held: Option<u64>,
-    /// The peers' certificates this connection was already sent with secure-aggregation keys (each is sent once
-    /// per connection, and again only if the peer's certificate changed).
-    pub(super) certs_sent: HashMap<AgentId, Arc<Vec<u8>>>,
+    /// The peers' certificates this connection's agent holds (each is relayed once per connection, again if it
+    /// changed or the agent never answered the keys that carried it).
+    pub(super) certs: PeerCerts,
 }
 
 /// The current global model as the connections send it.
@@ -169,13 +170,13 @@ impl Core {
         }
     }
 
-    fn on_msg(&mut self, msg: CoreMsg) {
+    pub(super) fn on_msg(&mut self, msg: CoreMsg) {
         match msg {
             CoreMsg::Connected { agent, conn, tx, cert } => {
                 self.certs.insert(agent.clone(), Arc::new(cert));
                 if let Some(old) = self.conns.insert(
                     agent.clone(),
-                    Conn { id: conn, tx, graph_sent: false, version_held: None, certs_sent: HashMap::new() },
+                    Conn { id: conn, tx, graph_sent: false, version_held: None, certs: PeerCerts::default() },
                 ) {
                     let _ = old.tx.try_send(Outbound::Close("replaced by a newer connection of the same agent".into()));
                 }
@@ -218,7 +219,13 @@ impl Core {
                 self.feed(Event::Ready { agent, round, model_version, examples })
             }
             CoreMsg::SecAggAdvertise { agent, keys } => self.feed(Event::SecAggAdvertise { agent, keys }),
-            CoreMsg::SecAggShares { agent, round, shares } => self.feed(Event::SecAggShares { agent, round, shares }),
+            CoreMsg::SecAggShares { agent, round, shares } => {
+                // Shares answer the round's keys: the agent read the certificates relayed with them.
+                if let Some(c) = self.conns.get_mut(&agent) {
+                    c.certs.confirm(round);
+                }
+                self.feed(Event::SecAggShares { agent, round, shares })
+            }
             CoreMsg::SecAggReceipt { agent, receipt } => self.feed(Event::SecAggReceipt { agent, receipt }),
             CoreMsg::SecAggSurvivorSignature { agent, signature } => {
                 self.feed(Event::SecAggSurvivorSignature { agent, signature })

@@ -14,7 +14,8 @@
 //! tasks), `server_handle` (the running server as its owner holds it), `core_actor` (the core's state and its loop:
 //! messages in, events to the coordinator), `actions` (carrying out the coordinator's actions; `actions_contract` tests
 //! each against the coordinator's documentation), `admin_calls` (answering the operator's calls), `model_diffs` (the
-//! newest versions' differences, for agents a few versions behind), `forwarding` (an aggregator's requests from its
+//! newest versions' differences, for agents a few versions behind), `peer_certs` (which peers' certificates a
+//! connection holds, so each is relayed once), `forwarding` (an aggregator's requests from its
 //! root, the root's versions it installs, and the answers it forwards) and `wire_plan` (a round's plan as an agent
 //! receives it). This file only names them and re-exports the public items, so that none of
 //! them imports it.
@@ -26,6 +27,7 @@ mod admin_calls;
 mod core_actor;
 mod forwarding;
 mod model_diffs;
+mod peer_certs;
 mod server_handle;
 mod startup;
 mod wire_plan;

@@ -110,7 +110,7 @@ impl Shell {
     pub(super) fn connect(&mut self, agent: &str) -> mpsc::Receiver<Outbound> {
         let (tx, rx) = mpsc::channel(64);
         let id = self.core.conns.len() as u64 + 1;
-        let conn = Conn { id, tx, graph_sent: false, version_held: None, certs_sent: HashMap::new() };
+        let conn = Conn { id, tx, graph_sent: false, version_held: None, certs: Default::default() };
         self.core.conns.insert(agent.to_string(), conn);
         rx
     }
