@@ -1,7 +1,8 @@
-//! A convolution's input and weight gradients computed on a packed GEMM (the `matrixmultiply` crate), for
-//! fedge's own tract operators (`conv_grad_op`): 2-D convolutions (1-D ones as 2-D with a height of 1) with any
+//! A convolution and its input and weight gradients computed on a packed GEMM (the `matrixmultiply` crate), for
+//! fedge's own tract operators (`conv_ops`): 2-D convolutions (1-D ones as 2-D with a height of 1) with any
 //! pads, strides, dilations and groups.
 //!
+//! - Y: per image and group, the tile's input columns (im2col) and `Y = W·cols (+ bias)`;
 //! - dX: per image and group, `cols = Wᵀ·dY` for a tile of output rows, then each column added back at the input
 //!   position it was read from (col2im);
 //! - dW: per image and group, the tile's input columns (im2col) and `dW += dY·colsᵀ`.
@@ -93,6 +94,11 @@ impl Geometry {
 
     fn y_len(&self) -> usize {
         self.n * self.m * self.oh * self.ow
+    }
+
+    /// Y's shape: `[N, M, OH, OW]`, or `[N, M, OW]` for a 1-D convolution (`one_d`).
+    pub fn y_shape(&self, one_d: bool) -> Vec<usize> {
+        if one_d { vec![self.n, self.m, self.ow] } else { vec![self.n, self.m, self.oh, self.ow] }
     }
 
     fn w_len(&self) -> usize {
@@ -328,6 +334,51 @@ fn im2col<T: Scalar>(g: &Geometry, x: &[T], first: usize, r: usize, cols_of: &[(
     }
 }
 
+/// Y (`[N, M, OH, OW]`, overwritten) of the convolution of X (`[N, C, H, W]`) by W (`[M, C/group, KH, KW]`),
+/// plus `bias` (`[M]`) if given.
+pub fn forward<T: Scalar>(
+    g: &Geometry,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    y: &mut [T],
+) -> Result<(), ConvShapeError> {
+    check_lens(g, [("X", x.len(), g.x_len()), ("W", w.len(), g.w_len()), ("Y", y.len(), g.y_len())])?;
+    if let Some(b) = bias.filter(|b| b.len() != g.m) {
+        return bad(format!("bias has {} values for {} channels", b.len(), g.m));
+    }
+    let (cg, mg) = (g.c / g.group, g.m / g.group);
+    let (rows, o, plane) = (g.col_rows(), g.oh * g.ow, g.h * g.w);
+    let tile_rows = g.tile_rows();
+    let mut cols = vec![T::ZERO; rows * tile_rows * g.ow];
+    let cols_of: Vec<(usize, usize)> = (0..g.kw).map(|kj| g.valid_cols(kj)).collect();
+    for img in 0..g.n {
+        for grp in 0..g.group {
+            let x_img = &x[(img * g.c + grp * cg) * plane..(img * g.c + (grp + 1) * cg) * plane];
+            let wg = &w[grp * mg * rows..(grp + 1) * mg * rows];
+            for first in (0..g.oh).step_by(tile_rows) {
+                let r = tile_rows.min(g.oh - first);
+                let t = r * g.ow;
+                im2col(g, x_img, first, r, &cols_of, &mut cols[..rows * t]);
+                let start = (img * g.m + grp * mg) * o + first * g.ow;
+                // Y [mg × t] = Wg [mg × rows] · cols [rows × t]
+                gemm(
+                    (wg, View { rows: mg, cols: rows, row_stride: rows, col_stride: 1 }),
+                    (&cols[..], View { rows, cols: t, row_stride: t, col_stride: 1 }),
+                    T::ZERO,
+                    (&mut y[start..], View { rows: mg, cols: t, row_stride: o, col_stride: 1 }),
+                )?;
+                if let Some(b) = bias {
+                    for (ch, b) in b[grp * mg..(grp + 1) * mg].iter().enumerate() {
+                        y[start + ch * o..start + ch * o + t].iter_mut().for_each(|v| *v += *b);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// dW (`[M, C/group, KH, KW]`, overwritten) of the convolution from X (`[N, C, H, W]`) and dY (`[N, M, OH, OW]`).
 pub fn weight_grad<T: Scalar>(g: &Geometry, x: &[T], dy: &[T], dw: &mut [T]) -> Result<(), ConvShapeError> {
     check_lens(g, [("X", x.len(), g.x_len()), ("dY", dy.len(), g.y_len()), ("dW", dw.len(), g.w_len())])?;
@@ -368,6 +419,7 @@ mod tests {
 
     /// The convolution's definition, summed term by term: Y = conv(X, W) and its two gradients for one dY.
     struct Reference {
+        y: Vec<f64>,
         dx: Vec<f64>,
         dw: Vec<f64>,
     }
@@ -376,12 +428,14 @@ mod tests {
         let (cg, mg) = (g.c / g.group, g.m / g.group);
         let mut dx = vec![0.0; x.len()];
         let mut dw = vec![0.0; w.len()];
+        let mut y = vec![0.0; dy.len()];
         for n in 0..g.n {
             for m in 0..g.m {
                 let grp = m / mg;
                 for oy in 0..g.oh {
                     for ox in 0..g.ow {
-                        let gy = dy[((n * g.m + m) * g.oh + oy) * g.ow + ox];
+                        let yi = ((n * g.m + m) * g.oh + oy) * g.ow + ox;
+                        let gy = dy[yi];
                         for ci in 0..cg {
                             let c = grp * cg + ci;
                             for ki in 0..g.kh {
@@ -393,6 +447,7 @@ mod tests {
                                     }
                                     let xi = ((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize;
                                     let wi = ((m * cg + ci) * g.kh + ki) * g.kw + kj;
+                                    y[yi] += w[wi] * x[xi];
                                     dx[xi] += w[wi] * gy;
                                     dw[wi] += x[xi] * gy;
                                 }
@@ -402,7 +457,7 @@ mod tests {
                 }
             }
         }
-        Reference { dx, dw }
+        Reference { y, dx, dw }
     }
 
     fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
@@ -416,7 +471,7 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-        /// Both gradients equal the definition's sums for random 2-D and 1-D geometries.
+        /// The convolution and both gradients equal the definition's sums for random 2-D and 1-D geometries.
         #[test]
         fn gradients_match_the_definition(
             one_d in any::<bool>(), n in 1usize..3, cg in 1usize..4, mg in 1usize..4, group in 1usize..4,
@@ -444,6 +499,12 @@ mod tests {
             let mut dwt = vec![f64::NAN; g.w_len()];
             weight_grad(&g, &x, &dy, &mut dwt).unwrap();
             prop_assert!(close(&dwt, &want.dw), "dW {dwt:?} against {:?}", want.dw);
+            let bias = random(&mut rng, g.m);
+            let mut y = vec![f64::NAN; g.y_len()];
+            forward(&g, &x, &wt, Some(&bias), &mut y).unwrap();
+            let o = g.oh * g.ow;
+            let biased: Vec<f64> = want.y.iter().enumerate().map(|(i, v)| v + bias[i / o % g.m]).collect();
+            prop_assert!(close(&y, &biased), "Y {y:?} against {biased:?}");
         }
     }
 
@@ -462,6 +523,9 @@ mod tests {
         let mut dwt = vec![0.0; g.w_len()];
         weight_grad(&g, &x, &dy, &mut dwt).unwrap();
         assert!(close(&dwt, &want.dw));
+        let mut y = vec![0.0; g.y_len()];
+        forward(&g, &x, &wt, None, &mut y).unwrap();
+        assert!(close(&y, &want.y));
     }
 
     #[test]
@@ -472,6 +536,9 @@ mod tests {
         assert!(input_grad(&g, &[0.0; 11], &vec![0.0; g.w_len()], &mut dx).is_err());
         let mut short = vec![0.0f32; g.w_len() - 1];
         assert!(weight_grad(&g, &vec![0.0; g.x_len()], &vec![0.0; g.y_len()], &mut short).is_err());
+        let mut y = vec![0.0f32; g.y_len()];
+        let (x, w) = (vec![0.0f32; g.x_len()], vec![0.0f32; g.w_len()]);
+        assert!(forward(&g, &x, &w, Some(&[0.0; 2]), &mut y).is_err());
         assert!(Geometry::new(&[1, 2, 2, 2], &[3, 2, 3, 3], &[1, 1], &[1, 1], &[0, 0, 0, 0], 1).is_err());
         assert!(Geometry::new(&[1, 3, 4, 4], &[3, 1, 3, 3], &[1, 1], &[1, 1], &[0; 4], 2).is_err());
         assert!(Geometry::new(&[1, 2, 4, 4, 4], &[3, 2, 3, 3, 3], &[1; 3], &[1; 3], &[0; 6], 1).is_err());

@@ -32,11 +32,11 @@ impl Precision {
 /// Which operators a backward pass is emitted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Kernels {
-    /// fedge's own tract operators where it has them (a 1-D or 2-D convolution's input and weight gradients):
-    /// what fedge trains with.
+    /// fedge's own tract operators where it has them (a 1-D or 2-D convolution in the training step, and its input
+    /// and weight gradients): what fedge trains with.
     #[default]
     Fedge,
-    /// ONNX-standard operators for convolution gradients (ConvTranspose, Conv), for runtimes that do not know
+    /// ONNX-standard operators for convolutions and their gradients (Conv, ConvTranspose), for runtimes that do not know
     /// domain `ai.fedge` and for checking fedge's operators against. MaxPool's gradient stays `FedgeMaxPoolGrad`.
     Standard,
 }

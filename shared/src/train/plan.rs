@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 
-use super::conv_grad_op;
+use super::conv_ops;
 use super::custom_op;
 use super::emit::Precision;
 use super::error::TrainError;
@@ -21,8 +21,9 @@ fn loader() -> &'static tract_onnx::Onnx {
     LOADER.get_or_init(|| {
         let mut onnx = tract_onnx::onnx();
         onnx.op_register.insert(custom_op::MAX_POOL_GRAD, custom_op::load);
-        onnx.op_register.insert(conv_grad_op::CONV_INPUT_GRAD, conv_grad_op::load_input_grad);
-        onnx.op_register.insert(conv_grad_op::CONV_WEIGHT_GRAD, conv_grad_op::load_weight_grad);
+        onnx.op_register.insert(conv_ops::CONV, conv_ops::load_forward);
+        onnx.op_register.insert(conv_ops::CONV_INPUT_GRAD, conv_ops::load_input_grad);
+        onnx.op_register.insert(conv_ops::CONV_WEIGHT_GRAD, conv_ops::load_weight_grad);
         onnx
     })
 }

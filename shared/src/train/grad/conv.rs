@@ -1,7 +1,7 @@
 //! Gradient of Conv (any number of spatial axes; pads, strides, dilations, groups including depthwise).
 //!
 //! 1-D and 2-D convolutions use fedge's own operators (`FedgeConvInputGrad` for dX, `FedgeConvWeightGrad` for dW;
-//! see `conv_grad_op`) unless the emitter asks for standard operators ([`Kernels::Standard`]); every other case,
+//! see `conv_ops`) unless the emitter asks for standard operators ([`Kernels::Standard`]); every other case,
 //! and the standard form, is:
 //! - dX is a ConvTranspose of dY with the same kernel, strides, dilations, pads and group, with `output_padding`
 //!   chosen so the result has X's exact size.
@@ -15,7 +15,7 @@
 //!
 //! Only nodes are appended; nothing runs here.
 
-use super::super::conv_grad_op::{CONV_INPUT_GRAD, CONV_WEIGHT_GRAD};
+use super::super::conv_ops::{CONV_INPUT_GRAD, CONV_WEIGHT_GRAD};
 use super::super::custom_op::DOMAIN;
 use super::super::emit::{Emitter, Kernels};
 use super::super::error::TrainError;
