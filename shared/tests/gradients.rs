@@ -196,6 +196,22 @@ proptest! {
     }
 
     #[test]
+    fn three_dimensional_conv_gradients_match_finite_differences(
+        kernel in 1usize..3, stride in 1usize..3, pad in 0usize..2, seed in 0u64..1000,
+    ) {
+        // fedge's own operators cover 1-D and 2-D; a 3-D convolution keeps the standard ConvTranspose/Conv form.
+        let bytes = wrap(&[2, 4, 4, 3], seed, |b, x| {
+            let w = b.init_random("cw", &[3, 2, kernel, kernel, kernel], 0.5);
+            let c = b.node("Conv", &[x, &w], vec![
+                attr_ints("strides", &[stride as i64; 3]),
+                attr_ints("pads", &[pad as i64; 6]),
+            ]);
+            b.node("Tanh", &[&c], vec![])
+        });
+        check(&bytes, CE, 2, seed, 1e-2)?;
+    }
+
+    #[test]
     fn a_grouped_conv_with_a_wide_end_pad_trains(seed in 0u64..1000) {
         // The standard form's weight gradient (a grouped Conv over transposed tensors) makes tract 0.22's im2col
         // overflow for this geometry (pads of 2 at the end of the width, two groups, 1×1 kernel); fedge's own
