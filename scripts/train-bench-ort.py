@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-# onnxruntime side of scripts/train-bench.sh: times the training-step graphs fedge exported (FedgeMaxPoolGrad,
-# fedge's own tract op, is rewritten into standard ScatterElements so that onnxruntime can run it).
+# onnxruntime side of scripts/train-bench.sh: times the training-step graphs fedge exported. The export already
+# writes the convolution gradients as standard ConvTranspose/Conv (TrainStep::into_standard_ops) instead of fedge's
+# FedgeConvInputGrad/FedgeConvWeightGrad; FedgeMaxPoolGrad, fedge's other tract op, is rewritten here into standard
+# ScatterElements so that onnxruntime can run it. Any other ai.fedge op left in a graph is an error.
 import sys, time, numpy as np, onnx, onnxruntime as ort
 from onnx import helper, numpy_helper, TensorProto
 
@@ -21,6 +23,8 @@ def standardise(m):
             new += [helper.make_node("Reshape", [idx, s1], [fi]), helper.make_node("Reshape", [dy, s1], [fd]),
                     helper.make_node("ScatterElements", [z, fi, fd], [flat], axis=0),
                     helper.make_node("Reshape", [flat, sf], [o])]
+        elif n.domain == "ai.fedge":
+            sys.exit(f"{n.op_type}: an ai.fedge operator onnxruntime cannot run")
         else:
             new.append(n)
     del g.node[:]

@@ -2,8 +2,10 @@
 //! for McMahan et al.'s MLP and CNN at batch 32 and 128, plus the plan build time and the inference time. Times
 //! are CPU time of the running thread where Linux reports it (robust to a busy machine), else wall time.
 //!
-//! Run: `cargo run --release -p fedge-shared --example train_step_bench [mlp|cnn] [batch...]`
-//! (`... train_step_bench export DIR` writes the models and their training graphs to DIR.)
+//! Run: `cargo run --release -p fedge-shared --example train_step_bench [--standard-ops] [mlp|cnn] [batch...]`
+//! (`--standard-ops`: the convolution gradients as ONNX-standard ops instead of fedge's own, for comparison)
+//! (`... train_step_bench export DIR` writes the models and their training graphs to DIR, with ONNX-standard
+//! operators for the convolution gradients: see `TrainStep::into_standard_ops`.)
 
 #[path = "../tests/engine_support/mod.rs"]
 mod engine_support;
@@ -21,7 +23,7 @@ use fedge_shared::train::{Labels, Loss, Predictor, TrainStep, TrainableModel};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn bench(name: &str, bytes: &[u8], batch: usize, runs: usize) {
+fn bench(name: &str, bytes: &[u8], batch: usize, runs: usize, standard_ops: bool) {
     let model = TrainableModel::from_onnx_bytes(bytes).expect("model");
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let x: Vec<f32> = (0..batch * model.input_len()).map(|_| rng.gen_range(0.0..1.0)).collect();
@@ -30,6 +32,9 @@ fn bench(name: &str, bytes: &[u8], batch: usize, runs: usize) {
     let mut g = vec![0.0; w.len()];
     let t0 = Instant::now();
     let mut step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, batch).expect("step");
+    if standard_ops {
+        step = step.into_standard_ops().expect("standard ops");
+    }
     let build = t0.elapsed();
     for _ in 0..2 {
         step.run(&w, &x, Labels::Classes(&labels), 0, &mut g).expect("run");
@@ -64,7 +69,11 @@ fn bench(name: &str, bytes: &[u8], batch: usize, runs: usize) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let standard_ops = args.first().is_some_and(|a| a == "--standard-ops");
+    if standard_ops {
+        args.remove(0);
+    }
     let which = args.first().cloned().unwrap_or_else(|| "all".into());
     if which == "export" {
         // Writes the models and their training graphs to a directory, for timing other runtimes on them.
@@ -73,7 +82,10 @@ fn main() {
             let model = TrainableModel::from_onnx_bytes(&bytes).expect("model");
             std::fs::write(format!("{dir}/{name}.onnx"), &bytes).expect("write");
             for b in [32, 128] {
-                let step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, b).expect("step");
+                // Other runtimes do not know fedge's convolution-gradient operators: the standard form instead.
+                let step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, b)
+                    .and_then(TrainStep::into_standard_ops)
+                    .expect("step");
                 std::fs::write(format!("{dir}/{name}_train_{b}.onnx"), step.training_graph(b).expect("graph"))
                     .expect("write");
             }
@@ -84,10 +96,10 @@ fn main() {
     let batches = if batches.is_empty() { vec![32, 128] } else { batches };
     for b in &batches {
         if which == "all" || which == "mlp" {
-            bench("mlp", &engine_support::mlp(1), *b, 50);
+            bench("mlp", &engine_support::mlp(1), *b, 50, standard_ops);
         }
         if which == "all" || which == "cnn" {
-            bench("cnn", &engine_support::cnn(1), *b, 5);
+            bench("cnn", &engine_support::cnn(1), *b, 5, standard_ops);
         }
     }
 }

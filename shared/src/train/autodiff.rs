@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use tract_onnx::pb::{GraphProto, ModelProto, OperatorSetIdProto, tensor_proto::DataType};
 
 use super::custom_op;
-use super::emit::{Emitter, OPSET, Precision};
+use super::emit::{Emitter, OPSET};
 use super::error::TrainError;
 use super::forward::{MaskInput, Mode, emit_forward};
 use super::grad::{self, Ctx, Piece, gather_slices};
@@ -44,7 +44,8 @@ pub fn grad_name(i: usize) -> String {
 }
 
 /// Builds the training step. `params` are the trainable weights (graph inputs) in output order; `data` the data
-/// input; the model output must have `n * c` elements.
+/// input; the model output must have `n * c` elements. The nodes go into `e`, a fresh emitter whose precision and
+/// kernels the caller chose.
 pub fn build_step(
     g: &Graph,
     data: &str,
@@ -52,9 +53,8 @@ pub fn build_step(
     loss: Loss,
     n: usize,
     c: usize,
-    precision: Precision,
+    mut e: Emitter,
 ) -> Result<StepGraph, TrainError> {
-    let mut e = Emitter::new(precision);
     let masks = emit_forward(&mut e, g, Mode::Train)?;
     let out_shape = g.shapes.get(&g.output).cloned().unwrap_or_default();
     if out_shape.iter().product::<usize>() != n * c {

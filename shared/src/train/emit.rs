@@ -29,18 +29,31 @@ impl Precision {
     }
 }
 
+/// Which operators a backward pass is emitted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Kernels {
+    /// fedge's own tract operators where it has them (a 1-D or 2-D convolution in the training step, and its input
+    /// and weight gradients): what fedge trains with.
+    #[default]
+    Fedge,
+    /// ONNX-standard operators for convolutions and their gradients (Conv, ConvTranspose), for runtimes that do not know
+    /// domain `ai.fedge` and for checking fedge's operators against. MaxPool's gradient stays `FedgeMaxPoolGrad`.
+    Standard,
+}
+
 /// Accumulates nodes and initializers with fresh, collision-free tensor names.
 #[derive(Default)]
 pub struct Emitter {
     pub nodes: Vec<NodeProto>,
     pub inits: Vec<TensorProto>,
     pub precision: Precision,
+    pub kernels: Kernels,
     counter: usize,
 }
 
 impl Emitter {
-    pub fn new(precision: Precision) -> Self {
-        Emitter { precision, ..Default::default() }
+    pub fn new(precision: Precision, kernels: Kernels) -> Self {
+        Emitter { precision, kernels, ..Default::default() }
     }
 
     /// A named constant in the graph's float precision.

@@ -1,13 +1,16 @@
 //! Emits the forward pass of a resolved [`Graph`] as standard ONNX nodes (opset 13), for training (dropout as a
-//! multiplication by a mask fed as an extra graph input) or for inference (dropout as identity).
+//! multiplication by a mask fed as an extra graph input) or for inference (dropout as identity). In training, 1-D
+//! and 2-D convolutions are fedge's own `FedgeConv` unless the emitter asks for standard operators.
 //!
 //! It writes nodes only; it never differentiates and never runs anything.
 
-use super::emit::{Emitter, Precision};
+use super::conv_ops;
+use super::custom_op;
+use super::emit::{Emitter, Kernels, Precision};
 use super::error::TrainError;
 use super::grad::indices_name;
 use super::graph::{DNode, Graph, Op};
-use super::proto::{attr_f, attr_i, attr_ints};
+use super::proto::{attr_f, attr_i, attr_ints, node};
 
 /// Whether dropout is live (training) or identity (inference).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +134,27 @@ fn emit_node(
         Op::LogSoftmax { axis } => {
             let lsm = e.log_softmax(ins[0], &n.in_shapes[0], *axis);
             e.op_into("Identity", &[&lsm], &out, vec![]);
+        }
+        // In the training step, fedge's own convolution (the geometry as attributes) for 1-D and 2-D.
+        Op::Conv(c)
+            if mode == Mode::Train && e.kernels == Kernels::Fedge && (3..=4).contains(&n.in_shapes[0].len()) =>
+        {
+            let mut node = node(
+                conv_ops::CONV,
+                &e.fresh(conv_ops::CONV),
+                &ins,
+                &out,
+                vec![
+                    attr_ints("x_shape", &ints(&n.in_shapes[0])),
+                    attr_ints("w_shape", &ints(&n.in_shapes[1])),
+                    attr_ints("strides", &ints(&c.strides)),
+                    attr_ints("dilations", &ints(&c.dilations)),
+                    attr_ints("pads", &pads(&c.pads)),
+                    attr_i("group", c.group as i64),
+                ],
+            );
+            node.domain = custom_op::DOMAIN.into();
+            e.nodes.push(node);
         }
         Op::Conv(c) => e.op_into(
             "Conv",

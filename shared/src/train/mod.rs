@@ -21,13 +21,17 @@ pub mod schedule;
 //   (BatchNormalization running statistics and dropout ratios excluded), flat in graph order.
 // - For each batch size, `graph` resolves the model into static shapes (shape chains folded), `forward` and `grad`
 //   emit the forward and reverse-mode nodes (opset 13), `loss` the loss, and `plan` has tract optimise it once.
-// - Backward formulations: Gemm/MatMul gradients are Gemm/MatMul; broadcasting is undone with ReduceSum; Conv dX is
-//   a ConvTranspose and dW a convolution with the batch as channel axis; pooling uses ConvTranspose/Expand, and
-//   MaxPool fedge's own `FedgeMaxPoolGrad` op over tract's argmax indices (the one non-standard op; see
+// - Backward formulations: Gemm/MatMul gradients are Gemm/MatMul; broadcasting is undone with ReduceSum; a 1-D or
+//   2-D Conv runs as fedge's own ops in the training step: `FedgeConv`, and `FedgeConvInputGrad` /
+//   `FedgeConvWeightGrad` for its dX and dW (`conv_ops`, on a packed GEMM in `conv_gemm`); other Convs' dX a ConvTranspose and dW a convolution with the batch as channel
+//   axis (also the form `TrainStep::into_standard_ops` emits for other runtimes); pooling uses
+//   ConvTranspose/Expand, and MaxPool fedge's own `FedgeMaxPoolGrad` op over tract's argmax indices (see
 //   `custom_op`). BatchNormalization trains scale and bias with frozen running statistics. Dropout multiplies by
 //   a mask drawn from the caller's seed.
 // - `Precision::F64` builds the same graph in f64 (for finite-difference verification).
 mod autodiff;
+mod conv_gemm;
+mod conv_ops;
 mod custom_op;
 mod emit;
 mod error;

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 
+use super::conv_ops;
 use super::custom_op;
 use super::emit::Precision;
 use super::error::TrainError;
@@ -14,12 +15,15 @@ use super::error::TrainError;
 /// An optimised tract plan.
 pub type Plan = TypedRunnableModel<TypedModel>;
 
-/// tract's ONNX loader with fedge's own operator registered.
+/// tract's ONNX loader with fedge's own operators registered.
 fn loader() -> &'static tract_onnx::Onnx {
     static LOADER: OnceLock<tract_onnx::Onnx> = OnceLock::new();
     LOADER.get_or_init(|| {
         let mut onnx = tract_onnx::onnx();
         onnx.op_register.insert(custom_op::MAX_POOL_GRAD, custom_op::load);
+        onnx.op_register.insert(conv_ops::CONV, conv_ops::load_forward);
+        onnx.op_register.insert(conv_ops::CONV_INPUT_GRAD, conv_ops::load_input_grad);
+        onnx.op_register.insert(conv_ops::CONV_WEIGHT_GRAD, conv_ops::load_weight_grad);
         onnx
     })
 }

@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use tract_onnx::prelude::*;
 
 use super::autodiff::{StepGraph, build_step};
-use super::emit::Precision;
+use super::emit::{Emitter, Kernels, Precision};
 use super::error::TrainError;
 use super::forward::MaskInput;
 use super::loss::{Labels, Loss, label_tensor};
@@ -94,6 +94,7 @@ pub struct TrainStep {
     /// Examples per run of the plan (`batch` unless the step splits its batches).
     micro: usize,
     precision: Precision,
+    kernels: Kernels,
     plans: Vec<SizedPlan>,
 }
 
@@ -161,10 +162,21 @@ impl TrainStep {
         if micro == 0 || micro > batch {
             return Err(TrainError::shape(format!("a micro-batch of {micro} does not split batches of {batch}")));
         }
-        let mut step = TrainStep { model: model.clone(), loss, batch, micro, precision, plans: vec![] };
+        let mut step =
+            TrainStep { model: model.clone(), loss, batch, micro, precision, kernels: Kernels::Fedge, plans: vec![] };
         let plan = step.build(micro)?;
         step.plans.push(plan);
         Ok(step)
+    }
+
+    /// The same step emitted with ONNX-standard operators only for its convolutions and their gradients (Conv; a
+    /// ConvTranspose for the input's gradient, a Conv over transposed tensors for the weights') instead of fedge's
+    /// own `FedgeConv`, `FedgeConvInputGrad` and `FedgeConvWeightGrad`: slower in tract, for [`Self::training_graph`] to export graphs other runtimes can run
+    /// (MaxPool's gradient stays `FedgeMaxPoolGrad`), and for checking fedge's operators against.
+    pub fn into_standard_ops(mut self) -> Result<Self, TrainError> {
+        self.kernels = Kernels::Standard;
+        self.plans = vec![self.build(self.micro)?];
+        Ok(self)
     }
 
     /// Examples per run of the compiled plan: the batch size, or the micro-batch a split step runs.
@@ -179,7 +191,9 @@ impl TrainStep {
     /// The training-step graph this step runs for `n` examples, as ONNX bytes (for inspection or for timing other
     /// runtimes). Inputs: data, labels (`[rows, C]` as [`Loss::layout`] gives, one-hot for the cross-entropies), the weights in
     /// [`TrainableModel::params`] order, then dropout masks; outputs: the mean loss, then each weight's gradient.
-    /// Models with MaxPool use fedge's own `FedgeMaxPoolGrad` operator (domain `ai.fedge`).
+    /// Models with MaxPool use fedge's own `FedgeMaxPoolGrad` operator (domain `ai.fedge`), 1-D and 2-D
+    /// convolutions `FedgeConv`, `FedgeConvInputGrad` and `FedgeConvWeightGrad` unless the step was built
+    /// [`Self::into_standard_ops`].
     pub fn training_graph(&self, n: usize) -> Result<Vec<u8>, TrainError> {
         Ok(prost::Message::encode_to_vec(&self.step_graph(n)?.0.model))
     }
@@ -196,7 +210,7 @@ impl TrainStep {
             self.loss,
             rows,
             classes,
-            self.precision,
+            Emitter::new(self.precision, self.kernels),
         )?;
         Ok((sg, rows, classes))
     }

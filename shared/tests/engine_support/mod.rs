@@ -321,6 +321,26 @@ pub fn gradient_error_in(
     worst
 }
 
+/// Worst relative difference (against `1 + |standard|`) between the f64 gradients of the step fedge trains with
+/// and of the same step built with ONNX-standard operators only ([`TrainStep::into_standard_ops`]), on the same
+/// random batch of `n`.
+pub fn standard_ops_difference(model_bytes: &[u8], loss: Loss, n: usize, seed: u64) -> f64 {
+    let model = TrainableModel::from_onnx_bytes(model_bytes).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let x = random_vec(&mut rng, n * model.input_len(), 1.0);
+    let mut out = vec![n];
+    out.extend(model.output_shape());
+    let (rows, c) = loss.layout(&out);
+    let labels = OwnedLabels::random(&mut rng, loss, rows, c);
+    let w = model.initial_weights();
+    let mut fedge = TrainStep::with_precision(&model, loss, n, Precision::F64).unwrap();
+    let mut standard = TrainStep::with_precision(&model, loss, n, Precision::F64).unwrap().into_standard_ops().unwrap();
+    let (mut a, mut b) = (vec![0.0; w.len()], vec![0.0; w.len()]);
+    fedge.run(&w, &x, labels.as_labels(), 7, &mut a).unwrap();
+    standard.run(&w, &x, labels.as_labels(), 7, &mut b).unwrap();
+    a.iter().zip(&b).map(|(p, q)| ((p - q).abs() / (1.0 + q.abs())) as f64).fold(0.0, f64::max)
+}
+
 /// The relative error every finite-difference check accepts.
 pub const TOL: f64 = 1e-3;
 

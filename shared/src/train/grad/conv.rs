@@ -1,5 +1,8 @@
 //! Gradient of Conv (any number of spatial axes; pads, strides, dilations, groups including depthwise).
 //!
+//! 1-D and 2-D convolutions use fedge's own operators (`FedgeConvInputGrad` for dX, `FedgeConvWeightGrad` for dW;
+//! see `conv_ops`) unless the emitter asks for standard operators ([`Kernels::Standard`]); every other case,
+//! and the standard form, is:
 //! - dX is a ConvTranspose of dY with the same kernel, strides, dilations, pads and group, with `output_padding`
 //!   chosen so the result has X's exact size.
 //! - dW is itself a convolution where the batch becomes the channel axis and dY the kernel; strides and
@@ -12,10 +15,12 @@
 //!
 //! Only nodes are appended; nothing runs here.
 
-use super::super::emit::Emitter;
+use super::super::conv_ops::{CONV_INPUT_GRAD, CONV_WEIGHT_GRAD};
+use super::super::custom_op::DOMAIN;
+use super::super::emit::{Emitter, Kernels};
 use super::super::error::TrainError;
 use super::super::graph::{DNode, Op};
-use super::super::proto::{attr_i, attr_ints};
+use super::super::proto::{attr_i, attr_ints, node};
 
 fn ints(v: &[usize]) -> Vec<i64> {
     v.iter().map(|x| *x as i64).collect()
@@ -31,7 +36,33 @@ pub fn backward(e: &mut Emitter, n: &DNode, dy: &str, needs: &[bool]) -> Result<
     let (batch, channels) = (xs[0], xs[1]);
     let pads: Vec<i64> = c.pads.iter().map(|p| p.0 as i64).chain(c.pads.iter().map(|p| p.1 as i64)).collect();
     let mut out = vec![None; n.inputs.len()];
-    if needs[0] {
+    if e.kernels == Kernels::Fedge && (1..=2).contains(&sp) {
+        // The whole geometry travels as attributes; the op checks its inputs against it.
+        let attrs = || {
+            vec![
+                attr_ints("x_shape", &ints(xs)),
+                attr_ints("w_shape", &ints(&n.in_shapes[1])),
+                attr_ints("strides", &ints(&c.strides)),
+                attr_ints("dilations", &ints(&c.dilations)),
+                attr_ints("pads", &pads),
+                attr_i("group", g as i64),
+            ]
+        };
+        let fedge_op = |e: &mut Emitter, op: &str, inputs: &[&str]| {
+            let o = e.fresh(op);
+            let mut nd = node(op, &o, inputs, &[&o], attrs());
+            nd.domain = DOMAIN.into();
+            e.nodes.push(nd);
+            o
+        };
+        if needs[0] {
+            out[0] = Some(fedge_op(e, CONV_INPUT_GRAD, &[dy, &n.inputs[1]]));
+        }
+        if needs[1] {
+            out[1] = Some(fedge_op(e, CONV_WEIGHT_GRAD, &[&n.inputs[0], dy]));
+        }
+    }
+    if needs[0] && out[0].is_none() {
         let mut output_padding = Vec::with_capacity(sp);
         for i in 0..sp {
             let reach = c.strides[i] * (ys[2 + i] - 1) + c.dilations[i] * (c.kernel[i] - 1) + 1;
@@ -58,7 +89,7 @@ pub fn backward(e: &mut Emitter, n: &DNode, dy: &str, needs: &[bool]) -> Result<
         );
         out[0] = Some(dx);
     }
-    if needs[1] {
+    if needs[1] && out[1].is_none() {
         let cg = channels / g;
         let tail: Vec<usize> = (2..2 + sp).collect();
         // Output spatial size of the weight-gradient convolution (at least the kernel size).
