@@ -125,7 +125,7 @@ pub enum Output {
 /// This agent's part in the secure round in flight.
 struct SecureRound {
     round: u64,
-    cohort: Vec<AgentRef>,
+    cohort: std::sync::Arc<[AgentRef]>,
     session: ClientSession,
     /// The shares are in and the server said whom to mask with: the session is ready for the masked input.
     ready: bool,
@@ -388,7 +388,7 @@ impl Session {
         };
         let scales_ok = members.iter().all(|m| m.scale.is_finite() && (HeldMember::MIN_SCALE..=1.0).contains(&m.scale));
         let listed =
-            members.len() == sp.cohort.len() && members.iter().zip(&sp.cohort).all(|(m, a)| m.index == a.index);
+            members.len() == sp.cohort.len() && members.iter().zip(sp.cohort.iter()).all(|(m, a)| m.index == a.index);
         let mine = members.iter().find(|m| m.index == sp.me);
         let reason = match (mine, &self.conn.held) {
             _ if !scales_ok => Some(format!("a member's scale is outside [{}, 1]", HeldMember::MIN_SCALE)),

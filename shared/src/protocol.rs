@@ -237,8 +237,9 @@ pub struct SecAggPlan {
     pub graph_seed: u64,
     /// This agent's cohort index.
     pub me: u32,
-    /// The whole cohort: index and certificate name of every agent.
-    pub cohort: Vec<AgentRef>,
+    /// The whole cohort: index and certificate name of every agent (shared by every member's plan on the server;
+    /// on the wire, the list itself).
+    pub cohort: std::sync::Arc<[AgentRef]>,
     /// How long each key-exchange and unmask phase lasts on the server (milliseconds), for the agent's logs.
     pub phase_timeout_ms: u64,
 }
@@ -448,7 +449,15 @@ mod tests {
             ("secure aggregation", Box::new(|p| p.secagg = None)),
             ("clip", Box::new(|p| p.secagg.as_mut().unwrap().params.clip = 0.5)),
             ("graph seed", Box::new(|p| p.secagg.as_mut().unwrap().graph_seed = 8)),
-            ("cohort", Box::new(|p| p.secagg.as_mut().unwrap().cohort[2].name = "sybil".into())),
+            (
+                "cohort",
+                Box::new(|p| {
+                    let sp = p.secagg.as_mut().unwrap();
+                    let mut cohort = sp.cohort.to_vec();
+                    cohort[2].name = "sybil".into();
+                    sp.cohort = cohort.into();
+                }),
+            ),
             ("held group", Box::new(|p| p.held = None)),
             (
                 "a member's scale",

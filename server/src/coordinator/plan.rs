@@ -8,6 +8,7 @@ pub use crate::hyper::{OptimizerKind, TrainHyper};
 pub use fedge_shared::protocol::HeldMember;
 use fedge_shared::secagg::{AgentRef, SecAggParams};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// How the round's updates are summed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,8 +33,9 @@ pub struct SecurePlan {
     pub params: SecAggParams,
     /// Seed of the neighbour graph, from (configured seed, round).
     pub graph_seed: u64,
-    /// The cohort: index `i` is the `i`-th selected agent.
-    pub cohort: Vec<AgentRef>,
+    /// The cohort: index `i` is the `i`-th selected agent. Shared: every member's plan (and its wire form) refers to
+    /// the one list, so a round's plans cost O(n), not n copies of an O(n) list.
+    pub cohort: Arc<[AgentRef]>,
     /// Deadline of the advertise, share and unmask phases.
     pub phase_timeout_ms: u64,
     /// Distributed differential privacy: what the round's noisy sum costs, as the accountant counts it (`None`

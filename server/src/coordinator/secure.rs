@@ -174,7 +174,7 @@ impl Coordinator {
             answered: BTreeSet::new(),
             metrics: SecAggMetrics::default(),
         };
-        let plan = SecurePlan { params, graph_seed, cohort, phase_timeout_ms: timeout, privacy };
+        let plan = SecurePlan { params, graph_seed, cohort: cohort.into(), phase_timeout_ms: timeout, privacy };
         Ok((plan, round))
     }
 

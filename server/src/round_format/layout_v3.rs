@@ -55,7 +55,7 @@ impl From<AggregationModeV3> for AggregationMode {
                         word_bits: fedge_shared::secagg::params::MAX_WORD_BITS,
                     },
                     graph_seed: sp.graph_seed,
-                    cohort: sp.cohort,
+                    cohort: sp.cohort.into(),
                     phase_timeout_ms: sp.phase_timeout_ms,
                     privacy: None,
                 })

@@ -61,7 +61,7 @@ impl From<AggregationModeV5> for AggregationMode {
                         word_bits: MAX_WORD_BITS,
                     },
                     graph_seed: sp.graph_seed,
-                    cohort: sp.cohort,
+                    cohort: sp.cohort.into(),
                     phase_timeout_ms: sp.phase_timeout_ms,
                     privacy: sp.privacy,
                 })

@@ -149,7 +149,7 @@ fn a_secure_record_from_layout_3_reads_back_without_clip_norm_noise_or_privacy()
     r.plan.aggregation = AggregationMode::Secure(SecurePlan {
         params,
         graph_seed: 77,
-        cohort,
+        cohort: cohort.into(),
         phase_timeout_ms: 900,
         privacy: Some(crate::coordinator::RoundPrivacy {
             ddg: fedge_shared::privacy::DdgRound {
@@ -340,7 +340,7 @@ fn a_secure_record_from_before_the_word_width_reads_back_in_32_bit_words_and_the
     r.plan.aggregation = AggregationMode::Secure(SecurePlan {
         params: params.clone(),
         graph_seed: 77,
-        cohort: cohort.clone(),
+        cohort: cohort.clone().into(),
         phase_timeout_ms: 3000,
         privacy: None,
     });
@@ -399,7 +399,7 @@ fn a_buffered_secure_record_round_trips_in_todays_layout_training_or_grouped() {
     let plan = SecurePlan {
         params: fedge_shared::secagg::SecAggParams::default_for(2),
         graph_seed: 5,
-        cohort,
+        cohort: cohort.into(),
         phase_timeout_ms: 1000,
         privacy: None,
     };
