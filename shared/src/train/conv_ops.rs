@@ -8,8 +8,6 @@
 //! Both carry the whole geometry as attributes (`x_shape`, `w_shape`, `strides`, `dilations`, `pads`, `group`) and
 //! check their inputs against it: a mismatch is an error, never a read out of bounds.
 
-use std::collections::HashMap;
-
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::tract_num_traits::Zero;
@@ -149,34 +147,13 @@ impl InferenceRulesOp for ConvOp {
         Ok(())
     }
 
-    fn as_op(&self) -> &dyn Op {
-        self
-    }
+    tract_onnx::tract_core::as_op!();
 
-    fn as_op_mut(&mut self) -> &mut dyn Op {
-        self
-    }
-
-    fn to_typed(
-        &self,
-        _source: &InferenceModel,
-        node: &InferenceNode,
-        target: &mut TypedModel,
-        mapping: &HashMap<OutletId, OutletId>,
-    ) -> TractResult<TVec<OutletId>> {
-        let inputs: TVec<OutletId> = node.inputs.iter().map(|m| mapping[m]).collect();
-        target.wire_node(&*node.name, self.clone(), &inputs)
-    }
+    tract_onnx::tract_hir::to_typed!();
 }
 
 impl TypedOp for ConvOp {
-    fn as_op(&self) -> &dyn Op {
-        self
-    }
-
-    fn as_op_mut(&mut self) -> &mut dyn Op {
-        self
-    }
+    tract_onnx::tract_core::as_op!();
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         Ok(tvec!(inputs[0].datum_type.fact(&*self.out_shape()?)))
