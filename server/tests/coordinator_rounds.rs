@@ -1281,3 +1281,22 @@ fn trainable_patterns_that_match_no_weight_are_refused_when_configured_before_an
     assert!(plan_of(&out).is_none(), "{out:?}");
     assert!(out.iter().any(|a| matches!(a, Action::Log { message } if message.contains("weight names"))), "{out:?}");
 }
+
+#[test]
+fn the_round_in_flight_is_what_the_status_says_at_every_step_of_a_round() {
+    let mut sim = Sim::new(Coordinator::new(config(2, 10, 1.0), fresh()).unwrap());
+    sim.add_agents(0, 5, Behaviour::Honest { latency: 700 });
+    sim.add_agents(5, 2, Behaviour::Silent);
+    assert_eq!(sim.coord.round_in_flight(), None);
+    sim = started(sim, Some(2));
+    let mut seen = BTreeSet::new();
+    let mut t = 0;
+    while t < TIMEOUT * 3 {
+        t += 100;
+        sim.run_until(t);
+        assert_eq!(sim.coord.round_in_flight(), sim.coord.status().round, "at {t} ms");
+        seen.extend(sim.coord.round_in_flight());
+    }
+    assert_eq!(seen, BTreeSet::from([1, 2]), "both rounds were seen in flight");
+    assert_eq!(sim.coord.round_in_flight(), None, "idle after the last round");
+}
