@@ -138,7 +138,7 @@ pub(super) async fn serve_agent(
                     Some(Outbound::Msg(m)) => wire::write_msg(&mut send, &m, limits::CONTROL).await?,
                     Some(Outbound::Frame(frame)) => wire::write_frame(&mut send, frame).await?,
                     Some(Outbound::Blob(header, body)) => {
-                        tokio::spawn(send_download(conn.clone(), shared.downloads.clone(), header, body));
+                        tokio::spawn(send_download(conn.clone(), shared.downloads.clone(), *header, body));
                     }
                     Some(Outbound::Close(reason)) => {
                         let _ = wire::write_msg(&mut send, &ServerMessage::Bye { reason: reason.clone() }, limits::CONTROL).await;

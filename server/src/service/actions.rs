@@ -57,7 +57,7 @@ impl Core {
         let diffs = &mut self.diffs;
         if !c.graph_sent {
             let h = BlobHeader { kind: BlobKind::Graph, len: cur.graph.len() as u64, digest: Some(cur.graph_digest) };
-            let _ = c.tx.try_send(Outbound::Blob(h, cur.graph.clone()));
+            let _ = c.tx.try_send(Outbound::blob(h, cur.graph.clone()));
             self.metrics.sent(cur.graph.len() as u64);
             c.graph_sent = true;
         }
@@ -68,7 +68,7 @@ impl Core {
                 weights: cur.weights_digest,
                 params: cur.params,
             };
-            let _ = c.tx.try_send(Outbound::Msg(ServerMessage::Model(announce)));
+            let _ = c.tx.try_send(Outbound::msg(ServerMessage::Model(announce)));
             // An agent a few versions behind gets the differences since its version when they are smaller.
             let chain =
                 c.version_held.and_then(|held| Some((held, diffs.chain(held, cur.version, cur.weights.len())?)));
@@ -86,7 +86,7 @@ impl Core {
                 }
             };
             self.metrics.sent(body.len() as u64);
-            let _ = c.tx.try_send(Outbound::Blob(h, body));
+            let _ = c.tx.try_send(Outbound::blob(h, body));
             c.version_held = Some(cur.version);
         }
     }
@@ -108,7 +108,7 @@ impl Core {
                 }
                 self.push_model(&agent);
                 let wire = wire_plan(&plan, self.current.graph_digest, self.current.weights_digest, &agent);
-                self.send(&agent, Outbound::Msg(ServerMessage::Plan(Box::new(wire))));
+                self.send(&agent, Outbound::msg(ServerMessage::Plan(Box::new(wire))));
             }
             Action::SecAggKeys { agent, round, keys, owners } => {
                 // Only the agent's own keys and its neighbours' (O(k)), each with its owner's certificate until the
@@ -132,22 +132,22 @@ impl Core {
                         list
                     }
                 };
-                self.send(&agent, Outbound::Msg(ServerMessage::SecAggKeys { round, keys, certificates, revocations }));
+                self.send(&agent, Outbound::msg(ServerMessage::SecAggKeys { round, keys, certificates, revocations }));
             }
             Action::SecAggShares { agent, round, shares } => {
-                self.send(&agent, Outbound::Msg(ServerMessage::SecAggShares { round, shares }));
+                self.send(&agent, Outbound::msg(ServerMessage::SecAggShares { round, shares }));
             }
             Action::SecAggMaskWith { agent, mask_with } => {
-                self.send(&agent, Outbound::Msg(ServerMessage::SecAggMaskWith(mask_with)));
+                self.send(&agent, Outbound::msg(ServerMessage::SecAggMaskWith(mask_with)));
             }
             Action::SecAggSurvivors { to, set } => {
                 let m = ServerMessage::SecAggSurvivors(set);
                 for a in &to {
-                    self.send(a, Outbound::Msg(m.clone()));
+                    self.send(a, Outbound::msg(m.clone()));
                 }
             }
             Action::SecAggUnmask { agent, request } => {
-                self.send(&agent, Outbound::Msg(ServerMessage::SecAggUnmask(request)));
+                self.send(&agent, Outbound::msg(ServerMessage::SecAggUnmask(request)));
             }
             Action::Unmask { round, job } => {
                 // Seconds of CPU for a large cohort: never on the runtime's threads.
@@ -159,7 +159,7 @@ impl Core {
             }
             Action::Reject { agent, reason } => {
                 tracing::warn!(%agent, %reason, "message refused");
-                self.send(&agent, Outbound::Msg(ServerMessage::Refused { reason: reason.to_string() }));
+                self.send(&agent, Outbound::msg(ServerMessage::Refused { reason: reason.to_string() }));
             }
             Action::CancelTraining { agent, round } => {
                 let m = ServerMessage::RoundEnd {
@@ -168,7 +168,7 @@ impl Core {
                     reason: Some("dropped from the round".into()),
                     new_version: None,
                 };
-                self.send(&agent, Outbound::Msg(m));
+                self.send(&agent, Outbound::msg(m));
             }
             Action::RoundStarted { round, model_version, selected } => {
                 // The id is durable before the round's first message leaves: a crash never hands it out again.
@@ -192,7 +192,7 @@ impl Core {
                             reason: None,
                             new_version: Some(version),
                         };
-                        self.send(&r.agent, Outbound::Msg(m));
+                        self.send(&r.agent, Outbound::msg(m));
                     }
                 }
                 let agents: Vec<String> = self.conns.keys().cloned().collect();
@@ -212,7 +212,7 @@ impl Core {
                         reason: Some(reason.to_string()),
                         new_version: None,
                     };
-                    self.send(a, Outbound::Msg(m));
+                    self.send(a, Outbound::msg(m));
                 }
                 let _ = self.events.send(ServerEvent::RoundAborted(record));
             }

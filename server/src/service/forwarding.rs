@@ -56,7 +56,7 @@ impl Core {
             for r in &record.reported {
                 let m =
                     ServerMessage::RoundEnd { round: record.round, completed: true, reason: None, new_version: None };
-                self.send(&r.agent, Outbound::Msg(m));
+                self.send(&r.agent, Outbound::msg(m));
             }
         }
         if let Err(why) = &result {

@@ -144,7 +144,7 @@ pub(super) fn messages(rx: &mut mpsc::Receiver<Outbound>) -> Vec<ServerMessage> 
     sent(rx)
         .into_iter()
         .filter_map(|o| match o {
-            Outbound::Msg(m) => Some(m),
+            Outbound::Msg(m) => Some(*m),
             _ => None,
         })
         .collect()
