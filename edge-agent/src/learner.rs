@@ -123,3 +123,19 @@ impl Learner for NoiseLearner {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::NoiseLearner;
+
+    #[test]
+    fn about_the_drop_out_fraction_of_a_cohort_drops_out_of_each_round_and_the_draw_repeats() {
+        for round_seed in [1u64, 77, 123_456_789] {
+            let out = (0..2_000u64).filter(|s| NoiseLearner::drops_out(1_000 + s, round_seed, 0.1)).count();
+            assert!((150..=250).contains(&out), "{out} of 2,000 dropped out at a rate of 0.1");
+            let again = (0..2_000u64).filter(|s| NoiseLearner::drops_out(1_000 + s, round_seed, 0.1)).count();
+            assert_eq!(out, again, "the same seeds draw the same drop-outs");
+        }
+        assert!((0..2_000u64).all(|s| !NoiseLearner::drops_out(s, 5, 0.0)), "nobody drops out at a rate of 0");
+    }
+}
