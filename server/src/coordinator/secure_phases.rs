@@ -16,8 +16,11 @@ impl Coordinator {
         loop {
             let Stage::Collecting(round) = &self.stage else { return };
             let Aggregation::Secure(sec) = &round.aggregation else { return };
-            // Called after every message of a phase: both checks stop as soon as they know, so that a phase of n
-            // answers costs O(n log n) lookups in all rather than n².
+            // Called after every message of a phase. The check for answers still owed stops at the first member
+            // owing one, so a phase of n answers costs O(n log n) name lookups in all rather than n². The count of
+            // members left walks up to `min_agents` statuses without comparing names (a few milliseconds a round at
+            // n = 1,000); a counter kept beside `members` would have to follow buffered rounds, which replace and
+            // prune the map, and is not worth that.
             let min = self.config.min_agents;
             let alive = round.members.values().filter(|s| **s != MemberStatus::Dropped).take(min).count();
             let after_upload = matches!(sec.phase, SecurePhase::Consistency | SecurePhase::Unmask);
