@@ -133,6 +133,7 @@ fn root_config(dir: &Path) -> ServerConfig {
         idle_timeout_ms: 10_000,
         max_concurrent_uploads: 4,
         upload_memory_mb: 16,
+        udp_send_batch: 3,
         max_concurrent_downloads: None,
         secagg: SecAggConfig::off(),
         metrics: None,

@@ -189,6 +189,12 @@ fn a_configuration_with_an_unknown_key_or_an_out_of_range_value_is_refused_namin
     let err = message(ServerConfig::load(&write(dir.path(), "server-memory.toml", &memory)).unwrap_err());
     assert!(err.contains("server-memory.toml") && err.contains("upload_memory_mb"), "{err}");
 
+    for batch in ["0", "11"] {
+        let sends = set_key(&server, "udp_send_batch", batch);
+        let err = message(ServerConfig::load(&write(dir.path(), "server-sends.toml", &sends)).unwrap_err());
+        assert!(err.contains("server-sends.toml") && err.contains("udp_send_batch"), "{err}");
+    }
+
     let typo = agent.replace("[data]", "[data]\nholdut = 0.2");
     let err = message(AgentConfig::load(&write(dir.path(), "agent-typo.toml", &typo)).unwrap_err());
     assert!(err.contains("agent-typo.toml") && err.contains("holdut"), "{err}");

@@ -137,6 +137,7 @@ async fn every_metric_the_dashboard_queries_is_exposed_by_a_running_server_or_ag
         idle_timeout_ms: 30_000,
         max_concurrent_uploads: 4,
         upload_memory_mb: 16,
+        udp_send_batch: 3,
         max_concurrent_downloads: None,
         secagg: fedge_server::coordinator::SecAggConfig::off(),
         metrics: Some("127.0.0.1:0".parse().unwrap()),

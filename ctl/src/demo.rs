@@ -283,6 +283,7 @@ impl LocalFederation {
             idle_timeout_ms: 30_000,
             max_concurrent_uploads: 4,
             upload_memory_mb: 16,
+            udp_send_batch: 3,
             max_concurrent_downloads: None,
             secagg: options.secagg,
             metrics: None,

@@ -73,6 +73,7 @@ impl Federation {
             idle_timeout_ms: 30_000,
             max_concurrent_uploads: 4,
             upload_memory_mb: 16,
+            udp_send_batch: 3,
             // One model download at a time: every round of these tests also shows the permits are given back.
             max_concurrent_downloads: Some(1),
             // A cohort of one cannot be aggregated securely; those tests run plain rounds.

@@ -4,6 +4,7 @@
 //! Set up once at start. It must never accept a peer itself: that is [`super::accept`]'s work.
 
 use super::receive_window::IDLE_RECEIVE_WINDOW;
+use super::send_batch::SendBatch;
 use crate::config::ServerConfig;
 use anyhow::Context;
 use fedge_shared::protocol;
@@ -79,17 +80,21 @@ pub(super) fn listed(text: &str, info: &CertInfo) -> bool {
 /// each lost ~8% of their packets on loopback). The kernel caps it at `net.core.rmem_max`.
 pub const UDP_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
 
-/// Binds the server's QUIC endpoint on `listen` with a [`UDP_RECEIVE_BUFFER`] receive buffer and `endpoint_config`
-/// (which carries the persistent stateless-reset key: see [`crate::reset_key`]).
+/// Binds the server's QUIC endpoint on `listen` with a [`UDP_RECEIVE_BUFFER`] receive buffer, at most `send_batch`
+/// datagrams per send call (see [`super::send_batch`]) and `endpoint_config` (which carries the persistent
+/// stateless-reset key: see [`crate::reset_key`]).
 pub fn bind_endpoint(
     endpoint_config: quinn::EndpointConfig,
     server_config: quinn::ServerConfig,
     listen: std::net::SocketAddr,
+    send_batch: usize,
 ) -> anyhow::Result<quinn::Endpoint> {
     let socket = std::net::UdpSocket::bind(listen).with_context(|| format!("binding UDP {listen}"))?;
     enlarge_receive_buffer(&socket);
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
-    Ok(quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)?)
+    let socket = runtime.wrap_udp_socket(socket).with_context(|| format!("UDP {listen} for QUIC"))?;
+    let socket = Arc::new(SendBatch::new(socket, send_batch));
+    Ok(quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(server_config), socket, runtime)?)
 }
 
 /// Asks for a [`UDP_RECEIVE_BUFFER`] receive buffer on `socket` (logged, not fatal, when refused).

@@ -16,7 +16,7 @@
 //! permits), `receive_window` (the connection receive window an upload widens), `endpoint` (the certificates,
 //! the revocation file and the UDP socket), `probe` (the readiness probe, and how the accept loop
 //! recognises one), `shared` (what every connection task shares), `upload_budget` (how many uploads, and
-//! how many of their bytes, are held at once) and `refusal` (close codes and turning a peer away). This file only names them and re-exports the public items, so that none of them
+//! how many of their bytes, are held at once), `send_batch` (how many datagrams go in one send call) and `refusal` (close codes and turning a peer away). This file only names them and re-exports the public items, so that none of them
 //! imports it.
 
 mod accept;
@@ -26,6 +26,7 @@ mod endpoint;
 mod probe;
 mod receive_window;
 mod refusal;
+mod send_batch;
 mod shared;
 mod upload_budget;
 
@@ -35,5 +36,6 @@ pub use endpoint::{TlsSetup, UDP_RECEIVE_BUFFER, bind_endpoint, enlarge_receive_
 pub use probe::{ProbeError, local_address, probe};
 pub use receive_window::{IDLE_RECEIVE_WINDOW, UPLOAD_RECEIVE_WINDOW};
 pub use refusal::{CLOSE_PROTOCOL, CLOSE_REFUSED};
+pub use send_batch::MAX_SEND_BATCH;
 pub use shared::{OperatorService, Shared};
 pub use upload_budget::{UploadBudget, UploadPermit};

@@ -88,7 +88,7 @@ pub async fn start_with_hook(
     let tls = net::TlsSetup::load(&config)?;
     // The same stateless-reset key at every start: agents' connections to the previous process are reset at once.
     let endpoint_config = crate::reset_key::endpoint_config(&crate::reset_key::path_for(&config.data_dir))?;
-    let endpoint = net::bind_endpoint(endpoint_config, tls.server_config()?, config.listen)?;
+    let endpoint = net::bind_endpoint(endpoint_config, tls.server_config()?, config.listen, config.udp_send_batch)?;
     let local_addr = endpoint.local_addr()?;
     let mut overrides = operator_overrides(&store)?;
     let coordinator_config = match crate::admin::settings::apply_all(&config.coordinator, &overrides) {
