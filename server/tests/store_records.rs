@@ -36,7 +36,7 @@ fn weights(version: u64) -> Vec<f32> {
 }
 
 fn initialised(dir: &std::path::Path) -> Store {
-    let store = Store::open(dir).unwrap();
+    let store = reopen(dir);
     let digest = store.put_graph(GRAPH).unwrap();
     store.init_model(digest, &weights(0), 1_000).unwrap();
     store
@@ -56,7 +56,7 @@ fn everything_committed_is_there_after_reopening() {
         store.upsert_agent_seen("agent-1", "ab12", 10).unwrap();
         store.put_server_config("min_agents = 3").unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     let latest = store.latest().unwrap().unwrap();
     assert_eq!(latest.version, 3);
     assert_eq!(latest.parent, Some(2));
@@ -84,7 +84,7 @@ fn everything_committed_is_there_after_reopening() {
 #[test]
 fn an_empty_store_has_no_model_and_starts_at_round_one() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     assert_eq!(store.latest().unwrap(), None);
     assert!(store.resume_state().unwrap().is_none());
     assert_eq!(store.next_round().unwrap(), 1);
@@ -134,21 +134,30 @@ fn only_the_newest_keep_weights_versions_keep_their_weights_and_the_history_stay
     assert_eq!(store.resume_state().unwrap().unwrap().weights, weights(6));
 }
 
-/// Opens a store again in the same process after dropping it: sled's flusher thread can hold the file lock for a
-/// moment after the last handle is gone (another process gets the lock when the old one exits).
-fn reopen(dir: &std::path::Path) -> Store {
+/// Opens what `open` opens once sled's file lock is free: after a store or database is dropped, sled's flusher
+/// thread can hold the lock for a moment (another process gets the lock when the old one exits), longer on a loaded
+/// machine. Waits at most 10 s.
+fn when_unlocked<T, E: std::fmt::Display>(open: impl Fn() -> Result<T, E>) -> T {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match Store::open(dir) {
-            Ok(store) => return store,
-            Err(StoreError::Sled(e))
-                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
-            {
+        match open() {
+            Ok(opened) => return opened,
+            Err(e) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20))
             }
-            Err(e) => panic!("cannot reopen the store: {e}"),
+            Err(e) => panic!("cannot open the store: {e}"),
         }
     }
+}
+
+/// Opens the store in `dir` (again, in the same process).
+fn reopen(dir: &std::path::Path) -> Store {
+    when_unlocked(|| Store::open(dir))
+}
+
+/// Opens the store's sled database in `dir` directly (again, in the same process).
+fn reopen_sled(dir: &std::path::Path) -> sled::Db {
+    when_unlocked(|| sled::open(dir))
 }
 
 #[test]
@@ -200,7 +209,7 @@ fn a_commit_is_all_or_nothing() {
     assert_eq!(store.latest().unwrap().unwrap().version, 1);
     drop(store);
     // Nor did anything leak to disk.
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     assert_eq!((store.versions().unwrap(), store.rounds().unwrap(), store.strategy_state().unwrap()), before);
 }
 
@@ -222,7 +231,7 @@ fn an_aborted_round_is_recorded_once_and_its_id_is_never_reused() {
 #[test]
 fn the_first_model_is_created_once_and_only_for_a_known_graph() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     assert!(matches!(store.init_model(Digest::of(b"nothing"), &weights(0), 0), Err(StoreError::UnknownGraph(_))));
     let digest = store.put_graph(GRAPH).unwrap();
     assert_eq!(store.put_graph(GRAPH).unwrap(), digest, "storing a graph twice is harmless");
@@ -236,7 +245,7 @@ fn the_first_model_is_created_once_and_only_for_a_known_graph() {
 #[test]
 fn agents_are_tracked_and_a_revocation_sticks() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     let first = store.upsert_agent_seen("pi-7", "f00d", 100).unwrap();
     assert_eq!((first.first_seen_ms, first.last_seen_ms, first.revoked), (100, 100, false));
     let again = store.upsert_agent_seen("pi-7", "beef", 250).unwrap();
@@ -264,7 +273,7 @@ fn corrupt_record_bytes_give_an_error_not_a_panic() {
         store.upsert_agent_seen("pi-1", "aa", 1).unwrap();
     }
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = reopen_sled(dir.path());
         db.open_tree("rounds").unwrap().insert(1u64.to_be_bytes(), &[0xff, 0xfe, 0x00][..]).unwrap();
         db.open_tree("agents").unwrap().insert(b"pi-1", &[0x07][..]).unwrap();
         let w = db.open_tree("weights").unwrap();
@@ -276,7 +285,7 @@ fn corrupt_record_bytes_give_an_error_not_a_panic() {
         db.open_tree("graphs").unwrap().insert(Digest::of(GRAPH).0, &b"tampered"[..]).unwrap();
         db.flush().unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     assert!(matches!(store.round(1), Err(StoreError::Corrupt { tree: "rounds", .. })));
     assert!(store.rounds().is_err());
     assert!(matches!(store.is_revoked("pi-1"), Err(StoreError::Corrupt { tree: "agents", .. })));
@@ -305,7 +314,7 @@ fn big_weights(version: u64, params: usize) -> Vec<f32> {
 
 /// How many raw keys the weights tree holds, per version.
 fn raw_weight_keys(dir: &std::path::Path) -> std::collections::BTreeMap<u64, usize> {
-    let db = sled::open(dir).unwrap();
+    let db = reopen_sled(dir);
     let mut per_version = std::collections::BTreeMap::new();
     for k in db.open_tree("weights").unwrap().iter().keys() {
         let k = k.unwrap();
@@ -316,7 +325,7 @@ fn raw_weight_keys(dir: &std::path::Path) -> std::collections::BTreeMap<u64, usi
 
 /// A store whose first model has `params` parameters (several pieces), closed again.
 fn initialised_with(dir: &std::path::Path, params: usize) {
-    let store = Store::open(dir).unwrap();
+    let store = reopen(dir);
     let digest = store.put_graph(GRAPH).unwrap();
     store.init_model(digest, &big_weights(0, params), 1).unwrap();
 }
@@ -326,7 +335,7 @@ fn weights_of_many_pieces_read_back_bit_for_bit_and_leave_the_window_whole() {
     const P: usize = 40_000; // 160,000 bytes: three pieces
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path()).unwrap().keeping_weights(2);
+        let store = reopen(dir.path()).keeping_weights(2);
         let digest = store.put_graph(GRAPH).unwrap();
         store.init_model(digest, &big_weights(0, P), 1).unwrap();
         for v in 1..=3 {
@@ -347,14 +356,14 @@ fn a_missing_piece_is_corruption_not_a_short_model() {
     let dir = tempfile::tempdir().unwrap();
     initialised_with(dir.path(), P);
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = reopen_sled(dir.path());
         let w = db.open_tree("weights").unwrap();
         let mut middle = 0u64.to_be_bytes().to_vec();
         middle.extend(1u32.to_be_bytes());
         assert!(w.remove(middle).unwrap().is_some());
         db.flush().unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     match store.weights(0) {
         Err(StoreError::Corrupt { tree: "weights", detail, .. }) => assert!(detail.contains("piece 1"), "{detail}"),
         other => panic!("expected corruption, got {other:?}"),
@@ -368,7 +377,7 @@ fn a_store_that_holds_each_model_as_one_value_still_reads_and_prunes() {
     initialised_with(dir.path(), P);
     {
         // Rewrite version 0 the way stores were written before pieces: one value under the 8-byte version key.
-        let db = sled::open(dir.path()).unwrap();
+        let db = reopen_sled(dir.path());
         let w = db.open_tree("weights").unwrap();
         let whole: Vec<u8> = big_weights(0, P).iter().flat_map(|x| x.to_le_bytes()).collect();
         for k in w.iter().keys() {
@@ -378,7 +387,7 @@ fn a_store_that_holds_each_model_as_one_value_still_reads_and_prunes() {
         db.flush().unwrap();
     }
     {
-        let store = Store::open(dir.path()).unwrap().keeping_weights(1);
+        let store = reopen(dir.path()).keeping_weights(1);
         assert_eq!(store.weights(0).unwrap(), big_weights(0, P));
         store.commit_round(&record(1, Outcome::Completed), &big_weights(1, P), &[], 1).unwrap();
         assert_eq!(store.weights(1).unwrap(), big_weights(1, P));
