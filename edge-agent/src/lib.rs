@@ -3,6 +3,7 @@
 //! - [`session`]: the round protocol as a sans-IO state machine (plans, secure-aggregation phases, uploads).
 //! - [`client`]: its QUIC shell, the connection loop (mutual-TLS QUIC, check-in, uploads, reconnects).
 //! - [`peer_check`]: the checks of peers' certificates and keys in a secure round.
+//! - [`verified_certs`]: peers' certificates already verified against the CA (not chain-verified every round).
 //! - [`agent_event`]: what the agent reports to whoever runs it.
 //! - [`learner`]: the seam between the round protocol and local learning.
 //! - [`liveness`]: probing a silent server, so that a restarted one is noticed within about a second.
@@ -30,6 +31,7 @@ pub mod session;
 pub mod state;
 pub mod trainer;
 pub mod training_set;
+pub mod verified_certs;
 
 /// The software name and version sent in the hello.
 pub const SOFTWARE: &str = concat!("fedge-agent/", env!("CARGO_PKG_VERSION"));

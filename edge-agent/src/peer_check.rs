@@ -4,8 +4,10 @@
 //! what the neighbours' key and survivor-set signatures are checked against.
 //!
 //! Pure functions over bytes and the time given: this module never opens a connection or a file, and never trusts
-//! a certificate it has not verified (a certificate remembered from an earlier round is verified again when used).
+//! a certificate it has not verified. A certificate whose very bytes chained to the CA before
+//! ([`VerifiedCerts`]) is not chain-verified again; its expiry, name, role and revocation are checked at every use.
 
+use crate::verified_certs::VerifiedCerts;
 use anyhow::{Context, anyhow, bail};
 use fedge_shared::protocol::limits;
 use fedge_shared::revocation_list::RevocationList;
@@ -38,13 +40,16 @@ pub fn peer_key_table(
     certs: &[Vec<u8>],
     now: UnixTime,
 ) -> anyhow::Result<PeerKeyTable> {
-    peer_key_table_of(verifier, cohort, keys, certs, |_| true, None, now)
+    peer_key_table_of(verifier, &mut VerifiedCerts::default(), cohort, keys, certs, |_| true, None, now)
 }
 
 /// [`peer_key_table`] for the agents whose index `wanted` accepts (the other certificates are not looked at),
-/// refusing any whose certificate the CA-signed list `revoked` names.
+/// refusing any whose certificate the CA-signed list `revoked` names; certificates in `verified` are not
+/// chain-verified again, and those that verify are added to it.
+#[allow(clippy::too_many_arguments)]
 pub fn peer_key_table_of(
     verifier: &dyn ClientCertVerifier,
+    verified: &mut VerifiedCerts,
     cohort: &[AgentRef],
     keys: &[AdvertiseKeys],
     certs: &[Vec<u8>],
@@ -66,10 +71,17 @@ pub fn peer_key_table_of(
             bail!("the certificate relayed for {name} has {} bytes", der.len());
         }
         let cert = CertificateDer::from(der.as_slice());
-        verifier
-            .verify_client_cert(&cert, &[], now)
-            .map_err(|e| anyhow!("the certificate relayed for {name} is not valid in this federation: {e}"))?;
-        let info = CertInfo::parse(&cert).map_err(|e| anyhow!("the certificate relayed for {name}: {e}"))?;
+        let info = match CertInfo::parse(&cert) {
+            Ok(info) if verified.holds(&info, now) => info,
+            _ => {
+                verifier
+                    .verify_client_cert(&cert, &[], now)
+                    .map_err(|e| anyhow!("the certificate relayed for {name} is not valid in this federation: {e}"))?;
+                let info = CertInfo::parse(&cert).map_err(|e| anyhow!("the certificate relayed for {name}: {e}"))?;
+                verified.insert(&info);
+                info
+            }
+        };
         if info.name != name {
             bail!("the certificate of {:?} was relayed for agent {name}", info.name);
         }
@@ -190,5 +202,100 @@ mod tests {
         assert!(format!("{operator:#}").contains("not an agent certificate"), "{operator:#}");
         let short = peer_key_table(verifier.as_ref(), &cohort, &keys, &[der(&a0)], UnixTime::now()).unwrap_err();
         assert!(format!("{short:#}").contains("1 certificates relayed for 2 keys"), "{short:#}");
+    }
+
+    /// The CA verifier, counting the certificates it is asked to verify.
+    #[derive(Debug)]
+    struct Counting {
+        inner: Arc<dyn ClientCertVerifier>,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Counting {
+        fn calls(&self) -> usize {
+            self.calls.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    impl ClientCertVerifier for Counting {
+        fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+            self.inner.root_hint_subjects()
+        }
+        fn verify_client_cert(
+            &self,
+            cert: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            now: UnixTime,
+        ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.verify_client_cert(cert, intermediates, now)
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(m, c, d)
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(m, c, d)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    }
+
+    #[test]
+    fn a_certificate_that_verified_once_is_not_chain_verified_again_but_its_expiry_name_role_and_revocation_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        tls::init_federation(&pki, &["localhost".into()], 30).unwrap();
+        let der = |bundle: &std::path::Path| Identity::load_bundle(bundle).unwrap().chain[0].as_ref().to_vec();
+        let (a0, a1) = (
+            der(&tls::issue_bundle(&pki, "a0", Role::Agent, 30).unwrap()),
+            tls::issue_bundle(&pki, "a1", Role::Agent, 30).unwrap(),
+        );
+        let op = der(&tls::issue_bundle(&pki, "op", Role::Operator, 30).unwrap());
+        let ca = tls::load_certs(&pki.join(files::CA_CERT)).unwrap();
+        let verifier = Counting { inner: peer_verifier(&ca).unwrap(), calls: Default::default() };
+        let cohort = vec![AgentRef { index: 0, name: "a0".into() }, AgentRef { index: 1, name: "a1".into() }];
+        let keys = vec![keys_from(0), keys_from(1)];
+        let certs = [a0.clone(), der(&a1)];
+        let mut verified = VerifiedCerts::default();
+        let now = UnixTime::now();
+        let table_of = |verified: &mut VerifiedCerts, cohort: &[AgentRef], certs: &[Vec<u8>], now, revoked| {
+            peer_key_table_of(&verifier, verified, cohort, &keys, certs, |_| true, revoked, now)
+        };
+
+        table_of(&mut verified, &cohort, &certs, now, None).unwrap();
+        assert_eq!(verifier.calls(), 2);
+        let table = table_of(&mut verified, &cohort, &certs, now, None).unwrap();
+        assert_eq!(verifier.calls(), 2, "the same certificates were chain-verified again");
+        let signer = EcdsaP256Signer::from_pkcs8(Identity::load_bundle(&a1).unwrap().key_pkcs8()).unwrap();
+        assert!(table.verify(&cohort[1], b"m", &signer.sign(b"m").unwrap()), "the remembered key is a1's");
+
+        // Remembered certificates under another name, past their expiry, revoked, or of another role are refused.
+        let swapped = table_of(&mut verified, &cohort, &[certs[1].clone(), certs[0].clone()], now, None).unwrap_err();
+        assert!(format!("{swapped:#}").contains("was relayed for agent a0"), "{swapped:#}");
+        let later = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.as_secs() + 40 * 86_400));
+        let expired = table_of(&mut verified, &cohort, &certs, later, None).unwrap_err();
+        assert!(format!("{expired:#}").contains("not valid in this federation"), "{expired:#}");
+        let ca_key = std::fs::read_to_string(pki.join(files::CA_KEY)).unwrap();
+        let a0_fingerprint = CertInfo::parse(&CertificateDer::from(a0.as_slice())).unwrap().fingerprint;
+        let list = RevocationList::sign(&ca_key, vec![a0_fingerprint], now.as_secs()).unwrap();
+        let revoked = table_of(&mut verified, &cohort, &certs, now, Some(&list)).unwrap_err();
+        assert!(format!("{revoked:#}").contains("revoked"), "{revoked:#}");
+        let op_cohort = vec![cohort[0].clone(), AgentRef { index: 1, name: "op".into() }];
+        for _ in 0..2 {
+            let operator = table_of(&mut verified, &op_cohort, &[a0.clone(), op.clone()], now, None).unwrap_err();
+            assert!(format!("{operator:#}").contains("not an agent certificate"), "{operator:#}");
+        }
+        assert!(verified.len() <= 3, "{} fingerprints for three certificates", verified.len());
     }
 }

@@ -37,6 +37,7 @@
 use crate::agent_event::AgentEvent;
 use crate::learner::LearnOutcome;
 use crate::peer_check::{peer_key_table_of, with_known_certificates};
+use crate::verified_certs::VerifiedCerts;
 use anyhow::{Context, anyhow};
 use fedge_shared::delta_encoding::DeltaEncoding;
 use fedge_shared::protocol::{AgentMessage, HeldMember, HeldPlan, RoundPlan, SecAggPlan, ServerMessage, TrainPlan};
@@ -167,6 +168,8 @@ pub struct Session {
     config: SessionConfig,
     /// The newest CA-signed revocation list this agent has verified.
     revocations: Option<RevocationList>,
+    /// Peers' certificates that chained to the CA when first used (not chain-verified again).
+    verified: VerifiedCerts,
     /// The example count last declared to the server.
     declared: u64,
     conn: Connection,
@@ -174,7 +177,13 @@ pub struct Session {
 
 impl Session {
     pub fn new(config: SessionConfig) -> Session {
-        Session { config, revocations: None, declared: 0, conn: Connection::default() }
+        Session {
+            config,
+            revocations: None,
+            verified: VerifiedCerts::default(),
+            declared: 0,
+            conn: Connection::default(),
+        }
     }
 
     /// A new connection checked in declaring `examples`: what the last one was doing is forgotten (the server
@@ -252,6 +261,7 @@ impl Session {
                     let neighbours = st.session.neighbours();
                     let table = peer_key_table_of(
                         self.config.verifier.as_ref(),
+                        &mut self.verified,
                         &st.cohort,
                         &keys,
                         &certs,
