@@ -395,3 +395,30 @@ fn a_store_that_holds_each_model_as_one_value_still_reads_and_prunes() {
     }
     assert_eq!(raw_weight_keys(dir.path()), [(1, 3)].into_iter().collect());
 }
+
+#[test]
+fn an_aggregator_installs_its_roots_versions_under_their_numbers_in_the_window_and_never_an_older_one() {
+    const P: usize = 40_000; // three pieces
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = reopen(dir.path()).keeping_weights(2);
+        // The root's versions as an aggregator meets them: it may join late and skip some.
+        for v in [4, 5, 7, 8] {
+            let meta = store.install_version(v, GRAPH, &big_weights(v, P), 1).unwrap();
+            assert_eq!(meta.version, v);
+            assert_eq!(store.latest().unwrap().map(|m| m.version), Some(v));
+            assert_eq!(store.weights(v).unwrap(), big_weights(v, P));
+        }
+        // Not newer than the newest held: refused, and nothing changes.
+        for v in [8, 6] {
+            let err = store.install_version(v, GRAPH, &big_weights(99, P), 1).unwrap_err();
+            assert!(matches!(err, StoreError::NotNewer { latest: 8, .. }), "{err:?}");
+        }
+        assert_eq!(store.weights(8).unwrap(), big_weights(8, P));
+        // Every installed version keeps its metadata; only the window's keep their weights; no round is recorded.
+        let versions: Vec<u64> = store.versions().unwrap().iter().map(|m| m.version).collect();
+        assert_eq!(versions, [4, 5, 7, 8]);
+        assert!(store.rounds().unwrap().is_empty());
+    }
+    assert_eq!(raw_weight_keys(dir.path()), [(7, 3), (8, 3)].into_iter().collect());
+}

@@ -9,7 +9,9 @@ use super::error::StoreError;
 use crate::coordinator::RoundRecord;
 use fedge_shared::codec;
 use serde::Serialize;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
 
 /// Largest record (model metadata, round record, agent record) the store decodes.
 pub(super) const RECORD_LIMIT: usize = 64 * 1024 * 1024;
@@ -98,6 +100,32 @@ pub(super) fn check_finite(weights: &[f32]) -> Result<(), StoreError> {
         Some(i) => Err(StoreError::NonFinite(i)),
         None => Ok(()),
     }
+}
+
+/// Writes `version`'s weight bytes in pieces of [`WEIGHT_CHUNK`] inside a transaction.
+pub(super) fn tx_put_weights(
+    wts: &TransactionalTree,
+    version: u64,
+    bytes: &[u8],
+) -> Result<(), UnabortableTransactionError> {
+    for (i, piece) in bytes.chunks(WEIGHT_CHUNK).enumerate() {
+        wts.insert(&chunk_key(version, i), piece)?;
+    }
+    Ok(())
+}
+
+/// Removes `version`'s weights (a model of `num_params` parameters) inside a transaction: its pieces, and the one
+/// value a store written before the pieces holds.
+pub(super) fn tx_remove_weights(
+    wts: &TransactionalTree,
+    version: u64,
+    num_params: u64,
+) -> Result<(), UnabortableTransactionError> {
+    wts.remove(&key(version))?;
+    for i in 0..chunk_count(num_params) {
+        wts.remove(&chunk_key(version, i))?;
+    }
+    Ok(())
 }
 
 /// Reads a u64 from `meta` inside a transaction.

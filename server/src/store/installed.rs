@@ -7,8 +7,8 @@
 
 use super::db::Store;
 use super::encoding::{
-    META_LATEST, META_NEXT_ROUND, WEIGHT_CHUNK, abort, check_finite, chunk_count, chunk_key, encode, key, tx_error,
-    tx_meta_u64,
+    META_LATEST, META_NEXT_ROUND, abort, check_finite, encode, key, tx_error, tx_meta_u64, tx_put_weights,
+    tx_remove_weights,
 };
 use super::error::StoreError;
 use super::models::ModelMeta;
@@ -45,9 +45,7 @@ impl Store {
                     return abort(StoreError::NotNewer { version, latest });
                 }
                 models.insert(&key(version), meta_bytes.as_slice())?;
-                for (i, piece) in bytes.chunks(WEIGHT_CHUNK).enumerate() {
-                    wts.insert(&chunk_key(version, i), piece)?;
-                }
+                tx_put_weights(wts, version, &bytes)?;
                 // The versions that fall out of the retention window lose their weights in the same transaction.
                 if keep > 0
                     && let Some(latest) = latest
@@ -55,10 +53,7 @@ impl Store {
                     let first_kept = (version + 1).saturating_sub(keep);
                     for old in latest.saturating_sub(keep)..=latest {
                         if old < first_kept {
-                            wts.remove(&key(old))?;
-                            for i in 0..chunk_count(weights.len() as u64) {
-                                wts.remove(&chunk_key(old, i))?;
-                            }
+                            tx_remove_weights(wts, old, weights.len() as u64)?;
                         }
                     }
                 }

@@ -6,7 +6,8 @@
 
 use super::db::Store;
 use super::encoding::{
-    META_LATEST, META_NEXT_ROUND, WEIGHT_CHUNK, abort, check_finite, chunk_key, decode, encode, key, read_u64, tx_error,
+    META_LATEST, META_NEXT_ROUND, abort, check_finite, chunk_key, decode, encode, key, read_u64, tx_error,
+    tx_put_weights,
 };
 use super::error::StoreError;
 use fedge_shared::model::{Digest, weights_from_bytes, weights_to_bytes};
@@ -154,9 +155,7 @@ impl Store {
                     return abort(StoreError::AlreadyInitialised);
                 }
                 models.insert(&key(0), meta_bytes.as_slice())?;
-                for (i, piece) in bytes.chunks(WEIGHT_CHUNK).enumerate() {
-                    wts.insert(&chunk_key(0, i), piece)?;
-                }
+                tx_put_weights(wts, 0, &bytes)?;
                 meta_tree.insert(META_LATEST, &key(0))?;
                 if meta_tree.get(META_NEXT_ROUND)?.is_none() {
                     meta_tree.insert(META_NEXT_ROUND, &key(1))?;

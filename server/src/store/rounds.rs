@@ -7,8 +7,8 @@
 
 use super::db::Store;
 use super::encoding::{
-    META_LATEST, META_NEXT_ROUND, META_STRATEGY, WEIGHT_CHUNK, abort, check_finite, chunk_count, chunk_key, decode,
-    decode_round, encode, encode_round, key, read_u64, tx_error, tx_meta_u64,
+    META_LATEST, META_NEXT_ROUND, META_STRATEGY, abort, check_finite, decode, decode_round, encode, encode_round, key,
+    read_u64, tx_error, tx_meta_u64, tx_put_weights, tx_remove_weights,
 };
 use super::error::StoreError;
 use super::models::ModelMeta;
@@ -66,17 +66,11 @@ impl Store {
                     (Err(e), _) | (_, Err(e)) => return abort(e),
                 };
                 models.insert(&key(version), model_bytes)?;
-                for (i, piece) in bytes.chunks(WEIGHT_CHUNK).enumerate() {
-                    wts.insert(&chunk_key(version, i), piece)?;
-                }
+                tx_put_weights(wts, version, &bytes)?;
                 // The version that falls out of the retention window loses its weights in the same transaction (a
                 // version has as many parameters as its children).
                 if keep > 0 && version >= keep {
-                    let old = version - keep;
-                    wts.remove(&key(old))?;
-                    for i in 0..chunk_count(parent.num_params) {
-                        wts.remove(&chunk_key(old, i))?;
-                    }
+                    tx_remove_weights(wts, version - keep, parent.num_params)?;
                 }
                 // Written after the model on purpose: a reused round id aborts a transaction that already wrote.
                 if rounds.insert(&key(record.round), record_bytes)?.is_some() {
