@@ -16,7 +16,7 @@
 //! permits), `receive_window` (the connection receive window an upload widens), `endpoint` (the certificates,
 //! the revocation file and the UDP socket), `probe` (the readiness probe, and how the accept loop
 //! recognises one), `shared` (what every connection task shares), `upload_budget` (how many uploads, and
-//! how many of their bytes, are held at once), `send_batch` (how many datagrams go in one send call) and `refusal` (close codes and turning a peer away). This file only names them and re-exports the public items, so that none of them
+//! how many of their bytes, are held at once), `send_batch` (how many datagrams go in one send call); `test_pki` is the tests' federation over real QUIC and `refusal` (close codes and turning a peer away). This file only names them and re-exports the public items, so that none of them
 //! imports it.
 
 mod accept;
@@ -28,6 +28,8 @@ mod receive_window;
 mod refusal;
 mod send_batch;
 mod shared;
+#[cfg(test)]
+mod test_pki;
 mod upload_budget;
 
 pub use accept::accept_loop;

@@ -4,35 +4,21 @@
 //! window, however large the upload was and however many came before it.
 
 use super::{IDLE_RECEIVE_WINDOW, UPLOAD_RECEIVE_WINDOW, UploadWindow, upload_window_for};
-use fedge_shared::protocol::ALPN_AGENT;
-use fedge_shared::tls::{self, Identity, Role, files};
-use std::sync::Arc;
+use crate::net::test_pki::TestPki;
 use std::time::Duration;
-
-const IDLE: Duration = Duration::from_secs(10);
 
 /// A server endpoint with the server's transport settings, and one agent connected to it.
 struct Link {
     server: quinn::Connection,
     agent: quinn::Connection,
     _endpoints: (quinn::Endpoint, quinn::Endpoint),
-    _pki: tempfile::TempDir,
+    _pki: TestPki,
 }
 
 async fn link() -> Link {
-    let pki = tempfile::tempdir().unwrap();
-    let dir = pki.path();
-    tls::init_federation(dir, &["localhost".into()], 1).unwrap();
-    let bundle = tls::issue_bundle(dir, "agent-1", Role::Agent, 1).unwrap();
-    let ca = tls::load_certs(&dir.join(files::CA_CERT)).unwrap();
-    let server_id = Identity::load(&dir.join(files::SERVER_CERT), &dir.join(files::SERVER_KEY)).unwrap();
-    let agent_id = Identity::load(&bundle.join(files::CERT), &bundle.join(files::KEY)).unwrap();
-
-    let mut server_cfg = tls::server_config(&ca, &server_id, &[ALPN_AGENT], IDLE).unwrap();
-    server_cfg.transport_config(Arc::new(super::super::endpoint::transport(IDLE)));
-    let server_ep = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let mut agent_ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    agent_ep.set_default_client_config(tls::client_config(&ca, Some(&agent_id), ALPN_AGENT, IDLE).unwrap());
+    let pki = TestPki::new();
+    let server_ep = quinn::Endpoint::server(pki.server_config(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let agent_ep = pki.agent_endpoint();
 
     let addr = server_ep.local_addr().unwrap();
     let (agent, server) = tokio::join!(async { agent_ep.connect(addr, "localhost").unwrap().await.unwrap() }, async {

@@ -2,8 +2,7 @@
 //! [`SendBatch`] socket arrives byte for byte, and no send call carried more than the batch's datagrams.
 
 use super::{MAX_SEND_BATCH, SendBatch};
-use fedge_shared::protocol::ALPN_AGENT;
-use fedge_shared::tls::{self, Identity, Role, files};
+use crate::net::test_pki::TestPki;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use std::io::{self, IoSliceMut};
@@ -12,9 +11,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
-
-const IDLE: Duration = Duration::from_secs(10);
 
 /// The runtime's socket, recording how many datagrams each send call carried.
 #[derive(Debug)]
@@ -56,16 +52,7 @@ impl AsyncUdpSocket for Recording {
 /// Sends `len` bytes from a server endpoint whose socket is `SendBatch(batch)` over a recording socket to an agent,
 /// and returns what the agent read, the datagrams of each send call and the most the runtime's socket can send in one.
 async fn download(batch: usize, len: usize) -> (Vec<u8>, Vec<usize>, usize) {
-    let pki = tempfile::tempdir().unwrap();
-    let dir = pki.path();
-    tls::init_federation(dir, &["localhost".into()], 1).unwrap();
-    let bundle = tls::issue_bundle(dir, "agent-1", Role::Agent, 1).unwrap();
-    let ca = tls::load_certs(&dir.join(files::CA_CERT)).unwrap();
-    let server_id = Identity::load(&dir.join(files::SERVER_CERT), &dir.join(files::SERVER_KEY)).unwrap();
-    let agent_id = Identity::load(&bundle.join(files::CERT), &bundle.join(files::KEY)).unwrap();
-
-    let mut server_cfg = tls::server_config(&ca, &server_id, &[ALPN_AGENT], IDLE).unwrap();
-    server_cfg.transport_config(Arc::new(super::super::endpoint::transport(IDLE)));
+    let pki = TestPki::new();
     let runtime = quinn::default_runtime().unwrap();
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let recording = Arc::new(Recording {
@@ -75,9 +62,9 @@ async fn download(batch: usize, len: usize) -> (Vec<u8>, Vec<usize>, usize) {
     });
     let socket = Arc::new(SendBatch::new(recording.clone(), batch));
     let server_ep =
-        quinn::Endpoint::new_with_abstract_socket(Default::default(), Some(server_cfg), socket, runtime).unwrap();
-    let mut agent_ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    agent_ep.set_default_client_config(tls::client_config(&ca, Some(&agent_id), ALPN_AGENT, IDLE).unwrap());
+        quinn::Endpoint::new_with_abstract_socket(Default::default(), Some(pki.server_config()), socket, runtime)
+            .unwrap();
+    let agent_ep = pki.agent_endpoint();
 
     let addr = server_ep.local_addr().unwrap();
     let sent: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
