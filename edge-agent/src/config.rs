@@ -66,13 +66,12 @@ pub struct LabelsConfig {
     pub remember_predictions: usize,
 }
 
+/// Recent predictions remembered for corrections unless configured otherwise.
+pub const DEFAULT_REMEMBER_PREDICTIONS: usize = 1024;
+
 impl Default for LabelsConfig {
     fn default() -> Self {
-        LabelsConfig {
-            enabled: true,
-            max_examples: 10_000,
-            remember_predictions: crate::inference::DEFAULT_REMEMBER_PREDICTIONS,
-        }
+        LabelsConfig { enabled: true, max_examples: 10_000, remember_predictions: DEFAULT_REMEMBER_PREDICTIONS }
     }
 }
 

@@ -8,12 +8,10 @@
 //! another content type, 503 before a model is loaded or when the queue is full. Handlers never run the model
 //! themselves: they hand inputs to the [`Batcher`].
 
-use super::batcher::{BatchError, Batcher};
-use super::metrics::{Metrics, Outcome};
-use super::recent::RecentPredictions;
-use super::registry::ModelRegistry;
+use super::app_state::AppState;
+use super::batcher::BatchError;
+use super::metrics::Outcome;
 use super::request::{InputSpec, parse_json, parse_raw, response_json};
-use crate::examples_store::ExampleStore;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -22,26 +20,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// The header naming the version that computed a prediction.
 pub const VERSION_HEADER: &str = "x-fedge-model-version";
 /// The header of a raw answer listing the predictions' ids, comma-separated, in order.
 pub const IDS_HEADER: &str = "x-fedge-prediction-ids";
-
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    pub registry: Arc<ModelRegistry>,
-    pub batcher: Batcher,
-    pub metrics: Arc<Metrics>,
-    pub max_examples: usize,
-    /// The device's labelled examples (`None`: `/v1/examples` and `/v1/feedback` answer 503).
-    pub labels: Option<Arc<ExampleStore>>,
-    /// The inputs of the last predictions served, for corrections.
-    pub recent: Arc<RecentPredictions>,
-}
 
 /// The endpoint's routes; bodies over `max_body_bytes` are refused with 413.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {

@@ -6,7 +6,7 @@
 //! examples, 503 before a model is loaded or when this endpoint keeps no labels. The handlers write to the store
 //! on a blocking thread, never on the async runtime; nothing here sends anything off the device.
 
-use super::http::AppState;
+use super::app_state::AppState;
 use super::labelled::{LabelError, label, parse_examples, parse_feedback};
 use super::recent::LookupError;
 use super::request::InputSpec;

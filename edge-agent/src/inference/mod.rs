@@ -13,6 +13,7 @@
 //! arrive). Nothing here talks to the federation server, and the endpoint is unauthenticated, so it listens on
 //! loopback unless configured otherwise.
 
+pub mod app_state;
 pub mod batcher;
 pub mod engine;
 pub mod http;
@@ -23,7 +24,7 @@ pub mod recent;
 pub mod registry;
 pub mod request;
 
-use crate::config::InferenceConfig;
+use crate::config::{DEFAULT_REMEMBER_PREDICTIONS, InferenceConfig};
 use crate::state::PublishedModel;
 use anyhow::Context;
 use batcher::{BatchPolicy, Batcher};
@@ -83,9 +84,6 @@ impl InferenceSettings {
     }
 }
 
-/// Recent predictions remembered for corrections unless configured otherwise.
-pub const DEFAULT_REMEMBER_PREDICTIONS: usize = 1024;
-
 /// A running endpoint.
 pub struct InferenceService {
     pub registry: Arc<ModelRegistry>,
@@ -131,7 +129,7 @@ pub async fn start(
     let m2 = metrics.clone();
     let batcher = Batcher::start(settings.policy, Some(Arc::new(move |n, t| m2.batch(n, t))))
         .context("starting the inference worker thread")?;
-    let state = http::AppState {
+    let state = app_state::AppState {
         registry: registry.clone(),
         batcher,
         metrics: metrics.clone(),
