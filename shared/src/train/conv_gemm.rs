@@ -13,6 +13,9 @@
 
 use thiserror::Error;
 
+pub use super::gemm::Scalar;
+use super::gemm::{GemmShapeError, View, gemm};
+
 /// The most values a tile of unfolded columns holds (1 MiB of f32), unless one output row alone needs more.
 pub const TILE: usize = 1 << 18;
 
@@ -20,6 +23,12 @@ pub const TILE: usize = 1 << 18;
 #[derive(Debug, Error)]
 #[error("convolution gradient: {0}")]
 pub struct ConvShapeError(String);
+
+impl From<GemmShapeError> for ConvShapeError {
+    fn from(e: GemmShapeError) -> Self {
+        ConvShapeError(e.to_string())
+    }
+}
 
 fn bad<T>(msg: String) -> Result<T, ConvShapeError> {
     Err(ConvShapeError(msg))
@@ -133,107 +142,6 @@ impl Geometry {
     }
 }
 
-/// The float types the GEMM runs on.
-pub trait Scalar: Copy + Default + PartialEq + std::ops::AddAssign + Send + Sync + 'static {
-    const ZERO: Self;
-    const ONE: Self;
-    /// `C = A·B + beta·C` through `matrixmultiply`.
-    ///
-    /// # Safety
-    /// The pointers and strides must address valid `m×k`, `k×n` and `m×n` matrices; C must not alias A or B.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn raw_gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: (*const Self, isize, isize),
-        b: (*const Self, isize, isize),
-        beta: Self,
-        c: (*mut Self, isize, isize),
-    );
-}
-
-impl Scalar for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    unsafe fn raw_gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: (*const f32, isize, isize),
-        b: (*const f32, isize, isize),
-        beta: f32,
-        c: (*mut f32, isize, isize),
-    ) {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2) }
-    }
-}
-
-impl Scalar for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    unsafe fn raw_gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: (*const f64, isize, isize),
-        b: (*const f64, isize, isize),
-        beta: f64,
-        c: (*mut f64, isize, isize),
-    ) {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { matrixmultiply::dgemm(m, k, n, 1.0, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2) }
-    }
-}
-
-/// A strided `rows × cols` view starting at the beginning of a slice.
-struct View {
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl View {
-    /// How many values of the slice the view reaches.
-    fn extent(&self) -> usize {
-        if self.rows == 0 || self.cols == 0 {
-            0
-        } else {
-            (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
-        }
-    }
-}
-
-/// `C = A·B + beta·C` on views of slices, checked: the views must fit their slices and their sizes agree.
-fn gemm<T: Scalar>(a: (&[T], View), b: (&[T], View), beta: T, c: (&mut [T], View)) -> Result<(), ConvShapeError> {
-    let ((a, av), (b, bv), (c, cv)) = (a, b, c);
-    if av.cols != bv.rows || cv.rows != av.rows || cv.cols != bv.cols {
-        return bad(format!("GEMM of {}×{} by {}×{} into {}×{}", av.rows, av.cols, bv.rows, bv.cols, cv.rows, cv.cols));
-    }
-    if av.extent() > a.len() || bv.extent() > b.len() || cv.extent() > c.len() {
-        return bad("GEMM view outside its buffer".into());
-    }
-    if cv.rows == 0 || cv.cols == 0 {
-        return Ok(());
-    }
-    let s = |v: usize| v as isize;
-    // SAFETY: every view fits its slice (checked above); `c` is a unique borrow, so it aliases neither input.
-    unsafe {
-        T::raw_gemm(
-            av.rows,
-            av.cols,
-            bv.cols,
-            (a.as_ptr(), s(av.row_stride), s(av.col_stride)),
-            (b.as_ptr(), s(bv.row_stride), s(bv.col_stride)),
-            beta,
-            (c.as_mut_ptr(), s(cv.row_stride), s(cv.col_stride)),
-        );
-    }
-    Ok(())
-}
-
 fn check_lens(g: &Geometry, lens: [(&str, usize, usize); 3]) -> Result<(), ConvShapeError> {
     for (name, have, want) in lens {
         if have != want {
@@ -262,6 +170,7 @@ pub fn input_grad<T: Scalar>(g: &Geometry, dy: &[T], w: &[T], dx: &mut [T]) -> R
                 let dy_tile = &dy[(img * g.m + grp * mg) * o + first * g.ow..];
                 // cols [rows × t] = Wgᵀ [rows × mg] · dY [mg × t]
                 gemm(
+                    T::ONE,
                     (wg, View { rows, cols: mg, row_stride: 1, col_stride: rows }),
                     (dy_tile, View { rows: mg, cols: t, row_stride: o, col_stride: 1 }),
                     T::ZERO,
@@ -363,6 +272,7 @@ pub fn forward<T: Scalar>(
                 let start = (img * g.m + grp * mg) * o + first * g.ow;
                 // Y [mg × t] = Wg [mg × rows] · cols [rows × t]
                 gemm(
+                    T::ONE,
                     (wg, View { rows: mg, cols: rows, row_stride: rows, col_stride: 1 }),
                     (&cols[..], View { rows, cols: t, row_stride: t, col_stride: 1 }),
                     T::ZERO,
@@ -399,6 +309,7 @@ pub fn weight_grad<T: Scalar>(g: &Geometry, x: &[T], dy: &[T], dw: &mut [T]) -> 
                 let dy_tile = &dy[(img * g.m + grp * mg) * o + first * g.ow..];
                 // dWg [mg × rows] += dY [mg × t] · colsᵀ [t × rows]
                 gemm(
+                    T::ONE,
                     (dy_tile, View { rows: mg, cols: t, row_stride: o, col_stride: 1 }),
                     (&cols[..], View { rows: t, cols: rows, row_stride: 1, col_stride: t }),
                     T::ONE,

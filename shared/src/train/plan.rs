@@ -9,6 +9,7 @@ use tract_onnx::prelude::*;
 
 use super::conv_ops;
 use super::custom_op;
+use super::dense_ops;
 use super::emit::Precision;
 use super::error::TrainError;
 
@@ -24,6 +25,7 @@ fn loader() -> &'static tract_onnx::Onnx {
         onnx.op_register.insert(conv_ops::CONV, conv_ops::load_forward);
         onnx.op_register.insert(conv_ops::CONV_INPUT_GRAD, conv_ops::load_input_grad);
         onnx.op_register.insert(conv_ops::CONV_WEIGHT_GRAD, conv_ops::load_weight_grad);
+        onnx.op_register.insert(dense_ops::GEMM, dense_ops::load);
         onnx
     })
 }
