@@ -30,13 +30,13 @@ fn loader() -> &'static tract_onnx::Onnx {
     })
 }
 
-/// Loads and optimises a model whose inputs all have concrete shapes.
-pub fn compile(model: &ModelProto) -> Result<Plan, TrainError> {
-    loader()
-        .model_for_proto_model(model)
-        .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
-        .map_err(TrainError::tract)
+/// Loads and optimises a model whose inputs all have concrete shapes. The protobuf is dropped once tract has
+/// parsed it, before the optimisation: an inference model's protobuf holds a copy of every weight, and tract's
+/// constant folding makes more (the CNN agent's peak memory is reached while its evaluation plan is built).
+pub fn compile(model: ModelProto) -> Result<Plan, TrainError> {
+    let parsed = loader().model_for_proto_model(&model).map_err(TrainError::tract)?;
+    drop(model);
+    parsed.into_optimized().and_then(|m| m.into_runnable()).map_err(TrainError::tract)
 }
 
 /// A float tensor of `shape` from a buffer of exactly that many values.

@@ -218,7 +218,7 @@ impl TrainStep {
 
     fn build(&self, n: usize) -> Result<SizedPlan, TrainError> {
         let (sg, rows, classes) = self.step_graph(n)?;
-        let plan = compile(&sg.model)?;
+        let plan = compile(sg.model)?;
         Ok(SizedPlan { n, rows, classes, plan, masks: sg.masks })
     }
 
