@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 # onnxruntime side of scripts/train-bench.sh: times the training-step graphs fedge exported. The export already
-# writes the convolution gradients as standard ConvTranspose/Conv (TrainStep::into_standard_ops) instead of fedge's
-# FedgeConvInputGrad/FedgeConvWeightGrad; FedgeMaxPoolGrad, fedge's other tract op, is rewritten here into standard
-# ScatterElements so that onnxruntime can run it. Any other ai.fedge op left in a graph is an error.
+# writes the convolutions and dense layers as standard Conv/ConvTranspose/Gemm (TrainStep::into_standard_ops) instead
+# of fedge's FedgeConv/FedgeConvInputGrad/FedgeConvWeightGrad/FedgeGemm; FedgeMaxPoolGrad, fedge's other tract op,
+# is rewritten here into standard ScatterElements so that onnxruntime can run it. Any other ai.fedge op left in a graph is an error.
 import sys, time, numpy as np, onnx, onnxruntime as ort
 from onnx import helper, numpy_helper, TensorProto
 

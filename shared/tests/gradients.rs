@@ -1,6 +1,6 @@
 //! Gradient specifications: for every operator the engine differentiates, and for both losses, the gradient the
 //! tract-run training graph returns matches central finite differences of its own loss (property tests over
-//! random shapes and attributes, few cases each); and fedge's own convolution-gradient operators give the
+//! random shapes and attributes, few cases each); and fedge's own convolution and dense-layer operators give the
 //! gradients of the ONNX-standard form they replace.
 
 mod engine_support;
@@ -192,6 +192,37 @@ proptest! {
             b.node("Tanh", &[&c], vec![])
         });
         let diff = standard_ops_difference(&bytes, CE, 2, seed);
+        prop_assert!(diff < 1e-6, "relative difference {}", diff);
+    }
+
+    #[test]
+    fn dense_operators_match_the_standard_op_gradients(
+        matmul in any::<bool>(), ta in any::<bool>(), tb in any::<bool>(), alpha in 0.5f32..1.5,
+        beta in -1.5f32..1.5, k in 1usize..6, m in 1usize..6, bias_kind in 0usize..4, seed in 0u64..1000,
+    ) {
+        // The dense layer under test sits between the input's trainable scale and `wrap`'s own dense layer (itself a
+        // FedgeGemm), so its dA, dB and dC all reach the loss; the step in f64 against the standard Gemm/MatMul form.
+        let bytes = wrap(&[k], seed, |b, x| {
+            if matmul {
+                let w = b.init_random("mw", &[k, m], 0.7);
+                return b.node("MatMul", &[x, &w], vec![]);
+            }
+            let a = if ta { b.node("Transpose", &[x], vec![attr_ints("perm", &[1, 0])]) } else { x.to_string() };
+            let wshape = if tb { [m, k] } else { [k, m] };
+            let w = b.init_random("gw", &wshape, 0.7);
+            let mut ins = vec![a, w];
+            match bias_kind {
+                0 => ins.push(b.init_random("gc", &[m], 0.3)),
+                1 => ins.push(b.init_random("gc", &[1, m], 0.3)),
+                2 => ins.push(b.init_random("gc", &[], 0.3)),
+                _ => {}
+            }
+            let refs: Vec<&str> = ins.iter().map(|s| s.as_str()).collect();
+            b.node("Gemm", &refs, vec![
+                attr_f("alpha", alpha), attr_f("beta", beta), attr_i("transA", ta as i64), attr_i("transB", tb as i64),
+            ])
+        });
+        let diff = standard_ops_difference(&bytes, CE, 3, seed);
         prop_assert!(diff < 1e-6, "relative difference {}", diff);
     }
 

@@ -5,7 +5,9 @@
 
 use tract_onnx::pb::{AttributeProto, NodeProto, TensorProto, tensor_proto::DataType};
 
-use super::proto::{Data, attr_i, attr_ints, data_tensor, i64_tensor, node};
+use super::custom_op::DOMAIN;
+use super::dense_ops;
+use super::proto::{Data, attr_f, attr_i, attr_ints, data_tensor, i64_tensor, node};
 
 /// The opset every emitted graph declares.
 pub const OPSET: i64 = 13;
@@ -32,12 +34,13 @@ impl Precision {
 /// Which operators a backward pass is emitted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Kernels {
-    /// fedge's own tract operators where it has them (a 1-D or 2-D convolution in the training step, and its input
-    /// and weight gradients): what fedge trains with.
+    /// fedge's own tract operators where it has them (in the training step, a 1-D or 2-D convolution and a dense
+    /// layer, Gemm or 2-D MatMul, with their input and weight gradients): what fedge trains with.
     #[default]
     Fedge,
-    /// ONNX-standard operators for convolutions and their gradients (Conv, ConvTranspose), for runtimes that do not know
-    /// domain `ai.fedge` and for checking fedge's operators against. MaxPool's gradient stays `FedgeMaxPoolGrad`.
+    /// ONNX-standard operators for convolutions, dense layers and their gradients (Conv, ConvTranspose, Gemm, MatMul),
+    /// for runtimes that do not know domain `ai.fedge` and for checking fedge's operators against. MaxPool's gradient
+    /// stays `FedgeMaxPoolGrad`.
     Standard,
 }
 
@@ -77,6 +80,40 @@ impl Emitter {
     pub fn op_into(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) {
         let name = self.fresh(op);
         self.nodes.push(node(op, &name, inputs, outputs, attrs));
+    }
+
+    /// Appends a node of fedge's own operator `op` (domain `ai.fedge`) with named outputs.
+    pub fn fedge_op_into(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) {
+        let mut nd = node(op, &self.fresh(op), inputs, outputs, attrs);
+        nd.domain = DOMAIN.into();
+        self.nodes.push(nd);
+    }
+
+    /// `alpha·op(A)·op(B) (+ beta·C)` on matrices of stored shapes `a_shape` and `b_shape` as fedge's own
+    /// `FedgeGemm`, into `out` or a fresh name; returns the output's name.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fedge_gemm(
+        &mut self,
+        inputs: &[&str],
+        a_shape: &[usize],
+        b_shape: &[usize],
+        trans: (bool, bool),
+        alpha: f32,
+        beta: f32,
+        out: Option<&str>,
+    ) -> String {
+        let out = out.map_or_else(|| self.fresh(dense_ops::GEMM), str::to_string);
+        let ints = |v: &[usize]| v.iter().map(|d| *d as i64).collect::<Vec<_>>();
+        let attrs = vec![
+            attr_ints("a_shape", &ints(a_shape)),
+            attr_ints("b_shape", &ints(b_shape)),
+            attr_i("transA", trans.0 as i64),
+            attr_i("transB", trans.1 as i64),
+            attr_f("alpha", alpha),
+            attr_f("beta", beta),
+        ];
+        self.fedge_op_into(dense_ops::GEMM, inputs, &[&out], attrs);
+        out
     }
 
     pub fn const_f(&mut self, shape: &[usize], data: &[f32]) -> String {

@@ -1,6 +1,7 @@
 //! Emits the forward pass of a resolved [`Graph`] as standard ONNX nodes (opset 13), for training (dropout as a
 //! multiplication by a mask fed as an extra graph input) or for inference (dropout as identity). In training, 1-D
-//! and 2-D convolutions are fedge's own `FedgeConv` unless the emitter asks for standard operators.
+//! and 2-D convolutions are fedge's own `FedgeConv` and dense layers (Gemm, 2-D MatMul) its `FedgeGemm` unless the
+//! emitter asks for standard operators.
 //!
 //! It writes nodes only; it never differentiates and never runs anything.
 
@@ -74,9 +75,18 @@ fn emit_node(
     let ins: Vec<&str> = n.inputs.iter().map(|s| s.as_str()).collect();
     let out = [n.output.as_str()];
     let wide = e.precision == Precision::F64;
+    let fedge = mode == Mode::Train && e.kernels == Kernels::Fedge;
+    let (sa, sb) = (n.in_shapes.first().map_or(&[][..], |s| s), n.in_shapes.get(1).map_or(&[][..], |s| s));
     match &n.op {
-        // tract 0.22 runs Sigmoid and LeakyRelu in f32 only, and Gemm's beta·C in f32 only: in f64 graphs (for
-        // verification) they are written out with elementary ops.
+        // In the training step, dense layers are fedge's own `FedgeGemm` (any precision, C included).
+        Op::Gemm { alpha, beta, trans_a, trans_b } if fedge => {
+            e.fedge_gemm(&ins, sa, sb, (*trans_a, *trans_b), *alpha, *beta, Some(&n.output));
+        }
+        Op::MatMul if fedge && sa.len() == 2 && sb.len() == 2 => {
+            e.fedge_gemm(&ins, sa, sb, (false, false), 1.0, 1.0, Some(&n.output));
+        }
+        // tract 0.22 runs Sigmoid and LeakyRelu in f32 only, and Gemm's alpha and beta·C in f32 only: in f64 graphs
+        // (for verification) they are written out with elementary ops.
         Op::Sigmoid if wide => {
             let one = e.scalar(1.0);
             let neg = e.op("Neg", &ins, vec![]);
@@ -90,14 +100,19 @@ fn emit_node(
             let neg = e.scale(ins[0], *alpha);
             e.op_into("Where", &[&pos, ins[0], &neg], &out, vec![]);
         }
-        Op::Gemm { alpha, beta, trans_a, trans_b } if wide && ins.len() == 3 => {
-            let ab = e.op(
-                "Gemm",
-                &ins[..2],
-                vec![attr_f("alpha", *alpha), attr_i("transA", *trans_a as i64), attr_i("transB", *trans_b as i64)],
-            );
-            let c = e.scale(ins[2], *beta);
-            e.op_into("Add", &[&ab, &c], &out, vec![]);
+        // Its alpha too: the scale is an f32 constant, which an f64 product cannot be multiplied by when tract does
+        // not fold it into the product (a Gemm with one row or column).
+        Op::Gemm { alpha, beta, trans_a, trans_b } if wide => {
+            let ab =
+                e.op("Gemm", &ins[..2], vec![attr_i("transA", *trans_a as i64), attr_i("transB", *trans_b as i64)]);
+            let ab = e.scale(&ab, *alpha);
+            match ins.get(2) {
+                Some(c) => {
+                    let c = e.scale(c, *beta);
+                    e.op_into("Add", &[&ab, &c], &out, vec![]);
+                }
+                None => e.op_into("Identity", &[&ab], &out, vec![]),
+            }
         }
         Op::Gemm { alpha, beta, trans_a, trans_b } => e.op_into(
             "Gemm",

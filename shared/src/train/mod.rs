@@ -21,7 +21,9 @@ pub mod schedule;
 //   (BatchNormalization running statistics and dropout ratios excluded), flat in graph order.
 // - For each batch size, `graph` resolves the model into static shapes (shape chains folded), `forward` and `grad`
 //   emit the forward and reverse-mode nodes (opset 13), `loss` the loss, and `plan` has tract optimise it once.
-// - Backward formulations: Gemm/MatMul gradients are Gemm/MatMul; broadcasting is undone with ReduceSum; a 1-D or
+// - Backward formulations: Gemm/MatMul gradients are Gemm/MatMul, and in the training step a Gemm or 2-D MatMul
+//   (forward, dX and dW) is fedge's own `FedgeGemm` (`dense_ops`, on matrixmultiply's GEMM in `dense_gemm`, the
+//   transposed operand read in place; the standard form for other runtimes); broadcasting is undone with ReduceSum; a 1-D or
 //   2-D Conv runs as fedge's own ops in the training step: `FedgeConv`, and `FedgeConvInputGrad` /
 //   `FedgeConvWeightGrad` for its dX and dW (`conv_ops`, on a packed GEMM in `conv_gemm`); other Convs' dX a ConvTranspose and dW a convolution with the batch as channel
 //   axis (also the form `TrainStep::into_standard_ops` emits for other runtimes); pooling uses
@@ -33,9 +35,12 @@ mod autodiff;
 mod conv_gemm;
 mod conv_ops;
 mod custom_op;
+mod dense_gemm;
+mod dense_ops;
 mod emit;
 mod error;
 mod forward;
+mod gemm;
 mod grad;
 mod graph;
 mod loss;

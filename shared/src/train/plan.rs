@@ -9,6 +9,7 @@ use tract_onnx::prelude::*;
 
 use super::conv_ops;
 use super::custom_op;
+use super::dense_ops;
 use super::emit::Precision;
 use super::error::TrainError;
 
@@ -24,17 +25,18 @@ fn loader() -> &'static tract_onnx::Onnx {
         onnx.op_register.insert(conv_ops::CONV, conv_ops::load_forward);
         onnx.op_register.insert(conv_ops::CONV_INPUT_GRAD, conv_ops::load_input_grad);
         onnx.op_register.insert(conv_ops::CONV_WEIGHT_GRAD, conv_ops::load_weight_grad);
+        onnx.op_register.insert(dense_ops::GEMM, dense_ops::load);
         onnx
     })
 }
 
-/// Loads and optimises a model whose inputs all have concrete shapes.
-pub fn compile(model: &ModelProto) -> Result<Plan, TrainError> {
-    loader()
-        .model_for_proto_model(model)
-        .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
-        .map_err(TrainError::tract)
+/// Loads and optimises a model whose inputs all have concrete shapes. The protobuf is dropped once tract has
+/// parsed it, before the optimisation: an inference model's protobuf holds a copy of every weight, and tract's
+/// constant folding makes more (the CNN agent's peak memory is reached while its evaluation plan is built).
+pub fn compile(model: ModelProto) -> Result<Plan, TrainError> {
+    let parsed = loader().model_for_proto_model(&model).map_err(TrainError::tract)?;
+    drop(model);
+    parsed.into_optimized().and_then(|m| m.into_runnable()).map_err(TrainError::tract)
 }
 
 /// A float tensor of `shape` from a buffer of exactly that many values.

@@ -31,8 +31,9 @@ impl Predictor {
             return Err(TrainError::shape("the batch size must be at least 1"));
         }
         model.check_weights(weights)?;
-        let g = model.resolve(batch, Some(weights))?;
-        let plan = compile(&build_inference(&g, model.input_name())?)?;
+        // The resolved graph (a copy of the weights) is dropped before tract parses the protobuf (another).
+        let proto = build_inference(&model.resolve(batch, Some(weights))?, model.input_name())?;
+        let plan = compile(proto)?;
         Ok(Predictor { plan, batch, input_shape: model.input_shape().to_vec(), output_len: model.output_len() })
     }
 

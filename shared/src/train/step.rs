@@ -169,10 +169,11 @@ impl TrainStep {
         Ok(step)
     }
 
-    /// The same step emitted with ONNX-standard operators only for its convolutions and their gradients (Conv; a
-    /// ConvTranspose for the input's gradient, a Conv over transposed tensors for the weights') instead of fedge's
-    /// own `FedgeConv`, `FedgeConvInputGrad` and `FedgeConvWeightGrad`: slower in tract, for [`Self::training_graph`] to export graphs other runtimes can run
-    /// (MaxPool's gradient stays `FedgeMaxPoolGrad`), and for checking fedge's operators against.
+    /// The same step emitted with ONNX-standard operators only for its convolutions, dense layers and their
+    /// gradients (Conv; a ConvTranspose for the input's gradient, a Conv over transposed tensors for the weights';
+    /// Gemm and MatMul) instead of fedge's own `FedgeConv`, `FedgeConvInputGrad`, `FedgeConvWeightGrad` and
+    /// `FedgeGemm`: slower in tract, for [`Self::training_graph`] to export graphs other runtimes can run (MaxPool's
+    /// gradient stays `FedgeMaxPoolGrad`), and for checking fedge's operators against.
     pub fn into_standard_ops(mut self) -> Result<Self, TrainError> {
         self.kernels = Kernels::Standard;
         self.plans = vec![self.build(self.micro)?];
@@ -192,8 +193,8 @@ impl TrainStep {
     /// runtimes). Inputs: data, labels (`[rows, C]` as [`Loss::layout`] gives, one-hot for the cross-entropies), the weights in
     /// [`TrainableModel::params`] order, then dropout masks; outputs: the mean loss, then each weight's gradient.
     /// Models with MaxPool use fedge's own `FedgeMaxPoolGrad` operator (domain `ai.fedge`), 1-D and 2-D
-    /// convolutions `FedgeConv`, `FedgeConvInputGrad` and `FedgeConvWeightGrad` unless the step was built
-    /// [`Self::into_standard_ops`].
+    /// convolutions `FedgeConv`, `FedgeConvInputGrad` and `FedgeConvWeightGrad`, dense layers `FedgeGemm`, unless
+    /// the step was built [`Self::into_standard_ops`].
     pub fn training_graph(&self, n: usize) -> Result<Vec<u8>, TrainError> {
         Ok(prost::Message::encode_to_vec(&self.step_graph(n)?.0.model))
     }
@@ -217,7 +218,7 @@ impl TrainStep {
 
     fn build(&self, n: usize) -> Result<SizedPlan, TrainError> {
         let (sg, rows, classes) = self.step_graph(n)?;
-        let plan = compile(&sg.model)?;
+        let plan = compile(sg.model)?;
         Ok(SizedPlan { n, rows, classes, plan, masks: sg.masks })
     }
 

@@ -1,43 +1,57 @@
 //! Gradients of Gemm (every transA/transB/alpha/beta form) and MatMul (batched, with broadcasting).
 //!
-//! dA and dB are themselves Gemm/MatMul nodes with transA/transB flags; nothing here materialises a transpose for
-//! 2-D operands (measured: a Gemm with transA on the activations costs no more in CPU time than transposing the
-//! result of the swapped product, and tract's Transpose is slow).
+//! dA and dB are themselves products with transA/transB flags: fedge's own `FedgeGemm` for matrices in a step
+//! emitted with fedge's kernels (the transposed operand read in place, no copy), Gemm nodes in the standard form.
+//! Nothing here materialises a transpose for 2-D operands (measured: a Gemm with transA on the activations costs no
+//! more in CPU time than transposing the result of the swapped product, and tract's Transpose is slow).
 
-use super::super::emit::Emitter;
+use super::super::emit::{Emitter, Kernels, Precision};
 use super::super::error::TrainError;
 use super::super::graph::{DNode, Op};
 use super::super::proto::{attr_f, attr_i};
+
+/// `alpha·op(X)·op(Y)` for matrices X and Y of stored shapes `sx` and `sy`.
+#[allow(clippy::too_many_arguments)]
+fn product(e: &mut Emitter, x: &str, sx: &[usize], y: &str, sy: &[usize], ta: bool, tb: bool, alpha: f32) -> String {
+    if e.kernels == Kernels::Fedge {
+        return e.fedge_gemm(&[x, y], sx, sy, (ta, tb), alpha, 1.0, None);
+    }
+    let flags = vec![attr_i("transA", ta as i64), attr_i("transB", tb as i64)];
+    if e.precision == Precision::F64 {
+        // tract 0.22 scales by alpha with an f32 constant, which an f64 product cannot always be multiplied by.
+        let p = e.op("Gemm", &[x, y], flags);
+        return e.scale(&p, alpha);
+    }
+    let mut attrs = flags;
+    if alpha != 1.0 {
+        attrs.insert(0, attr_f("alpha", alpha));
+    }
+    e.op("Gemm", &[x, y], attrs)
+}
 
 pub fn backward(e: &mut Emitter, n: &DNode, dy: &str, needs: &[bool]) -> Result<Vec<Option<String>>, TrainError> {
     let (a, b) = (n.inputs[0].as_str(), n.inputs[1].as_str());
     let mut out = vec![None; n.inputs.len()];
     match n.op {
         Op::Gemm { alpha, beta, trans_a, trans_b } => {
-            let gemm = |e: &mut Emitter, x: &str, y: &str, ta: bool, tb: bool| {
-                e.op(
-                    "Gemm",
-                    &[x, y],
-                    vec![attr_f("alpha", alpha), attr_i("transA", ta as i64), attr_i("transB", tb as i64)],
-                )
-            };
+            let (sa, sb, sy) = (&n.in_shapes[0], &n.in_shapes[1], &n.out_shape);
             // Y = alpha * A' B' + beta * C with A' = op(A), B' = op(B).
             if needs[0] {
                 out[0] = Some(if trans_a {
                     // dA = (alpha dY B'^T)^T = alpha B' dY^T
-                    gemm(e, b, dy, trans_b, true)
+                    product(e, b, sb, dy, sy, trans_b, true, alpha)
                 } else {
                     // dA = alpha dY B'^T
-                    gemm(e, dy, b, false, !trans_b)
+                    product(e, dy, sy, b, sb, false, !trans_b, alpha)
                 });
             }
             if needs[1] {
                 out[1] = Some(if trans_b {
                     // dB = (alpha A'^T dY)^T = alpha dY^T A'
-                    gemm(e, dy, a, true, trans_a)
+                    product(e, dy, sy, a, sa, true, trans_a, alpha)
                 } else {
                     // dB = alpha A'^T dY
-                    gemm(e, a, dy, !trans_a, false)
+                    product(e, a, sa, dy, sy, !trans_a, false, alpha)
                 });
             }
             if n.inputs.len() > 2 && needs[2] {
@@ -48,14 +62,12 @@ pub fn backward(e: &mut Emitter, n: &DNode, dy: &str, needs: &[bool]) -> Result<
         Op::MatMul => {
             let (sa, sb) = (&n.in_shapes[0], &n.in_shapes[1]);
             if sa.len() == 2 && sb.len() == 2 {
-                let plain = |e: &mut Emitter, x: &str, y: &str, ta: bool, tb: bool| {
-                    e.op("Gemm", &[x, y], vec![attr_i("transA", ta as i64), attr_i("transB", tb as i64)])
-                };
+                let sy = &n.out_shape;
                 if needs[0] {
-                    out[0] = Some(plain(e, dy, b, false, true));
+                    out[0] = Some(product(e, dy, sy, b, sb, false, true, 1.0));
                 }
                 if needs[1] {
-                    out[1] = Some(plain(e, a, dy, true, false));
+                    out[1] = Some(product(e, a, sa, dy, sy, true, false, 1.0));
                 }
             } else {
                 let swap = |rank: usize| -> Vec<usize> {
