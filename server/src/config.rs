@@ -72,7 +72,7 @@ pub struct ServerConfig {
     /// At most this many datagrams go to the kernel in one send call (one GSO batch), 1 to 10. quinn keeps, for
     /// every connection, a send buffer the size of the largest batch it sent: about 1.4 KB a datagram, held for
     /// the connection's life. Fewer datagrams per call keep less memory per connected agent and cost more send
-    /// calls for the same bytes (at 1,000 agents: 10 keeps 14 MB more than 3, and 3 costs about 10% more server
+    /// calls for the same bytes (at 1,000 agents: 10 keeps about 10 MB more than 3, and 3 costs about 10% more server
     /// CPU than 10; BENCHMARKS.md).
     #[serde(default = "default_send_batch")]
     pub udp_send_batch: usize,
