@@ -38,47 +38,34 @@ pub trait Scalar:
     );
 }
 
-impl Scalar for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-    unsafe fn raw_gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: f32,
-        a: (*const f32, isize, isize),
-        b: (*const f32, isize, isize),
-        beta: f32,
-        c: (*mut f32, isize, isize),
-    ) {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { matrixmultiply::sgemm(m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2) }
-    }
+/// The `Scalar` of a float type whose GEMM is matrixmultiply's `$gemm` (`sgemm` or `dgemm`).
+macro_rules! scalar_on {
+    ($t:ty, $gemm:path) => {
+        impl Scalar for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            fn from_f32(v: f32) -> Self {
+                <$t>::from(v)
+            }
+            unsafe fn raw_gemm(
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: $t,
+                a: (*const $t, isize, isize),
+                b: (*const $t, isize, isize),
+                beta: $t,
+                c: (*mut $t, isize, isize),
+            ) {
+                // SAFETY: forwarded from the caller's contract.
+                unsafe { $gemm(m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2) }
+            }
+        }
+    };
 }
 
-impl Scalar for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    fn from_f32(v: f32) -> Self {
-        v as f64
-    }
-    unsafe fn raw_gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: f64,
-        a: (*const f64, isize, isize),
-        b: (*const f64, isize, isize),
-        beta: f64,
-        c: (*mut f64, isize, isize),
-    ) {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { matrixmultiply::dgemm(m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2) }
-    }
-}
+scalar_on!(f32, matrixmultiply::sgemm);
+scalar_on!(f64, matrixmultiply::dgemm);
 
 /// A strided `rows × cols` view starting at the beginning of a slice.
 #[derive(Debug, Clone, Copy)]
