@@ -71,17 +71,14 @@ pub fn peer_key_table_of(
             bail!("the certificate relayed for {name} has {} bytes", der.len());
         }
         let cert = CertificateDer::from(der.as_slice());
-        let info = match CertInfo::parse(&cert) {
-            Ok(info) if verified.holds(&info, now) => info,
-            _ => {
-                verifier
-                    .verify_client_cert(&cert, &[], now)
-                    .map_err(|e| anyhow!("the certificate relayed for {name} is not valid in this federation: {e}"))?;
-                let info = CertInfo::parse(&cert).map_err(|e| anyhow!("the certificate relayed for {name}: {e}"))?;
-                verified.insert(&info);
-                info
-            }
-        };
+        let info = CertInfo::parse(&cert);
+        if !info.as_ref().is_ok_and(|i| verified.holds(i, now)) {
+            verifier
+                .verify_client_cert(&cert, &[], now)
+                .map_err(|e| anyhow!("the certificate relayed for {name} is not valid in this federation: {e}"))?;
+        }
+        let info = info.map_err(|e| anyhow!("the certificate relayed for {name}: {e}"))?;
+        verified.insert(&info);
         if info.name != name {
             bail!("the certificate of {:?} was relayed for agent {name}", info.name);
         }

@@ -1,7 +1,7 @@
 //! Peers' certificates this agent has verified against the federation CA, by fingerprint (SHA-256 of the DER), so
 //! that a neighbour's certificate is chain-verified the first time it is used rather than in every round: the CA's
-//! signature on the same bytes verifies the same way every time, and it was an ECDSA verification per neighbour per
-//! round (about a third of an agent's public-key work in a secure round; BENCHMARKS.md).
+//! signature on the same bytes verifies the same way every time, and it was an ECDSA verification (and a chain
+//! built) per neighbour per round.
 //!
 //! What is not remembered is checked at every use by [`crate::peer_check`]: the certificate's expiry against the
 //! time given, the name the cohort lists, the role, and the CA-signed revocation list. This module must never hold a

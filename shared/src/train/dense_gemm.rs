@@ -44,6 +44,11 @@ impl Dense {
         if d.k() != k2 {
             return bad(format!("inner dimensions {} and {k2} differ (A {a_shape:?}, B {b_shape:?})", d.k()));
         }
+        // The shapes come from a graph's attributes: sizes whose product overflows are refused here.
+        let [m, n] = d.y_shape();
+        if a0.checked_mul(a1).is_none() || b0.checked_mul(b1).is_none() || m.checked_mul(n).is_none() {
+            return bad(format!("A {a_shape:?} and B {b_shape:?} are too large"));
+        }
         Ok(d)
     }
 
@@ -94,12 +99,12 @@ pub fn dense<T: Scalar>(
 ) -> Result<(), GemmShapeError> {
     let [m, n] = d.y_shape();
     for (name, have, want) in [
-        ("A", a.len(), d.a_shape[0] * d.a_shape[1]),
-        ("B", b.len(), d.b_shape[0] * d.b_shape[1]),
-        ("Y", y.len(), m * n),
+        ("A", a.len(), d.a_shape[0].checked_mul(d.a_shape[1])),
+        ("B", b.len(), d.b_shape[0].checked_mul(d.b_shape[1])),
+        ("Y", y.len(), m.checked_mul(n)),
     ] {
-        if have != want {
-            return bad(format!("{name} has {have} values, {want} expected for {d:?}"));
+        if Some(have) != want {
+            return bad(format!("{name} has {have} values, {want:?} expected for {d:?}"));
         }
     }
     let beta = match c {
@@ -204,6 +209,8 @@ mod tests {
     fn sizes_that_disagree_are_errors() {
         assert!(Dense::new(&[2, 3], &[2, 4], false, false, 1.0, 1.0).is_err());
         assert!(Dense::new(&[2, 3, 1], &[3, 4], false, false, 1.0, 1.0).is_err());
+        assert!(Dense::new(&[usize::MAX, 2], &[2, 4], false, false, 1.0, 1.0).is_err(), "A's size overflows");
+        assert!(Dense::new(&[1 << 40, 1], &[1, 1 << 40], false, false, 1.0, 1.0).is_err(), "Y's size overflows");
         let d = Dense::new(&[2, 3], &[4, 3], false, true, 1.0, 1.0).unwrap();
         assert_eq!(d.y_shape(), [2, 4]);
         let (a, b) = (vec![0.0f32; 6], vec![0.0f32; 12]);
