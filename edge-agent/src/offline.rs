@@ -420,12 +420,16 @@ pub fn train(args: TrainArgs) -> Result<()> {
             ..EpochPlan::constant(epoch, args.epochs, epoch_seed(args.seed, epoch))
         };
         let prox = args.prox_mu.map(|mu| Proximal { mu, global: &start });
+        // The steps reuse their buffers from the heap instead of faulting fresh mappings in (shared::alloc).
+        let heap = fedge_shared::alloc::keep_heap_for_training();
         let summary = trainer.train_epoch(&mut weights, &train, &mut optimizer, prox, plan, &mut |p| {
             bar.inc(1);
             if p.step.is_multiple_of(20) {
                 bar.set_message(format!("loss {:.4}", p.loss));
             }
-        })?;
+        });
+        drop(heap);
+        let summary = summary?;
         let train_seconds = epoch_started.elapsed().as_secs_f64();
         let eval = evaluate(&model, &weights, &test, eval_batch)?;
         if args.json {

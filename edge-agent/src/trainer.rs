@@ -255,7 +255,11 @@ impl Learner for TractLearner {
         };
         let set = TrainingSet::new(&self.train, &own).context("joining the device's labelled examples")?;
         let device_examples = set.device_examples() as u64;
-        let summary = trainer.train(&mut weights, &set, &cfg, &mut |_| {})?;
+        // The steps reuse their buffers from the heap instead of faulting fresh mappings in (shared::alloc).
+        let heap = fedge_shared::alloc::keep_heap_for_training();
+        let summary = trainer.train(&mut weights, &set, &cfg, &mut |_| {});
+        drop(heap);
+        let summary = summary?;
         let holdout_accuracy = match &self.holdout {
             Some(h) if !h.is_empty() => evaluate(trainer.model(), &weights, h, eval_batch)?.accuracy(),
             _ => None,

@@ -20,7 +20,7 @@ fn cpu_ms() -> Option<f64> {
     s.split_whitespace().next()?.parse::<f64>().ok().map(|ns| ns / 1e6)
 }
 
-use fedge_shared::train::{Labels, Loss, Predictor, TrainStep, TrainableModel};
+use fedge_shared::train::{Labels, Loss, Predictor, TrainStep, TrainableModel, WeightTensors};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -30,7 +30,8 @@ fn bench(name: &str, bytes: &[u8], batch: usize, runs: usize, standard_ops: bool
     let x: Vec<f32> = (0..batch * model.input_len()).map(|_| rng.gen_range(0.0..1.0)).collect();
     let labels: Vec<u32> = (0..batch).map(|_| rng.gen_range(0..10)).collect();
     let w = model.initial_weights();
-    let mut g = vec![0.0; w.len()];
+    // As the trainer does: the weights stay in the tensors the step reads, the gradient in those it wrote.
+    let ws = WeightTensors::from_flat(&model, &w).expect("weights");
     let t0 = Instant::now();
     let mut step = TrainStep::new(&model, Loss::SoftmaxCrossEntropy, batch).expect("step");
     if standard_ops {
@@ -38,12 +39,13 @@ fn bench(name: &str, bytes: &[u8], batch: usize, runs: usize, standard_ops: bool
     }
     let build = t0.elapsed();
     for _ in 0..2 {
-        step.run(&w, &x, Labels::Classes(&labels), 0, &mut g).expect("run");
+        step.gradients_at(&ws, &x, Labels::Classes(&labels), 0).expect("run");
     }
     let t1 = Instant::now();
     let c1 = cpu_ms();
     for i in 0..runs {
-        step.run(&w, &x, Labels::Classes(&labels), i as u64, &mut g).expect("run");
+        let (_, g) = step.gradients_at(&ws, &x, Labels::Classes(&labels), i as u64).expect("run");
+        std::hint::black_box(g.part(0).first());
     }
     let wall_step = t1.elapsed().as_secs_f64() * 1e3 / runs as f64;
     let per_step = match (c1, cpu_ms()) {
@@ -70,6 +72,10 @@ fn bench(name: &str, bytes: &[u8], batch: usize, runs: usize, standard_ops: bool
 }
 
 fn main() {
+    // The agent's allocator settings: `fedge-agent` sets the first in `main` and keeps the heap while it trains
+    // (`shared::alloc`), so the step is timed as the agent runs it.
+    fedge_shared::alloc::return_large_blocks_to_the_os();
+    let _heap = fedge_shared::alloc::keep_heap_for_training();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let standard_ops = args.first().is_some_and(|a| a == "--standard-ops");
     if standard_ops {

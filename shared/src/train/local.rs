@@ -8,7 +8,7 @@
 
 use super::optimizer::{Optimizer, OptimizerConfig, OptimizerError, Proximal};
 use super::schedule::{LrSchedule, ScheduleError};
-use super::{Labels, Loss, Predictor, TrainError, TrainStep, TrainableModel};
+use super::{Labels, Loss, Predictor, TrainError, TrainStep, TrainableModel, WeightTensors};
 use crate::data::{Batch, DataError, ExampleBatches, Examples, Task};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -263,6 +263,28 @@ impl LocalTrainer {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<EpochSummary, LocalTrainError> {
         self.check_data(data)?;
+        // The steps read and the optimizer updates the weights as tensors (no copy per step); the flat vector gets
+        // them back once, at the end of the epoch or at the step that failed.
+        let mut tensors = WeightTensors::from_flat(&self.model, weights)?;
+        let ran = self.epoch_steps(&mut tensors, data, optimizer, prox, &plan, progress);
+        tensors.copy_to(weights)?;
+        let summary = ran?;
+        if !weights.iter().all(|w| w.is_finite()) {
+            return Err(LocalTrainError::Diverged { epoch: plan.epoch, step: summary.steps, loss: f32::NAN });
+        }
+        Ok(summary)
+    }
+
+    /// The steps of one epoch on weights held as tensors.
+    fn epoch_steps<D: Examples + ?Sized>(
+        &mut self,
+        weights: &mut WeightTensors,
+        data: &D,
+        optimizer: &mut Optimizer,
+        prox: Option<Proximal<'_>>,
+        plan: &EpochPlan,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<EpochSummary, LocalTrainError> {
         let mut batches = ExampleBatches::new(data, self.batch_size(), plan.seed);
         let steps_per_epoch = batches.num_batches() as u64;
         let steps_per_epoch = plan.max_steps.map_or(steps_per_epoch, |m| m.min(steps_per_epoch));
@@ -289,7 +311,7 @@ impl LocalTrainer {
                 }
             };
             optimizer.set_lr_factor(plan.schedule.factor(plan.first_step + steps, plan.total_steps))?;
-            let (loss, grads) = self.step.gradients(weights, &self.batch.x, labels, dropout.next_u64())?;
+            let (loss, grads) = self.step.gradients_at(weights, &self.batch.x, labels, dropout.next_u64())?;
             let loss = loss as f32;
             steps += 1;
             // A non-finite gradient would poison the weights: that is divergence. A non-finite loss with a finite
@@ -298,7 +320,7 @@ impl LocalTrainer {
             if !grads.all_finite() {
                 return Err(LocalTrainError::Diverged { epoch: plan.epoch, step: steps, loss });
             }
-            optimizer.step_parts(weights, grads.parts(), prox)?;
+            optimizer.step_pieces(weights.parts_mut()?, grads.parts(), prox)?;
             drop(grads);
             examples += n as u64;
             if loss.is_finite() {
@@ -308,9 +330,6 @@ impl LocalTrainer {
                 non_finite_losses += 1;
             }
             progress(Progress { epoch: plan.epoch, epochs: plan.epochs, step: steps, steps_per_epoch, loss });
-        }
-        if !weights.iter().all(|w| w.is_finite()) {
-            return Err(LocalTrainError::Diverged { epoch: plan.epoch, step: steps, loss: f32::NAN });
         }
         if non_finite_losses > 0 {
             tracing::warn!(

@@ -3,7 +3,7 @@
 //! tract is an inference engine; fedge trains with it by running a *training-step graph*: an ONNX graph built
 //! from the forward model by reverse-mode differentiation, whose inputs are the trainable weights, a batch and its
 //! labels, and whose outputs are the mean loss and every weight's gradient. The optimizer step is plain Rust over
-//! the flat weight vector.
+//! the weights, kept across steps as the tensors the step reads (`WeightTensors`).
 //!
 //! Nothing here touches the network; files are read only by the loaders the caller invokes.
 
@@ -52,6 +52,7 @@ mod shapes;
 mod slice_guard;
 mod step;
 mod trainable;
+mod weight_tensors;
 
 pub use emit::Precision;
 pub use error::TrainError;
@@ -60,3 +61,4 @@ pub use part::{PartError, TrainablePart};
 pub use predictor::Predictor;
 pub use step::{Gradients, TrainStep};
 pub use trainable::{ParamInfo, TrainableModel};
+pub use weight_tensors::WeightTensors;

@@ -179,14 +179,7 @@ impl Optimizer {
         };
         check("weights", weights.len())?;
         check("gradient", parts.clone().map(|g| g.len()).sum())?;
-        if let Some(p) = prox {
-            check("global weights", p.global.len())?;
-            if !(p.mu.is_finite() && p.mu >= 0.0) {
-                return Err(OptimizerError::BadHyperParameter { what: "proximal mu".into(), value: p.mu });
-            }
-        }
-        let first = self.steps == 0;
-        self.steps += 1;
+        let first = self.begin_step(prox)?;
         let mut offset = 0;
         for g in parts {
             let end = offset + g.len();
@@ -194,6 +187,60 @@ impl Optimizer {
             offset = end;
         }
         Ok(())
+    }
+
+    /// [`Self::step_parts`] with the weights in pieces too (one per weight tensor, as
+    /// [`crate::train::WeightTensors::parts_mut`] gives them): weight piece `i` is updated from gradient piece `i`,
+    /// the same update, bit for bit, as on the flat vector. The pieces must pair up in length and cover the weights
+    /// exactly, in order.
+    pub fn step_pieces<'g, I>(
+        &mut self,
+        weights: Vec<&mut [f32]>,
+        parts: I,
+        prox: Option<Proximal<'_>>,
+    ) -> Result<(), OptimizerError>
+    where
+        I: IntoIterator<Item = &'g [f32]>,
+        I::IntoIter: Clone,
+    {
+        let parts = parts.into_iter();
+        let expected = self.m.len();
+        let total: usize = weights.iter().map(|w| w.len()).sum();
+        if total != expected {
+            return Err(OptimizerError::LengthMismatch { what: "weights", got: total, expected });
+        }
+        let paired = weights.len() == parts.clone().count()
+            && weights.iter().zip(parts.clone()).all(|(w, g)| w.len() == g.len());
+        if !paired {
+            let got = parts.clone().map(|g| g.len()).sum();
+            return Err(OptimizerError::LengthMismatch { what: "gradient pieces", got, expected });
+        }
+        let first = self.begin_step(prox)?;
+        let mut offset = 0;
+        for (w, g) in weights.into_iter().zip(parts) {
+            self.update(w, offset, g, prox, first);
+            offset += g.len();
+        }
+        Ok(())
+    }
+
+    /// Checks the proximal term's inputs and counts the step; whether it is the first since creation or reset.
+    fn begin_step(&mut self, prox: Option<Proximal<'_>>) -> Result<bool, OptimizerError> {
+        if let Some(p) = prox {
+            if p.global.len() != self.m.len() {
+                return Err(OptimizerError::LengthMismatch {
+                    what: "global weights",
+                    got: p.global.len(),
+                    expected: self.m.len(),
+                });
+            }
+            if !(p.mu.is_finite() && p.mu >= 0.0) {
+                return Err(OptimizerError::BadHyperParameter { what: "proximal mu".into(), value: p.mu });
+            }
+        }
+        let first = self.steps == 0;
+        self.steps += 1;
+        Ok(first)
     }
 
     /// Updates the weights `offset..offset + grads.len()` (given as `weights`) from their gradient.
@@ -261,13 +308,25 @@ mod tests {
             let prox = Some(Proximal { mu: 0.1, global: &global });
             let k = ((g.len() as f64 * cut) as usize).min(g.len());
             let (mut flat_w, mut parts_w) = (w0.clone(), w0.clone());
+            let (mut a, mut b) = (w0[..k].to_vec(), w0[k..].to_vec());
             let mut flat = Optimizer::new(config.clone(), w0.len()).unwrap();
-            let mut pieces = Optimizer::new(config, w0.len()).unwrap();
+            let mut pieces = Optimizer::new(config.clone(), w0.len()).unwrap();
+            let mut split = Optimizer::new(config, w0.len()).unwrap();
             for _ in 0..steps {
                 flat.step(&mut flat_w, &g, prox).unwrap();
                 pieces.step_parts(&mut parts_w, [&g[..k], &g[k..]], prox).unwrap();
+                split.step_pieces(vec![&mut a[..], &mut b[..]], [&g[..k], &g[k..]], prox).unwrap();
             }
-            prop_assert_eq!(flat_w, parts_w);
+            let joined: Vec<f32> = a.iter().chain(&b).copied().collect();
+            prop_assert_eq!(&flat_w, &parts_w);
+            prop_assert_eq!(&flat_w, &joined);
+            if k > 0 && k < g.len() {
+                // Pieces that cover the weights but do not pair up with the gradient's are refused.
+                let (mut c, mut d) = (w0[..k - 1].to_vec(), w0[k - 1..].to_vec());
+                let unpaired = split.step_pieces(vec![&mut c[..], &mut d[..]], [&g[..k], &g[k..]], prox);
+                let refused = matches!(unpaired, Err(OptimizerError::LengthMismatch { what: "gradient pieces", .. }));
+                prop_assert!(refused, "pieces that do not pair up were taken");
+            }
             let short = pieces.step_parts(&mut w0.clone(), [&g[..k]], prox);
             let refused = matches!(short, Err(OptimizerError::LengthMismatch { what: "gradient", .. }));
             prop_assert!(refused || k == g.len(), "a short gradient was taken");

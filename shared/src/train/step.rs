@@ -21,6 +21,7 @@ use super::forward::MaskInput;
 use super::loss::{Labels, Loss, label_tensor};
 use super::plan::{Plan, compile, scalar_out, tensor_in};
 use super::trainable::TrainableModel;
+use super::weight_tensors::WeightTensors;
 
 /// How many plans (batch sizes) a step keeps before dropping the least recently built one.
 const MAX_PLANS: usize = 3;
@@ -279,9 +280,22 @@ impl TrainStep {
         labels: Labels<'_>,
         dropout_seed: u64,
     ) -> Result<(f64, Gradients), TrainError> {
+        let ws = WeightTensors::from_flat(&self.model, weights)?;
+        self.gradients_at(&ws, x, labels, dropout_seed)
+    }
+
+    /// [`Self::gradients`] at weights the caller keeps as tensors across steps: in f32 the plan reads them where
+    /// they are (no copy per step), and the caller's optimizer updates them in place between steps.
+    pub fn gradients_at(
+        &mut self,
+        weights: &WeightTensors,
+        x: &[f32],
+        labels: Labels<'_>,
+        dropout_seed: u64,
+    ) -> Result<(f64, Gradients), TrainError> {
         let precision = self.precision;
         let model = self.model.clone();
-        model.check_weights(weights)?;
+        weights.check_for(&model)?;
         let il = model.input_len();
         if il == 0 || x.is_empty() || !x.len().is_multiple_of(il) {
             return Err(TrainError::shape(format!("{} inputs are not a whole number of examples of {il}", x.len())));
@@ -298,12 +312,8 @@ impl TrainStep {
             return Err(TrainError::shape(format!("{label_count} labels do not split evenly over {n} examples")));
         }
         let per_example = label_count / n;
-        // The weights enter every piece as the same shared tensors: one copy per step, whatever the split.
-        let ws = model
-            .params()
-            .iter()
-            .map(|p| tensor_in(&p.shape, &weights[p.offset..p.offset + p.len], precision))
-            .collect::<Result<Vec<_>, _>>()?;
+        // The weights enter every piece as the same shared tensors, whatever the split.
+        let ws = weights.inputs(precision)?;
         let mut rng = ChaCha8Rng::seed_from_u64(dropout_seed);
         let mut loss = 0.0;
         let mut acc: Vec<Tensor> = Vec::new();
