@@ -35,11 +35,13 @@ impl Precision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Kernels {
     /// fedge's own tract operators where it has them (in the training step, a 1-D or 2-D convolution and a dense
-    /// layer, Gemm or 2-D MatMul, with their input and weight gradients): what fedge trains with.
+    /// layer, Gemm or 2-D MatMul, with their input and weight gradients, and the softmax cross-entropy with its
+    /// gradient): what fedge trains with.
     #[default]
     Fedge,
     /// ONNX-standard operators for convolutions, dense layers and their gradients (Conv, ConvTranspose, Gemm, MatMul),
-    /// for runtimes that do not know domain `ai.fedge` and for checking fedge's operators against. MaxPool's gradient
+    /// and the softmax cross-entropy as the standard ops of its formula, for runtimes that do not know domain
+    /// `ai.fedge` and for checking fedge's operators against. MaxPool's gradient
     /// stays `FedgeMaxPoolGrad`.
     Standard,
 }

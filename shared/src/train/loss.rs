@@ -8,8 +8,10 @@
 //!
 //! Nothing here runs a graph; label validation returns errors, never panics.
 
-use super::emit::Emitter;
+use super::emit::{Emitter, Kernels};
 use super::error::TrainError;
+use super::loss_op::SOFTMAX_CROSS_ENTROPY;
+use super::proto::attr_i;
 
 /// The graph input carrying the labels (one-hot or targets, `[n, C]` floats).
 pub const LABELS: &str = "__fedge/labels";
@@ -90,6 +92,13 @@ pub enum Labels<'a> {
 /// Appends the loss over logits `z` (`[n, c]`) and returns the gradient of the loss with respect to `z`.
 pub fn emit_loss(e: &mut Emitter, z: &str, n: usize, c: usize, loss: Loss) -> String {
     match loss {
+        Loss::SoftmaxCrossEntropy | Loss::SequenceCrossEntropy if e.kernels == Kernels::Fedge => {
+            // The same loss and gradient as below, as one node of fedge's own.
+            let dz = e.fresh(SOFTMAX_CROSS_ENTROPY);
+            let sizes = vec![attr_i("n", n as i64), attr_i("c", c as i64)];
+            e.fedge_op_into(SOFTMAX_CROSS_ENTROPY, &[z, LABELS], &[LOSS, &dz], sizes);
+            dz
+        }
         Loss::SoftmaxCrossEntropy | Loss::SequenceCrossEntropy => {
             let lsm = e.log_softmax(z, &[n, c], 1);
             let picked = e.op("Mul", &[&lsm, LABELS], vec![]);

@@ -29,7 +29,8 @@ pub mod schedule;
 //   axis (also the form `TrainStep::into_standard_ops` emits for other runtimes); pooling uses
 //   ConvTranspose/Expand, and MaxPool fedge's own `FedgeMaxPoolGrad` op over tract's argmax indices (see
 //   `custom_op`). BatchNormalization trains scale and bias with frozen running statistics. Dropout multiplies by
-//   a mask drawn from the caller's seed.
+//   a mask drawn from the caller's seed. The softmax cross-entropy and its gradient are one
+//   `FedgeSoftmaxCrossEntropy` node (`loss_op`) in the training step, their standard-op formula for other runtimes.
 // - `Precision::F64` builds the same graph in f64 (for finite-difference verification).
 mod autodiff;
 mod conv_gemm;
@@ -44,6 +45,7 @@ mod gemm;
 mod grad;
 mod graph;
 mod loss;
+mod loss_op;
 mod lowering;
 mod plan;
 mod predictor;

@@ -12,6 +12,7 @@ use super::custom_op;
 use super::dense_ops;
 use super::emit::Precision;
 use super::error::TrainError;
+use super::loss_op;
 
 /// An optimised tract plan.
 pub type Plan = TypedRunnableModel<TypedModel>;
@@ -26,6 +27,7 @@ fn loader() -> &'static tract_onnx::Onnx {
         onnx.op_register.insert(conv_ops::CONV_INPUT_GRAD, conv_ops::load_input_grad);
         onnx.op_register.insert(conv_ops::CONV_WEIGHT_GRAD, conv_ops::load_weight_grad);
         onnx.op_register.insert(dense_ops::GEMM, dense_ops::load);
+        onnx.op_register.insert(loss_op::SOFTMAX_CROSS_ENTROPY, loss_op::load);
         onnx
     })
 }
@@ -57,8 +59,9 @@ pub fn tensor_in(shape: &[usize], data: &[f32], precision: Precision) -> Result<
 
 /// A scalar float output of either precision.
 pub fn scalar_out(v: &TValue) -> Result<f64, TrainError> {
-    if let Ok(x) = v.to_scalar::<f64>() {
-        return Ok(*x);
+    // The type is looked at first: a failed conversion builds an error (and may capture a backtrace) every step.
+    if v.datum_type() == f64::datum_type() {
+        return v.to_scalar::<f64>().copied().map_err(TrainError::tract);
     }
     v.to_scalar::<f32>().map(|x| *x as f64).map_err(TrainError::tract)
 }

@@ -172,8 +172,8 @@ impl TrainStep {
 
     /// The same step emitted with ONNX-standard operators only for its convolutions, dense layers and their
     /// gradients (Conv; a ConvTranspose for the input's gradient, a Conv over transposed tensors for the weights';
-    /// Gemm and MatMul) instead of fedge's own `FedgeConv`, `FedgeConvInputGrad`, `FedgeConvWeightGrad` and
-    /// `FedgeGemm`: slower in tract, for [`Self::training_graph`] to export graphs other runtimes can run (MaxPool's
+    /// Gemm and MatMul) and its loss, instead of fedge's own `FedgeConv`, `FedgeConvInputGrad`,
+    /// `FedgeConvWeightGrad`, `FedgeGemm` and `FedgeSoftmaxCrossEntropy`: slower in tract, for [`Self::training_graph`] to export graphs other runtimes can run (MaxPool's
     /// gradient stays `FedgeMaxPoolGrad`), and for checking fedge's operators against.
     pub fn into_standard_ops(mut self) -> Result<Self, TrainError> {
         self.kernels = Kernels::Standard;
@@ -194,8 +194,8 @@ impl TrainStep {
     /// runtimes). Inputs: data, labels (`[rows, C]` as [`Loss::layout`] gives, one-hot for the cross-entropies), the weights in
     /// [`TrainableModel::params`] order, then dropout masks; outputs: the mean loss, then each weight's gradient.
     /// Models with MaxPool use fedge's own `FedgeMaxPoolGrad` operator (domain `ai.fedge`), 1-D and 2-D
-    /// convolutions `FedgeConv`, `FedgeConvInputGrad` and `FedgeConvWeightGrad`, dense layers `FedgeGemm`, unless
-    /// the step was built [`Self::into_standard_ops`].
+    /// convolutions `FedgeConv`, `FedgeConvInputGrad` and `FedgeConvWeightGrad`, dense layers `FedgeGemm`, the
+    /// softmax cross-entropies `FedgeSoftmaxCrossEntropy`, unless the step was built [`Self::into_standard_ops`].
     pub fn training_graph(&self, n: usize) -> Result<Vec<u8>, TrainError> {
         Ok(prost::Message::encode_to_vec(&self.step_graph(n)?.0.model))
     }
