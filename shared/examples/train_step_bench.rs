@@ -1,8 +1,9 @@
 //! Milliseconds per training step (forward + backward through the tract-run training graph, single-threaded)
-//! for McMahan et al.'s MLP and CNN at batch 32 and 128, plus the plan build time and the inference time. Times
-//! are CPU time of the running thread where Linux reports it (robust to a busy machine), else wall time.
+//! for McMahan et al.'s MLP and CNN and a char-LSTM (the real-text bench's sizes: 256 byte ids, windows of 80,
+//! embedding 32, LSTM 128, `builder::char_lstm`) at batch 32 and 128, plus the plan build time and the inference
+//! time. Times are CPU time of the running thread where Linux reports it (robust to a busy machine), else wall time.
 //!
-//! Run: `cargo run --release -p fedge-shared --example train_step_bench [--standard-ops] [mlp|cnn] [batch...]`
+//! Run: `cargo run --release -p fedge-shared --example train_step_bench [--standard-ops] [mlp|cnn|lstm] [batch...]`
 //! (`--standard-ops`: the convolutions, dense layers and their gradients as ONNX-standard ops instead of fedge's own,
 //! for comparison)
 //! (`... train_step_bench export DIR` writes the models and their training graphs to DIR, with ONNX-standard
@@ -20,15 +21,41 @@ fn cpu_ms() -> Option<f64> {
     s.split_whitespace().next()?.parse::<f64>().ok().map(|ns| ns / 1e6)
 }
 
-use fedge_shared::train::{Labels, Loss, Predictor, TrainStep, TrainableModel};
+use fedge_shared::train::{Labels, Loss, Predictor, TrainStep, TrainableModel, builder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn bench(name: &str, bytes: &[u8], batch: usize, runs: usize, standard_ops: bool) {
+/// The char-LSTM's sizes: those of `scripts/bench-char-lstm.sh` (byte ids, `char_lstm_reference.py`'s defaults).
+const VOCAB: usize = 256;
+const SEQ: usize = 80;
+const EMBED: usize = 32;
+const HIDDEN: usize = 128;
+
+fn char_lstm() -> Vec<u8> {
+    builder::char_lstm(VOCAB, SEQ, EMBED, HIDDEN, 1)
+}
+
+/// What a model reads: pixels in [0, 1) and 10 classes, or (`ids`) token ids and next-token labels below `ids`.
+#[derive(Clone, Copy)]
+enum Data {
+    Pixels,
+    Ids(usize),
+}
+
+fn bench(name: &str, bytes: &[u8], data: Data, batch: usize, runs: usize, standard_ops: bool) {
     let model = TrainableModel::from_onnx_bytes(bytes).expect("model");
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let x: Vec<f32> = (0..batch * model.input_len()).map(|_| rng.gen_range(0.0..1.0)).collect();
-    let labels: Vec<u32> = (0..batch).map(|_| rng.gen_range(0..10)).collect();
+    let len = batch * model.input_len();
+    let (x, labels): (Vec<f32>, Vec<u32>) = match data {
+        Data::Pixels => {
+            ((0..len).map(|_| rng.gen_range(0.0..1.0)).collect(), (0..batch).map(|_| rng.gen_range(0..10)).collect())
+        }
+        // Integer inputs are fed as float ids (the step casts them back).
+        Data::Ids(v) => (
+            (0..len).map(|_| rng.gen_range(0..v) as f32).collect(),
+            (0..batch).map(|_| rng.gen_range(0..v as u32)).collect(),
+        ),
+    };
     let w = model.initial_weights();
     let mut g = vec![0.0; w.len()];
     let t0 = Instant::now();
@@ -79,7 +106,7 @@ fn main() {
     if which == "export" {
         // Writes the models and their training graphs to a directory, for timing other runtimes on them.
         let dir = args.get(1).cloned().unwrap_or_else(|| ".".into());
-        for (name, bytes) in [("mlp", engine_support::mlp(1)), ("cnn", engine_support::cnn(1))] {
+        for (name, bytes) in [("mlp", engine_support::mlp(1)), ("cnn", engine_support::cnn(1)), ("lstm", char_lstm())] {
             let model = TrainableModel::from_onnx_bytes(&bytes).expect("model");
             std::fs::write(format!("{dir}/{name}.onnx"), &bytes).expect("write");
             for b in [32, 128] {
@@ -98,10 +125,13 @@ fn main() {
     for b in &batches {
         if which == "all" || which == "mlp" {
             // 500 steps: the thread's CPU time advances by scheduler ticks (4 ms here), ±0.08 ms a step over 50.
-            bench("mlp", &engine_support::mlp(1), *b, 500, standard_ops);
+            bench("mlp", &engine_support::mlp(1), Data::Pixels, *b, 500, standard_ops);
         }
         if which == "all" || which == "cnn" {
-            bench("cnn", &engine_support::cnn(1), *b, 5, standard_ops);
+            bench("cnn", &engine_support::cnn(1), Data::Pixels, *b, 5, standard_ops);
+        }
+        if which == "all" || which == "lstm" {
+            bench("lstm", &char_lstm(), Data::Ids(VOCAB), *b, 10, standard_ops);
         }
     }
 }
