@@ -4,6 +4,8 @@
 //! time. Times are CPU time of the running thread where Linux reports it (robust to a busy machine), else wall time.
 //!
 //! Run: `cargo run --release -p fedge-shared --example train_step_bench [--standard-ops] [mlp|cnn|lstm] [batch...]`
+//! (`FEDGE_BENCH_RUNS=N`: time N steps instead of each model's default; `FEDGE_BENCH_STEP_ONLY=1`: time the step
+//! only, without the inference plan, e.g. under `perf record`.)
 //! (`--standard-ops`: the convolutions, dense layers and their gradients as ONNX-standard ops instead of fedge's own,
 //! for comparison)
 //! (`... train_step_bench export DIR` writes the models and their training graphs to DIR, with ONNX-standard
@@ -77,6 +79,10 @@ fn bench(name: &str, bytes: &[u8], data: Data, batch: usize, runs: usize, standa
         (Some(a), Some(b)) => (b - a) / runs as f64,
         _ => wall_step,
     };
+    if std::env::var_os("FEDGE_BENCH_STEP_ONLY").is_some() {
+        println!("{name:>4} batch {batch:>4}: {per_step:8.2} ms/step CPU ({wall_step:8.2} wall)");
+        return;
+    }
     let p = Predictor::new(&model, &w, batch).expect("predictor");
     p.predict(&x).expect("predict");
     let t2 = Instant::now();
@@ -94,6 +100,11 @@ fn bench(name: &str, bytes: &[u8], data: Data, batch: usize, runs: usize, standa
         build.as_secs_f64() * 1e3,
         model.num_params()
     );
+}
+
+/// Steps to time: `FEDGE_BENCH_RUNS` if set (e.g. to profile many steps), else the model's default.
+fn runs(default: usize) -> usize {
+    std::env::var("FEDGE_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(default)
 }
 
 fn main() {
@@ -125,13 +136,13 @@ fn main() {
     for b in &batches {
         if which == "all" || which == "mlp" {
             // 500 steps: the thread's CPU time advances by scheduler ticks (4 ms here), ±0.08 ms a step over 50.
-            bench("mlp", &engine_support::mlp(1), Data::Pixels, *b, 500, standard_ops);
+            bench("mlp", &engine_support::mlp(1), Data::Pixels, *b, runs(500), standard_ops);
         }
         if which == "all" || which == "cnn" {
-            bench("cnn", &engine_support::cnn(1), Data::Pixels, *b, 5, standard_ops);
+            bench("cnn", &engine_support::cnn(1), Data::Pixels, *b, runs(5), standard_ops);
         }
         if which == "all" || which == "lstm" {
-            bench("lstm", &char_lstm(), Data::Ids(VOCAB), *b, 10, standard_ops);
+            bench("lstm", &char_lstm(), Data::Ids(VOCAB), *b, runs(10), standard_ops);
         }
     }
 }

@@ -69,6 +69,20 @@ pub fn backward(e: &mut Emitter, n: &DNode, dy: &str, needs: &[bool]) -> Result<
                 if needs[1] {
                     out[1] = Some(product(e, a, sa, dy, sy, true, false, 1.0));
                 }
+            } else if sa.len() > 2 && sb.len() == 2 {
+                // Rows times a matrix: the same products over the rows flattened, `[rows, K]·[K, N]`. One product
+                // each (dB's depth is every row), not one per leading index and a sum over them.
+                let (k, cols) = (sb[0], sb[1]);
+                let rows: usize = sa[..sa.len() - 1].iter().product();
+                let dy2 = e.reshape(dy, &[rows, cols]);
+                if needs[0] {
+                    let g = product(e, &dy2, &[rows, cols], b, sb, false, true, 1.0);
+                    out[0] = Some(e.reshape(&g, sa));
+                }
+                if needs[1] {
+                    let a2 = e.reshape(a, &[rows, k]);
+                    out[1] = Some(product(e, &a2, &[rows, k], &dy2, &[rows, cols], true, false, 1.0));
+                }
             } else {
                 let swap = |rank: usize| -> Vec<usize> {
                     let mut p: Vec<usize> = (0..rank).collect();
