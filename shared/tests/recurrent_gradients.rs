@@ -186,6 +186,9 @@ fn an_unrolled_cell_accumulates_its_weight_gradient_through_its_products() {
     assert_eq!(count(&|n| n.op_type == "MatMul"), 0, "every product is fedge's, the [T, B, I] projection too");
     assert!(count(&|n| n.op_type == "FedgeGemm" && n.input.len() == 3) >= t - 1, "products adding into a C");
     assert_eq!(count(&|n| n.op_type == "Sum" && n.input.len() >= t), 0, "no sum over the time steps");
+    // The standard form (Gemm with C, what other runtimes are given) computes the same gradient.
+    let diff = standard_ops_difference(&fedge_shared::train::builder::char_lstm(5, t, 3, 4, 1), CE, N, 3);
+    assert!(diff < 1e-9, "fedge's and the standard form's gradients differ by {diff}");
 }
 
 #[test]
