@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Train-step benchmark (issue 3): tract's training-step graphs for the example 2NN and CNN at batch 32 and 128,
-# single-threaded, next to onnxruntime (1 intra-op thread) running the same graphs. Installs onnxruntime with pip.
+# Train-step benchmark (issues 3 and 21): tract's training-step graphs for the example 2NN, the CNN and a char-LSTM
+# (ids below 256, windows of 80, embedding 32, LSTM 128) at batch 32 and 128, single-threaded, next to onnxruntime
+# (1 intra-op thread) running the same graphs. Installs onnxruntime with pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check onnxruntime onnx numpy >&2

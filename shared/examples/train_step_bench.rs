@@ -1,8 +1,11 @@
 //! Milliseconds per training step (forward + backward through the tract-run training graph, single-threaded)
-//! for McMahan et al.'s MLP and CNN at batch 32 and 128, plus the plan build time and the inference time. Times
-//! are CPU time of the running thread where Linux reports it (robust to a busy machine), else wall time.
+//! for McMahan et al.'s MLP and CNN and a char-LSTM (the real-text bench's sizes: 256 byte ids, windows of 80,
+//! embedding 32, LSTM 128, `builder::char_lstm`) at batch 32 and 128, plus the plan build time and the inference
+//! time. Times are CPU time of the running thread where Linux reports it (robust to a busy machine), else wall time.
 //!
-//! Run: `cargo run --release -p fedge-shared --example train_step_bench [--standard-ops] [mlp|cnn] [batch...]`
+//! Run: `cargo run --release -p fedge-shared --example train_step_bench [--standard-ops] [mlp|cnn|lstm] [batch...]`
+//! (`FEDGE_BENCH_RUNS=N`: time N steps instead of each model's default; `FEDGE_BENCH_STEP_ONLY=1`: time the step
+//! only, without the inference plan, e.g. under `perf record`.)
 //! (`--standard-ops`: the convolutions, dense layers and their gradients as ONNX-standard ops instead of fedge's own,
 //! for comparison)
 //! (`... train_step_bench export DIR` writes the models and their training graphs to DIR, with ONNX-standard
@@ -20,15 +23,41 @@ fn cpu_ms() -> Option<f64> {
     s.split_whitespace().next()?.parse::<f64>().ok().map(|ns| ns / 1e6)
 }
 
-use fedge_shared::train::{Labels, Loss, Predictor, TrainStep, TrainableModel, WeightTensors};
+use fedge_shared::train::{Labels, Loss, Predictor, TrainStep, TrainableModel, WeightTensors, builder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn bench(name: &str, bytes: &[u8], batch: usize, runs: usize, standard_ops: bool) {
+/// The char-LSTM's sizes: those of `scripts/bench-char-lstm.sh` (byte ids, `char_lstm_reference.py`'s defaults).
+const VOCAB: usize = 256;
+const SEQ: usize = 80;
+const EMBED: usize = 32;
+const HIDDEN: usize = 128;
+
+fn char_lstm() -> Vec<u8> {
+    builder::char_lstm(VOCAB, SEQ, EMBED, HIDDEN, 1)
+}
+
+/// What a model reads: pixels in [0, 1) and 10 classes, or (`ids`) token ids and next-token labels below `ids`.
+#[derive(Clone, Copy)]
+enum Data {
+    Pixels,
+    Ids(usize),
+}
+
+fn bench(name: &str, bytes: &[u8], data: Data, batch: usize, runs: usize, standard_ops: bool) {
     let model = TrainableModel::from_onnx_bytes(bytes).expect("model");
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let x: Vec<f32> = (0..batch * model.input_len()).map(|_| rng.gen_range(0.0..1.0)).collect();
-    let labels: Vec<u32> = (0..batch).map(|_| rng.gen_range(0..10)).collect();
+    let len = batch * model.input_len();
+    let (x, labels): (Vec<f32>, Vec<u32>) = match data {
+        Data::Pixels => {
+            ((0..len).map(|_| rng.gen_range(0.0..1.0)).collect(), (0..batch).map(|_| rng.gen_range(0..10)).collect())
+        }
+        // Integer inputs are fed as float ids (the step casts them back).
+        Data::Ids(v) => (
+            (0..len).map(|_| rng.gen_range(0..v) as f32).collect(),
+            (0..batch).map(|_| rng.gen_range(0..v as u32)).collect(),
+        ),
+    };
     let w = model.initial_weights();
     // As the trainer does: the weights stay in the tensors the step reads, the gradient in those it wrote.
     let ws = WeightTensors::from_flat(&model, &w).expect("weights");
@@ -52,6 +81,10 @@ fn bench(name: &str, bytes: &[u8], batch: usize, runs: usize, standard_ops: bool
         (Some(a), Some(b)) => (b - a) / runs as f64,
         _ => wall_step,
     };
+    if std::env::var_os("FEDGE_BENCH_STEP_ONLY").is_some() {
+        println!("{name:>4} batch {batch:>4}: {per_step:8.2} ms/step CPU ({wall_step:8.2} wall)");
+        return;
+    }
     let p = Predictor::new(&model, &w, batch).expect("predictor");
     p.predict(&x).expect("predict");
     let t2 = Instant::now();
@@ -71,6 +104,11 @@ fn bench(name: &str, bytes: &[u8], batch: usize, runs: usize, standard_ops: bool
     );
 }
 
+/// Steps to time: `FEDGE_BENCH_RUNS` if set (e.g. to profile many steps), else the model's default.
+fn runs(default: usize) -> usize {
+    std::env::var("FEDGE_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(default)
+}
+
 fn main() {
     // The agent's allocator settings: `fedge-agent` sets the first in `main` and keeps the heap while it trains
     // (`shared::alloc`), so the step is timed as the agent runs it.
@@ -85,7 +123,7 @@ fn main() {
     if which == "export" {
         // Writes the models and their training graphs to a directory, for timing other runtimes on them.
         let dir = args.get(1).cloned().unwrap_or_else(|| ".".into());
-        for (name, bytes) in [("mlp", engine_support::mlp(1)), ("cnn", engine_support::cnn(1))] {
+        for (name, bytes) in [("mlp", engine_support::mlp(1)), ("cnn", engine_support::cnn(1)), ("lstm", char_lstm())] {
             let model = TrainableModel::from_onnx_bytes(&bytes).expect("model");
             std::fs::write(format!("{dir}/{name}.onnx"), &bytes).expect("write");
             for b in [32, 128] {
@@ -104,10 +142,13 @@ fn main() {
     for b in &batches {
         if which == "all" || which == "mlp" {
             // 500 steps: the thread's CPU time advances by scheduler ticks (4 ms here), ±0.08 ms a step over 50.
-            bench("mlp", &engine_support::mlp(1), *b, 500, standard_ops);
+            bench("mlp", &engine_support::mlp(1), Data::Pixels, *b, runs(500), standard_ops);
         }
         if which == "all" || which == "cnn" {
-            bench("cnn", &engine_support::cnn(1), *b, 5, standard_ops);
+            bench("cnn", &engine_support::cnn(1), Data::Pixels, *b, runs(5), standard_ops);
+        }
+        if which == "all" || which == "lstm" {
+            bench("lstm", &char_lstm(), Data::Ids(VOCAB), *b, runs(10), standard_ops);
         }
     }
 }

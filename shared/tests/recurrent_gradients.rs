@@ -171,6 +171,26 @@ proptest! {
     }
 }
 
+/// The unrolled cell's weights are products over rows, not sums over time steps: the input projection of every
+/// step is one dense product (fedge's own, not tract's batched MatMul), and the recurrence weight's gradient
+/// accumulates product by product (each step's `FedgeGemm` adds into the previous one's, given as C) instead of
+/// one Sum over every time step.
+#[test]
+fn an_unrolled_cell_accumulates_its_weight_gradient_through_its_products() {
+    let t = 6;
+    let model = TrainableModel::from_onnx_bytes(&fedge_shared::train::builder::char_lstm(5, t, 3, 4, 1)).unwrap();
+    let step = fedge_shared::train::TrainStep::new(&model, CE, N).unwrap();
+    let bytes = step.training_graph(N).unwrap();
+    let graph = <tract_onnx::pb::ModelProto as prost::Message>::decode(bytes.as_slice()).unwrap().graph.unwrap();
+    let count = |f: &dyn Fn(&tract_onnx::pb::NodeProto) -> bool| graph.node.iter().filter(|n| f(n)).count();
+    assert_eq!(count(&|n| n.op_type == "MatMul"), 0, "every product is fedge's, the [T, B, I] projection too");
+    assert!(count(&|n| n.op_type == "FedgeGemm" && n.input.len() == 3) >= t - 1, "products adding into a C");
+    assert_eq!(count(&|n| n.op_type == "Sum" && n.input.len() >= t), 0, "no sum over the time steps");
+    // The standard form (Gemm with C, what other runtimes are given) computes the same gradient.
+    let diff = standard_ops_difference(&fedge_shared::train::builder::char_lstm(5, t, 3, 4, 1), CE, N, 3);
+    assert!(diff < 1e-9, "fedge's and the standard form's gradients differ by {diff}");
+}
+
 #[test]
 fn what_pytorchs_exporter_never_writes_is_refused_with_the_operator_and_node() {
     let refused = |attrs: Vec<tract_onnx::pb::AttributeProto>| {

@@ -85,7 +85,20 @@ pub fn build_step(
             });
             continue;
         }
-        let gs = grad::backward(&mut e, &ctx, node, &dy, &needs)?;
+        // One contribution already there per input (another reader's, e.g. a weight's at a later time step) is
+        // offered to the rule: a dense product adds into it instead of both waiting for a sum.
+        let mut pending: Vec<Option<String>> = node
+            .inputs
+            .iter()
+            .zip(&needs)
+            .map(|(input, need)| if *need { grads.get_mut(input).and_then(|v| v.pop()) } else { None })
+            .collect();
+        let gs = grad::backward(&mut e, &ctx, node, &dy, &needs, &mut pending)?;
+        for (input, left) in node.inputs.iter().zip(pending) {
+            if let Some(left) = left {
+                grads.entry(input.clone()).or_default().push(left);
+            }
+        }
         for ((input, gi), need) in node.inputs.iter().zip(gs).zip(&needs) {
             if let (Some(gi), true) = (gi, need) {
                 grads.entry(input.clone()).or_default().push(gi);

@@ -134,6 +134,22 @@ pub fn dense<T: Scalar>(
     )
 }
 
+/// Y `= alpha·op(A)·op(B) + beta·Y`: [`dense`] with C of Y's full shape already in Y's buffer (a gradient that
+/// accumulates into the tensor it is given), so that no other `[M, N]` buffer is allocated or copied.
+pub fn dense_into<T: Scalar>(d: &Dense, a: &[T], b: &[T], y: &mut [T]) -> Result<(), GemmShapeError> {
+    let [m, n] = d.y_shape();
+    if Some(y.len()) != m.checked_mul(n) {
+        return bad(format!("Y has {} values, [{m}, {n}] expected for {d:?}", y.len()));
+    }
+    gemm(
+        T::from_f32(d.alpha),
+        (a, Dense::view(d.a_shape, d.trans_a)),
+        (b, Dense::view(d.b_shape, d.trans_b)),
+        T::from_f32(d.beta),
+        (y, View::dense(m, n)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +218,15 @@ mod tests {
                 y.iter().zip(&want).all(|(p, q)| (p - q).abs() <= 1e-12 * (1.0 + q.abs())),
                 "{y:?} against {want:?}"
             );
+            // C of Y's full shape, given in Y's own buffer: the same values.
+            if c_kind == 5 {
+                let mut y = c.clone().unwrap();
+                dense_into(&d, &a, &b, &mut y).unwrap();
+                prop_assert!(
+                    y.iter().zip(&want).all(|(p, q)| (p - q).abs() <= 1e-12 * (1.0 + q.abs())),
+                    "in place: {y:?} against {want:?}"
+                );
+            }
         }
     }
 
@@ -220,5 +245,7 @@ mod tests {
         assert!(dense(&d, &a, &b, Some((&[0.0; 3], &[3])), &mut y).is_err());
         assert!(dense(&d, &a, &b, Some((&[0.0; 3], &[4])), &mut y).is_err());
         assert!(dense(&d, &a, &b, Some((&[0.0; 4], &[4])), &mut y).is_ok());
+        assert!(dense_into(&d, &a, &b, &mut y[..7]).is_err());
+        assert!(dense_into(&d, &a[..5], &b, &mut y).is_err());
     }
 }

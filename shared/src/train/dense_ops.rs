@@ -4,6 +4,10 @@
 //! (`dX = dY·Wᵀ`) and its weight gradient (`dW = Xᵀ·dY`) are each one such node. The standard ops it replaces
 //! (tract's Gemm/MatMul) pack each non-constant operand, the weights included, into a new buffer at every step.
 //!
+//! A C of Y's full shape that no other node reads any more is overwritten in place by the result (a weight read
+//! by many products, as a recurrent cell's at each time step, accumulates its gradient product by product in one
+//! buffer); otherwise Y is a new tensor.
+//!
 //! The operands' shapes and the flags travel as attributes (`a_shape`, `b_shape`, `transA`, `transB`, `alpha`,
 //! `beta`) and the inputs are checked against them: a mismatch is an error, never a read out of bounds.
 
@@ -11,7 +15,7 @@ use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::tract_num_traits::Zero;
 
-use super::dense_gemm::{Dense, dense};
+use super::dense_gemm::{Dense, dense, dense_into};
 use super::gemm::Scalar;
 
 /// The operator type in emitted graphs.
@@ -22,6 +26,22 @@ pub const GEMM: &str = "FedgeGemm";
 pub struct GemmOp(pub Dense);
 
 impl GemmOp {
+    /// `alpha·op(A)·op(B) + beta·C` written into C's own tensor, when C has Y's shape and nothing else holds it
+    /// (a gradient accumulated product by product: `dW ← Xₜᵀ·dYₜ + dW`); `None` (C given back) otherwise.
+    fn compute_into_c<T: Datum + Scalar>(&self, mut inputs: TVec<TValue>) -> TractResult<Result<Tensor, TVec<TValue>>> {
+        let full = inputs.len() == 3 && inputs[2].shape() == self.0.y_shape() && inputs[2].is_exclusive();
+        if !full {
+            return Ok(Err(inputs));
+        }
+        let Some(c) = inputs.pop() else {
+            return Ok(Err(inputs));
+        };
+        let mut y = c.into_tensor();
+        let (a, b) = (inputs[0].as_slice::<T>()?, inputs[1].as_slice::<T>()?);
+        dense_into(&self.0, a, b, y.as_slice_mut::<T>()?).map_err(|e| format_err!("{GEMM}: {e}"))?;
+        Ok(Ok(y))
+    }
+
     fn compute<T: Datum + Scalar + Zero>(&self, inputs: &[TValue]) -> TractResult<Tensor> {
         let mut out = Tensor::zero::<T>(&self.0.y_shape())?;
         let (a, b) = (inputs[0].as_slice::<T>()?, inputs[1].as_slice::<T>()?);
@@ -59,8 +79,14 @@ impl EvalOp for GemmOp {
             bail!("{GEMM}: inputs {a:?} and {b:?} for {:?}", self.0);
         }
         let out = match dt {
-            DatumType::F32 => self.compute::<f32>(&inputs)?,
-            DatumType::F64 => self.compute::<f64>(&inputs)?,
+            DatumType::F32 => match self.compute_into_c::<f32>(inputs)? {
+                Ok(y) => y,
+                Err(inputs) => self.compute::<f32>(&inputs)?,
+            },
+            DatumType::F64 => match self.compute_into_c::<f64>(inputs)? {
+                Ok(y) => y,
+                Err(inputs) => self.compute::<f64>(&inputs)?,
+            },
             other => bail!("{GEMM} does not support {other:?}"),
         };
         Ok(tvec!(out.into_tvalue()))
@@ -154,5 +180,22 @@ mod tests {
         let b32 = Tensor::from_shape(&[3, 1], &[1.0f32; 3]).unwrap();
         assert!(op.eval(tvec![a.clone().into_tvalue(), b32.into_tvalue()]).is_err());
         assert!(op.eval(tvec![a.into_tvalue()]).is_err());
+    }
+
+    #[test]
+    fn a_full_c_nothing_else_holds_is_overwritten_in_place_and_a_shared_one_is_left_alone() {
+        // Y = 2·Aᵀ·B + 0.5·C with C [2, 1] = [4, 8]: [20, 28] either way.
+        let op = GemmOp(Dense::new(&[3, 2], &[3, 1], true, false, 2.0, 0.5).unwrap());
+        let a = Tensor::from_shape(&[3, 2], &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap().into_tvalue();
+        let b = Tensor::from_shape(&[3, 1], &[1.0f32, 1.0, 1.0]).unwrap().into_tvalue();
+        let c = Tensor::from_shape(&[2, 1], &[4.0f32, 8.0]).unwrap().into_tvalue();
+        let kept = c.clone();
+        let y = op.eval(tvec![a.clone(), b.clone(), c]).unwrap();
+        assert_eq!(y[0].as_slice::<f32>().unwrap(), &[20.0, 28.0]);
+        assert_eq!(kept.as_slice::<f32>().unwrap(), &[4.0, 8.0], "a C read elsewhere is not written");
+        let address = kept.as_slice::<f32>().unwrap().as_ptr();
+        let y = op.eval(tvec![a, b, kept]).unwrap();
+        assert_eq!(y[0].as_slice::<f32>().unwrap(), &[20.0, 28.0]);
+        assert_eq!(y[0].as_slice::<f32>().unwrap().as_ptr(), address, "the only holder's C becomes Y");
     }
 }

@@ -1,7 +1,7 @@
 //! Emits the forward pass of a resolved [`Graph`] as standard ONNX nodes (opset 13), for training (dropout as a
 //! multiplication by a mask fed as an extra graph input) or for inference (dropout as identity). In training, 1-D
-//! and 2-D convolutions are fedge's own `FedgeConv` and dense layers (Gemm, 2-D MatMul) its `FedgeGemm` unless the
-//! emitter asks for standard operators.
+//! and 2-D convolutions are fedge's own `FedgeConv` and dense layers (Gemm, a MatMul by a matrix) its `FedgeGemm`
+//! unless the emitter asks for standard operators.
 //!
 //! It writes nodes only; it never differentiates and never runs anything.
 
@@ -84,6 +84,15 @@ fn emit_node(
         }
         Op::MatMul if fedge && sa.len() == 2 && sb.len() == 2 => {
             e.fedge_gemm(&ins, sa, sb, (false, false), 1.0, 1.0, Some(&n.output));
+        }
+        // A stack of rows times a matrix (a dense layer over a sequence, a recurrent cell's input projection): one
+        // `FedgeGemm` over the rows flattened, not tract's batched product of small ones.
+        Op::MatMul if fedge && sa.len() > 2 && sb.len() == 2 => {
+            let (rows, k) = (sa[..sa.len() - 1].iter().product::<usize>(), sa[sa.len() - 1]);
+            let flat = e.reshape(ins[0], &[rows, k]);
+            let y = e.fedge_gemm(&[&flat, ins[1]], &[rows, k], sb, (false, false), 1.0, 1.0, None);
+            let s = e.const_i(&[n.out_shape.len()], &ints(&n.out_shape));
+            e.op_into("Reshape", &[&y, &s], &out, vec![]);
         }
         // tract 0.22 runs Sigmoid and LeakyRelu in f32 only, and Gemm's alpha and beta·C in f32 only: in f64 graphs
         // (for verification) they are written out with elementary ops.

@@ -31,16 +31,19 @@ pub struct Ctx<'a> {
 }
 
 /// Emits the gradients of `n`'s inputs given `dy`, the gradient of its output. `needs[i]` says whether input `i`
-/// needs one; the result has one entry per input (`None` where not needed).
+/// needs one; the result has one entry per input (`None` where not needed). `pending[i]` is an earlier gradient
+/// contribution to input `i` that the rule may fold into its own (taking it; a dense product adds into it); the
+/// caller keeps what is left.
 pub fn backward(
     e: &mut Emitter,
     ctx: &Ctx<'_>,
     n: &DNode,
     dy: &str,
     needs: &[bool],
+    pending: &mut [Option<String>],
 ) -> Result<Vec<Option<String>>, TrainError> {
     match &n.op {
-        Op::Gemm { .. } | Op::MatMul => linear::backward(e, n, dy, needs),
+        Op::Gemm { .. } | Op::MatMul => linear::backward(e, n, dy, needs, pending),
         Op::Add | Op::Sub | Op::Mul | Op::Div => elementwise::backward(e, n, dy, needs),
         Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh | Op::Softmax { .. } | Op::LogSoftmax { .. } => {
             activation::backward(e, n, dy)
