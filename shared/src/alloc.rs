@@ -25,6 +25,11 @@ pub const MMAP_THRESHOLD: usize = 256 * 1024;
 /// While a training run lasts, blocks below this size come from the heap and are kept there when freed.
 pub const TRAINING_MMAP_THRESHOLD: usize = 32 * 1024 * 1024;
 
+/// While a training run lasts, free memory at the top of the heap goes back to the kernel only above this: a step
+/// of a recurrent model at batch 128 frees tens of MB at once, which a lower threshold would return and fault in
+/// again at the next step.
+pub const TRAINING_TRIM_THRESHOLD: usize = 1 << 30;
+
 /// glibc's default trim threshold (free memory at the top of the heap above this goes back to the kernel).
 const TRIM_THRESHOLD: usize = 128 * 1024;
 
@@ -46,7 +51,7 @@ pub fn keep_heap_for_training() -> TrainingHeap {
     *runs += 1;
     let kept = if *runs == 1 {
         glibc::set(glibc::M_MMAP_THRESHOLD, TRAINING_MMAP_THRESHOLD)
-            && glibc::set(glibc::M_TRIM_THRESHOLD, TRAINING_MMAP_THRESHOLD)
+            && glibc::set(glibc::M_TRIM_THRESHOLD, TRAINING_TRIM_THRESHOLD)
     } else {
         true
     };
