@@ -31,16 +31,17 @@ impl Precision {
     }
 }
 
-/// Which operators a backward pass is emitted with.
+/// Which operators a training step's passes, or an inference plan's forward pass, are emitted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Kernels {
-    /// fedge's own tract operators where it has them (in the training step, a 1-D or 2-D convolution and a dense
-    /// layer, Gemm or 2-D MatMul, with their input and weight gradients): what fedge trains with.
+    /// fedge's own tract operators where it has them (a 1-D or 2-D convolution, in the training step with its input
+    /// and weight gradients and in inference plans; in the training step a dense layer, Gemm or 2-D MatMul, with its
+    /// gradients): what fedge trains and predicts with.
     #[default]
     Fedge,
     /// ONNX-standard operators for convolutions, dense layers and their gradients (Conv, ConvTranspose, Gemm, MatMul),
     /// for runtimes that do not know domain `ai.fedge` and for checking fedge's operators against. MaxPool's gradient
-    /// stays `FedgeMaxPoolGrad`.
+    /// stays `FedgeMaxPoolGrad` (an inference plan has none).
     Standard,
 }
 
