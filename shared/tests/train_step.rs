@@ -405,7 +405,8 @@ proptest! {
 
     /// The predictor's plan on fedge's own convolution gives the logits of tract's Conv
     /// ([`Predictor::with_standard_ops`]) for odd geometries: 1-D and 2-D, strides, dilations, uneven pads, groups,
-    /// with and without a bias, two convolutions in a row, and a count of examples that leaves a partial last chunk.
+    /// with and without a bias, two convolutions in a row, a max pool with an uneven pad (`FedgeMaxPool` against
+    /// tract's), and a count of examples that leaves a partial last chunk.
     #[test]
     fn fedge_convolutions_predict_the_standard_plan_s_logits(
         one_d in any::<bool>(), cg in 1usize..4, mg in 1usize..3, group in 1usize..4, h in 3usize..9,
@@ -445,7 +446,14 @@ proptest! {
             let y = b.node("Relu", &[&y], vec![]);
             // A 1×1 convolution mixing the groups' channels.
             let w2 = b.init_random("cw2", &vec![2, m].into_iter().chain(kernel.iter().map(|_| 1)).collect::<Vec<_>>(), 0.5);
-            b.node("Conv", &[&y, &w2], vec![attr_ints("kernel_shape", &vec![1; kernel.len()])])
+            let y = b.node("Conv", &[&y, &w2], vec![attr_ints("kernel_shape", &vec![1; kernel.len()])]);
+            let d = kernel.len();
+            let pool_pads: Vec<i64> = (0..2 * d).map(|i| i64::from(i < d)).collect();
+            b.node(
+                "MaxPool",
+                &[&y],
+                vec![attr_ints("kernel_shape", &vec![2; d]), attr_ints("strides", &vec![2; d]), attr_ints("pads", &pool_pads)],
+            )
         });
         let model = TrainableModel::from_onnx_bytes(&bytes).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -35,11 +35,11 @@ impl Precision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Kernels {
     /// fedge's own tract operators where it has them (a 1-D or 2-D convolution, in the training step with its input
-    /// and weight gradients and in inference plans; in the training step a dense layer, Gemm or 2-D MatMul, with its
-    /// gradients): what fedge trains and predicts with.
+    /// and weight gradients and in inference plans; a 1-D or 2-D max pool whose indices no gradient needs; in the
+    /// training step a dense layer, Gemm or 2-D MatMul, with its gradients): what fedge trains and predicts with.
     #[default]
     Fedge,
-    /// ONNX-standard operators for convolutions, dense layers and their gradients (Conv, ConvTranspose, Gemm, MatMul),
+    /// ONNX-standard operators for convolutions, pools, dense layers and gradients (Conv, ConvTranspose, MaxPool, Gemm, MatMul),
     /// for runtimes that do not know domain `ai.fedge` and for checking fedge's operators against. MaxPool's gradient
     /// stays `FedgeMaxPoolGrad` (an inference plan has none).
     Standard,

@@ -1,7 +1,8 @@
 //! Emits the forward pass of a resolved [`Graph`] as standard ONNX nodes (opset 13), for training (dropout as a
 //! multiplication by a mask fed as an extra graph input) or for inference (dropout as identity). Unless the emitter
-//! asks for standard operators, 1-D and 2-D convolutions are fedge's own `FedgeConv` in both modes, and in training
-//! dense layers (Gemm, 2-D MatMul) are its `FedgeGemm`. An inference plan keeps tract's Gemm/MatMul: tract packs
+//! asks for standard operators, 1-D and 2-D convolutions are fedge's own `FedgeConv` in both modes, 1-D and 2-D max
+//! pools whose argmax indices no gradient needs (all of them in inference) its `FedgeMaxPool`, and in training dense
+//! layers (Gemm, 2-D MatMul) its `FedgeGemm`. An inference plan keeps tract's Gemm/MatMul: tract packs
 //! their constant weights once when it optimises the plan, where `FedgeGemm` would pack them at every call (7-9×
 //! slower at batch 1 on the example MLP, no faster at 32; BENCHMARKS.md, "Inference on fedge's own operators").
 //!
@@ -13,6 +14,7 @@ use super::emit::{Emitter, Kernels, Precision};
 use super::error::TrainError;
 use super::grad::indices_name;
 use super::graph::{DNode, Graph, Op};
+use super::pool_ops;
 use super::proto::{attr_f, attr_i, attr_ints, node};
 
 /// Whether dropout is live (training) or identity (inference).
@@ -185,6 +187,16 @@ fn emit_node(
                 attr_i("group", c.group as i64),
             ],
         ),
+        // Without indices to keep, fedge's own max pool for 1-D and 2-D (tract's walks a generic patch scanner).
+        Op::MaxPool(p) if !with_indices && e.kernels == Kernels::Fedge && (3..=4).contains(&n.in_shapes[0].len()) => {
+            let attrs = vec![
+                attr_ints("x_shape", &ints(&n.in_shapes[0])),
+                attr_ints("kernel_shape", &ints(&p.kernel)),
+                attr_ints("strides", &ints(&p.strides)),
+                attr_ints("pads", &pads(&p.pads)),
+            ];
+            e.fedge_op_into(pool_ops::MAX_POOL, &ins, &out, attrs);
+        }
         Op::MaxPool(p) => e.op_into(
             "MaxPool",
             &ins,

@@ -12,6 +12,7 @@ use super::custom_op;
 use super::dense_ops;
 use super::emit::Precision;
 use super::error::TrainError;
+use super::pool_ops;
 
 /// An optimised tract plan.
 pub type Plan = TypedRunnableModel<TypedModel>;
@@ -26,6 +27,7 @@ fn loader() -> &'static tract_onnx::Onnx {
         onnx.op_register.insert(conv_ops::CONV_INPUT_GRAD, conv_ops::load_input_grad);
         onnx.op_register.insert(conv_ops::CONV_WEIGHT_GRAD, conv_ops::load_weight_grad);
         onnx.op_register.insert(dense_ops::GEMM, dense_ops::load);
+        onnx.op_register.insert(pool_ops::MAX_POOL, pool_ops::load);
         onnx
     })
 }
