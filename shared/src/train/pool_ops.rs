@@ -1,7 +1,7 @@
 //! `FedgeMaxPool`: fedge's own max pooling (1-D and 2-D, domain `ai.fedge`) for forward passes that need no argmax
 //! indices: inference plans, and pools whose input needs no gradient. tract 0.22's MaxPool walks every window
 //! through its generic patch scanner (10% of the example CNN's inference at batch 32); this is a loop over each
-//! plane's rows, a kernel row and column at a time.
+//! plane's output rows.
 //!
 //! The geometry travels as attributes (`x_shape`, `kernel_shape`, `strides`, `pads`) and the input is checked
 //! against it: a mismatch is an error, never a read out of bounds. Padding is never the maximum, as in ONNX's
@@ -14,17 +14,25 @@ use tract_onnx::tract_hir::tract_num_traits::Zero;
 /// The operator type in emitted graphs.
 pub const MAX_POOL: &str = "FedgeMaxPool";
 
-/// Float types the pool runs on, with the value every window starts from.
-trait Lowest: Datum + Copy + PartialOrd + Zero {
+/// Float types the pool runs on, with the value every window starts from and their maximum (a select the compiler
+/// turns into `maxss`/`maxps`; `f32::max`'s NaN handling kept it scalar).
+trait Lowest: Datum + Copy + Zero {
     const LOWEST: Self;
+    fn max(self, other: Self) -> Self;
 }
 
 impl Lowest for f32 {
     const LOWEST: Self = f32::NEG_INFINITY;
+    fn max(self, other: Self) -> Self {
+        if other > self { other } else { self }
+    }
 }
 
 impl Lowest for f64 {
     const LOWEST: Self = f64::NEG_INFINITY;
+    fn max(self, other: Self) -> Self {
+        if other > self { other } else { self }
+    }
 }
 
 /// A max pool of `[N, C, *S]` over one or two spatial axes, without dilation.
@@ -104,33 +112,30 @@ impl MaxPoolOp {
         if x.len() != g.planes * plane {
             bail!("{MAX_POOL}: {} values for X {:?}", x.len(), self.x_shape);
         }
-        // For kernel column `kj`: the output columns `lo..hi` whose input column `ox·sw + kj − pw` is in the row.
-        let cols: Vec<(usize, usize)> = (0..g.kw)
-            .map(|kj| {
-                let lo = g.pw.saturating_sub(kj).div_ceil(g.sw);
-                let hi = if g.w + g.pw > kj { ((g.w + g.pw - kj - 1) / g.sw + 1).min(g.ow) } else { 0 };
-                (lo.min(hi), hi)
+        // The input columns `lo..hi` each output column's window covers (padding left out).
+        let cols: Vec<(usize, usize)> = (0..g.ow)
+            .map(|ox| {
+                let lo = (ox * g.sw).saturating_sub(g.pw).min(g.w);
+                (lo, (ox * g.sw + g.kw).saturating_sub(g.pw).clamp(lo, g.w))
             })
             .collect();
         let mut out = Tensor::zero::<T>(&self.out_shape()?)?;
         let y = out.as_slice_mut::<T>()?;
+        // The maximum down each input column over the window's rows, then along each window's columns; branch-free
+        // maxima throughout (a compare-and-branch per value was twice as slow as tract's MaxPool).
+        let mut down = vec![T::LOWEST; g.w];
         for (xp, yp) in x.chunks_exact(plane.max(1)).zip(y.chunks_exact_mut((g.oh * g.ow).max(1))) {
             for (oy, row) in yp.chunks_exact_mut(g.ow.max(1)).enumerate() {
-                row.fill(T::LOWEST);
-                for ki in 0..g.kh {
-                    let Some(iy) = (oy * g.sh + ki).checked_sub(g.ph).filter(|r| *r < g.h) else { continue };
-                    let src = &xp[iy * g.w..(iy + 1) * g.w];
-                    for (kj, &(lo, hi)) in cols.iter().enumerate() {
-                        if lo >= hi {
-                            continue;
-                        }
-                        let first = lo * g.sw + kj - g.pw;
-                        for (v, s) in row[lo..hi].iter_mut().zip(src[first..].iter().step_by(g.sw)) {
-                            if *s > *v {
-                                *v = *s;
-                            }
-                        }
+                let top = (oy * g.sh).saturating_sub(g.ph).min(g.h);
+                let bottom = (oy * g.sh + g.kh).saturating_sub(g.ph).clamp(top, g.h);
+                down.fill(T::LOWEST);
+                for src in xp[top * g.w..bottom * g.w].chunks_exact(g.w.max(1)) {
+                    for (d, s) in down.iter_mut().zip(src) {
+                        *d = d.max(*s);
                     }
+                }
+                for (v, &(lo, hi)) in row.iter_mut().zip(&cols) {
+                    *v = down[lo..hi].iter().fold(T::LOWEST, |m, s| m.max(*s));
                 }
             }
         }
