@@ -3,7 +3,7 @@
 //! asks for standard operators, 1-D and 2-D convolutions are fedge's own `FedgeConv` in both modes, 1-D and 2-D max
 //! pools whose argmax indices no gradient needs (all of them in inference) its `FedgeMaxPool`, and in training dense
 //! layers (Gemm, 2-D MatMul) its `FedgeGemm`. An inference plan keeps tract's Gemm/MatMul: tract packs
-//! their constant weights once when it optimises the plan, where `FedgeGemm` would pack them at every call (7-9×
+//! their constant weights once when it optimises the plan, where `FedgeGemm` would pack them at every call (9×
 //! slower at batch 1 on the example MLP, no faster at 32; BENCHMARKS.md, "Inference on fedge's own operators").
 //!
 //! It writes nodes only; it never differentiates and never runs anything.
