@@ -445,14 +445,19 @@ proptest! {
             );
             let y = b.node("Relu", &[&y], vec![]);
             // A 1×1 convolution mixing the groups' channels.
-            let w2 = b.init_random("cw2", &vec![2, m].into_iter().chain(kernel.iter().map(|_| 1)).collect::<Vec<_>>(), 0.5);
+            let w2_shape: Vec<usize> = [2, m].into_iter().chain(kernel.iter().map(|_| 1)).collect();
+            let w2 = b.init_random("cw2", &w2_shape, 0.5);
             let y = b.node("Conv", &[&y, &w2], vec![attr_ints("kernel_shape", &vec![1; kernel.len()])]);
             let d = kernel.len();
             let pool_pads: Vec<i64> = (0..2 * d).map(|i| i64::from(i < d)).collect();
             b.node(
                 "MaxPool",
                 &[&y],
-                vec![attr_ints("kernel_shape", &vec![2; d]), attr_ints("strides", &vec![2; d]), attr_ints("pads", &pool_pads)],
+                vec![
+                    attr_ints("kernel_shape", &vec![2; d]),
+                    attr_ints("strides", &vec![2; d]),
+                    attr_ints("pads", &pool_pads),
+                ],
             )
         });
         let model = TrainableModel::from_onnx_bytes(&bytes).unwrap();

@@ -39,9 +39,9 @@ pub enum Kernels {
     /// training step a dense layer, Gemm or 2-D MatMul, with its gradients): what fedge trains and predicts with.
     #[default]
     Fedge,
-    /// ONNX-standard operators for convolutions, pools, dense layers and gradients (Conv, ConvTranspose, MaxPool, Gemm, MatMul),
-    /// for runtimes that do not know domain `ai.fedge` and for checking fedge's operators against. MaxPool's gradient
-    /// stays `FedgeMaxPoolGrad` (an inference plan has none).
+    /// ONNX-standard operators for convolutions, pools, dense layers and gradients (Conv, ConvTranspose, MaxPool,
+    /// Gemm, MatMul), for runtimes that do not know domain `ai.fedge` and for checking fedge's operators against.
+    /// MaxPool's gradient stays `FedgeMaxPoolGrad` (an inference plan has none).
     Standard,
 }
 

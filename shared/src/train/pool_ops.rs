@@ -270,11 +270,12 @@ mod tests {
         #[test]
         fn pools_match_the_definition(
             one_d in any::<bool>(), n in 1usize..3, c in 1usize..3, h in 1usize..7, w in 1usize..8,
-            kh in 1usize..4, kw in 1usize..4, sh in 1usize..4, sw in 1usize..4, pads in proptest::collection::vec(0usize..3, 4),
-            seed in 0u64..1000,
+            kh in 1usize..4, kw in 1usize..4, sh in 1usize..4, sw in 1usize..4,
+            pads in proptest::collection::vec(0usize..3, 4), seed in 0u64..1000,
         ) {
             let op = if one_d {
-                MaxPoolOp { x_shape: vec![n, c, w], kernel: vec![kw], strides: vec![sw], pads: vec![pads[1] % kw, pads[3] % kw] }
+                let p = vec![pads[1] % kw, pads[3] % kw];
+                MaxPoolOp { x_shape: vec![n, c, w], kernel: vec![kw], strides: vec![sw], pads: p }
             } else {
                 let p = vec![pads[0] % kh, pads[1] % kw, pads[2] % kh, pads[3] % kw];
                 MaxPoolOp { x_shape: vec![n, c, h, w], kernel: vec![kh, kw], strides: vec![sh, sw], pads: p }
@@ -284,7 +285,8 @@ mod tests {
                 return Ok(());
             }
             let len: usize = op.x_shape.iter().product();
-            let x: Vec<f64> = (0..len).map(|i| ((i as u64 * 2_654_435_761 + seed) % 1000) as f64 / 100.0 - 5.0).collect();
+            let x: Vec<f64> =
+                (0..len).map(|i| ((i as u64 * 2_654_435_761 + seed) % 1000) as f64 / 100.0 - 5.0).collect();
             let t = Tensor::from_shape(&op.x_shape, &x).unwrap();
             let y = op.eval(tvec![t.into_tvalue()]).unwrap();
             let (shape, want) = (op.out_shape().unwrap(), reference(&op, &x));
