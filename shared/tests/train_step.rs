@@ -4,6 +4,7 @@ mod engine_support;
 
 use engine_support::*;
 use fedge_shared::train::{Labels, Loss, Precision, Predictor, TrainError, TrainStep, TrainableModel};
+use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -397,4 +398,78 @@ fn token_ids_outside_the_embedding_table_are_clamped_into_it_not_a_crash() {
     let mut g = vec![0.0; w.len()];
     let loss = step.run(&w, &[1e6, -7.0, 1.0], Labels::Classes(&[1]), 0, &mut g).unwrap();
     assert!(loss.is_finite() && g.iter().all(|v| v.is_finite()));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// The predictor's plan on fedge's own convolution gives the logits of tract's Conv
+    /// ([`Predictor::with_standard_ops`]) for odd geometries: 1-D and 2-D, strides, dilations, uneven pads, groups,
+    /// with and without a bias, two convolutions in a row, a max pool with an uneven pad (`FedgeMaxPool` against
+    /// tract's), and a count of examples that leaves a partial last chunk.
+    #[test]
+    fn fedge_convolutions_predict_the_standard_plan_s_logits(
+        one_d in any::<bool>(), cg in 1usize..4, mg in 1usize..3, group in 1usize..4, h in 3usize..9,
+        w in 3usize..10, k in 1usize..4, stride in 1usize..4, dilation in 1usize..3,
+        pads in proptest::collection::vec(0usize..3, 4), bias in any::<bool>(), seed in 0u64..1000,
+    ) {
+        let (c, m) = (cg * group, mg * group);
+        let reach = dilation * (k - 1) + 1;
+        prop_assume!(w + pads[1] + pads[3] >= reach && (one_d || h + pads[0] + pads[2] >= reach));
+        let (input, kernel, strides, dilations, p) = if one_d {
+            (vec![c, w], vec![k], vec![stride as i64], vec![dilation as i64], vec![pads[1] as i64, pads[3] as i64])
+        } else {
+            let p = pads.iter().map(|v| *v as i64).collect();
+            (vec![c, h, w], vec![k, k], vec![stride as i64, 1], vec![dilation as i64, 1], p)
+        };
+        let bytes = wrap(&input, seed, |b, x| {
+            let mut w_shape = vec![m, cg];
+            w_shape.extend(&kernel);
+            let wt = b.init_random("cw", &w_shape, 0.5);
+            let mut ins = vec![x.to_string(), wt];
+            if bias {
+                ins.push(b.init_random("cb", &[m], 0.5));
+            }
+            let refs: Vec<&str> = ins.iter().map(String::as_str).collect();
+            let k: Vec<i64> = kernel.iter().map(|v| *v as i64).collect();
+            let y = b.node(
+                "Conv",
+                &refs,
+                vec![
+                    attr_ints("kernel_shape", &k),
+                    attr_ints("strides", &strides),
+                    attr_ints("dilations", &dilations),
+                    attr_ints("pads", &p),
+                    attr_i("group", group as i64),
+                ],
+            );
+            let y = b.node("Relu", &[&y], vec![]);
+            // A 1×1 convolution mixing the groups' channels.
+            let w2_shape: Vec<usize> = [2, m].into_iter().chain(kernel.iter().map(|_| 1)).collect();
+            let w2 = b.init_random("cw2", &w2_shape, 0.5);
+            let y = b.node("Conv", &[&y, &w2], vec![attr_ints("kernel_shape", &vec![1; kernel.len()])]);
+            let d = kernel.len();
+            let pool_pads: Vec<i64> = (0..2 * d).map(|i| i64::from(i < d)).collect();
+            b.node(
+                "MaxPool",
+                &[&y],
+                vec![
+                    attr_ints("kernel_shape", &vec![2; d]),
+                    attr_ints("strides", &vec![2; d]),
+                    attr_ints("pads", &pool_pads),
+                ],
+            )
+        });
+        let model = TrainableModel::from_onnx_bytes(&bytes).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let x = random_vec(&mut rng, 5 * model.input_len(), 1.0);
+        let wts = model.initial_weights();
+        let fedge = Predictor::new(&model, &wts, 3).unwrap().predict(&x).unwrap();
+        let standard = Predictor::with_standard_ops(&model, &wts, 3).unwrap().predict(&x).unwrap();
+        prop_assert_eq!(fedge.len(), 5 * 3);
+        prop_assert!(
+            fedge.iter().zip(&standard).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs())),
+            "{:?} against {:?}", fedge, standard
+        );
+    }
 }

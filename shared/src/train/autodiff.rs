@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use tract_onnx::pb::{GraphProto, ModelProto, OperatorSetIdProto, tensor_proto::DataType};
 
 use super::custom_op;
-use super::emit::{Emitter, OPSET};
+use super::emit::{Emitter, Kernels, OPSET, Precision};
 use super::error::TrainError;
 use super::forward::{MaskInput, Mode, emit_forward};
 use super::grad::{self, Ctx, Piece, gather_slices};
@@ -154,9 +154,10 @@ fn take(
     (!parts.is_empty()).then_some(parts)
 }
 
-/// Builds the forward-only model (dropout as identity); weights must already be constants of `g`.
-pub fn build_inference(g: &Graph, data: &str) -> Result<ModelProto, TrainError> {
-    let mut e = Emitter::default();
+/// Builds the forward-only model (dropout as identity) with `kernels`' operators; weights must already be
+/// constants of `g`.
+pub fn build_inference(g: &Graph, data: &str, kernels: Kernels) -> Result<ModelProto, TrainError> {
+    let mut e = Emitter::new(Precision::F32, kernels);
     emit_forward(&mut e, g, Mode::Infer)?;
     let guards: Vec<_> = slice_guard::guard(&mut e).iter().map(|o| value_info_unshaped(o, DataType::Float)).collect();
     let data_shape = g.shapes.get(data).cloned().unwrap_or_default();

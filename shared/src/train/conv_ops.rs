@@ -3,7 +3,7 @@
 //! from dY and W) and its weight gradient (dW from X and dY), computed by `conv_gemm` on a packed GEMM a tile of
 //! rows at a time. The standard-op form they replace (tract's Conv, a ConvTranspose for dX, a Conv over transposed
 //! tensors for dW) spent the CNN step's time in tract's ConvTranspose scatter and in im2col copies of the whole
-//! batch.
+//! batch. Inference plans run `FedgeConv` too, its weights and bias then constants of the plan.
 //!
 //! Both carry the whole geometry as attributes (`x_shape`, `w_shape`, `strides`, `dilations`, `pads`, `group`) and
 //! check their inputs against it: a mismatch is an error, never a read out of bounds.

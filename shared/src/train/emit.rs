@@ -31,18 +31,19 @@ impl Precision {
     }
 }
 
-/// Which operators a backward pass is emitted with.
+/// Which operators a training step's passes, or an inference plan's forward pass, are emitted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Kernels {
-    /// fedge's own tract operators where it has them (in the training step, a 1-D or 2-D convolution and a dense
-    /// layer, Gemm or 2-D MatMul, with their input and weight gradients, and the softmax cross-entropy with its
-    /// gradient): what fedge trains with.
+    /// fedge's own tract operators where it has them (a 1-D or 2-D convolution, in the training step with its input
+    /// and weight gradients and in inference plans; a 1-D or 2-D max pool whose indices no gradient needs; in the
+    /// training step a dense layer, Gemm or 2-D MatMul, with its gradients, and the softmax cross-entropy with its
+    /// gradient): what fedge trains and predicts with.
     #[default]
     Fedge,
-    /// ONNX-standard operators for convolutions, dense layers and their gradients (Conv, ConvTranspose, Gemm, MatMul),
-    /// and the softmax cross-entropy as the standard ops of its formula, for runtimes that do not know domain
-    /// `ai.fedge` and for checking fedge's operators against. MaxPool's gradient
-    /// stays `FedgeMaxPoolGrad`.
+    /// ONNX-standard operators for convolutions, pools, dense layers and gradients (Conv, ConvTranspose, MaxPool,
+    /// Gemm, MatMul) and the softmax cross-entropy as the standard ops of its formula, for runtimes that do not know
+    /// domain `ai.fedge` and for checking fedge's operators against. MaxPool's gradient stays `FedgeMaxPoolGrad` (an
+    /// inference plan has none).
     Standard,
 }
 

@@ -1,7 +1,10 @@
 //! Emits the forward pass of a resolved [`Graph`] as standard ONNX nodes (opset 13), for training (dropout as a
-//! multiplication by a mask fed as an extra graph input) or for inference (dropout as identity). In training, 1-D
-//! and 2-D convolutions are fedge's own `FedgeConv` and dense layers (Gemm, a MatMul by a matrix) its `FedgeGemm`
-//! unless the emitter asks for standard operators.
+//! multiplication by a mask fed as an extra graph input) or for inference (dropout as identity). Unless the emitter
+//! asks for standard operators, 1-D and 2-D convolutions are fedge's own `FedgeConv` in both modes, 1-D and 2-D max
+//! pools whose argmax indices no gradient needs (all of them in inference) its `FedgeMaxPool`, and in training dense
+//! layers (Gemm, a MatMul by a matrix) its `FedgeGemm`. An inference plan keeps tract's Gemm/MatMul: tract packs
+//! their constant weights once when it optimises the plan, where `FedgeGemm` would pack them at every call (9×
+//! slower at batch 1 on the example MLP, no faster at 32; BENCHMARKS.md, "Inference on fedge's own operators").
 //!
 //! It writes nodes only; it never differentiates and never runs anything.
 
@@ -11,6 +14,7 @@ use super::emit::{Emitter, Kernels, Precision};
 use super::error::TrainError;
 use super::grad::indices_name;
 use super::graph::{DNode, Graph, Op};
+use super::pool_ops;
 use super::proto::{attr_f, attr_i, attr_ints, node};
 
 /// Whether dropout is live (training) or identity (inference).
@@ -75,19 +79,20 @@ fn emit_node(
     let ins: Vec<&str> = n.inputs.iter().map(|s| s.as_str()).collect();
     let out = [n.output.as_str()];
     let wide = e.precision == Precision::F64;
-    let fedge = mode == Mode::Train && e.kernels == Kernels::Fedge;
+    let fedge_dense = mode == Mode::Train && e.kernels == Kernels::Fedge;
+    let fedge_conv = e.kernels == Kernels::Fedge && (3..=4).contains(&n.in_shapes.first().map_or(0, Vec::len));
     let (sa, sb) = (n.in_shapes.first().map_or(&[][..], |s| s), n.in_shapes.get(1).map_or(&[][..], |s| s));
     match &n.op {
         // In the training step, dense layers are fedge's own `FedgeGemm` (any precision, C included).
-        Op::Gemm { alpha, beta, trans_a, trans_b } if fedge => {
+        Op::Gemm { alpha, beta, trans_a, trans_b } if fedge_dense => {
             e.fedge_gemm(&ins, sa, sb, (*trans_a, *trans_b), *alpha, *beta, Some(&n.output));
         }
-        Op::MatMul if fedge && sa.len() == 2 && sb.len() == 2 => {
+        Op::MatMul if fedge_dense && sa.len() == 2 && sb.len() == 2 => {
             e.fedge_gemm(&ins, sa, sb, (false, false), 1.0, 1.0, Some(&n.output));
         }
         // A stack of rows times a matrix (a dense layer over a sequence, a recurrent cell's input projection): one
         // `FedgeGemm` over the rows flattened, not tract's batched product of small ones.
-        Op::MatMul if fedge && sa.len() > 2 && sb.len() == 2 => {
+        Op::MatMul if fedge_dense && sa.len() > 2 && sb.len() == 2 => {
             let (rows, k) = (sa[..sa.len() - 1].iter().product::<usize>(), sa[sa.len() - 1]);
             let flat = e.reshape(ins[0], &[rows, k]);
             let y = e.fedge_gemm(&[&flat, ins[1]], &[rows, k], sb, (false, false), 1.0, 1.0, None);
@@ -159,10 +164,9 @@ fn emit_node(
             let lsm = e.log_softmax(ins[0], &n.in_shapes[0], *axis);
             e.op_into("Identity", &[&lsm], &out, vec![]);
         }
-        // In the training step, fedge's own convolution (the geometry as attributes) for 1-D and 2-D.
-        Op::Conv(c)
-            if mode == Mode::Train && e.kernels == Kernels::Fedge && (3..=4).contains(&n.in_shapes[0].len()) =>
-        {
+        // fedge's own convolution (the geometry as attributes) for 1-D and 2-D, in training and in inference: it
+        // unfolds a tile of one image's output rows at a time where tract's Conv unfolds the whole batch.
+        Op::Conv(c) if fedge_conv => {
             let mut node = node(
                 conv_ops::CONV,
                 &e.fresh(conv_ops::CONV),
@@ -192,6 +196,16 @@ fn emit_node(
                 attr_i("group", c.group as i64),
             ],
         ),
+        // Without indices to keep, fedge's own max pool for 1-D and 2-D (tract's walks a generic patch scanner).
+        Op::MaxPool(p) if !with_indices && e.kernels == Kernels::Fedge && (3..=4).contains(&n.in_shapes[0].len()) => {
+            let attrs = vec![
+                attr_ints("x_shape", &ints(&n.in_shapes[0])),
+                attr_ints("kernel_shape", &ints(&p.kernel)),
+                attr_ints("strides", &ints(&p.strides)),
+                attr_ints("pads", &pads(&p.pads)),
+            ];
+            e.fedge_op_into(pool_ops::MAX_POOL, &ins, &out, attrs);
+        }
         Op::MaxPool(p) => e.op_into(
             "MaxPool",
             &ins,

@@ -25,7 +25,9 @@ pub mod schedule;
 //   (forward, dX and dW) is fedge's own `FedgeGemm` (`dense_ops`, on matrixmultiply's GEMM in `dense_gemm`, the
 //   transposed operand read in place; the standard form for other runtimes); broadcasting is undone with ReduceSum; a 1-D or
 //   2-D Conv runs as fedge's own ops in the training step: `FedgeConv`, and `FedgeConvInputGrad` /
-//   `FedgeConvWeightGrad` for its dX and dW (`conv_ops`, on a packed GEMM in `conv_gemm`); other Convs' dX a ConvTranspose and dW a convolution with the batch as channel
+//   `FedgeConvWeightGrad` for its dX and dW (`conv_ops`, on a packed GEMM in `conv_gemm`;
+//   inference plans run `FedgeConv` too, and `FedgeMaxPool` (`pool_ops`) for max pools without indices; their
+//   dense layers stay tract's); other Convs' dX a ConvTranspose and dW a convolution with the batch as channel
 //   axis (also the form `TrainStep::into_standard_ops` emits for other runtimes); pooling uses
 //   ConvTranspose/Expand, and MaxPool fedge's own `FedgeMaxPoolGrad` op over tract's argmax indices (see
 //   `custom_op`). BatchNormalization trains scale and bias with frozen running statistics. Dropout multiplies by
@@ -48,6 +50,7 @@ mod loss;
 mod loss_op;
 mod lowering;
 mod plan;
+mod pool_ops;
 mod predictor;
 mod proto;
 mod shapes;

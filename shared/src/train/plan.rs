@@ -13,6 +13,7 @@ use super::dense_ops;
 use super::emit::Precision;
 use super::error::TrainError;
 use super::loss_op;
+use super::pool_ops;
 
 /// An optimised tract plan.
 pub type Plan = TypedRunnableModel<TypedModel>;
@@ -28,6 +29,7 @@ fn loader() -> &'static tract_onnx::Onnx {
         onnx.op_register.insert(conv_ops::CONV_WEIGHT_GRAD, conv_ops::load_weight_grad);
         onnx.op_register.insert(dense_ops::GEMM, dense_ops::load);
         onnx.op_register.insert(loss_op::SOFTMAX_CROSS_ENTROPY, loss_op::load);
+        onnx.op_register.insert(pool_ops::MAX_POOL, pool_ops::load);
         onnx
     })
 }
