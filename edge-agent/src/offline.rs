@@ -17,7 +17,7 @@ use fedge_shared::train::local::EvalSummary;
 use fedge_shared::train::local::{EVAL_BATCH, EpochPlan, LocalTrainer, epoch_seed, evaluate};
 use fedge_shared::train::optimizer::{Optimizer, OptimizerConfig, Proximal};
 use fedge_shared::train::schedule::LrSchedule;
-use fedge_shared::train::{Loss, TrainableModel};
+use fedge_shared::train::{Loss, TrainableModel, WeightTensors};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -358,7 +358,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
     }
     // Without a weights file the model's own values are the start: taken out of the parsed model rather than
     // copied, so the run holds them once.
-    let (model, mut weights) = match args.weights.as_deref() {
+    let (model, weights) = match args.weights.as_deref() {
         None => model.take_initial_weights(),
         Some(path) => {
             let w = load_weights(&model, Some(path))?;
@@ -409,6 +409,10 @@ pub fn train(args: TrainArgs) -> Result<()> {
         );
         bar
     };
+    // While the steps run, the weights exist once, as the tensors the steps read; a flat copy is made only to
+    // evaluate and to save (a model's worth of memory less at the training peak).
+    let mut tensors = WeightTensors::from_flat(&model, &weights)?;
+    drop(weights);
     let mut last: Option<EvalSummary> = None;
     for epoch in 1..=args.epochs {
         bar.set_prefix(format!("{epoch}/{}", args.epochs));
@@ -422,7 +426,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         let prox = args.prox_mu.map(|mu| Proximal { mu, global: &start });
         // The steps reuse their buffers from the heap instead of faulting fresh mappings in (shared::alloc).
         let heap = fedge_shared::alloc::keep_heap_for_training();
-        let summary = trainer.train_epoch(&mut weights, &train, &mut optimizer, prox, plan, &mut |p| {
+        let summary = trainer.train_epoch_tensors(&mut tensors, &train, &mut optimizer, prox, plan, &mut |p| {
             bar.inc(1);
             if p.step.is_multiple_of(20) {
                 bar.set_message(format!("loss {:.4}", p.loss));
@@ -431,7 +435,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         drop(heap);
         let summary = summary?;
         let train_seconds = epoch_started.elapsed().as_secs_f64();
-        let eval = evaluate(&model, &weights, &test, eval_batch)?;
+        let eval = evaluate(&model, &tensors.to_flat(), &test, eval_batch)?;
         if args.json {
             let mut line = serde_json::Map::new();
             line.insert("epoch".into(), json!(epoch));
@@ -456,6 +460,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
         last = Some(eval);
     }
     bar.finish_and_clear();
+    let weights = tensors.to_flat();
+    drop(tensors);
     if let Some(out) = &args.out {
         let bytes = if out.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
             model.export_with_weights(&weights)?

@@ -185,3 +185,33 @@ fn a_few_epochs_of_the_cnn_on_one_small_batch_lower_its_loss() {
     assert_eq!(s.steps, 6);
     assert!(s.epoch_losses[2] < s.epoch_losses[0], "{:?}", s.epoch_losses);
 }
+
+#[test]
+fn epochs_on_weights_kept_as_tensors_take_the_same_steps_as_on_the_flat_vector() {
+    use fedge_shared::train::WeightTensors;
+    use fedge_shared::train::local::{EpochPlan, epoch_seed};
+    use fedge_shared::train::optimizer::Optimizer;
+    let (train, _) = digits();
+    let model = small_mlp();
+    let config = OptimizerConfig::sgd_momentum(0.05, 0.9);
+    let plan = |epoch| EpochPlan::constant(epoch, 2, epoch_seed(3, epoch));
+    let mut flat = model.initial_weights();
+    let mut tensors = WeightTensors::from_flat(&model, &flat).unwrap();
+    let (mut a, mut b) = (
+        LocalTrainer::new(model.clone(), Loss::SoftmaxCrossEntropy, 16).unwrap(),
+        LocalTrainer::new(model.clone(), Loss::SoftmaxCrossEntropy, 16).unwrap(),
+    );
+    let (mut oa, mut ob) =
+        (Optimizer::new(config.clone(), flat.len()).unwrap(), Optimizer::new(config, flat.len()).unwrap());
+    for epoch in 1..=2 {
+        let sa = a.train_epoch(&mut flat, &train, &mut oa, None, plan(epoch), &mut |_| {}).unwrap();
+        let sb = b.train_epoch_tensors(&mut tensors, &train, &mut ob, None, plan(epoch), &mut |_| {}).unwrap();
+        assert_eq!((sa.steps, sa.mean_loss), (sb.steps, sb.mean_loss));
+    }
+    assert_ne!(flat, model.initial_weights(), "the weights moved");
+    assert_eq!(tensors.to_flat(), flat, "bit for bit the same weights");
+    // Tensors of another model are refused before any step.
+    let other = TrainableModel::from_onnx_bytes(&builder::mlp(&[64, 16, 10], 1)).unwrap();
+    let mut wrong = WeightTensors::from_flat(&other, &other.initial_weights()).unwrap();
+    assert!(b.train_epoch_tensors(&mut wrong, &train, &mut ob, None, plan(3), &mut |_| {}).is_err());
+}

@@ -209,6 +209,8 @@ impl LocalTrainer {
         let all_steps = per_epoch.saturating_mul(u64::from(cfg.epochs));
         let total_steps = cfg.max_steps.map_or(all_steps, |m| m.min(all_steps));
         let global = cfg.prox_mu.map(|_| weights.to_vec());
+        // The weights live as the tensors the steps read for the whole run; `weights` gets them back at its end.
+        let mut tensors = WeightTensors::from_flat(&self.model, weights)?;
         let mut summary = TrainSummary {
             examples: data.len(),
             examples_processed: 0,
@@ -226,8 +228,8 @@ impl LocalTrainer {
                 (Some(mu), Some(g)) => Some(Proximal { mu, global: g }),
                 _ => None,
             };
-            let e = self.train_epoch(
-                weights,
+            let e = self.train_epoch_tensors(
+                &mut tensors,
                 data,
                 &mut optimizer,
                 prox,
@@ -241,12 +243,21 @@ impl LocalTrainer {
                     total_steps,
                 },
                 progress,
-            )?;
+            );
+            let e = match e {
+                Ok(e) => e,
+                Err(err) => {
+                    // The weights hold what the last step left, as documented.
+                    tensors.copy_to(weights)?;
+                    return Err(err);
+                }
+            };
             summary.examples_processed += e.examples;
             summary.steps += e.steps;
             summary.epoch_losses.push(e.mean_loss);
             summary.last_epoch_loss = e.mean_loss;
         }
+        tensors.copy_to(weights)?;
         summary.wall_time = started.elapsed();
         Ok(summary)
     }
@@ -266,10 +277,26 @@ impl LocalTrainer {
         // The steps read and the optimizer updates the weights as tensors (no copy per step); the flat vector gets
         // them back once, at the end of the epoch or at the step that failed.
         let mut tensors = WeightTensors::from_flat(&self.model, weights)?;
-        let ran = self.epoch_steps(&mut tensors, data, optimizer, prox, &plan, progress);
+        let ran = self.train_epoch_tensors(&mut tensors, data, optimizer, prox, plan, progress);
         tensors.copy_to(weights)?;
-        let summary = ran?;
-        if !weights.iter().all(|w| w.is_finite()) {
+        ran
+    }
+
+    /// [`Self::train_epoch`] on weights the caller keeps as tensors across epochs, so that no flat copy of them
+    /// needs to exist while the steps run (a device short of memory makes one only to evaluate or save).
+    pub fn train_epoch_tensors<D: Examples + ?Sized>(
+        &mut self,
+        weights: &mut WeightTensors,
+        data: &D,
+        optimizer: &mut Optimizer,
+        prox: Option<Proximal<'_>>,
+        plan: EpochPlan,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<EpochSummary, LocalTrainError> {
+        weights.check_for(&self.model)?;
+        self.check_data(data)?;
+        let summary = self.epoch_steps(weights, data, optimizer, prox, &plan, progress)?;
+        if !weights.all_finite() {
             return Err(LocalTrainError::Diverged { epoch: plan.epoch, step: summary.steps, loss: f32::NAN });
         }
         Ok(summary)

@@ -89,6 +89,20 @@ impl WeightTensors {
         self.tensors.iter_mut().map(|t| Arc::make_mut(t).as_slice_mut::<f32>().map_err(TrainError::tract)).collect()
     }
 
+    /// The weights as one flat vector, in [`TrainableModel::params`] order.
+    pub fn to_flat(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.len);
+        for t in &self.tensors {
+            out.extend_from_slice(t.as_slice::<f32>().unwrap_or(&[]));
+        }
+        out
+    }
+
+    /// Whether every weight is finite.
+    pub fn all_finite(&self) -> bool {
+        self.tensors.iter().all(|t| t.as_slice::<f32>().is_ok_and(|v| v.iter().all(|x| x.is_finite())))
+    }
+
     /// Copies the weights into the flat vector `out` (whose length must be the number of weights).
     pub fn copy_to(&self, out: &mut [f32]) -> Result<(), TrainError> {
         if out.len() != self.len {
@@ -122,6 +136,19 @@ mod tests {
         let mut back = vec![0.0; w.len()];
         t.copy_to(&mut back).expect("copy");
         assert_eq!(back, w);
+        assert_eq!(t.to_flat(), w);
+        assert!(t.all_finite());
+    }
+
+    #[test]
+    fn one_non_finite_weight_anywhere_is_seen() {
+        let m = model();
+        let mut w = vec![0.5; m.num_params()];
+        w[m.num_params() - 1] = f32::NAN;
+        assert!(!WeightTensors::from_flat(&m, &w).expect("tensors").all_finite());
+        w[m.num_params() - 1] = 0.0;
+        w[0] = f32::INFINITY;
+        assert!(!WeightTensors::from_flat(&m, &w).expect("tensors").all_finite());
     }
 
     #[test]
