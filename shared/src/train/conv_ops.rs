@@ -13,6 +13,7 @@ use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::tract_num_traits::Zero;
 
 use super::conv_gemm::{Geometry, Scalar, forward, input_grad, weight_grad};
+use super::stateless_op::stateless_op;
 
 /// The operator computing Y.
 pub const CONV: &str = "FedgeConv";
@@ -87,22 +88,11 @@ impl ConvOp {
     }
 }
 
-impl Op for ConvOp {
-    fn name(&self) -> StaticName {
-        self.name_str().into()
-    }
+stateless_op!(ConvOp, ConvOp::name_str);
 
-    fn as_typed(&self) -> Option<&dyn TypedOp> {
-        Some(self)
-    }
-}
-
-impl EvalOp for ConvOp {
-    fn is_stateless(&self) -> bool {
-        true
-    }
-
-    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+impl ConvOp {
+    /// The evaluation (`EvalOp::eval`).
+    fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         if !self.arity().contains(&inputs.len()) {
             bail!("{} takes {:?} inputs, not {}", self.name_str(), self.arity(), inputs.len());
         }
@@ -117,10 +107,6 @@ impl EvalOp for ConvOp {
             other => bail!("{} does not support {other:?}", self.name_str()),
         };
         Ok(tvec!(out.into_tvalue()))
-    }
-
-    fn state(&self, _session: &mut SessionState, _node_id: usize) -> TractResult<Option<Box<dyn OpState>>> {
-        Ok(None)
     }
 }
 

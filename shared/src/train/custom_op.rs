@@ -10,6 +10,8 @@
 
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
+
+use super::stateless_op::stateless_op;
 use tract_onnx::tract_hir::tract_num_traits::Zero;
 
 /// The operator type in emitted graphs.
@@ -46,22 +48,11 @@ impl MaxPoolGrad {
     }
 }
 
-impl Op for MaxPoolGrad {
-    fn name(&self) -> StaticName {
-        MAX_POOL_GRAD.into()
-    }
+stateless_op!(MaxPoolGrad, |_: &MaxPoolGrad| MAX_POOL_GRAD);
 
-    fn as_typed(&self) -> Option<&dyn TypedOp> {
-        Some(self)
-    }
-}
-
-impl EvalOp for MaxPoolGrad {
-    fn is_stateless(&self) -> bool {
-        true
-    }
-
-    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+impl MaxPoolGrad {
+    /// The evaluation (`EvalOp::eval`).
+    fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let [idx, dy] = inputs.as_slice() else {
             bail!("{MAX_POOL_GRAD} takes two inputs");
         };
@@ -73,10 +64,6 @@ impl EvalOp for MaxPoolGrad {
             other => bail!("{MAX_POOL_GRAD} does not support {other:?}"),
         };
         Ok(tvec!(out.into_tvalue()))
-    }
-
-    fn state(&self, _session: &mut SessionState, _node_id: usize) -> TractResult<Option<Box<dyn OpState>>> {
-        Ok(None)
     }
 }
 

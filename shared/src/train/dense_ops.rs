@@ -17,6 +17,7 @@ use tract_onnx::tract_hir::tract_num_traits::Zero;
 
 use super::dense_gemm::{Dense, dense, dense_into};
 use super::gemm::Scalar;
+use super::stateless_op::stateless_op;
 
 /// The operator type in emitted graphs.
 pub const GEMM: &str = "FedgeGemm";
@@ -51,22 +52,11 @@ impl GemmOp {
     }
 }
 
-impl Op for GemmOp {
-    fn name(&self) -> StaticName {
-        GEMM.into()
-    }
+stateless_op!(GemmOp, |_: &GemmOp| GEMM);
 
-    fn as_typed(&self) -> Option<&dyn TypedOp> {
-        Some(self)
-    }
-}
-
-impl EvalOp for GemmOp {
-    fn is_stateless(&self) -> bool {
-        true
-    }
-
-    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+impl GemmOp {
+    /// The evaluation (`EvalOp::eval`).
+    fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         if !(2..=3).contains(&inputs.len()) {
             bail!("{GEMM} takes 2 or 3 inputs, not {}", inputs.len());
         }
@@ -90,10 +80,6 @@ impl EvalOp for GemmOp {
             other => bail!("{GEMM} does not support {other:?}"),
         };
         Ok(tvec!(out.into_tvalue()))
-    }
-
-    fn state(&self, _session: &mut SessionState, _node_id: usize) -> TractResult<Option<Box<dyn OpState>>> {
-        Ok(None)
     }
 }
 

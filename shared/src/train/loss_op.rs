@@ -11,6 +11,8 @@
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
+use super::stateless_op::stateless_op;
+
 /// The operator type in emitted graphs.
 pub const SOFTMAX_CROSS_ENTROPY: &str = "FedgeSoftmaxCrossEntropy";
 
@@ -93,22 +95,11 @@ impl SoftmaxCrossEntropy {
     }
 }
 
-impl Op for SoftmaxCrossEntropy {
-    fn name(&self) -> StaticName {
-        SOFTMAX_CROSS_ENTROPY.into()
-    }
+stateless_op!(SoftmaxCrossEntropy, |_: &SoftmaxCrossEntropy| SOFTMAX_CROSS_ENTROPY);
 
-    fn as_typed(&self) -> Option<&dyn TypedOp> {
-        Some(self)
-    }
-}
-
-impl EvalOp for SoftmaxCrossEntropy {
-    fn is_stateless(&self) -> bool {
-        true
-    }
-
-    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+impl SoftmaxCrossEntropy {
+    /// The evaluation (`EvalOp::eval`).
+    fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let [z, y] = inputs.as_slice() else {
             bail!("{SOFTMAX_CROSS_ENTROPY} takes two inputs");
         };
@@ -121,10 +112,6 @@ impl EvalOp for SoftmaxCrossEntropy {
             other => bail!("{SOFTMAX_CROSS_ENTROPY} does not support {other:?}"),
         };
         Ok(tvec!(loss.into_tvalue(), grad.into_tvalue()))
-    }
-
-    fn state(&self, _session: &mut SessionState, _node_id: usize) -> TractResult<Option<Box<dyn OpState>>> {
-        Ok(None)
     }
 }
 

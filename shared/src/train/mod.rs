@@ -55,6 +55,7 @@ mod predictor;
 mod proto;
 mod shapes;
 mod slice_guard;
+mod stateless_op;
 mod step;
 mod trainable;
 mod weight_tensors;

@@ -9,6 +9,8 @@
 
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
+
+use super::stateless_op::stateless_op;
 use tract_onnx::tract_hir::tract_num_traits::Zero;
 
 /// The operator type in emitted graphs.
@@ -143,22 +145,11 @@ impl MaxPoolOp {
     }
 }
 
-impl Op for MaxPoolOp {
-    fn name(&self) -> StaticName {
-        MAX_POOL.into()
-    }
+stateless_op!(MaxPoolOp, |_: &MaxPoolOp| MAX_POOL);
 
-    fn as_typed(&self) -> Option<&dyn TypedOp> {
-        Some(self)
-    }
-}
-
-impl EvalOp for MaxPoolOp {
-    fn is_stateless(&self) -> bool {
-        true
-    }
-
-    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+impl MaxPoolOp {
+    /// The evaluation (`EvalOp::eval`).
+    fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let [x] = inputs.as_slice() else {
             bail!("{MAX_POOL} takes one input");
         };
@@ -171,10 +162,6 @@ impl EvalOp for MaxPoolOp {
             other => bail!("{MAX_POOL} does not support {other:?}"),
         };
         Ok(tvec!(out.into_tvalue()))
-    }
-
-    fn state(&self, _session: &mut SessionState, _node_id: usize) -> TractResult<Option<Box<dyn OpState>>> {
-        Ok(None)
     }
 }
 
