@@ -179,14 +179,15 @@ impl Optimizer {
         };
         check("weights", weights.len())?;
         check("gradient", parts.clone().map(|g| g.len()).sum())?;
-        let first = self.begin_step(prox)?;
-        let mut offset = 0;
-        for g in parts {
-            let end = offset + g.len();
-            self.update(&mut weights[offset..end], offset, g, prox, first);
-            offset = end;
+        // The flat weights cut where the gradient's pieces are cut: then the update is `step_pieces`'.
+        let mut pieces = Vec::new();
+        let mut rest = weights;
+        for g in parts.clone() {
+            let (piece, tail) = rest.split_at_mut(g.len());
+            pieces.push(piece);
+            rest = tail;
         }
-        Ok(())
+        self.step_pieces(pieces, parts, prox)
     }
 
     /// [`Self::step_parts`] with the weights in pieces too (one per weight tensor, as
