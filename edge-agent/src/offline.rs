@@ -14,10 +14,10 @@ use fedge_shared::data::{self, ChannelNorm, Examples, Format, Part, SharedExampl
 use fedge_shared::model::{weights_from_bytes, weights_to_bytes};
 use fedge_shared::train::builder;
 use fedge_shared::train::local::EvalSummary;
-use fedge_shared::train::local::{EVAL_BATCH, EpochPlan, LocalTrainer, epoch_seed, evaluate};
+use fedge_shared::train::local::{EVAL_BATCH, EpochPlan, LocalTrainer, epoch_seed, evaluate, evaluate_tensors};
 use fedge_shared::train::optimizer::{Optimizer, OptimizerConfig, Proximal};
 use fedge_shared::train::schedule::LrSchedule;
-use fedge_shared::train::{Loss, TrainableModel, WeightTensors};
+use fedge_shared::train::{Loss, Predictor, TrainableModel, WeightTensors};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -409,10 +409,12 @@ pub fn train(args: TrainArgs) -> Result<()> {
         );
         bar
     };
-    // While the steps run, the weights exist once, as the tensors the steps read; a flat copy is made only to
-    // evaluate and to save (a model's worth of memory less at the training peak).
+    // While the steps run, the weights exist once, as the tensors the steps read and the evaluation reads; a flat
+    // copy is made only to save (a model's worth of memory less at the training peak).
     let mut tensors = WeightTensors::from_flat(&model, &weights)?;
     drop(weights);
+    // One evaluation plan for every epoch, reading the tensors in place: evaluating copies no weights.
+    let evaluator = Predictor::reading_weights(&model, eval_batch).context("building the evaluation plan")?;
     let mut last: Option<EvalSummary> = None;
     for epoch in 1..=args.epochs {
         bar.set_prefix(format!("{epoch}/{}", args.epochs));
@@ -435,7 +437,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         drop(heap);
         let summary = summary?;
         let train_seconds = epoch_started.elapsed().as_secs_f64();
-        let eval = evaluate(&model, &tensors.to_flat(), &test, eval_batch)?;
+        let eval = evaluate_tensors(&evaluator, &model, &tensors, &test, eval_batch)?;
         if args.json {
             let mut line = serde_json::Map::new();
             line.insert("epoch".into(), json!(epoch));

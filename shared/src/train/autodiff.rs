@@ -154,19 +154,26 @@ fn take(
     (!parts.is_empty()).then_some(parts)
 }
 
-/// Builds the forward-only model (dropout as identity) with `kernels`' operators; weights must already be
-/// constants of `g`.
-pub fn build_inference(g: &Graph, data: &str, kernels: Kernels) -> Result<ModelProto, TrainError> {
+/// Builds the forward-only model (dropout as identity) with `kernels`' operators. Its inputs are the data, then
+/// `weight_inputs` in order (the trainable weights, when `g` was resolved without their values); every other weight
+/// must be a constant of `g`.
+pub fn build_inference(
+    g: &Graph,
+    data: &str,
+    weight_inputs: &[(String, Vec<usize>)],
+    kernels: Kernels,
+) -> Result<ModelProto, TrainError> {
     let mut e = Emitter::new(Precision::F32, kernels);
     emit_forward(&mut e, g, Mode::Infer)?;
     let guards: Vec<_> = slice_guard::guard(&mut e).iter().map(|o| value_info_unshaped(o, DataType::Float)).collect();
     let data_shape = g.shapes.get(data).cloned().unwrap_or_default();
     let out_shape = g.shapes.get(&g.output).cloned().unwrap_or_default();
+    let weights = weight_inputs.iter().map(|(name, shape)| value_info(name, DataType::Float, shape));
     let graph = GraphProto {
         name: "fedge-inference".into(),
         node: e.nodes,
         initializer: e.inits,
-        input: vec![value_info(data, DataType::Float, &data_shape)],
+        input: std::iter::once(value_info(data, DataType::Float, &data_shape)).chain(weights).collect(),
         output: std::iter::once(value_info(&g.output, DataType::Float, &out_shape)).chain(guards).collect(),
         ..Default::default()
     };

@@ -1,10 +1,13 @@
 //! Emits the forward pass of a resolved [`Graph`] as standard ONNX nodes (opset 13), for training (dropout as a
 //! multiplication by a mask fed as an extra graph input) or for inference (dropout as identity). Unless the emitter
 //! asks for standard operators, 1-D and 2-D convolutions are fedge's own `FedgeConv` in both modes, 1-D and 2-D max
-//! pools whose argmax indices no gradient needs (all of them in inference) its `FedgeMaxPool`, and in training dense
-//! layers (Gemm, a MatMul by a matrix) its `FedgeGemm`. An inference plan keeps tract's Gemm/MatMul: tract packs
-//! their constant weights once when it optimises the plan, where `FedgeGemm` would pack them at every call (9×
-//! slower at batch 1 on the example MLP, no faster at 32; BENCHMARKS.md, "Inference on fedge's own operators").
+//! pools whose argmax indices no gradient needs (all of them in inference) its `FedgeMaxPool`, and in training, or
+//! wherever the weights are fed as inputs rather than constants (an evaluation plan reading the trainer's weights),
+//! dense layers (Gemm, a MatMul by a matrix) its `FedgeGemm`. An inference plan with its weights baked in keeps
+//! tract's Gemm/MatMul: tract packs constant weights once when it optimises the plan, where `FedgeGemm` would pack
+//! them at every call (9× slower at batch 1 on the example MLP, no faster at 32; BENCHMARKS.md, "Inference on
+//! fedge's own operators"); weights fed as inputs tract would pack at every call too, into a whole packed copy
+//! (6.4 MB for the example CNN's first dense layer) where `FedgeGemm` packs a block at a time.
 //!
 //! It writes nodes only; it never differentiates and never runs anything.
 
@@ -79,7 +82,9 @@ fn emit_node(
     let ins: Vec<&str> = n.inputs.iter().map(|s| s.as_str()).collect();
     let out = [n.output.as_str()];
     let wide = e.precision == Precision::F64;
-    let fedge_dense = mode == Mode::Train && e.kernels == Kernels::Fedge;
+    // Constant weights (an inference plan's) tract packs once; weights fed as inputs every product packs anyway.
+    let weights_fed = n.inputs.get(1).is_some_and(|w| !g.consts.contains_key(w));
+    let fedge_dense = e.kernels == Kernels::Fedge && (mode == Mode::Train || weights_fed);
     let fedge_conv = e.kernels == Kernels::Fedge && (3..=4).contains(&n.in_shapes.first().map_or(0, Vec::len));
     let (sa, sb) = (n.in_shapes.first().map_or(&[][..], |s| s), n.in_shapes.get(1).map_or(&[][..], |s| s));
     match &n.op {

@@ -461,7 +461,8 @@ fn check_data<D: Examples + ?Sized>(model: &TrainableModel, data: &D) -> Result<
 }
 
 /// Evaluates `weights` on `data` in batches of `batch`: mean cross-entropy and accuracy for classification, mean
-/// squared error for regression.
+/// squared error for regression. The plan reads the weights as inputs (one copy of them, as tensors; none in the
+/// plan).
 pub fn evaluate<D: Examples + ?Sized>(
     model: &TrainableModel,
     weights: &[f32],
@@ -469,16 +470,40 @@ pub fn evaluate<D: Examples + ?Sized>(
     batch: usize,
 ) -> Result<EvalSummary, LocalTrainError> {
     check_data(model, data)?;
-    let predictor = Predictor::new(model, weights, batch)?;
-    evaluate_with(&predictor, model, data, batch)
+    let tensors = WeightTensors::from_flat(model, weights)?;
+    let predictor = Predictor::reading_weights(model, batch.max(1))?;
+    evaluate_tensors(&predictor, model, &tensors, data, batch)
 }
 
-/// Evaluates with an already compiled predictor (its model must be `model`).
+/// Evaluates `weights` held as tensors (a trainer's, read in place) with a predictor built
+/// [`Predictor::reading_weights`] for `model`: built once, it serves every epoch's weights.
+pub fn evaluate_tensors<D: Examples + ?Sized>(
+    predictor: &Predictor,
+    model: &TrainableModel,
+    weights: &WeightTensors,
+    data: &D,
+    batch: usize,
+) -> Result<EvalSummary, LocalTrainError> {
+    weights.check_for(model)?;
+    evaluate_by(model, data, batch, |x| predictor.predict_with(weights, x))
+}
+
+/// Evaluates with an already compiled predictor (its model must be `model`) with its weights baked in.
 pub fn evaluate_with<D: Examples + ?Sized>(
     predictor: &Predictor,
     model: &TrainableModel,
     data: &D,
     batch: usize,
+) -> Result<EvalSummary, LocalTrainError> {
+    evaluate_by(model, data, batch, |x| predictor.predict(x))
+}
+
+/// The evaluation loop over `data` in batches of `batch`, `predict` giving each batch's outputs.
+fn evaluate_by<D: Examples + ?Sized>(
+    model: &TrainableModel,
+    data: &D,
+    batch: usize,
+    predict: impl Fn(&[f32]) -> Result<Vec<f32>, TrainError>,
 ) -> Result<EvalSummary, LocalTrainError> {
     check_data(model, data)?;
     let c = model.output_len();
@@ -488,7 +513,7 @@ pub fn evaluate_with<D: Examples + ?Sized>(
     let mut b = Batch::default();
     for first in (0..data.len()).step_by(batch) {
         let rows = data.range_into(first, batch, &mut b)?;
-        let logits = predictor.predict(&b.x)?;
+        let logits = predict(&b.x)?;
         if logits.len() != rows * c {
             return Err(LocalTrainError::Data(format!(
                 "the predictor returned {} outputs for {rows} examples of {c}",
