@@ -89,7 +89,8 @@ fn broadcast_strides(c_shape: &[usize], m: usize, n: usize) -> Option<(usize, us
 }
 
 /// Y (`[M, N]`, overwritten) `= alpha·op(A)·op(B) + beta·C`, C given as its values and shape (broadcast to
-/// `[M, N]`).
+/// `[M, N]`). Every value of Y is written and none is read first (an empty product included): Y may start as
+/// anything, NaN or a buffer never initialised (the property test starts it at NaN).
 pub fn dense<T: Scalar>(
     d: &Dense,
     a: &[T],

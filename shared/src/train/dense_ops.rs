@@ -13,7 +13,6 @@
 
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
-use tract_onnx::tract_hir::tract_num_traits::Zero;
 
 use super::dense_gemm::{Dense, dense, dense_into};
 use super::gemm::Scalar;
@@ -43,8 +42,11 @@ impl GemmOp {
         Ok(Ok(y))
     }
 
-    fn compute<T: Datum + Scalar + Zero>(&self, inputs: &[TValue]) -> TractResult<Tensor> {
-        let mut out = Tensor::zero::<T>(&self.0.y_shape())?;
+    fn compute<T: Datum + Scalar>(&self, inputs: &[TValue]) -> TractResult<Tensor> {
+        // SAFETY: `dense` writes every value of Y before anything reads it and never reads Y's previous values
+        // (its contract, property-tested from a NaN-filled Y); on an error the tensor is dropped unread. Zeroing the
+        // output first was 2% of the 2NN's training step.
+        let mut out = unsafe { Tensor::uninitialized::<T>(&self.0.y_shape())? };
         let (a, b) = (inputs[0].as_slice::<T>()?, inputs[1].as_slice::<T>()?);
         let c = inputs.get(2).map(|t| t.as_slice::<T>().map(|v| (v, t.shape()))).transpose()?;
         dense(&self.0, a, b, c, out.as_slice_mut::<T>()?).map_err(|e| format_err!("{GEMM}: {e}"))?;
