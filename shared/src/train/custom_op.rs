@@ -33,9 +33,14 @@ impl MaxPoolGrad {
             bail!("{MAX_POOL_GRAD}: {} indices, {} gradients, {nc} planes", idx.len(), dy.len());
         }
         let per = idx.len() / nc;
-        let mut out = vec![T::zero(); nc * plane];
+        // The gradient is summed straight into the output tensor (a separate buffer copied into a tensor at the end
+        // was 3.2 MB more at the example CNN's training peak, its first pool's input gradient at batch 32).
+        let mut tensor = Tensor::zero::<T>(&self.input_shape)?;
+        let out = tensor.as_slice_mut::<T>()?;
         for (p, (ip, gp)) in idx.chunks_exact(per).zip(dy.chunks_exact(per)).enumerate() {
-            let dst = &mut out[p * plane..(p + 1) * plane];
+            let dst = out
+                .get_mut(p * plane..(p + 1) * plane)
+                .ok_or_else(|| format_err!("{MAX_POOL_GRAD}: plane {p} outside the input {:?}", self.input_shape))?;
             for (i, g) in ip.iter().zip(gp) {
                 let slot = usize::try_from(*i)
                     .ok()
@@ -44,7 +49,7 @@ impl MaxPoolGrad {
                 *slot += *g;
             }
         }
-        Tensor::from_shape(&self.input_shape, &out)
+        Ok(tensor)
     }
 }
 
