@@ -3,7 +3,8 @@
 //! resolves, differentiates and emits them like any other node.
 //!
 //! A recurrent cell is unrolled over its (static) sequence length: one group of nodes per time step, the input
-//! projection of every step done by one MatMul before the loop. The backward pass needs nothing of its own: the
+//! projection of every step done by one MatMul before the loop. An LSTM step's gates and states are one
+//! [`LSTM_CELL`] node after the recurrence product, which the emitter writes fused or as its primitive definition. The backward pass needs nothing of its own: the
 //! slices of one tensor gather their gradients by concatenation (see `grad::slice`).
 //!
 //! What is supported is what PyTorch's exporter writes: the forward direction, the default activations, no
@@ -21,6 +22,11 @@ use super::proto::{Attrs, Data, attr_i, attr_ints, node};
 
 /// The opset the written nodes follow (Slice with inputs, Concat with an axis attribute).
 pub const OPSET: i64 = 13;
+
+/// The one node of its own the lowering writes: an LSTM time step from its gate pre-activations `[B, 4H]` and cell
+/// state to the new hidden and cell states (`graph::Op::LstmCell`; emitted as fedge's fused cell or as the
+/// primitive nodes of its definition, `cell_emit`). Never read from a model: the graph refuses it there.
+pub const LSTM_CELL: &str = "fedge.LstmCell";
 
 /// The lowered form of one node: constants to add to the graph, then nodes to resolve in order.
 pub struct Lowered {
@@ -319,7 +325,7 @@ fn step_of(w: &mut Writer, c: &Cell, xw: &str, t: usize, width: usize) -> String
 
 /// ONNX LSTM, gates in i, o, f, c order: `c' = f ⊙ c + i ⊙ tanh(ĉ)`, `h' = o ⊙ tanh(c')`.
 fn lstm_steps(w: &mut Writer, c: &Cell, h0: String, c0: String) -> Steps {
-    let (hd, gh) = (c.hidden, 4 * c.hidden);
+    let gh = 4 * c.hidden;
     let bias = match (&c.wb, &c.rb) {
         (Some(wb), Some(rb)) => Some(w.op("Add", &[wb, rb])),
         _ => None,
@@ -331,17 +337,10 @@ fn lstm_steps(w: &mut Writer, c: &Cell, h0: String, c0: String) -> Steps {
         let xt = step_of(w, c, &xw, t, gh);
         let hr = w.op("MatMul", &[&h, &c.rt]);
         let g = w.op("Add", &[&xt, &hr]);
-        let gate = |w: &mut Writer, k: usize| w.cols(&g, c.batch, k * hd, (k + 1) * hd);
-        let (gi, go, gf, gc) = (gate(w, 0), gate(w, 1), gate(w, 2), gate(w, 3));
-        let i = w.op("Sigmoid", &[&gi]);
-        let o = w.op("Sigmoid", &[&go]);
-        let f = w.op("Sigmoid", &[&gf]);
-        let cc = w.op("Tanh", &[&gc]);
-        let kept = w.op("Mul", &[&f, &cs]);
-        let added = w.op("Mul", &[&i, &cc]);
-        cs = w.op("Add", &[&kept, &added]);
-        let tc = w.op("Tanh", &[&cs]);
-        h = w.op("Mul", &[&o, &tc]);
+        let (hn, cn) = (w.fresh("h"), w.fresh("c"));
+        let name = w.fresh(LSTM_CELL);
+        w.nodes.push(node(LSTM_CELL, &name, &[&g, &cs], &[&hn, &cn], vec![]));
+        (h, cs) = (hn, cn);
         hs.push(h.clone());
     }
     Steps { hs, last_c: Some(cs) }
