@@ -1,9 +1,9 @@
 //! Gradient specifications for the recurrent cells and the slicing operators they are unrolled into: LSTM and GRU
 //! as ONNX defines them (time-major or batch-first, with or without biases, zero or given initial states, every
 //! step or the last as output), Split, Slice, Pad and Expand. The training graph's gradient matches central finite
-//! differences of its own loss (property tests over random shapes, few cases each), and an LSTM's fused cell
-//! (`Kernels::Fedge`) computes the loss and gradients of its primitive form (`Kernels::Standard`); what stays
-//! unsupported is refused with the operator's name and node.
+//! differences of its own loss (property tests over random shapes, few cases each), and the fused cells of an LSTM
+//! and of a PyTorch-form GRU (`Kernels::Fedge`) compute the loss and gradients of their primitive form
+//! (`Kernels::Standard`); what stays unsupported is refused with the operator's name and node.
 
 mod engine_support;
 
@@ -112,6 +112,21 @@ proptest! {
         // primitive nodes of the cell's definition and their gradients), in f64 on the same batch.
         let bytes = wrap(&[t, i], seed, |b, x| {
             recurrent(b, x, "LSTM", (t, i, h), batch_first, bias, initial, output, vec![])
+        });
+        let diff = standard_ops_difference(&bytes, CE, N, seed);
+        prop_assert!(diff < 1e-10, "fused and primitive forms differ by {}", diff);
+    }
+
+    #[test]
+    fn the_fused_gru_cell_computes_the_primitive_form_s_loss_and_gradients(
+        t in 1usize..4, i in 1usize..4, h in 1usize..4, batch_first in any::<bool>(), bias in any::<bool>(),
+        initial in any::<bool>(), output in 0usize..2, seed in 0u64..1000,
+    ) {
+        // PyTorch's form (`linear_before_reset` = 1), one FedgeGruCell and one FedgeGruCellGrad per step, against
+        // the primitive nodes of its definition, in f64 on the same batch.
+        let bytes = wrap(&[t, i], seed, |b, x| {
+            let lbr = vec![attr_i("linear_before_reset", 1)];
+            recurrent(b, x, "GRU", (t, i, h), batch_first, bias, initial, output, lbr)
         });
         let diff = standard_ops_difference(&bytes, CE, N, seed);
         prop_assert!(diff < 1e-10, "fused and primitive forms differ by {}", diff);
@@ -229,6 +244,27 @@ fn an_lstm_step_is_one_fused_node_each_way_and_primitives_in_the_standard_form()
     assert!(standard.node.iter().all(|n| n.domain != "ai.fedge" || n.op_type == "FedgeMaxPoolGrad"));
     assert_eq!(count(&standard, "Sigmoid"), 3 * t);
     assert_eq!(count(&standard, "Tanh"), 2 * t);
+}
+
+/// A GRU in PyTorch's form runs as fedge's fused cell, one node each way per step; the other form (the candidate's
+/// recurrence product after the reset gate) stays on primitive nodes.
+#[test]
+fn a_pytorch_form_gru_step_is_one_fused_node_each_way() {
+    let t = 4;
+    let fused_nodes = |linear_before_reset: i64| {
+        let bytes = wrap(&[t, 2], 1, |b, x| {
+            let lbr = vec![attr_i("linear_before_reset", linear_before_reset)];
+            recurrent(b, x, "GRU", (t, 2, 3), true, true, false, 1, lbr)
+        });
+        let model = TrainableModel::from_onnx_bytes(&bytes).unwrap();
+        let step = fedge_shared::train::TrainStep::new(&model, CE, N).unwrap();
+        let bytes = step.training_graph(N).unwrap();
+        let graph = <tract_onnx::pb::ModelProto as prost::Message>::decode(bytes.as_slice()).unwrap().graph.unwrap();
+        let count = |op: &str| graph.node.iter().filter(|n| n.op_type == op).count();
+        (count("FedgeGruCell"), count("FedgeGruCellGrad"), count("Sigmoid"))
+    };
+    assert_eq!(fused_nodes(1), (t, t, 0));
+    assert_eq!(fused_nodes(0), (0, 0, 2 * t));
 }
 
 #[test]

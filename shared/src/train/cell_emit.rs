@@ -1,8 +1,9 @@
-//! How an LSTM time step ([`Op::LstmCell`], written by the lowering) is emitted, forward and backward: under
-//! `Kernels::Fedge` as fedge's fused `FedgeLstmCell` / `FedgeLstmCellGrad` (`lstm_op`), one node each way whose
-//! activated gates travel from the one to the other in a single `[B, 4H]` buffer; under `Kernels::Standard` as the
-//! primitive ONNX nodes of the cell's definition (Slice, Sigmoid, Tanh, Mul, Add) and of their gradients, for
-//! runtimes that do not know domain `ai.fedge` and for checking the fused cell against.
+//! How an LSTM or GRU time step ([`Op::LstmCell`], [`Op::GruCell`], written by the lowering) is emitted, forward and
+//! backward: under `Kernels::Fedge` as fedge's fused `FedgeLstmCell` / `FedgeLstmCellGrad` (`lstm_op`) or
+//! `FedgeGruCell` / `FedgeGruCellGrad` (`gru_op`), one node each way whose activated gates travel from the one to
+//! the other in a single `[B, 4H]` (`[B, 3H]`) buffer; under `Kernels::Standard` as the primitive ONNX nodes of the
+//! cell's definition (Slice, Sigmoid, Tanh, Mul, Add, Sub) and of their gradients, for runtimes that do not know
+//! domain `ai.fedge` and for checking the fused cells against.
 //!
 //! The forward pass leaves what the backward pass reads under names derived from the step's hidden-state output
 //! ([`acts_name`], [`part_name`]). It only appends nodes; it never differentiates anything else and never runs.
@@ -10,6 +11,7 @@
 use super::emit::{Emitter, Kernels, Precision};
 use super::error::TrainError;
 use super::graph::{DNode, Op};
+use super::gru_op::{GRU_CELL, GRU_CELL_GRAD};
 use super::lstm_op::{LSTM_CELL, LSTM_CELL_GRAD};
 use super::proto::attr_i;
 
@@ -146,4 +148,95 @@ pub fn lstm_backward(
         (dg, dc_prev)
     };
     Ok(vec![needs[0].then_some(dg), needs.get(1).copied().unwrap_or(false).then_some(dc_prev)])
+}
+
+/// A GRU step's fused activated gates `[B, 3H]` (z, r, n), for the step whose hidden state is `output`.
+pub fn gru_acts_name(output: &str) -> String {
+    format!("__fedge/gru/{output}/acts")
+}
+
+/// One of a GRU step's primitive form's saved tensors (`z`, `r`, `n`, and `qn`, the recurrence projection's
+/// candidate part), for the step whose hidden state is `output`.
+pub fn gru_part_name(output: &str, part: &str) -> String {
+    format!("__fedge/gru/{output}/{part}")
+}
+
+/// (B, H) of a GRU step.
+fn gru_sizes(n: &DNode) -> Result<(usize, usize), TrainError> {
+    match (&n.op, n.out_shape.as_slice()) {
+        (Op::GruCell, [b, h]) => Ok((*b, *h)),
+        _ => Err(TrainError::invalid(format!("node {} is not a GRU step", n.name))),
+    }
+}
+
+/// A GRU step's forward nodes (`h' = n + z ⊙ (h - n)`), and what the backward pass reads.
+pub fn gru_forward(e: &mut Emitter, n: &DNode) -> Result<(), TrainError> {
+    let (b, h) = gru_sizes(n)?;
+    let (x, q, hp, out) = (n.inputs[0].as_str(), n.inputs[1].as_str(), n.inputs[2].as_str(), n.output.as_str());
+    if e.kernels == Kernels::Fedge {
+        let attrs = vec![attr_i("batch", b as i64), attr_i("hidden", h as i64)];
+        e.fedge_op_into(GRU_CELL, &[x, q, hp], &[out, &gru_acts_name(out)], attrs);
+        return Ok(());
+    }
+    let part = |p: &str| gru_part_name(out, p);
+    let (z, r, nn, qn) = (part("z"), part("r"), part("n"), part("qn"));
+    for (k, name) in [&z, &r].into_iter().enumerate() {
+        let xs = cols(e, x, b, k * h, (k + 1) * h);
+        let qs = cols(e, q, b, k * h, (k + 1) * h);
+        let sum = e.op("Add", &[&xs, &qs], vec![]);
+        sigmoid_into(e, &sum, name);
+    }
+    let xn = cols(e, x, b, 2 * h, 3 * h);
+    let (s, en) = (e.const_i(&[2], &[0, 2 * h as i64]), e.const_i(&[2], &[b as i64, 3 * h as i64]));
+    e.op_into("Slice", &[q, &s, &en], &[&qn], vec![]);
+    let recur = e.op("Mul", &[&r, &qn], vec![]);
+    let sn = e.op("Add", &[&xn, &recur], vec![]);
+    e.op_into("Tanh", &[&sn], &[&nn], vec![]);
+    let diff = e.op("Sub", &[hp, &nn], vec![]);
+    let kept = e.op("Mul", &[&z, &diff], vec![]);
+    e.op_into("Add", &[&nn, &kept], &[out], vec![]);
+    Ok(())
+}
+
+/// The gradients of a GRU step's inputs (input projection, recurrence projection, hidden state) from its output's;
+/// `None` where `needs` says no.
+pub fn gru_backward(e: &mut Emitter, n: &DNode, dy: &str, needs: &[bool]) -> Result<Vec<Option<String>>, TrainError> {
+    let (b, h) = gru_sizes(n)?;
+    let (q, hp, out) = (n.inputs[1].as_str(), n.inputs[2].as_str(), n.output.as_str());
+    let (dx, dq, dh) = if e.kernels == Kernels::Fedge {
+        let names = [e.fresh(GRU_CELL_GRAD), e.fresh(GRU_CELL_GRAD), e.fresh(GRU_CELL_GRAD)];
+        let attrs = vec![attr_i("batch", b as i64), attr_i("hidden", h as i64)];
+        let outs: Vec<&str> = names.iter().map(String::as_str).collect();
+        e.fedge_op_into(GRU_CELL_GRAD, &[&gru_acts_name(out), q, hp, dy], &outs, attrs);
+        let [dx, dq, dh] = names;
+        (dx, dq, dh)
+    } else {
+        let part = |p: &str| gru_part_name(out, p);
+        let (z, r, nn, qn) = (part("z"), part("r"), part("n"), part("qn"));
+        let one = e.scalar(1.0);
+        let dsig = |e: &mut Emitter, x: &str| {
+            let s = e.op("Sub", &[&one, x], vec![]);
+            e.op("Mul", &[x, &s], vec![])
+        };
+        // dn = dy ⊙ (1 - z), through tanh; dz = dy ⊙ (h - n), through σ; dh = dy ⊙ z.
+        let omz = e.op("Sub", &[&one, &z], vec![]);
+        let dn = e.op("Mul", &[dy, &omz], vec![]);
+        let sq = e.op("Mul", &[&nn, &nn], vec![]);
+        let dt = e.op("Sub", &[&one, &sq], vec![]);
+        let dsn = e.op("Mul", &[&dn, &dt], vec![]);
+        let diff = e.op("Sub", &[hp, &nn], vec![]);
+        let dz = e.op("Mul", &[dy, &diff], vec![]);
+        let d = dsig(e, &z);
+        let dsz = e.op("Mul", &[&dz, &d], vec![]);
+        let dr = e.op("Mul", &[&dsn, &qn], vec![]);
+        let d = dsig(e, &r);
+        let dsr = e.op("Mul", &[&dr, &d], vec![]);
+        let dqn = e.op("Mul", &[&dsn, &r], vec![]);
+        let dx = e.op("Concat", &[&dsz, &dsr, &dsn], vec![attr_i("axis", 1)]);
+        let dq = e.op("Concat", &[&dsz, &dsr, &dqn], vec![attr_i("axis", 1)]);
+        let dh = e.op("Mul", &[dy, &z], vec![]);
+        (dx, dq, dh)
+    };
+    let need = |i: usize| needs.get(i).copied().unwrap_or(false);
+    Ok(vec![need(0).then_some(dx), need(1).then_some(dq), need(2).then_some(dh)])
 }

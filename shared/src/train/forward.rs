@@ -150,6 +150,7 @@ fn emit_node(
         Op::Sigmoid => e.op_into("Sigmoid", &ins, &out, vec![]),
         Op::Tanh => e.op_into("Tanh", &ins, &out, vec![]),
         Op::LstmCell => cell_emit::lstm_forward(e, n)?,
+        Op::GruCell => cell_emit::gru_forward(e, n)?,
         Op::Identity => e.op_into("Identity", &ins, &out, vec![]),
         Op::Reshape => {
             let dims = ints(&n.out_shape);

@@ -134,6 +134,10 @@ pub enum Op {
     /// pre-activations `[B, 4H]` (i, o, f, c) and the cell state `[B, H]`; output the new hidden state, second output
     /// the new cell state (both `[B, H]`).
     LstmCell,
+    /// One step of an ONNX GRU in PyTorch's form (`linear_before_reset` = 1), written only by the lowering
+    /// (`lowering::GRU_CELL`): inputs the step's input projection `[B, 3H]`, its recurrence projection `[B, 3H]`
+    /// (biases added) and the hidden state `[B, H]`; output the new hidden state.
+    GruCell,
 }
 
 /// One node over dynamic tensors. Inputs may also name constants of the graph.
@@ -239,7 +243,7 @@ impl Graph {
 
     /// Resolves one node; `lowered` says it was written by the lowering (the only source of its internal operators).
     fn process(&mut self, node: &NodeProto, opset: i64, lowered: bool) -> Result<(), TrainError> {
-        if node.op_type == lowering::LSTM_CELL && !lowered {
+        if (node.op_type == lowering::LSTM_CELL || node.op_type == lowering::GRU_CELL) && !lowered {
             return Err(TrainError::UnsupportedOp { op: node.op_type.clone(), node: node.name.clone() });
         }
         let inputs: Vec<&str> = node.input.iter().map(|s| s.as_str()).collect();
@@ -399,6 +403,10 @@ impl Graph {
             lowering::LSTM_CELL => {
                 need(2)?;
                 Op::LstmCell
+            }
+            lowering::GRU_CELL => {
+                need(3)?;
+                Op::GruCell
             }
             "Identity" => Op::Identity,
             "Cast" => {
@@ -712,6 +720,7 @@ impl Graph {
         let arity = match op {
             Op::Gemm { .. } | Op::MatMul | Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Conv(_) => 2,
             Op::BatchNorm { .. } => 5,
+            Op::GruCell => 3,
             Op::LayerNorm { .. } | Op::Gather { .. } | Op::LstmCell => 2,
             _ => 1,
         };
@@ -765,6 +774,19 @@ impl Graph {
                     return Err(bad(format!("gates {g:?} and cell state {c:?} are not [B, 4H] and [B, H]")));
                 }
                 c.clone()
+            }
+            Op::GruCell => {
+                let (x, q, h) = (&s[0], &s[1], &s[2]);
+                if h.len() != 2
+                    || h[1] == 0
+                    || x != q
+                    || x.len() != 2
+                    || x[0] != h[0]
+                    || Some(x[1]) != h[1].checked_mul(3)
+                {
+                    return Err(bad(format!("projections {x:?}, {q:?} and state {h:?} are not [B, 3H] and [B, H]")));
+                }
+                h.clone()
             }
             Op::Relu
             | Op::LeakyRelu { .. }

@@ -4,7 +4,8 @@
 //!
 //! A recurrent cell is unrolled over its (static) sequence length: one group of nodes per time step, the input
 //! projection of every step done by one MatMul before the loop. An LSTM step's gates and states are one
-//! [`LSTM_CELL`] node after the recurrence product, which the emitter writes fused or as its primitive definition. The backward pass needs nothing of its own: the
+//! [`LSTM_CELL`] node after the recurrence product, a PyTorch-form GRU step's one [`GRU_CELL`] node, which the
+//! emitter writes fused or as their primitive definition. The backward pass needs nothing else of its own: the
 //! slices of one tensor gather their gradients by concatenation (see `grad::slice`).
 //!
 //! What is supported is what PyTorch's exporter writes: the forward direction, the default activations, no
@@ -27,6 +28,10 @@ pub const OPSET: i64 = 13;
 /// state to the new hidden and cell states (`graph::Op::LstmCell`; emitted as fedge's fused cell or as the
 /// primitive nodes of its definition, `cell_emit`). Never read from a model: the graph refuses it there.
 pub const LSTM_CELL: &str = "fedge.LstmCell";
+
+/// Likewise a GRU time step in PyTorch's form (`linear_before_reset` = 1) from its input and recurrence projections
+/// and hidden state to the new hidden state (`graph::Op::GruCell`). The other form stays on primitive nodes.
+pub const GRU_CELL: &str = "fedge.GruCell";
 
 /// The lowered form of one node: constants to add to the graph, then nodes to resolve in order.
 pub struct Lowered {
@@ -372,6 +377,15 @@ fn gru_steps(w: &mut Writer, c: &Cell, h0: String, linear_before_reset: bool) ->
             Some(b) => w.op("Add", &[&hr, b]),
             None => hr,
         };
+        let Some(r_n) = &r_n else {
+            // PyTorch's form: the step's gates and state are one node.
+            let hn = w.fresh("h");
+            let name = w.fresh(GRU_CELL);
+            w.nodes.push(node(GRU_CELL, &name, &[&xt, &hr, &h], &[&hn], vec![]));
+            h = hn;
+            hs.push(h.clone());
+            continue;
+        };
         let xz = w.cols(&xt, c.batch, 0, hd);
         let xr = w.cols(&xt, c.batch, hd, 2 * hd);
         let xn = w.cols(&xt, c.batch, 2 * hd, gh);
@@ -381,19 +395,11 @@ fn gru_steps(w: &mut Writer, c: &Cell, h0: String, linear_before_reset: bool) ->
         let z = w.op("Sigmoid", &[&sz]);
         let sr = w.op("Add", &[&xr, &hrr]);
         let r = w.op("Sigmoid", &[&sr]);
-        let recur = match &r_n {
-            None => {
-                let hn = w.cols(&hr, c.batch, 2 * hd, gh);
-                w.op("Mul", &[&r, &hn])
-            }
-            Some(r_n) => {
-                let rh = w.op("Mul", &[&r, &h]);
-                let m = w.op("MatMul", &[&rh, r_n]);
-                match &rb_n {
-                    Some(b) => w.op("Add", &[&m, b]),
-                    None => m,
-                }
-            }
+        let rh = w.op("Mul", &[&r, &h]);
+        let m = w.op("MatMul", &[&rh, r_n]);
+        let recur = match &rb_n {
+            Some(b) => w.op("Add", &[&m, b]),
+            None => m,
         };
         let sn = w.op("Add", &[&xn, &recur]);
         let cand = w.op("Tanh", &[&sn]);

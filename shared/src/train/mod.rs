@@ -36,7 +36,7 @@ pub mod schedule;
 // - An LSTM is unrolled over time (`lowering`), each step's gates and states one internal node that `cell_emit`
 //   writes as fedge's fused `FedgeLstmCell` and `FedgeLstmCellGrad` (`lstm_op`: the activated gates kept in one
 //   `[B, 4H]` buffer, the pre-activations' own, from the forward to the backward pass), or as the primitive nodes
-//   of its definition for other runtimes.
+//   of its definition for other runtimes; a GRU in PyTorch's form likewise (`FedgeGruCell`, `gru_op`).
 // - `Precision::F64` builds the same graph in f64 (for finite-difference verification).
 mod autodiff;
 mod cell_emit;
@@ -52,6 +52,7 @@ mod forward;
 mod gemm;
 mod grad;
 mod graph;
+mod gru_op;
 mod loss;
 mod loss_op;
 mod lowering;
