@@ -66,3 +66,4 @@ for b in (32, 128):
     print(f"ORT mlp batch {b}: {bench(f'{d}/mlp_train_{b}.onnx', 50):8.2f} ms/step CPU")
     print(f"ORT cnn batch {b}: {bench(f'{d}/cnn_train_{b}.onnx', 5):8.2f} ms/step CPU")
     print(f"ORT lstm batch {b}: {bench(f'{d}/lstm_train_{b}.onnx', 10, vocab=256):8.2f} ms/step CPU")
+    print(f"ORT gru batch {b}: {bench(f'{d}/gru_train_{b}.onnx', 10, vocab=256):8.2f} ms/step CPU")

@@ -1,9 +1,9 @@
 //! Milliseconds per training step (forward + backward through the tract-run training graph, single-threaded)
 //! for McMahan et al.'s MLP and CNN and a char-LSTM (the real-text bench's sizes: 256 byte ids, windows of 80,
-//! embedding 32, LSTM 128, `builder::char_lstm`) at batch 32 and 128, plus the plan build time and the inference
+//! embedding 32, LSTM 128, `builder::char_lstm`; and `builder::char_gru`, the same with a GRU) at batch 32 and 128, plus the plan build time and the inference
 //! time. Times are CPU time of the running thread where Linux reports it (robust to a busy machine), else wall time.
 //!
-//! Run: `cargo run --release -p fedge-shared --example train_step_bench [--standard-ops] [mlp|cnn|lstm] [batch...]`
+//! Run: `cargo run --release -p fedge-shared --example train_step_bench [--standard-ops] [mlp|cnn|lstm|gru] [batch...]`
 //! (`FEDGE_BENCH_RUNS=N`: time N steps instead of each model's default; `FEDGE_BENCH_STEP_ONLY=1`: time the step
 //! only, without the inference plan, e.g. under `perf record`.)
 //! (`--standard-ops`: the convolutions, dense layers and their gradients as ONNX-standard ops instead of fedge's own,
@@ -35,6 +35,11 @@ const HIDDEN: usize = 128;
 
 fn char_lstm() -> Vec<u8> {
     builder::char_lstm(VOCAB, SEQ, EMBED, HIDDEN, 1)
+}
+
+/// The same with a GRU (PyTorch's form) in the LSTM's place.
+fn char_gru() -> Vec<u8> {
+    builder::char_gru(VOCAB, SEQ, EMBED, HIDDEN, 1)
 }
 
 /// What a model reads: pixels in [0, 1) and 10 classes, or (`ids`) token ids and next-token labels below `ids`.
@@ -123,7 +128,12 @@ fn main() {
     if which == "export" {
         // Writes the models and their training graphs to a directory, for timing other runtimes on them.
         let dir = args.get(1).cloned().unwrap_or_else(|| ".".into());
-        for (name, bytes) in [("mlp", engine_support::mlp(1)), ("cnn", engine_support::cnn(1)), ("lstm", char_lstm())] {
+        for (name, bytes) in [
+            ("mlp", engine_support::mlp(1)),
+            ("cnn", engine_support::cnn(1)),
+            ("lstm", char_lstm()),
+            ("gru", char_gru()),
+        ] {
             let model = TrainableModel::from_onnx_bytes(&bytes).expect("model");
             std::fs::write(format!("{dir}/{name}.onnx"), &bytes).expect("write");
             for b in [32, 128] {
@@ -149,6 +159,9 @@ fn main() {
         }
         if which == "all" || which == "lstm" {
             bench("lstm", &char_lstm(), Data::Ids(VOCAB), *b, runs(10), standard_ops);
+        }
+        if which == "all" || which == "gru" {
+            bench("gru", &char_gru(), Data::Ids(VOCAB), *b, runs(10), standard_ops);
         }
     }
 }

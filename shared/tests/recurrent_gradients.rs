@@ -1,8 +1,9 @@
 //! Gradient specifications for the recurrent cells and the slicing operators they are unrolled into: LSTM and GRU
 //! as ONNX defines them (time-major or batch-first, with or without biases, zero or given initial states, every
 //! step or the last as output), Split, Slice, Pad and Expand. The training graph's gradient matches central finite
-//! differences of its own loss (property tests over random shapes, few cases each); what stays unsupported is
-//! refused with the operator's name and node.
+//! differences of its own loss (property tests over random shapes, few cases each), and the fused cells of an LSTM
+//! and of a PyTorch-form GRU (`Kernels::Fedge`) compute the loss and gradients of their primitive form
+//! (`Kernels::Standard`); what stays unsupported is refused with the operator's name and node.
 
 mod engine_support;
 
@@ -103,6 +104,35 @@ proptest! {
     }
 
     #[test]
+    fn the_fused_lstm_cell_computes_the_primitive_form_s_loss_and_gradients(
+        t in 1usize..4, i in 1usize..4, h in 1usize..4, batch_first in any::<bool>(), bias in any::<bool>(),
+        initial in any::<bool>(), output in 0usize..3, seed in 0u64..1000,
+    ) {
+        // `Kernels::Fedge` (one FedgeLstmCell and one FedgeLstmCellGrad per step) against `Kernels::Standard` (the
+        // primitive nodes of the cell's definition and their gradients), in f64 on the same batch.
+        let bytes = wrap(&[t, i], seed, |b, x| {
+            recurrent(b, x, "LSTM", (t, i, h), batch_first, bias, initial, output, vec![])
+        });
+        let diff = standard_ops_difference(&bytes, CE, N, seed);
+        prop_assert!(diff < 1e-10, "fused and primitive forms differ by {}", diff);
+    }
+
+    #[test]
+    fn the_fused_gru_cell_computes_the_primitive_form_s_loss_and_gradients(
+        t in 1usize..4, i in 1usize..4, h in 1usize..4, batch_first in any::<bool>(), bias in any::<bool>(),
+        initial in any::<bool>(), output in 0usize..2, seed in 0u64..1000,
+    ) {
+        // PyTorch's form (`linear_before_reset` = 1), one FedgeGruCell and one FedgeGruCellGrad per step, against
+        // the primitive nodes of its definition, in f64 on the same batch.
+        let bytes = wrap(&[t, i], seed, |b, x| {
+            let lbr = vec![attr_i("linear_before_reset", 1)];
+            recurrent(b, x, "GRU", (t, i, h), batch_first, bias, initial, output, lbr)
+        });
+        let diff = standard_ops_difference(&bytes, CE, N, seed);
+        prop_assert!(diff < 1e-10, "fused and primitive forms differ by {}", diff);
+    }
+
+    #[test]
     fn split_gradients_match_finite_differences(
         axis in 1i64..3, sizes in prop::sample::select(vec![vec![1usize, 3], vec![2, 2], vec![1, 1, 2]]),
         drop_one in any::<bool>(), seed in 0u64..1000,
@@ -191,6 +221,52 @@ fn an_unrolled_cell_accumulates_its_weight_gradient_through_its_products() {
     assert!(diff < 1e-9, "fedge's and the standard form's gradients differ by {diff}");
 }
 
+/// The training step runs an LSTM's steps as fedge's fused cell, one node each way per step, and the standard form
+/// (what other runtimes are given) as primitive ONNX nodes only.
+#[test]
+fn an_lstm_step_is_one_fused_node_each_way_and_primitives_in_the_standard_form() {
+    let t = 5;
+    let model = TrainableModel::from_onnx_bytes(&fedge_shared::train::builder::char_lstm(5, t, 3, 4, 1)).unwrap();
+    let graph_of = |standard: bool| {
+        let mut step = fedge_shared::train::TrainStep::new(&model, CE, N).unwrap();
+        if standard {
+            step = step.into_standard_ops().unwrap();
+        }
+        let bytes = step.training_graph(N).unwrap();
+        <tract_onnx::pb::ModelProto as prost::Message>::decode(bytes.as_slice()).unwrap().graph.unwrap()
+    };
+    let count = |g: &tract_onnx::pb::GraphProto, op: &str| g.node.iter().filter(|n| n.op_type == op).count();
+    let fused = graph_of(false);
+    assert_eq!(count(&fused, "FedgeLstmCell"), t);
+    assert_eq!(count(&fused, "FedgeLstmCellGrad"), t);
+    assert_eq!(count(&fused, "Sigmoid") + count(&fused, "Tanh"), 0, "no gate is a node of its own");
+    let standard = graph_of(true);
+    assert!(standard.node.iter().all(|n| n.domain != "ai.fedge" || n.op_type == "FedgeMaxPoolGrad"));
+    assert_eq!(count(&standard, "Sigmoid"), 3 * t);
+    assert_eq!(count(&standard, "Tanh"), 2 * t);
+}
+
+/// A GRU in PyTorch's form runs as fedge's fused cell, one node each way per step; the other form (the candidate's
+/// recurrence product after the reset gate) stays on primitive nodes.
+#[test]
+fn a_pytorch_form_gru_step_is_one_fused_node_each_way() {
+    let t = 4;
+    let fused_nodes = |linear_before_reset: i64| {
+        let bytes = wrap(&[t, 2], 1, |b, x| {
+            let lbr = vec![attr_i("linear_before_reset", linear_before_reset)];
+            recurrent(b, x, "GRU", (t, 2, 3), true, true, false, 1, lbr)
+        });
+        let model = TrainableModel::from_onnx_bytes(&bytes).unwrap();
+        let step = fedge_shared::train::TrainStep::new(&model, CE, N).unwrap();
+        let bytes = step.training_graph(N).unwrap();
+        let graph = <tract_onnx::pb::ModelProto as prost::Message>::decode(bytes.as_slice()).unwrap().graph.unwrap();
+        let count = |op: &str| graph.node.iter().filter(|n| n.op_type == op).count();
+        (count("FedgeGruCell"), count("FedgeGruCellGrad"), count("Sigmoid"))
+    };
+    assert_eq!(fused_nodes(1), (t, t, 0));
+    assert_eq!(fused_nodes(0), (0, 0, 2 * t));
+}
+
 #[test]
 fn what_pytorchs_exporter_never_writes_is_refused_with_the_operator_and_node() {
     let refused = |attrs: Vec<tract_onnx::pb::AttributeProto>| {
@@ -216,6 +292,17 @@ fn what_pytorchs_exporter_never_writes_is_refused_with_the_operator_and_node() {
     assert!(node.starts_with("LSTM_node"), "{node}");
     let (op, _) = refused(vec![attr_f("clip", 3.0)]);
     assert!(op.contains("clipping"), "{op}");
+}
+
+#[test]
+fn the_lowering_s_own_lstm_step_is_refused_in_a_model() {
+    let mut b = ModelBuilder::new(&[8], 1);
+    let c = b.init_random("c", &[1, 2], 0.5);
+    let h = b.node_outputs("fedge.LstmCell", &["x", &c], &[true, true], vec![]).swap_remove(0);
+    match TrainableModel::from_onnx_bytes(&b.build(&h)) {
+        Err(TrainError::UnsupportedOp { op, .. }) => assert_eq!(op, "fedge.LstmCell"),
+        other => panic!("expected a refusal, got {:?}", other.map(|m| m.num_params())),
+    }
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use tract_onnx::pb::{GraphProto, ModelProto, OperatorSetIdProto, tensor_proto::DataType};
 
+use super::cell_emit;
 use super::custom_op;
 use super::emit::{Emitter, Kernels, OPSET, Precision};
 use super::error::TrainError;
@@ -71,8 +72,25 @@ pub fn build_step(
     let mut sliced: HashMap<String, Vec<Piece>> = HashMap::new();
     grads.insert(g.output.clone(), vec![dz]);
     for node in g.nodes.iter().rev() {
-        let Some(parts) = take(&mut e, g, &mut grads, &mut sliced, &node.output) else { continue };
+        let parts = take(&mut e, g, &mut grads, &mut sliced, &node.output);
         let needs: Vec<bool> = node.inputs.iter().map(|i| g.requires_grad.contains(i)).collect();
+        if let Some(second) = &node.second_output {
+            // An LSTM step: the gradients of its hidden and cell states go to its rule together.
+            let second_parts = take(&mut e, g, &mut grads, &mut sliced, second);
+            if (parts.is_none() && second_parts.is_none()) || !needs.iter().any(|x| *x) {
+                continue;
+            }
+            let dh = parts.map(|p| e.sum(&p));
+            let dc = second_parts.map(|p| e.sum(&p));
+            let gs = cell_emit::lstm_backward(&mut e, node, dh.as_deref(), dc.as_deref(), &needs)?;
+            for (input, gi) in node.inputs.iter().zip(gs) {
+                if let Some(gi) = gi {
+                    grads.entry(input.clone()).or_default().push(gi);
+                }
+            }
+            continue;
+        }
+        let Some(parts) = parts else { continue };
         if !needs.iter().any(|x| *x) {
             continue;
         }

@@ -79,29 +79,48 @@ pub fn mlp_for(input_shape: &[usize], hidden: &[usize], outputs: usize, seed: u6
 /// # Panics
 /// If a size is zero: the shape of a model is the programmer's choice.
 pub fn char_lstm(vocab: usize, seq: usize, embed: usize, hidden: usize, seed: u64) -> Vec<u8> {
+    char_recurrent("LSTM", vocab, seq, embed, hidden, seed)
+}
+
+/// [`char_lstm`] with PyTorch's `nn.GRU` in the LSTM's place (ONNX `GRU` with `linear_before_reset` = 1, as its
+/// exporter writes it; weights `U(-1/sqrt(hidden), 1/sqrt(hidden))`).
+///
+/// # Panics
+/// If a size is zero: the shape of a model is the programmer's choice.
+pub fn char_gru(vocab: usize, seq: usize, embed: usize, hidden: usize, seed: u64) -> Vec<u8> {
+    char_recurrent("GRU", vocab, seq, embed, hidden, seed)
+}
+
+/// The char-level model around an `op` (LSTM or GRU) cell.
+fn char_recurrent(op: &str, vocab: usize, seq: usize, embed: usize, hidden: usize, seed: u64) -> Vec<u8> {
     assert!(vocab > 0 && seq > 0 && embed > 0 && hidden > 0, "sizes must be positive");
+    let (gates, name, mut attrs) = match op {
+        "LSTM" => (4, "lstm", vec![]),
+        _ => (3, "gru", vec![int_attr("linear_before_reset", 1)]),
+    };
+    attrs.push(int_attr("hidden_size", hidden as i64));
     let mut g = Graph::new(seed);
     let table = g.uniform("embedding.weight", &[vocab, embed], 1.0);
     let e = g.node("Gather", &[&table, INPUT], vec![]);
     let t = g.node("Transpose", &[&e], vec![ints_attr("perm", &[1, 0, 2])]);
     let k = 1.0 / (hidden as f32).sqrt();
-    let w = g.uniform("lstm.W", &[1, 4 * hidden, embed], k);
-    let r = g.uniform("lstm.R", &[1, 4 * hidden, hidden], k);
-    let b = g.uniform("lstm.B", &[1, 8 * hidden], k);
+    let w = g.uniform(&format!("{name}.W"), &[1, gates * hidden, embed], k);
+    let r = g.uniform(&format!("{name}.R"), &[1, gates * hidden, hidden], k);
+    let b = g.uniform(&format!("{name}.B"), &[1, 2 * gates * hidden], k);
     g.counter += 1;
-    let last = format!("lstm_h_{}", g.counter);
+    let last = format!("{name}_h_{}", g.counter);
     g.nodes.push(pb::NodeProto {
         input: vec![t, w, r, b],
         output: vec![String::new(), last.clone()],
-        name: "lstm".into(),
-        op_type: "LSTM".into(),
-        attribute: vec![int_attr("hidden_size", hidden as i64)],
+        name: name.into(),
+        op_type: op.into(),
+        attribute: attrs,
         ..Default::default()
     });
-    let shape = g.int_const("lstm.last_shape", &[-1, hidden as i64]);
+    let shape = g.int_const(&format!("{name}.last_shape"), &[-1, hidden as i64]);
     let h = g.node("Reshape", &[&last, &shape], vec![]);
     let logits = g.gemm("head", &h, hidden, vocab);
-    g.finish_typed(&logits, &[seq], DataType::Int64, vocab, "fedge char-lstm", OPSET)
+    g.finish_typed(&logits, &[seq], DataType::Int64, vocab, &format!("fedge char-{name}"), OPSET)
 }
 
 /// A one-block transformer classifier over token ids, written with the operators PyTorch's exporter uses: token

@@ -37,13 +37,14 @@ pub enum Kernels {
     /// fedge's own tract operators where it has them (a 1-D or 2-D convolution, in the training step with its input
     /// and weight gradients and in inference plans; a 1-D or 2-D max pool whose indices no gradient needs; in the
     /// training step a dense layer, Gemm or 2-D MatMul, with its gradients, and the softmax cross-entropy with its
-    /// gradient): what fedge trains and predicts with.
+    /// gradient, and an LSTM's or PyTorch-form GRU's time step as one fused cell each way, `cell_emit`): what fedge
+    /// trains and predicts with.
     #[default]
     Fedge,
     /// ONNX-standard operators for convolutions, pools, dense layers and gradients (Conv, ConvTranspose, MaxPool,
-    /// Gemm, MatMul) and the softmax cross-entropy as the standard ops of its formula, for runtimes that do not know
-    /// domain `ai.fedge` and for checking fedge's operators against. MaxPool's gradient stays `FedgeMaxPoolGrad` (an
-    /// inference plan has none).
+    /// Gemm, MatMul), the softmax cross-entropy and recurrent steps as the standard ops of their formulas, for
+    /// runtimes that do not know domain `ai.fedge` and for checking fedge's operators against. MaxPool's gradient
+    /// stays `FedgeMaxPoolGrad` (an inference plan has none).
     Standard,
 }
 

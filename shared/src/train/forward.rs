@@ -11,6 +11,7 @@
 //!
 //! It writes nodes only; it never differentiates and never runs anything.
 
+use super::cell_emit;
 use super::conv_ops;
 use super::custom_op;
 use super::emit::{Emitter, Kernels, Precision};
@@ -153,6 +154,8 @@ fn emit_node(
         Op::LeakyRelu { alpha } => e.op_into("LeakyRelu", &ins, &out, vec![attr_f("alpha", *alpha)]),
         Op::Sigmoid => e.op_into("Sigmoid", &ins, &out, vec![]),
         Op::Tanh => e.op_into("Tanh", &ins, &out, vec![]),
+        Op::LstmCell => cell_emit::lstm_forward(e, n)?,
+        Op::GruCell => cell_emit::gru_forward(e, n)?,
         Op::Identity => e.op_into("Identity", &ins, &out, vec![]),
         Op::Reshape => {
             let dims = ints(&n.out_shape);

@@ -130,6 +130,14 @@ pub enum Op {
         pads: Vec<(usize, usize)>,
         value: f32,
     },
+    /// One step of an ONNX LSTM, written only by the lowering (`lowering::LSTM_CELL`): inputs the gate
+    /// pre-activations `[B, 4H]` (i, o, f, c) and the cell state `[B, H]`; output the new hidden state, second output
+    /// the new cell state (both `[B, H]`).
+    LstmCell,
+    /// One step of an ONNX GRU in PyTorch's form (`linear_before_reset` = 1), written only by the lowering
+    /// (`lowering::GRU_CELL`): inputs the step's input projection `[B, 3H]`, its recurrence projection `[B, 3H]`
+    /// (biases added) and the hidden state `[B, H]`; output the new hidden state.
+    GruCell,
 }
 
 /// One node over dynamic tensors. Inputs may also name constants of the graph.
@@ -140,6 +148,8 @@ pub struct DNode {
     pub op: Op,
     pub inputs: Vec<String>,
     pub output: String,
+    /// A second output of the output's shape: an [`Op::LstmCell`]'s new cell state (no other operator has one).
+    pub second_output: Option<String>,
     pub in_shapes: Vec<Vec<usize>>,
     pub out_shape: Vec<usize>,
 }
@@ -196,7 +206,7 @@ impl Graph {
         }
         g.shapes.insert(src.data_name.to_string(), src.data_shape.clone());
         for node in &graph.node {
-            g.process(node, src.opset)?;
+            g.process(node, src.opset, false)?;
         }
         if !g.shapes.contains_key(output) {
             return Err(TrainError::invalid(format!("graph output {output} is never computed")));
@@ -231,7 +241,11 @@ impl Graph {
         self.shapes.get(name).ok_or_else(|| TrainError::invalid(format!("tensor {name} is used before it is computed")))
     }
 
-    fn process(&mut self, node: &NodeProto, opset: i64) -> Result<(), TrainError> {
+    /// Resolves one node; `lowered` says it was written by the lowering (the only source of its internal operators).
+    fn process(&mut self, node: &NodeProto, opset: i64, lowered: bool) -> Result<(), TrainError> {
+        if (node.op_type == lowering::LSTM_CELL || node.op_type == lowering::GRU_CELL) && !lowered {
+            return Err(TrainError::UnsupportedOp { op: node.op_type.clone(), node: node.name.clone() });
+        }
         let inputs: Vec<&str> = node.input.iter().map(|s| s.as_str()).collect();
         for i in &inputs {
             if !i.is_empty() && self.kind(i).is_none() {
@@ -248,7 +262,7 @@ impl Graph {
                 self.consts.insert(name, c);
             }
             for n in &low.nodes {
-                self.process(n, lowering::OPSET)?;
+                self.process(n, lowering::OPSET, true)?;
             }
             return Ok(());
         }
@@ -301,7 +315,19 @@ impl Graph {
                 node.name, node.op_type
             )));
         }
-        if node.output.iter().skip(1).any(|o| !o.is_empty()) && !matches!(op, Op::Dropout { .. }) {
+        let second_output = match op {
+            Op::LstmCell => Some(
+                node.output
+                    .get(1)
+                    .filter(|o| !o.is_empty() && node.output.len() == 2)
+                    .ok_or_else(|| {
+                        TrainError::invalid(format!("node {}: an LSTM step without its cell state", node.name))
+                    })?
+                    .clone(),
+            ),
+            _ => None,
+        };
+        if node.output.iter().skip(1).any(|o| !o.is_empty()) && !matches!(op, Op::Dropout { .. } | Op::LstmCell) {
             return Err(TrainError::UnsupportedOp {
                 op: format!("{} with more than one output", node.op_type),
                 node: node.name.clone(),
@@ -312,8 +338,12 @@ impl Graph {
         }
         if used.iter().any(|n| self.requires_grad.contains(n)) {
             self.requires_grad.insert(out.clone());
+            self.requires_grad.extend(second_output.clone());
         }
         self.shapes.insert(out.clone(), out_shape.clone());
+        if let Some(second) = &second_output {
+            self.shapes.insert(second.clone(), out_shape.clone());
+        }
         let name =
             if node.name.is_empty() { format!("{}_{}", node.op_type, self.nodes.len()) } else { node.name.clone() };
         self.nodes.push(DNode {
@@ -322,6 +352,7 @@ impl Graph {
             op,
             inputs: used,
             output: out,
+            second_output,
             in_shapes,
             out_shape,
         });
@@ -369,6 +400,14 @@ impl Graph {
             "LeakyRelu" => Op::LeakyRelu { alpha: a.f("alpha", 0.01) },
             "Sigmoid" => Op::Sigmoid,
             "Tanh" => Op::Tanh,
+            lowering::LSTM_CELL => {
+                need(2)?;
+                Op::LstmCell
+            }
+            lowering::GRU_CELL => {
+                need(3)?;
+                Op::GruCell
+            }
             "Identity" => Op::Identity,
             "Cast" => {
                 if a.i("to", 1) != 1 {
@@ -681,7 +720,8 @@ impl Graph {
         let arity = match op {
             Op::Gemm { .. } | Op::MatMul | Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Conv(_) => 2,
             Op::BatchNorm { .. } => 5,
-            Op::LayerNorm { .. } | Op::Gather { .. } => 2,
+            Op::GruCell => 3,
+            Op::LayerNorm { .. } | Op::Gather { .. } | Op::LstmCell => 2,
             _ => 1,
         };
         if s.len() < arity {
@@ -728,6 +768,26 @@ impl Graph {
                 out
             }
             Op::Add | Op::Sub | Op::Mul | Op::Div => broadcast(&s[0], &s[1])?,
+            Op::LstmCell => {
+                let (g, c) = (&s[0], &s[1]);
+                if c.len() != 2 || c[1] == 0 || g.len() != 2 || g[0] != c[0] || Some(g[1]) != c[1].checked_mul(4) {
+                    return Err(bad(format!("gates {g:?} and cell state {c:?} are not [B, 4H] and [B, H]")));
+                }
+                c.clone()
+            }
+            Op::GruCell => {
+                let (x, q, h) = (&s[0], &s[1], &s[2]);
+                if h.len() != 2
+                    || h[1] == 0
+                    || x != q
+                    || x.len() != 2
+                    || x[0] != h[0]
+                    || Some(x[1]) != h[1].checked_mul(3)
+                {
+                    return Err(bad(format!("projections {x:?}, {q:?} and state {h:?} are not [B, 3H] and [B, H]")));
+                }
+                h.clone()
+            }
             Op::Relu
             | Op::LeakyRelu { .. }
             | Op::Sigmoid

@@ -3,7 +3,9 @@
 //! resolves, differentiates and emits them like any other node.
 //!
 //! A recurrent cell is unrolled over its (static) sequence length: one group of nodes per time step, the input
-//! projection of every step done by one MatMul before the loop. The backward pass needs nothing of its own: the
+//! projection of every step done by one MatMul before the loop. An LSTM step's gates and states are one
+//! [`LSTM_CELL`] node after the recurrence product, a PyTorch-form GRU step's one [`GRU_CELL`] node, which the
+//! emitter writes fused or as their primitive definition. The backward pass needs nothing else of its own: the
 //! slices of one tensor gather their gradients by concatenation (see `grad::slice`).
 //!
 //! What is supported is what PyTorch's exporter writes: the forward direction, the default activations, no
@@ -21,6 +23,15 @@ use super::proto::{Attrs, Data, attr_i, attr_ints, node};
 
 /// The opset the written nodes follow (Slice with inputs, Concat with an axis attribute).
 pub const OPSET: i64 = 13;
+
+/// The one node of its own the lowering writes: an LSTM time step from its gate pre-activations `[B, 4H]` and cell
+/// state to the new hidden and cell states (`graph::Op::LstmCell`; emitted as fedge's fused cell or as the
+/// primitive nodes of its definition, `cell_emit`). Never read from a model: the graph refuses it there.
+pub const LSTM_CELL: &str = "fedge.LstmCell";
+
+/// Likewise a GRU time step in PyTorch's form (`linear_before_reset` = 1) from its input and recurrence projections
+/// and hidden state to the new hidden state (`graph::Op::GruCell`). The other form stays on primitive nodes.
+pub const GRU_CELL: &str = "fedge.GruCell";
 
 /// The lowered form of one node: constants to add to the graph, then nodes to resolve in order.
 pub struct Lowered {
@@ -319,7 +330,7 @@ fn step_of(w: &mut Writer, c: &Cell, xw: &str, t: usize, width: usize) -> String
 
 /// ONNX LSTM, gates in i, o, f, c order: `c' = f ⊙ c + i ⊙ tanh(ĉ)`, `h' = o ⊙ tanh(c')`.
 fn lstm_steps(w: &mut Writer, c: &Cell, h0: String, c0: String) -> Steps {
-    let (hd, gh) = (c.hidden, 4 * c.hidden);
+    let gh = 4 * c.hidden;
     let bias = match (&c.wb, &c.rb) {
         (Some(wb), Some(rb)) => Some(w.op("Add", &[wb, rb])),
         _ => None,
@@ -331,17 +342,10 @@ fn lstm_steps(w: &mut Writer, c: &Cell, h0: String, c0: String) -> Steps {
         let xt = step_of(w, c, &xw, t, gh);
         let hr = w.op("MatMul", &[&h, &c.rt]);
         let g = w.op("Add", &[&xt, &hr]);
-        let gate = |w: &mut Writer, k: usize| w.cols(&g, c.batch, k * hd, (k + 1) * hd);
-        let (gi, go, gf, gc) = (gate(w, 0), gate(w, 1), gate(w, 2), gate(w, 3));
-        let i = w.op("Sigmoid", &[&gi]);
-        let o = w.op("Sigmoid", &[&go]);
-        let f = w.op("Sigmoid", &[&gf]);
-        let cc = w.op("Tanh", &[&gc]);
-        let kept = w.op("Mul", &[&f, &cs]);
-        let added = w.op("Mul", &[&i, &cc]);
-        cs = w.op("Add", &[&kept, &added]);
-        let tc = w.op("Tanh", &[&cs]);
-        h = w.op("Mul", &[&o, &tc]);
+        let (hn, cn) = (w.fresh("h"), w.fresh("c"));
+        let name = w.fresh(LSTM_CELL);
+        w.nodes.push(node(LSTM_CELL, &name, &[&g, &cs], &[&hn, &cn], vec![]));
+        (h, cs) = (hn, cn);
         hs.push(h.clone());
     }
     Steps { hs, last_c: Some(cs) }
@@ -373,6 +377,15 @@ fn gru_steps(w: &mut Writer, c: &Cell, h0: String, linear_before_reset: bool) ->
             Some(b) => w.op("Add", &[&hr, b]),
             None => hr,
         };
+        let Some(r_n) = &r_n else {
+            // PyTorch's form: the step's gates and state are one node.
+            let hn = w.fresh("h");
+            let name = w.fresh(GRU_CELL);
+            w.nodes.push(node(GRU_CELL, &name, &[&xt, &hr, &h], &[&hn], vec![]));
+            h = hn;
+            hs.push(h.clone());
+            continue;
+        };
         let xz = w.cols(&xt, c.batch, 0, hd);
         let xr = w.cols(&xt, c.batch, hd, 2 * hd);
         let xn = w.cols(&xt, c.batch, 2 * hd, gh);
@@ -382,19 +395,11 @@ fn gru_steps(w: &mut Writer, c: &Cell, h0: String, linear_before_reset: bool) ->
         let z = w.op("Sigmoid", &[&sz]);
         let sr = w.op("Add", &[&xr, &hrr]);
         let r = w.op("Sigmoid", &[&sr]);
-        let recur = match &r_n {
-            None => {
-                let hn = w.cols(&hr, c.batch, 2 * hd, gh);
-                w.op("Mul", &[&r, &hn])
-            }
-            Some(r_n) => {
-                let rh = w.op("Mul", &[&r, &h]);
-                let m = w.op("MatMul", &[&rh, r_n]);
-                match &rb_n {
-                    Some(b) => w.op("Add", &[&m, b]),
-                    None => m,
-                }
-            }
+        let rh = w.op("Mul", &[&r, &h]);
+        let m = w.op("MatMul", &[&rh, r_n]);
+        let recur = match &rb_n {
+            Some(b) => w.op("Add", &[&m, b]),
+            None => m,
         };
         let sn = w.op("Add", &[&xn, &recur]);
         let cand = w.op("Tanh", &[&sn]);

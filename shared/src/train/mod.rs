@@ -33,8 +33,14 @@ pub mod schedule;
 //   `custom_op`). BatchNormalization trains scale and bias with frozen running statistics. Dropout multiplies by
 //   a mask drawn from the caller's seed. The softmax cross-entropy and its gradient are one
 //   `FedgeSoftmaxCrossEntropy` node (`loss_op`) in the training step, their standard-op formula for other runtimes.
+// - An LSTM is unrolled over time (`lowering`), each step's gates and states one internal node that `cell_emit`
+//   writes as fedge's fused `FedgeLstmCell` and `FedgeLstmCellGrad` (`lstm_op`: the activated gates kept in one
+//   `[B, 4H]` buffer, the pre-activations' own, from the forward to the backward pass), or as the primitive nodes
+//   of its definition for other runtimes; a GRU in PyTorch's form likewise (`FedgeGruCell`, `gru_op`).
 // - `Precision::F64` builds the same graph in f64 (for finite-difference verification).
 mod autodiff;
+mod cell_emit;
+mod cell_math;
 mod conv_gemm;
 mod conv_ops;
 mod custom_op;
@@ -46,9 +52,11 @@ mod forward;
 mod gemm;
 mod grad;
 mod graph;
+mod gru_op;
 mod loss;
 mod loss_op;
 mod lowering;
+mod lstm_op;
 mod plan;
 mod pool_ops;
 mod predictor;

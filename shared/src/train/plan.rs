@@ -12,7 +12,9 @@ use super::custom_op;
 use super::dense_ops;
 use super::emit::Precision;
 use super::error::TrainError;
+use super::gru_op;
 use super::loss_op;
+use super::lstm_op;
 use super::pool_ops;
 
 /// An optimised tract plan.
@@ -30,6 +32,10 @@ fn loader() -> &'static tract_onnx::Onnx {
         onnx.op_register.insert(dense_ops::GEMM, dense_ops::load);
         onnx.op_register.insert(loss_op::SOFTMAX_CROSS_ENTROPY, loss_op::load);
         onnx.op_register.insert(pool_ops::MAX_POOL, pool_ops::load);
+        onnx.op_register.insert(lstm_op::LSTM_CELL, lstm_op::load_forward);
+        onnx.op_register.insert(lstm_op::LSTM_CELL_GRAD, lstm_op::load_grad);
+        onnx.op_register.insert(gru_op::GRU_CELL, gru_op::load_forward);
+        onnx.op_register.insert(gru_op::GRU_CELL_GRAD, gru_op::load_grad);
         onnx
     })
 }

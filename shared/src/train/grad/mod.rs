@@ -69,5 +69,8 @@ pub fn backward(
         Op::Gather { .. } => gather::backward(e, ctx, n, dy, needs),
         Op::LayerNorm { .. } => norm::layer_norm_backward(e, n, dy, needs),
         Op::Slice { .. } | Op::Pad { .. } => slice::backward(e, n, dy),
+        Op::GruCell => super::cell_emit::gru_backward(e, n, dy, needs),
+        // Its two outputs' gradients go to `cell_emit::lstm_backward` together (`autodiff`).
+        Op::LstmCell => Err(TrainError::invalid(format!("node {}: an LSTM step has two output gradients", n.name))),
     }
 }

@@ -1,0 +1,291 @@
+//! `FedgeGruCell` and `FedgeGruCellGrad`: fedge's own tract operators (domain `ai.fedge`) for one time step of an
+//! ONNX GRU in PyTorch's form (`linear_before_reset` = 1; gates in z, r, n order, default activations) and its
+//! gradient, in the training step under `Kernels::Fedge`. (The other form, whose candidate's recurrence product
+//! reads the reset state, stays on primitive nodes.)
+//!
+//! - `FedgeGruCell` (attributes `batch`, `hidden`): from the step's input projection X `[B, 3H]` (`x·Wᵀ + Wb`), its
+//!   recurrence projection Q `[B, 3H]` (`h·Rᵀ + Rb`) and the hidden state h `[B, H]`, the new hidden state
+//!   `h' = n + z ⊙ (h - n)` with `z = σ(X_z + Q_z)`, `r = σ(X_r + Q_r)`, `n = tanh(X_n + r ⊙ Q_n)`, and the activated
+//!   gates A `[B, 3H]` (z, r, n) for the backward pass, written over X's buffer when nothing else holds it.
+//! - `FedgeGruCellGrad`: from (A, Q, h, dh') the gradients dX `[B, 3H]` (over A's buffer, which only this node
+//!   reads), dQ `[B, 3H]` and dh `[B, H]`.
+//!
+//! They replace the fifteen or so primitive nodes per step (six slices, two Sigmoid, a Tanh, Adds, Muls, a Sub)
+//! and their gradients; `Kernels::Standard` still writes those (`cell_emit`). Pure computation over the input
+//! tensors; inputs whose shapes or types disagree with the attributes are an error, never a read out of bounds.
+
+use tract_onnx::pb::NodeProto;
+use tract_onnx::tract_hir::internal::*;
+
+use super::cell_math::{CellFloat, cell_sizes, reuse_or_copy};
+use super::stateless_op::stateless_op;
+
+/// The forward operator type in emitted graphs.
+pub const GRU_CELL: &str = "FedgeGruCell";
+/// The backward operator type in emitted graphs.
+pub const GRU_CELL_GRAD: &str = "FedgeGruCellGrad";
+
+/// One step's sizes; `grad` selects the backward operator.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct GruCell {
+    pub batch: usize,
+    pub hidden: usize,
+    pub grad: bool,
+}
+
+impl GruCell {
+    fn name(&self) -> &'static str {
+        if self.grad { GRU_CELL_GRAD } else { GRU_CELL }
+    }
+
+    /// The shapes the inputs must have, in order.
+    fn input_shapes(&self) -> Vec<[usize; 2]> {
+        let (b, h) = (self.batch, self.hidden);
+        if self.grad { vec![[b, 3 * h], [b, 3 * h], [b, h], [b, h]] } else { vec![[b, 3 * h], [b, 3 * h], [b, h]] }
+    }
+
+    fn output_shapes(&self) -> Vec<[usize; 2]> {
+        let (b, h) = (self.batch, self.hidden);
+        if self.grad { vec![[b, 3 * h], [b, 3 * h], [b, h]] } else { vec![[b, h], [b, 3 * h]] }
+    }
+
+    fn forward<T: CellFloat>(&self, x: TValue, q: &[T], h: &[T]) -> TractResult<TVec<TValue>> {
+        let hd = self.hidden;
+        let mut acts = reuse_or_copy(x);
+        let a = acts.as_slice_mut::<T>()?;
+        let mut h_new = vec![T::ONE; h.len()];
+        let rows = a
+            .chunks_exact_mut(3 * hd)
+            .zip(q.chunks_exact(3 * hd))
+            .zip(h.chunks_exact(hd).zip(h_new.chunks_exact_mut(hd)));
+        for ((row, qr), (hr, hn)) in rows {
+            row[..2 * hd].iter_mut().zip(&qr[..2 * hd]).for_each(|(x, q)| *x = x.add(*q));
+            T::sigmoid_all(&mut row[..2 * hd])?;
+            for j in 0..hd {
+                row[2 * hd + j] = row[2 * hd + j].add(row[hd + j].mul(qr[2 * hd + j]));
+            }
+            T::tanh_all(&mut row[2 * hd..])?;
+            for j in 0..hd {
+                let (z, n) = (row[j], row[2 * hd + j]);
+                hn[j] = n.add(z.mul(hr[j].sub(n)));
+            }
+        }
+        Ok(tvec!(Tensor::from_shape(&[self.batch, hd], &h_new)?.into_tvalue(), acts.into_tvalue()))
+    }
+
+    fn backward<T: CellFloat>(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let hd = self.hidden;
+        let mut it = inputs.into_iter();
+        let (Some(acts), Some(q), Some(h), Some(dh)) = (it.next(), it.next(), it.next(), it.next()) else {
+            bail!("{GRU_CELL_GRAD} takes four inputs");
+        };
+        let (q, h, dh) = (q.as_slice::<T>()?, h.as_slice::<T>()?, dh.as_slice::<T>()?);
+        let mut dx = reuse_or_copy(acts);
+        let mut dq = vec![T::ONE; q.len()];
+        let mut dh_prev = vec![T::ONE; h.len()];
+        let rows = dx.as_slice_mut::<T>()?.chunks_exact_mut(3 * hd).zip(dq.chunks_exact_mut(3 * hd));
+        for (b, (row, dqr)) in rows.enumerate() {
+            let at = b * hd;
+            for j in 0..hd {
+                let (z, r, n) = (row[j], row[hd + j], row[2 * hd + j]);
+                let (g, hp, qn) = (dh[at + j], h[at + j], q[b * 3 * hd + 2 * hd + j]);
+                dh_prev[at + j] = g.mul(z);
+                let dsn = g.mul(T::ONE.sub(z)).mul(T::ONE.sub(n.mul(n)));
+                let dsz = g.mul(hp.sub(n)).mul(z).mul(T::ONE.sub(z));
+                let dsr = dsn.mul(qn).mul(r).mul(T::ONE.sub(r));
+                (row[j], row[hd + j], row[2 * hd + j]) = (dsz, dsr, dsn);
+                (dqr[j], dqr[hd + j], dqr[2 * hd + j]) = (dsz, dsr, dsn.mul(r));
+            }
+        }
+        let shape = |w: usize| [self.batch, w];
+        Ok(tvec!(
+            dx.into_tvalue(),
+            Tensor::from_shape(&shape(3 * hd), &dq)?.into_tvalue(),
+            Tensor::from_shape(&shape(hd), &dh_prev)?.into_tvalue()
+        ))
+    }
+
+    fn compute<T: CellFloat>(&self, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        if self.grad {
+            return self.backward::<T>(inputs);
+        }
+        let missing = || format_err!("{GRU_CELL} takes three inputs");
+        let h = inputs.pop().ok_or_else(missing)?;
+        let q = inputs.pop().ok_or_else(missing)?;
+        let x = inputs.pop().ok_or_else(missing)?;
+        self.forward::<T>(x, q.as_slice::<T>()?, h.as_slice::<T>()?)
+    }
+}
+
+stateless_op!(GruCell, GruCell::name);
+
+impl GruCell {
+    /// The evaluation (`EvalOp::eval`).
+    fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let want = self.input_shapes();
+        if inputs.len() != want.len() {
+            bail!("{} takes {} inputs, not {}", self.name(), want.len(), inputs.len());
+        }
+        let dt = inputs[0].datum_type();
+        for (t, s) in inputs.iter().zip(&want) {
+            if t.datum_type() != dt || t.shape() != s {
+                bail!("{}: input {:?} {:?} where {dt:?} {s:?} was expected", self.name(), t.datum_type(), t.shape());
+            }
+        }
+        match dt {
+            DatumType::F32 => self.compute::<f32>(inputs),
+            DatumType::F64 => self.compute::<f64>(inputs),
+            other => bail!("{} does not support {other:?}", self.name()),
+        }
+    }
+}
+
+impl InferenceRulesOp for GruCell {
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> TractResult<()> {
+        check_input_arity(inputs, self.input_shapes().len())?;
+        let shapes = self.output_shapes();
+        check_output_arity(outputs, shapes.len())?;
+        for i in &inputs[1..] {
+            s.equals(&i.datum_type, &inputs[0].datum_type)?;
+        }
+        for (o, shape) in outputs.iter().zip(&shapes) {
+            s.equals(&o.datum_type, &inputs[0].datum_type)?;
+            s.equals(&o.rank, 2)?;
+            s.equals(&o.shape[0], shape[0].to_dim())?;
+            s.equals(&o.shape[1], shape[1].to_dim())?;
+        }
+        Ok(())
+    }
+
+    fn nboutputs(&self) -> TractResult<usize> {
+        Ok(self.output_shapes().len())
+    }
+
+    tract_onnx::tract_core::as_op!();
+
+    tract_onnx::tract_hir::to_typed!();
+}
+
+impl TypedOp for GruCell {
+    tract_onnx::tract_core::as_op!();
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let dt = inputs[0].datum_type;
+        Ok(self.output_shapes().into_iter().map(|s| dt.fact(s)).collect())
+    }
+}
+
+/// The loader tract calls for a `FedgeGruCell` node (attributes `batch` and `hidden`).
+pub fn load_forward(
+    _ctx: &tract_onnx::model::ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let (batch, hidden) = cell_sizes(node, GRU_CELL)?;
+    Ok((Box::new(GruCell { batch, hidden, grad: false }), vec![]))
+}
+
+/// The loader tract calls for a `FedgeGruCellGrad` node (attributes `batch` and `hidden`).
+pub fn load_grad(
+    _ctx: &tract_onnx::model::ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let (batch, hidden) = cell_sizes(node, GRU_CELL_GRAD)?;
+    Ok((Box::new(GruCell { batch, hidden, grad: true }), vec![]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn t(shape: [usize; 2], v: &[f64]) -> TValue {
+        Tensor::from_shape(&shape, v).unwrap().into_tvalue()
+    }
+
+    /// h' by the ONNX definition (`linear_before_reset` = 1), for one step.
+    fn reference(b: usize, hd: usize, x: &[f64], q: &[f64], h: &[f64]) -> Vec<f64> {
+        let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+        let mut out = vec![0.0; b * hd];
+        for r in 0..b {
+            for j in 0..hd {
+                let at = |v: &[f64], k: usize| v[r * 3 * hd + k * hd + j];
+                let z = sig(at(x, 0) + at(q, 0));
+                let rr = sig(at(x, 1) + at(q, 1));
+                let n = (at(x, 2) + rr * at(q, 2)).tanh();
+                out[r * hd + j] = (1.0 - z) * n + z * h[r * hd + j];
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_cell_is_the_onnx_step_and_its_gradient_the_finite_difference(
+            b in 1usize..4, hd in 1usize..5, seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut draw = |n: usize| (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect::<Vec<f64>>();
+            let (x, q, h, w) = (draw(b * 3 * hd), draw(b * 3 * hd), draw(b * hd), draw(b * hd));
+            let fwd = GruCell { batch: b, hidden: hd, grad: false };
+            let out = fwd.eval(tvec![t([b, 3 * hd], &x), t([b, 3 * hd], &q), t([b, hd], &h)]).unwrap();
+            let want = reference(b, hd, &x, &q, &h);
+            let got = out[0].as_slice::<f64>().unwrap();
+            proptest::prop_assert!(got.iter().zip(&want).all(|(p, q)| (p - q).abs() < 1e-12));
+            // The loss Σ w ⊙ h': dh' = w.
+            let bwd = GruCell { batch: b, hidden: hd, grad: true };
+            let grads =
+                bwd.eval(tvec![out[1].clone(), t([b, 3 * hd], &q), t([b, hd], &h), t([b, hd], &w)]).unwrap();
+            let loss = |x: &[f64], q: &[f64], h: &[f64]| {
+                reference(b, hd, x, q, h).iter().zip(&w).map(|(v, w)| v * w).sum::<f64>()
+            };
+            let eps = 1e-6;
+            let inputs = [&x, &q, &h];
+            for (which, grad) in grads.iter().enumerate() {
+                let grad = grad.as_slice::<f64>().unwrap();
+                for k in 0..grad.len() {
+                    let (mut up, mut down) = (inputs.map(|v| v.clone()), inputs.map(|v| v.clone()));
+                    up[which][k] += eps;
+                    down[which][k] -= eps;
+                    let fd = (loss(&up[0], &up[1], &up[2]) - loss(&down[0], &down[1], &down[2])) / (2.0 * eps);
+                    proptest::prop_assert!((fd - grad[k]).abs() < 1e-6, "input {which}[{k}]: {} against {fd}", grad[k]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_input_projection_s_buffer_is_reused_when_nothing_else_holds_it() {
+        let (b, hd) = (2, 2);
+        let x: Vec<f32> = (0..b * 3 * hd).map(|k| k as f32 * 0.1 - 0.5).collect();
+        let q = Tensor::from_shape(&[b, 3 * hd], &[0.25f32; 12]).unwrap().into_tvalue();
+        let h = Tensor::from_shape(&[b, hd], &[0.5f32; 4]).unwrap().into_tvalue();
+        let fwd = GruCell { batch: b, hidden: hd, grad: false };
+        let xv = Tensor::from_shape(&[b, 3 * hd], &x).unwrap().into_tvalue();
+        let address = xv.as_slice::<f32>().unwrap().as_ptr();
+        let out = fwd.eval(tvec![xv, q.clone(), h.clone()]).unwrap();
+        assert_eq!(out[1].as_slice::<f32>().unwrap().as_ptr(), address, "the activations overwrite X");
+        let kept = Tensor::from_shape(&[b, 3 * hd], &x).unwrap().into_tvalue();
+        let again = fwd.eval(tvec![kept.clone(), q, h]).unwrap();
+        assert_eq!(kept.as_slice::<f32>().unwrap(), &x[..], "an X read elsewhere is not written");
+        assert_eq!(again[0].as_slice::<f32>().unwrap(), out[0].as_slice::<f32>().unwrap());
+    }
+
+    #[test]
+    fn inputs_of_the_wrong_shape_or_type_are_errors() {
+        let fwd = GruCell { batch: 2, hidden: 3, grad: false };
+        let x = Tensor::from_shape(&[2, 9], &[0.0f32; 18]).unwrap().into_tvalue();
+        let h = Tensor::from_shape(&[2, 3], &[0.0f32; 6]).unwrap().into_tvalue();
+        let short = Tensor::from_shape(&[2, 2], &[0.0f32; 4]).unwrap().into_tvalue();
+        let wide = Tensor::from_shape(&[2, 3], &[0.0f64; 6]).unwrap().into_tvalue();
+        assert!(fwd.eval(tvec![x.clone(), x.clone(), short]).is_err());
+        assert!(fwd.eval(tvec![x.clone(), x.clone(), wide]).is_err());
+        assert!(fwd.eval(tvec![x.clone(), h.clone()]).is_err());
+        let bwd = GruCell { batch: 2, hidden: 3, grad: true };
+        assert!(bwd.eval(tvec![x.clone(), x, h]).is_err());
+    }
+}
