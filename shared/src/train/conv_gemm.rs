@@ -283,6 +283,16 @@ fn im2col_transposed<T: Scalar>(g: &Geometry, x: &[T], first: usize, r: usize, c
     }
 }
 
+/// The checks [`forward`] makes before it reads or writes anything: X, W and Y of the geometry's sizes, and a bias
+/// (if any) of one value per output channel.
+pub fn check_forward<T>(g: &Geometry, x: &[T], w: &[T], bias: Option<&[T]>, y: &[T]) -> Result<(), ConvShapeError> {
+    check_lens(g, [("X", x.len(), g.x_len()), ("W", w.len(), g.w_len()), ("Y", y.len(), g.y_len())])?;
+    if let Some(b) = bias.filter(|b| b.len() != g.m) {
+        return bad(format!("bias has {} values for {} channels", b.len(), g.m));
+    }
+    Ok(())
+}
+
 /// Y (`[N, M, OH, OW]`, overwritten) of the convolution of X (`[N, C, H, W]`) by W (`[M, C/group, KH, KW]`),
 /// plus `bias` (`[M]`) if given.
 pub fn forward<T: Scalar>(
@@ -292,10 +302,7 @@ pub fn forward<T: Scalar>(
     bias: Option<&[T]>,
     y: &mut [T],
 ) -> Result<(), ConvShapeError> {
-    check_lens(g, [("X", x.len(), g.x_len()), ("W", w.len(), g.w_len()), ("Y", y.len(), g.y_len())])?;
-    if let Some(b) = bias.filter(|b| b.len() != g.m) {
-        return bad(format!("bias has {} values for {} channels", b.len(), g.m));
-    }
+    check_forward(g, x, w, bias, y)?;
     let (cg, mg) = (g.c / g.group, g.m / g.group);
     let (rows, o, plane) = (g.col_rows(), g.oh * g.ow, g.h * g.w);
     let tile_rows = g.tile_rows();

@@ -3,7 +3,9 @@
 //! from dY and W) and its weight gradient (dW from X and dY), computed by `conv_gemm` on a packed GEMM a tile of
 //! rows at a time. The standard-op form they replace (tract's Conv, a ConvTranspose for dX, a Conv over transposed
 //! tensors for dW) spent the CNN step's time in tract's ConvTranspose scatter and in im2col copies of the whole
-//! batch. Inference plans run `FedgeConv` too, its weights and bias then constants of the plan.
+//! batch. Inference plans run `FedgeConv` too, its weights and bias then constants of the plan, and with the
+//! attribute `relu = 1` (inference only) it writes `max(Y, 0)`. In f32, Y is computed by `conv_avx2` where the CPU
+//! has AVX2 and FMA.
 //!
 //! Both carry the whole geometry as attributes (`x_shape`, `w_shape`, `strides`, `dilations`, `pads`, `group`) and
 //! check their inputs against it: a mismatch is an error, never a read out of bounds.
@@ -12,6 +14,7 @@ use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::tract_num_traits::Zero;
 
+use super::conv_avx2;
 use super::conv_gemm::{Geometry, Scalar, forward, input_grad, weight_grad};
 use super::stateless_op::stateless_op;
 
@@ -44,6 +47,8 @@ pub struct ConvOp {
     /// All begins, then all ends.
     pub pads: Vec<usize>,
     pub group: usize,
+    /// A forward convolution writes `max(Y, 0)` (the Relu reading it, in an inference plan).
+    pub relu: bool,
 }
 
 impl ConvOp {
@@ -82,6 +87,20 @@ impl ConvOp {
         Ok(out)
     }
 
+    /// Y in f32 through `conv_avx2` (its blocked kernel where the CPU has one), into an output it overwrites
+    /// whole: never zeroed first.
+    fn forward_f32(&self, g: &Geometry, inputs: &[TValue]) -> TractResult<Tensor> {
+        let shape = self.out_shape()?;
+        // SAFETY: f32 has no invalid bit patterns, and `conv_avx2::forward` writes every value of Y (its length is
+        // checked against the geometry's first) before anything reads it; on an error the tensor is dropped unread.
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
+        let (x, w) = (inputs[0].as_slice::<f32>()?, inputs[1].as_slice::<f32>()?);
+        let bias = inputs.get(2).map(|t| t.as_slice::<f32>()).transpose()?;
+        conv_avx2::forward(g, x, w, bias, self.relu, out.as_slice_mut::<f32>()?)
+            .map_err(|e| format_err!("{CONV}: {e}"))?;
+        Ok(out)
+    }
+
     /// How many inputs the node takes (a forward convolution's bias is optional).
     fn arity(&self) -> std::ops::RangeInclusive<usize> {
         if self.kind == Kind::Forward { 2..=3 } else { 2..=2 }
@@ -102,8 +121,15 @@ impl ConvOp {
         }
         let g = self.geometry()?;
         let out = match dt {
+            DatumType::F32 if self.kind == Kind::Forward => self.forward_f32(&g, &inputs)?,
             DatumType::F32 => self.compute::<f32>(&g, &inputs)?,
-            DatumType::F64 => self.compute::<f64>(&g, &inputs)?,
+            DatumType::F64 => {
+                let mut out = self.compute::<f64>(&g, &inputs)?;
+                if self.relu {
+                    out.as_slice_mut::<f64>()?.iter_mut().for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 });
+                }
+                out
+            }
             other => bail!("{} does not support {other:?}", self.name_str()),
         };
         Ok(tvec!(out.into_tvalue()))
@@ -157,7 +183,11 @@ fn load(node: &NodeProto, kind: Kind) -> TractResult<(Box<dyn InferenceOp>, Vec<
             .map(|d| usize::try_from(*d).map_err(|_| format_err!("{}: negative {name}", node.op_type)))
             .collect()
     };
-    let group = node.attribute.iter().find(|a| a.name == "group").map_or(1, |a| a.i);
+    let int = |name: &str, default: i64| node.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i);
+    let (group, relu) = (int("group", 1), int("relu", 0));
+    if relu != 0 && (kind != Kind::Forward || relu != 1) {
+        bail!("{}: relu {relu}", node.op_type);
+    }
     let op = ConvOp {
         kind,
         x_shape: ints("x_shape")?,
@@ -166,6 +196,7 @@ fn load(node: &NodeProto, kind: Kind) -> TractResult<(Box<dyn InferenceOp>, Vec<
         dilations: ints("dilations")?,
         pads: ints("pads")?,
         group: usize::try_from(group).map_err(|_| format_err!("{}: group {group}", node.op_type))?,
+        relu: relu == 1,
     };
     // Refuse a geometry the kernels cannot run when the model is loaded, not at the first step.
     op.geometry()?;
@@ -209,6 +240,7 @@ mod tests {
             dilations: vec![1, 1],
             pads: vec![0; 4],
             group: 1,
+            relu: false,
         }
     }
 
@@ -228,6 +260,26 @@ mod tests {
         let y = op(Kind::Forward).eval(tvec![x.into_tvalue(), w.into_tvalue(), b.into_tvalue()]).unwrap();
         assert_eq!(y[0].shape(), &[1, 1, 2, 2]);
         assert_eq!(y[0].as_slice::<f64>().unwrap(), &[37.5, 47.5, 67.5, 77.5]);
+    }
+
+    #[test]
+    fn a_forward_convolution_with_relu_writes_the_positive_part_in_either_precision() {
+        // The 3×3 image by the kernel [[1, 0], [0, 0]] picks each window's top-left pixel (1, 2, 4, 5); a bias of
+        // −3.5 leaves −2.5, −1.5, 0.5, 1.5.
+        let relu = ConvOp { relu: true, ..op(Kind::Forward) };
+        fn run<T: Datum + Copy>(op: &ConvOp, f: impl Fn(f32) -> T) -> Vec<T> {
+            let x: Vec<T> = (1..=9).map(|v| f(v as f32)).collect();
+            let ins = tvec![
+                Tensor::from_shape(&[1, 1, 3, 3], &x).unwrap().into_tvalue(),
+                Tensor::from_shape(&[1, 1, 2, 2], &[f(1.0), f(0.0), f(0.0), f(0.0)]).unwrap().into_tvalue(),
+                Tensor::from_shape(&[1], &[f(-3.5)]).unwrap().into_tvalue(),
+            ];
+            op.eval(ins).unwrap()[0].as_slice::<T>().unwrap().to_vec()
+        }
+        assert_eq!(run(&op(Kind::Forward), |v| v), [-2.5, -1.5, 0.5, 1.5]);
+        assert_eq!(run(&relu, |v| v), [0.0, 0.0, 0.5, 1.5]);
+        assert_eq!(run(&op(Kind::Forward), f64::from), [-2.5, -1.5, 0.5, 1.5]);
+        assert_eq!(run(&relu, f64::from), [0.0, 0.0, 0.5, 1.5]);
     }
 
     #[test]

@@ -8,8 +8,12 @@
 //! them at every call (9× slower at batch 1 on the example MLP, no faster at 32; BENCHMARKS.md, "Inference on
 //! fedge's own operators"); weights fed as inputs tract would pack at every call too, into a whole packed copy
 //! (6.4 MB for the example CNN's first dense layer) where `FedgeGemm` packs a block at a time.
+//! In inference, a Relu that is the only reader of a `FedgeConv`'s output is not written: the convolution applies it
+//! (attribute `relu`) as it writes its output and takes the Relu's output name.
 //!
 //! It writes nodes only; it never differentiates and never runs anything.
+
+use std::collections::HashMap;
 
 use super::cell_emit;
 use super::conv_ops;
@@ -51,11 +55,38 @@ pub fn emit_forward(e: &mut Emitter, g: &Graph, mode: Mode) -> Result<Vec<MaskIn
         }
     }
     let mut masks = vec![];
+    let relu_after =
+        if mode == Mode::Infer && e.kernels == Kernels::Fedge { relu_after_conv(g) } else { HashMap::new() };
     for n in &g.nodes {
+        if n.op == Op::Relu && relu_after.contains_key(&n.inputs[0]) {
+            // Computed by the convolution it follows.
+            continue;
+        }
         let with_indices = mode == Mode::Train && g.requires_grad.contains(&n.inputs[0]);
-        emit_node(e, g, n, mode, with_indices, &mut masks)?;
+        emit_node(e, g, n, mode, with_indices, relu_after.get(&n.output), &mut masks)?;
     }
     Ok(masks)
+}
+
+/// The 1-D and 2-D convolutions whose output only a Relu reads (and which is not the graph's output): conv
+/// output → the Relu's output. An inference plan's `FedgeConv` writes them with the Relu applied, in the pass that
+/// adds the bias, instead of a second pass over the activations.
+fn relu_after_conv(g: &Graph) -> HashMap<String, String> {
+    let mut readers: HashMap<&str, Vec<&DNode>> = HashMap::new();
+    for n in &g.nodes {
+        for i in &n.inputs {
+            readers.entry(i.as_str()).or_default().push(n);
+        }
+    }
+    g.nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Conv(_)) && (3..=4).contains(&n.in_shapes.first().map_or(0, Vec::len)))
+        .filter(|n| n.output != g.output)
+        .filter_map(|n| match readers.get(n.output.as_str()).map(Vec::as_slice) {
+            Some([r]) if r.op == Op::Relu && r.inputs.len() == 1 => Some((n.output.clone(), r.output.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The names of a LayerNormalization's inverse deviation and normalised input, for the node writing `output`.
@@ -71,13 +102,15 @@ fn pads(p: &[(usize, usize)]) -> Vec<i64> {
     p.iter().map(|x| x.0 as i64).chain(p.iter().map(|x| x.1 as i64)).collect()
 }
 
-/// `with_indices`: a MaxPool also outputs its argmax indices for the backward pass.
+/// `with_indices`: a MaxPool also outputs its argmax indices for the backward pass. `relu_into`: a convolution
+/// applies the Relu that reads it and writes that Relu's output.
 fn emit_node(
     e: &mut Emitter,
     g: &Graph,
     n: &DNode,
     mode: Mode,
     with_indices: bool,
+    relu_into: Option<&String>,
     masks: &mut Vec<MaskInput>,
 ) -> Result<(), TrainError> {
     let ins: Vec<&str> = n.inputs.iter().map(|s| s.as_str()).collect();
@@ -175,20 +208,19 @@ fn emit_node(
         // fedge's own convolution (the geometry as attributes) for 1-D and 2-D, in training and in inference: it
         // unfolds a tile of one image's output rows at a time where tract's Conv unfolds the whole batch.
         Op::Conv(c) if fedge_conv => {
-            let mut node = node(
-                conv_ops::CONV,
-                &e.fresh(conv_ops::CONV),
-                &ins,
-                &out,
-                vec![
-                    attr_ints("x_shape", &ints(&n.in_shapes[0])),
-                    attr_ints("w_shape", &ints(&n.in_shapes[1])),
-                    attr_ints("strides", &ints(&c.strides)),
-                    attr_ints("dilations", &ints(&c.dilations)),
-                    attr_ints("pads", &pads(&c.pads)),
-                    attr_i("group", c.group as i64),
-                ],
-            );
+            let mut attrs = vec![
+                attr_ints("x_shape", &ints(&n.in_shapes[0])),
+                attr_ints("w_shape", &ints(&n.in_shapes[1])),
+                attr_ints("strides", &ints(&c.strides)),
+                attr_ints("dilations", &ints(&c.dilations)),
+                attr_ints("pads", &pads(&c.pads)),
+                attr_i("group", c.group as i64),
+            ];
+            if relu_into.is_some() {
+                attrs.push(attr_i("relu", 1));
+            }
+            let out = [relu_into.map_or(n.output.as_str(), String::as_str)];
+            let mut node = node(conv_ops::CONV, &e.fresh(conv_ops::CONV), &ins, &out, attrs);
             node.domain = custom_op::DOMAIN.into();
             e.nodes.push(node);
         }

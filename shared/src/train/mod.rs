@@ -41,6 +41,7 @@ pub mod schedule;
 mod autodiff;
 mod cell_emit;
 mod cell_math;
+mod conv_avx2;
 mod conv_gemm;
 mod conv_ops;
 mod custom_op;

@@ -10,7 +10,8 @@
 //! as in the training step; tract's Conv unfolds the whole batch: 21 MB for the example CNN's second convolution
 //! at batch 32), unless the predictor is built [`Predictor::with_standard_ops`], and so do 1-D and 2-D max pools
 //! (`FedgeMaxPool`); dense layers stay tract's when their weights are baked in (tract packs constant weights
-//! once), and are `FedgeGemm` when they read their weights as inputs.
+//! once), and are `FedgeGemm` when they read their weights as inputs. A Relu that alone reads a convolution's
+//! output is applied by `FedgeConv` as it writes it.
 //!
 //! Inputs of any number of examples are run in chunks of the plan's batch size (the last chunk zero-padded; the
 //! model treats examples independently, so padding never changes real outputs). No training state here.
@@ -215,5 +216,25 @@ mod tests {
         let baked = Predictor::new(&model, &model.initial_weights(), 2).unwrap();
         let right = WeightTensors::from_flat(&model, &model.initial_weights()).unwrap();
         assert!(matches!(baked.predict_with(&right, &x), Err(TrainError::InvalidModel(_))));
+    }
+
+    #[test]
+    fn a_relu_after_a_fedge_convolution_is_the_convolution_s_own() {
+        // The example CNN's three Relus: the two after its convolutions are written by `FedgeConv` (attribute
+        // `relu`), the dense layer's stays a node; the standard plan keeps all three.
+        let model = TrainableModel::from_onnx_bytes(&builder::mnist_cnn(1)).unwrap();
+        let g = model.resolve(1, Some(&model.initial_weights())).unwrap();
+        let count = |kernels| {
+            let proto = build_inference(&g, model.input_name(), &[], kernels).unwrap();
+            let nodes = proto.graph.unwrap().node;
+            let relus = nodes.iter().filter(|n| n.op_type == "Relu").count();
+            let fused = nodes
+                .iter()
+                .filter(|n| n.op_type == conv_ops::CONV && n.attribute.iter().any(|a| a.name == "relu" && a.i == 1))
+                .count();
+            (relus, fused)
+        };
+        assert_eq!(count(Kernels::Fedge), (1, 2));
+        assert_eq!(count(Kernels::Standard), (3, 0));
     }
 }

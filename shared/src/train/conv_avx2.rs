@@ -1,0 +1,433 @@
+//! The forward convolution in f32 on x86-64 CPUs with AVX2 and FMA, for `FedgeConv` (inference plans and the
+//! training step's forward pass): per image and group, a tile of output rows is unfolded (im2col) into a buffer
+//! reused across calls whose rows are padded to whole panels of 16 output positions, and a 6×16 register-blocked
+//! kernel reads it in place, broadcasting the weights straight from W, and writes Y with the bias added. Nothing is
+//! packed, nothing is zeroed: `conv_gemm::forward` on matrixmultiply unfolded into a freshly zeroed buffer that
+//! matrixmultiply then copied again into its panels (at batch 1, unfolding, packing and zeroing were 28% of the
+//! example CNN's inference; BENCHMARKS.md, "CNN inference at batch 1").
+//!
+//! The unfolding reads a zero-padded copy of the tile's input rows, so that every unfolded row is a plain copy with
+//! no bounds logic. Without AVX2 and FMA (checked at run time), or on another architecture, [`forward`] is
+//! `conv_gemm::forward`. Shapes are checked as there: a mismatch is an error, never a read or write out of bounds;
+//! the kernel's `unsafe` block runs only on slices whose extents were checked for it.
+
+use std::cell::RefCell;
+
+use super::conv_gemm::{self, ConvShapeError, Geometry, TILE};
+
+/// Output positions per panel (two AVX registers of f32).
+const NR: usize = 16;
+/// Output channels per register block.
+const MR: usize = 6;
+
+thread_local! {
+    /// The padded input rows and the unfolded columns of the current tile, kept between calls (at most a few MiB
+    /// per thread: the columns are bounded by [`TILE`] values).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Y (`[N, M, OH, OW]`, every value overwritten) of the convolution of X (`[N, C, H, W]`) by W
+/// (`[M, C/group, KH, KW]`), plus `bias` (`[M]`) if given, in f32; with `relu`, `max(Y, 0)`.
+pub fn forward(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+) -> Result<(), ConvShapeError> {
+    if !available() {
+        conv_gemm::forward(g, x, w, bias, y)?;
+        if relu {
+            y.iter_mut().for_each(|v| *v = positive(*v));
+        }
+        return Ok(());
+    }
+    conv_gemm::check_forward(g, x, w, bias, y)?;
+    SCRATCH.with(|s| blocked(g, x, w, bias, relu, y, &mut s.borrow_mut()));
+    Ok(())
+}
+
+/// `max(v, 0)` as a select the compiler vectorises (0 for NaN).
+#[inline(always)]
+fn positive(v: f32) -> f32 {
+    if v > 0.0 { v } else { 0.0 }
+}
+
+/// Whether this CPU runs the kernel.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The tile's geometry: output rows `first..first + r`, unfolded into `k` rows of `ld` values (`t = r·ow` of them
+/// used), read from `prows` padded input rows of `pw` values per channel.
+#[derive(Debug, Clone, Copy)]
+struct Tile {
+    first: usize,
+    r: usize,
+    t: usize,
+    ld: usize,
+    prows: usize,
+    pw: usize,
+}
+
+/// The padded width every tile reads: the columns the kernel's windows reach (`(ow−1)·sw + (kw−1)·dw + 1`).
+fn padded_width(g: &Geometry) -> usize {
+    (g.ow - 1) * g.stride[1] + (g.kw - 1) * g.dilation[1] + 1
+}
+
+/// Output rows per tile: the unfolded columns (rows padded to panels) stay within [`TILE`] values, at least one row.
+fn tile_rows(g: &Geometry, k: usize) -> usize {
+    let per_row = k * g.ow;
+    (TILE / per_row.max(1)).clamp(1, g.oh.max(1))
+}
+
+fn blocked(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let (cg, mg) = (g.c / g.group, g.m / g.group);
+    let k = cg * g.kh * g.kw;
+    let (o, plane) = (g.oh * g.ow, g.h * g.w);
+    let rows_per_tile = tile_rows(g, k);
+    let pw = padded_width(g);
+    let max_prows = (rows_per_tile - 1) * g.stride[0] + (g.kh - 1) * g.dilation[0] + 1;
+    let max_ld = (rows_per_tile * g.ow).div_ceil(NR) * NR;
+    // Padded input (plus a panel of slack, which the unfolding's whole-chunk copies may read past a row's end),
+    // then the columns.
+    let p_len = cg * max_prows * pw + NR;
+    let need = p_len + k * max_ld;
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    let (padded, cols) = scratch.split_at_mut(p_len);
+    for img in 0..g.n {
+        for grp in 0..g.group {
+            let x_img = &x[(img * g.c + grp * cg) * plane..(img * g.c + (grp + 1) * cg) * plane];
+            let wg = &w[grp * mg * k..(grp + 1) * mg * k];
+            for first in (0..g.oh).step_by(rows_per_tile) {
+                let r = rows_per_tile.min(g.oh - first);
+                let t = r * g.ow;
+                let tile = Tile {
+                    first,
+                    r,
+                    t,
+                    ld: t.div_ceil(NR) * NR,
+                    prows: (r - 1) * g.stride[0] + (g.kh - 1) * g.dilation[0] + 1,
+                    pw,
+                };
+                pad_rows(g, x_img, &tile, &mut padded[..cg * tile.prows * pw + NR]);
+                unfold(g, &padded[..cg * tile.prows * pw + NR], &tile, &mut cols[..k * tile.ld]);
+                let start = (img * g.m + grp * mg) * o + first * g.ow;
+                let b = bias.map(|b| &b[grp * mg..(grp + 1) * mg]);
+                multiply(wg, k, &cols[..k * tile.ld], &tile, b, relu, &mut y[start..], o);
+            }
+        }
+    }
+}
+
+/// The input rows the tile reads, per channel, with the pads as zeros: padded row `pr` of a channel is input row
+/// `first·sh + pr − ph`, padded column `pc` input column `pc − pw`. The slack after the last row is zeroed too.
+fn pad_rows(g: &Geometry, x: &[f32], tile: &Tile, padded: &mut [f32]) {
+    let plane = g.h * g.w;
+    let (rows, slack) = padded.split_at_mut(padded.len() - NR);
+    slack.fill(0.0);
+    for (ch, dst) in rows.chunks_exact_mut(tile.prows * tile.pw).enumerate() {
+        let src = &x[ch * plane..(ch + 1) * plane];
+        for (pr, row) in dst.chunks_exact_mut(tile.pw).enumerate() {
+            let Some(ih) = (tile.first * g.stride[0] + pr).checked_sub(g.pad[0]).filter(|ih| *ih < g.h) else {
+                row.fill(0.0);
+                continue;
+            };
+            // Padded columns pad[1] .. pad[1] + w hold the input row (as far as the padded width reaches).
+            let lo = g.pad[1].min(tile.pw);
+            let hi = (g.pad[1] + g.w).min(tile.pw);
+            row[..lo].fill(0.0);
+            row[lo..hi].copy_from_slice(&src[ih * g.w..ih * g.w + hi - lo]);
+            row[hi..].fill(0.0);
+        }
+    }
+}
+
+/// The tile's unfolded columns: row `(channel, ki, kj)` (of `ld` values), column `i·ow + ox` for output row
+/// `first + i` holds padded value `[channel][i·sh + ki·dh][ox·sw + kj·dw]`. Columns `t..ld` are left as they were.
+fn unfold(g: &Geometry, padded: &[f32], tile: &Tile, cols: &mut [f32]) {
+    let (sh, sw, dh, dw) = (g.stride[0], g.stride[1], g.dilation[0], g.dilation[1]);
+    let ow = g.ow;
+    let chan = tile.prows * tile.pw;
+    for (row, dst) in cols.chunks_exact_mut(tile.ld).enumerate() {
+        let kj = row % g.kw;
+        let ki = row / g.kw % g.kh;
+        let ch = row / (g.kw * g.kh);
+        let p = &padded[ch * chan..];
+        for i in 0..tile.r {
+            let src = &p[(i * sh + ki * dh) * tile.pw + kj * dw..];
+            let out = &mut dst[i * ow..];
+            if sw == 1 {
+                copy_row(out, src, ow, i + 1 < tile.r);
+            } else {
+                for (d, s) in out[..ow].iter_mut().zip(src.iter().step_by(sw)) {
+                    *d = *s;
+                }
+            }
+        }
+    }
+}
+
+/// `dst[..n] = src[..n]` in whole chunks of 8; with `spill`, the last chunk may write past `n` (the next output
+/// row, written after it) and always reads whole chunks (the padded rows' slack covers the last one).
+#[inline(always)]
+fn copy_row(dst: &mut [f32], src: &[f32], n: usize, spill: bool) {
+    let mut i = 0;
+    while i + 8 <= n {
+        let d: &mut [f32; 8] = (&mut dst[i..i + 8]).try_into().expect("8 values");
+        *d = src[i..i + 8].try_into().expect("8 values");
+        i += 8;
+    }
+    if i < n {
+        if spill && src.len() >= i + 8 && dst.len() >= i + 8 {
+            let d: &mut [f32; 8] = (&mut dst[i..i + 8]).try_into().expect("8 values");
+            *d = src[i..i + 8].try_into().expect("8 values");
+        } else {
+            dst[i..n].copy_from_slice(&src[i..n]);
+        }
+    }
+}
+
+/// `Y[m, first·ow + j] = Σ_k W[m, k] · cols[k, j] (+ bias[m])` for the tile's `t` positions, `y` starting at the
+/// tile's first position of channel 0, channels `o` apart; with `relu`, its positive part.
+#[allow(clippy::too_many_arguments)]
+fn multiply(w: &[f32], k: usize, cols: &[f32], tile: &Tile, bias: Option<&[f32]>, relu: bool, y: &mut [f32], o: usize) {
+    let m = w.len() / k.max(1);
+    let mut block = [[0.0f32; NR]; MR];
+    for j in (0..tile.t).step_by(NR) {
+        let n = NR.min(tile.t - j);
+        let b = &cols[j..];
+        for m0 in (0..m).step_by(MR) {
+            let mr = MR.min(m - m0);
+            let a = &w[m0 * k..(m0 + mr) * k];
+            kernel(mr, k, a, b, tile.ld, &mut block);
+            for (r, acc) in block[..mr].iter().enumerate() {
+                let add = bias.map_or(0.0, |b| b[m0 + r]);
+                let dst = &mut y[(m0 + r) * o + j..(m0 + r) * o + j + n];
+                if relu {
+                    for (d, v) in dst.iter_mut().zip(acc) {
+                        *d = positive(*v + add);
+                    }
+                } else {
+                    for (d, v) in dst.iter_mut().zip(acc) {
+                        *d = *v + add;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `block[r][..16] = Σ_kk a[r·k + kk] · b[kk·ld ..][..16]` for `r < mr` (`a` holds `mr` rows of `k` weights, `b`
+/// `k` rows of `ld` values from the panel's first column).
+fn kernel(mr: usize, k: usize, a: &[f32], b: &[f32], ld: usize, block: &mut [[f32; NR]; MR]) {
+    assert!(
+        (1..=MR).contains(&mr) && a.len() >= mr * k && (k == 0 || b.len() >= (k - 1) * ld + NR),
+        "kernel: {mr} rows of {k} weights in {}, {k} rows of {ld} in {}",
+        a.len(),
+        b.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `available()` was true before any call here (only `forward` reaches this, after checking), and
+        // the assertion above guarantees every read: rows `r < mr` of `k` values at `a + r·k`, and `k` rows of 16
+        // values at `b + kk·ld`.
+        unsafe {
+            match mr {
+                1 => x86::block::<1>(k, a.as_ptr(), b.as_ptr(), ld, block),
+                2 => x86::block::<2>(k, a.as_ptr(), b.as_ptr(), ld, block),
+                3 => x86::block::<3>(k, a.as_ptr(), b.as_ptr(), ld, block),
+                4 => x86::block::<4>(k, a.as_ptr(), b.as_ptr(), ld, block),
+                5 => x86::block::<5>(k, a.as_ptr(), b.as_ptr(), ld, block),
+                _ => x86::block::<6>(k, a.as_ptr(), b.as_ptr(), ld, block),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // Unreachable without AVX2 (`forward` falls back first); kept as plain sums so the module stays portable.
+        for (r, out) in block[..mr].iter_mut().enumerate() {
+            *out = [0.0; NR];
+            for kk in 0..k {
+                let av = a[r * k + kk];
+                for (o, bv) in out.iter_mut().zip(&b[kk * ld..kk * ld + NR]) {
+                    *o += av * bv;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// The register block: `R` rows of 16 sums in 2·R AVX registers, a broadcast weight times two loads of B per
+    /// step.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `a` must address `R` rows of `k` f32 values `k` apart and `b` `k` rows of 16
+    /// values `ld` apart.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn block<const R: usize>(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        ld: usize,
+        out: &mut [[f32; NR]; MR],
+    ) {
+        // SAFETY (the whole body): the reads stay within the extents the caller guarantees; the stores go to `out`.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            for kk in 0..k {
+                let bp = b.add(kk * ld);
+                let b0 = _mm256_loadu_ps(bp);
+                let b1 = _mm256_loadu_ps(bp.add(8));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*a.add(r * k + kk));
+                    acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out[r].as_mut_ptr(), acc[0]);
+                _mm256_storeu_ps(out[r].as_mut_ptr().add(8), acc[1]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
+    }
+
+    /// The definition in f64, for an f32 result within its rounding.
+    fn reference(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f64> {
+        let (cg, mg) = (g.c / g.group, g.m / g.group);
+        let mut y = vec![];
+        for n in 0..g.n {
+            for m in 0..g.m {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut s = bias[m] as f64;
+                        for ci in 0..cg {
+                            let c = m / mg * cg + ci;
+                            for ki in 0..g.kh {
+                                for kj in 0..g.kw {
+                                    let iy = (oy * g.stride[0] + ki * g.dilation[0]) as isize - g.pad[0] as isize;
+                                    let ix = (ox * g.stride[1] + kj * g.dilation[1]) as isize - g.pad[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize];
+                                    let wv = w[((m * cg + ci) * g.kh + ki) * g.kw + kj];
+                                    s += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        y.push(s);
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn check(g: &Geometry, seed: u64, relu: bool) -> Result<(), String> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let x = random(&mut rng, g.n * g.c * g.h * g.w);
+        let w = random(&mut rng, g.m * (g.c / g.group) * g.kh * g.kw);
+        let bias = random(&mut rng, g.m);
+        let mut want = reference(g, &x, &w, &bias);
+        if relu {
+            want.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+        // Stale values in the output and in the reused scratch must not show through.
+        let mut y = vec![f32::NAN; want.len()];
+        forward(g, &x, &w, Some(&bias), relu, &mut y).map_err(|e| e.to_string())?;
+        let k = (g.c / g.group * g.kh * g.kw) as f64;
+        for (i, (got, want)) in y.iter().zip(&want).enumerate() {
+            if (*got as f64 - want).abs() > 1e-5 * k.sqrt() * (1.0 + want.abs()) {
+                return Err(format!("Y[{i}] = {got}, want {want} for {g:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+        /// Random 1-D and 2-D geometries (strides, dilations, uneven pads, groups, channel counts that leave a
+        /// partial register block, widths that leave a partial panel) equal the definition.
+        #[test]
+        fn the_blocked_convolution_matches_the_definition(
+            one_d in any::<bool>(), n in 1usize..3, cg in 1usize..5, mg in 1usize..9, group in 1usize..3,
+            h in 1usize..9, w in 1usize..21, kh in 1usize..4, kw in 1usize..6, sh in 1usize..3, sw in 1usize..3,
+            dh in 1usize..3, dw in 1usize..3, pads in proptest::collection::vec(0usize..3, 4), seed in 0u64..1000,
+            relu in any::<bool>(),
+        ) {
+            let (c, m) = (cg * group, mg * group);
+            let (x_shape, w_shape, strides, dilations, p) = if one_d {
+                (vec![n, c, w], vec![m, cg, kw], vec![sw], vec![dw], vec![pads[1], pads[3]])
+            } else {
+                (vec![n, c, h, w], vec![m, cg, kh, kw], vec![sh, sw], vec![dh, dw], pads.clone())
+            };
+            let Ok(g) = Geometry::new(&x_shape, &w_shape, &strides, &dilations, &p, group) else {
+                return Ok(());
+            };
+            prop_assert!(check(&g, seed, relu).is_ok(), "{:?}", check(&g, seed, relu));
+        }
+    }
+
+    #[test]
+    fn the_example_cnn_s_convolutions_and_a_tiled_one_match_the_definition() {
+        // The example CNN's two layers at batch 2, and one whose unfolded image exceeds a tile (several tiles,
+        // the last one partial).
+        for (xs, ws) in [([2, 1, 28, 28], [32, 1, 5, 5]), ([2, 32, 14, 14], [64, 32, 5, 5])] {
+            let g = Geometry::new(&xs, &ws, &[1, 1], &[1, 1], &[2, 2, 2, 2], 1).unwrap();
+            check(&g, 1, false).unwrap();
+            check(&g, 2, true).unwrap();
+        }
+        let g = Geometry::new(&[1, 128, 41, 40], &[7, 128, 3, 3], &[1, 1], &[1, 1], &[1, 1, 1, 1], 1).unwrap();
+        assert!(tile_rows(&g, 128 * 9) < g.oh && !g.oh.is_multiple_of(tile_rows(&g, 128 * 9)));
+        check(&g, 3, false).unwrap();
+    }
+
+    #[test]
+    fn buffers_of_the_wrong_size_are_errors() {
+        let g = Geometry::new(&[1, 2, 4, 4], &[3, 2, 3, 3], &[1, 1], &[1, 1], &[0, 0, 0, 0], 1).unwrap();
+        let (x, w) = (vec![0.0f32; 32], vec![0.0f32; 54]);
+        let mut y = vec![0.0f32; 12];
+        assert!(forward(&g, &x, &w, Some(&[0.0; 2]), false, &mut y).is_err());
+        assert!(forward(&g, &x[..31], &w, None, false, &mut y).is_err());
+        assert!(forward(&g, &x, &w, None, false, &mut y[..11]).is_err());
+        assert!(forward(&g, &x, &w, None, false, &mut y).is_ok());
+    }
+}
