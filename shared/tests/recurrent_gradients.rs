@@ -328,33 +328,6 @@ fn a_pad_or_expand_asking_for_more_values_than_fedge_holds_is_refused_not_alloca
     }
 }
 
-/// Worst relative difference (against `1 + |f64|`) between the loss and gradients of the f32 step and of the f64
-/// step on the same random batch of `n`, in fedge's form of the step or the standard one.
-fn f32_difference(bytes: &[u8], n: usize, seed: u64, standard: bool) -> f64 {
-    use fedge_shared::train::{Precision, TrainStep};
-    use rand::SeedableRng;
-    let model = TrainableModel::from_onnx_bytes(bytes).unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let x = random_vec(&mut rng, n * model.input_len(), 1.0);
-    let mut out = vec![n];
-    out.extend(model.output_shape());
-    let (rows, c) = CE.layout(&out);
-    let labels = OwnedLabels::random(&mut rng, CE, rows, c);
-    let w = model.initial_weights();
-    let run = |precision: Precision| {
-        let mut step = TrainStep::with_precision(&model, CE, n, precision).unwrap();
-        if standard {
-            step = step.into_standard_ops().unwrap();
-        }
-        let mut g = vec![0.0; w.len()];
-        let loss = step.run_precise(&w, &x, labels.as_labels(), 7, &mut g).unwrap();
-        (loss, g)
-    };
-    let ((l32, g32), (l64, g64)) = (run(Precision::F32), run(Precision::F64));
-    let loss = (l32 - l64).abs() / (1.0 + l64.abs());
-    g32.iter().zip(&g64).map(|(p, q)| ((p - q).abs() / (1.0 + q.abs())) as f64).fold(loss, f64::max)
-}
-
 /// A GRU with its biases trains in f32 as in f64, at hidden sizes whose bias sums tract's optimiser turns into
 /// SIMD Adds (2H or 3H ≥ 32 values). tract 0.22 used to panic there (`unicast.rs: range end index 2H out of range
 /// for slice of length 4`): the recurrence bias's gradient, one ReduceSum over the batch per step, came out of
@@ -370,7 +343,7 @@ fn a_gru_with_biases_trains_in_f32_as_in_f64() {
                     recurrent(b, x, "GRU", (t, i, h), batch_first, true, false, 1, lbr)
                 });
                 for standard in [false, true] {
-                    let diff = f32_difference(&bytes, n, h as u64, standard);
+                    let diff = f32_difference(&bytes, CE, n, h as u64, standard);
                     assert!(
                         diff < 1e-4,
                         "H {h}, batch {n}, linear_before_reset {linear_before_reset}, batch_first {batch_first}, \
@@ -393,7 +366,7 @@ fn an_lstm_with_biases_trains_in_f32_as_in_f64() {
                     recurrent(b, x, "LSTM", (t, i, h), batch_first, true, false, output, vec![])
                 });
                 for standard in [false, true] {
-                    let diff = f32_difference(&bytes, n, h as u64, standard);
+                    let diff = f32_difference(&bytes, CE, n, h as u64, standard);
                     assert!(
                         diff < 1e-4,
                         "H {h}, batch {n}, batch_first {batch_first}, output {output}, standard form {standard}: \
