@@ -522,3 +522,29 @@ fn pytorch_style_shape_chains_fold_and_train() {
     let err = gradient_error(&bytes, CE, 3, 12, 3, 1e-2);
     assert!(err < TOL, "relative error {err}");
 }
+
+/// A `[1, 1, K]` (or `[1, K]`) bias broadcast over a `[N, T, K]` batch of sequences at two places: its gradient is
+/// two sums over the batch and the steps, added. The f32 step matches the f64 one (tract 0.22's ReduceSum over
+/// leading axes leaves a wrong stride on its kept unit axes, which its f32 unicast Add of K ≥ 32 values used to
+/// take a row's length from, and panic).
+#[test]
+fn a_bias_broadcast_over_batch_and_steps_twice_trains_in_f32_as_in_f64() {
+    for ((t, k, n), rank) in [(3, 32, 2), (2, 48, 5)].into_iter().flat_map(|c| [(c, 3), (c, 2)]) {
+        let bytes = wrap(&[t, k], 1, |b, x| {
+            let shape: &[usize] = if rank == 3 { &[1, 1, k] } else { &[1, k] };
+            let bias = b.init_random("bias", shape, 0.5);
+            let a = b.node("Add", &[x, &bias], vec![]);
+            let sq = b.node("Mul", &[x, x], vec![]);
+            let c = b.node("Add", &[&sq, &bias], vec![]);
+            let ta = b.node("Tanh", &[&a], vec![]);
+            b.node("Mul", &[&ta, &c], vec![])
+        });
+        for standard in [false, true] {
+            let diff = f32_difference(&bytes, CE, n, 1, standard);
+            assert!(
+                diff < 1e-4,
+                "T {t}, K {k}, bias rank {rank}, batch {n}, standard form {standard}: f32 and f64 differ by {diff}"
+            );
+        }
+    }
+}

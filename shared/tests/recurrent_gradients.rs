@@ -327,3 +327,53 @@ fn a_pad_or_expand_asking_for_more_values_than_fedge_holds_is_refused_not_alloca
         }
     }
 }
+
+/// A GRU with its biases trains in f32 as in f64, at hidden sizes whose bias sums tract's optimiser turns into
+/// SIMD Adds (2H or 3H ≥ 32 values). tract 0.22 used to panic there (`unicast.rs: range end index 2H out of range
+/// for slice of length 4`): the recurrence bias's gradient, one ReduceSum over the batch per step, came out of
+/// tract's ReduceSum with a wrong stride on its unit axis, which its f32 unicast Add takes a row's length from.
+#[test]
+fn a_gru_with_biases_trains_in_f32_as_in_f64() {
+    let (t, i) = (3, 2);
+    for (h, n) in [(16, 2), (32, 3), (24, 8), (40, 1)] {
+        for linear_before_reset in [0, 1] {
+            for batch_first in [true, false] {
+                let bytes = wrap(&[t, i], h as u64, |b, x| {
+                    let lbr = vec![attr_i("linear_before_reset", linear_before_reset)];
+                    recurrent(b, x, "GRU", (t, i, h), batch_first, true, false, 1, lbr)
+                });
+                for standard in [false, true] {
+                    let diff = f32_difference(&bytes, CE, n, h as u64, standard);
+                    assert!(
+                        diff < 1e-4,
+                        "H {h}, batch {n}, linear_before_reset {linear_before_reset}, batch_first {batch_first}, \
+                         standard form {standard}: f32 and f64 differ by {diff}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The same for the LSTM with its biases (its input and recurrence biases are one sum over every step at once).
+#[test]
+fn an_lstm_with_biases_trains_in_f32_as_in_f64() {
+    let (t, i) = (3, 2);
+    for (h, n) in [(16, 2), (32, 3)] {
+        for batch_first in [true, false] {
+            for output in [0, 1] {
+                let bytes = wrap(&[t, i], h as u64, |b, x| {
+                    recurrent(b, x, "LSTM", (t, i, h), batch_first, true, false, output, vec![])
+                });
+                for standard in [false, true] {
+                    let diff = f32_difference(&bytes, CE, n, h as u64, standard);
+                    assert!(
+                        diff < 1e-4,
+                        "H {h}, batch {n}, batch_first {batch_first}, output {output}, standard form {standard}: \
+                         f32 and f64 differ by {diff}"
+                    );
+                }
+            }
+        }
+    }
+}

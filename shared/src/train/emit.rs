@@ -158,12 +158,32 @@ impl Emitter {
     }
 
     /// Sums a gradient of shape `from` down to the shape `to` it was broadcast from.
+    ///
+    /// A sum over leading axes (a bias broadcast over a batch's rows, or over its sequences' steps too) is a product
+    /// with a row of ones, not a ReduceSum: tract 0.22's ReduceSum over a leading axis returns a tensor whose kept
+    /// unit axes have the wrong stride (`Tensor::insert_axis` copies the next axis's), and its f32 `OptBinUnicast`
+    /// Add, which takes a row's length from that stride, then reads past its operand and panics when two such sums
+    /// are added, as a GRU's recurrence bias is over its steps (tract's optimiser moves any reshape of the sums
+    /// past the Adds). Other sums (over inner axes, or down to a single value) stay ReduceSum.
     pub fn unbroadcast(&mut self, g: &str, from: &[usize], to: &[usize]) -> String {
         if from == to {
             return g.to_string();
         }
         let lead = from.len() - to.len().min(from.len());
         let axes: Vec<usize> = (0..from.len()).filter(|i| *i < lead || (to[*i - lead] == 1 && from[*i] != 1)).collect();
+        let leading = axes.iter().enumerate().all(|(k, a)| k == *a);
+        let rows: usize = from[..axes.len()].iter().product();
+        let cols: usize = from[axes.len()..].iter().product();
+        if leading && cols > 1 {
+            let ones = self.const_f(&[1, rows], &vec![1.0; rows]);
+            let g2 = self.reshape(g, &[rows, cols]);
+            let s = if self.kernels == Kernels::Fedge {
+                self.fedge_gemm(&[&ones, &g2], &[1, rows], &[rows, cols], (false, false), 1.0, 1.0, None)
+            } else {
+                self.op("MatMul", &[&ones, &g2], vec![])
+            };
+            return self.reshape(&s, to);
+        }
         let r = self.reduce_sum(g, &axes, true);
         self.reshape(&r, to)
     }

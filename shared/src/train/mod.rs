@@ -23,7 +23,8 @@ pub mod schedule;
 //   emit the forward and reverse-mode nodes (opset 13), `loss` the loss, and `plan` has tract optimise it once.
 // - Backward formulations: Gemm/MatMul gradients are Gemm/MatMul, and in the training step a Gemm or 2-D MatMul
 //   (forward, dX and dW) is fedge's own `FedgeGemm` (`dense_ops`, on matrixmultiply's GEMM in `dense_gemm`, the
-//   transposed operand read in place; the standard form for other runtimes); broadcasting is undone with ReduceSum; a 1-D or
+//   transposed operand read in place; the standard form for other runtimes); broadcasting is undone with ReduceSum, over leading axes
+//   with a product by a row of ones (tract 0.22's ReduceSum there leaves a stride its f32 Adds misread); a 1-D or
 //   2-D Conv runs as fedge's own ops in the training step: `FedgeConv`, and `FedgeConvInputGrad` /
 //   `FedgeConvWeightGrad` for its dX and dW (`conv_ops`, on a packed GEMM in `conv_gemm`;
 //   inference plans run `FedgeConv` too, and `FedgeMaxPool` (`pool_ops`) for max pools without indices; their

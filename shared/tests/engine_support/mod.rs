@@ -342,6 +342,31 @@ pub fn standard_ops_difference(model_bytes: &[u8], loss: Loss, n: usize, seed: u
     a.iter().zip(&b).map(|(p, q)| ((p - q).abs() / (1.0 + q.abs())) as f64).fold(loss, f64::max)
 }
 
+/// Worst relative difference (against `1 + |f64|`) between the loss and gradients of the f32 step and of the f64
+/// step on the same random batch of `n`, in fedge's form of the step or the standard one.
+pub fn f32_difference(bytes: &[u8], loss: Loss, n: usize, seed: u64, standard: bool) -> f64 {
+    let model = TrainableModel::from_onnx_bytes(bytes).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let x = random_vec(&mut rng, n * model.input_len(), 1.0);
+    let mut out = vec![n];
+    out.extend(model.output_shape());
+    let (rows, c) = loss.layout(&out);
+    let labels = OwnedLabels::random(&mut rng, loss, rows, c);
+    let w = model.initial_weights();
+    let run = |precision: Precision| {
+        let mut step = TrainStep::with_precision(&model, loss, n, precision).unwrap();
+        if standard {
+            step = step.into_standard_ops().unwrap();
+        }
+        let mut g = vec![0.0; w.len()];
+        let loss = step.run_precise(&w, &x, labels.as_labels(), 7, &mut g).unwrap();
+        (loss, g)
+    };
+    let ((l32, g32), (l64, g64)) = (run(Precision::F32), run(Precision::F64));
+    let loss = (l32 - l64).abs() / (1.0 + l64.abs());
+    g32.iter().zip(&g64).map(|(p, q)| ((p - q).abs() / (1.0 + q.abs())) as f64).fold(loss, f64::max)
+}
+
 /// The relative error every finite-difference check accepts.
 pub const TOL: f64 = 1e-3;
 
