@@ -224,7 +224,7 @@ fn an_unrolled_cell_accumulates_its_weight_gradient_through_its_products() {
 /// The training step runs an LSTM's steps as fedge's fused cell, one node each way per step, and the standard form
 /// (what other runtimes are given) as primitive ONNX nodes only.
 #[test]
-fn an_lstm_step_is_one_fused_node_each_way_and_primitives_in_the_standard_form() {
+fn an_lstm_step_is_one_fused_node_each_way_with_its_hidden_state_apart_and_primitives_in_the_standard_form() {
     let t = 5;
     let model = TrainableModel::from_onnx_bytes(&fedge_shared::train::builder::char_lstm(5, t, 3, 4, 1)).unwrap();
     let graph_of = |standard: bool| {
@@ -238,6 +238,7 @@ fn an_lstm_step_is_one_fused_node_each_way_and_primitives_in_the_standard_form()
     let count = |g: &tract_onnx::pb::GraphProto, op: &str| g.node.iter().filter(|n| n.op_type == op).count();
     let fused = graph_of(false);
     assert_eq!(count(&fused, "FedgeLstmCell"), t);
+    assert_eq!(count(&fused, "FedgeLstmHidden"), t, "h' from a node of its own, so that A can be freed early");
     assert_eq!(count(&fused, "FedgeLstmCellGrad"), t);
     assert_eq!(count(&fused, "Sigmoid") + count(&fused, "Tanh"), 0, "no gate is a node of its own");
     let standard = graph_of(true);

@@ -1,7 +1,7 @@
 //! How an LSTM or GRU time step ([`Op::LstmCell`], [`Op::GruCell`], written by the lowering) is emitted, forward and
-//! backward: under `Kernels::Fedge` as fedge's fused `FedgeLstmCell` / `FedgeLstmCellGrad` (`lstm_op`) or
-//! `FedgeGruCell` / `FedgeGruCellGrad` (`gru_op`), one node each way whose activated gates travel from the one to
-//! the other in a single `[B, 4H]` (`[B, 3H]`) buffer; under `Kernels::Standard` as the primitive ONNX nodes of the
+//! backward: under `Kernels::Fedge` as fedge's fused `FedgeLstmCell` (with `FedgeLstmHidden` for h') /
+//! `FedgeLstmCellGrad` (`lstm_op`) or `FedgeGruCell` / `FedgeGruCellGrad` (`gru_op`), one node each way whose
+//! activated gates travel from the one to the other in a single `[B, 4H]` (`[B, 3H]`) buffer; under `Kernels::Standard` as the primitive ONNX nodes of the
 //! cell's definition (Slice, Sigmoid, Tanh, Mul, Add, Sub) and of their gradients, for runtimes that do not know
 //! domain `ai.fedge` and for checking the fused cells against.
 //!
@@ -12,7 +12,7 @@ use super::emit::{Emitter, Kernels, Precision};
 use super::error::TrainError;
 use super::graph::{DNode, Op};
 use super::gru_op::{GRU_CELL, GRU_CELL_GRAD};
-use super::lstm_op::{LSTM_CELL, LSTM_CELL_GRAD};
+use super::lstm_op::{LSTM_CELL, LSTM_CELL_GRAD, LSTM_HIDDEN};
 use super::proto::attr_i;
 
 /// The fused cell's activated gates `[B, 4H]`, for the step whose hidden state is `output`.
@@ -62,7 +62,11 @@ pub fn lstm_forward(e: &mut Emitter, n: &DNode) -> Result<(), TrainError> {
     let (g, c, out, c_new) = (n.inputs[0].as_str(), n.inputs[1].as_str(), n.output.as_str(), second(n)?);
     if e.kernels == Kernels::Fedge {
         let attrs = vec![attr_i("batch", b as i64), attr_i("hidden", h as i64)];
-        e.fedge_op_into(LSTM_CELL, &[g, c], &[out, c_new, &acts_name(out)], attrs);
+        // h' from a node of its own: read until the end of the backward pass, it would keep the step's A alive
+        // with it (tract frees a node's outputs together), and FedgeLstmCellGrad could not write dG over A.
+        let acts = acts_name(out);
+        e.fedge_op_into(LSTM_CELL, &[g, c], &[c_new, &acts], attrs.clone());
+        e.fedge_op_into(LSTM_HIDDEN, &[&acts, c_new], &[out], attrs);
         return Ok(());
     }
     let part = |p: &str| part_name(out, p);

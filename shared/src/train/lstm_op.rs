@@ -1,13 +1,17 @@
-//! `FedgeLstmCell` and `FedgeLstmCellGrad`: fedge's own tract operators (domain `ai.fedge`) for one time step of an
-//! ONNX LSTM (gates in i, o, f, c order, default activations, no peepholes) and its gradient, in the training step
-//! under `Kernels::Fedge`.
+//! `FedgeLstmCell`, `FedgeLstmHidden` and `FedgeLstmCellGrad`: fedge's own tract operators (domain `ai.fedge`) for
+//! one time step of an ONNX LSTM (gates in i, o, f, c order, default activations, no peepholes) and its gradient,
+//! in the training step under `Kernels::Fedge`.
 //!
 //! - `FedgeLstmCell` (attributes `batch`, `hidden`): from the gate pre-activations G `[B, 4H]` and the cell state
-//!   c `[B, H]`, the new hidden state `h' = o ⊙ tanh(c')`, the new cell state `c' = f ⊙ c + i ⊙ tanh(g)`, and the
-//!   activated gates A `[B, 4H]` (σ(i), σ(o), σ(f), tanh(g)) for the backward pass. A is written over G's buffer
-//!   when nothing else holds it (G is the step's `h·Rᵀ + x·Wᵀ`, read by this node only).
+//!   c `[B, H]`, the new cell state `c' = f ⊙ c + i ⊙ tanh(g)` and the activated gates A `[B, 4H]` (σ(i), σ(o),
+//!   σ(f), tanh(g)) for the backward pass. A is written over G's buffer when nothing else holds it (G is the step's
+//!   `h·Rᵀ + x·Wᵀ`, read by this node only).
+//! - `FedgeLstmHidden`: from (A, c') the new hidden state `h' = o ⊙ tanh(c')`. A node of its own because tract
+//!   frees a node's outputs together, once the last reader of any of them has run: h' is read until the end of the
+//!   backward pass (the recurrence weight's gradient), and had it come out of `FedgeLstmCell` it would have kept
+//!   every step's A alive with it (21 MB for the char-LSTM at batch 128) and made the backward copy each A.
 //! - `FedgeLstmCellGrad`: from (A, c, c', dh', dc') the gradient of the pre-activations dG `[B, 4H]` (written over
-//!   A's buffer, which only this node reads) and dc `[B, H]`.
+//!   A's buffer, which by then nothing else holds) and dc `[B, H]`.
 //!
 //! They replace the thirteen primitive nodes per step (four gate slices, three Sigmoid, two Tanh, three Mul, an
 //! Add) and the twenty or so of their gradients, each its own `[B, H]` tensor and trip through tract's executor;
@@ -22,31 +26,55 @@ use super::stateless_op::stateless_op;
 
 /// The forward operator type in emitted graphs.
 pub const LSTM_CELL: &str = "FedgeLstmCell";
+/// The hidden-state operator type in emitted graphs.
+pub const LSTM_HIDDEN: &str = "FedgeLstmHidden";
 /// The backward operator type in emitted graphs.
 pub const LSTM_CELL_GRAD: &str = "FedgeLstmCellGrad";
 
-/// One step's sizes; `grad` selects the backward operator.
+/// Which of the three operators.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum LstmPart {
+    /// (G, c) → (c', A).
+    Cell,
+    /// (A, c') → h'.
+    Hidden,
+    /// (A, c, c', dh', dc') → (dG, dc).
+    Grad,
+}
+
+/// One step's sizes and the operator.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct LstmCell {
     pub batch: usize,
     pub hidden: usize,
-    pub grad: bool,
+    pub part: LstmPart,
 }
 
 impl LstmCell {
     fn name(&self) -> &'static str {
-        if self.grad { LSTM_CELL_GRAD } else { LSTM_CELL }
+        match self.part {
+            LstmPart::Cell => LSTM_CELL,
+            LstmPart::Hidden => LSTM_HIDDEN,
+            LstmPart::Grad => LSTM_CELL_GRAD,
+        }
     }
 
     /// The shapes the inputs must have, in order.
     fn input_shapes(&self) -> Vec<[usize; 2]> {
         let (b, h) = (self.batch, self.hidden);
-        if self.grad { vec![[b, 4 * h], [b, h], [b, h], [b, h], [b, h]] } else { vec![[b, 4 * h], [b, h]] }
+        match self.part {
+            LstmPart::Cell | LstmPart::Hidden => vec![[b, 4 * h], [b, h]],
+            LstmPart::Grad => vec![[b, 4 * h], [b, h], [b, h], [b, h], [b, h]],
+        }
     }
 
     fn output_shapes(&self) -> Vec<[usize; 2]> {
         let (b, h) = (self.batch, self.hidden);
-        if self.grad { vec![[b, 4 * h], [b, h]] } else { vec![[b, h], [b, h], [b, 4 * h]] }
+        match self.part {
+            LstmPart::Cell => vec![[b, h], [b, 4 * h]],
+            LstmPart::Hidden => vec![[b, h]],
+            LstmPart::Grad => vec![[b, 4 * h], [b, h]],
+        }
     }
 
     fn forward<T: CellFloat>(&self, g: TValue, c: &[T]) -> TractResult<TVec<TValue>> {
@@ -64,17 +92,18 @@ impl LstmCell {
                 cn[j] = f[j].mul(cr[j]).add(i[j].mul(g[j]));
             }
         }
-        let mut h_new = c_new.clone();
+        Ok(tvec!(Tensor::from_shape(&[self.batch, h], &c_new)?.into_tvalue(), acts.into_tvalue()))
+    }
+
+    /// `h' = o ⊙ tanh(c')` from the activated gates and the new cell state.
+    fn hidden_state<T: CellFloat>(&self, acts: &[T], c_new: &[T]) -> TractResult<TVec<TValue>> {
+        let h = self.hidden;
+        let mut h_new = c_new.to_vec();
         T::tanh_all(&mut h_new)?;
-        for (hn, row) in h_new.chunks_exact_mut(h).zip(a.chunks_exact(4 * h)) {
+        for (hn, row) in h_new.chunks_exact_mut(h).zip(acts.chunks_exact(4 * h)) {
             hn.iter_mut().zip(&row[h..2 * h]).for_each(|(x, o)| *x = x.mul(*o));
         }
-        let shape = [self.batch, h];
-        Ok(tvec!(
-            Tensor::from_shape(&shape, &h_new)?.into_tvalue(),
-            Tensor::from_shape(&shape, &c_new)?.into_tvalue(),
-            acts.into_tvalue()
-        ))
+        Ok(tvec!(Tensor::from_shape(&[self.batch, h], &h_new)?.into_tvalue()))
     }
 
     fn backward<T: CellFloat>(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -110,12 +139,18 @@ impl LstmCell {
     }
 
     fn compute<T: CellFloat>(&self, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        if self.grad {
-            return self.backward::<T>(inputs);
+        match self.part {
+            LstmPart::Grad => self.backward::<T>(inputs),
+            LstmPart::Hidden => match inputs.as_slice() {
+                [acts, c_new] => self.hidden_state::<T>(acts.as_slice::<T>()?, c_new.as_slice::<T>()?),
+                _ => bail!("{LSTM_HIDDEN} takes two inputs"),
+            },
+            LstmPart::Cell => {
+                let c = inputs.pop().ok_or_else(|| format_err!("{LSTM_CELL} takes two inputs"))?;
+                let g = inputs.pop().ok_or_else(|| format_err!("{LSTM_CELL} takes two inputs"))?;
+                self.forward::<T>(g, c.as_slice::<T>()?)
+            }
         }
-        let c = inputs.pop().ok_or_else(|| format_err!("{LSTM_CELL} takes two inputs"))?;
-        let g = inputs.pop().ok_or_else(|| format_err!("{LSTM_CELL} takes two inputs"))?;
-        self.forward::<T>(g, c.as_slice::<T>()?)
     }
 }
 
@@ -188,7 +223,16 @@ pub fn load_forward(
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let (batch, hidden) = cell_sizes(node, LSTM_CELL)?;
-    Ok((Box::new(LstmCell { batch, hidden, grad: false }), vec![]))
+    Ok((Box::new(LstmCell { batch, hidden, part: LstmPart::Cell }), vec![]))
+}
+
+/// The loader tract calls for a `FedgeLstmHidden` node (attributes `batch` and `hidden`).
+pub fn load_hidden(
+    _ctx: &tract_onnx::model::ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let (batch, hidden) = cell_sizes(node, LSTM_HIDDEN)?;
+    Ok((Box::new(LstmCell { batch, hidden, part: LstmPart::Hidden }), vec![]))
 }
 
 /// The loader tract calls for a `FedgeLstmCellGrad` node (attributes `batch` and `hidden`).
@@ -197,7 +241,7 @@ pub fn load_grad(
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let (batch, hidden) = cell_sizes(node, LSTM_CELL_GRAD)?;
-    Ok((Box::new(LstmCell { batch, hidden, grad: true }), vec![]))
+    Ok((Box::new(LstmCell { batch, hidden, part: LstmPart::Grad }), vec![]))
 }
 
 #[cfg(test)]
@@ -232,16 +276,18 @@ mod tests {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
             let mut draw = |n: usize| (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect::<Vec<f64>>();
             let (g, c, wh, wc) = (draw(b * 4 * h), draw(b * h), draw(b * h), draw(b * h));
-            let fwd = LstmCell { batch: b, hidden: h, grad: false };
+            let fwd = LstmCell { batch: b, hidden: h, part: LstmPart::Cell };
             let out = fwd.eval(tvec![t([b, 4 * h], &g), t([b, h], &c)]).unwrap();
+            let hidden = LstmCell { batch: b, hidden: h, part: LstmPart::Hidden };
+            let h_new = hidden.eval(tvec![out[1].clone(), out[0].clone()]).unwrap();
             let (hn, cn) = reference(b, h, &g, &c);
             let close = |x: &[f64], y: &[f64]| x.iter().zip(y).all(|(p, q)| (p - q).abs() < 1e-12);
-            proptest::prop_assert!(close(out[0].as_slice::<f64>().unwrap(), &hn));
-            proptest::prop_assert!(close(out[1].as_slice::<f64>().unwrap(), &cn));
+            proptest::prop_assert!(close(h_new[0].as_slice::<f64>().unwrap(), &hn));
+            proptest::prop_assert!(close(out[0].as_slice::<f64>().unwrap(), &cn));
             // The loss Σ wh ⊙ h' + wc ⊙ c': dh' = wh, dc' = wc.
-            let bwd = LstmCell { batch: b, hidden: h, grad: true };
+            let bwd = LstmCell { batch: b, hidden: h, part: LstmPart::Grad };
             let grads = bwd
-                .eval(tvec![out[2].clone(), t([b, h], &c), out[1].clone(), t([b, h], &wh), t([b, h], &wc)])
+                .eval(tvec![out[1].clone(), t([b, h], &c), out[0].clone(), t([b, h], &wh), t([b, h], &wc)])
                 .unwrap();
             let loss = |g: &[f64], c: &[f64]| {
                 let (hn, cn) = reference(b, h, g, c);
@@ -271,27 +317,32 @@ mod tests {
         let (b, h) = (2, 3);
         let g: Vec<f32> = (0..b * 4 * h).map(|k| k as f32 * 0.1 - 1.0).collect();
         let c = Tensor::from_shape(&[b, h], &[0.5f32; 6]).unwrap().into_tvalue();
-        let fwd = LstmCell { batch: b, hidden: h, grad: false };
+        let fwd = LstmCell { batch: b, hidden: h, part: LstmPart::Cell };
         let gv = Tensor::from_shape(&[b, 4 * h], &g).unwrap().into_tvalue();
         let address = gv.as_slice::<f32>().unwrap().as_ptr();
         let out = fwd.eval(tvec![gv, c.clone()]).unwrap();
-        assert_eq!(out[2].as_slice::<f32>().unwrap().as_ptr(), address, "the activations overwrite G");
+        assert_eq!(out[1].as_slice::<f32>().unwrap().as_ptr(), address, "the activations overwrite G");
         let kept = Tensor::from_shape(&[b, 4 * h], &g).unwrap().into_tvalue();
         let again = fwd.eval(tvec![kept.clone(), c]).unwrap();
         assert_eq!(kept.as_slice::<f32>().unwrap(), &g[..], "a G read elsewhere is not written");
-        assert_eq!(again[2].as_slice::<f32>().unwrap(), out[2].as_slice::<f32>().unwrap());
+        assert_eq!(again[1].as_slice::<f32>().unwrap(), out[1].as_slice::<f32>().unwrap());
     }
 
     #[test]
     fn inputs_of_the_wrong_shape_or_type_are_errors() {
-        let fwd = LstmCell { batch: 2, hidden: 3, grad: false };
+        let fwd = LstmCell { batch: 2, hidden: 3, part: LstmPart::Cell };
         let g = Tensor::from_shape(&[2, 12], &[0.0f32; 24]).unwrap().into_tvalue();
         let short = Tensor::from_shape(&[2, 2], &[0.0f32; 4]).unwrap().into_tvalue();
         let wide = Tensor::from_shape(&[2, 3], &[0.0f64; 6]).unwrap().into_tvalue();
         assert!(fwd.eval(tvec![g.clone(), short]).is_err());
         assert!(fwd.eval(tvec![g.clone(), wide]).is_err());
         assert!(fwd.eval(tvec![g]).is_err());
-        let bwd = LstmCell { batch: 2, hidden: 3, grad: true };
+        let hidden = LstmCell { batch: 2, hidden: 3, part: LstmPart::Hidden };
+        let a = Tensor::from_shape(&[2, 12], &[0.0f32; 24]).unwrap().into_tvalue();
+        let s = Tensor::from_shape(&[2, 3], &[0.0f32; 6]).unwrap().into_tvalue();
+        assert!(hidden.eval(tvec![s.clone(), a.clone()]).is_err(), "inputs swapped");
+        assert!(hidden.eval(tvec![a]).is_err());
+        let bwd = LstmCell { batch: 2, hidden: 3, part: LstmPart::Grad };
         let g = Tensor::from_shape(&[2, 12], &[0.0f32; 24]).unwrap().into_tvalue();
         let s = Tensor::from_shape(&[2, 3], &[0.0f32; 6]).unwrap().into_tvalue();
         assert!(bwd.eval(tvec![g, s.clone(), s.clone(), s]).is_err());
