@@ -11,7 +11,7 @@
 use super::emit::{Emitter, Kernels, Precision};
 use super::error::TrainError;
 use super::graph::{DNode, Op};
-use super::gru_op::{GRU_CELL, GRU_CELL_GRAD};
+use super::gru_op::{GRU_CELL, GRU_CELL_GRAD, GRU_HIDDEN};
 use super::lstm_op::{LSTM_CELL, LSTM_CELL_GRAD, LSTM_HIDDEN};
 use super::proto::attr_i;
 
@@ -179,7 +179,10 @@ pub fn gru_forward(e: &mut Emitter, n: &DNode) -> Result<(), TrainError> {
     let (x, q, hp, out) = (n.inputs[0].as_str(), n.inputs[1].as_str(), n.inputs[2].as_str(), n.output.as_str());
     if e.kernels == Kernels::Fedge {
         let attrs = vec![attr_i("batch", b as i64), attr_i("hidden", h as i64)];
-        e.fedge_op_into(GRU_CELL, &[x, q, hp], &[out, &gru_acts_name(out)], attrs);
+        // h' from a node of its own, as the LSTM's (see `lstm_forward`).
+        let acts = gru_acts_name(out);
+        e.fedge_op_into(GRU_CELL, &[x, q], &[&acts], attrs.clone());
+        e.fedge_op_into(GRU_HIDDEN, &[&acts, hp], &[out], attrs);
         return Ok(());
     }
     let part = |p: &str| gru_part_name(out, p);

@@ -1,14 +1,16 @@
-//! `FedgeGruCell` and `FedgeGruCellGrad`: fedge's own tract operators (domain `ai.fedge`) for one time step of an
+//! `FedgeGruCell`, `FedgeGruHidden` and `FedgeGruCellGrad`: fedge's own tract operators (domain `ai.fedge`) for one time step of an
 //! ONNX GRU in PyTorch's form (`linear_before_reset` = 1; gates in z, r, n order, default activations) and its
 //! gradient, in the training step under `Kernels::Fedge`. (The other form, whose candidate's recurrence product
 //! reads the reset state, stays on primitive nodes.)
 //!
-//! - `FedgeGruCell` (attributes `batch`, `hidden`): from the step's input projection X `[B, 3H]` (`x·Wᵀ + Wb`), its
-//!   recurrence projection Q `[B, 3H]` (`h·Rᵀ + Rb`) and the hidden state h `[B, H]`, the new hidden state
-//!   `h' = n + z ⊙ (h - n)` with `z = σ(X_z + Q_z)`, `r = σ(X_r + Q_r)`, `n = tanh(X_n + r ⊙ Q_n)`, and the activated
-//!   gates A `[B, 3H]` (z, r, n) for the backward pass, written over X's buffer when nothing else holds it.
-//! - `FedgeGruCellGrad`: from (A, Q, h, dh') the gradients dX `[B, 3H]` (over A's buffer, which only this node
-//!   reads), dQ `[B, 3H]` and dh `[B, H]`.
+//! - `FedgeGruCell` (attributes `batch`, `hidden`): from the step's input projection X `[B, 3H]` (`x·Wᵀ + Wb`) and
+//!   its recurrence projection Q `[B, 3H]` (`h·Rᵀ + Rb`), the activated gates A
+//!   `[B, 3H]`: `z = σ(X_z + Q_z)`, `r = σ(X_r + Q_r)`, `n = tanh(X_n + r ⊙ Q_n)`, written over X's buffer when
+//!   nothing else holds it.
+//! - `FedgeGruHidden`: from (A, h) the new hidden state `h' = n + z ⊙ (h - n)`. A node of its own for the reason
+//!   given in `lstm_op`: tract frees a node's outputs together, and h' is read until the end of the backward pass.
+//! - `FedgeGruCellGrad`: from (A, Q, h, dh') the gradients dX `[B, 3H]` (over A's buffer, which by then nothing
+//!   else holds), dQ `[B, 3H]` and dh `[B, H]`.
 //!
 //! They replace the fifteen or so primitive nodes per step (six slices, two Sigmoid, a Tanh, Adds, Muls, a Sub)
 //! and their gradients; `Kernels::Standard` still writes those (`cell_emit`). Pure computation over the input
@@ -22,55 +24,85 @@ use super::stateless_op::stateless_op;
 
 /// The forward operator type in emitted graphs.
 pub const GRU_CELL: &str = "FedgeGruCell";
+/// The hidden-state operator type in emitted graphs.
+pub const GRU_HIDDEN: &str = "FedgeGruHidden";
 /// The backward operator type in emitted graphs.
 pub const GRU_CELL_GRAD: &str = "FedgeGruCellGrad";
 
-/// One step's sizes; `grad` selects the backward operator.
+/// Which of the three operators.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum GruPart {
+    /// (X, Q, h) → A.
+    Cell,
+    /// (A, h) → h'.
+    Hidden,
+    /// (A, Q, h, dh') → (dX, dQ, dh).
+    Grad,
+}
+
+/// One step's sizes and the operator.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct GruCell {
     pub batch: usize,
     pub hidden: usize,
-    pub grad: bool,
+    pub part: GruPart,
 }
 
 impl GruCell {
     fn name(&self) -> &'static str {
-        if self.grad { GRU_CELL_GRAD } else { GRU_CELL }
+        match self.part {
+            GruPart::Cell => GRU_CELL,
+            GruPart::Hidden => GRU_HIDDEN,
+            GruPart::Grad => GRU_CELL_GRAD,
+        }
     }
 
     /// The shapes the inputs must have, in order.
     fn input_shapes(&self) -> Vec<[usize; 2]> {
         let (b, h) = (self.batch, self.hidden);
-        if self.grad { vec![[b, 3 * h], [b, 3 * h], [b, h], [b, h]] } else { vec![[b, 3 * h], [b, 3 * h], [b, h]] }
+        match self.part {
+            GruPart::Cell => vec![[b, 3 * h], [b, 3 * h]],
+            GruPart::Hidden => vec![[b, 3 * h], [b, h]],
+            GruPart::Grad => vec![[b, 3 * h], [b, 3 * h], [b, h], [b, h]],
+        }
     }
 
     fn output_shapes(&self) -> Vec<[usize; 2]> {
         let (b, h) = (self.batch, self.hidden);
-        if self.grad { vec![[b, 3 * h], [b, 3 * h], [b, h]] } else { vec![[b, h], [b, 3 * h]] }
+        match self.part {
+            GruPart::Cell => vec![[b, 3 * h]],
+            GruPart::Hidden => vec![[b, h]],
+            GruPart::Grad => vec![[b, 3 * h], [b, 3 * h], [b, h]],
+        }
     }
 
-    fn forward<T: CellFloat>(&self, x: TValue, q: &[T], h: &[T]) -> TractResult<TVec<TValue>> {
+    fn forward<T: CellFloat>(&self, x: TValue, q: &[T]) -> TractResult<TVec<TValue>> {
         let hd = self.hidden;
         let mut acts = reuse_or_copy(x);
         let a = acts.as_slice_mut::<T>()?;
-        let mut h_new = vec![T::ONE; h.len()];
-        let rows = a
-            .chunks_exact_mut(3 * hd)
-            .zip(q.chunks_exact(3 * hd))
-            .zip(h.chunks_exact(hd).zip(h_new.chunks_exact_mut(hd)));
-        for ((row, qr), (hr, hn)) in rows {
+        for (row, qr) in a.chunks_exact_mut(3 * hd).zip(q.chunks_exact(3 * hd)) {
             row[..2 * hd].iter_mut().zip(&qr[..2 * hd]).for_each(|(x, q)| *x = x.add(*q));
             T::sigmoid_all(&mut row[..2 * hd])?;
             for j in 0..hd {
                 row[2 * hd + j] = row[2 * hd + j].add(row[hd + j].mul(qr[2 * hd + j]));
             }
             T::tanh_all(&mut row[2 * hd..])?;
+        }
+        Ok(tvec!(acts.into_tvalue()))
+    }
+
+    /// `h' = n + z ⊙ (h - n)` from the activated gates and the hidden state.
+    fn hidden_state<T: CellFloat>(&self, acts: &[T], h: &[T]) -> TractResult<TVec<TValue>> {
+        let hd = self.hidden;
+        let mut h_new = vec![T::ONE; h.len()];
+        let rows = acts.chunks_exact(3 * hd).zip(h.chunks_exact(hd).zip(h_new.chunks_exact_mut(hd)));
+        for (row, (hr, hn)) in rows {
             for j in 0..hd {
                 let (z, n) = (row[j], row[2 * hd + j]);
                 hn[j] = n.add(z.mul(hr[j].sub(n)));
             }
         }
-        Ok(tvec!(Tensor::from_shape(&[self.batch, hd], &h_new)?.into_tvalue(), acts.into_tvalue()))
+        Ok(tvec!(Tensor::from_shape(&[self.batch, hd], &h_new)?.into_tvalue()))
     }
 
     fn backward<T: CellFloat>(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -106,14 +138,19 @@ impl GruCell {
     }
 
     fn compute<T: CellFloat>(&self, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        if self.grad {
-            return self.backward::<T>(inputs);
+        match self.part {
+            GruPart::Grad => self.backward::<T>(inputs),
+            GruPart::Hidden => match inputs.as_slice() {
+                [acts, h] => self.hidden_state::<T>(acts.as_slice::<T>()?, h.as_slice::<T>()?),
+                _ => bail!("{GRU_HIDDEN} takes two inputs"),
+            },
+            GruPart::Cell => {
+                let missing = || format_err!("{GRU_CELL} takes two inputs");
+                let q = inputs.pop().ok_or_else(missing)?;
+                let x = inputs.pop().ok_or_else(missing)?;
+                self.forward::<T>(x, q.as_slice::<T>()?)
+            }
         }
-        let missing = || format_err!("{GRU_CELL} takes three inputs");
-        let h = inputs.pop().ok_or_else(missing)?;
-        let q = inputs.pop().ok_or_else(missing)?;
-        let x = inputs.pop().ok_or_else(missing)?;
-        self.forward::<T>(x, q.as_slice::<T>()?, h.as_slice::<T>()?)
     }
 }
 
@@ -186,7 +223,16 @@ pub fn load_forward(
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let (batch, hidden) = cell_sizes(node, GRU_CELL)?;
-    Ok((Box::new(GruCell { batch, hidden, grad: false }), vec![]))
+    Ok((Box::new(GruCell { batch, hidden, part: GruPart::Cell }), vec![]))
+}
+
+/// The loader tract calls for a `FedgeGruHidden` node (attributes `batch` and `hidden`).
+pub fn load_hidden(
+    _ctx: &tract_onnx::model::ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let (batch, hidden) = cell_sizes(node, GRU_HIDDEN)?;
+    Ok((Box::new(GruCell { batch, hidden, part: GruPart::Hidden }), vec![]))
 }
 
 /// The loader tract calls for a `FedgeGruCellGrad` node (attributes `batch` and `hidden`).
@@ -195,7 +241,7 @@ pub fn load_grad(
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let (batch, hidden) = cell_sizes(node, GRU_CELL_GRAD)?;
-    Ok((Box::new(GruCell { batch, hidden, grad: true }), vec![]))
+    Ok((Box::new(GruCell { batch, hidden, part: GruPart::Grad }), vec![]))
 }
 
 #[cfg(test)]
@@ -231,15 +277,17 @@ mod tests {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
             let mut draw = |n: usize| (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect::<Vec<f64>>();
             let (x, q, h, w) = (draw(b * 3 * hd), draw(b * 3 * hd), draw(b * hd), draw(b * hd));
-            let fwd = GruCell { batch: b, hidden: hd, grad: false };
-            let out = fwd.eval(tvec![t([b, 3 * hd], &x), t([b, 3 * hd], &q), t([b, hd], &h)]).unwrap();
+            let fwd = GruCell { batch: b, hidden: hd, part: GruPart::Cell };
+            let out = fwd.eval(tvec![t([b, 3 * hd], &x), t([b, 3 * hd], &q)]).unwrap();
+            let hidden = GruCell { batch: b, hidden: hd, part: GruPart::Hidden };
+            let h_new = hidden.eval(tvec![out[0].clone(), t([b, hd], &h)]).unwrap();
             let want = reference(b, hd, &x, &q, &h);
-            let got = out[0].as_slice::<f64>().unwrap();
+            let got = h_new[0].as_slice::<f64>().unwrap();
             proptest::prop_assert!(got.iter().zip(&want).all(|(p, q)| (p - q).abs() < 1e-12));
             // The loss Σ w ⊙ h': dh' = w.
-            let bwd = GruCell { batch: b, hidden: hd, grad: true };
+            let bwd = GruCell { batch: b, hidden: hd, part: GruPart::Grad };
             let grads =
-                bwd.eval(tvec![out[1].clone(), t([b, 3 * hd], &q), t([b, hd], &h), t([b, hd], &w)]).unwrap();
+                bwd.eval(tvec![out[0].clone(), t([b, 3 * hd], &q), t([b, hd], &h), t([b, hd], &w)]).unwrap();
             let loss = |x: &[f64], q: &[f64], h: &[f64]| {
                 reference(b, hd, x, q, h).iter().zip(&w).map(|(v, w)| v * w).sum::<f64>()
             };
@@ -263,29 +311,31 @@ mod tests {
         let (b, hd) = (2, 2);
         let x: Vec<f32> = (0..b * 3 * hd).map(|k| k as f32 * 0.1 - 0.5).collect();
         let q = Tensor::from_shape(&[b, 3 * hd], &[0.25f32; 12]).unwrap().into_tvalue();
-        let h = Tensor::from_shape(&[b, hd], &[0.5f32; 4]).unwrap().into_tvalue();
-        let fwd = GruCell { batch: b, hidden: hd, grad: false };
+        let fwd = GruCell { batch: b, hidden: hd, part: GruPart::Cell };
         let xv = Tensor::from_shape(&[b, 3 * hd], &x).unwrap().into_tvalue();
         let address = xv.as_slice::<f32>().unwrap().as_ptr();
-        let out = fwd.eval(tvec![xv, q.clone(), h.clone()]).unwrap();
-        assert_eq!(out[1].as_slice::<f32>().unwrap().as_ptr(), address, "the activations overwrite X");
+        let out = fwd.eval(tvec![xv, q.clone()]).unwrap();
+        assert_eq!(out[0].as_slice::<f32>().unwrap().as_ptr(), address, "the activations overwrite X");
         let kept = Tensor::from_shape(&[b, 3 * hd], &x).unwrap().into_tvalue();
-        let again = fwd.eval(tvec![kept.clone(), q, h]).unwrap();
+        let again = fwd.eval(tvec![kept.clone(), q]).unwrap();
         assert_eq!(kept.as_slice::<f32>().unwrap(), &x[..], "an X read elsewhere is not written");
         assert_eq!(again[0].as_slice::<f32>().unwrap(), out[0].as_slice::<f32>().unwrap());
     }
 
     #[test]
     fn inputs_of_the_wrong_shape_or_type_are_errors() {
-        let fwd = GruCell { batch: 2, hidden: 3, grad: false };
+        let fwd = GruCell { batch: 2, hidden: 3, part: GruPart::Cell };
         let x = Tensor::from_shape(&[2, 9], &[0.0f32; 18]).unwrap().into_tvalue();
         let h = Tensor::from_shape(&[2, 3], &[0.0f32; 6]).unwrap().into_tvalue();
-        let short = Tensor::from_shape(&[2, 2], &[0.0f32; 4]).unwrap().into_tvalue();
-        let wide = Tensor::from_shape(&[2, 3], &[0.0f64; 6]).unwrap().into_tvalue();
-        assert!(fwd.eval(tvec![x.clone(), x.clone(), short]).is_err());
-        assert!(fwd.eval(tvec![x.clone(), x.clone(), wide]).is_err());
+        let narrow = Tensor::from_shape(&[2, 6], &[0.0f32; 12]).unwrap().into_tvalue();
+        let wide = Tensor::from_shape(&[2, 9], &[0.0f64; 18]).unwrap().into_tvalue();
+        assert!(fwd.eval(tvec![x.clone(), narrow]).is_err());
+        assert!(fwd.eval(tvec![x.clone(), wide]).is_err());
         assert!(fwd.eval(tvec![x.clone(), h.clone()]).is_err());
-        let bwd = GruCell { batch: 2, hidden: 3, grad: true };
+        let hidden = GruCell { batch: 2, hidden: 3, part: GruPart::Hidden };
+        assert!(hidden.eval(tvec![h.clone(), x.clone()]).is_err(), "inputs swapped");
+        assert!(hidden.eval(tvec![x.clone()]).is_err());
+        let bwd = GruCell { batch: 2, hidden: 3, part: GruPart::Grad };
         assert!(bwd.eval(tvec![x.clone(), x, h]).is_err());
     }
 }

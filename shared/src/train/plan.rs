@@ -34,6 +34,7 @@ fn loader() -> &'static tract_onnx::Onnx {
         onnx.op_register.insert(pool_ops::MAX_POOL, pool_ops::load);
         onnx.op_register.insert(lstm_op::LSTM_CELL, lstm_op::load_forward);
         onnx.op_register.insert(lstm_op::LSTM_HIDDEN, lstm_op::load_hidden);
+        onnx.op_register.insert(gru_op::GRU_HIDDEN, gru_op::load_hidden);
         onnx.op_register.insert(lstm_op::LSTM_CELL_GRAD, lstm_op::load_grad);
         onnx.op_register.insert(gru_op::GRU_CELL, gru_op::load_forward);
         onnx.op_register.insert(gru_op::GRU_CELL_GRAD, gru_op::load_grad);
