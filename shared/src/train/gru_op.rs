@@ -19,7 +19,7 @@
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
-use super::cell_math::{CellFloat, cell_sizes, reuse_or_copy};
+use super::cell_math::{CellFloat, cell_facts, cell_rules, cell_sizes, check_inputs, reuse_or_copy};
 use super::stateless_op::stateless_op;
 
 /// The forward operator type in emitted graphs.
@@ -159,17 +159,7 @@ stateless_op!(GruCell, GruCell::name);
 impl GruCell {
     /// The evaluation (`EvalOp::eval`).
     fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let want = self.input_shapes();
-        if inputs.len() != want.len() {
-            bail!("{} takes {} inputs, not {}", self.name(), want.len(), inputs.len());
-        }
-        let dt = inputs[0].datum_type();
-        for (t, s) in inputs.iter().zip(&want) {
-            if t.datum_type() != dt || t.shape() != s {
-                bail!("{}: input {:?} {:?} where {dt:?} {s:?} was expected", self.name(), t.datum_type(), t.shape());
-            }
-        }
-        match dt {
+        match check_inputs(self.name(), &inputs, &self.input_shapes())? {
             DatumType::F32 => self.compute::<f32>(inputs),
             DatumType::F64 => self.compute::<f64>(inputs),
             other => bail!("{} does not support {other:?}", self.name()),
@@ -184,19 +174,7 @@ impl InferenceRulesOp for GruCell {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> TractResult<()> {
-        check_input_arity(inputs, self.input_shapes().len())?;
-        let shapes = self.output_shapes();
-        check_output_arity(outputs, shapes.len())?;
-        for i in &inputs[1..] {
-            s.equals(&i.datum_type, &inputs[0].datum_type)?;
-        }
-        for (o, shape) in outputs.iter().zip(&shapes) {
-            s.equals(&o.datum_type, &inputs[0].datum_type)?;
-            s.equals(&o.rank, 2)?;
-            s.equals(&o.shape[0], shape[0].to_dim())?;
-            s.equals(&o.shape[1], shape[1].to_dim())?;
-        }
-        Ok(())
+        cell_rules(s, inputs, outputs, self.input_shapes().len(), &self.output_shapes())
     }
 
     fn nboutputs(&self) -> TractResult<usize> {
@@ -212,8 +190,7 @@ impl TypedOp for GruCell {
     tract_onnx::tract_core::as_op!();
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let dt = inputs[0].datum_type;
-        Ok(self.output_shapes().into_iter().map(|s| dt.fact(s)).collect())
+        cell_facts(inputs, &self.output_shapes())
     }
 }
 
