@@ -1,15 +1,22 @@
 //! The forward convolution in f32 on x86-64 CPUs with AVX2 and FMA, for `FedgeConv` (inference plans and the
-//! training step's forward pass): per image and group, a tile of output rows is unfolded (im2col) into a buffer
-//! reused across calls whose rows are padded to whole panels of 16 output positions, and a 6×16 register-blocked
-//! kernel reads it in place, broadcasting the weights straight from W, and writes Y with the bias added. Nothing is
-//! packed, nothing is zeroed: `conv_gemm::forward` on matrixmultiply unfolded into a freshly zeroed buffer that
+//! training step's forward pass). Per image, group and tile of output rows, the input rows the tile reads are copied
+//! once with their pads as zeros, and a 6×16 register-blocked kernel computes 6 output channels at 16 output
+//! positions, broadcasting the weights straight from W and reading, for each of the `k = C·KH·KW` weights of a
+//! channel, 16 input values at that weight's offset ([`Rows`]). It writes Y with the bias added. Nothing is packed,
+//! nothing is zeroed: `conv_gemm::forward` on matrixmultiply unfolded into a freshly zeroed buffer that
 //! matrixmultiply then copied again into its panels (at batch 1, unfolding, packing and zeroing were 28% of the
 //! example CNN's inference; BENCHMARKS.md, "CNN inference at batch 1").
 //!
-//! The unfolding reads a zero-padded copy of the tile's input rows, so that every unfolded row is a plain copy with
-//! no bounds logic. Without AVX2 and FMA (checked at run time), or on another architecture, [`forward`] is
-//! `conv_gemm::forward`. Shapes are checked as there: a mismatch is an error, never a read or write out of bounds;
-//! the kernel's `unsafe` block runs only on slices whose extents were checked for it.
+//! Where the horizontal stride is 1, a window's 16 positions along an output row read 16 consecutive padded values,
+//! so the kernel reads the padded rows directly ([`Layout::Direct`]: a panel never crosses an output row, its last
+//! lanes are computed and dropped when the row is not a multiple of 16 long). Otherwise, or where those dropped lanes
+//! would cost more than unfolding, the tile is first unfolded (im2col) into rows of whole panels
+//! ([`Layout::Unfolded`]), each unfolded row a plain copy from the padded rows. Both buffers are kept per thread
+//! between calls.
+//!
+//! Without AVX2 and FMA (checked at run time), or on another architecture, [`forward`] is `conv_gemm::forward`.
+//! Shapes are checked as there: a mismatch is an error, never a read or write out of bounds; the kernel's `unsafe`
+//! block runs only on slices whose extents were checked for it.
 
 use std::cell::RefCell;
 
@@ -43,9 +50,78 @@ pub fn forward(
         }
         return Ok(());
     }
+    in_layout(g, x, w, bias, relu, y, Layout::for_geometry(g))
+}
+
+/// [`forward`] with AVX2 and FMA, reading the input as `layout` says.
+fn in_layout(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+    layout: Layout,
+) -> Result<(), ConvShapeError> {
     conv_gemm::check_forward(g, x, w, bias, y)?;
-    SCRATCH.with(|s| blocked(g, x, w, bias, relu, y, &mut s.borrow_mut()));
+    assert!(layout == Layout::Unfolded || g.stride[1] == 1, "reading the padded rows directly needs stride 1");
+    SCRATCH.with(|s| blocked(g, x, w, bias, relu, y, layout, &mut s.borrow_mut()));
     Ok(())
+}
+
+/// How the kernel reads a tile's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// From the padded rows in place, in panels of 16 positions of one output row (horizontal stride 1 only).
+    Direct,
+    /// From the tile unfolded into `k` rows of whole panels of 16 positions.
+    Unfolded,
+}
+
+impl Layout {
+    /// Direct where the stride allows it and the lanes it computes and drops (`⌈OW/16⌉·16 − OW` per output row) cost
+    /// less than unfolding: each unfolded value is one copy and is then read by `M/6` register blocks of 12 FMAs
+    /// per 16 values, so unfolding costs about `16/M` of the product (measured: 11% of the example CNN's inference
+    /// against its kernel's 44%, M = 64). Direct when `dropped/OW ≤ 16/M`.
+    fn for_geometry(g: &Geometry) -> Layout {
+        let dropped = g.ow.div_ceil(NR) * NR - g.ow;
+        if g.stride[1] == 1 && dropped * (g.m / g.group) <= NR * g.ow { Layout::Direct } else { Layout::Unfolded }
+    }
+}
+
+/// The offsets, from a panel's first input value, of the 16 values each of the `k` weights of an output channel
+/// multiplies, with the largest of them: the kernel reads `offsets[kk]..offsets[kk] + 16` past the panel's start
+/// for every `kk`, so one bound (`max + 16` within the slice) covers every read.
+struct Rows {
+    offsets: Vec<usize>,
+    max: usize,
+}
+
+impl Rows {
+    fn new(offsets: Vec<usize>) -> Rows {
+        let max = offsets.iter().copied().max().unwrap_or(0);
+        Rows { offsets, max }
+    }
+
+    /// Unfolded rows of `ld` values: row `kk` at `kk·ld`.
+    fn unfolded(k: usize, ld: usize) -> Rows {
+        Rows::new((0..k).map(|kk| kk * ld).collect())
+    }
+
+    /// The tile's padded rows read in place: weight `(channel, ki, kj)` at padded value `[channel][ki·dh][kj·dw]`
+    /// (channels `prows·pw` values apart).
+    fn direct(g: &Geometry, tile: &Tile) -> Rows {
+        let (cg, chan) = (g.c / g.group, tile.prows * tile.pw);
+        let mut offsets = Vec::with_capacity(cg * g.kh * g.kw);
+        for ch in 0..cg {
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    offsets.push(ch * chan + ki * g.dilation[0] * tile.pw + kj * g.dilation[1]);
+                }
+            }
+        }
+        Rows::new(offsets)
+    }
 }
 
 /// `max(v, 0)` as a select the compiler vectorises (0 for NaN).
@@ -89,6 +165,7 @@ fn tile_rows(g: &Geometry, k: usize) -> usize {
     (TILE / per_row.max(1)).clamp(1, g.oh.max(1))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn blocked(
     g: &Geometry,
     x: &[f32],
@@ -96,6 +173,7 @@ fn blocked(
     bias: Option<&[f32]>,
     relu: bool,
     y: &mut [f32],
+    layout: Layout,
     scratch: &mut Vec<f32>,
 ) {
     let (cg, mg) = (g.c / g.group, g.m / g.group);
@@ -108,7 +186,7 @@ fn blocked(
     // Padded input (plus a panel of slack, which the unfolding's whole-chunk copies may read past a row's end),
     // then the columns.
     let p_len = cg * max_prows * pw + NR;
-    let need = p_len + k * max_ld;
+    let need = p_len + if layout == Layout::Unfolded { k * max_ld } else { 0 };
     if scratch.len() < need {
         scratch.resize(need, 0.0);
     }
@@ -128,11 +206,28 @@ fn blocked(
                     prows: (r - 1) * g.stride[0] + (g.kh - 1) * g.dilation[0] + 1,
                     pw,
                 };
-                pad_rows(g, x_img, &tile, &mut padded[..cg * tile.prows * pw + NR]);
-                unfold(g, &padded[..cg * tile.prows * pw + NR], &tile, &mut cols[..k * tile.ld]);
+                let padded = &mut padded[..cg * tile.prows * pw + NR];
+                pad_rows(g, x_img, &tile, padded);
                 let start = (img * g.m + grp * mg) * o + first * g.ow;
                 let b = bias.map(|b| &b[grp * mg..(grp + 1) * mg]);
-                multiply(wg, k, &cols[..k * tile.ld], &tile, b, relu, &mut y[start..], o);
+                let out = Out { y: &mut y[start..], o, bias: b, relu };
+                match layout {
+                    Layout::Unfolded => {
+                        let cols = &mut cols[..k * tile.ld];
+                        unfold(g, padded, &tile, cols);
+                        let panels = (0..tile.t).step_by(NR).map(|j| (j, j, NR.min(tile.t - j)));
+                        multiply(wg, &Rows::unfolded(k, tile.ld), cols, panels, out);
+                    }
+                    Layout::Direct => {
+                        // Output row i's positions ox.. read padded row i·sh from column ox (stride 1).
+                        let panels = (0..r).flat_map(|i| {
+                            (0..g.ow)
+                                .step_by(NR)
+                                .map(move |ox| (i * g.stride[0] * pw + ox, i * g.ow + ox, NR.min(g.ow - ox)))
+                        });
+                        multiply(wg, &Rows::direct(g, &tile), padded, panels, out);
+                    }
+                }
             }
         }
     }
@@ -206,23 +301,29 @@ fn copy_row(dst: &mut [f32], src: &[f32], n: usize, spill: bool) {
     }
 }
 
-/// `Y[m, first·ow + j] = Σ_k W[m, k] · cols[k, j] (+ bias[m])` for the tile's `t` positions, `y` starting at the
-/// tile's first position of channel 0, channels `o` apart; with `relu`, its positive part.
-#[allow(clippy::too_many_arguments)]
-fn multiply(w: &[f32], k: usize, cols: &[f32], tile: &Tile, bias: Option<&[f32]>, relu: bool, y: &mut [f32], o: usize) {
+/// Where a tile's outputs go: `y` from the tile's first position of channel 0, channels `o` apart, with the bias
+/// added and, with `relu`, the positive part taken.
+struct Out<'a> {
+    y: &'a mut [f32],
+    o: usize,
+    bias: Option<&'a [f32]>,
+    relu: bool,
+}
+
+/// For each panel `(from, at, n)`: `Y[m, at + j] = Σ_kk W[m, kk] · b[from + rows.offsets[kk] + j]` for `j < n`,
+/// every output channel `m`.
+fn multiply(w: &[f32], rows: &Rows, b: &[f32], panels: impl Iterator<Item = (usize, usize, usize)>, out: Out) {
+    let k = rows.offsets.len();
     let m = w.len() / k.max(1);
     let mut block = [[0.0f32; NR]; MR];
-    for j in (0..tile.t).step_by(NR) {
-        let n = NR.min(tile.t - j);
-        let b = &cols[j..];
+    for (from, at, n) in panels {
         for m0 in (0..m).step_by(MR) {
             let mr = MR.min(m - m0);
-            let a = &w[m0 * k..(m0 + mr) * k];
-            kernel(mr, k, a, b, tile.ld, &mut block);
+            kernel(mr, &w[m0 * k..(m0 + mr) * k], rows, &b[from..], &mut block);
             for (r, acc) in block[..mr].iter().enumerate() {
-                let add = bias.map_or(0.0, |b| b[m0 + r]);
-                let dst = &mut y[(m0 + r) * o + j..(m0 + r) * o + j + n];
-                if relu {
+                let add = out.bias.map_or(0.0, |b| b[m0 + r]);
+                let dst = &mut out.y[(m0 + r) * out.o + at..(m0 + r) * out.o + at + n];
+                if out.relu {
                     for (d, v) in dst.iter_mut().zip(acc) {
                         *d = positive(*v + add);
                     }
@@ -236,28 +337,31 @@ fn multiply(w: &[f32], k: usize, cols: &[f32], tile: &Tile, bias: Option<&[f32]>
     }
 }
 
-/// `block[r][..16] = Σ_kk a[r·k + kk] · b[kk·ld ..][..16]` for `r < mr` (`a` holds `mr` rows of `k` weights, `b`
-/// `k` rows of `ld` values from the panel's first column).
-fn kernel(mr: usize, k: usize, a: &[f32], b: &[f32], ld: usize, block: &mut [[f32; NR]; MR]) {
+/// `block[r][..16] = Σ_kk a[r·k + kk] · b[rows.offsets[kk]..][..16]` for `r < mr` (`a` holds `mr` rows of `k`
+/// weights).
+fn kernel(mr: usize, a: &[f32], rows: &Rows, b: &[f32], block: &mut [[f32; NR]; MR]) {
+    let k = rows.offsets.len();
     assert!(
-        (1..=MR).contains(&mr) && a.len() >= mr * k && (k == 0 || b.len() >= (k - 1) * ld + NR),
-        "kernel: {mr} rows of {k} weights in {}, {k} rows of {ld} in {}",
+        (1..=MR).contains(&mr) && a.len() >= mr * k && (k == 0 || b.len() >= rows.max + NR),
+        "kernel: {mr} rows of {k} weights in {}, rows up to {} in {}",
         a.len(),
+        rows.max,
         b.len()
     );
     #[cfg(target_arch = "x86_64")]
     {
+        let (a, offsets, b) = (a.as_ptr(), rows.offsets.as_ptr(), b.as_ptr());
         // SAFETY: `available()` was true before any call here (only `forward` reaches this, after checking), and
-        // the assertion above guarantees every read: rows `r < mr` of `k` values at `a + r·k`, and `k` rows of 16
-        // values at `b + kk·ld`.
+        // the assertion above guarantees every read: rows `r < mr` of `k` values at `a + r·k`, and 16 values at
+        // `b + offsets[kk]` for each of the `k` offsets (none above `rows.max`).
         unsafe {
             match mr {
-                1 => x86::block::<1>(k, a.as_ptr(), b.as_ptr(), ld, block),
-                2 => x86::block::<2>(k, a.as_ptr(), b.as_ptr(), ld, block),
-                3 => x86::block::<3>(k, a.as_ptr(), b.as_ptr(), ld, block),
-                4 => x86::block::<4>(k, a.as_ptr(), b.as_ptr(), ld, block),
-                5 => x86::block::<5>(k, a.as_ptr(), b.as_ptr(), ld, block),
-                _ => x86::block::<6>(k, a.as_ptr(), b.as_ptr(), ld, block),
+                1 => x86::block::<1>(k, a, offsets, b, block),
+                2 => x86::block::<2>(k, a, offsets, b, block),
+                3 => x86::block::<3>(k, a, offsets, b, block),
+                4 => x86::block::<4>(k, a, offsets, b, block),
+                5 => x86::block::<5>(k, a, offsets, b, block),
+                _ => x86::block::<6>(k, a, offsets, b, block),
             }
         }
     }
@@ -266,9 +370,9 @@ fn kernel(mr: usize, k: usize, a: &[f32], b: &[f32], ld: usize, block: &mut [[f3
         // Unreachable without AVX2 (`forward` falls back first); kept as plain sums so the module stays portable.
         for (r, out) in block[..mr].iter_mut().enumerate() {
             *out = [0.0; NR];
-            for kk in 0..k {
+            for (kk, &off) in rows.offsets.iter().enumerate() {
                 let av = a[r * k + kk];
-                for (o, bv) in out.iter_mut().zip(&b[kk * ld..kk * ld + NR]) {
+                for (o, bv) in out.iter_mut().zip(&b[off..off + NR]) {
                     *o += av * bv;
                 }
             }
@@ -286,21 +390,21 @@ mod x86 {
     /// step.
     ///
     /// # Safety
-    /// The CPU must have AVX2 and FMA; `a` must address `R` rows of `k` f32 values `k` apart and `b` `k` rows of 16
-    /// values `ld` apart.
+    /// The CPU must have AVX2 and FMA; `a` must address `R` rows of `k` f32 values `k` apart, `offsets` `k` values,
+    /// and `b + offsets[kk]` 16 f32 values for each.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn block<const R: usize>(
         k: usize,
         a: *const f32,
+        offsets: *const usize,
         b: *const f32,
-        ld: usize,
         out: &mut [[f32; NR]; MR],
     ) {
         // SAFETY (the whole body): the reads stay within the extents the caller guarantees; the stores go to `out`.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; R];
             for kk in 0..k {
-                let bp = b.add(kk * ld);
+                let bp = b.add(*offsets.add(kk));
                 let b0 = _mm256_loadu_ps(bp);
                 let b1 = _mm256_loadu_ps(bp.add(8));
                 for (r, acc) in acc.iter_mut().enumerate() {
@@ -369,13 +473,25 @@ mod tests {
         if relu {
             want.iter_mut().for_each(|v| *v = v.max(0.0));
         }
-        // Stale values in the output and in the reused scratch must not show through.
-        let mut y = vec![f32::NAN; want.len()];
-        forward(g, &x, &w, Some(&bias), relu, &mut y).map_err(|e| e.to_string())?;
-        let k = (g.c / g.group * g.kh * g.kw) as f64;
-        for (i, (got, want)) in y.iter().zip(&want).enumerate() {
-            if (*got as f64 - want).abs() > 1e-5 * k.sqrt() * (1.0 + want.abs()) {
-                return Err(format!("Y[{i}] = {got}, want {want} for {g:?}"));
+        // Both layouts where the CPU has the kernel (direct only at stride 1), else the fallback.
+        let layouts: &[Option<Layout>] = match (available(), g.stride[1]) {
+            (false, _) => &[None],
+            (true, 1) => &[Some(Layout::Direct), Some(Layout::Unfolded)],
+            (true, _) => &[Some(Layout::Unfolded)],
+        };
+        for layout in layouts {
+            // Stale values in the output and in the reused scratch must not show through.
+            let mut y = vec![f32::NAN; want.len()];
+            match layout {
+                Some(l) => in_layout(g, &x, &w, Some(&bias), relu, &mut y, *l),
+                None => forward(g, &x, &w, Some(&bias), relu, &mut y),
+            }
+            .map_err(|e| e.to_string())?;
+            let k = (g.c / g.group * g.kh * g.kw) as f64;
+            for (i, (got, want)) in y.iter().zip(&want).enumerate() {
+                if (*got as f64 - want).abs() > 1e-5 * k.sqrt() * (1.0 + want.abs()) {
+                    return Err(format!("Y[{i}] = {got}, want {want} for {g:?} read {layout:?}"));
+                }
             }
         }
         Ok(())
@@ -418,6 +534,19 @@ mod tests {
         let g = Geometry::new(&[1, 128, 41, 40], &[7, 128, 3, 3], &[1, 1], &[1, 1], &[1, 1, 1, 1], 1).unwrap();
         assert!(tile_rows(&g, 128 * 9) < g.oh && !g.oh.is_multiple_of(tile_rows(&g, 128 * 9)));
         check(&g, 3, false).unwrap();
+    }
+
+    #[test]
+    fn the_padded_rows_are_read_directly_where_few_lanes_are_dropped() {
+        let geometry = |xs: &[usize], ws: &[usize], stride: usize| {
+            Geometry::new(xs, ws, &[stride, stride], &[1, 1], &[2, 2, 2, 2], 1).unwrap()
+        };
+        // The example CNN: rows of 28 and 14 positions (4 and 2 of 32 and 16 lanes dropped).
+        assert_eq!(Layout::for_geometry(&geometry(&[1, 1, 28, 28], &[32, 1, 5, 5], 1)), Layout::Direct);
+        assert_eq!(Layout::for_geometry(&geometry(&[1, 32, 14, 14], &[64, 32, 5, 5], 1)), Layout::Direct);
+        // Rows of 7 positions drop 9 of 16 lanes: unfolded. So is any horizontal stride but 1.
+        assert_eq!(Layout::for_geometry(&geometry(&[1, 64, 7, 7], &[64, 64, 5, 5], 1)), Layout::Unfolded);
+        assert_eq!(Layout::for_geometry(&geometry(&[1, 1, 28, 28], &[32, 1, 5, 5], 2)), Layout::Unfolded);
     }
 
     #[test]
