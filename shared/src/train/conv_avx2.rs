@@ -479,6 +479,7 @@ mod tests {
             (true, 1) => &[Some(Layout::Direct), Some(Layout::Unfolded)],
             (true, _) => &[Some(Layout::Unfolded)],
         };
+        let mut first: Option<Vec<f32>> = None;
         for layout in layouts {
             // Stale values in the output and in the reused scratch must not show through.
             let mut y = vec![f32::NAN; want.len()];
@@ -492,6 +493,14 @@ mod tests {
                 if (*got as f64 - want).abs() > 1e-5 * k.sqrt() * (1.0 + want.abs()) {
                     return Err(format!("Y[{i}] = {got}, want {want} for {g:?} read {layout:?}"));
                 }
+            }
+            // The layouts run the same FMAs in the same order on the same values: the same bits.
+            match &first {
+                Some(f) if f.iter().zip(&y).any(|(a, b)| a.to_bits() != b.to_bits()) => {
+                    return Err(format!("{layout:?} differs from the first layout's Y for {g:?}"));
+                }
+                Some(_) => {}
+                None => first = Some(y),
             }
         }
         Ok(())
