@@ -18,8 +18,8 @@
 #     the binary is fully static: no program interpreter, no NEEDED libraries, so it runs on every Raspberry Pi OS
 #     release (Buster, Bullseye, Bookworm) whatever its glibc. A statically linked glibc resolves host names through
 #     /etc/hosts and DNS (built into libc since glibc 2.34) but loads no NSS module (no mDNS .local names).
-#  3. under qemu-user: `self-test` (ChaCha20 against RFC 8439, the CPU's mask kernel, NEON on aarch64, against the
-#     portable one), `make-model 2nn` (byte-identical to the native build's), one epoch of training on a
+#  3. under qemu-user: `self-test` (ChaCha20 against RFC 8439, the CPU's mask kernel and convolution kernel, NEON on
+#     aarch64, against the portable ones), `make-model 2nn` (byte-identical to the native build's), one epoch of training on a
 #     2,000-example MNIST subset, `eval` on 2,000 test images; the test accuracy must be within 0.5 points of the
 #     native (dev-profile) build's on the same seed and data. Peak RSS of the emulated training is recorded
 #     (qemu's own memory included: an emulation figure, not a device figure).
@@ -175,9 +175,13 @@ idx_subset t10k 0 2000 "$out/mnist"
 emu() { "$qemu" "$out/fedge-agent.$arch" "$@"; }
 train_args=(--data "$out/mnist" --epochs 1 --batch-size 32 --lr 0.05 --momentum 0.5 --seed 7 --json)
 
-log "self-test of the secure-aggregation mask code under $qemu"
+log "self-test of the secure-aggregation mask and convolution kernels under $qemu"
 emu self-test >"$out/emulated-self-test.log" 2>&1 || fail "emulated self-test: $(cat "$out/emulated-self-test.log")"
 log "$(cat "$out/emulated-self-test.log")"
+if [ "$arch" = aarch64 ]; then
+  grep -q "the NEON convolution kernel matches" "$out/emulated-self-test.log" \
+    || fail "the aarch64 build does not run the NEON convolution kernel: $(cat "$out/emulated-self-test.log")"
+fi
 log "make-model 2nn (emulated and native)"
 emu make-model 2nn --seed 5 --out "$out/model-emulated.onnx" >/dev/null 2>"$out/emulated-make-model.log" \
   || fail "emulated make-model (see $out/emulated-make-model.log)"

@@ -31,8 +31,9 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Serve the prediction endpoint for a fixed model, without joining a federation.
     Serve(predict::ServeArgs),
-    /// Check this device's secure-aggregation mask code: ChaCha20 against RFC 8439's test vector, and the SIMD
-    /// kernel this CPU uses against the portable one. Exits non-zero on a mismatch.
+    /// Check this device's SIMD code against the portable code: the secure-aggregation masks (ChaCha20 against RFC
+    /// 8439's test vector, the mask kernel this CPU uses) and the convolution kernel of training and inference.
+    /// Exits non-zero on a mismatch.
     SelfTest,
 }
 
@@ -133,6 +134,8 @@ fn main() -> anyhow::Result<()> {
             println!(
                 "secure-aggregation masks: ChaCha20 matches RFC 8439; the {kernel} kernel matches the portable one"
             );
+            let conv = fedge_shared::train::convolution_self_test().map_err(anyhow::Error::msg)?;
+            println!("training and inference: the {conv} convolution kernel matches the portable one");
             Ok(())
         }
     }

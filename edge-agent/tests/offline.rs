@@ -1,4 +1,4 @@
-//! The agent's offline commands, run as a user would: make-model, train --json, eval.
+//! The agent's offline commands, run as a user would: make-model, train --json, eval, self-test.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -154,4 +154,13 @@ fn weights_of_the_wrong_length_are_refused_naming_the_file() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("short.bin"), "{err}");
+}
+
+#[test]
+fn the_self_test_checks_the_mask_and_convolution_kernels_this_cpu_runs() {
+    let out = ok(&["self-test"]);
+    assert!(out.contains("ChaCha20 matches RFC 8439"), "{out}");
+    let conv = out.lines().find(|l| l.contains("convolution kernel matches the portable one")).unwrap_or_default();
+    let names = ["the AVX2 ", "the NEON ", "the portable "];
+    assert!(names.iter().any(|n| conv.contains(n)), "no convolution kernel named in: {out}");
 }

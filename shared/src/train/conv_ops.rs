@@ -4,7 +4,7 @@
 //! rows at a time. The standard-op form they replace (tract's Conv, a ConvTranspose for dX, a Conv over transposed
 //! tensors for dW) spent the CNN step's time in tract's ConvTranspose scatter and in im2col copies of the whole
 //! batch. Inference plans run `FedgeConv` too, its weights and bias then constants of the plan, and with the
-//! attribute `relu = 1` (inference only) it writes `max(Y, 0)`. In f32, Y is computed by `conv_avx2` where the CPU
+//! attribute `relu = 1` (inference only) it writes `max(Y, 0)`. In f32, Y is computed by `conv_simd` where the CPU
 //! has AVX2 and FMA.
 //!
 //! Both carry the whole geometry as attributes (`x_shape`, `w_shape`, `strides`, `dilations`, `pads`, `group`) and
@@ -14,8 +14,8 @@ use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::tract_num_traits::Zero;
 
-use super::conv_avx2;
 use super::conv_gemm::{Geometry, Scalar, forward, input_grad, weight_grad};
+use super::conv_simd;
 use super::stateless_op::stateless_op;
 
 /// The operator computing Y.
@@ -87,16 +87,16 @@ impl ConvOp {
         Ok(out)
     }
 
-    /// Y in f32 through `conv_avx2` (its blocked kernel where the CPU has one), into an output it overwrites
+    /// Y in f32 through `conv_simd` (its blocked kernel where the CPU has one), into an output it overwrites
     /// whole: never zeroed first.
     fn forward_f32(&self, g: &Geometry, inputs: &[TValue]) -> TractResult<Tensor> {
         let shape = self.out_shape()?;
-        // SAFETY: f32 has no invalid bit patterns, and `conv_avx2::forward` writes every value of Y (its length is
+        // SAFETY: f32 has no invalid bit patterns, and `conv_simd::forward` writes every value of Y (its length is
         // checked against the geometry's first) before anything reads it; on an error the tensor is dropped unread.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
         let (x, w) = (inputs[0].as_slice::<f32>()?, inputs[1].as_slice::<f32>()?);
         let bias = inputs.get(2).map(|t| t.as_slice::<f32>()).transpose()?;
-        conv_avx2::forward(g, x, w, bias, self.relu, out.as_slice_mut::<f32>()?)
+        conv_simd::forward(g, x, w, bias, self.relu, out.as_slice_mut::<f32>()?)
             .map_err(|e| format_err!("{CONV}: {e}"))?;
         Ok(out)
     }

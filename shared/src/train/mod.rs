@@ -42,9 +42,9 @@ pub mod schedule;
 mod autodiff;
 mod cell_emit;
 mod cell_math;
-mod conv_avx2;
 mod conv_gemm;
 mod conv_ops;
+mod conv_simd;
 mod custom_op;
 mod dense_gemm;
 mod dense_ops;
@@ -70,6 +70,8 @@ mod step;
 mod trainable;
 mod weight_tensors;
 
+/// The convolution kernel's check against the portable path on this CPU (`fedge-agent self-test`).
+pub use conv_simd::self_test as convolution_self_test;
 pub use emit::Precision;
 pub use error::TrainError;
 pub use loss::{Labels, Loss};

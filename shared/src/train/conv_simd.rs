@@ -1,11 +1,12 @@
-//! The forward convolution in f32 on x86-64 CPUs with AVX2 and FMA, for `FedgeConv` (inference plans and the
-//! training step's forward pass). Per image, group and tile of output rows, the input rows the tile reads are copied
-//! once with their pads as zeros, and a 6×16 register-blocked kernel computes 6 output channels at 16 output
-//! positions, broadcasting the weights straight from W and reading, for each of the `k = C·KH·KW` weights of a
-//! channel, 16 input values at that weight's offset ([`Rows`]). It writes Y with the bias added. Nothing is packed,
-//! nothing is zeroed: `conv_gemm::forward` on matrixmultiply unfolded into a freshly zeroed buffer that
-//! matrixmultiply then copied again into its panels (at batch 1, unfolding, packing and zeroing were 28% of the
-//! example CNN's inference; BENCHMARKS.md, "CNN inference at batch 1").
+//! The forward convolution in f32 on a register-blocked kernel of fedge's own, for `FedgeConv` (inference plans and
+//! the training step's forward pass): AVX2 and FMA on x86-64 (checked at run time), NEON on aarch64 (every 64-bit
+//! ARM core has it: Raspberry Pi 3, 4, 5 and Zero 2 W). Per image, group and tile of output rows, the input rows the
+//! tile reads are copied once with their pads as zeros, and a 6×16 register-blocked kernel computes 6 output
+//! channels at 16 output positions, broadcasting the weights straight from W and reading, for each of the
+//! `k = C·KH·KW` weights of a channel, 16 input values at that weight's offset ([`Rows`]). It writes Y with the bias
+//! added. Nothing is packed, nothing is zeroed: `conv_gemm::forward` on matrixmultiply unfolded into a freshly zeroed
+//! buffer that matrixmultiply then copied again into its panels (at batch 1, unfolding, packing and zeroing were 28%
+//! of the example CNN's inference; BENCHMARKS.md, "CNN inference at batch 1").
 //!
 //! Where the horizontal stride is 1, a window's 16 positions along an output row read 16 consecutive padded values,
 //! so the kernel reads the padded rows directly ([`Layout::Direct`]: a panel never crosses an output row, its last
@@ -14,15 +15,17 @@
 //! ([`Layout::Unfolded`]), each unfolded row a plain copy from the padded rows. Both buffers are kept per thread
 //! between calls.
 //!
-//! Without AVX2 and FMA (checked at run time), or on another architecture, [`forward`] is `conv_gemm::forward`.
-//! Shapes are checked as there: a mismatch is an error, never a read or write out of bounds; the kernel's `unsafe`
-//! block runs only on slices whose extents were checked for it.
+//! On an x86-64 CPU without AVX2 and FMA, or on another architecture (32-bit ARM included), [`forward`] is
+//! `conv_gemm::forward`. Shapes are checked as there: a mismatch is an error, never a read or write out of bounds;
+//! the kernel's `unsafe` block runs only on slices whose extents were checked for it. [`self_test`] checks the
+//! kernel against the portable path on the CPU it runs on (`fedge-agent self-test`, run under emulation by
+//! `scripts/pi-check.sh`).
 
 use std::cell::RefCell;
 
 use super::conv_gemm::{self, ConvShapeError, Geometry, TILE};
 
-/// Output positions per panel (two AVX registers of f32).
+/// Output positions per panel (two AVX or four NEON registers of f32).
 const NR: usize = 16;
 /// Output channels per register block.
 const MR: usize = 6;
@@ -136,10 +139,63 @@ pub fn available() -> bool {
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        true
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         false
     }
+}
+
+/// The kernel this CPU runs: `"AVX2"`, `"NEON"` or `"portable"` (matrixmultiply's path).
+pub fn implementation() -> &'static str {
+    match (available(), cfg!(target_arch = "aarch64")) {
+        (false, _) => "portable",
+        (true, false) => "AVX2",
+        (true, true) => "NEON",
+    }
+}
+
+/// Checks this CPU's kernel against the portable path (`conv_gemm::forward`) on the example CNN's second layer and
+/// on a strided, dilated, grouped one (both layouts where they apply), and returns the kernel's name. Sums of up to
+/// 800 products in another order: within `1e-4` of each other relative to the values' scale.
+pub fn self_test() -> Result<&'static str, String> {
+    let geometries = [
+        Geometry::new(&[1, 32, 14, 14], &[64, 32, 5, 5], &[1, 1], &[1, 1], &[2, 2, 2, 2], 1),
+        Geometry::new(&[2, 4, 11, 23], &[6, 2, 3, 2], &[2, 1], &[1, 2], &[1, 0, 2, 1], 2),
+        Geometry::new(&[1, 3, 9, 9], &[5, 3, 3, 3], &[2, 2], &[1, 1], &[1, 1, 1, 1], 1),
+    ];
+    for g in geometries {
+        let g = g.map_err(|e| e.to_string())?;
+        let values = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n).map(|i| ((i * 2_654_435_761 + seed) % 2001) as f32 / 1000.0 - 1.0).collect()
+        };
+        let x = values(g.n * g.c * g.h * g.w, 1);
+        let w = values(g.m * (g.c / g.group) * g.kh * g.kw, 7);
+        let bias = values(g.m, 3);
+        let mut want = vec![0.0f32; g.n * g.m * g.oh * g.ow];
+        conv_gemm::forward(&g, &x, &w, Some(&bias), &mut want).map_err(|e| e.to_string())?;
+        let layouts: &[Layout] =
+            if g.stride[1] == 1 { &[Layout::Direct, Layout::Unfolded] } else { &[Layout::Unfolded] };
+        for &layout in layouts.iter().take(if available() { 2 } else { 0 }) {
+            let mut got = vec![f32::NAN; want.len()];
+            in_layout(&g, &x, &w, Some(&bias), false, &mut got, layout).map_err(|e| e.to_string())?;
+            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            if let Some(i) =
+                got.iter().zip(&want).position(|(a, b)| (a - b).abs().is_nan() || (a - b).abs() > 1e-4 * scale)
+            {
+                return Err(format!(
+                    "the {} convolution kernel ({layout:?}) gives {} at Y[{i}] where the portable one gives {} ({g:?})",
+                    implementation(),
+                    got[i],
+                    want[i]
+                ));
+            }
+        }
+    }
+    Ok(implementation())
 }
 
 /// The tile's geometry: output rows `first..first + r`, unfolded into `k` rows of `ld` values (`t = r·ow` of them
@@ -365,9 +421,26 @@ fn kernel(mr: usize, a: &[f32], rows: &Rows, b: &[f32], block: &mut [[f32; NR]; 
             }
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
     {
-        // Unreachable without AVX2 (`forward` falls back first); kept as plain sums so the module stays portable.
+        let (a, offsets, b) = (a.as_ptr(), rows.offsets.as_ptr(), b.as_ptr());
+        // SAFETY: NEON is part of every aarch64 CPU, and the assertion above guarantees every read: rows `r < mr`
+        // of `k` values at `a + r·k`, and 16 values at `b + offsets[kk]` for each of the `k` offsets (none above
+        // `rows.max`).
+        unsafe {
+            match mr {
+                1 => arm::block::<1>(k, a, offsets, b, block),
+                2 => arm::block::<2>(k, a, offsets, b, block),
+                3 => arm::block::<3>(k, a, offsets, b, block),
+                4 => arm::block::<4>(k, a, offsets, b, block),
+                5 => arm::block::<5>(k, a, offsets, b, block),
+                _ => arm::block::<6>(k, a, offsets, b, block),
+            }
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        // Unreachable without a kernel (`forward` falls back first); kept as plain sums so the module stays portable.
         for (r, out) in block[..mr].iter_mut().enumerate() {
             *out = [0.0; NR];
             for (kk, &off) in rows.offsets.iter().enumerate() {
@@ -416,6 +489,47 @@ mod x86 {
             for (r, acc) in acc.iter().enumerate() {
                 _mm256_storeu_ps(out[r].as_mut_ptr(), acc[0]);
                 _mm256_storeu_ps(out[r].as_mut_ptr().add(8), acc[1]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    use super::{MR, NR};
+
+    /// The register block: `R` rows of 16 sums in 4·R NEON registers (24 of the 32 at `R = 6`), a weight times
+    /// four loads of B per step.
+    ///
+    /// # Safety
+    /// `a` must address `R` rows of `k` f32 values `k` apart, `offsets` `k` values, and `b + offsets[kk]` 16 f32
+    /// values for each.
+    pub(super) unsafe fn block<const R: usize>(
+        k: usize,
+        a: *const f32,
+        offsets: *const usize,
+        b: *const f32,
+        out: &mut [[f32; NR]; MR],
+    ) {
+        // SAFETY (the whole body): the reads stay within the extents the caller guarantees; the stores go to `out`.
+        unsafe {
+            let mut acc = [[vdupq_n_f32(0.0); 4]; R];
+            for kk in 0..k {
+                let bp = b.add(*offsets.add(kk));
+                let bv = [vld1q_f32(bp), vld1q_f32(bp.add(4)), vld1q_f32(bp.add(8)), vld1q_f32(bp.add(12))];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = *a.add(r * k + kk);
+                    for (acc, bv) in acc.iter_mut().zip(&bv) {
+                        *acc = vfmaq_n_f32(*acc, *bv, av);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (i, acc) in acc.iter().enumerate() {
+                    vst1q_f32(out[r].as_mut_ptr().add(4 * i), *acc);
+                }
             }
         }
     }
@@ -556,6 +670,13 @@ mod tests {
         // Rows of 7 positions drop 9 of 16 lanes: unfolded. So is any horizontal stride but 1.
         assert_eq!(Layout::for_geometry(&geometry(&[1, 64, 7, 7], &[64, 64, 5, 5], 1)), Layout::Unfolded);
         assert_eq!(Layout::for_geometry(&geometry(&[1, 1, 28, 28], &[32, 1, 5, 5], 2)), Layout::Unfolded);
+    }
+
+    #[test]
+    fn the_self_test_passes_and_names_the_kernel() {
+        let name = self_test().unwrap();
+        assert_eq!(name, implementation());
+        assert_eq!(name == "portable", !available());
     }
 
     #[test]
