@@ -16,10 +16,10 @@
 //! and their gradients; `Kernels::Standard` still writes those (`cell_emit`). Pure computation over the input
 //! tensors; inputs whose shapes or types disagree with the attributes are an error, never a read out of bounds.
 
-use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
-use super::cell_math::{CellFloat, cell_facts, cell_rules, cell_sizes, check_inputs, reuse_or_copy};
+use super::cell_math::{CellFloat, reuse_or_copy};
+use super::cell_op::{CellOp, CellPart, cell_facts, cell_op, cell_rules, run_cell};
 use super::stateless_op::stateless_op;
 
 /// The forward operator type in emitted graphs.
@@ -29,53 +29,15 @@ pub const GRU_HIDDEN: &str = "FedgeGruHidden";
 /// The backward operator type in emitted graphs.
 pub const GRU_CELL_GRAD: &str = "FedgeGruCellGrad";
 
-/// Which of the three operators.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum GruPart {
-    /// (X, Q, h) → A.
-    Cell,
-    /// (A, h) → h'.
-    Hidden,
-    /// (A, Q, h, dh') → (dX, dQ, dh).
-    Grad,
-}
-
 /// One step's sizes and the operator.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct GruCell {
     pub batch: usize,
     pub hidden: usize,
-    pub part: GruPart,
+    pub part: CellPart,
 }
 
 impl GruCell {
-    fn name(&self) -> &'static str {
-        match self.part {
-            GruPart::Cell => GRU_CELL,
-            GruPart::Hidden => GRU_HIDDEN,
-            GruPart::Grad => GRU_CELL_GRAD,
-        }
-    }
-
-    /// The shapes the inputs must have, in order.
-    fn input_shapes(&self) -> Vec<[usize; 2]> {
-        let (b, h) = (self.batch, self.hidden);
-        match self.part {
-            GruPart::Cell => vec![[b, 3 * h], [b, 3 * h]],
-            GruPart::Hidden => vec![[b, 3 * h], [b, h]],
-            GruPart::Grad => vec![[b, 3 * h], [b, 3 * h], [b, h], [b, h]],
-        }
-    }
-
-    fn output_shapes(&self) -> Vec<[usize; 2]> {
-        let (b, h) = (self.batch, self.hidden);
-        match self.part {
-            GruPart::Cell => vec![[b, 3 * h]],
-            GruPart::Hidden => vec![[b, h]],
-            GruPart::Grad => vec![[b, 3 * h], [b, 3 * h], [b, h]],
-        }
-    }
-
     fn forward<T: CellFloat>(&self, x: TValue, q: &[T]) -> TractResult<TVec<TValue>> {
         let hd = self.hidden;
         let mut acts = reuse_or_copy(x);
@@ -136,15 +98,45 @@ impl GruCell {
             Tensor::from_shape(&shape(hd), &dh_prev)?.into_tvalue()
         ))
     }
+}
+
+impl CellOp for GruCell {
+    const NAMES: [&'static str; 3] = [GRU_CELL, GRU_HIDDEN, GRU_CELL_GRAD];
+
+    fn new(batch: usize, hidden: usize, part: CellPart) -> Self {
+        GruCell { batch, hidden, part }
+    }
+
+    fn part(&self) -> CellPart {
+        self.part
+    }
+
+    fn input_shapes(&self) -> Vec<[usize; 2]> {
+        let (b, h) = (self.batch, self.hidden);
+        match self.part {
+            CellPart::Cell => vec![[b, 3 * h], [b, 3 * h]],
+            CellPart::Hidden => vec![[b, 3 * h], [b, h]],
+            CellPart::Grad => vec![[b, 3 * h], [b, 3 * h], [b, h], [b, h]],
+        }
+    }
+
+    fn output_shapes(&self) -> Vec<[usize; 2]> {
+        let (b, h) = (self.batch, self.hidden);
+        match self.part {
+            CellPart::Cell => vec![[b, 3 * h]],
+            CellPart::Hidden => vec![[b, h]],
+            CellPart::Grad => vec![[b, 3 * h], [b, 3 * h], [b, h]],
+        }
+    }
 
     fn compute<T: CellFloat>(&self, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         match self.part {
-            GruPart::Grad => self.backward::<T>(inputs),
-            GruPart::Hidden => match inputs.as_slice() {
+            CellPart::Grad => self.backward::<T>(inputs),
+            CellPart::Hidden => match inputs.as_slice() {
                 [acts, h] => self.hidden_state::<T>(acts.as_slice::<T>()?, h.as_slice::<T>()?),
                 _ => bail!("{GRU_HIDDEN} takes two inputs"),
             },
-            GruPart::Cell => {
+            CellPart::Cell => {
                 let missing = || format_err!("{GRU_CELL} takes two inputs");
                 let q = inputs.pop().ok_or_else(missing)?;
                 let x = inputs.pop().ok_or_else(missing)?;
@@ -154,72 +146,7 @@ impl GruCell {
     }
 }
 
-stateless_op!(GruCell, GruCell::name);
-
-impl GruCell {
-    /// The evaluation (`EvalOp::eval`).
-    fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        match check_inputs(self.name(), &inputs, &self.input_shapes())? {
-            DatumType::F32 => self.compute::<f32>(inputs),
-            DatumType::F64 => self.compute::<f64>(inputs),
-            other => bail!("{} does not support {other:?}", self.name()),
-        }
-    }
-}
-
-impl InferenceRulesOp for GruCell {
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> TractResult<()> {
-        cell_rules(s, inputs, outputs, self.input_shapes().len(), &self.output_shapes())
-    }
-
-    fn nboutputs(&self) -> TractResult<usize> {
-        Ok(self.output_shapes().len())
-    }
-
-    tract_onnx::tract_core::as_op!();
-
-    tract_onnx::tract_hir::to_typed!();
-}
-
-impl TypedOp for GruCell {
-    tract_onnx::tract_core::as_op!();
-
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        cell_facts(inputs, &self.output_shapes())
-    }
-}
-
-/// The loader tract calls for a `FedgeGruCell` node (attributes `batch` and `hidden`).
-pub fn load_forward(
-    _ctx: &tract_onnx::model::ParsingContext,
-    node: &NodeProto,
-) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let (batch, hidden) = cell_sizes(node, GRU_CELL)?;
-    Ok((Box::new(GruCell { batch, hidden, part: GruPart::Cell }), vec![]))
-}
-
-/// The loader tract calls for a `FedgeGruHidden` node (attributes `batch` and `hidden`).
-pub fn load_hidden(
-    _ctx: &tract_onnx::model::ParsingContext,
-    node: &NodeProto,
-) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let (batch, hidden) = cell_sizes(node, GRU_HIDDEN)?;
-    Ok((Box::new(GruCell { batch, hidden, part: GruPart::Hidden }), vec![]))
-}
-
-/// The loader tract calls for a `FedgeGruCellGrad` node (attributes `batch` and `hidden`).
-pub fn load_grad(
-    _ctx: &tract_onnx::model::ParsingContext,
-    node: &NodeProto,
-) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let (batch, hidden) = cell_sizes(node, GRU_CELL_GRAD)?;
-    Ok((Box::new(GruCell { batch, hidden, part: GruPart::Grad }), vec![]))
-}
+cell_op!(GruCell);
 
 #[cfg(test)]
 mod tests {
@@ -254,15 +181,15 @@ mod tests {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
             let mut draw = |n: usize| (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect::<Vec<f64>>();
             let (x, q, h, w) = (draw(b * 3 * hd), draw(b * 3 * hd), draw(b * hd), draw(b * hd));
-            let fwd = GruCell { batch: b, hidden: hd, part: GruPart::Cell };
+            let fwd = GruCell { batch: b, hidden: hd, part: CellPart::Cell };
             let out = fwd.eval(tvec![t([b, 3 * hd], &x), t([b, 3 * hd], &q)]).unwrap();
-            let hidden = GruCell { batch: b, hidden: hd, part: GruPart::Hidden };
+            let hidden = GruCell { batch: b, hidden: hd, part: CellPart::Hidden };
             let h_new = hidden.eval(tvec![out[0].clone(), t([b, hd], &h)]).unwrap();
             let want = reference(b, hd, &x, &q, &h);
             let got = h_new[0].as_slice::<f64>().unwrap();
             proptest::prop_assert!(got.iter().zip(&want).all(|(p, q)| (p - q).abs() < 1e-12));
             // The loss Σ w ⊙ h': dh' = w.
-            let bwd = GruCell { batch: b, hidden: hd, part: GruPart::Grad };
+            let bwd = GruCell { batch: b, hidden: hd, part: CellPart::Grad };
             let grads =
                 bwd.eval(tvec![out[0].clone(), t([b, 3 * hd], &q), t([b, hd], &h), t([b, hd], &w)]).unwrap();
             let loss = |x: &[f64], q: &[f64], h: &[f64]| {
@@ -288,7 +215,7 @@ mod tests {
         let (b, hd) = (2, 2);
         let x: Vec<f32> = (0..b * 3 * hd).map(|k| k as f32 * 0.1 - 0.5).collect();
         let q = Tensor::from_shape(&[b, 3 * hd], &[0.25f32; 12]).unwrap().into_tvalue();
-        let fwd = GruCell { batch: b, hidden: hd, part: GruPart::Cell };
+        let fwd = GruCell { batch: b, hidden: hd, part: CellPart::Cell };
         let xv = Tensor::from_shape(&[b, 3 * hd], &x).unwrap().into_tvalue();
         let address = xv.as_slice::<f32>().unwrap().as_ptr();
         let out = fwd.eval(tvec![xv, q.clone()]).unwrap();
@@ -301,7 +228,7 @@ mod tests {
 
     #[test]
     fn inputs_of_the_wrong_shape_or_type_are_errors() {
-        let fwd = GruCell { batch: 2, hidden: 3, part: GruPart::Cell };
+        let fwd = GruCell { batch: 2, hidden: 3, part: CellPart::Cell };
         let x = Tensor::from_shape(&[2, 9], &[0.0f32; 18]).unwrap().into_tvalue();
         let h = Tensor::from_shape(&[2, 3], &[0.0f32; 6]).unwrap().into_tvalue();
         let narrow = Tensor::from_shape(&[2, 6], &[0.0f32; 12]).unwrap().into_tvalue();
@@ -309,10 +236,10 @@ mod tests {
         assert!(fwd.eval(tvec![x.clone(), narrow]).is_err());
         assert!(fwd.eval(tvec![x.clone(), wide]).is_err());
         assert!(fwd.eval(tvec![x.clone(), h.clone()]).is_err());
-        let hidden = GruCell { batch: 2, hidden: 3, part: GruPart::Hidden };
+        let hidden = GruCell { batch: 2, hidden: 3, part: CellPart::Hidden };
         assert!(hidden.eval(tvec![h.clone(), x.clone()]).is_err(), "inputs swapped");
         assert!(hidden.eval(tvec![x.clone()]).is_err());
-        let bwd = GruCell { batch: 2, hidden: 3, part: GruPart::Grad };
+        let bwd = GruCell { batch: 2, hidden: 3, part: CellPart::Grad };
         assert!(bwd.eval(tvec![x.clone(), x, h]).is_err());
     }
 }

@@ -18,10 +18,10 @@
 //! `Kernels::Standard` still writes those primitives (`cell_emit`). Pure computation over the input tensors; inputs
 //! whose shapes or types disagree with the attributes are an error, never a read out of bounds.
 
-use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
-use super::cell_math::{CellFloat, cell_facts, cell_rules, cell_sizes, check_inputs, reuse_or_copy};
+use super::cell_math::{CellFloat, reuse_or_copy};
+use super::cell_op::{CellOp, CellPart, cell_facts, cell_op, cell_rules, run_cell};
 use super::stateless_op::stateless_op;
 
 /// The forward operator type in emitted graphs.
@@ -31,52 +31,15 @@ pub const LSTM_HIDDEN: &str = "FedgeLstmHidden";
 /// The backward operator type in emitted graphs.
 pub const LSTM_CELL_GRAD: &str = "FedgeLstmCellGrad";
 
-/// Which of the three operators.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum LstmPart {
-    /// (G, c) → (c', A).
-    Cell,
-    /// (A, c') → h'.
-    Hidden,
-    /// (A, c, c', dh', dc') → (dG, dc).
-    Grad,
-}
-
 /// One step's sizes and the operator.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct LstmCell {
     pub batch: usize,
     pub hidden: usize,
-    pub part: LstmPart,
+    pub part: CellPart,
 }
 
 impl LstmCell {
-    fn name(&self) -> &'static str {
-        match self.part {
-            LstmPart::Cell => LSTM_CELL,
-            LstmPart::Hidden => LSTM_HIDDEN,
-            LstmPart::Grad => LSTM_CELL_GRAD,
-        }
-    }
-
-    /// The shapes the inputs must have, in order.
-    fn input_shapes(&self) -> Vec<[usize; 2]> {
-        let (b, h) = (self.batch, self.hidden);
-        match self.part {
-            LstmPart::Cell | LstmPart::Hidden => vec![[b, 4 * h], [b, h]],
-            LstmPart::Grad => vec![[b, 4 * h], [b, h], [b, h], [b, h], [b, h]],
-        }
-    }
-
-    fn output_shapes(&self) -> Vec<[usize; 2]> {
-        let (b, h) = (self.batch, self.hidden);
-        match self.part {
-            LstmPart::Cell => vec![[b, h], [b, 4 * h]],
-            LstmPart::Hidden => vec![[b, h]],
-            LstmPart::Grad => vec![[b, 4 * h], [b, h]],
-        }
-    }
-
     fn forward<T: CellFloat>(&self, g: TValue, c: &[T]) -> TractResult<TVec<TValue>> {
         let h = self.hidden;
         let mut acts = reuse_or_copy(g);
@@ -137,15 +100,44 @@ impl LstmCell {
         }
         Ok(tvec!(dg.into_tvalue(), Tensor::from_shape(&[self.batch, h], &dc)?.into_tvalue()))
     }
+}
+
+impl CellOp for LstmCell {
+    const NAMES: [&'static str; 3] = [LSTM_CELL, LSTM_HIDDEN, LSTM_CELL_GRAD];
+
+    fn new(batch: usize, hidden: usize, part: CellPart) -> Self {
+        LstmCell { batch, hidden, part }
+    }
+
+    fn part(&self) -> CellPart {
+        self.part
+    }
+
+    fn input_shapes(&self) -> Vec<[usize; 2]> {
+        let (b, h) = (self.batch, self.hidden);
+        match self.part {
+            CellPart::Cell | CellPart::Hidden => vec![[b, 4 * h], [b, h]],
+            CellPart::Grad => vec![[b, 4 * h], [b, h], [b, h], [b, h], [b, h]],
+        }
+    }
+
+    fn output_shapes(&self) -> Vec<[usize; 2]> {
+        let (b, h) = (self.batch, self.hidden);
+        match self.part {
+            CellPart::Cell => vec![[b, h], [b, 4 * h]],
+            CellPart::Hidden => vec![[b, h]],
+            CellPart::Grad => vec![[b, 4 * h], [b, h]],
+        }
+    }
 
     fn compute<T: CellFloat>(&self, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         match self.part {
-            LstmPart::Grad => self.backward::<T>(inputs),
-            LstmPart::Hidden => match inputs.as_slice() {
+            CellPart::Grad => self.backward::<T>(inputs),
+            CellPart::Hidden => match inputs.as_slice() {
                 [acts, c_new] => self.hidden_state::<T>(acts.as_slice::<T>()?, c_new.as_slice::<T>()?),
                 _ => bail!("{LSTM_HIDDEN} takes two inputs"),
             },
-            LstmPart::Cell => {
+            CellPart::Cell => {
                 let c = inputs.pop().ok_or_else(|| format_err!("{LSTM_CELL} takes two inputs"))?;
                 let g = inputs.pop().ok_or_else(|| format_err!("{LSTM_CELL} takes two inputs"))?;
                 self.forward::<T>(g, c.as_slice::<T>()?)
@@ -154,72 +146,7 @@ impl LstmCell {
     }
 }
 
-stateless_op!(LstmCell, LstmCell::name);
-
-impl LstmCell {
-    /// The evaluation (`EvalOp::eval`).
-    fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        match check_inputs(self.name(), &inputs, &self.input_shapes())? {
-            DatumType::F32 => self.compute::<f32>(inputs),
-            DatumType::F64 => self.compute::<f64>(inputs),
-            other => bail!("{} does not support {other:?}", self.name()),
-        }
-    }
-}
-
-impl InferenceRulesOp for LstmCell {
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> TractResult<()> {
-        cell_rules(s, inputs, outputs, self.input_shapes().len(), &self.output_shapes())
-    }
-
-    fn nboutputs(&self) -> TractResult<usize> {
-        Ok(self.output_shapes().len())
-    }
-
-    tract_onnx::tract_core::as_op!();
-
-    tract_onnx::tract_hir::to_typed!();
-}
-
-impl TypedOp for LstmCell {
-    tract_onnx::tract_core::as_op!();
-
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        cell_facts(inputs, &self.output_shapes())
-    }
-}
-
-/// The loader tract calls for a `FedgeLstmCell` node (attributes `batch` and `hidden`).
-pub fn load_forward(
-    _ctx: &tract_onnx::model::ParsingContext,
-    node: &NodeProto,
-) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let (batch, hidden) = cell_sizes(node, LSTM_CELL)?;
-    Ok((Box::new(LstmCell { batch, hidden, part: LstmPart::Cell }), vec![]))
-}
-
-/// The loader tract calls for a `FedgeLstmHidden` node (attributes `batch` and `hidden`).
-pub fn load_hidden(
-    _ctx: &tract_onnx::model::ParsingContext,
-    node: &NodeProto,
-) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let (batch, hidden) = cell_sizes(node, LSTM_HIDDEN)?;
-    Ok((Box::new(LstmCell { batch, hidden, part: LstmPart::Hidden }), vec![]))
-}
-
-/// The loader tract calls for a `FedgeLstmCellGrad` node (attributes `batch` and `hidden`).
-pub fn load_grad(
-    _ctx: &tract_onnx::model::ParsingContext,
-    node: &NodeProto,
-) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let (batch, hidden) = cell_sizes(node, LSTM_CELL_GRAD)?;
-    Ok((Box::new(LstmCell { batch, hidden, part: LstmPart::Grad }), vec![]))
-}
+cell_op!(LstmCell);
 
 #[cfg(test)]
 mod tests {
@@ -253,16 +180,16 @@ mod tests {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
             let mut draw = |n: usize| (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect::<Vec<f64>>();
             let (g, c, wh, wc) = (draw(b * 4 * h), draw(b * h), draw(b * h), draw(b * h));
-            let fwd = LstmCell { batch: b, hidden: h, part: LstmPart::Cell };
+            let fwd = LstmCell { batch: b, hidden: h, part: CellPart::Cell };
             let out = fwd.eval(tvec![t([b, 4 * h], &g), t([b, h], &c)]).unwrap();
-            let hidden = LstmCell { batch: b, hidden: h, part: LstmPart::Hidden };
+            let hidden = LstmCell { batch: b, hidden: h, part: CellPart::Hidden };
             let h_new = hidden.eval(tvec![out[1].clone(), out[0].clone()]).unwrap();
             let (hn, cn) = reference(b, h, &g, &c);
             let close = |x: &[f64], y: &[f64]| x.iter().zip(y).all(|(p, q)| (p - q).abs() < 1e-12);
             proptest::prop_assert!(close(h_new[0].as_slice::<f64>().unwrap(), &hn));
             proptest::prop_assert!(close(out[0].as_slice::<f64>().unwrap(), &cn));
             // The loss Σ wh ⊙ h' + wc ⊙ c': dh' = wh, dc' = wc.
-            let bwd = LstmCell { batch: b, hidden: h, part: LstmPart::Grad };
+            let bwd = LstmCell { batch: b, hidden: h, part: CellPart::Grad };
             let grads = bwd
                 .eval(tvec![out[1].clone(), t([b, h], &c), out[0].clone(), t([b, h], &wh), t([b, h], &wc)])
                 .unwrap();
@@ -294,7 +221,7 @@ mod tests {
         let (b, h) = (2, 3);
         let g: Vec<f32> = (0..b * 4 * h).map(|k| k as f32 * 0.1 - 1.0).collect();
         let c = Tensor::from_shape(&[b, h], &[0.5f32; 6]).unwrap().into_tvalue();
-        let fwd = LstmCell { batch: b, hidden: h, part: LstmPart::Cell };
+        let fwd = LstmCell { batch: b, hidden: h, part: CellPart::Cell };
         let gv = Tensor::from_shape(&[b, 4 * h], &g).unwrap().into_tvalue();
         let address = gv.as_slice::<f32>().unwrap().as_ptr();
         let out = fwd.eval(tvec![gv, c.clone()]).unwrap();
@@ -307,19 +234,19 @@ mod tests {
 
     #[test]
     fn inputs_of_the_wrong_shape_or_type_are_errors() {
-        let fwd = LstmCell { batch: 2, hidden: 3, part: LstmPart::Cell };
+        let fwd = LstmCell { batch: 2, hidden: 3, part: CellPart::Cell };
         let g = Tensor::from_shape(&[2, 12], &[0.0f32; 24]).unwrap().into_tvalue();
         let short = Tensor::from_shape(&[2, 2], &[0.0f32; 4]).unwrap().into_tvalue();
         let wide = Tensor::from_shape(&[2, 3], &[0.0f64; 6]).unwrap().into_tvalue();
         assert!(fwd.eval(tvec![g.clone(), short]).is_err());
         assert!(fwd.eval(tvec![g.clone(), wide]).is_err());
         assert!(fwd.eval(tvec![g]).is_err());
-        let hidden = LstmCell { batch: 2, hidden: 3, part: LstmPart::Hidden };
+        let hidden = LstmCell { batch: 2, hidden: 3, part: CellPart::Hidden };
         let a = Tensor::from_shape(&[2, 12], &[0.0f32; 24]).unwrap().into_tvalue();
         let s = Tensor::from_shape(&[2, 3], &[0.0f32; 6]).unwrap().into_tvalue();
         assert!(hidden.eval(tvec![s.clone(), a.clone()]).is_err(), "inputs swapped");
         assert!(hidden.eval(tvec![a]).is_err());
-        let bwd = LstmCell { batch: 2, hidden: 3, part: LstmPart::Grad };
+        let bwd = LstmCell { batch: 2, hidden: 3, part: CellPart::Grad };
         let g = Tensor::from_shape(&[2, 12], &[0.0f32; 24]).unwrap().into_tvalue();
         let s = Tensor::from_shape(&[2, 3], &[0.0f32; 6]).unwrap().into_tvalue();
         assert!(bwd.eval(tvec![g, s.clone(), s.clone(), s]).is_err());

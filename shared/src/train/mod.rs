@@ -42,6 +42,7 @@ pub mod schedule;
 mod autodiff;
 mod cell_emit;
 mod cell_math;
+mod cell_op;
 mod conv_gemm;
 mod conv_ops;
 mod conv_simd;

@@ -7,14 +7,15 @@ use std::sync::OnceLock;
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 
+use super::cell_op::load_cell;
 use super::conv_ops;
 use super::custom_op;
 use super::dense_ops;
 use super::emit::Precision;
 use super::error::TrainError;
-use super::gru_op;
+use super::gru_op::{self, GruCell};
 use super::loss_op;
-use super::lstm_op;
+use super::lstm_op::{self, LstmCell};
 use super::pool_ops;
 
 /// An optimised tract plan.
@@ -32,12 +33,12 @@ fn loader() -> &'static tract_onnx::Onnx {
         onnx.op_register.insert(dense_ops::GEMM, dense_ops::load);
         onnx.op_register.insert(loss_op::SOFTMAX_CROSS_ENTROPY, loss_op::load);
         onnx.op_register.insert(pool_ops::MAX_POOL, pool_ops::load);
-        onnx.op_register.insert(lstm_op::LSTM_CELL, lstm_op::load_forward);
-        onnx.op_register.insert(lstm_op::LSTM_HIDDEN, lstm_op::load_hidden);
-        onnx.op_register.insert(gru_op::GRU_HIDDEN, gru_op::load_hidden);
-        onnx.op_register.insert(lstm_op::LSTM_CELL_GRAD, lstm_op::load_grad);
-        onnx.op_register.insert(gru_op::GRU_CELL, gru_op::load_forward);
-        onnx.op_register.insert(gru_op::GRU_CELL_GRAD, gru_op::load_grad);
+        onnx.op_register.insert(lstm_op::LSTM_CELL, load_cell::<LstmCell>);
+        onnx.op_register.insert(lstm_op::LSTM_HIDDEN, load_cell::<LstmCell>);
+        onnx.op_register.insert(gru_op::GRU_HIDDEN, load_cell::<GruCell>);
+        onnx.op_register.insert(lstm_op::LSTM_CELL_GRAD, load_cell::<LstmCell>);
+        onnx.op_register.insert(gru_op::GRU_CELL, load_cell::<GruCell>);
+        onnx.op_register.insert(gru_op::GRU_CELL_GRAD, load_cell::<GruCell>);
         onnx
     })
 }
