@@ -404,37 +404,25 @@ fn kernel(mr: usize, a: &[f32], rows: &Rows, b: &[f32], block: &mut [[f32; NR]; 
         rows.max,
         b.len()
     );
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
+        #[cfg(target_arch = "aarch64")]
+        use arm as simd;
+        #[cfg(target_arch = "x86_64")]
+        use x86 as simd;
         let (a, offsets, b) = (a.as_ptr(), rows.offsets.as_ptr(), b.as_ptr());
-        // SAFETY: `available()` was true before any call here (only `forward` reaches this, after checking), and
-        // the assertion above guarantees every read: rows `r < mr` of `k` values at `a + r·k`, and 16 values at
-        // `b + offsets[kk]` for each of the `k` offsets (none above `rows.max`).
+        // SAFETY: the CPU runs the kernel (x86-64: `available()` was true before any call here, as only `forward`
+        // reaches this, after checking; aarch64: NEON is part of every such CPU), and the assertion above guarantees
+        // every read: rows `r < mr` of `k` values at `a + r·k`, and 16 values at `b + offsets[kk]` for each of the
+        // `k` offsets (none above `rows.max`).
         unsafe {
             match mr {
-                1 => x86::block::<1>(k, a, offsets, b, block),
-                2 => x86::block::<2>(k, a, offsets, b, block),
-                3 => x86::block::<3>(k, a, offsets, b, block),
-                4 => x86::block::<4>(k, a, offsets, b, block),
-                5 => x86::block::<5>(k, a, offsets, b, block),
-                _ => x86::block::<6>(k, a, offsets, b, block),
-            }
-        }
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        let (a, offsets, b) = (a.as_ptr(), rows.offsets.as_ptr(), b.as_ptr());
-        // SAFETY: NEON is part of every aarch64 CPU, and the assertion above guarantees every read: rows `r < mr`
-        // of `k` values at `a + r·k`, and 16 values at `b + offsets[kk]` for each of the `k` offsets (none above
-        // `rows.max`).
-        unsafe {
-            match mr {
-                1 => arm::block::<1>(k, a, offsets, b, block),
-                2 => arm::block::<2>(k, a, offsets, b, block),
-                3 => arm::block::<3>(k, a, offsets, b, block),
-                4 => arm::block::<4>(k, a, offsets, b, block),
-                5 => arm::block::<5>(k, a, offsets, b, block),
-                _ => arm::block::<6>(k, a, offsets, b, block),
+                1 => simd::block::<1>(k, a, offsets, b, block),
+                2 => simd::block::<2>(k, a, offsets, b, block),
+                3 => simd::block::<3>(k, a, offsets, b, block),
+                4 => simd::block::<4>(k, a, offsets, b, block),
+                5 => simd::block::<5>(k, a, offsets, b, block),
+                _ => simd::block::<6>(k, a, offsets, b, block),
             }
         }
     }
