@@ -56,7 +56,7 @@ pub fn forward(
     in_layout(g, x, w, bias, relu, y, Layout::for_geometry(g))
 }
 
-/// [`forward`] with AVX2 and FMA, reading the input as `layout` says.
+/// [`forward`] on this CPU's kernel (AVX2 and FMA, or NEON), reading the input as `layout` says.
 fn in_layout(
     g: &Geometry,
     x: &[f32],
